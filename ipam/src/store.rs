@@ -1,0 +1,137 @@
+//! The durable lease store of one pool: a JSON file rewritten atomically
+//! (write, fsync, rename, fsync dir) under an exclusive file lock.
+//!
+//! One file rather than host-local's file per address: a lookup by owner is a
+//! scan of memory instead of a read of every lease file, and a crash can only
+//! leave the old or the new state, never half of a change.
+
+use crate::error::IpamError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const STORE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    #[serde(rename = "containerId")]
+    pub container_id: String,
+    pub ifname: String,
+    /// Seconds since the epoch when the lease was made.
+    pub since: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolState {
+    pub version: u32,
+    pub leases: BTreeMap<IpAddr, Lease>,
+    /// Per range set (by index), the last address handed out: allocation
+    /// continues after it, so a just-released address is not reused at once.
+    #[serde(rename = "lastReserved", default)]
+    pub last_reserved: BTreeMap<usize, IpAddr>,
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A locked pool directory. The lock is released when this is dropped.
+pub struct LockedStore {
+    dir: PathBuf,
+    _lock: File,
+}
+
+fn store_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> IpamError + 'a {
+    move |source| IpamError::Store {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
+
+impl LockedStore {
+    /// Lock `dir` (created if needed), waiting at most `timeout`.
+    pub fn lock(dir: &Path, pool: &str, timeout: Duration, exclusive: bool) -> Result<LockedStore, IpamError> {
+        std::fs::create_dir_all(dir).map_err(store_err(dir, "creating pool directory"))?;
+        let lock_path = dir.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(store_err(&lock_path, "opening lock file"))?;
+        let started = Instant::now();
+        let mut pause = Duration::from_micros(200);
+        loop {
+            let r = if exclusive { file.try_lock() } else { file.try_lock_shared() };
+            match r {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if started.elapsed() >= timeout {
+                        return Err(IpamError::LockTimeout {
+                            pool: pool.to_string(),
+                            path: lock_path,
+                            waited_ms: started.elapsed().as_millis(),
+                        });
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(store_err(&lock_path, "locking")(e)),
+            }
+        }
+        Ok(LockedStore {
+            dir: dir.to_path_buf(),
+            _lock: file,
+        })
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.join("leases.json")
+    }
+
+    pub fn load(&self) -> Result<PoolState, IpamError> {
+        let path = self.state_path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(PoolState {
+                    version: STORE_VERSION,
+                    ..Default::default()
+                });
+            }
+            Err(e) => return Err(store_err(&path, "reading")(e)),
+        };
+        let state: PoolState = serde_json::from_slice(&bytes).map_err(|e| IpamError::Corrupt {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+        if state.version != STORE_VERSION {
+            return Err(IpamError::Corrupt {
+                path,
+                msg: format!("store version {} is not {STORE_VERSION}", state.version),
+            });
+        }
+        Ok(state)
+    }
+
+    /// Replace the state atomically: a reader (or a crash) sees the old or the new file.
+    pub fn save(&self, state: &PoolState) -> Result<(), IpamError> {
+        let path = self.state_path();
+        let tmp = self.dir.join("leases.json.tmp");
+        let bytes = serde_json::to_vec(state).expect("state serializes");
+        let mut f = File::create(&tmp).map_err(store_err(&tmp, "creating"))?;
+        f.write_all(&bytes).map_err(store_err(&tmp, "writing"))?;
+        f.sync_data().map_err(store_err(&tmp, "syncing"))?;
+        std::fs::rename(&tmp, &path).map_err(store_err(&path, "renaming into place"))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(store_err(&self.dir, "syncing directory"))?;
+        Ok(())
+    }
+}
