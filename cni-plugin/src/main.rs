@@ -1,1 +1,5 @@
-fn main(){}
+//! `sluice`: executed by the container runtime once per verb and pod.
+
+fn main() {
+    std::process::exit(sluice_cni_spec::skel::run(&sluice_cni::plugin::Sluice));
+}

@@ -38,7 +38,10 @@ impl NetConfHeader {
                 .ok_or_else(|| {
                     CniError::new(
                         ErrorCode::IncompatibleVersion,
-                        format!("none of cniVersions {list:?} is supported (have {:?})", version::SUPPORTED_VERSIONS),
+                        format!(
+                            "none of cniVersions {list:?} is supported (have {:?})",
+                            version::SUPPORTED_VERSIONS
+                        ),
                     )
                 })?
                 .to_string();
@@ -78,11 +81,26 @@ mod tests {
     fn header_errors_have_spec_codes() {
         assert_eq!(NetConfHeader::parse(b"{").unwrap_err().code, 6);
         assert_eq!(NetConfHeader::parse(b"[]").unwrap_err().code, 6);
-        assert_eq!(NetConfHeader::parse(br#"{"cniVersion":"0.2.0","name":"n"}"#).unwrap_err().code, 1);
+        assert_eq!(
+            NetConfHeader::parse(br#"{"cniVersion":"0.2.0","name":"n"}"#)
+                .unwrap_err()
+                .code,
+            1
+        );
         assert_eq!(NetConfHeader::parse(br#"{"name":"n"}"#).unwrap_err().code, 7);
         assert_eq!(NetConfHeader::parse(br#"{"cniVersion":"1.0.0"}"#).unwrap_err().code, 7);
-        assert_eq!(NetConfHeader::parse(br#"{"cniVersion":"1.0.0","name":"-x"}"#).unwrap_err().code, 7);
-        assert_eq!(NetConfHeader::parse(br#"{"cniVersion":1,"name":"n"}"#).unwrap_err().code, 6);
+        assert_eq!(
+            NetConfHeader::parse(br#"{"cniVersion":"1.0.0","name":"-x"}"#)
+                .unwrap_err()
+                .code,
+            7
+        );
+        assert_eq!(
+            NetConfHeader::parse(br#"{"cniVersion":1,"name":"n"}"#)
+                .unwrap_err()
+                .code,
+            6
+        );
     }
 
     #[test]
@@ -90,6 +108,11 @@ mod tests {
         let (h, v) = NetConfHeader::parse(br#"{"cniVersions":["0.4.0","1.0.0"],"name":"n"}"#).unwrap();
         assert_eq!(h.cni_version, "1.0.0");
         assert_eq!(v, Version(1, 0, 0));
-        assert_eq!(NetConfHeader::parse(br#"{"cniVersions":["0.1.0"],"name":"n"}"#).unwrap_err().code, 1);
+        assert_eq!(
+            NetConfHeader::parse(br#"{"cniVersions":["0.1.0"],"name":"n"}"#)
+                .unwrap_err()
+                .code,
+            1
+        );
     }
 }

@@ -10,7 +10,10 @@ use std::process::{Command, Stdio};
 /// Find `plugin_type` in CNI_PATH. The type is a file name, never a path.
 pub fn find_plugin(plugin_type: &str, path: &[PathBuf]) -> Result<PathBuf, CniError> {
     if plugin_type.is_empty() || plugin_type.contains('/') || plugin_type == "." || plugin_type == ".." {
-        return Err(CniError::new(ErrorCode::InvalidConfig, format!("plugin type {plugin_type:?} is not a plugin name")));
+        return Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            format!("plugin type {plugin_type:?} is not a plugin name"),
+        ));
     }
     path.iter()
         .map(|d| d.join(plugin_type))
@@ -63,7 +66,10 @@ pub fn exec_plugin(
         return Ok(None);
     }
     let value = serde_json::from_slice(&out.stdout).map_err(|e| {
-        CniError::new(ErrorCode::Decode, format!("{plugin_type} printed an ADD result that is not JSON: {e}"))
+        CniError::new(
+            ErrorCode::Decode,
+            format!("{plugin_type} printed an ADD result that is not JSON: {e}"),
+        )
     })?;
     CniResult::from_value(value).map(Some)
 }

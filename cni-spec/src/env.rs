@@ -50,8 +50,8 @@ impl Invocation {
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Invocation, CniError> {
         let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
         let command_s = nonempty("CNI_COMMAND").ok_or_else(|| invalid_env("CNI_COMMAND is not set"))?;
-        let command =
-            Command::parse(&command_s).ok_or_else(|| invalid_env(format!("CNI_COMMAND {command_s:?} is not a CNI verb")))?;
+        let command = Command::parse(&command_s)
+            .ok_or_else(|| invalid_env(format!("CNI_COMMAND {command_s:?} is not a CNI verb")))?;
 
         let per_pod = matches!(command, Command::Add | Command::Del | Command::Check);
         let need = |k: &str| -> Result<String, CniError> {
@@ -77,7 +77,9 @@ impl Invocation {
         };
         let path: Vec<PathBuf> = match nonempty("CNI_PATH") {
             Some(p) => std::env::split_paths(&p).collect(),
-            None if per_pod => return Err(invalid_env(format!("CNI_PATH is required for {command_s}"))),
+            None if per_pod => {
+                return Err(invalid_env(format!("CNI_PATH is required for {command_s}")));
+            }
             None => Vec::new(),
         };
         let args = parse_args(&get("CNI_ARGS").unwrap_or_default())?;
@@ -99,7 +101,9 @@ impl Invocation {
             ("CNI_IFNAME".into(), self.ifname.clone()),
             (
                 "CNI_PATH".into(),
-                std::env::join_paths(&self.path).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+                std::env::join_paths(&self.path)
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
             ),
         ];
         if let Some(ns) = &self.netns {
@@ -121,7 +125,9 @@ pub fn validate_container_id(id: &str) -> Result<(), CniError> {
     if ok {
         Ok(())
     } else {
-        Err(invalid_env(format!("CNI_CONTAINERID {id:?} is not a valid container id")))
+        Err(invalid_env(format!(
+            "CNI_CONTAINERID {id:?} is not a valid container id"
+        )))
     }
 }
 
@@ -133,7 +139,9 @@ pub fn validate_ifname(name: &str) -> Result<(), CniError> {
         || name == ".."
         || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
     if bad {
-        Err(invalid_env(format!("CNI_IFNAME {name:?} is not a valid interface name")))
+        Err(invalid_env(format!(
+            "CNI_IFNAME {name:?} is not a valid interface name"
+        )))
     } else {
         Ok(())
     }

@@ -31,6 +31,8 @@ pub enum ErrorCode {
     CheckFailed = 103,
     /// sluice: a delegated plugin failed without a usable error object.
     DelegateFailed = 104,
+    /// sluice: CNI_IFNAME is already taken inside the pod namespace.
+    InterfaceExists = 105,
 }
 
 impl From<ErrorCode> for u32 {
@@ -59,6 +61,7 @@ impl TryFrom<u32> for ErrorCode {
             102 => MissingResource,
             103 => CheckFailed,
             104 => DelegateFailed,
+            105 => InterfaceExists,
             other => return Err(format!("unknown CNI error code {other}")),
         })
     }
@@ -146,7 +149,7 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for c in [1u32, 2, 3, 4, 5, 6, 7, 11, 50, 51, 100, 101, 102, 103, 104] {
+        for c in [1u32, 2, 3, 4, 5, 6, 7, 11, 50, 51, 100, 101, 102, 103, 104, 105] {
             assert_eq!(u32::from(ErrorCode::try_from(c).unwrap()), c);
         }
         assert!(ErrorCode::try_from(8).is_err());

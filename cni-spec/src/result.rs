@@ -115,7 +115,9 @@ impl CniResult {
 
     /// Index of the interface named `name` inside `sandbox` (any sandbox if empty).
     pub fn interface_index(&self, name: &str) -> Option<usize> {
-        self.interfaces.iter().position(|i| i.name == name && !i.sandbox.is_empty())
+        self.interfaces
+            .iter()
+            .position(|i| i.name == name && !i.sandbox.is_empty())
     }
 }
 
@@ -175,7 +177,15 @@ mod tests {
 
     #[test]
     fn bad_results_are_decode_errors() {
-        assert_eq!(CniResult::from_value(json!({"ips": [{"address": "nope"}]})).unwrap_err().code, 6);
-        assert_eq!(CniResult::from_value(json!({"cniVersion": "0.1.0"})).unwrap_err().code, 1);
+        assert_eq!(
+            CniResult::from_value(json!({"ips": [{"address": "nope"}]}))
+                .unwrap_err()
+                .code,
+            6
+        );
+        assert_eq!(
+            CniResult::from_value(json!({"cniVersion": "0.1.0"})).unwrap_err().code,
+            1
+        );
     }
 }

@@ -66,7 +66,10 @@ fn dispatch_inner(plugin: &dyn Plugin, env: impl Fn(&str) -> Option<String>, std
     let inv = Invocation::from_env(env)?;
     if inv.command == Command::Version {
         let requested = serde_json::from_slice::<serde_json::Value>(stdin).ok();
-        let requested = requested.as_ref().and_then(|v| v.get("cniVersion")).and_then(|v| v.as_str());
+        let requested = requested
+            .as_ref()
+            .and_then(|v| v.get("cniVersion"))
+            .and_then(|v| v.as_str());
         return Ok(serde_json::to_string(&VersionResult::new(requested)).expect("serializes"));
     }
     if stdin.iter().all(u8::is_ascii_whitespace) {
@@ -77,7 +80,10 @@ fn dispatch_inner(plugin: &dyn Plugin, env: impl Fn(&str) -> Option<String>, std
         if version < v {
             Err(CniError::new(
                 ErrorCode::IncompatibleVersion,
-                format!("{verb} needs cniVersion {}.{}.{} or later, config has {}", v.0, v.1, v.2, header.cni_version),
+                format!(
+                    "{verb} needs cniVersion {}.{}.{} or later, config has {}",
+                    v.0, v.1, v.2, header.cni_version
+                ),
             ))
         } else {
             Ok(())

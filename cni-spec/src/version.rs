@@ -27,7 +27,10 @@ impl Version {
 /// Check that `v` is a version this plugin speaks. Error code 1 per spec.
 pub fn check_supported(v: &str) -> Result<Version, CniError> {
     if v.is_empty() {
-        return Err(CniError::new(ErrorCode::InvalidConfig, "network config has no cniVersion"));
+        return Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            "network config has no cniVersion",
+        ));
     }
     if !SUPPORTED_VERSIONS.contains(&v) {
         return Err(CniError::new(

@@ -29,8 +29,8 @@ struct NetConf {
 
 /// Decode the `ipam` section and build the pool of network `name`.
 pub fn pool_from_netconf(config: &[u8]) -> Result<(Pool, IpamConfig, Value), CniError> {
-    let raw: Value = serde_json::from_slice(config)
-        .map_err(|e| CniError::new(ErrorCode::Decode, format!("network config: {e}")))?;
+    let raw: Value =
+        serde_json::from_slice(config).map_err(|e| CniError::new(ErrorCode::Decode, format!("network config: {e}")))?;
     let nc: NetConf = serde_json::from_value(raw.clone())
         .map_err(|e| CniError::new(ErrorCode::InvalidConfig, format!("ipam config: {e}")))?;
     let ipam = nc
@@ -124,7 +124,12 @@ pub fn valid_attachments(conf: &Value) -> Result<Vec<(String, String)>, CniError
     let Some(list) = conf.get("cni.dev/valid-attachments") else {
         return Ok(Vec::new());
     };
-    let bad = || CniError::new(ErrorCode::InvalidConfig, "cni.dev/valid-attachments must be a list of {containerID, ifname}");
+    let bad = || {
+        CniError::new(
+            ErrorCode::InvalidConfig,
+            "cni.dev/valid-attachments must be a list of {containerID, ifname}",
+        )
+    };
     list.as_array()
         .ok_or_else(bad)?
         .iter()

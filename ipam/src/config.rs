@@ -56,7 +56,9 @@ impl IpamConfig {
             }]);
         }
         if raw.is_empty() || raw.iter().any(Vec::is_empty) {
-            return Err(IpamError::InvalidConfig("no ranges configured (need \"ranges\" or \"subnet\")".into()));
+            return Err(IpamError::InvalidConfig(
+                "no ranges configured (need \"ranges\" or \"subnet\")".into(),
+            ));
         }
         let sets: Vec<Vec<Range>> = raw
             .iter()
@@ -85,15 +87,18 @@ pub fn requested_ips(netconf: &Value, cni_args: &BTreeMap<String, String>) -> Re
     let mut out = Vec::new();
     let mut push = |s: &str, origin: &str| -> Result<(), IpamError> {
         let bare = s.split('/').next().unwrap_or(s).trim();
-        let ip = bare
-            .parse::<IpAddr>()
-            .map_err(|_| IpamError::InvalidConfig(format!("requested address {s:?} from {origin} is not an IP address")))?;
+        let ip = bare.parse::<IpAddr>().map_err(|_| {
+            IpamError::InvalidConfig(format!("requested address {s:?} from {origin} is not an IP address"))
+        })?;
         if !out.contains(&ip) {
             out.push(ip);
         }
         Ok(())
     };
-    for (ptr, origin) in [("/args/cni/ips", "args.cni.ips"), ("/runtimeConfig/ips", "runtimeConfig.ips")] {
+    for (ptr, origin) in [
+        ("/args/cni/ips", "args.cni.ips"),
+        ("/runtimeConfig/ips", "runtimeConfig.ips"),
+    ] {
         if let Some(list) = netconf.pointer(ptr) {
             let list = list
                 .as_array()

@@ -11,7 +11,11 @@ pub enum IpamError {
     #[error("pool {pool}: requested address {ip} is already leased to {owner}")]
     Taken { pool: String, ip: String, owner: String },
     #[error("pool {pool}: timed out after {waited_ms} ms waiting for the lock {path}")]
-    LockTimeout { pool: String, path: PathBuf, waited_ms: u128 },
+    LockTimeout {
+        pool: String,
+        path: PathBuf,
+        waited_ms: u128,
+    },
     #[error("pool store {path}: {what}: {source}")]
     Store {
         path: PathBuf,

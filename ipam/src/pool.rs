@@ -28,10 +28,16 @@ impl Pool {
     /// `network` is the CNI network name: one pool (and store directory) per network.
     pub fn new(network: &str, cfg: &IpamConfig) -> Result<Pool, IpamError> {
         if network.is_empty() || network.contains('/') || network.starts_with('.') {
-            return Err(IpamError::InvalidConfig(format!("network name {network:?} cannot name a pool")));
+            return Err(IpamError::InvalidConfig(format!(
+                "network name {network:?} cannot name a pool"
+            )));
         }
         let sets = cfg.range_sets()?;
-        let dir = cfg.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)).join(network);
+        let dir = cfg
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+            .join(network);
         Ok(Pool {
             name: network.to_string(),
             sets,
@@ -49,12 +55,22 @@ impl Pool {
     }
 
     fn describe_ranges(&self) -> String {
-        self.sets.iter().flatten().map(Range::describe).collect::<Vec<_>>().join(", ")
+        self.sets
+            .iter()
+            .flatten()
+            .map(Range::describe)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// One address from each range set for (container id, ifname). Calling it
     /// again for the same owner returns the same addresses.
-    pub fn allocate(&self, container_id: &str, ifname: &str, requested: &[IpAddr]) -> Result<Vec<Allocation>, IpamError> {
+    pub fn allocate(
+        &self,
+        container_id: &str,
+        ifname: &str,
+        requested: &[IpAddr],
+    ) -> Result<Vec<Allocation>, IpamError> {
         // Refuse a requested address outside every range before taking the lock.
         for ip in requested {
             if !self.sets.iter().flatten().any(|r| r.is_allocatable(*ip)) {
@@ -106,7 +122,11 @@ impl Pool {
             ifname: ifname.to_string(),
             since: now_secs(),
         };
-        if let Some(ip) = requested.iter().copied().find(|ip| set.iter().any(|r| r.is_allocatable(*ip))) {
+        if let Some(ip) = requested
+            .iter()
+            .copied()
+            .find(|ip| set.iter().any(|r| r.is_allocatable(*ip)))
+        {
             if let Some(owner) = state.leases.get(&ip) {
                 return Err(IpamError::Taken {
                     pool: self.name.clone(),
@@ -126,7 +146,10 @@ impl Pool {
                 (ri, set[ri].next_after(ip))
             }
         };
-        let last = state.last_reserved.get(&idx).and_then(|l| set.iter().position(|r| r.contains(*l)).map(|i| (i, *l)));
+        let last = state
+            .last_reserved
+            .get(&idx)
+            .and_then(|l| set.iter().position(|r| r.contains(*l)).map(|i| (i, *l)));
         let (mut ri, mut ip) = match last {
             Some((i, l)) => step(i, l),
             None => (0, set[0].first()),
@@ -160,7 +183,12 @@ impl Pool {
     fn release_where(&self, doomed: impl Fn(&Lease) -> bool) -> Result<Vec<IpAddr>, IpamError> {
         let store = self.lock(true)?;
         let mut state = store.load()?;
-        let gone: Vec<IpAddr> = state.leases.iter().filter(|(_, l)| doomed(l)).map(|(ip, _)| *ip).collect();
+        let gone: Vec<IpAddr> = state
+            .leases
+            .iter()
+            .filter(|(_, l)| doomed(l))
+            .map(|(ip, _)| *ip)
+            .collect();
         if !gone.is_empty() {
             for ip in &gone {
                 state.leases.remove(ip);
@@ -183,7 +211,10 @@ impl Pool {
             .iter()
             .map(|set| {
                 let size: u128 = set.iter().map(Range::size).sum();
-                let used = leases.iter().filter(|(ip, _)| set.iter().any(|r| r.is_allocatable(*ip))).count() as u128;
+                let used = leases
+                    .iter()
+                    .filter(|(ip, _)| set.iter().any(|r| r.is_allocatable(*ip)))
+                    .count() as u128;
                 size.saturating_sub(used)
             })
             .collect())
@@ -198,7 +229,8 @@ mod tests {
     use std::collections::HashSet;
 
     fn pool(dir: &std::path::Path, ranges: serde_json::Value) -> Pool {
-        let cfg: IpamConfig = serde_json::from_value(json!({"type": "sluice-ipam", "ranges": ranges, "dataDir": dir})).unwrap();
+        let cfg: IpamConfig =
+            serde_json::from_value(json!({"type": "sluice-ipam", "ranges": ranges, "dataDir": dir})).unwrap();
         Pool::new("testnet", &cfg).unwrap()
     }
 
@@ -217,7 +249,10 @@ mod tests {
         }
         let e = p.allocate("c61", "eth0", &[]).unwrap_err();
         assert!(matches!(e, IpamError::Exhausted { .. }), "{e}");
-        assert!(e.to_string().contains("testnet") && e.to_string().contains("10.244.1.0/26"), "{e}");
+        assert!(
+            e.to_string().contains("testnet") && e.to_string().contains("10.244.1.0/26"),
+            "{e}"
+        );
         assert_eq!(p.free_per_set().unwrap(), vec![0]);
         for i in 0..61 {
             p.release(&format!("c{i}"), "eth0").unwrap();
@@ -229,7 +264,10 @@ mod tests {
     #[test]
     fn idempotent_and_no_immediate_reuse() {
         let d = tempfile::tempdir().unwrap();
-        let p = pool(d.path(), json!([[{"subnet": "10.0.0.0/24"}], [{"subnet": "fd00::/120"}]]));
+        let p = pool(
+            d.path(),
+            json!([[{"subnet": "10.0.0.0/24"}], [{"subnet": "fd00::/120"}]]),
+        );
         let a = p.allocate("c1", "eth0", &[]).unwrap();
         assert_eq!(a.len(), 2, "one address per range set (dual stack)");
         assert_eq!(p.allocate("c1", "eth0", &[]).unwrap(), a, "same owner, same lease");
@@ -237,7 +275,11 @@ mod tests {
         p.release("c1", "eth0").unwrap();
         p.release("c1", "eth0").unwrap();
         let b = p.allocate("c2", "eth0", &[]).unwrap();
-        assert_ne!(b[0].address.ip(), a[0].address.ip(), "released address not reused at once");
+        assert_ne!(
+            b[0].address.ip(),
+            a[0].address.ip(),
+            "released address not reused at once"
+        );
     }
 
     #[test]
@@ -246,9 +288,21 @@ mod tests {
         let p = pool(d.path(), json!([[{"subnet": "10.0.0.0/24"}]]));
         let want: IpAddr = "10.0.0.77".parse().unwrap();
         assert_eq!(p.allocate("c1", "eth0", &[want]).unwrap()[0].address.ip(), want);
-        assert!(matches!(p.allocate("c2", "eth0", &[want]), Err(IpamError::Taken { .. })));
-        assert!(matches!(p.allocate("c2", "eth0", &["10.9.0.1".parse().unwrap()]), Err(IpamError::NotInRange { .. })));
-        assert!(matches!(p.allocate("c2", "eth0", &["10.0.0.1".parse().unwrap()]), Err(IpamError::NotInRange { .. })), "gateway");
+        assert!(matches!(
+            p.allocate("c2", "eth0", &[want]),
+            Err(IpamError::Taken { .. })
+        ));
+        assert!(matches!(
+            p.allocate("c2", "eth0", &["10.9.0.1".parse().unwrap()]),
+            Err(IpamError::NotInRange { .. })
+        ));
+        assert!(
+            matches!(
+                p.allocate("c2", "eth0", &["10.0.0.1".parse().unwrap()]),
+                Err(IpamError::NotInRange { .. })
+            ),
+            "gateway"
+        );
     }
 
     #[test]

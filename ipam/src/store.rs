@@ -36,7 +36,10 @@ pub struct PoolState {
 }
 
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A locked pool directory. The lock is released when this is dropped.
@@ -68,7 +71,11 @@ impl LockedStore {
         let started = Instant::now();
         let mut pause = Duration::from_micros(200);
         loop {
-            let r = if exclusive { file.try_lock() } else { file.try_lock_shared() };
+            let r = if exclusive {
+                file.try_lock()
+            } else {
+                file.try_lock_shared()
+            };
             match r {
                 Ok(()) => break,
                 Err(std::fs::TryLockError::WouldBlock) => {
@@ -82,7 +89,9 @@ impl LockedStore {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(10));
                 }
-                Err(std::fs::TryLockError::Error(e)) => return Err(store_err(&lock_path, "locking")(e)),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(store_err(&lock_path, "locking")(e));
+                }
             }
         }
         Ok(LockedStore {

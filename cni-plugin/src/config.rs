@@ -1,0 +1,205 @@
+//! The sluice network config (one entry of a conflist).
+
+use serde::Deserialize;
+use serde_json::Value;
+use sluice_cni_spec::{CniError, Dns, ErrorCode};
+use std::path::PathBuf;
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/sluice";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginConfig {
+    pub cni_version: String,
+    pub name: String,
+    /// Present: main role, sluice creates the pod interface. Absent: chained
+    /// role, the interface comes from the plugin before us (`prevResult`).
+    #[serde(default)]
+    pub link: Option<LinkConfig>,
+    /// Kept raw: its `type` decides between the built-in allocator and a
+    /// delegated plugin, and a delegated plugin gets it untouched.
+    #[serde(default)]
+    pub ipam: Option<Value>,
+    #[serde(default)]
+    pub dns: Option<Dns>,
+    #[serde(default)]
+    pub prev_result: Option<Value>,
+    /// Endpoint records live here (default /var/lib/sluice).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Log destination; stderr when unset. Never stdout: stdout is the result.
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+    #[serde(default)]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum LinkConfig {
+    Macvlan(MacvlanConfig),
+    Ipvlan(IpvlanConfig),
+    /// A whole host interface (an ENI) moved into the pod.
+    Eni(EniConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct MacvlanConfig {
+    /// The node's uplink (ENI) the pod interface hangs off.
+    pub parent: String,
+    #[serde(default)]
+    pub mode: MacvlanMode,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MacvlanMode {
+    #[default]
+    Bridge,
+    Private,
+    Vepa,
+    Passthru,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct IpvlanConfig {
+    pub parent: String,
+    #[serde(default)]
+    pub mode: IpvlanMode,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpvlanMode {
+    #[default]
+    L2,
+    L3,
+    L3s,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct EniConfig {
+    /// The host interface, by name ...
+    #[serde(default)]
+    pub device: Option<String>,
+    /// ... or by MAC address (stable across renames).
+    #[serde(default)]
+    pub mac: Option<String>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+}
+
+impl LinkConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LinkConfig::Macvlan(_) => "macvlan",
+            LinkConfig::Ipvlan(_) => "ipvlan",
+            LinkConfig::Eni(_) => "eni",
+        }
+    }
+
+    pub fn mtu(&self) -> Option<u32> {
+        match self {
+            LinkConfig::Macvlan(c) => c.mtu,
+            LinkConfig::Ipvlan(c) => c.mtu,
+            LinkConfig::Eni(c) => c.mtu,
+        }
+    }
+}
+
+impl PluginConfig {
+    pub fn parse(bytes: &[u8]) -> Result<PluginConfig, CniError> {
+        let c: PluginConfig = serde_json::from_slice(bytes)
+            .map_err(|e| CniError::new(ErrorCode::InvalidConfig, format!("invalid sluice config: {e}")))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), CniError> {
+        let bad = |m: String| Err(CniError::new(ErrorCode::InvalidConfig, m));
+        match &self.link {
+            Some(
+                LinkConfig::Macvlan(MacvlanConfig { parent, .. }) | LinkConfig::Ipvlan(IpvlanConfig { parent, .. }),
+            ) if parent.is_empty() => {
+                return bad("link.parent must name the node interface to attach to".into());
+            }
+            Some(LinkConfig::Eni(e)) => match (&e.device, &e.mac) {
+                (None, None) => return bad("link.kind eni needs \"device\" or \"mac\"".into()),
+                (Some(_), Some(_)) => {
+                    return bad("link.kind eni takes \"device\" or \"mac\", not both".into());
+                }
+                (None, Some(m)) if crate::netlink::parse_mac(m).is_none() => {
+                    return bad(format!("link.mac {m:?} is not a MAC address"));
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+        if let Some(mtu) = self.link.as_ref().and_then(LinkConfig::mtu)
+            && !(68..=65535).contains(&mtu)
+        {
+            return bad(format!("link.mtu {mtu} is outside 68..=65535"));
+        }
+        if self.link.is_some() && self.ipam.is_none() {
+            return bad("the main role (\"link\" set) needs an \"ipam\" section".into());
+        }
+        if let Some(ipam) = &self.ipam {
+            let t = ipam.get("type").and_then(Value::as_str).unwrap_or("");
+            if t.is_empty() {
+                return bad("ipam.type is missing".into());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<PluginConfig, CniError> {
+        PluginConfig::parse(&serde_json::to_vec(&v).unwrap())
+    }
+
+    #[test]
+    fn main_and_chained_forms() {
+        let c = parse(json!({"cniVersion": "1.1.0", "name": "n", "type": "sluice",
+            "link": {"kind": "ipvlan", "parent": "eth1", "mode": "l3"}, "ipam": {"type": "sluice-ipam"}}))
+        .unwrap();
+        assert_eq!(
+            c.link.unwrap(),
+            LinkConfig::Ipvlan(IpvlanConfig {
+                parent: "eth1".into(),
+                mode: IpvlanMode::L3,
+                mtu: None
+            })
+        );
+        let c = parse(json!({"cniVersion": "1.1.0", "name": "n", "type": "sluice", "prevResult": {}})).unwrap();
+        assert!(c.link.is_none());
+    }
+
+    #[test]
+    fn invalid_forms_are_code_7() {
+        for v in [
+            json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "bridge", "parent": "x"}, "ipam": {"type": "a"}}),
+            json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "macvlan", "parent": ""}, "ipam": {"type": "a"}}),
+            json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "macvlan", "parent": "e", "mode": "weird"}, "ipam": {"type": "a"}}),
+            json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "macvlan", "parent": "e", "mtu": 10}, "ipam": {"type": "a"}}),
+            json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "macvlan", "parent": "e"}}),
+            json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "eni"}, "ipam": {"type": "a"}}),
+            json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "eni", "mac": "nope"}, "ipam": {"type": "a"}}),
+            json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "macvlan", "parent": "e"}, "ipam": {}}),
+        ] {
+            assert_eq!(parse(v.clone()).unwrap_err().code, 7, "{v}");
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The `sluice` CNI plugin.
+//!
+//! Two roles, chosen by the config: **main** (a `link` section: sluice
+//! creates the pod interface as macvlan, ipvlan or a whole ENI, and gets its
+//! addresses from IPAM) and **chained** (no `link`: the plugin before us made
+//! the interface; we verify it, record the endpoint and pass the result on).
+
+pub mod chained;
+pub mod config;
+pub mod endpoint;
+pub mod garp;
+pub mod ipam;
+pub mod link;
+pub mod log;
+pub mod main_role;
+pub mod netlink;
+pub mod netns;
+pub mod plugin;
+pub mod pod_setup;

@@ -1,0 +1,369 @@
+//! The main role: sluice creates the pod interface itself.
+//!
+//! ADD is a sequence of steps, each of which records how to undo itself; a
+//! failing step unwinds everything done before it, so a failed ADD leaves
+//! no link, lease or record behind.
+
+use crate::config::{LinkConfig, PluginConfig};
+use crate::endpoint::{Endpoint, EndpointStore};
+use crate::ipam::Ipam;
+use crate::link::{eni, ipvlan, macvlan};
+use crate::netlink::{Link, Netlink, parse_mac};
+use crate::netns::NetNs;
+use crate::pod_setup;
+use sluice_cni_spec::skel::Request;
+use sluice_cni_spec::{CniError, CniResult, ErrorCode, Interface};
+use sluice_ipam::store::now_secs;
+use tracing::{info, warn};
+
+enum Undo {
+    ReleaseAddresses,
+    DeleteLink,
+    ReturnEni { host_name: String },
+    RemoveEndpoint,
+}
+
+struct Ctx<'a> {
+    req: &'a Request<'a>,
+    cfg: &'a PluginConfig,
+    ipam: Ipam,
+    store: EndpointStore,
+}
+
+impl Ctx<'_> {
+    fn ifname(&self) -> &str {
+        &self.req.inv.ifname
+    }
+    fn cid(&self) -> &str {
+        &self.req.inv.container_id
+    }
+}
+
+fn link_cfg(cfg: &PluginConfig) -> &LinkConfig {
+    cfg.link.as_ref().expect("main role has a link config")
+}
+
+fn ctx<'a>(req: &'a Request<'a>, cfg: &'a PluginConfig) -> Ctx<'a> {
+    Ctx {
+        req,
+        cfg,
+        ipam: Ipam::from_section(cfg.ipam.as_ref().expect("validated: main role has ipam")),
+        store: EndpointStore::new(&cfg.data_dir(), &cfg.name),
+    }
+}
+
+pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, CniError> {
+    let c = ctx(req, cfg);
+    let pod_ns = NetNs::open(req.inv.netns.as_deref().expect("ADD has a netns"))?;
+    let host = Netlink::host()?;
+    let pod = Netlink::in_netns(&pod_ns)?;
+    let mut undo = Vec::new();
+    match add_steps(&c, &host, &pod, &pod_ns, &mut undo).await {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            let failures = unwind(&c, &pod, undo).await;
+            if failures.is_empty() {
+                Err(e)
+            } else {
+                Err(e.with_details(format!("rollback also failed: {}", failures.join("; "))))
+            }
+        }
+    }
+}
+
+async fn add_steps(
+    c: &Ctx<'_>,
+    host: &Netlink,
+    pod: &Netlink,
+    pod_ns: &NetNs,
+    undo: &mut Vec<Undo>,
+) -> Result<CniResult, CniError> {
+    let lc = link_cfg(c.cfg);
+    if pod.link_by_name(c.ifname()).await?.is_some() {
+        return Err(CniError::new(
+            ErrorCode::InterfaceExists,
+            format!(
+                "interface {} already exists in netns {}",
+                c.ifname(),
+                pod_ns.path().display()
+            ),
+        ));
+    }
+    // Find what we attach to before allocating anything.
+    let (host_link, mtu) = match lc {
+        LinkConfig::Macvlan(m) => parent_and_mtu(host, &m.parent, m.mtu).await?,
+        LinkConfig::Ipvlan(i) => parent_and_mtu(host, &i.parent, i.mtu).await?,
+        LinkConfig::Eni(e) => {
+            let l = eni::find(host, e).await?;
+            let mtu = e.mtu.unwrap_or(l.mtu);
+            (l, mtu)
+        }
+    };
+
+    let ipam = c.ipam.add(c.req).map_err(|e| e.context("IPAM"))?;
+    undo.push(Undo::ReleaseAddresses);
+
+    let announce = match lc {
+        LinkConfig::Macvlan(m) => {
+            let msg = macvlan::create_request(m, host_link.index, c.ifname(), mtu, pod_ns.raw_fd());
+            host.add_link(msg, &format!("macvlan {} on {}", c.ifname(), host_link.name))
+                .await?;
+            undo.push(Undo::DeleteLink);
+            true
+        }
+        LinkConfig::Ipvlan(i) => {
+            let msg = ipvlan::create_request(i, host_link.index, c.ifname(), mtu, pod_ns.raw_fd());
+            host.add_link(msg, &format!("ipvlan {} on {}", c.ifname(), host_link.name))
+                .await
+                .map_err(|e| {
+                    if e.is(ErrorCode::NotAvailable) {
+                        e.context("the kernel has no ipvlan support")
+                    } else {
+                        e
+                    }
+                })?;
+            undo.push(Undo::DeleteLink);
+            ipvlan::announces(i)
+        }
+        LinkConfig::Eni(_) => {
+            host.move_link(
+                host_link.index,
+                pod_ns.raw_fd(),
+                c.ifname(),
+                &format!("move ENI {} into the pod", host_link.name),
+            )
+            .await?;
+            undo.push(Undo::ReturnEni {
+                host_name: host_link.name.clone(),
+            });
+            true
+        }
+    };
+
+    let link = pod.link_by_name(c.ifname()).await?.ok_or_else(|| {
+        CniError::new(
+            ErrorCode::Netlink,
+            format!("{} vanished from {} after creation", c.ifname(), pod.label()),
+        )
+    })?;
+    if matches!(lc, LinkConfig::Eni(_)) && link.mtu != mtu {
+        pod.set_link(
+            rtnetlink::LinkUnspec::new_with_index(link.index).mtu(mtu).build(),
+            "set ENI mtu",
+        )
+        .await?;
+    }
+    pod_setup::configure(pod, pod_ns, &link, &ipam, announce).await?;
+
+    let ep = Endpoint {
+        network: c.cfg.name.clone(),
+        container_id: c.cid().to_string(),
+        ifname: c.ifname().to_string(),
+        netns: pod_ns.path().display().to_string(),
+        ifindex: link.index,
+        mac: link.mac_string(),
+        ips: ipam.ips.iter().map(|i| i.address).collect(),
+        role: "main".into(),
+        link_kind: Some(lc.kind().into()),
+        host_ifname: matches!(lc, LinkConfig::Eni(_)).then(|| host_link.name.clone()),
+        created: now_secs(),
+    };
+    c.store.put(&ep)?;
+    undo.push(Undo::RemoveEndpoint);
+    info!(container = c.cid(), ifname = c.ifname(), kind = lc.kind(), ips = ?ep.ips, "pod interface ready");
+
+    let mut result = ipam;
+    result.interfaces = vec![Interface {
+        name: c.ifname().to_string(),
+        mac: link.mac_string(),
+        mtu: Some(mtu),
+        sandbox: pod_ns.path().display().to_string(),
+        extra: Default::default(),
+    }];
+    for ip in &mut result.ips {
+        ip.interface = Some(0);
+    }
+    if let Some(dns) = &c.cfg.dns {
+        result.dns = dns.clone();
+    }
+    Ok(result)
+}
+
+async fn parent_and_mtu(host: &Netlink, parent: &str, mtu: Option<u32>) -> Result<(Link, u32), CniError> {
+    let l = host.link_by_name(parent).await?.ok_or_else(|| {
+        CniError::new(
+            ErrorCode::MissingResource,
+            format!("parent interface {parent} not found in the {}", host.label()),
+        )
+    })?;
+    let mtu = match mtu {
+        Some(m) if m > l.mtu => {
+            return Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                format!("link.mtu {m} is larger than the MTU {} of parent {parent}", l.mtu),
+            ));
+        }
+        Some(m) => m,
+        None => l.mtu,
+    };
+    Ok((l, mtu))
+}
+
+/// Undo in reverse order; keep going after a failure and report them all.
+async fn unwind(c: &Ctx<'_>, pod: &Netlink, undo: Vec<Undo>) -> Vec<String> {
+    let mut failures = Vec::new();
+    for step in undo.into_iter().rev() {
+        let r = match step {
+            Undo::RemoveEndpoint => c.store.remove(c.cid(), c.ifname()),
+            Undo::DeleteLink => remove_pod_link(pod, c.ifname()).await,
+            Undo::ReturnEni { host_name } => return_eni(pod, c.ifname(), &host_name).await,
+            Undo::ReleaseAddresses => c.ipam.del(c.req),
+        };
+        if let Err(e) = r {
+            warn!(error = %e, "rollback step failed");
+            failures.push(e.to_string());
+        }
+    }
+    failures
+}
+
+async fn remove_pod_link(pod: &Netlink, ifname: &str) -> Result<(), CniError> {
+    match pod.link_by_name(ifname).await? {
+        Some(l) => pod.del_link(l.index, ifname).await,
+        None => Ok(()),
+    }
+}
+
+async fn return_eni(pod: &Netlink, ifname: &str, host_name: &str) -> Result<(), CniError> {
+    let Some(l) = pod.link_by_name(ifname).await? else {
+        return Ok(());
+    };
+    // Leaving the namespace flushes the pod's addresses and routes; down first
+    // so the host gets the device back quiet, as it gave it.
+    pod.set_link(
+        rtnetlink::LinkUnspec::new_with_index(l.index).down().build(),
+        "set ENI down",
+    )
+    .await?;
+    let host_ns = NetNs::current()?;
+    pod.move_link(
+        l.index,
+        host_ns.raw_fd(),
+        host_name,
+        &format!("return ENI {ifname} to the host as {host_name}"),
+    )
+    .await
+}
+
+/// DEL: idempotent, and it succeeds with the namespace or interface gone.
+pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> {
+    let c = ctx(req, cfg);
+    let ep = c.store.get(c.cid(), c.ifname())?;
+    let host = Netlink::host()?;
+    let eni_name = match (ep.as_ref().and_then(|e| e.host_ifname.clone()), link_cfg(cfg)) {
+        (Some(n), _) => Some(n),
+        (None, LinkConfig::Eni(e)) => e.device.clone(),
+        _ => None,
+    };
+    let is_eni = matches!(link_cfg(cfg), LinkConfig::Eni(_))
+        || ep.as_ref().is_some_and(|e| e.link_kind.as_deref() == Some("eni"));
+
+    let pod_ns = match req.inv.netns.as_deref() {
+        Some(p) => match NetNs::open(p) {
+            Ok(ns) => Some(ns),
+            Err(e) if e.is(ErrorCode::UnknownContainer) => None,
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    match &pod_ns {
+        Some(ns) => {
+            let pod = Netlink::in_netns(ns)?;
+            if is_eni {
+                let name = eni_name.clone().ok_or_else(|| {
+                    CniError::new(
+                        ErrorCode::InvalidConfig,
+                        "cannot tell which host name the ENI had (no record, link.device unset)",
+                    )
+                })?;
+                return_eni(&pod, c.ifname(), &name).await?;
+            } else {
+                remove_pod_link(&pod, c.ifname()).await?;
+            }
+        }
+        None => {
+            // The namespace is gone: a macvlan/ipvlan died with it; a physical
+            // ENI went back to the initial namespace under some name.
+            if is_eni
+                && let (Some(ep), Some(name)) = (&ep, &eni_name)
+                && let Some(mac) = parse_mac(&ep.mac)
+                && !eni::recover_by_mac(&host, &mac, name).await?
+            {
+                warn!(container = c.cid(), eni = %name, "ENI not found after its pod namespace was deleted");
+            }
+        }
+    }
+    c.ipam.del(req).map_err(|e| e.context("IPAM release"))?;
+    c.store.remove(c.cid(), c.ifname())?;
+    info!(container = c.cid(), ifname = c.ifname(), "pod interface removed");
+    Ok(())
+}
+
+/// CHECK: the record, the interface (same MAC) and its addresses are as ADD left them.
+pub async fn check(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> {
+    let c = ctx(req, cfg);
+    let ep = c.store.get(c.cid(), c.ifname())?.ok_or_else(|| {
+        CniError::new(
+            ErrorCode::CheckFailed,
+            format!("no endpoint record for {}/{}", c.cid(), c.ifname()),
+        )
+    })?;
+    let pod_ns = NetNs::open(req.inv.netns.as_deref().expect("CHECK has a netns"))?;
+    let pod = Netlink::in_netns(&pod_ns)?;
+    let link = pod.link_by_name(c.ifname()).await?.ok_or_else(|| {
+        CniError::new(
+            ErrorCode::CheckFailed,
+            format!("interface {} is missing from {}", c.ifname(), pod.label()),
+        )
+    })?;
+    if link.mac_string() != ep.mac {
+        return Err(CniError::new(
+            ErrorCode::CheckFailed,
+            format!(
+                "interface {} has MAC {} but was created with {}",
+                c.ifname(),
+                link.mac_string(),
+                ep.mac
+            ),
+        ));
+    }
+    if !link.up {
+        return Err(CniError::new(
+            ErrorCode::CheckFailed,
+            format!("interface {} is down", c.ifname()),
+        ));
+    }
+    pod_setup::verify_addresses(&pod, &link, &ep.ips).await?;
+    c.ipam.check(req)
+}
+
+/// STATUS: the parent (or ENI) is present and IPAM can hand out an address.
+pub async fn status(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> {
+    let c = ctx(req, cfg);
+    let host = Netlink::host()?;
+    let unavailable = |m: String| CniError::new(ErrorCode::NotAvailable, m);
+    match link_cfg(cfg) {
+        LinkConfig::Macvlan(m) => host
+            .link_by_name(&m.parent)
+            .await?
+            .map(drop)
+            .ok_or_else(|| unavailable(format!("parent {} is missing", m.parent)))?,
+        LinkConfig::Ipvlan(i) => host
+            .link_by_name(&i.parent)
+            .await?
+            .map(drop)
+            .ok_or_else(|| unavailable(format!("parent {} is missing", i.parent)))?,
+        LinkConfig::Eni(e) => eni::find(&host, e).await.map(drop).map_err(|e| unavailable(e.msg))?,
+    }
+    c.ipam.status(req)
+}

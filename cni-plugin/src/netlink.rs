@@ -1,0 +1,281 @@
+//! Route-netlink in terms this plugin uses: links by name, addresses,
+//! routes, moving links between namespaces. Callers never build raw messages.
+
+use crate::netns::NetNs;
+use futures::TryStreamExt;
+use ipnetwork::IpNetwork;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use sluice_cni_spec::{CniError, ErrorCode};
+use std::net::IpAddr;
+
+/// What we need to know of a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: u32,
+    pub up: bool,
+    /// `macvlan`, `ipvlan`, `veth`, ... (None for physical devices).
+    pub kind: Option<String>,
+}
+
+pub fn format_mac(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).ok())
+        .collect::<Option<_>>()?;
+    parts.try_into().ok()
+}
+
+impl Link {
+    fn from_message(m: &LinkMessage) -> Link {
+        let mut l = Link {
+            index: m.header.index,
+            name: String::new(),
+            mac: None,
+            mtu: 0,
+            up: m.header.flags.contains(LinkFlags::Up),
+            kind: None,
+        };
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name = n.clone(),
+                LinkAttribute::Address(a) if a.len() == 6 => l.mac = a.as_slice().try_into().ok(),
+                LinkAttribute::Mtu(m) => l.mtu = *m,
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            l.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        l
+    }
+
+    pub fn mac_string(&self) -> String {
+        self.mac.as_ref().map(format_mac).unwrap_or_default()
+    }
+}
+
+/// The errno of a netlink error, if it is one.
+pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+fn nl_err(what: impl std::fmt::Display) -> impl FnOnce(rtnetlink::Error) -> CniError {
+    move |e| CniError::new(ErrorCode::Netlink, format!("{what}: {e}"))
+}
+
+/// A route-netlink connection bound to one namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+    ns_label: String,
+}
+
+impl Netlink {
+    /// Connect in the caller's namespace.
+    pub fn host() -> Result<Netlink, CniError> {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| CniError::new(ErrorCode::Io, format!("netlink socket: {e}")))?;
+        tokio::spawn(conn);
+        Ok(Netlink {
+            handle,
+            ns_label: "host netns".into(),
+        })
+    }
+
+    /// Connect inside `ns`: the socket is created by a thread in that
+    /// namespace and stays bound to it; requests are then made from here.
+    pub fn in_netns(ns: &NetNs) -> Result<Netlink, CniError> {
+        let rt = tokio::runtime::Handle::current();
+        let (conn, handle, _) = ns
+            .run(|| {
+                let _guard = rt.enter();
+                rtnetlink::new_connection()
+            })?
+            .map_err(|e| CniError::new(ErrorCode::Io, format!("netlink socket in {}: {e}", ns.path().display())))?;
+        tokio::spawn(conn);
+        Ok(Netlink {
+            handle,
+            ns_label: format!("netns {}", ns.path().display()),
+        })
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    pub fn label(&self) -> &str {
+        &self.ns_label
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, CniError> {
+        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        match s.try_next().await {
+            Ok(m) => Ok(m.as_ref().map(Link::from_message)),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(nl_err(format!("get link {name} in {}", self.ns_label))(e)),
+        }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, CniError> {
+        let mut s = self.handle.link().get().match_index(index).execute();
+        match s.try_next().await {
+            Ok(m) => Ok(m.as_ref().map(Link::from_message)),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(nl_err(format!("get link #{index} in {}", self.ns_label))(e)),
+        }
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>, CniError> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_err(format!("list links in {}", self.ns_label)))?;
+        Ok(msgs.iter().map(Link::from_message).collect())
+    }
+
+    pub async fn add_link(&self, msg: LinkMessage, what: &str) -> Result<(), CniError> {
+        self.handle.link().add(msg).execute().await.map_err(|e| {
+            let code = match errno(&e) {
+                Some(libc::EOPNOTSUPP) => ErrorCode::NotAvailable,
+                _ => ErrorCode::Netlink,
+            };
+            CniError::new(code, format!("create {what} in {}: {e}", self.ns_label))
+        })
+    }
+
+    pub async fn set_link(&self, msg: LinkMessage, what: &str) -> Result<(), CniError> {
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(nl_err(format!("{what} in {}", self.ns_label)))
+    }
+
+    pub async fn set_up(&self, index: u32, name: &str) -> Result<(), CniError> {
+        self.set_link(
+            LinkUnspec::new_with_index(index).up().build(),
+            &format!("set {name} up"),
+        )
+        .await
+    }
+
+    /// Delete a link; a link that is already gone is not an error.
+    pub async fn del_link(&self, index: u32, name: &str) -> Result<(), CniError> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(e) => Err(nl_err(format!("delete link {name} in {}", self.ns_label))(e)),
+        }
+    }
+
+    /// Move link `index` into the namespace `fd`, renaming it on the way (one message).
+    pub async fn move_link(
+        &self,
+        index: u32,
+        fd: std::os::fd::RawFd,
+        new_name: &str,
+        what: &str,
+    ) -> Result<(), CniError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .setns_by_fd(fd)
+            .name(new_name.to_string())
+            .build();
+        self.set_link(msg, what).await
+    }
+
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNetwork>, CniError> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_err(format!("list addresses of link #{index} in {}", self.ns_label)))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.index == index)
+            .filter_map(|m| {
+                // For IPv4, IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer on p2p links).
+                let local = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(ip) => Some(*ip),
+                    _ => None,
+                });
+                let addr = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                });
+                IpNetwork::new(local.or(addr)?, m.header.prefix_len).ok()
+            })
+            .collect())
+    }
+
+    pub async fn add_address(&self, index: u32, addr: IpNetwork) -> Result<(), CniError> {
+        let mut req = self.handle.address().add(index, addr.ip(), addr.prefix());
+        if addr.is_ipv6() {
+            // Addresses come from IPAM and are unique by construction; waiting
+            // for DAD would only delay the pod's first packet.
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute().await.map_err(nl_err(format!(
+            "add address {addr} to link #{index} in {}",
+            self.ns_label
+        )))
+    }
+
+    pub async fn add_route(&self, index: u32, dst: IpNetwork, gw: Option<IpAddr>) -> Result<(), CniError> {
+        let what = format!("add route {dst} via {gw:?} on link #{index} in {}", self.ns_label);
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.ip(), dst.prefix())
+            .map_err(|e| CniError::new(ErrorCode::InvalidConfig, format!("{what}: {e}")))?
+            .output_interface(index);
+        if let Some(gw) = gw {
+            b = b
+                .gateway(gw)
+                .map_err(|e| CniError::new(ErrorCode::InvalidConfig, format!("{what}: {e}")))?;
+        }
+        match self.handle.route().add(b.build()).execute().await {
+            Ok(()) => Ok(()),
+            // The kernel already made the on-link route for the address's subnet.
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(CniError::new(ErrorCode::Netlink, format!("{what}: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_round_trip() {
+        let m = parse_mac("02:aB:00:11:22:ff").unwrap();
+        assert_eq!(format_mac(&m), "02:ab:00:11:22:ff");
+        assert!(parse_mac("02:ab:00:11:22").is_none());
+        assert!(parse_mac("zz:ab:00:11:22:33").is_none());
+    }
+}

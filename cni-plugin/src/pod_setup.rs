@@ -1,0 +1,56 @@
+//! Configure the pod side of an interface from an IPAM result: addresses,
+//! link up, routes, then the announcement.
+
+use crate::garp;
+use crate::netlink::{Link, Netlink};
+use crate::netns::NetNs;
+use sluice_cni_spec::{CniError, CniResult, ErrorCode};
+use std::net::IpAddr;
+
+pub async fn configure(
+    pod: &Netlink,
+    pod_ns: &NetNs,
+    link: &Link,
+    ipam: &CniResult,
+    announce: bool,
+) -> Result<(), CniError> {
+    for ip in &ipam.ips {
+        pod.add_address(link.index, ip.address).await?;
+    }
+    pod.set_up(link.index, &link.name).await?;
+    for r in &ipam.routes {
+        // A route without a gateway goes via the gateway of its family.
+        let gw = r.gw.or_else(|| {
+            ipam.ips
+                .iter()
+                .filter(|i| i.address.is_ipv4() == r.dst.is_ipv4())
+                .find_map(|i| i.gateway)
+        });
+        pod.add_route(link.index, r.dst, gw).await?;
+    }
+    if announce && let Some(mac) = link.mac {
+        let ips: Vec<IpAddr> = ipam.ips.iter().map(|i| i.address.ip()).collect();
+        let index = link.index;
+        pod_ns.run(move || garp::announce(index, mac, &ips))?.map_err(|e| {
+            CniError::new(
+                ErrorCode::Io,
+                format!("gratuitous ARP/NA on {} in {}: {e}", link.name, pod_ns.path().display()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Every address of `ips` is on the link (CHECK, and the chained role's ADD).
+pub async fn verify_addresses(pod: &Netlink, link: &Link, ips: &[ipnetwork::IpNetwork]) -> Result<(), CniError> {
+    let have = pod.addresses(link.index).await?;
+    for ip in ips {
+        if !have.iter().any(|h| h.ip() == ip.ip() && h.prefix() == ip.prefix()) {
+            return Err(CniError::new(
+                ErrorCode::CheckFailed,
+                format!("address {ip} is not on {} in {} (has {have:?})", link.name, pod.label()),
+            ));
+        }
+    }
+    Ok(())
+}
