@@ -1,0 +1,189 @@
+//! A simulated VPC: one namespace holding a bridge (the VPC fabric and its
+//! router at 10.244.0.1), and "node" namespaces whose `eth0` uplink (a veth
+//! into the bridge) plays the node's ENI. Pods are namespaces of their own.
+//! Everything is deleted when the Vpc is dropped.
+
+use crate::netns::Netns;
+use anyhow::Result;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+pub const POD_SUBNET: &str = "10.244.0.0/16";
+pub const VPC_GATEWAY: &str = "10.244.0.1";
+
+pub struct Vpc {
+    pub prefix: String,
+    pub data_dir: PathBuf,
+    // Declared before `fabric` so nodes and pods go first when dropped.
+    pub pods: Vec<Netns>,
+    pub nodes: Vec<Netns>,
+    pub fabric: Netns,
+}
+
+impl Vpc {
+    pub fn new(tag: &str, nodes: usize) -> Result<Vpc> {
+        let prefix = crate::unique_prefix(tag);
+        let fabric = Netns::new(&format!("{prefix}-vpc"))?;
+        fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
+        fabric.ip(&["link", "set", "br0", "up"])?;
+        fabric.ip(&["addr", "add", &format!("{VPC_GATEWAY}/16"), "dev", "br0"])?;
+        fabric.ip(&["addr", "add", "172.31.0.1/16", "dev", "br0"])?;
+        let data_dir = std::env::temp_dir().join(&prefix);
+        let mut vpc = Vpc {
+            prefix,
+            data_dir,
+            pods: Vec::new(),
+            nodes: Vec::new(),
+            fabric,
+        };
+        for i in 0..nodes {
+            vpc.add_node(i)?;
+        }
+        Ok(vpc)
+    }
+
+    fn add_node(&mut self, i: usize) -> Result<()> {
+        let node = Netns::new(&format!("{}-n{i}", self.prefix))?;
+        let port = format!("n{i}");
+        self.fabric.ip(&[
+            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &node.name,
+        ])?;
+        self.fabric.ip(&["link", "set", &port, "master", "br0", "up"])?;
+        node.ip(&["link", "set", "eth0", "up"])?;
+        node.ip(&["addr", "add", &format!("172.31.0.{}/16", 11 + i), "dev", "eth0"])?;
+        self.nodes.push(node);
+        Ok(())
+    }
+
+    /// Another uplink on node `i`, to play a second ENI (for the eni kind).
+    pub fn add_eni(&self, node: usize, name: &str) -> Result<String> {
+        let port = format!("e{node}{name}");
+        self.fabric.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            name,
+            "netns",
+            &self.nodes[node].name,
+        ])?;
+        self.fabric.ip(&["link", "set", &port, "master", "br0", "up"])?;
+        let mac = self.nodes[node].ip(&["-o", "link", "show", name])?;
+        let mac = mac
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        Ok(mac)
+    }
+
+    /// A new pod namespace; returns its index in `pods`.
+    pub fn pod(&mut self, name: &str) -> Result<usize> {
+        let ns = Netns::new(&format!("{}-{name}", self.prefix))?;
+        self.pods.push(ns);
+        Ok(self.pods.len() - 1)
+    }
+
+    /// Run the sluice binary in node `node`'s namespace, as the runtime there would.
+    pub fn sluice(&self, node: usize, cmd: &str, cid: &str, pod: usize, conf: &Value) -> crate::cni::CniOutput {
+        let bin = crate::bin_dir().join("sluice");
+        let netns = self.pods[pod].path();
+        crate::cni::Call::new(&bin, Some(&self.nodes[node].name))
+            .standard(cmd, cid, &netns.display().to_string(), "eth0")
+            .run(&serde_json::to_vec(conf).unwrap())
+    }
+
+    pub fn node_name(&self, i: usize) -> String {
+        self.nodes[i].name.clone()
+    }
+
+    /// Node `i`'s share of the pod subnet, as host-local/sluice-ipam ranges.
+    pub fn ranges(&self, node: usize) -> Value {
+        json!([[{
+            "subnet": POD_SUBNET,
+            "rangeStart": format!("10.244.{}.2", node + 1),
+            "rangeEnd": format!("10.244.{}.250", node + 1),
+            "gateway": VPC_GATEWAY
+        }]])
+    }
+
+    /// The sluice main-role config for node `i` with a macvlan on its uplink.
+    pub fn main_conf(&self, node: usize, version: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": format!("{}-net", self.prefix),
+            "type": "sluice",
+            "link": {"kind": "macvlan", "parent": "eth0", "mode": "bridge"},
+            "ipam": {
+                "type": "sluice-ipam",
+                "ranges": self.ranges(node),
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": self.data_dir.join(format!("ipam-n{node}"))
+            },
+            "dataDir": self.data_dir.join(format!("n{node}")),
+            "logFile": self.data_dir.join("sluice.log"),
+            "logLevel": "debug"
+        })
+    }
+
+    /// The leases in node `i`'s sluice-ipam pool.
+    pub fn leases(&self, node: usize) -> Vec<String> {
+        let net = format!("{}-net", self.prefix);
+        let p = self
+            .data_dir
+            .join(format!("ipam-n{node}"))
+            .join(net)
+            .join("leases.json");
+        match std::fs::read(&p) {
+            Ok(b) => {
+                let v: Value = serde_json::from_slice(&b).expect("leases.json is JSON");
+                v["leases"]
+                    .as_object()
+                    .map(|m| m.keys().cloned().collect())
+                    .unwrap_or_default()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Endpoint records on node `i`.
+    pub fn endpoints(&self, node: usize) -> Vec<String> {
+        let dir = self
+            .data_dir
+            .join(format!("n{node}"))
+            .join("endpoints")
+            .join(format!("{}-net", self.prefix));
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Vpc {
+    fn drop(&mut self) {
+        self.pods.clear();
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// The pod's IPv4 address (without prefix) from an ADD result.
+pub fn result_ip(result: &Value) -> String {
+    result["ips"][0]["address"]
+        .as_str()
+        .expect("result has an ip")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}

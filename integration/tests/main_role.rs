@@ -1,0 +1,181 @@
+//! The main role in the simulated VPC: sluice creates the pod interfaces.
+
+use serde_json::json;
+use sluice_integration::probe::{EchoServer, tcp_request, udp_request};
+use sluice_integration::vpc::{Vpc, result_ip};
+use sluice_integration::{bin_dir, require_root};
+use std::net::SocketAddr;
+
+fn sa(ip: &str, port: u16) -> SocketAddr {
+    format!("{ip}:{port}").parse().unwrap()
+}
+
+#[test]
+fn macvlan_pods_reach_each_other_within_and_across_nodes() {
+    if !require_root("macvlan_pods_reach_each_other_within_and_across_nodes") {
+        return;
+    }
+    let mut vpc = Vpc::new("mv", 2).unwrap();
+    // Two pods on node 0, one on node 1.
+    let placement = [(0usize, "a1"), (0, "a2"), (1, "b1")];
+    let mut pods = Vec::new();
+    for (node, name) in placement {
+        let p = vpc.pod(name).unwrap();
+        let conf = vpc.main_conf(node, "1.1.0");
+        let out = vpc.sluice(node, "ADD", name, p, &conf).expect_ok("ADD");
+        let r = out.json();
+        assert_eq!(r["cniVersion"], "1.1.0");
+        assert_eq!(r["interfaces"][0]["name"], "eth0");
+        assert_eq!(r["interfaces"][0]["sandbox"], vpc.pods[p].path().display().to_string());
+        let mac = r["interfaces"][0]["mac"].as_str().unwrap();
+        assert!(
+            vpc.pods[p].ip(&["link", "show", "eth0"]).unwrap().contains(mac),
+            "result MAC is the real one"
+        );
+        assert_eq!(r["ips"][0]["interface"], 0);
+        let ip = result_ip(&r);
+        assert!(
+            ip.starts_with(&format!("10.244.{}.", node + 1)),
+            "{ip} from node {node}'s range"
+        );
+        assert_eq!(vpc.pods[p].addrs("eth0").unwrap()[0], format!("{ip}/16"));
+        let routes = vpc.pods[p].ip(&["route", "show", "default"]).unwrap();
+        assert!(
+            routes.contains("via 10.244.0.1"),
+            "default route via the VPC gateway: {routes}"
+        );
+        pods.push((node, name, p, ip));
+    }
+    let _servers: Vec<EchoServer> = pods
+        .iter()
+        .map(|(_, name, p, _)| EchoServer::start(&vpc.pods[*p], 7000, name).unwrap())
+        .collect();
+    for (_, from, pf, _) in &pods {
+        for (_, to, _, ip) in &pods {
+            if from == to {
+                continue;
+            }
+            let reply =
+                tcp_request(&vpc.pods[*pf], sa(ip, 7000), "hi").unwrap_or_else(|e| panic!("{from} -> {to}: {e}"));
+            assert_eq!(reply, format!("{to}:hi"));
+        }
+    }
+    let reply = udp_request(&vpc.pods[pods[0].2], sa(&pods[2].3, 7000), "dgram").unwrap();
+    assert_eq!(reply, "b1:dgram", "UDP across nodes");
+
+    for (node, name, p, _) in &pods {
+        vpc.sluice(*node, "CHECK", name, *p, &vpc.main_conf(*node, "1.1.0"))
+            .expect_ok("CHECK");
+    }
+    assert_eq!(vpc.leases(0).len(), 2);
+    assert_eq!(vpc.endpoints(0).len(), 2);
+
+    for (node, name, p, _) in &pods {
+        let conf = vpc.main_conf(*node, "1.1.0");
+        vpc.sluice(*node, "DEL", name, *p, &conf).expect_ok("DEL");
+        vpc.sluice(*node, "DEL", name, *p, &conf).expect_ok("DEL twice");
+        assert_eq!(
+            vpc.pods[*p].link_names().unwrap(),
+            vec!["lo"],
+            "pod {name} has only lo after DEL"
+        );
+    }
+    for node in 0..2 {
+        assert!(
+            vpc.leases(node).is_empty(),
+            "node {node} leases left: {:?}",
+            vpc.leases(node)
+        );
+        assert!(vpc.endpoints(node).is_empty(), "node {node} endpoint records left");
+        assert_eq!(vpc.nodes[node].link_names().unwrap(), vec!["lo", "eth0"]);
+    }
+}
+
+#[test]
+fn check_detects_a_tampered_pod_interface() {
+    if !require_root("check_detects_a_tampered_pod_interface") {
+        return;
+    }
+    let mut vpc = Vpc::new("ck", 1).unwrap();
+    let p = vpc.pod("p").unwrap();
+    let conf = vpc.main_conf(0, "1.1.0");
+    let r = vpc.sluice(0, "ADD", "p", p, &conf).expect_ok("ADD").json();
+    let addr = format!("{}/16", result_ip(&r));
+    vpc.pods[p].ip(&["addr", "del", &addr, "dev", "eth0"]).unwrap();
+    let out = vpc.sluice(0, "CHECK", "p", p, &conf);
+    assert_eq!(out.error_code(), 103, "{}", out.stdout);
+    assert!(out.json()["msg"].as_str().unwrap().contains(&addr));
+    vpc.pods[p].ip(&["link", "del", "eth0"]).unwrap();
+    assert_eq!(vpc.sluice(0, "CHECK", "p", p, &conf).error_code(), 103);
+    vpc.sluice(0, "DEL", "p", p, &conf).expect_ok("DEL with interface gone");
+    assert!(vpc.leases(0).is_empty());
+}
+
+#[test]
+fn del_succeeds_when_netns_is_gone_or_not_given() {
+    if !require_root("del_succeeds_when_netns_is_gone_or_not_given") {
+        return;
+    }
+    let mut vpc = Vpc::new("dg", 1).unwrap();
+    let conf = vpc.main_conf(0, "1.1.0");
+    let p = vpc.pod("gone").unwrap();
+    vpc.sluice(0, "ADD", "gone", p, &conf).expect_ok("ADD");
+    let q = vpc.pod("empty").unwrap();
+    vpc.sluice(0, "ADD", "empty", q, &conf).expect_ok("ADD");
+    assert_eq!(vpc.leases(0).len(), 2);
+
+    // The runtime deleted the namespace before DEL.
+    let path = vpc.pods[p].path().display().to_string();
+    vpc.pods.remove(p);
+    let bin = bin_dir().join("sluice");
+    let stdin = serde_json::to_vec(&conf).unwrap();
+    sluice_integration::cni::Call::new(&bin, Some(&vpc.node_name(0)))
+        .standard("DEL", "gone", &path, "eth0")
+        .run(&stdin)
+        .expect_ok("DEL with the netns deleted");
+    // containerd: CNI_NETNS empty.
+    sluice_integration::cni::Call::new(&bin, Some(&vpc.node_name(0)))
+        .standard("DEL", "empty", "", "eth0")
+        .run(&stdin)
+        .expect_ok("DEL with empty CNI_NETNS");
+    assert!(vpc.leases(0).is_empty(), "{:?}", vpc.leases(0));
+    assert!(vpc.endpoints(0).is_empty());
+}
+
+#[test]
+fn eni_kind_moves_the_device_in_and_hands_it_back() {
+    if !require_root("eni_kind_moves_the_device_in_and_hands_it_back") {
+        return;
+    }
+    let mut vpc = Vpc::new("en", 1).unwrap();
+    let mac = vpc.add_eni(0, "eni1").unwrap();
+    let mut conf = vpc.main_conf(0, "1.0.0");
+    // By MAC: a device's name can change, its MAC does not.
+    conf["link"] = json!({"kind": "eni", "mac": mac});
+    let p = vpc.pod("p").unwrap();
+    let r = vpc.sluice(0, "ADD", "p", p, &conf).expect_ok("ADD").json();
+    assert_eq!(r["interfaces"][0]["mac"], mac.as_str(), "the pod has the ENI itself");
+    assert!(
+        !vpc.nodes[0].link_names().unwrap().contains(&"eni1".to_string()),
+        "ENI left the host"
+    );
+    let _gw = EchoServer::start(&vpc.fabric, 7001, "vpc").unwrap();
+    assert_eq!(tcp_request(&vpc.pods[p], sa("10.244.0.1", 7001), "x").unwrap(), "vpc:x");
+    vpc.sluice(0, "CHECK", "p", p, &conf).expect_ok("CHECK");
+
+    // A second pod cannot take the same ENI, and leaves nothing behind.
+    let q = vpc.pod("q").unwrap();
+    let out = vpc.sluice(0, "ADD", "q", q, &conf);
+    assert_eq!(out.error_code(), 102);
+    assert_eq!(vpc.leases(0).len(), 1);
+
+    vpc.sluice(0, "DEL", "p", p, &conf).expect_ok("DEL");
+    let links = vpc.nodes[0].link_names().unwrap();
+    assert!(
+        links.contains(&"eni1".to_string()),
+        "ENI back under its own name: {links:?}"
+    );
+    assert!(vpc.nodes[0].ip(&["link", "show", "eni1"]).unwrap().contains(&mac));
+    assert_eq!(vpc.pods[p].link_names().unwrap(), vec!["lo"]);
+    assert!(vpc.leases(0).is_empty());
+}
