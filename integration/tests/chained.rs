@@ -1,0 +1,183 @@
+//! The chained role: sluice as the second plugin of a conflist, behind
+//! Debian's reference `macvlan` + `host-local`, run by a libcni-style runner.
+
+use serde_json::{Value, json};
+use sluice_integration::chain::Chain;
+use sluice_integration::cni::Call;
+use sluice_integration::probe::{EchoServer, tcp_request};
+use sluice_integration::vpc::{Vpc, result_ip};
+use sluice_integration::{bin_dir, reference_plugins_present, require_root};
+
+fn conflist(vpc: &Vpc, node: usize, version: &str) -> Value {
+    json!({
+        "cniVersion": version,
+        "name": format!("{}-net", vpc.prefix),
+        "plugins": [
+            {"type": "macvlan", "master": "eth0", "mode": "bridge",
+             "ipam": {"type": "host-local", "ranges": vpc.ranges(node), "routes": [{"dst": "0.0.0.0/0"}],
+                      "dataDir": vpc.data_dir.join("host-local")}},
+            {"type": "sluice", "dataDir": vpc.data_dir.join(format!("n{node}")),
+             "logFile": vpc.data_dir.join("sluice.log"), "logLevel": "debug"}
+        ]
+    })
+}
+
+fn host_local_leases(vpc: &Vpc) -> Vec<String> {
+    let dir = vpc.data_dir.join("host-local").join(format!("{}-net", vpc.prefix));
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("10."))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn chained_behind_reference_macvlan_and_host_local() {
+    if !require_root("chained_behind_reference_macvlan_and_host_local") {
+        return;
+    }
+    if !reference_plugins_present() {
+        eprintln!(
+            "SKIP chained_behind_reference_macvlan_and_host_local: /usr/lib/cni/macvlan or host-local missing (apt containernetworking-plugins)"
+        );
+        return;
+    }
+    for version in ["0.4.0", "1.0.0"] {
+        let mut vpc = Vpc::new("ch", 2).unwrap();
+        let mut chain0 = Chain::new(conflist(&vpc, 0, version), Some(vpc.node_name(0)));
+        let mut chain1 = Chain::new(conflist(&vpc, 1, version), Some(vpc.node_name(1)));
+        let a = vpc.pod("a").unwrap();
+        let b = vpc.pod("b").unwrap();
+        let ra = chain0
+            .add("pa", &vpc.pods[a].path().display().to_string(), "eth0")
+            .unwrap();
+        let rb = chain1
+            .add("pb", &vpc.pods[b].path().display().to_string(), "eth0")
+            .unwrap();
+        assert_eq!(ra["cniVersion"], version);
+        // sluice passes the result on, with the interface's real MAC and sandbox.
+        let iface = ra["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == "eth0")
+            .unwrap();
+        assert_eq!(iface["sandbox"], vpc.pods[a].path().display().to_string());
+        let mac = iface["mac"].as_str().unwrap();
+        assert!(vpc.pods[a].ip(&["link", "show", "eth0"]).unwrap().contains(mac));
+        if version == "0.4.0" {
+            assert_eq!(ra["ips"][0]["version"], "4", "0.4.0 result shape kept");
+        }
+        let eps = vpc.endpoints(0);
+        assert_eq!(eps, vec!["pa:eth0.json".to_string()]);
+        let rec: Value = serde_json::from_slice(
+            &std::fs::read(
+                vpc.data_dir
+                    .join("n0/endpoints")
+                    .join(format!("{}-net", vpc.prefix))
+                    .join("pa:eth0.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(rec["mac"], mac);
+        assert_eq!(rec["role"], "chained");
+        assert_eq!(rec["linkKind"], "macvlan");
+        assert_eq!(rec["ips"][0], format!("{}/16", result_ip(&ra)));
+
+        let _s = EchoServer::start(&vpc.pods[b], 7100, "b").unwrap();
+        assert_eq!(
+            tcp_request(&vpc.pods[a], format!("{}:7100", result_ip(&rb)).parse().unwrap(), "hi").unwrap(),
+            "b:hi"
+        );
+
+        chain0
+            .check("pa", &vpc.pods[a].path().display().to_string(), "eth0")
+            .unwrap();
+        // Someone removes the address behind everyone's back: sluice's CHECK notices.
+        let addr = format!("{}/16", result_ip(&ra));
+        vpc.pods[a].ip(&["addr", "del", &addr, "dev", "eth0"]).unwrap();
+        let err = chain0
+            .check("pa", &vpc.pods[a].path().display().to_string(), "eth0")
+            .unwrap_err();
+        assert_eq!(err.plugin, "macvlan", "macvlan checks first");
+        vpc.pods[a].ip(&["addr", "add", &addr, "dev", "eth0"]).unwrap();
+
+        chain0
+            .del("pa", &vpc.pods[a].path().display().to_string(), "eth0")
+            .unwrap();
+        chain1
+            .del("pb", &vpc.pods[b].path().display().to_string(), "eth0")
+            .unwrap();
+        assert!(vpc.endpoints(0).is_empty() && vpc.endpoints(1).is_empty());
+        assert!(host_local_leases(&vpc).is_empty(), "{:?}", host_local_leases(&vpc));
+        assert_eq!(vpc.pods[a].link_names().unwrap(), vec!["lo"]);
+    }
+}
+
+/// Real first plugins send thin results (Terway: no MAC, the container id
+/// where the netns path belongs). sluice trusts the namespace and fills in.
+#[test]
+fn chained_fills_in_a_thin_prev_result_and_verifies_it() {
+    if !require_root("chained_fills_in_a_thin_prev_result_and_verifies_it") {
+        return;
+    }
+    let mut vpc = Vpc::new("th", 1).unwrap();
+    let p = vpc.pod("p").unwrap();
+    let pod = &vpc.pods[p];
+    vpc.nodes[0]
+        .ip(&[
+            "link", "add", "tmp0", "link", "eth0", "type", "macvlan", "mode", "bridge",
+        ])
+        .unwrap();
+    vpc.nodes[0].ip(&["link", "set", "tmp0", "netns", &pod.name]).unwrap();
+    pod.ip(&["link", "set", "tmp0", "name", "eth0"]).unwrap();
+    pod.ip(&["addr", "add", "10.244.1.50/16", "dev", "eth0"]).unwrap();
+    pod.ip(&["link", "set", "eth0", "up"]).unwrap();
+    let real_mac = pod.ip(&["link", "show", "eth0"]).unwrap();
+
+    let conf = |prev: Value| {
+        json!({"cniVersion": "1.0.0", "name": "thin", "type": "sluice",
+               "dataDir": vpc.data_dir.join("n0"), "prevResult": prev})
+    };
+    let call = |cmd: &str, cid: &str, c: &Value| {
+        Call::new(&bin_dir().join("sluice"), Some(&vpc.nodes[0].name))
+            .standard(cmd, cid, &vpc.pods[p].path().display().to_string(), "eth0")
+            .run(&serde_json::to_vec(c).unwrap())
+    };
+    let thin = json!({"cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "sandbox": "0123456789abcdef"}],
+        "ips": [{"address": "10.244.1.50/16", "gateway": "10.244.0.1", "interface": 0}],
+        "vendorExtension": {"eniId": "eni-123"}});
+    let r = call("ADD", "c1", &conf(thin.clone())).expect_ok("ADD").json();
+    let mac = r["interfaces"][0]["mac"].as_str().unwrap();
+    assert!(
+        !mac.is_empty() && real_mac.contains(mac),
+        "MAC filled in from the kernel"
+    );
+    assert_eq!(r["interfaces"][0]["sandbox"], vpc.pods[p].path().display().to_string());
+    assert_eq!(r["vendorExtension"]["eniId"], "eni-123", "unknown fields passed on");
+    call("CHECK", "c1", &conf(r.clone())).expect_ok("CHECK");
+    call("DEL", "c1", &conf(r)).expect_ok("DEL");
+
+    // The result claims an address the interface does not have.
+    let mut lying = thin.clone();
+    lying["ips"][0]["address"] = json!("10.244.1.99/16");
+    let out = call("ADD", "c2", &conf(lying));
+    assert_eq!(out.error_code(), 103, "{}", out.stdout);
+    assert!(out.stdout.contains("10.244.1.99"));
+    // No interface at all under CNI_IFNAME.
+    let mut wrong_if = thin.clone();
+    wrong_if["interfaces"][0]["name"] = json!("eth0");
+    vpc.pods[p].ip(&["link", "set", "eth0", "name", "other0"]).unwrap();
+    assert_eq!(call("ADD", "c3", &conf(wrong_if)).error_code(), 102);
+    // No prevResult in the chained role.
+    let out = Call::new(&bin_dir().join("sluice"), Some(&vpc.nodes[0].name))
+        .standard("ADD", "c4", &vpc.pods[p].path().display().to_string(), "eth0")
+        .run(br#"{"cniVersion":"1.0.0","name":"thin","type":"sluice"}"#);
+    assert_eq!(out.error_code(), 7);
+    assert!(vpc.endpoints(0).is_empty(), "failed ADDs recorded nothing");
+}
