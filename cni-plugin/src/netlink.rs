@@ -248,7 +248,8 @@ impl Netlink {
     }
 
     pub async fn add_route(&self, index: u32, dst: IpNetwork, gw: Option<IpAddr>) -> Result<(), CniError> {
-        let what = format!("add route {dst} via {gw:?} on link #{index} in {}", self.ns_label);
+        let via = gw.map(|g| format!(" via {g}")).unwrap_or_default();
+        let what = format!("add route {dst}{via} on link #{index} in {}", self.ns_label);
         let mut b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dst.ip(), dst.prefix())
             .map_err(|e| CniError::new(ErrorCode::InvalidConfig, format!("{what}: {e}")))?
