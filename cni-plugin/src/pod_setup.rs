@@ -17,6 +17,16 @@ pub async fn configure(
     for ip in &ipam.ips {
         pod.add_address(link.index, ip.address).await?;
     }
+    if announce {
+        let name = link.name.clone();
+        pod_ns.run(move || garp::enable_arp_notify(&name))?.map_err(|e| {
+            CniError::new(
+                ErrorCode::Io,
+                format!("arp_notify on {} in {}: {e}", link.name, pod_ns.path().display()),
+            )
+        })?;
+    }
+    // Link up with the addresses in place: the kernel announces them now.
     pod.set_up(link.index, &link.name).await?;
     for r in &ipam.routes {
         // A route without a gateway goes via the gateway of its family.
@@ -28,13 +38,21 @@ pub async fn configure(
         });
         pod.add_route(link.index, r.dst, gw).await?;
     }
-    if announce && let Some(mac) = link.mac {
-        let ips: Vec<IpAddr> = ipam.ips.iter().map(|i| i.address.ip()).collect();
+    let v6: Vec<IpAddr> = ipam
+        .ips
+        .iter()
+        .map(|i| i.address.ip())
+        .filter(IpAddr::is_ipv6)
+        .collect();
+    if announce
+        && !v6.is_empty()
+        && let Some(mac) = link.mac
+    {
         let index = link.index;
-        pod_ns.run(move || garp::announce(index, mac, &ips))?.map_err(|e| {
+        pod_ns.run(move || garp::announce_v6(index, mac, &v6))?.map_err(|e| {
             CniError::new(
                 ErrorCode::Io,
-                format!("gratuitous ARP/NA on {} in {}: {e}", link.name, pod_ns.path().display()),
+                format!("unsolicited NA on {} in {}: {e}", link.name, pod_ns.path().display()),
             )
         })?;
     }

@@ -100,3 +100,81 @@ pub fn udp_request(ns: &Netns, to: SocketAddr, msg: &str) -> Result<String> {
         bail!("no UDP answer from {to}")
     })?
 }
+
+/// Capture ARP frames on `dev` in `ns` for up to `wait`, returning every
+/// gratuitous one (sender IP == target IP) as (sender MAC, IP).
+pub fn capture_gratuitous_arp(
+    ns: &Netns,
+    dev: &str,
+    wait: Duration,
+    during: impl FnOnce(),
+) -> Result<Vec<(String, String)>> {
+    let fd = ns.run(|| -> Result<i32> {
+        // SAFETY: a socket we own; closed below on every path.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(0x0806u16.to_be())) };
+        if fd < 0 {
+            bail!("packet socket: {}", std::io::Error::last_os_error());
+        }
+        Ok(fd)
+    })??;
+    let guard = scopeguard(fd);
+    let ifindex = ns.run(|| nix::net::if_::if_nametoindex(dev))??;
+    // SAFETY: fully initialised sockaddr_ll for bind.
+    unsafe {
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = 0x0806u16.to_be();
+        sll.sll_ifindex = ifindex as i32;
+        if libc::bind(
+            guard.0,
+            (&raw const sll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        ) < 0
+        {
+            bail!("bind packet socket: {}", std::io::Error::last_os_error());
+        }
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        libc::setsockopt(
+            guard.0,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+    }
+    during();
+    let deadline = Instant::now() + wait;
+    let mut found = Vec::new();
+    let mut buf = [0u8; 256];
+    while Instant::now() < deadline {
+        // SAFETY: reading into our own buffer.
+        let n = unsafe { libc::recv(guard.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 42 {
+            continue;
+        }
+        let (spa, tpa) = (&buf[28..32], &buf[38..42]);
+        if spa == tpa {
+            let mac = buf[22..28]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":");
+            found.push((mac, format!("{}.{}.{}.{}", spa[0], spa[1], spa[2], spa[3])));
+        }
+    }
+    Ok(found)
+}
+
+struct FdGuard(i32);
+fn scopeguard(fd: i32) -> FdGuard {
+    FdGuard(fd)
+}
+impl Drop for FdGuard {
+    fn drop(&mut self) {
+        // SAFETY: closing the fd this guard owns.
+        unsafe { libc::close(self.0) };
+    }
+}

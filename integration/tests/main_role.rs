@@ -179,3 +179,30 @@ fn eni_kind_moves_the_device_in_and_hands_it_back() {
     assert_eq!(vpc.pods[p].link_names().unwrap(), vec!["lo"]);
     assert!(vpc.leases(0).is_empty());
 }
+
+#[test]
+fn add_announces_the_pod_address_to_the_vpc() {
+    if !require_root("add_announces_the_pod_address_to_the_vpc") {
+        return;
+    }
+    let mut vpc = Vpc::new("ga", 1).unwrap();
+    let p = vpc.pod("p").unwrap();
+    let conf = vpc.main_conf(0, "1.1.0");
+    let mut result = serde_json::Value::Null;
+    let seen = sluice_integration::probe::capture_gratuitous_arp(
+        &vpc.fabric,
+        "br0",
+        std::time::Duration::from_millis(1500),
+        || {
+            result = vpc.sluice(0, "ADD", "p", p, &conf).expect_ok("ADD").json();
+        },
+    )
+    .unwrap();
+    let ip = result_ip(&result);
+    let mac = result["interfaces"][0]["mac"].as_str().unwrap().to_string();
+    assert!(
+        seen.contains(&(mac.clone(), ip.clone())),
+        "gratuitous ARP for {ip} at {mac} on the fabric; saw {seen:?}"
+    );
+    vpc.sluice(0, "DEL", "p", p, &conf).expect_ok("DEL");
+}

@@ -69,7 +69,7 @@ impl LockedStore {
             .open(&lock_path)
             .map_err(store_err(&lock_path, "opening lock file"))?;
         let started = Instant::now();
-        let mut pause = Duration::from_micros(200);
+        let mut pause = Duration::from_micros(50);
         loop {
             let r = if exclusive {
                 file.try_lock()
@@ -87,7 +87,8 @@ impl LockedStore {
                         });
                     }
                     std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(10));
+                    // Holders keep the lock for about one fsync (~1 ms): poll at that scale.
+                    pause = (pause * 2).min(Duration::from_millis(1));
                 }
                 Err(std::fs::TryLockError::Error(e)) => {
                     return Err(store_err(&lock_path, "locking")(e));

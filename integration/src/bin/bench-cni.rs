@@ -1,0 +1,179 @@
+//! ADD/DEL latency of the sluice main role (macvlan + built-in IPAM) beside
+//! Debian's reference `macvlan` + `host-local`, measured in the same run, on
+//! the same simulated node, sequentially and with 8 calls in parallel.
+//!
+//!     cargo run --release -p sluice-integration --bin bench-cni -- --pods 200
+//!
+//! Both plugins are exec'd directly from this process (which sits in the node
+//! namespace), so neither pays for `ip netns exec`.
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use serde_json::{Value, json};
+use sluice_integration::netns::Netns;
+use sluice_integration::vpc::Vpc;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Args {
+    /// Pods per run (each run creates and deletes this many).
+    #[arg(long, default_value_t = 200)]
+    pods: usize,
+    /// Concurrent calls in the parallel runs.
+    #[arg(long, default_value_t = 8)]
+    parallel: usize,
+}
+
+struct Plugin {
+    label: &'static str,
+    bin: PathBuf,
+    conf: Vec<u8>,
+}
+
+fn call(p: &Plugin, cmd: &str, cid: &str, netns: &Path, cni_path: &str) -> Result<Duration> {
+    let started = Instant::now();
+    let mut child = Command::new(&p.bin)
+        .env_clear()
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn {}", p.bin.display()))?;
+    child.stdin.take().unwrap().write_all(&p.conf)?;
+    let out = child.wait_with_output()?;
+    let took = started.elapsed();
+    if !out.status.success() {
+        bail!(
+            "{} {cmd} {cid}: {}{}",
+            p.label,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(took)
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i].as_secs_f64() * 1e3
+}
+
+/// ADD every pod, then DEL every pod, `par` calls at a time.
+fn run(p: &Plugin, pods: &[Netns], par: usize, cni_path: &str, tag: &str) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let mut adds = Vec::new();
+    let mut dels = Vec::new();
+    for (cmd, sink) in [("ADD", &mut adds), ("DEL", &mut dels)] {
+        let chunk = pods.len().div_ceil(par);
+        let results: Vec<Result<Vec<Duration>>> = std::thread::scope(|s| {
+            let hs: Vec<_> = pods
+                .chunks(chunk)
+                .enumerate()
+                .map(|(ci, c)| {
+                    s.spawn(move || {
+                        c.iter()
+                            .enumerate()
+                            .map(|(i, ns)| call(p, cmd, &format!("{tag}{}", ci * chunk + i), &ns.path(), cni_path))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("worker")).collect()
+        });
+        for r in results {
+            sink.extend(r?);
+        }
+    }
+    Ok((adds, dels))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !nix::unistd::geteuid().is_root() {
+        bail!("bench-cni needs root (network namespaces)");
+    }
+    for p in ["/usr/lib/cni/macvlan", "/usr/lib/cni/host-local"] {
+        if !Path::new(p).is_file() {
+            bail!("{p} missing: apt-get install containernetworking-plugins");
+        }
+    }
+    let bins = std::env::current_exe()?.parent().unwrap().to_path_buf();
+    let cni_path = format!("{}:/usr/lib/cni", bins.display());
+    let vpc = Vpc::new("bc", 1)?;
+    let pods: Vec<Netns> = (0..args.pods)
+        .map(|i| Netns::new(&format!("{}-p{i}", vpc.prefix)))
+        .collect::<Result<_>>()?;
+    let ranges = json!([[{"subnet": "10.244.0.0/16", "rangeStart": "10.244.1.2", "rangeEnd": "10.244.4.250", "gateway": "10.244.0.1"}]]);
+    let mk = |v: Value| serde_json::to_vec(&v).unwrap();
+    let sluice = Plugin {
+        label: "sluice (macvlan, sluice-ipam)",
+        bin: bins.join("sluice"),
+        conf: mk(json!({"cniVersion": "1.0.0", "name": "bench-sluice", "type": "sluice",
+            "link": {"kind": "macvlan", "parent": "eth0"},
+            "ipam": {"type": "sluice-ipam", "ranges": ranges, "routes": [{"dst": "0.0.0.0/0"}], "dataDir": vpc.data_dir.join("sluice-ipam")},
+            "dataDir": vpc.data_dir.join("sluice")})),
+    };
+    let reference = Plugin {
+        label: "reference macvlan + host-local",
+        bin: PathBuf::from("/usr/lib/cni/macvlan"),
+        conf: mk(
+            json!({"cniVersion": "1.0.0", "name": "bench-ref", "type": "macvlan", "master": "eth0", "mode": "bridge",
+            "ipam": {"type": "host-local", "ranges": ranges, "routes": [{"dst": "0.0.0.0/0"}], "dataDir": vpc.data_dir.join("host-local")}}),
+        ),
+    };
+
+    // From here on this process lives in the node namespace, like a runtime on that node.
+    let node = std::fs::File::open(vpc.nodes[0].path())?;
+    nix::sched::setns(&node, nix::sched::CloneFlags::CLONE_NEWNET)?;
+
+    // Warm caches (binaries, dentries) for both before measuring.
+    for p in [&sluice, &reference] {
+        run(p, &pods[..4], 1, &cni_path, "warm")?;
+    }
+    println!("CNI ADD/DEL latency, {} pods per run, ms (lower is better)", args.pods);
+    println!(
+        "{:<34} {:>9} {:>8} {:>8} {:>8} {:>8}",
+        "plugin", "mode", "ADD p50", "ADD p99", "DEL p50", "DEL p99"
+    );
+    let mut table = Vec::new();
+    for (mode, par) in [("seq", 1), ("par", args.parallel)] {
+        let mut row = Vec::new();
+        for p in [&sluice, &reference] {
+            let (mut a, mut d) = run(p, &pods, par, &cni_path, mode)?;
+            let s = [pct(&mut a, 0.5), pct(&mut a, 0.99), pct(&mut d, 0.5), pct(&mut d, 0.99)];
+            let m = if par == 1 {
+                "seq".to_string()
+            } else {
+                format!("{par} par")
+            };
+            println!(
+                "{:<34} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                p.label, m, s[0], s[1], s[2], s[3]
+            );
+            row.push(s);
+        }
+        table.push((mode, row));
+    }
+    println!();
+    println!("ratio sluice/reference (below 1.0: sluice faster; target ADD p50 <= 0.50)");
+    for (mode, row) in &table {
+        let r: Vec<String> = (0..4).map(|i| format!("{:.2}", row[0][i] / row[1][i])).collect();
+        println!("{:<34} {:>9} {:>8} {:>8} {:>8} {:>8}", "", mode, r[0], r[1], r[2], r[3]);
+    }
+    for (mode, row) in &table {
+        let ratio = row[0][0] / row[1][0];
+        println!(
+            "ADD p50 {mode}: {ratio:.2}x the reference -> {}",
+            if ratio <= 0.5 { "target met" } else { "target MISSED" }
+        );
+    }
+    Ok(())
+}
