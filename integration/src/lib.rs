@@ -10,15 +10,26 @@ pub mod vpc;
 
 use std::path::PathBuf;
 
-/// Tests need root for namespaces. Without it they print a skip and return
-/// early: a skip is never reported as a pass of what it would have shown.
-pub fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("SKIP {test}: needs root (network namespaces)");
-        false
+/// Report a test that cannot run here. It prints the reason and appends it
+/// to `$SLUICE_SKIP_LOG`, which the test script lists after the run as
+/// skipped, so a skip is never mistaken for a pass of what it would show.
+pub fn skip(test: &str, reason: &str) {
+    eprintln!("SKIP {test}: {reason}");
+    if let Ok(path) = std::env::var("SLUICE_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "{test}: {reason}");
+        }
     }
+}
+
+/// Tests need root for namespaces.
+pub fn require_root(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        skip(test, "needs root (network namespaces)");
+    }
+    root
 }
 
 /// Directory with the workspace's built binaries (`target/debug` or `target/release`).

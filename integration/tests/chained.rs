@@ -40,8 +40,9 @@ fn chained_behind_reference_macvlan_and_host_local() {
         return;
     }
     if !reference_plugins_present() {
-        eprintln!(
-            "SKIP chained_behind_reference_macvlan_and_host_local: /usr/lib/cni/macvlan or host-local missing (apt containernetworking-plugins)"
+        sluice_integration::skip(
+            "chained_behind_reference_macvlan_and_host_local",
+            "/usr/lib/cni/macvlan or host-local missing (apt containernetworking-plugins)",
         );
         return;
     }

@@ -36,8 +36,9 @@ fn ipvlan_without_kernel_support_fails_clean() {
         return;
     }
     let Some(reason) = ipvlan_unsupported() else {
-        eprintln!(
-            "SKIP ipvlan_without_kernel_support_fails_clean: this kernel has ipvlan (the traffic test covers it)"
+        sluice_integration::skip(
+            "ipvlan_without_kernel_support_fails_clean",
+            "this kernel has ipvlan (the traffic test covers it)",
         );
         return;
     };
@@ -58,7 +59,7 @@ fn ipvlan_l2_pods_reach_each_other() {
         return;
     }
     if let Some(reason) = ipvlan_unsupported() {
-        eprintln!("SKIP ipvlan_l2_pods_reach_each_other: {reason}");
+        sluice_integration::skip("ipvlan_l2_pods_reach_each_other", "{reason}");
         return;
     }
     let mut vpc = Vpc::new("iv", 1).unwrap();
