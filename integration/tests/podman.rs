@@ -28,7 +28,7 @@ fn podman_runs_a_container_on_a_sluice_network() {
         return;
     }
     if let Some(why) = podman_missing() {
-        sluice_integration::skip("podman_runs_a_container_on_a_sluice_network", "{why}");
+        sluice_integration::skip("podman_runs_a_container_on_a_sluice_network", &why);
         return;
     }
     let mut vpc = Vpc::new("pm", 1).unwrap();
