@@ -21,8 +21,9 @@ impl EchoServer {
     /// with `tag` so a client can tell which server answered.
     pub fn start(ns: &Netns, port: u16, tag: &str) -> Result<EchoServer> {
         let (tcp, udp) = ns.run(|| -> Result<(TcpListener, UdpSocket)> {
-            let t = TcpListener::bind(("0.0.0.0", port)).context("tcp bind")?;
-            let u = UdpSocket::bind(("0.0.0.0", port)).context("udp bind")?;
+            // `::` with the default bindv6only=0 takes IPv4 (mapped) and IPv6 alike.
+            let t = TcpListener::bind(("::", port)).context("tcp bind")?;
+            let u = UdpSocket::bind(("::", port)).context("udp bind")?;
             Ok((t, u))
         })??;
         tcp.set_nonblocking(true)?;
@@ -88,7 +89,7 @@ pub fn tcp_request(ns: &Netns, to: SocketAddr, msg: &str) -> Result<String> {
 /// One UDP datagram from `ns` to `to` and its answer (3 tries, 1 s each).
 pub fn udp_request(ns: &Netns, to: SocketAddr, msg: &str) -> Result<String> {
     ns.run(|| -> Result<String> {
-        let s = UdpSocket::bind(("0.0.0.0", 0))?;
+        let s = UdpSocket::bind(if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })?;
         s.set_read_timeout(Some(Duration::from_secs(1)))?;
         let mut buf = [0u8; 512];
         for _ in 0..3 {

@@ -206,3 +206,57 @@ fn add_announces_the_pod_address_to_the_vpc() {
     );
     vpc.sluice(0, "DEL", "p", p, &conf).expect_ok("DEL");
 }
+
+#[test]
+fn dual_stack_pods_talk_over_ipv6() {
+    if !require_root("dual_stack_pods_talk_over_ipv6") {
+        return;
+    }
+    let mut vpc = Vpc::new("v6", 2).unwrap();
+    vpc.fabric
+        .ip(&["addr", "add", "fd00:244::1/64", "dev", "br0", "nodad"])
+        .unwrap();
+    let mut pods = Vec::new();
+    for (node, name) in [(0usize, "a"), (1, "b")] {
+        let mut conf = vpc.main_conf(node, "1.1.0");
+        let mut ranges = vpc.ranges(node);
+        ranges.as_array_mut().unwrap().push(json!([{
+            "subnet": "fd00:244::/64",
+            "rangeStart": format!("fd00:244::{}:2", node + 1),
+            "rangeEnd": format!("fd00:244::{}:ff", node + 1),
+            "gateway": "fd00:244::1"
+        }]));
+        conf["ipam"]["ranges"] = ranges;
+        conf["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]);
+        let p = vpc.pod(name).unwrap();
+        let r = vpc.sluice(node, "ADD", name, p, &conf).expect_ok("ADD").json();
+        let ips = r["ips"].as_array().unwrap();
+        assert_eq!(ips.len(), 2, "one address per family: {r}");
+        let v6 = ips[1]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        assert!(v6.starts_with(&format!("fd00:244::{}:", node + 1)), "{v6}");
+        let route = vpc.pods[p].ip(&["-6", "route", "show", "default"]).unwrap();
+        assert!(
+            route.contains("via fd00:244::1"),
+            "IPv6 default route via the v6 gateway: {route}"
+        );
+        pods.push((node, name, p, v6, conf));
+    }
+    let _s = EchoServer::start(&vpc.pods[pods[1].2], 7500, "b").unwrap();
+    let to: SocketAddr = format!("[{}]:7500", pods[1].3).parse().unwrap();
+    assert_eq!(
+        tcp_request(&vpc.pods[pods[0].2], to, "six").unwrap(),
+        "b:six",
+        "TCP over IPv6 across nodes"
+    );
+    for (node, name, p, _, conf) in &pods {
+        vpc.sluice(*node, "CHECK", name, *p, conf).expect_ok("CHECK");
+        vpc.sluice(*node, "DEL", name, *p, conf).expect_ok("DEL");
+    }
+    assert!(vpc.leases(0).is_empty() && vpc.leases(1).is_empty());
+}
