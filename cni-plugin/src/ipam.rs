@@ -35,31 +35,27 @@ impl Ipam {
         Ok(r)
     }
 
-    pub fn del(&self, req: &Request) -> Result<(), CniError> {
+    /// A verb without a result: in-process, or the delegated plugin.
+    fn verb(&self, req: &Request, verb: &str, builtin: fn(&Request) -> Result<(), CniError>) -> Result<(), CniError> {
         match self {
-            Ipam::BuiltIn => builtin::ipam_del(req),
-            Ipam::Delegated(t) => exec_plugin(t, &req.inv, "DEL", req.config).map(drop),
+            Ipam::BuiltIn => builtin(req),
+            Ipam::Delegated(t) => exec_plugin(t, &req.inv, verb, req.config).map(drop),
         }
+    }
+
+    pub fn del(&self, req: &Request) -> Result<(), CniError> {
+        self.verb(req, "DEL", builtin::ipam_del)
     }
 
     pub fn check(&self, req: &Request) -> Result<(), CniError> {
-        match self {
-            Ipam::BuiltIn => builtin::ipam_check(req),
-            Ipam::Delegated(t) => exec_plugin(t, &req.inv, "CHECK", req.config).map(drop),
-        }
+        self.verb(req, "CHECK", builtin::ipam_check)
     }
 
     pub fn status(&self, req: &Request) -> Result<(), CniError> {
-        match self {
-            Ipam::BuiltIn => builtin::ipam_status(req),
-            Ipam::Delegated(t) => exec_plugin(t, &req.inv, "STATUS", req.config).map(drop),
-        }
+        self.verb(req, "STATUS", builtin::ipam_status)
     }
 
     pub fn gc(&self, req: &Request) -> Result<(), CniError> {
-        match self {
-            Ipam::BuiltIn => builtin::ipam_gc(req),
-            Ipam::Delegated(t) => exec_plugin(t, &req.inv, "GC", req.config).map(drop),
-        }
+        self.verb(req, "GC", builtin::ipam_gc)
     }
 }

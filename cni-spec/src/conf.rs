@@ -52,12 +52,8 @@ impl NetConfHeader {
     }
 }
 
-/// Spec: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`.
 pub fn validate_network_name(name: &str) -> Result<(), CniError> {
-    let mut c = name.chars();
-    let ok = c.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && c.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
+    if crate::env::is_identifier(name) {
         Ok(())
     } else {
         Err(invalid_config(format!("network name {name:?} is missing or invalid")))

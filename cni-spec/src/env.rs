@@ -117,12 +117,16 @@ impl Invocation {
     }
 }
 
-/// Spec 1.1: starts with an alphanumeric, then alphanumerics, `_`, `.`, `-`.
+/// The spec's identifier rule, shared by container ids and network names:
+/// an alphanumeric, then alphanumerics, `_`, `.` or `-`.
+pub fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
 pub fn validate_container_id(id: &str) -> Result<(), CniError> {
-    let mut chars = id.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
+    if is_identifier(id) {
         Ok(())
     } else {
         Err(invalid_env(format!(

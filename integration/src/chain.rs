@@ -66,51 +66,52 @@ impl Chain {
             .run(&serde_json::to_vec(conf).unwrap())
     }
 
-    pub fn add(&mut self, cid: &str, netns: &str, ifname: &str) -> Result<Value, ChainError> {
-        let mut prev: Option<Value> = None;
-        for p in self.plugins() {
-            let conf = self.plugin_conf(&p, prev.as_ref());
-            let out = self.call(&p, "ADD", cid, netns, ifname, &conf);
+    /// Run `cmd` through `plugins` in order; each result becomes the next
+    /// plugin's `prevResult` when `chain_results` (ADD), otherwise every
+    /// plugin gets `prev` (CHECK and DEL get the cached ADD result).
+    fn run(
+        &self,
+        plugins: &[Value],
+        cmd: &str,
+        (cid, netns, ifname): (&str, &str, &str),
+        mut prev: Option<Value>,
+        chain_results: bool,
+    ) -> Result<Option<Value>, ChainError> {
+        for p in plugins {
+            let conf = self.plugin_conf(p, prev.as_ref());
+            let out = self.call(p, cmd, cid, netns, ifname, &conf);
             if !out.success {
                 return Err(ChainError {
                     plugin: p["type"].as_str().unwrap_or("").into(),
                     output: out,
                 });
             }
-            prev = Some(out.json());
+            if chain_results {
+                prev = Some(out.json());
+            }
         }
-        let result = prev.unwrap_or(json!({}));
+        Ok(prev)
+    }
+
+    pub fn add(&mut self, cid: &str, netns: &str, ifname: &str) -> Result<Value, ChainError> {
+        let result = self
+            .run(&self.plugins(), "ADD", (cid, netns, ifname), None, true)?
+            .unwrap_or(json!({}));
         self.cache.insert((cid.into(), ifname.into()), result.clone());
         Ok(result)
     }
 
     pub fn check(&self, cid: &str, netns: &str, ifname: &str) -> Result<(), ChainError> {
         let cached = self.cache.get(&(cid.into(), ifname.into())).cloned();
-        for p in self.plugins() {
-            let conf = self.plugin_conf(&p, cached.as_ref());
-            let out = self.call(&p, "CHECK", cid, netns, ifname, &conf);
-            if !out.success {
-                return Err(ChainError {
-                    plugin: p["type"].as_str().unwrap_or("").into(),
-                    output: out,
-                });
-            }
-        }
-        Ok(())
+        self.run(&self.plugins(), "CHECK", (cid, netns, ifname), cached, false)
+            .map(drop)
     }
 
     pub fn del(&mut self, cid: &str, netns: &str, ifname: &str) -> Result<(), ChainError> {
         let cached = self.cache.get(&(cid.into(), ifname.into())).cloned();
-        for p in self.plugins().iter().rev() {
-            let conf = self.plugin_conf(p, cached.as_ref());
-            let out = self.call(p, "DEL", cid, netns, ifname, &conf);
-            if !out.success {
-                return Err(ChainError {
-                    plugin: p["type"].as_str().unwrap_or("").into(),
-                    output: out,
-                });
-            }
-        }
+        let mut reversed = self.plugins();
+        reversed.reverse();
+        self.run(&reversed, "DEL", (cid, netns, ifname), cached, false)?;
         self.cache.remove(&(cid.into(), ifname.into()));
         Ok(())
     }
