@@ -25,16 +25,19 @@ fn prev_result(cfg: &PluginConfig) -> Result<CniResult, CniError> {
     CniResult::from_value(v).map_err(|e| e.context("prevResult"))
 }
 
-/// The addresses of the result that belong to our interface. An IP without
-/// an interface index is taken as ours when there is one interface only.
-fn our_ips(r: &CniResult, idx: Option<usize>) -> Vec<ipnetwork::IpNetwork> {
+/// Whether the result ties its IPs to interfaces at all (thin results do not).
+fn ips_indexed(r: &CniResult) -> bool {
+    r.ips.iter().any(|ip| ip.interface.is_some())
+}
+
+/// The addresses of the result that belong to interface `ifname`: those whose
+/// index points at it, or every address when the result has no indexes.
+fn our_ips(r: &CniResult, ifname: &str) -> Vec<ipnetwork::IpNetwork> {
+    let idx = r.interfaces.iter().position(|i| i.name == ifname);
+    let indexed = ips_indexed(r);
     r.ips
         .iter()
-        .filter(|ip| match (ip.interface, idx) {
-            (Some(i), Some(ours)) => i == ours,
-            (None, _) => true,
-            (Some(_), None) => false,
-        })
+        .filter(|ip| !indexed || (ip.interface.is_some() && ip.interface == idx))
         .map(|ip| ip.address)
         .collect()
 }
@@ -79,8 +82,7 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
     if iface.mtu.is_none() {
         iface.mtu = Some(link.mtu);
     }
-    let had_index = result.ips.iter().any(|ip| ip.interface.is_some());
-    let ips = our_ips(&result, had_index.then_some(idx));
+    let ips = our_ips(&result, ifname);
     if ips.is_empty() {
         return Err(CniError::new(
             ErrorCode::InvalidConfig,
@@ -90,7 +92,7 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
     pod_setup::verify_addresses(&pod, &link, &ips)
         .await
         .map_err(|e| e.context("prevResult"))?;
-    if !had_index {
+    if !ips_indexed(&result) {
         for ip in &mut result.ips {
             ip.interface = Some(idx);
         }
@@ -144,7 +146,23 @@ pub async fn check(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError
             ),
         ));
     }
-    let idx = result.interfaces.iter().position(|i| i.name == req.inv.ifname);
-    let had_index = result.ips.iter().any(|ip| ip.interface.is_some());
-    pod_setup::verify_addresses(&pod, &link, &our_ips(&result, if had_index { idx } else { None })).await
+    pod_setup::verify_addresses(&pod, &link, &our_ips(&result, &req.inv.ifname)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn our_ips_follow_indexes_or_take_all() {
+        let r = CniResult::from_value(json!({"cniVersion": "1.0.0",
+            "interfaces": [{"name": "veth1"}, {"name": "eth0", "sandbox": "/x"}],
+            "ips": [{"address": "10.0.0.2/24", "interface": 1}, {"address": "10.0.1.2/24", "interface": 0}]}))
+        .unwrap();
+        assert_eq!(our_ips(&r, "eth0"), vec!["10.0.0.2/24".parse().unwrap()]);
+        assert!(our_ips(&r, "eth9").is_empty());
+        let thin = CniResult::from_value(json!({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.2/24"}]})).unwrap();
+        assert_eq!(our_ips(&thin, "eth0").len(), 1);
+    }
 }

@@ -118,7 +118,7 @@ pub fn capture_gratuitous_arp(
         }
         Ok(fd)
     })??;
-    let guard = scopeguard(fd);
+    let guard = FdGuard(fd);
     let ifindex = ns.run(|| nix::net::if_::if_nametoindex(dev))??;
     // SAFETY: fully initialised sockaddr_ll for bind.
     unsafe {
@@ -169,10 +169,8 @@ pub fn capture_gratuitous_arp(
     Ok(found)
 }
 
+/// Closes the capture socket on every path.
 struct FdGuard(i32);
-fn scopeguard(fd: i32) -> FdGuard {
-    FdGuard(fd)
-}
 impl Drop for FdGuard {
     fn drop(&mut self) {
         // SAFETY: closing the fd this guard owns.

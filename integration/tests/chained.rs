@@ -162,7 +162,22 @@ fn chained_fills_in_a_thin_prev_result_and_verifies_it() {
     assert_eq!(r["interfaces"][0]["sandbox"], vpc.pods[p].path().display().to_string());
     assert_eq!(r["vendorExtension"]["eniId"], "eni-123", "unknown fields passed on");
     call("CHECK", "c1", &conf(r.clone())).expect_ok("CHECK");
-    call("DEL", "c1", &conf(r)).expect_ok("DEL");
+    // sluice's own CHECK (no plugin before it to catch it): the address is gone.
+    vpc.pods[p]
+        .ip(&["addr", "del", "10.244.1.50/16", "dev", "eth0"])
+        .unwrap();
+    let out = call("CHECK", "c1", &conf(r.clone()));
+    assert_eq!(out.error_code(), 103, "{}", out.stdout);
+    assert!(out.stdout.contains("10.244.1.50"), "{}", out.stdout);
+    vpc.pods[p]
+        .ip(&["addr", "add", "10.244.1.50/16", "dev", "eth0"])
+        .unwrap();
+    call("DEL", "c1", &conf(r.clone())).expect_ok("DEL");
+    assert_eq!(
+        call("CHECK", "c1", &conf(r)).error_code(),
+        103,
+        "no endpoint record after DEL"
+    );
 
     // The result claims an address the interface does not have.
     let mut lying = thin.clone();
