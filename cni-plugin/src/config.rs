@@ -45,8 +45,10 @@ pub enum LinkConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct MacvlanConfig {
-    /// The node's uplink (ENI) the pod interface hangs off.
-    pub parent: String,
+    /// The node's uplink (ENI) the pod interface hangs off. May be left out
+    /// when IPAM is an ENI pool: the pod then goes on its address's ENI.
+    #[serde(default)]
+    pub parent: Option<String>,
     #[serde(default)]
     pub mode: MacvlanMode,
     #[serde(default)]
@@ -65,7 +67,9 @@ pub enum MacvlanMode {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct IpvlanConfig {
-    pub parent: String,
+    /// As for macvlan.
+    #[serde(default)]
+    pub parent: Option<String>,
     #[serde(default)]
     pub mode: IpvlanMode,
     #[serde(default)]
@@ -102,6 +106,15 @@ impl LinkConfig {
         }
     }
 
+    /// The configured parent of a macvlan/ipvlan pod interface.
+    pub fn parent(&self) -> Option<&str> {
+        match self {
+            LinkConfig::Macvlan(c) => c.parent.as_deref(),
+            LinkConfig::Ipvlan(c) => c.parent.as_deref(),
+            LinkConfig::Eni(_) => None,
+        }
+    }
+
     pub fn mtu(&self) -> Option<u32> {
         match self {
             LinkConfig::Macvlan(c) => c.mtu,
@@ -122,11 +135,17 @@ impl PluginConfig {
     fn validate(&self) -> Result<(), CniError> {
         let bad = |m: String| Err(CniError::new(ErrorCode::InvalidConfig, m));
         match &self.link {
-            Some(
-                LinkConfig::Macvlan(MacvlanConfig { parent, .. }) | LinkConfig::Ipvlan(IpvlanConfig { parent, .. }),
-            ) if parent.is_empty() => {
-                return bad("link.parent must name the node interface to attach to".into());
-            }
+            Some(l @ (LinkConfig::Macvlan(_) | LinkConfig::Ipvlan(_))) => match l.parent() {
+                Some("") => return bad("link.parent must name the node interface to attach to".into()),
+                None if !self.uses_eni_pool() => {
+                    return bad(
+                        "link.parent must name the node interface to attach to (it may be left out only with \
+                         a sluice-ipam \"eniPool\", which names the ENI per pod)"
+                            .into(),
+                    );
+                }
+                _ => {}
+            },
             Some(LinkConfig::Eni(e)) => match (&e.device, &e.mac) {
                 (None, None) => return bad("link.kind eni needs \"device\" or \"mac\"".into()),
                 (Some(_), Some(_)) => {
@@ -156,6 +175,13 @@ impl PluginConfig {
         Ok(())
     }
 
+    /// In-process IPAM drawing from the node's ENIs: it decides the parent per pod.
+    pub fn uses_eni_pool(&self) -> bool {
+        self.ipam.as_ref().is_some_and(|i| {
+            i.get("type").and_then(Value::as_str) == Some(crate::ipam::BUILTIN_TYPE) && i.get("eniPool").is_some()
+        })
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
     }
@@ -178,11 +204,15 @@ mod tests {
         assert_eq!(
             c.link.unwrap(),
             LinkConfig::Ipvlan(IpvlanConfig {
-                parent: "eth1".into(),
+                parent: Some("eth1".into()),
                 mode: IpvlanMode::L3,
                 mtu: None
             })
         );
+        let c = parse(json!({"cniVersion": "1.1.0", "name": "n", "type": "sluice",
+            "link": {"kind": "macvlan"}, "ipam": {"type": "sluice-ipam", "eniPool": {"backend": "file"}}}))
+        .unwrap();
+        assert!(c.uses_eni_pool() && c.link.unwrap().parent().is_none());
         let c = parse(json!({"cniVersion": "1.1.0", "name": "n", "type": "sluice", "prevResult": {}})).unwrap();
         assert!(c.link.is_none());
     }
@@ -198,6 +228,8 @@ mod tests {
             json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "eni"}, "ipam": {"type": "a"}}),
             json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "eni", "mac": "nope"}, "ipam": {"type": "a"}}),
             json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "macvlan", "parent": "e"}, "ipam": {}}),
+            json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "macvlan"}, "ipam": {"type": "sluice-ipam"}}),
+            json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "ipvlan"}, "ipam": {"type": "host-local", "eniPool": {}}}),
         ] {
             assert_eq!(parse(v.clone()).unwrap_err().code, 7, "{v}");
         }

@@ -13,6 +13,8 @@ use crate::netns::NetNs;
 use crate::pod_setup;
 use sluice_cni_spec::skel::Request;
 use sluice_cni_spec::{CniError, CniResult, ErrorCode, Interface};
+use sluice_ipam::cni::ENI_RESULT_KEY;
+use sluice_ipam::eni::EniId;
 use sluice_ipam::store::now_secs;
 use tracing::{info, warn};
 
@@ -89,19 +91,35 @@ async fn add_steps(
             ),
         ));
     }
-    // Find what we attach to before allocating anything.
-    let (host_link, mtu) = match lc {
-        LinkConfig::Macvlan(m) => parent_and_mtu(host, &m.parent, m.mtu).await?,
-        LinkConfig::Ipvlan(i) => parent_and_mtu(host, &i.parent, i.mtu).await?,
+    // Find what we attach to before allocating anything, unless IPAM decides it.
+    let configured = match lc {
         LinkConfig::Eni(e) => {
             let l = eni::find(host, e).await?;
             let mtu = e.mtu.unwrap_or(l.mtu);
-            (l, mtu)
+            Some((l, mtu))
         }
+        _ => match lc.parent() {
+            Some(p) => Some(parent_and_mtu(host, p, lc.mtu()).await?),
+            None => None,
+        },
     };
 
     let ipam = c.ipam.add(c.req).map_err(|e| e.context("IPAM"))?;
     undo.push(Undo::ReleaseAddresses);
+
+    // An ENI-pool address is routed by the VPC to its ENI only: the pod goes there.
+    let (host_link, mtu) = match (ipam_eni(&ipam)?, lc) {
+        (Some(id), LinkConfig::Macvlan(_) | LinkConfig::Ipvlan(_)) => {
+            let l = eni_parent(host, &id).await?;
+            parent_and_mtu(host, &l.name, lc.mtu()).await?
+        }
+        (_, _) => configured.ok_or_else(|| {
+            CniError::new(
+                ErrorCode::InvalidConfig,
+                "link.parent is unset and IPAM named no ENI for this pod",
+            )
+        })?,
+    };
 
     let announce = match lc {
         LinkConfig::Macvlan(m) => {
@@ -187,6 +205,43 @@ async fn add_steps(
         result.dns = dns.clone();
     }
     Ok(result)
+}
+
+/// The ENI an ENI-pool allocation belongs to, if IPAM said.
+fn ipam_eni(r: &CniResult) -> Result<Option<EniId>, CniError> {
+    r.extra
+        .get(ENI_RESULT_KEY)
+        .map(|v| {
+            serde_json::from_value::<EniId>(v.clone())
+                .map_err(|e| CniError::new(ErrorCode::Decode, format!("IPAM result {ENI_RESULT_KEY}: {e}")))
+        })
+        .transpose()
+}
+
+/// The host link of an ENI named by the pool: by MAC when the file gives one
+/// (names can change), else by name.
+async fn eni_parent(host: &Netlink, id: &EniId) -> Result<Link, CniError> {
+    let found = match (&id.mac, &id.name) {
+        (Some(mac), _) => {
+            let want = parse_mac(mac);
+            host.links()
+                .await?
+                .into_iter()
+                .find(|l| l.mac.is_some() && l.mac == want)
+        }
+        (None, Some(name)) => host.link_by_name(name).await?,
+        (None, None) => None,
+    };
+    found.ok_or_else(|| {
+        CniError::new(
+            ErrorCode::MissingResource,
+            format!(
+                "ENI {} holding the pod's address is not in the {}",
+                id.describe(),
+                host.label()
+            ),
+        )
+    })
 }
 
 async fn parent_and_mtu(host: &Netlink, parent: &str, mtu: Option<u32>) -> Result<(Link, u32), CniError> {
@@ -353,17 +408,16 @@ pub async fn status(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniErro
     let host = Netlink::host()?;
     let unavailable = |m: String| CniError::new(ErrorCode::NotAvailable, m);
     match link_cfg(cfg) {
-        LinkConfig::Macvlan(m) => host
-            .link_by_name(&m.parent)
-            .await?
-            .map(drop)
-            .ok_or_else(|| unavailable(format!("parent {} is missing", m.parent)))?,
-        LinkConfig::Ipvlan(i) => host
-            .link_by_name(&i.parent)
-            .await?
-            .map(drop)
-            .ok_or_else(|| unavailable(format!("parent {} is missing", i.parent)))?,
         LinkConfig::Eni(e) => eni::find(&host, e).await.map(drop).map_err(|e| unavailable(e.msg))?,
+        // Without a parent the ENI pool picks one per pod; IPAM STATUS speaks for it.
+        lc => {
+            if let Some(p) = lc.parent() {
+                host.link_by_name(p)
+                    .await?
+                    .map(drop)
+                    .ok_or_else(|| unavailable(format!("parent {p} is missing")))?
+            }
+        }
     }
     c.ipam.status(req)
 }

@@ -81,6 +81,35 @@ impl Vpc {
         Ok(mac)
     }
 
+    /// A vSwitch of its own: a bridge in the fabric whose router address is
+    /// `gw_cidr`, answering ARP only for its own address on its own port
+    /// (`arp_ignore=1`) and routing between vSwitches, as a VPC does. An
+    /// address used on the wrong vSwitch gets no traffic back.
+    pub fn add_vswitch(&self, name: &str, gw_cidr: &str) -> Result<()> {
+        self.fabric.ip(&["link", "add", name, "type", "bridge"])?;
+        self.fabric.ip(&["link", "set", name, "up"])?;
+        self.fabric.ip(&["addr", "add", gw_cidr, "dev", name])?;
+        for (key, value) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.arp_ignore", "1"),
+            (&format!("net.ipv4.conf.{name}.arp_ignore"), "1"),
+        ] {
+            let out = self.fabric.exec("sysctl", &["-qw", &format!("{key}={value}")])?;
+            anyhow::ensure!(out.status.success(), "sysctl {key} in the fabric namespace failed");
+        }
+        Ok(())
+    }
+
+    /// Another ENI on node `node`, plugged into the fabric bridge `vswitch`
+    /// (`br0` is the default one); returns its MAC.
+    pub fn add_eni_on(&self, node: usize, name: &str, vswitch: &str) -> Result<String> {
+        let mac = self.add_eni(node, name)?;
+        self.fabric
+            .ip(&["link", "set", &format!("e{node}{name}"), "master", vswitch])?;
+        self.nodes[node].ip(&["link", "set", name, "up"])?;
+        Ok(mac)
+    }
+
     /// A new pod namespace; returns its index in `pods`.
     pub fn pod(&mut self, name: &str) -> Result<usize> {
         let ns = Netns::new(&format!("{}-{name}", self.prefix))?;

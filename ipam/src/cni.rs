@@ -39,13 +39,26 @@ pub fn pool_from_netconf(config: &[u8]) -> Result<(Pool, IpamConfig, Value), Cni
     Ok((Pool::new(&nc.name, &ipam)?, ipam, raw))
 }
 
+/// The result key naming the ENI an ENI-pool address belongs to
+/// (`{"name": …, "mac": …}`): the calling plugin attaches the pod there.
+/// A plugin that does not know the key ignores it.
+pub const ENI_RESULT_KEY: &str = "sluice.dev/eni";
+
 /// ADD: allocate and describe the addresses as a CNI result (no interfaces;
 /// the calling plugin attaches them to its own interface).
 pub fn ipam_add(req: &Request) -> Result<CniResult, CniError> {
     let (pool, cfg, raw) = pool_from_netconf(req.config)?;
     let requested = requested_ips(&raw, &req.inv.args)?;
     let allocs = pool.allocate(&req.inv.container_id, &req.inv.ifname, &requested)?;
+    let mut extra = serde_json::Map::new();
+    if let Some(eni) = allocs.iter().find_map(|a| a.eni.as_ref()) {
+        extra.insert(
+            ENI_RESULT_KEY.into(),
+            serde_json::to_value(eni).expect("ENI id serializes"),
+        );
+    }
     Ok(CniResult {
+        extra,
         ips: allocs
             .into_iter()
             .map(|a| IpConfig {
@@ -78,13 +91,13 @@ pub fn ipam_del(req: &Request) -> Result<(), CniError> {
 
 /// CHECK: the owner still holds a lease in every range set.
 pub fn ipam_check(req: &Request) -> Result<(), CniError> {
-    let (pool, cfg, _) = pool_from_netconf(req.config)?;
+    let (pool, _, _) = pool_from_netconf(req.config)?;
     let leases = pool.leases()?;
     let held = leases
         .iter()
         .filter(|(_, l)| l.container_id == req.inv.container_id && l.ifname == req.inv.ifname)
         .count();
-    let sets = cfg.range_sets()?.len();
+    let sets = pool.addresses_per_owner();
     if held < sets {
         return Err(CniError::new(
             ErrorCode::CheckFailed,

@@ -1,5 +1,6 @@
 //! The `ipam` section of a network config, in host-local's shape.
 
+use crate::eni::EniPoolConfig;
 use crate::error::IpamError;
 use crate::range::{Range, RangeConfig};
 use ipnetwork::IpNetwork;
@@ -31,6 +32,9 @@ pub struct IpamConfig {
     pub routes: Vec<RouteConfig>,
     #[serde(rename = "dataDir", default)]
     pub data_dir: Option<PathBuf>,
+    /// Draw addresses from the node's ENIs instead of ranges (Terway-style).
+    #[serde(rename = "eniPool", default)]
+    pub eni_pool: Option<EniPoolConfig>,
     /// How long to wait for the pool lock before answering "try again later".
     #[serde(rename = "lockTimeoutMs", default)]
     pub lock_timeout_ms: Option<u64>,

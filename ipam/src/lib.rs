@@ -4,6 +4,7 @@
 
 pub mod cni;
 pub mod config;
+pub mod eni;
 pub mod error;
 pub mod pool;
 pub mod range;

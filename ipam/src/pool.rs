@@ -1,10 +1,13 @@
-//! A pool: the validated range sets of one network plus its lease store.
+//! A pool: where the addresses of one network come from (host-local style
+//! range sets, or the secondary IPs of the node's ENIs) plus its lease store.
 
 use crate::config::{DEFAULT_DATA_DIR, IpamConfig};
+use crate::eni::{Eni, EniBackend, EniId, NodeEnis};
 use crate::error::IpamError;
 use crate::range::Range;
-use crate::store::{Lease, LockedStore, PoolState, now_secs};
+use crate::store::{Lease, LeasedEni, LockedStore, PoolState, now_secs};
 use ipnetwork::IpNetwork;
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,11 +18,20 @@ pub struct Allocation {
     /// The address with the subnet's prefix length.
     pub address: IpNetwork,
     pub gateway: Option<IpAddr>,
+    /// ENI pools: the ENI the pod interface must be attached to.
+    pub eni: Option<EniId>,
+}
+
+enum Source {
+    /// One address from each set (dual stack = two sets).
+    Ranges(Vec<Vec<Range>>),
+    /// One address, from one of the node's ENIs.
+    Enis(Box<dyn EniBackend>),
 }
 
 pub struct Pool {
     name: String,
-    sets: Vec<Vec<Range>>,
+    source: Source,
     dir: PathBuf,
     lock_timeout: Duration,
 }
@@ -32,7 +44,17 @@ impl Pool {
                 "network name {network:?} cannot name a pool"
             )));
         }
-        let sets = cfg.range_sets()?;
+        let source = match &cfg.eni_pool {
+            Some(eni) => {
+                if !cfg.ranges.is_empty() || cfg.subnet.is_some() {
+                    return Err(IpamError::InvalidConfig(
+                        "\"eniPool\" and \"ranges\"/\"subnet\" exclude each other: a pool draws from one source".into(),
+                    ));
+                }
+                Source::Enis(eni.backend())
+            }
+            None => Source::Ranges(cfg.range_sets()?),
+        };
         let dir = cfg
             .data_dir
             .clone()
@@ -40,7 +62,7 @@ impl Pool {
             .join(network);
         Ok(Pool {
             name: network.to_string(),
-            sets,
+            source,
             dir,
             lock_timeout: Duration::from_millis(cfg.lock_timeout_ms.unwrap_or(10_000)),
         })
@@ -50,53 +72,87 @@ impl Pool {
         &self.name
     }
 
+    /// How many addresses one owner holds when fully allocated.
+    pub fn addresses_per_owner(&self) -> usize {
+        match &self.source {
+            Source::Ranges(sets) => sets.len(),
+            Source::Enis(_) => 1,
+        }
+    }
+
     fn lock(&self, exclusive: bool) -> Result<LockedStore, IpamError> {
         LockedStore::lock(&self.dir, &self.name, self.lock_timeout, exclusive)
     }
 
-    fn describe_ranges(&self) -> String {
-        self.sets
-            .iter()
+    fn describe_ranges(sets: &[Vec<Range>]) -> String {
+        sets.iter()
             .flatten()
             .map(Range::describe)
             .collect::<Vec<_>>()
             .join(", ")
     }
 
-    /// One address from each range set for (container id, ifname). Calling it
-    /// again for the same owner returns the same addresses.
+    /// One address from each range set (or one ENI address) for
+    /// (container id, ifname). Calling it again for the same owner returns
+    /// the same addresses.
     pub fn allocate(
         &self,
         container_id: &str,
         ifname: &str,
         requested: &[IpAddr],
     ) -> Result<Vec<Allocation>, IpamError> {
-        // Refuse a requested address outside every range before taking the lock.
-        for ip in requested {
-            if !self.sets.iter().flatten().any(|r| r.is_allocatable(*ip)) {
-                return Err(IpamError::NotInRange {
-                    pool: self.name.clone(),
-                    ip: ip.to_string(),
-                    ranges: self.describe_ranges(),
-                });
+        let lease = Lease {
+            container_id: container_id.to_string(),
+            ifname: ifname.to_string(),
+            since: now_secs(),
+            eni: None,
+        };
+        match &self.source {
+            Source::Ranges(sets) => {
+                // Refuse a requested address outside every range before taking the lock.
+                for ip in requested {
+                    if !sets.iter().flatten().any(|r| r.is_allocatable(*ip)) {
+                        return Err(IpamError::NotInRange {
+                            pool: self.name.clone(),
+                            ip: ip.to_string(),
+                            ranges: Self::describe_ranges(sets),
+                        });
+                    }
+                }
+                let store = self.lock(true)?;
+                let mut state = store.load()?;
+                let mut out = Vec::with_capacity(sets.len());
+                let mut changed = false;
+                for (idx, set) in sets.iter().enumerate() {
+                    let (ip, range, new) = self.allocate_in_set(&mut state, idx, set, &lease, requested)?;
+                    changed |= new;
+                    out.push(Allocation {
+                        address: IpNetwork::new(ip, range.subnet.prefix()).expect("prefix from a valid subnet"),
+                        gateway: range.gateway,
+                        eni: None,
+                    });
+                }
+                if changed {
+                    store.save(&state)?;
+                }
+                Ok(out)
+            }
+            Source::Enis(backend) => {
+                let store = self.lock(true)?;
+                // Read under the lock: the file may have changed since the last ADD.
+                let node = backend.enis()?;
+                let mut state = store.load()?;
+                let (ip, leased, new) = self.allocate_on_eni(&mut state, &node, backend.as_ref(), lease, requested)?;
+                if new {
+                    store.save(&state)?;
+                }
+                Ok(vec![Allocation {
+                    address: IpNetwork::new(ip, leased.subnet.prefix()).expect("prefix from a valid subnet"),
+                    gateway: Some(leased.gateway),
+                    eni: Some(leased.id),
+                }])
             }
         }
-        let store = self.lock(true)?;
-        let mut state = store.load()?;
-        let mut out = Vec::with_capacity(self.sets.len());
-        let mut changed = false;
-        for (idx, set) in self.sets.iter().enumerate() {
-            let (ip, range, new) = self.allocate_in_set(&mut state, idx, set, container_id, ifname, requested)?;
-            changed |= new;
-            out.push(Allocation {
-                address: IpNetwork::new(ip, range.subnet.prefix()).expect("prefix from a valid subnet"),
-                gateway: range.gateway,
-            });
-        }
-        if changed {
-            store.save(&state)?;
-        }
-        Ok(out)
     }
 
     fn allocate_in_set<'a>(
@@ -104,8 +160,7 @@ impl Pool {
         state: &mut PoolState,
         idx: usize,
         set: &'a [Range],
-        container_id: &str,
-        ifname: &str,
+        lease: &Lease,
         requested: &[IpAddr],
     ) -> Result<(IpAddr, &'a Range, bool), IpamError> {
         let range_of = |ip: IpAddr| set.iter().find(|r| r.contains(ip));
@@ -113,28 +168,16 @@ impl Pool {
         if let Some((ip, _)) = state
             .leases
             .iter()
-            .find(|(ip, l)| l.container_id == container_id && l.ifname == ifname && range_of(**ip).is_some())
+            .find(|(ip, l)| same_owner(l, lease) && range_of(**ip).is_some())
         {
             return Ok((*ip, range_of(*ip).expect("checked"), false));
         }
-        let lease = Lease {
-            container_id: container_id.to_string(),
-            ifname: ifname.to_string(),
-            since: now_secs(),
-        };
         if let Some(ip) = requested
             .iter()
             .copied()
             .find(|ip| set.iter().any(|r| r.is_allocatable(*ip)))
         {
-            if let Some(owner) = state.leases.get(&ip) {
-                return Err(IpamError::Taken {
-                    pool: self.name.clone(),
-                    ip: ip.to_string(),
-                    owner: format!("{}/{}", owner.container_id, owner.ifname),
-                });
-            }
-            state.leases.insert(ip, lease);
+            self.take(state, ip, lease.clone())?;
             return Ok((ip, range_of(ip).expect("checked"), true));
         }
         // Walk the set's ranges in order, starting after the last address handed out.
@@ -146,9 +189,10 @@ impl Pool {
                 (ri, set[ri].next_after(ip))
             }
         };
+        let key = idx.to_string();
         let last = state
             .last_reserved
-            .get(&idx)
+            .get(&key)
             .and_then(|l| set.iter().position(|r| r.contains(*l)).map(|i| (i, *l)));
         let (mut ri, mut ip) = match last {
             Some((i, l)) => step(i, l),
@@ -158,8 +202,8 @@ impl Pool {
         let lap: u128 = set.iter().map(|r| r.size() + 1).sum();
         for _ in 0..lap {
             if set[ri].is_allocatable(ip) && !state.leases.contains_key(&ip) {
-                state.leases.insert(ip, lease);
-                state.last_reserved.insert(idx, ip);
+                state.leases.insert(ip, lease.clone());
+                state.last_reserved.insert(key, ip);
                 return Ok((ip, &set[ri], true));
             }
             (ri, ip) = step(ri, ip);
@@ -170,6 +214,98 @@ impl Pool {
         })
     }
 
+    /// Lease a requested address, unless someone else holds it.
+    fn take(&self, state: &mut PoolState, ip: IpAddr, lease: Lease) -> Result<(), IpamError> {
+        if let Some(owner) = state.leases.get(&ip) {
+            return Err(IpamError::Taken {
+                pool: self.name.clone(),
+                ip: ip.to_string(),
+                owner: format!("{}/{}", owner.container_id, owner.ifname),
+            });
+        }
+        state.leases.insert(ip, lease);
+        Ok(())
+    }
+
+    /// ENI pools: the least loaded ENI with a free address wins, so pods
+    /// spread over the ENIs' bandwidth; within it, allocation continues after
+    /// the last address it handed out. Only addresses listed now are handed
+    /// out: one dropped from the file stays leased but never comes back.
+    fn allocate_on_eni(
+        &self,
+        state: &mut PoolState,
+        node: &NodeEnis,
+        backend: &dyn EniBackend,
+        mut lease: Lease,
+        requested: &[IpAddr],
+    ) -> Result<(IpAddr, LeasedEni, bool), IpamError> {
+        if let Some((ip, l)) = state
+            .leases
+            .iter()
+            .find(|(_, l)| same_owner(l, &lease) && l.eni.is_some())
+        {
+            return Ok((*ip, l.eni.clone().expect("checked"), false));
+        }
+        let leased_on = |eni: &Eni| LeasedEni {
+            id: eni.id.clone(),
+            subnet: eni.subnet,
+            gateway: eni.gateway(),
+        };
+        if let Some(ip) = requested.first() {
+            let eni = node
+                .enis
+                .iter()
+                .find(|e| e.ips.contains(ip))
+                .ok_or_else(|| IpamError::NotInRange {
+                    pool: self.name.clone(),
+                    ip: ip.to_string(),
+                    ranges: format!("the ENI addresses of {}", backend.describe()),
+                })?;
+            let leased = leased_on(eni);
+            lease.eni = Some(leased.clone());
+            self.take(state, *ip, lease)?;
+            return Ok((*ip, leased, true));
+        }
+        let load = |eni: &Eni| {
+            state
+                .leases
+                .values()
+                .filter(|l| l.eni.as_ref().is_some_and(|le| le.id.same(&eni.id)))
+                .count()
+        };
+        let mut order: Vec<(usize, usize)> = node.enis.iter().enumerate().map(|(i, e)| (load(e), i)).collect();
+        order.sort();
+        for (_, i) in order {
+            let eni = &node.enis[i];
+            let key = format!("eni:{}", eni.id.key());
+            let after = state
+                .last_reserved
+                .get(&key)
+                .and_then(|l| eni.ips.iter().position(|ip| ip == l))
+                .map_or(0, |p| p + 1);
+            let n = eni.ips.len();
+            if let Some(ip) = (0..n)
+                .map(|k| eni.ips[(after + k) % n])
+                .find(|ip| !state.leases.contains_key(ip))
+            {
+                let leased = leased_on(eni);
+                lease.eni = Some(leased.clone());
+                state.leases.insert(ip, lease);
+                state.last_reserved.insert(key, ip);
+                return Ok((ip, leased, true));
+            }
+        }
+        let total: usize = node.enis.iter().map(|e| e.ips.len()).sum();
+        Err(IpamError::Exhausted {
+            pool: self.name.clone(),
+            range: format!(
+                "{} ENIs with {total} addresses from {}",
+                node.enis.len(),
+                backend.describe()
+            ),
+        })
+    }
+
     /// Release every address of (container id, ifname). Idempotent.
     pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
         self.release_where(|l| l.container_id == container_id && l.ifname == ifname)
@@ -177,7 +313,8 @@ impl Pool {
 
     /// Release every lease whose owner is not in `valid` (CNI GC).
     pub fn gc(&self, valid: &[(String, String)]) -> Result<Vec<IpAddr>, IpamError> {
-        self.release_where(|l| !valid.iter().any(|(c, i)| *c == l.container_id && *i == l.ifname))
+        let valid: HashSet<(&str, &str)> = valid.iter().map(|(c, i)| (c.as_str(), i.as_str())).collect();
+        self.release_where(|l| !valid.contains(&(l.container_id.as_str(), l.ifname.as_str())))
     }
 
     fn release_where(&self, doomed: impl Fn(&Lease) -> bool) -> Result<Vec<IpAddr>, IpamError> {
@@ -203,22 +340,29 @@ impl Pool {
         Ok(store.load()?.leases.into_iter().collect())
     }
 
-    /// Free addresses per range set, for STATUS.
+    /// Free addresses per range set (one entry for an ENI pool), for STATUS.
     pub fn free_per_set(&self) -> Result<Vec<u128>, IpamError> {
         let leases = self.leases()?;
-        Ok(self
-            .sets
-            .iter()
-            .map(|set| {
-                let size: u128 = set.iter().map(Range::size).sum();
-                let used = leases
-                    .iter()
-                    .filter(|(ip, _)| set.iter().any(|r| r.is_allocatable(*ip)))
-                    .count() as u128;
-                size.saturating_sub(used)
-            })
-            .collect())
+        let used = |pred: &dyn Fn(IpAddr) -> bool| leases.iter().filter(|(ip, _)| pred(*ip)).count() as u128;
+        Ok(match &self.source {
+            Source::Ranges(sets) => sets
+                .iter()
+                .map(|set| {
+                    let size: u128 = set.iter().map(Range::size).sum();
+                    size.saturating_sub(used(&|ip| set.iter().any(|r| r.is_allocatable(ip))))
+                })
+                .collect(),
+            Source::Enis(backend) => {
+                let node = backend.enis()?;
+                let listed: HashSet<IpAddr> = node.enis.iter().flat_map(|e| e.ips.iter().copied()).collect();
+                vec![(listed.len() as u128).saturating_sub(used(&|ip| listed.contains(&ip)))]
+            }
+        })
     }
+}
+
+fn same_owner(a: &Lease, b: &Lease) -> bool {
+    a.container_id == b.container_id && a.ifname == b.ifname
 }
 
 #[cfg(test)]
@@ -326,6 +470,127 @@ mod tests {
         p.allocate("a", "eth0", &[]).unwrap();
         std::fs::write(d.path().join("testnet/leases.json"), b"{garbage").unwrap();
         assert!(matches!(p.allocate("b", "eth0", &[]), Err(IpamError::Corrupt { .. })));
+    }
+
+    fn eni_pool(dir: &std::path::Path, node: serde_json::Value) -> Pool {
+        let file = dir.join("enis.json");
+        std::fs::write(&file, node.to_string()).unwrap();
+        let cfg: IpamConfig = serde_json::from_value(json!({
+            "type": "sluice-ipam", "eniPool": {"backend": "file", "path": file}, "dataDir": dir
+        }))
+        .unwrap();
+        Pool::new("eninet", &cfg).unwrap()
+    }
+
+    fn two_enis(a_ips: &[&str], b_ips: &[&str]) -> serde_json::Value {
+        json!({"enis": [
+            {"name": "eth1", "mac": "02:00:00:00:01:01", "subnet": "172.31.16.0/20", "ips": a_ips},
+            {"name": "eth2", "subnet": "172.31.32.0/20", "gateway": "172.31.32.254", "ips": b_ips}
+        ]})
+    }
+
+    #[test]
+    fn eni_pool_spreads_over_enis_and_says_which() {
+        let d = tempfile::tempdir().unwrap();
+        let p = eni_pool(
+            d.path(),
+            two_enis(&["172.31.16.10", "172.31.16.11"], &["172.31.32.10", "172.31.32.11"]),
+        );
+        let mut per_eni = std::collections::HashMap::new();
+        for i in 0..4 {
+            let a = p.allocate(&format!("c{i}"), "eth0", &[]).unwrap();
+            assert_eq!(a.len(), 1);
+            let eni = a[0].eni.clone().expect("an ENI pool names the ENI");
+            let name = eni.name.clone().unwrap();
+            let (prefix, gw) = if name == "eth1" {
+                (20, "172.31.16.1")
+            } else {
+                (20, "172.31.32.254")
+            };
+            assert_eq!(a[0].address.prefix(), prefix);
+            assert_eq!(a[0].gateway.unwrap().to_string(), gw);
+            assert!(
+                a[0].address
+                    .ip()
+                    .to_string()
+                    .starts_with(if name == "eth1" { "172.31.16." } else { "172.31.32." }),
+                "{a:?}"
+            );
+            *per_eni.entry(name).or_insert(0) += 1;
+            assert_eq!(p.allocate(&format!("c{i}"), "eth0", &[]).unwrap(), a, "idempotent");
+        }
+        assert_eq!(per_eni["eth1"], 2, "least loaded ENI first: {per_eni:?}");
+        assert_eq!(per_eni["eth2"], 2);
+        let e = p.allocate("c9", "eth0", &[]).unwrap_err();
+        assert!(matches!(e, IpamError::Exhausted { .. }), "{e}");
+        assert!(
+            e.to_string().contains("enis.json") && e.to_string().contains("eninet"),
+            "{e}"
+        );
+        assert_eq!(p.free_per_set().unwrap(), vec![0]);
+    }
+
+    #[test]
+    fn eni_file_changes_while_leases_exist() {
+        let d = tempfile::tempdir().unwrap();
+        let p = eni_pool(d.path(), two_enis(&["172.31.16.10"], &[]));
+        let first = p.allocate("c1", "eth0", &[]).unwrap();
+        assert_eq!(first[0].address.ip().to_string(), "172.31.16.10");
+        assert!(matches!(
+            p.allocate("c2", "eth0", &[]),
+            Err(IpamError::Exhausted { .. })
+        ));
+
+        // The operator moves .10 away and adds an address on eth2.
+        std::fs::write(d.path().join("enis.json"), two_enis(&[], &["172.31.32.20"]).to_string()).unwrap();
+        assert_eq!(
+            p.allocate("c1", "eth0", &[]).unwrap(),
+            first,
+            "removed address stays leased"
+        );
+        let second = p.allocate("c2", "eth0", &[]).unwrap();
+        assert_eq!(
+            second[0].address.ip().to_string(),
+            "172.31.32.20",
+            "new address usable at once"
+        );
+        assert_eq!(second[0].eni.as_ref().unwrap().name.as_deref(), Some("eth2"));
+        p.release("c1", "eth0").unwrap();
+        let e = p.allocate("c3", "eth0", &[]).unwrap_err();
+        assert!(
+            matches!(e, IpamError::Exhausted { .. }),
+            "a released address no longer in the file is never handed out: {e}"
+        );
+        assert!(matches!(
+            p.allocate("c3", "eth0", &["172.31.16.10".parse().unwrap()]),
+            Err(IpamError::NotInRange { .. })
+        ));
+    }
+
+    #[test]
+    fn eni_pool_requested_and_config_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let p = eni_pool(d.path(), two_enis(&["172.31.16.10", "172.31.16.11"], &["172.31.32.10"]));
+        let a = p.allocate("c1", "eth0", &["172.31.32.10".parse().unwrap()]).unwrap();
+        assert_eq!(a[0].eni.as_ref().unwrap().name.as_deref(), Some("eth2"));
+        assert!(matches!(
+            p.allocate("c2", "eth0", &["172.31.32.10".parse().unwrap()]),
+            Err(IpamError::Taken { .. })
+        ));
+        std::fs::write(d.path().join("enis.json"), b"{not json").unwrap();
+        let e = p.allocate("c3", "eth0", &[]).unwrap_err().to_string();
+        assert!(e.contains("enis.json") && e.contains("not a valid node file"), "{e}");
+        std::fs::remove_file(d.path().join("enis.json")).unwrap();
+        let e = p.allocate("c3", "eth0", &[]).unwrap_err();
+        assert!(matches!(e, IpamError::Store { .. }), "{e}");
+        let both: IpamConfig = serde_json::from_value(json!({
+            "type": "sluice-ipam", "eniPool": {"backend": "file"}, "subnet": "10.0.0.0/24"
+        }))
+        .unwrap();
+        let Err(e) = Pool::new("n", &both) else {
+            panic!("eniPool with a subnet accepted")
+        };
+        assert!(e.to_string().contains("exclude each other"), "{e}");
     }
 
     proptest! {

@@ -5,7 +5,9 @@
 //! scan of memory instead of a read of every lease file, and a crash can only
 //! leave the old or the new state, never half of a change.
 
+use crate::eni::EniId;
 use crate::error::IpamError;
+use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -23,16 +25,29 @@ pub struct Lease {
     pub ifname: String,
     /// Seconds since the epoch when the lease was made.
     pub since: u64,
+    /// ENI pools: the ENI the address belongs to, with what the pod needs,
+    /// kept here because the node file may drop the address while it is leased.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eni: Option<LeasedEni>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeasedEni {
+    #[serde(flatten)]
+    pub id: EniId,
+    pub subnet: IpNetwork,
+    pub gateway: IpAddr,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolState {
     pub version: u32,
     pub leases: BTreeMap<IpAddr, Lease>,
-    /// Per range set (by index), the last address handed out: allocation
-    /// continues after it, so a just-released address is not reused at once.
+    /// The last address handed out per range set (key: the set's index) or
+    /// per ENI (key: `eni:` and its MAC or name): allocation continues after
+    /// it, so a just-released address is not reused at once.
     #[serde(rename = "lastReserved", default)]
-    pub last_reserved: BTreeMap<usize, IpAddr>,
+    pub last_reserved: BTreeMap<String, IpAddr>,
 }
 
 pub fn now_secs() -> u64 {

@@ -54,7 +54,7 @@ mod tests {
             (IpvlanMode::L3s, IpVlanMode::L3S),
         ] {
             let cfg = IpvlanConfig {
-                parent: "eni0".into(),
+                parent: Some("eni0".into()),
                 mode,
                 mtu: None,
             };
@@ -67,12 +67,12 @@ mod tests {
             assert!(m.attributes.contains(&LinkAttribute::IfName("eth0".into())));
         }
         assert!(announces(&IpvlanConfig {
-            parent: "x".into(),
+            parent: Some("x".into()),
             mode: IpvlanMode::L2,
             mtu: None
         }));
         assert!(!announces(&IpvlanConfig {
-            parent: "x".into(),
+            parent: Some("x".into()),
             mode: IpvlanMode::L3,
             mtu: None
         }));
@@ -83,7 +83,7 @@ mod tests {
         use netlink_packet_core::{Emitable, Parseable};
         use netlink_packet_route::link::LinkMessage;
         let cfg = IpvlanConfig {
-            parent: "eni0".into(),
+            parent: Some("eni0".into()),
             mode: IpvlanMode::L3s,
             mtu: None,
         };

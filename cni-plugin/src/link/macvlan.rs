@@ -31,7 +31,7 @@ mod tests {
     #[test]
     fn request_carries_parent_mode_mtu_and_netns() {
         let cfg = MacvlanConfig {
-            parent: "eth1".into(),
+            parent: Some("eth1".into()),
             mode: MacvlanMode::Private,
             mtu: None,
         };
