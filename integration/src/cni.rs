@@ -13,6 +13,14 @@ pub struct CniOutput {
 }
 
 impl CniOutput {
+    pub fn of(out: std::process::Output) -> CniOutput {
+        CniOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     pub fn json(&self) -> Value {
         if self.stdout.trim().is_empty() {
             return Value::Null;
@@ -69,6 +77,14 @@ impl<'a> Call<'a> {
     }
 
     pub fn run(&self, stdin: &[u8]) -> CniOutput {
+        let mut child = self.spawn();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        CniOutput::of(child.wait_with_output().expect("wait plugin"))
+    }
+
+    /// Start the plugin without feeding it: it blocks reading its config
+    /// from stdin, so many spawned calls start together when fed together.
+    pub fn spawn(&self) -> std::process::Child {
         let mut cmd = match self.in_netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -84,18 +100,10 @@ impl<'a> Call<'a> {
             }
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        let mut child = cmd
-            .stdin(Stdio::piped())
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn plugin");
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        let out = child.wait_with_output().expect("wait plugin");
-        CniOutput {
-            success: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+            .expect("spawn plugin")
     }
 }

@@ -6,6 +6,7 @@ pub mod cni;
 pub mod config;
 pub mod eni;
 pub mod error;
+pub mod listing;
 pub mod pool;
 pub mod range;
 pub mod store;
