@@ -193,7 +193,58 @@ fn cases() -> Vec<Case> {
             4,
         ),
         env("CNI_ARGS IP outside the range", &[("CNI_ARGS", Some("IP=10.9.9.9"))], 7),
+        conf(
+            "ENI pool together with ranges",
+            |c| c["ipam"]["eniPool"] = json!({"backend": "file", "path": "/nonexistent"}),
+            7,
+        ),
+        conf(
+            "ENI pool node file missing",
+            |c| {
+                c["link"].as_object_mut().unwrap().remove("parent");
+                eni_pool(c, None);
+            },
+            5,
+        ),
+        conf(
+            "ENI pool address outside its ENI's subnet",
+            |c| {
+                eni_pool(
+                    c,
+                    Some(json!({"enis": [{"name": "eth0", "subnet": "10.250.0.0/24", "ips": ["10.251.0.5"]}]})),
+                )
+            },
+            7,
+        ),
+        conf(
+            "ENI pool names an ENI the node lacks (fails after IPAM)",
+            |c| {
+                eni_pool(
+                    c,
+                    Some(json!({"enis": [{"name": "nope9", "subnet": "10.250.0.0/24", "ips": ["10.250.0.5"]}]})),
+                )
+            },
+            102,
+        ),
+        conf(
+            "ENI pool unknown backend",
+            |c| c["ipam"] = json!({"type": "sluice-ipam", "eniPool": {"backend": "cloud-api"}}),
+            7,
+        ),
     ]
+}
+
+/// Point the config's IPAM at an ENI pool; write the node file unless `None`.
+fn eni_pool(c: &mut Value, node: Option<Value>) {
+    let data_dir = c["ipam"]["dataDir"].as_str().unwrap().to_string();
+    let file = format!("{data_dir}.eni-pool.json");
+    match node {
+        Some(n) => std::fs::write(&file, n.to_string()).unwrap(),
+        None => {
+            let _ = std::fs::remove_file(&file);
+        }
+    }
+    c["ipam"] = json!({"type": "sluice-ipam", "eniPool": {"backend": "file", "path": file}, "dataDir": data_dir});
 }
 
 /// Everything a failed ADD could leave behind.

@@ -96,6 +96,30 @@ fn sixty_four_processes_share_a_slash26_exactly() {
         );
     }
 
+    // The operator's view agrees: 61 rows with owner and age, as a table and as JSON.
+    let list = |fmt: &str| {
+        let out = std::process::Command::new(bin_dir().join("sluice-ipam"))
+            .args(["leases", "--data-dir"])
+            .arg(tmp.path())
+            .args(["-o", fmt])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = list("table");
+    assert_eq!(table.lines().count(), 62, "{table}");
+    assert!(table.lines().next().unwrap().contains("CONTAINER"), "{table}");
+    let rows: Value = serde_json::from_str(&list("json")).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 61);
+    for r in rows {
+        assert_eq!(r["pool"], "stress");
+        let ip = format!("{}/26", r["address"].as_str().unwrap());
+        assert_eq!(got[&ip], r["containerId"].as_str().unwrap());
+        assert!(r["ageSeconds"].as_u64().unwrap() < 600);
+    }
+
     // Everyone releases at once (the three that got nothing too: DEL is idempotent).
     for (id, out) in ids.iter().zip(race("DEL", &ids, &conf)) {
         assert!(out.success, "DEL {id}: {}", out.stdout);

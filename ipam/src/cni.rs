@@ -15,7 +15,7 @@ impl From<IpamError> for CniError {
             IpamError::InvalidConfig(_) | IpamError::NotInRange { .. } => ErrorCode::InvalidConfig,
             IpamError::Exhausted { .. } | IpamError::Taken { .. } => ErrorCode::IpamExhausted,
             IpamError::LockTimeout { .. } => ErrorCode::TryAgainLater,
-            IpamError::Store { .. } | IpamError::Corrupt { .. } => ErrorCode::Io,
+            IpamError::Store { .. } | IpamError::NodeFile { .. } | IpamError::Corrupt { .. } => ErrorCode::Io,
         };
         CniError::new(code, e.to_string())
     }

@@ -181,9 +181,8 @@ impl EniBackend for FileBackend {
     }
 
     fn enis(&self) -> Result<NodeEnis, IpamError> {
-        let bytes = std::fs::read(&self.path).map_err(|source| IpamError::Store {
+        let bytes = std::fs::read(&self.path).map_err(|source| IpamError::NodeFile {
             path: self.path.clone(),
-            what: "reading the ENI node file",
             source,
         })?;
         let enis: NodeEnis = serde_json::from_slice(&bytes).map_err(|e| {

@@ -23,6 +23,12 @@ pub enum IpamError {
         #[source]
         source: std::io::Error,
     },
+    #[error("ENI pool file {path}: cannot read the node file: {source}")]
+    NodeFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("pool store {path} is corrupt: {msg}")]
     Corrupt { path: PathBuf, msg: String },
 }

@@ -582,7 +582,7 @@ mod tests {
         assert!(e.contains("enis.json") && e.contains("not a valid node file"), "{e}");
         std::fs::remove_file(d.path().join("enis.json")).unwrap();
         let e = p.allocate("c3", "eth0", &[]).unwrap_err();
-        assert!(matches!(e, IpamError::Store { .. }), "{e}");
+        assert!(matches!(e, IpamError::NodeFile { .. }), "{e}");
         let both: IpamConfig = serde_json::from_value(json!({
             "type": "sluice-ipam", "eniPool": {"backend": "file"}, "subnet": "10.0.0.0/24"
         }))
@@ -624,6 +624,46 @@ mod tests {
                     prop_assert!((o[2] == 0 && (4..=9).contains(&o[3])) || (o[2] == 1 && (1..=6).contains(&o[3])), "outside {s}");
                 }
                 prop_assert!(leases.len() <= 5 + 5);
+            }
+        }
+
+        /// Dual stack with a small IPv6 set: an owner holds both addresses or
+        /// none (an exhausted set leaves no half allocation behind), IPv6
+        /// addresses stay inside [rangeStart, rangeEnd] and skip the gateway.
+        #[test]
+        fn dual_stack_is_all_or_nothing(ops in proptest::collection::vec((0u8..24, any::<bool>()), 1..100)) {
+            let d = tempfile::tempdir().unwrap();
+            let p = pool(d.path(), json!([
+                [{"subnet": "10.0.0.0/27"}],
+                [{"subnet": "fd00:1::/64", "rangeStart": "fd00:1::10", "rangeEnd": "fd00:1::17", "gateway": "fd00:1::12"}]
+            ]));
+            let lo: IpAddr = "fd00:1::10".parse().unwrap();
+            let hi: IpAddr = "fd00:1::17".parse().unwrap();
+            for (owner, release) in ops {
+                let id = format!("c{owner}");
+                if release {
+                    p.release(&id, "eth0").unwrap();
+                } else {
+                    match p.allocate(&id, "eth0", &[]) {
+                        Ok(a) => prop_assert_eq!(a.len(), 2),
+                        Err(IpamError::Exhausted { .. }) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                let leases = p.leases().unwrap();
+                let mut per_owner: std::collections::HashMap<&str, (u8, u8)> = Default::default();
+                for (ip, l) in &leases {
+                    let e = per_owner.entry(l.container_id.as_str()).or_default();
+                    if ip.is_ipv6() {
+                        e.1 += 1;
+                        prop_assert!(*ip >= lo && *ip <= hi && ip.to_string() != "fd00:1::12", "v6 {ip}");
+                    } else {
+                        e.0 += 1;
+                    }
+                }
+                for (o, n) in per_owner {
+                    prop_assert_eq!(n, (1, 1), "{} holds a partial allocation", o);
+                }
             }
         }
     }
