@@ -29,5 +29,14 @@ fn example_conflists_parse() {
             seen += 1;
         }
     }
-    assert!(seen >= 4, "found {seen} sluice entries in conf/");
+    assert!(seen >= 5, "found {seen} sluice entries in conf/");
+}
+
+/// The example ENI node file passes the same validation the pool applies.
+#[test]
+fn example_eni_node_file_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/eni-pool.json");
+    let node: sluice_ipam::eni::NodeEnis = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    node.validate(&path.display().to_string()).unwrap();
+    assert_eq!(node.enis.len(), 2);
 }
