@@ -107,3 +107,41 @@ impl<'a> Call<'a> {
             .expect("spawn plugin")
     }
 }
+
+/// One timed call for benchmarks: a clean environment with only the CNI
+/// variables (no `ip netns exec` in between), the config on stdin. Fails
+/// with the plugin's output when it does; returns its stdout otherwise.
+pub fn exec_timed(
+    plugin: &Path,
+    cmd: &str,
+    container_id: &str,
+    netns: &Path,
+    cni_path: &str,
+    conf: &[u8],
+) -> anyhow::Result<(std::time::Duration, Vec<u8>)> {
+    use anyhow::Context;
+    let started = std::time::Instant::now();
+    let mut child = Command::new(plugin)
+        .env_clear()
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn {}", plugin.display()))?;
+    child.stdin.take().expect("piped").write_all(conf)?;
+    let out = child.wait_with_output()?;
+    let took = started.elapsed();
+    anyhow::ensure!(
+        out.status.success(),
+        "{} {cmd} {container_id}: {}{}",
+        plugin.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((took, out.stdout))
+}

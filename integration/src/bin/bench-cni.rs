@@ -10,12 +10,11 @@
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde_json::{Value, json};
+use sluice_integration::cni::exec_timed;
 use sluice_integration::netns::Netns;
 use sluice_integration::vpc::Vpc;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Parser)]
 struct Args {
@@ -34,30 +33,7 @@ struct Plugin {
 }
 
 fn call(p: &Plugin, cmd: &str, cid: &str, netns: &Path, cni_path: &str) -> Result<Duration> {
-    let started = Instant::now();
-    let mut child = Command::new(&p.bin)
-        .env_clear()
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", cni_path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawn {}", p.bin.display()))?;
-    child.stdin.take().unwrap().write_all(&p.conf)?;
-    let out = child.wait_with_output()?;
-    let took = started.elapsed();
-    if !out.status.success() {
-        bail!(
-            "{} {cmd} {cid}: {}{}",
-            p.label,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let (took, _) = exec_timed(&p.bin, cmd, cid, netns, cni_path, &p.conf).with_context(|| p.label)?;
     Ok(took)
 }
 

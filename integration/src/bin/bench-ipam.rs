@@ -10,14 +10,13 @@
 //! plugin's own on-disk format before the run, and one ADD per plugin checks
 //! that it honoured them. No namespaces are touched; root is not needed.
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use serde_json::{Value, json};
-use std::io::Write;
+use sluice_integration::cni::exec_timed;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Parser)]
 struct Args {
@@ -39,27 +38,16 @@ struct Plugin {
 }
 
 fn call(p: &Plugin, cmd: &str, cid: &str) -> Result<(Duration, Value)> {
-    let started = Instant::now();
-    let mut child = Command::new(&p.bin)
-        .env_clear()
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_NETNS", "/proc/self/ns/net")
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawn {}", p.bin.display()))?;
-    child.stdin.take().unwrap().write_all(&p.conf)?;
-    let out = child.wait_with_output()?;
-    let took = started.elapsed();
-    if !out.status.success() {
-        bail!("{} {cmd} {cid}: {}", p.label, String::from_utf8_lossy(&out.stdout));
-    }
-    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    Ok((took, v))
+    let (took, out) = exec_timed(
+        &p.bin,
+        cmd,
+        cid,
+        Path::new("/proc/self/ns/net"),
+        "/usr/lib/cni",
+        &p.conf,
+    )
+    .with_context(|| p.label)?;
+    Ok((took, serde_json::from_slice(&out).unwrap_or(Value::Null)))
 }
 
 /// The n-th address handed out from the subnet (host-local and sluice both start at .0.2).
