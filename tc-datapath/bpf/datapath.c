@@ -1,0 +1,479 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
+/*
+ * The sluice datapath: two tc programs for every pod interface.
+ *
+ *  sl_egress  (packets the pod sends): source-address check, Service
+ *             load-balancing (conntrack lookup or backend selection, then
+ *             DNAT to the backend).
+ *  sl_ingress (packets delivered to the pod): reverse NAT of replies from
+ *             a backend back to the VIP the pod called, including ICMP
+ *             errors about such a flow.
+ *
+ * Both run on the pod's own interface, inside its network namespace, so a
+ * Service is resolved at the client before the packet leaves the pod: no
+ * netfilter hook is involved anywhere.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <stddef.h>
+
+#include "layout.h"
+#include "maps.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Load-time configuration, set by the loader (aya EbpfLoader::set_global). */
+volatile const __u64 cfg_ct_tcp_syn_ns = 60ULL * 1000000000ULL;
+volatile const __u64 cfg_ct_tcp_established_ns = 21600ULL * 1000000000ULL;
+volatile const __u64 cfg_ct_tcp_closing_ns = 10ULL * 1000000000ULL;
+volatile const __u64 cfg_ct_udp_ns = 60ULL * 1000000000ULL;
+volatile const __u32 cfg_maglev_m = 16381;
+volatile const __u32 cfg_source_check = 1;
+
+/* A refreshed deadline is written back only when it moved by more than
+ * this: established flows do not dirty their conntrack entry per packet. */
+#define CT_REFRESH_NS (1000000000ULL)
+
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1FFF
+
+struct pkt {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 v6;
+	__u8 tcp_flags;
+	__u8 fragment;
+	__u32 l4_off;
+};
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+static __always_inline void count(__u32 reason, __u32 dir, __u32 len)
+{
+	__u32 idx = reason * 2 + dir;
+	struct metrics_value *m = bpf_map_lookup_elem(&sl_metrics, &idx);
+
+	if (m) {
+		m->packets++;
+		m->bytes += len;
+	}
+}
+
+static __always_inline int drop(struct __sk_buff *skb, __u32 reason, __u32 dir)
+{
+	count(reason, dir, skb->len);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline void v4_mapped(__u8 out[16], __be32 a)
+{
+	__builtin_memset(out, 0, 10);
+	out[10] = 0xff;
+	out[11] = 0xff;
+	__builtin_memcpy(out + 12, &a, 4);
+}
+
+static __always_inline int addr_eq(const __u8 *a, const __u8 *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	return x[0] == y[0] && x[1] == y[1];
+}
+
+/* Parse the L3 and L4 headers at `l3_off` (the outer packet, or the packet
+ * quoted by an ICMP error). Returns 0, or a drop reason. Packets that are
+ * not IP are reported with proto 0 and pass untouched. */
+static __always_inline int parse(struct __sk_buff *skb, __u32 l3_off, __be16 eth_proto, struct pkt *p)
+{
+	__builtin_memset(p, 0, sizeof(*p));
+	if (eth_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, l3_off, &ip, sizeof(ip)) < 0 || ip.ihl < 5 || ip.version != 4)
+			return DROP_MALFORMED;
+		v4_mapped(p->saddr, ip.saddr);
+		v4_mapped(p->daddr, ip.daddr);
+		p->proto = ip.protocol;
+		p->l4_off = l3_off + ip.ihl * 4;
+		if (ip.frag_off & bpf_htons(IP_OFFSET | IP_MF))
+			p->fragment = 1;
+		/* Only the first fragment carries ports. */
+		if (ip.frag_off & bpf_htons(IP_OFFSET))
+			return 0;
+	} else if (eth_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, l3_off, &ip6, sizeof(ip6)) < 0 || ip6.version != 6)
+			return DROP_MALFORMED;
+		__builtin_memcpy(p->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(p->daddr, &ip6.daddr, 16);
+		p->proto = ip6.nexthdr;
+		p->v6 = 1;
+		p->l4_off = l3_off + sizeof(ip6);
+		if (ip6.nexthdr == IPPROTO_FRAGMENT)
+			p->fragment = 1;
+	} else {
+		return 0;
+	}
+	if (p->proto == IPPROTO_TCP) {
+		__u8 hdr[14];
+
+		if (bpf_skb_load_bytes(skb, p->l4_off, hdr, sizeof(hdr)) < 0)
+			return DROP_MALFORMED;
+		__builtin_memcpy(&p->sport, hdr, 2);
+		__builtin_memcpy(&p->dport, hdr + 2, 2);
+		p->tcp_flags = hdr[13];
+	} else if (p->proto == IPPROTO_UDP) {
+		__be16 ports[2];
+
+		if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)) < 0)
+			return DROP_MALFORMED;
+		p->sport = ports[0];
+		p->dport = ports[1];
+	}
+	return 0;
+}
+
+static __always_inline __u32 l4_csum_off(const struct pkt *p)
+{
+	return p->l4_off + (p->proto == IPPROTO_TCP ? offsetof(struct tcphdr, check) : offsetof(struct udphdr, check));
+}
+
+/* Replace one address of the packet (daddr when `dst`, else saddr) and
+ * one port, fixing the IPv4 header checksum and the L4 checksum (pseudo
+ * header included). The helpers handle CHECKSUM_PARTIAL packets from local
+ * sockets (veth/macvlan offload) as well as complete checksums. */
+static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, __u32 l3_off, int dst,
+				   const __u8 new_addr[16], __be16 new_port)
+{
+	const __u8 *old_addr = dst ? p->daddr : p->saddr;
+	__be16 old_port = dst ? p->dport : p->sport;
+	__u32 csum_off = l4_csum_off(p);
+	__u64 mangled0 = p->proto == IPPROTO_UDP && !p->v6 ? BPF_F_MARK_MANGLED_0 : 0;
+	__u32 port_off = p->l4_off + (dst ? 2 : 0);
+
+	if (!p->v6) {
+		__be32 o, n;
+		__u32 addr_off = l3_off + (dst ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
+
+		__builtin_memcpy(&o, old_addr + 12, 4);
+		__builtin_memcpy(&n, new_addr + 12, 4);
+		if (o != n) {
+			if (bpf_l4_csum_replace(skb, csum_off, o, n, BPF_F_PSEUDO_HDR | mangled0 | sizeof(n)) < 0)
+				return -1;
+			if (bpf_l3_csum_replace(skb, l3_off + offsetof(struct iphdr, check), o, n, sizeof(n)) < 0)
+				return -1;
+			if (bpf_skb_store_bytes(skb, addr_off, &n, sizeof(n), 0) < 0)
+				return -1;
+		}
+	} else {
+		__u32 addr_off = l3_off + (dst ? offsetof(struct ipv6hdr, daddr) : offsetof(struct ipv6hdr, saddr));
+		__u8 o[16], n[16];
+		__s64 diff;
+
+		__builtin_memcpy(o, old_addr, 16);
+		__builtin_memcpy(n, new_addr, 16);
+		if (!addr_eq(o, n)) {
+			diff = bpf_csum_diff((__be32 *)o, 16, (__be32 *)n, 16, 0);
+			if (bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR) < 0)
+				return -1;
+			if (bpf_skb_store_bytes(skb, addr_off, n, 16, 0) < 0)
+				return -1;
+		}
+	}
+	if (old_port != new_port) {
+		if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port, mangled0 | sizeof(new_port)) < 0)
+			return -1;
+		if (bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static __always_inline __u64 ct_timeout(__u8 proto, __u8 state)
+{
+	if (proto != IPPROTO_TCP)
+		return cfg_ct_udp_ns;
+	if (state == CT_ESTABLISHED)
+		return cfg_ct_tcp_established_ns;
+	if (state == CT_CLOSING)
+		return cfg_ct_tcp_closing_ns;
+	return cfg_ct_tcp_syn_ns;
+}
+
+/* Move an entry along SYN -> established -> closing, and push its deadline
+ * out (only written back when it changed noticeably). */
+static __always_inline void ct_touch(struct ct_value *ct, const struct pkt *p, int reply, __u64 now)
+{
+	__u8 state = ct->state;
+	__u64 expires;
+
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)))
+		state = CT_CLOSING;
+	else if (reply && state == CT_NEW)
+		state = CT_ESTABLISHED;
+	expires = now + ct_timeout(p->proto, state);
+	if (state != ct->state)
+		ct->state = state;
+	if (expires > ct->expires_ns + CT_REFRESH_NS || state == CT_CLOSING)
+		ct->expires_ns = expires;
+}
+
+/* murmur3's finaliser over the flow: stable for one flow on every node. */
+static __always_inline __u32 flow_hash(const struct pkt *p)
+{
+	const __u32 *s = (const __u32 *)p->saddr;
+	__u32 h = 0x9747b28c ^ p->proto;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		h ^= s[i];
+		h *= 0xcc9e2d51;
+		h = (h << 15) | (h >> 17);
+	}
+	h ^= ((__u32)p->sport << 16) | p->dport;
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+static __always_inline __u32 maglev_pick(const struct svc_value *svc, const struct pkt *p)
+{
+	__u32 m = cfg_maglev_m;
+	__u32 idx, off;
+	struct maglev_key k = {};
+	struct maglev_value *t;
+
+	if (!m)
+		return 0;
+	idx = flow_hash(p) % m;
+	k.rev_nat_id = svc->rev_nat_id;
+	k.chunk = idx / MAGLEV_CHUNK;
+	off = idx % MAGLEV_CHUNK;
+	t = bpf_map_lookup_elem(&sl_maglev, &k);
+	if (!t || off >= MAGLEV_CHUNK)
+		return 0;
+	return t->backend_ids[off];
+}
+
+static __always_inline __u32 random_pick(const struct svc_value *svc, const struct svc_key *master)
+{
+	struct svc_key k = *master;
+	struct svc_value *slot;
+
+	k.slot = (bpf_get_prandom_u32() % svc->count) + 1;
+	slot = bpf_map_lookup_elem(&sl_services, &k);
+	return slot ? slot->backend_id : 0;
+}
+
+/* A backend for a new connection: the client's affinity entry if it is
+ * fresh and its backend still takes connections, else Maglev or random. */
+static __always_inline __u32 select_backend(const struct svc_value *svc, const struct svc_key *master,
+					    const struct pkt *p, __u64 now)
+{
+	struct affinity_key ak = {};
+	struct affinity_value av = {};
+	__u32 id = 0;
+
+	if (svc->count == 0)
+		return 0;
+	if (svc->affinity_timeout) {
+		struct affinity_value *cur;
+
+		__builtin_memcpy(ak.client, p->saddr, 16);
+		ak.rev_nat_id = svc->rev_nat_id;
+		cur = bpf_map_lookup_elem(&sl_affinity, &ak);
+		if (cur && now - cur->last_used_ns < (__u64)svc->affinity_timeout * 1000000000ULL) {
+			struct backend_value *b = bpf_map_lookup_elem(&sl_backends, &cur->backend_id);
+
+			if (b && b->state == BACKEND_ACTIVE)
+				id = cur->backend_id;
+		}
+	}
+	if (!id && svc->algorithm == SVC_ALG_MAGLEV)
+		id = maglev_pick(svc, p);
+	if (!id)
+		id = random_pick(svc, master);
+	if (id && svc->affinity_timeout) {
+		av.backend_id = id;
+		av.last_used_ns = now;
+		bpf_map_update_elem(&sl_affinity, &ak, &av, BPF_ANY);
+	}
+	return id;
+}
+
+static __always_inline void ct_key_of(struct ct_key *k, const __u8 *s, const __u8 *d, __be16 sport, __be16 dport,
+				      __u8 proto, __u8 kind)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	__builtin_memcpy(k->saddr, s, 16);
+	__builtin_memcpy(k->daddr, d, 16);
+	k->sport = sport;
+	k->dport = dport;
+	k->proto = proto;
+	k->kind = kind;
+}
+
+static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc,
+				   const struct svc_key *master)
+{
+	struct ct_key ck;
+	struct ct_value *ct, nct = {};
+	struct backend_value *b = 0;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 id;
+
+	if (p->fragment)
+		return drop(skb, DROP_FRAGMENT, DIR_EGRESS);
+	ct_key_of(&ck, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_SERVICE);
+	ct = bpf_map_lookup_elem(&sl_ct, &ck);
+	if (ct && ct->expires_ns > now) {
+		/* Chosen once per connection; a terminating backend keeps its flows. */
+		b = bpf_map_lookup_elem(&sl_backends, &ct->backend_id);
+		if (b)
+			ct_touch(ct, p, 0, now);
+	}
+	if (!b) {
+		struct ct_key fk;
+
+		id = select_backend(svc, master, p, now);
+		if (!id)
+			return drop(skb, DROP_NO_BACKEND, DIR_EGRESS);
+		b = bpf_map_lookup_elem(&sl_backends, &id);
+		if (!b)
+			return drop(skb, DROP_BACKEND_GONE, DIR_EGRESS);
+		nct.backend_id = id;
+		nct.rev_nat_id = svc->rev_nat_id;
+		nct.state = CT_NEW;
+		nct.expires_ns = now + ct_timeout(p->proto, CT_NEW);
+		bpf_map_update_elem(&sl_ct, &ck, &nct, BPF_ANY);
+		ct_key_of(&fk, p->saddr, b->addr, p->sport, b->port, p->proto, CT_FLOW);
+		bpf_map_update_elem(&sl_ct, &fk, &nct, BPF_ANY);
+	}
+	if (rewrite(skb, p, ETH_HLEN, 1, b->addr, b->port) < 0)
+		return drop(skb, DROP_NAT_FAILED, DIR_EGRESS);
+	count(REASON_SERVICE_TRANSLATED, DIR_EGRESS, skb->len);
+	return TC_ACT_OK;
+}
+
+static __always_inline int is_v6_link_local_or_any(const __u8 *a)
+{
+	const __u64 *w = (const __u64 *)a;
+
+	return (a[0] == 0xfe && (a[1] & 0xc0) == 0x80) || (w[0] == 0 && w[1] == 0);
+}
+
+SEC("classifier")
+int sl_egress(struct __sk_buff *skb)
+{
+	struct ethhdr eth;
+	struct pkt p;
+	struct svc_key k = {};
+	struct svc_value *svc;
+	int r;
+
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
+		return drop(skb, DROP_MALFORMED, DIR_EGRESS);
+	r = parse(skb, ETH_HLEN, eth.h_proto, &p);
+	if (r)
+		return drop(skb, r, DIR_EGRESS);
+	if (!p.proto) {
+		count(REASON_FORWARDED, DIR_EGRESS, skb->len);
+		return TC_ACT_OK;
+	}
+	/* Only the pod's own addresses may leave it. IPv6 neighbour discovery
+	 * and DAD use link-local and unspecified sources. */
+	if (cfg_source_check && !(p.v6 && is_v6_link_local_or_any(p.saddr))) {
+		struct endpoint_value *ep = bpf_map_lookup_elem(&sl_endpoints, p.saddr);
+
+		if (!ep || ep->ifindex != skb->ifindex || __builtin_memcmp(ep->mac, eth.h_source, 6))
+			return drop(skb, DROP_SOURCE_ADDRESS, DIR_EGRESS);
+	}
+	__builtin_memcpy(k.addr, p.daddr, 16);
+	if (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) {
+		k.port = p.dport;
+		k.proto = p.proto;
+		svc = bpf_map_lookup_elem(&sl_services, &k);
+		if (svc && !(svc->flags & SVC_F_VIP_MARKER))
+			return service(skb, &p, svc, &k);
+		k.port = 0;
+		k.proto = 0;
+	}
+	/* Fail closed: anything else addressed to a VIP is dropped. */
+	if (bpf_map_lookup_elem(&sl_services, &k))
+		return drop(skb, DROP_UNKNOWN_PORT, DIR_EGRESS);
+	count(REASON_FORWARDED, DIR_EGRESS, skb->len);
+	return TC_ACT_OK;
+}
+
+/* A reply from a backend: translate its source back to the VIP. */
+static __always_inline int reply(struct __sk_buff *skb, struct pkt *p)
+{
+	struct ct_key fk;
+	struct ct_value *flow;
+	struct revnat_value *rn;
+	__u64 now;
+
+	ct_key_of(&fk, p->daddr, p->saddr, p->dport, p->sport, p->proto, CT_FLOW);
+	flow = bpf_map_lookup_elem(&sl_ct, &fk);
+	if (!flow || !flow->rev_nat_id)
+		return -1;
+	rn = bpf_map_lookup_elem(&sl_revnat, &flow->rev_nat_id);
+	if (!rn)
+		return -1;
+	now = bpf_ktime_get_ns();
+	if (flow->state == CT_NEW || (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)))) {
+		/* State changes reach the client-side entry too: its timeout follows. */
+		struct ct_key sk;
+		struct ct_value *svc_ct;
+
+		ct_key_of(&sk, p->daddr, rn->addr, p->dport, rn->port, p->proto, CT_SERVICE);
+		svc_ct = bpf_map_lookup_elem(&sl_ct, &sk);
+		if (svc_ct)
+			ct_touch(svc_ct, p, 1, now);
+	}
+	ct_touch(flow, p, 1, now);
+	if (rewrite(skb, p, ETH_HLEN, 0, rn->addr, rn->port) < 0)
+		return drop(skb, DROP_NAT_FAILED, DIR_INGRESS);
+	count(REASON_REPLY_TRANSLATED, DIR_INGRESS, skb->len);
+	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int sl_ingress(struct __sk_buff *skb)
+{
+	struct ethhdr eth;
+	struct pkt p;
+	int r;
+
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
+		return drop(skb, DROP_MALFORMED, DIR_INGRESS);
+	r = parse(skb, ETH_HLEN, eth.h_proto, &p);
+	if (r)
+		return drop(skb, r, DIR_INGRESS);
+	if ((p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) && !p.fragment) {
+		r = reply(skb, &p);
+		if (r >= 0)
+			return r;
+	}
+	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+	return TC_ACT_OK;
+}

@@ -1,0 +1,170 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * Every map key and value of the sluice datapath, defined once. The Rust
+ * side mirrors each struct with a #[repr(C)] type; build.rs compiles
+ * layout_dump.c against this header for the host and a test compares every
+ * size and field offset with the Rust types.
+ *
+ * Pinned maps outlive programs, the agent and the CNI binary, so these
+ * layouts are an on-disk format: any change bumps SLUICE_LAYOUT_VERSION,
+ * which names the bpffs directory the maps are pinned in.
+ *
+ * Addresses are 16 bytes for both families; IPv4 is stored v4-mapped
+ * (::ffff:a.b.c.d), so one code path and one map serve both. Ports are in
+ * network byte order, as on the wire. Every key has explicit padding
+ * fields, and writers zero them: hash maps compare keys bytewise.
+ */
+#ifndef SLUICE_LAYOUT_H
+#define SLUICE_LAYOUT_H
+
+#include <linux/types.h>
+
+#define SLUICE_LAYOUT_VERSION 1
+
+/* ---- services: (VIP, port, proto, slot) -> service or backend slot ----
+ * Slot 0 is the service itself; slots 1..count hold the ids of the backends
+ * that take new connections. A terminating backend is simply not in a slot:
+ * its conntrack entries still name it, so established flows keep going.
+ * A marker entry (port 0, proto 0, slot 0) exists for every VIP, so that a
+ * packet to a known VIP on an unknown port is told apart from other traffic.
+ */
+struct svc_key {
+	__u8 addr[16];
+	__be16 port;
+	__u8 proto;
+	__u8 pad0;
+	__u16 slot;
+	__u16 pad1;
+};
+
+#define SVC_ALG_RANDOM 0
+#define SVC_ALG_MAGLEV 1
+
+#define SVC_F_REJECT 0x01	/* answer drops with TCP RST / ICMP unreachable */
+#define SVC_F_VIP_MARKER 0x02	/* the per-VIP marker entry */
+
+struct svc_value {
+	__u32 backend_id;	/* slot > 0 */
+	__u16 count;		/* slot 0: active backends in slots 1..count */
+	__u16 rev_nat_id;	/* slot 0: how replies are translated back */
+	__u8 flags;
+	__u8 algorithm;
+	__u16 pad0;
+	__u32 affinity_timeout;	/* seconds; 0 = no session affinity */
+};
+
+/* ---- backends: id -> address ---- */
+#define BACKEND_ACTIVE 0
+#define BACKEND_TERMINATING 1
+
+struct backend_value {
+	__u8 addr[16];
+	__be16 port;
+	__u8 proto;
+	__u8 state;
+};
+
+/* ---- reverse NAT: rev_nat_id -> the VIP replies must come from ---- */
+struct revnat_value {
+	__u8 addr[16];
+	__be16 port;
+	__u16 pad0;
+};
+
+/* ---- Maglev: per service, a table of M backend ids, M a prime chosen at
+ * load time. Stored in chunks so that M is not baked into the map layout. */
+#define MAGLEV_CHUNK 1024
+
+struct maglev_key {
+	__u16 rev_nat_id;
+	__u16 chunk;
+};
+
+struct maglev_value {
+	__u32 backend_ids[MAGLEV_CHUNK];
+};
+
+/* ---- session affinity (LRU): (client, service) -> backend ---- */
+struct affinity_key {
+	__u8 client[16];
+	__u16 rev_nat_id;
+	__u16 pad0;
+};
+
+struct affinity_value {
+	__u64 last_used_ns;
+	__u32 backend_id;
+	__u32 pad0;
+};
+
+/* ---- conntrack (LRU) ----
+ * Two entries per service connection, both oriented client -> server:
+ *  CT_SERVICE keyed by the tuple the client sent (to the VIP), read on
+ *             every egress packet to find the backend chosen once;
+ *  CT_FLOW    keyed by the translated tuple (to the backend), read on
+ *             ingress with the reply's addresses swapped, to translate the
+ *             reply (and ICMP errors about the flow) back to the VIP.
+ */
+#define CT_SERVICE 1
+#define CT_FLOW 2
+
+struct ct_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 kind;
+	__u16 pad0;
+};
+
+#define CT_NEW 0		/* only the client has spoken (SYN, first datagram) */
+#define CT_ESTABLISHED 1	/* the server answered */
+#define CT_CLOSING 2		/* FIN or RST seen */
+
+#define CT_F_HAIRPIN 0x01
+
+struct ct_value {
+	__u64 expires_ns;	/* bpf_ktime_get_ns() deadline */
+	__u32 backend_id;
+	__u16 rev_nat_id;
+	__u8 state;
+	__u8 flags;
+};
+
+/* ---- endpoints: the pods on this node, by address ---- */
+struct endpoint_key {
+	__u8 addr[16];
+};
+
+struct endpoint_value {
+	__u32 ifindex;		/* the pod interface, in the pod's netns */
+	__u32 endpoint_id;
+	__u8 mac[6];		/* the pod interface's MAC */
+	__u16 flags;
+};
+
+/* ---- metrics: per-CPU counters, index = reason * 2 + direction ---- */
+#define DIR_EGRESS 0
+#define DIR_INGRESS 1
+
+enum reason {
+	REASON_FORWARDED = 0,
+	REASON_SERVICE_TRANSLATED = 1,	/* forwarded after DNAT to a backend */
+	REASON_REPLY_TRANSLATED = 2,	/* forwarded after reverse NAT */
+	DROP_NO_BACKEND = 3,		/* service without an active backend */
+	DROP_UNKNOWN_PORT = 4,		/* known VIP, no service on that port/proto */
+	DROP_SOURCE_ADDRESS = 5,	/* pod sent from an address not its own */
+	DROP_MALFORMED = 6,		/* truncated or unparsable headers */
+	DROP_FRAGMENT = 7,		/* fragment to a VIP: ports unknown */
+	DROP_NAT_FAILED = 8,		/* rewriting the packet failed */
+	DROP_BACKEND_GONE = 9,		/* maglev/affinity named a backend that no longer exists */
+	REASON_MAX = 10,
+};
+
+struct metrics_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+#endif

@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
+/*
+ * Built and run for the host by build.rs: prints the size of every struct
+ * in layout.h and the offset of every field, as Rust constants, so that a
+ * test can hold the #[repr(C)] mirrors to exactly what the C side compiles.
+ */
+#include <stddef.h>
+#include <stdio.h>
+#include "layout.h"
+
+#define SIZE(s) printf("(\"%s\", %zu),\n", #s, sizeof(struct s))
+#define OFF(s, f) printf("(\"%s.%s\", %zu),\n", #s, #f, offsetof(struct s, f))
+
+int main(void)
+{
+	printf("pub const LAYOUT_VERSION: u32 = %d;\n", SLUICE_LAYOUT_VERSION);
+	printf("pub const C_LAYOUT: &[(&str, usize)] = &[\n");
+	SIZE(svc_key);
+	OFF(svc_key, addr); OFF(svc_key, port); OFF(svc_key, proto); OFF(svc_key, pad0);
+	OFF(svc_key, slot); OFF(svc_key, pad1);
+	SIZE(svc_value);
+	OFF(svc_value, backend_id); OFF(svc_value, count); OFF(svc_value, rev_nat_id);
+	OFF(svc_value, flags); OFF(svc_value, algorithm); OFF(svc_value, pad0); OFF(svc_value, affinity_timeout);
+	SIZE(backend_value);
+	OFF(backend_value, addr); OFF(backend_value, port); OFF(backend_value, proto); OFF(backend_value, state);
+	SIZE(revnat_value);
+	OFF(revnat_value, addr); OFF(revnat_value, port); OFF(revnat_value, pad0);
+	SIZE(maglev_key);
+	OFF(maglev_key, rev_nat_id); OFF(maglev_key, chunk);
+	SIZE(maglev_value);
+	OFF(maglev_value, backend_ids);
+	SIZE(affinity_key);
+	OFF(affinity_key, client); OFF(affinity_key, rev_nat_id); OFF(affinity_key, pad0);
+	SIZE(affinity_value);
+	OFF(affinity_value, last_used_ns); OFF(affinity_value, backend_id); OFF(affinity_value, pad0);
+	SIZE(ct_key);
+	OFF(ct_key, saddr); OFF(ct_key, daddr); OFF(ct_key, sport); OFF(ct_key, dport);
+	OFF(ct_key, proto); OFF(ct_key, kind); OFF(ct_key, pad0);
+	SIZE(ct_value);
+	OFF(ct_value, expires_ns); OFF(ct_value, backend_id); OFF(ct_value, rev_nat_id);
+	OFF(ct_value, state); OFF(ct_value, flags);
+	SIZE(endpoint_key);
+	OFF(endpoint_key, addr);
+	SIZE(endpoint_value);
+	OFF(endpoint_value, ifindex); OFF(endpoint_value, endpoint_id); OFF(endpoint_value, mac); OFF(endpoint_value, flags);
+	SIZE(metrics_value);
+	OFF(metrics_value, packets); OFF(metrics_value, bytes);
+	printf("];\n");
+	printf("pub const REASON_MAX: u32 = %d;\n", REASON_MAX);
+	return 0;
+}

@@ -1,0 +1,61 @@
+//! Builds the eBPF object from `bpf/*.c` with clang (BPF target) and dumps
+//! the C layouts of `bpf/layout.h` for the layout test. No prebuilt object
+//! is checked in: what is tested is what this source compiles to.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn clang() -> String {
+    std::env::var("SLUICE_CLANG").unwrap_or_else(|_| "clang-19".into())
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!(
+            "{what}: cannot run {:?}: {e} (apt-get install clang-19 libbpf-dev)",
+            cmd
+        )
+    });
+    if !out.status.success() {
+        panic!(
+            "{what} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn main() {
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    for f in ["bpf/datapath.c", "bpf/layout.h", "bpf/maps.h", "bpf/layout_dump.c"] {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    println!("cargo:rerun-if-env-changed=SLUICE_CLANG");
+
+    run(
+        Command::new(clang())
+            .args([
+                "-O2",
+                "-g",
+                "-target",
+                "bpf",
+                "-Wall",
+                "-Werror",
+                "-Wno-unused-parameter",
+            ])
+            .args(["-I/usr/include/x86_64-linux-gnu", "-c", "bpf/datapath.c", "-o"])
+            .arg(out.join("datapath.o")),
+        "compiling bpf/datapath.c",
+    );
+
+    let dump = out.join("layout_dump");
+    run(
+        Command::new(clang())
+            .args(["-O0", "bpf/layout_dump.c", "-o"])
+            .arg(&dump),
+        "compiling bpf/layout_dump.c",
+    );
+    let printed = Command::new(&dump).output().expect("run layout_dump");
+    assert!(printed.status.success(), "layout_dump failed");
+    std::fs::write(out.join("c_layout.rs"), printed.stdout).expect("write c_layout.rs");
+}

@@ -1,0 +1,320 @@
+//! Rust mirrors of `bpf/layout.h`. Each type is `#[repr(C)]` with the same
+//! fields in the same order; `tests::matches_c` holds every size and offset
+//! to what clang compiled from the header. Constructors zero all padding:
+//! hash maps compare keys bytewise.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+include!(concat!(env!("OUT_DIR"), "/c_layout.rs"));
+
+/// An address as the datapath stores it: 16 bytes, IPv4 v4-mapped.
+pub type Addr = [u8; 16];
+
+pub fn addr(ip: IpAddr) -> Addr {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+pub fn ip(a: &Addr) -> IpAddr {
+    let v6 = Ipv6Addr::from(*a);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SvcKey {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub pad0: u8,
+    pub slot: u16,
+    pub pad1: u16,
+}
+
+impl SvcKey {
+    pub fn new(vip: IpAddr, port: u16, proto: u8, slot: u16) -> SvcKey {
+        SvcKey {
+            addr: addr(vip),
+            port: port.to_be(),
+            proto,
+            slot,
+            ..Default::default()
+        }
+    }
+
+    /// The per-VIP marker: tells "known VIP, unknown port" from other traffic.
+    pub fn vip_marker(vip: IpAddr) -> SvcKey {
+        SvcKey::new(vip, 0, 0, 0)
+    }
+}
+
+pub const SVC_ALG_RANDOM: u8 = 0;
+pub const SVC_ALG_MAGLEV: u8 = 1;
+pub const SVC_F_REJECT: u8 = 0x01;
+pub const SVC_F_VIP_MARKER: u8 = 0x02;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SvcValue {
+    pub backend_id: u32,
+    pub count: u16,
+    pub rev_nat_id: u16,
+    pub flags: u8,
+    pub algorithm: u8,
+    pub pad0: u16,
+    pub affinity_timeout: u32,
+}
+
+pub const BACKEND_ACTIVE: u8 = 0;
+pub const BACKEND_TERMINATING: u8 = 1;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BackendValue {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub state: u8,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RevNatValue {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub pad0: u16,
+}
+
+pub const MAGLEV_CHUNK: usize = 1024;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct MaglevKey {
+    pub rev_nat_id: u16,
+    pub chunk: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaglevValue {
+    pub backend_ids: [u32; MAGLEV_CHUNK],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct AffinityKey {
+    pub client: Addr,
+    pub rev_nat_id: u16,
+    pub pad0: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AffinityValue {
+    pub last_used_ns: u64,
+    pub backend_id: u32,
+    pub pad0: u32,
+}
+
+pub const CT_SERVICE: u8 = 1;
+pub const CT_FLOW: u8 = 2;
+pub const CT_NEW: u8 = 0;
+pub const CT_ESTABLISHED: u8 = 1;
+pub const CT_CLOSING: u8 = 2;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct CtKey {
+    pub saddr: Addr,
+    pub daddr: Addr,
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub kind: u8,
+    pub pad0: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CtValue {
+    pub expires_ns: u64,
+    pub backend_id: u32,
+    pub rev_nat_id: u16,
+    pub state: u8,
+    pub flags: u8,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct EndpointKey {
+    pub addr: Addr,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EndpointValue {
+    pub ifindex: u32,
+    pub endpoint_id: u32,
+    pub mac: [u8; 6],
+    pub flags: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MetricsValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Why a packet was forwarded or dropped: the metrics map's first index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u32)]
+pub enum Reason {
+    Forwarded = 0,
+    ServiceTranslated = 1,
+    ReplyTranslated = 2,
+    DropNoBackend = 3,
+    DropUnknownPort = 4,
+    DropSourceAddress = 5,
+    DropMalformed = 6,
+    DropFragment = 7,
+    DropNatFailed = 8,
+    DropBackendGone = 9,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 10] = [
+        Reason::Forwarded,
+        Reason::ServiceTranslated,
+        Reason::ReplyTranslated,
+        Reason::DropNoBackend,
+        Reason::DropUnknownPort,
+        Reason::DropSourceAddress,
+        Reason::DropMalformed,
+        Reason::DropFragment,
+        Reason::DropNatFailed,
+        Reason::DropBackendGone,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Forwarded => "forwarded",
+            Reason::ServiceTranslated => "service-translated",
+            Reason::ReplyTranslated => "reply-translated",
+            Reason::DropNoBackend => "drop-no-backend",
+            Reason::DropUnknownPort => "drop-unknown-port",
+            Reason::DropSourceAddress => "drop-source-address",
+            Reason::DropMalformed => "drop-malformed",
+            Reason::DropFragment => "drop-fragment",
+            Reason::DropNatFailed => "drop-nat-failed",
+            Reason::DropBackendGone => "drop-backend-gone",
+        }
+    }
+
+    pub fn is_drop(self) -> bool {
+        self >= Reason::DropNoBackend
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Direction {
+    Egress = 0,
+    Ingress = 1,
+}
+
+/// Index into the metrics map.
+pub fn metrics_index(reason: Reason, dir: Direction) -> u32 {
+    reason as u32 * 2 + dir as u32
+}
+
+// SAFETY: plain-old-data #[repr(C)] types without implicit padding (the
+// layout test proves each size is the sum of its fields); every bit pattern
+// is a valid value.
+unsafe impl aya::Pod for SvcKey {}
+unsafe impl aya::Pod for SvcValue {}
+unsafe impl aya::Pod for BackendValue {}
+unsafe impl aya::Pod for RevNatValue {}
+unsafe impl aya::Pod for MaglevKey {}
+unsafe impl aya::Pod for MaglevValue {}
+unsafe impl aya::Pod for AffinityKey {}
+unsafe impl aya::Pod for AffinityValue {}
+unsafe impl aya::Pod for CtKey {}
+unsafe impl aya::Pod for CtValue {}
+unsafe impl aya::Pod for EndpointKey {}
+unsafe impl aya::Pod for EndpointValue {}
+unsafe impl aya::Pod for MetricsValue {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::mem::{offset_of, size_of};
+
+    macro_rules! rust_layout {
+        ($($c:literal => $t:ty { $($f:ident),* }),* $(,)?) => {{
+            let mut m: HashMap<String, usize> = HashMap::new();
+            $(
+                m.insert($c.to_string(), size_of::<$t>());
+                let mut sum = 0;
+                $(
+                    m.insert(format!("{}.{}", $c, stringify!($f)), offset_of!($t, $f));
+                    sum += size_of_field(|v: &$t| &v.$f);
+                )*
+                assert_eq!(sum, size_of::<$t>(), "{} has implicit padding", $c);
+            )*
+            m
+        }};
+    }
+
+    fn size_of_field<T, F>(_: impl Fn(&T) -> &F) -> usize {
+        size_of::<F>()
+    }
+
+    #[test]
+    fn matches_c() {
+        let rust = rust_layout! {
+            "svc_key" => SvcKey { addr, port, proto, pad0, slot, pad1 },
+            "svc_value" => SvcValue { backend_id, count, rev_nat_id, flags, algorithm, pad0, affinity_timeout },
+            "backend_value" => BackendValue { addr, port, proto, state },
+            "revnat_value" => RevNatValue { addr, port, pad0 },
+            "maglev_key" => MaglevKey { rev_nat_id, chunk },
+            "maglev_value" => MaglevValue { backend_ids },
+            "affinity_key" => AffinityKey { client, rev_nat_id, pad0 },
+            "affinity_value" => AffinityValue { last_used_ns, backend_id, pad0 },
+            "ct_key" => CtKey { saddr, daddr, sport, dport, proto, kind, pad0 },
+            "ct_value" => CtValue { expires_ns, backend_id, rev_nat_id, state, flags },
+            "endpoint_key" => EndpointKey { addr },
+            "endpoint_value" => EndpointValue { ifindex, endpoint_id, mac, flags },
+            "metrics_value" => MetricsValue { packets, bytes },
+        };
+        assert_eq!(rust.len(), C_LAYOUT.len(), "every C struct and field has a Rust mirror");
+        for (name, c) in C_LAYOUT {
+            assert_eq!(rust.get(*name), Some(c), "{name}: Rust {:?}, C {c}", rust.get(*name));
+        }
+        assert_eq!(Reason::ALL.len() as u32, REASON_MAX);
+    }
+
+    #[test]
+    fn v4_is_mapped_and_round_trips() {
+        let v4: IpAddr = "10.96.0.10".parse().unwrap();
+        let a = addr(v4);
+        assert_eq!(&a[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+        assert_eq!(ip(&a), v4);
+        let v6: IpAddr = "fd00:96::a".parse().unwrap();
+        assert_eq!(ip(&addr(v6)), v6);
+    }
+}

@@ -1,0 +1,10 @@
+//! The sluice eBPF datapath: tc programs written in C (`bpf/`), built by
+//! build.rs with clang, and the Rust side that loads, pins, attaches and
+//! programs them. Knows nothing of Kubernetes or CNI.
+
+pub mod layout;
+pub mod loader;
+pub mod maps;
+
+/// The compiled eBPF object (both programs and every map).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.o"));

@@ -1,0 +1,379 @@
+//! Packet-level tests of the real programs through BPF_PROG_TEST_RUN:
+//! crafted frames go in, the rewritten frames come out and are checked
+//! byte by byte, checksums recomputed from scratch.
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use sluice_tc_datapath::layout::*;
+use sluice_tc_datapath::loader::{self, DatapathConfig, EGRESS, INGRESS};
+use sluice_tc_datapath::maps::{Maps, ServiceSpec};
+use std::net::IpAddr;
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
+const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+fn root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIP {test}: needs root (BPF_PROG_TEST_RUN)");
+    if let Ok(p) = std::env::var("SLUICE_SKIP_LOG") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap();
+        writeln!(f, "{test}: needs root (BPF_PROG_TEST_RUN)").unwrap();
+    }
+    false
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// One's-complement sum, folded.
+fn sum16(data: &[u8], mut acc: u32) -> u32 {
+    for c in data.chunks(2) {
+        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc
+}
+
+fn csum(data: &[u8], acc: u32) -> u16 {
+    !(sum16(data, acc) as u16)
+}
+
+struct Frame {
+    bytes: Vec<u8>,
+}
+
+const ETH: usize = 14;
+
+impl Frame {
+    /// Ethernet + IPv4/IPv6 + TCP (flags) or UDP, with valid checksums.
+    fn new(src: &str, dst: &str, sport: u16, dport: u16, proto: u8, tcp_flags: u8, payload: &[u8]) -> Frame {
+        let (src, dst) = (ip(src), ip(dst));
+        let l4_len = if proto == PROTO_TCP { 20 } else { 8 } + payload.len();
+        let mut l4 = vec![0u8; l4_len];
+        l4[0..2].copy_from_slice(&sport.to_be_bytes());
+        l4[2..4].copy_from_slice(&dport.to_be_bytes());
+        if proto == PROTO_TCP {
+            l4[4..8].copy_from_slice(&1000u32.to_be_bytes());
+            l4[12] = 5 << 4;
+            l4[13] = tcp_flags;
+            l4[14..16].copy_from_slice(&64240u16.to_be_bytes());
+            l4[20..].copy_from_slice(payload);
+        } else {
+            l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            l4[8..].copy_from_slice(payload);
+        }
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&GW_MAC);
+        bytes.extend_from_slice(&POD_MAC);
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                bytes.extend_from_slice(&0x0800u16.to_be_bytes());
+                let mut h = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
+                h[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
+                h.extend_from_slice(&s.octets());
+                h.extend_from_slice(&d.octets());
+                let c = csum(&h, 0);
+                h[10..12].copy_from_slice(&c.to_be_bytes());
+                bytes.extend_from_slice(&h);
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                bytes.extend_from_slice(&0x86ddu16.to_be_bytes());
+                let mut h = vec![0x60, 0, 0, 0];
+                h.extend_from_slice(&(l4_len as u16).to_be_bytes());
+                h.extend_from_slice(&[proto, 64]);
+                h.extend_from_slice(&s.octets());
+                h.extend_from_slice(&d.octets());
+                bytes.extend_from_slice(&h);
+            }
+            _ => panic!("mixed families"),
+        }
+        bytes.extend_from_slice(&l4);
+        let mut f = Frame { bytes };
+        let c = f.l4_csum_expected();
+        let off = f.l4_csum_off();
+        f.bytes[off..off + 2].copy_from_slice(&c.to_be_bytes());
+        f
+    }
+
+    fn v6(&self) -> bool {
+        self.bytes[12..14] == [0x86, 0xdd]
+    }
+    fn l4(&self) -> usize {
+        ETH + if self.v6() { 40 } else { 20 }
+    }
+    fn proto(&self) -> u8 {
+        if self.v6() {
+            self.bytes[ETH + 6]
+        } else {
+            self.bytes[ETH + 9]
+        }
+    }
+    fn l4_csum_off(&self) -> usize {
+        self.l4() + if self.proto() == PROTO_TCP { 16 } else { 6 }
+    }
+    fn addrs(&self) -> (IpAddr, IpAddr) {
+        let b = &self.bytes;
+        if self.v6() {
+            let s: [u8; 16] = b[ETH + 8..ETH + 24].try_into().unwrap();
+            let d: [u8; 16] = b[ETH + 24..ETH + 40].try_into().unwrap();
+            (IpAddr::from(s), IpAddr::from(d))
+        } else {
+            let s: [u8; 4] = b[ETH + 12..ETH + 16].try_into().unwrap();
+            let d: [u8; 4] = b[ETH + 16..ETH + 20].try_into().unwrap();
+            (IpAddr::from(s), IpAddr::from(d))
+        }
+    }
+    fn ports(&self) -> (u16, u16) {
+        let l4 = self.l4();
+        let b = &self.bytes;
+        (
+            u16::from_be_bytes([b[l4], b[l4 + 1]]),
+            u16::from_be_bytes([b[l4 + 2], b[l4 + 3]]),
+        )
+    }
+    /// The L4 checksum recomputed from scratch with the checksum field zeroed.
+    fn l4_csum_expected(&self) -> u16 {
+        let l4 = self.l4();
+        let mut seg = self.bytes[l4..].to_vec();
+        let off = self.l4_csum_off() - l4;
+        seg[off] = 0;
+        seg[off + 1] = 0;
+        let mut pseudo = Vec::new();
+        if self.v6() {
+            pseudo.extend_from_slice(&self.bytes[ETH + 8..ETH + 40]);
+            pseudo.extend_from_slice(&(seg.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, self.proto()]);
+        } else {
+            pseudo.extend_from_slice(&self.bytes[ETH + 12..ETH + 20]);
+            pseudo.extend_from_slice(&[0, self.proto()]);
+            pseudo.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+        }
+        csum(&seg, sum16(&pseudo, 0))
+    }
+    fn assert_checksums(&self) {
+        if !self.v6() {
+            assert_eq!(sum16(&self.bytes[ETH..ETH + 20], 0), 0xffff, "IPv4 header checksum");
+        }
+        let off = self.l4_csum_off();
+        let got = u16::from_be_bytes([self.bytes[off], self.bytes[off + 1]]);
+        assert_eq!(got, self.l4_csum_expected(), "L4 checksum");
+    }
+}
+
+struct Dp {
+    ebpf: aya::Ebpf,
+    maps: Maps,
+}
+
+impl Dp {
+    fn new() -> Dp {
+        let mut ebpf = loader::load(&DatapathConfig::default(), None).expect("load datapath");
+        let maps = Maps::take(&mut ebpf).unwrap();
+        Dp { ebpf, maps }
+    }
+
+    /// Run one program on a frame: (verdict, frame out).
+    fn run(&self, prog: &str, f: &Frame) -> (u32, Frame) {
+        let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; f.bytes.len() + 64];
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(&f.bytes),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .unwrap();
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, Frame { bytes: out })
+    }
+
+    /// A pod at `addr` on the test-run device (loopback, ifindex 1).
+    fn pod(&mut self, addr: &str) {
+        self.maps.add_endpoint(ip(addr), 1, POD_MAC, 7).unwrap();
+    }
+
+    fn service(&mut self, vip: &str, port: u16, proto: u8, backends: &[(u32, &str, u16)]) {
+        self.maps
+            .upsert_service(&ServiceSpec {
+                vip: ip(vip),
+                port,
+                proto,
+                rev_nat_id: 1,
+                algorithm: SVC_ALG_RANDOM,
+                affinity_timeout_secs: 0,
+                backends: backends.iter().map(|(id, a, p)| (*id, ip(a), *p, true)).collect(),
+            })
+            .unwrap();
+    }
+}
+
+const SYN: u8 = 0x02;
+const SYN_ACK: u8 = 0x12;
+
+/// Client pod -> VIP (DNAT at egress), backend -> client (reverse NAT at ingress).
+fn round_trip(client: &str, vip: &str, backend: &str, proto: u8) {
+    let mut dp = Dp::new();
+    dp.pod(client);
+    dp.service(vip, 80, proto, &[(11, backend, 8080)]);
+
+    let syn = Frame::new(client, vip, 40000, 80, proto, SYN, b"hello");
+    syn.assert_checksums();
+    let (verdict, out) = dp.run(EGRESS, &syn);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out.addrs(), (ip(client), ip(backend)), "DNAT to the backend");
+    assert_eq!(out.ports(), (40000, 8080));
+    out.assert_checksums();
+    assert_eq!(out.bytes[out.bytes.len() - 5..], *b"hello", "payload untouched");
+    assert_eq!(dp.maps.count(Reason::ServiceTranslated, Direction::Egress).unwrap(), 1);
+
+    // Both conntrack entries exist and name the backend.
+    let p = |x: u16| x.to_be();
+    let svc_key = CtKey {
+        saddr: addr(ip(client)),
+        daddr: addr(ip(vip)),
+        sport: p(40000),
+        dport: p(80),
+        proto,
+        kind: CT_SERVICE,
+        pad0: 0,
+    };
+    let flow_key = CtKey {
+        daddr: addr(ip(backend)),
+        dport: p(8080),
+        kind: CT_FLOW,
+        ..svc_key
+    };
+    assert_eq!(dp.maps.ct.get(&svc_key, 0).unwrap().backend_id, 11);
+    assert_eq!(dp.maps.ct.get(&flow_key, 0).unwrap().state, CT_NEW);
+
+    // The same connection keeps its backend even after the service changes.
+    dp.service(vip, 80, proto, &[(12, backend, 9090)]);
+    let (_, again) = dp.run(EGRESS, &syn);
+    assert_eq!(again.ports(), (40000, 8080), "chosen once per connection");
+
+    let reply = Frame::new(backend, client, 8080, 40000, proto, SYN_ACK, b"world");
+    let (verdict, out) = dp.run(INGRESS, &reply);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out.addrs(), (ip(vip), ip(client)), "reply comes from the VIP");
+    assert_eq!(out.ports(), (80, 40000));
+    out.assert_checksums();
+    assert_eq!(dp.maps.count(Reason::ReplyTranslated, Direction::Ingress).unwrap(), 1);
+    assert_eq!(dp.maps.ct.get(&flow_key, 0).unwrap().state, CT_ESTABLISHED);
+    assert_eq!(dp.maps.ct.get(&svc_key, 0).unwrap().state, CT_ESTABLISHED);
+
+    // Traffic that is no reply to a translated flow passes untouched.
+    let other = Frame::new(backend, client, 8080, 40001, proto, SYN_ACK, b"x");
+    let (verdict, out) = dp.run(INGRESS, &other);
+    assert_eq!((verdict, out.bytes), (TC_ACT_OK, other.bytes));
+}
+
+#[test]
+fn tcp_v4_dnat_and_reverse_nat() {
+    if root("tcp_v4_dnat_and_reverse_nat") {
+        round_trip("10.244.1.5", "10.96.0.10", "10.244.2.7", PROTO_TCP);
+    }
+}
+
+#[test]
+fn udp_v4_dnat_and_reverse_nat() {
+    if root("udp_v4_dnat_and_reverse_nat") {
+        round_trip("10.244.1.5", "10.96.0.10", "10.244.2.7", PROTO_UDP);
+    }
+}
+
+#[test]
+fn tcp_v6_dnat_and_reverse_nat() {
+    if root("tcp_v6_dnat_and_reverse_nat") {
+        round_trip("fd00:244::1:5", "fd00:96::a", "fd00:244::2:7", PROTO_TCP);
+    }
+}
+
+#[test]
+fn udp_v6_dnat_and_reverse_nat() {
+    if root("udp_v6_dnat_and_reverse_nat") {
+        round_trip("fd00:244::1:5", "fd00:96::a", "fd00:244::2:7", PROTO_UDP);
+    }
+}
+
+#[test]
+fn udp_v4_without_checksum_keeps_none() {
+    if !root("udp_v4_without_checksum_keeps_none") {
+        return;
+    }
+    let mut dp = Dp::new();
+    dp.pod("10.244.1.5");
+    dp.service("10.96.0.10", 53, PROTO_UDP, &[(1, "10.244.2.7", 5353)]);
+    let mut f = Frame::new("10.244.1.5", "10.96.0.10", 40000, 53, PROTO_UDP, 0, b"q");
+    let off = f.l4_csum_off();
+    f.bytes[off..off + 2].copy_from_slice(&[0, 0]);
+    let (verdict, out) = dp.run(EGRESS, &f);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out.ports(), (40000, 5353));
+    assert_eq!(
+        out.bytes[off..off + 2],
+        [0, 0],
+        "a zero UDP checksum means none, and stays none"
+    );
+    assert_eq!(sum16(&out.bytes[ETH..ETH + 20], 0), 0xffff);
+}
+
+#[test]
+fn drops_carry_their_reason() {
+    if !root("drops_carry_their_reason") {
+        return;
+    }
+    let mut dp = Dp::new();
+    dp.pod("10.244.1.5");
+    dp.service("10.96.0.10", 80, PROTO_TCP, &[(1, "10.244.2.7", 8080)]);
+    dp.service("10.96.0.11", 80, PROTO_TCP, &[]);
+    let cases = [
+        (
+            "known VIP, unknown port",
+            Frame::new("10.244.1.5", "10.96.0.10", 40000, 81, PROTO_TCP, SYN, b""),
+            Reason::DropUnknownPort,
+        ),
+        (
+            "known VIP, other protocol",
+            Frame::new("10.244.1.5", "10.96.0.10", 40000, 80, PROTO_UDP, 0, b""),
+            Reason::DropUnknownPort,
+        ),
+        (
+            "service without backends",
+            Frame::new("10.244.1.5", "10.96.0.11", 40000, 80, PROTO_TCP, SYN, b""),
+            Reason::DropNoBackend,
+        ),
+        (
+            "spoofed source",
+            Frame::new("10.244.1.99", "10.244.2.7", 40000, 80, PROTO_TCP, SYN, b""),
+            Reason::DropSourceAddress,
+        ),
+    ];
+    for (what, f, reason) in cases {
+        let before = dp.maps.count(reason, Direction::Egress).unwrap();
+        let (verdict, _) = dp.run(EGRESS, &f);
+        assert_eq!(verdict, TC_ACT_SHOT, "{what}");
+        assert_eq!(
+            dp.maps.count(reason, Direction::Egress).unwrap(),
+            before + 1,
+            "{what}: {}",
+            reason.name()
+        );
+    }
+    // Pod-to-pod traffic that is no Service passes untouched and is counted as forwarded.
+    let direct = Frame::new("10.244.1.5", "10.244.2.7", 40000, 80, PROTO_TCP, SYN, b"");
+    let (verdict, out) = dp.run(EGRESS, &direct);
+    assert_eq!((verdict, out.bytes), (TC_ACT_OK, direct.bytes));
+    assert_eq!(dp.maps.count(Reason::Forwarded, Direction::Egress).unwrap(), 1);
+    // A truncated TCP header is malformed.
+    let mut cut = Frame::new("10.244.1.5", "10.96.0.10", 40000, 80, PROTO_TCP, SYN, b"");
+    cut.bytes.truncate(ETH + 20 + 6);
+    assert_eq!(dp.run(EGRESS, &cut).0, TC_ACT_SHOT);
+    assert_eq!(dp.maps.count(Reason::DropMalformed, Direction::Egress).unwrap(), 1);
+}
