@@ -4,6 +4,7 @@
 
 pub mod layout;
 pub mod loader;
+pub mod maglev;
 pub mod maps;
 
 /// The compiled eBPF object (both programs and every map).

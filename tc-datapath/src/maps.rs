@@ -29,6 +29,9 @@ pub struct Maps {
     pub services: HashMap<MapData, SvcKey, SvcValue>,
     pub backends: HashMap<MapData, u32, BackendValue>,
     pub revnat: HashMap<MapData, u16, RevNatValue>,
+    pub maglev: HashMap<MapData, MaglevKey, MaglevValue>,
+    /// The table size the programs were loaded with.
+    pub maglev_m: u32,
     pub ct: HashMap<MapData, CtKey, CtValue>,
     pub endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
     pub metrics: PerCpuArray<MapData, MetricsValue>,
@@ -49,8 +52,9 @@ pub struct ServiceSpec {
 }
 
 impl Maps {
-    /// Take the maps out of a loaded object (the programs keep their own references).
-    pub fn take(ebpf: &mut Ebpf) -> Result<Maps, MapsError> {
+    /// Take the maps out of a loaded object (the programs keep their own
+    /// references); `maglev_m` is the table size it was loaded with.
+    pub fn take(ebpf: &mut Ebpf, maglev_m: u32) -> Result<Maps, MapsError> {
         macro_rules! take {
             ($name:literal, $ty:ty) => {{
                 let m = ebpf.take_map($name).ok_or(MapsError::Missing($name))?;
@@ -61,6 +65,8 @@ impl Maps {
             services: take!("sl_services", HashMap<MapData, SvcKey, SvcValue>),
             backends: take!("sl_backends", HashMap<MapData, u32, BackendValue>),
             revnat: take!("sl_revnat", HashMap<MapData, u16, RevNatValue>),
+            maglev: take!("sl_maglev", HashMap<MapData, MaglevKey, MaglevValue>),
+            maglev_m,
             ct: take!("sl_ct", HashMap<MapData, CtKey, CtValue>),
             endpoints: take!("sl_endpoints", HashMap<MapData, EndpointKey, EndpointValue>),
             metrics: take!("sl_metrics", PerCpuArray<MapData, MetricsValue>),
@@ -90,6 +96,20 @@ impl Maps {
             self.services
                 .insert(SvcKey::new(s.vip, s.port, s.proto, i as u16 + 1), slot, 0)
                 .map_err(err("sl_services"))?;
+        }
+        if s.algorithm == SVC_ALG_MAGLEV && !active.is_empty() {
+            // The table over the active backends, by identity (address and port).
+            let ids: Vec<Vec<u8>> = s
+                .backends
+                .iter()
+                .filter(|b| b.3)
+                .map(|b| format!("{}:{}", b.1, b.2).into_bytes())
+                .collect();
+            let refs: Vec<&[u8]> = ids.iter().map(Vec::as_slice).collect();
+            let t = crate::maglev::table(&refs, self.maglev_m);
+            for (k, v) in crate::maglev::chunks(s.rev_nat_id, &t, &active) {
+                self.maglev.insert(k, v, 0).map_err(err("sl_maglev"))?;
+            }
         }
         let rn = RevNatValue {
             addr: addr(s.vip),

@@ -175,7 +175,7 @@ struct Dp {
 impl Dp {
     fn new() -> Dp {
         let mut ebpf = loader::load(&DatapathConfig::default(), None).expect("load datapath");
-        let maps = Maps::take(&mut ebpf).unwrap();
+        let maps = Maps::take(&mut ebpf, DatapathConfig::default().maglev_table_size).unwrap();
         Dp { ebpf, maps }
     }
 
@@ -200,13 +200,17 @@ impl Dp {
     }
 
     fn service(&mut self, vip: &str, port: u16, proto: u8, backends: &[(u32, &str, u16)]) {
+        self.service_with(vip, port, proto, backends, SVC_ALG_RANDOM);
+    }
+
+    fn service_with(&mut self, vip: &str, port: u16, proto: u8, backends: &[(u32, &str, u16)], algorithm: u8) {
         self.maps
             .upsert_service(&ServiceSpec {
                 vip: ip(vip),
                 port,
                 proto,
                 rev_nat_id: 1,
-                algorithm: SVC_ALG_RANDOM,
+                algorithm,
                 affinity_timeout_secs: 0,
                 backends: backends.iter().map(|(id, a, p)| (*id, ip(a), *p, true)).collect(),
             })
@@ -376,4 +380,93 @@ fn drops_carry_their_reason() {
     cut.bytes.truncate(ETH + 20 + 6);
     assert_eq!(dp.run(EGRESS, &cut).0, TC_ACT_SHOT);
     assert_eq!(dp.maps.count(Reason::DropMalformed, Direction::Egress).unwrap(), 1);
+}
+
+/// Random selection spreads new connections; Maglev sends one flow to the
+/// same backend every time its conntrack entry is gone (as on another node).
+#[test]
+fn random_and_maglev_selection() {
+    if !root("random_and_maglev_selection") {
+        return;
+    }
+    let backends = [
+        (1, "10.244.2.7", 8080),
+        (2, "10.244.3.7", 8080),
+        (3, "10.244.4.7", 8080),
+    ];
+    let flush = |dp: &mut Dp| {
+        let keys: Vec<CtKey> = dp.maps.ct.keys().map(Result::unwrap).collect();
+        for k in keys {
+            dp.maps.ct.remove(&k).unwrap();
+        }
+    };
+    for alg in [SVC_ALG_RANDOM, SVC_ALG_MAGLEV] {
+        let mut dp = Dp::new();
+        dp.pod("10.244.1.5");
+        dp.service_with("10.96.0.10", 80, PROTO_TCP, &backends, alg);
+        let mut per_backend = std::collections::HashMap::new();
+        let mut changed = 0;
+        for sport in 40000..40300u16 {
+            let syn = Frame::new("10.244.1.5", "10.96.0.10", sport, 80, PROTO_TCP, SYN, b"");
+            let first = dp.run(EGRESS, &syn).1.addrs().1;
+            flush(&mut dp);
+            let second = dp.run(EGRESS, &syn).1.addrs().1;
+            flush(&mut dp);
+            changed += usize::from(first != second);
+            *per_backend.entry(first).or_insert(0) += 1;
+        }
+        assert_eq!(per_backend.len(), 3, "alg {alg}: every backend chosen: {per_backend:?}");
+        assert!(
+            per_backend.values().all(|n| *n >= 60),
+            "alg {alg}: spread {per_backend:?}"
+        );
+        if alg == SVC_ALG_MAGLEV {
+            assert_eq!(changed, 0, "Maglev: a flow maps to one backend, conntrack or not");
+        } else {
+            assert!(changed > 100, "random: re-selection differs often, {changed} of 300");
+        }
+    }
+}
+
+/// ClientIP affinity: new connections of one client go to one backend
+/// while the entry is fresh; another client may land elsewhere.
+#[test]
+fn session_affinity_pins_a_client() {
+    if !root("session_affinity_pins_a_client") {
+        return;
+    }
+    let mut dp = Dp::new();
+    dp.pod("10.244.1.5");
+    dp.maps
+        .upsert_service(&ServiceSpec {
+            vip: ip("10.96.0.10"),
+            port: 80,
+            proto: PROTO_TCP,
+            rev_nat_id: 1,
+            algorithm: SVC_ALG_RANDOM,
+            affinity_timeout_secs: 300,
+            backends: vec![
+                (1, ip("10.244.2.7"), 8080, true),
+                (2, ip("10.244.3.7"), 8080, true),
+                (3, ip("10.244.4.7"), 8080, true),
+            ],
+        })
+        .unwrap();
+    let dst = |sport| {
+        dp.run(
+            EGRESS,
+            &Frame::new("10.244.1.5", "10.96.0.10", sport, 80, PROTO_TCP, SYN, b""),
+        )
+        .1
+        .addrs()
+        .1
+    };
+    let first = dst(40000);
+    for sport in 40001..40050 {
+        assert_eq!(
+            dst(sport),
+            first,
+            "new connection {sport} follows the client's affinity"
+        );
+    }
 }
