@@ -432,6 +432,9 @@ static __always_inline int reply(struct __sk_buff *skb, struct pkt *p)
 	struct revnat_value *rn;
 	__u64 now;
 
+	/* The reply's addresses swapped give the flow as the client sent it.
+	 * Expiry is not checked: a stale entry can only match a reply of that
+	 * very flow, and LRU eviction and GC remove it. */
 	ct_key_of(&fk, p->daddr, p->saddr, p->dport, p->sport, p->proto, CT_FLOW);
 	flow = bpf_map_lookup_elem(&sl_ct, &fk);
 	if (!flow || !flow->rev_nat_id)
