@@ -98,8 +98,13 @@ async fn add_steps(
             let mtu = e.mtu.unwrap_or(l.mtu);
             Some((l, mtu))
         }
+        _ if c.cfg.uses_eni_pool() => None,
         _ => match lc.parent() {
-            Some(p) => Some(parent_and_mtu(host, p, lc.mtu()).await?),
+            Some(p) => {
+                let l = host.link_by_name(p).await?.ok_or_else(|| missing_parent(host, p))?;
+                let mtu = checked_mtu(&l, lc.mtu())?;
+                Some((l, mtu))
+            }
             None => None,
         },
     };
@@ -111,7 +116,8 @@ async fn add_steps(
     let (host_link, mtu) = match (ipam_eni(&ipam)?, lc) {
         (Some(id), LinkConfig::Macvlan(_) | LinkConfig::Ipvlan(_)) => {
             let l = eni_parent(host, &id).await?;
-            parent_and_mtu(host, &l.name, lc.mtu()).await?
+            let mtu = checked_mtu(&l, lc.mtu())?;
+            (l, mtu)
         }
         (_, _) => configured.ok_or_else(|| {
             CniError::new(
@@ -221,17 +227,7 @@ fn ipam_eni(r: &CniResult) -> Result<Option<EniId>, CniError> {
 /// The host link of an ENI named by the pool: by MAC when the file gives one
 /// (names can change), else by name.
 async fn eni_parent(host: &Netlink, id: &EniId) -> Result<Link, CniError> {
-    let found = match (&id.mac, &id.name) {
-        (Some(mac), _) => {
-            let want = parse_mac(mac);
-            host.links()
-                .await?
-                .into_iter()
-                .find(|l| l.mac.is_some() && l.mac == want)
-        }
-        (None, Some(name)) => host.link_by_name(name).await?,
-        (None, None) => None,
-    };
+    let found = eni::find_link(host, id.name.as_deref(), id.mac.as_deref()).await?;
     found.ok_or_else(|| {
         CniError::new(
             ErrorCode::MissingResource,
@@ -244,24 +240,26 @@ async fn eni_parent(host: &Netlink, id: &EniId) -> Result<Link, CniError> {
     })
 }
 
-async fn parent_and_mtu(host: &Netlink, parent: &str, mtu: Option<u32>) -> Result<(Link, u32), CniError> {
-    let l = host.link_by_name(parent).await?.ok_or_else(|| {
-        CniError::new(
-            ErrorCode::MissingResource,
-            format!("parent interface {parent} not found in the {}", host.label()),
-        )
-    })?;
-    let mtu = match mtu {
-        Some(m) if m > l.mtu => {
-            return Err(CniError::new(
-                ErrorCode::InvalidConfig,
-                format!("link.mtu {m} is larger than the MTU {} of parent {parent}", l.mtu),
-            ));
-        }
-        Some(m) => m,
-        None => l.mtu,
-    };
-    Ok((l, mtu))
+fn missing_parent(host: &Netlink, parent: &str) -> CniError {
+    CniError::new(
+        ErrorCode::MissingResource,
+        format!("parent interface {parent} not found in the {}", host.label()),
+    )
+}
+
+/// The pod interface's MTU: explicit (at most the parent's) or the parent's.
+fn checked_mtu(parent: &Link, mtu: Option<u32>) -> Result<u32, CniError> {
+    match mtu {
+        Some(m) if m > parent.mtu => Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            format!(
+                "link.mtu {m} is larger than the MTU {} of parent {}",
+                parent.mtu, parent.name
+            ),
+        )),
+        Some(m) => Ok(m),
+        None => Ok(parent.mtu),
+    }
 }
 
 /// Undo in reverse order; keep going after a failure and report them all.

@@ -84,12 +84,8 @@ impl Pool {
         LockedStore::lock(&self.dir, &self.name, self.lock_timeout, exclusive)
     }
 
-    fn describe_ranges(sets: &[Vec<Range>]) -> String {
-        sets.iter()
-            .flatten()
-            .map(Range::describe)
-            .collect::<Vec<_>>()
-            .join(", ")
+    fn describe_ranges<'a>(ranges: impl IntoIterator<Item = &'a Range>) -> String {
+        ranges.into_iter().map(Range::describe).collect::<Vec<_>>().join(", ")
     }
 
     /// One address from each range set (or one ENI address) for
@@ -115,7 +111,7 @@ impl Pool {
                         return Err(IpamError::NotInRange {
                             pool: self.name.clone(),
                             ip: ip.to_string(),
-                            ranges: Self::describe_ranges(sets),
+                            ranges: Self::describe_ranges(sets.iter().flatten()),
                         });
                     }
                 }
@@ -210,7 +206,7 @@ impl Pool {
         }
         Err(IpamError::Exhausted {
             pool: self.name.clone(),
-            range: set.iter().map(Range::describe).collect::<Vec<_>>().join(", "),
+            range: Self::describe_ranges(set),
         })
     }
 

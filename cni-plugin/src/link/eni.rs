@@ -6,19 +6,24 @@ use crate::config::EniConfig;
 use crate::netlink::{Link, Netlink, parse_mac};
 use sluice_cni_spec::{CniError, ErrorCode};
 
-/// Find the configured ENI among the host's links.
-pub async fn find(host: &Netlink, cfg: &EniConfig) -> Result<Link, CniError> {
-    let found = match (&cfg.device, &cfg.mac) {
-        (Some(name), _) => host.link_by_name(name).await?,
-        (None, Some(mac)) => {
+/// A host link by MAC when one is given (names can change), else by name.
+pub async fn find_link(host: &Netlink, name: Option<&str>, mac: Option<&str>) -> Result<Option<Link>, CniError> {
+    Ok(match (mac, name) {
+        (Some(mac), _) => {
             let want = parse_mac(mac);
             host.links()
                 .await?
                 .into_iter()
                 .find(|l| l.mac.is_some() && l.mac == want)
         }
+        (None, Some(name)) => host.link_by_name(name).await?,
         (None, None) => None,
-    };
+    })
+}
+
+/// Find the configured ENI among the host's links.
+pub async fn find(host: &Netlink, cfg: &EniConfig) -> Result<Link, CniError> {
+    let found = find_link(host, cfg.device.as_deref(), cfg.mac.as_deref()).await?;
     found.ok_or_else(|| {
         CniError::new(
             ErrorCode::MissingResource,
