@@ -9,7 +9,7 @@ use crate::config::PluginConfig;
 use crate::endpoint::{Endpoint, EndpointStore};
 use crate::netlink::{Link, Netlink};
 use crate::netns::NetNs;
-use crate::pod_setup;
+use crate::{datapath, pod_setup};
 use sluice_cni_spec::skel::Request;
 use sluice_cni_spec::{CniError, CniResult, ErrorCode, Interface};
 use sluice_ipam::store::now_secs;
@@ -99,7 +99,7 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
     }
 
     let store = EndpointStore::new(&cfg.data_dir(), &cfg.name);
-    store.put(&Endpoint {
+    let mut ep = Endpoint {
         network: cfg.name.clone(),
         container_id: req.inv.container_id.clone(),
         ifname: ifname.clone(),
@@ -110,15 +110,36 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
         role: "chained".into(),
         link_kind: link.kind.clone(),
         host_ifname: None,
+        datapath: None,
         created: now_secs(),
-    })?;
+    };
+    if cfg.datapath.enabled {
+        ep.datapath = Some(datapath::attach(cfg, &ns, &ep)?.as_str().into());
+    }
+    if let Err(e) = store.put(&ep) {
+        if ep.datapath.is_some() {
+            let _ = datapath::detach(cfg, Some(&ns), &ep.container_id, ifname, Some(&ep));
+        }
+        return Err(e);
+    }
     info!(container = %req.inv.container_id, ifname = %ifname, ips = ?ips, "endpoint recorded (chained)");
     Ok(result)
 }
 
-/// DEL: forget the endpoint. The interface belongs to the plugin before us.
+/// DEL: detach and forget the endpoint. The interface belongs to the plugin before us.
 pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> {
-    EndpointStore::new(&cfg.data_dir(), &cfg.name).remove(&req.inv.container_id, &req.inv.ifname)
+    let store = EndpointStore::new(&cfg.data_dir(), &cfg.name);
+    let (cid, ifname) = (&req.inv.container_id, &req.inv.ifname);
+    let ep = store.get(cid, ifname)?;
+    if cfg.datapath.enabled || ep.as_ref().is_some_and(|e| e.datapath.is_some()) {
+        let ns = match req.inv.netns.as_deref().map(NetNs::open) {
+            Some(Ok(ns)) => Some(ns),
+            Some(Err(e)) if !e.is(ErrorCode::UnknownContainer) => return Err(e),
+            _ => None,
+        };
+        datapath::detach(cfg, ns.as_ref(), cid, ifname, ep.as_ref())?;
+    }
+    store.remove(cid, ifname)
 }
 
 pub async fn check(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> {
@@ -146,7 +167,11 @@ pub async fn check(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError
             ),
         ));
     }
-    pod_setup::verify_addresses(&pod, &link, &our_ips(&result, &req.inv.ifname)).await
+    pod_setup::verify_addresses(&pod, &link, &our_ips(&result, &req.inv.ifname)).await?;
+    if cfg.datapath.enabled {
+        datapath::check(cfg, &ns, &pod, &ep).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

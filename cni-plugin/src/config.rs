@@ -32,6 +32,93 @@ pub struct PluginConfig {
     pub log_file: Option<PathBuf>,
     #[serde(default)]
     pub log_level: Option<String>,
+    /// The eBPF datapath on the pod interface (on unless disabled).
+    #[serde(default)]
+    pub datapath: DatapathSection,
+}
+
+/// `"datapath"`: where the node's programs are pinned and how they are
+/// loaded. Every network on a node must agree on these: a call with other
+/// settings loads another program version and moves every pod onto it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DatapathSection {
+    pub enabled: bool,
+    /// bpffs directory for maps, programs and links.
+    pub bpffs: PathBuf,
+    /// "auto" (TCX, else clsact), "tcx" or "tc".
+    pub attach: AttachModeConfig,
+    pub source_check: bool,
+    pub maglev_table_size: u32,
+    pub ct_timeouts: CtTimeouts,
+}
+
+impl Default for DatapathSection {
+    fn default() -> Self {
+        let d = sluice_tc_datapath::loader::DatapathConfig::default();
+        DatapathSection {
+            enabled: true,
+            bpffs: PathBuf::from(sluice_tc_datapath::pin::DEFAULT_ROOT),
+            attach: AttachModeConfig::Auto,
+            source_check: d.source_check,
+            maglev_table_size: d.maglev_table_size,
+            ct_timeouts: CtTimeouts::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachModeConfig {
+    #[default]
+    Auto,
+    Tcx,
+    Tc,
+}
+
+/// Conntrack timeouts in seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct CtTimeouts {
+    pub tcp_syn: u64,
+    pub tcp_established: u64,
+    pub tcp_closing: u64,
+    pub udp: u64,
+}
+
+impl Default for CtTimeouts {
+    fn default() -> Self {
+        let d = sluice_tc_datapath::loader::DatapathConfig::default();
+        CtTimeouts {
+            tcp_syn: d.tcp_syn_timeout.as_secs(),
+            tcp_established: d.tcp_established_timeout.as_secs(),
+            tcp_closing: d.tcp_closing_timeout.as_secs(),
+            udp: d.udp_timeout.as_secs(),
+        }
+    }
+}
+
+impl DatapathSection {
+    pub fn loader_config(&self) -> sluice_tc_datapath::loader::DatapathConfig {
+        let s = std::time::Duration::from_secs;
+        sluice_tc_datapath::loader::DatapathConfig {
+            tcp_syn_timeout: s(self.ct_timeouts.tcp_syn),
+            tcp_established_timeout: s(self.ct_timeouts.tcp_established),
+            tcp_closing_timeout: s(self.ct_timeouts.tcp_closing),
+            udp_timeout: s(self.ct_timeouts.udp),
+            maglev_table_size: self.maglev_table_size,
+            source_check: self.source_check,
+        }
+    }
+
+    pub fn attach_mode(&self) -> sluice_tc_datapath::attach::AttachMode {
+        use sluice_tc_datapath::attach::AttachMode;
+        match self.attach {
+            AttachModeConfig::Auto => AttachMode::Auto,
+            AttachModeConfig::Tcx => AttachMode::Tcx,
+            AttachModeConfig::Tc => AttachMode::Tc,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -166,6 +253,17 @@ impl PluginConfig {
         if self.link.is_some() && self.ipam.is_none() {
             return bad("the main role (\"link\" set) needs an \"ipam\" section".into());
         }
+        if self.datapath.enabled {
+            if let Err(e) = self.datapath.loader_config().validate() {
+                return bad(format!("datapath: {e}"));
+            }
+            if !self.datapath.bpffs.is_absolute() {
+                return bad(format!(
+                    "datapath.bpffs {} must be an absolute path",
+                    self.datapath.bpffs.display()
+                ));
+            }
+        }
         if let Some(ipam) = &self.ipam {
             let t = ipam.get("type").and_then(Value::as_str).unwrap_or("");
             if t.is_empty() {
@@ -230,6 +328,11 @@ mod tests {
             json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "macvlan", "parent": "e"}, "ipam": {}}),
             json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "macvlan"}, "ipam": {"type": "sluice-ipam"}}),
             json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "ipvlan"}, "ipam": {"type": "host-local", "eniPool": {}}}),
+            json!({"cniVersion": "1.1.0", "name": "n", "prevResult": {}, "datapath": {"maglevTableSize": 1000}}),
+            json!({"cniVersion": "1.1.0", "name": "n", "prevResult": {}, "datapath": {"ctTimeouts": {"udp": 0}}}),
+            json!({"cniVersion": "1.1.0", "name": "n", "prevResult": {}, "datapath": {"bpfs": "/x"}}),
+            json!({"cniVersion": "1.1.0", "name": "n", "prevResult": {}, "datapath": {"bpffs": "rel/x"}}),
+            json!({"cniVersion": "1.1.0", "name": "n", "prevResult": {}, "datapath": {"attach": "xdp"}}),
         ] {
             assert_eq!(parse(v.clone()).unwrap_err().code, 7, "{v}");
         }

@@ -26,6 +26,9 @@ pub struct Endpoint {
     /// eni: the host name to give the device back under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_ifname: Option<String>,
+    /// How the datapath is attached: "tcx" or "tc"; absent when disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath: Option<String>,
     pub created: u64,
 }
 
@@ -130,6 +133,7 @@ mod tests {
             role: "main".into(),
             link_kind: Some("macvlan".into()),
             host_ifname: None,
+            datapath: Some("tcx".into()),
             created: 1,
         };
         assert_eq!(s.get("abc", "eth0").unwrap(), None);

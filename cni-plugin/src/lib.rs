@@ -7,6 +7,7 @@
 
 pub mod chained;
 pub mod config;
+pub mod datapath;
 pub mod endpoint;
 pub mod garp;
 pub mod ipam;

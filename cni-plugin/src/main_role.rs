@@ -10,7 +10,7 @@ use crate::ipam::Ipam;
 use crate::link::{eni, ipvlan, macvlan};
 use crate::netlink::{Link, Netlink, parse_mac};
 use crate::netns::NetNs;
-use crate::pod_setup;
+use crate::{datapath, pod_setup};
 use sluice_cni_spec::skel::Request;
 use sluice_cni_spec::{CniError, CniResult, ErrorCode, Interface};
 use sluice_ipam::cni::ENI_RESULT_KEY;
@@ -22,6 +22,7 @@ enum Undo {
     ReleaseAddresses,
     DeleteLink,
     ReturnEni { host_name: String },
+    Detach { ep: Box<Endpoint> },
     RemoveEndpoint,
 }
 
@@ -177,9 +178,7 @@ async fn add_steps(
         )
         .await?;
     }
-    pod_setup::configure(pod, pod_ns, &link, &ipam, announce).await?;
-
-    let ep = Endpoint {
+    let mut ep = Endpoint {
         network: c.cfg.name.clone(),
         container_id: c.cid().to_string(),
         ifname: c.ifname().to_string(),
@@ -190,8 +189,18 @@ async fn add_steps(
         role: "main".into(),
         link_kind: Some(lc.kind().into()),
         host_ifname: matches!(lc, LinkConfig::Eni(_)).then(|| host_link.name.clone()),
+        datapath: None,
         created: now_secs(),
     };
+    // Programs before the link comes up: no packet leaves unchecked.
+    if c.cfg.datapath.enabled {
+        let got = datapath::attach(c.cfg, pod_ns, &ep)?;
+        ep.datapath = Some(got.as_str().into());
+        undo.push(Undo::Detach {
+            ep: Box::new(ep.clone()),
+        });
+    }
+    pod_setup::configure(pod, pod_ns, &link, &ipam, announce).await?;
     c.store.put(&ep)?;
     undo.push(Undo::RemoveEndpoint);
     info!(container = c.cid(), ifname = c.ifname(), kind = lc.kind(), ips = ?ep.ips, "pod interface ready");
@@ -269,6 +278,10 @@ async fn unwind(c: &Ctx<'_>, pod: &Netlink, undo: Vec<Undo>) -> Vec<String> {
         let r = match step {
             Undo::RemoveEndpoint => c.store.remove(c.cid(), c.ifname()),
             Undo::DeleteLink => remove_pod_link(pod, c.ifname()).await,
+            Undo::Detach { ep } => {
+                let ns = NetNs::open(std::path::Path::new(&ep.netns)).ok();
+                datapath::detach(c.cfg, ns.as_ref(), c.cid(), c.ifname(), Some(&ep))
+            }
             Undo::ReturnEni { host_name } => return_eni(pod, c.ifname(), &host_name).await,
             Undo::ReleaseAddresses => c.ipam.del(c.req),
         };
@@ -329,6 +342,9 @@ pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> 
         },
         None => None,
     };
+    if cfg.datapath.enabled || ep.as_ref().is_some_and(|e| e.datapath.is_some()) {
+        datapath::detach(cfg, pod_ns.as_ref(), c.cid(), c.ifname(), ep.as_ref())?;
+    }
     match &pod_ns {
         Some(ns) => {
             let pod = Netlink::in_netns(ns)?;
@@ -397,6 +413,9 @@ pub async fn check(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError
         ));
     }
     pod_setup::verify_addresses(&pod, &link, &ep.ips).await?;
+    if cfg.datapath.enabled {
+        datapath::check(cfg, &pod_ns, &pod, &ep).await?;
+    }
     c.ipam.check(req)
 }
 

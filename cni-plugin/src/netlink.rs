@@ -232,6 +232,32 @@ impl Netlink {
             .collect())
     }
 
+    /// The program ids of the cls_bpf filters under clsact on one side of a link.
+    pub async fn bpf_filter_prog_ids(&self, index: u32, egress: bool) -> Result<Vec<u32>, CniError> {
+        use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
+        let req = self.handle.traffic_filter(index as i32).get();
+        let req = if egress { req.egress() } else { req.ingress() };
+        let msgs: Vec<_> = match req.execute().try_collect().await {
+            Ok(m) => m,
+            // No clsact qdisc: no filters.
+            Err(e) if matches!(errno(&e), Some(libc::EINVAL | libc::ENOENT)) => Vec::new(),
+            Err(e) => return Err(nl_err(format!("list tc filters of link #{index} in {}", self.ns_label))(e)),
+        };
+        Ok(msgs
+            .iter()
+            .flat_map(|m| m.attributes.iter())
+            .filter_map(|a| match a {
+                TcAttribute::Options(opts) => Some(opts),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|o| match o {
+                TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => Some(*id),
+                _ => None,
+            })
+            .collect())
+    }
+
     pub async fn add_address(&self, index: u32, addr: IpNetwork) -> Result<(), CniError> {
         let mut req = self.handle.address().add(index, addr.ip(), addr.prefix());
         if addr.is_ipv6() {

@@ -102,6 +102,10 @@ impl Plugin for Sluice {
             .collect();
         block_on(async {
             for ep in &stale {
+                let ns = NetNs::open(std::path::Path::new(&ep.netns)).ok();
+                if ep.datapath.is_some() {
+                    crate::datapath::detach(&cfg, ns.as_ref(), &ep.container_id, &ep.ifname, Some(ep))?;
+                }
                 if cfg.link.is_some()
                     && ep.link_kind.as_deref() != Some("eni")
                     && let Ok(ns) = NetNs::open(std::path::Path::new(&ep.netns))

@@ -2,8 +2,10 @@
 //! namespaces the tests create and always delete (see the safety rules in
 //! ENVIRONMENT.md): no root-namespace routes, firewall or links are touched.
 
+pub mod bpffs;
 pub mod chain;
 pub mod cni;
+pub mod datapath;
 pub mod netns;
 pub mod probe;
 pub mod vpc;

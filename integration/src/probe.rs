@@ -102,6 +102,116 @@ pub fn udp_request(ns: &Netns, to: SocketAddr, msg: &str) -> Result<String> {
     })?
 }
 
+/// One UDP datagram from `ns`, sent from the local address `from`, and its
+/// answer (3 tries, 1 s each).
+pub fn udp_request_from(ns: &Netns, from: std::net::IpAddr, to: SocketAddr, msg: &str) -> Result<String> {
+    ns.run(|| -> Result<String> {
+        let s = UdpSocket::bind(SocketAddr::new(from, 0)).with_context(|| format!("bind {from}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let mut buf = [0u8; 512];
+        for _ in 0..3 {
+            s.send_to(msg.as_bytes(), to)?;
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        bail!("no UDP answer from {to} to {from}")
+    })?
+}
+
+/// A TCP echo server that keeps each connection open, answering every
+/// message on it until the client closes (bounded: 10 minutes).
+pub struct StreamEcho {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StreamEcho {
+    pub fn start(ns: &Netns, port: u16, tag: &str) -> Result<StreamEcho> {
+        let l = ns.run(|| TcpListener::bind(("::", port)).context("tcp bind"))??;
+        l.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let (s, tag) = (stop.clone(), tag.to_string());
+        let thread = std::thread::spawn(move || {
+            let mut conns: Vec<JoinHandle<()>> = Vec::new();
+            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        let (s, tag) = (s.clone(), tag.clone());
+                        conns.push(std::thread::spawn(move || {
+                            let _ = c.set_nonblocking(false);
+                            let _ = c.set_read_timeout(Some(Duration::from_millis(100)));
+                            let mut buf = [0u8; 512];
+                            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                                match c.read(&mut buf) {
+                                    Ok(0) => break,
+                                    Ok(n) => {
+                                        let reply = format!("{tag}:{}", String::from_utf8_lossy(&buf[..n]));
+                                        if c.write_all(reply.as_bytes()).is_err() {
+                                            break;
+                                        }
+                                    }
+                                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                                    Err(_) => break,
+                                }
+                            }
+                        }));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        Ok(StreamEcho {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for StreamEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A client connection that stays open across several exchanges.
+pub struct Session {
+    stream: TcpStream,
+}
+
+impl Session {
+    pub fn open(ns: &Netns, to: SocketAddr) -> Result<Session> {
+        let stream = ns
+            .run(|| TcpStream::connect_timeout(&to, Duration::from_secs(2)))?
+            .with_context(|| format!("connect {to}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        Ok(Session { stream })
+    }
+
+    /// Send `msg` and read one reply.
+    pub fn ask(&mut self, msg: &str) -> Result<String> {
+        self.stream.write_all(msg.as_bytes())?;
+        let mut buf = [0u8; 512];
+        let n = self.stream.read(&mut buf).context("reading the reply")?;
+        if n == 0 {
+            bail!("connection closed by the peer");
+        }
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.stream.local_addr()?)
+    }
+}
+
 /// Capture ARP frames on `dev` in `ns` for up to `wait`, returning every
 /// gratuitous one (sender IP == target IP) as (sender MAC, IP).
 pub fn capture_gratuitous_arp(

@@ -3,6 +3,7 @@
 //! into the bridge) plays the node's ENI. Pods are namespaces of their own.
 //! Everything is deleted when the Vpc is dropped.
 
+use crate::bpffs::Bpffs;
 use crate::netns::Netns;
 use anyhow::Result;
 use serde_json::{Value, json};
@@ -17,6 +18,8 @@ pub struct Vpc {
     // Declared before `fabric` so nodes and pods go first when dropped.
     pub pods: Vec<Netns>,
     pub nodes: Vec<Netns>,
+    /// Each node's own bpffs: its datapath maps, programs and links.
+    pub bpffs: Vec<Bpffs>,
     pub fabric: Netns,
 }
 
@@ -28,12 +31,24 @@ impl Vpc {
         fabric.ip(&["link", "set", "br0", "up"])?;
         fabric.ip(&["addr", "add", &format!("{VPC_GATEWAY}/16"), "dev", "br0"])?;
         fabric.ip(&["addr", "add", "172.31.0.1/16", "dev", "br0"])?;
+        // The fabric is the VPC router: it forwards what is sent to the
+        // gateway's MAC, even back into the same subnet (a pod's Service
+        // packet, DNATed at its own egress, still carries the gateway's MAC).
+        for (key, value) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.send_redirects", "0"),
+            ("net.ipv4.conf.br0.send_redirects", "0"),
+        ] {
+            let out = fabric.exec("sysctl", &["-qw", &format!("{key}={value}")])?;
+            anyhow::ensure!(out.status.success(), "sysctl {key} in the fabric namespace failed");
+        }
         let data_dir = std::env::temp_dir().join(&prefix);
         let mut vpc = Vpc {
             prefix,
             data_dir,
             pods: Vec::new(),
             nodes: Vec::new(),
+            bpffs: Vec::new(),
             fabric,
         };
         for i in 0..nodes {
@@ -52,6 +67,7 @@ impl Vpc {
         node.ip(&["link", "set", "eth0", "up"])?;
         node.ip(&["addr", "add", &format!("172.31.0.{}/16", 11 + i), "dev", "eth0"])?;
         self.nodes.push(node);
+        self.bpffs.push(Bpffs::new(&format!("n{i}"))?);
         Ok(())
     }
 
@@ -155,8 +171,14 @@ impl Vpc {
             },
             "dataDir": self.data_dir.join(format!("n{node}")),
             "logFile": self.data_dir.join("sluice.log"),
-            "logLevel": "debug"
+            "logLevel": "debug",
+            "datapath": self.datapath(node)
         })
+    }
+
+    /// Node `i`'s `"datapath"` config section (its private bpffs).
+    pub fn datapath(&self, node: usize) -> Value {
+        self.bpffs[node].datapath()
     }
 
     /// The leases in node `i`'s sluice-ipam pool.

@@ -17,7 +17,8 @@ fn conflist(vpc: &Vpc, node: usize, version: &str) -> Value {
              "ipam": {"type": "host-local", "ranges": vpc.ranges(node), "routes": [{"dst": "0.0.0.0/0"}],
                       "dataDir": vpc.data_dir.join("host-local")}},
             {"type": "sluice", "dataDir": vpc.data_dir.join(format!("n{node}")),
-             "logFile": vpc.data_dir.join("sluice.log"), "logLevel": "debug"}
+             "logFile": vpc.data_dir.join("sluice.log"), "logLevel": "debug",
+             "datapath": vpc.datapath(node)}
         ]
     })
 }
@@ -142,7 +143,7 @@ fn chained_fills_in_a_thin_prev_result_and_verifies_it() {
 
     let conf = |prev: Value| {
         json!({"cniVersion": "1.0.0", "name": "thin", "type": "sluice",
-               "dataDir": vpc.data_dir.join("n0"), "prevResult": prev})
+               "dataDir": vpc.data_dir.join("n0"), "datapath": vpc.datapath(0), "prevResult": prev})
     };
     let call = |cmd: &str, cid: &str, c: &Value| {
         Call::new(&bin_dir().join("sluice"), Some(&vpc.nodes[0].name))

@@ -68,7 +68,8 @@ fn pods_land_on_the_eni_their_address_belongs_to() {
             "dataDir": vpc.data_dir.join("ipam-n0")
         },
         "dataDir": vpc.data_dir.join("n0"),
-        "logFile": vpc.data_dir.join("sluice.log")
+        "logFile": vpc.data_dir.join("sluice.log"),
+        "datapath": vpc.datapath(0)
     });
 
     // Control: an address of vSwitch B used on ENI eth1 is unreachable.

@@ -167,4 +167,20 @@ struct metrics_value {
 	__u64 bytes;
 };
 
+/* ---- info: what the attached programs were loaded with (one entry) ----
+ * The programs read their configuration from .rodata, never from here; this
+ * copy is for the tools (sluicectl needs the Maglev table size to write
+ * tables, and everyone wants to see which build is attached). Written by
+ * whoever loads a new program version, after every link has moved to it.
+ */
+struct dp_info {
+	__u64 prog_hash;	/* FNV-1a of the object and its configuration */
+	__u64 ct_tcp_syn_ns;
+	__u64 ct_tcp_established_ns;
+	__u64 ct_tcp_closing_ns;
+	__u64 ct_udp_ns;
+	__u32 maglev_m;
+	__u32 source_check;
+};
+
 #endif

@@ -45,6 +45,9 @@ int main(void)
 	OFF(endpoint_value, ifindex); OFF(endpoint_value, endpoint_id); OFF(endpoint_value, mac); OFF(endpoint_value, flags);
 	SIZE(metrics_value);
 	OFF(metrics_value, packets); OFF(metrics_value, bytes);
+	SIZE(dp_info);
+	OFF(dp_info, prog_hash); OFF(dp_info, ct_tcp_syn_ns); OFF(dp_info, ct_tcp_established_ns);
+	OFF(dp_info, ct_tcp_closing_ns); OFF(dp_info, ct_udp_ns); OFF(dp_info, maglev_m); OFF(dp_info, source_check);
 	printf("];\n");
 	printf("pub const REASON_MAX: u32 = %d;\n", REASON_MAX);
 	return 0;

@@ -71,4 +71,11 @@ struct {
 	__type(value, struct metrics_value);
 } sl_metrics SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dp_info);
+} sl_info SEC(".maps");
+
 #endif

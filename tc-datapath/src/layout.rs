@@ -179,6 +179,19 @@ pub struct MetricsValue {
     pub bytes: u64,
 }
 
+/// What the attached programs were loaded with (the `sl_info` map's one entry).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DpInfo {
+    pub prog_hash: u64,
+    pub ct_tcp_syn_ns: u64,
+    pub ct_tcp_established_ns: u64,
+    pub ct_tcp_closing_ns: u64,
+    pub ct_udp_ns: u64,
+    pub maglev_m: u32,
+    pub source_check: u32,
+}
+
 /// Why a packet was forwarded or dropped: the metrics map's first index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u32)]
@@ -257,6 +270,7 @@ unsafe impl aya::Pod for CtValue {}
 unsafe impl aya::Pod for EndpointKey {}
 unsafe impl aya::Pod for EndpointValue {}
 unsafe impl aya::Pod for MetricsValue {}
+unsafe impl aya::Pod for DpInfo {}
 
 #[cfg(test)]
 mod tests {
@@ -300,6 +314,7 @@ mod tests {
             "endpoint_key" => EndpointKey { addr },
             "endpoint_value" => EndpointValue { ifindex, endpoint_id, mac, flags },
             "metrics_value" => MetricsValue { packets, bytes },
+            "dp_info" => DpInfo { prog_hash, ct_tcp_syn_ns, ct_tcp_established_ns, ct_tcp_closing_ns, ct_udp_ns, maglev_m, source_check },
         };
         assert_eq!(rust.len(), C_LAYOUT.len(), "every C struct and field has a Rust mirror");
         for (name, c) in C_LAYOUT {

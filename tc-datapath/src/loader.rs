@@ -51,7 +51,7 @@ impl Default for DatapathConfig {
 
 pub const EGRESS: &str = "sl_egress";
 pub const INGRESS: &str = "sl_ingress";
-pub const MAPS: [&str; 8] = [
+pub const MAPS: [&str; 9] = [
     "sl_services",
     "sl_backends",
     "sl_revnat",
@@ -60,12 +60,35 @@ pub const MAPS: [&str; 8] = [
     "sl_ct",
     "sl_endpoints",
     "sl_metrics",
+    "sl_info",
 ];
 
 /// The versioned directory under the bpffs root (e.g. /sys/fs/bpf/sluice):
 /// a layout change gets fresh maps instead of misreading old ones.
 pub fn versioned_dir(root: &Path) -> PathBuf {
     root.join(format!("v{LAYOUT_VERSION}"))
+}
+
+impl DatapathConfig {
+    pub fn validate(&self) -> Result<(), LoadError> {
+        if !is_prime(self.maglev_table_size) {
+            return Err(LoadError::Config(format!(
+                "maglev table size {} is not a prime",
+                self.maglev_table_size
+            )));
+        }
+        for (name, d) in [
+            ("tcpSyn", self.tcp_syn_timeout),
+            ("tcpEstablished", self.tcp_established_timeout),
+            ("tcpClosing", self.tcp_closing_timeout),
+            ("udp", self.udp_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(LoadError::Config(format!("conntrack timeout {name} must be positive")));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn is_prime(n: u32) -> bool {
@@ -75,12 +98,7 @@ fn is_prime(n: u32) -> bool {
 /// Load and verify both programs. With `pin_root`, every map is pinned
 /// (or, when already pinned, reused) under `versioned_dir(pin_root)/maps`.
 pub fn load(cfg: &DatapathConfig, pin_root: Option<&Path>) -> Result<Ebpf, LoadError> {
-    if !is_prime(cfg.maglev_table_size) {
-        return Err(LoadError::Config(format!(
-            "maglev table size {} is not a prime",
-            cfg.maglev_table_size
-        )));
-    }
+    cfg.validate()?;
     let ns = |d: Duration| d.as_nanos() as u64;
     let (syn, est, closing, udp) = (
         ns(cfg.tcp_syn_timeout),

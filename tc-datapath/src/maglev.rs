@@ -10,7 +10,7 @@
 
 use crate::layout::{MAGLEV_CHUNK, MaglevKey, MaglevValue};
 
-fn fnv1a(seed: u64, data: &[u8]) -> u64 {
+pub(crate) fn fnv1a(seed: u64, data: &[u8]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325 ^ seed;
     for b in data {
         h ^= u64::from(*b);

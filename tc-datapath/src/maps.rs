@@ -4,8 +4,9 @@
 
 use crate::layout::*;
 use aya::Ebpf;
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use std::net::IpAddr;
+use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -19,6 +20,21 @@ pub enum MapsError {
     Missing(&'static str),
     #[error("service {0}: {1}")]
     Service(String, String),
+    #[error("pinned map {path}: {source}")]
+    Pinned {
+        path: String,
+        #[source]
+        source: MapError,
+    },
+    #[error(
+        "pinned map {path} has key/value sizes {got:?}, this build expects {want:?}: \
+         a layout change without a SLUICE_LAYOUT_VERSION bump"
+    )]
+    Layout {
+        path: String,
+        got: (u32, u32),
+        want: (u32, u32),
+    },
 }
 
 fn err(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
@@ -35,6 +51,7 @@ pub struct Maps {
     pub ct: HashMap<MapData, CtKey, CtValue>,
     pub endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
     pub metrics: PerCpuArray<MapData, MetricsValue>,
+    pub info: Array<MapData, DpInfo>,
 }
 
 /// A Service port as the datapath sees it.
@@ -49,6 +66,19 @@ pub struct ServiceSpec {
     /// (backend id, address, target port, active). Inactive = terminating:
     /// kept for its connections, given no new ones.
     pub backends: Vec<(u32, IpAddr, u16, bool)>,
+}
+
+/// A service port as read back from the maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceView {
+    pub vip: IpAddr,
+    pub port: u16,
+    pub proto: u8,
+    pub rev_nat_id: u16,
+    pub algorithm: u8,
+    pub affinity_timeout_secs: u32,
+    /// The backends taking new connections, in slot order.
+    pub active: Vec<u32>,
 }
 
 impl Maps {
@@ -70,7 +100,74 @@ impl Maps {
             ct: take!("sl_ct", HashMap<MapData, CtKey, CtValue>),
             endpoints: take!("sl_endpoints", HashMap<MapData, EndpointKey, EndpointValue>),
             metrics: take!("sl_metrics", PerCpuArray<MapData, MetricsValue>),
+            info: take!("sl_info", Array<MapData, DpInfo>),
         })
+    }
+
+    /// The maps pinned under a versioned directory (`<root>/v<N>`), with the
+    /// Maglev table size the attached programs were loaded with.
+    pub fn open_pinned(versioned: &Path) -> Result<Maps, MapsError> {
+        let mut m = Maps::open_pinned_with(versioned, None)?;
+        m.maglev_m = m.info()?.maglev_m;
+        if m.maglev_m == 0 {
+            return Err(MapsError::Service(
+                "*".into(),
+                format!(
+                    "{} has no program info yet: no sluice program was loaded there",
+                    versioned.display()
+                ),
+            ));
+        }
+        Ok(m)
+    }
+
+    pub(crate) fn open_pinned_with(versioned: &Path, maglev_m: Option<u32>) -> Result<Maps, MapsError> {
+        let dir = versioned.join("maps");
+        fn open<K, V>(dir: &Path, name: &str, wrap: fn(MapData) -> Map) -> Result<Map, MapsError> {
+            let path = dir.join(name);
+            let pinned = |source| MapsError::Pinned {
+                path: path.display().to_string(),
+                source,
+            };
+            let data = MapData::from_pin(&path).map_err(pinned)?;
+            let info = data.info().map_err(pinned)?;
+            let (got, want) = (
+                (info.key_size(), info.value_size()),
+                (size_of::<K>() as u32, size_of::<V>() as u32),
+            );
+            if got != want {
+                return Err(MapsError::Layout {
+                    path: path.display().to_string(),
+                    got,
+                    want,
+                });
+            }
+            Ok(wrap(data))
+        }
+        macro_rules! open {
+            ($name:literal, $variant:ident, $ty:ty, $k:ty, $v:ty) => {
+                <$ty>::try_from(open::<$k, $v>(&dir, $name, Map::$variant)?).map_err(err($name))?
+            };
+        }
+        Ok(Maps {
+            services: open!("sl_services", HashMap, HashMap<MapData, SvcKey, SvcValue>, SvcKey, SvcValue),
+            backends: open!("sl_backends", HashMap, HashMap<MapData, u32, BackendValue>, u32, BackendValue),
+            revnat: open!("sl_revnat", HashMap, HashMap<MapData, u16, RevNatValue>, u16, RevNatValue),
+            maglev: open!("sl_maglev", HashMap, HashMap<MapData, MaglevKey, MaglevValue>, MaglevKey, MaglevValue),
+            maglev_m: maglev_m.unwrap_or(0),
+            ct: open!("sl_ct", LruHashMap, HashMap<MapData, CtKey, CtValue>, CtKey, CtValue),
+            endpoints: open!("sl_endpoints", HashMap, HashMap<MapData, EndpointKey, EndpointValue>, EndpointKey, EndpointValue),
+            metrics: open!("sl_metrics", PerCpuArray, PerCpuArray<MapData, MetricsValue>, u32, MetricsValue),
+            info: open!("sl_info", Array, Array<MapData, DpInfo>, u32, DpInfo),
+        })
+    }
+
+    pub fn info(&self) -> Result<DpInfo, MapsError> {
+        self.info.get(&0, 0).map_err(err("sl_info"))
+    }
+
+    pub fn set_info(&mut self, v: DpInfo) -> Result<(), MapsError> {
+        self.info.set(0, v, 0).map_err(err("sl_info"))
     }
 
     pub fn upsert_service(&mut self, s: &ServiceSpec) -> Result<(), MapsError> {
@@ -145,6 +242,150 @@ impl Maps {
         Ok(())
     }
 
+    /// Every service port (slot 0 entries, VIP markers excluded), sorted.
+    pub fn services(&self) -> Result<Vec<ServiceView>, MapsError> {
+        let mut out = Vec::new();
+        for kv in self.services.iter() {
+            let (k, v) = kv.map_err(err("sl_services"))?;
+            if k.slot != 0 || v.flags & SVC_F_VIP_MARKER != 0 {
+                continue;
+            }
+            let mut active = Vec::with_capacity(v.count as usize);
+            for slot in 1..=v.count {
+                let sk = SvcKey { slot, ..k };
+                if let Ok(sv) = self.services.get(&sk, 0) {
+                    active.push(sv.backend_id);
+                }
+            }
+            out.push(ServiceView {
+                vip: ip(&k.addr),
+                port: u16::from_be(k.port),
+                proto: k.proto,
+                rev_nat_id: v.rev_nat_id,
+                algorithm: v.algorithm,
+                affinity_timeout_secs: v.affinity_timeout,
+                active,
+            });
+        }
+        out.sort_by_key(|s| (s.vip, s.port, s.proto));
+        Ok(out)
+    }
+
+    /// Every backend by id, sorted.
+    pub fn backends(&self) -> Result<Vec<(u32, BackendValue)>, MapsError> {
+        let mut out: Vec<_> = self
+            .backends
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(err("sl_backends"))?;
+        out.sort_by_key(|b| b.0);
+        Ok(out)
+    }
+
+    /// Ids for backends (address, target port): the id each already has in
+    /// the map, fresh ids above every existing one for the others.
+    pub fn backend_ids(&self, proto: u8, backends: &[(IpAddr, u16)]) -> Result<Vec<u32>, MapsError> {
+        let all = self.backends()?;
+        let mut next = all.last().map_or(1, |b| b.0 + 1);
+        let mut out: Vec<u32> = Vec::with_capacity(backends.len());
+        for (i, (ip_, port)) in backends.iter().enumerate() {
+            let want = addr(*ip_);
+            let existing = all
+                .iter()
+                .find(|(_, b)| b.addr == want && b.port == port.to_be() && b.proto == proto)
+                .map(|b| b.0);
+            let earlier = backends[..i].iter().position(|b| b == &(*ip_, *port)).map(|j| out[j]);
+            out.push(existing.or(earlier).unwrap_or_else(|| {
+                next += 1;
+                next - 1
+            }));
+        }
+        Ok(out)
+    }
+
+    /// A reverse-NAT id: the service's own if it exists, else an unused one.
+    pub fn rev_nat_id(&self, vip: IpAddr, port: u16, proto: u8) -> Result<u16, MapsError> {
+        if let Ok(v) = self.services.get(&SvcKey::new(vip, port, proto, 0), 0) {
+            return Ok(v.rev_nat_id);
+        }
+        let used: std::collections::BTreeSet<u16> =
+            self.revnat.keys().collect::<Result<_, _>>().map_err(err("sl_revnat"))?;
+        (1..=u16::MAX)
+            .find(|i| !used.contains(i))
+            .ok_or_else(|| MapsError::Service(format!("{vip}:{port}/{proto}"), "no free reverse-NAT id".into()))
+    }
+
+    /// Remove a service port: the service entry first (no new connections
+    /// find it), then its slots, Maglev table and reverse-NAT entry, the
+    /// VIP marker when it was the VIP's last port, and backends no other
+    /// service uses. Existing conntrack entries age out.
+    pub fn delete_service(&mut self, vip: IpAddr, port: u16, proto: u8) -> Result<bool, MapsError> {
+        let master_key = SvcKey::new(vip, port, proto, 0);
+        let Ok(master) = self.services.get(&master_key, 0) else {
+            return Ok(false);
+        };
+        if master.flags & SVC_F_VIP_MARKER != 0 {
+            return Ok(false);
+        }
+        let all = self.services()?;
+        let mine = all
+            .iter()
+            .find(|s| s.vip == vip && s.port == port && s.proto == proto)
+            .map(|s| s.active.clone())
+            .unwrap_or_default();
+        self.services.remove(&master_key).map_err(err("sl_services"))?;
+        for slot in 1..=master.count {
+            let _ = self.services.remove(&SvcKey::new(vip, port, proto, slot));
+        }
+        let chunks = (self.maglev_m as usize).div_ceil(MAGLEV_CHUNK) as u16;
+        for chunk in 0..chunks {
+            let _ = self.maglev.remove(&MaglevKey {
+                rev_nat_id: master.rev_nat_id,
+                chunk,
+            });
+        }
+        let _ = self.revnat.remove(&master.rev_nat_id);
+        let others: Vec<&ServiceView> = all
+            .iter()
+            .filter(|s| !(s.vip == vip && s.port == port && s.proto == proto))
+            .collect();
+        if !others.iter().any(|s| s.vip == vip) {
+            let _ = self.services.remove(&SvcKey::vip_marker(vip));
+        }
+        for id in mine {
+            if !others.iter().any(|s| s.active.contains(&id)) {
+                let _ = self.backends.remove(&id);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Every conntrack entry.
+    pub fn conntrack(&self) -> Result<Vec<(CtKey, CtValue)>, MapsError> {
+        self.ct.iter().collect::<Result<_, _>>().map_err(err("sl_ct"))
+    }
+
+    /// Remove every conntrack entry; returns how many.
+    pub fn flush_conntrack(&mut self) -> Result<usize, MapsError> {
+        let keys: Vec<CtKey> = self.ct.keys().collect::<Result<_, _>>().map_err(err("sl_ct"))?;
+        for k in &keys {
+            let _ = self.ct.remove(k);
+        }
+        Ok(keys.len())
+    }
+
+    /// Every endpoint, by address.
+    pub fn endpoint_entries(&self) -> Result<Vec<(IpAddr, EndpointValue)>, MapsError> {
+        let mut out: Vec<(IpAddr, EndpointValue)> = self
+            .endpoints
+            .iter()
+            .map(|kv| kv.map(|(k, v)| (ip(&k.addr), v)))
+            .collect::<Result<_, _>>()
+            .map_err(err("sl_endpoints"))?;
+        out.sort_by_key(|e| e.0);
+        Ok(out)
+    }
+
     pub fn add_endpoint(&mut self, ip: IpAddr, ifindex: u32, mac: [u8; 6], endpoint_id: u32) -> Result<(), MapsError> {
         let v = EndpointValue {
             ifindex,
@@ -155,6 +396,20 @@ impl Maps {
         self.endpoints
             .insert(EndpointKey { addr: addr(ip) }, v, 0)
             .map_err(err("sl_endpoints"))
+    }
+
+    /// Remove a pod address, if it still belongs to `endpoint_id`: after a
+    /// quick address reuse the entry may already be the next pod's.
+    pub fn remove_endpoint(&mut self, ip: IpAddr, endpoint_id: u32) -> Result<bool, MapsError> {
+        let k = EndpointKey { addr: addr(ip) };
+        match self.endpoints.get(&k, 0) {
+            Ok(v) if v.endpoint_id == endpoint_id => {
+                self.endpoints.remove(&k).map_err(err("sl_endpoints"))?;
+                Ok(true)
+            }
+            Ok(_) | Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(err("sl_endpoints")(e)),
+        }
     }
 
     /// Packets and bytes per (reason, direction), summed over CPUs.

@@ -95,7 +95,7 @@ fn main() -> Result<()> {
         conf: mk(json!({"cniVersion": "1.0.0", "name": "bench-sluice", "type": "sluice",
             "link": {"kind": "macvlan", "parent": "eth0"},
             "ipam": {"type": "sluice-ipam", "ranges": ranges, "routes": [{"dst": "0.0.0.0/0"}], "dataDir": vpc.data_dir.join("sluice-ipam")},
-            "dataDir": vpc.data_dir.join("sluice")})),
+            "dataDir": vpc.data_dir.join("sluice"), "datapath": vpc.datapath(0)})),
     };
     let reference = Plugin {
         label: "reference macvlan + host-local",

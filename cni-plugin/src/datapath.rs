@@ -1,0 +1,174 @@
+//! The eBPF datapath on a pod interface: ADD attaches the node's programs
+//! and writes the pod's addresses into the endpoint map, DEL undoes both,
+//! CHECK proves the pod still runs our programs and nothing else.
+
+use crate::config::PluginConfig;
+use crate::endpoint::{Endpoint, EndpointStore};
+use crate::netlink::{Netlink, parse_mac};
+use crate::netns::NetNs;
+use sluice_cni_spec::{CniError, ErrorCode};
+use sluice_tc_datapath::attach::{self, AttachError, Attached, Node};
+use sluice_tc_datapath::loader::versioned_dir;
+use sluice_tc_datapath::pin::{self, PinError};
+use std::os::fd::BorrowedFd;
+use tracing::{info, warn};
+
+fn cni_err(e: AttachError, what: &str) -> CniError {
+    let code = match &e {
+        AttachError::Pin(PinError::NotBpffs { .. }) => ErrorCode::InvalidEnvironment,
+        AttachError::LockTimeout(..) => ErrorCode::TryAgainLater,
+        _ => ErrorCode::Io,
+    };
+    CniError::new(code, format!("datapath: {what}: {e}"))
+}
+
+/// A node-unique id for an attachment: the endpoint map's owner tag, so a
+/// DEL never removes an address a newer pod already holds.
+pub fn endpoint_id(container_id: &str, ifname: &str) -> u32 {
+    // FNV-1a, folded to 32 bits; 0 is reserved for "no owner".
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([0]).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    ((h >> 32) as u32 ^ h as u32).max(1)
+}
+
+fn ns_fd(ns: &NetNs) -> BorrowedFd<'_> {
+    // SAFETY: the fd belongs to `ns`, which outlives the borrow.
+    unsafe { BorrowedFd::borrow_raw(ns.raw_fd()) }
+}
+
+/// Attach to the endpoint's interface and publish its addresses. Returns
+/// how it was attached ("tcx" or "tc"), for the endpoint record.
+pub fn attach(cfg: &PluginConfig, ns: &NetNs, ep: &Endpoint) -> Result<Attached, CniError> {
+    let dp = &cfg.datapath;
+    let what = format!("{} in {}", ep.ifname, ns.path().display());
+    let mut node = Node::open(&dp.loader_config(), &dp.bpffs).map_err(|e| cni_err(e, "opening the node datapath"))?;
+    if node.relinked > 0 {
+        info!(
+            links = node.relinked,
+            "datapath upgraded: existing pods moved to the new programs"
+        );
+    }
+    reattach_tc_endpoints(cfg, &mut node);
+    let key = pin::link_key(&ep.container_id, &ep.ifname);
+    let got = node
+        .attach(ns_fd(ns), &ep.ifname, &key, dp.attach_mode())
+        .map_err(|e| cni_err(e, &format!("attaching to {what}")))?;
+    let published = publish(&node, ep);
+    if let Err(e) = published {
+        let _ = attach::detach(node.dir(), Some(ns_fd(ns)), &ep.ifname, &key);
+        return Err(e);
+    }
+    info!(ifname = %ep.ifname, mode = got.as_str(), "datapath attached");
+    Ok(got)
+}
+
+fn publish(node: &Node, ep: &Endpoint) -> Result<(), CniError> {
+    let mut maps = node.maps().map_err(|e| cni_err(e, "opening the maps"))?;
+    let mac = parse_mac(&ep.mac).unwrap_or_default();
+    let id = endpoint_id(&ep.container_id, &ep.ifname);
+    for ip in &ep.ips {
+        maps.add_endpoint(ip.ip(), ep.ifindex, mac, id)
+            .map_err(|e| CniError::new(ErrorCode::Io, format!("datapath: endpoint {}: {e}", ip.ip())))?;
+    }
+    Ok(())
+}
+
+/// clsact filters name no pin that an upgrade could follow: after one, move
+/// this network's tc-mode pods explicitly (best effort; CHECK reports any
+/// that stay behind).
+fn reattach_tc_endpoints(cfg: &PluginConfig, node: &mut Node) {
+    if !node.upgraded {
+        return;
+    }
+    let Ok(eps) = EndpointStore::new(&cfg.data_dir(), &cfg.name).list() else {
+        return;
+    };
+    for ep in eps.iter().filter(|e| e.datapath.as_deref() == Some("tc")) {
+        if let Ok(ns) = NetNs::open(std::path::Path::new(&ep.netns))
+            && let Err(e) = node.reattach_tc(ns_fd(&ns), &ep.ifname)
+        {
+            warn!(container = %ep.container_id, error = %e, "could not move a tc-mode pod to the new programs");
+        }
+    }
+}
+
+/// Detach and unpublish. Idempotent; works with the namespace gone.
+pub fn detach(
+    cfg: &PluginConfig,
+    ns: Option<&NetNs>,
+    container_id: &str,
+    ifname: &str,
+    ep: Option<&Endpoint>,
+) -> Result<(), CniError> {
+    let dp = &cfg.datapath;
+    let dir = versioned_dir(&dp.bpffs);
+    if !dir.exists() {
+        return Ok(());
+    }
+    let key = pin::link_key(container_id, ifname);
+    attach::detach(&dir, ns.map(ns_fd), ifname, &key).map_err(|e| cni_err(e, &format!("detaching from {ifname}")))?;
+    if let Some(ep) = ep {
+        let mut maps = sluice_tc_datapath::maps::Maps::open_pinned(&dir)
+            .map_err(|e| CniError::new(ErrorCode::Io, format!("datapath: opening the maps: {e}")))?;
+        let id = endpoint_id(container_id, ifname);
+        for ip in &ep.ips {
+            maps.remove_endpoint(ip.ip(), id)
+                .map_err(|e| CniError::new(ErrorCode::Io, format!("datapath: endpoint {}: {e}", ip.ip())))?;
+        }
+    }
+    Ok(())
+}
+
+/// CHECK: our programs, and only ours, on both sides of the interface, and
+/// every address of the pod in the endpoint map, pointing at it.
+pub async fn check(cfg: &PluginConfig, ns: &NetNs, pod: &Netlink, ep: &Endpoint) -> Result<(), CniError> {
+    let dp = &cfg.datapath;
+    let failed = |m: String| CniError::new(ErrorCode::CheckFailed, format!("datapath: {m}"));
+    let attached = ep.datapath.as_deref().and_then(Attached::parse).ok_or_else(|| {
+        failed(format!(
+            "endpoint {}/{} was recorded without a datapath",
+            ep.container_id, ep.ifname
+        ))
+    })?;
+    let node = Node::open(&dp.loader_config(), &dp.bpffs).map_err(|e| cni_err(e, "opening the node datapath"))?;
+    let key = pin::link_key(&ep.container_id, &ep.ifname);
+    node.check(ns_fd(ns), &ep.ifname, &key, attached)
+        .map_err(|m| failed(format!("{m} (in {})", ns.path().display())))?;
+    if attached == Attached::Tc {
+        let (egress_id, ingress_id) = node.program_ids().map_err(|e| cni_err(e, "program ids"))?;
+        for (egress, id, side) in [(true, egress_id, "egress"), (false, ingress_id, "ingress")] {
+            let ids = pod.bpf_filter_prog_ids(ep.ifindex, egress).await?;
+            if ids != [id] {
+                return Err(failed(format!(
+                    "{side} filters of {} in {} run programs {ids:?}, expected only sluice's {id}",
+                    ep.ifname,
+                    ns.path().display()
+                )));
+            }
+        }
+    }
+    let maps = node.maps().map_err(|e| cni_err(e, "opening the maps"))?;
+    let id = endpoint_id(&ep.container_id, &ep.ifname);
+    for ip in &ep.ips {
+        let k = sluice_tc_datapath::layout::EndpointKey {
+            addr: sluice_tc_datapath::layout::addr(ip.ip()),
+        };
+        match maps.endpoints.get(&k, 0) {
+            Ok(v) if v.endpoint_id == id && v.ifindex == ep.ifindex => {}
+            Ok(v) => {
+                return Err(failed(format!(
+                    "endpoint map entry for {} belongs to ifindex {} (id {}), not {}",
+                    ip.ip(),
+                    v.ifindex,
+                    v.endpoint_id,
+                    ep.ifname
+                )));
+            }
+            Err(_) => return Err(failed(format!("{} is missing from the endpoint map", ip.ip()))),
+        }
+    }
+    Ok(())
+}

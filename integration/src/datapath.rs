@@ -1,0 +1,55 @@
+//! Looking at a simulated node's datapath from a test: its pinned maps and
+//! what runs on a pod's interface.
+
+use crate::netns::Netns;
+use crate::vpc::Vpc;
+use anyhow::{Context, Result};
+use sluice_tc_datapath::attach::{ProgramList, tcx_programs};
+use sluice_tc_datapath::loader::versioned_dir;
+use sluice_tc_datapath::maps::Maps;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+
+impl Vpc {
+    /// `<bpffs>/sluice/v<N>` of node `i`.
+    pub fn datapath_dir(&self, node: usize) -> PathBuf {
+        versioned_dir(&self.bpffs[node].root())
+    }
+
+    /// Node `i`'s pinned maps.
+    pub fn maps(&self, node: usize) -> Result<Maps> {
+        Maps::open_pinned(&self.datapath_dir(node)).context("opening the node's pinned maps")
+    }
+
+    /// The pinned program versions of node `i` (directory names under progs/).
+    pub fn program_versions(&self, node: usize) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.datapath_dir(node).join("progs"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// The pinned attachments (link directories) of node `i`.
+    pub fn pinned_links(&self, node: usize) -> Vec<String> {
+        let mut v = sluice_tc_datapath::attach::attachments(&self.datapath_dir(node)).unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// The TCX programs on `ifname` in `ns`: (egress, ingress), each (id, name).
+pub fn programs_on(ns: &Netns, ifname: &str) -> Result<(ProgramList, ProgramList)> {
+    let f = std::fs::File::open(ns.path()).with_context(|| format!("open {}", ns.path().display()))?;
+    Ok(tcx_programs(f.as_fd(), ifname)?)
+}
+
+/// `tc filter show` for one side of `ifname` in `ns`.
+pub fn tc_filters(ns: &Netns, ifname: &str, side: &str) -> Result<String> {
+    let out = ns.exec("tc", &["filter", "show", "dev", ifname, side])?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
