@@ -176,6 +176,23 @@ impl Vpc {
         })
     }
 
+    /// The chained form for node `i`: the reference macvlan + host-local
+    /// make the interface, sluice follows.
+    pub fn chained_conflist(&self, node: usize, version: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": format!("{}-net", self.prefix),
+            "plugins": [
+                {"type": "macvlan", "master": "eth0", "mode": "bridge",
+                 "ipam": {"type": "host-local", "ranges": self.ranges(node), "routes": [{"dst": "0.0.0.0/0"}],
+                          "dataDir": self.data_dir.join("host-local")}},
+                {"type": "sluice", "dataDir": self.data_dir.join(format!("n{node}")),
+                 "logFile": self.data_dir.join("sluice.log"), "logLevel": "debug",
+                 "datapath": self.datapath(node)}
+            ]
+        })
+    }
+
     /// Node `i`'s `"datapath"` config section (its private bpffs).
     pub fn datapath(&self, node: usize) -> Value {
         self.bpffs[node].datapath()

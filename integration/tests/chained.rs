@@ -9,18 +9,7 @@ use sluice_integration::vpc::{Vpc, result_ip};
 use sluice_integration::{bin_dir, reference_plugins_present, require_root};
 
 fn conflist(vpc: &Vpc, node: usize, version: &str) -> Value {
-    json!({
-        "cniVersion": version,
-        "name": format!("{}-net", vpc.prefix),
-        "plugins": [
-            {"type": "macvlan", "master": "eth0", "mode": "bridge",
-             "ipam": {"type": "host-local", "ranges": vpc.ranges(node), "routes": [{"dst": "0.0.0.0/0"}],
-                      "dataDir": vpc.data_dir.join("host-local")}},
-            {"type": "sluice", "dataDir": vpc.data_dir.join(format!("n{node}")),
-             "logFile": vpc.data_dir.join("sluice.log"), "logLevel": "debug",
-             "datapath": vpc.datapath(node)}
-        ]
-    })
+    vpc.chained_conflist(node, version)
 }
 
 fn host_local_leases(vpc: &Vpc) -> Vec<String> {

@@ -94,6 +94,35 @@ static __always_inline int addr_eq(const __u8 *a, const __u8 *b)
 	return x[0] == y[0] && x[1] == y[1];
 }
 
+static __always_inline void hairpin_addr(__u8 out[16], int v6)
+{
+	if (!v6) {
+		v4_mapped(out, bpf_htonl(HAIRPIN_V4));
+	} else {
+		const __u8 prefix[4] = { HAIRPIN_V6_PREFIX };
+
+		__builtin_memset(out, 0, 16);
+		__builtin_memcpy(out, prefix, 4);
+		out[15] = 1;
+	}
+}
+
+/* Turn a packet around into the interface it is leaving: the MACs swap
+ * (it must arrive addressed to the pod) and it re-enters as received. */
+static __always_inline int redirect_self(struct __sk_buff *skb, __u32 dir)
+{
+	__u8 macs[12], swapped[12];
+
+	if (bpf_skb_load_bytes(skb, 0, macs, 12) < 0)
+		return drop(skb, DROP_MALFORMED, dir);
+	__builtin_memcpy(swapped, macs + 6, 6);
+	__builtin_memcpy(swapped + 6, macs, 6);
+	if (bpf_skb_store_bytes(skb, 0, swapped, 12, 0) < 0)
+		return drop(skb, DROP_NAT_FAILED, dir);
+	count(REASON_HAIRPIN, dir, skb->len);
+	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}
+
 /* Parse the L3 and L4 headers at `l3_off` (the outer packet, or the packet
  * quoted by an ICMP error). Returns 0, or a drop reason. Packets that are
  * not IP are reported with proto 0 and pass untouched. */
@@ -339,6 +368,8 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 	struct ct_value *ct, nct = {};
 	struct backend_value *b = 0;
 	__u64 now = bpf_ktime_get_ns();
+	__u8 hp[16];
+	int hairpin;
 	__u32 id;
 
 	if (p->fragment)
@@ -360,17 +391,29 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 		b = bpf_map_lookup_elem(&sl_backends, &id);
 		if (!b)
 			return drop(skb, DROP_BACKEND_GONE, DIR_EGRESS);
+		hairpin = addr_eq(b->addr, p->saddr);
 		nct.backend_id = id;
 		nct.rev_nat_id = svc->rev_nat_id;
 		nct.state = CT_NEW;
+		nct.flags = hairpin ? CT_F_HAIRPIN : 0;
 		nct.expires_ns = now + ct_timeout(p->proto, CT_NEW);
 		bpf_map_update_elem(&sl_ct, &ck, &nct, BPF_ANY);
-		ct_key_of(&fk, p->saddr, b->addr, p->sport, b->port, p->proto, CT_FLOW);
+		/* The flow as the backend sees it: a hairpinned one comes from
+		 * the hairpin address. */
+		hairpin_addr(hp, p->v6);
+		ct_key_of(&fk, hairpin ? hp : p->saddr, b->addr, p->sport, b->port, p->proto, CT_FLOW);
 		bpf_map_update_elem(&sl_ct, &fk, &nct, BPF_ANY);
 	}
+	hairpin = addr_eq(b->addr, p->saddr);
 	if (rewrite(skb, p, ETH_HLEN, 1, b->addr, b->port) < 0)
 		return drop(skb, DROP_NAT_FAILED, DIR_EGRESS);
 	count(REASON_SERVICE_TRANSLATED, DIR_EGRESS, skb->len);
+	if (hairpin) {
+		hairpin_addr(hp, p->v6);
+		if (rewrite(skb, p, ETH_HLEN, 0, hp, p->sport) < 0)
+			return drop(skb, DROP_NAT_FAILED, DIR_EGRESS);
+		return redirect_self(skb, DIR_EGRESS);
+	}
 	return TC_ACT_OK;
 }
 
@@ -379,6 +422,132 @@ static __always_inline int is_v6_link_local_or_any(const __u8 *a)
 	const __u64 *w = (const __u64 *)a;
 
 	return (a[0] == 0xfe && (a[1] & 0xc0) == 0x80) || (w[0] == 0 && w[1] == 0);
+}
+
+/* A reply from a backend: translate its source back to the VIP. A
+ * hairpinned reply (the pod answering itself, seen at its egress) also gets
+ * its destination back from the hairpin address and is turned around. */
+static __always_inline int reply(struct __sk_buff *skb, struct pkt *p, __u32 dir)
+{
+	struct ct_key fk;
+	struct ct_value *flow;
+	struct revnat_value *rn;
+	const __u8 *client;
+	int hairpin;
+	__u64 now;
+
+	/* The reply's addresses swapped give the flow as the client sent it.
+	 * Expiry is not checked: a stale entry can only match a reply of that
+	 * very flow, and LRU eviction and GC remove it. */
+	ct_key_of(&fk, p->daddr, p->saddr, p->dport, p->sport, p->proto, CT_FLOW);
+	flow = bpf_map_lookup_elem(&sl_ct, &fk);
+	if (!flow || !flow->rev_nat_id)
+		return -1;
+	rn = bpf_map_lookup_elem(&sl_revnat, &flow->rev_nat_id);
+	if (!rn)
+		return -1;
+	hairpin = flow->flags & CT_F_HAIRPIN;
+	client = hairpin ? p->saddr : p->daddr;
+	now = bpf_ktime_get_ns();
+	if (flow->state == CT_NEW || (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)))) {
+		/* State changes reach the client-side entry too: its timeout follows. */
+		struct ct_key sk;
+		struct ct_value *svc_ct;
+
+		ct_key_of(&sk, client, rn->addr, p->dport, rn->port, p->proto, CT_SERVICE);
+		svc_ct = bpf_map_lookup_elem(&sl_ct, &sk);
+		if (svc_ct)
+			ct_touch(svc_ct, p, 1, now);
+	}
+	ct_touch(flow, p, 1, now);
+	if (rewrite(skb, p, ETH_HLEN, 0, rn->addr, rn->port) < 0)
+		return drop(skb, DROP_NAT_FAILED, dir);
+	count(REASON_REPLY_TRANSLATED, dir, skb->len);
+	if (hairpin) {
+		if (rewrite(skb, p, ETH_HLEN, 1, p->saddr, p->dport) < 0)
+			return drop(skb, DROP_NAT_FAILED, dir);
+		return redirect_self(skb, dir);
+	}
+	return TC_ACT_OK;
+}
+
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_PARAMPROB 4
+
+/* An ICMP error about a flow we translated quotes the packet as the
+ * backend got it (client -> backend:port). Put the VIP back into the quote
+ * (and into the outer source when the backend itself complains), so the
+ * client's stack matches the error to its socket: a closed UDP backend port
+ * becomes ECONNREFUSED on the client's socket to the VIP.
+ *
+ * Checksums: in IPv4 the quoted header's address change and its header
+ * checksum change cancel out in the ICMP checksum, so only the port moves
+ * it; ICMPv6 covers the quoted address and a pseudo header. The quoted L4
+ * checksum is left alone: it covers data the quote cuts off, and no stack
+ * checks it. */
+static __always_inline int icmp_error(struct __sk_buff *skb, struct pkt *o)
+{
+	__u32 inner = o->l4_off + 8, csum_off = o->l4_off + 2;
+	struct ct_key fk;
+	struct ct_value *flow;
+	struct revnat_value *rn;
+	struct pkt in;
+	__u8 type;
+	int from_backend;
+
+	if (bpf_skb_load_bytes(skb, o->l4_off, &type, 1) < 0)
+		return -1;
+	if (!o->v6 && type != ICMP_DEST_UNREACH && type != ICMP_TIME_EXCEEDED && type != ICMP_PARAMETERPROB)
+		return -1;
+	if (o->v6 && (type < ICMPV6_DEST_UNREACH || type > ICMPV6_PARAMPROB))
+		return -1;
+	if (parse(skb, inner, o->v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), &in) ||
+	    (in.proto != IPPROTO_TCP && in.proto != IPPROTO_UDP))
+		return -1;
+	ct_key_of(&fk, in.saddr, in.daddr, in.sport, in.dport, in.proto, CT_FLOW);
+	flow = bpf_map_lookup_elem(&sl_ct, &fk);
+	if (!flow || !flow->rev_nat_id)
+		return -1;
+	rn = bpf_map_lookup_elem(&sl_revnat, &flow->rev_nat_id);
+	if (!rn)
+		return -1;
+	from_backend = addr_eq(o->saddr, in.daddr);
+	if (!o->v6) {
+		__be32 old, new;
+
+		__builtin_memcpy(&old, in.daddr + 12, 4);
+		__builtin_memcpy(&new, rn->addr + 12, 4);
+		if (bpf_l3_csum_replace(skb, inner + offsetof(struct iphdr, check), old, new, 4) < 0 ||
+		    bpf_skb_store_bytes(skb, inner + offsetof(struct iphdr, daddr), &new, 4, 0) < 0)
+			return drop(skb, DROP_NAT_FAILED, DIR_INGRESS);
+		if (from_backend &&
+		    (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 4) < 0 ||
+		     bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct iphdr, saddr), &new, 4, 0) < 0))
+			return drop(skb, DROP_NAT_FAILED, DIR_INGRESS);
+	} else {
+		__u8 old[16], new[16];
+		__s64 diff;
+
+		__builtin_memcpy(old, in.daddr, 16);
+		__builtin_memcpy(new, rn->addr, 16);
+		diff = bpf_csum_diff((__be32 *)old, 16, (__be32 *)new, 16, 0);
+		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, 0) < 0 ||
+		    bpf_skb_store_bytes(skb, inner + offsetof(struct ipv6hdr, daddr), new, 16, 0) < 0)
+			return drop(skb, DROP_NAT_FAILED, DIR_INGRESS);
+		if (from_backend &&
+		    (bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR) < 0 ||
+		     bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, saddr), new, 16, 0) < 0))
+			return drop(skb, DROP_NAT_FAILED, DIR_INGRESS);
+	}
+	if (in.dport != rn->port &&
+	    (bpf_l4_csum_replace(skb, csum_off, in.dport, rn->port, 2) < 0 ||
+	     bpf_skb_store_bytes(skb, in.l4_off + 2, &rn->port, 2, 0) < 0))
+		return drop(skb, DROP_NAT_FAILED, DIR_INGRESS);
+	count(REASON_ICMP_ERROR_TRANSLATED, DIR_INGRESS, skb->len);
+	return TC_ACT_OK;
 }
 
 SEC("classifier")
@@ -407,6 +576,16 @@ int sl_egress(struct __sk_buff *skb)
 		if (!ep || ep->ifindex != skb->ifindex || __builtin_memcmp(ep->mac, eth.h_source, 6))
 			return drop(skb, DROP_SOURCE_ADDRESS, DIR_EGRESS);
 	}
+	if ((p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) && !p.fragment) {
+		__u8 hp[16];
+
+		hairpin_addr(hp, p.v6);
+		if (addr_eq(p.daddr, hp)) {
+			r = reply(skb, &p, DIR_EGRESS);
+			if (r >= 0)
+				return r;
+		}
+	}
 	__builtin_memcpy(k.addr, p.daddr, 16);
 	if (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) {
 		k.port = p.dport;
@@ -424,42 +603,6 @@ int sl_egress(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-/* A reply from a backend: translate its source back to the VIP. */
-static __always_inline int reply(struct __sk_buff *skb, struct pkt *p)
-{
-	struct ct_key fk;
-	struct ct_value *flow;
-	struct revnat_value *rn;
-	__u64 now;
-
-	/* The reply's addresses swapped give the flow as the client sent it.
-	 * Expiry is not checked: a stale entry can only match a reply of that
-	 * very flow, and LRU eviction and GC remove it. */
-	ct_key_of(&fk, p->daddr, p->saddr, p->dport, p->sport, p->proto, CT_FLOW);
-	flow = bpf_map_lookup_elem(&sl_ct, &fk);
-	if (!flow || !flow->rev_nat_id)
-		return -1;
-	rn = bpf_map_lookup_elem(&sl_revnat, &flow->rev_nat_id);
-	if (!rn)
-		return -1;
-	now = bpf_ktime_get_ns();
-	if (flow->state == CT_NEW || (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)))) {
-		/* State changes reach the client-side entry too: its timeout follows. */
-		struct ct_key sk;
-		struct ct_value *svc_ct;
-
-		ct_key_of(&sk, p->daddr, rn->addr, p->dport, rn->port, p->proto, CT_SERVICE);
-		svc_ct = bpf_map_lookup_elem(&sl_ct, &sk);
-		if (svc_ct)
-			ct_touch(svc_ct, p, 1, now);
-	}
-	ct_touch(flow, p, 1, now);
-	if (rewrite(skb, p, ETH_HLEN, 0, rn->addr, rn->port) < 0)
-		return drop(skb, DROP_NAT_FAILED, DIR_INGRESS);
-	count(REASON_REPLY_TRANSLATED, DIR_INGRESS, skb->len);
-	return TC_ACT_OK;
-}
-
 SEC("classifier")
 int sl_ingress(struct __sk_buff *skb)
 {
@@ -473,7 +616,11 @@ int sl_ingress(struct __sk_buff *skb)
 	if (r)
 		return drop(skb, r, DIR_INGRESS);
 	if ((p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) && !p.fragment) {
-		r = reply(skb, &p);
+		r = reply(skb, &p, DIR_INGRESS);
+		if (r >= 0)
+			return r;
+	} else if (((p.proto == IPPROTO_ICMP && !p.v6) || (p.proto == IPPROTO_ICMPV6 && p.v6)) && !p.fragment) {
+		r = icmp_error(skb, &p);
 		if (r >= 0)
 			return r;
 	}

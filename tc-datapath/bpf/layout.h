@@ -19,7 +19,7 @@
 
 #include <linux/types.h>
 
-#define SLUICE_LAYOUT_VERSION 1
+#define SLUICE_LAYOUT_VERSION 2
 
 /* ---- services: (VIP, port, proto, slot) -> service or backend slot ----
  * Slot 0 is the service itself; slots 1..count hold the ids of the backends
@@ -122,7 +122,15 @@ struct ct_key {
 #define CT_ESTABLISHED 1	/* the server answered */
 #define CT_CLOSING 2		/* FIN or RST seen */
 
-#define CT_F_HAIRPIN 0x01
+#define CT_F_HAIRPIN 0x01	/* a pod reaching itself through a Service */
+
+/* The source a hairpinned connection gets, so that the pod's own reply
+ * leaves its stack (a reply to itself would stay on loopback) and comes
+ * back through the egress program to be translated. Link-local for IPv4
+ * (routed by the pod's default route); a ULA for IPv6, which would route
+ * link-local onto the wire. */
+#define HAIRPIN_V4 0xa9fe2a01	/* 169.254.42.1 */
+#define HAIRPIN_V6_PREFIX 0xfd, 0x5c, 0x5c, 0x5c	/* fd5c:5c5c::1 */
 
 struct ct_value {
 	__u64 expires_ns;	/* bpf_ktime_get_ns() deadline */
@@ -159,8 +167,14 @@ enum reason {
 	DROP_FRAGMENT = 7,		/* fragment to a VIP: ports unknown */
 	DROP_NAT_FAILED = 8,		/* rewriting the packet failed */
 	DROP_BACKEND_GONE = 9,		/* maglev/affinity named a backend that no longer exists */
-	REASON_MAX = 10,
+	REASON_HAIRPIN = 10,		/* a pod's packet to itself via a Service, turned around */
+	REASON_ICMP_ERROR_TRANSLATED = 11,	/* ICMP error about a translated flow, reverse-NATed */
+	REASON_MAX = 12,
 };
+
+/* Metrics slots: room for 64 reasons in both directions, so a new reason is
+ * not a layout change. */
+#define METRICS_SLOTS 128
 
 struct metrics_value {
 	__u64 packets;

@@ -66,7 +66,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, REASON_MAX * 2);
+	__uint(max_entries, METRICS_SLOTS);
 	__type(key, __u32);
 	__type(value, struct metrics_value);
 } sl_metrics SEC(".maps");

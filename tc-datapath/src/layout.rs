@@ -206,10 +206,12 @@ pub enum Reason {
     DropFragment = 7,
     DropNatFailed = 8,
     DropBackendGone = 9,
+    Hairpin = 10,
+    IcmpErrorTranslated = 11,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Forwarded,
         Reason::ServiceTranslated,
         Reason::ReplyTranslated,
@@ -220,6 +222,8 @@ impl Reason {
         Reason::DropFragment,
         Reason::DropNatFailed,
         Reason::DropBackendGone,
+        Reason::Hairpin,
+        Reason::IcmpErrorTranslated,
     ];
 
     pub fn name(self) -> &'static str {
@@ -234,11 +238,13 @@ impl Reason {
             Reason::DropFragment => "drop-fragment",
             Reason::DropNatFailed => "drop-nat-failed",
             Reason::DropBackendGone => "drop-backend-gone",
+            Reason::Hairpin => "hairpin",
+            Reason::IcmpErrorTranslated => "icmp-error-translated",
         }
     }
 
     pub fn is_drop(self) -> bool {
-        self >= Reason::DropNoBackend
+        (Reason::DropNoBackend..=Reason::DropBackendGone).contains(&self)
     }
 }
 

@@ -470,3 +470,176 @@ fn session_affinity_pins_a_client() {
         );
     }
 }
+
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// An ICMP(v6) "port unreachable" from `from` to `to`, quoting `quoted`
+/// (an IP packet, as the sender of the error received it).
+fn port_unreachable(from: &str, to: &str, quoted: &[u8]) -> Frame {
+    let (from, to) = (ip(from), ip(to));
+    let v6 = from.is_ipv6();
+    let mut icmp = if v6 {
+        vec![1, 4, 0, 0, 0, 0, 0, 0]
+    } else {
+        vec![3, 3, 0, 0, 0, 0, 0, 0]
+    };
+    icmp.extend_from_slice(quoted);
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&POD_MAC);
+    bytes.extend_from_slice(&GW_MAC);
+    match (from, to) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let c = csum(&icmp, 0);
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            bytes.extend_from_slice(&0x0800u16.to_be_bytes());
+            let mut h = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 1, 0, 0];
+            h[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+            let c = csum(&h, 0);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            bytes.extend_from_slice(&h);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut pseudo = Vec::new();
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, 58]);
+            let c = csum(&icmp, sum16(&pseudo, 0));
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            bytes.extend_from_slice(&0x86ddu16.to_be_bytes());
+            let mut h = vec![0x60, 0, 0, 0];
+            h.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+            h.extend_from_slice(&[58, 64]);
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+            bytes.extend_from_slice(&h);
+        }
+        _ => panic!("mixed families"),
+    }
+    bytes.extend_from_slice(&icmp);
+    Frame { bytes }
+}
+
+impl Frame {
+    /// The ICMP checksum is right (ICMPv6: with its pseudo header).
+    fn assert_icmp_checksum(&self) {
+        let l4 = self.l4();
+        let msg = &self.bytes[l4..];
+        let acc = if self.v6() {
+            let mut pseudo = self.bytes[ETH + 8..ETH + 40].to_vec();
+            pseudo.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, 58]);
+            sum16(&pseudo, 0)
+        } else {
+            assert_eq!(
+                sum16(&self.bytes[ETH..ETH + 20], 0),
+                0xffff,
+                "outer IPv4 header checksum"
+            );
+            0
+        };
+        assert_eq!(sum16(msg, acc), 0xffff, "ICMP checksum");
+    }
+
+    /// The packet quoted by an ICMP error, as a frame of its own.
+    fn quoted(&self) -> Frame {
+        let mut bytes = self.bytes[..ETH].to_vec();
+        bytes.extend_from_slice(&self.bytes[self.l4() + 8..]);
+        Frame { bytes }
+    }
+}
+
+fn icmp_error_translation(client: &str, vip: &str, backend: &str) {
+    let mut dp = Dp::new();
+    dp.pod(client);
+    dp.service(vip, 53, PROTO_UDP, &[(3, backend, 5353)]);
+    let (_, sent) = dp.run(EGRESS, &Frame::new(client, vip, 40000, 53, PROTO_UDP, 0, b"query"));
+    assert_eq!(sent.addrs(), (ip(client), ip(backend)));
+
+    // The backend's port is closed: its stack quotes the packet it got.
+    let err = port_unreachable(backend, client, &sent.bytes[ETH..]);
+    err.assert_icmp_checksum();
+    let (verdict, out) = dp.run(INGRESS, &err);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out.addrs(), (ip(vip), ip(client)), "the error comes from the VIP");
+    out.assert_icmp_checksum();
+    let q = out.quoted();
+    assert_eq!(q.addrs(), (ip(client), ip(vip)), "the quote names the VIP");
+    assert_eq!(q.ports(), (40000, 53));
+    if !q.v6() {
+        assert_eq!(sum16(&q.bytes[ETH..ETH + 20], 0), 0xffff, "quoted IPv4 header checksum");
+    }
+    assert_eq!(
+        dp.maps.count(Reason::IcmpErrorTranslated, Direction::Ingress).unwrap(),
+        1
+    );
+
+    // A router on the way complains: the outer source stays the router's.
+    let router = if client.contains(':') {
+        "fd00:244::1"
+    } else {
+        "10.244.0.1"
+    };
+    let (_, out) = dp.run(INGRESS, &port_unreachable(router, client, &sent.bytes[ETH..]));
+    assert_eq!(out.addrs(), (ip(router), ip(client)));
+    assert_eq!(out.quoted().addrs(), (ip(client), ip(vip)));
+    out.assert_icmp_checksum();
+
+    // An error about a flow we never translated passes untouched.
+    let other = Frame::new(client, backend, 40001, 5353, PROTO_UDP, 0, b"direct");
+    let err = port_unreachable(backend, client, &other.bytes[ETH..]);
+    let (verdict, out) = dp.run(INGRESS, &err);
+    assert_eq!((verdict, out.bytes), (TC_ACT_OK, err.bytes));
+}
+
+#[test]
+fn icmp_v4_error_about_a_service_flow_is_translated() {
+    if root("icmp_v4_error_about_a_service_flow_is_translated") {
+        icmp_error_translation("10.244.1.5", "10.96.0.10", "10.244.2.7");
+    }
+}
+
+#[test]
+fn icmp_v6_error_about_a_service_flow_is_translated() {
+    if root("icmp_v6_error_about_a_service_flow_is_translated") {
+        icmp_error_translation("fd00:244::1:5", "fd00:96::a", "fd00:244::2:7");
+    }
+}
+
+fn hairpin(pod: &str, vip: &str, hairpin_addr: &str) {
+    let mut dp = Dp::new();
+    dp.pod(pod);
+    dp.service(vip, 80, PROTO_TCP, &[(4, pod, 8080)]);
+    let (verdict, out) = dp.run(EGRESS, &Frame::new(pod, vip, 40000, 80, PROTO_TCP, SYN, b"me"));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "turned around into the pod");
+    assert_eq!(out.addrs(), (ip(hairpin_addr), ip(pod)));
+    assert_eq!(out.ports(), (40000, 8080));
+    assert_eq!(out.bytes[..6], POD_MAC, "addressed to the pod");
+    out.assert_checksums();
+
+    // The pod answers the hairpin address; its reply is turned around too.
+    let reply = Frame::new(pod, hairpin_addr, 8080, 40000, PROTO_TCP, SYN_ACK, b"you");
+    let (verdict, out) = dp.run(EGRESS, &reply);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out.addrs(), (ip(vip), ip(pod)), "the reply comes from the VIP");
+    assert_eq!(out.ports(), (80, 40000));
+    assert_eq!(out.bytes[..6], POD_MAC);
+    out.assert_checksums();
+    assert_eq!(dp.maps.count(Reason::Hairpin, Direction::Egress).unwrap(), 2);
+}
+
+#[test]
+fn hairpin_v4_turns_a_pod_to_itself_around() {
+    if root("hairpin_v4_turns_a_pod_to_itself_around") {
+        hairpin("10.244.1.5", "10.96.0.10", "169.254.42.1");
+    }
+}
+
+#[test]
+fn hairpin_v6_turns_a_pod_to_itself_around() {
+    if root("hairpin_v6_turns_a_pod_to_itself_around") {
+        hairpin("fd00:244::1:5", "fd00:96::a", "fd5c:5c5c::1");
+    }
+}

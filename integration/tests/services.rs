@@ -1,0 +1,297 @@
+//! Services end to end in the simulated VPC: two nodes, pods made by the
+//! CNI main role and, separately, by the chained role behind the reference
+//! macvlan; Services programmed with `sluicectl` into each node's pinned
+//! maps; real TCP and UDP through the VIPs. netfilter is shown to be out of
+//! the path: no conntrack entry and no iptables/nftables rule anywhere,
+//! before and after.
+
+use serde_json::Value;
+use sluice_integration::chain::Chain;
+use sluice_integration::netns::Netns;
+use sluice_integration::probe::{EchoServer, Session, StreamEcho, tcp_request, udp_request};
+use sluice_integration::vpc::{Vpc, result_ip};
+use sluice_integration::{bin_dir, reference_plugins_present, require_root, skip};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Role {
+    Main,
+    Chained,
+}
+
+fn sa(ip: &str, port: u16) -> SocketAddr {
+    format!("{ip}:{port}").parse().unwrap()
+}
+
+/// `sluicectl --bpffs <node's root> args...`, which must succeed.
+fn sluicectl(vpc: &Vpc, node: usize, args: &[&str]) -> String {
+    let out = std::process::Command::new(bin_dir().join("sluicectl"))
+        .arg("--bpffs")
+        .arg(vpc.bpffs[node].root())
+        .args(args)
+        .output()
+        .expect("run sluicectl");
+    assert!(
+        out.status.success(),
+        "sluicectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Program a service on every node (each node has its own maps).
+fn service(vpc: &Vpc, args: &[&str]) {
+    for node in 0..vpc.nodes.len() {
+        let mut a = vec!["service", "add"];
+        a.extend_from_slice(args);
+        sluicectl(vpc, node, &a);
+    }
+}
+
+/// No conntrack entry and no firewall rule in any namespace of the VPC.
+fn assert_netfilter_unused(vpc: &Vpc, when: &str) {
+    let all: Vec<&Netns> = std::iter::once(&vpc.fabric)
+        .chain(vpc.nodes.iter())
+        .chain(vpc.pods.iter())
+        .collect();
+    for ns in all {
+        let ct = ns.exec("conntrack", &["-L"]).unwrap();
+        let listed = String::from_utf8_lossy(&ct.stdout);
+        assert!(
+            listed.trim().is_empty(),
+            "{when}: conntrack entries in {}: {listed}",
+            ns.name
+        );
+        let stderr = String::from_utf8_lossy(&ct.stderr);
+        assert!(
+            stderr.contains(" 0 flow entries"),
+            "{when}: conntrack -L in {}: {stderr}",
+            ns.name
+        );
+        let ipt = ns.exec("iptables-save", &[]).unwrap();
+        let rules: Vec<String> = String::from_utf8_lossy(&ipt.stdout)
+            .lines()
+            .filter(|l| l.starts_with("-A"))
+            .map(String::from)
+            .collect();
+        assert!(rules.is_empty(), "{when}: iptables rules in {}: {rules:?}", ns.name);
+        let nft = ns.exec("nft", &["list", "ruleset"]).unwrap();
+        assert!(nft.status.success(), "nft in {}", ns.name);
+        assert!(
+            String::from_utf8_lossy(&nft.stdout).trim().is_empty(),
+            "{when}: nftables ruleset in {}",
+            ns.name
+        );
+    }
+}
+
+struct Pods {
+    chains: Vec<Chain>,
+    role: Role,
+}
+
+impl Pods {
+    fn new(vpc: &Vpc, role: Role) -> Pods {
+        let chains = (0..vpc.nodes.len())
+            .map(|n| Chain::new(vpc.chained_conflist(n, "1.0.0"), Some(vpc.node_name(n))))
+            .collect();
+        Pods { chains, role }
+    }
+
+    /// A pod on `node`: (index, address).
+    fn add(&mut self, vpc: &mut Vpc, node: usize, name: &str) -> (usize, String) {
+        let p = vpc.pod(name).unwrap();
+        let r: Value = match self.role {
+            Role::Main => vpc
+                .sluice(node, "ADD", name, p, &vpc.main_conf(node, "1.1.0"))
+                .expect_ok("ADD")
+                .json(),
+            Role::Chained => self.chains[node]
+                .add(name, &vpc.pods[p].path().display().to_string(), "eth0")
+                .unwrap_or_else(|e| panic!("chained ADD {name}: {e:?}")),
+        };
+        (p, result_ip(&r))
+    }
+}
+
+/// Which backend answered ("b1:..." -> "b1").
+fn who(reply: &str) -> String {
+    reply.split(':').next().unwrap_or_default().to_string()
+}
+
+fn services_end_to_end(role: Role) {
+    let mut vpc = Vpc::new(if role == Role::Main { "svm" } else { "svc" }, 2).unwrap();
+    let mut pods = Pods::new(&vpc, role);
+    let (c, _) = pods.add(&mut vpc, 0, "c");
+    let (b1, ip1) = pods.add(&mut vpc, 0, "b1");
+    let (b2, ip2) = pods.add(&mut vpc, 0, "b2");
+    let (b3, ip3) = pods.add(&mut vpc, 1, "b3");
+    let _servers: Vec<EchoServer> = [(b1, "b1"), (b2, "b2"), (b3, "b3")]
+        .iter()
+        .map(|(p, tag)| EchoServer::start(&vpc.pods[*p], 7000, tag).unwrap())
+        .collect();
+    let _streams: Vec<StreamEcho> = [(b1, "b1"), (b2, "b2"), (b3, "b3")]
+        .iter()
+        .map(|(p, tag)| StreamEcho::start(&vpc.pods[*p], 7100, tag).unwrap())
+        .collect();
+    assert_netfilter_unused(&vpc, "before");
+
+    let to = |ip: &str, port: u16| format!("{ip}:{port}");
+    let three = |port: u16| {
+        vec![
+            "--backend".to_string(),
+            to(&ip1, port),
+            "--backend".into(),
+            to(&ip2, port),
+            "--backend".into(),
+            to(&ip3, port),
+        ]
+    };
+    let args = |head: &[&str], tail: &[String]| -> Vec<String> {
+        head.iter().map(|s| s.to_string()).chain(tail.iter().cloned()).collect()
+    };
+    let run = |v: Vec<String>| service(&vpc, &v.iter().map(String::as_str).collect::<Vec<_>>());
+    run(args(&["10.96.0.10:80/tcp"], &three(7000)));
+    run(args(&["10.96.0.10:53/udp"], &three(7000)));
+    run(args(&["10.96.0.12:80/tcp"], &three(7100)));
+    run(args(&["10.96.0.13:80/tcp", "--affinity", "60"], &three(7000)));
+
+    // 300 short connections reach every backend, each at least 15%.
+    let mut hits: BTreeMap<String, u32> = BTreeMap::new();
+    for i in 0..300 {
+        let reply = tcp_request(&vpc.pods[c], sa("10.96.0.10", 80), &format!("r{i}"))
+            .unwrap_or_else(|e| panic!("connection {i} to the VIP: {e}"));
+        assert!(reply.ends_with(&format!(":r{i}")), "{reply}");
+        *hits.entry(who(&reply)).or_default() += 1;
+    }
+    assert_eq!(
+        hits.keys().cloned().collect::<Vec<_>>(),
+        vec!["b1", "b2", "b3"],
+        "{hits:?}"
+    );
+    for (b, n) in &hits {
+        assert!(*n >= 45, "backend {b} got {n} of 300 connections (< 15%): {hits:?}");
+    }
+
+    // UDP request/response through the VIP (backend on either node).
+    for i in 0..10 {
+        let reply = udp_request(&vpc.pods[c], sa("10.96.0.10", 53), &format!("u{i}")).unwrap();
+        assert!(reply.starts_with('b') && reply.ends_with(&format!(":u{i}")), "{reply}");
+    }
+
+    // Hairpin: a backend reaching its own Service lands on itself.
+    service(&vpc, &["10.96.0.11:80/tcp", "--backend", &to(&ip1, 7000)]);
+    service(&vpc, &["10.96.0.11:53/udp", "--backend", &to(&ip1, 7000)]);
+    assert_eq!(
+        tcp_request(&vpc.pods[b1], sa("10.96.0.11", 80), "self").unwrap(),
+        "b1:self"
+    );
+    assert_eq!(
+        udp_request(&vpc.pods[b1], sa("10.96.0.11", 53), "self").unwrap(),
+        "b1:self"
+    );
+
+    // A closed backend port: the ICMP error is translated back to the VIP,
+    // so the client's connected socket sees "connection refused".
+    service(&vpc, &["10.96.0.14:53/udp", "--backend", &to(&ip2, 7999)]);
+    let refused = vpc.pods[c]
+        .run(|| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.connect("10.96.0.14:53").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.send(b"anyone?").unwrap();
+            s.recv(&mut [0u8; 64]).map(|_| ()).map_err(|e| e.kind())
+        })
+        .unwrap();
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused));
+
+    // Affinity: every connection of one client goes to one backend.
+    let pinned: Vec<String> = (0..20)
+        .map(|i| who(&tcp_request(&vpc.pods[c], sa("10.96.0.13", 80), &format!("a{i}")).unwrap()))
+        .collect();
+    assert!(pinned.iter().all(|b| *b == pinned[0]), "affinity broken: {pinned:?}");
+
+    // A backend leaving mid-stream: its established connection carries on,
+    // new connections go elsewhere.
+    let mut session = Session::open(&vpc.pods[c], sa("10.96.0.12", 80)).unwrap();
+    let gone = who(&session.ask("one").unwrap());
+    let ip_of = |b: &str| match b {
+        "b1" => ip1.clone(),
+        "b2" => ip2.clone(),
+        _ => ip3.clone(),
+    };
+    let mut update = vec!["10.96.0.12:80/tcp".to_string()];
+    for b in ["b1", "b2", "b3"] {
+        update.push(if b == gone { "--terminating" } else { "--backend" }.into());
+        update.push(to(&ip_of(b), 7100));
+    }
+    run(update);
+    let listed = sluicectl(&vpc, 0, &["backend", "list"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains(&to(&ip_of(&gone), 7100)) && l.contains("terminating")),
+        "{listed}"
+    );
+    for i in 0..30 {
+        let reply = Session::open(&vpc.pods[c], sa("10.96.0.12", 80))
+            .and_then(|mut s| s.ask(&format!("n{i}")))
+            .unwrap();
+        assert_ne!(who(&reply), gone, "a new connection reached the terminating backend");
+    }
+    assert_eq!(
+        session.ask("two").unwrap(),
+        format!("{gone}:two"),
+        "established connection kept"
+    );
+    assert_eq!(session.ask("three").unwrap(), format!("{gone}:three"));
+    drop(session);
+
+    // The operator's view agrees with what happened.
+    let ct: Value = serde_json::from_str(&sluicectl(&vpc, 0, &["-o", "json", "ct", "list"])).unwrap();
+    assert!(ct.as_array().unwrap().len() >= 600, "two entries per connection");
+    let metrics: Value = serde_json::from_str(&sluicectl(&vpc, 0, &["-o", "json", "metrics"])).unwrap();
+    let count = |reason: &str| -> u64 {
+        metrics
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["reason"] == reason)
+            .map(|m| m["packets"].as_u64().unwrap())
+            .sum()
+    };
+    assert!(count("service-translated") >= 300 && count("reply-translated") >= 300);
+    assert!(count("hairpin") >= 2 && count("icmp-error-translated") >= 1);
+    let svcs: Value = serde_json::from_str(&sluicectl(&vpc, 1, &["-o", "json", "service", "list"])).unwrap();
+    assert_eq!(svcs.as_array().unwrap().len(), 7, "{svcs}");
+
+    assert_netfilter_unused(&vpc, "after");
+
+    // Removing a service: its VIP stops answering.
+    sluicectl(&vpc, 0, &["service", "del", "10.96.0.13:80/tcp"]);
+    assert!(tcp_request(&vpc.pods[c], sa("10.96.0.13", 80), "x").is_err());
+}
+
+#[test]
+fn services_through_pods_of_the_main_role() {
+    if require_root("services_through_pods_of_the_main_role") {
+        services_end_to_end(Role::Main);
+    }
+}
+
+#[test]
+fn services_through_pods_of_the_chained_role() {
+    if !require_root("services_through_pods_of_the_chained_role") {
+        return;
+    }
+    if !reference_plugins_present() {
+        skip(
+            "services_through_pods_of_the_chained_role",
+            "/usr/lib/cni/macvlan or host-local missing (apt containernetworking-plugins)",
+        );
+        return;
+    }
+    services_end_to_end(Role::Chained);
+}
