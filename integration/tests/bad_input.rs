@@ -231,6 +231,27 @@ fn cases() -> Vec<Case> {
             |c| c["ipam"] = json!({"type": "sluice-ipam", "eniPool": {"backend": "cloud-api"}}),
             7,
         ),
+        // Fails after IPAM and the link: the datapath root is on tmpfs/ext4.
+        conf(
+            "datapath root not on bpffs (fails after the link exists)",
+            |c| c["datapath"]["bpffs"] = json!(std::env::temp_dir().join("sluice-not-bpffs")),
+            4,
+        ),
+        conf(
+            "datapath unknown field",
+            |c| c["datapath"]["sourcecheck"] = json!(false),
+            7,
+        ),
+        conf(
+            "datapath Maglev size not prime",
+            |c| c["datapath"]["maglevTableSize"] = json!(16384),
+            7,
+        ),
+        conf(
+            "datapath unknown attach mode",
+            |c| c["datapath"]["attach"] = json!("xdp"),
+            7,
+        ),
     ]
 }
 
@@ -260,6 +281,11 @@ fn snapshot(vpc: &Vpc) -> Vec<String> {
     }
     s.push(format!("leases: {:?}", vpc.leases(0)));
     s.push(format!("endpoints: {:?}", vpc.endpoints(0)));
+    s.push(format!("pinned links: {:?}", vpc.pinned_links(0)));
+    s.push(format!(
+        "endpoint map: {:?}",
+        vpc.maps(0).ok().map(|m| m.endpoint_entries().unwrap().len())
+    ));
     s
 }
 
