@@ -88,18 +88,12 @@ pub fn tcp_request(ns: &Netns, to: SocketAddr, msg: &str) -> Result<String> {
 
 /// One UDP datagram from `ns` to `to` and its answer (3 tries, 1 s each).
 pub fn udp_request(ns: &Netns, to: SocketAddr, msg: &str) -> Result<String> {
-    ns.run(|| -> Result<String> {
-        let s = UdpSocket::bind(if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })?;
-        s.set_read_timeout(Some(Duration::from_secs(1)))?;
-        let mut buf = [0u8; 512];
-        for _ in 0..3 {
-            s.send_to(msg.as_bytes(), to)?;
-            if let Ok((n, _)) = s.recv_from(&mut buf) {
-                return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        }
-        bail!("no UDP answer from {to}")
-    })?
+    let any: std::net::IpAddr = if to.is_ipv6() {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    udp_request_from(ns, any, to, msg)
 }
 
 /// One UDP datagram from `ns`, sent from the local address `from`, and its
