@@ -10,7 +10,6 @@ use sluice_cni_spec::{CniError, ErrorCode};
 use sluice_tc_datapath::attach::{self, AttachError, Attached, Node};
 use sluice_tc_datapath::loader::versioned_dir;
 use sluice_tc_datapath::pin::{self, PinError};
-use std::os::fd::BorrowedFd;
 use tracing::{info, warn};
 
 fn cni_err(e: AttachError, what: &str) -> CniError {
@@ -20,23 +19,6 @@ fn cni_err(e: AttachError, what: &str) -> CniError {
         _ => ErrorCode::Io,
     };
     CniError::new(code, format!("datapath: {what}: {e}"))
-}
-
-/// A node-unique id for an attachment: the endpoint map's owner tag, so a
-/// DEL never removes an address a newer pod already holds.
-pub fn endpoint_id(container_id: &str, ifname: &str) -> u32 {
-    // FNV-1a, folded to 32 bits; 0 is reserved for "no owner".
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id.bytes().chain([0]).chain(ifname.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    ((h >> 32) as u32 ^ h as u32).max(1)
-}
-
-fn ns_fd(ns: &NetNs) -> BorrowedFd<'_> {
-    // SAFETY: the fd belongs to `ns`, which outlives the borrow.
-    unsafe { BorrowedFd::borrow_raw(ns.raw_fd()) }
 }
 
 /// Attach to the endpoint's interface and publish its addresses. Returns
@@ -54,23 +36,23 @@ pub fn attach(cfg: &PluginConfig, ns: &NetNs, ep: &Endpoint) -> Result<Attached,
     reattach_tc_endpoints(cfg, &mut node);
     let key = pin::link_key(&ep.container_id, &ep.ifname);
     let got = node
-        .attach(ns_fd(ns), &ep.ifname, &key, dp.attach_mode())
+        .attach(ns.as_fd(), &ep.ifname, &key, dp.attach_mode())
         .map_err(|e| cni_err(e, &format!("attaching to {what}")))?;
-    let published = publish(&node, ep);
+    let published = publish(&mut node, ep);
     if let Err(e) = published {
-        let _ = attach::detach(node.dir(), Some(ns_fd(ns)), &ep.ifname, &key);
+        let _ = attach::detach(node.dir(), Some(ns.as_fd()), &ep.ifname, &key);
         return Err(e);
     }
     info!(ifname = %ep.ifname, mode = got.as_str(), "datapath attached");
     Ok(got)
 }
 
-fn publish(node: &Node, ep: &Endpoint) -> Result<(), CniError> {
-    let mut maps = node.maps().map_err(|e| cni_err(e, "opening the maps"))?;
+fn publish(node: &mut Node, ep: &Endpoint) -> Result<(), CniError> {
     let mac = parse_mac(&ep.mac).unwrap_or_default();
-    let id = endpoint_id(&ep.container_id, &ep.ifname);
+    let id = pin::attachment_id(&ep.container_id, &ep.ifname);
     for ip in &ep.ips {
-        maps.add_endpoint(ip.ip(), ep.ifindex, mac, id)
+        node.maps
+            .add_endpoint(ip.ip(), ep.ifindex, mac, id)
             .map_err(|e| CniError::new(ErrorCode::Io, format!("datapath: endpoint {}: {e}", ip.ip())))?;
     }
     Ok(())
@@ -88,7 +70,7 @@ fn reattach_tc_endpoints(cfg: &PluginConfig, node: &mut Node) {
     };
     for ep in eps.iter().filter(|e| e.datapath.as_deref() == Some("tc")) {
         if let Ok(ns) = NetNs::open(std::path::Path::new(&ep.netns))
-            && let Err(e) = node.reattach_tc(ns_fd(&ns), &ep.ifname)
+            && let Err(e) = node.reattach_tc(ns.as_fd(), &ep.ifname)
         {
             warn!(container = %ep.container_id, error = %e, "could not move a tc-mode pod to the new programs");
         }
@@ -109,11 +91,12 @@ pub fn detach(
         return Ok(());
     }
     let key = pin::link_key(container_id, ifname);
-    attach::detach(&dir, ns.map(ns_fd), ifname, &key).map_err(|e| cni_err(e, &format!("detaching from {ifname}")))?;
+    attach::detach(&dir, ns.map(NetNs::as_fd), ifname, &key)
+        .map_err(|e| cni_err(e, &format!("detaching from {ifname}")))?;
     if let Some(ep) = ep {
         let mut maps = sluice_tc_datapath::maps::Maps::open_pinned(&dir)
             .map_err(|e| CniError::new(ErrorCode::Io, format!("datapath: opening the maps: {e}")))?;
-        let id = endpoint_id(container_id, ifname);
+        let id = pin::attachment_id(container_id, ifname);
         for ip in &ep.ips {
             maps.remove_endpoint(ip.ip(), id)
                 .map_err(|e| CniError::new(ErrorCode::Io, format!("datapath: endpoint {}: {e}", ip.ip())))?;
@@ -133,9 +116,10 @@ pub async fn check(cfg: &PluginConfig, ns: &NetNs, pod: &Netlink, ep: &Endpoint)
             ep.container_id, ep.ifname
         ))
     })?;
-    let node = Node::open(&dp.loader_config(), &dp.bpffs).map_err(|e| cni_err(e, "opening the node datapath"))?;
+    // CHECK changes nothing: no load, no upgrade.
+    let node = Node::open_existing(&dp.loader_config(), &dp.bpffs).map_err(|e| failed(e.to_string()))?;
     let key = pin::link_key(&ep.container_id, &ep.ifname);
-    node.check(ns_fd(ns), &ep.ifname, &key, attached)
+    node.check(ns.as_fd(), &ep.ifname, &key, attached)
         .map_err(|m| failed(format!("{m} (in {})", ns.path().display())))?;
     if attached == Attached::Tc {
         let (egress_id, ingress_id) = node.program_ids().map_err(|e| cni_err(e, "program ids"))?;
@@ -150,13 +134,12 @@ pub async fn check(cfg: &PluginConfig, ns: &NetNs, pod: &Netlink, ep: &Endpoint)
             }
         }
     }
-    let maps = node.maps().map_err(|e| cni_err(e, "opening the maps"))?;
-    let id = endpoint_id(&ep.container_id, &ep.ifname);
+    let id = pin::attachment_id(&ep.container_id, &ep.ifname);
     for ip in &ep.ips {
         let k = sluice_tc_datapath::layout::EndpointKey {
             addr: sluice_tc_datapath::layout::addr(ip.ip()),
         };
-        match maps.endpoints.get(&k, 0) {
+        match node.maps.endpoints.get(&k, 0) {
             Ok(v) if v.endpoint_id == id && v.ifindex == ep.ifindex => {}
             Ok(v) => {
                 return Err(failed(format!(

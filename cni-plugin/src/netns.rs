@@ -5,7 +5,7 @@
 use nix::sched::{CloneFlags, setns};
 use sluice_cni_spec::{CniError, ErrorCode};
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 /// NSFS_MAGIC from linux/magic.h: what statfs reports for a netns file.
@@ -56,6 +56,10 @@ impl NetNs {
 
     pub fn raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
     }
 
     /// Run `f` on a new thread that has entered this namespace. The thread

@@ -23,22 +23,12 @@ impl Vpc {
 
     /// The pinned program versions of node `i` (directory names under progs/).
     pub fn program_versions(&self, node: usize) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.datapath_dir(node).join("progs"))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        crate::dir_names(&self.datapath_dir(node).join("progs"))
     }
 
     /// The pinned attachments (link directories) of node `i`.
     pub fn pinned_links(&self, node: usize) -> Vec<String> {
-        let mut v = sluice_tc_datapath::attach::attachments(&self.datapath_dir(node)).unwrap_or_default();
-        v.sort();
-        v
+        crate::dir_names(&self.datapath_dir(node).join("links"))
     }
 }
 

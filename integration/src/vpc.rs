@@ -225,15 +225,7 @@ impl Vpc {
             .join(format!("n{node}"))
             .join("endpoints")
             .join(format!("{}-net", self.prefix));
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        crate::dir_names(&dir)
     }
 }
 

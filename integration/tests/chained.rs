@@ -14,14 +14,10 @@ fn conflist(vpc: &Vpc, node: usize, version: &str) -> Value {
 
 fn host_local_leases(vpc: &Vpc) -> Vec<String> {
     let dir = vpc.data_dir.join("host-local").join(format!("{}-net", vpc.prefix));
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("10."))
-                .collect()
-        })
-        .unwrap_or_default()
+    sluice_integration::dir_names(&dir)
+        .into_iter()
+        .filter(|n| n.starts_with("10."))
+        .collect()
 }
 
 #[test]

@@ -93,6 +93,14 @@ fn add_attaches_check_verifies_del_removes() {
     // CHECK passes, then catches a foreign program put in front of ours
     // (as a pod with CAP_NET_ADMIN + CAP_BPF could).
     vpc.sluice(0, "CHECK", "ca", a, &conf).expect_ok("CHECK a");
+    // CHECK changes nothing: under other settings it reports, it does not upgrade.
+    let versions = vpc.program_versions(0);
+    let mut other = conf.clone();
+    other["datapath"]["sourceCheck"] = json!(false);
+    let out = vpc.sluice(0, "CHECK", "ca", a, &other);
+    assert_eq!(out.error_code(), 103, "{}", out.stdout);
+    assert!(out.stdout.contains("does not run this configuration's programs"), "{}", out.stdout);
+    assert_eq!(vpc.program_versions(0), versions, "CHECK loaded nothing");
     {
         let mut foreign = sluice_tc_datapath::loader::load(&Default::default(), None).unwrap();
         let prog: &mut aya::programs::SchedClassifier = foreign.program_mut("sl_egress").unwrap().try_into().unwrap();

@@ -107,7 +107,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// The version name of this build with this configuration.
 pub fn prog_hash(cfg: &DatapathConfig) -> u64 {
-    let mut bytes = crate::OBJECT.to_vec();
+    let mut bytes = Vec::new();
     for ns in [
         cfg.tcp_syn_timeout,
         cfg.tcp_established_timeout,
@@ -118,7 +118,7 @@ pub fn prog_hash(cfg: &DatapathConfig) -> u64 {
     }
     bytes.extend_from_slice(&cfg.maglev_table_size.to_le_bytes());
     bytes.push(u8::from(cfg.source_check));
-    crate::maglev::fnv1a(0x51u64, &bytes)
+    crate::maglev::fnv1a(crate::maglev::fnv1a(0x51, crate::OBJECT), &bytes)
 }
 
 /// Run `f` on a thread inside the network namespace `ns`: interface names,
@@ -171,6 +171,8 @@ pub struct Node {
     _lock: File,
     egress: SchedClassifier,
     ingress: SchedClassifier,
+    /// The pinned maps, opened once per call.
+    pub maps: Maps,
     pub prog_hash: u64,
     /// Opening replaced another program version.
     pub upgraded: bool,
@@ -185,15 +187,38 @@ impl Node {
     /// and pinning this version's programs if they are not pinned yet and
     /// moving every existing link onto them.
     pub fn open(cfg: &DatapathConfig, root: &Path) -> Result<Node, AttachError> {
-        pin::ensure_bpffs(root)?;
+        Node::open_with(cfg, root, true)
+    }
+
+    /// Open what is already there, changing nothing (for CHECK): fails when
+    /// this version's programs are not the node's.
+    pub fn open_existing(cfg: &DatapathConfig, root: &Path) -> Result<Node, AttachError> {
+        Node::open_with(cfg, root, false)
+    }
+
+    fn open_with(cfg: &DatapathConfig, root: &Path, load: bool) -> Result<Node, AttachError> {
         let dir = versioned_dir(root);
-        for sub in ["maps", "progs", "links"] {
-            std::fs::create_dir_all(dir.join(sub)).map_err(io_err("creating", &dir.join(sub)))?;
+        if load {
+            pin::ensure_bpffs(root)?;
+            for sub in ["maps", "progs", "links"] {
+                std::fs::create_dir_all(dir.join(sub)).map_err(io_err("creating", &dir.join(sub)))?;
+            }
+        } else if !dir.is_dir() {
+            return Err(AttachError::Other(format!(
+                "no sluice datapath under {}",
+                dir.display()
+            )));
         }
         let lock = lock_dir(&dir)?;
         let hash = prog_hash(cfg);
         let pdir = dir.join("progs").join(format!("{hash:016x}"));
         if !pdir.join(INGRESS).exists() {
+            if !load {
+                return Err(AttachError::Other(format!(
+                    "the node does not run this configuration's programs (version {hash:016x} is not pinned under {})",
+                    dir.join("progs").display()
+                )));
+            }
             let t = Instant::now();
             let mut ebpf = loader::load(cfg, Some(root))?;
             std::fs::create_dir_all(&pdir).map_err(io_err("creating", &pdir))?;
@@ -214,6 +239,7 @@ impl Node {
         let mut node = Node {
             egress: open(EGRESS)?,
             ingress: open(INGRESS)?,
+            maps: Maps::open_pinned_with(&dir, Some(cfg.maglev_table_size))?,
             dir,
             _lock: lock,
             prog_hash: hash,
@@ -221,6 +247,9 @@ impl Node {
             relinked: 0,
             defunct: Vec::new(),
         };
+        if !load {
+            return Ok(node);
+        }
         let others = node.other_versions()?;
         if !others.is_empty() {
             node.upgraded = true;
@@ -229,7 +258,6 @@ impl Node {
                 std::fs::remove_dir_all(&old).map_err(io_err("unpinning old programs", &old))?;
             }
         }
-        let mut maps = node.maps_unchecked()?;
         let want = DpInfo {
             prog_hash: hash,
             ct_tcp_syn_ns: cfg.tcp_syn_timeout.as_nanos() as u64,
@@ -239,8 +267,8 @@ impl Node {
             maglev_m: cfg.maglev_table_size,
             source_check: u32::from(cfg.source_check),
         };
-        if maps.info()? != want {
-            maps.set_info(want)?;
+        if node.maps.info()? != want {
+            node.maps.set_info(want)?;
         }
         Ok(node)
     }
@@ -367,8 +395,7 @@ impl Node {
     /// CHECK: `ifname` in `netns` runs exactly this node's programs, on both
     /// sides. A pod with NET_ADMIN can detach them or put its own first.
     pub fn check(&self, netns: BorrowedFd<'_>, ifname: &str, key: &str, attached: Attached) -> Result<(), String> {
-        let want = |p: &SchedClassifier| p.info().map(|i| i.id()).map_err(|e| format!("program info: {e}"));
-        let (egress_id, ingress_id) = (want(&self.egress)?, want(&self.ingress)?);
+        let (egress_id, ingress_id) = self.program_ids().map_err(|e| e.to_string())?;
         if attached == Attached::Tc {
             // cls_bpf filters are checked by the caller, which speaks rtnetlink.
             return Ok(());
@@ -403,15 +430,6 @@ impl Node {
             Ok(())
         })
         .map_err(|e| e.to_string())?
-    }
-
-    /// The pinned maps (sizes checked against this build's layouts).
-    pub fn maps(&self) -> Result<Maps, AttachError> {
-        Ok(Maps::open_pinned(&self.dir)?)
-    }
-
-    fn maps_unchecked(&self) -> Result<Maps, AttachError> {
-        Ok(Maps::open_pinned_with(&self.dir, None)?)
     }
 
     /// The programs' kernel ids (egress, ingress).

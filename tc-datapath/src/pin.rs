@@ -88,6 +88,13 @@ pub fn link_key(container_id: &str, ifname: &str) -> String {
     format!("{}:{}", esc(container_id), esc(ifname))
 }
 
+/// The endpoint map's owner tag of one attachment, so that a DEL never
+/// removes an address a newer pod already holds. Never 0 ("no owner").
+pub fn attachment_id(container_id: &str, ifname: &str) -> u32 {
+    let h = crate::maglev::fnv1a(0xe9, format!("{container_id}\0{ifname}").as_bytes());
+    ((h >> 32) as u32 ^ h as u32).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
