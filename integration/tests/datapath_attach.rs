@@ -99,7 +99,11 @@ fn add_attaches_check_verifies_del_removes() {
     other["datapath"]["sourceCheck"] = json!(false);
     let out = vpc.sluice(0, "CHECK", "ca", a, &other);
     assert_eq!(out.error_code(), 103, "{}", out.stdout);
-    assert!(out.stdout.contains("does not run this configuration's programs"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("does not run this configuration's programs"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(vpc.program_versions(0), versions, "CHECK loaded nothing");
     {
         let mut foreign = sluice_tc_datapath::loader::load(&Default::default(), None).unwrap();

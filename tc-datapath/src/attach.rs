@@ -209,16 +209,36 @@ impl Node {
                 dir.display()
             )));
         }
-        let lock = lock_dir(&dir)?;
         let hash = prog_hash(cfg);
         let pdir = dir.join("progs").join(format!("{hash:016x}"));
-        if !pdir.join(INGRESS).exists() {
-            if !load {
-                return Err(AttachError::Other(format!(
-                    "the node does not run this configuration's programs (version {hash:016x} is not pinned under {})",
-                    dir.join("progs").display()
-                )));
+        let want = DpInfo {
+            prog_hash: hash,
+            ct_tcp_syn_ns: cfg.tcp_syn_timeout.as_nanos() as u64,
+            ct_tcp_established_ns: cfg.tcp_established_timeout.as_nanos() as u64,
+            ct_tcp_closing_ns: cfg.tcp_closing_timeout.as_nanos() as u64,
+            ct_udp_ns: cfg.udp_timeout.as_nanos() as u64,
+            maglev_m: cfg.maglev_table_size,
+            source_check: u32::from(cfg.source_check),
+        };
+        // Attaching to pods runs side by side under a shared lock; loading a
+        // version and moving links onto it takes the lock exclusively.
+        let shared = lock_dir(&dir, true)?;
+        if pdir.join(INGRESS).exists() {
+            let node = Node::opened(&dir, &pdir, cfg, hash, shared)?;
+            if !load || (node.other_versions()?.is_empty() && node.maps.info()? == want) {
+                return Ok(node);
             }
+            // Dropping `node` here releases the shared lock.
+        } else if !load {
+            return Err(AttachError::Other(format!(
+                "the node does not run this configuration's programs (version {hash:016x} is not pinned under {})",
+                dir.join("progs").display()
+            )));
+        } else {
+            drop(shared);
+        }
+        let exclusive = lock_dir(&dir, false)?;
+        if !pdir.join(INGRESS).exists() {
             let t = Instant::now();
             let mut ebpf = loader::load(cfg, Some(root))?;
             std::fs::create_dir_all(&pdir).map_err(io_err("creating", &pdir))?;
@@ -234,22 +254,7 @@ impl Node {
             }
             info!(version = %format!("{hash:016x}"), elapsed = ?t.elapsed(), "datapath programs loaded and pinned");
         }
-        let open =
-            |name: &str| SchedClassifier::from_pin(pdir.join(name)).map_err(prog_err(format!("opening pinned {name}")));
-        let mut node = Node {
-            egress: open(EGRESS)?,
-            ingress: open(INGRESS)?,
-            maps: Maps::open_pinned_with(&dir, Some(cfg.maglev_table_size))?,
-            dir,
-            _lock: lock,
-            prog_hash: hash,
-            upgraded: false,
-            relinked: 0,
-            defunct: Vec::new(),
-        };
-        if !load {
-            return Ok(node);
-        }
+        let mut node = Node::opened(&dir, &pdir, cfg, hash, exclusive)?;
         let others = node.other_versions()?;
         if !others.is_empty() {
             node.upgraded = true;
@@ -258,19 +263,27 @@ impl Node {
                 std::fs::remove_dir_all(&old).map_err(io_err("unpinning old programs", &old))?;
             }
         }
-        let want = DpInfo {
-            prog_hash: hash,
-            ct_tcp_syn_ns: cfg.tcp_syn_timeout.as_nanos() as u64,
-            ct_tcp_established_ns: cfg.tcp_established_timeout.as_nanos() as u64,
-            ct_tcp_closing_ns: cfg.tcp_closing_timeout.as_nanos() as u64,
-            ct_udp_ns: cfg.udp_timeout.as_nanos() as u64,
-            maglev_m: cfg.maglev_table_size,
-            source_check: u32::from(cfg.source_check),
-        };
         if node.maps.info()? != want {
             node.maps.set_info(want)?;
         }
         Ok(node)
+    }
+
+    /// The handle on pinned programs and maps, under `lock`.
+    fn opened(dir: &Path, pdir: &Path, cfg: &DatapathConfig, hash: u64, lock: File) -> Result<Node, AttachError> {
+        let open =
+            |name: &str| SchedClassifier::from_pin(pdir.join(name)).map_err(prog_err(format!("opening pinned {name}")));
+        Ok(Node {
+            egress: open(EGRESS)?,
+            ingress: open(INGRESS)?,
+            maps: Maps::open_pinned_with(dir, Some(cfg.maglev_table_size))?,
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            prog_hash: hash,
+            upgraded: false,
+            relinked: 0,
+            defunct: Vec::new(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -528,13 +541,16 @@ pub fn attachments(versioned: &Path) -> Result<Vec<String>, AttachError> {
     }
 }
 
-/// Take the node lock: the directory itself, flocked. bpffs holds no
-/// regular files, but flock works on any inode.
-fn lock_dir(dir: &Path) -> Result<File, AttachError> {
+/// Take the node lock, shared or exclusive: the directory itself, flocked.
+/// bpffs holds no regular files, but flock works on any inode. Each call
+/// opens its own file, so a shared and an exclusive hold of one process are
+/// two locks (the shared one is dropped before the exclusive is awaited).
+fn lock_dir(dir: &Path, shared: bool) -> Result<File, AttachError> {
     let f = File::open(dir).map_err(io_err("opening", dir))?;
     let start = Instant::now();
     loop {
-        match f.try_lock() {
+        let r = if shared { f.try_lock_shared() } else { f.try_lock() };
+        match r {
             Ok(()) => return Ok(f),
             Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
                 std::thread::sleep(Duration::from_millis(5))

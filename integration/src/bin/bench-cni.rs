@@ -24,6 +24,9 @@ struct Args {
     /// Concurrent calls in the parallel runs.
     #[arg(long, default_value_t = 8)]
     parallel: usize,
+    /// How sluice attaches its datapath: auto (TCX here), tcx, tc (clsact), or off.
+    #[arg(long, default_value = "auto")]
+    attach: String,
 }
 
 struct Plugin {
@@ -89,13 +92,19 @@ fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     let ranges = json!([[{"subnet": "10.244.0.0/16", "rangeStart": "10.244.1.2", "rangeEnd": "10.244.4.250", "gateway": "10.244.0.1"}]]);
     let mk = |v: Value| serde_json::to_vec(&v).unwrap();
+    let mut datapath = vpc.datapath(0);
+    match args.attach.as_str() {
+        "off" => datapath["enabled"] = json!(false),
+        "auto" | "tcx" | "tc" => datapath["attach"] = json!(args.attach),
+        other => anyhow::bail!("--attach {other}: expected auto, tcx, tc or off"),
+    }
     let sluice = Plugin {
         label: "sluice (macvlan, sluice-ipam)",
         bin: bins.join("sluice"),
         conf: mk(json!({"cniVersion": "1.0.0", "name": "bench-sluice", "type": "sluice",
             "link": {"kind": "macvlan", "parent": "eth0"},
             "ipam": {"type": "sluice-ipam", "ranges": ranges, "routes": [{"dst": "0.0.0.0/0"}], "dataDir": vpc.data_dir.join("sluice-ipam")},
-            "dataDir": vpc.data_dir.join("sluice"), "datapath": vpc.datapath(0)})),
+            "dataDir": vpc.data_dir.join("sluice"), "datapath": datapath})),
     };
     let reference = Plugin {
         label: "reference macvlan + host-local",
