@@ -32,8 +32,7 @@ impl Vpc {
         fabric.ip(&["addr", "add", &format!("{VPC_GATEWAY}/16"), "dev", "br0"])?;
         fabric.ip(&["addr", "add", "172.31.0.1/16", "dev", "br0"])?;
         // The fabric is the VPC router: it forwards what is sent to the
-        // gateway's MAC, even back into the same subnet (a pod's Service
-        // packet, DNATed at its own egress, still carries the gateway's MAC).
+        // gateway's MAC, even back into the same subnet, without redirects.
         for (key, value) in [
             ("net.ipv4.ip_forward", "1"),
             ("net.ipv4.conf.all.send_redirects", "0"),

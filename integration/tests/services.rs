@@ -158,6 +158,27 @@ fn services_end_to_end(role: Role) {
     run(args(&["10.96.0.12:80/tcp"], &three(7100)));
     run(args(&["10.96.0.13:80/tcp", "--affinity", "60"], &three(7000)));
 
+    // Service connections take the direct path: the DNATed frame is
+    // addressed to the backend's own MAC (resolved in the client's
+    // neighbour table), not to the VPC router. With the router's forwarding
+    // off, every backend (on-link, on either node) is still reached.
+    let forwarding = |on: &str| {
+        let out = vpc
+            .fabric
+            .exec("sysctl", &["-qw", &format!("net.ipv4.ip_forward={on}")])
+            .unwrap();
+        assert!(out.status.success(), "sysctl in the fabric namespace");
+    };
+    forwarding("0");
+    let mut direct: BTreeMap<String, u32> = BTreeMap::new();
+    for i in 0..30 {
+        let reply = tcp_request(&vpc.pods[c], sa("10.96.0.10", 80), &format!("d{i}"))
+            .unwrap_or_else(|e| panic!("connection {i} to the VIP without the VPC router: {e}"));
+        *direct.entry(who(&reply)).or_default() += 1;
+    }
+    assert_eq!(direct.len(), 3, "every backend reached directly: {direct:?}");
+    forwarding("1");
+
     // 300 short connections reach every backend, each at least 15%.
     let mut hits: BTreeMap<String, u32> = BTreeMap::new();
     for i in 0..300 {

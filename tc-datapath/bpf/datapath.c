@@ -361,6 +361,22 @@ static __always_inline void ct_key_of(struct ct_key *k, const __u8 *s, const __u
 	k->kind = kind;
 }
 
+/* After DNAT the frame is still addressed (L2) to where the pod's stack
+ * sent the VIP: its gateway. Hand it to the kernel's neighbour output for
+ * the backend instead: bpf_redirect_neigh routes the new destination in the
+ * pod's own table, on this interface, and takes L2 from the pod's neighbour
+ * table (resolving it when needed, with the kernel's state machine), so a
+ * Service connection takes the path a direct one to the backend would: an
+ * on-link backend directly, not through the VPC router and back.
+ * (bpf_fib_lookup would give the MAC without leaving the program, but it
+ * refuses to route on an interface that does not forward, and a pod must
+ * not.) The frame passes this program once more on its way out, as plain
+ * traffic to the backend. */
+static __always_inline int next_hop(struct __sk_buff *skb)
+{
+	return bpf_redirect_neigh(skb->ifindex, NULL, 0, 0);
+}
+
 static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc,
 				   const struct svc_key *master)
 {
@@ -414,7 +430,7 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 			return drop(skb, DROP_NAT_FAILED, DIR_EGRESS);
 		return redirect_self(skb, DIR_EGRESS);
 	}
-	return TC_ACT_OK;
+	return next_hop(skb);
 }
 
 static __always_inline int is_v6_link_local_or_any(const __u8 *a)

@@ -10,6 +10,9 @@ use std::net::IpAddr;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+/// A translated packet is handed to the kernel's neighbour output for its
+/// backend (bpf_redirect_neigh), not sent on with the gateway's MAC.
+const TC_ACT_REDIRECT: u32 = 7;
 const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
 const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
@@ -230,7 +233,7 @@ fn round_trip(client: &str, vip: &str, backend: &str, proto: u8) {
     let syn = Frame::new(client, vip, 40000, 80, proto, SYN, b"hello");
     syn.assert_checksums();
     let (verdict, out) = dp.run(EGRESS, &syn);
-    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(out.addrs(), (ip(client), ip(backend)), "DNAT to the backend");
     assert_eq!(out.ports(), (40000, 8080));
     out.assert_checksums();
@@ -318,7 +321,7 @@ fn udp_v4_without_checksum_keeps_none() {
     let off = f.l4_csum_off();
     f.bytes[off..off + 2].copy_from_slice(&[0, 0]);
     let (verdict, out) = dp.run(EGRESS, &f);
-    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(out.ports(), (40000, 5353));
     assert_eq!(
         out.bytes[off..off + 2],
@@ -470,8 +473,6 @@ fn session_affinity_pins_a_client() {
         );
     }
 }
-
-const TC_ACT_REDIRECT: u32 = 7;
 
 /// An ICMP(v6) "port unreachable" from `from` to `to`, quoting `quoted`
 /// (an IP packet, as the sender of the error received it).
