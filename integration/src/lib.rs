@@ -6,6 +6,7 @@ pub mod bpffs;
 pub mod chain;
 pub mod cni;
 pub mod datapath;
+pub mod kube_proxy;
 pub mod netns;
 pub mod probe;
 pub mod vpc;

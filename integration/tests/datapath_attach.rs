@@ -167,7 +167,7 @@ fn add_attaches_check_verifies_del_removes() {
 fn service_to(vpc: &Vpc, ip_b: &str) {
     let mut maps = vpc.maps(0).unwrap();
     let b: IpAddr = ip_b.parse().unwrap();
-    for (proto, port, target, id) in [(6u8, 80u16, 7100u16, 1u16), (17, 53, 7000, 2)] {
+    for (proto, port, target, id) in [(6u8, 80u16, 7100u16, 1u32), (17, 53, 7000, 2)] {
         maps.upsert_service(&ServiceSpec {
             vip: "10.96.0.10".parse().unwrap(),
             port,
@@ -175,7 +175,7 @@ fn service_to(vpc: &Vpc, ip_b: &str) {
             rev_nat_id: id,
             algorithm: 0,
             affinity_timeout_secs: 0,
-            backends: vec![(u32::from(id), b, target, true)],
+            backends: vec![(id, b, target, true)],
         })
         .unwrap();
     }

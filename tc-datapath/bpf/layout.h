@@ -19,7 +19,7 @@
 
 #include <linux/types.h>
 
-#define SLUICE_LAYOUT_VERSION 2
+#define SLUICE_LAYOUT_VERSION 3
 
 /* ---- services: (VIP, port, proto, slot) -> service or backend slot ----
  * Slot 0 is the service itself; slots 1..count hold the ids of the backends
@@ -45,11 +45,10 @@ struct svc_key {
 
 struct svc_value {
 	__u32 backend_id;	/* slot > 0 */
+	__u32 rev_nat_id;	/* slot 0: how replies are translated back */
 	__u16 count;		/* slot 0: active backends in slots 1..count */
-	__u16 rev_nat_id;	/* slot 0: how replies are translated back */
 	__u8 flags;
 	__u8 algorithm;
-	__u16 pad0;
 	__u32 affinity_timeout;	/* seconds; 0 = no session affinity */
 };
 
@@ -64,7 +63,9 @@ struct backend_value {
 	__u8 state;
 };
 
-/* ---- reverse NAT: rev_nat_id -> the VIP replies must come from ---- */
+/* ---- reverse NAT: rev_nat_id (__u32) -> the VIP replies must come from.
+ * One id per (VIP, port, proto): 32 bits, because a cluster may have more
+ * than 65,535 Service ports. */
 struct revnat_value {
 	__u8 addr[16];
 	__be16 port;
@@ -76,8 +77,8 @@ struct revnat_value {
 #define MAGLEV_CHUNK 1024
 
 struct maglev_key {
-	__u16 rev_nat_id;
-	__u16 chunk;
+	__u32 rev_nat_id;
+	__u32 chunk;
 };
 
 struct maglev_value {
@@ -87,8 +88,7 @@ struct maglev_value {
 /* ---- session affinity (LRU): (client, service) -> backend ---- */
 struct affinity_key {
 	__u8 client[16];
-	__u16 rev_nat_id;
-	__u16 pad0;
+	__u32 rev_nat_id;
 };
 
 struct affinity_value {
@@ -135,9 +135,11 @@ struct ct_key {
 struct ct_value {
 	__u64 expires_ns;	/* bpf_ktime_get_ns() deadline */
 	__u32 backend_id;
-	__u16 rev_nat_id;
+	__u32 rev_nat_id;
 	__u8 state;
 	__u8 flags;
+	__u16 pad0;
+	__u32 pad1;
 };
 
 /* ---- endpoints: the pods on this node, by address ---- */

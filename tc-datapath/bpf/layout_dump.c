@@ -20,7 +20,7 @@ int main(void)
 	OFF(svc_key, slot); OFF(svc_key, pad1);
 	SIZE(svc_value);
 	OFF(svc_value, backend_id); OFF(svc_value, count); OFF(svc_value, rev_nat_id);
-	OFF(svc_value, flags); OFF(svc_value, algorithm); OFF(svc_value, pad0); OFF(svc_value, affinity_timeout);
+	OFF(svc_value, flags); OFF(svc_value, algorithm); OFF(svc_value, affinity_timeout);
 	SIZE(backend_value);
 	OFF(backend_value, addr); OFF(backend_value, port); OFF(backend_value, proto); OFF(backend_value, state);
 	SIZE(revnat_value);
@@ -30,7 +30,7 @@ int main(void)
 	SIZE(maglev_value);
 	OFF(maglev_value, backend_ids);
 	SIZE(affinity_key);
-	OFF(affinity_key, client); OFF(affinity_key, rev_nat_id); OFF(affinity_key, pad0);
+	OFF(affinity_key, client); OFF(affinity_key, rev_nat_id);
 	SIZE(affinity_value);
 	OFF(affinity_value, last_used_ns); OFF(affinity_value, backend_id); OFF(affinity_value, pad0);
 	SIZE(ct_key);
@@ -38,7 +38,7 @@ int main(void)
 	OFF(ct_key, proto); OFF(ct_key, kind); OFF(ct_key, pad0);
 	SIZE(ct_value);
 	OFF(ct_value, expires_ns); OFF(ct_value, backend_id); OFF(ct_value, rev_nat_id);
-	OFF(ct_value, state); OFF(ct_value, flags);
+	OFF(ct_value, state); OFF(ct_value, flags); OFF(ct_value, pad0); OFF(ct_value, pad1);
 	SIZE(endpoint_key);
 	OFF(endpoint_key, addr);
 	SIZE(endpoint_value);

@@ -1,7 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
- * The maps of the datapath. Layouts live in layout.h; sizes here are the
- * defaults, which the loader may override per node before loading.
+ * The maps of the datapath. Layouts live in layout.h.
+ *
+ * Sizes: the Service maps hold 100,000 Service ports with 4 backends each
+ * (a port takes 1 + backends entries in sl_services, a VIP one more). They
+ * do not preallocate, so an entry costs memory only while it exists; the
+ * fixed cost is the hash table's bucket array (16 bytes per bucket).
  */
 #ifndef SLUICE_MAPS_H
 #define SLUICE_MAPS_H
@@ -12,7 +16,7 @@
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 1048576);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct svc_key);
 	__type(value, struct svc_value);
@@ -20,7 +24,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 524288);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
 	__type(value, struct backend_value);
@@ -28,9 +32,9 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 262144);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u16);
+	__type(key, __u32);
 	__type(value, struct revnat_value);
 } sl_revnat SEC(".maps");
 

@@ -66,11 +66,10 @@ pub const SVC_F_VIP_MARKER: u8 = 0x02;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SvcValue {
     pub backend_id: u32,
+    pub rev_nat_id: u32,
     pub count: u16,
-    pub rev_nat_id: u16,
     pub flags: u8,
     pub algorithm: u8,
-    pub pad0: u16,
     pub affinity_timeout: u32,
 }
 
@@ -101,8 +100,8 @@ pub const MAGLEV_CHUNK: usize = 1024;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct MaglevKey {
-    pub rev_nat_id: u16,
-    pub chunk: u16,
+    pub rev_nat_id: u32,
+    pub chunk: u32,
 }
 
 #[repr(C)]
@@ -115,8 +114,7 @@ pub struct MaglevValue {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct AffinityKey {
     pub client: Addr,
-    pub rev_nat_id: u16,
-    pub pad0: u16,
+    pub rev_nat_id: u32,
 }
 
 #[repr(C)]
@@ -152,9 +150,11 @@ pub struct CtKey {
 pub struct CtValue {
     pub expires_ns: u64,
     pub backend_id: u32,
-    pub rev_nat_id: u16,
+    pub rev_nat_id: u32,
     pub state: u8,
     pub flags: u8,
+    pub pad0: u16,
+    pub pad1: u32,
 }
 
 #[repr(C)]
@@ -308,15 +308,15 @@ mod tests {
     fn matches_c() {
         let rust = rust_layout! {
             "svc_key" => SvcKey { addr, port, proto, pad0, slot, pad1 },
-            "svc_value" => SvcValue { backend_id, count, rev_nat_id, flags, algorithm, pad0, affinity_timeout },
+            "svc_value" => SvcValue { backend_id, rev_nat_id, count, flags, algorithm, affinity_timeout },
             "backend_value" => BackendValue { addr, port, proto, state },
             "revnat_value" => RevNatValue { addr, port, pad0 },
             "maglev_key" => MaglevKey { rev_nat_id, chunk },
             "maglev_value" => MaglevValue { backend_ids },
-            "affinity_key" => AffinityKey { client, rev_nat_id, pad0 },
+            "affinity_key" => AffinityKey { client, rev_nat_id },
             "affinity_value" => AffinityValue { last_used_ns, backend_id, pad0 },
             "ct_key" => CtKey { saddr, daddr, sport, dport, proto, kind, pad0 },
-            "ct_value" => CtValue { expires_ns, backend_id, rev_nat_id, state, flags },
+            "ct_value" => CtValue { expires_ns, backend_id, rev_nat_id, state, flags, pad0, pad1 },
             "endpoint_key" => EndpointKey { addr },
             "endpoint_value" => EndpointValue { ifindex, endpoint_id, mac, flags },
             "metrics_value" => MetricsValue { packets, bytes },

@@ -64,7 +64,7 @@ pub fn table(backends: &[&[u8]], m: u32) -> Vec<u32> {
 }
 
 /// The map entries of one service's table, with backend ids in the slots.
-pub fn chunks(rev_nat_id: u16, table: &[u32], backend_ids: &[u32]) -> Vec<(MaglevKey, MaglevValue)> {
+pub fn chunks(rev_nat_id: u32, table: &[u32], backend_ids: &[u32]) -> Vec<(MaglevKey, MaglevValue)> {
     table
         .chunks(MAGLEV_CHUNK)
         .enumerate()
@@ -78,7 +78,7 @@ pub fn chunks(rev_nat_id: u16, table: &[u32], backend_ids: &[u32]) -> Vec<(Magle
             (
                 MaglevKey {
                     rev_nat_id,
-                    chunk: c as u16,
+                    chunk: c as u32,
                 },
                 v,
             )

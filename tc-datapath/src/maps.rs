@@ -44,7 +44,7 @@ fn err(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
 pub struct Maps {
     pub services: HashMap<MapData, SvcKey, SvcValue>,
     pub backends: HashMap<MapData, u32, BackendValue>,
-    pub revnat: HashMap<MapData, u16, RevNatValue>,
+    pub revnat: HashMap<MapData, u32, RevNatValue>,
     pub maglev: HashMap<MapData, MaglevKey, MaglevValue>,
     /// The table size the programs were loaded with.
     pub maglev_m: u32,
@@ -60,7 +60,7 @@ pub struct ServiceSpec {
     pub vip: IpAddr,
     pub port: u16,
     pub proto: u8,
-    pub rev_nat_id: u16,
+    pub rev_nat_id: u32,
     pub algorithm: u8,
     pub affinity_timeout_secs: u32,
     /// (backend id, address, target port, active). Inactive = terminating:
@@ -74,7 +74,7 @@ pub struct ServiceView {
     pub vip: IpAddr,
     pub port: u16,
     pub proto: u8,
-    pub rev_nat_id: u16,
+    pub rev_nat_id: u32,
     pub algorithm: u8,
     pub affinity_timeout_secs: u32,
     /// The backends taking new connections, in slot order.
@@ -94,7 +94,7 @@ impl Maps {
         Ok(Maps {
             services: take!("sl_services", HashMap<MapData, SvcKey, SvcValue>),
             backends: take!("sl_backends", HashMap<MapData, u32, BackendValue>),
-            revnat: take!("sl_revnat", HashMap<MapData, u16, RevNatValue>),
+            revnat: take!("sl_revnat", HashMap<MapData, u32, RevNatValue>),
             maglev: take!("sl_maglev", HashMap<MapData, MaglevKey, MaglevValue>),
             maglev_m,
             ct: take!("sl_ct", HashMap<MapData, CtKey, CtValue>),
@@ -152,7 +152,7 @@ impl Maps {
         Ok(Maps {
             services: open!("sl_services", HashMap, HashMap<MapData, SvcKey, SvcValue>, SvcKey, SvcValue),
             backends: open!("sl_backends", HashMap, HashMap<MapData, u32, BackendValue>, u32, BackendValue),
-            revnat: open!("sl_revnat", HashMap, HashMap<MapData, u16, RevNatValue>, u16, RevNatValue),
+            revnat: open!("sl_revnat", HashMap, HashMap<MapData, u32, RevNatValue>, u32, RevNatValue),
             maglev: open!("sl_maglev", HashMap, HashMap<MapData, MaglevKey, MaglevValue>, MaglevKey, MaglevValue),
             maglev_m: maglev_m.unwrap_or(0),
             ct: open!("sl_ct", LruHashMap, HashMap<MapData, CtKey, CtValue>, CtKey, CtValue),
@@ -303,14 +303,16 @@ impl Maps {
         Ok(out)
     }
 
-    /// A reverse-NAT id: the service's own if it exists, else an unused one.
-    pub fn rev_nat_id(&self, vip: IpAddr, port: u16, proto: u8) -> Result<u16, MapsError> {
+    /// A reverse-NAT id: the service's own if it exists, else the lowest
+    /// unused one. Reads every id (the operator CLI's way; the agent keeps
+    /// its allocator in memory).
+    pub fn rev_nat_id(&self, vip: IpAddr, port: u16, proto: u8) -> Result<u32, MapsError> {
         if let Ok(v) = self.services.get(&SvcKey::new(vip, port, proto, 0), 0) {
             return Ok(v.rev_nat_id);
         }
-        let used: std::collections::BTreeSet<u16> =
+        let used: std::collections::BTreeSet<u32> =
             self.revnat.keys().collect::<Result<_, _>>().map_err(err("sl_revnat"))?;
-        (1..=u16::MAX)
+        (1..=u32::MAX)
             .find(|i| !used.contains(i))
             .ok_or_else(|| MapsError::Service(format!("{vip}:{port}/{proto}"), "no free reverse-NAT id".into()))
     }
@@ -337,7 +339,7 @@ impl Maps {
         for slot in 1..=master.count {
             let _ = self.services.remove(&SvcKey::new(vip, port, proto, slot));
         }
-        let chunks = (self.maglev_m as usize).div_ceil(MAGLEV_CHUNK) as u16;
+        let chunks = (self.maglev_m as usize).div_ceil(MAGLEV_CHUNK) as u32;
         for chunk in 0..chunks {
             let _ = self.maglev.remove(&MaglevKey {
                 rev_nat_id: master.rev_nat_id,
