@@ -231,6 +231,7 @@ mod tests {
         assert!(r.contains(
             "numgen random mod 3 vmap { 0 : goto endpoint-0-0, 1 : goto endpoint-0-1, 2 : goto endpoint-0-2 }"
         ));
-        assert_eq!(nft_add(0, &svc(), "10.244.0.0/16").lines().count(), 12);
+        // 3 endpoint chains of 3 lines, the service chain and its 2 rules, the map element.
+        assert_eq!(nft_add(0, &svc(), "10.244.0.0/16").lines().count(), 13);
     }
 }
