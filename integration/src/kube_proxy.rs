@@ -139,8 +139,9 @@ pub fn nft_ruleset(services: &[Service], cluster_cidr: &str, batch: usize) -> Ve
         head,
         "add rule ip {t} services ip daddr . meta l4proto . th dport vmap @service-ips"
     );
+    let batch = batch.max(1);
     let mut out = vec![head];
-    for (b, chunk) in services.chunks(batch.max(1)).enumerate() {
+    for (b, chunk) in services.chunks(batch).enumerate() {
         let mut text = String::with_capacity(chunk.len() * 700);
         for (k, s) in chunk.iter().enumerate() {
             nft_service(&mut text, b * batch + k, s, cluster_cidr);

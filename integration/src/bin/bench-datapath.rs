@@ -474,10 +474,12 @@ impl Mode {
             Mode::Nftables => "kube-proxy nftables",
         }
     }
+    /// The restore tool of an iptables mode.
     fn restore(self) -> &'static str {
         match self {
             Mode::IptablesNft => "iptables-nft-restore",
-            _ => "iptables-legacy-restore",
+            Mode::IptablesLegacy => "iptables-legacy-restore",
+            other => unreachable!("{} loads no iptables ruleset", other.label()),
         }
     }
 }
