@@ -175,6 +175,7 @@ fn service_to(vpc: &Vpc, ip_b: &str) {
             rev_nat_id: id,
             algorithm: 0,
             affinity_timeout_secs: 0,
+            reject: false,
             backends: vec![(id, b, target, true)],
         })
         .unwrap();

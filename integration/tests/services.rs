@@ -228,6 +228,28 @@ fn services_end_to_end(role: Role) {
         .unwrap();
     assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused));
 
+    // A Service without backends is dropped silently by default (the
+    // client's connect times out); with --reject the client is answered
+    // with port unreachable from the VIP and refused at once, and so is a
+    // port the VIP does not serve.
+    service(&vpc, &["10.96.0.15:80/tcp"]);
+    let connect = |port: u16| {
+        vpc.pods[c]
+            .run(|| {
+                let t = std::time::Instant::now();
+                let r = std::net::TcpStream::connect_timeout(&sa("10.96.0.15", port), Duration::from_secs(1));
+                (r.map(|_| ()).map_err(|e| e.kind()), t.elapsed())
+            })
+            .unwrap()
+    };
+    assert_eq!(connect(80).0, Err(std::io::ErrorKind::TimedOut), "silent drop");
+    service(&vpc, &["10.96.0.15:80/tcp", "--reject"]);
+    for port in [80, 81] {
+        let (r, took) = connect(port);
+        assert_eq!(r, Err(std::io::ErrorKind::ConnectionRefused), "port {port} rejected");
+        assert!(took < Duration::from_millis(500), "port {port}: refused after {took:?}");
+    }
+
     // Affinity: every connection of one client goes to one backend.
     let pinned: Vec<String> = (0..20)
         .map(|i| who(&tcp_request(&vpc.pods[c], sa("10.96.0.13", 80), &format!("a{i}")).unwrap()))
@@ -285,8 +307,16 @@ fn services_end_to_end(role: Role) {
     };
     assert!(count("service-translated") >= 300 && count("reply-translated") >= 300);
     assert!(count("hairpin") >= 2 && count("icmp-error-translated") >= 1);
+    assert!(count("rejected") >= 2 && count("drop-no-backend") >= 2 && count("drop-unknown-port") >= 1);
     let svcs: Value = serde_json::from_str(&sluicectl(&vpc, 1, &["-o", "json", "service", "list"])).unwrap();
-    assert_eq!(svcs.as_array().unwrap().len(), 7, "{svcs}");
+    assert_eq!(svcs.as_array().unwrap().len(), 8, "{svcs}");
+    assert!(
+        svcs.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["vip"] == "10.96.0.15" && s["reject"] == true),
+        "{svcs}"
+    );
 
     assert_netfilter_unused(&vpc, "after");
 

@@ -73,6 +73,11 @@ enum ServiceCmd {
         /// ClientIP session affinity timeout in seconds (0: none).
         #[arg(long, default_value_t = 0)]
         affinity: u32,
+        /// Answer a packet that finds no backend, or a port the VIP does not
+        /// serve, with ICMP port unreachable (clients fail fast) instead of
+        /// dropping it silently.
+        #[arg(long)]
+        reject: bool,
     },
     /// Remove a service port.
     Del {
@@ -190,6 +195,7 @@ fn run(cli: &Cli) -> Result<()> {
             terminating,
             maglev,
             affinity,
+            reject,
         }) => {
             let (vip, proto) = parse_service(service)?;
             let mut addrs = Vec::new();
@@ -222,6 +228,7 @@ fn run(cli: &Cli) -> Result<()> {
                     layout::SVC_ALG_RANDOM
                 },
                 affinity_timeout_secs: *affinity,
+                reject: *reject,
                 backends: list,
             };
             maps.upsert_service(&spec)?;
@@ -264,13 +271,14 @@ fn run(cli: &Cli) -> Result<()> {
                            "revNatId": s.rev_nat_id,
                            "algorithm": if s.algorithm == SVC_ALG_MAGLEV { "maglev" } else { "random" },
                            "affinityTimeout": s.affinity_timeout_secs,
+                           "reject": s.reject,
                            "backends": s.active.iter().map(show).collect::<Vec<_>>()})
                     })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 table(
-                    &["SERVICE", "ID", "ALGORITHM", "AFFINITY", "BACKENDS"],
+                    &["SERVICE", "ID", "ALGORITHM", "AFFINITY", "NO-BACKEND", "BACKENDS"],
                     svcs.iter()
                         .map(|s| {
                             vec![
@@ -287,6 +295,7 @@ fn run(cli: &Cli) -> Result<()> {
                                 } else {
                                     "-".into()
                                 },
+                                if s.reject { "reject" } else { "drop" }.into(),
                                 s.active.iter().map(show).collect::<Vec<_>>().join(","),
                             ]
                         })

@@ -109,7 +109,7 @@ static __always_inline void hairpin_addr(__u8 out[16], int v6)
 
 /* Turn a packet around into the interface it is leaving: the MACs swap
  * (it must arrive addressed to the pod) and it re-enters as received. */
-static __always_inline int redirect_self(struct __sk_buff *skb, __u32 dir)
+static __always_inline int redirect_self(struct __sk_buff *skb, __u32 dir, __u32 reason)
 {
 	__u8 macs[12], swapped[12];
 
@@ -119,7 +119,7 @@ static __always_inline int redirect_self(struct __sk_buff *skb, __u32 dir)
 	__builtin_memcpy(swapped + 6, macs, 6);
 	if (bpf_skb_store_bytes(skb, 0, swapped, 12, 0) < 0)
 		return drop(skb, DROP_NAT_FAILED, dir);
-	count(REASON_HAIRPIN, dir, skb->len);
+	count(reason, dir, skb->len);
 	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
 
@@ -377,6 +377,113 @@ static __always_inline int next_hop(struct __sk_buff *skb)
 	return bpf_redirect_neigh(skb->ifindex, NULL, 0, 0);
 }
 
+#define ICMP_DEST_UNREACH 3
+#define ICMP_PORT_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_PORT_UNREACH 4
+#define ICMPV6_PARAMPROB 4
+
+/* bpf_csum_diff's 32-bit one's-complement sum, folded into a checksum. */
+static __always_inline __u16 csum_fold(__s64 sum)
+{
+	__u32 c = (__u32)sum;
+
+	c = (c & 0xffff) + (c >> 16);
+	c = (c & 0xffff) + (c >> 16);
+	return (__u16)~c;
+}
+
+/* The ICMP port unreachable a rejected packet is turned into: a fresh IP
+ * header from the VIP to the client, the ICMP header, and the quote Linux
+ * needs to find the socket (the IP header and the first 8 bytes of L4). */
+struct unreach4 {
+	struct iphdr ip;
+	__u8 type;
+	__u8 code;
+	__u16 check;
+	__u32 unused;
+	__u8 quote[sizeof(struct iphdr) + 8];
+};
+
+struct unreach6 {
+	struct ipv6hdr ip;
+	__u8 type;
+	__u8 code;
+	__u16 check;
+	__u32 unused;
+	__u8 quote[sizeof(struct ipv6hdr) + 8];
+};
+
+struct pseudo6 {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be32 len;
+	__be32 nexthdr;
+};
+
+/* Answer a packet to a Service that cannot take it with ICMP port
+ * unreachable from the VIP, as kube-proxy's REJECT does, so the client
+ * fails at once (ECONNREFUSED) instead of retrying SYNs into a drop. The
+ * packet itself becomes the answer: cut to the quote, headers rebuilt in
+ * front, turned around into the pod. The drop reason is counted either way;
+ * anything that cannot be answered (IPv4 options, a failed resize) is just
+ * dropped. */
+static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __u32 reason)
+{
+	count(reason, DIR_EGRESS, skb->len);
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return TC_ACT_SHOT;
+	if (!p->v6) {
+		struct unreach4 r = {};
+		struct iphdr *orig = (struct iphdr *)r.quote;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, r.quote, sizeof(r.quote)) < 0 || orig->ihl != 5)
+			return TC_ACT_SHOT;
+		r.ip.version = 4;
+		r.ip.ihl = 5;
+		r.ip.ttl = 64;
+		r.ip.protocol = IPPROTO_ICMP;
+		r.ip.tot_len = bpf_htons(sizeof(r));
+		r.ip.saddr = orig->daddr;
+		r.ip.daddr = orig->saddr;
+		r.ip.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.ip, sizeof(r.ip), 0));
+		r.type = ICMP_DEST_UNREACH;
+		r.code = ICMP_PORT_UNREACH;
+		r.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.type, sizeof(r) - sizeof(r.ip), 0));
+		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(r), 0) < 0 ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), 0) < 0)
+			return TC_ACT_SHOT;
+	} else {
+		struct unreach6 r = {};
+		struct pseudo6 ph = {};
+		struct ipv6hdr *orig = (struct ipv6hdr *)r.quote;
+		__s64 sum;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, r.quote, sizeof(r.quote)) < 0)
+			return TC_ACT_SHOT;
+		r.ip.version = 6;
+		r.ip.nexthdr = IPPROTO_ICMPV6;
+		r.ip.hop_limit = 64;
+		r.ip.payload_len = bpf_htons(sizeof(r) - sizeof(r.ip));
+		__builtin_memcpy(&r.ip.saddr, &orig->daddr, 16);
+		__builtin_memcpy(&r.ip.daddr, &orig->saddr, 16);
+		r.type = ICMPV6_DEST_UNREACH;
+		r.code = ICMPV6_PORT_UNREACH;
+		__builtin_memcpy(ph.saddr, &r.ip.saddr, 16);
+		__builtin_memcpy(ph.daddr, &r.ip.daddr, 16);
+		ph.len = bpf_htonl(sizeof(r) - sizeof(r.ip));
+		ph.nexthdr = bpf_htonl(IPPROTO_ICMPV6);
+		sum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
+		r.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.type, sizeof(r) - sizeof(r.ip), (__u32)sum));
+		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(r), 0) < 0 ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), 0) < 0)
+			return TC_ACT_SHOT;
+	}
+	return redirect_self(skb, DIR_EGRESS, REASON_REJECTED);
+}
+
 static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc,
 				   const struct svc_key *master)
 {
@@ -403,7 +510,7 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 
 		id = select_backend(svc, master, p, now);
 		if (!id)
-			return drop(skb, DROP_NO_BACKEND, DIR_EGRESS);
+			return svc->flags & SVC_F_REJECT ? reject(skb, p, DROP_NO_BACKEND) : drop(skb, DROP_NO_BACKEND, DIR_EGRESS);
 		b = bpf_map_lookup_elem(&sl_backends, &id);
 		if (!b)
 			return drop(skb, DROP_BACKEND_GONE, DIR_EGRESS);
@@ -428,7 +535,7 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 		hairpin_addr(hp, p->v6);
 		if (rewrite(skb, p, ETH_HLEN, 0, hp, p->sport) < 0)
 			return drop(skb, DROP_NAT_FAILED, DIR_EGRESS);
-		return redirect_self(skb, DIR_EGRESS);
+		return redirect_self(skb, DIR_EGRESS, REASON_HAIRPIN);
 	}
 	return next_hop(skb);
 }
@@ -482,16 +589,11 @@ static __always_inline int reply(struct __sk_buff *skb, struct pkt *p, __u32 dir
 	if (hairpin) {
 		if (rewrite(skb, p, ETH_HLEN, 1, p->saddr, p->dport) < 0)
 			return drop(skb, DROP_NAT_FAILED, dir);
-		return redirect_self(skb, dir);
+		return redirect_self(skb, dir, REASON_HAIRPIN);
 	}
 	return TC_ACT_OK;
 }
 
-#define ICMP_DEST_UNREACH 3
-#define ICMP_TIME_EXCEEDED 11
-#define ICMP_PARAMETERPROB 12
-#define ICMPV6_DEST_UNREACH 1
-#define ICMPV6_PARAMPROB 4
 
 /* An ICMP error about a flow we translated quotes the packet as the
  * backend got it (client -> backend:port). Put the VIP back into the quote
@@ -613,8 +715,10 @@ int sl_egress(struct __sk_buff *skb)
 		k.proto = 0;
 	}
 	/* Fail closed: anything else addressed to a VIP is dropped. */
-	if (bpf_map_lookup_elem(&sl_services, &k))
-		return drop(skb, DROP_UNKNOWN_PORT, DIR_EGRESS);
+	svc = bpf_map_lookup_elem(&sl_services, &k);
+	if (svc)
+		return svc->flags & SVC_F_REJECT && !p.fragment ? reject(skb, &p, DROP_UNKNOWN_PORT)
+								 : drop(skb, DROP_UNKNOWN_PORT, DIR_EGRESS);
 	count(REASON_FORWARDED, DIR_EGRESS, skb->len);
 	return TC_ACT_OK;
 }

@@ -40,7 +40,7 @@ struct svc_key {
 #define SVC_ALG_RANDOM 0
 #define SVC_ALG_MAGLEV 1
 
-#define SVC_F_REJECT 0x01	/* answer drops with TCP RST / ICMP unreachable */
+#define SVC_F_REJECT 0x01	/* answer no-backend / unknown-port drops with ICMP port unreachable */
 #define SVC_F_VIP_MARKER 0x02	/* the per-VIP marker entry */
 
 struct svc_value {
@@ -171,7 +171,8 @@ enum reason {
 	DROP_BACKEND_GONE = 9,		/* maglev/affinity named a backend that no longer exists */
 	REASON_HAIRPIN = 10,		/* a pod's packet to itself via a Service, turned around */
 	REASON_ICMP_ERROR_TRANSLATED = 11,	/* ICMP error about a translated flow, reverse-NATed */
-	REASON_MAX = 12,
+	REASON_REJECTED = 12,		/* a drop answered with ICMP port unreachable (SVC_F_REJECT) */
+	REASON_MAX = 13,
 };
 
 /* Metrics slots: room for 64 reasons in both directions, so a new reason is

@@ -208,10 +208,11 @@ pub enum Reason {
     DropBackendGone = 9,
     Hairpin = 10,
     IcmpErrorTranslated = 11,
+    Rejected = 12,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Forwarded,
         Reason::ServiceTranslated,
         Reason::ReplyTranslated,
@@ -224,6 +225,7 @@ impl Reason {
         Reason::DropBackendGone,
         Reason::Hairpin,
         Reason::IcmpErrorTranslated,
+        Reason::Rejected,
     ];
 
     pub fn name(self) -> &'static str {
@@ -240,6 +242,7 @@ impl Reason {
             Reason::DropBackendGone => "drop-backend-gone",
             Reason::Hairpin => "hairpin",
             Reason::IcmpErrorTranslated => "icmp-error-translated",
+            Reason::Rejected => "rejected",
         }
     }
 

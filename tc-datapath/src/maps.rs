@@ -63,6 +63,10 @@ pub struct ServiceSpec {
     pub rev_nat_id: u32,
     pub algorithm: u8,
     pub affinity_timeout_secs: u32,
+    /// Answer packets that find no backend (and, for the VIP, packets to
+    /// ports it does not serve) with ICMP port unreachable instead of a
+    /// silent drop, so clients fail fast.
+    pub reject: bool,
     /// (backend id, address, target port, active). Inactive = terminating:
     /// kept for its connections, given no new ones.
     pub backends: Vec<(u32, IpAddr, u16, bool)>,
@@ -77,6 +81,7 @@ pub struct ServiceView {
     pub rev_nat_id: u32,
     pub algorithm: u8,
     pub affinity_timeout_secs: u32,
+    pub reject: bool,
     /// The backends taking new connections, in slot order.
     pub active: Vec<u32>,
 }
@@ -172,7 +177,7 @@ impl Maps {
 
     pub fn upsert_service(&mut self, s: &ServiceSpec) -> Result<(), MapsError> {
         let name = format!("{}:{}/{}", s.vip, s.port, s.proto);
-        if s.vip.is_ipv4() != s.backends.iter().all(|b| b.1.is_ipv4()) {
+        if s.backends.iter().any(|b| b.1.is_ipv4() != s.vip.is_ipv4()) {
             return Err(MapsError::Service(name, "backends must be of the VIP's family".into()));
         }
         for (id, ip, port, active) in &s.backends {
@@ -214,8 +219,10 @@ impl Maps {
             pad0: 0,
         };
         self.revnat.insert(s.rev_nat_id, rn, 0).map_err(err("sl_revnat"))?;
+        let reject = if s.reject { SVC_F_REJECT } else { 0 };
         let master = SvcValue {
             count: active.len() as u16,
+            flags: reject,
             rev_nat_id: s.rev_nat_id,
             algorithm: s.algorithm,
             affinity_timeout: s.affinity_timeout_secs,
@@ -224,8 +231,10 @@ impl Maps {
         self.services
             .insert(SvcKey::new(s.vip, s.port, s.proto, 0), master, 0)
             .map_err(err("sl_services"))?;
+        // One marker per VIP: the port written last decides whether
+        // unknown ports are rejected (the agent writes one setting per node).
         let marker = SvcValue {
-            flags: SVC_F_VIP_MARKER,
+            flags: SVC_F_VIP_MARKER | reject,
             ..Default::default()
         };
         self.services
@@ -264,6 +273,7 @@ impl Maps {
                 rev_nat_id: v.rev_nat_id,
                 algorithm: v.algorithm,
                 affinity_timeout_secs: v.affinity_timeout,
+                reject: v.flags & SVC_F_REJECT != 0,
                 active,
             });
         }

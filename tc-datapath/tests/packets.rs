@@ -207,6 +207,18 @@ impl Dp {
     }
 
     fn service_with(&mut self, vip: &str, port: u16, proto: u8, backends: &[(u32, &str, u16)], algorithm: u8) {
+        self.service_full(vip, port, proto, backends, algorithm, false);
+    }
+
+    fn service_full(
+        &mut self,
+        vip: &str,
+        port: u16,
+        proto: u8,
+        backends: &[(u32, &str, u16)],
+        algorithm: u8,
+        reject: bool,
+    ) {
         self.maps
             .upsert_service(&ServiceSpec {
                 vip: ip(vip),
@@ -215,6 +227,7 @@ impl Dp {
                 rev_nat_id: 1,
                 algorithm,
                 affinity_timeout_secs: 0,
+                reject,
                 backends: backends.iter().map(|(id, a, p)| (*id, ip(a), *p, true)).collect(),
             })
             .unwrap();
@@ -448,6 +461,7 @@ fn session_affinity_pins_a_client() {
             rev_nat_id: 1,
             algorithm: SVC_ALG_RANDOM,
             affinity_timeout_secs: 300,
+            reject: false,
             backends: vec![
                 (1, ip("10.244.2.7"), 8080, true),
                 (2, ip("10.244.3.7"), 8080, true),
@@ -642,5 +656,77 @@ fn hairpin_v4_turns_a_pod_to_itself_around() {
 fn hairpin_v6_turns_a_pod_to_itself_around() {
     if root("hairpin_v6_turns_a_pod_to_itself_around") {
         hairpin("fd00:244::1:5", "fd00:96::a", "fd5c:5c5c::1");
+    }
+}
+
+/// With reject on, a packet that finds no backend, or a port the VIP does
+/// not serve, comes back to the client as ICMP port unreachable from the
+/// VIP, quoting what the client sent, so its socket fails at once.
+fn reject(client: &str, vip: &str) {
+    let mut dp = Dp::new();
+    dp.pod(client);
+    dp.service_full(vip, 80, PROTO_TCP, &[], SVC_ALG_RANDOM, true);
+    let (v6, quote_len) = (client.contains(':'), if client.contains(':') { 48 } else { 28 });
+    let cases = [
+        (
+            "SYN to a service without backends (the frame grows)",
+            Frame::new(client, vip, 40000, 80, PROTO_TCP, SYN, b""),
+            Reason::DropNoBackend,
+        ),
+        (
+            "datagram to a port the VIP does not serve (the frame shrinks)",
+            Frame::new(client, vip, 40001, 53, PROTO_UDP, 0, &[7u8; 300]),
+            Reason::DropUnknownPort,
+        ),
+    ];
+    for (what, f, reason) in cases {
+        let (verdict, out) = dp.run(EGRESS, &f);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{what}: turned around into the pod");
+        assert_eq!(out.bytes[..6], POD_MAC, "{what}: addressed to the pod");
+        assert_eq!(out.bytes[6..12], GW_MAC, "{what}: from its gateway");
+        assert_eq!(out.proto(), if v6 { 58 } else { 1 }, "{what}");
+        assert_eq!(out.addrs(), (ip(vip), ip(client)), "{what}: from the VIP");
+        let l4 = out.l4();
+        let want = if v6 { [1, 4] } else { [3, 3] };
+        assert_eq!(out.bytes[l4..l4 + 2], want, "{what}: port unreachable");
+        assert_eq!(out.bytes.len(), l4 + 8 + quote_len, "{what}: header and quote only");
+        assert_eq!(
+            out.bytes[l4 + 8..],
+            f.bytes[ETH..ETH + quote_len],
+            "{what}: quotes the client's packet"
+        );
+        let total = if v6 {
+            out.bytes.len() - ETH - 40
+        } else {
+            out.bytes.len() - ETH
+        };
+        let len_field = if v6 { ETH + 4 } else { ETH + 2 };
+        assert_eq!(
+            u16::from_be_bytes([out.bytes[len_field], out.bytes[len_field + 1]]) as usize,
+            total,
+            "{what}: length field"
+        );
+        out.assert_icmp_checksum();
+        assert_eq!(dp.maps.count(reason, Direction::Egress).unwrap(), 1, "{what}");
+    }
+    assert_eq!(dp.maps.count(Reason::Rejected, Direction::Egress).unwrap(), 2);
+    // The answer passes the pod's ingress as an ordinary ICMP error: it is
+    // about no flow that was translated.
+    let (_, answer) = dp.run(EGRESS, &Frame::new(client, vip, 40002, 80, PROTO_TCP, SYN, b""));
+    let (verdict, out) = dp.run(INGRESS, &answer);
+    assert_eq!((verdict, out.bytes), (TC_ACT_OK, answer.bytes));
+}
+
+#[test]
+fn reject_v4_answers_with_icmp_port_unreachable() {
+    if root("reject_v4_answers_with_icmp_port_unreachable") {
+        reject("10.244.1.5", "10.96.0.10");
+    }
+}
+
+#[test]
+fn reject_v6_answers_with_icmp_port_unreachable() {
+    if root("reject_v6_answers_with_icmp_port_unreachable") {
+        reject("fd00:244::1:5", "fd00:96::a");
     }
 }

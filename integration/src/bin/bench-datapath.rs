@@ -96,6 +96,7 @@ fn spec(i: usize, s: &Service) -> ServiceSpec {
         rev_nat_id: i as u32 + 1,
         algorithm: SVC_ALG_RANDOM,
         affinity_timeout_secs: 0,
+        reject: false,
         backends: s
             .endpoints
             .iter()
