@@ -290,6 +290,24 @@ fn services_end_to_end(role: Role) {
         "established connection kept"
     );
     assert_eq!(session.ask("three").unwrap(), format!("{gone}:three"));
+    // The connection's packets are addressed to the backend's own MAC,
+    // learned from its replies (no neighbour lookup per packet).
+    let local = session.local_addr().unwrap().to_string();
+    let ct: Value = serde_json::from_str(&sluicectl(&vpc, 0, &["-o", "json", "ct", "list"])).unwrap();
+    let entry = ct
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "service" && e["source"] == local.as_str() && e["destination"] == "10.96.0.12:80")
+        .unwrap_or_else(|| panic!("no conntrack entry for {local}: {ct}"));
+    let pod_of = |b: &str| match b {
+        "b1" => b1,
+        "b2" => b2,
+        _ => b3,
+    };
+    let link = vpc.pods[pod_of(&gone)].ip(&["-br", "link", "show", "eth0"]).unwrap();
+    let backend_mac = link.split_whitespace().nth(2).unwrap_or_default().to_string();
+    assert_eq!(entry["nextHop"], backend_mac.as_str(), "{entry} vs {link}");
     drop(session);
 
     // The operator's view agrees with what happened.

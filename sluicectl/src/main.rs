@@ -163,6 +163,10 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+fn mac(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
 /// Now on the clock bpf_ktime_get_ns() reads.
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -339,7 +343,7 @@ fn run(cli: &Cli) -> Result<()> {
             let now = monotonic_ns();
             let mut entries = maps.conntrack()?;
             entries.sort_by_key(|(k, _)| (k.kind, k.saddr, k.sport, k.daddr, k.dport));
-            let rows: Vec<[String; 7]> = entries
+            let rows: Vec<[String; 8]> = entries
                 .iter()
                 .map(|(k, v)| {
                     [
@@ -355,6 +359,11 @@ fn run(cli: &Cli) -> Result<()> {
                         .into(),
                         v.backend_id.to_string(),
                         ((v.expires_ns.saturating_sub(now)) / 1_000_000_000).to_string(),
+                        if v.nh_ifindex != 0 && k.kind == CT_SERVICE {
+                            mac(&v.nh_mac)
+                        } else {
+                            "-".into()
+                        },
                     ]
                 })
                 .collect();
@@ -364,7 +373,8 @@ fn run(cli: &Cli) -> Result<()> {
                     .map(|r| {
                         json!({"kind": r[0], "proto": r[1], "source": r[2], "destination": r[3],
                                "state": r[4], "backend": r[5].parse::<u32>().unwrap_or(0),
-                               "expiresInSeconds": r[6].parse::<u64>().unwrap_or(0)})
+                               "expiresInSeconds": r[6].parse::<u64>().unwrap_or(0),
+                               "nextHop": if r[7] == "-" { Value::Null } else { json!(r[7]) }})
                     })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -378,6 +388,7 @@ fn run(cli: &Cli) -> Result<()> {
                         "STATE",
                         "BACKEND",
                         "EXPIRES(S)",
+                        "NEXT-HOP",
                     ],
                     rows.into_iter().map(Vec::from).collect(),
                 );
@@ -393,7 +404,6 @@ fn run(cli: &Cli) -> Result<()> {
         }
         Cmd::Endpoint(EndpointCmd::List) => {
             let eps = maps.endpoint_entries()?;
-            let mac = |m: &[u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
             if json_out {
                 let v: Vec<Value> = eps
                     .iter()

@@ -107,6 +107,15 @@ static __always_inline void hairpin_addr(__u8 out[16], int v6)
 	}
 }
 
+/* See the address filters in layout.h: false means certainly not in. */
+static __always_inline int maybe_in(void *filter, const __u8 *addr)
+{
+	__u32 slot = vip_slot(addr), word = slot / 8;
+	__u64 *w = bpf_map_lookup_elem(filter, &word);
+
+	return !w || ((*w >> ((slot % 8) * 8)) & 0xff);
+}
+
 /* Turn a packet around into the interface it is leaving: the MACs swap
  * (it must arrive addressed to the pod) and it re-enters as received. */
 static __always_inline int redirect_self(struct __sk_buff *skb, __u32 dir, __u32 reason)
@@ -371,7 +380,9 @@ static __always_inline void ct_key_of(struct ct_key *k, const __u8 *s, const __u
  * (bpf_fib_lookup would give the MAC without leaving the program, but it
  * refuses to route on an interface that does not forward, and a pod must
  * not.) The frame passes this program once more on its way out, as plain
- * traffic to the backend. */
+ * traffic to the backend. Only a connection's first packets take this way:
+ * once the backend has answered, its reply's source MAC is the next hop
+ * (see set_next_hop). */
 static __always_inline int next_hop(struct __sk_buff *skb)
 {
 	return bpf_redirect_neigh(skb->ifindex, NULL, 0, 0);
@@ -491,8 +502,8 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 	struct ct_value *ct, nct = {};
 	struct backend_value *b = 0;
 	__u64 now = bpf_ktime_get_ns();
-	__u8 hp[16];
-	int hairpin;
+	__u8 hp[16], nh[6];
+	int hairpin, have_nh = 0;
 	__u32 id;
 
 	if (p->fragment)
@@ -502,8 +513,13 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 	if (ct && ct->expires_ns > now) {
 		/* Chosen once per connection; a terminating backend keeps its flows. */
 		b = bpf_map_lookup_elem(&sl_backends, &ct->backend_id);
-		if (b)
+		if (b) {
 			ct_touch(ct, p, 0, now);
+			if (ct->nh_ifindex == skb->ifindex) {
+				__builtin_memcpy(nh, ct->nh_mac, 6);
+				have_nh = 1;
+			}
+		}
 	}
 	if (!b) {
 		struct ct_key fk;
@@ -537,6 +553,13 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 			return drop(skb, DROP_NAT_FAILED, DIR_EGRESS);
 		return redirect_self(skb, DIR_EGRESS, REASON_HAIRPIN);
 	}
+	if (have_nh) {
+		/* The backend has answered: its next hop is known, the frame
+		 * leaves as it is, only re-addressed. */
+		if (bpf_skb_store_bytes(skb, 0, nh, 6, 0) < 0)
+			return drop(skb, DROP_NAT_FAILED, DIR_EGRESS);
+		return TC_ACT_OK;
+	}
 	return next_hop(skb);
 }
 
@@ -547,16 +570,27 @@ static __always_inline int is_v6_link_local_or_any(const __u8 *a)
 	return (a[0] == 0xfe && (a[1] & 0xc0) == 0x80) || (w[0] == 0 && w[1] == 0);
 }
 
+/* The MAC is written before the interface that marks it valid. A reader on
+ * another CPU can still see a half-written MAC when a known next hop
+ * changes; that costs one misaddressed packet of the flow, which its
+ * transport resends. */
+static __always_inline void set_next_hop(struct ct_value *ct, const __u8 *mac, __u32 ifindex)
+{
+	__builtin_memcpy(ct->nh_mac, mac, 6);
+	asm volatile("" ::: "memory");
+	ct->nh_ifindex = ifindex;
+}
+
 /* A reply from a backend: translate its source back to the VIP. A
  * hairpinned reply (the pod answering itself, seen at its egress) also gets
  * its destination back from the hairpin address and is turned around. */
-static __always_inline int reply(struct __sk_buff *skb, struct pkt *p, __u32 dir)
+static __always_inline int reply(struct __sk_buff *skb, struct pkt *p, __u32 dir, const __u8 *l2_src)
 {
 	struct ct_key fk;
 	struct ct_value *flow;
 	struct revnat_value *rn;
 	const __u8 *client;
-	int hairpin;
+	int hairpin, learn = 0;
 	__u64 now;
 
 	/* The reply's addresses swapped give the flow as the client sent it.
@@ -572,16 +606,25 @@ static __always_inline int reply(struct __sk_buff *skb, struct pkt *p, __u32 dir
 	hairpin = flow->flags & CT_F_HAIRPIN;
 	client = hairpin ? p->saddr : p->daddr;
 	now = bpf_ktime_get_ns();
-	if (flow->state == CT_NEW || (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)))) {
+	/* A reply delivered to the client names the next hop toward the
+	 * backend in its source MAC. */
+	if (l2_src && !hairpin && (flow->nh_ifindex != skb->ifindex || __builtin_memcmp(flow->nh_mac, l2_src, 6)))
+		learn = 1;
+	if (learn || flow->state == CT_NEW || (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)))) {
 		/* State changes reach the client-side entry too: its timeout follows. */
 		struct ct_key sk;
 		struct ct_value *svc_ct;
 
 		ct_key_of(&sk, client, rn->addr, p->dport, rn->port, p->proto, CT_SERVICE);
 		svc_ct = bpf_map_lookup_elem(&sl_ct, &sk);
-		if (svc_ct)
+		if (svc_ct) {
 			ct_touch(svc_ct, p, 1, now);
+			if (learn)
+				set_next_hop(svc_ct, l2_src, skb->ifindex);
+		}
 	}
+	if (learn)
+		set_next_hop(flow, l2_src, skb->ifindex);
 	ct_touch(flow, p, 1, now);
 	if (rewrite(skb, p, ETH_HLEN, 0, rn->addr, rn->port) < 0)
 		return drop(skb, DROP_NAT_FAILED, dir);
@@ -668,6 +711,7 @@ static __always_inline int icmp_error(struct __sk_buff *skb, struct pkt *o)
 	return TC_ACT_OK;
 }
 
+
 SEC("classifier")
 int sl_egress(struct __sk_buff *skb)
 {
@@ -699,10 +743,14 @@ int sl_egress(struct __sk_buff *skb)
 
 		hairpin_addr(hp, p.v6);
 		if (addr_eq(p.daddr, hp)) {
-			r = reply(skb, &p, DIR_EGRESS);
+			r = reply(skb, &p, DIR_EGRESS, 0);
 			if (r >= 0)
 				return r;
 		}
+	}
+	if (!maybe_in(&sl_vip_filter, p.daddr)) {
+		count(REASON_FORWARDED, DIR_EGRESS, skb->len);
+		return TC_ACT_OK;
 	}
 	__builtin_memcpy(k.addr, p.daddr, 16);
 	if (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) {
@@ -736,7 +784,7 @@ int sl_ingress(struct __sk_buff *skb)
 	if (r)
 		return drop(skb, r, DIR_INGRESS);
 	if ((p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) && !p.fragment) {
-		r = reply(skb, &p, DIR_INGRESS);
+		r = maybe_in(&sl_backend_filter, p.saddr) ? reply(skb, &p, DIR_INGRESS, eth.h_source) : -1;
 		if (r >= 0)
 			return r;
 	} else if (((p.proto == IPPROTO_ICMP && !p.v6) || (p.proto == IPPROTO_ICMPV6 && p.v6)) && !p.fragment) {

@@ -38,7 +38,8 @@ int main(void)
 	OFF(ct_key, proto); OFF(ct_key, kind); OFF(ct_key, pad0);
 	SIZE(ct_value);
 	OFF(ct_value, expires_ns); OFF(ct_value, backend_id); OFF(ct_value, rev_nat_id);
-	OFF(ct_value, state); OFF(ct_value, flags); OFF(ct_value, pad0); OFF(ct_value, pad1);
+	OFF(ct_value, state); OFF(ct_value, flags); OFF(ct_value, nh_mac); OFF(ct_value, nh_ifindex);
+	OFF(ct_value, pad0);
 	SIZE(endpoint_key);
 	OFF(endpoint_key, addr);
 	SIZE(endpoint_value);
@@ -50,5 +51,26 @@ int main(void)
 	OFF(dp_info, ct_tcp_closing_ns); OFF(dp_info, ct_udp_ns); OFF(dp_info, maglev_m); OFF(dp_info, source_check);
 	printf("];\n");
 	printf("pub const REASON_MAX: u32 = %d;\n", REASON_MAX);
+	printf("pub const VIP_FILTER_BITS: u32 = %d;\n", VIP_FILTER_BITS);
+	/* The C hash of a few addresses, for the Rust one to agree with. */
+	{
+		static const __u8 samples[3][16] = {
+			{ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 96, 0, 1 },
+			{ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 96, 0, 2 },
+			{ 0xfd, 0, 0, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a },
+		};
+		__u32 w[4];
+		int i, j;
+
+		printf("pub const VIP_SLOT_SAMPLES: [([u8; 16], u32); 3] = [\n");
+		for (i = 0; i < 3; i++) {
+			printf("([");
+			for (j = 0; j < 16; j++)
+				printf("%u, ", samples[i][j]);
+			__builtin_memcpy(w, samples[i], 16);
+			printf("], %u),\n", vip_slot((const __u8 *)w));
+		}
+		printf("];\n");
+	}
 	return 0;
 }

@@ -57,6 +57,16 @@ impl SvcKey {
     }
 }
 
+pub const VIP_FILTER_WORDS: u32 = (1 << VIP_FILTER_BITS) / 8;
+
+/// The VIP filter's counter for an address: `vip_slot()` of layout.h. The
+/// words are read in native order, as the programs (compiled for this
+/// host's byte order) read them.
+pub fn vip_slot(a: &Addr) -> u32 {
+    let w = |i: usize| u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]);
+    (w(0) ^ w(1) ^ w(2) ^ w(3)).wrapping_mul(0x9E37_79B1) >> (32 - VIP_FILTER_BITS)
+}
+
 pub const SVC_ALG_RANDOM: u8 = 0;
 pub const SVC_ALG_MAGLEV: u8 = 1;
 pub const SVC_F_REJECT: u8 = 0x01;
@@ -153,8 +163,11 @@ pub struct CtValue {
     pub rev_nat_id: u32,
     pub state: u8,
     pub flags: u8,
-    pub pad0: u16,
-    pub pad1: u32,
+    /// The L2 next hop toward the backend, learned from its replies.
+    pub nh_mac: [u8; 6],
+    /// The interface `nh_mac` was seen on; 0 = not learned.
+    pub nh_ifindex: u32,
+    pub pad0: u32,
 }
 
 #[repr(C)]
@@ -319,7 +332,7 @@ mod tests {
             "affinity_key" => AffinityKey { client, rev_nat_id },
             "affinity_value" => AffinityValue { last_used_ns, backend_id, pad0 },
             "ct_key" => CtKey { saddr, daddr, sport, dport, proto, kind, pad0 },
-            "ct_value" => CtValue { expires_ns, backend_id, rev_nat_id, state, flags, pad0, pad1 },
+            "ct_value" => CtValue { expires_ns, backend_id, rev_nat_id, state, flags, nh_mac, nh_ifindex, pad0 },
             "endpoint_key" => EndpointKey { addr },
             "endpoint_value" => EndpointValue { ifindex, endpoint_id, mac, flags },
             "metrics_value" => MetricsValue { packets, bytes },
@@ -330,6 +343,9 @@ mod tests {
             assert_eq!(rust.get(*name), Some(c), "{name}: Rust {:?}, C {c}", rust.get(*name));
         }
         assert_eq!(Reason::ALL.len() as u32, REASON_MAX);
+        for (a, slot) in VIP_SLOT_SAMPLES {
+            assert_eq!(vip_slot(&a), slot, "vip_slot({a:?}) differs from C");
+        }
     }
 
     #[test]

@@ -51,8 +51,10 @@ impl Default for DatapathConfig {
 
 pub const EGRESS: &str = "sl_egress";
 pub const INGRESS: &str = "sl_ingress";
-pub const MAPS: [&str; 9] = [
+pub const MAPS: [&str; 11] = [
     "sl_services",
+    "sl_vip_filter",
+    "sl_backend_filter",
     "sl_backends",
     "sl_revnat",
     "sl_maglev",

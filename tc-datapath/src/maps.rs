@@ -41,8 +41,36 @@ fn err(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
     move |source| MapsError::Map { name, source }
 }
 
+/// Count an address into (or out of) its slot of an address filter. A
+/// counter that reached 255 stays there: the slot then always says "maybe",
+/// which costs lookups, never correctness.
+fn filter_step(filter: &mut Array<MapData, u64>, name: &'static str, ip: IpAddr, add: bool) -> Result<(), MapsError> {
+    let slot = vip_slot(&addr(ip));
+    let (word, shift) = (slot / 8, (slot % 8) * 8);
+    let w = filter.get(&word, 0).map_err(err(name))?;
+    let n = match (add, (w >> shift) & 0xff) {
+        (_, 255) => 255,
+        (true, n) => n + 1,
+        (false, 0) => 0,
+        (false, n) => n - 1,
+    };
+    filter
+        .set(word, (w & !(0xff << shift)) | (n << shift), 0)
+        .map_err(err(name))
+}
+
+fn filter_count(filter: &Array<MapData, u64>, name: &'static str, ip: IpAddr) -> Result<u8, MapsError> {
+    let slot = vip_slot(&addr(ip));
+    let w = filter.get(&(slot / 8), 0).map_err(err(name))?;
+    Ok((w >> ((slot % 8) * 8)) as u8)
+}
+
 pub struct Maps {
     pub services: HashMap<MapData, SvcKey, SvcValue>,
+    /// Counters of VIPs per hash slot, 8 to a word (see layout.h).
+    pub vip_filter: Array<MapData, u64>,
+    /// The same, of backend addresses (one count per backend entry).
+    pub backend_filter: Array<MapData, u64>,
     pub backends: HashMap<MapData, u32, BackendValue>,
     pub revnat: HashMap<MapData, u32, RevNatValue>,
     pub maglev: HashMap<MapData, MaglevKey, MaglevValue>,
@@ -98,6 +126,8 @@ impl Maps {
         }
         Ok(Maps {
             services: take!("sl_services", HashMap<MapData, SvcKey, SvcValue>),
+            vip_filter: take!("sl_vip_filter", Array<MapData, u64>),
+            backend_filter: take!("sl_backend_filter", Array<MapData, u64>),
             backends: take!("sl_backends", HashMap<MapData, u32, BackendValue>),
             revnat: take!("sl_revnat", HashMap<MapData, u32, RevNatValue>),
             maglev: take!("sl_maglev", HashMap<MapData, MaglevKey, MaglevValue>),
@@ -156,6 +186,8 @@ impl Maps {
         }
         Ok(Maps {
             services: open!("sl_services", HashMap, HashMap<MapData, SvcKey, SvcValue>, SvcKey, SvcValue),
+            vip_filter: open!("sl_vip_filter", Array, Array<MapData, u64>, u32, u64),
+            backend_filter: open!("sl_backend_filter", Array, Array<MapData, u64>, u32, u64),
             backends: open!("sl_backends", HashMap, HashMap<MapData, u32, BackendValue>, u32, BackendValue),
             revnat: open!("sl_revnat", HashMap, HashMap<MapData, u32, RevNatValue>, u32, RevNatValue),
             maglev: open!("sl_maglev", HashMap, HashMap<MapData, MaglevKey, MaglevValue>, MaglevKey, MaglevValue),
@@ -180,7 +212,26 @@ impl Maps {
         if s.backends.iter().any(|b| b.1.is_ipv4() != s.vip.is_ipv4()) {
             return Err(MapsError::Service(name, "backends must be of the VIP's family".into()));
         }
+        // A new VIP enters the filter before anything can be found under
+        // it, so that no packet to it passes untranslated.
+        if self.services.get(&SvcKey::vip_marker(s.vip), 0).is_err() {
+            filter_step(&mut self.vip_filter, "sl_vip_filter", s.vip, true)?;
+        }
         for (id, ip, port, active) in &s.backends {
+            // Likewise a backend, before replies from it can be expected.
+            match self.backends.get(id, 0) {
+                Ok(old) if old.addr == addr(*ip) => {}
+                Ok(old) => {
+                    filter_step(&mut self.backend_filter, "sl_backend_filter", *ip, true)?;
+                    filter_step(
+                        &mut self.backend_filter,
+                        "sl_backend_filter",
+                        crate::layout::ip(&old.addr),
+                        false,
+                    )?;
+                }
+                Err(_) => filter_step(&mut self.backend_filter, "sl_backend_filter", *ip, true)?,
+            }
             let v = BackendValue {
                 addr: addr(*ip),
                 port: port.to_be(),
@@ -249,6 +300,16 @@ impl Maps {
             slot += 1;
         }
         Ok(())
+    }
+
+    /// The VIP filter's counter for `vip` (for tests and the CLI).
+    pub fn vip_filter_count(&self, vip: IpAddr) -> Result<u8, MapsError> {
+        filter_count(&self.vip_filter, "sl_vip_filter", vip)
+    }
+
+    /// The backend filter's counter for `ip`.
+    pub fn backend_filter_count(&self, ip: IpAddr) -> Result<u8, MapsError> {
+        filter_count(&self.backend_filter, "sl_backend_filter", ip)
     }
 
     /// Every service port (slot 0 entries, VIP markers excluded), sorted.
@@ -361,12 +422,17 @@ impl Maps {
             .iter()
             .filter(|s| !(s.vip == vip && s.port == port && s.proto == proto))
             .collect();
-        if !others.iter().any(|s| s.vip == vip) {
-            let _ = self.services.remove(&SvcKey::vip_marker(vip));
+        if !others.iter().any(|s| s.vip == vip) && self.services.remove(&SvcKey::vip_marker(vip)).is_ok() {
+            filter_step(&mut self.vip_filter, "sl_vip_filter", vip, false)?;
         }
         for id in mine {
-            if !others.iter().any(|s| s.active.contains(&id)) {
-                let _ = self.backends.remove(&id);
+            if others.iter().any(|s| s.active.contains(&id)) {
+                continue;
+            }
+            if let Ok(b) = self.backends.get(&id, 0)
+                && self.backends.remove(&id).is_ok()
+            {
+                filter_step(&mut self.backend_filter, "sl_backend_filter", ip(&b.addr), false)?;
             }
         }
         Ok(true)

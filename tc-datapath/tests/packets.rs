@@ -15,6 +15,8 @@ const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
 const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x07];
+const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 
 fn root(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
@@ -103,6 +105,13 @@ impl Frame {
         let off = f.l4_csum_off();
         f.bytes[off..off + 2].copy_from_slice(&c.to_be_bytes());
         f
+    }
+
+    /// The same frame, addressed (L2) from `src` to `dst`.
+    fn macs(mut self, dst: [u8; 6], src: [u8; 6]) -> Frame {
+        self.bytes[..6].copy_from_slice(&dst);
+        self.bytes[6..12].copy_from_slice(&src);
+        self
     }
 
     fn v6(&self) -> bool {
@@ -224,7 +233,8 @@ impl Dp {
                 vip: ip(vip),
                 port,
                 proto,
-                rev_nat_id: 1,
+                // One id per (port, proto), as the agent and sluicectl give them.
+                rev_nat_id: (u32::from(port) << 8) | u32::from(proto),
                 algorithm,
                 affinity_timeout_secs: 0,
                 reject,
@@ -236,6 +246,7 @@ impl Dp {
 
 const SYN: u8 = 0x02;
 const SYN_ACK: u8 = 0x12;
+const TCP_ACK: u8 = 0x10;
 
 /// Client pod -> VIP (DNAT at egress), backend -> client (reverse NAT at ingress).
 fn round_trip(client: &str, vip: &str, backend: &str, proto: u8) {
@@ -278,7 +289,7 @@ fn round_trip(client: &str, vip: &str, backend: &str, proto: u8) {
     let (_, again) = dp.run(EGRESS, &syn);
     assert_eq!(again.ports(), (40000, 8080), "chosen once per connection");
 
-    let reply = Frame::new(backend, client, 8080, 40000, proto, SYN_ACK, b"world");
+    let reply = Frame::new(backend, client, 8080, 40000, proto, SYN_ACK, b"world").macs(POD_MAC, BACKEND_MAC);
     let (verdict, out) = dp.run(INGRESS, &reply);
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(out.addrs(), (ip(vip), ip(client)), "reply comes from the VIP");
@@ -286,7 +297,34 @@ fn round_trip(client: &str, vip: &str, backend: &str, proto: u8) {
     out.assert_checksums();
     assert_eq!(dp.maps.count(Reason::ReplyTranslated, Direction::Ingress).unwrap(), 1);
     assert_eq!(dp.maps.ct.get(&flow_key, 0).unwrap().state, CT_ESTABLISHED);
-    assert_eq!(dp.maps.ct.get(&svc_key, 0).unwrap().state, CT_ESTABLISHED);
+    let svc_ct = dp.maps.ct.get(&svc_key, 0).unwrap();
+    assert_eq!(svc_ct.state, CT_ESTABLISHED);
+    assert_eq!(
+        (svc_ct.nh_mac, svc_ct.nh_ifindex),
+        (BACKEND_MAC, 1),
+        "the reply taught the next hop"
+    );
+
+    // Once the backend has answered, the client's packets are addressed to
+    // it at once and leave as they are (no neighbour lookup, no second pass).
+    let ack = Frame::new(client, vip, 40000, 80, proto, TCP_ACK, b"more");
+    let (verdict, out) = dp.run(EGRESS, &ack);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        out.bytes[..12],
+        [BACKEND_MAC, POD_MAC].concat(),
+        "to the learned next hop"
+    );
+    assert_eq!(out.addrs(), (ip(client), ip(backend)));
+    assert_eq!(out.ports(), (40000, 8080));
+    out.assert_checksums();
+
+    // The path changes (the backend is now reached through a router): the
+    // first reply that shows it moves the next hop.
+    let (_, _) = dp.run(INGRESS, &reply.macs(POD_MAC, ROUTER_MAC));
+    let (verdict, out) = dp.run(EGRESS, &ack);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out.bytes[..6], ROUTER_MAC, "the next hop follows the replies");
 
     // Traffic that is no reply to a translated flow passes untouched.
     let other = Frame::new(backend, client, 8080, 40001, proto, SYN_ACK, b"x");
@@ -729,4 +767,70 @@ fn reject_v6_answers_with_icmp_port_unreachable() {
     if root("reject_v6_answers_with_icmp_port_unreachable") {
         reject("fd00:244::1:5", "fd00:96::a");
     }
+}
+
+/// The VIP filter counts each VIP once, however many ports it serves, and
+/// forgets it with its last port; the backend filter counts backend
+/// entries by address; the programs trust a zero.
+#[test]
+fn address_filters_count_and_are_consulted() {
+    if !root("address_filters_count_and_are_consulted") {
+        return;
+    }
+    let mut dp = Dp::new();
+    dp.pod("10.244.1.5");
+    let vip = ip("10.96.0.10");
+    dp.service("10.96.0.10", 80, PROTO_TCP, &[(1, "10.244.2.7", 8080)]);
+    dp.service("10.96.0.10", 53, PROTO_UDP, &[(2, "10.244.2.7", 5353)]);
+    dp.service("10.96.0.10", 80, PROTO_TCP, &[(1, "10.244.2.7", 8080)]);
+    let backend = ip("10.244.2.7");
+    assert_eq!(
+        dp.maps.vip_filter_count(vip).unwrap(),
+        1,
+        "one VIP, two ports, one rewrite"
+    );
+    assert_eq!(dp.maps.backend_filter_count(backend).unwrap(), 2, "two backend entries");
+    assert!(dp.maps.delete_service(vip, 53, PROTO_UDP).unwrap());
+    assert_eq!(dp.maps.vip_filter_count(vip).unwrap(), 1, "a port is left");
+    assert_eq!(
+        dp.maps.backend_filter_count(backend).unwrap(),
+        1,
+        "its backend went with it"
+    );
+
+    let syn = Frame::new("10.244.1.5", "10.96.0.10", 40000, 80, PROTO_TCP, SYN, b"");
+    assert_eq!(dp.run(EGRESS, &syn).0, TC_ACT_REDIRECT);
+    // A reply is looked up only when its source may be a backend.
+    let reply = Frame::new("10.244.2.7", "10.244.1.5", 8080, 40000, PROTO_TCP, SYN_ACK, b"");
+    let bslot = vip_slot(&addr(backend));
+    let bword = dp.maps.backend_filter.get(&(bslot / 8), 0).unwrap();
+    dp.maps
+        .backend_filter
+        .set(bslot / 8, bword & !(0xff << ((bslot % 8) * 8)), 0)
+        .unwrap();
+    let (verdict, out) = dp.run(INGRESS, &reply);
+    assert_eq!((verdict, out.bytes), (TC_ACT_OK, reply.bytes.clone()), "not looked up");
+    dp.maps.backend_filter.set(bslot / 8, bword, 0).unwrap();
+    assert_eq!(dp.run(INGRESS, &reply).1.addrs(), (vip, ip("10.244.1.5")), "translated");
+    // With its slot zeroed the VIP is not looked up at all.
+    let slot = vip_slot(&addr(vip));
+    let word = dp.maps.vip_filter.get(&(slot / 8), 0).unwrap();
+    dp.maps
+        .vip_filter
+        .set(slot / 8, word & !(0xff << ((slot % 8) * 8)), 0)
+        .unwrap();
+    let other = Frame::new("10.244.1.5", "10.96.0.10", 40001, 80, PROTO_TCP, SYN, b"");
+    let (verdict, out) = dp.run(EGRESS, &other);
+    assert_eq!((verdict, out.bytes), (TC_ACT_OK, other.bytes.clone()));
+    dp.maps.vip_filter.set(slot / 8, word, 0).unwrap();
+
+    assert!(dp.maps.delete_service(vip, 80, PROTO_TCP).unwrap());
+    assert_eq!(
+        dp.maps.vip_filter_count(vip).unwrap(),
+        0,
+        "the last port took the VIP out"
+    );
+    assert_eq!(dp.maps.backend_filter_count(backend).unwrap(), 0);
+    let (verdict, out) = dp.run(EGRESS, &other);
+    assert_eq!((verdict, out.bytes), (TC_ACT_OK, other.bytes));
 }

@@ -199,6 +199,8 @@ struct Memory {
     ct_entry: f64,
     ct_entries: u64,
     fixed: u64,
+    /// The VIP and backend address filters (arrays, always whole).
+    filters: u64,
 }
 
 struct Bench<'a> {
@@ -248,7 +250,8 @@ impl Bench<'_> {
         for k in 0..self.samples {
             let (c, sport, vip, backend, bport) = pool[k % POOL];
             let (v, ns) = run(self.egress, &frame(c, vip, sport, 80, ACK), None)?;
-            ensure!(v == TC_ACT_REDIRECT, "egress established: verdict {v}");
+            // The reply taught the next hop: the packet leaves as it is.
+            ensure!(v == TC_ACT_OK, "egress established: verdict {v}");
             cells[1].push(ns);
             let (v, ns) = run(self.ingress, &frame(backend, c, bport, sport, ACK), None)?;
             ensure!(v == TC_ACT_OK, "ingress reply: verdict {v}");
@@ -346,6 +349,7 @@ fn per_packet_with(args: &Args, n: usize) -> Result<(PacketRow, Memory)> {
         ct_entry: ct_total as f64 / ct_entries as f64,
         ct_entries,
         fixed: mem0.iter().sum(),
+        filters: memlock(&maps.vip_filter)? + memlock(&maps.backend_filter)?,
     };
     Ok((row, memory))
 }
@@ -419,6 +423,12 @@ fn one_connection(to: SocketAddr) -> std::io::Result<()> {
 /// Connections per second from `ns` over `secs`, `workers` at a time, each
 /// worker taking the addresses in `to` in turn.
 fn connection_rate(ns: &Netns, to: &[SocketAddr], secs: f64, workers: usize) -> Result<(f64, u64)> {
+    let (ok, failed, took) = connections(ns, to, secs, workers)?;
+    Ok((ok as f64 / took.as_secs_f64(), failed))
+}
+
+/// Connections made in about `secs` (ok, failed, time taken).
+fn connections(ns: &Netns, to: &[SocketAddr], secs: f64, workers: usize) -> Result<(u64, u64, Duration)> {
     ns.run(|| {
         let deadline = Instant::now() + Duration::from_secs_f64(secs);
         let started = Instant::now();
@@ -442,7 +452,50 @@ fn connection_rate(ns: &Netns, to: &[SocketAddr], secs: f64, workers: usize) -> 
         });
         let ok: u64 = counts.iter().map(|c| c.0).sum();
         let failed: u64 = counts.iter().map(|c| c.1).sum();
-        (ok as f64 / started.elapsed().as_secs_f64(), failed)
+        (ok, failed, started.elapsed())
+    })
+}
+
+/// Where the datapath's share of a connection goes, in real traffic: the
+/// node's two programs, their runs per connection and time per run, from
+/// the kernel's BPF run-time statistics. They cost two clock reads per run,
+/// so they are on only for this extra pass, never in the timed rounds.
+struct ProgramTime {
+    mode: Mode,
+    connections: u64,
+    /// (runs per connection, ns per run) of egress, ingress.
+    egress: (f64, f64),
+    ingress: (f64, f64),
+}
+
+fn program_time(args: &Args, vpc: &Vpc, p: &Pair) -> Result<ProgramTime> {
+    let progs = vpc.datapath_dir(0).join("progs");
+    let version = sluice_integration::dir_names(&progs);
+    ensure!(version.len() == 1, "one program version pinned, found {version:?}");
+    let dir = progs.join(&version[0]);
+    let snapshot = || -> Result<[(u64, u64); 2]> {
+        let mut out = [(0, 0); 2];
+        for (i, name) in [EGRESS, INGRESS].iter().enumerate() {
+            let info =
+                aya::programs::ProgramInfo::from_pin(dir.join(name)).with_context(|| format!("pinned {name}"))?;
+            out[i] = (info.run_time().as_nanos() as u64, info.run_count());
+        }
+        Ok(out)
+    };
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let before = snapshot()?;
+    let (ok, failed, _) = connections(&vpc.pods[p.client], &targets(p), args.seconds, args.workers)?;
+    let after = snapshot()?;
+    ensure!(failed == 0 && ok > 0, "{}: {failed} failed connections", p.mode.label());
+    let per = |i: usize| {
+        let (ns, runs) = (after[i].0 - before[i].0, after[i].1 - before[i].1);
+        (runs as f64 / ok as f64, ns as f64 / runs.max(1) as f64)
+    };
+    Ok(ProgramTime {
+        mode: p.mode,
+        connections: ok,
+        egress: per(0),
+        ingress: per(1),
     })
 }
 
@@ -568,6 +621,8 @@ struct ConnRow {
     rate: Vec<f64>,
     failed: u64,
     load_secs: Vec<f64>,
+    /// The sluice modes' program time per connection.
+    programs: Vec<ProgramTime>,
 }
 
 struct Inserts {
@@ -695,11 +750,17 @@ fn measure(args: &Args, vpc: &Vpc, pairs: &[Pair]) -> Result<(Vec<ConnRow>, Inse
             }
         }
         let rate: Vec<f64> = samples.iter_mut().map(|s| pct(s, 0.5)).collect();
+        let programs = pairs
+            .iter()
+            .filter(|p| matches!(p.mode, Mode::SluicePodIp | Mode::Sluice))
+            .map(|p| program_time(args, vpc, p))
+            .collect::<Result<_>>()?;
         rows.push(ConnRow {
             services: n,
             rate,
             failed,
             load_secs,
+            programs,
         });
         if si + 1 == sizes.len() {
             inserts = insert_benchmark(args, vpc, pairs, &unmeasured, &mut maps, n)?;
@@ -912,6 +973,27 @@ fn report(args: &Args, packets: &[PacketRow], memory: &Memory, conns: &[ConnRow]
             if r.rate[vip] > best { "yes" } else { "NO" }
         );
     }
+    println!(
+        "   where the datapath's time goes, in real traffic (one more {} s pass per sluice mode with the kernel's BPF run-time statistics on):",
+        args.seconds
+    );
+    for r in conns {
+        let cpu_per_conn_us = cpus as f64 / r.rate[direct] * 1e6;
+        for t in &r.programs {
+            let us = (t.egress.0 * t.egress.1 + t.ingress.0 * t.ingress.1) / 1000.0;
+            println!(
+                "   {:>6} services, {:<24} egress {:.1} runs x {:.0} ns, ingress {:.1} runs x {:.0} ns per connection = {us:.1} µs ({:.1}% of a direct connection's {cpu_per_conn_us:.0} µs of CPU; {} connections)",
+                r.services,
+                format!("{}:", t.mode.label()),
+                t.egress.0,
+                t.egress.1,
+                t.ingress.0,
+                t.ingress.1,
+                100.0 * us / cpu_per_conn_us,
+                t.connections
+            );
+        }
+    }
     println!();
     println!(
         "3. adding one Service with 3 backends to {} existing ones, µs",
@@ -940,7 +1022,8 @@ fn report(args: &Args, packets: &[PacketRow], memory: &Memory, conns: &[ConnRow]
         memory.ct_entry * memory.ct_entries as f64 / 1048576.0
     );
     println!(
-        "   fixed cost of the empty Service maps (bucket arrays): {:.1} MiB",
-        memory.fixed as f64 / 1048576.0
+        "   fixed cost of the empty Service maps (bucket arrays): {:.1} MiB, and of the VIP and backend address filters: {:.1} MiB",
+        memory.fixed as f64 / 1048576.0,
+        memory.filters as f64 / 1048576.0
     );
 }
