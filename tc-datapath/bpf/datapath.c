@@ -186,6 +186,14 @@ static __always_inline int parse(struct __sk_buff *skb, __u32 l3_off, __be16 eth
 	return 0;
 }
 
+/* The Ethernet header and what parse() makes of the rest: 0 or a drop reason. */
+static __always_inline int parse_frame(struct __sk_buff *skb, struct ethhdr *eth, struct pkt *p)
+{
+	if (bpf_skb_load_bytes(skb, 0, eth, sizeof(*eth)) < 0)
+		return DROP_MALFORMED;
+	return parse(skb, ETH_HLEN, eth->h_proto, p);
+}
+
 static __always_inline __u32 l4_csum_off(const struct pkt *p)
 {
 	return p->l4_off + (p->proto == IPPROTO_TCP ? offsetof(struct tcphdr, check) : offsetof(struct udphdr, check));
@@ -721,9 +729,7 @@ int sl_egress(struct __sk_buff *skb)
 	struct svc_value *svc;
 	int r;
 
-	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
-		return drop(skb, DROP_MALFORMED, DIR_EGRESS);
-	r = parse(skb, ETH_HLEN, eth.h_proto, &p);
+	r = parse_frame(skb, &eth, &p);
 	if (r)
 		return drop(skb, r, DIR_EGRESS);
 	if (!p.proto) {
@@ -778,9 +784,7 @@ int sl_ingress(struct __sk_buff *skb)
 	struct pkt p;
 	int r;
 
-	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
-		return drop(skb, DROP_MALFORMED, DIR_INGRESS);
-	r = parse(skb, ETH_HLEN, eth.h_proto, &p);
+	r = parse_frame(skb, &eth, &p);
 	if (r)
 		return drop(skb, r, DIR_INGRESS);
 	if ((p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) && !p.fragment) {

@@ -57,8 +57,6 @@ impl SvcKey {
     }
 }
 
-pub const VIP_FILTER_WORDS: u32 = (1 << VIP_FILTER_BITS) / 8;
-
 /// The VIP filter's counter for an address: `vip_slot()` of layout.h. The
 /// words are read in native order, as the programs (compiled for this
 /// host's byte order) read them.

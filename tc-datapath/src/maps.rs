@@ -302,7 +302,7 @@ impl Maps {
         Ok(())
     }
 
-    /// The VIP filter's counter for `vip` (for tests and the CLI).
+    /// The VIP filter's counter for `vip` (what the tests check).
     pub fn vip_filter_count(&self, vip: IpAddr) -> Result<u8, MapsError> {
         filter_count(&self.vip_filter, "sl_vip_filter", vip)
     }

@@ -704,7 +704,8 @@ fn reject(client: &str, vip: &str) {
     let mut dp = Dp::new();
     dp.pod(client);
     dp.service_full(vip, 80, PROTO_TCP, &[], SVC_ALG_RANDOM, true);
-    let (v6, quote_len) = (client.contains(':'), if client.contains(':') { 48 } else { 28 });
+    let v6 = client.contains(':');
+    let quote_len = if v6 { 48 } else { 28 };
     let cases = [
         (
             "SYN to a service without backends (the frame grows)",
