@@ -93,6 +93,9 @@ enum BackendCmd {
 
 #[derive(Subcommand)]
 enum CtCmd {
+    /// Every entry: a Service connection's as the client sent it (KIND
+    /// service), every flow from its pod's side (SOURCE is the pod; KIND out
+    /// when the pod opened it, in when the peer did).
     List,
     /// Remove every entry (established connections re-select a backend).
     Flush,
@@ -117,6 +120,7 @@ fn proto_name(p: u8) -> String {
         layout::PROTO_UDP => "udp".into(),
         1 => "icmp".into(),
         58 => "icmpv6".into(),
+        132 => "sctp".into(),
         n => n.to_string(),
     }
 }
@@ -347,7 +351,14 @@ fn run(cli: &Cli) -> Result<()> {
                 .iter()
                 .map(|(k, v)| {
                     [
-                        if k.kind == CT_SERVICE { "service" } else { "flow" }.to_string(),
+                        // A flow entry is keyed from its pod's side: "out"
+                        // when the pod opened it, "in" when the peer did.
+                        match (k.kind, v.flags & layout::CT_F_INBOUND != 0) {
+                            (CT_SERVICE, _) => "service",
+                            (_, false) => "out",
+                            (_, true) => "in",
+                        }
+                        .to_string(),
                         proto_name(k.proto),
                         sock(layout::ip(&k.saddr), u16::from_be(k.sport)),
                         sock(layout::ip(&k.daddr), u16::from_be(k.dport)),

@@ -4,10 +4,17 @@
  *
  *  sl_egress  (packets the pod sends): source-address check, Service
  *             load-balancing (conntrack lookup or backend selection, then
- *             DNAT to the backend).
+ *             DNAT to the backend), connection tracking and the pod's
+ *             egress policy for everything else.
  *  sl_ingress (packets delivered to the pod): reverse NAT of replies from
  *             a backend back to the VIP the pod called, including ICMP
- *             errors about such a flow.
+ *             errors about such a flow; connection tracking and the pod's
+ *             ingress policy.
+ *
+ * Policy is decided once per flow, on the packet that opens it at each
+ * end, and kept in the flow's conntrack entry: replies and the rest of the
+ * flow pass on the entry alone, in both directions. A denied packet never
+ * creates an entry.
  *
  * Both run on the pod's own interface, inside its network namespace, so a
  * Service is resolved at the client before the packet leaves the pod: no
@@ -54,8 +61,18 @@ struct pkt {
 	__u8 v6;
 	__u8 tcp_flags;
 	__u8 fragment;
+	__u8 tracked;	/* ports known, a protocol conntrack follows */
+	__u8 pad[3];
 	__u32 l4_off;
 };
+
+#ifndef IPPROTO_SCTP
+#define IPPROTO_SCTP 132
+#endif
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
+#define ICMPV6_ECHO_REQUEST 128
+#define ICMPV6_ECHO_REPLY 129
 
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
@@ -175,13 +192,29 @@ static __always_inline int parse(struct __sk_buff *skb, __u32 l3_off, __be16 eth
 		__builtin_memcpy(&p->sport, hdr, 2);
 		__builtin_memcpy(&p->dport, hdr + 2, 2);
 		p->tcp_flags = hdr[13];
-	} else if (p->proto == IPPROTO_UDP) {
+		p->tracked = 1;
+	} else if (p->proto == IPPROTO_UDP || p->proto == IPPROTO_SCTP) {
 		__be16 ports[2];
 
 		if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)) < 0)
 			return DROP_MALFORMED;
 		p->sport = ports[0];
 		p->dport = ports[1];
+		p->tracked = 1;
+	} else if ((p->proto == IPPROTO_ICMP && !p->v6) || (p->proto == IPPROTO_ICMPV6 && p->v6)) {
+		/* Echo is a flow: the identifier is the requester's port (see
+		 * layout.h). Other types are errors or neighbour discovery. */
+		__u8 hdr[6];
+
+		if (bpf_skb_load_bytes(skb, p->l4_off, hdr, sizeof(hdr)) < 0)
+			return DROP_MALFORMED;
+		if (hdr[0] == (p->v6 ? ICMPV6_ECHO_REQUEST : ICMP_ECHO)) {
+			__builtin_memcpy(&p->sport, hdr + 4, 2);
+			p->tracked = 1;
+		} else if (hdr[0] == (p->v6 ? ICMPV6_ECHO_REPLY : ICMP_ECHOREPLY)) {
+			__builtin_memcpy(&p->dport, hdr + 4, 2);
+			p->tracked = 1;
+		}
 	}
 	return 0;
 }
@@ -396,6 +429,130 @@ static __always_inline int next_hop(struct __sk_buff *skb)
 	return bpf_redirect_neigh(skb->ifindex, NULL, 0, 0);
 }
 
+/* ---- network policy (see layout.h) ---- */
+
+static __always_inline void policy_event(const struct pkt *p, __u32 dir, __u32 ep_id, __u32 peer_id, __u32 policy)
+{
+	struct flow_event *e = bpf_ringbuf_reserve(&sl_events, sizeof(*e), 0);
+
+	if (!e)
+		return;
+	e->time_ns = bpf_ktime_get_ns();
+	__builtin_memcpy(e->saddr, p->saddr, 16);
+	__builtin_memcpy(e->daddr, p->daddr, 16);
+	e->sport = p->sport;
+	e->dport = p->dport;
+	e->proto = p->proto;
+	e->dir = dir;
+	e->reason = DROP_POLICY;
+	e->endpoint_id = ep_id;
+	e->peer_identity = peer_id;
+	e->policy = policy;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline int rule_allows(struct policy_key *k, __u32 identity)
+{
+	k->m.identity = identity;
+	return bpf_map_lookup_elem(&sl_policy, k) != 0;
+}
+
+/* May a flow open at endpoint `ep_id` in direction `dir`, `peer` being the
+ * other end and `port` the serving port (the destination's, either way)?
+ * The peer is looked for by its pod identity, then by its CIDR identity,
+ * then as anyone: at most three lookups, however many rules and pods. A
+ * hairpinned flow comes from the hairpin address: that is the pod itself. */
+static __always_inline int policy_allows(const struct ep_policy_value *pol, __u32 ep_id, __u32 dir,
+					 const struct pkt *p, const __u8 *peer, __u8 proto, __be16 port,
+					 __u32 *peer_id)
+{
+	struct policy_key k = {};
+	struct cidr_key ck;
+	struct ipcache_value *v;
+	__u8 hp[16];
+	__u32 id = 0;
+
+	k.prefixlen = POLICY_BITS_EXACT;
+	k.m.endpoint_id = ep_id;
+	k.m.dir = dir;
+	k.m.proto = proto;
+	k.m.port = port;
+	hairpin_addr(hp, p->v6);
+	if (addr_eq(peer, hp)) {
+		id = pol->identity;
+	} else {
+		v = bpf_map_lookup_elem(&sl_ipcache, peer);
+		if (v)
+			id = v->identity;
+	}
+	*peer_id = id ? id : ID_WORLD;
+	/* Kubernetes: a pod cannot block its own node (kubelet probes). */
+	if (id == ID_HOST && dir == DIR_INGRESS)
+		return 1;
+	if (id && rule_allows(&k, id))
+		return 1;
+	ck.prefixlen = 128;
+	__builtin_memcpy(ck.addr, peer, 16);
+	v = bpf_map_lookup_elem(&sl_cidr, &ck);
+	if (v) {
+		if (!id)
+			*peer_id = v->identity;
+		if (rule_allows(&k, v->identity))
+			return 1;
+	}
+	return rule_allows(&k, ID_ANY);
+}
+
+/* 1 when the pod at `local` may open this flow in direction `dir`, else
+ * the drop is counted and reported. A pod without a policy entry, or not
+ * isolated in this direction, is unrestricted. */
+static __always_inline int policy_ok(struct __sk_buff *skb, const struct pkt *p, __u32 dir, const __u8 *local,
+				     const __u8 *peer, __be16 port)
+{
+	struct endpoint_value *ep = bpf_map_lookup_elem(&sl_endpoints, local);
+	struct ep_policy_value *pol;
+	__u32 peer_id = 0, ep_id;
+
+	if (!ep)
+		return 1;
+	ep_id = ep->endpoint_id;
+	pol = bpf_map_lookup_elem(&sl_ep_policy, &ep_id);
+	if (!pol || !(pol->flags & (dir == DIR_EGRESS ? POLICY_F_EGRESS : POLICY_F_INGRESS)))
+		return 1;
+	if (policy_allows(pol, ep_id, dir, p, peer, p->proto, port, &peer_id))
+		return 1;
+	count(DROP_POLICY, dir, skb->len);
+	policy_event(p, dir, ep_id, peer_id, dir == DIR_EGRESS ? pol->egress_policy : pol->ingress_policy);
+	return 0;
+}
+
+/* Conntrack and policy for a packet no Service translates, at the pod end
+ * `dir` says (see layout.h for the entry's orientation). An entry that is
+ * alive carries the flow; otherwise the packet opens the flow, if the pod's
+ * policy lets it, and the entry is made. Returns the verdict. */
+static __always_inline int track(struct __sk_buff *skb, const struct pkt *p, __u32 dir, struct ct_value *ct,
+				 const struct ct_key *k)
+{
+	const __u8 *local = dir == DIR_EGRESS ? p->saddr : p->daddr;
+	const __u8 *remote = dir == DIR_EGRESS ? p->daddr : p->saddr;
+	struct ct_value nct = {};
+	__u64 now = bpf_ktime_get_ns();
+
+	if (ct && ct->expires_ns > now) {
+		ct_touch(ct, p, (dir == DIR_EGRESS) == !!(ct->flags & CT_F_INBOUND), now);
+		count(REASON_FORWARDED, dir, skb->len);
+		return TC_ACT_OK;
+	}
+	if (!policy_ok(skb, p, dir, local, remote, p->dport))
+		return TC_ACT_SHOT;
+	nct.state = CT_NEW;
+	nct.flags = dir == DIR_INGRESS ? CT_F_INBOUND : 0;
+	nct.expires_ns = now + ct_timeout(p->proto, CT_NEW);
+	bpf_map_update_elem(&sl_ct, k, &nct, BPF_ANY);
+	count(REASON_FORWARDED, dir, skb->len);
+	return TC_ACT_OK;
+}
+
 #define ICMP_DEST_UNREACH 3
 #define ICMP_PORT_UNREACH 3
 #define ICMP_TIME_EXCEEDED 11
@@ -403,6 +560,54 @@ static __always_inline int next_hop(struct __sk_buff *skb)
 #define ICMPV6_DEST_UNREACH 1
 #define ICMPV6_PORT_UNREACH 4
 #define ICMPV6_PARAMPROB 4
+
+static __always_inline int is_icmp_error(__u8 type, int v6)
+{
+	if (!v6)
+		return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED || type == ICMP_PARAMETERPROB;
+	return type >= ICMPV6_DEST_UNREACH && type <= ICMPV6_PARAMPROB;
+}
+
+/* An ICMP error the pod sends quotes a packet it received: related when the
+ * pod has that flow. */
+static __always_inline int icmp_related_egress(struct __sk_buff *skb, const struct pkt *o)
+{
+	struct pkt in;
+	struct ct_key k;
+	__u8 type;
+
+	if ((o->proto != IPPROTO_ICMP || o->v6) && (o->proto != IPPROTO_ICMPV6 || !o->v6))
+		return 0;
+	if (o->fragment || bpf_skb_load_bytes(skb, o->l4_off, &type, 1) < 0 || !is_icmp_error(type, o->v6))
+		return 0;
+	if (parse(skb, o->l4_off + 8, o->v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), &in) || !in.tracked)
+		return 0;
+	ct_key_of(&k, in.daddr, in.saddr, in.dport, in.sport, in.proto, CT_FLOW);
+	return bpf_map_lookup_elem(&sl_ct, &k) != 0;
+}
+
+/* A packet conntrack cannot follow (another protocol, a fragment after the
+ * first, an ICMP error): an isolated pod lets it pass only on a rule for
+ * every port of its protocol from/to the peer. IPv6 neighbour discovery and
+ * MLD always pass, and so does an error the pod sends about a flow it has. */
+static __always_inline int untracked(struct __sk_buff *skb, const struct pkt *p, __u32 dir)
+{
+	if (p->proto == IPPROTO_ICMPV6 && p->v6 && !p->fragment) {
+		__u8 type;
+
+		if (bpf_skb_load_bytes(skb, p->l4_off, &type, 1) < 0)
+			return drop(skb, DROP_MALFORMED, dir);
+		if ((type >= 130 && type <= 137) || type == 143)
+			goto pass;
+	}
+	if (dir == DIR_EGRESS && icmp_related_egress(skb, p))
+		goto pass;
+	if (!policy_ok(skb, p, dir, dir == DIR_EGRESS ? p->saddr : p->daddr, dir == DIR_EGRESS ? p->daddr : p->saddr, 0))
+		return TC_ACT_SHOT;
+pass:
+	count(REASON_FORWARDED, dir, skb->len);
+	return TC_ACT_OK;
+}
 
 /* bpf_csum_diff's 32-bit one's-complement sum, folded into a checksum. */
 static __always_inline __u16 csum_fold(__s64 sum)
@@ -538,6 +743,9 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 		b = bpf_map_lookup_elem(&sl_backends, &id);
 		if (!b)
 			return drop(skb, DROP_BACKEND_GONE, DIR_EGRESS);
+		/* Egress policy sees the backend, not the VIP. */
+		if (!policy_ok(skb, p, DIR_EGRESS, p->saddr, b->addr, b->port))
+			return TC_ACT_SHOT;
 		hairpin = addr_eq(b->addr, p->saddr);
 		nct.backend_id = id;
 		nct.rev_nat_id = svc->rev_nat_id;
@@ -592,22 +800,18 @@ static __always_inline void set_next_hop(struct ct_value *ct, const __u8 *mac, _
 /* A reply from a backend: translate its source back to the VIP. A
  * hairpinned reply (the pod answering itself, seen at its egress) also gets
  * its destination back from the hairpin address and is turned around. */
-static __always_inline int reply(struct __sk_buff *skb, struct pkt *p, __u32 dir, const __u8 *l2_src)
+static __always_inline int reply(struct __sk_buff *skb, struct pkt *p, __u32 dir, const __u8 *l2_src,
+				 struct ct_value *flow)
 {
-	struct ct_key fk;
-	struct ct_value *flow;
 	struct revnat_value *rn;
 	const __u8 *client;
 	int hairpin, learn = 0;
 	__u64 now;
 
-	/* The reply's addresses swapped give the flow as the client sent it.
-	 * Expiry is not checked: a stale entry can only match a reply of that
-	 * very flow, and LRU eviction and GC remove it. */
-	ct_key_of(&fk, p->daddr, p->saddr, p->dport, p->sport, p->proto, CT_FLOW);
-	flow = bpf_map_lookup_elem(&sl_ct, &fk);
-	if (!flow || !flow->rev_nat_id)
-		return -1;
+	/* `flow` is the CT_FLOW entry the reply's addresses swapped found: the
+	 * flow as the client sent it. Expiry is not checked: a stale entry can
+	 * only match a reply of that very flow, and LRU eviction and GC remove
+	 * it. */
 	rn = bpf_map_lookup_elem(&sl_revnat, &flow->rev_nat_id);
 	if (!rn)
 		return -1;
@@ -646,8 +850,10 @@ static __always_inline int reply(struct __sk_buff *skb, struct pkt *p, __u32 dir
 }
 
 
-/* An ICMP error about a flow we translated quotes the packet as the
- * backend got it (client -> backend:port). Put the VIP back into the quote
+/* An ICMP error about a flow of the pod's is related to it: it passes
+ * (returns -2) where the pod's policy would not let a new flow in. About a
+ * flow we translated it quotes the packet as the backend got it
+ * (client -> backend:port). Put the VIP back into the quote
  * (and into the outer source when the backend itself complains), so the
  * client's stack matches the error to its socket: a closed UDP backend port
  * becomes ECONNREFUSED on the client's socket to the VIP.
@@ -667,19 +873,17 @@ static __always_inline int icmp_error(struct __sk_buff *skb, struct pkt *o)
 	__u8 type;
 	int from_backend;
 
-	if (bpf_skb_load_bytes(skb, o->l4_off, &type, 1) < 0)
+	if (bpf_skb_load_bytes(skb, o->l4_off, &type, 1) < 0 || !is_icmp_error(type, o->v6))
 		return -1;
-	if (!o->v6 && type != ICMP_DEST_UNREACH && type != ICMP_TIME_EXCEEDED && type != ICMP_PARAMETERPROB)
+	if (parse(skb, inner, o->v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), &in) || !in.tracked)
 		return -1;
-	if (o->v6 && (type < ICMPV6_DEST_UNREACH || type > ICMPV6_PARAMPROB))
-		return -1;
-	if (parse(skb, inner, o->v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), &in) ||
-	    (in.proto != IPPROTO_TCP && in.proto != IPPROTO_UDP))
-		return -1;
+	/* The quoted packet is one the pod sent: its tuple is the pod's entry. */
 	ct_key_of(&fk, in.saddr, in.daddr, in.sport, in.dport, in.proto, CT_FLOW);
 	flow = bpf_map_lookup_elem(&sl_ct, &fk);
-	if (!flow || !flow->rev_nat_id)
+	if (!flow)
 		return -1;
+	if (!flow->rev_nat_id || (in.proto != IPPROTO_TCP && in.proto != IPPROTO_UDP))
+		return -2;
 	rn = bpf_map_lookup_elem(&sl_revnat, &flow->rev_nat_id);
 	if (!rn)
 		return -1;
@@ -727,6 +931,8 @@ int sl_egress(struct __sk_buff *skb)
 	struct pkt p;
 	struct svc_key k = {};
 	struct svc_value *svc;
+	struct ct_key ck;
+	struct ct_value *ct;
 	int r;
 
 	r = parse_frame(skb, &eth, &p);
@@ -749,32 +955,33 @@ int sl_egress(struct __sk_buff *skb)
 
 		hairpin_addr(hp, p.v6);
 		if (addr_eq(p.daddr, hp)) {
-			r = reply(skb, &p, DIR_EGRESS, 0);
-			if (r >= 0)
-				return r;
+			ct_key_of(&ck, p.daddr, p.saddr, p.dport, p.sport, p.proto, CT_FLOW);
+			ct = bpf_map_lookup_elem(&sl_ct, &ck);
+			if (ct && ct->rev_nat_id)
+				return reply(skb, &p, DIR_EGRESS, 0, ct);
 		}
 	}
-	if (!maybe_in(&sl_vip_filter, p.daddr)) {
-		count(REASON_FORWARDED, DIR_EGRESS, skb->len);
-		return TC_ACT_OK;
-	}
-	__builtin_memcpy(k.addr, p.daddr, 16);
-	if (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) {
-		k.port = p.dport;
-		k.proto = p.proto;
+	if (maybe_in(&sl_vip_filter, p.daddr)) {
+		__builtin_memcpy(k.addr, p.daddr, 16);
+		if (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) {
+			k.port = p.dport;
+			k.proto = p.proto;
+			svc = bpf_map_lookup_elem(&sl_services, &k);
+			if (svc && !(svc->flags & SVC_F_VIP_MARKER))
+				return service(skb, &p, svc, &k);
+			k.port = 0;
+			k.proto = 0;
+		}
+		/* Fail closed: anything else addressed to a VIP is dropped. */
 		svc = bpf_map_lookup_elem(&sl_services, &k);
-		if (svc && !(svc->flags & SVC_F_VIP_MARKER))
-			return service(skb, &p, svc, &k);
-		k.port = 0;
-		k.proto = 0;
+		if (svc)
+			return svc->flags & SVC_F_REJECT && !p.fragment ? reject(skb, &p, DROP_UNKNOWN_PORT)
+									 : drop(skb, DROP_UNKNOWN_PORT, DIR_EGRESS);
 	}
-	/* Fail closed: anything else addressed to a VIP is dropped. */
-	svc = bpf_map_lookup_elem(&sl_services, &k);
-	if (svc)
-		return svc->flags & SVC_F_REJECT && !p.fragment ? reject(skb, &p, DROP_UNKNOWN_PORT)
-								 : drop(skb, DROP_UNKNOWN_PORT, DIR_EGRESS);
-	count(REASON_FORWARDED, DIR_EGRESS, skb->len);
-	return TC_ACT_OK;
+	if (!p.tracked)
+		return untracked(skb, &p, DIR_EGRESS);
+	ct_key_of(&ck, p.saddr, p.daddr, p.sport, p.dport, p.proto, CT_FLOW);
+	return track(skb, &p, DIR_EGRESS, bpf_map_lookup_elem(&sl_ct, &ck), &ck);
 }
 
 SEC("classifier")
@@ -782,20 +989,34 @@ int sl_ingress(struct __sk_buff *skb)
 {
 	struct ethhdr eth;
 	struct pkt p;
+	struct ct_key ck;
+	struct ct_value *ct;
 	int r;
 
 	r = parse_frame(skb, &eth, &p);
 	if (r)
 		return drop(skb, r, DIR_INGRESS);
-	if ((p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) && !p.fragment) {
-		r = maybe_in(&sl_backend_filter, p.saddr) ? reply(skb, &p, DIR_INGRESS, eth.h_source) : -1;
-		if (r >= 0)
-			return r;
-	} else if (((p.proto == IPPROTO_ICMP && !p.v6) || (p.proto == IPPROTO_ICMPV6 && p.v6)) && !p.fragment) {
+	if (!p.proto) {
+		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+		return TC_ACT_OK;
+	}
+	if (p.tracked) {
+		/* The pod's entry for the flow: a reply to a Service connection
+		 * it made is translated back; anything else is plain tracking. */
+		ct_key_of(&ck, p.daddr, p.saddr, p.dport, p.sport, p.proto, CT_FLOW);
+		ct = bpf_map_lookup_elem(&sl_ct, &ck);
+		if (ct && ct->rev_nat_id && !p.fragment)
+			return reply(skb, &p, DIR_INGRESS, eth.h_source, ct);
+		return track(skb, &p, DIR_INGRESS, ct, &ck);
+	}
+	if (((p.proto == IPPROTO_ICMP && !p.v6) || (p.proto == IPPROTO_ICMPV6 && p.v6)) && !p.fragment) {
 		r = icmp_error(skb, &p);
 		if (r >= 0)
 			return r;
+		if (r == -2) {
+			count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+			return TC_ACT_OK;
+		}
 	}
-	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
-	return TC_ACT_OK;
+	return untracked(skb, &p, DIR_INGRESS);
 }

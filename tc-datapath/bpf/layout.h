@@ -19,7 +19,7 @@
 
 #include <linux/types.h>
 
-#define SLUICE_LAYOUT_VERSION 4
+#define SLUICE_LAYOUT_VERSION 5
 
 /* ---- services: (VIP, port, proto, slot) -> service or backend slot ----
  * Slot 0 is the service itself; slots 1..count hold the ids of the backends
@@ -52,7 +52,7 @@ struct svc_value {
 	__u32 affinity_timeout;	/* seconds; 0 = no session affinity */
 };
 
-/* ---- address filters: may this address be a VIP / a backend? ----
+/* ---- the VIP filter: may this address be a VIP? ----
  * Every packet a pod sends would otherwise look its destination up in
  * sl_services, whose bucket array (16 MiB at 100,000 Service ports) makes
  * each lookup a cache and TLB miss. This small table answers first: one
@@ -60,11 +60,7 @@ struct svc_value {
  * the VIPs that hash there. Zero = certainly no VIP; nonzero = look it up
  * (about 9% of other addresses at 100,000 VIPs, 0.1% at 1,000). Counters
  * make removal exact; one that reaches 255 stays there (a false positive
- * costs only the lookup). The hash is vip_slot() here and in Rust.
- * The backend filter does the same for ingress: only a packet from a
- * backend's address can be a reply to translate, so others skip the
- * conntrack lookup (how many do depends on how many of a pod's peers are
- * backends of some Service). It counts backend entries by address. */
+ * costs only the lookup). The hash is vip_slot() here and in Rust. */
 #define VIP_FILTER_BITS 20
 #define VIP_FILTER_WORDS ((1 << VIP_FILTER_BITS) / 8)
 
@@ -121,12 +117,25 @@ struct affinity_value {
 };
 
 /* ---- conntrack (LRU) ----
- * Two entries per service connection, both oriented client -> server:
- *  CT_SERVICE keyed by the tuple the client sent (to the VIP), read on
- *             every egress packet to find the backend chosen once;
- *  CT_FLOW    keyed by the translated tuple (to the backend), read on
- *             ingress with the reply's addresses swapped, to translate the
- *             reply (and ICMP errors about the flow) back to the VIP.
+ * Every flow of every pod is tracked, at each end that is a pod of this
+ * node, by one CT_FLOW entry keyed from that pod's side: saddr/sport are
+ * the pod's (local), daddr/dport the peer's, whichever way the packet goes.
+ * So a packet at egress looks up (src, dst, sport, dport) and a packet at
+ * ingress (dst, src, dport, sport): one lookup finds the flow in both
+ * directions, and the two ends of a flow between pods of one node have
+ * distinct entries (each holds its own pod's policy verdict). CT_F_INBOUND
+ * says the peer opened the flow (the entry was made at ingress).
+ *
+ * A Service connection adds, at the client, the CT_SERVICE entry keyed by
+ * the tuple the client sent (to the VIP), read on every egress packet to
+ * find the backend chosen once; its CT_FLOW entry is keyed by the
+ * translated tuple and carries the rev-NAT id that translates replies (and
+ * ICMP errors about the flow) back to the VIP.
+ *
+ * ICMP echo is tracked with the identifier as the port of the side that
+ * sent the request: a request carries (sport = id, dport = 0), a reply
+ * (sport = 0, dport = id), so both land on one entry and a ping in the
+ * other direction with the same id is another flow.
  */
 #define CT_SERVICE 1
 #define CT_FLOW 2
@@ -146,6 +155,7 @@ struct ct_key {
 #define CT_CLOSING 2		/* FIN or RST seen */
 
 #define CT_F_HAIRPIN 0x01	/* a pod reaching itself through a Service */
+#define CT_F_INBOUND 0x02	/* the peer opened the flow */
 
 /* The source a hairpinned connection gets, so that the pod's own reply
  * leaves its stack (a reply to itself would stay on loopback) and comes
@@ -186,6 +196,104 @@ struct endpoint_value {
 	__u16 flags;
 };
 
+/* ---- network policy ----
+ * Identities name label sets (a pod's namespace, its labels and its
+ * namespace's labels) and CIDRs, so that rules never name addresses: a
+ * pod's address changes its ipcache entry, not a rule. */
+#define ID_ANY 0		/* in policy keys: any peer */
+#define ID_HOST 1		/* this node's own addresses: may always reach its pods */
+#define ID_WORLD 2		/* no pod, no CIDR of any policy */
+#define ID_FIRST_ALLOCATED 256
+
+/* ipcache: the identity of every pod address of the cluster (exact). */
+struct ipcache_value {
+	__u32 identity;
+	__u32 pad0;
+};
+
+/* CIDR identities (LPM trie): every prefix some ipBlock names, its
+ * `except` prefixes included, is an identity of its own; the longest one
+ * containing an address is that address's CIDR identity, and a rule allows
+ * the identities of the prefixes inside its block and outside its excepts.
+ * IPv4 prefixes are v4-mapped: prefixlen = 96 + the IPv4 length. */
+struct cidr_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+/* A pod's policy state, by endpoint id. No entry = no policy selects the
+ * pod: unrestricted both ways. */
+#define POLICY_F_INGRESS 0x01	/* some policy isolates the pod for ingress */
+#define POLICY_F_EGRESS 0x02	/* ... for egress */
+
+struct ep_policy_value {
+	__u32 identity;		/* the pod's own (a hairpinned flow comes from it) */
+	__u32 ingress_policy;	/* a policy isolating it (named in drop events) */
+	__u32 egress_policy;
+	__u8 flags;
+	__u8 pad0[3];
+};
+
+/* Policy rules (LPM trie): what an endpoint allows, from/to an identity,
+ * by protocol and port. The prefix length picks the wildcard: 72 bits
+ * (endpoint, identity, direction) = every protocol and port, 80 = every
+ * port of a protocol, 96 = one port; a port range is a few aligned blocks
+ * in between. ID_ANY in `identity` = from/to anywhere. The trie matches
+ * the bytes of struct policy_match in memory order: only `port`, kept in
+ * network byte order, is ever matched in part. */
+struct policy_match {
+	__u32 endpoint_id;
+	__u32 identity;
+	__u8 dir;		/* DIR_EGRESS / DIR_INGRESS */
+	__u8 proto;		/* IPPROTO_*; the ICMP types of echo use theirs */
+	__be16 port;
+};
+
+struct policy_key {
+	__u32 prefixlen;
+	struct policy_match m;
+};
+
+#define POLICY_BITS_ANY_PROTO 72
+#define POLICY_BITS_ANY_PORT 80
+#define POLICY_BITS_EXACT 96
+
+struct policy_value {
+	__u32 policy;		/* the policy the rule came from */
+	__u32 pad0;
+};
+
+/* Names for the tools (never read by the programs): identity -> labels,
+ * policy id -> namespace/name. */
+#define NAME_IDENTITY 1
+#define NAME_POLICY 2
+#define NAME_LEN 248
+
+struct name_key {
+	__u32 kind;
+	__u32 id;
+};
+
+struct name_value {
+	char name[NAME_LEN];
+};
+
+/* Flow events (ring buffer): one per policy drop. */
+struct flow_event {
+	__u64 time_ns;		/* bpf_ktime_get_ns() */
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir;
+	__u16 reason;
+	__u32 endpoint_id;
+	__u32 peer_identity;
+	__u32 policy;		/* 0 = not known */
+	__u32 pad0;
+};
+
 /* ---- metrics: per-CPU counters, index = reason * 2 + direction ---- */
 #define DIR_EGRESS 0
 #define DIR_INGRESS 1
@@ -204,7 +312,8 @@ enum reason {
 	REASON_HAIRPIN = 10,		/* a pod's packet to itself via a Service, turned around */
 	REASON_ICMP_ERROR_TRANSLATED = 11,	/* ICMP error about a translated flow, reverse-NATed */
 	REASON_REJECTED = 12,		/* a drop answered with ICMP port unreachable (SVC_F_REJECT) */
-	REASON_MAX = 13,
+	DROP_POLICY = 13,		/* no network policy rule allows the flow */
+	REASON_MAX = 14,
 };
 
 /* Metrics slots: room for 64 reasons in both directions, so a new reason is

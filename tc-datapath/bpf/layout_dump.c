@@ -44,6 +44,28 @@ int main(void)
 	OFF(endpoint_key, addr);
 	SIZE(endpoint_value);
 	OFF(endpoint_value, ifindex); OFF(endpoint_value, endpoint_id); OFF(endpoint_value, mac); OFF(endpoint_value, flags);
+	SIZE(ipcache_value);
+	OFF(ipcache_value, identity); OFF(ipcache_value, pad0);
+	SIZE(cidr_key);
+	OFF(cidr_key, prefixlen); OFF(cidr_key, addr);
+	SIZE(ep_policy_value);
+	OFF(ep_policy_value, identity); OFF(ep_policy_value, ingress_policy); OFF(ep_policy_value, egress_policy);
+	OFF(ep_policy_value, flags); OFF(ep_policy_value, pad0);
+	SIZE(policy_match);
+	OFF(policy_match, endpoint_id); OFF(policy_match, identity); OFF(policy_match, dir);
+	OFF(policy_match, proto); OFF(policy_match, port);
+	SIZE(policy_key);
+	OFF(policy_key, prefixlen); OFF(policy_key, m);
+	SIZE(policy_value);
+	OFF(policy_value, policy); OFF(policy_value, pad0);
+	SIZE(name_key);
+	OFF(name_key, kind); OFF(name_key, id);
+	SIZE(name_value);
+	OFF(name_value, name);
+	SIZE(flow_event);
+	OFF(flow_event, time_ns); OFF(flow_event, saddr); OFF(flow_event, daddr); OFF(flow_event, sport);
+	OFF(flow_event, dport); OFF(flow_event, proto); OFF(flow_event, dir); OFF(flow_event, reason);
+	OFF(flow_event, endpoint_id); OFF(flow_event, peer_identity); OFF(flow_event, policy); OFF(flow_event, pad0);
 	SIZE(metrics_value);
 	OFF(metrics_value, packets); OFF(metrics_value, bytes);
 	SIZE(dp_info);
@@ -52,6 +74,10 @@ int main(void)
 	printf("];\n");
 	printf("pub const REASON_MAX: u32 = %d;\n", REASON_MAX);
 	printf("pub const VIP_FILTER_BITS: u32 = %d;\n", VIP_FILTER_BITS);
+	printf("pub const POLICY_BITS_ANY_PROTO: u32 = %d;\n", POLICY_BITS_ANY_PROTO);
+	printf("pub const POLICY_BITS_ANY_PORT: u32 = %d;\n", POLICY_BITS_ANY_PORT);
+	printf("pub const POLICY_BITS_EXACT: u32 = %d;\n", POLICY_BITS_EXACT);
+	printf("pub const NAME_LEN: usize = %d;\n", NAME_LEN);
 	/* The C hash of a few addresses, for the Rust one to agree with. */
 	{
 		static const __u8 samples[3][16] = {

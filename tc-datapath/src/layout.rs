@@ -183,6 +183,124 @@ pub struct EndpointValue {
     pub flags: u16,
 }
 
+pub const CT_F_HAIRPIN: u8 = 0x01;
+pub const CT_F_INBOUND: u8 = 0x02;
+
+pub const ID_ANY: u32 = 0;
+pub const ID_HOST: u32 = 1;
+pub const ID_WORLD: u32 = 2;
+pub const ID_FIRST_ALLOCATED: u32 = 256;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IpcacheValue {
+    pub identity: u32,
+    pub pad0: u32,
+}
+
+/// The C `cidr_key` is aya's `lpm_trie::Key<Addr>`: a prefix length, then
+/// the address. This mirror exists for the layout test.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CidrKey {
+    pub prefixlen: u32,
+    pub addr: Addr,
+}
+
+pub const POLICY_F_INGRESS: u8 = 0x01;
+pub const POLICY_F_EGRESS: u8 = 0x02;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EpPolicyValue {
+    pub identity: u32,
+    pub ingress_policy: u32,
+    pub egress_policy: u32,
+    pub flags: u8,
+    pub pad0: [u8; 3],
+}
+
+/// What a policy rule matches; the trie key is `lpm_trie::Key<PolicyMatch>`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct PolicyMatch {
+    pub endpoint_id: u32,
+    pub identity: u32,
+    pub dir: u8,
+    pub proto: u8,
+    /// Network byte order.
+    pub port: u16,
+}
+
+/// The C `policy_key`, for the layout test (aya's `Key<PolicyMatch>` is it).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolicyKey {
+    pub prefixlen: u32,
+    pub m: PolicyMatch,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolicyValue {
+    pub policy: u32,
+    pub pad0: u32,
+}
+
+pub const NAME_IDENTITY: u32 = 1;
+pub const NAME_POLICY: u32 = 2;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct NameKey {
+    pub kind: u32,
+    pub id: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameValue {
+    pub name: [u8; NAME_LEN],
+}
+
+impl NameValue {
+    /// `s`, cut to fit (at a character boundary), NUL-padded.
+    pub fn new(s: &str) -> NameValue {
+        let mut name = [0u8; NAME_LEN];
+        let mut end = s.len().min(NAME_LEN - 1);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        name[..end].copy_from_slice(&s.as_bytes()[..end]);
+        NameValue { name }
+    }
+
+    pub fn as_str(&self) -> String {
+        let end = self.name.iter().position(|b| *b == 0).unwrap_or(NAME_LEN);
+        String::from_utf8_lossy(&self.name[..end]).into_owned()
+    }
+}
+
+/// One policy drop, as the programs report it on `sl_events`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlowEvent {
+    pub time_ns: u64,
+    pub saddr: Addr,
+    pub daddr: Addr,
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub reason: u16,
+    pub endpoint_id: u32,
+    pub peer_identity: u32,
+    pub policy: u32,
+    pub pad0: u32,
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MetricsValue {
@@ -220,10 +338,11 @@ pub enum Reason {
     Hairpin = 10,
     IcmpErrorTranslated = 11,
     Rejected = 12,
+    DropPolicy = 13,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Forwarded,
         Reason::ServiceTranslated,
         Reason::ReplyTranslated,
@@ -237,6 +356,7 @@ impl Reason {
         Reason::Hairpin,
         Reason::IcmpErrorTranslated,
         Reason::Rejected,
+        Reason::DropPolicy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -254,15 +374,20 @@ impl Reason {
             Reason::Hairpin => "hairpin",
             Reason::IcmpErrorTranslated => "icmp-error-translated",
             Reason::Rejected => "rejected",
+            Reason::DropPolicy => "drop-policy",
         }
     }
 
     pub fn is_drop(self) -> bool {
-        (Reason::DropNoBackend..=Reason::DropBackendGone).contains(&self)
+        (Reason::DropNoBackend..=Reason::DropBackendGone).contains(&self) || self == Reason::DropPolicy
+    }
+
+    pub fn from_u32(n: u32) -> Option<Reason> {
+        Reason::ALL.get(n as usize).copied()
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u32)]
 pub enum Direction {
     Egress = 0,
@@ -290,6 +415,13 @@ unsafe impl aya::Pod for CtValue {}
 unsafe impl aya::Pod for EndpointKey {}
 unsafe impl aya::Pod for EndpointValue {}
 unsafe impl aya::Pod for MetricsValue {}
+unsafe impl aya::Pod for IpcacheValue {}
+unsafe impl aya::Pod for EpPolicyValue {}
+unsafe impl aya::Pod for PolicyMatch {}
+unsafe impl aya::Pod for PolicyValue {}
+unsafe impl aya::Pod for NameKey {}
+unsafe impl aya::Pod for NameValue {}
+unsafe impl aya::Pod for FlowEvent {}
 unsafe impl aya::Pod for DpInfo {}
 
 #[cfg(test)]
@@ -333,6 +465,15 @@ mod tests {
             "ct_value" => CtValue { expires_ns, backend_id, rev_nat_id, state, flags, nh_mac, nh_ifindex, pad0 },
             "endpoint_key" => EndpointKey { addr },
             "endpoint_value" => EndpointValue { ifindex, endpoint_id, mac, flags },
+            "ipcache_value" => IpcacheValue { identity, pad0 },
+            "cidr_key" => CidrKey { prefixlen, addr },
+            "ep_policy_value" => EpPolicyValue { identity, ingress_policy, egress_policy, flags, pad0 },
+            "policy_match" => PolicyMatch { endpoint_id, identity, dir, proto, port },
+            "policy_key" => PolicyKey { prefixlen, m },
+            "policy_value" => PolicyValue { policy, pad0 },
+            "name_key" => NameKey { kind, id },
+            "name_value" => NameValue { name },
+            "flow_event" => FlowEvent { time_ns, saddr, daddr, sport, dport, proto, dir, reason, endpoint_id, peer_identity, policy, pad0 },
             "metrics_value" => MetricsValue { packets, bytes },
             "dp_info" => DpInfo { prog_hash, ct_tcp_syn_ns, ct_tcp_established_ns, ct_tcp_closing_ns, ct_udp_ns, maglev_m, source_check },
         };
@@ -341,6 +482,13 @@ mod tests {
             assert_eq!(rust.get(*name), Some(c), "{name}: Rust {:?}, C {c}", rust.get(*name));
         }
         assert_eq!(Reason::ALL.len() as u32, REASON_MAX);
+        // aya's trie keys are the C keys.
+        assert_eq!(
+            size_of::<aya::maps::lpm_trie::Key<PolicyMatch>>(),
+            size_of::<PolicyKey>()
+        );
+        assert_eq!(size_of::<aya::maps::lpm_trie::Key<Addr>>(), size_of::<CidrKey>());
+        assert_eq!(POLICY_BITS_EXACT as usize, size_of::<PolicyMatch>() * 8);
         for (a, slot) in VIP_SLOT_SAMPLES {
             assert_eq!(vip_slot(&a), slot, "vip_slot({a:?}) differs from C");
         }

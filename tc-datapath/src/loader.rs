@@ -51,16 +51,21 @@ impl Default for DatapathConfig {
 
 pub const EGRESS: &str = "sl_egress";
 pub const INGRESS: &str = "sl_ingress";
-pub const MAPS: [&str; 11] = [
+pub const MAPS: [&str; 16] = [
     "sl_services",
     "sl_vip_filter",
-    "sl_backend_filter",
     "sl_backends",
     "sl_revnat",
     "sl_maglev",
     "sl_affinity",
     "sl_ct",
     "sl_endpoints",
+    "sl_ipcache",
+    "sl_cidr",
+    "sl_ep_policy",
+    "sl_policy",
+    "sl_names",
+    "sl_events",
     "sl_metrics",
     "sl_info",
 ];

@@ -4,6 +4,7 @@
 
 use crate::layout::*;
 use aya::Ebpf;
+use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use std::net::IpAddr;
 use std::path::Path;
@@ -59,6 +60,24 @@ fn filter_step(filter: &mut Array<MapData, u64>, name: &'static str, ip: IpAddr,
         .map_err(err(name))
 }
 
+fn ignore_missing(r: Result<(), MapError>, name: &'static str) -> Result<(), MapsError> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(err(name)(e)),
+    }
+}
+
+/// The trie key of a CIDR: IPv4 v4-mapped, its length counted after the
+/// 96-bit mapping prefix.
+pub fn cidr_key(net: IpAddr, prefix: u8) -> Key<Addr> {
+    let bits = if net.is_ipv4() {
+        96 + u32::from(prefix)
+    } else {
+        u32::from(prefix)
+    };
+    Key::new(bits, addr(net))
+}
+
 fn filter_count(filter: &Array<MapData, u64>, name: &'static str, ip: IpAddr) -> Result<u8, MapsError> {
     let slot = vip_slot(&addr(ip));
     let w = filter.get(&(slot / 8), 0).map_err(err(name))?;
@@ -69,8 +88,6 @@ pub struct Maps {
     pub services: HashMap<MapData, SvcKey, SvcValue>,
     /// Counters of VIPs per hash slot, 8 to a word (see layout.h).
     pub vip_filter: Array<MapData, u64>,
-    /// The same, of backend addresses (one count per backend entry).
-    pub backend_filter: Array<MapData, u64>,
     pub backends: HashMap<MapData, u32, BackendValue>,
     pub revnat: HashMap<MapData, u32, RevNatValue>,
     pub maglev: HashMap<MapData, MaglevKey, MaglevValue>,
@@ -78,8 +95,83 @@ pub struct Maps {
     pub maglev_m: u32,
     pub ct: HashMap<MapData, CtKey, CtValue>,
     pub endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
+    /// Pod address -> identity, cluster-wide.
+    pub ipcache: HashMap<MapData, EndpointKey, IpcacheValue>,
+    /// CIDR -> identity (longest prefix wins).
+    pub cidr: LpmTrie<MapData, Addr, IpcacheValue>,
+    /// Endpoint id -> its policy state.
+    pub ep_policy: HashMap<MapData, u32, EpPolicyValue>,
+    /// The allow rules of every endpoint.
+    pub policy: LpmTrie<MapData, PolicyMatch, PolicyValue>,
+    /// Names of identities and policies, for the tools.
+    pub names: HashMap<MapData, NameKey, NameValue>,
     pub metrics: PerCpuArray<MapData, MetricsValue>,
     pub info: Array<MapData, DpInfo>,
+}
+
+/// One allow rule of an endpoint, as the datapath holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Rule {
+    pub dir: Direction,
+    /// The peer's identity; `ID_ANY` = anyone.
+    pub identity: u32,
+    /// 0 = every protocol (and then every port).
+    pub proto: u8,
+    /// Inclusive port range; `None` = every port.
+    pub ports: Option<(u16, u16)>,
+    /// The policy the rule comes from (named in `sl_names`).
+    pub policy: u32,
+}
+
+impl Rule {
+    /// The trie keys that make up this rule for `endpoint_id`: one, or for
+    /// a port range the aligned power-of-two blocks that tile it exactly
+    /// (at most 30 for 16-bit ports).
+    pub fn keys(&self, endpoint_id: u32) -> Vec<Key<PolicyMatch>> {
+        let m = PolicyMatch {
+            endpoint_id,
+            identity: self.identity,
+            dir: self.dir as u8,
+            proto: self.proto,
+            port: 0,
+        };
+        match (self.proto, self.ports) {
+            (0, _) => vec![Key::new(POLICY_BITS_ANY_PROTO, m)],
+            (_, None) => vec![Key::new(POLICY_BITS_ANY_PORT, m)],
+            (_, Some((lo, hi))) => port_blocks(lo, hi)
+                .into_iter()
+                .map(|(port, bits)| {
+                    Key::new(
+                        POLICY_BITS_ANY_PORT + bits,
+                        PolicyMatch {
+                            port: port.to_be(),
+                            ..m
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The aligned blocks (first port, prefix bits) that cover `lo..=hi` exactly.
+pub fn port_blocks(lo: u16, hi: u16) -> Vec<(u16, u32)> {
+    let mut out = Vec::new();
+    let (mut lo, hi) = (u32::from(lo), u32::from(hi));
+    while lo <= hi {
+        // The largest block starting at `lo` that is aligned and fits.
+        let mut size = if lo == 0 {
+            1 << 16
+        } else {
+            1u32 << lo.trailing_zeros().min(16)
+        };
+        while lo + size - 1 > hi {
+            size >>= 1;
+        }
+        out.push((lo as u16, 16 - size.trailing_zeros()));
+        lo += size;
+    }
+    out
 }
 
 /// A Service port as the datapath sees it.
@@ -127,13 +219,17 @@ impl Maps {
         Ok(Maps {
             services: take!("sl_services", HashMap<MapData, SvcKey, SvcValue>),
             vip_filter: take!("sl_vip_filter", Array<MapData, u64>),
-            backend_filter: take!("sl_backend_filter", Array<MapData, u64>),
             backends: take!("sl_backends", HashMap<MapData, u32, BackendValue>),
             revnat: take!("sl_revnat", HashMap<MapData, u32, RevNatValue>),
             maglev: take!("sl_maglev", HashMap<MapData, MaglevKey, MaglevValue>),
             maglev_m,
             ct: take!("sl_ct", HashMap<MapData, CtKey, CtValue>),
             endpoints: take!("sl_endpoints", HashMap<MapData, EndpointKey, EndpointValue>),
+            ipcache: take!("sl_ipcache", HashMap<MapData, EndpointKey, IpcacheValue>),
+            cidr: take!("sl_cidr", LpmTrie<MapData, Addr, IpcacheValue>),
+            ep_policy: take!("sl_ep_policy", HashMap<MapData, u32, EpPolicyValue>),
+            policy: take!("sl_policy", LpmTrie<MapData, PolicyMatch, PolicyValue>),
+            names: take!("sl_names", HashMap<MapData, NameKey, NameValue>),
             metrics: take!("sl_metrics", PerCpuArray<MapData, MetricsValue>),
             info: take!("sl_info", Array<MapData, DpInfo>),
         })
@@ -187,13 +283,17 @@ impl Maps {
         Ok(Maps {
             services: open!("sl_services", HashMap, HashMap<MapData, SvcKey, SvcValue>, SvcKey, SvcValue),
             vip_filter: open!("sl_vip_filter", Array, Array<MapData, u64>, u32, u64),
-            backend_filter: open!("sl_backend_filter", Array, Array<MapData, u64>, u32, u64),
             backends: open!("sl_backends", HashMap, HashMap<MapData, u32, BackendValue>, u32, BackendValue),
             revnat: open!("sl_revnat", HashMap, HashMap<MapData, u32, RevNatValue>, u32, RevNatValue),
             maglev: open!("sl_maglev", HashMap, HashMap<MapData, MaglevKey, MaglevValue>, MaglevKey, MaglevValue),
             maglev_m: maglev_m.unwrap_or(0),
             ct: open!("sl_ct", LruHashMap, HashMap<MapData, CtKey, CtValue>, CtKey, CtValue),
             endpoints: open!("sl_endpoints", HashMap, HashMap<MapData, EndpointKey, EndpointValue>, EndpointKey, EndpointValue),
+            ipcache: open!("sl_ipcache", HashMap, HashMap<MapData, EndpointKey, IpcacheValue>, EndpointKey, IpcacheValue),
+            cidr: open!("sl_cidr", LpmTrie, LpmTrie<MapData, Addr, IpcacheValue>, Key<Addr>, IpcacheValue),
+            ep_policy: open!("sl_ep_policy", HashMap, HashMap<MapData, u32, EpPolicyValue>, u32, EpPolicyValue),
+            policy: open!("sl_policy", LpmTrie, LpmTrie<MapData, PolicyMatch, PolicyValue>, Key<PolicyMatch>, PolicyValue),
+            names: open!("sl_names", HashMap, HashMap<MapData, NameKey, NameValue>, NameKey, NameValue),
             metrics: open!("sl_metrics", PerCpuArray, PerCpuArray<MapData, MetricsValue>, u32, MetricsValue),
             info: open!("sl_info", Array, Array<MapData, DpInfo>, u32, DpInfo),
         })
@@ -218,20 +318,6 @@ impl Maps {
             filter_step(&mut self.vip_filter, "sl_vip_filter", s.vip, true)?;
         }
         for (id, ip, port, active) in &s.backends {
-            // Likewise a backend, before replies from it can be expected.
-            match self.backends.get(id, 0) {
-                Ok(old) if old.addr == addr(*ip) => {}
-                Ok(old) => {
-                    filter_step(&mut self.backend_filter, "sl_backend_filter", *ip, true)?;
-                    filter_step(
-                        &mut self.backend_filter,
-                        "sl_backend_filter",
-                        crate::layout::ip(&old.addr),
-                        false,
-                    )?;
-                }
-                Err(_) => filter_step(&mut self.backend_filter, "sl_backend_filter", *ip, true)?,
-            }
             let v = BackendValue {
                 addr: addr(*ip),
                 port: port.to_be(),
@@ -305,11 +391,6 @@ impl Maps {
     /// The VIP filter's counter for `vip` (what the tests check).
     pub fn vip_filter_count(&self, vip: IpAddr) -> Result<u8, MapsError> {
         filter_count(&self.vip_filter, "sl_vip_filter", vip)
-    }
-
-    /// The backend filter's counter for `ip`.
-    pub fn backend_filter_count(&self, ip: IpAddr) -> Result<u8, MapsError> {
-        filter_count(&self.backend_filter, "sl_backend_filter", ip)
     }
 
     /// Every service port (slot 0 entries, VIP markers excluded), sorted.
@@ -429,11 +510,7 @@ impl Maps {
             if others.iter().any(|s| s.active.contains(&id)) {
                 continue;
             }
-            if let Ok(b) = self.backends.get(&id, 0)
-                && self.backends.remove(&id).is_ok()
-            {
-                filter_step(&mut self.backend_filter, "sl_backend_filter", ip(&b.addr), false)?;
-            }
+            let _ = self.backends.remove(&id);
         }
         Ok(true)
     }
@@ -503,11 +580,192 @@ impl Maps {
         Ok(out)
     }
 
+    // ---- network policy ----
+
+    /// A pod address's identity (cluster-wide).
+    pub fn set_identity(&mut self, ip: IpAddr, identity: u32) -> Result<(), MapsError> {
+        let v = IpcacheValue { identity, pad0: 0 };
+        self.ipcache
+            .insert(EndpointKey { addr: addr(ip) }, v, 0)
+            .map_err(err("sl_ipcache"))
+    }
+
+    pub fn remove_identity(&mut self, ip: IpAddr) -> Result<(), MapsError> {
+        ignore_missing(self.ipcache.remove(&EndpointKey { addr: addr(ip) }), "sl_ipcache")
+    }
+
+    /// Every (address, identity) of the ipcache.
+    pub fn identities(&self) -> Result<Vec<(IpAddr, u32)>, MapsError> {
+        let mut out: Vec<(IpAddr, u32)> = self
+            .ipcache
+            .iter()
+            .map(|kv| kv.map(|(k, v)| (ip(&k.addr), v.identity)))
+            .collect::<Result<_, _>>()
+            .map_err(err("sl_ipcache"))?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// A CIDR's identity. `prefix` is the family's own length (0..=32 for IPv4).
+    pub fn set_cidr(&mut self, net: IpAddr, prefix: u8, identity: u32) -> Result<(), MapsError> {
+        let v = IpcacheValue { identity, pad0: 0 };
+        self.cidr.insert(&cidr_key(net, prefix), v, 0).map_err(err("sl_cidr"))
+    }
+
+    pub fn remove_cidr(&mut self, net: IpAddr, prefix: u8) -> Result<(), MapsError> {
+        ignore_missing(self.cidr.remove(&cidr_key(net, prefix)), "sl_cidr")
+    }
+
+    /// Every (network, prefix, identity) of the CIDR trie.
+    pub fn cidrs(&self) -> Result<Vec<(IpAddr, u8, u32)>, MapsError> {
+        let mut out = Vec::new();
+        for kv in self.cidr.iter() {
+            let (k, v) = kv.map_err(err("sl_cidr"))?;
+            let a = ip(&k.data());
+            let len = if a.is_ipv4() {
+                k.prefix_len() - 96
+            } else {
+                k.prefix_len()
+            };
+            out.push((a, len as u8, v.identity));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn set_endpoint_policy(&mut self, endpoint_id: u32, v: EpPolicyValue) -> Result<(), MapsError> {
+        self.ep_policy.insert(endpoint_id, v, 0).map_err(err("sl_ep_policy"))
+    }
+
+    pub fn remove_endpoint_policy(&mut self, endpoint_id: u32) -> Result<(), MapsError> {
+        ignore_missing(self.ep_policy.remove(&endpoint_id), "sl_ep_policy")
+    }
+
+    pub fn endpoint_policy(&self, endpoint_id: u32) -> Result<Option<EpPolicyValue>, MapsError> {
+        match self.ep_policy.get(&endpoint_id, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(err("sl_ep_policy")(e)),
+        }
+    }
+
+    /// Every endpoint's policy state.
+    pub fn endpoint_policies(&self) -> Result<Vec<(u32, EpPolicyValue)>, MapsError> {
+        let mut out: Vec<(u32, EpPolicyValue)> = self
+            .ep_policy
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(err("sl_ep_policy"))?;
+        out.sort_by_key(|e| e.0);
+        Ok(out)
+    }
+
+    pub fn insert_rule(&mut self, endpoint_id: u32, r: &Rule) -> Result<(), MapsError> {
+        let v = PolicyValue {
+            policy: r.policy,
+            pad0: 0,
+        };
+        for k in r.keys(endpoint_id) {
+            self.policy.insert(&k, v, 0).map_err(err("sl_policy"))?;
+        }
+        Ok(())
+    }
+
+    pub fn remove_rule(&mut self, endpoint_id: u32, r: &Rule) -> Result<(), MapsError> {
+        for k in r.keys(endpoint_id) {
+            ignore_missing(self.policy.remove(&k), "sl_policy")?;
+        }
+        Ok(())
+    }
+
+    /// One trie entry as `rule_entries` lists it.
+    pub fn set_rule_entry(&mut self, prefix_len: u32, m: PolicyMatch, v: PolicyValue) -> Result<(), MapsError> {
+        self.policy
+            .insert(&Key::new(prefix_len, m), v, 0)
+            .map_err(err("sl_policy"))
+    }
+
+    pub fn remove_rule_entry(&mut self, prefix_len: u32, m: PolicyMatch) -> Result<(), MapsError> {
+        ignore_missing(self.policy.remove(&Key::new(prefix_len, m)), "sl_policy")
+    }
+
+    /// The policy trie's entries (of one endpoint, or all), as
+    /// (prefix length, match, value), sorted.
+    pub fn rule_entries(&self, endpoint_id: Option<u32>) -> Result<Vec<(u32, PolicyMatch, PolicyValue)>, MapsError> {
+        let mut out = Vec::new();
+        for kv in self.policy.iter() {
+            let (k, v) = kv.map_err(err("sl_policy"))?;
+            let m = k.data();
+            if endpoint_id.is_none_or(|e| e == m.endpoint_id) {
+                out.push((k.prefix_len(), m, v));
+            }
+        }
+        out.sort_by_key(|e| (e.1, e.0));
+        Ok(out)
+    }
+
+    pub fn set_name(&mut self, kind: u32, id: u32, name: &str) -> Result<(), MapsError> {
+        self.names
+            .insert(NameKey { kind, id }, NameValue::new(name), 0)
+            .map_err(err("sl_names"))
+    }
+
+    pub fn remove_name(&mut self, kind: u32, id: u32) -> Result<(), MapsError> {
+        ignore_missing(self.names.remove(&NameKey { kind, id }), "sl_names")
+    }
+
+    pub fn name(&self, kind: u32, id: u32) -> Option<String> {
+        self.names.get(&NameKey { kind, id }, 0).ok().map(|v| v.as_str())
+    }
+
     pub fn count(&self, reason: Reason, dir: Direction) -> Result<u64, MapsError> {
         Ok(self
             .metrics()?
             .into_iter()
             .find(|m| m.0 == reason && m.1 == dir)
             .map_or(0, |m| m.2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The blocks tile the range exactly, each aligned to its size.
+        #[test]
+        fn port_blocks_tile_the_range(a in any::<u16>(), b in any::<u16>()) {
+            let (lo, hi) = (a.min(b), a.max(b));
+            let blocks = port_blocks(lo, hi);
+            prop_assert!(blocks.len() <= 30);
+            let mut next = u32::from(lo);
+            for (start, bits) in blocks {
+                let size = 1u32 << (16 - bits);
+                prop_assert_eq!(u32::from(start), next);
+                prop_assert_eq!(u32::from(start) % size, 0);
+                next += size;
+            }
+            prop_assert_eq!(next, u32::from(hi) + 1);
+        }
+    }
+
+    #[test]
+    fn rule_keys_pick_the_wildcard_by_length() {
+        let r = |proto, ports| Rule {
+            dir: Direction::Ingress,
+            identity: 300,
+            proto,
+            ports,
+            policy: 1,
+        };
+        assert_eq!(r(0, None).keys(7)[0].prefix_len(), POLICY_BITS_ANY_PROTO);
+        assert_eq!(r(6, None).keys(7)[0].prefix_len(), POLICY_BITS_ANY_PORT);
+        let exact = r(6, Some((80, 80))).keys(7);
+        assert_eq!((exact.len(), exact[0].prefix_len()), (1, POLICY_BITS_EXACT));
+        assert_eq!(exact[0].data().port, 80u16.to_be());
+        // 8000-8080 = 8000-8063 (64 ports), 8064-8079 (16), 8080.
+        assert_eq!(port_blocks(8000, 8080), vec![(8000, 10), (8064, 12), (8080, 16)]);
+        assert_eq!(port_blocks(0, 65535), vec![(0, 0)]);
     }
 }

@@ -199,7 +199,7 @@ struct Memory {
     ct_entry: f64,
     ct_entries: u64,
     fixed: u64,
-    /// The VIP and backend address filters (arrays, always whole).
+    /// The VIP address filter (an array, always whole).
     filters: u64,
 }
 
@@ -349,7 +349,7 @@ fn per_packet_with(args: &Args, n: usize) -> Result<(PacketRow, Memory)> {
         ct_entry: ct_total as f64 / ct_entries as f64,
         ct_entries,
         fixed: mem0.iter().sum(),
-        filters: memlock(&maps.vip_filter)? + memlock(&maps.backend_filter)?,
+        filters: memlock(&maps.vip_filter)?,
     };
     Ok((row, memory))
 }
@@ -1022,7 +1022,7 @@ fn report(args: &Args, packets: &[PacketRow], memory: &Memory, conns: &[ConnRow]
         memory.ct_entry * memory.ct_entries as f64 / 1048576.0
     );
     println!(
-        "   fixed cost of the empty Service maps (bucket arrays): {:.1} MiB, and of the VIP and backend address filters: {:.1} MiB",
+        "   fixed cost of the empty Service maps (bucket arrays): {:.1} MiB, and of the VIP address filter: {:.1} MiB",
         memory.fixed as f64 / 1048576.0,
         memory.filters as f64 / 1048576.0
     );

@@ -1,0 +1,191 @@
+//! Writing `Desired` into one node's maps, as a difference from what is
+//! there: an update touches only the entries that change, so applying a
+//! policy change costs per changed rule, not per rule.
+//!
+//! Order, so that no packet sees a state that is neither the old nor the
+//! new one in a way that matters: identities and CIDRs first (rules may
+//! name them), then new rules, then the endpoints' isolation (a pod becomes
+//! isolated only once its rules are in), then stale rules, endpoints and
+//! identities go. Established connections keep their verdict (their
+//! conntrack entries), as documented in docs/policy.md.
+
+use crate::translate::Desired;
+use ipnetwork::IpNetwork;
+use sluice_tc_datapath::layout::{
+    EpPolicyValue, ID_HOST, NAME_IDENTITY, NAME_POLICY, POLICY_F_EGRESS, POLICY_F_INGRESS, PolicyMatch, PolicyValue,
+};
+use sluice_tc_datapath::maps::{Maps, MapsError};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// What the maps hold, as far as policy goes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct State {
+    names: BTreeMap<(u32, u32), String>,
+    ipcache: BTreeMap<IpAddr, u32>,
+    cidrs: BTreeMap<IpNetwork, u32>,
+    endpoints: BTreeMap<u32, EpPolicyValue>,
+    /// Trie entries: (endpoint id, match, prefix length) -> value.
+    rules: BTreeMap<(PolicyMatch, u32), PolicyValue>,
+}
+
+/// How many entries one `apply` wrote and removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub written: usize,
+    pub removed: usize,
+    /// Pods of this node some policy selects.
+    pub endpoints: usize,
+}
+
+/// Keeps one node's maps in step with `Desired`.
+pub struct NodeApplier {
+    applied: State,
+}
+
+impl NodeApplier {
+    /// Starts from what the maps hold now (after an agent restart, a
+    /// previous run's entries are compared against, not duplicated).
+    pub fn from_maps(maps: &Maps) -> Result<NodeApplier, MapsError> {
+        let mut s = State::default();
+        for (ip, id) in maps.identities()? {
+            s.ipcache.insert(ip, id);
+        }
+        for (net, len, id) in maps.cidrs()? {
+            if let Ok(n) = IpNetwork::new(net, len) {
+                s.cidrs.insert(n, id);
+            }
+        }
+        for (ep, v) in maps.endpoint_policies()? {
+            s.endpoints.insert(ep, v);
+        }
+        for (len, m, v) in maps.rule_entries(None)? {
+            s.rules.insert((m, len), v);
+        }
+        // Names are only ever overwritten; stale ones are harmless and
+        // removed on the next change that knows them.
+        Ok(NodeApplier { applied: s })
+    }
+
+    /// Apply `d` to this node: `host` are the node's own addresses (they
+    /// may always reach its pods).
+    pub fn apply(&mut self, maps: &mut Maps, d: &Desired, host: &[IpAddr]) -> Result<ApplyStats, MapsError> {
+        let want = self.wanted(maps, d, host)?;
+        let have = &self.applied;
+        let mut st = ApplyStats {
+            endpoints: want.endpoints.len(),
+            ..Default::default()
+        };
+        for (k, v) in &want.names {
+            if have.names.get(k) != Some(v) {
+                maps.set_name(k.0, k.1, v)?;
+                st.written += 1;
+            }
+        }
+        for (ip, id) in &want.ipcache {
+            if have.ipcache.get(ip) != Some(id) {
+                maps.set_identity(*ip, *id)?;
+                st.written += 1;
+            }
+        }
+        for (n, id) in &want.cidrs {
+            if have.cidrs.get(n) != Some(id) {
+                maps.set_cidr(n.network(), n.prefix(), *id)?;
+                st.written += 1;
+            }
+        }
+        for ((m, len), v) in &want.rules {
+            if have.rules.get(&(*m, *len)) != Some(v) {
+                maps.set_rule_entry(*len, *m, *v)?;
+                st.written += 1;
+            }
+        }
+        for (ep, v) in &want.endpoints {
+            if have.endpoints.get(ep) != Some(v) {
+                maps.set_endpoint_policy(*ep, *v)?;
+                st.written += 1;
+            }
+        }
+        for ep in have.endpoints.keys().filter(|e| !want.endpoints.contains_key(e)) {
+            maps.remove_endpoint_policy(*ep)?;
+            st.removed += 1;
+        }
+        for (m, len) in have.rules.keys().filter(|k| !want.rules.contains_key(k)) {
+            maps.remove_rule_entry(*len, *m)?;
+            st.removed += 1;
+        }
+        for n in have.cidrs.keys().filter(|n| !want.cidrs.contains_key(n)) {
+            maps.remove_cidr(n.network(), n.prefix())?;
+            st.removed += 1;
+        }
+        for ip in have.ipcache.keys().filter(|ip| !want.ipcache.contains_key(ip)) {
+            maps.remove_identity(*ip)?;
+            st.removed += 1;
+        }
+        for k in have.names.keys().filter(|k| !want.names.contains_key(k)) {
+            maps.remove_name(k.0, k.1)?;
+            st.removed += 1;
+        }
+        self.applied = want;
+        Ok(st)
+    }
+
+    /// `d` as this node's map entries: endpoints are the pods of this node
+    /// (found by address in the endpoint map).
+    fn wanted(&self, maps: &Maps, d: &Desired, host: &[IpAddr]) -> Result<State, MapsError> {
+        let local: BTreeMap<IpAddr, u32> = maps
+            .endpoint_entries()?
+            .into_iter()
+            .map(|(ip, v)| (ip, v.endpoint_id))
+            .collect();
+        let mut s = State {
+            ipcache: d.ipcache.clone(),
+            cidrs: d.cidrs.clone(),
+            ..Default::default()
+        };
+        for ip in host {
+            s.ipcache.insert(*ip, ID_HOST);
+        }
+        for (id, name) in &d.identities {
+            s.names.insert((NAME_IDENTITY, *id), name.clone());
+        }
+        for (n, id) in &d.cidrs {
+            s.names.insert((NAME_IDENTITY, *id), n.to_string());
+        }
+        for (id, name) in &d.policies {
+            s.names.insert((NAME_POLICY, *id), name.clone());
+        }
+        let mut seen = BTreeSet::new();
+        for ep in d.endpoints.values() {
+            let Some(ep_id) = ep.ips.iter().find_map(|ip| local.get(ip)).copied() else {
+                continue;
+            };
+            if !seen.insert(ep_id) {
+                continue;
+            }
+            let flags = if ep.ingress.is_some() { POLICY_F_INGRESS } else { 0 }
+                | if ep.egress.is_some() { POLICY_F_EGRESS } else { 0 };
+            s.endpoints.insert(
+                ep_id,
+                EpPolicyValue {
+                    identity: ep.identity,
+                    ingress_policy: ep.ingress.unwrap_or(0),
+                    egress_policy: ep.egress.unwrap_or(0),
+                    flags,
+                    pad0: [0; 3],
+                },
+            );
+            for r in &ep.rules {
+                let v = PolicyValue {
+                    policy: r.policy,
+                    pad0: 0,
+                };
+                for k in r.keys(ep_id) {
+                    // Two policies may allow the same thing: the first names it.
+                    s.rules.entry((k.data(), k.prefix_len())).or_insert(v);
+                }
+            }
+        }
+        Ok(s)
+    }
+}

@@ -1,0 +1,176 @@
+//! The translation on its own (no kernel): objects in, identities and
+//! rules out, checked against what the NetworkPolicy spec says.
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde_json::{Value, json};
+use sluice_policy::Translator;
+use sluice_tc_datapath::layout::{Direction, ID_ANY};
+use sluice_tc_datapath::maps::Rule;
+use std::net::IpAddr;
+
+fn ns(name: &str, labels: Value) -> Namespace {
+    serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap()
+}
+
+fn pod(ns: &str, name: &str, ip: &str, labels: Value, ports: Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"namespace": ns, "name": name, "labels": labels},
+        "spec": {"containers": [{"name": "c", "ports": ports}]},
+        "status": {"podIP": ip, "podIPs": [{"ip": ip}]}
+    }))
+    .unwrap()
+}
+
+fn policy(ns: &str, name: &str, spec: Value) -> NetworkPolicy {
+    serde_json::from_value(json!({"metadata": {"namespace": ns, "name": name}, "spec": spec})).unwrap()
+}
+
+struct World {
+    namespaces: Vec<Namespace>,
+    pods: Vec<Pod>,
+}
+
+fn world() -> World {
+    World {
+        namespaces: vec![ns("x", json!({"team": "a"})), ns("y", json!({"team": "b"}))],
+        pods: vec![
+            pod(
+                "x",
+                "web",
+                "10.0.0.1",
+                json!({"app": "web"}),
+                json!([{"name": "http", "containerPort": 8080}]),
+            ),
+            pod(
+                "x",
+                "db",
+                "10.0.0.2",
+                json!({"app": "db"}),
+                json!([{"name": "http", "containerPort": 9090}]),
+            ),
+            pod("y", "web", "10.0.1.1", json!({"app": "web"}), json!([])),
+        ],
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn identities_follow_label_sets_and_stay_stable() {
+    let w = world();
+    let mut t = Translator::new();
+    let d = t.translate(&w.namespaces, &w.pods, &[]);
+    assert_eq!(d.ipcache.len(), 3);
+    let (web_x, web_y) = (d.ipcache[&ip("10.0.0.1")], d.ipcache[&ip("10.0.1.1")]);
+    assert_ne!(web_x, web_y, "same labels, other namespace: another identity");
+    assert!(d.endpoints.is_empty(), "no policy selects anyone");
+    // A second pod with web's labels shares its identity; ids do not move.
+    let mut pods = w.pods.clone();
+    pods.push(pod("x", "web2", "10.0.0.3", json!({"app": "web"}), json!([])));
+    let d2 = t.translate(&w.namespaces, &pods, &[]);
+    assert_eq!(d2.ipcache[&ip("10.0.0.3")], web_x);
+    assert_eq!(d2.ipcache[&ip("10.0.0.1")], web_x);
+    assert_eq!(d2.ipcache[&ip("10.0.1.1")], web_y);
+}
+
+#[test]
+fn policy_types_default_and_isolation() {
+    let w = world();
+    let mut t = Translator::new();
+    // No policyTypes, no egress rules: ingress only, and an empty ingress
+    // list is deny-all ingress.
+    let deny = policy("x", "deny", json!({"podSelector": {"matchLabels": {"app": "db"}}}));
+    // Egress rules without policyTypes: both directions.
+    let both = policy("x", "both", json!({"podSelector": {}, "egress": [{}]}));
+    let d = t.translate(&w.namespaces, &w.pods, std::slice::from_ref(&deny));
+    let db = &d.endpoints["x/db"];
+    assert!(db.ingress.is_some() && db.egress.is_none() && db.rules.is_empty());
+    assert!(!d.endpoints.contains_key("x/web"), "not selected: unrestricted");
+    let d = t.translate(&w.namespaces, &w.pods, &[deny, both]);
+    let web = &d.endpoints["x/web"];
+    assert!(web.ingress.is_some() && web.egress.is_some());
+    assert_eq!(
+        web.rules
+            .iter()
+            .map(|r| (r.dir, r.identity, r.proto))
+            .collect::<Vec<_>>(),
+        vec![(Direction::Egress, ID_ANY, 0)],
+        "egress [{{}}] allows everything"
+    );
+    assert!(!d.endpoints.contains_key("y/web"), "other namespace");
+}
+
+#[test]
+fn peers_ports_named_ports_and_ip_blocks() {
+    let w = world();
+    let mut t = Translator::new();
+    let p = policy(
+        "x",
+        "p",
+        json!({
+            "podSelector": {"matchLabels": {"app": "web"}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [
+                // team b's namespace, web pods only (one peer: AND).
+                {"from": [{"namespaceSelector": {"matchLabels": {"team": "b"}},
+                           "podSelector": {"matchLabels": {"app": "web"}}}],
+                 "ports": [{"port": "http"}, {"protocol": "UDP", "port": 53, "endPort": 55}]}
+            ],
+            "egress": [
+                {"to": [{"podSelector": {"matchLabels": {"app": "db"}}}], "ports": [{"port": "http"}]},
+                {"to": [{"ipBlock": {"cidr": "192.168.0.0/16", "except": ["192.168.1.0/24"]}}],
+                 "ports": [{"protocol": "SCTP"}, {"port": "http"}]}
+            ]
+        }),
+    );
+    let d = t.translate(&w.namespaces, &w.pods, &[p]);
+    let web_y = d.ipcache[&ip("10.0.1.1")];
+    let db = d.ipcache[&ip("10.0.0.2")];
+    let block = d.cidrs[&"192.168.0.0/16".parse().unwrap()];
+    let hole = d.cidrs[&"192.168.1.0/24".parse().unwrap()];
+    type Seen = (Direction, u32, u8, Option<(u16, u16)>);
+    let rules: Vec<Seen> = d.endpoints["x/web"]
+        .rules
+        .iter()
+        .map(|r: &Rule| (r.dir, r.identity, r.proto, r.ports))
+        .collect();
+    assert_eq!(
+        rules,
+        vec![
+            (Direction::Egress, db, 6, Some((9090, 9090))),
+            (Direction::Egress, block, 132, None),
+            (Direction::Ingress, web_y, 6, Some((8080, 8080))),
+            (Direction::Ingress, web_y, 17, Some((53, 55))),
+        ],
+        "ingress named port = the selected pod's; egress = the destination's; \
+         no named port for an ipBlock; the except's identity is not allowed"
+    );
+    assert!(!rules.iter().any(|r| r.1 == hole));
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+}
+
+#[test]
+fn invalid_rules_allow_nothing_and_are_reported() {
+    let w = world();
+    let mut t = Translator::new();
+    let p = policy(
+        "x",
+        "bad",
+        json!({
+            "podSelector": {},
+            "ingress": [
+                {"ports": [{"protocol": "ICMP"}]},
+                {"from": [{"ipBlock": {"cidr": "not-a-cidr"}}]},
+                {"ports": [{"port": 80, "endPort": 70}]}
+            ]
+        }),
+    );
+    let d = t.translate(&w.namespaces, &w.pods, &[p]);
+    assert_eq!(d.warnings.len(), 3, "{:?}", d.warnings);
+    let web = &d.endpoints["x/web"];
+    assert!(web.ingress.is_some(), "still isolates");
+    assert!(web.rules.is_empty(), "and allows nothing: {:?}", web.rules);
+}

@@ -1,0 +1,350 @@
+//! The harness of the packet-level tests: frames built byte by byte with
+//! their checksums, and the real programs run on them through
+//! BPF_PROG_TEST_RUN with their maps at hand.
+#![allow(dead_code)]
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use sluice_tc_datapath::layout::*;
+use sluice_tc_datapath::loader::{self, DatapathConfig};
+use sluice_tc_datapath::maps::{Maps, ServiceSpec};
+use std::net::IpAddr;
+
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+/// A translated packet is handed to the kernel's neighbour output for its
+/// backend (bpf_redirect_neigh), not sent on with the gateway's MAC.
+pub const TC_ACT_REDIRECT: u32 = 7;
+pub const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
+pub const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x07];
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+
+pub fn root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIP {test}: needs root (BPF_PROG_TEST_RUN)");
+    if let Ok(p) = std::env::var("SLUICE_SKIP_LOG") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap();
+        writeln!(f, "{test}: needs root (BPF_PROG_TEST_RUN)").unwrap();
+    }
+    false
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// One's-complement sum, folded.
+pub fn sum16(data: &[u8], mut acc: u32) -> u32 {
+    for c in data.chunks(2) {
+        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc
+}
+
+pub fn csum(data: &[u8], acc: u32) -> u16 {
+    !(sum16(data, acc) as u16)
+}
+
+pub struct Frame {
+    pub bytes: Vec<u8>,
+}
+
+pub const ETH: usize = 14;
+
+impl Frame {
+    /// Ethernet + IPv4/IPv6 + TCP (flags) or UDP, with valid checksums.
+    pub fn new(src: &str, dst: &str, sport: u16, dport: u16, proto: u8, tcp_flags: u8, payload: &[u8]) -> Frame {
+        let (src, dst) = (ip(src), ip(dst));
+        let l4_len = if proto == PROTO_TCP { 20 } else { 8 } + payload.len();
+        let mut l4 = vec![0u8; l4_len];
+        l4[0..2].copy_from_slice(&sport.to_be_bytes());
+        l4[2..4].copy_from_slice(&dport.to_be_bytes());
+        if proto == PROTO_TCP {
+            l4[4..8].copy_from_slice(&1000u32.to_be_bytes());
+            l4[12] = 5 << 4;
+            l4[13] = tcp_flags;
+            l4[14..16].copy_from_slice(&64240u16.to_be_bytes());
+            l4[20..].copy_from_slice(payload);
+        } else {
+            l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            l4[8..].copy_from_slice(payload);
+        }
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&GW_MAC);
+        bytes.extend_from_slice(&POD_MAC);
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                bytes.extend_from_slice(&0x0800u16.to_be_bytes());
+                let mut h = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
+                h[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
+                h.extend_from_slice(&s.octets());
+                h.extend_from_slice(&d.octets());
+                let c = csum(&h, 0);
+                h[10..12].copy_from_slice(&c.to_be_bytes());
+                bytes.extend_from_slice(&h);
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                bytes.extend_from_slice(&0x86ddu16.to_be_bytes());
+                let mut h = vec![0x60, 0, 0, 0];
+                h.extend_from_slice(&(l4_len as u16).to_be_bytes());
+                h.extend_from_slice(&[proto, 64]);
+                h.extend_from_slice(&s.octets());
+                h.extend_from_slice(&d.octets());
+                bytes.extend_from_slice(&h);
+            }
+            _ => panic!("mixed families"),
+        }
+        bytes.extend_from_slice(&l4);
+        let mut f = Frame { bytes };
+        let c = f.l4_csum_expected();
+        let off = f.l4_csum_off();
+        f.bytes[off..off + 2].copy_from_slice(&c.to_be_bytes());
+        f
+    }
+
+    /// The same frame, addressed (L2) from `src` to `dst`.
+    pub fn macs(mut self, dst: [u8; 6], src: [u8; 6]) -> Frame {
+        self.bytes[..6].copy_from_slice(&dst);
+        self.bytes[6..12].copy_from_slice(&src);
+        self
+    }
+
+    pub fn v6(&self) -> bool {
+        self.bytes[12..14] == [0x86, 0xdd]
+    }
+    pub fn l4(&self) -> usize {
+        ETH + if self.v6() { 40 } else { 20 }
+    }
+    pub fn proto(&self) -> u8 {
+        if self.v6() {
+            self.bytes[ETH + 6]
+        } else {
+            self.bytes[ETH + 9]
+        }
+    }
+    pub fn l4_csum_off(&self) -> usize {
+        self.l4() + if self.proto() == PROTO_TCP { 16 } else { 6 }
+    }
+    pub fn addrs(&self) -> (IpAddr, IpAddr) {
+        let b = &self.bytes;
+        if self.v6() {
+            let s: [u8; 16] = b[ETH + 8..ETH + 24].try_into().unwrap();
+            let d: [u8; 16] = b[ETH + 24..ETH + 40].try_into().unwrap();
+            (IpAddr::from(s), IpAddr::from(d))
+        } else {
+            let s: [u8; 4] = b[ETH + 12..ETH + 16].try_into().unwrap();
+            let d: [u8; 4] = b[ETH + 16..ETH + 20].try_into().unwrap();
+            (IpAddr::from(s), IpAddr::from(d))
+        }
+    }
+    pub fn ports(&self) -> (u16, u16) {
+        let l4 = self.l4();
+        let b = &self.bytes;
+        (
+            u16::from_be_bytes([b[l4], b[l4 + 1]]),
+            u16::from_be_bytes([b[l4 + 2], b[l4 + 3]]),
+        )
+    }
+    /// The L4 checksum recomputed from scratch with the checksum field zeroed.
+    pub fn l4_csum_expected(&self) -> u16 {
+        let l4 = self.l4();
+        let mut seg = self.bytes[l4..].to_vec();
+        let off = self.l4_csum_off() - l4;
+        seg[off] = 0;
+        seg[off + 1] = 0;
+        let mut pseudo = Vec::new();
+        if self.v6() {
+            pseudo.extend_from_slice(&self.bytes[ETH + 8..ETH + 40]);
+            pseudo.extend_from_slice(&(seg.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, self.proto()]);
+        } else {
+            pseudo.extend_from_slice(&self.bytes[ETH + 12..ETH + 20]);
+            pseudo.extend_from_slice(&[0, self.proto()]);
+            pseudo.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+        }
+        csum(&seg, sum16(&pseudo, 0))
+    }
+    pub fn assert_checksums(&self) {
+        if !self.v6() {
+            assert_eq!(sum16(&self.bytes[ETH..ETH + 20], 0), 0xffff, "IPv4 header checksum");
+        }
+        let off = self.l4_csum_off();
+        let got = u16::from_be_bytes([self.bytes[off], self.bytes[off + 1]]);
+        assert_eq!(got, self.l4_csum_expected(), "L4 checksum");
+    }
+}
+
+pub struct Dp {
+    pub ebpf: aya::Ebpf,
+    pub maps: Maps,
+}
+
+impl Dp {
+    pub fn new() -> Dp {
+        let mut ebpf = loader::load(&DatapathConfig::default(), None).expect("load datapath");
+        let maps = Maps::take(&mut ebpf, DatapathConfig::default().maglev_table_size).unwrap();
+        Dp { ebpf, maps }
+    }
+
+    /// Run one program on a frame: (verdict, frame out).
+    pub fn run(&self, prog: &str, f: &Frame) -> (u32, Frame) {
+        let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; f.bytes.len() + 64];
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(&f.bytes),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .unwrap();
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, Frame { bytes: out })
+    }
+
+    /// A pod at `addr` on the test-run device (loopback, ifindex 1).
+    pub fn pod(&mut self, addr: &str) {
+        self.pod_id(addr, 7);
+    }
+
+    /// The same, with its endpoint id.
+    pub fn pod_id(&mut self, addr: &str, endpoint_id: u32) {
+        self.maps.add_endpoint(ip(addr), 1, POD_MAC, endpoint_id).unwrap();
+    }
+
+    pub fn service(&mut self, vip: &str, port: u16, proto: u8, backends: &[(u32, &str, u16)]) {
+        self.service_with(vip, port, proto, backends, SVC_ALG_RANDOM);
+    }
+
+    pub fn service_with(&mut self, vip: &str, port: u16, proto: u8, backends: &[(u32, &str, u16)], algorithm: u8) {
+        self.service_full(vip, port, proto, backends, algorithm, false);
+    }
+
+    pub fn service_full(
+        &mut self,
+        vip: &str,
+        port: u16,
+        proto: u8,
+        backends: &[(u32, &str, u16)],
+        algorithm: u8,
+        reject: bool,
+    ) {
+        self.maps
+            .upsert_service(&ServiceSpec {
+                vip: ip(vip),
+                port,
+                proto,
+                // One id per (port, proto), as the agent and sluicectl give them.
+                rev_nat_id: (u32::from(port) << 8) | u32::from(proto),
+                algorithm,
+                affinity_timeout_secs: 0,
+                reject,
+                backends: backends.iter().map(|(id, a, p)| (*id, ip(a), *p, true)).collect(),
+            })
+            .unwrap();
+    }
+}
+
+pub const SYN: u8 = 0x02;
+pub const SYN_ACK: u8 = 0x12;
+pub const TCP_ACK: u8 = 0x10;
+
+/// An ICMP(v6) "port unreachable" from `from` to `to`, quoting `quoted`
+/// (an IP packet, as the sender of the error received it).
+pub fn port_unreachable(from: &str, to: &str, quoted: &[u8]) -> Frame {
+    let hdr = if ip(from).is_ipv6() {
+        [1, 4, 0, 0, 0, 0, 0, 0]
+    } else {
+        [3, 3, 0, 0, 0, 0, 0, 0]
+    };
+    icmp(from, to, hdr, quoted)
+}
+
+/// An ICMP echo request (or reply) with identifier `id`.
+pub fn echo(from: &str, to: &str, request: bool, id: u16) -> Frame {
+    let t = match (ip(from).is_ipv6(), request) {
+        (false, true) => 8,
+        (false, false) => 0,
+        (true, true) => 128,
+        (true, false) => 129,
+    };
+    let [a, b] = id.to_be_bytes();
+    icmp(from, to, [t, 0, 0, 0, a, b, 0, 1], b"ping")
+}
+
+/// An ICMP(v6) message: the 8-byte header (checksum filled in) and a body.
+pub fn icmp(from: &str, to: &str, hdr: [u8; 8], body: &[u8]) -> Frame {
+    let (from, to) = (ip(from), ip(to));
+    let mut icmp = hdr.to_vec();
+    icmp.extend_from_slice(body);
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&POD_MAC);
+    bytes.extend_from_slice(&GW_MAC);
+    match (from, to) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let c = csum(&icmp, 0);
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            bytes.extend_from_slice(&0x0800u16.to_be_bytes());
+            let mut h = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 1, 0, 0];
+            h[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+            let c = csum(&h, 0);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            bytes.extend_from_slice(&h);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut pseudo = Vec::new();
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, 58]);
+            let c = csum(&icmp, sum16(&pseudo, 0));
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            bytes.extend_from_slice(&0x86ddu16.to_be_bytes());
+            let mut h = vec![0x60, 0, 0, 0];
+            h.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+            h.extend_from_slice(&[58, 64]);
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+            bytes.extend_from_slice(&h);
+        }
+        _ => panic!("mixed families"),
+    }
+    bytes.extend_from_slice(&icmp);
+    Frame { bytes }
+}
+
+impl Frame {
+    /// The ICMP checksum is right (ICMPv6: with its pseudo header).
+    pub fn assert_icmp_checksum(&self) {
+        let l4 = self.l4();
+        let msg = &self.bytes[l4..];
+        let acc = if self.v6() {
+            let mut pseudo = self.bytes[ETH + 8..ETH + 40].to_vec();
+            pseudo.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, 58]);
+            sum16(&pseudo, 0)
+        } else {
+            assert_eq!(
+                sum16(&self.bytes[ETH..ETH + 20], 0),
+                0xffff,
+                "outer IPv4 header checksum"
+            );
+            0
+        };
+        assert_eq!(sum16(msg, acc), 0xffff, "ICMP checksum");
+    }
+
+    /// The packet quoted by an ICMP error, as a frame of its own.
+    pub fn quoted(&self) -> Frame {
+        let mut bytes = self.bytes[..ETH].to_vec();
+        bytes.extend_from_slice(&self.bytes[self.l4() + 8..]);
+        Frame { bytes }
+    }
+}

@@ -1,0 +1,379 @@
+//! Conntrack of every flow and the network-policy lookups, through
+//! BPF_PROG_TEST_RUN on the real programs: which packets an isolated pod
+//! lets through (exact port, port range, every port, every protocol, CIDR
+//! longest prefix, except), that a denied packet leaves no conntrack entry
+//! and is counted and reported, and that replies pass on the entry alone.
+
+mod common;
+
+use aya::maps::RingBuf;
+use common::ip;
+use common::*;
+use sluice_tc_datapath::layout::*;
+use sluice_tc_datapath::loader::{EGRESS, INGRESS};
+use sluice_tc_datapath::maps::Rule;
+
+const PROTO_ICMP: u8 = 1;
+const PROTO_ICMPV6: u8 = 58;
+const EP: u32 = 7;
+const SELF_ID: u32 = 300;
+const POLICY: u32 = 41;
+
+/// The pod's own entry for a flow: (pod side, peer side).
+fn ct_key(local: &str, remote: &str, lport: u16, rport: u16, proto: u8) -> CtKey {
+    CtKey {
+        saddr: addr(ip(local)),
+        daddr: addr(ip(remote)),
+        sport: lport.to_be(),
+        dport: rport.to_be(),
+        proto,
+        kind: CT_FLOW,
+        pad0: 0,
+    }
+}
+
+impl Dp {
+    fn isolate(&mut self, flags: u8) {
+        let v = EpPolicyValue {
+            identity: SELF_ID,
+            ingress_policy: POLICY,
+            egress_policy: POLICY + 1,
+            flags,
+            pad0: [0; 3],
+        };
+        self.maps.set_endpoint_policy(EP, v).unwrap();
+    }
+
+    fn allow(&mut self, dir: Direction, identity: u32, proto: u8, ports: Option<(u16, u16)>) {
+        let r = Rule {
+            dir,
+            identity,
+            proto,
+            ports,
+            policy: POLICY,
+        };
+        self.maps.insert_rule(EP, &r).unwrap();
+    }
+
+    fn verdict(&self, prog: &str, f: &Frame) -> u32 {
+        self.run(prog, f).0
+    }
+}
+
+fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Frame {
+    Frame::new(src, dst, sport, dport, PROTO_TCP, flags, b"")
+}
+
+fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Frame {
+    Frame::new(src, dst, sport, dport, PROTO_UDP, 0, b"q")
+}
+
+/// Every flow gets one entry at the pod's end, keyed from the pod's side,
+/// found by the packets of both directions; who opened it is recorded; an
+/// ICMP echo is a flow keyed by its identifier, and a ping the other way
+/// with the same identifier is another one.
+fn tracks_every_flow(pod: &str, peer: &str, outsider: &str, icmp: u8) {
+    let mut dp = Dp::new();
+    dp.pod_id(pod, EP);
+
+    // Outbound TCP: made at egress, established by the reply at ingress.
+    assert_eq!(dp.verdict(EGRESS, &tcp(pod, peer, 40000, 80, SYN)), TC_ACT_OK);
+    let k = ct_key(pod, peer, 40000, 80, PROTO_TCP);
+    let e = dp.maps.ct.get(&k, 0).expect("outbound entry");
+    assert_eq!((e.state, e.flags, e.rev_nat_id), (CT_NEW, 0, 0));
+    assert_eq!(dp.verdict(INGRESS, &tcp(peer, pod, 80, 40000, SYN_ACK)), TC_ACT_OK);
+    assert_eq!(dp.maps.ct.get(&k, 0).unwrap().state, CT_ESTABLISHED);
+
+    // Inbound TCP: made at ingress, established by the pod's reply.
+    assert_eq!(dp.verdict(INGRESS, &tcp(outsider, pod, 5555, 8080, SYN)), TC_ACT_OK);
+    let k = ct_key(pod, outsider, 8080, 5555, PROTO_TCP);
+    assert_eq!(dp.maps.ct.get(&k, 0).unwrap().flags, CT_F_INBOUND);
+    assert_eq!(dp.verdict(EGRESS, &tcp(pod, outsider, 8080, 5555, SYN_ACK)), TC_ACT_OK);
+    assert_eq!(dp.maps.ct.get(&k, 0).unwrap().state, CT_ESTABLISHED);
+
+    // UDP both ways.
+    assert_eq!(dp.verdict(EGRESS, &udp(pod, peer, 41000, 53)), TC_ACT_OK);
+    assert_eq!(dp.verdict(INGRESS, &udp(peer, pod, 53, 41000)), TC_ACT_OK);
+    let e = dp.maps.ct.get(&ct_key(pod, peer, 41000, 53, PROTO_UDP), 0).unwrap();
+    assert_eq!(e.state, CT_ESTABLISHED);
+
+    // Echo: the identifier is the requester's port.
+    assert_eq!(
+        dp.verdict(EGRESS, &echo(pod, peer, true, 77).macs(GW_MAC, POD_MAC)),
+        TC_ACT_OK
+    );
+    let k = ct_key(pod, peer, 77, 0, icmp);
+    assert_eq!(dp.maps.ct.get(&k, 0).unwrap().state, CT_NEW);
+    assert_eq!(dp.verdict(INGRESS, &echo(peer, pod, false, 77)), TC_ACT_OK);
+    assert_eq!(dp.maps.ct.get(&k, 0).unwrap().state, CT_ESTABLISHED);
+    assert_eq!(dp.verdict(INGRESS, &echo(peer, pod, true, 77)), TC_ACT_OK);
+    let theirs = dp.maps.ct.get(&ct_key(pod, peer, 0, 77, icmp), 0).unwrap();
+    assert_eq!(
+        (theirs.state, theirs.flags),
+        (CT_NEW, CT_F_INBOUND),
+        "their ping with our id is a flow of its own"
+    );
+    assert_eq!(dp.maps.conntrack().unwrap().len(), 5);
+}
+
+#[test]
+fn v4_every_flow_is_tracked_at_the_pod_end() {
+    if root("v4_every_flow_is_tracked_at_the_pod_end") {
+        tracks_every_flow("10.244.1.5", "10.244.2.7", "10.9.9.9", PROTO_ICMP);
+    }
+}
+
+#[test]
+fn v6_every_flow_is_tracked_at_the_pod_end() {
+    if root("v6_every_flow_is_tracked_at_the_pod_end") {
+        tracks_every_flow("fd00:244::1:5", "fd00:244::2:7", "fd00:9::9", PROTO_ICMPV6);
+    }
+}
+
+const POD: &str = "10.244.1.5";
+const A: &str = "10.244.2.7"; // identity 301
+const B: &str = "10.244.2.8"; // identity 302
+const C: &str = "10.244.2.9"; // a pod no rule names (303)
+
+/// The lookup rules of an isolated pod's ingress: exact port, port range
+/// (endPort), every port of a protocol, every protocol, anyone; everything
+/// else is dropped with its reason, leaves no conntrack entry and is
+/// reported with the pod, the peer's identity and the isolating policy.
+#[test]
+fn ingress_rules_exact_range_wildcard_any() {
+    if !root("ingress_rules_exact_range_wildcard_any") {
+        return;
+    }
+    let mut dp = Dp::new();
+    dp.pod_id(POD, EP);
+    for (a, id) in [(A, 301), (B, 302), (C, 303)] {
+        dp.maps.set_identity(ip(a), id).unwrap();
+    }
+    dp.isolate(POLICY_F_INGRESS);
+    dp.allow(Direction::Ingress, 301, PROTO_TCP, Some((80, 80)));
+    dp.allow(Direction::Ingress, 301, PROTO_TCP, Some((8000, 8080)));
+    dp.allow(Direction::Ingress, 302, PROTO_UDP, None);
+    dp.allow(Direction::Ingress, ID_ANY, PROTO_TCP, Some((443, 443)));
+    // A rule of another direction or another pod allows nothing here.
+    dp.allow(Direction::Egress, 303, 0, None);
+    dp.maps
+        .insert_rule(
+            EP + 1,
+            &Rule {
+                dir: Direction::Ingress,
+                identity: 303,
+                proto: 0,
+                ports: None,
+                policy: 9,
+            },
+        )
+        .unwrap();
+
+    let cases: [(&str, Frame, bool); 14] = [
+        ("exact port", tcp(A, POD, 1000, 80, SYN), true),
+        ("next port", tcp(A, POD, 1001, 81, SYN), false),
+        ("range start", tcp(A, POD, 1002, 8000, SYN), true),
+        ("range end", tcp(A, POD, 1003, 8080, SYN), true),
+        ("range middle", tcp(A, POD, 1004, 8042, SYN), true),
+        ("below the range", tcp(A, POD, 1005, 7999, SYN), false),
+        ("above the range", tcp(A, POD, 1006, 8081, SYN), false),
+        ("other protocol, same port", udp(A, POD, 1007, 80), false),
+        ("every UDP port", udp(B, POD, 1008, 5353), true),
+        ("but not TCP", tcp(B, POD, 1009, 5353, SYN), false),
+        ("anyone on 443", tcp(C, POD, 1010, 443, SYN), true),
+        ("an unknown address on 443", tcp("192.0.2.1", POD, 1011, 443, SYN), true),
+        ("a rule for egress", tcp(C, POD, 1012, 80, SYN), false),
+        ("ping: no rule for every protocol", echo(B, POD, true, 5), false),
+    ];
+    for (what, f, allowed) in &cases {
+        let drops = dp.maps.count(Reason::DropPolicy, Direction::Ingress).unwrap();
+        let before = dp.maps.conntrack().unwrap().len();
+        let v = dp.verdict(INGRESS, f);
+        let after = dp.maps.conntrack().unwrap().len();
+        if *allowed {
+            assert_eq!((v, after), (TC_ACT_OK, before + 1), "{what}: allowed, tracked");
+        } else {
+            assert_eq!((v, after), (TC_ACT_SHOT, before), "{what}: dropped, untracked");
+            assert_eq!(
+                dp.maps.count(Reason::DropPolicy, Direction::Ingress).unwrap(),
+                drops + 1,
+                "{what}: counted"
+            );
+        }
+    }
+    // Each drop was reported: who, from which identity, which policy.
+    let mut events = RingBuf::try_from(dp.ebpf.take_map("sl_events").unwrap()).unwrap();
+    let mut seen = Vec::new();
+    while let Some(item) = events.next() {
+        // SAFETY: the programs write whole flow_event records.
+        let e: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        seen.push((
+            e.reason,
+            e.dir,
+            e.endpoint_id,
+            e.peer_identity,
+            e.policy,
+            u16::from_be(e.dport),
+        ));
+    }
+    let ing = Direction::Ingress as u8;
+    let drop = Reason::DropPolicy as u16;
+    assert_eq!(
+        seen,
+        vec![
+            (drop, ing, EP, 301, POLICY, 81),
+            (drop, ing, EP, 301, POLICY, 7999),
+            (drop, ing, EP, 301, POLICY, 8081),
+            (drop, ing, EP, 301, POLICY, 80),
+            (drop, ing, EP, 302, POLICY, 5353),
+            (drop, ing, EP, 303, POLICY, 80),
+            (drop, ing, EP, 302, POLICY, 0),
+        ]
+    );
+
+    // A rule for every protocol lets the ping in; the node always may.
+    dp.allow(Direction::Ingress, 302, 0, None);
+    assert_eq!(dp.verdict(INGRESS, &echo(B, POD, true, 6)), TC_ACT_OK);
+    dp.maps.set_identity(ip("10.244.0.1"), ID_HOST).unwrap();
+    assert_eq!(dp.verdict(INGRESS, &tcp("10.244.0.1", POD, 1013, 9, SYN)), TC_ACT_OK);
+
+    // Stateful: with egress isolated too and no egress rule, the replies of
+    // allowed flows leave on their entries; a flow of the pod's own does not.
+    dp.isolate(POLICY_F_INGRESS | POLICY_F_EGRESS);
+    assert_eq!(
+        dp.verdict(EGRESS, &tcp(POD, A, 80, 1000, SYN_ACK)),
+        TC_ACT_OK,
+        "a reply"
+    );
+    assert_eq!(dp.verdict(EGRESS, &udp(POD, B, 5353, 1008)), TC_ACT_OK, "a UDP answer");
+    assert_eq!(
+        dp.verdict(EGRESS, &echo(POD, B, false, 6).macs(GW_MAC, POD_MAC)),
+        TC_ACT_OK,
+        "an echo reply"
+    );
+    assert_eq!(
+        dp.verdict(EGRESS, &tcp(POD, A, 40000, 80, SYN)),
+        TC_ACT_SHOT,
+        "a new flow"
+    );
+    assert_eq!(dp.maps.count(Reason::DropPolicy, Direction::Egress).unwrap(), 1);
+}
+
+/// CIDR identities: the longest prefix containing the peer decides, so an
+/// `except` prefix (an identity no rule allows) carves its hole, and a
+/// longer prefix of another rule inside it is allowed again. A pod's
+/// address is matched by its pod identity and by the CIDRs it falls in.
+#[test]
+fn egress_cidr_longest_prefix_and_except() {
+    if !root("egress_cidr_longest_prefix_and_except") {
+        return;
+    }
+    let mut dp = Dp::new();
+    dp.pod_id(POD, EP);
+    dp.maps.set_identity(ip(A), 301).unwrap();
+    // ipBlock 10.0.0.0/8 except 10.1.0.0/16 (every port); ipBlock 10.1.2.0/24 on 443.
+    for (net, len, id) in [
+        ("10.0.0.0", 8, 400),
+        ("10.1.0.0", 16, 401),
+        ("10.1.2.0", 24, 402),
+        ("10.244.0.0", 16, 403),
+        ("fd00:ab::", 32, 404),
+    ] {
+        dp.maps.set_cidr(ip(net), len, id).unwrap();
+    }
+    assert_eq!(dp.maps.cidrs().unwrap().len(), 5);
+    dp.isolate(POLICY_F_EGRESS);
+    dp.allow(Direction::Egress, 400, 0, None);
+    dp.allow(Direction::Egress, 402, PROTO_TCP, Some((443, 443)));
+    dp.allow(Direction::Egress, 404, PROTO_UDP, Some((53, 53)));
+    let cases = [
+        ("inside the block", tcp(POD, "10.2.3.4", 2000, 80, SYN), true),
+        ("inside the except", tcp(POD, "10.1.3.4", 2001, 80, SYN), false),
+        (
+            "a longer block inside the except",
+            tcp(POD, "10.1.2.9", 2002, 443, SYN),
+            true,
+        ),
+        ("... on another port", tcp(POD, "10.1.2.9", 2003, 80, SYN), false),
+        ("outside every block", tcp(POD, "192.168.0.1", 2004, 80, SYN), false),
+    ];
+    for (what, f, allowed) in &cases {
+        let want = if *allowed { TC_ACT_OK } else { TC_ACT_SHOT };
+        assert_eq!(dp.verdict(EGRESS, f), want, "{what}");
+    }
+    // The pod A (10.244.2.7) is in 10.244.0.0/16: a rule for that block
+    // reaches it although its pod identity has no rule.
+    assert_eq!(dp.verdict(EGRESS, &tcp(POD, A, 2005, 80, SYN)), TC_ACT_SHOT);
+    dp.allow(Direction::Egress, 403, PROTO_TCP, Some((80, 80)));
+    assert_eq!(dp.verdict(EGRESS, &tcp(POD, A, 2006, 80, SYN)), TC_ACT_OK);
+
+    // IPv6 prefixes, in the same trie.
+    let mut dp6 = Dp::new();
+    dp6.pod_id("fd00:244::1:5", EP);
+    dp6.maps.set_cidr(ip("fd00:ab::"), 32, 404).unwrap();
+    dp6.isolate(POLICY_F_EGRESS);
+    dp6.allow(Direction::Egress, 404, PROTO_UDP, Some((53, 53)));
+    assert_eq!(
+        dp6.verdict(EGRESS, &udp("fd00:244::1:5", "fd00:ab::1", 3000, 53)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        dp6.verdict(EGRESS, &udp("fd00:244::1:5", "fd00:ac::1", 3001, 53)),
+        TC_ACT_SHOT
+    );
+}
+
+/// Egress policy is decided on the backend a Service connection was given
+/// (its identity, its target port), never on the VIP; an established
+/// connection keeps going when the rule goes, a new one is dropped before
+/// any conntrack entry or translation.
+#[test]
+fn egress_policy_sees_the_backend_behind_the_vip() {
+    if !root("egress_policy_sees_the_backend_behind_the_vip") {
+        return;
+    }
+    let mut dp = Dp::new();
+    dp.pod_id(POD, EP);
+    dp.maps.set_identity(ip(A), 301).unwrap();
+    dp.service("10.96.0.10", 80, PROTO_TCP, &[(11, A, 8080)]);
+    dp.isolate(POLICY_F_EGRESS);
+    dp.allow(Direction::Egress, 301, PROTO_TCP, Some((80, 80)));
+    let syn = |sport| tcp(POD, "10.96.0.10", sport, 80, SYN);
+    assert_eq!(
+        dp.verdict(EGRESS, &syn(40000)),
+        TC_ACT_SHOT,
+        "the VIP's port is not the backend's"
+    );
+    assert!(dp.maps.conntrack().unwrap().is_empty(), "nothing tracked");
+    dp.allow(Direction::Egress, 301, PROTO_TCP, Some((8080, 8080)));
+    let (v, out) = dp.run(EGRESS, &syn(40000));
+    assert_eq!((v, out.ports()), (TC_ACT_REDIRECT, (40000, 8080)));
+
+    dp.maps
+        .remove_rule(
+            EP,
+            &Rule {
+                dir: Direction::Egress,
+                identity: 301,
+                proto: PROTO_TCP,
+                ports: Some((8080, 8080)),
+                policy: POLICY,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        dp.verdict(EGRESS, &syn(40000)),
+        TC_ACT_REDIRECT,
+        "established keeps going"
+    );
+    assert_eq!(
+        dp.verdict(EGRESS, &syn(40001)),
+        TC_ACT_SHOT,
+        "a new connection is decided anew"
+    );
+    assert_eq!(
+        dp.maps.conntrack().unwrap().len(),
+        2,
+        "the first connection's two entries only"
+    );
+}
