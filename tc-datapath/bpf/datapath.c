@@ -133,9 +133,18 @@ static __always_inline int maybe_in(void *filter, const __u8 *addr)
 	return !w || ((*w >> ((slot % 8) * 8)) & 0xff);
 }
 
+/* A packet this program turned around that answers the pod (a translated
+ * hairpin reply, a reject): the ingress program passes it as it is, since
+ * it is no new flow into the pod. The mark survives the redirect (same
+ * namespace) and nothing from outside the pod carries one (crossing into
+ * its namespace clears marks); ingress clears it. */
+#define SL_MARK_ANSWER 0x5c1a0001
+
 /* Turn a packet around into the interface it is leaving: the MACs swap
- * (it must arrive addressed to the pod) and it re-enters as received. */
-static __always_inline int redirect_self(struct __sk_buff *skb, __u32 dir, __u32 reason)
+ * (it must arrive addressed to the pod) and it re-enters as received. An
+ * `answer` skips the pod's ingress policy; a hairpinned request does not
+ * (the pod's policy judges it as coming from the pod itself). */
+static __always_inline int redirect_self(struct __sk_buff *skb, __u32 dir, __u32 reason, int answer)
 {
 	__u8 macs[12], swapped[12];
 
@@ -146,6 +155,8 @@ static __always_inline int redirect_self(struct __sk_buff *skb, __u32 dir, __u32
 	if (bpf_skb_store_bytes(skb, 0, swapped, 12, 0) < 0)
 		return drop(skb, DROP_NAT_FAILED, dir);
 	count(reason, dir, skb->len);
+	if (answer)
+		skb->mark = SL_MARK_ANSWER;
 	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
 
@@ -705,7 +716,7 @@ static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __
 		    bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), 0) < 0)
 			return TC_ACT_SHOT;
 	}
-	return redirect_self(skb, DIR_EGRESS, REASON_REJECTED);
+	return redirect_self(skb, DIR_EGRESS, REASON_REJECTED, 1);
 }
 
 static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc,
@@ -767,7 +778,7 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 		hairpin_addr(hp, p->v6);
 		if (rewrite(skb, p, ETH_HLEN, 0, hp, p->sport) < 0)
 			return drop(skb, DROP_NAT_FAILED, DIR_EGRESS);
-		return redirect_self(skb, DIR_EGRESS, REASON_HAIRPIN);
+		return redirect_self(skb, DIR_EGRESS, REASON_HAIRPIN, 0);
 	}
 	if (have_nh) {
 		/* The backend has answered: its next hop is known, the frame
@@ -844,7 +855,7 @@ static __always_inline int reply(struct __sk_buff *skb, struct pkt *p, __u32 dir
 	if (hairpin) {
 		if (rewrite(skb, p, ETH_HLEN, 1, p->saddr, p->dport) < 0)
 			return drop(skb, DROP_NAT_FAILED, dir);
-		return redirect_self(skb, dir, REASON_HAIRPIN);
+		return redirect_self(skb, dir, REASON_HAIRPIN, 1);
 	}
 	return TC_ACT_OK;
 }
@@ -993,6 +1004,11 @@ int sl_ingress(struct __sk_buff *skb)
 	struct ct_value *ct;
 	int r;
 
+	if (skb->mark == SL_MARK_ANSWER) {
+		skb->mark = 0;
+		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+		return TC_ACT_OK;
+	}
 	r = parse_frame(skb, &eth, &p);
 	if (r)
 		return drop(skb, r, DIR_INGRESS);
