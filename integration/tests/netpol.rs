@@ -486,6 +486,40 @@ fn network_policy_truth_table() {
         c.flush();
         c.apply(&policies);
         c.check(name, &policies);
+        if name == "named port" {
+            // What the operator sees: x/a (node 0) isolated for ingress,
+            // its named ports resolved to numbers, the policy named.
+            let out = std::process::Command::new(bin_dir().join("sluicectl"))
+                .arg("--bpffs")
+                .arg(c.vpc.bpffs[0].root())
+                .args(["-o", "json", "policy", "get", &c.ip("x", "a").to_string()])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(
+                (v["ingressIsolated"].clone(), v["egressIsolated"].clone()),
+                (json!(true), json!(false))
+            );
+            let rules: Vec<(String, String, String, String)> = v["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    let s = |k: &str| r[k].as_str().unwrap().to_string();
+                    (s("peer"), s("proto"), s("ports"), s("policy"))
+                })
+                .collect();
+            let want = |proto: &str, port: &str| {
+                (
+                    "*".to_string(),
+                    proto.to_string(),
+                    port.to_string(),
+                    "x/named".to_string(),
+                )
+            };
+            assert_eq!(rules, vec![want("tcp", "81"), want("udp", "80")], "{v}");
+        }
     }
 
     // A policy changed while connections are open: add, change, delete.

@@ -49,6 +49,9 @@ enum Cmd {
     /// Local pod endpoints.
     #[command(subcommand)]
     Endpoint(EndpointCmd),
+    /// Network policy as enforced on this node's pods.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Packets and bytes by reason and direction, summed over CPUs.
     Metrics,
     /// The attached program version and its settings.
@@ -92,6 +95,15 @@ enum BackendCmd {
 }
 
 #[derive(Subcommand)]
+enum PolicyCmd {
+    /// Every pod some policy isolates: its identity, the directions it is
+    /// isolated in (by which policy), and how many trie entries it has.
+    List,
+    /// The rules enforced on one pod, by one of its addresses.
+    Get { address: IpAddr },
+}
+
+#[derive(Subcommand)]
 enum CtCmd {
     /// Every entry: a Service connection's as the client sent it (KIND
     /// service), every flow from its pod's side (SOURCE is the pod; KIND out
@@ -111,6 +123,17 @@ fn proto_num(s: &str) -> Result<u8> {
         "tcp" => Ok(layout::PROTO_TCP),
         "udp" => Ok(layout::PROTO_UDP),
         other => bail!("protocol {other:?}: expected tcp or udp"),
+    }
+}
+
+/// An identity as the node's names map spells it, else its number.
+fn identity_name(maps: &Maps, id: u32) -> String {
+    match id {
+        layout::ID_HOST => "host".into(),
+        layout::ID_WORLD => "world".into(),
+        _ => maps
+            .name(layout::NAME_IDENTITY, id)
+            .map_or_else(|| id.to_string(), |n| format!("{id} ({n})")),
     }
 }
 
@@ -437,6 +460,119 @@ fn run(cli: &Cli) -> Result<()> {
                         })
                         .collect(),
                 );
+            }
+        }
+        Cmd::Policy(PolicyCmd::List) => {
+            let eps = maps.endpoint_entries()?;
+            let rules = maps.rule_entries(None)?;
+            let mut rows = Vec::new();
+            for (id, v) in maps.endpoint_policies()? {
+                let addrs: Vec<String> = eps
+                    .iter()
+                    .filter(|e| e.1.endpoint_id == id)
+                    .map(|e| e.0.to_string())
+                    .collect();
+                let by = |flag: u8, pol: u32| {
+                    if v.flags & flag == 0 {
+                        "-".to_string()
+                    } else {
+                        maps.name(layout::NAME_POLICY, pol).unwrap_or_else(|| pol.to_string())
+                    }
+                };
+                rows.push(vec![
+                    id.to_string(),
+                    addrs.join(","),
+                    identity_name(&maps, v.identity),
+                    by(layout::POLICY_F_INGRESS, v.ingress_policy),
+                    by(layout::POLICY_F_EGRESS, v.egress_policy),
+                    rules.iter().filter(|r| r.1.endpoint_id == id).count().to_string(),
+                ]);
+            }
+            if json_out {
+                let v: Vec<Value> = rows
+                    .iter()
+                    .map(|r| {
+                        json!({"endpoint": r[0], "addresses": r[1], "identity": r[2],
+                                    "ingress": r[3], "egress": r[4], "entries": r[5]})
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                table(
+                    &["ENDPOINT", "ADDRESSES", "IDENTITY", "INGRESS", "EGRESS", "ENTRIES"],
+                    rows,
+                );
+            }
+        }
+        Cmd::Policy(PolicyCmd::Get { address }) => {
+            let ep = maps
+                .endpoint_entries()?
+                .into_iter()
+                .find(|e| e.0 == *address)
+                .with_context(|| format!("no pod with address {address} on this node"))?;
+            let id = ep.1.endpoint_id;
+            let pol = maps.endpoint_policy(id)?;
+            let isolated = |flag: u8| pol.is_some_and(|p| p.flags & flag != 0);
+            let mut rows = Vec::new();
+            for (len, m, v) in maps.rule_entries(Some(id))? {
+                let port = match len {
+                    layout::POLICY_BITS_ANY_PROTO | layout::POLICY_BITS_ANY_PORT => "*".to_string(),
+                    l => {
+                        let lo = u16::from_be(m.port);
+                        let span = 1u32 << (layout::POLICY_BITS_EXACT - l);
+                        if span == 1 {
+                            lo.to_string()
+                        } else {
+                            format!("{lo}-{}", u32::from(lo) + span - 1)
+                        }
+                    }
+                };
+                rows.push(vec![
+                    if m.dir == layout::Direction::Ingress as u8 {
+                        "ingress"
+                    } else {
+                        "egress"
+                    }
+                    .to_string(),
+                    if m.identity == layout::ID_ANY {
+                        "*".into()
+                    } else {
+                        identity_name(&maps, m.identity)
+                    },
+                    if len == layout::POLICY_BITS_ANY_PROTO {
+                        "*".into()
+                    } else {
+                        proto_name(m.proto)
+                    },
+                    port,
+                    maps.name(layout::NAME_POLICY, v.policy)
+                        .unwrap_or_else(|| v.policy.to_string()),
+                ]);
+            }
+            if json_out {
+                let v = json!({
+                    "endpoint": id,
+                    "ingressIsolated": isolated(layout::POLICY_F_INGRESS),
+                    "egressIsolated": isolated(layout::POLICY_F_EGRESS),
+                    "rules": rows.iter().map(|r| json!({"direction": r[0], "peer": r[1], "proto": r[2],
+                                                         "ports": r[3], "policy": r[4]})).collect::<Vec<_>>()
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "endpoint {id}: ingress {}, egress {}",
+                    if isolated(layout::POLICY_F_INGRESS) {
+                        "isolated (what is listed is allowed)"
+                    } else {
+                        "unrestricted"
+                    },
+                    if isolated(layout::POLICY_F_EGRESS) {
+                        "isolated (what is listed is allowed)"
+                    } else {
+                        "unrestricted"
+                    },
+                );
+                table(&["DIRECTION", "PEER", "PROTO", "PORTS", "POLICY"], rows);
             }
         }
         Cmd::Metrics => {
