@@ -12,7 +12,8 @@
 use crate::translate::Desired;
 use ipnetwork::IpNetwork;
 use sluice_tc_datapath::layout::{
-    EpPolicyValue, ID_HOST, NAME_IDENTITY, NAME_POLICY, POLICY_F_EGRESS, POLICY_F_INGRESS, PolicyMatch, PolicyValue,
+    EpPolicyValue, ID_HOST, NAME_IDENTITY, NAME_POLICY, NameValue, POLICY_F_EGRESS, POLICY_F_INGRESS, PolicyMatch,
+    PolicyValue,
 };
 use sluice_tc_datapath::maps::{Maps, MapsError};
 use std::collections::{BTreeMap, BTreeSet};
@@ -62,8 +63,9 @@ impl NodeApplier {
         for (len, m, v) in maps.rule_entries(None)? {
             s.rules.insert((m, len), v);
         }
-        // Names are only ever overwritten; stale ones are harmless and
-        // removed on the next change that knows them.
+        for (k, name) in maps.names()? {
+            s.names.insert((k.kind, k.id), name);
+        }
         Ok(NodeApplier { applied: s })
     }
 
@@ -146,14 +148,17 @@ impl NodeApplier {
         for ip in host {
             s.ipcache.insert(*ip, ID_HOST);
         }
+        // As the map will hold them (cut to fit), so that a long name read
+        // back by from_maps compares equal.
+        let stored = |n: &str| NameValue::new(n).to_string_lossy();
         for (id, name) in &d.identities {
-            s.names.insert((NAME_IDENTITY, *id), name.clone());
+            s.names.insert((NAME_IDENTITY, *id), stored(name));
         }
         for (n, id) in &d.cidrs {
-            s.names.insert((NAME_IDENTITY, *id), n.to_string());
+            s.names.insert((NAME_IDENTITY, *id), stored(&n.to_string()));
         }
         for (id, name) in &d.policies {
-            s.names.insert((NAME_POLICY, *id), name.clone());
+            s.names.insert((NAME_POLICY, *id), stored(name));
         }
         let mut seen = BTreeSet::new();
         for ep in d.endpoints.values() {

@@ -516,14 +516,17 @@ static __always_inline int policy_allows(const struct ep_policy_value *pol, __u3
 
 /* 1 when the pod at `local` may open this flow in direction `dir`, else
  * the drop is counted and reported. A pod without a policy entry, or not
- * isolated in this direction, is unrestricted. */
-static __always_inline int policy_ok(struct __sk_buff *skb, const struct pkt *p, __u32 dir, const __u8 *local,
-				     const __u8 *peer, __be16 port)
+ * isolated in this direction, is unrestricted. `ep` is the pod's endpoint
+ * entry when the caller already has it (egress, from the source check),
+ * else NULL and it is looked up. */
+static __always_inline int policy_ok(struct __sk_buff *skb, const struct pkt *p, __u32 dir,
+				     struct endpoint_value *ep, const __u8 *local, const __u8 *peer, __be16 port)
 {
-	struct endpoint_value *ep = bpf_map_lookup_elem(&sl_endpoints, local);
 	struct ep_policy_value *pol;
 	__u32 peer_id = 0, ep_id;
 
+	if (!ep)
+		ep = bpf_map_lookup_elem(&sl_endpoints, local);
 	if (!ep)
 		return 1;
 	ep_id = ep->endpoint_id;
@@ -542,7 +545,7 @@ static __always_inline int policy_ok(struct __sk_buff *skb, const struct pkt *p,
  * alive carries the flow; otherwise the packet opens the flow, if the pod's
  * policy lets it, and the entry is made. Returns the verdict. */
 static __always_inline int track(struct __sk_buff *skb, const struct pkt *p, __u32 dir, struct ct_value *ct,
-				 const struct ct_key *k)
+				 const struct ct_key *k, struct endpoint_value *ep)
 {
 	const __u8 *local = dir == DIR_EGRESS ? p->saddr : p->daddr;
 	const __u8 *remote = dir == DIR_EGRESS ? p->daddr : p->saddr;
@@ -554,7 +557,7 @@ static __always_inline int track(struct __sk_buff *skb, const struct pkt *p, __u
 		count(REASON_FORWARDED, dir, skb->len);
 		return TC_ACT_OK;
 	}
-	if (!policy_ok(skb, p, dir, local, remote, p->dport))
+	if (!policy_ok(skb, p, dir, ep, local, remote, p->dport))
 		return TC_ACT_SHOT;
 	nct.state = CT_NEW;
 	nct.flags = dir == DIR_INGRESS ? CT_F_INBOUND : 0;
@@ -601,7 +604,8 @@ static __always_inline int icmp_related_egress(struct __sk_buff *skb, const stru
  * first, an ICMP error): an isolated pod lets it pass only on a rule for
  * every port of its protocol from/to the peer. IPv6 neighbour discovery and
  * MLD always pass, and so does an error the pod sends about a flow it has. */
-static __always_inline int untracked(struct __sk_buff *skb, const struct pkt *p, __u32 dir)
+static __always_inline int untracked(struct __sk_buff *skb, const struct pkt *p, __u32 dir,
+				     struct endpoint_value *ep)
 {
 	if (p->proto == IPPROTO_ICMPV6 && p->v6 && !p->fragment) {
 		__u8 type;
@@ -613,7 +617,8 @@ static __always_inline int untracked(struct __sk_buff *skb, const struct pkt *p,
 	}
 	if (dir == DIR_EGRESS && icmp_related_egress(skb, p))
 		goto pass;
-	if (!policy_ok(skb, p, dir, dir == DIR_EGRESS ? p->saddr : p->daddr, dir == DIR_EGRESS ? p->daddr : p->saddr, 0))
+	if (!policy_ok(skb, p, dir, ep, dir == DIR_EGRESS ? p->saddr : p->daddr, dir == DIR_EGRESS ? p->daddr : p->saddr,
+		       0))
 		return TC_ACT_SHOT;
 pass:
 	count(REASON_FORWARDED, dir, skb->len);
@@ -720,7 +725,7 @@ static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __
 }
 
 static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc,
-				   const struct svc_key *master)
+				   const struct svc_key *master, struct endpoint_value *ep)
 {
 	struct ct_key ck;
 	struct ct_value *ct, nct = {};
@@ -755,7 +760,7 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 		if (!b)
 			return drop(skb, DROP_BACKEND_GONE, DIR_EGRESS);
 		/* Egress policy sees the backend, not the VIP. */
-		if (!policy_ok(skb, p, DIR_EGRESS, p->saddr, b->addr, b->port))
+		if (!policy_ok(skb, p, DIR_EGRESS, ep, p->saddr, b->addr, b->port))
 			return TC_ACT_SHOT;
 		hairpin = addr_eq(b->addr, p->saddr);
 		nct.backend_id = id;
@@ -944,6 +949,7 @@ int sl_egress(struct __sk_buff *skb)
 	struct svc_value *svc;
 	struct ct_key ck;
 	struct ct_value *ct;
+	struct endpoint_value *ep = 0;
 	int r;
 
 	r = parse_frame(skb, &eth, &p);
@@ -956,8 +962,7 @@ int sl_egress(struct __sk_buff *skb)
 	/* Only the pod's own addresses may leave it. IPv6 neighbour discovery
 	 * and DAD use link-local and unspecified sources. */
 	if (cfg_source_check && !(p.v6 && is_v6_link_local_or_any(p.saddr))) {
-		struct endpoint_value *ep = bpf_map_lookup_elem(&sl_endpoints, p.saddr);
-
+		ep = bpf_map_lookup_elem(&sl_endpoints, p.saddr);
 		if (!ep || ep->ifindex != skb->ifindex || __builtin_memcmp(ep->mac, eth.h_source, 6))
 			return drop(skb, DROP_SOURCE_ADDRESS, DIR_EGRESS);
 	}
@@ -979,7 +984,7 @@ int sl_egress(struct __sk_buff *skb)
 			k.proto = p.proto;
 			svc = bpf_map_lookup_elem(&sl_services, &k);
 			if (svc && !(svc->flags & SVC_F_VIP_MARKER))
-				return service(skb, &p, svc, &k);
+				return service(skb, &p, svc, &k, ep);
 			k.port = 0;
 			k.proto = 0;
 		}
@@ -990,9 +995,9 @@ int sl_egress(struct __sk_buff *skb)
 									 : drop(skb, DROP_UNKNOWN_PORT, DIR_EGRESS);
 	}
 	if (!p.tracked)
-		return untracked(skb, &p, DIR_EGRESS);
+		return untracked(skb, &p, DIR_EGRESS, ep);
 	ct_key_of(&ck, p.saddr, p.daddr, p.sport, p.dport, p.proto, CT_FLOW);
-	return track(skb, &p, DIR_EGRESS, bpf_map_lookup_elem(&sl_ct, &ck), &ck);
+	return track(skb, &p, DIR_EGRESS, bpf_map_lookup_elem(&sl_ct, &ck), &ck, ep);
 }
 
 SEC("classifier")
@@ -1023,7 +1028,7 @@ int sl_ingress(struct __sk_buff *skb)
 		ct = bpf_map_lookup_elem(&sl_ct, &ck);
 		if (ct && ct->rev_nat_id && !p.fragment)
 			return reply(skb, &p, DIR_INGRESS, eth.h_source, ct);
-		return track(skb, &p, DIR_INGRESS, ct, &ck);
+		return track(skb, &p, DIR_INGRESS, ct, &ck, 0);
 	}
 	if (((p.proto == IPPROTO_ICMP && !p.v6) || (p.proto == IPPROTO_ICMPV6 && p.v6)) && !p.fragment) {
 		r = icmp_error(skb, &p);
@@ -1034,5 +1039,5 @@ int sl_ingress(struct __sk_buff *skb)
 			return TC_ACT_OK;
 		}
 	}
-	return untracked(skb, &p, DIR_INGRESS);
+	return untracked(skb, &p, DIR_INGRESS, 0);
 }

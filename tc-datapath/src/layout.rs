@@ -275,7 +275,7 @@ impl NameValue {
         NameValue { name }
     }
 
-    pub fn as_str(&self) -> String {
+    pub fn to_string_lossy(&self) -> String {
         let end = self.name.iter().position(|b| *b == 0).unwrap_or(NAME_LEN);
         String::from_utf8_lossy(&self.name[..end]).into_owned()
     }

@@ -715,7 +715,19 @@ impl Maps {
     }
 
     pub fn name(&self, kind: u32, id: u32) -> Option<String> {
-        self.names.get(&NameKey { kind, id }, 0).ok().map(|v| v.as_str())
+        self.names
+            .get(&NameKey { kind, id }, 0)
+            .ok()
+            .map(|v| v.to_string_lossy())
+    }
+
+    /// Every (key, name) of the names map.
+    pub fn names(&self) -> Result<Vec<(NameKey, String)>, MapsError> {
+        self.names
+            .iter()
+            .map(|kv| kv.map(|(k, v)| (k, v.to_string_lossy())))
+            .collect::<Result<_, _>>()
+            .map_err(err("sl_names"))
     }
 
     pub fn count(&self, reason: Reason, dir: Direction) -> Result<u64, MapsError> {

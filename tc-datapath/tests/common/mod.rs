@@ -51,6 +51,19 @@ pub fn csum(data: &[u8], acc: u32) -> u16 {
     !(sum16(data, acc) as u16)
 }
 
+/// The EtherType and an IPv4 header (checksum filled in) for `l4_len`
+/// bytes of `proto`; `flags` is the high byte of the fragment field (0x40 = DF).
+pub fn ipv4_header(s: std::net::Ipv4Addr, d: std::net::Ipv4Addr, proto: u8, l4_len: usize, flags: u8) -> Vec<u8> {
+    let mut h = 0x0800u16.to_be_bytes().to_vec();
+    h.extend_from_slice(&[0x45, 0, 0, 0, 0, 1, flags, 0, 64, proto, 0, 0]);
+    h[4..6].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
+    h.extend_from_slice(&s.octets());
+    h.extend_from_slice(&d.octets());
+    let c = csum(&h[2..], 0);
+    h[12..14].copy_from_slice(&c.to_be_bytes());
+    h
+}
+
 pub struct Frame {
     pub bytes: Vec<u8>,
 }
@@ -79,16 +92,7 @@ impl Frame {
         bytes.extend_from_slice(&GW_MAC);
         bytes.extend_from_slice(&POD_MAC);
         match (src, dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                bytes.extend_from_slice(&0x0800u16.to_be_bytes());
-                let mut h = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
-                h[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
-                h.extend_from_slice(&s.octets());
-                h.extend_from_slice(&d.octets());
-                let c = csum(&h, 0);
-                h[10..12].copy_from_slice(&c.to_be_bytes());
-                bytes.extend_from_slice(&h);
-            }
+            (IpAddr::V4(s), IpAddr::V4(d)) => bytes.extend(ipv4_header(s, d, proto, l4_len, 0x40)),
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 bytes.extend_from_slice(&0x86ddu16.to_be_bytes());
                 let mut h = vec![0x60, 0, 0, 0];
@@ -289,14 +293,7 @@ pub fn icmp(from: &str, to: &str, hdr: [u8; 8], body: &[u8]) -> Frame {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let c = csum(&icmp, 0);
             icmp[2..4].copy_from_slice(&c.to_be_bytes());
-            bytes.extend_from_slice(&0x0800u16.to_be_bytes());
-            let mut h = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 1, 0, 0];
-            h[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
-            h.extend_from_slice(&s.octets());
-            h.extend_from_slice(&d.octets());
-            let c = csum(&h, 0);
-            h[10..12].copy_from_slice(&c.to_be_bytes());
-            bytes.extend_from_slice(&h);
+            bytes.extend(ipv4_header(s, d, 1, icmp.len(), 0));
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let mut pseudo = Vec::new();
