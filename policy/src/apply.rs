@@ -170,6 +170,10 @@ impl NodeApplier {
             }
             let flags = if ep.ingress.is_some() { POLICY_F_INGRESS } else { 0 }
                 | if ep.egress.is_some() { POLICY_F_EGRESS } else { 0 };
+            let mut kinds = [0u8; 2];
+            for r in &ep.rules {
+                kinds[r.dir as usize] |= r.kinds();
+            }
             s.endpoints.insert(
                 ep_id,
                 EpPolicyValue {
@@ -177,7 +181,8 @@ impl NodeApplier {
                     ingress_policy: ep.ingress.unwrap_or(0),
                     egress_policy: ep.egress.unwrap_or(0),
                     flags,
-                    pad0: [0; 3],
+                    kinds,
+                    pad0: 0,
                 },
             );
             for r in &ep.rules {

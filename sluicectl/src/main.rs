@@ -97,7 +97,7 @@ enum BackendCmd {
 #[derive(Subcommand)]
 enum PolicyCmd {
     /// Every pod some policy isolates: its identity, the directions it is
-    /// isolated in (by which policy), and how many trie entries it has.
+    /// isolated in (by which policy), and how many rule entries it has.
     List,
     /// The rules enforced on one pod, by one of its addresses.
     Get { address: IpAddr },

@@ -459,20 +459,34 @@ static __always_inline void policy_event(const struct pkt *p, __u32 dir, __u32 e
 	e->endpoint_id = ep_id;
 	e->peer_identity = peer_id;
 	e->policy = policy;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 
-static __always_inline int rule_allows(struct policy_key *k, __u32 identity)
+/* Does a rule of `identity` allow the flow `k` describes? The exact port
+ * first, then only the kinds of rule the endpoint has in this direction. */
+static __always_inline int rule_allows(struct policy_key *k, __u32 identity, __u8 kinds)
 {
+	struct policy_match w;
+
 	k->m.identity = identity;
-	return bpf_map_lookup_elem(&sl_policy, k) != 0;
+	if (bpf_map_lookup_elem(&sl_policy, &k->m))
+		return 1;
+	if ((kinds & RULE_K_RANGE) && bpf_map_lookup_elem(&sl_policy_ranges, k))
+		return 1;
+	w = k->m;
+	w.port = 0;
+	if ((kinds & RULE_K_ANY_PORT) && bpf_map_lookup_elem(&sl_policy, &w))
+		return 1;
+	w.proto = 0;
+	return (kinds & RULE_K_ANY_PROTO) && bpf_map_lookup_elem(&sl_policy, &w);
 }
 
 /* May a flow open at endpoint `ep_id` in direction `dir`, `peer` being the
  * other end and `port` the serving port (the destination's, either way)?
  * The peer is looked for by its pod identity, then by its CIDR identity,
- * then as anyone: at most three lookups, however many rules and pods. A
- * hairpinned flow comes from the hairpin address: that is the pod itself. */
+ * then as anyone: one hash lookup each in the common case (an exact port),
+ * however many rules and pods. A hairpinned flow comes from the hairpin
+ * address: that is the pod itself. */
 static __always_inline int policy_allows(const struct ep_policy_value *pol, __u32 ep_id, __u32 dir,
 					 const struct pkt *p, const __u8 *peer, __u8 proto, __be16 port,
 					 __u32 *peer_id)
@@ -480,6 +494,7 @@ static __always_inline int policy_allows(const struct ep_policy_value *pol, __u3
 	struct policy_key k = {};
 	struct cidr_key ck;
 	struct ipcache_value *v;
+	__u8 kinds = dir == DIR_EGRESS ? pol->kinds[DIR_EGRESS] : pol->kinds[DIR_INGRESS];
 	__u8 hp[16];
 	__u32 id = 0;
 
@@ -500,7 +515,7 @@ static __always_inline int policy_allows(const struct ep_policy_value *pol, __u3
 	/* Kubernetes: a pod cannot block its own node (kubelet probes). */
 	if (id == ID_HOST && dir == DIR_INGRESS)
 		return 1;
-	if (id && rule_allows(&k, id))
+	if (id && rule_allows(&k, id, kinds))
 		return 1;
 	ck.prefixlen = 128;
 	__builtin_memcpy(ck.addr, peer, 16);
@@ -508,10 +523,10 @@ static __always_inline int policy_allows(const struct ep_policy_value *pol, __u3
 	if (v) {
 		if (!id)
 			*peer_id = v->identity;
-		if (rule_allows(&k, v->identity))
+		if (rule_allows(&k, v->identity, kinds))
 			return 1;
 	}
-	return rule_allows(&k, ID_ANY);
+	return rule_allows(&k, ID_ANY, kinds);
 }
 
 /* 1 when the pod at `local` may open this flow in direction `dir`, else

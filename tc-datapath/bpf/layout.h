@@ -19,7 +19,7 @@
 
 #include <linux/types.h>
 
-#define SLUICE_LAYOUT_VERSION 5
+#define SLUICE_LAYOUT_VERSION 6
 
 /* ---- services: (VIP, port, proto, slot) -> service or backend slot ----
  * Slot 0 is the service itself; slots 1..count hold the ids of the backends
@@ -226,27 +226,36 @@ struct cidr_key {
 #define POLICY_F_INGRESS 0x01	/* some policy isolates the pod for ingress */
 #define POLICY_F_EGRESS 0x02	/* ... for egress */
 
+/* Which kinds of rule a pod has in a direction (kinds[DIR_*]): a new flow
+ * looks up only the kinds that exist, the exact port always. */
+#define RULE_K_ANY_PORT 0x01	/* every port of a protocol */
+#define RULE_K_ANY_PROTO 0x02	/* every protocol */
+#define RULE_K_RANGE 0x04	/* a port range (endPort) in the range trie */
+
 struct ep_policy_value {
 	__u32 identity;		/* the pod's own (a hairpinned flow comes from it) */
 	__u32 ingress_policy;	/* a policy isolating it (named in drop events) */
 	__u32 egress_policy;
 	__u8 flags;
-	__u8 pad0[3];
+	__u8 kinds[2];		/* RULE_K_*, by DIR_* */
+	__u8 pad0;
 };
 
-/* Policy rules (LPM trie): what an endpoint allows, from/to an identity,
- * by protocol and port. The prefix length picks the wildcard: 72 bits
- * (endpoint, identity, direction) = every protocol and port, 80 = every
- * port of a protocol, 96 = one port; a port range is a few aligned blocks
- * in between. ID_ANY in `identity` = from/to anywhere. The trie matches
- * the bytes of struct policy_match in memory order: only `port`, kept in
- * network byte order, is ever matched in part. */
+/* Policy rules: what an endpoint allows, from/to an identity, by protocol
+ * and port. ID_ANY in `identity` = from/to anywhere. Rules for one port,
+ * every port (port 0) or every protocol (proto 0, port 0) are exact keys
+ * of a hash (sl_policy): O(1) whatever the number of rules. A port range
+ * is a few aligned blocks in an LPM trie (sl_policy_ranges), keyed by
+ * policy_key: the prefix length is 80 (endpoint, identity, direction,
+ * protocol) plus the block's bits; the trie matches the bytes of struct
+ * policy_match in memory order, so only `port`, kept in network byte order,
+ * is ever matched in part. A block of one port is an exact key instead. */
 struct policy_match {
 	__u32 endpoint_id;
 	__u32 identity;
 	__u8 dir;		/* DIR_EGRESS / DIR_INGRESS */
-	__u8 proto;		/* IPPROTO_*; the ICMP types of echo use theirs */
-	__be16 port;
+	__u8 proto;		/* IPPROTO_*; 0 = every protocol */
+	__be16 port;		/* 0 = every port */
 };
 
 struct policy_key {
@@ -254,6 +263,9 @@ struct policy_key {
 	struct policy_match m;
 };
 
+/* How the tools and the Rust side name a rule's entry: the prefix length
+ * it would have in one trie. 72 = every protocol, 80 = every port, 96 =
+ * one port (all three in the hash), in between = a range block. */
 #define POLICY_BITS_ANY_PROTO 72
 #define POLICY_BITS_ANY_PORT 80
 #define POLICY_BITS_EXACT 96
@@ -278,7 +290,8 @@ struct name_value {
 	char name[NAME_LEN];
 };
 
-/* Flow events (ring buffer): one per policy drop. */
+/* Flow events (ring buffer): one per policy drop. Submitted without a
+ * wakeup: a flood of drops costs no interrupt per packet; the reader polls. */
 struct flow_event {
 	__u64 time_ns;		/* bpf_ktime_get_ns() */
 	__u8 saddr[16];

@@ -50,7 +50,7 @@ int main(void)
 	OFF(cidr_key, prefixlen); OFF(cidr_key, addr);
 	SIZE(ep_policy_value);
 	OFF(ep_policy_value, identity); OFF(ep_policy_value, ingress_policy); OFF(ep_policy_value, egress_policy);
-	OFF(ep_policy_value, flags); OFF(ep_policy_value, pad0);
+	OFF(ep_policy_value, flags); OFF(ep_policy_value, kinds); OFF(ep_policy_value, pad0);
 	SIZE(policy_match);
 	OFF(policy_match, endpoint_id); OFF(policy_match, identity); OFF(policy_match, dir);
 	OFF(policy_match, proto); OFF(policy_match, port);

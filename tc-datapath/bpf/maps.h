@@ -101,12 +101,20 @@ struct {
 } sl_ep_policy SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct policy_match);
+	__type(value, struct policy_value);
+} sl_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 262144);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct policy_key);
 	__type(value, struct policy_value);
-} sl_policy SEC(".maps");
+} sl_policy_ranges SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -210,6 +210,11 @@ pub struct CidrKey {
 pub const POLICY_F_INGRESS: u8 = 0x01;
 pub const POLICY_F_EGRESS: u8 = 0x02;
 
+/// The kinds of rule an endpoint has in one direction (`EpPolicyValue::kinds`).
+pub const RULE_K_ANY_PORT: u8 = 0x01;
+pub const RULE_K_ANY_PROTO: u8 = 0x02;
+pub const RULE_K_RANGE: u8 = 0x04;
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EpPolicyValue {
@@ -217,10 +222,13 @@ pub struct EpPolicyValue {
     pub ingress_policy: u32,
     pub egress_policy: u32,
     pub flags: u8,
-    pub pad0: [u8; 3],
+    /// `RULE_K_*` by direction (index = `Direction as usize`).
+    pub kinds: [u8; 2],
+    pub pad0: u8,
 }
 
-/// What a policy rule matches; the trie key is `lpm_trie::Key<PolicyMatch>`.
+/// What a policy rule matches: the key of the rule hash, and inside
+/// `lpm_trie::Key<PolicyMatch>` the key of the range trie.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct PolicyMatch {
@@ -467,7 +475,7 @@ mod tests {
             "endpoint_value" => EndpointValue { ifindex, endpoint_id, mac, flags },
             "ipcache_value" => IpcacheValue { identity, pad0 },
             "cidr_key" => CidrKey { prefixlen, addr },
-            "ep_policy_value" => EpPolicyValue { identity, ingress_policy, egress_policy, flags, pad0 },
+            "ep_policy_value" => EpPolicyValue { identity, ingress_policy, egress_policy, flags, kinds, pad0 },
             "policy_match" => PolicyMatch { endpoint_id, identity, dir, proto, port },
             "policy_key" => PolicyKey { prefixlen, m },
             "policy_value" => PolicyValue { policy, pad0 },

@@ -51,7 +51,7 @@ impl Default for DatapathConfig {
 
 pub const EGRESS: &str = "sl_egress";
 pub const INGRESS: &str = "sl_ingress";
-pub const MAPS: [&str; 16] = [
+pub const MAPS: [&str; 17] = [
     "sl_services",
     "sl_vip_filter",
     "sl_backends",
@@ -64,6 +64,7 @@ pub const MAPS: [&str; 16] = [
     "sl_cidr",
     "sl_ep_policy",
     "sl_policy",
+    "sl_policy_ranges",
     "sl_names",
     "sl_events",
     "sl_metrics",

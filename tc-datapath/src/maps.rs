@@ -101,8 +101,11 @@ pub struct Maps {
     pub cidr: LpmTrie<MapData, Addr, IpcacheValue>,
     /// Endpoint id -> its policy state.
     pub ep_policy: HashMap<MapData, u32, EpPolicyValue>,
-    /// The allow rules of every endpoint.
-    pub policy: LpmTrie<MapData, PolicyMatch, PolicyValue>,
+    /// The allow rules of every endpoint: one port, every port, every
+    /// protocol.
+    pub policy: HashMap<MapData, PolicyMatch, PolicyValue>,
+    /// Port-range blocks of the allow rules.
+    pub policy_ranges: LpmTrie<MapData, PolicyMatch, PolicyValue>,
     /// Names of identities and policies, for the tools.
     pub names: HashMap<MapData, NameKey, NameValue>,
     pub metrics: PerCpuArray<MapData, MetricsValue>,
@@ -123,10 +126,22 @@ pub struct Rule {
     pub policy: u32,
 }
 
+/// The kind (`RULE_K_*`) of a rule entry of this prefix length (0 for one
+/// port, which every lookup tries).
+pub fn entry_kind(prefix_len: u32) -> u8 {
+    match prefix_len {
+        POLICY_BITS_ANY_PROTO => RULE_K_ANY_PROTO,
+        POLICY_BITS_ANY_PORT => RULE_K_ANY_PORT,
+        POLICY_BITS_EXACT => 0,
+        _ => RULE_K_RANGE,
+    }
+}
+
 impl Rule {
-    /// The trie keys that make up this rule for `endpoint_id`: one, or for
-    /// a port range the aligned power-of-two blocks that tile it exactly
-    /// (at most 30 for 16-bit ports).
+    /// The entries that make up this rule for `endpoint_id`, as (prefix
+    /// length, match): one, or for a port range the aligned power-of-two
+    /// blocks that tile it exactly (at most 30 for 16-bit ports). See
+    /// `entry_kind` for where each goes.
     pub fn keys(&self, endpoint_id: u32) -> Vec<Key<PolicyMatch>> {
         let m = PolicyMatch {
             endpoint_id,
@@ -151,6 +166,11 @@ impl Rule {
                 })
                 .collect(),
         }
+    }
+
+    /// The `RULE_K_*` bits the endpoint's entry must carry for this rule.
+    pub fn kinds(&self) -> u8 {
+        self.keys(0).iter().fold(0, |k, e| k | entry_kind(e.prefix_len()))
     }
 }
 
@@ -228,7 +248,8 @@ impl Maps {
             ipcache: take!("sl_ipcache", HashMap<MapData, EndpointKey, IpcacheValue>),
             cidr: take!("sl_cidr", LpmTrie<MapData, Addr, IpcacheValue>),
             ep_policy: take!("sl_ep_policy", HashMap<MapData, u32, EpPolicyValue>),
-            policy: take!("sl_policy", LpmTrie<MapData, PolicyMatch, PolicyValue>),
+            policy: take!("sl_policy", HashMap<MapData, PolicyMatch, PolicyValue>),
+            policy_ranges: take!("sl_policy_ranges", LpmTrie<MapData, PolicyMatch, PolicyValue>),
             names: take!("sl_names", HashMap<MapData, NameKey, NameValue>),
             metrics: take!("sl_metrics", PerCpuArray<MapData, MetricsValue>),
             info: take!("sl_info", Array<MapData, DpInfo>),
@@ -292,7 +313,8 @@ impl Maps {
             ipcache: open!("sl_ipcache", HashMap, HashMap<MapData, EndpointKey, IpcacheValue>, EndpointKey, IpcacheValue),
             cidr: open!("sl_cidr", LpmTrie, LpmTrie<MapData, Addr, IpcacheValue>, Key<Addr>, IpcacheValue),
             ep_policy: open!("sl_ep_policy", HashMap, HashMap<MapData, u32, EpPolicyValue>, u32, EpPolicyValue),
-            policy: open!("sl_policy", LpmTrie, LpmTrie<MapData, PolicyMatch, PolicyValue>, Key<PolicyMatch>, PolicyValue),
+            policy: open!("sl_policy", HashMap, HashMap<MapData, PolicyMatch, PolicyValue>, PolicyMatch, PolicyValue),
+            policy_ranges: open!("sl_policy_ranges", LpmTrie, LpmTrie<MapData, PolicyMatch, PolicyValue>, Key<PolicyMatch>, PolicyValue),
             names: open!("sl_names", HashMap, HashMap<MapData, NameKey, NameValue>, NameKey, NameValue),
             metrics: open!("sl_metrics", PerCpuArray, PerCpuArray<MapData, MetricsValue>, u32, MetricsValue),
             info: open!("sl_info", Array, Array<MapData, DpInfo>, u32, DpInfo),
@@ -660,43 +682,67 @@ impl Maps {
         Ok(out)
     }
 
+    /// Write the entries of `r` (the endpoint's `kinds` are the caller's:
+    /// see `Rule::kinds`).
     pub fn insert_rule(&mut self, endpoint_id: u32, r: &Rule) -> Result<(), MapsError> {
         let v = PolicyValue {
             policy: r.policy,
             pad0: 0,
         };
         for k in r.keys(endpoint_id) {
-            self.policy.insert(&k, v, 0).map_err(err("sl_policy"))?;
+            self.set_rule_entry(k.prefix_len(), k.data(), v)?;
         }
         Ok(())
     }
 
     pub fn remove_rule(&mut self, endpoint_id: u32, r: &Rule) -> Result<(), MapsError> {
         for k in r.keys(endpoint_id) {
-            ignore_missing(self.policy.remove(&k), "sl_policy")?;
+            self.remove_rule_entry(k.prefix_len(), k.data())?;
         }
         Ok(())
     }
 
-    /// One trie entry as `rule_entries` lists it.
+    /// One rule entry as `rule_entries` lists it: a range block goes to the
+    /// range trie, anything else to the hash.
     pub fn set_rule_entry(&mut self, prefix_len: u32, m: PolicyMatch, v: PolicyValue) -> Result<(), MapsError> {
-        self.policy
-            .insert(&Key::new(prefix_len, m), v, 0)
-            .map_err(err("sl_policy"))
+        if entry_kind(prefix_len) == RULE_K_RANGE {
+            self.policy_ranges
+                .insert(&Key::new(prefix_len, m), v, 0)
+                .map_err(err("sl_policy_ranges"))
+        } else {
+            self.policy.insert(m, v, 0).map_err(err("sl_policy"))
+        }
     }
 
     pub fn remove_rule_entry(&mut self, prefix_len: u32, m: PolicyMatch) -> Result<(), MapsError> {
-        ignore_missing(self.policy.remove(&Key::new(prefix_len, m)), "sl_policy")
+        if entry_kind(prefix_len) == RULE_K_RANGE {
+            ignore_missing(self.policy_ranges.remove(&Key::new(prefix_len, m)), "sl_policy_ranges")
+        } else {
+            ignore_missing(self.policy.remove(&m), "sl_policy")
+        }
     }
 
-    /// The policy trie's entries (of one endpoint, or all), as
-    /// (prefix length, match, value), sorted.
+    /// The rule entries (of one endpoint, or all), as (prefix length,
+    /// match, value), sorted; the hash's keys get the length their
+    /// wildcards stand for.
     pub fn rule_entries(&self, endpoint_id: Option<u32>) -> Result<Vec<(u32, PolicyMatch, PolicyValue)>, MapsError> {
+        let mine = |m: &PolicyMatch| endpoint_id.is_none_or(|e| e == m.endpoint_id);
         let mut out = Vec::new();
         for kv in self.policy.iter() {
-            let (k, v) = kv.map_err(err("sl_policy"))?;
+            let (m, v) = kv.map_err(err("sl_policy"))?;
+            let len = match (m.proto, m.port) {
+                (0, _) => POLICY_BITS_ANY_PROTO,
+                (_, 0) => POLICY_BITS_ANY_PORT,
+                _ => POLICY_BITS_EXACT,
+            };
+            if mine(&m) {
+                out.push((len, m, v));
+            }
+        }
+        for kv in self.policy_ranges.iter() {
+            let (k, v) = kv.map_err(err("sl_policy_ranges"))?;
             let m = k.data();
-            if endpoint_id.is_none_or(|e| e == m.endpoint_id) {
+            if mine(&m) {
                 out.push((k.prefix_len(), m, v));
             }
         }

@@ -33,17 +33,22 @@ fn ct_key(local: &str, remote: &str, lport: u16, rport: u16, proto: u8) -> CtKey
 }
 
 impl Dp {
-    fn isolate(&mut self, flags: u8) {
-        let v = EpPolicyValue {
+    /// The endpoint's entry, or a fresh one isolating nothing.
+    fn entry(&self) -> EpPolicyValue {
+        self.maps.endpoint_policy(EP).unwrap().unwrap_or(EpPolicyValue {
             identity: SELF_ID,
             ingress_policy: POLICY,
             egress_policy: POLICY + 1,
-            flags,
-            pad0: [0; 3],
-        };
+            ..Default::default()
+        })
+    }
+
+    fn isolate(&mut self, flags: u8) {
+        let v = EpPolicyValue { flags, ..self.entry() };
         self.maps.set_endpoint_policy(EP, v).unwrap();
     }
 
+    /// Write a rule and the kind of lookup it needs, as the applier does.
     fn allow(&mut self, dir: Direction, identity: u32, proto: u8, ports: Option<(u16, u16)>) {
         let r = Rule {
             dir,
@@ -53,6 +58,9 @@ impl Dp {
             policy: POLICY,
         };
         self.maps.insert_rule(EP, &r).unwrap();
+        let mut v = self.entry();
+        v.kinds[dir as usize] |= r.kinds();
+        self.maps.set_endpoint_policy(EP, v).unwrap();
     }
 
     fn verdict(&self, prog: &str, f: &Frame) -> u32 {

@@ -17,23 +17,24 @@
 //! 4. Memory per Service, backend and conntrack entry (the kernel's own
 //!    accounting of each map, before and after).
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use aya::maps::IterableMap;
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::SchedClassifier;
 use clap::Parser;
 use serde_json::json;
+use sluice_integration::bench::{
+    self, ACK, CrrServer, ProgramTime, Rng, SYN, SYN_ACK, TC_ACT_OK, TC_ACT_REDIRECT, connection_rate, pct, run,
+    tcp_frame as frame,
+};
 use sluice_integration::kube_proxy::{self, Service};
 use sluice_integration::netns::Netns;
 use sluice_integration::vpc::{Vpc, result_ip};
 use sluice_tc_datapath::layout::{Direction, PROTO_TCP, Reason, SVC_ALG_RANDOM};
 use sluice_tc_datapath::loader::{self, DatapathConfig, EGRESS, INGRESS};
 use sluice_tc_datapath::maps::{Maps, ServiceSpec};
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -66,8 +67,6 @@ struct Args {
 }
 
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_REDIRECT: u32 = 7;
 
 /// Service `i` of the generated set: VIP 10.96.0.0 + i + 1, port 80/TCP,
 /// 3 backends of its own (10.128.0.0 + 3i + j + 1, port 8080).
@@ -104,70 +103,6 @@ fn spec(i: usize, s: &Service) -> ServiceSpec {
             .map(|(j, (a, p))| (3 * i as u32 + j as u32 + 1, IpAddr::V4(*a), *p, true))
             .collect(),
     }
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        // xorshift64*: enough to scatter lookups; no crate needed for that.
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
-    }
-}
-
-/// Ethernet + IPv4 + TCP with valid checksums.
-fn frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    fn sum(data: &[u8], mut acc: u32) -> u32 {
-        for c in data.chunks(2) {
-            acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-        }
-        while acc > 0xffff {
-            acc = (acc & 0xffff) + (acc >> 16);
-        }
-        acc
-    }
-    let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x05, 0x08, 0x00];
-    let mut ip = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, PROTO_TCP, 0, 0];
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    let c = !(sum(&ip, 0) as u16);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut tcp = vec![0u8; 20];
-    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = flags;
-    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    let mut pseudo = ip[12..20].to_vec();
-    pseudo.extend_from_slice(&[0, PROTO_TCP, 0, 20]);
-    let c = !(sum(&tcp, sum(&pseudo, 0)) as u16);
-    tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&tcp);
-    f
-}
-
-const SYN: u8 = 0x02;
-const SYN_ACK: u8 = 0x12;
-const ACK: u8 = 0x10;
-
-/// One run: (verdict, kernel-measured ns, frame out).
-fn run(p: &SchedClassifier, data: &[u8], out: Option<&mut [u8]>) -> Result<(u32, f64)> {
-    let r = p
-        .test_run(TestRunOptions {
-            data_in: Some(data),
-            data_out: out,
-            ..Default::default()
-        })
-        .context("BPF_PROG_TEST_RUN")?;
-    Ok((r.return_value, r.duration.as_nanos() as f64))
 }
 
 /// The kernel's own memory accounting of a map (`memlock` in its fdinfo:
@@ -354,149 +289,12 @@ fn per_packet_with(args: &Args, n: usize) -> Result<(PacketRow, Memory)> {
     Ok((row, memory))
 }
 
-/// Answers one request per connection on each port, then closes first
-/// (so TIME_WAIT stays on the server, as with a real HTTP/1.0 server).
-struct CrrServer {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl CrrServer {
-    fn start(ns: &Netns, ports: &[u16]) -> Result<CrrServer> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for &port in ports {
-            let l = ns.run(|| TcpListener::bind(("0.0.0.0", port)))??;
-            l.set_nonblocking(true)?;
-            for _ in 0..2 {
-                let l = l.try_clone()?;
-                let stop = stop.clone();
-                threads.push(std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        let mut pfd = libc::pollfd {
-                            fd: l.as_raw_fd(),
-                            events: libc::POLLIN,
-                            revents: 0,
-                        };
-                        // SAFETY: one valid pollfd for the listener this thread holds.
-                        if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
-                            continue;
-                        }
-                        if let Ok((mut s, _)) = l.accept() {
-                            let _ = s.set_nonblocking(false);
-                            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                            let mut req = [0u8; 64];
-                            if matches!(s.read(&mut req), Ok(n) if n > 0) {
-                                let _ = s.write_all(b"ok\n");
-                            }
-                        }
-                    }
-                }));
-            }
-        }
-        Ok(CrrServer { stop, threads })
-    }
-}
-
-impl Drop for CrrServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-fn one_connection(to: SocketAddr) -> std::io::Result<()> {
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(1))?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(Duration::from_secs(1)))?;
-    s.write_all(b"GET\n")?;
-    let mut reply = Vec::with_capacity(8);
-    s.read_to_end(&mut reply)?;
-    if reply != b"ok\n" {
-        return Err(std::io::Error::other("short reply"));
-    }
-    Ok(())
-}
-
-/// Connections per second from `ns` over `secs`, `workers` at a time, each
-/// worker taking the addresses in `to` in turn.
-fn connection_rate(ns: &Netns, to: &[SocketAddr], secs: f64, workers: usize) -> Result<(f64, u64)> {
-    let (ok, failed, took) = connections(ns, to, secs, workers)?;
-    Ok((ok as f64 / took.as_secs_f64(), failed))
-}
-
-/// Connections made in about `secs` (ok, failed, time taken).
-fn connections(ns: &Netns, to: &[SocketAddr], secs: f64, workers: usize) -> Result<(u64, u64, Duration)> {
-    ns.run(|| {
-        let deadline = Instant::now() + Duration::from_secs_f64(secs);
-        let started = Instant::now();
-        let counts: Vec<(u64, u64)> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..workers)
-                .map(|_| {
-                    s.spawn(|| {
-                        let (mut ok, mut failed) = (0u64, 0u64);
-                        let mut next = to.iter().cycle();
-                        while Instant::now() < deadline {
-                            match one_connection(*next.next().expect("a target")) {
-                                Ok(()) => ok += 1,
-                                Err(_) => failed += 1,
-                            }
-                        }
-                        (ok, failed)
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().expect("client thread")).collect()
-        });
-        let ok: u64 = counts.iter().map(|c| c.0).sum();
-        let failed: u64 = counts.iter().map(|c| c.1).sum();
-        (ok, failed, started.elapsed())
-    })
-}
-
-/// Where the datapath's share of a connection goes, in real traffic: the
-/// node's two programs, their runs per connection and time per run, from
-/// the kernel's BPF run-time statistics. They cost two clock reads per run,
-/// so they are on only for this extra pass, never in the timed rounds.
-struct ProgramTime {
-    mode: Mode,
-    connections: u64,
-    /// (runs per connection, ns per run) of egress, ingress.
-    egress: (f64, f64),
-    ingress: (f64, f64),
-}
-
-fn program_time(args: &Args, vpc: &Vpc, p: &Pair) -> Result<ProgramTime> {
-    let progs = vpc.datapath_dir(0).join("progs");
-    let version = sluice_integration::dir_names(&progs);
-    ensure!(version.len() == 1, "one program version pinned, found {version:?}");
-    let dir = progs.join(&version[0]);
-    let snapshot = || -> Result<[(u64, u64); 2]> {
-        let mut out = [(0, 0); 2];
-        for (i, name) in [EGRESS, INGRESS].iter().enumerate() {
-            let info =
-                aya::programs::ProgramInfo::from_pin(dir.join(name)).with_context(|| format!("pinned {name}"))?;
-            out[i] = (info.run_time().as_nanos() as u64, info.run_count());
-        }
-        Ok(out)
-    };
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
-    let before = snapshot()?;
-    let (ok, failed, _) = connections(&vpc.pods[p.client], &targets(p), args.seconds, args.workers)?;
-    let after = snapshot()?;
-    ensure!(failed == 0 && ok > 0, "{}: {failed} failed connections", p.mode.label());
-    let per = |i: usize| {
-        let (ns, runs) = (after[i].0 - before[i].0, after[i].1 - before[i].1);
-        (runs as f64 / ok as f64, ns as f64 / runs.max(1) as f64)
-    };
-    Ok(ProgramTime {
-        mode: p.mode,
-        connections: ok,
-        egress: per(0),
-        ingress: per(1),
-    })
+/// The node's program time per connection of one sluice mode (an extra
+/// pass, with the kernel's run-time statistics on).
+fn program_time(args: &Args, vpc: &Vpc, p: &Pair) -> Result<(Mode, ProgramTime)> {
+    let t = bench::program_time(vpc, 0, &vpc.pods[p.client], &targets(p), args.seconds, args.workers)
+        .with_context(|| p.mode.label())?;
+    Ok((p.mode, t))
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -622,7 +420,7 @@ struct ConnRow {
     failed: u64,
     load_secs: Vec<f64>,
     /// The sluice modes' program time per connection.
-    programs: Vec<ProgramTime>,
+    programs: Vec<(Mode, ProgramTime)>,
 }
 
 struct Inserts {
@@ -837,9 +635,7 @@ fn insert_benchmark(
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if !nix::unistd::geteuid().is_root() {
-        bail!("bench-datapath needs root (BPF_PROG_TEST_RUN, network namespaces)");
-    }
+    sluice_integration::bench::require_root("bench-datapath")?;
     for tool in ["iptables-nft-restore", "iptables-legacy-restore", "nft"] {
         ensure!(
             std::process::Command::new("sh")
@@ -979,12 +775,12 @@ fn report(args: &Args, packets: &[PacketRow], memory: &Memory, conns: &[ConnRow]
     );
     for r in conns {
         let cpu_per_conn_us = cpus as f64 / r.rate[direct] * 1e6;
-        for t in &r.programs {
-            let us = (t.egress.0 * t.egress.1 + t.ingress.0 * t.ingress.1) / 1000.0;
+        for (mode, t) in &r.programs {
+            let us = t.micros();
             println!(
                 "   {:>6} services, {:<24} egress {:.1} runs x {:.0} ns, ingress {:.1} runs x {:.0} ns per connection = {us:.1} µs ({:.1}% of a direct connection's {cpu_per_conn_us:.0} µs of CPU; {} connections)",
                 r.services,
-                format!("{}:", t.mode.label()),
+                format!("{}:", mode.label()),
                 t.egress.0,
                 t.egress.1,
                 t.ingress.0,
@@ -1016,7 +812,7 @@ fn report(args: &Args, packets: &[PacketRow], memory: &Memory, conns: &[ConnRow]
         memory.per_service, memory.per_backend
     );
     println!(
-        "   per conntrack entry: {:.0} B, preallocated ({} entries, {:.1} MiB; a Service connection takes 2)",
+        "   per conntrack entry: {:.0} B, preallocated ({} entries, {:.1} MiB; a connection takes 1 at each pod end, a Service connection 1 more at the client's)",
         memory.ct_entry,
         memory.ct_entries,
         memory.ct_entry * memory.ct_entries as f64 / 1048576.0

@@ -1,0 +1,259 @@
+//! What the benchmarks share: crafted frames and timed runs of the real
+//! programs through BPF_PROG_TEST_RUN, and a TCP connect-request-response
+//! load between two pods.
+
+use crate::netns::Netns;
+use anyhow::{Context, Result};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+pub const SYN: u8 = 0x02;
+pub const SYN_ACK: u8 = 0x12;
+pub const ACK: u8 = 0x10;
+
+const PROTO_TCP: u8 = 6;
+
+/// The `p` quantile of `v` (sorts it).
+pub fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// A seeded generator to scatter lookups over a table: xorshift64*. No
+/// crate is needed for that, and the same seed gives the same draws in
+/// every cell of a run.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    }
+}
+
+/// Ethernet + IPv4 + TCP (no options) with valid checksums.
+pub fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    fn sum(data: &[u8], mut acc: u32) -> u32 {
+        for c in data.chunks(2) {
+            acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+        while acc > 0xffff {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        acc
+    }
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x05, 0x08, 0x00];
+    let mut ip = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, PROTO_TCP, 0, 0];
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = !(sum(&ip, 0) as u16);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let mut pseudo = ip[12..20].to_vec();
+    pseudo.extend_from_slice(&[0, PROTO_TCP, 0, 20]);
+    let c = !(sum(&tcp, sum(&pseudo, 0)) as u16);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&tcp);
+    f
+}
+
+/// One run of `p` on `data`: (verdict, the kernel's timing of it in ns);
+/// the frame as it leaves goes to `out`.
+pub fn run(p: &SchedClassifier, data: &[u8], out: Option<&mut [u8]>) -> Result<(u32, f64)> {
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(data),
+            data_out: out,
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok((r.return_value, r.duration.as_nanos() as f64))
+}
+
+/// Answers one request per connection on each port, then closes first
+/// (so TIME_WAIT stays on the server, as with a real HTTP/1.0 server).
+pub struct CrrServer {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl CrrServer {
+    pub fn start(ns: &Netns, ports: &[u16]) -> Result<CrrServer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for &port in ports {
+            let l = ns.run(|| TcpListener::bind(("0.0.0.0", port)))??;
+            l.set_nonblocking(true)?;
+            for _ in 0..2 {
+                let l = l.try_clone()?;
+                let stop = stop.clone();
+                threads.push(std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut pfd = libc::pollfd {
+                            fd: l.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd for the listener this thread holds.
+                        if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
+                            continue;
+                        }
+                        if let Ok((mut s, _)) = l.accept() {
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                            let mut req = [0u8; 64];
+                            if matches!(s.read(&mut req), Ok(n) if n > 0) {
+                                let _ = s.write_all(b"ok\n");
+                            }
+                        }
+                    }
+                }));
+            }
+        }
+        Ok(CrrServer { stop, threads })
+    }
+}
+
+impl Drop for CrrServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn one_connection(to: SocketAddr) -> std::io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(1))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+    s.write_all(b"GET\n")?;
+    let mut reply = Vec::with_capacity(8);
+    s.read_to_end(&mut reply)?;
+    if reply != b"ok\n" {
+        return Err(std::io::Error::other("short reply"));
+    }
+    Ok(())
+}
+
+/// Connections per second from `ns` over `secs`, `workers` at a time, each
+/// worker taking the addresses in `to` in turn: (rate, failed).
+pub fn connection_rate(ns: &Netns, to: &[SocketAddr], secs: f64, workers: usize) -> Result<(f64, u64)> {
+    let (ok, failed, took) = connections(ns, to, secs, workers)?;
+    Ok((ok as f64 / took.as_secs_f64(), failed))
+}
+
+/// Connections made in about `secs` (ok, failed, time taken).
+pub fn connections(ns: &Netns, to: &[SocketAddr], secs: f64, workers: usize) -> Result<(u64, u64, Duration)> {
+    ns.run(|| {
+        let deadline = Instant::now() + Duration::from_secs_f64(secs);
+        let started = Instant::now();
+        let counts: Vec<(u64, u64)> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..workers)
+                .map(|_| {
+                    s.spawn(|| {
+                        let (mut ok, mut failed) = (0u64, 0u64);
+                        let mut next = to.iter().cycle();
+                        while Instant::now() < deadline {
+                            match one_connection(*next.next().expect("a target")) {
+                                Ok(()) => ok += 1,
+                                Err(_) => failed += 1,
+                            }
+                        }
+                        (ok, failed)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("client thread")).collect()
+        });
+        let ok: u64 = counts.iter().map(|c| c.0).sum();
+        let failed: u64 = counts.iter().map(|c| c.1).sum();
+        (ok, failed, started.elapsed())
+    })
+}
+
+/// Root is needed for BPF_PROG_TEST_RUN and network namespaces.
+pub fn require_root(bench: &str) -> Result<()> {
+    anyhow::ensure!(
+        nix::unistd::geteuid().is_root(),
+        "{bench} needs root (BPF_PROG_TEST_RUN, network namespaces)"
+    );
+    Ok(())
+}
+
+/// Where the datapath's share of a connection goes, in real traffic: a
+/// node's two programs, their runs per connection and time per run, from
+/// the kernel's BPF run-time statistics. They cost two clock reads per run,
+/// so a benchmark turns them on only for an extra pass, never in its timed
+/// rounds.
+pub struct ProgramTime {
+    pub connections: u64,
+    /// (runs per connection, ns per run) of egress, ingress.
+    pub egress: (f64, f64),
+    pub ingress: (f64, f64),
+}
+
+impl ProgramTime {
+    /// Both programs' time per connection, µs.
+    pub fn micros(&self) -> f64 {
+        (self.egress.0 * self.egress.1 + self.ingress.0 * self.ingress.1) / 1000.0
+    }
+}
+
+/// Connections from `ns` to `to` for `secs` on node `node` of `vpc`, with
+/// the statistics on; every connection must succeed.
+pub fn program_time(
+    vpc: &crate::vpc::Vpc,
+    node: usize,
+    ns: &Netns,
+    to: &[SocketAddr],
+    secs: f64,
+    workers: usize,
+) -> Result<ProgramTime> {
+    use sluice_tc_datapath::loader::{EGRESS, INGRESS};
+    let progs = vpc.datapath_dir(node).join("progs");
+    let version = crate::dir_names(&progs);
+    anyhow::ensure!(version.len() == 1, "one program version pinned, found {version:?}");
+    let dir = progs.join(&version[0]);
+    let snapshot = || -> Result<[(u64, u64); 2]> {
+        let mut out = [(0, 0); 2];
+        for (i, name) in [EGRESS, INGRESS].iter().enumerate() {
+            let info =
+                aya::programs::ProgramInfo::from_pin(dir.join(name)).with_context(|| format!("pinned {name}"))?;
+            out[i] = (info.run_time().as_nanos() as u64, info.run_count());
+        }
+        Ok(out)
+    };
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let before = snapshot()?;
+    let (ok, failed, _) = connections(ns, to, secs, workers)?;
+    let after = snapshot()?;
+    anyhow::ensure!(failed == 0 && ok > 0, "{failed} failed connections");
+    let per = |i: usize| {
+        let (ns, runs) = (after[i].0 - before[i].0, after[i].1 - before[i].1);
+        (runs as f64 / ok as f64, ns as f64 / runs.max(1) as f64)
+    };
+    Ok(ProgramTime {
+        connections: ok,
+        egress: per(0),
+        ingress: per(1),
+    })
+}
