@@ -101,6 +101,11 @@ pub fn detach(
             maps.remove_endpoint(ip.ip(), id)
                 .map_err(|e| CniError::new(ErrorCode::Io, format!("datapath: endpoint {}: {e}", ip.ip())))?;
         }
+        // The pod's isolation goes with it, so that a sandbox that comes
+        // back under the same id is not judged by a stale policy before the
+        // agent writes its own; the agent's next apply removes the rules.
+        maps.remove_endpoint_policy(id)
+            .map_err(|e| CniError::new(ErrorCode::Io, format!("datapath: policy of endpoint {id}: {e}")))?;
     }
     Ok(())
 }

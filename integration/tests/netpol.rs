@@ -557,6 +557,30 @@ fn network_policy_truth_table() {
     drop(stream);
 
     services_and_policy(&mut c);
+
+    // CNI DEL takes the pod's isolation with it: a sandbox that comes back
+    // under the same endpoint id is not judged by a stale entry.
+    c.apply(&deny);
+    let node = xa % 2;
+    let ep_id = c.nodes[node]
+        .0
+        .endpoint_entries()
+        .unwrap()
+        .into_iter()
+        .find(|(ip, _)| *ip == c.models[xa].ip)
+        .map(|(_, v)| v.endpoint_id)
+        .expect("x/a has an endpoint entry");
+    assert!(
+        c.nodes[node].0.endpoint_policy(ep_id).unwrap().is_some(),
+        "x/a is isolated"
+    );
+    let conf = c.vpc.main_conf(node, "1.1.0");
+    c.vpc.sluice(node, "DEL", "xa", c.netns[xa], &conf).expect_ok("DEL x/a");
+    assert_eq!(
+        c.nodes[node].0.endpoint_policy(ep_id).unwrap(),
+        None,
+        "DEL removed x/a's policy entry"
+    );
 }
 
 /// A Service backed by x/a: ingress policy at the backend sees the real
