@@ -42,6 +42,20 @@ fn err(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
     move |source| MapsError::Map { name, source }
 }
 
+/// Write `v` under `k` unless it is there already: 1 when written.
+fn put<K: aya::Pod, V: aya::Pod + PartialEq>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    k: K,
+    v: V,
+) -> Result<usize, MapsError> {
+    if map.get(&k, 0).is_ok_and(|old| old == v) {
+        return Ok(0);
+    }
+    map.insert(k, v, 0).map_err(err(name))?;
+    Ok(1)
+}
+
 /// Count an address into (or out of) its slot of an address filter. A
 /// counter that reached 255 stays there: the slot then always says "maybe",
 /// which costs lookups, never correctness.
@@ -60,9 +74,12 @@ fn filter_step(filter: &mut Array<MapData, u64>, name: &'static str, ip: IpAddr,
         .map_err(err(name))
 }
 
+/// A removal of what is not there is done. aya reports a missing key as
+/// `KeyNotFound` for tries and as the syscall's ENOENT for hashes.
 fn ignore_missing(r: Result<(), MapError>, name: &'static str) -> Result<(), MapsError> {
     match r {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         Err(e) => Err(err(name)(e)),
     }
 }
@@ -329,15 +346,20 @@ impl Maps {
         self.info.set(0, v, 0).map_err(err("sl_info"))
     }
 
-    pub fn upsert_service(&mut self, s: &ServiceSpec) -> Result<(), MapsError> {
+    /// Write a Service port: only the entries that differ from what the
+    /// maps hold, so that writing what is already there writes nothing.
+    /// Returns how many entries were written or removed.
+    pub fn upsert_service(&mut self, s: &ServiceSpec) -> Result<usize, MapsError> {
         let name = format!("{}:{}/{}", s.vip, s.port, s.proto);
         if s.backends.iter().any(|b| b.1.is_ipv4() != s.vip.is_ipv4()) {
             return Err(MapsError::Service(name, "backends must be of the VIP's family".into()));
         }
+        let mut writes = 0;
         // A new VIP enters the filter before anything can be found under
         // it, so that no packet to it passes untranslated.
         if self.services.get(&SvcKey::vip_marker(s.vip), 0).is_err() {
             filter_step(&mut self.vip_filter, "sl_vip_filter", s.vip, true)?;
+            writes += 1;
         }
         for (id, ip, port, active) in &s.backends {
             let v = BackendValue {
@@ -346,7 +368,7 @@ impl Maps {
                 proto: s.proto,
                 state: if *active { BACKEND_ACTIVE } else { BACKEND_TERMINATING },
             };
-            self.backends.insert(id, v, 0).map_err(err("sl_backends"))?;
+            writes += put(&mut self.backends, "sl_backends", *id, v)?;
         }
         let active: Vec<u32> = s.backends.iter().filter(|b| b.3).map(|b| b.0).collect();
         for (i, id) in active.iter().enumerate() {
@@ -354,9 +376,8 @@ impl Maps {
                 backend_id: *id,
                 ..Default::default()
             };
-            self.services
-                .insert(SvcKey::new(s.vip, s.port, s.proto, i as u16 + 1), slot, 0)
-                .map_err(err("sl_services"))?;
+            let k = SvcKey::new(s.vip, s.port, s.proto, i as u16 + 1);
+            writes += put(&mut self.services, "sl_services", k, slot)?;
         }
         if s.algorithm == SVC_ALG_MAGLEV && !active.is_empty() {
             // The table over the active backends, by identity (address and port).
@@ -369,7 +390,7 @@ impl Maps {
             let refs: Vec<&[u8]> = ids.iter().map(Vec::as_slice).collect();
             let t = crate::maglev::table(&refs, self.maglev_m);
             for (k, v) in crate::maglev::chunks(s.rev_nat_id, &t, &active) {
-                self.maglev.insert(k, v, 0).map_err(err("sl_maglev"))?;
+                writes += put(&mut self.maglev, "sl_maglev", k, v)?;
             }
         }
         let rn = RevNatValue {
@@ -377,7 +398,7 @@ impl Maps {
             port: s.port.to_be(),
             pad0: 0,
         };
-        self.revnat.insert(s.rev_nat_id, rn, 0).map_err(err("sl_revnat"))?;
+        writes += put(&mut self.revnat, "sl_revnat", s.rev_nat_id, rn)?;
         let reject = if s.reject { SVC_F_REJECT } else { 0 };
         let master = SvcValue {
             count: active.len() as u16,
@@ -387,27 +408,31 @@ impl Maps {
             affinity_timeout: s.affinity_timeout_secs,
             ..Default::default()
         };
-        self.services
-            .insert(SvcKey::new(s.vip, s.port, s.proto, 0), master, 0)
-            .map_err(err("sl_services"))?;
+        let k = SvcKey::new(s.vip, s.port, s.proto, 0);
+        writes += put(&mut self.services, "sl_services", k, master)?;
         // One marker per VIP: the port written last decides whether
         // unknown ports are rejected (the agent writes one setting per node).
         let marker = SvcValue {
             flags: SVC_F_VIP_MARKER | reject,
             ..Default::default()
         };
-        self.services
-            .insert(SvcKey::vip_marker(s.vip), marker, 0)
-            .map_err(err("sl_services"))?;
+        writes += put(&mut self.services, "sl_services", SvcKey::vip_marker(s.vip), marker)?;
         // Slots beyond the new count belong to nobody now.
         let mut slot = active.len() as u16 + 1;
         while self.services.get(&SvcKey::new(s.vip, s.port, s.proto, slot), 0).is_ok() {
             self.services
                 .remove(&SvcKey::new(s.vip, s.port, s.proto, slot))
                 .map_err(err("sl_services"))?;
+            writes += 1;
             slot += 1;
         }
-        Ok(())
+        Ok(writes)
+    }
+
+    /// Remove backends by id (those no Service uses any more; their
+    /// connections, if any, end with them).
+    pub fn remove_backend(&mut self, id: u32) -> Result<(), MapsError> {
+        ignore_missing(self.backends.remove(&id), "sl_backends")
     }
 
     /// The VIP filter's counter for `vip` (what the tests check).

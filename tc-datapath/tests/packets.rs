@@ -498,3 +498,50 @@ fn vip_filter_counts_and_is_consulted() {
     let (verdict, out) = dp.run(EGRESS, &other);
     assert_eq!((verdict, out.bytes), (TC_ACT_OK, other.bytes));
 }
+
+/// Writing a Service compares entry by entry: the same Service again
+/// writes nothing, one backend turning terminating rewrites only what
+/// depends on the active set, and packets follow the new state.
+#[test]
+fn rewriting_a_service_writes_only_what_changed() {
+    if !root("rewriting_a_service_writes_only_what_changed") {
+        return;
+    }
+    let mut dp = Dp::new();
+    dp.pod("10.244.1.5");
+    let mut spec = ServiceSpec {
+        vip: ip("10.96.0.10"),
+        port: 80,
+        proto: PROTO_TCP,
+        rev_nat_id: 1,
+        algorithm: SVC_ALG_MAGLEV,
+        affinity_timeout_secs: 0,
+        reject: false,
+        backends: vec![
+            (1, ip("10.244.2.7"), 8080, true),
+            (2, ip("10.244.3.7"), 8080, true),
+            (3, ip("10.244.4.7"), 8080, true),
+        ],
+    };
+    let first = dp.maps.upsert_service(&spec).unwrap();
+    assert!(first > 8, "a new Service writes its entries: {first}");
+    assert_eq!(dp.maps.upsert_service(&spec).unwrap(), 0, "the same Service again");
+    spec.backends[2].3 = false;
+    let change = dp.maps.upsert_service(&spec).unwrap();
+    assert!(
+        change > 0 && change < first,
+        "one backend terminating: {change} writes, the Service took {first}"
+    );
+    assert_eq!(dp.maps.upsert_service(&spec).unwrap(), 0, "and again: nothing");
+    for sport in 40000..40064 {
+        let (_, out) = dp.run(
+            EGRESS,
+            &Frame::new("10.244.1.5", "10.96.0.10", sport, 80, PROTO_TCP, SYN, b""),
+        );
+        assert_ne!(
+            out.addrs().1,
+            ip("10.244.4.7"),
+            "no new flow to the terminating backend"
+        );
+    }
+}
