@@ -2,6 +2,7 @@
 //! namespaces the tests create and always delete (see the safety rules in
 //! ENVIRONMENT.md): no root-namespace routes, firewall or links are touched.
 
+pub mod agent;
 pub mod bench;
 pub mod bpffs;
 pub mod chain;

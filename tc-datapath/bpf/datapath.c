@@ -307,6 +307,14 @@ static __always_inline __u64 ct_timeout(__u8 proto, __u8 state)
 
 /* Move an entry along SYN -> established -> closing, and push its deadline
  * out (only written back when it changed noticeably). */
+/* A SYN that finds a closing entry opens a new connection on a reused
+ * port: the entry is the previous connection's and must not decide this
+ * one (its backend may be terminating, its verdict stale). */
+static __always_inline int ct_reopens(const struct ct_value *ct, const struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN && ct->state == CT_CLOSING;
+}
+
 static __always_inline void ct_touch(struct ct_value *ct, const struct pkt *p, int reply, __u64 now)
 {
 	__u8 state = ct->state;
@@ -567,7 +575,7 @@ static __always_inline int track(struct __sk_buff *skb, const struct pkt *p, __u
 	struct ct_value nct = {};
 	__u64 now = bpf_ktime_get_ns();
 
-	if (ct && ct->expires_ns > now) {
+	if (ct && ct->expires_ns > now && !ct_reopens(ct, p)) {
 		ct_touch(ct, p, (dir == DIR_EGRESS) == !!(ct->flags & CT_F_INBOUND), now);
 		count(REASON_FORWARDED, dir, skb->len);
 		return TC_ACT_OK;
@@ -754,7 +762,7 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 		return drop(skb, DROP_FRAGMENT, DIR_EGRESS);
 	ct_key_of(&ck, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_SERVICE);
 	ct = bpf_map_lookup_elem(&sl_ct, &ck);
-	if (ct && ct->expires_ns > now) {
+	if (ct && ct->expires_ns > now && !ct_reopens(ct, p)) {
 		/* Chosen once per connection; a terminating backend keeps its flows. */
 		b = bpf_map_lookup_elem(&sl_backends, &ct->backend_id);
 		if (b) {

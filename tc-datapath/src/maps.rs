@@ -429,10 +429,12 @@ impl Maps {
         Ok(writes)
     }
 
-    /// Remove backends by id (those no Service uses any more; their
-    /// connections, if any, end with them).
-    pub fn remove_backend(&mut self, id: u32) -> Result<(), MapsError> {
-        ignore_missing(self.backends.remove(&id), "sl_backends")
+    /// Remove a backend no Service uses any more (its connections, if
+    /// any, end with it); false when it was not there.
+    pub fn remove_backend(&mut self, id: u32) -> Result<bool, MapsError> {
+        let there = self.backends.get(&id, 0).is_ok();
+        ignore_missing(self.backends.remove(&id), "sl_backends")?;
+        Ok(there)
     }
 
     /// The VIP filter's counter for `vip` (what the tests check).
@@ -519,47 +521,62 @@ impl Maps {
     /// Remove a service port: the service entry first (no new connections
     /// find it), then its slots, Maglev table and reverse-NAT entry, the
     /// VIP marker when it was the VIP's last port, and backends no other
-    /// service uses. Existing conntrack entries age out.
+    /// service uses. Existing conntrack entries age out. Reads every
+    /// service to learn what else uses the VIP and the backends (the
+    /// operator CLI's way; the agent knows and calls `remove_frontend`).
     pub fn delete_service(&mut self, vip: IpAddr, port: u16, proto: u8) -> Result<bool, MapsError> {
-        let master_key = SvcKey::new(vip, port, proto, 0);
-        let Ok(master) = self.services.get(&master_key, 0) else {
+        let all = self.services()?;
+        let Some(me) = all.iter().find(|s| s.vip == vip && s.port == port && s.proto == proto) else {
             return Ok(false);
         };
-        if master.flags & SVC_F_VIP_MARKER != 0 {
-            return Ok(false);
+        let others: Vec<&ServiceView> = all.iter().filter(|s| !std::ptr::eq(*s, me)).collect();
+        self.remove_frontend(vip, port, proto, !others.iter().any(|s| s.vip == vip))?;
+        for id in &me.active {
+            if others.iter().any(|s| s.active.contains(id)) {
+                continue;
+            }
+            let _ = self.backends.remove(id);
         }
-        let all = self.services()?;
-        let mine = all
-            .iter()
-            .find(|s| s.vip == vip && s.port == port && s.proto == proto)
-            .map(|s| s.active.clone())
-            .unwrap_or_default();
+        Ok(true)
+    }
+
+    /// Remove a service port's own entries (not its backends): the service
+    /// entry first, then its slots, Maglev table and reverse-NAT entry, and
+    /// the VIP's marker and filter count when `last_of_vip`. Returns how
+    /// many entries went (0: there was no such port).
+    pub fn remove_frontend(
+        &mut self,
+        vip: IpAddr,
+        port: u16,
+        proto: u8,
+        last_of_vip: bool,
+    ) -> Result<usize, MapsError> {
+        let master_key = SvcKey::new(vip, port, proto, 0);
+        let Ok(master) = self.services.get(&master_key, 0) else {
+            return Ok(0);
+        };
+        if master.flags & SVC_F_VIP_MARKER != 0 {
+            return Ok(0);
+        }
         self.services.remove(&master_key).map_err(err("sl_services"))?;
+        let mut removed = 1;
         for slot in 1..=master.count {
-            let _ = self.services.remove(&SvcKey::new(vip, port, proto, slot));
+            removed += usize::from(self.services.remove(&SvcKey::new(vip, port, proto, slot)).is_ok());
         }
         let chunks = (self.maglev_m as usize).div_ceil(MAGLEV_CHUNK) as u32;
         for chunk in 0..chunks {
-            let _ = self.maglev.remove(&MaglevKey {
+            let k = MaglevKey {
                 rev_nat_id: master.rev_nat_id,
                 chunk,
-            });
+            };
+            removed += usize::from(self.maglev.remove(&k).is_ok());
         }
-        let _ = self.revnat.remove(&master.rev_nat_id);
-        let others: Vec<&ServiceView> = all
-            .iter()
-            .filter(|s| !(s.vip == vip && s.port == port && s.proto == proto))
-            .collect();
-        if !others.iter().any(|s| s.vip == vip) && self.services.remove(&SvcKey::vip_marker(vip)).is_ok() {
+        removed += usize::from(self.revnat.remove(&master.rev_nat_id).is_ok());
+        if last_of_vip && self.services.remove(&SvcKey::vip_marker(vip)).is_ok() {
             filter_step(&mut self.vip_filter, "sl_vip_filter", vip, false)?;
+            removed += 1;
         }
-        for id in mine {
-            if others.iter().any(|s| s.active.contains(&id)) {
-                continue;
-            }
-            let _ = self.backends.remove(&id);
-        }
-        Ok(true)
+        Ok(removed)
     }
 
     /// Every conntrack entry.

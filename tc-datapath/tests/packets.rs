@@ -545,3 +545,53 @@ fn rewriting_a_service_writes_only_what_changed() {
         );
     }
 }
+
+/// A client that reuses a port: its SYN finds the previous connection's
+/// closing entry, which must not decide the new connection (its backend
+/// has since become terminating). A retransmitted SYN of a connection
+/// still opening keeps its backend.
+#[test]
+fn a_syn_on_a_closed_connection_opens_a_new_one() {
+    if !root("a_syn_on_a_closed_connection_opens_a_new_one") {
+        return;
+    }
+    const FIN_ACK: u8 = 0x11;
+    let mut dp = Dp::new();
+    dp.pod("10.244.1.5");
+    let (a, b) = (ip("10.244.2.7"), ip("10.244.3.7"));
+    let spec = |a_on: bool, b_on: bool| ServiceSpec {
+        vip: ip("10.96.0.10"),
+        port: 80,
+        proto: PROTO_TCP,
+        rev_nat_id: 1,
+        algorithm: SVC_ALG_RANDOM,
+        affinity_timeout_secs: 0,
+        reject: false,
+        backends: vec![(1, a, 8080, a_on), (2, b, 8080, b_on)],
+    };
+    dp.maps.upsert_service(&spec(true, true)).unwrap();
+    let to_vip = |dp: &Dp, sport: u16, flags: u8| {
+        dp.run(
+            EGRESS,
+            &Frame::new("10.244.1.5", "10.96.0.10", sport, 80, PROTO_TCP, flags, b""),
+        )
+        .1
+        .addrs()
+        .1
+    };
+    // Closed, then its backend terminating: the reused port goes elsewhere.
+    let first = to_vip(&dp, 40000, SYN);
+    to_vip(&dp, 40000, FIN_ACK);
+    dp.maps.upsert_service(&spec(first != a, first != b)).unwrap();
+    let other = if first == a { b } else { a };
+    assert_eq!(to_vip(&dp, 40000, SYN), other, "a new connection on a reused port");
+    // Still opening: a retransmitted SYN stays with its (now terminating) backend.
+    dp.maps.upsert_service(&spec(true, true)).unwrap();
+    let opening = to_vip(&dp, 40001, SYN);
+    dp.maps.upsert_service(&spec(opening != a, opening != b)).unwrap();
+    assert_eq!(
+        to_vip(&dp, 40001, SYN),
+        opening,
+        "a retransmitted SYN keeps its backend"
+    );
+}

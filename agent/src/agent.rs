@@ -1,0 +1,110 @@
+//! One node's agent state: the pinned maps and what was written into them,
+//! for Services and for policy. `sync` takes the whole set of objects and
+//! writes the difference.
+
+use crate::objects::Objects;
+use crate::reconcile::{ServiceSync, SyncStats};
+use crate::services::{self, NodeView};
+use sluice_policy::{ApplyStats, NodeApplier, Translator};
+use sluice_tc_datapath::loader::versioned_dir;
+use sluice_tc_datapath::maps::{Maps, MapsError};
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("the datapath maps under {0} are not there yet (no pod of this node has been set up by sluice)")]
+    NotLoaded(String),
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+}
+
+/// What one sync did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub services: SyncStats,
+    pub policy: ApplyStats,
+    pub warnings: Vec<String>,
+    pub took: Duration,
+}
+
+impl Report {
+    /// Map entries written or removed, Services and policy together.
+    pub fn writes(&self) -> usize {
+        self.services.writes + self.policy.written + self.policy.removed
+    }
+}
+
+pub struct Agent {
+    maps: Maps,
+    services: ServiceSync,
+    translator: Translator,
+    policy: NodeApplier,
+    node: NodeView,
+    /// The node's own addresses given on the command line; the Node
+    /// object's are added.
+    node_ips: Vec<IpAddr>,
+}
+
+impl Agent {
+    /// Open the node's pinned maps under the bpffs root the CNI plugin
+    /// uses, and learn what they hold.
+    pub fn open(bpffs: &Path, node: NodeView, node_ips: Vec<IpAddr>) -> Result<Agent, AgentError> {
+        let dir = versioned_dir(bpffs);
+        if !dir.join("maps").exists() {
+            return Err(AgentError::NotLoaded(dir.display().to_string()));
+        }
+        Agent::with_maps(Maps::open_pinned(&dir)?, node, node_ips)
+    }
+
+    /// An agent over maps already open (a datapath loaded by the caller).
+    pub fn with_maps(maps: Maps, node: NodeView, node_ips: Vec<IpAddr>) -> Result<Agent, AgentError> {
+        Ok(Agent {
+            services: ServiceSync::from_maps(&maps)?,
+            policy: NodeApplier::from_maps(&maps)?,
+            translator: Translator::new(),
+            maps,
+            node,
+            node_ips,
+        })
+    }
+
+    pub fn maps_mut(&mut self) -> &mut Maps {
+        &mut self.maps
+    }
+
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    /// Make the maps say what `o` says.
+    pub fn sync(&mut self, o: &Objects) -> Result<Report, AgentError> {
+        let started = Instant::now();
+        let t = services::translate(o, &self.node);
+        let services = self.services.apply(&mut self.maps, &t.frontends)?;
+        let namespaces: Vec<_> = o.namespaces.values().cloned().collect();
+        let pods: Vec<_> = o.pods.values().cloned().collect();
+        let policies: Vec<_> = o.policies.values().cloned().collect();
+        let d = self.translator.translate(&namespaces, &pods, &policies);
+        let mut hosts = self.node_ips.clone();
+        if let Some(n) = o.nodes.get(&self.node.name) {
+            for a in n.status.iter().flat_map(|s| s.addresses.iter().flatten()) {
+                if let Ok(ip) = a.address.parse()
+                    && !hosts.contains(&ip)
+                {
+                    hosts.push(ip);
+                }
+            }
+        }
+        let policy = self.policy.apply(&mut self.maps, &d, &hosts)?;
+        let mut warnings = t.warnings;
+        warnings.extend(d.warnings);
+        Ok(Report {
+            services,
+            policy,
+            warnings,
+            took: started.elapsed(),
+        })
+    }
+}

@@ -1,0 +1,11 @@
+//! `sluice-agent`: the node daemon that keeps a node's eBPF maps in step
+//! with the cluster. Sources (a manifest directory today) fill typed
+//! Kubernetes objects ([`objects`]); Services and EndpointSlices become
+//! frontends ([`services`]), NetworkPolicy goes through `sluice-policy`;
+//! both are written as differences ([`reconcile`], `NodeApplier`).
+
+pub mod agent;
+pub mod manifests;
+pub mod objects;
+pub mod reconcile;
+pub mod services;

@@ -1,0 +1,137 @@
+//! `sluice-agent`: keeps this node's datapath maps in step with the
+//! Kubernetes objects of a manifest directory (watched: a saved file is in
+//! the maps within milliseconds).
+//!
+//!     sluice-agent --manifests conf/demo --node-name node-0
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use notify::{RecursiveMode, Watcher};
+use sluice_agent::agent::{Agent, AgentError, Report};
+use sluice_agent::manifests::ManifestDir;
+use sluice_agent::services::NodeView;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Directory of Kubernetes manifests (YAML or JSON, several documents
+    /// per file): Services, EndpointSlices, NetworkPolicies, Pods,
+    /// Namespaces, Nodes. Other kinds are skipped.
+    #[arg(long)]
+    manifests: PathBuf,
+    /// The bpffs root the CNI plugin pins the datapath under (its
+    /// `datapath.bpffs` setting).
+    #[arg(long, default_value = "/sys/fs/bpf/sluice")]
+    bpffs: PathBuf,
+    /// This node's name, as EndpointSlices and Node objects give it
+    /// (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// This node's own addresses (they may always reach its pods); the
+    /// Node object's addresses are added.
+    #[arg(long)]
+    node_ip: Vec<IpAddr>,
+    /// Sync once and exit.
+    #[arg(long)]
+    once: bool,
+}
+
+/// How long to wait for the datapath before each new attempt.
+const WAIT_FOR_DATAPATH: Duration = Duration::from_millis(500);
+/// Events that arrive this close together are one change (an editor's
+/// save is several).
+const SETTLE: Duration = Duration::from_millis(20);
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    let args = Args::parse();
+    let node = NodeView {
+        name: match &args.node_name {
+            Some(n) => n.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .context("reading the host name (or give --node-name)")?
+                .trim()
+                .to_string(),
+        },
+    };
+    let mut dir = ManifestDir::new(&args.manifests);
+    // Watch before the first read, so that no change falls in between.
+    let (tx, rx) = mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |ev| {
+        let _ = tx.send(ev);
+    })
+    .context("starting the file watcher")?;
+    watcher
+        .watch(&args.manifests, RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", args.manifests.display()))?;
+    for e in dir
+        .reload_all()
+        .with_context(|| format!("reading {}", args.manifests.display()))?
+    {
+        warn!(error = %e, "manifest skipped");
+    }
+    let mut agent = loop {
+        match Agent::open(&args.bpffs, node.clone(), args.node_ip.clone()) {
+            Ok(a) => break a,
+            Err(AgentError::NotLoaded(d)) if !args.once => {
+                info!(dir = %d, "waiting for the datapath");
+                std::thread::sleep(WAIT_FOR_DATAPATH);
+            }
+            Err(e) => return Err(e).context("opening the datapath maps"),
+        }
+    };
+    info!(node = %node.name, manifests = %args.manifests.display(), "agent started");
+    let r = agent.sync(&dir.objects()).context("first sync")?;
+    log_sync("start", &r, None);
+    if args.once {
+        return Ok(());
+    }
+    loop {
+        let first = rx.recv().context("the file watcher stopped")?;
+        let seen = Instant::now();
+        let mut paths = BTreeSet::new();
+        let mut note = |ev: notify::Result<notify::Event>| match ev {
+            Ok(ev) => paths.extend(ev.paths),
+            Err(e) => warn!(error = %e, "file watcher"),
+        };
+        note(first);
+        while let Ok(ev) = rx.recv_timeout(SETTLE) {
+            note(ev);
+        }
+        for p in &paths {
+            if let Err(e) = dir.reload(p) {
+                warn!(error = %e, "manifest not applied; its previous objects stay");
+            }
+        }
+        match agent.sync(&dir.objects()) {
+            Ok(r) => log_sync("change", &r, Some(seen)),
+            Err(e) => warn!(error = %e, "sync failed; retried on the next change"),
+        }
+    }
+}
+
+fn log_sync(why: &str, r: &Report, seen: Option<Instant>) {
+    for w in &r.warnings {
+        warn!("{w}");
+    }
+    info!(
+        why,
+        frontends = r.services.frontends,
+        changed = r.services.changed,
+        removed = r.services.removed,
+        policy_endpoints = r.policy.endpoints,
+        writes = r.writes(),
+        sync_ms = format!("{:.2}", r.took.as_secs_f64() * 1e3),
+        since_event_ms = seen.map(|s| format!("{:.2}", s.elapsed().as_secs_f64() * 1e3)),
+        "synced"
+    );
+}

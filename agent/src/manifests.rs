@@ -1,0 +1,214 @@
+//! The manifest source: a directory of ordinary Kubernetes YAML (or JSON)
+//! files, several documents per file, `kind: List` included. Kinds the
+//! agent does not use (Deployments, ConfigMaps...) are skipped, so a
+//! directory can hold a whole application's manifests.
+//!
+//! Each file is parsed on its own and kept, so that a change re-reads only
+//! the files that changed. A file that does not parse keeps its previous
+//! objects (an editor's half-written save must not empty a Service) and is
+//! reported.
+
+use crate::objects::{Object, Objects};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}, document {doc}: {msg}")]
+    Parse { path: PathBuf, doc: usize, msg: String },
+}
+
+/// The files a manifest directory is made of: `*.yaml`, `*.yml`, `*.json`,
+/// not hidden (editors' swap files), sorted.
+pub fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+    let read = |source| ManifestError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(read)? {
+        let p = e.map_err(read)?.path();
+        if is_manifest(&p) && p.is_file() {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn is_manifest(p: &Path) -> bool {
+    let hidden = p
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.'));
+    let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+    !hidden && matches!(ext, "yaml" | "yml" | "json")
+}
+
+/// The objects of one file's text.
+pub fn parse(text: &str, path: &Path) -> Result<Vec<Object>, ManifestError> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let perr = |msg: String| ManifestError::Parse {
+            path: path.to_path_buf(),
+            doc: i + 1,
+            msg,
+        };
+        let v: Value = serde::Deserialize::deserialize(doc).map_err(|e| perr(e.to_string()))?;
+        if v.is_null() {
+            continue; // an empty document ("---" at the end)
+        }
+        collect(v, &mut out).map_err(perr)?;
+    }
+    Ok(out)
+}
+
+fn collect(v: Value, out: &mut Vec<Object>) -> Result<(), String> {
+    let kind = v.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
+    let api = v.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
+    fn typed<T: serde::de::DeserializeOwned>(v: Value, kind: &str) -> Result<Box<T>, String> {
+        serde_json::from_value(v)
+            .map(Box::new)
+            .map_err(|e| format!("{kind}: {e}"))
+    }
+    let o = match (api.as_str(), kind.as_str()) {
+        (_, "List") => {
+            let items = match v.get("items") {
+                Some(Value::Array(items)) => items.clone(),
+                _ => return Err("List without items".into()),
+            };
+            for item in items {
+                collect(item, out)?;
+            }
+            return Ok(());
+        }
+        ("v1", "Service") => Object::Service(typed(v, &kind)?),
+        ("discovery.k8s.io/v1", "EndpointSlice") => Object::EndpointSlice(typed(v, &kind)?),
+        ("networking.k8s.io/v1", "NetworkPolicy") => Object::NetworkPolicy(typed(v, &kind)?),
+        ("v1", "Pod") => Object::Pod(typed(v, &kind)?),
+        ("v1", "Namespace") => Object::Namespace(typed(v, &kind)?),
+        ("v1", "Node") => Object::Node(typed(v, &kind)?),
+        ("", _) | (_, "") => return Err("a document without apiVersion or kind".into()),
+        _ => return Ok(()), // a kind the agent does not use
+    };
+    let (kind, key) = o.id();
+    if key.is_empty() || key.ends_with('/') {
+        return Err(format!("{kind} without metadata.name"));
+    }
+    out.push(o);
+    Ok(())
+}
+
+/// A manifest directory, file by file.
+#[derive(Debug, Default)]
+pub struct ManifestDir {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, Vec<Object>>,
+}
+
+impl ManifestDir {
+    pub fn new(dir: &Path) -> ManifestDir {
+        ManifestDir {
+            dir: dir.to_path_buf(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Read every file again; files that do not parse keep what they had
+    /// and come back as errors.
+    pub fn reload_all(&mut self) -> Result<Vec<ManifestError>, ManifestError> {
+        let files = manifest_files(&self.dir)?;
+        self.files.retain(|p, _| files.contains(p));
+        Ok(files.iter().filter_map(|p| self.reload(p).err()).collect())
+    }
+
+    /// Read one file again (gone: its objects go too).
+    pub fn reload(&mut self, path: &Path) -> Result<(), ManifestError> {
+        if !path.exists() || !is_manifest(path) {
+            self.files.remove(path);
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let objects = parse(&text, path)?;
+        self.files.insert(path.to_path_buf(), objects);
+        Ok(())
+    }
+
+    /// Every object of every file, in file order (a later file's object
+    /// replaces an earlier one with the same kind and key).
+    pub fn objects(&self) -> Objects {
+        let mut all = Objects::default();
+        for objects in self.files.values() {
+            for o in objects {
+                all.insert(o.clone());
+            }
+        }
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_lists_and_unknown_kinds() {
+        let text = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: web, namespace: shop}
+  spec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}
+---
+"#;
+        let objects = parse(text, Path::new("t.yaml")).unwrap();
+        let ids: Vec<_> = objects.iter().map(Object::id).collect();
+        assert_eq!(
+            ids,
+            vec![("Namespace", "shop".to_string()), ("Service", "shop/web".to_string())]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_and_document() {
+        let e = parse("kind: Service\n---\n{", Path::new("bad.yaml")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("bad.yaml, document 1:"), "{msg}");
+        let e = parse(
+            "apiVersion: v1\nkind: Service\nmetadata: {namespace: x}\n",
+            Path::new("b.yaml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("without metadata.name"), "{e}");
+        let e = parse(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: 3}\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("Service:"), "{e}");
+    }
+}

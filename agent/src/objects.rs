@@ -1,0 +1,82 @@
+//! The Kubernetes objects the agent reads, typed (k8s-openapi), keyed by
+//! namespace/name: what every source fills and every translation reads.
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use std::collections::BTreeMap;
+
+/// One object of a kind the agent uses (boxed: a Pod is 2 KiB).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    NetworkPolicy(Box<NetworkPolicy>),
+    Pod(Box<Pod>),
+    Namespace(Box<Namespace>),
+    Node(Box<Node>),
+}
+
+impl Object {
+    /// (kind, "namespace/name" or "name" for cluster-scoped kinds).
+    pub fn id(&self) -> (&'static str, String) {
+        let (kind, meta) = match self {
+            Object::Service(o) => ("Service", &o.metadata),
+            Object::EndpointSlice(o) => ("EndpointSlice", &o.metadata),
+            Object::NetworkPolicy(o) => ("NetworkPolicy", &o.metadata),
+            Object::Pod(o) => ("Pod", &o.metadata),
+            Object::Namespace(o) => ("Namespace", &o.metadata),
+            Object::Node(o) => ("Node", &o.metadata),
+        };
+        (kind, key(meta))
+    }
+}
+
+/// "namespace/name", or "name" without a namespace.
+pub fn key(meta: &ObjectMeta) -> String {
+    let name = meta.name.as_deref().unwrap_or("");
+    match meta.namespace.as_deref() {
+        Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
+        _ => name.to_string(),
+    }
+}
+
+/// Every object the agent knows, by kind and key.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Objects {
+    pub services: BTreeMap<String, Service>,
+    pub slices: BTreeMap<String, EndpointSlice>,
+    pub policies: BTreeMap<String, NetworkPolicy>,
+    pub pods: BTreeMap<String, Pod>,
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub nodes: BTreeMap<String, Node>,
+}
+
+impl Objects {
+    /// Add or replace an object (the later of two with one key wins).
+    pub fn insert(&mut self, o: Object) {
+        let (_, k) = o.id();
+        match o {
+            Object::Service(o) => drop(self.services.insert(k, *o)),
+            Object::EndpointSlice(o) => drop(self.slices.insert(k, *o)),
+            Object::NetworkPolicy(o) => drop(self.policies.insert(k, *o)),
+            Object::Pod(o) => drop(self.pods.insert(k, *o)),
+            Object::Namespace(o) => drop(self.namespaces.insert(k, *o)),
+            Object::Node(o) => drop(self.nodes.insert(k, *o)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.services.len()
+            + self.slices.len()
+            + self.policies.len()
+            + self.pods.len()
+            + self.namespaces.len()
+            + self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

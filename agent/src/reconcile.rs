@@ -1,0 +1,142 @@
+//! Keeping a node's Service maps equal to the translation, by difference.
+//!
+//! Ids are what makes a rewrite unnecessary: a frontend keeps its
+//! reverse-NAT id and a backend (address, port, protocol) its backend id for
+//! as long as they exist, and both are read back from the maps when the
+//! agent starts, so a restarted agent computes the same entries the maps
+//! already hold. The first pass after a start compares every entry with
+//! the map (`Maps::upsert_service` writes only those that differ); later
+//! passes skip the frontends whose translation did not change.
+
+use crate::services::{Backends, Frontend};
+use sluice_tc_datapath::layout::ip;
+use sluice_tc_datapath::maps::{Maps, MapsError, ServiceSpec};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// What one pass did to the maps.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Map entries written or removed.
+    pub writes: usize,
+    /// Frontends written (changed or new) and removed.
+    pub changed: usize,
+    pub removed: usize,
+    /// Frontends in force after the pass.
+    pub frontends: usize,
+}
+
+pub struct ServiceSync {
+    rev_nat: BTreeMap<Frontend, u32>,
+    backend_ids: BTreeMap<(IpAddr, u16, u8), u32>,
+    /// What the last pass wrote; None = compare with the maps.
+    applied: BTreeMap<Frontend, Option<Backends>>,
+}
+
+impl ServiceSync {
+    /// Start from what the maps hold (ids kept, nothing written).
+    pub fn from_maps(maps: &Maps) -> Result<ServiceSync, MapsError> {
+        let mut s = ServiceSync {
+            rev_nat: BTreeMap::new(),
+            backend_ids: BTreeMap::new(),
+            applied: BTreeMap::new(),
+        };
+        for v in maps.services()? {
+            let f = Frontend {
+                vip: v.vip,
+                port: v.port,
+                proto: v.proto,
+            };
+            s.rev_nat.insert(f, v.rev_nat_id);
+            s.applied.insert(f, None);
+        }
+        for (id, b) in maps.backends()? {
+            s.backend_ids.insert((ip(&b.addr), u16::from_be(b.port), b.proto), id);
+        }
+        Ok(s)
+    }
+
+    fn rev_nat_id(&mut self, f: Frontend) -> u32 {
+        if let Some(id) = self.rev_nat.get(&f) {
+            return *id;
+        }
+        let used: BTreeSet<u32> = self.rev_nat.values().copied().collect();
+        let id = (1..).find(|i| !used.contains(i)).expect("a free id below 2^32");
+        self.rev_nat.insert(f, id);
+        id
+    }
+
+    fn backend_id(&mut self, k: (IpAddr, u16, u8), used: &BTreeSet<u32>) -> u32 {
+        if let Some(id) = self.backend_ids.get(&k) {
+            return *id;
+        }
+        let taken: BTreeSet<u32> = self.backend_ids.values().copied().chain(used.iter().copied()).collect();
+        let id = (1..).find(|i| !taken.contains(i)).expect("a free id below 2^32");
+        self.backend_ids.insert(k, id);
+        id
+    }
+
+    /// Make the maps hold `want`: write the frontends that changed, remove
+    /// those that went, then the backends no frontend uses.
+    pub fn apply(&mut self, maps: &mut Maps, want: &BTreeMap<Frontend, Backends>) -> Result<SyncStats, MapsError> {
+        let mut st = SyncStats {
+            frontends: want.len(),
+            ..Default::default()
+        };
+        let mut used = BTreeSet::new();
+        for (f, b) in want {
+            let unchanged = matches!(self.applied.get(f), Some(Some(old)) if old == b);
+            let rev_nat_id = self.rev_nat_id(*f);
+            let mut backends = Vec::with_capacity(b.backends.len());
+            for (addr, port, active) in &b.backends {
+                let id = self.backend_id((*addr, *port, f.proto), &used);
+                used.insert(id);
+                backends.push((id, *addr, *port, *active));
+            }
+            if unchanged {
+                continue;
+            }
+            let spec = ServiceSpec {
+                vip: f.vip,
+                port: f.port,
+                proto: f.proto,
+                rev_nat_id,
+                algorithm: b.algorithm,
+                affinity_timeout_secs: b.affinity_timeout_secs,
+                reject: b.reject,
+                backends,
+            };
+            let w = maps.upsert_service(&spec)?;
+            if w > 0 {
+                st.changed += 1;
+                st.writes += w;
+            }
+            self.applied.insert(*f, Some(b.clone()));
+        }
+        let gone: Vec<Frontend> = self.applied.keys().filter(|f| !want.contains_key(f)).copied().collect();
+        let vips: BTreeSet<IpAddr> = want.keys().map(|f| f.vip).collect();
+        for f in gone {
+            let last_of_vip = !vips.contains(&f.vip);
+            let w = maps.remove_frontend(f.vip, f.port, f.proto, last_of_vip)?;
+            if w > 0 {
+                st.removed += 1;
+                st.writes += w;
+            }
+            self.applied.remove(&f);
+            self.rev_nat.remove(&f);
+        }
+        let stale: Vec<((IpAddr, u16, u8), u32)> = self
+            .backend_ids
+            .iter()
+            .filter(|(_, id)| !used.contains(id))
+            .map(|(k, id)| (*k, *id))
+            .collect();
+        for (k, id) in stale {
+            if maps.remove_backend(id)? {
+                st.writes += 1;
+            }
+            self.backend_ids.remove(&k);
+        }
+        Ok(st)
+    }
+}

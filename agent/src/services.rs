@@ -1,0 +1,290 @@
+//! Services and EndpointSlices, translated into the datapath's service
+//! ports: one frontend (address, port, protocol) per ClusterIP of each IP
+//! family, external IP, load-balancer ingress IP and, for a NodePort, every
+//! node address; each with the backends the EndpointSlices give that port.
+//!
+//! The rules, as kube-proxy applies them:
+//! - headless (`clusterIP: None`) and ExternalName Services get nothing;
+//! - a Service port's backends come from the slices labelled with the
+//!   Service's name, of the frontend's address family, from the slice port
+//!   with the same name and protocol (the slice carries the number a named
+//!   `targetPort` resolved to, per pod);
+//! - an endpoint is ready unless it says otherwise; serving defaults to
+//!   ready; ready endpoints take new connections; terminating ones keep
+//!   theirs and take none, unless no endpoint is ready: then the serving
+//!   terminating ones take new connections too;
+//! - `internalTrafficPolicy: Local` keeps, for ClusterIP frontends, only
+//!   the endpoints of this node;
+//! - `sessionAffinity: ClientIP` pins a client for `timeoutSeconds`
+//!   (10800 when missing);
+//! - a Service without a usable endpoint rejects (ICMP port unreachable),
+//!   as kube-proxy's REJECT does.
+//!
+//! Traffic a pod sends to a NodePort, external or load-balancer address is
+//! balanced over all endpoints by the pod's own egress program (the
+//! external traffic policy concerns traffic from outside the cluster,
+//! which this datapath does not serve yet).
+
+use crate::objects::{Objects, key};
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use sluice_tc_datapath::layout::{PROTO_TCP, PROTO_UDP, SVC_ALG_MAGLEV, SVC_ALG_RANDOM};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// The annotation that picks the backend selection of a Service.
+pub const ALGORITHM_ANNOTATION: &str = "sluice.io/lb-algorithm";
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+const DEFAULT_AFFINITY_SECS: u32 = 10800;
+
+/// Where a Service port is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Frontend {
+    pub vip: IpAddr,
+    pub port: u16,
+    pub proto: u8,
+}
+
+impl std::fmt::Display for Frontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proto = match self.proto {
+            PROTO_TCP => "tcp",
+            PROTO_UDP => "udp",
+            _ => "?",
+        };
+        match self.vip {
+            IpAddr::V4(a) => write!(f, "{a}:{}/{proto}", self.port),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{proto}", self.port),
+        }
+    }
+}
+
+/// What one frontend must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backends {
+    /// "namespace/name:port-name" (the port's number when unnamed).
+    pub service: String,
+    pub algorithm: u8,
+    pub affinity_timeout_secs: u32,
+    pub reject: bool,
+    /// (address, target port, takes new connections), sorted.
+    pub backends: Vec<(IpAddr, u16, bool)>,
+}
+
+/// The node the agent runs on (for `internalTrafficPolicy: Local`).
+#[derive(Debug, Clone, Default)]
+pub struct NodeView {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Translated {
+    pub frontends: BTreeMap<Frontend, Backends>,
+    /// What was left out, and why.
+    pub warnings: Vec<String>,
+}
+
+pub fn translate(objects: &Objects, node: &NodeView) -> Translated {
+    let mut out = Translated::default();
+    let mut slices: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in objects.slices.values() {
+        let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+            continue;
+        };
+        let ns = s.metadata.namespace.clone().unwrap_or_default();
+        slices.entry((ns, svc.clone())).or_default().push(s);
+    }
+    let node_addrs: Vec<IpAddr> = objects
+        .nodes
+        .values()
+        .filter_map(|n| n.status.as_ref()?.addresses.as_ref())
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    for svc in objects.services.values() {
+        let ns = svc.metadata.namespace.clone().unwrap_or_default();
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let mine = slices.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]);
+        service(svc, mine, &node_addrs, node, &mut out);
+    }
+    out
+}
+
+fn proto_of(p: Option<&str>) -> Option<u8> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(PROTO_TCP),
+        "UDP" => Some(PROTO_UDP),
+        _ => None,
+    }
+}
+
+fn service(svc: &Service, slices: &[&EndpointSlice], node_addrs: &[IpAddr], node: &NodeView, out: &mut Translated) {
+    let id = key(&svc.metadata);
+    let Some(spec) = svc.spec.as_ref() else { return };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return;
+    }
+    let mut cluster_ips: Vec<&str> = spec.cluster_ips.iter().flatten().map(String::as_str).collect();
+    if cluster_ips.is_empty()
+        && let Some(ip) = spec.cluster_ip.as_deref()
+    {
+        cluster_ips.push(ip);
+    }
+    if cluster_ips.contains(&"None") {
+        return; // headless: DNS only
+    }
+    let parse = |what: &str, s: &str, out: &mut Translated| -> Option<IpAddr> {
+        let a = s.parse().ok();
+        if a.is_none() {
+            out.warnings
+                .push(format!("Service {id}: {what} {s:?} is not an address"));
+        }
+        a
+    };
+    let mut cluster: Vec<IpAddr> = Vec::new();
+    for ip in cluster_ips {
+        cluster.extend(parse("clusterIP", ip, out));
+    }
+    let mut external: Vec<IpAddr> = Vec::new();
+    for ip in spec.external_ips.iter().flatten() {
+        external.extend(parse("externalIP", ip, out));
+    }
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref()?.ingress.as_ref());
+    for i in ingress.into_iter().flatten() {
+        if let Some(ip) = i.ip.as_deref() {
+            external.extend(parse("load-balancer ingress IP", ip, out));
+        }
+    }
+    let algorithm = match svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ALGORITHM_ANNOTATION))
+        .map(String::as_str)
+    {
+        None | Some("random") => SVC_ALG_RANDOM,
+        Some("maglev") => SVC_ALG_MAGLEV,
+        Some(other) => {
+            out.warnings.push(format!(
+                "Service {id}: {ALGORITHM_ANNOTATION} {other:?} is neither \"random\" nor \"maglev\"; using random"
+            ));
+            SVC_ALG_RANDOM
+        }
+    };
+    let affinity_timeout_secs = if spec.session_affinity.as_deref() == Some("ClientIP") {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref()?.timeout_seconds)
+            .map_or(DEFAULT_AFFINITY_SECS, |t| t.max(1) as u32)
+    } else {
+        0
+    };
+    let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
+    for sp in spec.ports.iter().flatten() {
+        let Some(proto) = proto_of(sp.protocol.as_deref()) else {
+            out.warnings.push(format!(
+                "Service {id} port {}: protocol {} is not load-balanced by the datapath",
+                sp.port,
+                sp.protocol.as_deref().unwrap_or("?")
+            ));
+            continue;
+        };
+        let Ok(port) = u16::try_from(sp.port) else {
+            out.warnings
+                .push(format!("Service {id}: port {} is out of range", sp.port));
+            continue;
+        };
+        let label = format!("{id}:{}", sp.name.clone().unwrap_or_else(|| sp.port.to_string()));
+        let mut fronts: Vec<(Frontend, bool)> = Vec::new();
+        for &vip in &cluster {
+            fronts.push((Frontend { vip, port, proto }, local_only));
+        }
+        for &vip in &external {
+            fronts.push((Frontend { vip, port, proto }, false));
+        }
+        if let Some(np) = sp.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) {
+            for &vip in node_addrs {
+                fronts.push((Frontend { vip, port: np, proto }, false));
+            }
+        }
+        for (f, local) in fronts {
+            let b = Backends {
+                service: label.clone(),
+                algorithm,
+                affinity_timeout_secs,
+                reject: true,
+                backends: endpoints(sp, proto, f.vip.is_ipv4(), slices, local.then_some(node)),
+            };
+            if let Some(first) = out.frontends.get(&f) {
+                out.warnings.push(format!(
+                    "{f}: claimed by {} and {}; the first keeps it",
+                    first.service, b.service
+                ));
+                continue;
+            }
+            out.frontends.insert(f, b);
+        }
+    }
+}
+
+/// The backends of one Service port in one address family.
+fn endpoints(
+    sp: &ServicePort,
+    proto: u8,
+    v4: bool,
+    slices: &[&EndpointSlice],
+    only_node: Option<&NodeView>,
+) -> Vec<(IpAddr, u16, bool)> {
+    // (address, port) -> (ready, serving, terminating)
+    let mut found: BTreeMap<(IpAddr, u16), (bool, bool, bool)> = BTreeMap::new();
+    let family = if v4 { "IPv4" } else { "IPv6" };
+    for s in slices.iter().filter(|s| s.address_type == family) {
+        let Some(port) = s
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| {
+                p.name.as_deref().unwrap_or("") == sp.name.as_deref().unwrap_or("")
+                    && proto_of(p.protocol.as_deref()) == Some(proto)
+            })
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for e in &s.endpoints {
+            if let Some(n) = only_node
+                && e.node_name.as_deref() != Some(n.name.as_str())
+            {
+                continue;
+            }
+            let c = e.conditions.as_ref();
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            for a in &e.addresses {
+                if let Ok(ip) = a.parse::<IpAddr>() {
+                    found.insert((ip, port), (ready, serving, terminating));
+                }
+            }
+        }
+    }
+    let any_ready = found.values().any(|c| c.0);
+    found
+        .into_iter()
+        .filter_map(|((ip, port), (ready, serving, terminating))| {
+            if ready {
+                Some((ip, port, true))
+            } else if terminating {
+                // Kept for its connections; new ones only when nothing is ready.
+                Some((ip, port, !any_ready && serving))
+            } else {
+                None
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,214 @@
+//! The agent's translation, from real manifests: Services and
+//! EndpointSlices to frontends (no privileges needed), then into a loaded
+//! datapath's maps (root), where a second sync must write nothing and a
+//! change only what it changes.
+
+use sluice_agent::agent::Agent;
+use sluice_agent::manifests::parse;
+use sluice_agent::objects::Objects;
+use sluice_agent::services::{Frontend, NodeView, translate};
+use sluice_tc_datapath::layout::{
+    POLICY_F_EGRESS, POLICY_F_INGRESS, PROTO_TCP, PROTO_UDP, SVC_ALG_MAGLEV, SVC_ALG_RANDOM,
+};
+use sluice_tc_datapath::loader::{self, DatapathConfig};
+use sluice_tc_datapath::maps::Maps;
+use std::net::IpAddr;
+use std::path::Path;
+
+fn shop() -> Objects {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manifests/shop.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut o = Objects::default();
+    for obj in parse(&text, &path).unwrap() {
+        o.insert(obj);
+    }
+    o
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn fe(vip: &str, port: u16, proto: u8) -> Frontend {
+    Frontend {
+        vip: ip(vip),
+        port,
+        proto,
+    }
+}
+
+fn node_a() -> NodeView {
+    NodeView { name: "node-a".into() }
+}
+
+#[test]
+fn services_from_manifests() {
+    let t = translate(&shop(), &node_a());
+    let got = |f: Frontend| {
+        let b = t.frontends.get(&f).unwrap_or_else(|| panic!("no frontend {f}"));
+        let backends: Vec<(String, u16, bool)> = b.backends.iter().map(|(a, p, on)| (a.to_string(), *p, *on)).collect();
+        (b.algorithm, b.affinity_timeout_secs, b.reject, backends)
+    };
+    let web_http = vec![
+        ("10.244.1.5".into(), 8080, true),
+        ("10.244.2.5".into(), 8080, true),
+        // Terminating: keeps its connections, gets no new ones.
+        ("10.244.2.6".into(), 8080, false),
+        // The named port resolved differently for this slice's pods.
+        ("10.244.3.5".into(), 8081, true),
+    ];
+    assert_eq!(
+        got(fe("10.96.0.10", 80, PROTO_TCP)),
+        (SVC_ALG_MAGLEV, 600, true, web_http)
+    );
+    let web_metrics = vec![
+        ("10.244.1.5".into(), 9090, true),
+        ("10.244.2.5".into(), 9090, true),
+        ("10.244.2.6".into(), 9090, false),
+    ];
+    assert_eq!(
+        got(fe("10.96.0.10", 9090, PROTO_TCP)),
+        (SVC_ALG_MAGLEV, 600, true, web_metrics)
+    );
+    // internalTrafficPolicy Local: the ClusterIP sees node-a's endpoint
+    // only; the external IP and the node ports see all.
+    let local = vec![("10.244.1.20".to_string(), 8443, true)];
+    let all = vec![
+        ("10.244.1.20".to_string(), 8443, true),
+        ("10.244.2.20".to_string(), 8443, true),
+    ];
+    assert_eq!(got(fe("10.96.0.20", 443, PROTO_TCP)).3, local);
+    for f in [
+        fe("203.0.113.10", 443, PROTO_TCP),
+        fe("172.31.0.11", 30443, PROTO_TCP),
+        fe("172.31.0.12", 30443, PROTO_TCP),
+    ] {
+        assert_eq!(got(f), (SVC_ALG_RANDOM, 0, true, all.clone()), "{f}");
+    }
+    assert_eq!(
+        got(fe("172.31.0.12", 30053, PROTO_UDP)).3,
+        vec![
+            ("10.244.1.20".to_string(), 5353, true),
+            ("10.244.2.20".to_string(), 5353, true)
+        ]
+    );
+    // No endpoint: rejected; all terminating: the serving one takes new
+    // connections, the one not serving none.
+    assert_eq!(got(fe("10.96.0.30", 80, PROTO_TCP)).3, vec![]);
+    assert_eq!(
+        got(fe("10.96.0.40", 80, PROTO_TCP)).3,
+        vec![
+            ("10.244.1.30".to_string(), 8080, true),
+            ("10.244.1.31".to_string(), 8080, false)
+        ]
+    );
+    // Headless and SCTP get nothing; SCTP says why.
+    assert!(!t.frontends.keys().any(|f| f.port == 5432 || f.vip == ip("10.96.0.50")));
+    assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
+    assert!(t.warnings[0].contains("SCTP"), "{:?}", t.warnings);
+    assert_eq!(
+        t.frontends.len(),
+        2 + 2 * 4 + 2,
+        "{:?}",
+        t.frontends.keys().collect::<Vec<_>>()
+    );
+}
+
+fn is_root(test: &str) -> bool {
+    let root = nix_euid_is_root();
+    if !root {
+        eprintln!("SKIP {test}: needs root (BPF maps)");
+        if let Ok(p) = std::env::var("SLUICE_SKIP_LOG") {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(p) {
+                let _ = writeln!(f, "{test}: needs root (BPF maps)");
+            }
+        }
+    }
+    root
+}
+
+fn nix_euid_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn sync_writes_the_difference() {
+    if !is_root("sync_writes_the_difference") {
+        return;
+    }
+    let cfg = DatapathConfig::default();
+    let mut ebpf = loader::load(&cfg, None).unwrap();
+    let mut maps = Maps::take(&mut ebpf, cfg.maglev_table_size).unwrap();
+    // web-1 is this node's pod.
+    maps.add_endpoint(ip("10.244.1.5"), 1, [2, 0, 0, 0, 0, 5], 7).unwrap();
+    let mut agent = Agent::with_maps(maps, node_a(), vec![]).unwrap();
+    let mut o = shop();
+    let first = agent.sync(&o).unwrap();
+    assert_eq!(first.services.frontends, 12);
+    assert!(first.writes() > 12, "{first:?}");
+    let views = agent.maps().services().unwrap();
+    assert_eq!(views.len(), 12);
+    let web = views
+        .iter()
+        .find(|v| v.vip == ip("10.96.0.10") && v.port == 80)
+        .unwrap();
+    assert_eq!(web.active.len(), 3, "three take new connections");
+    assert_eq!((web.algorithm, web.affinity_timeout_secs), (SVC_ALG_MAGLEV, 600));
+    let backends = agent.maps().backends().unwrap();
+    assert!(
+        backends.iter().any(|(_, b)| u16::from_be(b.port) == 8081),
+        "the other slice's port"
+    );
+    // Policy: web-1 isolated both ways, its rules written.
+    let ep = agent
+        .maps()
+        .endpoint_policy(7)
+        .unwrap()
+        .expect("web-1 has a policy entry");
+    assert_eq!(ep.flags, POLICY_F_INGRESS | POLICY_F_EGRESS);
+    let rules = agent.maps().rule_entries(Some(7)).unwrap();
+    let ports: Vec<u16> = rules.iter().map(|(_, m, _)| u16::from_be(m.port)).collect();
+    assert!(
+        ports.contains(&8080) && ports.contains(&53),
+        "named port and egress DNS: {ports:?}"
+    );
+    assert!(agent.maps().cidrs().unwrap().len() >= 2, "the ipBlock and its except");
+
+    // The same objects again: nothing to write.
+    let again = agent.sync(&o).unwrap();
+    assert_eq!((again.writes(), again.services.changed), (0, 0), "{again:?}");
+
+    // One endpoint gone: only web's two frontends change.
+    if let Some(s) = o.slices.get_mut("shop/web-abc12") {
+        s.endpoints.retain(|e| e.addresses != ["10.244.2.5"]);
+    }
+    let change = agent.sync(&o).unwrap();
+    assert_eq!((change.services.changed, change.services.removed), (2, 0), "{change:?}");
+    // (Maglev rewrites the table chunks the gone backend held.)
+    assert!(change.writes() < first.writes() / 2, "{change:?} against {first:?}");
+    assert!(
+        !agent
+            .maps()
+            .backends()
+            .unwrap()
+            .iter()
+            .any(|(_, b)| b.addr[12..] == [10, 244, 2, 5]),
+        "the gone endpoint's backends are removed"
+    );
+
+    // The Service gone: its frontends and VIP go.
+    o.services.remove("shop/web");
+    let gone = agent.sync(&o).unwrap();
+    assert_eq!(gone.services.removed, 2, "{gone:?}");
+    assert_eq!(agent.maps().vip_filter_count(ip("10.96.0.10")).unwrap(), 0);
+    assert_eq!(agent.maps().services().unwrap().len(), 10);
+
+    // A restarted agent over the same maps finds nothing to write.
+    let spare = Maps::take(&mut loader::load(&cfg, None).unwrap(), cfg.maglev_table_size).unwrap();
+    let maps = std::mem::replace(agent.maps_mut(), spare);
+    let mut restarted = Agent::with_maps(maps, node_a(), vec![]).unwrap();
+    let r = restarted.sync(&o).unwrap();
+    assert_eq!(r.writes(), 0, "{r:?}");
+}

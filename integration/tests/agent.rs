@@ -1,0 +1,249 @@
+//! The node agent on its manifest source, end to end: real pods made by the
+//! CNI binary, a Service written as ordinary manifests, the `sluice-agent`
+//! binary watching them.
+//!
+//! - Editing the EndpointSlice reaches the maps within 1 second, each way,
+//!   while a client keeps connecting: scaling 3 -> 1 (the two leaving
+//!   endpoints terminating first, then gone, as a rolling update does) and
+//!   back to 3, with no failed connection.
+//! - kill -9 of the agent keeps established connections and Services
+//!   working; the restarted agent finds nothing to write.
+
+use sluice_integration::agent::{AgentProcess, log_field};
+use sluice_integration::probe::{EchoServer, Session, StreamEcho};
+use sluice_integration::require_root;
+use sluice_integration::vpc::{Vpc, result_ip};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 7, 10);
+
+#[derive(Clone, Copy, PartialEq)]
+enum State {
+    Ready,
+    Terminating,
+    Gone,
+}
+
+/// The Service and its EndpointSlice, written atomically (a hidden
+/// temporary file renamed into place, as editors and kubectl-like tools do).
+fn write_manifests(dir: &Path, backends: &[(Ipv4Addr, State)]) {
+    let mut endpoints = String::new();
+    for (ip, st) in backends {
+        let cond = match st {
+            State::Ready => "{ready: true, serving: true, terminating: false}",
+            State::Terminating => "{ready: false, serving: true, terminating: true}",
+            State::Gone => continue,
+        };
+        endpoints.push_str(&format!("- addresses: [{ip}]\n  conditions: {cond}\n"));
+    }
+    if endpoints.is_empty() {
+        endpoints = "[]\n".into();
+    }
+    let text = format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: demo}}
+spec:
+  clusterIP: {VIP}
+  ports:
+  - {{name: http, port: 80, targetPort: 8080}}
+  - {{name: stream, port: 7100, targetPort: 7100}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: demo
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+ports:
+- {{name: http, port: 8080, protocol: TCP}}
+- {{name: stream, port: 7100, protocol: TCP}}
+endpoints:
+{endpoints}"
+    );
+    let tmp = dir.join(".web.yaml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join("web.yaml")).unwrap();
+}
+
+/// Poll the node's maps until `ok` holds; the time it took.
+fn until(vpc: &Vpc, what: &str, ok: impl Fn(&sluice_tc_datapath::maps::Maps) -> bool) -> Duration {
+    let started = Instant::now();
+    let maps = vpc.maps(0).unwrap();
+    while !ok(&maps) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{what}: not in the maps after 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    started.elapsed()
+}
+
+fn active(maps: &sluice_tc_datapath::maps::Maps) -> usize {
+    maps.services()
+        .unwrap()
+        .iter()
+        .find(|s| s.vip == IpAddr::V4(VIP) && s.port == 80)
+        .map_or(0, |s| s.active.len())
+}
+
+fn has_backend(maps: &sluice_tc_datapath::maps::Maps, ip: Ipv4Addr) -> bool {
+    maps.backends()
+        .unwrap()
+        .iter()
+        .any(|(_, b)| b.addr[12..] == ip.octets())
+}
+
+fn request(to: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+    s.write_all(b"hi")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split(':').next().unwrap_or("").to_string())
+}
+
+#[test]
+fn agent_follows_manifests_and_survives_kill() {
+    if !require_root("agent_follows_manifests_and_survives_kill") {
+        return;
+    }
+    let mut vpc = Vpc::new("ag", 1).unwrap();
+    let conf = vpc.main_conf(0, "1.1.0");
+    let mut pods = Vec::new();
+    for name in ["c", "s1", "s2", "s3"] {
+        let p = vpc.pod(name).unwrap();
+        let r = vpc.sluice(0, "ADD", name, p, &conf).expect_ok("ADD").json();
+        pods.push((p, result_ip(&r).parse::<Ipv4Addr>().unwrap()));
+    }
+    let _servers: Vec<EchoServer> = (1..4)
+        .map(|i| EchoServer::start(&vpc.pods[pods[i].0], 8080, &format!("s{i}")).unwrap())
+        .collect();
+    let _streams: Vec<StreamEcho> = (1..4)
+        .map(|i| StreamEcho::start(&vpc.pods[pods[i].0], 7100, &format!("s{i}")).unwrap())
+        .collect();
+    let ips: Vec<Ipv4Addr> = pods[1..].iter().map(|p| p.1).collect();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    let all_ready: Vec<_> = ips.iter().map(|ip| (*ip, State::Ready)).collect();
+    write_manifests(&dir, &all_ready);
+    let bpffs = vpc.bpffs[0].root();
+    let node = vpc.node_name(0);
+    let mut agent = AgentProcess::start(&dir, &bpffs, &node, &work.path().join("agent-1.log")).unwrap();
+    agent.wait_synced(1, Duration::from_secs(10)).unwrap();
+    until(&vpc, "the Service", |m| active(m) == 3);
+    let vip = SocketAddr::new(VIP.into(), 80);
+
+    // A client keeps connecting while the slice changes.
+    let stop = AtomicBool::new(false);
+    let answers: Mutex<Vec<(Instant, Result<String, String>)>> = Mutex::new(Vec::new());
+    let mut marks = Vec::new();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            vpc.pods[pods[0].0]
+                .run(|| {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        let r = request(vip).map_err(|e| e.to_string());
+                        answers.lock().unwrap().push((Instant::now(), r));
+                    }
+                })
+                .unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let steps: [(&str, Vec<(Ipv4Addr, State)>); 3] = [
+            (
+                "3 -> 1: two terminating",
+                vec![
+                    (ips[0], State::Ready),
+                    (ips[1], State::Terminating),
+                    (ips[2], State::Terminating),
+                ],
+            ),
+            (
+                "3 -> 1: two gone",
+                vec![(ips[0], State::Ready), (ips[1], State::Gone), (ips[2], State::Gone)],
+            ),
+            ("1 -> 3", all_ready.clone()),
+        ];
+        for (i, (what, backends)) in steps.iter().enumerate() {
+            write_manifests(&dir, backends);
+            let wrote = Instant::now();
+            let took = match i {
+                0 => until(&vpc, what, |m| active(m) == 1),
+                1 => until(&vpc, what, |m| !has_backend(m, ips[1]) && !has_backend(m, ips[2])),
+                _ => until(&vpc, what, |m| active(m) == 3),
+            };
+            eprintln!(
+                "{what}: in the maps {:.1} ms after the file was written",
+                took.as_secs_f64() * 1e3
+            );
+            assert!(took < Duration::from_secs(1), "{what}: {took:?}, more than 1 s");
+            marks.push(wrote + took);
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let answers = answers.into_inner().unwrap();
+    let failed: Vec<_> = answers.iter().filter(|a| a.1.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed: {:?}",
+        failed.len(),
+        answers.len(),
+        failed.first()
+    );
+    let tags = |from: Instant, to: Instant| -> std::collections::BTreeSet<String> {
+        answers
+            .iter()
+            .filter(|(t, _)| *t > from && *t < to)
+            .filter_map(|(_, r)| r.clone().ok())
+            .collect()
+    };
+    let only_s1 = tags(marks[0] + Duration::from_millis(50), marks[2]);
+    assert_eq!(
+        only_s1.into_iter().collect::<Vec<_>>(),
+        ["s1"],
+        "scaled to 1: only s1 answers"
+    );
+    let after = tags(marks[2] + Duration::from_millis(50), Instant::now());
+    assert!(
+        after.len() >= 2,
+        "scaled back to 3: several backends answer, got {after:?}"
+    );
+    eprintln!("{} connections, none failed", answers.len());
+
+    // kill -9: the datapath keeps working on its own; the restarted agent
+    // finds the maps as it would write them.
+    let mut open = Session::open(&vpc.pods[pods[0].0], SocketAddr::new(VIP.into(), 7100)).unwrap();
+    open.ask("before").unwrap();
+    agent.kill().unwrap();
+    assert!(
+        open.ask("agent down").unwrap().ends_with("agent down"),
+        "established connection survives"
+    );
+    let fresh = vpc.pods[pods[0].0].run(|| request(vip)).unwrap();
+    assert!(fresh.is_ok(), "new connections while the agent is down: {fresh:?}");
+    let mut agent = AgentProcess::start(&dir, &bpffs, &node, &work.path().join("agent-2.log")).unwrap();
+    let synced = agent.wait_synced(1, Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        log_field(&synced[0], "writes"),
+        Some("0"),
+        "the restarted agent rewrote entries: {}",
+        synced[0]
+    );
+    assert!(open.ask("after").unwrap().ends_with("after"), "and after the restart");
+    drop(open);
+    drop(agent);
+    for (name, (p, _)) in ["c", "s1", "s2", "s3"].iter().zip(&pods) {
+        vpc.sluice(0, "DEL", name, *p, &conf).expect_ok("DEL");
+    }
+}
