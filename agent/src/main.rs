@@ -46,7 +46,7 @@ struct Args {
 const WAIT_FOR_DATAPATH: Duration = Duration::from_millis(500);
 /// Events that arrive this close together are one change (an editor's
 /// save is several).
-const SETTLE: Duration = Duration::from_millis(20);
+const SETTLE: Duration = Duration::from_millis(5);
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -90,7 +90,7 @@ fn main() -> Result<()> {
         }
     };
     info!(node = %node.name, manifests = %args.manifests.display(), "agent started");
-    let r = agent.sync(&dir.objects()).context("first sync")?;
+    let r = agent.sync(dir.objects()).context("first sync")?;
     log_sync("start", &r, None);
     if args.once {
         return Ok(());
@@ -98,21 +98,32 @@ fn main() -> Result<()> {
     loop {
         let first = rx.recv().context("the file watcher stopped")?;
         let seen = Instant::now();
-        let mut paths = BTreeSet::new();
+        let mut paths: BTreeSet<PathBuf> = BTreeSet::new();
+        // Only what changes a file's content or presence: reading the files
+        // ourselves makes access events, which must not trigger a reload.
         let mut note = |ev: notify::Result<notify::Event>| match ev {
-            Ok(ev) => paths.extend(ev.paths),
+            Ok(ev) if ev.kind.is_create() || ev.kind.is_modify() || ev.kind.is_remove() => paths.extend(ev.paths),
+            Ok(_) => {}
             Err(e) => warn!(error = %e, "file watcher"),
         };
         note(first);
         while let Ok(ev) = rx.recv_timeout(SETTLE) {
             note(ev);
         }
+        if paths.is_empty() {
+            continue;
+        }
         for p in &paths {
             if let Err(e) = dir.reload(p) {
                 warn!(error = %e, "manifest not applied; its previous objects stay");
             }
         }
-        match agent.sync(&dir.objects()) {
+        tracing::debug!(
+            files = paths.len(),
+            reload_ms = seen.elapsed().as_secs_f64() * 1e3,
+            "reloaded"
+        );
+        match agent.sync(dir.objects()) {
             Ok(r) => log_sync("change", &r, Some(seen)),
             Err(e) => warn!(error = %e, "sync failed; retried on the next change"),
         }

@@ -106,18 +106,21 @@ fn collect(v: Value, out: &mut Vec<Object>) -> Result<(), String> {
     Ok(())
 }
 
-/// A manifest directory, file by file.
+/// A manifest directory, file by file, and the objects of all its files
+/// merged (kept up to date file by file: a change costs what the changed
+/// file holds, not what the directory holds).
 #[derive(Debug, Default)]
 pub struct ManifestDir {
     dir: PathBuf,
     files: BTreeMap<PathBuf, Vec<Object>>,
+    merged: Objects,
 }
 
 impl ManifestDir {
     pub fn new(dir: &Path) -> ManifestDir {
         ManifestDir {
             dir: dir.to_path_buf(),
-            files: BTreeMap::new(),
+            ..Default::default()
         }
     }
 
@@ -129,14 +132,17 @@ impl ManifestDir {
     /// and come back as errors.
     pub fn reload_all(&mut self) -> Result<Vec<ManifestError>, ManifestError> {
         let files = manifest_files(&self.dir)?;
-        self.files.retain(|p, _| files.contains(p));
+        let gone: Vec<PathBuf> = self.files.keys().filter(|p| !files.contains(p)).cloned().collect();
+        for p in gone {
+            self.replace(&p, None);
+        }
         Ok(files.iter().filter_map(|p| self.reload(p).err()).collect())
     }
 
     /// Read one file again (gone: its objects go too).
     pub fn reload(&mut self, path: &Path) -> Result<(), ManifestError> {
         if !path.exists() || !is_manifest(path) {
-            self.files.remove(path);
+            self.replace(path, None);
             return Ok(());
         }
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
@@ -144,20 +150,46 @@ impl ManifestDir {
             source,
         })?;
         let objects = parse(&text, path)?;
-        self.files.insert(path.to_path_buf(), objects);
+        self.replace(path, Some(objects));
         Ok(())
     }
 
-    /// Every object of every file, in file order (a later file's object
-    /// replaces an earlier one with the same kind and key).
-    pub fn objects(&self) -> Objects {
-        let mut all = Objects::default();
-        for objects in self.files.values() {
-            for o in objects {
-                all.insert(o.clone());
+    /// Swap one file's objects in the merged view. While two files define
+    /// one object, the one read last wins; when one drops it, the other's
+    /// comes back (the last file by name, if several).
+    fn replace(&mut self, path: &Path, objects: Option<Vec<Object>>) {
+        let old = match objects {
+            Some(new) => {
+                for o in &new {
+                    self.merged.insert(o.clone());
+                }
+                self.files.insert(path.to_path_buf(), new)
+            }
+            None => self.files.remove(path),
+        };
+        let now: std::collections::BTreeSet<(&str, String)> =
+            self.files.get(path).into_iter().flatten().map(Object::id).collect();
+        for o in old.into_iter().flatten() {
+            let (kind, key) = o.id();
+            if now.contains(&(kind, key.clone())) {
+                continue;
+            }
+            self.merged.remove(kind, &key);
+            let elsewhere = self
+                .files
+                .values()
+                .rev()
+                .flat_map(|objects| objects.iter().rev())
+                .find(|x| x.id() == (kind, key.clone()));
+            if let Some(x) = elsewhere {
+                self.merged.insert(x.clone());
             }
         }
-        all
+    }
+
+    /// Every object of every file.
+    pub fn objects(&self) -> &Objects {
+        &self.merged
     }
 }
 
@@ -191,6 +223,45 @@ items:
             ids,
             vec![("Namespace", "shop".to_string()), ("Service", "shop/web".to_string())]
         );
+    }
+
+    #[test]
+    fn files_come_and_go_object_by_object() {
+        let d = tempfile::tempdir().unwrap();
+        let svc = |name: &str, ip: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: x}}\nspec: {{clusterIP: {ip}}}\n"
+            )
+        };
+        std::fs::write(d.path().join("a.yaml"), svc("one", "10.96.0.1")).unwrap();
+        std::fs::write(
+            d.path().join("b.yaml"),
+            format!("{}---\n{}", svc("two", "10.96.0.2"), svc("one", "10.96.0.3")),
+        )
+        .unwrap();
+        let mut m = ManifestDir::new(d.path());
+        assert!(m.reload_all().unwrap().is_empty());
+        let ip = |m: &ManifestDir, k: &str| {
+            m.objects()
+                .services
+                .get(k)
+                .and_then(|s| s.spec.as_ref()?.cluster_ip.clone())
+        };
+        assert_eq!(ip(&m, "x/one").as_deref(), Some("10.96.0.3"), "read last wins");
+        // b drops "one": a's comes back; a file that does not parse changes nothing.
+        std::fs::write(d.path().join("b.yaml"), svc("two", "10.96.0.2")).unwrap();
+        m.reload(&d.path().join("b.yaml")).unwrap();
+        assert_eq!(ip(&m, "x/one").as_deref(), Some("10.96.0.1"));
+        std::fs::write(d.path().join("b.yaml"), "kind: [").unwrap();
+        assert!(m.reload(&d.path().join("b.yaml")).is_err());
+        assert_eq!(
+            ip(&m, "x/two").as_deref(),
+            Some("10.96.0.2"),
+            "a broken save keeps the objects"
+        );
+        std::fs::remove_file(d.path().join("b.yaml")).unwrap();
+        m.reload(&d.path().join("b.yaml")).unwrap();
+        assert_eq!((m.objects().services.len(), ip(&m, "x/two")), (1, None));
     }
 
     #[test]

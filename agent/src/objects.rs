@@ -67,6 +67,19 @@ impl Objects {
         }
     }
 
+    /// Remove the object of `kind` under `key`.
+    pub fn remove(&mut self, kind: &str, key: &str) {
+        match kind {
+            "Service" => drop(self.services.remove(key)),
+            "EndpointSlice" => drop(self.slices.remove(key)),
+            "NetworkPolicy" => drop(self.policies.remove(key)),
+            "Pod" => drop(self.pods.remove(key)),
+            "Namespace" => drop(self.namespaces.remove(key)),
+            "Node" => drop(self.nodes.remove(key)),
+            _ => {}
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.services.len()
             + self.slices.len()

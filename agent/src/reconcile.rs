@@ -26,9 +26,43 @@ pub struct SyncStats {
     pub frontends: usize,
 }
 
+/// Ids from 1 up: the lowest free one is handed out, so that ids stay
+/// small and a released one is reused.
+#[derive(Debug, Default)]
+struct Ids {
+    /// Every id below `next` not in use.
+    free: BTreeSet<u32>,
+    next: u32,
+}
+
+impl Ids {
+    /// The allocator for ids already in use.
+    fn with_used(used: impl IntoIterator<Item = u32>) -> Ids {
+        let used: BTreeSet<u32> = used.into_iter().collect();
+        let next = used.last().map_or(1, |m| m + 1);
+        Ids {
+            free: (1..next).filter(|i| !used.contains(i)).collect(),
+            next,
+        }
+    }
+
+    fn take(&mut self) -> u32 {
+        self.free.pop_first().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+
+    fn release(&mut self, id: u32) {
+        self.free.insert(id);
+    }
+}
+
 pub struct ServiceSync {
     rev_nat: BTreeMap<Frontend, u32>,
+    rev_nat_ids: Ids,
     backend_ids: BTreeMap<(IpAddr, u16, u8), u32>,
+    backend_alloc: Ids,
     /// What the last pass wrote; None = compare with the maps.
     applied: BTreeMap<Frontend, Option<Backends>>,
 }
@@ -38,7 +72,9 @@ impl ServiceSync {
     pub fn from_maps(maps: &Maps) -> Result<ServiceSync, MapsError> {
         let mut s = ServiceSync {
             rev_nat: BTreeMap::new(),
+            rev_nat_ids: Ids::default(),
             backend_ids: BTreeMap::new(),
+            backend_alloc: Ids::default(),
             applied: BTreeMap::new(),
         };
         for v in maps.services()? {
@@ -53,6 +89,8 @@ impl ServiceSync {
         for (id, b) in maps.backends()? {
             s.backend_ids.insert((ip(&b.addr), u16::from_be(b.port), b.proto), id);
         }
+        s.rev_nat_ids = Ids::with_used(s.rev_nat.values().copied());
+        s.backend_alloc = Ids::with_used(s.backend_ids.values().copied());
         Ok(s)
     }
 
@@ -60,18 +98,16 @@ impl ServiceSync {
         if let Some(id) = self.rev_nat.get(&f) {
             return *id;
         }
-        let used: BTreeSet<u32> = self.rev_nat.values().copied().collect();
-        let id = (1..).find(|i| !used.contains(i)).expect("a free id below 2^32");
+        let id = self.rev_nat_ids.take();
         self.rev_nat.insert(f, id);
         id
     }
 
-    fn backend_id(&mut self, k: (IpAddr, u16, u8), used: &BTreeSet<u32>) -> u32 {
+    fn backend_id(&mut self, k: (IpAddr, u16, u8)) -> u32 {
         if let Some(id) = self.backend_ids.get(&k) {
             return *id;
         }
-        let taken: BTreeSet<u32> = self.backend_ids.values().copied().chain(used.iter().copied()).collect();
-        let id = (1..).find(|i| !taken.contains(i)).expect("a free id below 2^32");
+        let id = self.backend_alloc.take();
         self.backend_ids.insert(k, id);
         id
     }
@@ -89,7 +125,7 @@ impl ServiceSync {
             let rev_nat_id = self.rev_nat_id(*f);
             let mut backends = Vec::with_capacity(b.backends.len());
             for (addr, port, active) in &b.backends {
-                let id = self.backend_id((*addr, *port, f.proto), &used);
+                let id = self.backend_id((*addr, *port, f.proto));
                 used.insert(id);
                 backends.push((id, *addr, *port, *active));
             }
@@ -123,7 +159,9 @@ impl ServiceSync {
                 st.writes += w;
             }
             self.applied.remove(&f);
-            self.rev_nat.remove(&f);
+            if let Some(id) = self.rev_nat.remove(&f) {
+                self.rev_nat_ids.release(id);
+            }
         }
         let stale: Vec<((IpAddr, u16, u8), u32)> = self
             .backend_ids
@@ -136,6 +174,7 @@ impl ServiceSync {
                 st.writes += 1;
             }
             self.backend_ids.remove(&k);
+            self.backend_alloc.release(id);
         }
         Ok(st)
     }

@@ -23,7 +23,10 @@ impl AgentProcess {
             .arg("--bpffs")
             .arg(bpffs)
             .args(["--node-name", node])
-            .env("SLUICE_LOG", "info")
+            .env(
+                "SLUICE_LOG",
+                std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(out)
