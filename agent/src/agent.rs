@@ -74,6 +74,11 @@ impl Agent {
         &mut self.maps
     }
 
+    /// One conntrack collection pass.
+    pub fn collect_conntrack(&mut self) -> Result<crate::gc::GcStats, AgentError> {
+        Ok(crate::gc::collect(&mut self.maps)?)
+    }
+
     pub fn maps(&self) -> &Maps {
         &self.maps
     }

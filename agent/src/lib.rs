@@ -2,9 +2,11 @@
 //! with the cluster. Sources (a manifest directory today) fill typed
 //! Kubernetes objects ([`objects`]); Services and EndpointSlices become
 //! frontends ([`services`]), NetworkPolicy goes through `sluice-policy`;
-//! both are written as differences ([`reconcile`], `NodeApplier`).
+//! both are written as differences ([`reconcile`], `NodeApplier`); expired
+//! conntrack entries are collected ([`gc`]).
 
 pub mod agent;
+pub mod gc;
 pub mod manifests;
 pub mod objects;
 pub mod reconcile;

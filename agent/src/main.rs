@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use notify::{RecursiveMode, Watcher};
 use sluice_agent::agent::{Agent, AgentError, Report};
+use sluice_agent::gc::Interval;
 use sluice_agent::manifests::ManifestDir;
 use sluice_agent::services::NodeView;
 use std::collections::BTreeSet;
@@ -95,8 +96,30 @@ fn main() -> Result<()> {
     if args.once {
         return Ok(());
     }
+    let mut gc = Interval::default();
+    let mut gc_due = Instant::now() + gc.get();
     loop {
-        let first = rx.recv().context("the file watcher stopped")?;
+        let first = match rx.recv_timeout(gc_due.saturating_duration_since(Instant::now())) {
+            Ok(ev) => ev,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                match agent.collect_conntrack() {
+                    Ok(st) => {
+                        let next = gc.adapt(&st);
+                        info!(
+                            scanned = st.scanned,
+                            removed = st.removed,
+                            refreshed = st.refreshed,
+                            next_s = next.as_secs(),
+                            "conntrack collected"
+                        );
+                    }
+                    Err(e) => warn!(error = %e, "conntrack collection failed"),
+                }
+                gc_due = Instant::now() + gc.get();
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!("the file watcher stopped"),
+        };
         let seen = Instant::now();
         let mut paths: BTreeSet<PathBuf> = BTreeSet::new();
         // Only what changes a file's content or presence: reading the files

@@ -3,6 +3,8 @@
 //! datapath's maps (root), where a second sync must write nothing and a
 //! change only what it changes.
 
+mod common;
+
 use sluice_agent::agent::Agent;
 use sluice_agent::manifests::parse;
 use sluice_agent::objects::Objects;
@@ -114,28 +116,9 @@ fn services_from_manifests() {
     );
 }
 
-fn is_root(test: &str) -> bool {
-    let root = nix_euid_is_root();
-    if !root {
-        eprintln!("SKIP {test}: needs root (BPF maps)");
-        if let Ok(p) = std::env::var("SLUICE_SKIP_LOG") {
-            use std::io::Write;
-            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(p) {
-                let _ = writeln!(f, "{test}: needs root (BPF maps)");
-            }
-        }
-    }
-    root
-}
-
-fn nix_euid_is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 #[test]
 fn sync_writes_the_difference() {
-    if !is_root("sync_writes_the_difference") {
+    if !common::is_root("sync_writes_the_difference") {
         return;
     }
     let cfg = DatapathConfig::default();

@@ -584,6 +584,14 @@ impl Maps {
         self.ct.iter().collect::<Result<_, _>>().map_err(err("sl_ct"))
     }
 
+    /// Remove one conntrack entry; false when it was not there.
+    pub fn remove_conntrack(&mut self, k: &CtKey) -> Result<bool, MapsError> {
+        match self.ct.remove(k) {
+            Ok(()) => Ok(true),
+            Err(e) => ignore_missing(Err(e), "sl_ct").map(|()| false),
+        }
+    }
+
     /// Remove every conntrack entry; returns how many.
     pub fn flush_conntrack(&mut self) -> Result<usize, MapsError> {
         let keys: Vec<CtKey> = self.ct.keys().collect::<Result<_, _>>().map_err(err("sl_ct"))?;
