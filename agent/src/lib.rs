@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod gc;
+pub mod install;
 pub mod manifests;
 pub mod objects;
 pub mod reconcile;

@@ -183,3 +183,78 @@ fn chained_fills_in_a_thin_prev_result_and_verifies_it() {
     assert_eq!(out.error_code(), 7);
     assert!(vpc.endpoints(0).is_empty(), "failed ADDs recorded nothing");
 }
+
+/// `sluice-install` on a node whose network is the reference macvlan +
+/// host-local: the conflist it writes chains sluice last under the same
+/// network name, works for a real pod (sluice records and attaches it), and
+/// leaves the node's own file as it was; `--uninstall` removes only ours.
+#[test]
+fn installer_chains_sluice_behind_the_nodes_network() {
+    let test = "installer_chains_sluice_behind_the_nodes_network";
+    if !require_root(test) {
+        return;
+    }
+    if !reference_plugins_present() {
+        sluice_integration::skip(
+            test,
+            "/usr/lib/cni/macvlan or host-local missing (apt containernetworking-plugins)",
+        );
+        return;
+    }
+    let mut vpc = Vpc::new("in", 1).unwrap();
+    let full = conflist(&vpc, 0, "1.0.0");
+    let mut node_own = full.clone();
+    let sluice_entry = node_own["plugins"].as_array_mut().unwrap().pop().unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let (bin, conf) = (host.path().join("opt/cni/bin"), host.path().join("etc/cni/net.d"));
+    std::fs::create_dir_all(&conf).unwrap();
+    let own_text = serde_json::to_string_pretty(&node_own).unwrap();
+    std::fs::write(conf.join("10-vpc.conflist"), &own_text).unwrap();
+    let out = std::process::Command::new(bin_dir().join("sluice-install"))
+        .arg("--cni-bin-dir")
+        .arg(&bin)
+        .arg("--cni-conf-dir")
+        .arg(&conf)
+        .args(["--plugin", &sluice_entry.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for b in ["sluice", "sluice-ipam"] {
+        assert_eq!(
+            std::fs::read(bin.join(b)).unwrap(),
+            std::fs::read(bin_dir().join(b)).unwrap(),
+            "{b} installed"
+        );
+    }
+    let installed: Value =
+        serde_json::from_str(&std::fs::read_to_string(conf.join("00-sluice.conflist")).unwrap()).unwrap();
+    assert_eq!(installed, full, "the node's network with sluice last");
+    assert_eq!(std::fs::read_to_string(conf.join("10-vpc.conflist")).unwrap(), own_text);
+
+    let mut chain = Chain::new(installed, Some(vpc.node_name(0)));
+    let p = vpc.pod("a").unwrap();
+    let netns = vpc.pods[p].path().display().to_string();
+    chain.add("pa", &netns, "eth0").unwrap();
+    assert_eq!(
+        vpc.endpoints(0),
+        vec!["pa:eth0.json".to_string()],
+        "sluice ran for the pod"
+    );
+    assert_eq!(
+        vpc.pinned_links(0),
+        vec!["pa:eth0".to_string()],
+        "and attached its programs"
+    );
+    chain.del("pa", &netns, "eth0").unwrap();
+    assert!(vpc.endpoints(0).is_empty() && vpc.pinned_links(0).is_empty());
+
+    let out = std::process::Command::new(bin_dir().join("sluice-install"))
+        .arg("--cni-conf-dir")
+        .arg(&conf)
+        .arg("--uninstall")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!conf.join("00-sluice.conflist").exists());
+    assert_eq!(std::fs::read_to_string(conf.join("10-vpc.conflist")).unwrap(), own_text);
+}

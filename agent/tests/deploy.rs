@@ -1,0 +1,88 @@
+//! The deployment manifests in `conf/kubernetes/` are valid objects of
+//! their kinds, the RBAC grants only reads of what the agent reads, and
+//! the DaemonSet runs the installer and the agent with the mounts they
+//! need.
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use serde_json::Value;
+use std::path::Path;
+
+fn documents() -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/kubernetes/sluice.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect()
+}
+
+fn of_kind(kind: &str) -> Value {
+    documents()
+        .into_iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+#[test]
+fn rbac_reads_only_what_the_agent_reads() {
+    let role: ClusterRole = serde_json::from_value(of_kind("ClusterRole")).unwrap();
+    let mut granted = Vec::new();
+    for r in role.rules.unwrap() {
+        assert_eq!(r.verbs, ["get", "list", "watch"], "read-only");
+        for g in r.api_groups.unwrap() {
+            for res in r.resources.clone().unwrap() {
+                granted.push(format!("{g}/{res}"));
+            }
+        }
+    }
+    granted.sort();
+    assert_eq!(
+        granted,
+        [
+            "/namespaces",
+            "/nodes",
+            "/pods",
+            "/services",
+            "discovery.k8s.io/endpointslices",
+            "networking.k8s.io/networkpolicies"
+        ]
+    );
+    let binding = of_kind("ClusterRoleBinding");
+    assert_eq!(binding["roleRef"]["name"], "sluice");
+    assert_eq!(
+        binding["subjects"][0]["name"],
+        of_kind("ServiceAccount")["metadata"]["name"]
+    );
+}
+
+#[test]
+fn the_daemonset_installs_then_runs_the_agent() {
+    let ds: DaemonSet = serde_json::from_value(of_kind("DaemonSet")).unwrap();
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("sluice"));
+    assert_eq!(pod.host_network, Some(true));
+    let init = &pod.init_containers.unwrap()[0];
+    let cmd = init.command.clone().unwrap();
+    assert!(cmd[0].ends_with("/sluice-install"), "{cmd:?}");
+    let mounts = |c: &k8s_openapi::api::core::v1::Container| -> Vec<String> {
+        c.volume_mounts.iter().flatten().map(|m| m.mount_path.clone()).collect()
+    };
+    for (flag, dir) in [
+        ("--cni-bin-dir", "/host/opt/cni/bin"),
+        ("--cni-conf-dir", "/host/etc/cni/net.d"),
+    ] {
+        let at = cmd.iter().position(|a| a == flag).unwrap_or_else(|| panic!("{flag}"));
+        assert_eq!(cmd[at + 1], dir);
+        assert!(mounts(init).contains(&dir.to_string()), "{dir} mounted");
+    }
+    let agent = &pod.containers[0];
+    assert!(agent.command.clone().unwrap()[0].ends_with("/sluice-agent"));
+    assert!(mounts(agent).contains(&"/sys/fs/bpf".to_string()), "the pinned maps");
+    let volumes: Vec<String> = pod
+        .volumes
+        .unwrap()
+        .iter()
+        .map(|v| v.host_path.as_ref().unwrap().path.clone())
+        .collect();
+    assert!(volumes.contains(&"/sys/fs/bpf".to_string()) && volumes.contains(&"/etc/cni/net.d".to_string()));
+}
