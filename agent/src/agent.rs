@@ -24,6 +24,8 @@ pub enum AgentError {
 #[derive(Debug, Default)]
 pub struct Report {
     pub services: SyncStats,
+    /// Backends in the maps after it.
+    pub backends: usize,
     pub policy: ApplyStats,
     pub warnings: Vec<String>,
     pub took: Duration,
@@ -74,6 +76,17 @@ impl Agent {
         &mut self.maps
     }
 
+    /// (entries, capacity) of the endpoint map.
+    pub fn endpoint_map(&self) -> Result<(usize, u32), AgentError> {
+        let n = self.maps.endpoint_entries()?.len();
+        Ok((n, self.maps.endpoint_capacity()))
+    }
+
+    /// The conntrack table's capacity.
+    pub fn conntrack_capacity(&self) -> u32 {
+        self.maps.conntrack_capacity()
+    }
+
     /// One conntrack collection pass.
     pub fn collect_conntrack(&mut self) -> Result<crate::gc::GcStats, AgentError> {
         Ok(crate::gc::collect(&mut self.maps)?)
@@ -107,6 +120,7 @@ impl Agent {
         warnings.extend(d.warnings);
         Ok(Report {
             services,
+            backends: self.services.backends(),
             policy,
             warnings,
             took: started.elapsed(),

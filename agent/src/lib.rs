@@ -9,6 +9,7 @@ pub mod agent;
 pub mod gc;
 pub mod install;
 pub mod manifests;
+pub mod metrics;
 pub mod objects;
 pub mod reconcile;
 pub mod services;

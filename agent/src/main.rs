@@ -10,9 +10,12 @@ use notify::{RecursiveMode, Watcher};
 use sluice_agent::agent::{Agent, AgentError, Report};
 use sluice_agent::gc::Interval;
 use sluice_agent::manifests::ManifestDir;
+use sluice_agent::metrics::{self, AgentMetrics};
 use sluice_agent::services::NodeView;
+use sluice_tc_datapath::loader::versioned_dir;
+use sluice_tc_datapath::maps::Maps;
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -41,6 +44,12 @@ struct Args {
     /// Sync once and exit.
     #[arg(long)]
     once: bool,
+    /// Where to serve Prometheus metrics (`/metrics`); port 0 picks one.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics: SocketAddr,
+    /// Serve no metrics.
+    #[arg(long)]
+    no_metrics: bool,
 }
 
 /// How long to wait for the datapath before each new attempt.
@@ -91,8 +100,19 @@ fn main() -> Result<()> {
         }
     };
     info!(node = %node.name, manifests = %args.manifests.display(), "agent started");
+    let m = if args.once || args.no_metrics {
+        None
+    } else {
+        let maps = Maps::open_pinned(&versioned_dir(&args.bpffs)).context("opening the maps for the metrics")?;
+        let (registry, m) = metrics::registry(maps);
+        let addr =
+            metrics::serve(args.metrics, registry).with_context(|| format!("serving metrics on {}", args.metrics))?;
+        info!(%addr, "serving metrics at /metrics");
+        Some(m)
+    };
     let r = agent.sync(dir.objects()).context("first sync")?;
     log_sync("start", &r, None);
+    record(&agent, m.as_ref(), &r, None);
     if args.once {
         return Ok(());
     }
@@ -105,6 +125,10 @@ fn main() -> Result<()> {
                 match agent.collect_conntrack() {
                     Ok(st) => {
                         let next = gc.adapt(&st);
+                        if let Some(m) = &m {
+                            m.gc_removed.inc_by(st.removed as u64);
+                            m.map("conntrack", st.scanned - st.removed, agent.conntrack_capacity());
+                        }
                         info!(
                             scanned = st.scanned,
                             removed = st.removed,
@@ -147,9 +171,27 @@ fn main() -> Result<()> {
             "reloaded"
         );
         match agent.sync(dir.objects()) {
-            Ok(r) => log_sync("change", &r, Some(seen)),
+            Ok(r) => {
+                log_sync("change", &r, Some(seen));
+                record(&agent, m.as_ref(), &r, Some(seen));
+            }
             Err(e) => warn!(error = %e, "sync failed; retried on the next change"),
         }
+    }
+}
+
+fn record(agent: &Agent, m: Option<&AgentMetrics>, r: &Report, seen: Option<Instant>) {
+    let Some(m) = m else { return };
+    m.syncs.inc();
+    m.writes.inc_by(r.writes() as u64);
+    if let Some(s) = seen {
+        m.source_to_map.observe(s.elapsed().as_secs_f64());
+    }
+    m.frontends.set(r.services.frontends as i64);
+    m.backends.set(r.backends as i64);
+    m.policy_endpoints.set(r.policy.endpoints as i64);
+    if let Ok((n, cap)) = agent.endpoint_map() {
+        m.map("endpoints", n, cap);
     }
 }
 

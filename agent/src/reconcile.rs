@@ -94,6 +94,11 @@ impl ServiceSync {
         Ok(s)
     }
 
+    /// Backends in the maps after the last pass.
+    pub fn backends(&self) -> usize {
+        self.backend_ids.len()
+    }
+
     fn rev_nat_id(&mut self, f: Frontend) -> u32 {
         if let Some(id) = self.rev_nat.get(&f) {
             return *id;

@@ -23,6 +23,8 @@ impl AgentProcess {
             .arg("--bpffs")
             .arg(bpffs)
             .args(["--node-name", node])
+            // A port of its own (the tests run in the root namespace).
+            .args(["--metrics", "127.0.0.1:0"])
             .env(
                 "SLUICE_LOG",
                 std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into()),
@@ -81,6 +83,36 @@ impl Drop for AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Where the agent serves its metrics, from its log.
+pub fn metrics_addr(log: &Path) -> Option<std::net::SocketAddr> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().find(|l| l.contains("serving metrics"))?;
+    log_field(line, "addr")?.parse().ok()
+}
+
+/// GET /metrics from `addr`: the body.
+pub fn scrape(addr: std::net::SocketAddr) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").context("no HTTP header end")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET /metrics: {head}");
+    }
+    Ok(body.to_string())
+}
+
+/// A sample's value in a Prometheus text body: the line starting with
+/// `series ` (name and labels as printed).
+pub fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 /// The value of `field=` in a tracing log line.

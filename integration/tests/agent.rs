@@ -9,7 +9,7 @@
 //! - kill -9 of the agent keeps established connections and Services
 //!   working; the restarted agent finds nothing to write.
 
-use sluice_integration::agent::{AgentProcess, log_field};
+use sluice_integration::agent::{AgentProcess, log_field, metrics_addr, sample, scrape};
 use sluice_integration::probe::{EchoServer, Session, StreamEcho};
 use sluice_integration::require_root;
 use sluice_integration::vpc::{Vpc, result_ip};
@@ -220,6 +220,28 @@ fn agent_follows_manifests_and_survives_kill() {
         "scaled back to 3: several backends answer, got {after:?}"
     );
     eprintln!("{} connections, none failed", answers.len());
+
+    // What the agent and the datapath say about all this, on /metrics.
+    let addr = metrics_addr(&agent.log).expect("the agent logs its metrics address");
+    let body = scrape(addr).unwrap();
+    assert_eq!(sample(&body, "sluice_frontends"), Some(2.0), "web's two ports\n{body}");
+    assert_eq!(sample(&body, "sluice_backends"), Some(6.0), "3 pods x 2 ports\n{body}");
+    assert!(sample(&body, "sluice_syncs_total").unwrap() >= 4.0, "{body}");
+    assert!(
+        sample(&body, "sluice_source_to_map_seconds_count").unwrap() >= 3.0,
+        "{body}"
+    );
+    assert!(sample(&body, "sluice_map_writes_total").unwrap() > 0.0, "{body}");
+    let translated = r#"sluice_datapath_packets_total{reason="service-translated",direction="egress"}"#;
+    assert!(
+        sample(&body, translated).unwrap() >= answers.len() as f64,
+        "every connection was translated at least once\n{body}"
+    );
+    assert_eq!(
+        sample(&body, r#"sluice_map_entries{map="endpoints"}"#),
+        Some(4.0),
+        "{body}"
+    );
 
     // kill -9: the datapath keeps working on its own; the restarted agent
     // finds the maps as it would write them.

@@ -402,6 +402,15 @@ pub enum Direction {
     Ingress = 1,
 }
 
+impl Direction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Egress => "egress",
+            Direction::Ingress => "ingress",
+        }
+    }
+}
+
 /// Index into the metrics map.
 pub fn metrics_index(reason: Reason, dir: Direction) -> u32 {
     reason as u32 * 2 + dir as u32

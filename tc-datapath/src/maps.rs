@@ -584,6 +584,18 @@ impl Maps {
         self.ct.iter().collect::<Result<_, _>>().map_err(err("sl_ct"))
     }
 
+    /// The conntrack table's size (entries it holds at most).
+    pub fn conntrack_capacity(&self) -> u32 {
+        use aya::maps::IterableMap;
+        self.ct.map().info().map_or(0, |i| i.max_entries())
+    }
+
+    /// The endpoint map's size.
+    pub fn endpoint_capacity(&self) -> u32 {
+        use aya::maps::IterableMap;
+        self.endpoints.map().info().map_or(0, |i| i.max_entries())
+    }
+
     /// Remove one conntrack entry; false when it was not there.
     pub fn remove_conntrack(&mut self, k: &CtKey) -> Result<bool, MapsError> {
         match self.ct.remove(k) {

@@ -1,0 +1,204 @@
+//! Prometheus metrics: the datapath's own counters (read from its per-CPU
+//! map at each scrape), the agent's work (syncs, map writes, the time from
+//! a source change to the map write, conntrack collection) and what the
+//! maps hold (frontends, backends, pods under policy, conntrack entries
+//! against the table's size).
+//!
+//! Served over HTTP at `/metrics` by a one-thread tokio runtime with
+//! hyper, apart from the agent's own loop.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use sluice_tc_datapath::maps::Maps;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+/// The agent's side, updated by its loop.
+#[derive(Clone)]
+pub struct AgentMetrics {
+    pub syncs: Counter,
+    pub writes: Counter,
+    /// Seconds from a source change (the file event) to its maps written.
+    pub source_to_map: Histogram,
+    pub frontends: Gauge,
+    pub backends: Gauge,
+    pub policy_endpoints: Gauge,
+    /// Map entries, and the map's size, by map (conntrack: as of the last
+    /// collection pass).
+    pub map_entries: Family<Vec<(&'static str, &'static str)>, Gauge>,
+    pub map_capacity: Family<Vec<(&'static str, &'static str)>, Gauge>,
+    pub gc_removed: Counter,
+}
+
+impl AgentMetrics {
+    fn new() -> AgentMetrics {
+        AgentMetrics {
+            syncs: Counter::default(),
+            writes: Counter::default(),
+            source_to_map: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            frontends: Gauge::default(),
+            backends: Gauge::default(),
+            policy_endpoints: Gauge::default(),
+            map_entries: Family::default(),
+            map_capacity: Family::default(),
+            gc_removed: Counter::default(),
+        }
+    }
+
+    pub fn map(&self, map: &'static str, entries: usize, capacity: u32) {
+        self.map_entries.get_or_create(&vec![("map", map)]).set(entries as i64);
+        self.map_capacity
+            .get_or_create(&vec![("map", map)])
+            .set(i64::from(capacity));
+    }
+}
+
+/// The datapath's packet and byte counters by reason and direction.
+struct DatapathCounters {
+    maps: Mutex<Maps>,
+}
+
+impl std::fmt::Debug for DatapathCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatapathCounters")
+    }
+}
+
+impl Collector for DatapathCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(rows) = self
+            .maps
+            .lock()
+            .map_err(|_| ())
+            .and_then(|m| m.metrics().map_err(|_| ()))
+        else {
+            return Ok(()); // a scrape without them beats a failed scrape
+        };
+        for (name, help, bytes) in [
+            (
+                "sluice_datapath_packets",
+                "Packets the datapath handled, by reason and direction.",
+                false,
+            ),
+            (
+                "sluice_datapath_bytes",
+                "Bytes the datapath handled, by reason and direction.",
+                true,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (reason, dir, packets, octets) in &rows {
+                let labels = [("reason", reason.name()), ("direction", dir.name())];
+                ConstCounter::new(if bytes { *octets } else { *packets }).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Build the registry: the agent's metrics, and the datapath's counters
+/// read through `maps` (a handle of its own) at each scrape.
+pub fn registry(maps: Maps) -> (Registry, AgentMetrics) {
+    let m = AgentMetrics::new();
+    let mut r = Registry::default();
+    r.register("sluice_syncs", "Syncs of the maps with the sources", m.syncs.clone());
+    r.register(
+        "sluice_map_writes",
+        "Map entries written or removed by the agent",
+        m.writes.clone(),
+    );
+    r.register(
+        "sluice_source_to_map_seconds",
+        "From a source change to its map entries written",
+        m.source_to_map.clone(),
+    );
+    r.register(
+        "sluice_frontends",
+        "Service frontends (address, port, protocol) in the maps",
+        m.frontends.clone(),
+    );
+    r.register("sluice_backends", "Service backends in the maps", m.backends.clone());
+    r.register(
+        "sluice_policy_endpoints",
+        "Pods of this node some NetworkPolicy selects",
+        m.policy_endpoints.clone(),
+    );
+    r.register("sluice_map_entries", "Entries in a datapath map", m.map_entries.clone());
+    r.register(
+        "sluice_map_capacity",
+        "The most entries a datapath map holds",
+        m.map_capacity.clone(),
+    );
+    r.register(
+        "sluice_conntrack_gc_removed",
+        "Expired conntrack entries collected",
+        m.gc_removed.clone(),
+    );
+    r.register_collector(Box::new(DatapathCounters { maps: Mutex::new(maps) }));
+    (r, m)
+}
+
+/// The registry in the Prometheus text format.
+pub fn render(r: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, r).expect("writing to a String");
+    out
+}
+
+/// Serve `/metrics` on `addr` from a thread of its own; returns the address
+/// bound (port 0 picks one).
+pub fn serve(addr: SocketAddr, registry: Registry) -> std::io::Result<SocketAddr> {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::{Response, StatusCode};
+
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let bound = std_listener.local_addr()?;
+    let registry = Arc::new(registry);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        rt.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
+                return;
+            };
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let registry = registry.clone();
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let registry = registry.clone();
+                    async move {
+                        let resp = if req.uri().path() == "/metrics" {
+                            Response::builder()
+                                .header(
+                                    "content-type",
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                )
+                                .body(Full::new(Bytes::from(render(&registry))))
+                        } else {
+                            Response::builder()
+                                .status(StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::from_static(b"not found: try /metrics\n")))
+                        };
+                        Ok::<_, std::convert::Infallible>(resp.expect("a valid response"))
+                    }
+                });
+                tokio::task::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+    })?;
+    Ok(bound)
+}
