@@ -51,6 +51,8 @@ pub struct DatapathSection {
     pub source_check: bool,
     pub maglev_table_size: u32,
     pub ct_timeouts: CtTimeouts,
+    /// Report one new flow in this many as a flow event (0: none).
+    pub flow_sample: u32,
 }
 
 impl Default for DatapathSection {
@@ -63,6 +65,7 @@ impl Default for DatapathSection {
             source_check: d.source_check,
             maglev_table_size: d.maglev_table_size,
             ct_timeouts: CtTimeouts::default(),
+            flow_sample: d.flow_sample,
         }
     }
 }
@@ -108,6 +111,7 @@ impl DatapathSection {
             udp_timeout: s(self.ct_timeouts.udp),
             maglev_table_size: self.maglev_table_size,
             source_check: self.source_check,
+            flow_sample: self.flow_sample,
         }
     }
 

@@ -44,6 +44,7 @@ volatile const __u64 cfg_ct_tcp_closing_ns = 10ULL * 1000000000ULL;
 volatile const __u64 cfg_ct_udp_ns = 60ULL * 1000000000ULL;
 volatile const __u32 cfg_maglev_m = 16381;
 volatile const __u32 cfg_source_check = 1;
+volatile const __u32 cfg_flow_sample = 0;
 
 /* A refreshed deadline is written back only when it moved by more than
  * this: established flows do not dirty their conntrack entry per packet. */
@@ -450,7 +451,8 @@ static __always_inline int next_hop(struct __sk_buff *skb)
 
 /* ---- network policy (see layout.h) ---- */
 
-static __always_inline void policy_event(const struct pkt *p, __u32 dir, __u32 ep_id, __u32 peer_id, __u32 policy)
+static __always_inline void flow_event(const struct pkt *p, __u32 dir, __u32 reason, __u32 ep_id, __u32 peer_id,
+				       __u32 policy, __u32 backend_id)
 {
 	struct flow_event *e = bpf_ringbuf_reserve(&sl_events, sizeof(*e), 0);
 
@@ -463,11 +465,25 @@ static __always_inline void policy_event(const struct pkt *p, __u32 dir, __u32 e
 	e->dport = p->dport;
 	e->proto = p->proto;
 	e->dir = dir;
-	e->reason = DROP_POLICY;
+	e->reason = reason;
 	e->endpoint_id = ep_id;
 	e->peer_identity = peer_id;
 	e->policy = policy;
+	e->backend_id = backend_id;
 	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+}
+
+/* Report this new flow? One in cfg_flow_sample. */
+static __always_inline int flow_sampled(void)
+{
+	return cfg_flow_sample && bpf_get_prandom_u32() % cfg_flow_sample == 0;
+}
+
+/* Drop a parsed packet: counted, and reported with its addresses. */
+static __always_inline int drop_reported(struct __sk_buff *skb, const struct pkt *p, __u32 reason, __u32 dir)
+{
+	flow_event(p, dir, reason, 0, 0, 0, 0);
+	return drop(skb, reason, dir);
 }
 
 /* Does a rule of `identity` allow the flow `k` describes? The exact port
@@ -559,7 +575,7 @@ static __always_inline int policy_ok(struct __sk_buff *skb, const struct pkt *p,
 	if (policy_allows(pol, ep_id, dir, p, peer, p->proto, port, &peer_id))
 		return 1;
 	count(DROP_POLICY, dir, skb->len);
-	policy_event(p, dir, ep_id, peer_id, dir == DIR_EGRESS ? pol->egress_policy : pol->ingress_policy);
+	flow_event(p, dir, DROP_POLICY, ep_id, peer_id, dir == DIR_EGRESS ? pol->egress_policy : pol->ingress_policy, 0);
 	return 0;
 }
 
@@ -586,6 +602,8 @@ static __always_inline int track(struct __sk_buff *skb, const struct pkt *p, __u
 	nct.flags = dir == DIR_INGRESS ? CT_F_INBOUND : 0;
 	nct.expires_ns = now + ct_timeout(p->proto, CT_NEW);
 	bpf_map_update_elem(&sl_ct, k, &nct, BPF_ANY);
+	if (flow_sampled())
+		flow_event(p, dir, REASON_FORWARDED, ep ? ep->endpoint_id : 0, 0, 0, 0);
 	count(REASON_FORWARDED, dir, skb->len);
 	return TC_ACT_OK;
 }
@@ -696,6 +714,7 @@ struct pseudo6 {
 static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __u32 reason)
 {
 	count(reason, DIR_EGRESS, skb->len);
+	flow_event(p, DIR_EGRESS, reason, 0, 0, 0, 0);
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
 		return TC_ACT_SHOT;
 	if (!p->v6) {
@@ -759,7 +778,7 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 	__u32 id;
 
 	if (p->fragment)
-		return drop(skb, DROP_FRAGMENT, DIR_EGRESS);
+		return drop_reported(skb, p, DROP_FRAGMENT, DIR_EGRESS);
 	ct_key_of(&ck, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_SERVICE);
 	ct = bpf_map_lookup_elem(&sl_ct, &ck);
 	if (ct && ct->expires_ns > now && !ct_reopens(ct, p)) {
@@ -778,10 +797,11 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 
 		id = select_backend(svc, master, p, now);
 		if (!id)
-			return svc->flags & SVC_F_REJECT ? reject(skb, p, DROP_NO_BACKEND) : drop(skb, DROP_NO_BACKEND, DIR_EGRESS);
+			return svc->flags & SVC_F_REJECT ? reject(skb, p, DROP_NO_BACKEND)
+							  : drop_reported(skb, p, DROP_NO_BACKEND, DIR_EGRESS);
 		b = bpf_map_lookup_elem(&sl_backends, &id);
 		if (!b)
-			return drop(skb, DROP_BACKEND_GONE, DIR_EGRESS);
+			return drop_reported(skb, p, DROP_BACKEND_GONE, DIR_EGRESS);
 		/* Egress policy sees the backend, not the VIP. */
 		if (!policy_ok(skb, p, DIR_EGRESS, ep, p->saddr, b->addr, b->port))
 			return TC_ACT_SHOT;
@@ -797,6 +817,8 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 		hairpin_addr(hp, p->v6);
 		ct_key_of(&fk, hairpin ? hp : p->saddr, b->addr, p->sport, b->port, p->proto, CT_FLOW);
 		bpf_map_update_elem(&sl_ct, &fk, &nct, BPF_ANY);
+		if (flow_sampled())
+			flow_event(p, DIR_EGRESS, REASON_SERVICE_TRANSLATED, ep ? ep->endpoint_id : 0, 0, 0, id);
 	}
 	hairpin = addr_eq(b->addr, p->saddr);
 	if (rewrite(skb, p, ETH_HLEN, 1, b->addr, b->port) < 0)
@@ -987,7 +1009,7 @@ int sl_egress(struct __sk_buff *skb)
 	if (cfg_source_check && !(p.v6 && is_v6_link_local_or_any(p.saddr))) {
 		ep = bpf_map_lookup_elem(&sl_endpoints, p.saddr);
 		if (!ep || ep->ifindex != skb->ifindex || __builtin_memcmp(ep->mac, eth.h_source, 6))
-			return drop(skb, DROP_SOURCE_ADDRESS, DIR_EGRESS);
+			return drop_reported(skb, &p, DROP_SOURCE_ADDRESS, DIR_EGRESS);
 	}
 	if ((p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) && !p.fragment) {
 		__u8 hp[16];
@@ -1015,7 +1037,7 @@ int sl_egress(struct __sk_buff *skb)
 		svc = bpf_map_lookup_elem(&sl_services, &k);
 		if (svc)
 			return svc->flags & SVC_F_REJECT && !p.fragment ? reject(skb, &p, DROP_UNKNOWN_PORT)
-									 : drop(skb, DROP_UNKNOWN_PORT, DIR_EGRESS);
+									 : drop_reported(skb, &p, DROP_UNKNOWN_PORT, DIR_EGRESS);
 	}
 	if (!p.tracked)
 		return untracked(skb, &p, DIR_EGRESS, ep);

@@ -290,8 +290,12 @@ struct name_value {
 	char name[NAME_LEN];
 };
 
-/* Flow events (ring buffer): one per policy drop. Submitted without a
- * wakeup: a flood of drops costs no interrupt per packet; the reader polls. */
+/* Flow events (ring buffer): one per drop of a parsed packet (policy, no
+ * backend, unknown port, spoofed source, fragment to a VIP) and, sampled 1
+ * in cfg_flow_sample (0 = none), one per new flow at each pod end
+ * (reason forwarded, or service-translated with the backend chosen).
+ * Submitted without a wakeup: a flood costs no interrupt per packet; the
+ * reader polls. */
 struct flow_event {
 	__u64 time_ns;		/* bpf_ktime_get_ns() */
 	__u8 saddr[16];
@@ -304,7 +308,7 @@ struct flow_event {
 	__u32 endpoint_id;
 	__u32 peer_identity;
 	__u32 policy;		/* 0 = not known */
-	__u32 pad0;
+	__u32 backend_id;	/* service-translated: the backend chosen */
 };
 
 /* ---- metrics: per-CPU counters, index = reason * 2 + direction ---- */

@@ -65,7 +65,7 @@ int main(void)
 	SIZE(flow_event);
 	OFF(flow_event, time_ns); OFF(flow_event, saddr); OFF(flow_event, daddr); OFF(flow_event, sport);
 	OFF(flow_event, dport); OFF(flow_event, proto); OFF(flow_event, dir); OFF(flow_event, reason);
-	OFF(flow_event, endpoint_id); OFF(flow_event, peer_identity); OFF(flow_event, policy); OFF(flow_event, pad0);
+	OFF(flow_event, endpoint_id); OFF(flow_event, peer_identity); OFF(flow_event, policy); OFF(flow_event, backend_id);
 	SIZE(metrics_value);
 	OFF(metrics_value, packets); OFF(metrics_value, bytes);
 	SIZE(dp_info);

@@ -118,6 +118,7 @@ pub fn prog_hash(cfg: &DatapathConfig) -> u64 {
     }
     bytes.extend_from_slice(&cfg.maglev_table_size.to_le_bytes());
     bytes.push(u8::from(cfg.source_check));
+    bytes.extend_from_slice(&cfg.flow_sample.to_le_bytes());
     crate::maglev::fnv1a(crate::maglev::fnv1a(0x51, crate::OBJECT), &bytes)
 }
 

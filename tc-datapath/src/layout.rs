@@ -306,7 +306,20 @@ pub struct FlowEvent {
     pub endpoint_id: u32,
     pub peer_identity: u32,
     pub policy: u32,
-    pub pad0: u32,
+    /// service-translated: the backend chosen.
+    pub backend_id: u32,
+}
+
+impl FlowEvent {
+    /// The event in a ring-buffer record (records are at least as long).
+    pub fn from_bytes(b: &[u8]) -> Option<FlowEvent> {
+        if b.len() < size_of::<FlowEvent>() {
+            return None;
+        }
+        // SAFETY: the length is checked; FlowEvent is plain old data (see
+        // aya::Pod below), and an unaligned read is what a record needs.
+        Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast()) })
+    }
 }
 
 #[repr(C)]
@@ -490,7 +503,7 @@ mod tests {
             "policy_value" => PolicyValue { policy, pad0 },
             "name_key" => NameKey { kind, id },
             "name_value" => NameValue { name },
-            "flow_event" => FlowEvent { time_ns, saddr, daddr, sport, dport, proto, dir, reason, endpoint_id, peer_identity, policy, pad0 },
+            "flow_event" => FlowEvent { time_ns, saddr, daddr, sport, dport, proto, dir, reason, endpoint_id, peer_identity, policy, backend_id },
             "metrics_value" => MetricsValue { packets, bytes },
             "dp_info" => DpInfo { prog_hash, ct_tcp_syn_ns, ct_tcp_established_ns, ct_tcp_closing_ns, ct_udp_ns, maglev_m, source_check },
         };

@@ -34,6 +34,9 @@ pub struct DatapathConfig {
     pub maglev_table_size: u32,
     /// Drop pod packets whose source is not the pod's own address.
     pub source_check: bool,
+    /// Report one new flow in this many on the event ring (0: none; drops
+    /// are always reported).
+    pub flow_sample: u32,
 }
 
 impl Default for DatapathConfig {
@@ -45,6 +48,7 @@ impl Default for DatapathConfig {
             udp_timeout: Duration::from_secs(60),
             maglev_table_size: 16381,
             source_check: true,
+            flow_sample: 0,
         }
     }
 }
@@ -122,7 +126,8 @@ pub fn load(cfg: &DatapathConfig, pin_root: Option<&Path>) -> Result<Ebpf, LoadE
         .override_global("cfg_ct_tcp_closing_ns", &closing, true)
         .override_global("cfg_ct_udp_ns", &udp, true)
         .override_global("cfg_maglev_m", &cfg.maglev_table_size, true)
-        .override_global("cfg_source_check", &source_check, true);
+        .override_global("cfg_source_check", &source_check, true)
+        .override_global("cfg_flow_sample", &cfg.flow_sample, true);
     let map_dir = pin_root.map(|r| versioned_dir(r).join("maps"));
     if let Some(dir) = &map_dir {
         for name in MAPS {

@@ -595,3 +595,58 @@ fn a_syn_on_a_closed_connection_opens_a_new_one() {
         "a retransmitted SYN keeps its backend"
     );
 }
+
+/// The event ring: drops of parsed packets always, new flows one in
+/// `flow_sample` (here every one), with the backend a Service flow got.
+#[test]
+fn flows_and_drops_are_reported() {
+    if !root("flows_and_drops_are_reported") {
+        return;
+    }
+    let cfg = sluice_tc_datapath::loader::DatapathConfig {
+        flow_sample: 1,
+        ..Default::default()
+    };
+    let mut dp = Dp::with_config(&cfg);
+    dp.pod_id("10.244.1.5", 7);
+    dp.service("10.96.0.10", 80, PROTO_TCP, &[(11, "10.244.2.7", 8080)]);
+    let syn = |src: &str, dst: &str, dport| Frame::new(src, dst, 40000, dport, PROTO_TCP, SYN, b"");
+    dp.run(EGRESS, &syn("10.244.1.5", "10.96.0.10", 80));
+    dp.run(EGRESS, &syn("10.244.1.5", "10.244.3.3", 5432));
+    dp.run(EGRESS, &syn("10.244.1.5", "10.96.0.10", 81));
+    dp.run(EGRESS, &syn("10.244.1.99", "10.244.3.3", 5432));
+    let got: Vec<(u16, u32, std::net::IpAddr, u16, u32)> = dp
+        .events()
+        .iter()
+        .map(|e| {
+            (
+                e.reason,
+                u32::from(e.dir),
+                sluice_tc_datapath::layout::ip(&e.daddr),
+                u16::from_be(e.dport),
+                e.backend_id,
+            )
+        })
+        .collect();
+    let r = |r: Reason| r as u16;
+    assert_eq!(
+        got,
+        vec![
+            (r(Reason::ServiceTranslated), 0, ip("10.96.0.10"), 80, 11),
+            (r(Reason::Forwarded), 0, ip("10.244.3.3"), 5432, 0),
+            (r(Reason::DropUnknownPort), 0, ip("10.96.0.10"), 81, 0),
+            (r(Reason::DropSourceAddress), 0, ip("10.244.3.3"), 5432, 0),
+        ]
+    );
+    // An established packet is no new flow; without sampling, new flows
+    // are not reported at all.
+    dp.run(
+        EGRESS,
+        &Frame::new("10.244.1.5", "10.244.3.3", 40000, 5432, PROTO_TCP, 0x10, b""),
+    );
+    assert!(dp.events().is_empty());
+    let mut quiet = Dp::new();
+    quiet.pod("10.244.1.5");
+    quiet.run(EGRESS, &syn("10.244.1.5", "10.244.3.3", 5432));
+    assert!(quiet.events().is_empty(), "flowSample 0: no flow events");
+}

@@ -213,8 +213,7 @@ fn ingress_rules_exact_range_wildcard_any() {
     let mut events = RingBuf::try_from(dp.ebpf.take_map("sl_events").unwrap()).unwrap();
     let mut seen = Vec::new();
     while let Some(item) = events.next() {
-        // SAFETY: the programs write whole flow_event records.
-        let e: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        let e = FlowEvent::from_bytes(&item).expect("a whole event");
         seen.push((
             e.reason,
             e.dir,

@@ -187,13 +187,32 @@ impl Frame {
 pub struct Dp {
     pub ebpf: aya::Ebpf,
     pub maps: Maps,
+    ring: Option<aya::maps::RingBuf<aya::maps::MapData>>,
 }
 
 impl Dp {
     pub fn new() -> Dp {
-        let mut ebpf = loader::load(&DatapathConfig::default(), None).expect("load datapath");
-        let maps = Maps::take(&mut ebpf, DatapathConfig::default().maglev_table_size).unwrap();
-        Dp { ebpf, maps }
+        Dp::with_config(&DatapathConfig::default())
+    }
+
+    pub fn with_config(cfg: &DatapathConfig) -> Dp {
+        let mut ebpf = loader::load(cfg, None).expect("load datapath");
+        let maps = Maps::take(&mut ebpf, cfg.maglev_table_size).unwrap();
+        Dp { ebpf, maps, ring: None }
+    }
+
+    /// Every flow event on the ring so far (the ring is taken from the
+    /// object on first use).
+    pub fn events(&mut self) -> Vec<sluice_tc_datapath::layout::FlowEvent> {
+        let map = self.ebpf.take_map("sl_events");
+        let ring = self
+            .ring
+            .get_or_insert_with(|| aya::maps::RingBuf::try_from(map.expect("sl_events")).unwrap());
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            out.push(sluice_tc_datapath::layout::FlowEvent::from_bytes(&item).expect("a whole event"));
+        }
+        out
     }
 
     /// Run one program on a frame: (verdict, frame out).
