@@ -8,6 +8,7 @@ use crate::services::{self, NodeView};
 use sluice_policy::{ApplyStats, NodeApplier, Translator};
 use sluice_tc_datapath::loader::versioned_dir;
 use sluice_tc_datapath::maps::{Maps, MapsError};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -47,6 +48,8 @@ pub struct Agent {
     /// The node's own addresses given on the command line; the Node
     /// object's are added.
     node_ips: Vec<IpAddr>,
+    /// Pod addresses -> "namespace/name", as of the last sync.
+    pods: BTreeMap<IpAddr, String>,
 }
 
 impl Agent {
@@ -69,6 +72,7 @@ impl Agent {
             maps,
             node,
             node_ips,
+            pods: BTreeMap::new(),
         })
     }
 
@@ -87,6 +91,11 @@ impl Agent {
         self.maps.conntrack_capacity()
     }
 
+    /// Pod addresses -> "namespace/name", as of the last sync.
+    pub fn pods(&self) -> &BTreeMap<IpAddr, String> {
+        &self.pods
+    }
+
     /// One conntrack collection pass.
     pub fn collect_conntrack(&mut self) -> Result<crate::gc::GcStats, AgentError> {
         Ok(crate::gc::collect(&mut self.maps)?)
@@ -99,6 +108,22 @@ impl Agent {
     /// Make the maps say what `o` says.
     pub fn sync(&mut self, o: &Objects) -> Result<Report, AgentError> {
         let started = Instant::now();
+        self.pods = o
+            .pods
+            .iter()
+            .flat_map(|(k, p)| {
+                let status = p.status.as_ref();
+                let ips = status
+                    .and_then(|s| s.pod_ips.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|i| i.ip.as_str());
+                ips.chain(status.and_then(|s| s.pod_ip.as_deref()))
+                    .filter_map(|a| a.parse().ok())
+                    .map(move |a: IpAddr| (a, k.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let t = services::translate(o, &self.node);
         let services = self.services.apply(&mut self.maps, &t.frontends)?;
         let namespaces: Vec<_> = o.namespaces.values().cloned().collect();

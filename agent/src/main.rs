@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use notify::{RecursiveMode, Watcher};
 use sluice_agent::agent::{Agent, AgentError, Report};
+use sluice_agent::flows::{FlowReader, FlowServer};
 use sluice_agent::gc::Interval;
 use sluice_agent::manifests::ManifestDir;
 use sluice_agent::metrics::{self, AgentMetrics};
@@ -50,10 +51,18 @@ struct Args {
     /// Serve no metrics.
     #[arg(long)]
     no_metrics: bool,
+    /// The Unix socket `sluicectl observe` reads flow events from.
+    #[arg(long, default_value = "/run/sluice/flows.sock")]
+    flows_socket: PathBuf,
+    /// Read no flow events (another reader has the ring).
+    #[arg(long)]
+    no_flows: bool,
 }
 
 /// How long to wait for the datapath before each new attempt.
 const WAIT_FOR_DATAPATH: Duration = Duration::from_millis(500);
+/// How often the flow-event ring is read (the datapath does not wake us).
+const FLOW_POLL: Duration = Duration::from_millis(100);
 /// Events that arrive this close together are one change (an editor's
 /// save is several).
 const SETTLE: Duration = Duration::from_millis(5);
@@ -116,11 +125,29 @@ fn main() -> Result<()> {
     if args.once {
         return Ok(());
     }
+    let mut flows = if args.no_flows {
+        None
+    } else {
+        let reader = FlowReader::open(&versioned_dir(&args.bpffs)).context("opening the flow-event ring")?;
+        let server = FlowServer::listen(&args.flows_socket)
+            .with_context(|| format!("listening on {}", args.flows_socket.display()))?;
+        info!(socket = %args.flows_socket.display(), "serving flow events");
+        Some((reader, server))
+    };
     let mut gc = Interval::default();
     let mut gc_due = Instant::now() + gc.get();
+    let mut flows_due = Instant::now();
     loop {
-        let first = match rx.recv_timeout(gc_due.saturating_duration_since(Instant::now())) {
+        if let Some((reader, server)) = &mut flows
+            && Instant::now() >= flows_due
+        {
+            server.publish(&reader.read(agent.pods(), agent.maps()));
+            flows_due = Instant::now() + FLOW_POLL;
+        }
+        let next = if flows.is_some() { gc_due.min(flows_due) } else { gc_due };
+        let first = match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
             Ok(ev) => ev,
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < gc_due => continue,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 match agent.collect_conntrack() {
                     Ok(st) => {

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct AgentProcess {
     child: Child,
     pub log: PathBuf,
+    /// Its flow-event socket (next to the log).
+    pub socket: PathBuf,
 }
 
 impl AgentProcess {
@@ -17,6 +19,7 @@ impl AgentProcess {
     /// `bpffs`; its log goes to `log`.
     pub fn start(manifests: &Path, bpffs: &Path, node: &str, log: &Path) -> Result<AgentProcess> {
         let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let socket = log.with_extension("sock");
         let child = Command::new(bin_dir().join("sluice-agent"))
             .arg("--manifests")
             .arg(manifests)
@@ -25,6 +28,8 @@ impl AgentProcess {
             .args(["--node-name", node])
             // A port of its own (the tests run in the root namespace).
             .args(["--metrics", "127.0.0.1:0"])
+            .arg("--flows-socket")
+            .arg(&socket)
             .env(
                 "SLUICE_LOG",
                 std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into()),
@@ -37,6 +42,7 @@ impl AgentProcess {
         Ok(AgentProcess {
             child,
             log: log.to_path_buf(),
+            socket,
         })
     }
 

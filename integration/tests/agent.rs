@@ -9,6 +9,7 @@
 //! - kill -9 of the agent keeps established connections and Services
 //!   working; the restarted agent finds nothing to write.
 
+use serde_json::json;
 use sluice_integration::agent::{AgentProcess, log_field, metrics_addr, sample, scrape};
 use sluice_integration::probe::{EchoServer, Session, StreamEcho};
 use sluice_integration::require_root;
@@ -72,6 +73,42 @@ endpoints:
     std::fs::rename(&tmp, dir.join("web.yaml")).unwrap();
 }
 
+/// The namespace, the pods (c: app=client, s1..s3: app=web) and a policy:
+/// web pods take connections from client pods only.
+fn write_policy(dir: &Path, ips: &[Ipv4Addr]) {
+    let mut text = String::from(
+        "apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo
+  labels: {kubernetes.io/metadata.name: demo}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: demo}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+",
+    );
+    for (name, ip) in ["c", "s1", "s2", "s3"].iter().zip(ips) {
+        let app = if *name == "c" { "client" } else { "web" };
+        text.push_str(&format!(
+            "---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: demo, labels: {{app: {app}}}}}
+spec: {{containers: [{{name: c, image: x}}]}}
+status: {{podIP: {ip}, podIPs: [{{ip: {ip}}}]}}
+"
+        ));
+    }
+    let tmp = dir.join(".policy.yaml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join("policy.yaml")).unwrap();
+}
+
 /// Poll the node's maps until `ok` holds; the time it took.
 fn until(
     maps: &sluice_tc_datapath::maps::Maps,
@@ -119,7 +156,9 @@ fn agent_follows_manifests_and_survives_kill() {
         return;
     }
     let mut vpc = Vpc::new("ag", 1).unwrap();
-    let conf = vpc.main_conf(0, "1.1.0");
+    let mut conf = vpc.main_conf(0, "1.1.0");
+    // Every new flow on the event ring, for `sluicectl observe` below.
+    conf["datapath"]["flowSample"] = serde_json::json!(1);
     let mut pods = Vec::new();
     for name in ["c", "s1", "s2", "s3"] {
         let p = vpc.pod(name).unwrap();
@@ -273,6 +312,70 @@ fn agent_follows_manifests_and_survives_kill() {
     );
     assert!(open.ask("after").unwrap().ends_with("after"), "and after the restart");
     drop(open);
+
+    // A NetworkPolicy as a manifest: the web pods take connections from the
+    // client only. A web pod calling another is dropped, and the drop is a
+    // flow event `sluicectl observe` shows with the policy that made it.
+    write_policy(&dir, &pods.iter().map(|p| p.1).collect::<Vec<_>>());
+    until(&maps, "the policy", |m| {
+        m.endpoint_policies().map(|e| e.len() == 3).unwrap_or(false)
+    });
+    let s2 = SocketAddr::new(ips[1].into(), 8080);
+    let denied = vpc.pods[pods[1].0].run(|| request(s2)).unwrap();
+    assert!(denied.is_err(), "s1 -> s2 is not allowed: {denied:?}");
+    assert!(vpc.pods[pods[0].0].run(|| request(s2)).unwrap().is_ok(), "c -> s2 is");
+    for _ in 0..3 {
+        assert!(vpc.pods[pods[0].0].run(|| request(vip)).unwrap().is_ok(), "c -> web is");
+    }
+    std::thread::sleep(Duration::from_millis(300)); // the agent reads the ring every 100 ms
+    let observe = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = std::process::Command::new(sluice_integration::bin_dir().join("sluicectl"))
+            .args(["-o", "json", "observe", "--socket"])
+            .arg(&agent.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let drops = observe(&["--verdict", "dropped", "--pod", "demo/s2"]);
+    let d = drops.first().unwrap_or_else(|| panic!("no drop reported: {drops:?}"));
+    assert_eq!(
+        (
+            &d["reason"],
+            &d["direction"],
+            &d["policy"],
+            &d["source"]["pod"],
+            &d["destination"]["port"]
+        ),
+        (
+            &json!("drop-policy"),
+            &json!("ingress"),
+            &json!("demo/web"),
+            &json!("demo/s1"),
+            &json!(8080)
+        ),
+        "{d}"
+    );
+    let translated = observe(&["--verdict", "translated", "--pod", "c", "--port", "80", "--last", "5"]);
+    assert!(!translated.is_empty() && translated.len() <= 5, "{translated:?}");
+    for t in &translated {
+        assert_eq!(
+            (&t["source"]["pod"], &t["destination"]["ip"]),
+            (&json!("demo/c"), &json!(VIP.to_string()))
+        );
+        assert!(t["backend"].as_str().is_some_and(|b| b.ends_with(":8080")), "{t}");
+    }
+    let allowed = observe(&["--verdict", "forwarded", "--pod", "demo/s2", "--port", "8080"]);
+    assert!(
+        allowed
+            .iter()
+            .any(|f| f["source"]["pod"] == "demo/c" && f["direction"] == "ingress"),
+        "the allowed connection's new flow at s2: {allowed:?}"
+    );
     drop(agent);
     for (name, (p, _)) in ["c", "s1", "s2", "s3"].iter().zip(&pods) {
         vpc.sluice(0, "DEL", name, *p, &conf).expect_ok("DEL");

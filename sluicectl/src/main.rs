@@ -3,6 +3,7 @@
 //! endpoints and drop counters. Until the agent lands this is how Services
 //! are programmed; afterwards it stays the inspection tool.
 
+mod observe;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
@@ -56,6 +57,9 @@ enum Cmd {
     Metrics,
     /// The attached program version and its settings.
     Status,
+    /// Flow events (new flows, drops with their reason, policy verdicts)
+    /// from the node agent, like `hubble observe`.
+    Observe(observe::Observe),
 }
 
 #[derive(Subcommand)]
@@ -211,6 +215,9 @@ fn main() {
 }
 
 fn run(cli: &Cli) -> Result<()> {
+    if let Cmd::Observe(o) = &cli.cmd {
+        return observe::run(o, cli.output == Output::Json);
+    }
     let dir = versioned_dir(&cli.bpffs);
     let mut maps = Maps::open_pinned(&dir).with_context(|| {
         format!(
@@ -602,6 +609,7 @@ fn run(cli: &Cli) -> Result<()> {
                 );
             }
         }
+        Cmd::Observe(_) => unreachable!("handled before the maps are opened"),
         Cmd::Status => {
             let i = maps.info()?;
             let links = sluice_tc_datapath::attach::attachments(&dir)?.len();

@@ -596,6 +596,14 @@ impl Maps {
         self.endpoints.map().info().map_or(0, |i| i.max_entries())
     }
 
+    /// The backend with this id, as (address, port).
+    pub fn backend(&self, id: u32) -> Option<(IpAddr, u16)> {
+        self.backends
+            .get(&id, 0)
+            .ok()
+            .map(|b| (ip(&b.addr), u16::from_be(b.port)))
+    }
+
     /// Remove one conntrack entry; false when it was not there.
     pub fn remove_conntrack(&mut self, k: &CtKey) -> Result<bool, MapsError> {
         match self.ct.remove(k) {
@@ -844,6 +852,34 @@ impl Maps {
             .into_iter()
             .find(|m| m.0 == reason && m.1 == dir)
             .map_or(0, |m| m.2))
+    }
+}
+
+/// The flow-event ring of a node's pinned maps. It has one reader: the
+/// agent. Events are submitted without a wakeup, so the reader polls.
+pub struct Events {
+    ring: aya::maps::RingBuf<MapData>,
+}
+
+impl Events {
+    pub fn open_pinned(versioned: &Path) -> Result<Events, MapsError> {
+        let path = versioned.join("maps").join("sl_events");
+        let pinned = |source| MapsError::Pinned {
+            path: path.display().to_string(),
+            source,
+        };
+        let data = MapData::from_pin(&path).map_err(pinned)?;
+        let ring = aya::maps::RingBuf::try_from(Map::RingBuf(data)).map_err(err("sl_events"))?;
+        Ok(Events { ring })
+    }
+
+    /// Every event on the ring now.
+    pub fn drain(&mut self) -> Vec<FlowEvent> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            out.extend(FlowEvent::from_bytes(&item));
+        }
+        out
     }
 }
 

@@ -1,0 +1,210 @@
+//! Flow events: drained from the datapath's ring (submitted without
+//! wakeups, so polled), named (pods by address, policies by id, backends),
+//! kept as the last `BACKLOG` and streamed to `sluicectl observe` over a
+//! Unix socket, one JSON object per line.
+//!
+//! The protocol: the client sends one line, `{"follow": true|false}`; the
+//! agent answers with the backlog, oldest first, then (follow) every new
+//! flow as it comes, until the client goes.
+
+use serde::Serialize;
+use sluice_tc_datapath::layout::{FlowEvent, NAME_POLICY, Reason, ip};
+use sluice_tc_datapath::maps::Maps;
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Flows kept for a client that connects later.
+pub const BACKLOG: usize = 4096;
+
+/// One end of a flow.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct End {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// "namespace/name" when the address is a known pod's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+}
+
+/// A flow event, named.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Flow {
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub time_unix_ns: u64,
+    /// "forwarded", "translated" or "dropped".
+    pub verdict: &'static str,
+    /// The datapath's reason ("drop-policy", "service-translated", ...).
+    pub reason: &'static str,
+    /// At the pod end the event comes from: "egress" (the pod sent it) or
+    /// "ingress" (it was delivered to the pod).
+    pub direction: &'static str,
+    pub protocol: String,
+    pub source: End,
+    pub destination: End,
+    /// The backend a Service flow was given, "address:port".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// The policy that isolates the pod (a policy drop), "namespace/name".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+}
+
+fn protocol(p: u8) -> String {
+    match p {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        58 => "icmpv6".into(),
+        132 => "sctp".into(),
+        n => n.to_string(),
+    }
+}
+
+/// CLOCK_MONOTONIC (the datapath's clock) to wall-clock, now.
+fn wall_offset_ns() -> i128 {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    wall - i128::from(crate::gc::monotonic_ns())
+}
+
+/// Name an event: `pods` maps pod addresses to "namespace/name".
+pub fn name(e: &FlowEvent, pods: &BTreeMap<IpAddr, String>, maps: &Maps, wall_offset: i128) -> Flow {
+    let reason = Reason::from_u32(u32::from(e.reason));
+    let end = |a, port: u16| {
+        let ip = ip(a);
+        End {
+            ip,
+            port: u16::from_be(port),
+            pod: pods.get(&ip).cloned(),
+        }
+    };
+    let verdict = match reason {
+        Some(Reason::Forwarded) => "forwarded",
+        Some(Reason::ServiceTranslated) | Some(Reason::ReplyTranslated) => "translated",
+        _ => "dropped",
+    };
+    Flow {
+        time_unix_ns: (i128::from(e.time_ns) + wall_offset).max(0) as u64,
+        verdict,
+        reason: reason.map_or("unknown", Reason::name),
+        direction: if e.dir == 0 { "egress" } else { "ingress" },
+        protocol: protocol(e.proto),
+        source: end(&e.saddr, e.sport),
+        destination: end(&e.daddr, e.dport),
+        backend: (e.backend_id != 0)
+            .then(|| maps.backend(e.backend_id))
+            .flatten()
+            .map(|(a, p)| std::net::SocketAddr::new(a, p).to_string()),
+        policy: (e.policy != 0).then(|| maps.name(NAME_POLICY, e.policy)).flatten(),
+    }
+}
+
+/// The backlog and the clients following it.
+#[derive(Default)]
+struct Shared {
+    backlog: VecDeque<String>,
+    clients: Vec<UnixStream>,
+}
+
+/// The Unix-socket server of `sluicectl observe`.
+#[derive(Clone, Default)]
+pub struct FlowServer {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl FlowServer {
+    /// Listen on `path` (a stale socket file is replaced) from a thread of
+    /// its own.
+    pub fn listen(path: &Path) -> std::io::Result<FlowServer> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let listener = UnixListener::bind(path)?;
+        let server = FlowServer::default();
+        let s = server.clone();
+        std::thread::Builder::new().name("flows".into()).spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                s.accept(conn);
+            }
+        })?;
+        Ok(server)
+    }
+
+    fn accept(&self, mut conn: UnixStream) {
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = conn.set_write_timeout(Some(Duration::from_millis(500)));
+        let mut line = String::new();
+        let follow = match conn.try_clone().map(BufReader::new).map(|mut r| r.read_line(&mut line)) {
+            Ok(Ok(_)) => serde_json::from_str::<serde_json::Value>(&line)
+                .ok()
+                .and_then(|v| v.get("follow")?.as_bool())
+                .unwrap_or(false),
+            _ => return,
+        };
+        // The backlog and the registration under one lock: a flow published
+        // meanwhile is in one or the other, never lost or doubled.
+        let mut sh = self.shared.lock().expect("flows lock");
+        for l in &sh.backlog {
+            if conn.write_all(l.as_bytes()).is_err() {
+                return;
+            }
+        }
+        if follow {
+            sh.clients.push(conn);
+        }
+    }
+
+    /// Keep `flows` and send them to every follower (one that cannot keep
+    /// up within the write timeout is dropped).
+    pub fn publish(&self, flows: &[Flow]) {
+        if flows.is_empty() {
+            return;
+        }
+        let mut sh = self.shared.lock().expect("flows lock");
+        let mut text = String::new();
+        for f in flows {
+            let mut l = serde_json::to_string(f).expect("a flow serializes");
+            l.push('\n');
+            text.push_str(&l);
+            if sh.backlog.len() == BACKLOG {
+                sh.backlog.pop_front();
+            }
+            sh.backlog.push_back(l);
+        }
+        sh.clients.retain_mut(|c| c.write_all(text.as_bytes()).is_ok());
+    }
+}
+
+/// Drains the ring and names what it finds.
+pub struct FlowReader {
+    events: sluice_tc_datapath::maps::Events,
+}
+
+impl FlowReader {
+    pub fn open(versioned: &Path) -> Result<FlowReader, sluice_tc_datapath::maps::MapsError> {
+        Ok(FlowReader {
+            events: sluice_tc_datapath::maps::Events::open_pinned(versioned)?,
+        })
+    }
+
+    pub fn read(&mut self, pods: &BTreeMap<IpAddr, String>, maps: &Maps) -> Vec<Flow> {
+        let events = self.events.drain();
+        if events.is_empty() {
+            return Vec::new();
+        }
+        let off = wall_offset_ns();
+        events.iter().map(|e| name(e, pods, maps, off)).collect()
+    }
+}
