@@ -1,115 +1,166 @@
 //! The demo behind `scripts/demo`: a simulated VPC with two nodes, pods
 //! created by the real `sluice` binary (main role, macvlan on the node's
-//! ENI), real TCP between them, a Service through the eBPF datapath
-//! (programmed with `sluicectl`), then DEL and a check that nothing is left.
+//! ENI), one `sluice-agent` per node on the manifests in `conf/demo/`, a
+//! Service called through the eBPF datapath, a NetworkPolicy drop seen as a
+//! flow event and in the metrics, then DEL and a check that nothing is left.
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
+use sluice_integration::agent::{AgentProcess, metrics_addr, sample, scrape};
 use sluice_integration::cni::Call;
 use sluice_integration::probe::{EchoServer, tcp_request};
 use sluice_integration::vpc::{Vpc, result_ip};
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// (name, node, labels)
+const PODS: [(&str, usize, &str); 4] = [
+    ("web-1", 0, "{app: web}"),
+    ("web-2", 1, "{app: web}"),
+    ("client", 1, "{role: client}"),
+    ("intruder", 0, "{role: visitor}"),
+];
+
+/// What the cluster's controllers would add to the manifests: the Pod
+/// objects and the web Service's EndpointSlice, from the CNI's addresses.
+fn controller_objects(ips: &BTreeMap<&str, String>) -> String {
+    let mut t = String::from("# Written by the demo from the addresses the CNI gave the pods.\n");
+    for (name, _, labels) in PODS {
+        let ip = &ips[name];
+        t.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {labels}}}\n\
+             spec: {{containers: [{{name: main, image: demo, ports: [{{name: http, containerPort: 8080}}]}}]}}\n\
+             status: {{podIP: {ip}, podIPs: [{{ip: {ip}}}]}}\n"
+        ));
+    }
+    t.push_str(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}\n\
+         addressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}]\nendpoints:\n",
+    );
+    for web in ["web-1", "web-2"] {
+        t.push_str(&format!("- addresses: [{}]\n  conditions: {{ready: true}}\n", ips[web]));
+    }
+    t
+}
 
 fn main() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the demo creates network namespaces: run it as root (sudo scripts/demo)");
     }
-    let bin = std::env::current_exe()?.parent().unwrap().join("sluice");
+    let bins = std::env::current_exe()?
+        .parent()
+        .context("binary directory")?
+        .to_path_buf();
+    let conf_demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/demo");
     let mut vpc = Vpc::new("demo", 2)?;
-    println!(
-        "sluice demo: a simulated VPC, fabric 10.244.0.0/16 (gateway 10.244.0.1), 2 nodes, eth0 = each node's ENI\n"
-    );
-    let placement = [("web-1", 0usize), ("web-2", 0), ("api-1", 1)];
+    println!("sluice demo: a simulated VPC (fabric 10.244.0.0/16), 2 nodes, eth0 = each node's ENI\n");
+
+    let mut ips = BTreeMap::new();
     let mut pods = Vec::new();
-    for (name, node) in placement {
+    for (name, node, _) in PODS {
         let p = vpc.pod(name)?;
         let conf = serde_json::to_vec(&vpc.main_conf(node, "1.1.0"))?;
         let started = Instant::now();
-        let out = Call::new(&bin, Some(&vpc.node_name(node)))
+        let out = Call::new(&bins.join("sluice"), Some(&vpc.node_name(node)))
             .standard("ADD", name, &vpc.pods[p].path().display().to_string(), "eth0")
             .run(&conf);
-        let took = started.elapsed();
         ensure!(out.success, "ADD {name}: {}", out.stdout);
-        let r = out.json();
-        let ip = result_ip(&r);
+        let ip = result_ip(&out.json());
         println!(
-            "  ADD  {name:<6} on node-{node}  ->  {ip:<11} mac {}  ({:.1} ms)",
-            r["interfaces"][0]["mac"].as_str().unwrap_or("?"),
-            took.as_secs_f64() * 1e3
+            "  CNI ADD  {name:<8} on node-{node}  ->  {ip:<11} ({:.0} ms, eBPF programs attached)",
+            started.elapsed().as_secs_f64() * 1e3
         );
-        pods.push((name, node, p, ip, conf));
+        ips.insert(name, ip);
+        pods.push((name, node, p, conf));
     }
-    println!();
-    let servers: Vec<EchoServer> = pods
-        .iter()
-        .map(|(name, _, p, _, _)| EchoServer::start(&vpc.pods[*p], 8080, name))
-        .collect::<Result<_>>()?;
-    for (from, fnode, fp, _, _) in &pods {
-        for (to, tnode, _, ip, _) in &pods {
-            if from == to {
-                continue;
-            }
-            let reply = tcp_request(&vpc.pods[*fp], format!("{ip}:8080").parse()?, "hello")?;
-            let path = if fnode == tnode { "same node " } else { "cross node" };
-            println!("  TCP  {from:<6} -> {to:<6} {ip}:8080  [{path}]  answer: {reply:?}");
-        }
-    }
-    // A Service "web" (10.96.0.10:80 -> web-1, web-2 on :8080), programmed
-    // into each node's pinned maps, called from api-1 on the other node.
-    let ctl = std::env::current_exe()?.parent().unwrap().join("sluicectl");
-    let web: Vec<String> = pods
+    let _servers: Vec<EchoServer> = pods
         .iter()
         .filter(|p| p.0.starts_with("web"))
-        .flat_map(|p| ["--backend".to_string(), format!("{}:8080", p.3)])
-        .collect();
+        .map(|(name, _, p, _)| EchoServer::start(&vpc.pods[*p], 8080, name))
+        .collect::<Result<_>>()?;
+
+    // The agents: one per node, on conf/demo plus the controllers' objects.
+    let work = tempfile::tempdir()?;
+    let manifests = work.path().join("manifests");
+    std::fs::create_dir(&manifests)?;
+    for e in std::fs::read_dir(&conf_demo).with_context(|| format!("reading {}", conf_demo.display()))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            std::fs::copy(&p, manifests.join(p.file_name().context("file name")?))?;
+        }
+    }
+    std::fs::write(manifests.join("controllers.yaml"), controller_objects(&ips))?;
+    let mut agents = Vec::new();
     for node in 0..2 {
-        let out = std::process::Command::new(&ctl)
-            .arg("--bpffs")
-            .arg(vpc.bpffs[node].root())
-            .args(["service", "add", "10.96.0.10:80/tcp"])
-            .args(&web)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "sluicectl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let log = work.path().join(format!("agent-{node}.log"));
+        let mut a = AgentProcess::start(&manifests, &vpc.bpffs[node].root(), &vpc.node_name(node), &log)?;
+        a.wait_synced(1, Duration::from_secs(20))?;
+        agents.push(a);
     }
     println!(
-        "
-  sluicectl service add 10.96.0.10:80/tcp {}  (on both nodes)",
-        web.join(" ")
+        "\n  sluice-agent on node-0 and node-1, reading conf/demo/shop.yaml: Service shop/web 10.96.0.10:80 -> pods' port \"http\",\n  \
+         NetworkPolicy shop/web-from-clients (web takes connections from role=client only)"
     );
-    let api = pods.iter().find(|p| p.0 == "api-1").expect("api-1").2;
-    let mut hits = std::collections::BTreeMap::<String, u32>::new();
+
+    let pod = |name: &str| &vpc.pods[pods.iter().find(|p| p.0 == name).expect("a demo pod").2];
+    let mut hits = BTreeMap::<String, u32>::new();
     for i in 0..20 {
-        let reply = tcp_request(&vpc.pods[api], "10.96.0.10:80".parse()?, &format!("req{i}"))?;
+        let reply = tcp_request(pod("client"), "10.96.0.10:80".parse()?, &format!("req{i}"))?;
         *hits
             .entry(reply.split(':').next().unwrap_or("?").to_string())
             .or_default() += 1;
     }
-    println!("  TCP  api-1  -> 10.96.0.10:80 x20 (DNAT at api-1's own egress, no kube-proxy): {hits:?}");
-    let ct = std::process::Command::new(&ctl)
-        .arg("--bpffs")
-        .arg(vpc.bpffs[1].root())
-        .args(["ct", "list"])
-        .output()?;
-    let ct = String::from_utf8_lossy(&ct.stdout);
     println!(
-        "  sluicectl ct list (node-1): {} entries, e.g.",
-        ct.lines().count().saturating_sub(1)
+        "\n  client   -> 10.96.0.10:80 x20   answered by {hits:?}  (load-balanced at the client's own egress, no kube-proxy)"
     );
-    for l in ct.lines().take(3) {
-        println!("    {l}");
+    let denied = tcp_request(pod("intruder"), "10.96.0.10:80".parse()?, "let me in");
+    ensure!(denied.is_err(), "the intruder got through: {denied:?}");
+    println!("  intruder -> 10.96.0.10:80       no answer: dropped by the policy at the backend's ingress");
+
+    std::thread::sleep(Duration::from_millis(300)); // the agents read the event ring every 100 ms
+    println!("\n  sluicectl observe --verdict dropped   (on each node)");
+    let mut drops = 0.0;
+    for (node, a) in agents.iter().enumerate() {
+        let out = std::process::Command::new(bins.join("sluicectl"))
+            .args(["observe", "--verdict", "dropped", "--socket"])
+            .arg(&a.socket)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "sluicectl observe: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        if let Some(first) = lines.first() {
+            println!("    node-{node}: {first}");
+            if lines.len() > 1 {
+                println!(
+                    "    node-{node}: ... and {} more (the intruder's SYN, retransmitted)",
+                    lines.len() - 1
+                );
+            }
+        }
+        let addr = metrics_addr(&a.log).context("the agent's metrics address")?;
+        let series = r#"sluice_datapath_packets_total{reason="drop-policy",direction="ingress"}"#;
+        let n = sample(&scrape(addr)?, series).unwrap_or(0.0);
+        if n > 0.0 {
+            println!("    node-{node}: metrics: {series} {n}");
+        }
+        drops += n;
     }
-    let netfilter = vpc.pods[api].exec("conntrack", &["-L"])?;
+    ensure!(drops > 0.0, "no policy drop counted");
+    let netfilter = pod("client").exec("conntrack", &["-L"])?;
     println!(
-        "  conntrack -L in api-1: {}",
+        "\n  conntrack -L in client: {}  (netfilter is not in the path)",
         String::from_utf8_lossy(&netfilter.stderr).trim()
     );
-    drop(servers);
+
+    drop(agents);
     println!();
-    for (name, node, p, _, conf) in &pods {
-        let out = Call::new(&bin, Some(&vpc.node_name(*node)))
+    for (name, node, p, conf) in &pods {
+        let out = Call::new(&bins.join("sluice"), Some(&vpc.node_name(*node)))
             .standard("DEL", name, &vpc.pods[*p].path().display().to_string(), "eth0")
             .run(conf);
         ensure!(out.success, "DEL {name}: {}", out.stdout);
@@ -120,11 +171,8 @@ fn main() -> Result<()> {
         .iter()
         .map(|p| p.link_names().map(|l| l.len() - 1).unwrap_or(0))
         .sum();
-    println!("  DEL  all pods: pod links left {links}, IPAM leases left {leases}");
+    println!("  CNI DEL  all pods: pod links left {links}, IPAM leases left {leases}");
     ensure!(leases == 0 && links == 0, "DEL left something behind");
-    println!(
-        "\n(ADD times include `ip netns exec`; a node's first ADD also loads and verifies the datapath. \
-         Network policy and the agent come next.)"
-    );
+    println!("\n(ADD times include `ip netns exec`; a node's first ADD also loads and verifies the datapath.)");
     Ok(())
 }
