@@ -9,6 +9,7 @@ pub mod agent;
 pub mod flows;
 pub mod gc;
 pub mod install;
+pub mod kube_source;
 pub mod manifests;
 pub mod metrics;
 pub mod objects;

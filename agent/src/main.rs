@@ -10,6 +10,7 @@ use notify::{RecursiveMode, Watcher};
 use sluice_agent::agent::{Agent, AgentError, Report};
 use sluice_agent::flows::{FlowReader, FlowServer};
 use sluice_agent::gc::Interval;
+use sluice_agent::kube_source::{self, KubeStore};
 use sluice_agent::manifests::ManifestDir;
 use sluice_agent::metrics::{self, AgentMetrics};
 use sluice_agent::services::NodeView;
@@ -18,7 +19,7 @@ use sluice_tc_datapath::maps::Maps;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
@@ -28,8 +29,12 @@ struct Args {
     /// Directory of Kubernetes manifests (YAML or JSON, several documents
     /// per file): Services, EndpointSlices, NetworkPolicies, Pods,
     /// Namespaces, Nodes. Other kinds are skipped.
+    #[arg(long, required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
+    manifests: Option<PathBuf>,
+    /// Read the cluster from the Kubernetes API server instead: in-cluster
+    /// configuration, else $KUBECONFIG or ~/.kube/config.
     #[arg(long)]
-    manifests: PathBuf,
+    kubernetes: bool,
     /// The bpffs root the CNI plugin pins the datapath under (its
     /// `datapath.bpffs` setting).
     #[arg(long, default_value = "/sys/fs/bpf/sluice")]
@@ -82,22 +87,43 @@ fn main() -> Result<()> {
                 .to_string(),
         },
     };
-    let mut dir = ManifestDir::new(&args.manifests);
     // Watch before the first read, so that no change falls in between.
-    let (tx, rx) = mpsc::channel();
-    let mut watcher = notify::recommended_watcher(move |ev| {
-        let _ = tx.send(ev);
-    })
-    .context("starting the file watcher")?;
-    watcher
-        .watch(&args.manifests, RecursiveMode::NonRecursive)
-        .with_context(|| format!("watching {}", args.manifests.display()))?;
-    for e in dir
-        .reload_all()
-        .with_context(|| format!("reading {}", args.manifests.display()))?
-    {
-        warn!(error = %e, "manifest skipped");
-    }
+    let (tx, rx) = mpsc::channel::<Input>();
+    let mut source = match &args.manifests {
+        Some(path) => {
+            let mut dir = ManifestDir::new(path);
+            let files = tx.clone();
+            let mut watcher = notify::recommended_watcher(move |ev| {
+                let _ = files.send(Input::File(ev));
+            })
+            .context("starting the file watcher")?;
+            watcher
+                .watch(path, RecursiveMode::NonRecursive)
+                .with_context(|| format!("watching {}", path.display()))?;
+            for e in dir
+                .reload_all()
+                .with_context(|| format!("reading {}", path.display()))?
+            {
+                warn!(error = %e, "manifest skipped");
+            }
+            Source::Dir(Box::new(dir), Box::new(watcher))
+        }
+        None => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let client = rt
+                .block_on(kube::Client::try_default())
+                .context("connecting to the Kubernetes API server")?;
+            let store = Arc::new(Mutex::new(KubeStore::default()));
+            let (s, kube_tx) = (store.clone(), tx.clone());
+            std::thread::Builder::new().name("kube".into()).spawn(move || {
+                rt.block_on(kube_source::watch(client, s, move || {
+                    let _ = kube_tx.send(Input::Kube);
+                }))
+            })?;
+            Source::Kube(store)
+        }
+    };
+    drop(tx);
     let mut agent = loop {
         match Agent::open(&args.bpffs, node.clone(), args.node_ip.clone()) {
             Ok(a) => break a,
@@ -108,7 +134,7 @@ fn main() -> Result<()> {
             Err(e) => return Err(e).context("opening the datapath maps"),
         }
     };
-    info!(node = %node.name, manifests = %args.manifests.display(), "agent started");
+    info!(node = %node.name, source = %source.describe(), "agent started");
     let m = if args.once || args.no_metrics {
         None
     } else {
@@ -119,12 +145,16 @@ fn main() -> Result<()> {
         info!(%addr, "serving metrics at /metrics");
         Some(m)
     };
-    let r = agent.sync(dir.objects()).context("first sync")?;
-    log_sync("start", &r, None);
-    record(&agent, m.as_ref(), &r, None);
-    if args.once {
-        return Ok(());
+    if let Source::Dir(dir, _) = &source {
+        let r = agent.sync(dir.objects()).context("first sync")?;
+        log_sync("start", &r, None);
+        record(&agent, m.as_ref(), &r, None);
+        if args.once {
+            return Ok(());
+        }
     }
+    // (The API-server source syncs first once every kind is listed.)
+    let mut started = matches!(source, Source::Dir(..));
     let mut flows = if args.no_flows {
         None
     } else {
@@ -169,40 +199,78 @@ fn main() -> Result<()> {
                 gc_due = Instant::now() + gc.get();
                 continue;
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!("the file watcher stopped"),
+            Err(mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!("the source stopped"),
         };
         let seen = Instant::now();
         let mut paths: BTreeSet<PathBuf> = BTreeSet::new();
         // Only what changes a file's content or presence: reading the files
         // ourselves makes access events, which must not trigger a reload.
-        let mut note = |ev: notify::Result<notify::Event>| match ev {
-            Ok(ev) if ev.kind.is_create() || ev.kind.is_modify() || ev.kind.is_remove() => paths.extend(ev.paths),
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "file watcher"),
+        let mut kube = false;
+        let mut note = |input: Input| match input {
+            Input::File(Ok(ev)) if ev.kind.is_create() || ev.kind.is_modify() || ev.kind.is_remove() => {
+                paths.extend(ev.paths)
+            }
+            Input::File(Ok(_)) => {}
+            Input::File(Err(e)) => warn!(error = %e, "file watcher"),
+            Input::Kube => kube = true,
         };
         note(first);
         while let Ok(ev) = rx.recv_timeout(SETTLE) {
             note(ev);
         }
-        if paths.is_empty() {
-            continue;
-        }
-        for p in &paths {
-            if let Err(e) = dir.reload(p) {
-                warn!(error = %e, "manifest not applied; its previous objects stay");
+        let result = match &mut source {
+            Source::Dir(dir, _) => {
+                if paths.is_empty() {
+                    continue;
+                }
+                for p in &paths {
+                    if let Err(e) = dir.reload(p) {
+                        warn!(error = %e, "manifest not applied; its previous objects stay");
+                    }
+                }
+                agent.sync(dir.objects())
             }
-        }
-        tracing::debug!(
-            files = paths.len(),
-            reload_ms = seen.elapsed().as_secs_f64() * 1e3,
-            "reloaded"
-        );
-        match agent.sync(dir.objects()) {
+            Source::Kube(store) => {
+                if !kube {
+                    continue;
+                }
+                let store = store.lock().expect("store lock");
+                agent.sync(store.objects())
+            }
+        };
+        match result {
             Ok(r) => {
-                log_sync("change", &r, Some(seen));
-                record(&agent, m.as_ref(), &r, Some(seen));
+                let why = if started { "change" } else { "start" };
+                log_sync(why, &r, started.then_some(seen));
+                record(&agent, m.as_ref(), &r, started.then_some(seen));
+                if !started && args.once {
+                    return Ok(());
+                }
+                started = true;
             }
             Err(e) => warn!(error = %e, "sync failed; retried on the next change"),
+        }
+    }
+}
+
+/// What wakes the loop: a file event, or the API-server store changed.
+enum Input {
+    File(notify::Result<notify::Event>),
+    Kube,
+}
+
+/// Where the objects come from.
+enum Source {
+    /// The directory, and its watcher (alive as long as it is held).
+    Dir(Box<ManifestDir>, #[allow(dead_code)] Box<notify::RecommendedWatcher>),
+    Kube(Arc<Mutex<KubeStore>>),
+}
+
+impl Source {
+    fn describe(&self) -> String {
+        match self {
+            Source::Dir(d, _) => format!("manifests in {}", d.dir().display()),
+            Source::Kube(_) => "the Kubernetes API server".into(),
         }
     }
 }

@@ -76,7 +76,15 @@ fn the_daemonset_installs_then_runs_the_agent() {
         assert!(mounts(init).contains(&dir.to_string()), "{dir} mounted");
     }
     let agent = &pod.containers[0];
-    assert!(agent.command.clone().unwrap()[0].ends_with("/sluice-agent"));
+    let cmd = agent.command.clone().unwrap();
+    assert!(
+        cmd[0].ends_with("/sluice-agent") && cmd.contains(&"--kubernetes".to_string()),
+        "{cmd:?}"
+    );
+    assert!(
+        mounts(agent).contains(&"/run/sluice".to_string()),
+        "the flow socket, for sluicectl on the host"
+    );
     assert!(mounts(agent).contains(&"/sys/fs/bpf".to_string()), "the pinned maps");
     let volumes: Vec<String> = pod
         .volumes

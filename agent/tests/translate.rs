@@ -195,3 +195,25 @@ fn sync_writes_the_difference() {
     let r = restarted.sync(&o).unwrap();
     assert_eq!(r.writes(), 0, "{r:?}");
 }
+
+/// The API-server source fills the same objects: the manifests' objects
+/// delivered as kube-rs watcher events (a list per kind) translate to the
+/// same frontends.
+#[test]
+fn the_api_source_translates_the_same() {
+    use kube::runtime::watcher::Event;
+    use sluice_agent::kube_source::{KINDS, KubeStore};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manifests/shop.yaml");
+    let objects = parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
+    let mut store = KubeStore::default();
+    for kind in KINDS {
+        store.apply(kind, Event::Init);
+        for o in objects.iter().filter(|o| o.id().0 == kind) {
+            store.apply(kind, Event::InitApply(o.clone()));
+        }
+        assert!(store.apply(kind, Event::InitDone));
+    }
+    assert!(store.synced());
+    assert_eq!(store.objects(), &shop());
+    assert_eq!(translate(store.objects(), &node_a()), translate(&shop(), &node_a()));
+}
