@@ -6,6 +6,7 @@
 //! conntrack entries are collected ([`gc`]).
 
 pub mod agent;
+pub mod endpoint_gc;
 pub mod flows;
 pub mod gc;
 pub mod install;

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use notify::{RecursiveMode, Watcher};
 use sluice_agent::agent::{Agent, AgentError, Report};
+use sluice_agent::endpoint_gc;
 use sluice_agent::flows::{FlowReader, FlowServer};
 use sluice_agent::gc::Interval;
 use sluice_agent::kube_source::{self, KubeStore};
@@ -62,6 +63,10 @@ struct Args {
     /// Read no flow events (another reader has the ring).
     #[arg(long)]
     no_flows: bool,
+    /// The CNI plugin's `dataDir` (its endpoint records name each pod's
+    /// netns; pods whose netns is gone lose their datapath state).
+    #[arg(long, default_value = "/var/lib/sluice")]
+    cni_data_dir: PathBuf,
 }
 
 /// How long to wait for the datapath before each new attempt.
@@ -145,6 +150,19 @@ fn main() -> Result<()> {
         info!(%addr, "serving metrics at /metrics");
         Some(m)
     };
+    let mut gone_pods = BTreeSet::new();
+    let mut endpoint_gc = |agent: &mut Agent| {
+        let versioned = versioned_dir(&args.bpffs);
+        match endpoint_gc::collect(&args.cni_data_dir, &versioned, agent.maps_mut(), &mut gone_pods) {
+            Ok(gone) => {
+                for g in gone {
+                    info!(container = %g.container_id, ifname = %g.ifname, ips = ?g.ips, "pod's netns is gone: its datapath state removed");
+                }
+            }
+            Err(e) => warn!(error = %e, "endpoint collection failed"),
+        }
+    };
+    endpoint_gc(&mut agent);
     if let Source::Dir(dir, _) = &source {
         let r = agent.sync(dir.objects()).context("first sync")?;
         log_sync("start", &r, None);
@@ -196,6 +214,7 @@ fn main() -> Result<()> {
                     }
                     Err(e) => warn!(error = %e, "conntrack collection failed"),
                 }
+                endpoint_gc(&mut agent);
                 gc_due = Instant::now() + gc.get();
                 continue;
             }

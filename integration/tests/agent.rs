@@ -381,3 +381,48 @@ fn agent_follows_manifests_and_survives_kill() {
         vpc.sluice(0, "DEL", name, *p, &conf).expect_ok("DEL");
     }
 }
+
+/// A pod whose netns went away without a CNI DEL (a runtime that
+/// crashed): the agent removes its datapath state (endpoint entries,
+/// pinned links) and leaves the plugin's record and lease to its DEL,
+/// which then still succeeds.
+#[test]
+fn agent_collects_pods_whose_netns_is_gone() {
+    if !require_root("agent_collects_pods_whose_netns_is_gone") {
+        return;
+    }
+    let mut vpc = Vpc::new("ae", 1).unwrap();
+    let conf = vpc.main_conf(0, "1.1.0");
+    let mut ips = Vec::new();
+    let mut pods = Vec::new();
+    for name in ["ga", "gb"] {
+        let p = vpc.pod(name).unwrap();
+        let r = vpc.sluice(0, "ADD", name, p, &conf).expect_ok("ADD").json();
+        ips.push(result_ip(&r).parse::<IpAddr>().unwrap());
+        pods.push(p);
+    }
+    let gone = vpc.pods[pods[0]].name.clone();
+    sluice_integration::netns::ip(&["netns", "del", &gone]).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(sluice_integration::bin_dir().join("sluice-agent"))
+        .arg("--manifests")
+        .arg(work.path())
+        .arg("--bpffs")
+        .arg(vpc.bpffs[0].root())
+        .args(["--node-name", &vpc.node_name(0), "--once", "--cni-data-dir"])
+        .arg(vpc.data_dir.join("n0"))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("netns is gone"), "{log}");
+    let maps = vpc.maps(0).unwrap();
+    let left: Vec<IpAddr> = maps.endpoint_entries().unwrap().into_iter().map(|(ip, _)| ip).collect();
+    assert_eq!(left, vec![ips[1]], "only the live pod keeps its endpoint entry");
+    assert_eq!(vpc.pinned_links(0), vec!["gb:eth0".to_string()], "and its links");
+    assert_eq!(vpc.endpoints(0).len(), 2, "the plugin's records stay for its DEL");
+    for (name, p) in ["ga", "gb"].iter().zip(&pods) {
+        vpc.sluice(0, "DEL", name, *p, &conf).expect_ok("DEL");
+    }
+    assert!(vpc.endpoints(0).is_empty() && vpc.leases(0).is_empty());
+}

@@ -1,0 +1,96 @@
+//! Endpoints whose pod is gone without a CNI DEL (a runtime that crashed,
+//! a node that rebooted its runtime): the CNI plugin's endpoint records
+//! name each pod's network namespace; when that namespace no longer
+//! exists, the pod's datapath state goes: its endpoint map entries, its
+//! policy entry, its pinned links. The record itself and the address lease
+//! stay for the plugin (its DEL, or the runtime's CNI GC, releases them);
+//! a later DEL finds the datapath side already clean.
+
+use serde::Deserialize;
+use sluice_tc_datapath::maps::{Maps, MapsError};
+use sluice_tc_datapath::{attach, pin};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// The fields of the plugin's endpoint record this needs (the plugin's
+/// `Endpoint`, camelCase JSON).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Record {
+    container_id: String,
+    ifname: String,
+    netns: String,
+    ips: Vec<ipnetwork::IpNetwork>,
+}
+
+/// A pod cleaned up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collected {
+    pub container_id: String,
+    pub ifname: String,
+    pub ips: Vec<IpAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointGcError {
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error("unpinning the links of {0}: {1}")]
+    Links(String, Box<attach::AttachError>),
+}
+
+/// Every record under `<data_dir>/endpoints/<network>/`.
+fn records(data_dir: &Path) -> Vec<(PathBuf, Record)> {
+    let mut out = Vec::new();
+    let Ok(networks) = std::fs::read_dir(data_dir.join("endpoints")) else {
+        return out;
+    };
+    for net in networks.flatten() {
+        let Ok(files) = std::fs::read_dir(net.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let p = f.path();
+            if p.extension().is_some_and(|e| e == "json")
+                && let Some(r) = std::fs::read(&p).ok().and_then(|b| serde_json::from_slice(&b).ok())
+            {
+                out.push((p, r));
+            }
+        }
+    }
+    out
+}
+
+/// Clean the datapath state of pods whose netns is gone; `done` remembers
+/// the records already handled, so each is cleaned (and reported) once.
+pub fn collect(
+    data_dir: &Path,
+    versioned: &Path,
+    maps: &mut Maps,
+    done: &mut BTreeSet<PathBuf>,
+) -> Result<Vec<Collected>, EndpointGcError> {
+    let mut out = Vec::new();
+    let all = records(data_dir);
+    done.retain(|p| all.iter().any(|(q, _)| q == p));
+    for (path, r) in all {
+        if done.contains(&path) || r.netns.is_empty() || Path::new(&r.netns).exists() {
+            continue;
+        }
+        let id = pin::attachment_id(&r.container_id, &r.ifname);
+        for ip in &r.ips {
+            maps.remove_endpoint(ip.ip(), id)?;
+        }
+        maps.remove_endpoint_policy(id)?;
+        let key = pin::link_key(&r.container_id, &r.ifname);
+        attach::detach(versioned, None, &r.ifname, &key)
+            .map_err(|e| EndpointGcError::Links(key.clone(), Box::new(e)))?;
+        done.insert(path);
+        out.push(Collected {
+            container_id: r.container_id,
+            ifname: r.ifname,
+            ips: r.ips.iter().map(|n| n.ip()).collect(),
+        });
+    }
+    Ok(out)
+}
