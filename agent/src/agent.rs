@@ -27,6 +27,8 @@ pub struct Report {
     pub services: SyncStats,
     /// Backends in the maps after it.
     pub backends: usize,
+    /// NetworkPolicies in force (cluster-wide).
+    pub policies: usize,
     pub policy: ApplyStats,
     pub warnings: Vec<String>,
     pub took: Duration,
@@ -146,6 +148,7 @@ impl Agent {
         Ok(Report {
             services,
             backends: self.services.backends(),
+            policies: o.policies.len(),
             policy,
             warnings,
             took: started.elapsed(),

@@ -304,6 +304,7 @@ fn record(agent: &Agent, m: Option<&AgentMetrics>, r: &Report, seen: Option<Inst
     m.frontends.set(r.services.frontends as i64);
     m.backends.set(r.backends as i64);
     m.policy_endpoints.set(r.policy.endpoints as i64);
+    m.policies.set(r.policies as i64);
     if let Ok((n, cap)) = agent.endpoint_map() {
         m.map("endpoints", n, cap);
     }

@@ -29,6 +29,7 @@ pub struct AgentMetrics {
     pub frontends: Gauge,
     pub backends: Gauge,
     pub policy_endpoints: Gauge,
+    pub policies: Gauge,
     /// Map entries, and the map's size, by map (conntrack: as of the last
     /// collection pass).
     pub map_entries: Family<Vec<(&'static str, &'static str)>, Gauge>,
@@ -45,6 +46,7 @@ impl AgentMetrics {
             frontends: Gauge::default(),
             backends: Gauge::default(),
             policy_endpoints: Gauge::default(),
+            policies: Gauge::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
             gc_removed: Counter::default(),
@@ -128,6 +130,11 @@ pub fn registry(maps: Maps) -> (Registry, AgentMetrics) {
         "sluice_policy_endpoints",
         "Pods of this node some NetworkPolicy selects",
         m.policy_endpoints.clone(),
+    );
+    r.register(
+        "sluice_policies",
+        "NetworkPolicies in force in the cluster",
+        m.policies.clone(),
     );
     r.register("sluice_map_entries", "Entries in a datapath map", m.map_entries.clone());
     r.register(

@@ -290,6 +290,7 @@ fn agent_follows_manifests_and_survives_kill() {
         Some(4.0),
         "{body}"
     );
+    assert_eq!(sample(&body, "sluice_policies"), Some(0.0), "no policy yet\n{body}");
 
     // kill -9 during traffic: the datapath keeps working on its own (an
     // open connection and a client connecting all along); the restarted
