@@ -775,27 +775,34 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 	__u64 now = bpf_ktime_get_ns();
 	__u8 hp[16], nh[6];
 	int hairpin, have_nh = 0;
-	__u32 id;
+	__u32 id, keep = 0;
 
 	if (p->fragment)
 		return drop_reported(skb, p, DROP_FRAGMENT, DIR_EGRESS);
 	ct_key_of(&ck, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_SERVICE);
 	ct = bpf_map_lookup_elem(&sl_ct, &ck);
-	if (ct && ct->expires_ns > now && !ct_reopens(ct, p)) {
+	if (ct && ct->expires_ns > now) {
 		/* Chosen once per connection; a terminating backend keeps its flows. */
 		b = bpf_map_lookup_elem(&sl_backends, &ct->backend_id);
-		if (b) {
-			ct_touch(ct, p, 0, now);
-			if (ct->nh_ifindex == skb->ifindex) {
-				__builtin_memcpy(nh, ct->nh_mac, 6);
-				have_nh = 1;
-			}
+		if (b && ct->nh_ifindex == skb->ifindex) {
+			__builtin_memcpy(nh, ct->nh_mac, 6);
+			have_nh = 1;
 		}
+		/* A new connection on a reused port is a new connection: it keeps
+		 * the previous one's backend (and next hop) only while that backend
+		 * takes new connections, and is judged by policy again. */
+		if (b && ct_reopens(ct, p)) {
+			keep = b->state == BACKEND_ACTIVE ? ct->backend_id : 0;
+			have_nh = have_nh && keep;
+			b = 0;
+		}
+		if (b)
+			ct_touch(ct, p, 0, now);
 	}
 	if (!b) {
 		struct ct_key fk;
 
-		id = select_backend(svc, master, p, now);
+		id = keep ? keep : select_backend(svc, master, p, now);
 		if (!id)
 			return svc->flags & SVC_F_REJECT ? reject(skb, p, DROP_NO_BACKEND)
 							  : drop_reported(skb, p, DROP_NO_BACKEND, DIR_EGRESS);
@@ -811,6 +818,10 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 		nct.state = CT_NEW;
 		nct.flags = hairpin ? CT_F_HAIRPIN : 0;
 		nct.expires_ns = now + ct_timeout(p->proto, CT_NEW);
+		if (have_nh) {
+			__builtin_memcpy(nct.nh_mac, nh, 6);
+			nct.nh_ifindex = skb->ifindex;
+		}
 		bpf_map_update_elem(&sl_ct, &ck, &nct, BPF_ANY);
 		/* The flow as the backend sees it: a hairpinned one comes from
 		 * the hairpin address. */

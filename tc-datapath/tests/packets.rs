@@ -547,9 +547,10 @@ fn rewriting_a_service_writes_only_what_changed() {
 }
 
 /// A client that reuses a port: its SYN finds the previous connection's
-/// closing entry, which must not decide the new connection (its backend
-/// has since become terminating). A retransmitted SYN of a connection
-/// still opening keeps its backend.
+/// closing entry. The new connection keeps that backend while it takes new
+/// connections (as Cilium does: no new choice, no new next-hop lookup),
+/// and gets another once it is terminating. A retransmitted SYN of a
+/// connection still opening keeps its backend.
 #[test]
 fn a_syn_on_a_closed_connection_opens_a_new_one() {
     if !root("a_syn_on_a_closed_connection_opens_a_new_one") {
@@ -579,9 +580,33 @@ fn a_syn_on_a_closed_connection_opens_a_new_one() {
         .addrs()
         .1
     };
-    // Closed, then its backend terminating: the reused port goes elsewhere.
+    // Closed, its backend still active: the reused port keeps it, the
+    // entry starts over as a new connection's.
     let first = to_vip(&dp, 40000, SYN);
     to_vip(&dp, 40000, FIN_ACK);
+    for _ in 0..8 {
+        assert_eq!(to_vip(&dp, 40000, SYN), first, "an active backend is kept");
+        to_vip(&dp, 40000, FIN_ACK);
+    }
+    assert!(
+        dp.maps
+            .conntrack()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| k.kind != CT_SERVICE || v.state == CT_CLOSING),
+        "closed again"
+    );
+    to_vip(&dp, 40000, SYN);
+    assert!(
+        dp.maps
+            .conntrack()
+            .unwrap()
+            .iter()
+            .any(|(k, v)| k.kind == CT_SERVICE && v.state == CT_NEW),
+        "a reopened connection is new again"
+    );
+    to_vip(&dp, 40000, FIN_ACK);
+    // Closed, then its backend terminating: the reused port goes elsewhere.
     dp.maps.upsert_service(&spec(first != a, first != b)).unwrap();
     let other = if first == a { b } else { a };
     assert_eq!(to_vip(&dp, 40000, SYN), other, "a new connection on a reused port");
