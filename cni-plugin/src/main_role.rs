@@ -128,16 +128,21 @@ async fn add_steps(
         })?,
     };
 
+    // Created under a name of its own, renamed once in the pod: older
+    // kernels (Debian's 6.1, in the VM suite) check a new macvlan/ipvlan's
+    // name in its parent's namespace, where the parent is often `eth0`.
+    let tmp = creation_name(c.cid(), c.ifname());
     let announce = match lc {
         LinkConfig::Macvlan(m) => {
-            let msg = macvlan::create_request(m, host_link.index, c.ifname(), mtu, pod_ns.raw_fd());
+            let msg = macvlan::create_request(m, host_link.index, &tmp, mtu, pod_ns.raw_fd());
             host.add_link(msg, &format!("macvlan {} on {}", c.ifname(), host_link.name))
                 .await?;
+            rename_in_pod(pod, &tmp, c.ifname()).await?;
             undo.push(Undo::DeleteLink);
             true
         }
         LinkConfig::Ipvlan(i) => {
-            let msg = ipvlan::create_request(i, host_link.index, c.ifname(), mtu, pod_ns.raw_fd());
+            let msg = ipvlan::create_request(i, host_link.index, &tmp, mtu, pod_ns.raw_fd());
             host.add_link(msg, &format!("ipvlan {} on {}", c.ifname(), host_link.name))
                 .await
                 .map_err(|e| {
@@ -147,6 +152,7 @@ async fn add_steps(
                         e
                     }
                 })?;
+            rename_in_pod(pod, &tmp, c.ifname()).await?;
             undo.push(Undo::DeleteLink);
             ipvlan::announces(i)
         }
@@ -437,4 +443,26 @@ pub async fn status(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniErro
         }
     }
     c.ipam.status(req)
+}
+
+/// The name a pod's macvlan/ipvlan link is created under (15 bytes at most,
+/// one per attachment, never a name a node gives its own links).
+fn creation_name(container_id: &str, ifname: &str) -> String {
+    format!("sl{:08x}", sluice_tc_datapath::pin::attachment_id(container_id, ifname))
+}
+
+/// Give the new link in the pod its requested name; on failure it goes.
+async fn rename_in_pod(pod: &Netlink, tmp: &str, ifname: &str) -> Result<(), CniError> {
+    let link = pod.link_by_name(tmp).await?.ok_or_else(|| {
+        CniError::new(
+            ErrorCode::Netlink,
+            format!("{tmp} vanished from {} after creation", pod.label()),
+        )
+    })?;
+    let rename = rtnetlink::LinkUnspec::new_with_index(link.index).name(ifname).build();
+    if let Err(e) = pod.set_link(rename, &format!("rename {tmp} to {ifname}")).await {
+        let _ = pod.del_link(link.index, tmp).await;
+        return Err(e);
+    }
+    Ok(())
 }
