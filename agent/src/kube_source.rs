@@ -60,7 +60,12 @@ impl KubeStore {
             Event::InitDone => {
                 let listed = self.listing.remove(kind).unwrap_or_default();
                 let keep: BTreeSet<String> = listed.iter().map(|o| o.id().1).collect();
-                let gone: Vec<String> = self.keys(kind).into_iter().filter(|k| !keep.contains(k)).collect();
+                let gone: Vec<String> = self
+                    .objects
+                    .keys(kind)
+                    .into_iter()
+                    .filter(|k| !keep.contains(k))
+                    .collect();
                 for k in gone {
                     self.objects.remove(kind, &k);
                 }
@@ -70,19 +75,6 @@ impl KubeStore {
                 self.listed.insert(kind);
                 true
             }
-        }
-    }
-
-    fn keys(&self, kind: &str) -> Vec<String> {
-        let o = &self.objects;
-        match kind {
-            "Service" => o.services.keys().cloned().collect(),
-            "EndpointSlice" => o.slices.keys().cloned().collect(),
-            "NetworkPolicy" => o.policies.keys().cloned().collect(),
-            "Pod" => o.pods.keys().cloned().collect(),
-            "Namespace" => o.namespaces.keys().cloned().collect(),
-            "Node" => o.nodes.keys().cloned().collect(),
-            _ => Vec::new(),
         }
     }
 }

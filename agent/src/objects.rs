@@ -80,16 +80,19 @@ impl Objects {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.services.len()
-            + self.slices.len()
-            + self.policies.len()
-            + self.pods.len()
-            + self.namespaces.len()
-            + self.nodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// The keys of every object of `kind`.
+    pub fn keys(&self, kind: &str) -> Vec<String> {
+        fn of<T>(m: &BTreeMap<String, T>) -> Vec<String> {
+            m.keys().cloned().collect()
+        }
+        match kind {
+            "Service" => of(&self.services),
+            "EndpointSlice" => of(&self.slices),
+            "NetworkPolicy" => of(&self.policies),
+            "Pod" => of(&self.pods),
+            "Namespace" => of(&self.namespaces),
+            "Node" => of(&self.nodes),
+            _ => Vec::new(),
+        }
     }
 }

@@ -132,14 +132,14 @@ async fn add_steps(
     // kernels (Debian's 6.1, in the VM suite) check a new macvlan/ipvlan's
     // name in its parent's namespace, where the parent is often `eth0`.
     let tmp = creation_name(c.cid(), c.ifname());
-    let announce = match lc {
+    let (announce, link) = match lc {
         LinkConfig::Macvlan(m) => {
             let msg = macvlan::create_request(m, host_link.index, &tmp, mtu, pod_ns.raw_fd());
             host.add_link(msg, &format!("macvlan {} on {}", c.ifname(), host_link.name))
                 .await?;
-            rename_in_pod(pod, &tmp, c.ifname()).await?;
+            let link = rename_in_pod(pod, &tmp, c.ifname()).await?;
             undo.push(Undo::DeleteLink);
-            true
+            (true, link)
         }
         LinkConfig::Ipvlan(i) => {
             let msg = ipvlan::create_request(i, host_link.index, &tmp, mtu, pod_ns.raw_fd());
@@ -152,9 +152,9 @@ async fn add_steps(
                         e
                     }
                 })?;
-            rename_in_pod(pod, &tmp, c.ifname()).await?;
+            let link = rename_in_pod(pod, &tmp, c.ifname()).await?;
             undo.push(Undo::DeleteLink);
-            ipvlan::announces(i)
+            (ipvlan::announces(i), link)
         }
         LinkConfig::Eni(_) => {
             host.move_link(
@@ -167,23 +167,17 @@ async fn add_steps(
             undo.push(Undo::ReturnEni {
                 host_name: host_link.name.clone(),
             });
-            true
+            let link = pod_link(pod, c.ifname()).await?;
+            if link.mtu != mtu {
+                pod.set_link(
+                    rtnetlink::LinkUnspec::new_with_index(link.index).mtu(mtu).build(),
+                    "set ENI mtu",
+                )
+                .await?;
+            }
+            (true, link)
         }
     };
-
-    let link = pod.link_by_name(c.ifname()).await?.ok_or_else(|| {
-        CniError::new(
-            ErrorCode::Netlink,
-            format!("{} vanished from {} after creation", c.ifname(), pod.label()),
-        )
-    })?;
-    if matches!(lc, LinkConfig::Eni(_)) && link.mtu != mtu {
-        pod.set_link(
-            rtnetlink::LinkUnspec::new_with_index(link.index).mtu(mtu).build(),
-            "set ENI mtu",
-        )
-        .await?;
-    }
     let mut ep = Endpoint {
         network: c.cfg.name.clone(),
         container_id: c.cid().to_string(),
@@ -451,18 +445,25 @@ fn creation_name(container_id: &str, ifname: &str) -> String {
     format!("sl{:08x}", sluice_tc_datapath::pin::attachment_id(container_id, ifname))
 }
 
-/// Give the new link in the pod its requested name; on failure it goes.
-async fn rename_in_pod(pod: &Netlink, tmp: &str, ifname: &str) -> Result<(), CniError> {
-    let link = pod.link_by_name(tmp).await?.ok_or_else(|| {
+/// The link just made or moved into the pod.
+async fn pod_link(pod: &Netlink, name: &str) -> Result<Link, CniError> {
+    pod.link_by_name(name).await?.ok_or_else(|| {
         CniError::new(
             ErrorCode::Netlink,
-            format!("{tmp} vanished from {} after creation", pod.label()),
+            format!("{name} vanished from {} after creation", pod.label()),
         )
-    })?;
+    })
+}
+
+/// Give the new link in the pod its requested name (on failure it goes);
+/// returns it as it is now.
+async fn rename_in_pod(pod: &Netlink, tmp: &str, ifname: &str) -> Result<Link, CniError> {
+    let mut link = pod_link(pod, tmp).await?;
     let rename = rtnetlink::LinkUnspec::new_with_index(link.index).name(ifname).build();
     if let Err(e) = pod.set_link(rename, &format!("rename {tmp} to {ifname}")).await {
         let _ = pod.del_link(link.index, tmp).await;
         return Err(e);
     }
-    Ok(())
+    link.name = ifname.to_string();
+    Ok(link)
 }

@@ -84,6 +84,12 @@ fn ignore_missing(r: Result<(), MapError>, name: &'static str) -> Result<(), Map
     }
 }
 
+/// A removal's outcome: true when the entry was there.
+fn removed(r: Result<(), MapError>, name: &'static str) -> Result<bool, MapsError> {
+    let there = r.is_ok();
+    ignore_missing(r, name).map(|()| there)
+}
+
 /// The trie key of a CIDR: IPv4 v4-mapped, its length counted after the
 /// 96-bit mapping prefix.
 pub fn cidr_key(net: IpAddr, prefix: u8) -> Key<Addr> {
@@ -432,9 +438,7 @@ impl Maps {
     /// Remove a backend no Service uses any more (its connections, if
     /// any, end with it); false when it was not there.
     pub fn remove_backend(&mut self, id: u32) -> Result<bool, MapsError> {
-        let there = self.backends.get(&id, 0).is_ok();
-        ignore_missing(self.backends.remove(&id), "sl_backends")?;
-        Ok(there)
+        removed(self.backends.remove(&id), "sl_backends")
     }
 
     /// The VIP filter's counter for `vip` (what the tests check).
@@ -606,10 +610,7 @@ impl Maps {
 
     /// Remove one conntrack entry; false when it was not there.
     pub fn remove_conntrack(&mut self, k: &CtKey) -> Result<bool, MapsError> {
-        match self.ct.remove(k) {
-            Ok(()) => Ok(true),
-            Err(e) => ignore_missing(Err(e), "sl_ct").map(|()| false),
-        }
+        removed(self.ct.remove(k), "sl_ct")
     }
 
     /// Remove every conntrack entry; returns how many.
