@@ -11,6 +11,14 @@ use std::path::PathBuf;
 
 pub const POD_SUBNET: &str = "10.244.0.0/16";
 pub const VPC_GATEWAY: &str = "10.244.0.1";
+/// The VPC router's address on the node subnet, off the pod subnet: what a
+/// pod reaches through its default route ("the outside").
+pub const VPC_ROUTER: &str = "172.31.0.1";
+
+/// Node `i`'s own address on its uplink.
+pub fn node_ip(i: usize) -> String {
+    format!("172.31.0.{}", 11 + i)
+}
 
 pub struct Vpc {
     pub prefix: String,
@@ -30,7 +38,7 @@ impl Vpc {
         fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
         fabric.ip(&["link", "set", "br0", "up"])?;
         fabric.ip(&["addr", "add", &format!("{VPC_GATEWAY}/16"), "dev", "br0"])?;
-        fabric.ip(&["addr", "add", "172.31.0.1/16", "dev", "br0"])?;
+        fabric.ip(&["addr", "add", &format!("{VPC_ROUTER}/16"), "dev", "br0"])?;
         // The fabric is the VPC router: it forwards what is sent to the
         // gateway's MAC, even back into the same subnet, without redirects.
         for (key, value) in [
@@ -64,9 +72,23 @@ impl Vpc {
         ])?;
         self.fabric.ip(&["link", "set", &port, "master", "br0", "up"])?;
         node.ip(&["link", "set", "eth0", "up"])?;
-        node.ip(&["addr", "add", &format!("172.31.0.{}/16", 11 + i), "dev", "eth0"])?;
+        node.ip(&["addr", "add", &format!("{}/16", node_ip(i)), "dev", "eth0"])?;
         self.nodes.push(node);
         self.bpffs.push(Bpffs::new(&format!("n{i}"))?);
+        Ok(())
+    }
+
+    /// The routes a VPC route table holds for routed pod networking (ipvlan
+    /// L3, whose pod addresses answer no ARP, so the fabric cannot find them
+    /// by neighbour discovery): each node's share of the pod subnet via the
+    /// node, and each node's default route via the VPC router, which the
+    /// parent's routing takes for what leaves its L3 pods.
+    pub fn route_pod_ranges(&self) -> Result<()> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            node.ip(&["route", "add", "default", "via", VPC_ROUTER, "dev", "eth0"])?;
+            self.fabric
+                .ip(&["route", "add", &format!("10.244.{}.0/24", i + 1), "via", &node_ip(i)])?;
+        }
         Ok(())
     }
 

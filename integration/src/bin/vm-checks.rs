@@ -5,9 +5,15 @@
 //! into the run's result.
 
 use anyhow::{Context, Result, bail, ensure};
+use sluice_integration::datapath::tc_filters;
 use sluice_integration::netns::Netns;
+use sluice_integration::probe::{EchoServer, Session, StreamEcho, tcp_request};
+use sluice_integration::vpc::{VPC_ROUTER, Vpc, result_ip};
 use sluice_tc_datapath::attach::{AttachMode, Attached, Node};
+use sluice_tc_datapath::layout::{Direction, EpPolicyValue, POLICY_F_INGRESS, PROTO_TCP, Reason, SVC_ALG_RANDOM};
 use sluice_tc_datapath::loader::{self, DatapathConfig};
+use sluice_tc_datapath::maps::ServiceSpec;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::Path;
 
@@ -59,36 +65,52 @@ fn clsact_fallback() -> Result<String> {
     Ok("auto attached clsact filters (no tcx on this kernel)".into())
 }
 
-/// Pods through the real CNI binary in the given link mode on one node of
-/// the simulated VPC: two servers and a client; TCP pod to pod, then a
-/// Service over the two servers called from the client (DNAT at its egress,
-/// reverse NAT at its ingress), then an ingress policy on one server
-/// isolating it with no rule: the client's call to it is dropped and
-/// counted; DEL leaves no lease.
-fn pods(kind: &str, mode: &str) -> Result<String> {
-    use sluice_integration::probe::{EchoServer, tcp_request};
-    use sluice_integration::vpc::{Vpc, result_ip};
-    use sluice_tc_datapath::layout::{Direction, EpPolicyValue, POLICY_F_INGRESS, PROTO_TCP, Reason, SVC_ALG_RANDOM};
-    use sluice_tc_datapath::maps::ServiceSpec;
-    use std::net::{IpAddr, SocketAddr};
-
-    let mut vpc = Vpc::new("vm", 1)?;
-    let mut conf = vpc.main_conf(0, "1.1.0");
+/// The main-role config of node `node` with the pod link `kind`/`mode`.
+fn link_conf(vpc: &Vpc, node: usize, kind: &str, mode: &str) -> serde_json::Value {
+    let mut conf = vpc.main_conf(node, "1.1.0");
     conf["link"] = serde_json::json!({"kind": kind, "parent": "eth0", "mode": mode});
-    let mut pods = Vec::new();
-    for name in ["s1", "s2", "c"] {
-        let p = vpc.pod(name)?;
-        let out = vpc.sluice(0, "ADD", name, p, &conf);
-        ensure!(out.success, "ADD {name}: {}", out.stdout);
-        pods.push((name, p, result_ip(&out.json()).parse::<IpAddr>()?));
+    conf
+}
+
+/// ADD pod `name` on node `node`; its address.
+fn add(vpc: &mut Vpc, node: usize, name: &str, conf: &serde_json::Value) -> Result<(usize, IpAddr)> {
+    let p = vpc.pod(name)?;
+    let out = vpc.sluice(node, "ADD", name, p, conf);
+    ensure!(out.success, "ADD {name}: {}", out.stdout);
+    Ok((p, result_ip(&out.json()).parse()?))
+}
+
+/// Pods through the real CNI binary in the given link mode on two nodes of
+/// the simulated VPC: two servers and a client on node 0's ENI, one server
+/// on node 1's. TCP from the client to a pod on the same parent, to the pod
+/// on the other node and to the VPC router (off the pod subnet, through the
+/// default route); a Service over the three servers (DNAT at the client's
+/// egress, reverse NAT at its ingress); an ingress policy isolating one
+/// server with no rule: the client's call is dropped and counted; CHECK
+/// passes on every pod; DEL leaves no lease on either node.
+fn pods(kind: &str, mode: &str) -> Result<String> {
+    let mut vpc = Vpc::new("vm", 2)?;
+    if mode == "l3" {
+        vpc.route_pod_ranges()?;
     }
-    let _servers: Vec<EchoServer> = pods[..2]
+    let confs = [link_conf(&vpc, 0, kind, mode), link_conf(&vpc, 1, kind, mode)];
+    let mut pods = Vec::new();
+    for (node, name) in [(0, "s1"), (0, "s2"), (1, "far"), (0, "c")] {
+        let (p, ip) = add(&mut vpc, node, name, &confs[node])?;
+        pods.push((node, name, p, ip));
+    }
+    let _servers: Vec<EchoServer> = pods[..3]
         .iter()
-        .map(|(name, p, _)| EchoServer::start(&vpc.pods[*p], 8080, name))
+        .map(|(_, name, p, _)| EchoServer::start(&vpc.pods[*p], 8080, name))
         .collect::<Result<_>>()?;
-    let client = &vpc.pods[pods[2].1];
-    let direct = tcp_request(client, SocketAddr::new(pods[0].2, 8080), "hi")?;
-    ensure!(direct == "s1:hi", "pod to pod: {direct:?}");
+    let _outside = EchoServer::start(&vpc.fabric, 8080, "vpc")?;
+    let client = &vpc.pods[pods[3].2];
+    let router: IpAddr = VPC_ROUTER.parse()?;
+    for (to, tag) in [(pods[0].3, "s1"), (pods[2].3, "far"), (router, "vpc")] {
+        let reply =
+            tcp_request(client, SocketAddr::new(to, 8080), "hi").with_context(|| format!("c -> {tag} ({to})"))?;
+        ensure!(reply == format!("{tag}:hi"), "c -> {tag}: {reply:?}");
+    }
     let mut maps = vpc.maps(0)?;
     let vip: IpAddr = "10.96.0.10".parse()?;
     maps.upsert_service(&ServiceSpec {
@@ -99,18 +121,23 @@ fn pods(kind: &str, mode: &str) -> Result<String> {
         algorithm: SVC_ALG_RANDOM,
         affinity_timeout_secs: 0,
         reject: false,
-        backends: vec![(1, pods[0].2, 8080, true), (2, pods[1].2, 8080, true)],
+        backends: (0..3).map(|i| (i as u32 + 1, pods[i].3, 8080, true)).collect(),
     })?;
+    // Random choice: ask until all three have answered (64 tries miss one
+    // of three with odds of about 1e-11).
     let mut seen = std::collections::BTreeSet::new();
-    for i in 0..16 {
+    for i in 0..64 {
         let r = tcp_request(client, SocketAddr::new(vip, 80), &format!("r{i}"))?;
         seen.insert(r.split(':').next().unwrap_or("").to_string());
+        if seen.len() == 3 {
+            break;
+        }
     }
-    ensure!(seen.len() == 2, "the Service reached {seen:?}");
+    ensure!(seen.len() == 3, "the Service reached only {seen:?}");
     let ep = maps
         .endpoint_entries()?
         .into_iter()
-        .find(|(ip, _)| *ip == pods[1].2)
+        .find(|(ip, _)| *ip == pods[1].3)
         .map(|(_, v)| v.endpoint_id)
         .context("s2's endpoint entry")?;
     maps.set_endpoint_policy(
@@ -122,20 +149,117 @@ fn pods(kind: &str, mode: &str) -> Result<String> {
         },
     )?;
     let dropped0 = maps.count(Reason::DropPolicy, Direction::Ingress)?;
-    let denied = tcp_request(client, SocketAddr::new(pods[1].2, 8080), "no");
+    let denied = tcp_request(client, SocketAddr::new(pods[1].3, 8080), "no");
     ensure!(denied.is_err(), "an isolated pod answered: {denied:?}");
     ensure!(
         maps.count(Reason::DropPolicy, Direction::Ingress)? > dropped0,
         "the drop was not counted as drop-policy"
     );
-    for (name, p, _) in &pods {
-        let out = vpc.sluice(0, "DEL", name, *p, &conf);
+    for verb in ["CHECK", "DEL"] {
+        for (node, name, p, _) in &pods {
+            let out = vpc.sluice(*node, verb, name, *p, &confs[*node]);
+            ensure!(out.success, "{verb} {name}: {}", out.stdout);
+        }
+    }
+    for node in 0..2 {
+        ensure!(
+            vpc.leases(node).is_empty(),
+            "leases left on node {node}: {:?}",
+            vpc.leases(node)
+        );
+    }
+    Ok(format!(
+        "{kind} {mode}: pod to pod on one ENI, across nodes and to the VPC router; a Service over 3 backends (all answered); a policy drop counted; CHECK passes; DEL clean"
+    ))
+}
+
+/// The ids of the programs in `ns`'s `side` filters of eth0.
+fn filter_ids(ns: &Netns, side: &str) -> Result<Vec<u32>> {
+    let text = tc_filters(ns, "eth0", side)?;
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == "id")
+        .map(|w| w[1].parse().with_context(|| format!("tc filter id in {text}")))
+        .collect()
+}
+
+/// The clsact path's whole life where there is no tcx, through the CNI
+/// binary on ipvlan pods: ADD attaches filters (auto, by probing); a new
+/// program version (another configuration) moves the running pods' filters
+/// onto its programs in place while a TCP connection through a VIP carries
+/// on; CHECK passes on the new version and catches a removed filter; DEL
+/// leaves no filter, pin or lease.
+fn clsact_upgrade() -> Result<String> {
+    let mut vpc = Vpc::new("vmup", 1)?;
+    let conf = link_conf(&vpc, 0, "ipvlan", "l2");
+    let (a, _) = add(&mut vpc, 0, "a", &conf)?;
+    let (b, ip_b) = add(&mut vpc, 0, "b", &conf)?;
+    ensure!(
+        vpc.pinned_links(0).is_empty(),
+        "tc mode pins no links: {:?}",
+        vpc.pinned_links(0)
+    );
+    let mut maps = vpc.maps(0)?;
+    maps.upsert_service(&ServiceSpec {
+        vip: "10.96.0.10".parse()?,
+        port: 80,
+        proto: PROTO_TCP,
+        rev_nat_id: 1,
+        algorithm: SVC_ALG_RANDOM,
+        affinity_timeout_secs: 0,
+        reject: false,
+        backends: vec![(1, ip_b, 7100, true)],
+    })?;
+    let _stream = StreamEcho::start(&vpc.pods[b], 7100, "b")?;
+    let mut session = Session::open(&vpc.pods[a], "10.96.0.10:80".parse()?)?;
+    ensure!(session.ask("one")? == "b:one", "the VIP session");
+    let before = [
+        filter_ids(&vpc.pods[a], "egress")?,
+        filter_ids(&vpc.pods[a], "ingress")?,
+    ];
+    ensure!(
+        before.iter().all(|ids| ids.len() == 1),
+        "one sluice filter on each side of a's eth0: {before:?}"
+    );
+    let old = vpc.program_versions(0);
+
+    let mut conf2 = conf.clone();
+    conf2["datapath"]["ctTimeouts"] = serde_json::json!({"udp": 30});
+    let (c, _) = add(&mut vpc, 0, "c", &conf2)?;
+    let new = vpc.program_versions(0);
+    ensure!(new.len() == 1 && new != old, "versions {old:?} -> {new:?}");
+    for (p, name) in [(a, "a"), (b, "b")] {
+        for (i, side) in ["egress", "ingress"].into_iter().enumerate() {
+            let ids = filter_ids(&vpc.pods[p], side)?;
+            ensure!(
+                ids.len() == 1 && ids != before[i],
+                "{name} {side} runs {ids:?} after the upgrade (a ran {:?})",
+                before[i]
+            );
+        }
+    }
+    ensure!(session.ask("two")? == "b:two", "the VIP session after the upgrade");
+    for (p, name) in [(a, "a"), (b, "b"), (c, "c")] {
+        let out = vpc.sluice(0, "CHECK", name, p, &conf2);
+        ensure!(out.success, "CHECK {name} on the new version: {}", out.stdout);
+    }
+    vpc.pods[a].exec("tc", &["filter", "del", "dev", "eth0", "ingress"])?;
+    let out = vpc.sluice(0, "CHECK", "a", a, &conf2);
+    ensure!(
+        out.error_code() == 103,
+        "CHECK after the filter was removed: {}",
+        out.stdout
+    );
+    drop(session);
+    for (p, name) in [(a, "a"), (b, "b"), (c, "c")] {
+        let out = vpc.sluice(0, "DEL", name, p, &conf2);
         ensure!(out.success, "DEL {name}: {}", out.stdout);
+        ensure!(vpc.pods[p].link_names()? == ["lo"], "{name} keeps links after DEL");
     }
     ensure!(vpc.leases(0).is_empty(), "leases left: {:?}", vpc.leases(0));
-    Ok(format!(
-        "{kind} {mode}: pod to pod, a Service over 2 backends (both answered), a policy drop counted, DEL clean"
-    ))
+    ensure!(vpc.endpoints(0).is_empty(), "endpoint records left");
+    Ok("ipvlan l2, clsact: upgrade moved both pods' filters in place, the VIP connection carried on, CHECK passes and catches a removed filter, DEL clean".into())
 }
 
 /// netfilter is not in the path: its conntrack was never even loaded.
@@ -153,13 +277,14 @@ fn netfilter_untouched() -> Result<String> {
 type Check = fn() -> Result<String>;
 
 fn main() {
-    let checks: [(&str, Check); 7] = [
+    let checks: [(&str, Check); 8] = [
         ("ipvlan-module", ipvlan_module),
         ("datapath-verifies", datapath_loads),
         ("attach-auto-is-clsact", clsact_fallback),
         ("ipvlan-l2-pods-service-policy", || pods("ipvlan", "l2")),
         ("ipvlan-l3-pods-service-policy", || pods("ipvlan", "l3")),
         ("macvlan-pods-service-policy", || pods("macvlan", "bridge")),
+        ("clsact-upgrade-check-del", clsact_upgrade),
         ("netfilter-untouched", netfilter_untouched),
     ];
     let (mut passed, mut failed) = (0, 0);
