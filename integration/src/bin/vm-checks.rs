@@ -5,7 +5,7 @@
 //! into the run's result.
 
 use anyhow::{Context, Result, bail, ensure};
-use sluice_integration::datapath::tc_filters;
+use sluice_integration::datapath::{programs_on, tc_filters};
 use sluice_integration::netns::Netns;
 use sluice_integration::probe::{EchoServer, Session, StreamEcho, tcp_request};
 use sluice_integration::vpc::{VPC_ROUTER, Vpc, result_ip};
@@ -13,6 +13,7 @@ use sluice_tc_datapath::attach::{AttachMode, Attached, Node};
 use sluice_tc_datapath::layout::{Direction, EpPolicyValue, POLICY_F_INGRESS, PROTO_TCP, Reason, SVC_ALG_RANDOM};
 use sluice_tc_datapath::loader::{self, DatapathConfig};
 use sluice_tc_datapath::maps::ServiceSpec;
+use sluice_tc_datapath::pin::link_key;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -46,23 +47,41 @@ fn datapath_loads() -> Result<String> {
     Ok(format!("both programs verified on {}", kernel()))
 }
 
-/// `auto` finds no tcx here and attaches clsact filters, by probing.
-fn clsact_fallback() -> Result<String> {
+/// `auto` picks what the kernel has, by probing: TCX programs where it has
+/// tcx, clsact filters where it has not; never both.
+fn attach_auto(expect: Attached) -> Result<String> {
     let ns = Netns::new("vmtc")?;
-    ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"])?;
-    ns.ip(&["link", "set", "v0", "up"])?;
+    ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "v1"])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
     std::fs::create_dir_all("/sys/fs/bpf/vmcheck").context("bpffs")?;
     let root = Path::new("/sys/fs/bpf/vmcheck");
     let mut node = Node::open(&DatapathConfig::default(), root).context("loading and pinning")?;
     let f = std::fs::File::open(ns.path())?;
-    let how = node.attach(f.as_fd(), "v0", "vm:v0", AttachMode::Auto)?;
-    if how != Attached::Tc {
+    let how = node.attach(f.as_fd(), "eth0", "vm:eth0", AttachMode::Auto)?;
+    if how != expect {
         bail!("auto chose {} on {}", how.as_str(), kernel());
     }
-    let filters = ns.exec("tc", &["filter", "show", "dev", "v0", "ingress"])?;
-    let text = String::from_utf8_lossy(&filters.stdout);
-    ensure!(text.contains("sl_ingress"), "no sluice filter on v0 ingress: {text}");
-    Ok("auto attached clsact filters (no tcx on this kernel)".into())
+    let (egress, ingress) = node.program_ids()?;
+    let ids = running(&ns, how)?;
+    ensure!(
+        ids == [vec![egress], vec![ingress]],
+        "eth0 runs {ids:?}, expected only sluice's [{egress}], [{ingress}]"
+    );
+    if how == Attached::Tcx {
+        ensure!(
+            filter_ids(&ns, "egress")?.is_empty() && filter_ids(&ns, "ingress")?.is_empty(),
+            "tc filters besides the TCX programs"
+        );
+    }
+    Ok(format!(
+        "auto attached {} on {} (by probing)",
+        if how == Attached::Tcx {
+            "TCX programs"
+        } else {
+            "clsact filters"
+        },
+        kernel()
+    ))
 }
 
 /// The main-role config of node `node` with the pod link `kind`/`mode`.
@@ -184,20 +203,39 @@ fn filter_ids(ns: &Netns, side: &str) -> Result<Vec<u32>> {
         .collect()
 }
 
-/// The clsact path's whole life where there is no tcx, through the CNI
-/// binary on ipvlan pods: ADD attaches filters (auto, by probing); a new
-/// program version (another configuration) moves the running pods' filters
-/// onto its programs in place while a TCP connection through a VIP carries
-/// on; CHECK passes on the new version and catches a removed filter; DEL
-/// leaves no filter, pin or lease.
-fn clsact_upgrade() -> Result<String> {
+/// The ids of the programs on `ns`'s eth0, [egress, ingress]: its tc
+/// filters' programs or its TCX programs.
+fn running(ns: &Netns, how: Attached) -> Result<[Vec<u32>; 2]> {
+    Ok(match how {
+        Attached::Tc => [filter_ids(ns, "egress")?, filter_ids(ns, "ingress")?],
+        Attached::Tcx => {
+            let (egress, ingress) = programs_on(ns, "eth0")?;
+            [
+                egress.iter().map(|p| p.0).collect(),
+                ingress.iter().map(|p| p.0).collect(),
+            ]
+        }
+    })
+}
+
+/// The attach path's whole life on this kernel (TCX links or clsact
+/// filters, as `auto` finds them), through the CNI binary on ipvlan pods: ADD
+/// attaches; a new program version (another configuration) moves the
+/// running pods onto its programs in place (link update or filter replace)
+/// while a TCP connection through a VIP carries on; CHECK passes on the new
+/// version and catches a detached program; DEL leaves no program, pin or
+/// lease.
+fn upgrade(expect: Attached) -> Result<String> {
     let mut vpc = Vpc::new("vmup", 1)?;
     let conf = link_conf(&vpc, 0, "ipvlan", "l2");
     let (a, _) = add(&mut vpc, 0, "a", &conf)?;
     let (b, ip_b) = add(&mut vpc, 0, "b", &conf)?;
+    // TCX links are pinned per attachment; clsact filters live on the device.
+    let pinned = if expect == Attached::Tcx { 2 } else { 0 };
     ensure!(
-        vpc.pinned_links(0).is_empty(),
-        "tc mode pins no links: {:?}",
+        vpc.pinned_links(0).len() == pinned,
+        "{} mode pins {pinned} attachments: {:?}",
+        expect.as_str(),
         vpc.pinned_links(0)
     );
     let mut maps = vpc.maps(0)?;
@@ -214,13 +252,10 @@ fn clsact_upgrade() -> Result<String> {
     let _stream = StreamEcho::start(&vpc.pods[b], 7100, "b")?;
     let mut session = Session::open(&vpc.pods[a], "10.96.0.10:80".parse()?)?;
     ensure!(session.ask("one")? == "b:one", "the VIP session");
-    let before = [
-        filter_ids(&vpc.pods[a], "egress")?,
-        filter_ids(&vpc.pods[a], "ingress")?,
-    ];
+    let before = running(&vpc.pods[a], expect)?;
     ensure!(
         before.iter().all(|ids| ids.len() == 1),
-        "one sluice filter on each side of a's eth0: {before:?}"
+        "one sluice program on each side of a's eth0: {before:?}"
     );
     let old = vpc.program_versions(0);
 
@@ -230,11 +265,12 @@ fn clsact_upgrade() -> Result<String> {
     let new = vpc.program_versions(0);
     ensure!(new.len() == 1 && new != old, "versions {old:?} -> {new:?}");
     for (p, name) in [(a, "a"), (b, "b")] {
+        let after = running(&vpc.pods[p], expect)?;
         for (i, side) in ["egress", "ingress"].into_iter().enumerate() {
-            let ids = filter_ids(&vpc.pods[p], side)?;
             ensure!(
-                ids.len() == 1 && ids != before[i],
-                "{name} {side} runs {ids:?} after the upgrade (a ran {:?})",
+                after[i].len() == 1 && after[i] != before[i],
+                "{name} {side} runs {:?} after the upgrade (a ran {:?})",
+                after[i],
                 before[i]
             );
         }
@@ -244,11 +280,29 @@ fn clsact_upgrade() -> Result<String> {
         let out = vpc.sluice(0, "CHECK", name, p, &conf2);
         ensure!(out.success, "CHECK {name} on the new version: {}", out.stdout);
     }
-    vpc.pods[a].exec("tc", &["filter", "del", "dev", "eth0", "ingress"])?;
+    // Detach a's ingress program behind sluice's back.
+    match expect {
+        Attached::Tc => {
+            vpc.pods[a].exec("tc", &["filter", "del", "dev", "eth0", "ingress"])?;
+        }
+        Attached::Tcx => {
+            // The pin holds the only reference: unpinning detaches the link.
+            let pin = vpc
+                .datapath_dir(0)
+                .join("links")
+                .join(link_key("a", "eth0"))
+                .join("ingress");
+            std::fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
+        }
+    }
+    ensure!(
+        running(&vpc.pods[a], expect)?[1].is_empty(),
+        "a's ingress still runs a program"
+    );
     let out = vpc.sluice(0, "CHECK", "a", a, &conf2);
     ensure!(
         out.error_code() == 103,
-        "CHECK after the filter was removed: {}",
+        "CHECK after the ingress program was detached: {}",
         out.stdout
     );
     drop(session);
@@ -259,7 +313,11 @@ fn clsact_upgrade() -> Result<String> {
     }
     ensure!(vpc.leases(0).is_empty(), "leases left: {:?}", vpc.leases(0));
     ensure!(vpc.endpoints(0).is_empty(), "endpoint records left");
-    Ok("ipvlan l2, clsact: upgrade moved both pods' filters in place, the VIP connection carried on, CHECK passes and catches a removed filter, DEL clean".into())
+    ensure!(vpc.pinned_links(0).is_empty(), "pins left: {:?}", vpc.pinned_links(0));
+    Ok(format!(
+        "ipvlan l2, {}: the upgrade moved both pods in place, the VIP connection carried on, CHECK passes and catches a detached program, DEL clean",
+        expect.as_str()
+    ))
 }
 
 /// netfilter is not in the path: its conntrack was never even loaded.
@@ -274,18 +332,49 @@ fn netfilter_untouched() -> Result<String> {
 }
 
 /// A check: what it showed, or why it failed.
-type Check = fn() -> Result<String>;
+type Check = Box<dyn Fn() -> Result<String>>;
+
+/// `--expect-attach tc|tcx`: what the harness read in the kernel's build
+/// config (the datapath itself probes).
+fn expected_attach() -> Result<Attached> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--expect-attach") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| Attached::parse(v))
+            .context("--expect-attach takes tc or tcx"),
+        None => bail!("usage: vm-checks --expect-attach tc|tcx"),
+    }
+}
 
 fn main() {
-    let checks: [(&str, Check); 8] = [
-        ("ipvlan-module", ipvlan_module),
-        ("datapath-verifies", datapath_loads),
-        ("attach-auto-is-clsact", clsact_fallback),
-        ("ipvlan-l2-pods-service-policy", || pods("ipvlan", "l2")),
-        ("ipvlan-l3-pods-service-policy", || pods("ipvlan", "l3")),
-        ("macvlan-pods-service-policy", || pods("macvlan", "bridge")),
-        ("clsact-upgrade-check-del", clsact_upgrade),
-        ("netfilter-untouched", netfilter_untouched),
+    let expect = match expected_attach() {
+        Ok(a) => a,
+        Err(e) => {
+            println!("CHECK arguments FAIL {e:#}");
+            println!("SUMMARY 0 passed, 1 failed");
+            return;
+        }
+    };
+    let how = expect.as_str();
+    let checks: Vec<(String, Check)> = vec![
+        ("ipvlan-module".into(), Box::new(ipvlan_module)),
+        ("datapath-verifies".into(), Box::new(datapath_loads)),
+        (format!("attach-auto-is-{how}"), Box::new(move || attach_auto(expect))),
+        (
+            "ipvlan-l2-pods-service-policy".into(),
+            Box::new(|| pods("ipvlan", "l2")),
+        ),
+        (
+            "ipvlan-l3-pods-service-policy".into(),
+            Box::new(|| pods("ipvlan", "l3")),
+        ),
+        (
+            "macvlan-pods-service-policy".into(),
+            Box::new(|| pods("macvlan", "bridge")),
+        ),
+        (format!("upgrade-check-del-{how}"), Box::new(move || upgrade(expect))),
+        ("netfilter-untouched".into(), Box::new(netfilter_untouched)),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, check) in checks {
