@@ -9,7 +9,7 @@ use sluice_integration::datapath::{programs_on, tc_filters};
 use sluice_integration::netns::Netns;
 use sluice_integration::probe::{EchoServer, Session, StreamEcho, tcp_request};
 use sluice_integration::vpc::{VPC_ROUTER, Vpc, result_ip};
-use sluice_tc_datapath::attach::{AttachMode, Attached, Node};
+use sluice_tc_datapath::attach::{self, AttachMode, Attached, Node};
 use sluice_tc_datapath::layout::{Direction, EpPolicyValue, POLICY_F_INGRESS, PROTO_TCP, Reason, SVC_ALG_RANDOM};
 use sluice_tc_datapath::loader::{self, DatapathConfig};
 use sluice_tc_datapath::maps::ServiceSpec;
@@ -48,7 +48,8 @@ fn datapath_loads() -> Result<String> {
 }
 
 /// `auto` picks what the kernel has, by probing: TCX programs where it has
-/// tcx, clsact filters where it has not; never both.
+/// tcx, clsact filters where it has not; never both. Detach removes them
+/// from an interface that stays (the chained role's DEL).
 fn attach_auto(expect: Attached) -> Result<String> {
     let ns = Netns::new("vmtc")?;
     ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "v1"])?;
@@ -73,8 +74,18 @@ fn attach_auto(expect: Attached) -> Result<String> {
             "tc filters besides the TCX programs"
         );
     }
+    node.check(f.as_fd(), "eth0", "vm:eth0", how)
+        .map_err(|e| anyhow::anyhow!("check right after attach: {e}"))?;
+    // As a chained plugin's DEL does: the interface stays, our programs go.
+    attach::detach(node.dir(), Some(f.as_fd()), "eth0", "vm:eth0")?;
+    let left = running(&ns, how)?;
+    ensure!(left.iter().all(Vec::is_empty), "after detach eth0 still runs {left:?}");
+    ensure!(
+        ns.link_names()?.contains(&"eth0".to_string()),
+        "detach took eth0 with it"
+    );
     Ok(format!(
-        "auto attached {} on {} (by probing)",
+        "auto attached {} on {} (by probing), detached leaving the interface",
         if how == Attached::Tcx {
             "TCX programs"
         } else {
@@ -360,7 +371,10 @@ fn main() {
     let checks: Vec<(String, Check)> = vec![
         ("ipvlan-module".into(), Box::new(ipvlan_module)),
         ("datapath-verifies".into(), Box::new(datapath_loads)),
-        (format!("attach-auto-is-{how}"), Box::new(move || attach_auto(expect))),
+        (
+            format!("attach-auto-is-{how}-detach"),
+            Box::new(move || attach_auto(expect)),
+        ),
         (
             "ipvlan-l2-pods-service-policy".into(),
             Box::new(|| pods("ipvlan", "l2")),
