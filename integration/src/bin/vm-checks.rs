@@ -7,10 +7,12 @@
 use anyhow::{Context, Result, bail, ensure};
 use sluice_integration::datapath::{programs_on, tc_filters};
 use sluice_integration::netns::Netns;
-use sluice_integration::probe::{EchoServer, Session, StreamEcho, tcp_request};
+use sluice_integration::probe::{EchoServer, Session, StreamEcho, tcp_request, udp_request};
 use sluice_integration::vpc::{VPC_ROUTER, Vpc, result_ip};
 use sluice_tc_datapath::attach::{self, AttachMode, Attached, Node};
-use sluice_tc_datapath::layout::{Direction, EpPolicyValue, POLICY_F_INGRESS, PROTO_TCP, Reason, SVC_ALG_RANDOM};
+use sluice_tc_datapath::layout::{
+    Direction, EpPolicyValue, POLICY_F_INGRESS, PROTO_TCP, PROTO_UDP, Reason, SVC_ALG_RANDOM,
+};
 use sluice_tc_datapath::loader::{self, DatapathConfig};
 use sluice_tc_datapath::maps::ServiceSpec;
 use sluice_tc_datapath::pin::link_key;
@@ -164,6 +166,23 @@ fn pods(kind: &str, mode: &str) -> Result<String> {
         }
     }
     ensure!(seen.len() == 3, "the Service reached only {seen:?}");
+    // The same backends over UDP (no connection: conntrack alone carries
+    // the reverse NAT).
+    maps.upsert_service(&ServiceSpec {
+        vip,
+        port: 53,
+        proto: PROTO_UDP,
+        rev_nat_id: 2,
+        algorithm: SVC_ALG_RANDOM,
+        affinity_timeout_secs: 0,
+        reject: false,
+        backends: (0..3).map(|i| (i as u32 + 4, pods[i].3, 8080, true)).collect(),
+    })?;
+    let reply = udp_request(client, SocketAddr::new(vip, 53), "dgram")?;
+    ensure!(
+        ["s1:dgram", "s2:dgram", "far:dgram"].contains(&reply.as_str()),
+        "UDP through the VIP: {reply:?}"
+    );
     let ep = maps
         .endpoint_entries()?
         .into_iter()
@@ -199,7 +218,7 @@ fn pods(kind: &str, mode: &str) -> Result<String> {
         );
     }
     Ok(format!(
-        "{kind} {mode}: pod to pod on one ENI, across nodes and to the VPC router; a Service over 3 backends (all answered); a policy drop counted; CHECK passes; DEL clean"
+        "{kind} {mode}: pod to pod on one ENI, across nodes and to the VPC router; a TCP Service over 3 backends (all answered) and a UDP one; a policy drop counted; CHECK passes; DEL clean"
     ))
 }
 
