@@ -62,6 +62,15 @@ fn records(data_dir: &Path) -> Vec<(PathBuf, Record)> {
     out
 }
 
+/// Whether the netns a record names is known to be gone: its directory is
+/// visible (an agent in a container without the host's `/run/netns`, or a
+/// `/proc/<pid>/ns/net` of another PID namespace, cannot judge, and must
+/// not take every pod for gone) and the file is not in it.
+fn netns_gone(netns: &str) -> bool {
+    let p = Path::new(netns);
+    !netns.is_empty() && p.parent().is_some_and(Path::is_dir) && !p.exists()
+}
+
 /// Clean the datapath state of pods whose netns is gone; `done` remembers
 /// the records already handled, so each is cleaned (and reported) once.
 pub fn collect(
@@ -74,7 +83,7 @@ pub fn collect(
     let all = records(data_dir);
     done.retain(|p| all.iter().any(|(q, _)| q == p));
     for (path, r) in all {
-        if done.contains(&path) || r.netns.is_empty() || Path::new(&r.netns).exists() {
+        if done.contains(&path) || !netns_gone(&r.netns) {
             continue;
         }
         let id = pin::attachment_id(&r.container_id, &r.ifname);
@@ -93,4 +102,24 @@ pub fn collect(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::netns_gone;
+
+    #[test]
+    fn only_a_missing_file_in_a_visible_directory_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("cni-live");
+        std::fs::write(&live, "").unwrap();
+        assert!(!netns_gone(live.to_str().unwrap()), "present");
+        assert!(netns_gone(dir.path().join("cni-gone").to_str().unwrap()), "gone");
+        let unseen = dir.path().join("not-mounted/cni-x");
+        assert!(
+            !netns_gone(unseen.to_str().unwrap()),
+            "directory not visible: no judgement"
+        );
+        assert!(!netns_gone(""), "no netns recorded");
+    }
 }

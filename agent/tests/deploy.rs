@@ -86,6 +86,15 @@ fn the_daemonset_installs_then_runs_the_agent() {
         "the flow socket, for sluicectl on the host"
     );
     assert!(mounts(agent).contains(&"/sys/fs/bpf".to_string()), "the pinned maps");
+    for dir in ["/var/lib/sluice", "/run/netns"] {
+        let m = agent
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == dir)
+            .unwrap_or_else(|| panic!("{dir} mounted: the endpoint GC needs records and namespaces"));
+        assert_eq!(m.read_only, Some(true), "{dir} read only");
+    }
     let volumes: Vec<String> = pod
         .volumes
         .unwrap()

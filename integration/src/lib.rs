@@ -10,6 +10,7 @@ pub mod cni;
 pub mod datapath;
 pub mod kube_proxy;
 pub mod netns;
+pub mod podman;
 pub mod probe;
 pub mod vpc;
 

@@ -4,30 +4,17 @@
 //! leaves no link, lease or endpoint record.
 
 use serde_json::json;
+use sluice_integration::podman::{self, Podman};
 use sluice_integration::probe::EchoServer;
 use sluice_integration::vpc::{Vpc, result_ip};
 use sluice_integration::{bin_dir, require_root};
-use std::process::Command;
-
-fn podman_missing() -> Option<String> {
-    for tool in ["podman", "runc", "conmon", "nsenter"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success());
-        if !found.unwrap_or(false) {
-            return Some(format!("{tool} is not installed (apt: podman runc conmon)"));
-        }
-    }
-    None
-}
 
 #[test]
 fn podman_runs_a_container_on_a_sluice_network() {
     if !require_root("podman_runs_a_container_on_a_sluice_network") {
         return;
     }
-    if let Some(why) = podman_missing() {
+    if let Some(why) = podman::missing() {
         sluice_integration::skip("podman_runs_a_container_on_a_sluice_network", &why);
         return;
     }
@@ -54,13 +41,10 @@ fn podman_runs_a_container_on_a_sluice_network() {
         serde_json::to_vec_pretty(&conflist).unwrap(),
     )
     .unwrap();
-    let conf_path = work.join("containers.conf");
-    std::fs::write(
-        &conf_path,
-        format!(
-            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=4096:4096\"]\n\
-             [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nruntime = \"runc\"\n\
-             [network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\", \"/usr/lib/cni\"]\nnetwork_config_dir = \"{}\"\n",
+    let podman = Podman::new(
+        &work,
+        &format!(
+            "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\", \"/usr/lib/cni\"]\nnetwork_config_dir = \"{}\"\n",
             bin_dir().display(),
             net_d.display()
         ),
@@ -80,16 +64,8 @@ fn podman_runs_a_container_on_a_sluice_network() {
     let _echo = EchoServer::start(&vpc.pods[srv], 7300, "srv").unwrap();
     let links_before = vpc.nodes[0].link_names().unwrap();
 
-    // nsenter --net, not `ip netns exec`: the latter remounts /sys and runc then finds no cgroups.
-    let out = Command::new("timeout")
-        .arg("120")
-        .arg("nsenter")
-        .arg(format!("--net={}", vpc.nodes[0].path().display()))
-        .arg("podman")
-        .arg("--root")
-        .arg(work.join("storage"))
-        .arg("--runroot")
-        .arg(work.join("run"))
+    let out = podman
+        .command(Some(&vpc.nodes[0].path()))
         .args(["run", "--rm", "--network", &network, "--rootfs"])
         .arg(&rootfs)
         .args([
@@ -97,7 +73,6 @@ fn podman_runs_a_container_on_a_sluice_network() {
             "-c",
             &format!("ip -o -4 addr show eth0; echo hello | nc -w 3 {srv_ip} 7300; echo; echo exit-ok"),
         ])
-        .env("CONTAINERS_CONF", &conf_path)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
