@@ -59,7 +59,10 @@ fn ipvlan_l2_pods_reach_each_other() {
         return;
     }
     if let Some(reason) = ipvlan_unsupported() {
-        sluice_integration::skip("ipvlan_l2_pods_reach_each_other", &reason);
+        sluice_integration::skip(
+            "ipvlan_l2_pods_reach_each_other",
+            &format!("{reason}; ipvlan L2/L3 traffic runs in the kernel-matrix VM instead (integration/vm/run)"),
+        );
         return;
     }
     let mut vpc = Vpc::new("iv", 1).unwrap();
