@@ -4,7 +4,7 @@
 
 use crate::objects::Objects;
 use crate::reconcile::{ServiceSync, SyncStats};
-use crate::services::{self, NodeView};
+use crate::services::{NodeView, ServiceTranslation};
 use sluice_policy::{ApplyStats, NodeApplier, Translator};
 use sluice_tc_datapath::loader::versioned_dir;
 use sluice_tc_datapath::maps::{Maps, MapsError};
@@ -44,6 +44,8 @@ impl Report {
 pub struct Agent {
     maps: Maps,
     services: ServiceSync,
+    /// The Services translated, kept up to date Service by Service.
+    translation: ServiceTranslation,
     translator: Translator,
     policy: NodeApplier,
     node: NodeView,
@@ -69,6 +71,7 @@ impl Agent {
     pub fn with_maps(maps: Maps, node: NodeView, node_ips: Vec<IpAddr>) -> Result<Agent, AgentError> {
         Ok(Agent {
             services: ServiceSync::from_maps(&maps)?,
+            translation: ServiceTranslation::default(),
             policy: NodeApplier::from_maps(&maps)?,
             translator: Translator::new(),
             maps,
@@ -111,7 +114,7 @@ impl Agent {
     pub fn sync(&mut self, o: &Objects) -> Result<Report, AgentError> {
         let started = Instant::now();
         self.pods = o
-            .pods
+            .pods()
             .iter()
             .flat_map(|(k, p)| {
                 let status = p.status.as_ref();
@@ -126,14 +129,13 @@ impl Agent {
                     .collect::<Vec<_>>()
             })
             .collect();
-        let t = services::translate(o, &self.node);
-        let services = self.services.apply(&mut self.maps, &t.frontends)?;
-        let namespaces: Vec<_> = o.namespaces.values().cloned().collect();
-        let pods: Vec<_> = o.pods.values().cloned().collect();
-        let policies: Vec<_> = o.policies.values().cloned().collect();
-        let d = self.translator.translate(&namespaces, &pods, &policies);
+        self.translation.update(o, &self.node);
+        let services = self.services.apply(&mut self.maps, self.translation.frontends())?;
+        let d = self
+            .translator
+            .translate(o.namespaces().values(), o.pods().values(), o.policies().values());
         let mut hosts = self.node_ips.clone();
-        if let Some(n) = o.nodes.get(&self.node.name) {
+        if let Some(n) = o.nodes().get(&self.node.name) {
             for a in n.status.iter().flat_map(|s| s.addresses.iter().flatten()) {
                 if let Ok(ip) = a.address.parse()
                     && !hosts.contains(&ip)
@@ -143,12 +145,12 @@ impl Agent {
             }
         }
         let policy = self.policy.apply(&mut self.maps, &d, &hosts)?;
-        let mut warnings = t.warnings;
+        let mut warnings = self.translation.warnings();
         warnings.extend(d.warnings);
         Ok(Report {
             services,
             backends: self.services.backends(),
-            policies: o.policies.len(),
+            policies: o.policies().len(),
             policy,
             warnings,
             took: started.elapsed(),

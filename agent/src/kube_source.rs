@@ -155,11 +155,11 @@ mod tests {
         assert!(!s.apply("Service", Event::InitApply(svc("a", "10.96.0.1"))));
         assert!(!s.apply("Service", Event::InitApply(svc("b", "10.96.0.2"))));
         assert!(
-            s.objects().services.is_empty(),
+            s.objects().services().is_empty(),
             "nothing counts before the list is whole"
         );
         assert!(s.apply("Service", Event::InitDone));
-        assert_eq!(s.objects().services.len(), 2);
+        assert_eq!(s.objects().services().len(), 2);
         assert!(!s.synced(), "five kinds not listed yet");
         for k in &KINDS[1..] {
             s.apply(k, Event::Init);
@@ -168,14 +168,14 @@ mod tests {
         assert!(s.synced());
         s.apply("Service", Event::Apply(svc("c", "10.96.0.3")));
         s.apply("Service", Event::Delete(svc("a", "10.96.0.1")));
-        let names: Vec<&String> = s.objects().services.keys().collect();
+        let names: Vec<&String> = s.objects().services().keys().collect();
         assert_eq!(names, ["x/b", "x/c"]);
         // A lost watch: the re-list says what exists; c was deleted meanwhile.
         s.apply("Service", Event::Init);
         s.apply("Service", Event::InitApply(svc("b", "10.96.0.22")));
         s.apply("Service", Event::InitDone);
-        let b = &s.objects().services["x/b"];
-        assert_eq!(s.objects().services.len(), 1);
+        let b = &s.objects().services()["x/b"];
+        assert_eq!(s.objects().services().len(), 1);
         assert_eq!(b.spec.as_ref().unwrap().cluster_ip.as_deref(), Some("10.96.0.22"));
     }
 }

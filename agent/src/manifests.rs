@@ -243,7 +243,7 @@ items:
         assert!(m.reload_all().unwrap().is_empty());
         let ip = |m: &ManifestDir, k: &str| {
             m.objects()
-                .services
+                .services()
                 .get(k)
                 .and_then(|s| s.spec.as_ref()?.cluster_ip.clone())
         };
@@ -261,7 +261,7 @@ items:
         );
         std::fs::remove_file(d.path().join("b.yaml")).unwrap();
         m.reload(&d.path().join("b.yaml")).unwrap();
-        assert_eq!((m.objects().services.len(), ip(&m, "x/two")), (1, None));
+        assert_eq!((m.objects().services().len(), ip(&m, "x/two")), (1, None));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One object of a kind the agent uses (boxed: a Pod is 2 KiB).
 #[derive(Debug, Clone, PartialEq)]
@@ -42,40 +42,196 @@ pub fn key(meta: &ObjectMeta) -> String {
     }
 }
 
-/// Every object the agent knows, by kind and key.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The Service ("namespace/name") an EndpointSlice belongs to, by its label.
+pub fn slice_service(s: &EndpointSlice) -> Option<String> {
+    let svc = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(format!("{}/{svc}", s.metadata.namespace.as_deref().unwrap_or("")))
+}
+
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Every object the agent knows, by kind and key, and what changed when:
+/// every change bumps a generation, and the Services whose Service or
+/// EndpointSlices changed carry the generation of their last change, so a
+/// translation can redo only what changed since the generation it saw.
+/// Objects change only through `insert` and `remove` (hence the accessors).
+#[derive(Debug, Clone, Default)]
 pub struct Objects {
-    pub services: BTreeMap<String, Service>,
-    pub slices: BTreeMap<String, EndpointSlice>,
-    pub policies: BTreeMap<String, NetworkPolicy>,
-    pub pods: BTreeMap<String, Pod>,
-    pub namespaces: BTreeMap<String, Namespace>,
-    pub nodes: BTreeMap<String, Node>,
+    services: BTreeMap<String, Service>,
+    slices: BTreeMap<String, EndpointSlice>,
+    policies: BTreeMap<String, NetworkPolicy>,
+    pods: BTreeMap<String, Pod>,
+    namespaces: BTreeMap<String, Namespace>,
+    nodes: BTreeMap<String, Node>,
+    /// Service key -> its slices' keys.
+    slices_of: BTreeMap<String, BTreeSet<String>>,
+    generation: u64,
+    /// Service key -> the generation of its last change (kept after the
+    /// Service is gone, so that its removal is seen).
+    service_changed: BTreeMap<String, u64>,
+    /// The generation of the last change of a Node's addresses.
+    nodes_changed: u64,
+}
+
+/// Equal objects, whatever their history.
+impl PartialEq for Objects {
+    fn eq(&self, other: &Objects) -> bool {
+        self.services == other.services
+            && self.slices == other.slices
+            && self.policies == other.policies
+            && self.pods == other.pods
+            && self.namespaces == other.namespaces
+            && self.nodes == other.nodes
+    }
+}
+
+fn node_addresses(n: &Node) -> Option<&Vec<k8s_openapi::api::core::v1::NodeAddress>> {
+    n.status.as_ref()?.addresses.as_ref()
 }
 
 impl Objects {
-    /// Add or replace an object (the later of two with one key wins).
+    pub fn services(&self) -> &BTreeMap<String, Service> {
+        &self.services
+    }
+    pub fn slices(&self) -> &BTreeMap<String, EndpointSlice> {
+        &self.slices
+    }
+    pub fn policies(&self) -> &BTreeMap<String, NetworkPolicy> {
+        &self.policies
+    }
+    pub fn pods(&self) -> &BTreeMap<String, Pod> {
+        &self.pods
+    }
+    pub fn namespaces(&self) -> &BTreeMap<String, Namespace> {
+        &self.namespaces
+    }
+    pub fn nodes(&self) -> &BTreeMap<String, Node> {
+        &self.nodes
+    }
+
+    /// The slices of the Service `service` ("namespace/name").
+    pub fn slices_of(&self, service: &str) -> impl Iterator<Item = &EndpointSlice> {
+        self.slices_of
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k))
+    }
+
+    /// The generation of the last change.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The Services (keys, present or gone) changed after generation `since`.
+    pub fn services_changed_since(&self, since: u64) -> impl Iterator<Item = &str> {
+        self.service_changed
+            .iter()
+            .filter(move |(_, g)| **g > since)
+            .map(|(k, _)| k.as_str())
+    }
+
+    /// The generation of the last change of a Node's addresses.
+    pub fn nodes_changed(&self) -> u64 {
+        self.nodes_changed
+    }
+
+    fn service_touched(&mut self, key: &str) {
+        self.service_changed.insert(key.to_string(), self.generation);
+    }
+
+    fn slice_moved(&mut self, key: &str, old: Option<String>, new: Option<String>) {
+        if let Some(o) = &old
+            && let Some(set) = self.slices_of.get_mut(o)
+        {
+            set.remove(key);
+            if set.is_empty() {
+                self.slices_of.remove(o);
+            }
+        }
+        if let Some(n) = &new {
+            self.slices_of.entry(n.clone()).or_default().insert(key.to_string());
+        }
+        for svc in old.iter().chain(new.iter()) {
+            self.service_touched(svc);
+        }
+    }
+
+    /// Add or replace an object (the later of two with one key wins). An
+    /// object equal to the one it replaces changes nothing.
     pub fn insert(&mut self, o: Object) {
         let (_, k) = o.id();
+        fn same<T: PartialEq>(m: &BTreeMap<String, T>, k: &str, o: &T) -> bool {
+            m.get(k) == Some(o)
+        }
+        let unchanged = match &o {
+            Object::Service(o) => same(&self.services, &k, o),
+            Object::EndpointSlice(o) => same(&self.slices, &k, o),
+            Object::NetworkPolicy(o) => same(&self.policies, &k, o),
+            Object::Pod(o) => same(&self.pods, &k, o),
+            Object::Namespace(o) => same(&self.namespaces, &k, o),
+            Object::Node(o) => same(&self.nodes, &k, o),
+        };
+        if unchanged {
+            return;
+        }
+        self.generation += 1;
         match o {
-            Object::Service(o) => drop(self.services.insert(k, *o)),
-            Object::EndpointSlice(o) => drop(self.slices.insert(k, *o)),
+            Object::Service(o) => {
+                self.services.insert(k.clone(), *o);
+                self.service_touched(&k);
+            }
+            Object::EndpointSlice(o) => {
+                let new = slice_service(&o);
+                let old = self.slices.insert(k.clone(), *o).as_ref().and_then(slice_service);
+                self.slice_moved(&k, old, new);
+            }
             Object::NetworkPolicy(o) => drop(self.policies.insert(k, *o)),
             Object::Pod(o) => drop(self.pods.insert(k, *o)),
             Object::Namespace(o) => drop(self.namespaces.insert(k, *o)),
-            Object::Node(o) => drop(self.nodes.insert(k, *o)),
+            Object::Node(o) => {
+                let new = node_addresses(&o).cloned();
+                let old = self.nodes.insert(k, *o);
+                if old.as_ref().and_then(node_addresses) != new.as_ref() {
+                    self.nodes_changed = self.generation;
+                }
+            }
         }
     }
 
     /// Remove the object of `kind` under `key`.
     pub fn remove(&mut self, kind: &str, key: &str) {
+        let present = match kind {
+            "Service" => self.services.contains_key(key),
+            "EndpointSlice" => self.slices.contains_key(key),
+            "NetworkPolicy" => self.policies.contains_key(key),
+            "Pod" => self.pods.contains_key(key),
+            "Namespace" => self.namespaces.contains_key(key),
+            "Node" => self.nodes.contains_key(key),
+            _ => false,
+        };
+        if !present {
+            return;
+        }
+        self.generation += 1;
         match kind {
-            "Service" => drop(self.services.remove(key)),
-            "EndpointSlice" => drop(self.slices.remove(key)),
+            "Service" => {
+                self.services.remove(key);
+                self.service_touched(key);
+            }
+            "EndpointSlice" => {
+                let old = self.slices.remove(key).as_ref().and_then(slice_service);
+                self.slice_moved(key, old, None);
+            }
             "NetworkPolicy" => drop(self.policies.remove(key)),
             "Pod" => drop(self.pods.remove(key)),
             "Namespace" => drop(self.namespaces.remove(key)),
-            "Node" => drop(self.nodes.remove(key)),
+            "Node" => {
+                let had_addresses = self.nodes.remove(key).as_ref().and_then(node_addresses).is_some();
+                if had_addresses {
+                    self.nodes_changed = self.generation;
+                }
+            }
             _ => {}
         }
     }

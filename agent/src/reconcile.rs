@@ -58,6 +58,17 @@ impl Ids {
     }
 }
 
+/// The frontends that use one backend, and those of them that hold it as
+/// terminating.
+#[derive(Debug, Default, Clone, Copy)]
+struct Refs {
+    frontends: u32,
+    terminating: u32,
+}
+
+/// A backend's key (address, port, protocol) and its id.
+type BackendKey = ((IpAddr, u16, u8), u32);
+
 pub struct ServiceSync {
     rev_nat: BTreeMap<Frontend, u32>,
     rev_nat_ids: Ids,
@@ -65,6 +76,8 @@ pub struct ServiceSync {
     backend_alloc: Ids,
     /// What the last pass wrote; None = compare with the maps.
     applied: BTreeMap<Frontend, Option<Backends>>,
+    /// Backend id -> who uses it (None: count again).
+    refs: Option<BTreeMap<u32, Refs>>,
 }
 
 impl ServiceSync {
@@ -76,6 +89,7 @@ impl ServiceSync {
             backend_ids: BTreeMap::new(),
             backend_alloc: Ids::default(),
             applied: BTreeMap::new(),
+            refs: None,
         };
         for v in maps.services()? {
             let f = Frontend {
@@ -117,26 +131,98 @@ impl ServiceSync {
         id
     }
 
+    /// The backends (key, id, active) of what frontend `f` had written.
+    fn ids_of(&self, f: &Frontend, b: &Backends) -> Vec<(BackendKey, bool)> {
+        b.backends
+            .iter()
+            .filter_map(|(addr, port, active)| {
+                let k = (*addr, *port, f.proto);
+                Some(((k, *self.backend_ids.get(&k)?), *active))
+            })
+            .collect()
+    }
+
     /// Make the maps hold `want`: write the frontends that changed, remove
     /// those that went, then the backends no frontend uses.
+    ///
+    /// Per backend, the frontends that use it and those that hold it as
+    /// terminating are counted, and the counts kept up to date frontend by
+    /// frontend, so that a pass in which one Service changed costs a look
+    /// at each frontend and the work of that one. They are counted from
+    /// scratch on the first pass (the maps' entries were not written by
+    /// this process) and after a pass that failed. A backend entry shared
+    /// by frontends that disagree says terminating (`ServiceSpec::draining`).
     pub fn apply(&mut self, maps: &mut Maps, want: &BTreeMap<Frontend, Backends>) -> Result<SyncStats, MapsError> {
         let mut st = SyncStats {
             frontends: want.len(),
             ..Default::default()
         };
-        let mut used = BTreeSet::new();
+        let recount = self.refs.is_none();
+        let mut refs = self.refs.take().unwrap_or_default();
+        let was_draining: BTreeSet<u32> = refs
+            .iter()
+            .filter(|(_, r)| r.terminating > 0)
+            .map(|(id, _)| *id)
+            .collect();
+        // Backends whose count fell to zero in this pass (one may be taken
+        // again by a later frontend of the same pass).
+        let mut released = Vec::new();
+        let mut drop_ref = |refs: &mut BTreeMap<u32, Refs>, (key, id): BackendKey, active: bool| {
+            let r = refs.entry(id).or_default();
+            r.frontends = r.frontends.saturating_sub(1);
+            if !active {
+                r.terminating = r.terminating.saturating_sub(1);
+            }
+            if r.frontends == 0 {
+                released.push((key, id));
+            }
+        };
+        // Count first, write after: a frontend's backend entries say what
+        // every frontend sharing them says.
+        let mut present = 0;
+        let mut writes = Vec::new();
         for (f, b) in want {
-            let unchanged = matches!(self.applied.get(f), Some(Some(old)) if old == b);
+            let old = self.applied.get(f);
+            present += usize::from(old.is_some());
+            let unchanged = matches!(old, Some(Some(o)) if o == b);
+            if unchanged && !recount {
+                continue;
+            }
             let rev_nat_id = self.rev_nat_id(*f);
             let mut backends = Vec::with_capacity(b.backends.len());
             for (addr, port, active) in &b.backends {
                 let id = self.backend_id((*addr, *port, f.proto));
-                used.insert(id);
+                let r = refs.entry(id).or_default();
+                r.frontends += 1;
+                r.terminating += u32::from(!active);
                 backends.push((id, *addr, *port, *active));
             }
-            if unchanged {
-                continue;
+            if !recount && let Some(Some(o)) = self.applied.get(f) {
+                for (k, active) in self.ids_of(f, o) {
+                    drop_ref(&mut refs, k, active);
+                }
             }
+            if !unchanged {
+                writes.push((*f, rev_nat_id, backends, b));
+            }
+        }
+        let gone: Vec<Frontend> = if present < self.applied.len() {
+            self.applied.keys().filter(|f| !want.contains_key(f)).copied().collect()
+        } else {
+            Vec::new()
+        };
+        if !recount {
+            for f in &gone {
+                if let Some(Some(o)) = self.applied.get(f) {
+                    for (k, active) in self.ids_of(f, o) {
+                        drop_ref(&mut refs, k, active);
+                    }
+                }
+            }
+        }
+        let draining = |id: &u32| refs.get(id).is_some_and(|r| r.terminating > 0);
+        let mut rewritten = BTreeSet::new();
+        for (f, rev_nat_id, backends, b) in writes {
             let spec = ServiceSpec {
                 vip: f.vip,
                 port: f.port,
@@ -145,17 +231,39 @@ impl ServiceSync {
                 algorithm: b.algorithm,
                 affinity_timeout_secs: b.affinity_timeout_secs,
                 reject: b.reject,
+                draining: backends.iter().filter(|x| x.3 && draining(&x.0)).map(|x| x.0).collect(),
                 backends,
             };
+            rewritten.extend(spec.backends.iter().map(|x| x.0));
             let w = maps.upsert_service(&spec)?;
             if w > 0 {
                 st.changed += 1;
                 st.writes += w;
             }
-            self.applied.insert(*f, Some(b.clone()));
+            self.applied.insert(f, Some(b.clone()));
         }
-        let gone: Vec<Frontend> = self.applied.keys().filter(|f| !want.contains_key(f)).copied().collect();
-        let vips: BTreeSet<IpAddr> = want.keys().map(|f| f.vip).collect();
+        // Shared backends whose state turned with another frontend's change.
+        let now_draining: BTreeSet<u32> = refs
+            .iter()
+            .filter(|(_, r)| r.terminating > 0)
+            .map(|(id, _)| *id)
+            .collect();
+        let turned: Vec<u32> = if recount {
+            // What the maps say is not known: every backend not just written.
+            refs.keys().copied().collect()
+        } else {
+            was_draining.symmetric_difference(&now_draining).copied().collect()
+        };
+        for id in turned {
+            if !rewritten.contains(&id) && refs.get(&id).is_some_and(|r| r.frontends > 0) {
+                st.writes += maps.set_backend_state(id, !now_draining.contains(&id))?;
+            }
+        }
+        let vips: BTreeSet<IpAddr> = if gone.is_empty() {
+            BTreeSet::new()
+        } else {
+            want.keys().map(|f| f.vip).collect()
+        };
         for f in gone {
             let last_of_vip = !vips.contains(&f.vip);
             let w = maps.remove_frontend(f.vip, f.port, f.proto, last_of_vip)?;
@@ -168,19 +276,27 @@ impl ServiceSync {
                 self.rev_nat_ids.release(id);
             }
         }
-        let stale: Vec<((IpAddr, u16, u8), u32)> = self
-            .backend_ids
-            .iter()
-            .filter(|(_, id)| !used.contains(id))
-            .map(|(k, id)| (*k, *id))
-            .collect();
+        let stale: BTreeSet<BackendKey> = if recount {
+            self.backend_ids
+                .iter()
+                .filter(|(_, id)| !refs.contains_key(id))
+                .map(|(k, id)| (*k, *id))
+                .collect()
+        } else {
+            released
+                .into_iter()
+                .filter(|(_, id)| refs.get(id).is_some_and(|r| r.frontends == 0))
+                .collect()
+        };
         for (k, id) in stale {
             if maps.remove_backend(id)? {
                 st.writes += 1;
             }
             self.backend_ids.remove(&k);
             self.backend_alloc.release(id);
+            refs.remove(&id);
         }
+        self.refs = Some(refs);
         Ok(st)
     }
 }

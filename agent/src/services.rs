@@ -25,16 +25,15 @@
 //! external traffic policy concerns traffic from outside the cluster,
 //! which this datapath does not serve yet).
 
-use crate::objects::{Objects, key};
+use crate::objects::{Objects, SERVICE_NAME_LABEL, key};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sluice_tc_datapath::layout::{PROTO_TCP, PROTO_UDP, SVC_ALG_MAGLEV, SVC_ALG_RANDOM};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 /// The annotation that picks the backend selection of a Service.
 pub const ALGORITHM_ANNOTATION: &str = "sluice.io/lb-algorithm";
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const DEFAULT_AFFINITY_SECS: u32 = 10800;
 
 /// Where a Service port is reached.
@@ -84,31 +83,144 @@ pub struct Translated {
     pub warnings: Vec<String>,
 }
 
+/// Every Service at once (the reference `ServiceTranslation` keeps equal).
 pub fn translate(objects: &Objects, node: &NodeView) -> Translated {
     let mut out = Translated::default();
     let mut slices: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
-    for s in objects.slices.values() {
+    for s in objects.slices().values() {
         let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
             continue;
         };
         let ns = s.metadata.namespace.clone().unwrap_or_default();
         slices.entry((ns, svc.clone())).or_default().push(s);
     }
-    let node_addrs: Vec<IpAddr> = objects
-        .nodes
-        .values()
-        .filter_map(|n| n.status.as_ref()?.addresses.as_ref())
-        .flatten()
-        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-        .filter_map(|a| a.address.parse().ok())
-        .collect();
-    for svc in objects.services.values() {
+    let node_addrs = node_addresses(objects);
+    for svc in objects.services().values() {
         let ns = svc.metadata.namespace.clone().unwrap_or_default();
         let name = svc.metadata.name.clone().unwrap_or_default();
         let mine = slices.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]);
         service(svc, mine, &node_addrs, node, &mut out);
     }
     out
+}
+
+/// Every node's internal and external addresses (the NodePort frontends).
+fn node_addresses(objects: &Objects) -> Vec<IpAddr> {
+    objects
+        .nodes()
+        .values()
+        .filter_map(|n| n.status.as_ref()?.addresses.as_ref())
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect()
+}
+
+/// The translation kept up to date Service by Service: an update translates
+/// again only the Services whose Service or EndpointSlices changed since
+/// the last one (`Objects` records which), or all of them when a Node's
+/// addresses changed, and keeps the rest. Its frontends equal
+/// `translate`'s; so do its warnings, as a set.
+#[derive(Debug, Default)]
+pub struct ServiceTranslation {
+    /// The generation of the objects last seen (None: nothing seen yet).
+    seen: Option<u64>,
+    node_addrs: Vec<IpAddr>,
+    /// Each Service's own translation (its frontends, before any other
+    /// Service claims them).
+    per_service: BTreeMap<String, Translated>,
+    /// Frontend -> the Services that claim it; the first by key keeps it.
+    claims: BTreeMap<Frontend, BTreeSet<String>>,
+    frontends: BTreeMap<Frontend, Backends>,
+    /// The Services with warnings of their own, and the frontends claimed
+    /// by more than one (so that warnings cost what there is to warn of).
+    warned: BTreeSet<String>,
+    contested: BTreeSet<Frontend>,
+}
+
+impl ServiceTranslation {
+    /// Catch up with `objects`; returns how many Services were translated.
+    pub fn update(&mut self, objects: &Objects, node: &NodeView) -> usize {
+        let changed: Vec<String> = match self.seen {
+            Some(g) if objects.nodes_changed() <= g => objects.services_changed_since(g).map(String::from).collect(),
+            _ => {
+                *self = ServiceTranslation {
+                    node_addrs: node_addresses(objects),
+                    ..Default::default()
+                };
+                objects.services().keys().cloned().collect()
+            }
+        };
+        self.seen = Some(objects.generation());
+        let mut touched = BTreeSet::new();
+        for key in &changed {
+            self.warned.remove(key);
+            if let Some(old) = self.per_service.remove(key) {
+                for f in old.frontends.keys() {
+                    if let Some(set) = self.claims.get_mut(f) {
+                        set.remove(key);
+                    }
+                    touched.insert(*f);
+                }
+            }
+            let Some(svc) = objects.services().get(key) else {
+                continue;
+            };
+            let slices: Vec<&EndpointSlice> = objects.slices_of(key).collect();
+            let mut own = Translated::default();
+            service(svc, &slices, &self.node_addrs, node, &mut own);
+            for f in own.frontends.keys() {
+                self.claims.entry(*f).or_default().insert(key.clone());
+                touched.insert(*f);
+            }
+            if !own.warnings.is_empty() {
+                self.warned.insert(key.clone());
+            }
+            self.per_service.insert(key.clone(), own);
+        }
+        for f in touched {
+            if self.claims.get(&f).is_some_and(|set| set.len() > 1) {
+                self.contested.insert(f);
+            } else {
+                self.contested.remove(&f);
+            }
+            let winner = self.claims.get(&f).and_then(|set| set.first());
+            match winner {
+                Some(w) => {
+                    let b = self.per_service[w].frontends[&f].clone();
+                    self.frontends.insert(f, b);
+                }
+                None => {
+                    self.claims.remove(&f);
+                    self.frontends.remove(&f);
+                }
+            }
+        }
+        changed.len()
+    }
+
+    pub fn frontends(&self) -> &BTreeMap<Frontend, Backends> {
+        &self.frontends
+    }
+
+    /// What was left out, and why: each Service's own warnings, and one per
+    /// frontend a later Service claims in vain.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .warned
+            .iter()
+            .flat_map(|k| self.per_service[k].warnings.iter().cloned())
+            .collect();
+        for f in &self.contested {
+            let mut claimants = self.claims[f].iter().map(|k| &self.per_service[k].frontends[f].service);
+            if let Some(first) = claimants.next() {
+                for other in claimants {
+                    out.push(format!("{f}: claimed by {first} and {other}; the first keeps it"));
+                }
+            }
+        }
+        out
+    }
 }
 
 fn proto_of(p: Option<&str>) -> Option<u8> {

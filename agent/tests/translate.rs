@@ -7,7 +7,7 @@ mod common;
 
 use sluice_agent::agent::Agent;
 use sluice_agent::manifests::parse;
-use sluice_agent::objects::Objects;
+use sluice_agent::objects::{Object, Objects};
 use sluice_agent::services::{Frontend, NodeView, translate};
 use sluice_tc_datapath::layout::{
     POLICY_F_EGRESS, POLICY_F_INGRESS, PROTO_TCP, PROTO_UDP, SVC_ALG_MAGLEV, SVC_ALG_RANDOM,
@@ -164,9 +164,9 @@ fn sync_writes_the_difference() {
     assert_eq!((again.writes(), again.services.changed), (0, 0), "{again:?}");
 
     // One endpoint gone: only web's two frontends change.
-    if let Some(s) = o.slices.get_mut("shop/web-abc12") {
-        s.endpoints.retain(|e| e.addresses != ["10.244.2.5"]);
-    }
+    let mut slice = o.slices()["shop/web-abc12"].clone();
+    slice.endpoints.retain(|e| e.addresses != ["10.244.2.5"]);
+    o.insert(Object::EndpointSlice(Box::new(slice)));
     let change = agent.sync(&o).unwrap();
     assert_eq!((change.services.changed, change.services.removed), (2, 0), "{change:?}");
     // (Maglev rewrites the table chunks the gone backend held.)
@@ -182,7 +182,7 @@ fn sync_writes_the_difference() {
     );
 
     // The Service gone: its frontends and VIP go.
-    o.services.remove("shop/web");
+    o.remove("Service", "shop/web");
     let gone = agent.sync(&o).unwrap();
     assert_eq!(gone.services.removed, 2, "{gone:?}");
     assert_eq!(agent.maps().vip_filter_count(ip("10.96.0.10")).unwrap(), 0);

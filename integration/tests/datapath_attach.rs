@@ -176,6 +176,7 @@ fn service_to(vpc: &Vpc, ip_b: &str) {
             algorithm: 0,
             affinity_timeout_secs: 0,
             reject: false,
+            draining: Vec::new(),
             backends: vec![(id, b, target, true)],
         })
         .unwrap();

@@ -196,10 +196,18 @@ impl Translator {
         Translator::default()
     }
 
-    pub fn translate(&mut self, namespaces: &[Namespace], pods: &[Pod], policies: &[NetworkPolicy]) -> Desired {
+    /// The objects by reference, from wherever the caller keeps them (the
+    /// agent's store: nothing is cloned for a translation).
+    pub fn translate<'a>(
+        &mut self,
+        namespaces: impl IntoIterator<Item = &'a Namespace>,
+        pods: impl IntoIterator<Item = &'a Pod>,
+        policies: impl IntoIterator<Item = &'a NetworkPolicy>,
+    ) -> Desired {
+        let policies: Vec<&NetworkPolicy> = policies.into_iter().collect();
         let mut d = Desired::default();
         let ns_labels: BTreeMap<String, Labels> = namespaces
-            .iter()
+            .into_iter()
             .filter_map(|n| {
                 n.metadata
                     .name
@@ -269,7 +277,7 @@ impl Translator {
 
         // Every prefix of every ipBlock, excepts included, is an identity.
         let mut prefixes = BTreeSet::new();
-        for pol in policies {
+        for pol in &policies {
             for peer in all_peers(pol) {
                 if let Some(b) = &peer.ip_block {
                     for c in std::iter::once(&b.cidr).chain(b.except.iter().flatten()) {
@@ -285,7 +293,7 @@ impl Translator {
             d.cidrs.insert(*n, self.cidrs.id(n));
         }
 
-        let mut sorted: Vec<&NetworkPolicy> = policies.iter().collect();
+        let mut sorted = policies;
         sorted.sort_by_key(|p| (namespace_of(&p.metadata), p.metadata.name.clone()));
         let live: BTreeSet<(String, String)> = sorted
             .iter()

@@ -267,6 +267,7 @@ fn run(cli: &Cli) -> Result<()> {
                 },
                 affinity_timeout_secs: *affinity,
                 reject: *reject,
+                draining: Vec::new(),
                 backends: list,
             };
             maps.upsert_service(&spec)?;

@@ -231,8 +231,14 @@ pub struct ServiceSpec {
     /// silent drop, so clients fail fast.
     pub reject: bool,
     /// (backend id, address, target port, active). Inactive = terminating:
-    /// kept for its connections, given no new ones.
+    /// kept for its connections, given no new ones by this frontend.
     pub backends: Vec<(u32, IpAddr, u16, bool)>,
+    /// Active backends whose entry must still say terminating: a backend
+    /// entry is shared by every frontend with that address, port and
+    /// protocol, and one of the others holds it as terminating. Its state
+    /// only decides stickiness (affinity, a reused port's backend), so the
+    /// shared entry takes the safe side; this frontend's slots keep it.
+    pub draining: Vec<u32>,
 }
 
 /// A service port as read back from the maps.
@@ -355,6 +361,16 @@ impl Maps {
     /// Write a Service port: only the entries that differ from what the
     /// maps hold, so that writing what is already there writes nothing.
     /// Returns how many entries were written or removed.
+    /// Set the state of backend `id`, already written (a frontend sharing
+    /// it changed its view); returns the entries written.
+    pub fn set_backend_state(&mut self, id: u32, active: bool) -> Result<usize, MapsError> {
+        let Ok(mut v) = self.backends.get(&id, 0) else {
+            return Ok(0);
+        };
+        v.state = if active { BACKEND_ACTIVE } else { BACKEND_TERMINATING };
+        put(&mut self.backends, "sl_backends", id, v)
+    }
+
     pub fn upsert_service(&mut self, s: &ServiceSpec) -> Result<usize, MapsError> {
         let name = format!("{}:{}/{}", s.vip, s.port, s.proto);
         if s.backends.iter().any(|b| b.1.is_ipv4() != s.vip.is_ipv4()) {
@@ -372,7 +388,11 @@ impl Maps {
                 addr: addr(*ip),
                 port: port.to_be(),
                 proto: s.proto,
-                state: if *active { BACKEND_ACTIVE } else { BACKEND_TERMINATING },
+                state: if *active && !s.draining.contains(id) {
+                    BACKEND_ACTIVE
+                } else {
+                    BACKEND_TERMINATING
+                },
             };
             writes += put(&mut self.backends, "sl_backends", *id, v)?;
         }

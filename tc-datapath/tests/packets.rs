@@ -262,6 +262,7 @@ fn session_affinity_pins_a_client() {
             algorithm: SVC_ALG_RANDOM,
             affinity_timeout_secs: 300,
             reject: false,
+            draining: Vec::new(),
             backends: vec![
                 (1, ip("10.244.2.7"), 8080, true),
                 (2, ip("10.244.3.7"), 8080, true),
@@ -517,6 +518,7 @@ fn rewriting_a_service_writes_only_what_changed() {
         algorithm: SVC_ALG_MAGLEV,
         affinity_timeout_secs: 0,
         reject: false,
+        draining: Vec::new(),
         backends: vec![
             (1, ip("10.244.2.7"), 8080, true),
             (2, ip("10.244.3.7"), 8080, true),
@@ -568,6 +570,7 @@ fn a_syn_on_a_closed_connection_opens_a_new_one() {
         algorithm: SVC_ALG_RANDOM,
         affinity_timeout_secs: 0,
         reject: false,
+        draining: Vec::new(),
         backends: vec![(1, a, 8080, a_on), (2, b, 8080, b_on)],
     };
     dp.maps.upsert_service(&spec(true, true)).unwrap();

@@ -96,6 +96,7 @@ fn spec(i: usize, s: &Service) -> ServiceSpec {
         algorithm: SVC_ALG_RANDOM,
         affinity_timeout_secs: 0,
         reject: false,
+        draining: Vec::new(),
         backends: s
             .endpoints
             .iter()

@@ -153,6 +153,7 @@ fn pods(kind: &str, mode: &str) -> Result<String> {
         algorithm: SVC_ALG_RANDOM,
         affinity_timeout_secs: 0,
         reject: false,
+        draining: Vec::new(),
         backends: (0..3).map(|i| (i as u32 + 1, pods[i].3, 8080, true)).collect(),
     })?;
     // Random choice: ask until all three have answered (64 tries miss one
@@ -176,6 +177,7 @@ fn pods(kind: &str, mode: &str) -> Result<String> {
         algorithm: SVC_ALG_RANDOM,
         affinity_timeout_secs: 0,
         reject: false,
+        draining: Vec::new(),
         backends: (0..3).map(|i| (i as u32 + 4, pods[i].3, 8080, true)).collect(),
     })?;
     let reply = udp_request(client, SocketAddr::new(vip, 53), "dgram")?;
@@ -277,6 +279,7 @@ fn upgrade(expect: Attached) -> Result<String> {
         algorithm: SVC_ALG_RANDOM,
         affinity_timeout_secs: 0,
         reject: false,
+        draining: Vec::new(),
         backends: vec![(1, ip_b, 7100, true)],
     })?;
     let _stream = StreamEcho::start(&vpc.pods[b], 7100, "b")?;

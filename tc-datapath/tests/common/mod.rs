@@ -267,6 +267,7 @@ impl Dp {
                 algorithm,
                 affinity_timeout_secs: 0,
                 reject,
+                draining: Vec::new(),
                 backends: backends.iter().map(|(id, a, p)| (*id, ip(a), *p, true)).collect(),
             })
             .unwrap();

@@ -1,0 +1,140 @@
+//! `ServiceSync` against a loaded datapath's real maps, after any sequence
+//! of translations: the maps hold exactly the wanted frontends, each with
+//! its active backends, and exactly the backends some frontend uses (none
+//! left behind, none taken from a frontend that still needs it), whether
+//! the backends in use were counted from scratch or kept up to date; a
+//! backend two frontends share says active only when both give it new
+//! connections; a restarted `ServiceSync` over the same maps writes nothing.
+
+mod common;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use sluice_agent::reconcile::ServiceSync;
+use sluice_agent::services::{Backends, Frontend};
+use sluice_tc_datapath::layout::{BACKEND_ACTIVE, PROTO_TCP, PROTO_UDP, SVC_ALG_RANDOM, ip};
+use sluice_tc_datapath::loader::{self, DatapathConfig};
+use sluice_tc_datapath::maps::Maps;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+type Want = BTreeMap<Frontend, Backends>;
+
+/// A translation over small universes, so that frontends come and go and
+/// backends are shared between frontends and passes.
+fn want() -> impl Strategy<Value = Want> {
+    let frontend = (0..3u8, prop_oneof![Just(80u16), Just(53)], any::<bool>()).prop_map(|(v, port, tcp)| Frontend {
+        vip: IpAddr::from([10, 96, 0, v]),
+        port,
+        proto: if tcp { PROTO_TCP } else { PROTO_UDP },
+    });
+    let backends =
+        proptest::collection::btree_map((0..5u8, prop_oneof![Just(8080u16), Just(8081)]), any::<bool>(), 0..4);
+    proptest::collection::btree_map(frontend, backends, 0..6).prop_map(|m| {
+        m.into_iter()
+            .map(|(f, bs)| {
+                let backends = bs
+                    .into_iter()
+                    .map(|((a, port), active)| (IpAddr::from([10, 244, 1, a]), port, active))
+                    .collect();
+                let b = Backends {
+                    service: format!("ns/s:{}", f.port),
+                    algorithm: SVC_ALG_RANDOM,
+                    affinity_timeout_secs: 0,
+                    reject: true,
+                    backends,
+                };
+                (f, b)
+            })
+            .collect()
+    })
+}
+
+/// The maps say exactly what `want` says.
+fn check(maps: &Maps, want: &Want) -> Result<(), String> {
+    let raw = maps.backends().map_err(|e| e.to_string())?;
+    let backends: BTreeMap<u32, (IpAddr, u16, u8)> = raw
+        .iter()
+        .map(|(id, b)| (*id, (ip(&b.addr), u16::from_be(b.port), b.proto)))
+        .collect();
+    // A shared entry says active only when every frontend using it does.
+    for (id, b) in &raw {
+        let key = backends[id];
+        let everywhere_active = want
+            .iter()
+            .flat_map(|(f, w)| w.backends.iter().map(move |x| ((x.0, x.1, f.proto), x.2)))
+            .filter(|(k, _)| *k == key)
+            .all(|(_, active)| active);
+        if (b.state == BACKEND_ACTIVE) != everywhere_active {
+            return Err(format!("backend {key:?} has state {}", b.state));
+        }
+    }
+    let in_use: BTreeSet<(IpAddr, u16, u8)> = want
+        .iter()
+        .flat_map(|(f, b)| b.backends.iter().map(|(a, p, _)| (*a, *p, f.proto)))
+        .collect();
+    let held: BTreeSet<(IpAddr, u16, u8)> = backends.values().copied().collect();
+    if held != in_use || held.len() != backends.len() {
+        return Err(format!("backends held {held:?}, in use {in_use:?}"));
+    }
+    let services = maps.services().map_err(|e| e.to_string())?;
+    let got: BTreeSet<Frontend> = services
+        .iter()
+        .map(|s| Frontend {
+            vip: s.vip,
+            port: s.port,
+            proto: s.proto,
+        })
+        .collect();
+    let wanted: BTreeSet<Frontend> = want.keys().copied().collect();
+    if got != wanted {
+        return Err(format!("frontends {got:?}, wanted {wanted:?}"));
+    }
+    for s in services {
+        let f = Frontend {
+            vip: s.vip,
+            port: s.port,
+            proto: s.proto,
+        };
+        let active: BTreeSet<(IpAddr, u16)> = s.active.iter().map(|id| (backends[id].0, backends[id].1)).collect();
+        let wanted: BTreeSet<(IpAddr, u16)> = want[&f].backends.iter().filter(|b| b.2).map(|b| (b.0, b.1)).collect();
+        if active != wanted {
+            return Err(format!("{f}: active {active:?}, wanted {wanted:?}"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_maps_hold_exactly_each_translation() {
+    if !common::is_root("the_maps_hold_exactly_each_translation") {
+        return;
+    }
+    let cfg = DatapathConfig::default();
+    let mut ebpf = loader::load(&cfg, None).unwrap();
+    // The runner takes an `Fn`: the maps are borrowed mutably inside.
+    let maps = std::cell::RefCell::new(Maps::take(&mut ebpf, cfg.maglev_table_size).unwrap());
+    let mut runner = TestRunner::new(Config {
+        cases: 64,
+        ..Config::default()
+    });
+    let result = runner.run(&proptest::collection::vec(want(), 1..8), |seq| {
+        let mut maps = maps.borrow_mut();
+        let maps = &mut *maps;
+        // What the previous case left goes first (counted from scratch).
+        ServiceSync::from_maps(maps).unwrap().apply(maps, &Want::new()).unwrap();
+        prop_assert_eq!(check(maps, &Want::new()), Ok(()));
+        let mut sync = ServiceSync::from_maps(maps).unwrap();
+        for (i, w) in seq.iter().enumerate() {
+            sync.apply(maps, w).unwrap();
+            prop_assert_eq!(check(maps, w), Ok(()), "after pass {} of {:?}", i, seq);
+        }
+        let last = seq.last().unwrap();
+        let again = ServiceSync::from_maps(maps).unwrap().apply(maps, last).unwrap();
+        prop_assert_eq!(again.writes, 0, "a restarted sync rewrote {:?}", again);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
