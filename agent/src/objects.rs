@@ -6,6 +6,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One object of a kind the agent uses (boxed: a Pod is 2 KiB).
 #[derive(Debug, Clone, PartialEq)]
@@ -55,7 +56,7 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// EndpointSlices changed carry the generation of their last change, so a
 /// translation can redo only what changed since the generation it saw.
 /// Objects change only through `insert` and `remove` (hence the accessors).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct Objects {
     services: BTreeMap<String, Service>,
     slices: BTreeMap<String, EndpointSlice>,
@@ -71,6 +72,51 @@ pub struct Objects {
     service_changed: BTreeMap<String, u64>,
     /// The generation of the last change of a Node's addresses.
     nodes_changed: u64,
+    /// Which store the generations count in: each store, clones included,
+    /// gets its own, so that a translation never takes one store's
+    /// generation for another's.
+    store: u64,
+}
+
+fn next_store() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Default for Objects {
+    fn default() -> Objects {
+        Objects {
+            services: BTreeMap::new(),
+            slices: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            slices_of: BTreeMap::new(),
+            generation: 0,
+            service_changed: BTreeMap::new(),
+            nodes_changed: 0,
+            store: next_store(),
+        }
+    }
+}
+
+impl Clone for Objects {
+    fn clone(&self) -> Objects {
+        Objects {
+            services: self.services.clone(),
+            slices: self.slices.clone(),
+            policies: self.policies.clone(),
+            pods: self.pods.clone(),
+            namespaces: self.namespaces.clone(),
+            nodes: self.nodes.clone(),
+            slices_of: self.slices_of.clone(),
+            generation: self.generation,
+            service_changed: self.service_changed.clone(),
+            nodes_changed: self.nodes_changed,
+            store: next_store(),
+        }
+    }
 }
 
 /// Equal objects, whatever their history.
@@ -118,9 +164,9 @@ impl Objects {
             .filter_map(|k| self.slices.get(k))
     }
 
-    /// The generation of the last change.
-    pub fn generation(&self) -> u64 {
-        self.generation
+    /// The generation of the last change, and the store it counts in.
+    pub fn generation(&self) -> (u64, u64) {
+        (self.store, self.generation)
     }
 
     /// The Services (keys, present or gone) changed after generation `since`.

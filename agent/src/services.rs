@@ -123,8 +123,8 @@ fn node_addresses(objects: &Objects) -> Vec<IpAddr> {
 /// `translate`'s; so do its warnings, as a set.
 #[derive(Debug, Default)]
 pub struct ServiceTranslation {
-    /// The generation of the objects last seen (None: nothing seen yet).
-    seen: Option<u64>,
+    /// The store and generation of the objects last seen.
+    seen: Option<(u64, u64)>,
     node_addrs: Vec<IpAddr>,
     /// Each Service's own translation (its frontends, before any other
     /// Service claims them).
@@ -141,8 +141,11 @@ pub struct ServiceTranslation {
 impl ServiceTranslation {
     /// Catch up with `objects`; returns how many Services were translated.
     pub fn update(&mut self, objects: &Objects, node: &NodeView) -> usize {
+        let (store, _) = objects.generation();
         let changed: Vec<String> = match self.seen {
-            Some(g) if objects.nodes_changed() <= g => objects.services_changed_since(g).map(String::from).collect(),
+            Some((s, g)) if s == store && objects.nodes_changed() <= g => {
+                objects.services_changed_since(g).map(String::from).collect()
+            }
             _ => {
                 *self = ServiceTranslation {
                     node_addrs: node_addresses(objects),

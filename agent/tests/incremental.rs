@@ -187,3 +187,40 @@ fn only_changed_services_are_translated_again() {
     assert_eq!(kept.update(&o, &node), 6, "a node address: every NodePort");
     assert_eq!(kept.frontends(), &translate(&o, &node).frontends);
 }
+
+/// Generations count per store: a translation given another store (or a
+/// clone) starts over instead of taking its generations for the first one's.
+#[test]
+fn another_store_is_translated_whole() {
+    let node = NodeView { name: "node0".into() };
+    let mut a = Objects::default();
+    for name in 0..6 {
+        apply(
+            &mut a,
+            &Change::Service {
+                name,
+                ip: name,
+                ports: 1,
+                node_port: false,
+            },
+        );
+    }
+    let mut kept = ServiceTranslation::default();
+    kept.update(&a, &node);
+    let mut b = Objects::default();
+    apply(
+        &mut b,
+        &Change::Service {
+            name: 1,
+            ip: 3,
+            ports: 2,
+            node_port: false,
+        },
+    );
+    assert_eq!(kept.update(&b, &node), 1, "b's one Service, translated afresh");
+    assert_eq!(kept.frontends(), &translate(&b, &node).frontends);
+    let mut c = b.clone();
+    apply(&mut c, &Change::RemoveService(1));
+    kept.update(&c, &node);
+    assert_eq!(kept.frontends(), &translate(&c, &node).frontends);
+}
