@@ -104,6 +104,21 @@ fn apply(o: &mut Objects, c: &Change) {
     }
 }
 
+/// Six Services s0..s5 on 10.96.0.0..5, port 80, NodePorts or not.
+fn six_services(node_port: bool) -> Objects {
+    let mut o = Objects::default();
+    for name in 0..6 {
+        let s = Change::Service {
+            name,
+            ip: name,
+            ports: 1,
+            node_port,
+        };
+        apply(&mut o, &s);
+    }
+    o
+}
+
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
@@ -137,18 +152,7 @@ proptest! {
 #[test]
 fn only_changed_services_are_translated_again() {
     let node = NodeView { name: "node0".into() };
-    let mut o = Objects::default();
-    for name in 0..6 {
-        apply(
-            &mut o,
-            &Change::Service {
-                name,
-                ip: name,
-                ports: 1,
-                node_port: true,
-            },
-        );
-    }
+    let mut o = six_services(true);
     let mut kept = ServiceTranslation::default();
     assert_eq!(kept.update(&o, &node), 6, "the first update translates all");
     assert_eq!(kept.update(&o, &node), 0, "nothing changed");
@@ -193,18 +197,7 @@ fn only_changed_services_are_translated_again() {
 #[test]
 fn another_store_is_translated_whole() {
     let node = NodeView { name: "node0".into() };
-    let mut a = Objects::default();
-    for name in 0..6 {
-        apply(
-            &mut a,
-            &Change::Service {
-                name,
-                ip: name,
-                ports: 1,
-                node_port: false,
-            },
-        );
-    }
+    let a = six_services(false);
     let mut kept = ServiceTranslation::default();
     kept.update(&a, &node);
     let mut b = Objects::default();

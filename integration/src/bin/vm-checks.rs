@@ -97,6 +97,27 @@ fn attach_auto(expect: Attached) -> Result<String> {
     ))
 }
 
+/// A Service port with random backend choice, no affinity, no reject.
+fn random_service(
+    vip: IpAddr,
+    port: u16,
+    proto: u8,
+    rev_nat_id: u32,
+    backends: Vec<(u32, IpAddr, u16, bool)>,
+) -> ServiceSpec {
+    ServiceSpec {
+        vip,
+        port,
+        proto,
+        rev_nat_id,
+        algorithm: SVC_ALG_RANDOM,
+        affinity_timeout_secs: 0,
+        reject: false,
+        draining: Vec::new(),
+        backends,
+    }
+}
+
 /// The main-role config of node `node` with the pod link `kind`/`mode`.
 fn link_conf(vpc: &Vpc, node: usize, kind: &str, mode: &str) -> serde_json::Value {
     let mut conf = vpc.main_conf(node, "1.1.0");
@@ -145,17 +166,13 @@ fn pods(kind: &str, mode: &str) -> Result<String> {
     }
     let mut maps = vpc.maps(0)?;
     let vip: IpAddr = "10.96.0.10".parse()?;
-    maps.upsert_service(&ServiceSpec {
+    maps.upsert_service(&random_service(
         vip,
-        port: 80,
-        proto: PROTO_TCP,
-        rev_nat_id: 1,
-        algorithm: SVC_ALG_RANDOM,
-        affinity_timeout_secs: 0,
-        reject: false,
-        draining: Vec::new(),
-        backends: (0..3).map(|i| (i as u32 + 1, pods[i].3, 8080, true)).collect(),
-    })?;
+        80,
+        PROTO_TCP,
+        1,
+        (0..3).map(|i| (i as u32 + 1, pods[i].3, 8080, true)).collect(),
+    ))?;
     // Random choice: ask until all three have answered (64 tries miss one
     // of three with odds of about 1e-11).
     let mut seen = std::collections::BTreeSet::new();
@@ -169,17 +186,13 @@ fn pods(kind: &str, mode: &str) -> Result<String> {
     ensure!(seen.len() == 3, "the Service reached only {seen:?}");
     // The same backends over UDP (no connection: conntrack alone carries
     // the reverse NAT).
-    maps.upsert_service(&ServiceSpec {
+    maps.upsert_service(&random_service(
         vip,
-        port: 53,
-        proto: PROTO_UDP,
-        rev_nat_id: 2,
-        algorithm: SVC_ALG_RANDOM,
-        affinity_timeout_secs: 0,
-        reject: false,
-        draining: Vec::new(),
-        backends: (0..3).map(|i| (i as u32 + 4, pods[i].3, 8080, true)).collect(),
-    })?;
+        53,
+        PROTO_UDP,
+        2,
+        (0..3).map(|i| (i as u32 + 4, pods[i].3, 8080, true)).collect(),
+    ))?;
     let reply = udp_request(client, SocketAddr::new(vip, 53), "dgram")?;
     ensure!(
         ["s1:dgram", "s2:dgram", "far:dgram"].contains(&reply.as_str()),
@@ -271,17 +284,13 @@ fn upgrade(expect: Attached) -> Result<String> {
         vpc.pinned_links(0)
     );
     let mut maps = vpc.maps(0)?;
-    maps.upsert_service(&ServiceSpec {
-        vip: "10.96.0.10".parse()?,
-        port: 80,
-        proto: PROTO_TCP,
-        rev_nat_id: 1,
-        algorithm: SVC_ALG_RANDOM,
-        affinity_timeout_secs: 0,
-        reject: false,
-        draining: Vec::new(),
-        backends: vec![(1, ip_b, 7100, true)],
-    })?;
+    maps.upsert_service(&random_service(
+        "10.96.0.10".parse()?,
+        80,
+        PROTO_TCP,
+        1,
+        vec![(1, ip_b, 7100, true)],
+    ))?;
     let _stream = StreamEcho::start(&vpc.pods[b], 7100, "b")?;
     let mut session = Session::open(&vpc.pods[a], "10.96.0.10:80".parse()?)?;
     ensure!(session.ask("one")? == "b:one", "the VIP session");
