@@ -258,6 +258,15 @@ impl PluginConfig {
             return bad("the main role (\"link\" set) needs an \"ipam\" section".into());
         }
         if self.datapath.enabled {
+            // Shown in the kernel-matrix VM: pod to pod works, a Service
+            // does not (no reverse NAT on the reply).
+            if let Some(LinkConfig::Ipvlan(IpvlanConfig {
+                mode: IpvlanMode::L3s, ..
+            })) = &self.link
+            {
+                return bad("link.mode l3s: ipvlan L3S hands a pod's incoming packets to it from the parent's IP                      layer, past the pod interface's tc ingress hook, so the datapath's reverse NAT and ingress                      policy would not run; use l2 or l3 (or datapath.enabled false)"
+                    .into());
+            }
             if let Err(e) = self.datapath.loader_config().validate() {
                 return bad(format!("datapath: {e}"));
             }
@@ -332,6 +341,7 @@ mod tests {
             json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "macvlan", "parent": "e"}, "ipam": {}}),
             json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "macvlan"}, "ipam": {"type": "sluice-ipam"}}),
             json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "ipvlan"}, "ipam": {"type": "host-local", "eniPool": {}}}),
+            json!({"cniVersion": "1.1.0", "name": "n", "link": {"kind": "ipvlan", "parent": "e", "mode": "l3s"}, "ipam": {"type": "a"}}),
             json!({"cniVersion": "1.1.0", "name": "n", "prevResult": {}, "datapath": {"maglevTableSize": 1000}}),
             json!({"cniVersion": "1.1.0", "name": "n", "prevResult": {}, "datapath": {"ctTimeouts": {"udp": 0}}}),
             json!({"cniVersion": "1.1.0", "name": "n", "prevResult": {}, "datapath": {"bpfs": "/x"}}),

@@ -237,6 +237,26 @@ fn pods(kind: &str, mode: &str) -> Result<String> {
     ))
 }
 
+/// ipvlan L3S hands a pod's incoming packets over from the parent's IP
+/// layer, past the pod interface's tc ingress hook: run here, pod to pod
+/// worked and a Service did not (no reverse NAT on the reply). With the
+/// datapath on, ADD refuses the mode (code 7) and leaves nothing.
+fn l3s_refused() -> Result<String> {
+    let mut vpc = Vpc::new("vml3s", 1)?;
+    let conf = link_conf(&vpc, 0, "ipvlan", "l3s");
+    let p = vpc.pod("p")?;
+    let out = vpc.sluice(0, "ADD", "p", p, &conf);
+    ensure!(
+        out.error_code() == 7 && out.stdout.contains("l3s"),
+        "ADD in l3s: {}",
+        out.stdout
+    );
+    ensure!(vpc.pods[p].link_names()? == ["lo"], "the pod got a link");
+    ensure!(vpc.nodes[0].link_names()? == ["lo", "eth0"], "the node kept a link");
+    ensure!(vpc.leases(0).is_empty(), "a lease was taken");
+    Ok("ADD in ipvlan l3s with the datapath: code 7, nothing left".into())
+}
+
 /// The ids of the programs in `ns`'s `side` filters of eth0.
 fn filter_ids(ns: &Netns, side: &str) -> Result<Vec<u32>> {
     let text = tc_filters(ns, "eth0", side)?;
@@ -414,6 +434,7 @@ fn main() {
             "ipvlan-l3-pods-service-policy".into(),
             Box::new(|| pods("ipvlan", "l3")),
         ),
+        ("ipvlan-l3s-refused".into(), Box::new(l3s_refused)),
         (
             "macvlan-pods-service-policy".into(),
             Box::new(|| pods("macvlan", "bridge")),
