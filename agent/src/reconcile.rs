@@ -66,6 +66,26 @@ struct Refs {
     terminating: u32,
 }
 
+/// One frontend fewer uses backend `id` (as terminating unless `active`):
+/// note what moved and what no frontend uses any more.
+fn drop_ref(
+    refs: &mut BTreeMap<u32, Refs>,
+    (key, id): BackendKey,
+    active: bool,
+    moved: &mut BTreeSet<u32>,
+    released: &mut Vec<BackendKey>,
+) {
+    let r = refs.entry(id).or_default();
+    r.frontends = r.frontends.saturating_sub(1);
+    if !active {
+        r.terminating = r.terminating.saturating_sub(1);
+        moved.insert(id);
+    }
+    if r.frontends == 0 {
+        released.push((key, id));
+    }
+}
+
 /// A backend's key (address, port, protocol) and its id.
 type BackendKey = ((IpAddr, u16, u8), u32);
 
@@ -159,24 +179,11 @@ impl ServiceSync {
         };
         let recount = self.refs.is_none();
         let mut refs = self.refs.take().unwrap_or_default();
-        let was_draining: BTreeSet<u32> = refs
-            .iter()
-            .filter(|(_, r)| r.terminating > 0)
-            .map(|(id, _)| *id)
-            .collect();
+        // Backends whose terminating count moved in this pass.
+        let mut moved = BTreeSet::new();
         // Backends whose count fell to zero in this pass (one may be taken
         // again by a later frontend of the same pass).
         let mut released = Vec::new();
-        let mut drop_ref = |refs: &mut BTreeMap<u32, Refs>, (key, id): BackendKey, active: bool| {
-            let r = refs.entry(id).or_default();
-            r.frontends = r.frontends.saturating_sub(1);
-            if !active {
-                r.terminating = r.terminating.saturating_sub(1);
-            }
-            if r.frontends == 0 {
-                released.push((key, id));
-            }
-        };
         // Count first, write after: a frontend's backend entries say what
         // every frontend sharing them says.
         let mut present = 0;
@@ -194,12 +201,15 @@ impl ServiceSync {
                 let id = self.backend_id((*addr, *port, f.proto));
                 let r = refs.entry(id).or_default();
                 r.frontends += 1;
-                r.terminating += u32::from(!active);
+                if !active {
+                    r.terminating += 1;
+                    moved.insert(id);
+                }
                 backends.push((id, *addr, *port, *active));
             }
             if !recount && let Some(Some(o)) = self.applied.get(f) {
                 for (k, active) in self.ids_of(f, o) {
-                    drop_ref(&mut refs, k, active);
+                    drop_ref(&mut refs, k, active, &mut moved, &mut released);
                 }
             }
             if !unchanged {
@@ -215,7 +225,7 @@ impl ServiceSync {
             for f in &gone {
                 if let Some(Some(o)) = self.applied.get(f) {
                     for (k, active) in self.ids_of(f, o) {
-                        drop_ref(&mut refs, k, active);
+                        drop_ref(&mut refs, k, active, &mut moved, &mut released);
                     }
                 }
             }
@@ -242,21 +252,20 @@ impl ServiceSync {
             }
             self.applied.insert(f, Some(b.clone()));
         }
-        // Shared backends whose state turned with another frontend's change.
-        let now_draining: BTreeSet<u32> = refs
-            .iter()
-            .filter(|(_, r)| r.terminating > 0)
-            .map(|(id, _)| *id)
-            .collect();
+        // Shared backends whose state may have turned with another
+        // frontend's change (written only where it did).
         let turned: Vec<u32> = if recount {
             // What the maps say is not known: every backend not just written.
             refs.keys().copied().collect()
         } else {
-            was_draining.symmetric_difference(&now_draining).copied().collect()
+            moved.iter().copied().collect()
         };
         for id in turned {
-            if !rewritten.contains(&id) && refs.get(&id).is_some_and(|r| r.frontends > 0) {
-                st.writes += maps.set_backend_state(id, !now_draining.contains(&id))?;
+            if let Some(r) = refs.get(&id)
+                && r.frontends > 0
+                && !rewritten.contains(&id)
+            {
+                st.writes += maps.set_backend_state(id, r.terminating == 0)?;
             }
         }
         let vips: BTreeSet<IpAddr> = if gone.is_empty() {

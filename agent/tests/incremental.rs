@@ -153,39 +153,24 @@ proptest! {
 fn only_changed_services_are_translated_again() {
     let node = NodeView { name: "node0".into() };
     let mut o = six_services(true);
+    // Slice e0, one ready endpoint, labelled for Service `service`.
+    let slice0_of = |service| Change::Slice {
+        name: 0,
+        service,
+        endpoints: vec![(1, true)],
+    };
     let mut kept = ServiceTranslation::default();
     assert_eq!(kept.update(&o, &node), 6, "the first update translates all");
     assert_eq!(kept.update(&o, &node), 0, "nothing changed");
-    apply(
-        &mut o,
-        &Change::Slice {
-            name: 0,
-            service: 2,
-            endpoints: vec![(1, true)],
-        },
-    );
+    apply(&mut o, &slice0_of(2));
     assert_eq!(kept.update(&o, &node), 1, "one slice: its Service");
-    apply(
-        &mut o,
-        &Change::Slice {
-            name: 0,
-            service: 3,
-            endpoints: vec![(1, true)],
-        },
-    );
+    apply(&mut o, &slice0_of(3));
     assert_eq!(
         kept.update(&o, &node),
         2,
         "a slice relabelled: the Service it left and the one it joined"
     );
-    apply(
-        &mut o,
-        &Change::Slice {
-            name: 0,
-            service: 3,
-            endpoints: vec![(1, true)],
-        },
-    );
+    apply(&mut o, &slice0_of(3));
     assert_eq!(kept.update(&o, &node), 0, "an equal object changes nothing");
     apply(&mut o, &Change::Node { name: 0, ip: 1 });
     assert_eq!(kept.update(&o, &node), 6, "a node address: every NodePort");

@@ -138,3 +138,36 @@ fn the_maps_hold_exactly_each_translation() {
         panic!("{e}");
     }
 }
+
+/// A shared backend turns active again when the frontend that held it as
+/// terminating goes, though the frontend that keeps it did not change.
+#[test]
+fn a_shared_backend_turns_back_when_the_other_frontend_goes() {
+    if !common::is_root("a_shared_backend_turns_back_when_the_other_frontend_goes") {
+        return;
+    }
+    let cfg = DatapathConfig::default();
+    let mut ebpf = loader::load(&cfg, None).unwrap();
+    let mut maps = Maps::take(&mut ebpf, cfg.maglev_table_size).unwrap();
+    let fe = |v: u8| Frontend {
+        vip: IpAddr::from([10, 96, 0, v]),
+        port: 80,
+        proto: PROTO_TCP,
+    };
+    let backends = |active: bool| Backends {
+        service: "ns/s:80".into(),
+        algorithm: SVC_ALG_RANDOM,
+        affinity_timeout_secs: 0,
+        reject: true,
+        backends: vec![(IpAddr::from([10, 244, 1, 1]), 8080, active)],
+    };
+    let both: Want = [(fe(1), backends(true)), (fe(2), backends(false))]
+        .into_iter()
+        .collect();
+    let one: Want = [(fe(1), backends(true))].into_iter().collect();
+    let mut sync = ServiceSync::from_maps(&maps).unwrap();
+    for w in [&both, &one, &both] {
+        sync.apply(&mut maps, w).unwrap();
+        assert_eq!(check(&maps, w), Ok(()));
+    }
+}
