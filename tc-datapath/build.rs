@@ -27,9 +27,8 @@ fn run(cmd: &mut Command, what: &str) {
 
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    for f in ["bpf/datapath.c", "bpf/layout.h", "bpf/maps.h", "bpf/layout_dump.c"] {
-        println!("cargo:rerun-if-changed={f}");
-    }
+    // The whole directory: the programs, their headers under lib/, the layouts.
+    println!("cargo:rerun-if-changed=bpf");
     println!("cargo:rerun-if-env-changed=SLUICE_CLANG");
 
     run(

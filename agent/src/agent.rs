@@ -3,10 +3,10 @@
 //! writes the difference.
 
 use crate::objects::Objects;
-use crate::reconcile::{ServiceSync, SyncStats};
-use crate::services::{NodeView, ServiceTranslation};
+use crate::services::{NodeView, ServiceSync, ServiceTranslation, SyncStats};
 use sluice_policy::{ApplyStats, NodeApplier, Translator};
 use sluice_tc_datapath::loader::versioned_dir;
+use sluice_tc_datapath::maps::ct::GcStats;
 use sluice_tc_datapath::maps::{Maps, MapsError};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -87,13 +87,13 @@ impl Agent {
 
     /// (entries, capacity) of the endpoint map.
     pub fn endpoint_map(&self) -> Result<(usize, u32), AgentError> {
-        let n = self.maps.endpoint_entries()?.len();
-        Ok((n, self.maps.endpoint_capacity()))
+        let e = self.maps.endpoints();
+        Ok((e.entries()?.len(), e.capacity()))
     }
 
     /// The conntrack table's capacity.
     pub fn conntrack_capacity(&self) -> u32 {
-        self.maps.conntrack_capacity()
+        self.maps.ct().capacity()
     }
 
     /// Pod addresses -> "namespace/name", as of the last sync.
@@ -102,8 +102,8 @@ impl Agent {
     }
 
     /// One conntrack collection pass.
-    pub fn collect_conntrack(&mut self) -> Result<crate::gc::GcStats, AgentError> {
-        Ok(crate::gc::collect(&mut self.maps)?)
+    pub fn collect_conntrack(&mut self) -> Result<GcStats, AgentError> {
+        Ok(self.maps.ct_mut().collect()?)
     }
 
     pub fn maps(&self) -> &Maps {

@@ -13,6 +13,10 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+/// The CNI plugin's default `dataDir`, where its endpoint records are (the
+/// plugin and the agent never import each other: they meet on disk).
+pub const CNI_DATA_DIR: &str = "/var/lib/sluice";
+
 /// The fields of the plugin's endpoint record this needs (the plugin's
 /// `Endpoint`, camelCase JSON).
 #[derive(Debug, Deserialize)]
@@ -88,9 +92,9 @@ pub fn collect(
         }
         let id = pin::attachment_id(&r.container_id, &r.ifname);
         for ip in &r.ips {
-            maps.remove_endpoint(ip.ip(), id)?;
+            maps.endpoints_mut().remove(ip.ip(), id)?;
         }
-        maps.remove_endpoint_policy(id)?;
+        maps.policy_mut().remove_endpoint_policy(id)?;
         let key = pin::link_key(&r.container_id, &r.ifname);
         attach::detach(versioned, None, &r.ifname, &key)
             .map_err(|e| EndpointGcError::Links(key.clone(), Box::new(e)))?;

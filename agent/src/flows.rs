@@ -8,7 +8,7 @@
 //! flow as it comes, until the client goes.
 
 use serde::Serialize;
-use sluice_tc_datapath::layout::{FlowEvent, NAME_POLICY, Reason, ip};
+use sluice_tc_datapath::layout::{Direction, FlowEvent, NAME_POLICY, Reason, ip, proto_name};
 use sluice_tc_datapath::maps::Maps;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
@@ -55,23 +55,12 @@ pub struct Flow {
     pub policy: Option<String>,
 }
 
-fn protocol(p: u8) -> String {
-    match p {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        58 => "icmpv6".into(),
-        132 => "sctp".into(),
-        n => n.to_string(),
-    }
-}
-
 /// CLOCK_MONOTONIC (the datapath's clock) to wall-clock, now.
 fn wall_offset_ns() -> i128 {
     let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i128);
-    wall - i128::from(crate::gc::monotonic_ns())
+    wall - i128::from(sluice_tc_datapath::maps::ct::now_ns())
 }
 
 /// Name an event: `pods` maps pod addresses to "namespace/name".
@@ -94,15 +83,21 @@ pub fn name(e: &FlowEvent, pods: &BTreeMap<IpAddr, String>, maps: &Maps, wall_of
         time_unix_ns: (i128::from(e.time_ns) + wall_offset).max(0) as u64,
         verdict,
         reason: reason.map_or("unknown", Reason::name),
-        direction: if e.dir == 0 { "egress" } else { "ingress" },
-        protocol: protocol(e.proto),
+        direction: if e.dir == Direction::Egress as u8 {
+            "egress"
+        } else {
+            "ingress"
+        },
+        protocol: proto_name(e.proto),
         source: end(&e.saddr, e.sport),
         destination: end(&e.daddr, e.dport),
         backend: (e.backend_id != 0)
-            .then(|| maps.backend(e.backend_id))
+            .then(|| maps.lb().backend(e.backend_id).ok().flatten())
             .flatten()
-            .map(|(a, p)| std::net::SocketAddr::new(a, p).to_string()),
-        policy: (e.policy != 0).then(|| maps.name(NAME_POLICY, e.policy)).flatten(),
+            .map(|b| std::net::SocketAddr::new(b.addr, b.port).to_string()),
+        policy: (e.policy != 0)
+            .then(|| maps.observe().name(NAME_POLICY, e.policy))
+            .flatten(),
     }
 }
 
@@ -189,13 +184,13 @@ impl FlowServer {
 
 /// Drains the ring and names what it finds.
 pub struct FlowReader {
-    events: sluice_tc_datapath::maps::Events,
+    events: sluice_tc_datapath::maps::observe::Events,
 }
 
 impl FlowReader {
     pub fn open(versioned: &Path) -> Result<FlowReader, sluice_tc_datapath::maps::MapsError> {
         Ok(FlowReader {
-            events: sluice_tc_datapath::maps::Events::open_pinned(versioned)?,
+            events: sluice_tc_datapath::maps::observe::Events::open_pinned(versioned)?,
         })
     }
 

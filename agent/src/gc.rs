@@ -1,72 +1,11 @@
-//! Conntrack garbage collection. The datapath treats an expired entry as
-//! gone (a packet that finds one opens a new flow), and the LRU map evicts
-//! under pressure; collection keeps the table's count honest for the tools
-//! and the metrics, and frees room before eviction has to pick victims.
-//!
-//! An entry is deleted only if it is still the expired value the scan saw:
-//! it is read again just before the delete, so one the datapath refreshed
-//! or re-created since (a new connection on the same ports) is kept. (BPF
-//! hashes have no compare-and-delete; the window left is the microseconds
-//! between that read and the delete.)
+//! When to collect expired conntrack entries (the collection itself is the
+//! conntrack family's: `sluice_tc_datapath::maps::ct`). The datapath treats
+//! an expired entry as gone and the LRU map evicts under pressure, so a
+//! pass only keeps the table's count honest and frees room early: it can
+//! come seldom when little expires, and often when much does.
 
-use sluice_tc_datapath::layout::CtKey;
-use sluice_tc_datapath::maps::{Maps, MapsError};
+use sluice_tc_datapath::maps::ct::GcStats;
 use std::time::Duration;
-
-/// What one pass found.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct GcStats {
-    pub scanned: usize,
-    pub removed: usize,
-    /// Expired at the scan, alive again at the delete.
-    pub refreshed: usize,
-}
-
-/// The datapath's clock: `bpf_ktime_get_ns` is CLOCK_MONOTONIC.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec for the kernel to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// The entries expired at `now_ns`, with the expiry each had.
-pub fn scan(maps: &Maps, now_ns: u64) -> Result<(usize, Vec<(CtKey, u64)>), MapsError> {
-    let all = maps.conntrack()?;
-    let expired = all
-        .iter()
-        .filter(|(_, v)| v.expires_ns <= now_ns)
-        .map(|(k, v)| (*k, v.expires_ns))
-        .collect();
-    Ok((all.len(), expired))
-}
-
-/// Delete the scanned entries that still hold what the scan saw.
-pub fn delete(maps: &mut Maps, expired: &[(CtKey, u64)], stats: &mut GcStats) -> Result<(), MapsError> {
-    for (k, seen) in expired {
-        match maps.ct.get(k, 0) {
-            Ok(v) if v.expires_ns == *seen => {
-                if maps.remove_conntrack(k)? {
-                    stats.removed += 1;
-                }
-            }
-            Ok(_) => stats.refreshed += 1,
-            Err(_) => {} // gone already (evicted, or the datapath replaced it)
-        }
-    }
-    Ok(())
-}
-
-/// One pass.
-pub fn collect(maps: &mut Maps) -> Result<GcStats, MapsError> {
-    let (scanned, expired) = scan(maps, monotonic_ns())?;
-    let mut st = GcStats {
-        scanned,
-        ..Default::default()
-    };
-    delete(maps, &expired, &mut st)?;
-    Ok(st)
-}
 
 /// The time to the next pass: shorter when a pass found much to collect,
 /// longer when it found little, within [`MIN`, `MAX`].

@@ -1,18 +1,24 @@
 //! `sluice-agent`: the node daemon that keeps a node's eBPF maps in step
-//! with the cluster. Sources (a manifest directory today) fill typed
-//! Kubernetes objects ([`objects`]); Services and EndpointSlices become
-//! frontends ([`services`]), NetworkPolicy goes through `sluice-policy`;
-//! both are written as differences ([`reconcile`], `NodeApplier`); expired
-//! conntrack entries are collected ([`gc`]).
+//! with the cluster.
+//!
+//! - [`source`]: where objects come from (a manifest directory, or the API
+//!   server's watchers), into typed Kubernetes [`objects`];
+//! - [`services`]: Services and EndpointSlices to frontends
+//!   ([`services::translate`]) and into the maps by difference
+//!   ([`services::sync`]); NetworkPolicy goes through `sluice-policy`;
+//! - [`agent`]: one node's state and its sync; [`daemon`]: the event loop;
+//! - housekeeping: expired conntrack entries ([`gc`]), pods gone without a
+//!   CNI DEL ([`endpoint_gc`]);
+//! - what it tells: [`metrics`], flow events ([`flows`]);
+//! - [`install`]: `sluice-install`, chaining sluice behind a node's plugin.
 
 pub mod agent;
+pub mod daemon;
 pub mod endpoint_gc;
 pub mod flows;
 pub mod gc;
 pub mod install;
-pub mod kube_source;
-pub mod manifests;
 pub mod metrics;
 pub mod objects;
-pub mod reconcile;
 pub mod services;
+pub mod source;

@@ -78,7 +78,7 @@ impl Collector for DatapathCounters {
             .maps
             .lock()
             .map_err(|_| ())
-            .and_then(|m| m.metrics().map_err(|_| ()))
+            .and_then(|m| m.observe().metrics().map_err(|_| ()))
         else {
             return Ok(()); // a scrape without them beats a failed scrape
         };
@@ -95,9 +95,9 @@ impl Collector for DatapathCounters {
             ),
         ] {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (reason, dir, packets, octets) in &rows {
-                let labels = [("reason", reason.name()), ("direction", dir.name())];
-                ConstCounter::new(if bytes { *octets } else { *packets }).encode(family.encode_family(&labels)?)?;
+            for m in &rows {
+                let labels = [("reason", m.reason.name()), ("direction", m.dir.name())];
+                ConstCounter::new(if bytes { m.bytes } else { m.packets }).encode(family.encode_family(&labels)?)?;
             }
         }
         Ok(())

@@ -10,11 +10,12 @@ mod common;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use sluice_agent::reconcile::ServiceSync;
-use sluice_agent::services::{Backends, Frontend};
-use sluice_tc_datapath::layout::{BACKEND_ACTIVE, PROTO_TCP, PROTO_UDP, SVC_ALG_RANDOM, ip};
-use sluice_tc_datapath::loader::{self, DatapathConfig};
+use sluice_agent::services::{BackendAddr, Backends, Frontend, ServiceSync};
+use sluice_tc_datapath::config::DatapathConfig;
+use sluice_tc_datapath::layout::{PROTO_TCP, PROTO_UDP};
+use sluice_tc_datapath::loader;
 use sluice_tc_datapath::maps::Maps;
+use sluice_tc_datapath::maps::lb::Algorithm;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -35,11 +36,15 @@ fn want() -> impl Strategy<Value = Want> {
             .map(|(f, bs)| {
                 let backends = bs
                     .into_iter()
-                    .map(|((a, port), active)| (IpAddr::from([10, 244, 1, a]), port, active))
+                    .map(|((a, port), active)| BackendAddr {
+                        addr: IpAddr::from([10, 244, 1, a]),
+                        port,
+                        active,
+                    })
                     .collect();
                 let b = Backends {
                     service: format!("ns/s:{}", f.port),
-                    algorithm: SVC_ALG_RANDOM,
+                    algorithm: Algorithm::Random,
                     affinity_timeout_secs: 0,
                     reject: true,
                     backends,
@@ -52,32 +57,29 @@ fn want() -> impl Strategy<Value = Want> {
 
 /// The maps say exactly what `want` says.
 fn check(maps: &Maps, want: &Want) -> Result<(), String> {
-    let raw = maps.backends().map_err(|e| e.to_string())?;
-    let backends: BTreeMap<u32, (IpAddr, u16, u8)> = raw
-        .iter()
-        .map(|(id, b)| (*id, (ip(&b.addr), u16::from_be(b.port), b.proto)))
-        .collect();
+    let raw = maps.lb().backends().map_err(|e| e.to_string())?;
+    let backends: BTreeMap<u32, (IpAddr, u16, u8)> = raw.iter().map(|b| (b.id, (b.addr, b.port, b.proto))).collect();
     // A shared entry says active only when every frontend using it does.
-    for (id, b) in &raw {
-        let key = backends[id];
+    for b in &raw {
+        let key = backends[&b.id];
         let everywhere_active = want
             .iter()
-            .flat_map(|(f, w)| w.backends.iter().map(move |x| ((x.0, x.1, f.proto), x.2)))
+            .flat_map(|(f, w)| w.backends.iter().map(move |x| ((x.addr, x.port, f.proto), x.active)))
             .filter(|(k, _)| *k == key)
             .all(|(_, active)| active);
-        if (b.state == BACKEND_ACTIVE) != everywhere_active {
-            return Err(format!("backend {key:?} has state {}", b.state));
+        if b.active != everywhere_active {
+            return Err(format!("backend {key:?} is active: {}", b.active));
         }
     }
     let in_use: BTreeSet<(IpAddr, u16, u8)> = want
         .iter()
-        .flat_map(|(f, b)| b.backends.iter().map(|(a, p, _)| (*a, *p, f.proto)))
+        .flat_map(|(f, b)| b.backends.iter().map(|x| (x.addr, x.port, f.proto)))
         .collect();
     let held: BTreeSet<(IpAddr, u16, u8)> = backends.values().copied().collect();
     if held != in_use || held.len() != backends.len() {
         return Err(format!("backends held {held:?}, in use {in_use:?}"));
     }
-    let services = maps.services().map_err(|e| e.to_string())?;
+    let services = maps.lb().services().map_err(|e| e.to_string())?;
     let got: BTreeSet<Frontend> = services
         .iter()
         .map(|s| Frontend {
@@ -97,7 +99,12 @@ fn check(maps: &Maps, want: &Want) -> Result<(), String> {
             proto: s.proto,
         };
         let active: BTreeSet<(IpAddr, u16)> = s.active.iter().map(|id| (backends[id].0, backends[id].1)).collect();
-        let wanted: BTreeSet<(IpAddr, u16)> = want[&f].backends.iter().filter(|b| b.2).map(|b| (b.0, b.1)).collect();
+        let wanted: BTreeSet<(IpAddr, u16)> = want[&f]
+            .backends
+            .iter()
+            .filter(|b| b.active)
+            .map(|b| (b.addr, b.port))
+            .collect();
         if active != wanted {
             return Err(format!("{f}: active {active:?}, wanted {wanted:?}"));
         }
@@ -156,10 +163,14 @@ fn a_shared_backend_turns_back_when_the_other_frontend_goes() {
     };
     let backends = |active: bool| Backends {
         service: "ns/s:80".into(),
-        algorithm: SVC_ALG_RANDOM,
+        algorithm: Algorithm::Random,
         affinity_timeout_secs: 0,
         reject: true,
-        backends: vec![(IpAddr::from([10, 244, 1, 1]), 8080, active)],
+        backends: vec![BackendAddr {
+            addr: IpAddr::from([10, 244, 1, 1]),
+            port: 8080,
+            active,
+        }],
     };
     let both: Want = [(fe(1), backends(true)), (fe(2), backends(false))]
         .into_iter()

@@ -6,14 +6,15 @@
 mod common;
 
 use sluice_agent::agent::Agent;
-use sluice_agent::manifests::parse;
 use sluice_agent::objects::{Object, Objects};
 use sluice_agent::services::{Frontend, NodeView, translate};
-use sluice_tc_datapath::layout::{
-    POLICY_F_EGRESS, POLICY_F_INGRESS, PROTO_TCP, PROTO_UDP, SVC_ALG_MAGLEV, SVC_ALG_RANDOM,
-};
-use sluice_tc_datapath::loader::{self, DatapathConfig};
+use sluice_agent::source::manifests::parse;
+use sluice_tc_datapath::config::DatapathConfig;
+use sluice_tc_datapath::layout::{POLICY_F_EGRESS, POLICY_F_INGRESS, PROTO_TCP, PROTO_UDP};
+use sluice_tc_datapath::loader;
 use sluice_tc_datapath::maps::Maps;
+use sluice_tc_datapath::maps::endpoints::Endpoint;
+use sluice_tc_datapath::maps::lb::Algorithm::{Maglev as SVC_ALG_MAGLEV, Random as SVC_ALG_RANDOM};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -48,7 +49,11 @@ fn services_from_manifests() {
     let t = translate(&shop(), &node_a());
     let got = |f: Frontend| {
         let b = t.frontends.get(&f).unwrap_or_else(|| panic!("no frontend {f}"));
-        let backends: Vec<(String, u16, bool)> = b.backends.iter().map(|(a, p, on)| (a.to_string(), *p, *on)).collect();
+        let backends: Vec<(String, u16, bool)> = b
+            .backends
+            .iter()
+            .map(|x| (x.addr.to_string(), x.port, x.active))
+            .collect();
         (b.algorithm, b.affinity_timeout_secs, b.reject, backends)
     };
     let web_http = vec![
@@ -125,13 +130,20 @@ fn sync_writes_the_difference() {
     let mut ebpf = loader::load(&cfg, None).unwrap();
     let mut maps = Maps::take(&mut ebpf, cfg.maglev_table_size).unwrap();
     // web-1 is this node's pod.
-    maps.add_endpoint(ip("10.244.1.5"), 1, [2, 0, 0, 0, 0, 5], 7).unwrap();
+    maps.endpoints_mut()
+        .add(&Endpoint {
+            addr: ip("10.244.1.5"),
+            ifindex: 1,
+            endpoint_id: 7,
+            mac: [2, 0, 0, 0, 0, 5],
+        })
+        .unwrap();
     let mut agent = Agent::with_maps(maps, node_a(), vec![]).unwrap();
     let mut o = shop();
     let first = agent.sync(&o).unwrap();
     assert_eq!(first.services.frontends, 12);
     assert!(first.writes() > 12, "{first:?}");
-    let views = agent.maps().services().unwrap();
+    let views = agent.maps().lb().services().unwrap();
     assert_eq!(views.len(), 12);
     let web = views
         .iter()
@@ -139,25 +151,26 @@ fn sync_writes_the_difference() {
         .unwrap();
     assert_eq!(web.active.len(), 3, "three take new connections");
     assert_eq!((web.algorithm, web.affinity_timeout_secs), (SVC_ALG_MAGLEV, 600));
-    let backends = agent.maps().backends().unwrap();
-    assert!(
-        backends.iter().any(|(_, b)| u16::from_be(b.port) == 8081),
-        "the other slice's port"
-    );
+    let backends = agent.maps().lb().backends().unwrap();
+    assert!(backends.iter().any(|b| b.port == 8081), "the other slice's port");
     // Policy: web-1 isolated both ways, its rules written.
     let ep = agent
         .maps()
+        .policy()
         .endpoint_policy(7)
         .unwrap()
         .expect("web-1 has a policy entry");
     assert_eq!(ep.flags, POLICY_F_INGRESS | POLICY_F_EGRESS);
-    let rules = agent.maps().rule_entries(Some(7)).unwrap();
-    let ports: Vec<u16> = rules.iter().map(|(_, m, _)| u16::from_be(m.port)).collect();
+    let rules = agent.maps().policy().rule_entries(Some(7)).unwrap();
+    let ports: Vec<u16> = rules.iter().map(|e| u16::from_be(e.rule.port)).collect();
     assert!(
         ports.contains(&8080) && ports.contains(&53),
         "named port and egress DNS: {ports:?}"
     );
-    assert!(agent.maps().cidrs().unwrap().len() >= 2, "the ipBlock and its except");
+    assert!(
+        agent.maps().policy().cidrs().unwrap().len() >= 2,
+        "the ipBlock and its except"
+    );
 
     // The same objects again: nothing to write.
     let again = agent.sync(&o).unwrap();
@@ -174,10 +187,11 @@ fn sync_writes_the_difference() {
     assert!(
         !agent
             .maps()
+            .lb()
             .backends()
             .unwrap()
             .iter()
-            .any(|(_, b)| b.addr[12..] == [10, 244, 2, 5]),
+            .any(|b| b.addr == ip("10.244.2.5")),
         "the gone endpoint's backends are removed"
     );
 
@@ -185,8 +199,8 @@ fn sync_writes_the_difference() {
     o.remove("Service", "shop/web");
     let gone = agent.sync(&o).unwrap();
     assert_eq!(gone.services.removed, 2, "{gone:?}");
-    assert_eq!(agent.maps().vip_filter_count(ip("10.96.0.10")).unwrap(), 0);
-    assert_eq!(agent.maps().services().unwrap().len(), 10);
+    assert_eq!(agent.maps().lb().vip_filter_count(ip("10.96.0.10")).unwrap(), 0);
+    assert_eq!(agent.maps().lb().services().unwrap().len(), 10);
 
     // A restarted agent over the same maps finds nothing to write.
     let spare = Maps::take(&mut loader::load(&cfg, None).unwrap(), cfg.maglev_table_size).unwrap();
@@ -202,7 +216,7 @@ fn sync_writes_the_difference() {
 #[test]
 fn the_api_source_translates_the_same() {
     use kube::runtime::watcher::Event;
-    use sluice_agent::kube_source::{KINDS, KubeStore};
+    use sluice_agent::source::kube::{KINDS, KubeStore};
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manifests/shop.yaml");
     let objects = parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
     let mut store = KubeStore::default();

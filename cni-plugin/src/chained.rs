@@ -6,13 +6,12 @@
 //! endpoint.
 
 use crate::config::PluginConfig;
-use crate::endpoint::{Endpoint, EndpointStore};
+use crate::endpoint::{Endpoint, EndpointStore, LinkKind, Role};
 use crate::netlink::{Link, Netlink};
 use crate::netns::NetNs;
 use crate::{datapath, pod_setup};
 use sluice_cni_spec::skel::Request;
 use sluice_cni_spec::{CniError, CniResult, ErrorCode, Interface};
-use sluice_ipam::store::now_secs;
 use tracing::info;
 
 fn prev_result(cfg: &PluginConfig) -> Result<CniResult, CniError> {
@@ -107,14 +106,14 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
         ifindex: link.index,
         mac: link.mac_string(),
         ips: ips.clone(),
-        role: "chained".into(),
-        link_kind: link.kind.clone(),
+        role: Role::Chained,
+        link_kind: Some(LinkKind::from_netlink(link.kind.as_deref())),
         host_ifname: None,
         datapath: None,
-        created: now_secs(),
+        created: Endpoint::now(),
     };
     if cfg.datapath.enabled {
-        ep.datapath = Some(datapath::attach(cfg, &ns, &ep)?.as_str().into());
+        ep.datapath = Some(datapath::attach(cfg, &ns, &ep)?);
     }
     if let Err(e) = store.put(&ep) {
         if ep.datapath.is_some() {

@@ -1,8 +1,10 @@
 //! The sluice network config (one entry of a conflist).
 
+use crate::endpoint::LinkKind;
 use serde::Deserialize;
 use serde_json::Value;
 use sluice_cni_spec::{CniError, Dns, ErrorCode};
+use sluice_tc_datapath::config::DatapathConfig;
 use std::path::PathBuf;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/sluice";
@@ -32,97 +34,10 @@ pub struct PluginConfig {
     pub log_file: Option<PathBuf>,
     #[serde(default)]
     pub log_level: Option<String>,
-    /// The eBPF datapath on the pod interface (on unless disabled).
+    /// The eBPF datapath on the pod interface (on unless disabled): its
+    /// settings are the datapath crate's own type.
     #[serde(default)]
-    pub datapath: DatapathSection,
-}
-
-/// `"datapath"`: where the node's programs are pinned and how they are
-/// loaded. Every network on a node must agree on these: a call with other
-/// settings loads another program version and moves every pod onto it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct DatapathSection {
-    pub enabled: bool,
-    /// bpffs directory for maps, programs and links.
-    pub bpffs: PathBuf,
-    /// "auto" (TCX, else clsact), "tcx" or "tc".
-    pub attach: AttachModeConfig,
-    pub source_check: bool,
-    pub maglev_table_size: u32,
-    pub ct_timeouts: CtTimeouts,
-    /// Report one new flow in this many as a flow event (0: none).
-    pub flow_sample: u32,
-}
-
-impl Default for DatapathSection {
-    fn default() -> Self {
-        let d = sluice_tc_datapath::loader::DatapathConfig::default();
-        DatapathSection {
-            enabled: true,
-            bpffs: PathBuf::from(sluice_tc_datapath::pin::DEFAULT_ROOT),
-            attach: AttachModeConfig::Auto,
-            source_check: d.source_check,
-            maglev_table_size: d.maglev_table_size,
-            ct_timeouts: CtTimeouts::default(),
-            flow_sample: d.flow_sample,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachModeConfig {
-    #[default]
-    Auto,
-    Tcx,
-    Tc,
-}
-
-/// Conntrack timeouts in seconds.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct CtTimeouts {
-    pub tcp_syn: u64,
-    pub tcp_established: u64,
-    pub tcp_closing: u64,
-    pub udp: u64,
-}
-
-impl Default for CtTimeouts {
-    fn default() -> Self {
-        let d = sluice_tc_datapath::loader::DatapathConfig::default();
-        CtTimeouts {
-            tcp_syn: d.tcp_syn_timeout.as_secs(),
-            tcp_established: d.tcp_established_timeout.as_secs(),
-            tcp_closing: d.tcp_closing_timeout.as_secs(),
-            udp: d.udp_timeout.as_secs(),
-        }
-    }
-}
-
-impl DatapathSection {
-    pub fn loader_config(&self) -> sluice_tc_datapath::loader::DatapathConfig {
-        let s = std::time::Duration::from_secs;
-        sluice_tc_datapath::loader::DatapathConfig {
-            tcp_syn_timeout: s(self.ct_timeouts.tcp_syn),
-            tcp_established_timeout: s(self.ct_timeouts.tcp_established),
-            tcp_closing_timeout: s(self.ct_timeouts.tcp_closing),
-            udp_timeout: s(self.ct_timeouts.udp),
-            maglev_table_size: self.maglev_table_size,
-            source_check: self.source_check,
-            flow_sample: self.flow_sample,
-        }
-    }
-
-    pub fn attach_mode(&self) -> sluice_tc_datapath::attach::AttachMode {
-        use sluice_tc_datapath::attach::AttachMode;
-        match self.attach {
-            AttachModeConfig::Auto => AttachMode::Auto,
-            AttachModeConfig::Tcx => AttachMode::Tcx,
-            AttachModeConfig::Tc => AttachMode::Tc,
-        }
-    }
+    pub datapath: DatapathConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -189,11 +104,11 @@ pub struct EniConfig {
 }
 
 impl LinkConfig {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> LinkKind {
         match self {
-            LinkConfig::Macvlan(_) => "macvlan",
-            LinkConfig::Ipvlan(_) => "ipvlan",
-            LinkConfig::Eni(_) => "eni",
+            LinkConfig::Macvlan(_) => LinkKind::Macvlan,
+            LinkConfig::Ipvlan(_) => LinkKind::Ipvlan,
+            LinkConfig::Eni(_) => LinkKind::Eni,
         }
     }
 
@@ -264,17 +179,15 @@ impl PluginConfig {
                 mode: IpvlanMode::L3s, ..
             })) = &self.link
             {
-                return bad("link.mode l3s: ipvlan L3S hands a pod's incoming packets to it from the parent's IP                      layer, past the pod interface's tc ingress hook, so the datapath's reverse NAT and ingress                      policy would not run; use l2 or l3 (or datapath.enabled false)"
-                    .into());
+                return bad(
+                    "link.mode l3s: ipvlan L3S hands a pod's incoming packets to it from the parent's IP \
+                            layer, past the pod interface's tc ingress hook, so the datapath's reverse NAT and \
+                            ingress policy would not run; use l2 or l3 (or datapath.enabled false)"
+                        .into(),
+                );
             }
-            if let Err(e) = self.datapath.loader_config().validate() {
-                return bad(format!("datapath: {e}"));
-            }
-            if !self.datapath.bpffs.is_absolute() {
-                return bad(format!(
-                    "datapath.bpffs {} must be an absolute path",
-                    self.datapath.bpffs.display()
-                ));
+            if let Err(e) = self.datapath.validate() {
+                return bad(e.to_string());
             }
         }
         if let Some(ipam) = &self.ipam {

@@ -9,7 +9,10 @@ use crate::netns::NetNs;
 use sluice_cni_spec::{CniError, ErrorCode};
 use sluice_tc_datapath::attach::{self, AttachError, Attached, Node};
 use sluice_tc_datapath::loader::versioned_dir;
+use sluice_tc_datapath::maps::endpoints::Endpoint as EndpointEntry;
+use sluice_tc_datapath::maps::{EndpointMaps, MapsError, PolicyMaps, Source};
 use sluice_tc_datapath::pin::{self, PinError};
+use std::path::Path;
 use tracing::{info, warn};
 
 fn cni_err(e: AttachError, what: &str) -> CniError {
@@ -21,12 +24,20 @@ fn cni_err(e: AttachError, what: &str) -> CniError {
     CniError::new(code, format!("datapath: {what}: {e}"))
 }
 
+fn maps_err(what: impl std::fmt::Display) -> impl FnOnce(MapsError) -> CniError {
+    move |e| CniError::new(ErrorCode::Io, format!("datapath: {what}: {e}"))
+}
+
+/// The endpoint map under a versioned directory.
+fn endpoint_maps(versioned: &Path) -> Result<EndpointMaps, CniError> {
+    EndpointMaps::open(&mut Source::pinned(versioned)).map_err(maps_err("opening the endpoint map"))
+}
+
 /// Attach to the endpoint's interface and publish its addresses. Returns
-/// how it was attached ("tcx" or "tc"), for the endpoint record.
+/// how it was attached, for the endpoint record.
 pub fn attach(cfg: &PluginConfig, ns: &NetNs, ep: &Endpoint) -> Result<Attached, CniError> {
-    let dp = &cfg.datapath;
     let what = format!("{} in {}", ep.ifname, ns.path().display());
-    let mut node = Node::open(&dp.loader_config(), &dp.bpffs).map_err(|e| cni_err(e, "opening the node datapath"))?;
+    let mut node = Node::open(&cfg.datapath).map_err(|e| cni_err(e, "opening the node datapath"))?;
     if node.relinked > 0 {
         info!(
             links = node.relinked,
@@ -36,10 +47,9 @@ pub fn attach(cfg: &PluginConfig, ns: &NetNs, ep: &Endpoint) -> Result<Attached,
     reattach_tc_endpoints(cfg, &mut node);
     let key = pin::link_key(&ep.container_id, &ep.ifname);
     let got = node
-        .attach(ns.as_fd(), &ep.ifname, &key, dp.attach_mode())
+        .attach(ns.as_fd(), &ep.ifname, &key, cfg.datapath.attach)
         .map_err(|e| cni_err(e, &format!("attaching to {what}")))?;
-    let published = publish(&mut node, ep);
-    if let Err(e) = published {
+    if let Err(e) = publish(node.dir(), ep) {
         let _ = attach::detach(node.dir(), Some(ns.as_fd()), &ep.ifname, &key);
         return Err(e);
     }
@@ -47,13 +57,18 @@ pub fn attach(cfg: &PluginConfig, ns: &NetNs, ep: &Endpoint) -> Result<Attached,
     Ok(got)
 }
 
-fn publish(node: &mut Node, ep: &Endpoint) -> Result<(), CniError> {
+fn publish(versioned: &Path, ep: &Endpoint) -> Result<(), CniError> {
+    let mut maps = endpoint_maps(versioned)?;
     let mac = parse_mac(&ep.mac).unwrap_or_default();
-    let id = pin::attachment_id(&ep.container_id, &ep.ifname);
+    let endpoint_id = pin::attachment_id(&ep.container_id, &ep.ifname);
     for ip in &ep.ips {
-        node.maps
-            .add_endpoint(ip.ip(), ep.ifindex, mac, id)
-            .map_err(|e| CniError::new(ErrorCode::Io, format!("datapath: endpoint {}: {e}", ip.ip())))?;
+        let entry = EndpointEntry {
+            addr: ip.ip(),
+            ifindex: ep.ifindex,
+            endpoint_id,
+            mac,
+        };
+        maps.add(&entry).map_err(maps_err(format!("endpoint {}", ip.ip())))?;
     }
     Ok(())
 }
@@ -68,8 +83,8 @@ fn reattach_tc_endpoints(cfg: &PluginConfig, node: &mut Node) {
     let Ok(eps) = EndpointStore::new(&cfg.data_dir(), &cfg.name).list() else {
         return;
     };
-    for ep in eps.iter().filter(|e| e.datapath.as_deref() == Some("tc")) {
-        if let Ok(ns) = NetNs::open(std::path::Path::new(&ep.netns))
+    for ep in eps.iter().filter(|e| e.datapath == Some(Attached::Tc)) {
+        if let Ok(ns) = NetNs::open(Path::new(&ep.netns))
             && let Err(e) = node.reattach_tc(ns.as_fd(), &ep.ifname)
         {
             warn!(container = %ep.container_id, error = %e, "could not move a tc-mode pod to the new programs");
@@ -85,8 +100,7 @@ pub fn detach(
     ifname: &str,
     ep: Option<&Endpoint>,
 ) -> Result<(), CniError> {
-    let dp = &cfg.datapath;
-    let dir = versioned_dir(&dp.bpffs);
+    let dir = versioned_dir(&cfg.datapath.bpffs);
     if !dir.exists() {
         return Ok(());
     }
@@ -94,18 +108,21 @@ pub fn detach(
     attach::detach(&dir, ns.map(NetNs::as_fd), ifname, &key)
         .map_err(|e| cni_err(e, &format!("detaching from {ifname}")))?;
     if let Some(ep) = ep {
-        let mut maps = sluice_tc_datapath::maps::Maps::open_pinned(&dir)
-            .map_err(|e| CniError::new(ErrorCode::Io, format!("datapath: opening the maps: {e}")))?;
+        let mut src = Source::pinned(&dir);
+        let mut endpoints = EndpointMaps::open(&mut src).map_err(maps_err("opening the endpoint map"))?;
+        let mut policy = PolicyMaps::open(&mut src).map_err(maps_err("opening the policy maps"))?;
         let id = pin::attachment_id(container_id, ifname);
         for ip in &ep.ips {
-            maps.remove_endpoint(ip.ip(), id)
-                .map_err(|e| CniError::new(ErrorCode::Io, format!("datapath: endpoint {}: {e}", ip.ip())))?;
+            endpoints
+                .remove(ip.ip(), id)
+                .map_err(maps_err(format!("endpoint {}", ip.ip())))?;
         }
         // The pod's isolation goes with it, so that a sandbox that comes
         // back under the same id is not judged by a stale policy before the
         // agent writes its own; the agent's next apply removes the rules.
-        maps.remove_endpoint_policy(id)
-            .map_err(|e| CniError::new(ErrorCode::Io, format!("datapath: policy of endpoint {id}: {e}")))?;
+        policy
+            .remove_endpoint_policy(id)
+            .map_err(maps_err(format!("policy of endpoint {id}")))?;
     }
     Ok(())
 }
@@ -113,16 +130,15 @@ pub fn detach(
 /// CHECK: our programs, and only ours, on both sides of the interface, and
 /// every address of the pod in the endpoint map, pointing at it.
 pub async fn check(cfg: &PluginConfig, ns: &NetNs, pod: &Netlink, ep: &Endpoint) -> Result<(), CniError> {
-    let dp = &cfg.datapath;
     let failed = |m: String| CniError::new(ErrorCode::CheckFailed, format!("datapath: {m}"));
-    let attached = ep.datapath.as_deref().and_then(Attached::parse).ok_or_else(|| {
+    let attached = ep.datapath.ok_or_else(|| {
         failed(format!(
             "endpoint {}/{} was recorded without a datapath",
             ep.container_id, ep.ifname
         ))
     })?;
     // CHECK changes nothing: no load, no upgrade.
-    let node = Node::open_existing(&dp.loader_config(), &dp.bpffs).map_err(|e| failed(e.to_string()))?;
+    let node = Node::open_existing(&cfg.datapath).map_err(|e| failed(e.to_string()))?;
     let key = pin::link_key(&ep.container_id, &ep.ifname);
     node.check(ns.as_fd(), &ep.ifname, &key, attached)
         .map_err(|m| failed(format!("{m} (in {})", ns.path().display())))?;
@@ -140,13 +156,11 @@ pub async fn check(cfg: &PluginConfig, ns: &NetNs, pod: &Netlink, ep: &Endpoint)
         }
     }
     let id = pin::attachment_id(&ep.container_id, &ep.ifname);
+    let maps = endpoint_maps(node.dir())?;
     for ip in &ep.ips {
-        let k = sluice_tc_datapath::layout::EndpointKey {
-            addr: sluice_tc_datapath::layout::addr(ip.ip()),
-        };
-        match node.maps.endpoints.get(&k, 0) {
-            Ok(v) if v.endpoint_id == id && v.ifindex == ep.ifindex => {}
-            Ok(v) => {
+        match maps.get(ip.ip()).map_err(maps_err("reading the endpoint map"))? {
+            Some(v) if v.endpoint_id == id && v.ifindex == ep.ifindex => {}
+            Some(v) => {
                 return Err(failed(format!(
                     "endpoint map entry for {} belongs to ifindex {} (id {}), not {}",
                     ip.ip(),
@@ -155,7 +169,7 @@ pub async fn check(cfg: &PluginConfig, ns: &NetNs, pod: &Netlink, ep: &Endpoint)
                     ep.ifname
                 )));
             }
-            Err(_) => return Err(failed(format!("{} is missing from the endpoint map", ip.ip()))),
+            None => return Err(failed(format!("{} is missing from the endpoint map", ip.ip()))),
         }
     }
     Ok(())

@@ -5,6 +5,7 @@
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 use sluice_cni_spec::{CniError, ErrorCode};
+use sluice_tc_datapath::attach::Attached;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -18,18 +19,65 @@ pub struct Endpoint {
     pub ifindex: u32,
     pub mac: String,
     pub ips: Vec<IpNetwork>,
-    /// "main" or "chained".
-    pub role: String,
-    /// macvlan, ipvlan or eni in the main role; the link kind found in the chained role.
+    pub role: Role,
+    /// What sluice made in the main role; what it found in the chained role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub link_kind: Option<String>,
+    pub link_kind: Option<LinkKind>,
     /// eni: the host name to give the device back under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_ifname: Option<String>,
-    /// How the datapath is attached: "tcx" or "tc"; absent when disabled.
+    /// How the datapath is attached; absent when disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub datapath: Option<String>,
+    pub datapath: Option<Attached>,
+    /// Seconds since the epoch.
     pub created: u64,
+}
+
+impl Endpoint {
+    /// Now, as `created` counts.
+    pub fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+}
+
+/// Which role made the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// sluice made the pod interface.
+    Main,
+    /// The plugin before sluice in the chain made it.
+    Chained,
+}
+
+/// The pod interface's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkKind {
+    Macvlan,
+    Ipvlan,
+    /// A whole host interface moved into the pod (handed back on DEL).
+    Eni,
+    Veth,
+    /// Any other kind a first plugin made (recorded, never acted on).
+    #[serde(other)]
+    Unknown,
+}
+
+impl LinkKind {
+    /// The kind of a link the kernel reports (`IFLA_INFO_KIND`; none for a
+    /// physical device, which is what an ENI is).
+    pub fn from_netlink(kind: Option<&str>) -> LinkKind {
+        match kind {
+            Some("macvlan") => LinkKind::Macvlan,
+            Some("ipvlan") => LinkKind::Ipvlan,
+            Some("veth") => LinkKind::Veth,
+            None => LinkKind::Eni,
+            Some(_) => LinkKind::Unknown,
+        }
+    }
 }
 
 pub struct EndpointStore {
@@ -130,10 +178,10 @@ mod tests {
             ifindex: 2,
             mac: "02:00:00:00:00:01".into(),
             ips: vec!["10.0.0.2/24".parse().unwrap()],
-            role: "main".into(),
-            link_kind: Some("macvlan".into()),
+            role: Role::Main,
+            link_kind: Some(LinkKind::Macvlan),
             host_ifname: None,
-            datapath: Some("tcx".into()),
+            datapath: Some(Attached::Tcx),
             created: 1,
         };
         assert_eq!(s.get("abc", "eth0").unwrap(), None);
@@ -146,6 +194,26 @@ mod tests {
         assert!(
             std::fs::read_dir(s.dir()).unwrap().next().is_none(),
             "no temp files left"
+        );
+    }
+
+    #[test]
+    fn records_spell_their_kinds_in_lowercase() {
+        let ep = serde_json::json!({"network": "n", "containerId": "c", "ifname": "eth0", "netns": "/x",
+            "ifindex": 2, "mac": "", "ips": [], "role": "chained", "linkKind": "vlan", "datapath": "tc", "created": 1});
+        let ep: Endpoint = serde_json::from_value(ep).unwrap();
+        assert_eq!(
+            (ep.role, ep.link_kind, ep.datapath),
+            (Role::Chained, Some(LinkKind::Unknown), Some(Attached::Tc))
+        );
+        let back = serde_json::to_value(Endpoint {
+            link_kind: Some(LinkKind::Eni),
+            ..ep
+        })
+        .unwrap();
+        assert_eq!(
+            (back["role"].as_str(), back["linkKind"].as_str()),
+            (Some("chained"), Some("eni"))
         );
     }
 }

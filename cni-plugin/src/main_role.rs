@@ -5,7 +5,7 @@
 //! no link, lease or record behind.
 
 use crate::config::{LinkConfig, PluginConfig};
-use crate::endpoint::{Endpoint, EndpointStore};
+use crate::endpoint::{Endpoint, EndpointStore, LinkKind, Role};
 use crate::ipam::Ipam;
 use crate::link::{eni, ipvlan, macvlan};
 use crate::netlink::{Link, Netlink, parse_mac};
@@ -15,7 +15,6 @@ use sluice_cni_spec::skel::Request;
 use sluice_cni_spec::{CniError, CniResult, ErrorCode, Interface};
 use sluice_ipam::cni::ENI_RESULT_KEY;
 use sluice_ipam::eni::EniId;
-use sluice_ipam::store::now_secs;
 use tracing::{info, warn};
 
 enum Undo {
@@ -93,7 +92,44 @@ async fn add_steps(
         ));
     }
     // Find what we attach to before allocating anything, unless IPAM decides it.
-    let configured = match lc {
+    let configured = configured_parent(c, host, lc).await?;
+    let ipam = c.ipam.add(c.req).map_err(|e| e.context("IPAM"))?;
+    undo.push(Undo::ReleaseAddresses);
+    let (host_link, mtu) = parent_for(host, lc, &ipam, configured).await?;
+    let (announce, link) = create_link(c, host, pod, pod_ns, &host_link, mtu, undo).await?;
+    let mut ep = Endpoint {
+        network: c.cfg.name.clone(),
+        container_id: c.cid().to_string(),
+        ifname: c.ifname().to_string(),
+        netns: pod_ns.path().display().to_string(),
+        ifindex: link.index,
+        mac: link.mac_string(),
+        ips: ipam.ips.iter().map(|i| i.address).collect(),
+        role: Role::Main,
+        link_kind: Some(lc.kind()),
+        host_ifname: matches!(lc, LinkConfig::Eni(_)).then(|| host_link.name.clone()),
+        datapath: None,
+        created: Endpoint::now(),
+    };
+    // Programs before the link comes up: no packet leaves unchecked.
+    if c.cfg.datapath.enabled {
+        let got = datapath::attach(c.cfg, pod_ns, &ep)?;
+        ep.datapath = Some(got);
+        undo.push(Undo::Detach {
+            ep: Box::new(ep.clone()),
+        });
+    }
+    pod_setup::configure(pod, pod_ns, &link, &ipam, announce).await?;
+    c.store.put(&ep)?;
+    undo.push(Undo::RemoveEndpoint);
+    info!(container = c.cid(), ifname = c.ifname(), kind = ?lc.kind(), ips = ?ep.ips, "pod interface ready");
+    Ok(add_result(c, ipam, &link, mtu, pod_ns))
+}
+
+/// The parent (and the pod link's MTU) the config names, found before
+/// anything is allocated; None when IPAM decides it (an ENI pool).
+async fn configured_parent(c: &Ctx<'_>, host: &Netlink, lc: &LinkConfig) -> Result<Option<(Link, u32)>, CniError> {
+    Ok(match lc {
         LinkConfig::Eni(e) => {
             let l = eni::find(host, e).await?;
             let mtu = e.mtu.unwrap_or(l.mtu);
@@ -108,42 +144,59 @@ async fn add_steps(
             }
             None => None,
         },
-    };
+    })
+}
 
-    let ipam = c.ipam.add(c.req).map_err(|e| e.context("IPAM"))?;
-    undo.push(Undo::ReleaseAddresses);
-
-    // An ENI-pool address is routed by the VPC to its ENI only: the pod goes there.
-    let (host_link, mtu) = match (ipam_eni(&ipam)?, lc) {
+/// Where the pod link goes: an ENI-pool address is routed by the VPC to
+/// its ENI only, so the pod goes there; otherwise the configured parent.
+async fn parent_for(
+    host: &Netlink,
+    lc: &LinkConfig,
+    ipam: &CniResult,
+    configured: Option<(Link, u32)>,
+) -> Result<(Link, u32), CniError> {
+    match (ipam_eni(ipam)?, lc) {
         (Some(id), LinkConfig::Macvlan(_) | LinkConfig::Ipvlan(_)) => {
             let l = eni_parent(host, &id).await?;
             let mtu = checked_mtu(&l, lc.mtu())?;
-            (l, mtu)
+            Ok((l, mtu))
         }
         (_, _) => configured.ok_or_else(|| {
             CniError::new(
                 ErrorCode::InvalidConfig,
                 "link.parent is unset and IPAM named no ENI for this pod",
             )
-        })?,
-    };
+        }),
+    }
+}
 
+/// Make the pod interface on `parent` (or move the ENI in); returns
+/// whether the pod announces its address, and the link.
+async fn create_link(
+    c: &Ctx<'_>,
+    host: &Netlink,
+    pod: &Netlink,
+    pod_ns: &NetNs,
+    parent: &Link,
+    mtu: u32,
+    undo: &mut Vec<Undo>,
+) -> Result<(bool, Link), CniError> {
     // Created under a name of its own, renamed once in the pod: older
     // kernels (Debian's 6.1, in the VM suite) check a new macvlan/ipvlan's
     // name in its parent's namespace, where the parent is often `eth0`.
     let tmp = creation_name(c.cid(), c.ifname());
-    let (announce, link) = match lc {
+    match link_cfg(c.cfg) {
         LinkConfig::Macvlan(m) => {
-            let msg = macvlan::create_request(m, host_link.index, &tmp, mtu, pod_ns.raw_fd());
-            host.add_link(msg, &format!("macvlan {} on {}", c.ifname(), host_link.name))
+            let msg = macvlan::create_request(m, parent.index, &tmp, mtu, pod_ns.raw_fd());
+            host.add_link(msg, &format!("macvlan {} on {}", c.ifname(), parent.name))
                 .await?;
             let link = rename_in_pod(pod, &tmp, c.ifname()).await?;
             undo.push(Undo::DeleteLink);
-            (true, link)
+            Ok((true, link))
         }
         LinkConfig::Ipvlan(i) => {
-            let msg = ipvlan::create_request(i, host_link.index, &tmp, mtu, pod_ns.raw_fd());
-            host.add_link(msg, &format!("ipvlan {} on {}", c.ifname(), host_link.name))
+            let msg = ipvlan::create_request(i, parent.index, &tmp, mtu, pod_ns.raw_fd());
+            host.add_link(msg, &format!("ipvlan {} on {}", c.ifname(), parent.name))
                 .await
                 .map_err(|e| {
                     if e.is(ErrorCode::NotAvailable) {
@@ -154,18 +207,18 @@ async fn add_steps(
                 })?;
             let link = rename_in_pod(pod, &tmp, c.ifname()).await?;
             undo.push(Undo::DeleteLink);
-            (ipvlan::announces(i), link)
+            Ok((ipvlan::announces(i), link))
         }
         LinkConfig::Eni(_) => {
             host.move_link(
-                host_link.index,
+                parent.index,
                 pod_ns.raw_fd(),
                 c.ifname(),
-                &format!("move ENI {} into the pod", host_link.name),
+                &format!("move ENI {} into the pod", parent.name),
             )
             .await?;
             undo.push(Undo::ReturnEni {
-                host_name: host_link.name.clone(),
+                host_name: parent.name.clone(),
             });
             let link = pod_link(pod, c.ifname()).await?;
             if link.mtu != mtu {
@@ -175,36 +228,13 @@ async fn add_steps(
                 )
                 .await?;
             }
-            (true, link)
+            Ok((true, link))
         }
-    };
-    let mut ep = Endpoint {
-        network: c.cfg.name.clone(),
-        container_id: c.cid().to_string(),
-        ifname: c.ifname().to_string(),
-        netns: pod_ns.path().display().to_string(),
-        ifindex: link.index,
-        mac: link.mac_string(),
-        ips: ipam.ips.iter().map(|i| i.address).collect(),
-        role: "main".into(),
-        link_kind: Some(lc.kind().into()),
-        host_ifname: matches!(lc, LinkConfig::Eni(_)).then(|| host_link.name.clone()),
-        datapath: None,
-        created: now_secs(),
-    };
-    // Programs before the link comes up: no packet leaves unchecked.
-    if c.cfg.datapath.enabled {
-        let got = datapath::attach(c.cfg, pod_ns, &ep)?;
-        ep.datapath = Some(got.as_str().into());
-        undo.push(Undo::Detach {
-            ep: Box::new(ep.clone()),
-        });
     }
-    pod_setup::configure(pod, pod_ns, &link, &ipam, announce).await?;
-    c.store.put(&ep)?;
-    undo.push(Undo::RemoveEndpoint);
-    info!(container = c.cid(), ifname = c.ifname(), kind = lc.kind(), ips = ?ep.ips, "pod interface ready");
+}
 
+/// IPAM's result with the pod interface it now belongs to.
+fn add_result(c: &Ctx<'_>, ipam: CniResult, link: &Link, mtu: u32, pod_ns: &NetNs) -> CniResult {
     let mut result = ipam;
     result.interfaces = vec![Interface {
         name: c.ifname().to_string(),
@@ -219,7 +249,7 @@ async fn add_steps(
     if let Some(dns) = &c.cfg.dns {
         result.dns = dns.clone();
     }
-    Ok(result)
+    result
 }
 
 /// The ENI an ENI-pool allocation belongs to, if IPAM said.
@@ -331,8 +361,8 @@ pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> 
         (None, LinkConfig::Eni(e)) => e.device.clone(),
         _ => None,
     };
-    let is_eni = matches!(link_cfg(cfg), LinkConfig::Eni(_))
-        || ep.as_ref().is_some_and(|e| e.link_kind.as_deref() == Some("eni"));
+    let is_eni =
+        matches!(link_cfg(cfg), LinkConfig::Eni(_)) || ep.as_ref().is_some_and(|e| e.link_kind == Some(LinkKind::Eni));
 
     let pod_ns = match req.inv.netns.as_deref() {
         Some(p) => match NetNs::open(p) {

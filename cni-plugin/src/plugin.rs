@@ -107,7 +107,7 @@ impl Plugin for Sluice {
                     crate::datapath::detach(&cfg, ns.as_ref(), &ep.container_id, &ep.ifname, Some(ep))?;
                 }
                 if cfg.link.is_some()
-                    && ep.link_kind.as_deref() != Some("eni")
+                    && ep.link_kind != Some(crate::endpoint::LinkKind::Eni)
                     && let Ok(ns) = NetNs::open(std::path::Path::new(&ep.netns))
                 {
                     let pod = Netlink::in_netns(&ns)?;

@@ -4,7 +4,7 @@
 use crate::netns::Netns;
 use crate::vpc::Vpc;
 use anyhow::{Context, Result};
-use sluice_tc_datapath::attach::{ProgramList, tcx_programs};
+use sluice_tc_datapath::attach::{ProgramRef, Side, tcx_programs};
 use sluice_tc_datapath::loader::versioned_dir;
 use sluice_tc_datapath::maps::Maps;
 use std::os::fd::AsFd;
@@ -32,10 +32,19 @@ impl Vpc {
     }
 }
 
-/// The TCX programs on `ifname` in `ns`: (egress, ingress), each (id, name).
-pub fn programs_on(ns: &Netns, ifname: &str) -> Result<(ProgramList, ProgramList)> {
+/// The TCX programs on `ifname` in `ns`, by side.
+pub struct ProgramsOn {
+    pub egress: Vec<ProgramRef>,
+    pub ingress: Vec<ProgramRef>,
+}
+
+/// The TCX programs on `ifname` in `ns`.
+pub fn programs_on(ns: &Netns, ifname: &str) -> Result<ProgramsOn> {
     let f = std::fs::File::open(ns.path()).with_context(|| format!("open {}", ns.path().display()))?;
-    Ok(tcx_programs(f.as_fd(), ifname)?)
+    Ok(ProgramsOn {
+        egress: tcx_programs(f.as_fd(), ifname, Side::Egress)?,
+        ingress: tcx_programs(f.as_fd(), ifname, Side::Ingress)?,
+    })
 }
 
 /// `tc filter show` for one side of `ifname` in `ns`.

@@ -12,6 +12,7 @@ pub mod kube_proxy;
 pub mod netns;
 pub mod podman;
 pub mod probe;
+pub mod services;
 pub mod vpc;
 
 use std::path::PathBuf;

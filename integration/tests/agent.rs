@@ -127,7 +127,8 @@ fn until(
 }
 
 fn active(maps: &sluice_tc_datapath::maps::Maps) -> usize {
-    maps.services()
+    maps.lb()
+        .services()
         .unwrap()
         .iter()
         .find(|s| s.vip == IpAddr::V4(VIP) && s.port == 80)
@@ -135,10 +136,7 @@ fn active(maps: &sluice_tc_datapath::maps::Maps) -> usize {
 }
 
 fn has_backend(maps: &sluice_tc_datapath::maps::Maps, ip: Ipv4Addr) -> bool {
-    maps.backends()
-        .unwrap()
-        .iter()
-        .any(|(_, b)| b.addr[12..] == ip.octets())
+    maps.lb().backends().unwrap().iter().any(|b| b.addr == IpAddr::V4(ip))
 }
 
 fn request(to: SocketAddr) -> std::io::Result<String> {
@@ -347,7 +345,7 @@ fn agent_follows_manifests_and_survives_kill() {
     // flow event `sluicectl observe` shows with the policy that made it.
     write_policy(&dir, &pods.iter().map(|p| p.1).collect::<Vec<_>>());
     until(&maps, "the policy", |m| {
-        m.endpoint_policies().map(|e| e.len() == 3).unwrap_or(false)
+        m.policy().endpoint_policies().map(|e| e.len() == 3).unwrap_or(false)
     });
     let s2 = SocketAddr::new(ips[1].into(), 8080);
     let denied = vpc.pods[pods[1].0].run(|| request(s2)).unwrap();
@@ -446,7 +444,13 @@ fn agent_collects_pods_whose_netns_is_gone() {
     assert!(out.status.success(), "{log}");
     assert!(log.contains("netns is gone"), "{log}");
     let maps = vpc.maps(0).unwrap();
-    let left: Vec<IpAddr> = maps.endpoint_entries().unwrap().into_iter().map(|(ip, _)| ip).collect();
+    let left: Vec<IpAddr> = maps
+        .endpoints()
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.addr)
+        .collect();
     assert_eq!(left, vec![ips[1]], "only the live pod keeps its endpoint entry");
     assert_eq!(vpc.pinned_links(0), vec!["gb:eth0".to_string()], "and its links");
     assert_eq!(vpc.endpoints(0).len(), 2, "the plugin's records stay for its DEL");

@@ -284,7 +284,7 @@ fn snapshot(vpc: &Vpc) -> Vec<String> {
     s.push(format!("pinned links: {:?}", vpc.pinned_links(0)));
     s.push(format!(
         "endpoint map: {:?}",
-        vpc.maps(0).ok().map(|m| m.endpoint_entries().unwrap().len())
+        vpc.maps(0).ok().map(|m| m.endpoints().entries().unwrap().len())
     ));
     s
 }

@@ -8,8 +8,9 @@ use sluice_integration::datapath::{programs_on, tc_filters};
 use sluice_integration::probe::{EchoServer, Session, StreamEcho, udp_request, udp_request_from};
 use sluice_integration::require_root;
 use sluice_integration::vpc::{Vpc, result_ip};
-use sluice_tc_datapath::layout::{EndpointKey, Reason, addr};
-use sluice_tc_datapath::maps::ServiceSpec;
+use sluice_tc_datapath::attach::ProgramRef;
+use sluice_tc_datapath::layout::{Direction, Reason};
+use sluice_tc_datapath::maps::lb::{Algorithm, Backend, ServiceSpec};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 
@@ -17,8 +18,8 @@ fn sa(ip: &str, port: u16) -> SocketAddr {
     format!("{ip}:{port}").parse().unwrap()
 }
 
-fn names(l: &[(u32, String)]) -> Vec<&str> {
-    l.iter().map(|p| p.1.as_str()).collect()
+fn names(l: &[ProgramRef]) -> Vec<&str> {
+    l.iter().map(|p| p.name.as_str()).collect()
 }
 
 #[test]
@@ -35,25 +36,20 @@ fn add_attaches_check_verifies_del_removes() {
     // One program version loaded for both pods; each pod has its own links.
     assert_eq!(vpc.program_versions(0).len(), 1);
     assert_eq!(vpc.pinned_links(0), vec!["ca:eth0".to_string(), "cb:eth0".to_string()]);
-    let (eg, ing) = programs_on(&vpc.pods[a], "eth0").unwrap();
-    assert_eq!((names(&eg), names(&ing)), (vec!["sl_egress"], vec!["sl_ingress"]));
-    let (eg_b, _) = programs_on(&vpc.pods[b], "eth0").unwrap();
+    let on = programs_on(&vpc.pods[a], "eth0").unwrap();
     assert_eq!(
-        eg[0].0, eg_b[0].0,
+        (names(&on.egress), names(&on.ingress)),
+        (vec!["sl_egress"], vec!["sl_ingress"])
+    );
+    let on_b = programs_on(&vpc.pods[b], "eth0").unwrap();
+    assert_eq!(
+        on.egress[0].id, on_b.egress[0].id,
         "both pods run the same loaded program (no verifier run per pod)"
     );
 
     // The endpoint map knows each pod by address, interface and MAC.
     let maps = vpc.maps(0).unwrap();
-    let ep = maps
-        .endpoints
-        .get(
-            &EndpointKey {
-                addr: addr(ip_a.parse().unwrap()),
-            },
-            0,
-        )
-        .unwrap();
+    let ep = maps.endpoints().get(ip_a.parse().unwrap()).unwrap().unwrap();
     let index_a: u32 = vpc.pods[a]
         .ip(&["-o", "link", "show", "eth0"])
         .unwrap()
@@ -65,14 +61,10 @@ fn add_attaches_check_verifies_del_removes() {
     assert_eq!(ep.ifindex, index_a);
 
     // Traffic goes through the programs.
-    let before = maps
-        .count(Reason::Forwarded, sluice_tc_datapath::layout::Direction::Egress)
-        .unwrap();
+    let before = maps.observe().count(Reason::Forwarded, Direction::Egress).unwrap();
     let _srv = EchoServer::start(&vpc.pods[b], 7000, "b").unwrap();
     assert_eq!(udp_request(&vpc.pods[a], sa(&ip_b, 7000), "hi").unwrap(), "b:hi");
-    let after = maps
-        .count(Reason::Forwarded, sluice_tc_datapath::layout::Direction::Egress)
-        .unwrap();
+    let after = maps.observe().count(Reason::Forwarded, Direction::Egress).unwrap();
     assert!(after > before, "egress forwarded counter moved: {before} -> {after}");
 
     // Source check: an address the pod was not given is dropped at its egress.
@@ -82,7 +74,8 @@ fn add_attaches_check_verifies_del_removes() {
     let spoofed = udp_request_from(&vpc.pods[a], "10.244.1.251".parse().unwrap(), sa(&ip_b, 7000), "x");
     assert!(spoofed.is_err(), "a spoofed source got through: {spoofed:?}");
     assert!(
-        maps.count(Reason::DropSourceAddress, sluice_tc_datapath::layout::Direction::Egress)
+        maps.observe()
+            .count(Reason::DropSourceAddress, Direction::Egress)
             .unwrap()
             >= 3
     );
@@ -148,19 +141,16 @@ fn add_attaches_check_verifies_del_removes() {
     vpc.sluice(0, "DEL", "ca", a, &conf).expect_ok("DEL a again");
     assert_eq!(vpc.pinned_links(0), vec!["cb:eth0".to_string()]);
     assert!(
-        maps.endpoints
-            .get(
-                &EndpointKey {
-                    addr: addr(ip_a.parse().unwrap())
-                },
-                0
-            )
-            .is_err(),
+        maps.endpoints().get(ip_a.parse().unwrap()).unwrap().is_none(),
         "endpoint entry removed"
     );
     vpc.sluice(0, "DEL", "cb", b, &conf).expect_ok("DEL b");
     assert!(vpc.pinned_links(0).is_empty());
-    assert_eq!(maps.endpoints.keys().count(), 0, "no endpoint left in the map");
+    assert_eq!(
+        maps.endpoints().entries().unwrap().len(),
+        0,
+        "no endpoint left in the map"
+    );
 }
 
 /// A VIP served by pod `b`: 10.96.0.10:80/tcp -> b:7100, and the same port over UDP to 7000.
@@ -168,18 +158,24 @@ fn service_to(vpc: &Vpc, ip_b: &str) {
     let mut maps = vpc.maps(0).unwrap();
     let b: IpAddr = ip_b.parse().unwrap();
     for (proto, port, target, id) in [(6u8, 80u16, 7100u16, 1u32), (17, 53, 7000, 2)] {
-        maps.upsert_service(&ServiceSpec {
-            vip: "10.96.0.10".parse().unwrap(),
-            port,
-            proto,
-            rev_nat_id: id,
-            algorithm: 0,
-            affinity_timeout_secs: 0,
-            reject: false,
-            draining: Vec::new(),
-            backends: vec![(id, b, target, true)],
-        })
-        .unwrap();
+        maps.lb_mut()
+            .upsert_service(&ServiceSpec {
+                vip: "10.96.0.10".parse().unwrap(),
+                port,
+                proto,
+                rev_nat_id: id,
+                algorithm: Algorithm::Random,
+                affinity_timeout_secs: 0,
+                reject: false,
+                draining: Vec::new(),
+                backends: vec![Backend {
+                    id,
+                    addr: b,
+                    port: target,
+                    active: true,
+                }],
+            })
+            .unwrap();
     }
 }
 
@@ -201,7 +197,7 @@ fn a_new_program_version_takes_over_every_link_keeping_connections() {
     let mut session = Session::open(&vpc.pods[a], sa("10.96.0.10", 80)).unwrap();
     assert_eq!(session.ask("one").unwrap(), "b:one");
     let old = vpc.program_versions(0);
-    let (old_eg, old_ing) = programs_on(&vpc.pods[a], "eth0").unwrap();
+    let old_on = programs_on(&vpc.pods[a], "eth0").unwrap();
     vpc.pods[a]
         .ip(&["addr", "add", "10.244.1.251/32", "dev", "eth0"])
         .unwrap();
@@ -217,10 +213,19 @@ fn a_new_program_version_takes_over_every_link_keeping_connections() {
     assert_eq!(new.len(), 1, "the old version is unpinned: {new:?}");
     assert_ne!(new, old);
     for p in [a, b, c] {
-        let (eg, ing) = programs_on(&vpc.pods[p], "eth0").unwrap();
-        assert_eq!((names(&eg), names(&ing)), (vec!["sl_egress"], vec!["sl_ingress"]));
-        assert_ne!(eg[0].0, old_eg[0].0, "pod {p} egress runs the new program");
-        assert_ne!(ing[0].0, old_ing[0].0, "pod {p} ingress runs the new program");
+        let on = programs_on(&vpc.pods[p], "eth0").unwrap();
+        assert_eq!(
+            (names(&on.egress), names(&on.ingress)),
+            (vec!["sl_egress"], vec!["sl_ingress"])
+        );
+        assert_ne!(
+            on.egress[0].id, old_on.egress[0].id,
+            "pod {p} egress runs the new program"
+        );
+        assert_ne!(
+            on.ingress[0].id, old_on.ingress[0].id,
+            "pod {p} ingress runs the new program"
+        );
     }
     // The connection made under the old programs carries on, through the
     // same conntrack entry, under the new ones.
@@ -254,8 +259,11 @@ fn clsact_fallback_attaches_checks_and_detaches() {
     vpc.sluice(0, "ADD", "ca", a, &conf).expect_ok("ADD a");
     let ip_b = result_ip(&vpc.sluice(0, "ADD", "cb", b, &conf).expect_ok("ADD b").json());
     assert!(vpc.pinned_links(0).is_empty(), "tc mode pins no links");
-    let (eg, ing) = programs_on(&vpc.pods[a], "eth0").unwrap();
-    assert!(eg.is_empty() && ing.is_empty(), "no TCX programs in tc mode");
+    let on = programs_on(&vpc.pods[a], "eth0").unwrap();
+    assert!(
+        on.egress.is_empty() && on.ingress.is_empty(),
+        "no TCX programs in tc mode"
+    );
     for side in ["egress", "ingress"] {
         let f = tc_filters(&vpc.pods[a], "eth0", side).unwrap();
         assert!(

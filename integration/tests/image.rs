@@ -248,7 +248,13 @@ endpoints: [{{addresses: [{}]}}]
     );
 
     let maps = vpc.maps(0).unwrap();
-    let mut left: Vec<IpAddr> = maps.endpoint_entries().unwrap().into_iter().map(|(ip, _)| ip).collect();
+    let mut left: Vec<IpAddr> = maps
+        .endpoints()
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.addr)
+        .collect();
     left.sort();
     let mut live = vec![ips["srv"], ips["cli"]];
     live.sort();

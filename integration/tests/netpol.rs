@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 use sluice_integration::netns::Netns;
 use sluice_integration::probe::{EchoServer, Session, StreamEcho};
+use sluice_integration::services::{ServicePort, Services};
 use sluice_integration::vpc::{Vpc, result_ip};
 use sluice_integration::{bin_dir, require_root};
 use sluice_policy::{NodeApplier, Translator};
@@ -247,7 +248,7 @@ impl Cluster {
     /// Each scenario starts with no connection left over from the last.
     fn flush(&mut self) {
         for (maps, _) in &mut self.nodes {
-            maps.flush_conntrack().unwrap();
+            maps.ct_mut().flush().unwrap();
         }
     }
 
@@ -564,20 +565,19 @@ fn network_policy_truth_table() {
     let node = xa % 2;
     let ep_id = c.nodes[node]
         .0
-        .endpoint_entries()
+        .endpoints()
+        .get(c.models[xa].ip)
         .unwrap()
-        .into_iter()
-        .find(|(ip, _)| *ip == c.models[xa].ip)
-        .map(|(_, v)| v.endpoint_id)
+        .map(|e| e.endpoint_id)
         .expect("x/a has an endpoint entry");
     assert!(
-        c.nodes[node].0.endpoint_policy(ep_id).unwrap().is_some(),
+        c.nodes[node].0.policy().endpoint_policy(ep_id).unwrap().is_some(),
         "x/a is isolated"
     );
     let conf = c.vpc.main_conf(node, "1.1.0");
     c.vpc.sluice(node, "DEL", "xa", c.netns[xa], &conf).expect_ok("DEL x/a");
     assert_eq!(
-        c.nodes[node].0.endpoint_policy(ep_id).unwrap(),
+        c.nodes[node].0.policy().endpoint_policy(ep_id).unwrap(),
         None,
         "DEL removed x/a's policy entry"
     );
@@ -589,15 +589,14 @@ fn network_policy_truth_table() {
 /// itself. Expectations from the evaluator, as for the pod itself.
 fn services_and_policy(c: &mut Cluster) {
     let xa = c.models.iter().position(|m| m.ns == "x" && m.name == "a").unwrap();
-    let backend = format!("{}:80", c.models[xa].ip);
-    for node in 0..2 {
-        let out = std::process::Command::new(bin_dir().join("sluicectl"))
-            .arg("--bpffs")
-            .arg(c.vpc.bpffs[node].root())
-            .args(["service", "add", "10.96.0.50:80/tcp", "--backend", &backend])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let backend = SocketAddr::new(c.models[xa].ip, 80);
+    let svcs = Services::new(&c.vpc).unwrap();
+    svcs.put(&c.vpc, &ServicePort::new("10.96.0.50:80/tcp", &[backend]))
+        .unwrap();
+    // The agent wrote the maps (its sync of no policy removed this test's
+    // entries): the test's appliers start again from what the maps hold.
+    for (maps, applier) in &mut c.nodes {
+        *applier = NodeApplier::from_maps(maps).unwrap();
     }
     let vip: SocketAddr = "10.96.0.50:80".parse().unwrap();
     let cases = [

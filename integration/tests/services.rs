@@ -1,7 +1,8 @@
 //! Services end to end in the simulated VPC: two nodes, pods made by the
 //! CNI main role and, separately, by the chained role behind the reference
-//! macvlan; Services programmed with `sluicectl` into each node's pinned
-//! maps; real TCP and UDP through the VIPs. netfilter is shown to be out of
+//! macvlan; Services given to the node agent as manifests (its one writer
+//! of Services) and written into each node's pinned maps; real TCP and UDP
+//! through the VIPs; `sluicectl` shows what the maps hold. netfilter is shown to be out of
 //! the path: no conntrack entry and no iptables/nftables rule anywhere,
 //! before and after.
 
@@ -9,6 +10,7 @@ use serde_json::Value;
 use sluice_integration::chain::Chain;
 use sluice_integration::netns::Netns;
 use sluice_integration::probe::{EchoServer, Session, StreamEcho, tcp_request, udp_request};
+use sluice_integration::services::{ServicePort, Services};
 use sluice_integration::vpc::{Vpc, result_ip};
 use sluice_integration::{bin_dir, reference_plugins_present, require_root, skip};
 use std::collections::BTreeMap;
@@ -39,15 +41,6 @@ fn sluicectl(vpc: &Vpc, node: usize, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Program a service on every node (each node has its own maps).
-fn service(vpc: &Vpc, args: &[&str]) {
-    for node in 0..vpc.nodes.len() {
-        let mut a = vec!["service", "add"];
-        a.extend_from_slice(args);
-        sluicectl(vpc, node, &a);
-    }
 }
 
 /// No conntrack entry and no firewall rule in any namespace of the VPC.
@@ -138,25 +131,13 @@ fn services_end_to_end(role: Role) {
         .collect();
     assert_netfilter_unused(&vpc, "before");
 
-    let to = |ip: &str, port: u16| format!("{ip}:{port}");
-    let three = |port: u16| {
-        vec![
-            "--backend".to_string(),
-            to(&ip1, port),
-            "--backend".into(),
-            to(&ip2, port),
-            "--backend".into(),
-            to(&ip3, port),
-        ]
-    };
-    let args = |head: &[&str], tail: &[String]| -> Vec<String> {
-        head.iter().map(|s| s.to_string()).chain(tail.iter().cloned()).collect()
-    };
-    let run = |v: Vec<String>| service(&vpc, &v.iter().map(String::as_str).collect::<Vec<_>>());
-    run(args(&["10.96.0.10:80/tcp"], &three(7000)));
-    run(args(&["10.96.0.10:53/udp"], &three(7000)));
-    run(args(&["10.96.0.12:80/tcp"], &three(7100)));
-    run(args(&["10.96.0.13:80/tcp", "--affinity", "60"], &three(7000)));
+    let svcs = Services::new(&vpc).unwrap();
+    let put = |s: ServicePort| svcs.put(&vpc, &s).unwrap();
+    let three = |port: u16| [sa(&ip1, port), sa(&ip2, port), sa(&ip3, port)];
+    put(ServicePort::new("10.96.0.10:80/tcp", &three(7000)));
+    put(ServicePort::new("10.96.0.10:53/udp", &three(7000)));
+    put(ServicePort::new("10.96.0.12:80/tcp", &three(7100)));
+    put(ServicePort::new("10.96.0.13:80/tcp", &three(7000)).affinity(60));
 
     // Service connections take the direct path: the DNATed frame is
     // addressed to the backend's own MAC (resolved in the client's
@@ -203,8 +184,8 @@ fn services_end_to_end(role: Role) {
     }
 
     // Hairpin: a backend reaching its own Service lands on itself.
-    service(&vpc, &["10.96.0.11:80/tcp", "--backend", &to(&ip1, 7000)]);
-    service(&vpc, &["10.96.0.11:53/udp", "--backend", &to(&ip1, 7000)]);
+    put(ServicePort::new("10.96.0.11:80/tcp", &[sa(&ip1, 7000)]));
+    put(ServicePort::new("10.96.0.11:53/udp", &[sa(&ip1, 7000)]));
     assert_eq!(
         tcp_request(&vpc.pods[b1], sa("10.96.0.11", 80), "self").unwrap(),
         "b1:self"
@@ -216,7 +197,7 @@ fn services_end_to_end(role: Role) {
 
     // A closed backend port: the ICMP error is translated back to the VIP,
     // so the client's connected socket sees "connection refused".
-    service(&vpc, &["10.96.0.14:53/udp", "--backend", &to(&ip2, 7999)]);
+    put(ServicePort::new("10.96.0.14:53/udp", &[sa(&ip2, 7999)]));
     let refused = vpc.pods[c]
         .run(|| {
             let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -228,11 +209,12 @@ fn services_end_to_end(role: Role) {
         .unwrap();
     assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused));
 
-    // A Service without backends is dropped silently by default (the
-    // client's connect times out); with --reject the client is answered
-    // with port unreachable from the VIP and refused at once, and so is a
-    // port the VIP does not serve.
-    service(&vpc, &["10.96.0.15:80/tcp"]);
+    // A Service without backends that drops (`sluice.io/unreachable:
+    // drop`) times the client's connect out; one that rejects (the
+    // default, as kube-proxy) answers with port unreachable from the VIP
+    // and the client is refused at once, and so is a port the VIP does not
+    // serve.
+    put(ServicePort::new("10.96.0.15:80/tcp", &[]).dropping());
     let connect = |port: u16| {
         vpc.pods[c]
             .run(|| {
@@ -243,7 +225,7 @@ fn services_end_to_end(role: Role) {
             .unwrap()
     };
     assert_eq!(connect(80).0, Err(std::io::ErrorKind::TimedOut), "silent drop");
-    service(&vpc, &["10.96.0.15:80/tcp", "--reject"]);
+    put(ServicePort::new("10.96.0.15:80/tcp", &[]));
     for port in [80, 81] {
         let (r, took) = connect(port);
         assert_eq!(r, Err(std::io::ErrorKind::ConnectionRefused), "port {port} rejected");
@@ -265,17 +247,17 @@ fn services_end_to_end(role: Role) {
         "b2" => ip2.clone(),
         _ => ip3.clone(),
     };
-    let mut update = vec!["10.96.0.12:80/tcp".to_string()];
-    for b in ["b1", "b2", "b3"] {
-        update.push(if b == gone { "--terminating" } else { "--backend" }.into());
-        update.push(to(&ip_of(b), 7100));
-    }
-    run(update);
+    let staying: Vec<SocketAddr> = ["b1", "b2", "b3"]
+        .iter()
+        .filter(|b| **b != gone)
+        .map(|b| sa(&ip_of(b), 7100))
+        .collect();
+    put(ServicePort::new("10.96.0.12:80/tcp", &staying).terminating(sa(&ip_of(&gone), 7100)));
     let listed = sluicectl(&vpc, 0, &["backend", "list"]);
     assert!(
         listed
             .lines()
-            .any(|l| l.contains(&to(&ip_of(&gone), 7100)) && l.contains("terminating")),
+            .any(|l| l.contains(&sa(&ip_of(&gone), 7100).to_string()) && l.contains("terminating")),
         "{listed}"
     );
     for i in 0..30 {
@@ -326,20 +308,21 @@ fn services_end_to_end(role: Role) {
     assert!(count("service-translated") >= 300 && count("reply-translated") >= 300);
     assert!(count("hairpin") >= 2 && count("icmp-error-translated") >= 1);
     assert!(count("rejected") >= 2 && count("drop-no-backend") >= 2 && count("drop-unknown-port") >= 1);
-    let svcs: Value = serde_json::from_str(&sluicectl(&vpc, 1, &["-o", "json", "service", "list"])).unwrap();
-    assert_eq!(svcs.as_array().unwrap().len(), 8, "{svcs}");
+    let listed: Value = serde_json::from_str(&sluicectl(&vpc, 1, &["-o", "json", "service", "list"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 8, "{listed}");
     assert!(
-        svcs.as_array()
+        listed
+            .as_array()
             .unwrap()
             .iter()
             .any(|s| s["vip"] == "10.96.0.15" && s["reject"] == true),
-        "{svcs}"
+        "{listed}"
     );
 
     assert_netfilter_unused(&vpc, "after");
 
     // Removing a service: its VIP stops answering.
-    sluicectl(&vpc, 0, &["service", "del", "10.96.0.13:80/tcp"]);
+    svcs.remove(&vpc, "10.96.0.13:80/tcp").unwrap();
     assert!(tcp_request(&vpc.pods[c], sa("10.96.0.13", 80), "x").is_err());
 }
 

@@ -13,8 +13,8 @@ use crate::translate::Desired;
 use ipnetwork::IpNetwork;
 use sluice_tc_datapath::layout::{
     EpPolicyValue, ID_HOST, NAME_IDENTITY, NAME_POLICY, NameValue, POLICY_F_EGRESS, POLICY_F_INGRESS, PolicyMatch,
-    PolicyValue,
 };
+use sluice_tc_datapath::maps::policy::RuleEntry;
 use sluice_tc_datapath::maps::{Maps, MapsError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -26,8 +26,8 @@ struct State {
     ipcache: BTreeMap<IpAddr, u32>,
     cidrs: BTreeMap<IpNetwork, u32>,
     endpoints: BTreeMap<u32, EpPolicyValue>,
-    /// Trie entries: (endpoint id, match, prefix length) -> value.
-    rules: BTreeMap<(PolicyMatch, u32), PolicyValue>,
+    /// Rule entries: (match, prefix length) -> the policy allowing it.
+    rules: BTreeMap<(PolicyMatch, u32), u32>,
 }
 
 /// How many entries one `apply` wrote and removed.
@@ -49,22 +49,23 @@ impl NodeApplier {
     /// previous run's entries are compared against, not duplicated).
     pub fn from_maps(maps: &Maps) -> Result<NodeApplier, MapsError> {
         let mut s = State::default();
-        for (ip, id) in maps.identities()? {
-            s.ipcache.insert(ip, id);
+        let policy = maps.policy();
+        for e in policy.identities()? {
+            s.ipcache.insert(e.addr, e.identity);
         }
-        for (net, len, id) in maps.cidrs()? {
-            if let Ok(n) = IpNetwork::new(net, len) {
-                s.cidrs.insert(n, id);
+        for c in policy.cidrs()? {
+            if let Ok(n) = IpNetwork::new(c.net, c.prefix) {
+                s.cidrs.insert(n, c.identity);
             }
         }
-        for (ep, v) in maps.endpoint_policies()? {
-            s.endpoints.insert(ep, v);
+        for e in policy.endpoint_policies()? {
+            s.endpoints.insert(e.endpoint_id, e.state);
         }
-        for (len, m, v) in maps.rule_entries(None)? {
-            s.rules.insert((m, len), v);
+        for e in policy.rule_entries(None)? {
+            s.rules.insert((e.rule, e.prefix_len), e.policy);
         }
-        for (k, name) in maps.names()? {
-            s.names.insert((k.kind, k.id), name);
+        for n in maps.observe().names()? {
+            s.names.insert((n.kind, n.id), n.name);
         }
         Ok(NodeApplier { applied: s })
     }
@@ -80,52 +81,60 @@ impl NodeApplier {
         };
         for (k, v) in &want.names {
             if have.names.get(k) != Some(v) {
-                maps.set_name(k.0, k.1, v)?;
+                maps.observe_mut().set_name(k.0, k.1, v)?;
                 st.written += 1;
             }
         }
         for (ip, id) in &want.ipcache {
             if have.ipcache.get(ip) != Some(id) {
-                maps.set_identity(*ip, *id)?;
+                maps.policy_mut().set_identity(*ip, *id)?;
                 st.written += 1;
             }
         }
         for (n, id) in &want.cidrs {
             if have.cidrs.get(n) != Some(id) {
-                maps.set_cidr(n.network(), n.prefix(), *id)?;
+                maps.policy_mut().set_cidr(n.network(), n.prefix(), *id)?;
                 st.written += 1;
             }
         }
-        for ((m, len), v) in &want.rules {
-            if have.rules.get(&(*m, *len)) != Some(v) {
-                maps.set_rule_entry(*len, *m, *v)?;
+        for ((rule, prefix_len), policy) in &want.rules {
+            if have.rules.get(&(*rule, *prefix_len)) != Some(policy) {
+                maps.policy_mut().set_rule_entry(&RuleEntry {
+                    rule: *rule,
+                    prefix_len: *prefix_len,
+                    policy: *policy,
+                })?;
                 st.written += 1;
             }
         }
         for (ep, v) in &want.endpoints {
             if have.endpoints.get(ep) != Some(v) {
-                maps.set_endpoint_policy(*ep, *v)?;
+                maps.policy_mut().set_endpoint_policy(*ep, *v)?;
                 st.written += 1;
             }
         }
         for ep in have.endpoints.keys().filter(|e| !want.endpoints.contains_key(e)) {
-            maps.remove_endpoint_policy(*ep)?;
+            maps.policy_mut().remove_endpoint_policy(*ep)?;
             st.removed += 1;
         }
-        for (m, len) in have.rules.keys().filter(|k| !want.rules.contains_key(k)) {
-            maps.remove_rule_entry(*len, *m)?;
+        for ((rule, prefix_len), policy) in have.rules.iter().filter(|(k, _)| !want.rules.contains_key(k)) {
+            maps.policy_mut().remove_rule_entry(&RuleEntry {
+                rule: *rule,
+                prefix_len: *prefix_len,
+                policy: *policy,
+            })?;
             st.removed += 1;
         }
         for n in have.cidrs.keys().filter(|n| !want.cidrs.contains_key(n)) {
-            maps.remove_cidr(n.network(), n.prefix())?;
+            maps.policy_mut().remove_cidr(n.network(), n.prefix())?;
             st.removed += 1;
         }
         for ip in have.ipcache.keys().filter(|ip| !want.ipcache.contains_key(ip)) {
-            maps.remove_identity(*ip)?;
+            maps.policy_mut().remove_identity(*ip)?;
             st.removed += 1;
         }
         for k in have.names.keys().filter(|k| !want.names.contains_key(k)) {
-            maps.remove_name(k.0, k.1)?;
+            maps.observe_mut().remove_name(k.0, k.1)?;
             st.removed += 1;
         }
         self.applied = want;
@@ -136,9 +145,10 @@ impl NodeApplier {
     /// (found by address in the endpoint map).
     fn wanted(&self, maps: &Maps, d: &Desired, host: &[IpAddr]) -> Result<State, MapsError> {
         let local: BTreeMap<IpAddr, u32> = maps
-            .endpoint_entries()?
+            .endpoints()
+            .entries()?
             .into_iter()
-            .map(|(ip, v)| (ip, v.endpoint_id))
+            .map(|e| (e.addr, e.endpoint_id))
             .collect();
         let mut s = State {
             ipcache: d.ipcache.clone(),
@@ -186,13 +196,9 @@ impl NodeApplier {
                 },
             );
             for r in &ep.rules {
-                let v = PolicyValue {
-                    policy: r.policy,
-                    pad0: 0,
-                };
-                for k in r.keys(ep_id) {
+                for e in r.entries(ep_id) {
                     // Two policies may allow the same thing: the first names it.
-                    s.rules.entry((k.data(), k.prefix_len())).or_insert(v);
+                    s.rules.entry((e.rule, e.prefix_len)).or_insert(e.policy);
                 }
             }
         }

@@ -6,7 +6,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{Value, json};
 use sluice_policy::Translator;
 use sluice_tc_datapath::layout::{Direction, ID_ANY};
-use sluice_tc_datapath::maps::Rule;
+use sluice_tc_datapath::maps::policy::Rule;
 use std::net::IpAddr;
 
 fn ns(name: &str, labels: Value) -> Namespace {
@@ -135,7 +135,7 @@ fn peers_ports_named_ports_and_ip_blocks() {
     let rules: Vec<Seen> = d.endpoints["x/web"]
         .rules
         .iter()
-        .map(|r: &Rule| (r.dir, r.identity, r.proto, r.ports))
+        .map(|r: &Rule| (r.dir, r.identity, r.proto, r.ports.map(|p| (p.first, p.last))))
         .collect();
     assert_eq!(
         rules,

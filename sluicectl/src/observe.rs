@@ -12,7 +12,7 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct Observe {
     /// The agent's flow socket (its --flows-socket).
-    #[arg(long, default_value = "/run/sluice/flows.sock")]
+    #[arg(long, default_value = sluice_tc_datapath::maps::observe::DEFAULT_FLOWS_SOCKET)]
     socket: PathBuf,
     /// Keep printing flows as they come.
     #[arg(short, long)]

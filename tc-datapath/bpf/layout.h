@@ -19,7 +19,7 @@
 
 #include <linux/types.h>
 
-#define SLUICE_LAYOUT_VERSION 6
+#define SLUICE_LAYOUT_VERSION 7
 
 /* ---- services: (VIP, port, proto, slot) -> service or backend slot ----
  * Slot 0 is the service itself; slots 1..count hold the ids of the backends
@@ -344,18 +344,17 @@ struct metrics_value {
 
 /* ---- info: what the attached programs were loaded with (one entry) ----
  * The programs read their configuration from .rodata, never from here; this
- * copy is for the tools (sluicectl needs the Maglev table size to write
- * tables, and everyone wants to see which build is attached). Written by
+ * copy is for the tools (writers need the Maglev table size, and everyone
+ * wants to see which build is attached with which settings). `config` is
+ * the settings compiled into the programs as the JSON the CNI config
+ * spells them in, so that no setting can be left out of it. Written by
  * whoever loads a new program version, after every link has moved to it.
  */
+#define DP_INFO_CONFIG_LEN 504
+
 struct dp_info {
-	__u64 prog_hash;	/* FNV-1a of the object and its configuration */
-	__u64 ct_tcp_syn_ns;
-	__u64 ct_tcp_established_ns;
-	__u64 ct_tcp_closing_ns;
-	__u64 ct_udp_ns;
-	__u32 maglev_m;
-	__u32 source_check;
+	__u64 prog_hash;	/* the program version: FNV-1a of the object and config */
+	char config[DP_INFO_CONFIG_LEN];	/* JSON, NUL-padded */
 };
 
 #endif

@@ -69,11 +69,11 @@ int main(void)
 	SIZE(metrics_value);
 	OFF(metrics_value, packets); OFF(metrics_value, bytes);
 	SIZE(dp_info);
-	OFF(dp_info, prog_hash); OFF(dp_info, ct_tcp_syn_ns); OFF(dp_info, ct_tcp_established_ns);
-	OFF(dp_info, ct_tcp_closing_ns); OFF(dp_info, ct_udp_ns); OFF(dp_info, maglev_m); OFF(dp_info, source_check);
+	OFF(dp_info, prog_hash); OFF(dp_info, config);
 	printf("];\n");
 	printf("pub const REASON_MAX: u32 = %d;\n", REASON_MAX);
 	printf("pub const VIP_FILTER_BITS: u32 = %d;\n", VIP_FILTER_BITS);
+	printf("pub const DP_INFO_CONFIG_LEN: usize = %d;\n", DP_INFO_CONFIG_LEN);
 	printf("pub const POLICY_BITS_ANY_PROTO: u32 = %d;\n", POLICY_BITS_ANY_PROTO);
 	printf("pub const POLICY_BITS_ANY_PORT: u32 = %d;\n", POLICY_BITS_ANY_PORT);
 	printf("pub const POLICY_BITS_EXACT: u32 = %d;\n", POLICY_BITS_EXACT);

@@ -25,8 +25,23 @@ pub fn ip(a: &Addr) -> IpAddr {
     }
 }
 
+pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_SCTP: u8 = 132;
+
+/// An IP protocol number as the tools print it.
+pub fn proto_name(p: u8) -> String {
+    match p {
+        PROTO_TCP => "tcp".into(),
+        PROTO_UDP => "udp".into(),
+        PROTO_ICMP => "icmp".into(),
+        PROTO_ICMPV6 => "icmpv6".into(),
+        PROTO_SCTP => "sctp".into(),
+        n => n.to_string(),
+    }
+}
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -329,17 +344,33 @@ pub struct MetricsValue {
     pub bytes: u64,
 }
 
-/// What the attached programs were loaded with (the `sl_info` map's one entry).
+/// What the attached programs were loaded with (the `sl_info` map's one
+/// entry): their version and their settings as JSON.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DpInfo {
     pub prog_hash: u64,
-    pub ct_tcp_syn_ns: u64,
-    pub ct_tcp_established_ns: u64,
-    pub ct_tcp_closing_ns: u64,
-    pub ct_udp_ns: u64,
-    pub maglev_m: u32,
-    pub source_check: u32,
+    pub config: [u8; DP_INFO_CONFIG_LEN],
+}
+
+impl DpInfo {
+    /// The entry of programs loaded with `cfg`.
+    pub fn of(cfg: &crate::config::DatapathConfig) -> DpInfo {
+        let json = serde_json::to_vec(&cfg.program_settings()).expect("JSON");
+        assert!(json.len() < DP_INFO_CONFIG_LEN, "the program settings fit sl_info");
+        let mut config = [0u8; DP_INFO_CONFIG_LEN];
+        config[..json.len()].copy_from_slice(&json);
+        DpInfo {
+            prog_hash: cfg.prog_hash(),
+            config,
+        }
+    }
+
+    /// The settings it holds.
+    pub fn config(&self) -> Result<crate::config::DatapathConfig, serde_json::Error> {
+        let end = self.config.iter().position(|b| *b == 0).unwrap_or(DP_INFO_CONFIG_LEN);
+        crate::config::DatapathConfig::from_program_settings(&self.config[..end])
+    }
 }
 
 /// Why a packet was forwarded or dropped: the metrics map's first index.
@@ -505,7 +536,7 @@ mod tests {
             "name_value" => NameValue { name },
             "flow_event" => FlowEvent { time_ns, saddr, daddr, sport, dport, proto, dir, reason, endpoint_id, peer_identity, policy, backend_id },
             "metrics_value" => MetricsValue { packets, bytes },
-            "dp_info" => DpInfo { prog_hash, ct_tcp_syn_ns, ct_tcp_established_ns, ct_tcp_closing_ns, ct_udp_ns, maglev_m, source_check },
+            "dp_info" => DpInfo { prog_hash, config },
         };
         assert_eq!(rust.len(), C_LAYOUT.len(), "every C struct and field has a Rust mirror");
         for (name, c) in C_LAYOUT {

@@ -1,13 +1,14 @@
-//! Loading the object: configuration globals, optional pinning of every map
-//! under a layout-versioned bpffs directory, and the verifier run of both
-//! programs (once per node, never per pod).
+//! Loading the object: the settings as load-time constants, optional
+//! pinning of every map under a layout-versioned bpffs directory, and the
+//! verifier run of both programs (once per node, never per pod).
 
 use crate::OBJECT;
+use crate::config::{ConfigError, DatapathConfig};
 use crate::layout::LAYOUT_VERSION;
+use crate::maps;
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -20,60 +21,11 @@ pub enum LoadError {
         source: aya::programs::ProgramError,
     },
     #[error("invalid datapath config: {0}")]
-    Config(String),
-}
-
-/// Conntrack timeouts and algorithm parameters, fixed at load time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DatapathConfig {
-    pub tcp_syn_timeout: Duration,
-    pub tcp_established_timeout: Duration,
-    pub tcp_closing_timeout: Duration,
-    pub udp_timeout: Duration,
-    /// Maglev table size per service: a prime (default 16381).
-    pub maglev_table_size: u32,
-    /// Drop pod packets whose source is not the pod's own address.
-    pub source_check: bool,
-    /// Report one new flow in this many on the event ring (0: none; drops
-    /// are always reported).
-    pub flow_sample: u32,
-}
-
-impl Default for DatapathConfig {
-    fn default() -> Self {
-        DatapathConfig {
-            tcp_syn_timeout: Duration::from_secs(60),
-            tcp_established_timeout: Duration::from_secs(6 * 3600),
-            tcp_closing_timeout: Duration::from_secs(10),
-            udp_timeout: Duration::from_secs(60),
-            maglev_table_size: 16381,
-            source_check: true,
-            flow_sample: 0,
-        }
-    }
+    Config(#[from] ConfigError),
 }
 
 pub const EGRESS: &str = "sl_egress";
 pub const INGRESS: &str = "sl_ingress";
-pub const MAPS: [&str; 17] = [
-    "sl_services",
-    "sl_vip_filter",
-    "sl_backends",
-    "sl_revnat",
-    "sl_maglev",
-    "sl_affinity",
-    "sl_ct",
-    "sl_endpoints",
-    "sl_ipcache",
-    "sl_cidr",
-    "sl_ep_policy",
-    "sl_policy",
-    "sl_policy_ranges",
-    "sl_names",
-    "sl_events",
-    "sl_metrics",
-    "sl_info",
-];
 
 /// The versioned directory under the bpffs root (e.g. /sys/fs/bpf/sluice):
 /// a layout change gets fresh maps instead of misreading old ones.
@@ -81,42 +33,17 @@ pub fn versioned_dir(root: &Path) -> PathBuf {
     root.join(format!("v{LAYOUT_VERSION}"))
 }
 
-impl DatapathConfig {
-    pub fn validate(&self) -> Result<(), LoadError> {
-        if !is_prime(self.maglev_table_size) {
-            return Err(LoadError::Config(format!(
-                "maglev table size {} is not a prime",
-                self.maglev_table_size
-            )));
-        }
-        for (name, d) in [
-            ("tcpSyn", self.tcp_syn_timeout),
-            ("tcpEstablished", self.tcp_established_timeout),
-            ("tcpClosing", self.tcp_closing_timeout),
-            ("udp", self.udp_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(LoadError::Config(format!("conntrack timeout {name} must be positive")));
-            }
-        }
-        Ok(())
-    }
-}
-
-fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
-}
-
 /// Load and verify both programs. With `pin_root`, every map is pinned
 /// (or, when already pinned, reused) under `versioned_dir(pin_root)/maps`.
 pub fn load(cfg: &DatapathConfig, pin_root: Option<&Path>) -> Result<Ebpf, LoadError> {
     cfg.validate()?;
-    let ns = |d: Duration| d.as_nanos() as u64;
+    let t = &cfg.ct_timeouts;
+    let ns = |d: std::time::Duration| d.as_nanos() as u64;
     let (syn, est, closing, udp) = (
-        ns(cfg.tcp_syn_timeout),
-        ns(cfg.tcp_established_timeout),
-        ns(cfg.tcp_closing_timeout),
-        ns(cfg.udp_timeout),
+        ns(t.tcp_syn()),
+        ns(t.tcp_established()),
+        ns(t.tcp_closing()),
+        ns(t.udp()),
     );
     let source_check = u32::from(cfg.source_check);
     let mut loader = EbpfLoader::new();
@@ -128,10 +55,10 @@ pub fn load(cfg: &DatapathConfig, pin_root: Option<&Path>) -> Result<Ebpf, LoadE
         .override_global("cfg_maglev_m", &cfg.maglev_table_size, true)
         .override_global("cfg_source_check", &source_check, true)
         .override_global("cfg_flow_sample", &cfg.flow_sample, true);
-    let map_dir = pin_root.map(|r| versioned_dir(r).join("maps"));
-    if let Some(dir) = &map_dir {
-        for name in MAPS {
-            loader.map_pin_path(name, dir.join(name));
+    if let Some(root) = pin_root {
+        let versioned = versioned_dir(root);
+        for def in maps::ALL {
+            loader.map_pin_path(def.name, maps::pin_path(&versioned, def));
         }
     }
     let mut ebpf = loader.load(OBJECT)?;
@@ -151,8 +78,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn maglev_size_must_be_prime() {
-        assert!(is_prime(16381) && is_prime(65537) && !is_prime(16384) && !is_prime(1));
+    fn an_invalid_config_is_not_loaded() {
         let cfg = DatapathConfig {
             maglev_table_size: 1000,
             ..Default::default()

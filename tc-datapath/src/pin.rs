@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Where systemd (and Cilium, and everyone else) mounts bpffs.
 pub const SYSTEM_BPFFS: &str = "/sys/fs/bpf";
-pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/sluice";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
@@ -91,7 +90,7 @@ pub fn link_key(container_id: &str, ifname: &str) -> String {
 /// The endpoint map's owner tag of one attachment, so that a DEL never
 /// removes an address a newer pod already holds. Never 0 ("no owner").
 pub fn attachment_id(container_id: &str, ifname: &str) -> u32 {
-    let h = crate::maglev::fnv1a(0xe9, format!("{container_id}\0{ifname}").as_bytes());
+    let h = crate::hash::fnv1a(0xe9, format!("{container_id}\0{ifname}").as_bytes());
     ((h >> 32) as u32 ^ h as u32).max(1)
 }
 

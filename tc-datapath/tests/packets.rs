@@ -8,7 +8,7 @@ use common::ip;
 use common::*;
 use sluice_tc_datapath::layout::*;
 use sluice_tc_datapath::loader::{EGRESS, INGRESS};
-use sluice_tc_datapath::maps::ServiceSpec;
+use sluice_tc_datapath::maps::lb::{Algorithm, ServiceSpec};
 
 /// Client pod -> VIP (DNAT at egress), backend -> client (reverse NAT at ingress).
 fn round_trip(client: &str, vip: &str, backend: &str, proto: u8) {
@@ -24,7 +24,13 @@ fn round_trip(client: &str, vip: &str, backend: &str, proto: u8) {
     assert_eq!(out.ports(), (40000, 8080));
     out.assert_checksums();
     assert_eq!(out.bytes[out.bytes.len() - 5..], *b"hello", "payload untouched");
-    assert_eq!(dp.maps.count(Reason::ServiceTranslated, Direction::Egress).unwrap(), 1);
+    assert_eq!(
+        dp.maps
+            .observe()
+            .count(Reason::ServiceTranslated, Direction::Egress)
+            .unwrap(),
+        1
+    );
 
     // Both conntrack entries exist and name the backend.
     let p = |x: u16| x.to_be();
@@ -43,8 +49,8 @@ fn round_trip(client: &str, vip: &str, backend: &str, proto: u8) {
         kind: CT_FLOW,
         ..svc_key
     };
-    assert_eq!(dp.maps.ct.get(&svc_key, 0).unwrap().backend_id, 11);
-    assert_eq!(dp.maps.ct.get(&flow_key, 0).unwrap().state, CT_NEW);
+    assert_eq!(dp.maps.ct().get(&svc_key).unwrap().unwrap().backend_id, 11);
+    assert_eq!(dp.maps.ct().get(&flow_key).unwrap().unwrap().state, CT_NEW);
 
     // The same connection keeps its backend even after the service changes.
     dp.service(vip, 80, proto, &[(12, backend, 9090)]);
@@ -57,9 +63,15 @@ fn round_trip(client: &str, vip: &str, backend: &str, proto: u8) {
     assert_eq!(out.addrs(), (ip(vip), ip(client)), "reply comes from the VIP");
     assert_eq!(out.ports(), (80, 40000));
     out.assert_checksums();
-    assert_eq!(dp.maps.count(Reason::ReplyTranslated, Direction::Ingress).unwrap(), 1);
-    assert_eq!(dp.maps.ct.get(&flow_key, 0).unwrap().state, CT_ESTABLISHED);
-    let svc_ct = dp.maps.ct.get(&svc_key, 0).unwrap();
+    assert_eq!(
+        dp.maps
+            .observe()
+            .count(Reason::ReplyTranslated, Direction::Ingress)
+            .unwrap(),
+        1
+    );
+    assert_eq!(dp.maps.ct().get(&flow_key).unwrap().unwrap().state, CT_ESTABLISHED);
+    let svc_ct = dp.maps.ct().get(&svc_key).unwrap().unwrap();
     assert_eq!(svc_ct.state, CT_ESTABLISHED);
     assert_eq!(
         (svc_ct.nh_mac, svc_ct.nh_ifindex),
@@ -176,11 +188,11 @@ fn drops_carry_their_reason() {
         ),
     ];
     for (what, f, reason) in cases {
-        let before = dp.maps.count(reason, Direction::Egress).unwrap();
+        let before = dp.maps.observe().count(reason, Direction::Egress).unwrap();
         let (verdict, _) = dp.run(EGRESS, &f);
         assert_eq!(verdict, TC_ACT_SHOT, "{what}");
         assert_eq!(
-            dp.maps.count(reason, Direction::Egress).unwrap(),
+            dp.maps.observe().count(reason, Direction::Egress).unwrap(),
             before + 1,
             "{what}: {}",
             reason.name()
@@ -190,12 +202,21 @@ fn drops_carry_their_reason() {
     let direct = Frame::new("10.244.1.5", "10.244.2.7", 40000, 80, PROTO_TCP, SYN, b"");
     let (verdict, out) = dp.run(EGRESS, &direct);
     assert_eq!((verdict, out.bytes), (TC_ACT_OK, direct.bytes));
-    assert_eq!(dp.maps.count(Reason::Forwarded, Direction::Egress).unwrap(), 1);
+    assert_eq!(
+        dp.maps.observe().count(Reason::Forwarded, Direction::Egress).unwrap(),
+        1
+    );
     // A truncated TCP header is malformed.
     let mut cut = Frame::new("10.244.1.5", "10.96.0.10", 40000, 80, PROTO_TCP, SYN, b"");
     cut.bytes.truncate(ETH + 20 + 6);
     assert_eq!(dp.run(EGRESS, &cut).0, TC_ACT_SHOT);
-    assert_eq!(dp.maps.count(Reason::DropMalformed, Direction::Egress).unwrap(), 1);
+    assert_eq!(
+        dp.maps
+            .observe()
+            .count(Reason::DropMalformed, Direction::Egress)
+            .unwrap(),
+        1
+    );
 }
 
 /// Random selection spreads new connections; Maglev sends one flow to the
@@ -211,12 +232,9 @@ fn random_and_maglev_selection() {
         (3, "10.244.4.7", 8080),
     ];
     let flush = |dp: &mut Dp| {
-        let keys: Vec<CtKey> = dp.maps.ct.keys().map(Result::unwrap).collect();
-        for k in keys {
-            dp.maps.ct.remove(&k).unwrap();
-        }
+        dp.maps.ct_mut().flush().unwrap();
     };
-    for alg in [SVC_ALG_RANDOM, SVC_ALG_MAGLEV] {
+    for alg in [Algorithm::Random, Algorithm::Maglev] {
         let mut dp = Dp::new();
         dp.pod("10.244.1.5");
         dp.service_with("10.96.0.10", 80, PROTO_TCP, &backends, alg);
@@ -231,12 +249,16 @@ fn random_and_maglev_selection() {
             changed += usize::from(first != second);
             *per_backend.entry(first).or_insert(0) += 1;
         }
-        assert_eq!(per_backend.len(), 3, "alg {alg}: every backend chosen: {per_backend:?}");
+        assert_eq!(
+            per_backend.len(),
+            3,
+            "alg {alg:?}: every backend chosen: {per_backend:?}"
+        );
         assert!(
             per_backend.values().all(|n| *n >= 60),
-            "alg {alg}: spread {per_backend:?}"
+            "alg {alg:?}: spread {per_backend:?}"
         );
-        if alg == SVC_ALG_MAGLEV {
+        if alg == Algorithm::Maglev {
             assert_eq!(changed, 0, "Maglev: a flow maps to one backend, conntrack or not");
         } else {
             assert!(changed > 100, "random: re-selection differs often, {changed} of 300");
@@ -254,19 +276,20 @@ fn session_affinity_pins_a_client() {
     let mut dp = Dp::new();
     dp.pod("10.244.1.5");
     dp.maps
+        .lb_mut()
         .upsert_service(&ServiceSpec {
             vip: ip("10.96.0.10"),
             port: 80,
             proto: PROTO_TCP,
             rev_nat_id: 1,
-            algorithm: SVC_ALG_RANDOM,
+            algorithm: Algorithm::Random,
             affinity_timeout_secs: 300,
             reject: false,
             draining: Vec::new(),
             backends: vec![
-                (1, ip("10.244.2.7"), 8080, true),
-                (2, ip("10.244.3.7"), 8080, true),
-                (3, ip("10.244.4.7"), 8080, true),
+                be(1, ip("10.244.2.7"), 8080, true),
+                be(2, ip("10.244.3.7"), 8080, true),
+                be(3, ip("10.244.4.7"), 8080, true),
             ],
         })
         .unwrap();
@@ -310,7 +333,10 @@ fn icmp_error_translation(client: &str, vip: &str, backend: &str) {
         assert_eq!(sum16(&q.bytes[ETH..ETH + 20], 0), 0xffff, "quoted IPv4 header checksum");
     }
     assert_eq!(
-        dp.maps.count(Reason::IcmpErrorTranslated, Direction::Ingress).unwrap(),
+        dp.maps
+            .observe()
+            .count(Reason::IcmpErrorTranslated, Direction::Ingress)
+            .unwrap(),
         1
     );
 
@@ -365,7 +391,7 @@ fn hairpin(pod: &str, vip: &str, hairpin_addr: &str) {
     assert_eq!(out.ports(), (80, 40000));
     assert_eq!(out.bytes[..6], POD_MAC);
     out.assert_checksums();
-    assert_eq!(dp.maps.count(Reason::Hairpin, Direction::Egress).unwrap(), 2);
+    assert_eq!(dp.maps.observe().count(Reason::Hairpin, Direction::Egress).unwrap(), 2);
 }
 
 #[test]
@@ -388,7 +414,7 @@ fn hairpin_v6_turns_a_pod_to_itself_around() {
 fn reject(client: &str, vip: &str) {
     let mut dp = Dp::new();
     dp.pod(client);
-    dp.service_full(vip, 80, PROTO_TCP, &[], SVC_ALG_RANDOM, true);
+    dp.service_full(vip, 80, PROTO_TCP, &[], Algorithm::Random, true);
     let v6 = client.contains(':');
     let quote_len = if v6 { 48 } else { 28 };
     let cases = [
@@ -431,9 +457,9 @@ fn reject(client: &str, vip: &str) {
             "{what}: length field"
         );
         out.assert_icmp_checksum();
-        assert_eq!(dp.maps.count(reason, Direction::Egress).unwrap(), 1, "{what}");
+        assert_eq!(dp.maps.observe().count(reason, Direction::Egress).unwrap(), 1, "{what}");
     }
-    assert_eq!(dp.maps.count(Reason::Rejected, Direction::Egress).unwrap(), 2);
+    assert_eq!(dp.maps.observe().count(Reason::Rejected, Direction::Egress).unwrap(), 2);
     // The answer passes the pod's ingress as an ordinary ICMP error: it is
     // about no flow that was translated.
     let (_, answer) = dp.run(EGRESS, &Frame::new(client, vip, 40002, 80, PROTO_TCP, SYN, b""));
@@ -469,30 +495,25 @@ fn vip_filter_counts_and_is_consulted() {
     dp.service("10.96.0.10", 53, PROTO_UDP, &[(2, "10.244.2.7", 5353)]);
     dp.service("10.96.0.10", 80, PROTO_TCP, &[(1, "10.244.2.7", 8080)]);
     assert_eq!(
-        dp.maps.vip_filter_count(vip).unwrap(),
+        dp.maps.lb().vip_filter_count(vip).unwrap(),
         1,
         "one VIP, two ports, one rewrite"
     );
-    assert!(dp.maps.delete_service(vip, 53, PROTO_UDP).unwrap());
-    assert_eq!(dp.maps.vip_filter_count(vip).unwrap(), 1, "a port is left");
+    assert!(dp.maps.lb_mut().remove_frontend(vip, 53, PROTO_UDP, false).unwrap() > 0);
+    assert_eq!(dp.maps.lb().vip_filter_count(vip).unwrap(), 1, "a port is left");
 
     let syn = Frame::new("10.244.1.5", "10.96.0.10", 40000, 80, PROTO_TCP, SYN, b"");
     assert_eq!(dp.run(EGRESS, &syn).0, TC_ACT_REDIRECT);
     // With its slot zeroed the VIP is not looked up at all.
-    let slot = vip_slot(&addr(vip));
-    let word = dp.maps.vip_filter.get(&(slot / 8), 0).unwrap();
-    dp.maps
-        .vip_filter
-        .set(slot / 8, word & !(0xff << ((slot % 8) * 8)), 0)
-        .unwrap();
+    dp.maps.lb_mut().set_vip_filter_count(vip, 0).unwrap();
     let other = Frame::new("10.244.1.5", "10.96.0.10", 40001, 80, PROTO_TCP, SYN, b"");
     let (verdict, out) = dp.run(EGRESS, &other);
     assert_eq!((verdict, out.bytes), (TC_ACT_OK, other.bytes.clone()));
-    dp.maps.vip_filter.set(slot / 8, word, 0).unwrap();
+    dp.maps.lb_mut().set_vip_filter_count(vip, 1).unwrap();
 
-    assert!(dp.maps.delete_service(vip, 80, PROTO_TCP).unwrap());
+    assert!(dp.maps.lb_mut().remove_frontend(vip, 80, PROTO_TCP, true).unwrap() > 0);
     assert_eq!(
-        dp.maps.vip_filter_count(vip).unwrap(),
+        dp.maps.lb().vip_filter_count(vip).unwrap(),
         0,
         "the last port took the VIP out"
     );
@@ -515,26 +536,30 @@ fn rewriting_a_service_writes_only_what_changed() {
         port: 80,
         proto: PROTO_TCP,
         rev_nat_id: 1,
-        algorithm: SVC_ALG_MAGLEV,
+        algorithm: Algorithm::Maglev,
         affinity_timeout_secs: 0,
         reject: false,
         draining: Vec::new(),
         backends: vec![
-            (1, ip("10.244.2.7"), 8080, true),
-            (2, ip("10.244.3.7"), 8080, true),
-            (3, ip("10.244.4.7"), 8080, true),
+            be(1, ip("10.244.2.7"), 8080, true),
+            be(2, ip("10.244.3.7"), 8080, true),
+            be(3, ip("10.244.4.7"), 8080, true),
         ],
     };
-    let first = dp.maps.upsert_service(&spec).unwrap();
+    let first = dp.maps.lb_mut().upsert_service(&spec).unwrap();
     assert!(first > 8, "a new Service writes its entries: {first}");
-    assert_eq!(dp.maps.upsert_service(&spec).unwrap(), 0, "the same Service again");
-    spec.backends[2].3 = false;
-    let change = dp.maps.upsert_service(&spec).unwrap();
+    assert_eq!(
+        dp.maps.lb_mut().upsert_service(&spec).unwrap(),
+        0,
+        "the same Service again"
+    );
+    spec.backends[2].active = false;
+    let change = dp.maps.lb_mut().upsert_service(&spec).unwrap();
     assert!(
         change > 0 && change < first,
         "one backend terminating: {change} writes, the Service took {first}"
     );
-    assert_eq!(dp.maps.upsert_service(&spec).unwrap(), 0, "and again: nothing");
+    assert_eq!(dp.maps.lb_mut().upsert_service(&spec).unwrap(), 0, "and again: nothing");
     for sport in 40000..40064 {
         let (_, out) = dp.run(
             EGRESS,
@@ -567,13 +592,13 @@ fn a_syn_on_a_closed_connection_opens_a_new_one() {
         port: 80,
         proto: PROTO_TCP,
         rev_nat_id: 1,
-        algorithm: SVC_ALG_RANDOM,
+        algorithm: Algorithm::Random,
         affinity_timeout_secs: 0,
         reject: false,
         draining: Vec::new(),
-        backends: vec![(1, a, 8080, a_on), (2, b, 8080, b_on)],
+        backends: vec![be(1, a, 8080, a_on), be(2, b, 8080, b_on)],
     };
-    dp.maps.upsert_service(&spec(true, true)).unwrap();
+    dp.maps.lb_mut().upsert_service(&spec(true, true)).unwrap();
     let to_vip = |dp: &Dp, sport: u16, flags: u8| {
         dp.run(
             EGRESS,
@@ -593,7 +618,8 @@ fn a_syn_on_a_closed_connection_opens_a_new_one() {
     }
     assert!(
         dp.maps
-            .conntrack()
+            .ct()
+            .entries()
             .unwrap()
             .iter()
             .all(|(k, v)| k.kind != CT_SERVICE || v.state == CT_CLOSING),
@@ -602,7 +628,8 @@ fn a_syn_on_a_closed_connection_opens_a_new_one() {
     to_vip(&dp, 40000, SYN);
     assert!(
         dp.maps
-            .conntrack()
+            .ct()
+            .entries()
             .unwrap()
             .iter()
             .any(|(k, v)| k.kind == CT_SERVICE && v.state == CT_NEW),
@@ -610,13 +637,16 @@ fn a_syn_on_a_closed_connection_opens_a_new_one() {
     );
     to_vip(&dp, 40000, FIN_ACK);
     // Closed, then its backend terminating: the reused port goes elsewhere.
-    dp.maps.upsert_service(&spec(first != a, first != b)).unwrap();
+    dp.maps.lb_mut().upsert_service(&spec(first != a, first != b)).unwrap();
     let other = if first == a { b } else { a };
     assert_eq!(to_vip(&dp, 40000, SYN), other, "a new connection on a reused port");
     // Still opening: a retransmitted SYN stays with its (now terminating) backend.
-    dp.maps.upsert_service(&spec(true, true)).unwrap();
+    dp.maps.lb_mut().upsert_service(&spec(true, true)).unwrap();
     let opening = to_vip(&dp, 40001, SYN);
-    dp.maps.upsert_service(&spec(opening != a, opening != b)).unwrap();
+    dp.maps
+        .lb_mut()
+        .upsert_service(&spec(opening != a, opening != b))
+        .unwrap();
     assert_eq!(
         to_vip(&dp, 40001, SYN),
         opening,
@@ -631,7 +661,7 @@ fn flows_and_drops_are_reported() {
     if !root("flows_and_drops_are_reported") {
         return;
     }
-    let cfg = sluice_tc_datapath::loader::DatapathConfig {
+    let cfg = sluice_tc_datapath::config::DatapathConfig {
         flow_sample: 1,
         ..Default::default()
     };

@@ -11,7 +11,7 @@ use common::ip;
 use common::*;
 use sluice_tc_datapath::layout::*;
 use sluice_tc_datapath::loader::{EGRESS, INGRESS};
-use sluice_tc_datapath::maps::Rule;
+use sluice_tc_datapath::maps::policy::{PortRange, Rule};
 
 const PROTO_ICMP: u8 = 1;
 const PROTO_ICMPV6: u8 = 58;
@@ -35,17 +35,21 @@ fn ct_key(local: &str, remote: &str, lport: u16, rport: u16, proto: u8) -> CtKey
 impl Dp {
     /// The endpoint's entry, or a fresh one isolating nothing.
     fn entry(&self) -> EpPolicyValue {
-        self.maps.endpoint_policy(EP).unwrap().unwrap_or(EpPolicyValue {
-            identity: SELF_ID,
-            ingress_policy: POLICY,
-            egress_policy: POLICY + 1,
-            ..Default::default()
-        })
+        self.maps
+            .policy()
+            .endpoint_policy(EP)
+            .unwrap()
+            .unwrap_or(EpPolicyValue {
+                identity: SELF_ID,
+                ingress_policy: POLICY,
+                egress_policy: POLICY + 1,
+                ..Default::default()
+            })
     }
 
     fn isolate(&mut self, flags: u8) {
         let v = EpPolicyValue { flags, ..self.entry() };
-        self.maps.set_endpoint_policy(EP, v).unwrap();
+        self.maps.policy_mut().set_endpoint_policy(EP, v).unwrap();
     }
 
     /// Write a rule and the kind of lookup it needs, as the applier does.
@@ -54,13 +58,13 @@ impl Dp {
             dir,
             identity,
             proto,
-            ports,
+            ports: ports.map(|(first, last)| PortRange { first, last }),
             policy: POLICY,
         };
-        self.maps.insert_rule(EP, &r).unwrap();
+        self.maps.policy_mut().insert_rule(EP, &r).unwrap();
         let mut v = self.entry();
         v.kinds[dir as usize] |= r.kinds();
-        self.maps.set_endpoint_policy(EP, v).unwrap();
+        self.maps.policy_mut().set_endpoint_policy(EP, v).unwrap();
     }
 
     fn verdict(&self, prog: &str, f: &Frame) -> u32 {
@@ -87,22 +91,27 @@ fn tracks_every_flow(pod: &str, peer: &str, outsider: &str, icmp: u8) {
     // Outbound TCP: made at egress, established by the reply at ingress.
     assert_eq!(dp.verdict(EGRESS, &tcp(pod, peer, 40000, 80, SYN)), TC_ACT_OK);
     let k = ct_key(pod, peer, 40000, 80, PROTO_TCP);
-    let e = dp.maps.ct.get(&k, 0).expect("outbound entry");
+    let e = dp.maps.ct().get(&k).unwrap().expect("outbound entry");
     assert_eq!((e.state, e.flags, e.rev_nat_id), (CT_NEW, 0, 0));
     assert_eq!(dp.verdict(INGRESS, &tcp(peer, pod, 80, 40000, SYN_ACK)), TC_ACT_OK);
-    assert_eq!(dp.maps.ct.get(&k, 0).unwrap().state, CT_ESTABLISHED);
+    assert_eq!(dp.maps.ct().get(&k).unwrap().unwrap().state, CT_ESTABLISHED);
 
     // Inbound TCP: made at ingress, established by the pod's reply.
     assert_eq!(dp.verdict(INGRESS, &tcp(outsider, pod, 5555, 8080, SYN)), TC_ACT_OK);
     let k = ct_key(pod, outsider, 8080, 5555, PROTO_TCP);
-    assert_eq!(dp.maps.ct.get(&k, 0).unwrap().flags, CT_F_INBOUND);
+    assert_eq!(dp.maps.ct().get(&k).unwrap().unwrap().flags, CT_F_INBOUND);
     assert_eq!(dp.verdict(EGRESS, &tcp(pod, outsider, 8080, 5555, SYN_ACK)), TC_ACT_OK);
-    assert_eq!(dp.maps.ct.get(&k, 0).unwrap().state, CT_ESTABLISHED);
+    assert_eq!(dp.maps.ct().get(&k).unwrap().unwrap().state, CT_ESTABLISHED);
 
     // UDP both ways.
     assert_eq!(dp.verdict(EGRESS, &udp(pod, peer, 41000, 53)), TC_ACT_OK);
     assert_eq!(dp.verdict(INGRESS, &udp(peer, pod, 53, 41000)), TC_ACT_OK);
-    let e = dp.maps.ct.get(&ct_key(pod, peer, 41000, 53, PROTO_UDP), 0).unwrap();
+    let e = dp
+        .maps
+        .ct()
+        .get(&ct_key(pod, peer, 41000, 53, PROTO_UDP))
+        .unwrap()
+        .unwrap();
     assert_eq!(e.state, CT_ESTABLISHED);
 
     // Echo: the identifier is the requester's port.
@@ -111,17 +120,17 @@ fn tracks_every_flow(pod: &str, peer: &str, outsider: &str, icmp: u8) {
         TC_ACT_OK
     );
     let k = ct_key(pod, peer, 77, 0, icmp);
-    assert_eq!(dp.maps.ct.get(&k, 0).unwrap().state, CT_NEW);
+    assert_eq!(dp.maps.ct().get(&k).unwrap().unwrap().state, CT_NEW);
     assert_eq!(dp.verdict(INGRESS, &echo(peer, pod, false, 77)), TC_ACT_OK);
-    assert_eq!(dp.maps.ct.get(&k, 0).unwrap().state, CT_ESTABLISHED);
+    assert_eq!(dp.maps.ct().get(&k).unwrap().unwrap().state, CT_ESTABLISHED);
     assert_eq!(dp.verdict(INGRESS, &echo(peer, pod, true, 77)), TC_ACT_OK);
-    let theirs = dp.maps.ct.get(&ct_key(pod, peer, 0, 77, icmp), 0).unwrap();
+    let theirs = dp.maps.ct().get(&ct_key(pod, peer, 0, 77, icmp)).unwrap().unwrap();
     assert_eq!(
         (theirs.state, theirs.flags),
         (CT_NEW, CT_F_INBOUND),
         "their ping with our id is a flow of its own"
     );
-    assert_eq!(dp.maps.conntrack().unwrap().len(), 5);
+    assert_eq!(dp.maps.ct().entries().unwrap().len(), 5);
 }
 
 #[test]
@@ -155,7 +164,7 @@ fn ingress_rules_exact_range_wildcard_any() {
     let mut dp = Dp::new();
     dp.pod_id(POD, EP);
     for (a, id) in [(A, 301), (B, 302), (C, 303)] {
-        dp.maps.set_identity(ip(a), id).unwrap();
+        dp.maps.policy_mut().set_identity(ip(a), id).unwrap();
     }
     dp.isolate(POLICY_F_INGRESS);
     dp.allow(Direction::Ingress, 301, PROTO_TCP, Some((80, 80)));
@@ -165,6 +174,7 @@ fn ingress_rules_exact_range_wildcard_any() {
     // A rule of another direction or another pod allows nothing here.
     dp.allow(Direction::Egress, 303, 0, None);
     dp.maps
+        .policy_mut()
         .insert_rule(
             EP + 1,
             &Rule {
@@ -194,16 +204,16 @@ fn ingress_rules_exact_range_wildcard_any() {
         ("ping: no rule for every protocol", echo(B, POD, true, 5), false),
     ];
     for (what, f, allowed) in &cases {
-        let drops = dp.maps.count(Reason::DropPolicy, Direction::Ingress).unwrap();
-        let before = dp.maps.conntrack().unwrap().len();
+        let drops = dp.maps.observe().count(Reason::DropPolicy, Direction::Ingress).unwrap();
+        let before = dp.maps.ct().entries().unwrap().len();
         let v = dp.verdict(INGRESS, f);
-        let after = dp.maps.conntrack().unwrap().len();
+        let after = dp.maps.ct().entries().unwrap().len();
         if *allowed {
             assert_eq!((v, after), (TC_ACT_OK, before + 1), "{what}: allowed, tracked");
         } else {
             assert_eq!((v, after), (TC_ACT_SHOT, before), "{what}: dropped, untracked");
             assert_eq!(
-                dp.maps.count(Reason::DropPolicy, Direction::Ingress).unwrap(),
+                dp.maps.observe().count(Reason::DropPolicy, Direction::Ingress).unwrap(),
                 drops + 1,
                 "{what}: counted"
             );
@@ -241,7 +251,7 @@ fn ingress_rules_exact_range_wildcard_any() {
     // A rule for every protocol lets the ping in; the node always may.
     dp.allow(Direction::Ingress, 302, 0, None);
     assert_eq!(dp.verdict(INGRESS, &echo(B, POD, true, 6)), TC_ACT_OK);
-    dp.maps.set_identity(ip("10.244.0.1"), ID_HOST).unwrap();
+    dp.maps.policy_mut().set_identity(ip("10.244.0.1"), ID_HOST).unwrap();
     assert_eq!(dp.verdict(INGRESS, &tcp("10.244.0.1", POD, 1013, 9, SYN)), TC_ACT_OK);
 
     // Stateful: with egress isolated too and no egress rule, the replies of
@@ -263,7 +273,10 @@ fn ingress_rules_exact_range_wildcard_any() {
         TC_ACT_SHOT,
         "a new flow"
     );
-    assert_eq!(dp.maps.count(Reason::DropPolicy, Direction::Egress).unwrap(), 1);
+    assert_eq!(
+        dp.maps.observe().count(Reason::DropPolicy, Direction::Egress).unwrap(),
+        1
+    );
 }
 
 /// CIDR identities: the longest prefix containing the peer decides, so an
@@ -277,7 +290,7 @@ fn egress_cidr_longest_prefix_and_except() {
     }
     let mut dp = Dp::new();
     dp.pod_id(POD, EP);
-    dp.maps.set_identity(ip(A), 301).unwrap();
+    dp.maps.policy_mut().set_identity(ip(A), 301).unwrap();
     // ipBlock 10.0.0.0/8 except 10.1.0.0/16 (every port); ipBlock 10.1.2.0/24 on 443.
     for (net, len, id) in [
         ("10.0.0.0", 8, 400),
@@ -286,9 +299,9 @@ fn egress_cidr_longest_prefix_and_except() {
         ("10.244.0.0", 16, 403),
         ("fd00:ab::", 32, 404),
     ] {
-        dp.maps.set_cidr(ip(net), len, id).unwrap();
+        dp.maps.policy_mut().set_cidr(ip(net), len, id).unwrap();
     }
-    assert_eq!(dp.maps.cidrs().unwrap().len(), 5);
+    assert_eq!(dp.maps.policy().cidrs().unwrap().len(), 5);
     dp.isolate(POLICY_F_EGRESS);
     dp.allow(Direction::Egress, 400, 0, None);
     dp.allow(Direction::Egress, 402, PROTO_TCP, Some((443, 443)));
@@ -317,7 +330,7 @@ fn egress_cidr_longest_prefix_and_except() {
     // IPv6 prefixes, in the same trie.
     let mut dp6 = Dp::new();
     dp6.pod_id("fd00:244::1:5", EP);
-    dp6.maps.set_cidr(ip("fd00:ab::"), 32, 404).unwrap();
+    dp6.maps.policy_mut().set_cidr(ip("fd00:ab::"), 32, 404).unwrap();
     dp6.isolate(POLICY_F_EGRESS);
     dp6.allow(Direction::Egress, 404, PROTO_UDP, Some((53, 53)));
     assert_eq!(
@@ -341,7 +354,7 @@ fn egress_policy_sees_the_backend_behind_the_vip() {
     }
     let mut dp = Dp::new();
     dp.pod_id(POD, EP);
-    dp.maps.set_identity(ip(A), 301).unwrap();
+    dp.maps.policy_mut().set_identity(ip(A), 301).unwrap();
     dp.service("10.96.0.10", 80, PROTO_TCP, &[(11, A, 8080)]);
     dp.isolate(POLICY_F_EGRESS);
     dp.allow(Direction::Egress, 301, PROTO_TCP, Some((80, 80)));
@@ -351,19 +364,20 @@ fn egress_policy_sees_the_backend_behind_the_vip() {
         TC_ACT_SHOT,
         "the VIP's port is not the backend's"
     );
-    assert!(dp.maps.conntrack().unwrap().is_empty(), "nothing tracked");
+    assert!(dp.maps.ct().entries().unwrap().is_empty(), "nothing tracked");
     dp.allow(Direction::Egress, 301, PROTO_TCP, Some((8080, 8080)));
     let (v, out) = dp.run(EGRESS, &syn(40000));
     assert_eq!((v, out.ports()), (TC_ACT_REDIRECT, (40000, 8080)));
 
     dp.maps
+        .policy_mut()
         .remove_rule(
             EP,
             &Rule {
                 dir: Direction::Egress,
                 identity: 301,
                 proto: PROTO_TCP,
-                ports: Some((8080, 8080)),
+                ports: Some(PortRange::one(8080)),
                 policy: POLICY,
             },
         )
@@ -379,7 +393,7 @@ fn egress_policy_sees_the_backend_behind_the_vip() {
         "a new connection is decided anew"
     );
     assert_eq!(
-        dp.maps.conntrack().unwrap().len(),
+        dp.maps.ct().entries().unwrap().len(),
         2,
         "the first connection's two entries only"
     );

@@ -20,8 +20,9 @@ use sluice_integration::bpffs::Bpffs;
 use sluice_integration::kube_proxy::{self, Service};
 use sluice_integration::netns::Netns;
 use sluice_tc_datapath::attach::Node;
-use sluice_tc_datapath::layout::{PROTO_TCP, SvcKey};
-use sluice_tc_datapath::loader::{DatapathConfig, versioned_dir};
+use sluice_tc_datapath::config::DatapathConfig;
+use sluice_tc_datapath::layout::PROTO_TCP;
+use sluice_tc_datapath::loader::versioned_dir;
 use sluice_tc_datapath::maps::Maps;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -93,8 +94,11 @@ fn write_file(dir: &Path, first: usize, n: usize, short: Option<usize>) -> Resul
 }
 
 fn active(maps: &Maps, i: usize) -> u16 {
-    let k = SvcKey::new(IpAddr::V4(service(i).vip), 80, PROTO_TCP, 0);
-    maps.services.get(&k, 0).map_or(0, |v| v.count)
+    maps.lb()
+        .service(IpAddr::V4(service(i).vip), 80, PROTO_TCP)
+        .ok()
+        .flatten()
+        .map_or(0, |v| v.count)
 }
 
 fn main() -> Result<()> {
@@ -118,8 +122,11 @@ fn main() -> Result<()> {
     }
     let fs = Bpffs::new("ba")?;
     let root = fs.root();
-    let cfg = DatapathConfig::default();
-    Node::open(&cfg, &root).context("loading the datapath")?;
+    let cfg = DatapathConfig {
+        bpffs: root.clone(),
+        ..Default::default()
+    };
+    Node::open(&cfg).context("loading the datapath")?;
     let maps = Maps::open_pinned(&versioned_dir(&root))?;
 
     // 1. Initial sync, then kube-proxy's restore of the same Services.
@@ -136,7 +143,39 @@ fn main() -> Result<()> {
         "not every Service is in the maps after the first sync"
     );
     eprintln!("initial sync done: {initial:?}");
-    let services: Vec<Service> = (0..args.services).map(service).collect();
+    let restore = restores(args.services)?;
+
+    // 2. One endpoint of one Service, out and back in.
+    let (mut lat, mut since_event) = changes(&args, &dir, &maps, &mut agent)?;
+    drop(agent);
+    if let Ok(keep) = std::env::var("BENCH_AGENT_LOG") {
+        std::fs::copy(work.path().join("agent.log"), keep)?;
+    }
+
+    report(
+        &args,
+        Initial {
+            took: initial,
+            sync_ms,
+            writes,
+        },
+        &restore,
+        &mut lat,
+        &mut since_event,
+    );
+    Ok(())
+}
+
+/// The first sync, as the agent logged it.
+struct Initial {
+    took: Duration,
+    sync_ms: f64,
+    writes: String,
+}
+
+/// kube-proxy's restore of the same Services, with each iptables tool.
+fn restores(n: usize) -> Result<Vec<(&'static str, Duration)>> {
+    let services: Vec<Service> = (0..n).map(service).collect();
     let ruleset = kube_proxy::iptables_restore(&services, CLUSTER_CIDR);
     let mut restore = Vec::new();
     for tool in ["iptables-nft-restore", "iptables-legacy-restore"] {
@@ -156,7 +195,12 @@ fn main() -> Result<()> {
         eprintln!("{tool} done: {:?}", t.elapsed());
     }
 
-    // 2. One endpoint of one Service, out and back in.
+    Ok(restore)
+}
+
+/// Latency of each manifest change to its map entry, and the agent's own
+/// event-to-sync time, in ms.
+fn changes(args: &Args, dir: &Path, maps: &Maps, agent: &mut AgentProcess) -> Result<(Vec<f64>, Vec<f64>)> {
     let mut rng = Rng(0xa6e7_5eed);
     let mut lat = Vec::with_capacity(args.changes);
     let mut since_event = Vec::with_capacity(args.changes);
@@ -165,8 +209,8 @@ fn main() -> Result<()> {
         let first = i / PER_FILE * PER_FILE;
         for (short, want) in [(Some(i), 2), (None, 3)] {
             let t = Instant::now();
-            write_file(&dir, first, args.services, short)?;
-            while active(&maps, i) != want {
+            write_file(dir, first, args.services, short)?;
+            while active(maps, i) != want {
                 ensure!(
                     t.elapsed() < Duration::from_secs(10),
                     "change {k}: not in the maps after 10 s"
@@ -182,11 +226,15 @@ fn main() -> Result<()> {
             }
         }
     }
-    drop(agent);
-    if let Ok(keep) = std::env::var("BENCH_AGENT_LOG") {
-        std::fs::copy(work.path().join("agent.log"), keep)?;
-    }
+    Ok((lat, since_event))
+}
 
+fn report(args: &Args, initial: Initial, restore: &[(&str, Duration)], lat: &mut Vec<f64>, since_event: &mut Vec<f64>) {
+    let Initial {
+        took: initial,
+        sync_ms,
+        writes,
+    } = initial;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("sluice agent benchmark: Linux {}, {cpus} CPUs", kernel.trim());
@@ -203,7 +251,7 @@ fn main() -> Result<()> {
         initial.as_secs_f64()
     );
     println!("{:>40} | {:>10.2}", "  of which translate + map writes", sync_ms / 1e3);
-    for (tool, t) in &restore {
+    for (tool, t) in restore {
         println!("{:>40} | {:>10.2}", format!("{tool} (same Services)"), t.as_secs_f64());
     }
     let best = restore.iter().map(|r| r.1.as_secs_f64()).fold(f64::INFINITY, f64::min);
@@ -219,11 +267,10 @@ fn main() -> Result<()> {
     );
     println!("{:>40} | {:>8} {:>8}", "", "p50", "p99");
     let p = |v: &mut Vec<f64>| (pct(v, 0.5), pct(v, 0.99));
-    let (a, b) = p(&mut lat);
+    let (a, b) = p(lat);
     println!("{:>40} | {a:>8.1} {b:>8.1}", "file written -> map entry");
     if !since_event.is_empty() {
-        let (a, b) = p(&mut since_event);
+        let (a, b) = p(since_event);
         println!("{:>40} | {a:>8.1} {b:>8.1}", "agent: file event -> sync done");
     }
-    Ok(())
 }

@@ -74,22 +74,8 @@ fn run(p: &Plugin, pods: &[Netns], par: usize, cni_path: &str, tag: &str) -> Res
     Ok((adds, dels))
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
-    if !nix::unistd::geteuid().is_root() {
-        bail!("bench-cni needs root (network namespaces)");
-    }
-    for p in ["/usr/lib/cni/macvlan", "/usr/lib/cni/host-local"] {
-        if !Path::new(p).is_file() {
-            bail!("{p} missing: apt-get install containernetworking-plugins");
-        }
-    }
-    let bins = std::env::current_exe()?.parent().unwrap().to_path_buf();
-    let cni_path = format!("{}:/usr/lib/cni", bins.display());
-    let vpc = Vpc::new("bc", 1)?;
-    let pods: Vec<Netns> = (0..args.pods)
-        .map(|i| Netns::new(&format!("{}-p{i}", vpc.prefix)))
-        .collect::<Result<_>>()?;
+/// sluice as configured, and the reference plugins, on the node's eth0.
+fn plugins(args: &Args, vpc: &Vpc, bins: &Path) -> Result<(Plugin, Plugin)> {
     let ranges = json!([[{"subnet": "10.244.0.0/16", "rangeStart": "10.244.1.2", "rangeEnd": "10.244.4.250", "gateway": "10.244.0.1"}]]);
     let mk = |v: Value| serde_json::to_vec(&v).unwrap();
     let mut datapath = vpc.datapath(0);
@@ -114,6 +100,27 @@ fn main() -> Result<()> {
             "ipam": {"type": "host-local", "ranges": ranges, "routes": [{"dst": "0.0.0.0/0"}], "dataDir": vpc.data_dir.join("host-local")}}),
         ),
     };
+
+    Ok((sluice, reference))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !nix::unistd::geteuid().is_root() {
+        bail!("bench-cni needs root (network namespaces)");
+    }
+    for p in ["/usr/lib/cni/macvlan", "/usr/lib/cni/host-local"] {
+        if !Path::new(p).is_file() {
+            bail!("{p} missing: apt-get install containernetworking-plugins");
+        }
+    }
+    let bins = std::env::current_exe()?.parent().unwrap().to_path_buf();
+    let cni_path = format!("{}:/usr/lib/cni", bins.display());
+    let vpc = Vpc::new("bc", 1)?;
+    let pods: Vec<Netns> = (0..args.pods)
+        .map(|i| Netns::new(&format!("{}-p{i}", vpc.prefix)))
+        .collect::<Result<_>>()?;
+    let (sluice, reference) = plugins(&args, &vpc, &bins)?;
 
     // From here on this process lives in the node namespace, like a runtime on that node.
     let node = std::fs::File::open(vpc.nodes[0].path())?;

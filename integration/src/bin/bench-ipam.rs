@@ -101,6 +101,69 @@ struct Stats {
     per_sec: f64,
 }
 
+/// The network config of one plugin, its leases under `dir`.
+fn conf(ty: &str, dir: &Path) -> Vec<u8> {
+    serde_json::to_vec(&json!({"cniVersion": "1.0.0", "name": NETWORK, "type": "bench",
+        "ipam": {"type": ty, "ranges": [[{"subnet": SUBNET}]], "dataDir": dir}}))
+    .expect("JSON")
+}
+
+/// Both plugins with `n` leases seeded: ADD+DEL pairs timed alternately.
+fn cell(args: &Args, n: usize, work: &Path, bins: &Path, host_local: &Path) -> Result<Vec<Stats>> {
+    let sd = work.join(format!("sluice-{n}"));
+    let hd = work.join(format!("host-local-{n}"));
+    seed_sluice(&sd, n)?;
+    seed_host_local(&hd, n)?;
+    let plugins = [
+        Plugin {
+            label: "sluice-ipam",
+            bin: bins.join("sluice-ipam"),
+            conf: conf("sluice-ipam", &sd),
+        },
+        Plugin {
+            label: "host-local",
+            bin: host_local.to_path_buf(),
+            conf: conf("host-local", &hd),
+        },
+    ];
+    // Both must see the seeded leases: the next address is the (n+1)-th.
+    for p in &plugins {
+        let (_, r) = call(p, "ADD", "probe")?;
+        let got = r["ips"][0]["address"].as_str().unwrap_or("").to_string();
+        ensure!(
+            got == format!("{}/16", nth(n)),
+            "{} did not honour the {n} seeded leases: got {got}",
+            p.label
+        );
+        call(p, "DEL", "probe")?;
+    }
+    let mut samples = [Vec::new(), Vec::new()];
+    let mut busy = [Duration::ZERO; 2];
+    for i in 0..args.iterations {
+        for (k, p) in plugins.iter().enumerate() {
+            let id = format!("b{i}");
+            let (a, _) = call(p, "ADD", &id)?;
+            let (d, _) = call(p, "DEL", &id)?;
+            samples[k].push(a + d);
+            busy[k] += a + d;
+        }
+    }
+    let mut stats = Vec::new();
+    for (k, p) in plugins.iter().enumerate() {
+        let s = Stats {
+            p50: pct(&mut samples[k], 0.5),
+            p99: pct(&mut samples[k], 0.99),
+            per_sec: args.iterations as f64 / busy[k].as_secs_f64(),
+        };
+        println!(
+            "{:>8}  {:<12} {:>9.2} {:>9.2} {:>10.0}",
+            n, p.label, s.p50, s.p99, s.per_sec
+        );
+        stats.push(s);
+    }
+    Ok(stats)
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let host_local = PathBuf::from("/usr/lib/cni/host-local");
@@ -111,11 +174,6 @@ fn main() -> Result<()> {
     );
     let bins = std::env::current_exe()?.parent().unwrap().to_path_buf();
     let work = tempfile::tempdir()?;
-    let conf = |ty: &str, dir: &Path| {
-        serde_json::to_vec(&json!({"cniVersion": "1.0.0", "name": NETWORK, "type": "bench",
-            "ipam": {"type": ty, "ranges": [[{"subnet": SUBNET}]], "dataDir": dir}}))
-        .unwrap()
-    };
 
     println!(
         "IPAM allocate+release (one ADD and one DEL exec), {} pairs per cell",
@@ -128,57 +186,7 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     for &n in &args.leases {
         ensure!(n + args.iterations < 65_000, "{n} leases do not fit the /16");
-        let sd = work.path().join(format!("sluice-{n}"));
-        let hd = work.path().join(format!("host-local-{n}"));
-        seed_sluice(&sd, n)?;
-        seed_host_local(&hd, n)?;
-        let plugins = [
-            Plugin {
-                label: "sluice-ipam",
-                bin: bins.join("sluice-ipam"),
-                conf: conf("sluice-ipam", &sd),
-            },
-            Plugin {
-                label: "host-local",
-                bin: host_local.clone(),
-                conf: conf("host-local", &hd),
-            },
-        ];
-        // Both must see the seeded leases: the next address is the (n+1)-th.
-        for p in &plugins {
-            let (_, r) = call(p, "ADD", "probe")?;
-            let got = r["ips"][0]["address"].as_str().unwrap_or("").to_string();
-            ensure!(
-                got == format!("{}/16", nth(n)),
-                "{} did not honour the {n} seeded leases: got {got}",
-                p.label
-            );
-            call(p, "DEL", "probe")?;
-        }
-        let mut samples = [Vec::new(), Vec::new()];
-        let mut busy = [Duration::ZERO; 2];
-        for i in 0..args.iterations {
-            for (k, p) in plugins.iter().enumerate() {
-                let id = format!("b{i}");
-                let (a, _) = call(p, "ADD", &id)?;
-                let (d, _) = call(p, "DEL", &id)?;
-                samples[k].push(a + d);
-                busy[k] += a + d;
-            }
-        }
-        let mut stats = Vec::new();
-        for (k, p) in plugins.iter().enumerate() {
-            let s = Stats {
-                p50: pct(&mut samples[k], 0.5),
-                p99: pct(&mut samples[k], 0.99),
-                per_sec: args.iterations as f64 / busy[k].as_secs_f64(),
-            };
-            println!(
-                "{:>8}  {:<12} {:>9.2} {:>9.2} {:>10.0}",
-                n, p.label, s.p50, s.p99, s.per_sec
-            );
-            stats.push(s);
-        }
+        let stats = cell(&args, n, work.path(), &bins, &host_local)?;
         rows.push((n, stats));
     }
     println!();

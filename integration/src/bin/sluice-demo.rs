@@ -7,6 +7,7 @@
 use anyhow::{Context, Result, bail, ensure};
 use sluice_integration::agent::{AgentProcess, metrics_addr, sample, scrape};
 use sluice_integration::cni::Call;
+use sluice_integration::netns::Netns;
 use sluice_integration::probe::{EchoServer, tcp_request};
 use sluice_integration::vpc::{Vpc, result_ip};
 use std::collections::BTreeMap;
@@ -56,6 +57,39 @@ fn main() -> Result<()> {
     let mut vpc = Vpc::new("demo", 2)?;
     println!("sluice demo: a simulated VPC (fabric 10.244.0.0/16), 2 nodes, eth0 = each node's ENI\n");
 
+    let (ips, pods) = add_pods(&mut vpc, &bins)?;
+    let _servers: Vec<EchoServer> = pods
+        .iter()
+        .filter(|p| p.name.starts_with("web"))
+        .map(|p| EchoServer::start(&vpc.pods[p.netns], 8080, p.name))
+        .collect::<Result<_>>()?;
+
+    let (_work, agents) = start_agents(&vpc, &conf_demo, &ips)?;
+    let pod = |name: &str| &vpc.pods[pods.iter().find(|p| p.name == name).expect("a demo pod").netns];
+    show_service(pod("client"), pod("intruder"))?;
+    show_drops(&bins, &agents)?;
+    let netfilter = pod("client").exec("conntrack", &["-L"])?;
+    println!(
+        "\n  conntrack -L in client: {}  (netfilter is not in the path)",
+        String::from_utf8_lossy(&netfilter.stderr).trim()
+    );
+
+    drop(agents);
+    del_pods(&vpc, &bins, &pods)
+}
+
+/// A demo pod made by ADD.
+struct DemoPod {
+    name: &'static str,
+    node: usize,
+    /// Its network namespace, an index into the VPC's pods.
+    netns: usize,
+    /// The CNI config it was added with (DEL gets the same).
+    conf: Vec<u8>,
+}
+
+/// Every demo pod through the CNI binary's ADD; their addresses by name.
+fn add_pods(vpc: &mut Vpc, bins: &Path) -> Result<(BTreeMap<&'static str, String>, Vec<DemoPod>)> {
     let mut ips = BTreeMap::new();
     let mut pods = Vec::new();
     for (name, node, _) in PODS {
@@ -72,25 +106,33 @@ fn main() -> Result<()> {
             started.elapsed().as_secs_f64() * 1e3
         );
         ips.insert(name, ip);
-        pods.push((name, node, p, conf));
+        pods.push(DemoPod {
+            name,
+            node,
+            netns: p,
+            conf,
+        });
     }
-    let _servers: Vec<EchoServer> = pods
-        .iter()
-        .filter(|p| p.0.starts_with("web"))
-        .map(|(name, _, p, _)| EchoServer::start(&vpc.pods[*p], 8080, name))
-        .collect::<Result<_>>()?;
+    Ok((ips, pods))
+}
 
-    // The agents: one per node, on conf/demo plus the controllers' objects.
+/// One agent per node, on conf/demo plus the objects a cluster's
+/// controllers would write; the directory they read is kept alive with them.
+fn start_agents(
+    vpc: &Vpc,
+    conf_demo: &Path,
+    ips: &BTreeMap<&'static str, String>,
+) -> Result<(tempfile::TempDir, Vec<AgentProcess>)> {
     let work = tempfile::tempdir()?;
     let manifests = work.path().join("manifests");
     std::fs::create_dir(&manifests)?;
-    for e in std::fs::read_dir(&conf_demo).with_context(|| format!("reading {}", conf_demo.display()))? {
+    for e in std::fs::read_dir(conf_demo).with_context(|| format!("reading {}", conf_demo.display()))? {
         let p = e?.path();
         if p.extension().is_some_and(|x| x == "yaml") {
             std::fs::copy(&p, manifests.join(p.file_name().context("file name")?))?;
         }
     }
-    std::fs::write(manifests.join("controllers.yaml"), controller_objects(&ips))?;
+    std::fs::write(manifests.join("controllers.yaml"), controller_objects(ips))?;
     let mut agents = Vec::new();
     for node in 0..2 {
         let log = work.path().join(format!("agent-{node}.log"));
@@ -103,10 +145,14 @@ fn main() -> Result<()> {
          NetworkPolicy shop/web-from-clients (web takes connections from role=client only)"
     );
 
-    let pod = |name: &str| &vpc.pods[pods.iter().find(|p| p.0 == name).expect("a demo pod").2];
+    Ok((work, agents))
+}
+
+/// The client calls the Service; the intruder's call is dropped.
+fn show_service(client: &Netns, intruder: &Netns) -> Result<()> {
     let mut hits = BTreeMap::<String, u32>::new();
     for i in 0..20 {
-        let reply = tcp_request(pod("client"), "10.96.0.10:80".parse()?, &format!("req{i}"))?;
+        let reply = tcp_request(client, "10.96.0.10:80".parse()?, &format!("req{i}"))?;
         *hits
             .entry(reply.split(':').next().unwrap_or("?").to_string())
             .or_default() += 1;
@@ -114,10 +160,15 @@ fn main() -> Result<()> {
     println!(
         "\n  client   -> 10.96.0.10:80 x20   answered by {hits:?}  (load-balanced at the client's own egress, no kube-proxy)"
     );
-    let denied = tcp_request(pod("intruder"), "10.96.0.10:80".parse()?, "let me in");
+    let denied = tcp_request(intruder, "10.96.0.10:80".parse()?, "let me in");
     ensure!(denied.is_err(), "the intruder got through: {denied:?}");
     println!("  intruder -> 10.96.0.10:80       no answer: dropped by the policy at the backend's ingress");
 
+    Ok(())
+}
+
+/// What `sluicectl observe` and the agents' metrics say of the drop.
+fn show_drops(bins: &Path, agents: &[AgentProcess]) -> Result<()> {
     std::thread::sleep(Duration::from_millis(300)); // the agents read the event ring every 100 ms
     println!("\n  sluicectl observe --verdict dropped   (on each node)");
     let mut drops = 0.0;
@@ -151,15 +202,19 @@ fn main() -> Result<()> {
         drops += n;
     }
     ensure!(drops > 0.0, "no policy drop counted");
-    let netfilter = pod("client").exec("conntrack", &["-L"])?;
-    println!(
-        "\n  conntrack -L in client: {}  (netfilter is not in the path)",
-        String::from_utf8_lossy(&netfilter.stderr).trim()
-    );
+    Ok(())
+}
 
-    drop(agents);
+/// DEL every pod; nothing may be left.
+fn del_pods(vpc: &Vpc, bins: &Path, pods: &[DemoPod]) -> Result<()> {
     println!();
-    for (name, node, p, conf) in &pods {
+    for DemoPod {
+        name,
+        node,
+        netns: p,
+        conf,
+    } in pods
+    {
         let out = Call::new(&bins.join("sluice"), Some(&vpc.node_name(*node)))
             .standard("DEL", name, &vpc.pods[*p].path().display().to_string(), "eth0")
             .run(conf);

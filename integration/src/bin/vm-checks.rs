@@ -10,11 +10,11 @@ use sluice_integration::netns::Netns;
 use sluice_integration::probe::{EchoServer, Session, StreamEcho, tcp_request, udp_request};
 use sluice_integration::vpc::{VPC_ROUTER, Vpc, result_ip};
 use sluice_tc_datapath::attach::{self, AttachMode, Attached, Node};
-use sluice_tc_datapath::layout::{
-    Direction, EpPolicyValue, POLICY_F_INGRESS, PROTO_TCP, PROTO_UDP, Reason, SVC_ALG_RANDOM,
-};
-use sluice_tc_datapath::loader::{self, DatapathConfig};
-use sluice_tc_datapath::maps::ServiceSpec;
+use sluice_tc_datapath::config::DatapathConfig;
+use sluice_tc_datapath::layout::{Direction, EpPolicyValue, POLICY_F_INGRESS, PROTO_TCP, PROTO_UDP, Reason};
+use sluice_tc_datapath::loader;
+use sluice_tc_datapath::maps::Maps;
+use sluice_tc_datapath::maps::lb::{Algorithm, Backend, ServiceSpec};
 use sluice_tc_datapath::pin::link_key;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
@@ -58,7 +58,11 @@ fn attach_auto(expect: Attached) -> Result<String> {
     ns.ip(&["link", "set", "eth0", "up"])?;
     std::fs::create_dir_all("/sys/fs/bpf/vmcheck").context("bpffs")?;
     let root = Path::new("/sys/fs/bpf/vmcheck");
-    let mut node = Node::open(&DatapathConfig::default(), root).context("loading and pinning")?;
+    let cfg = DatapathConfig {
+        bpffs: root.to_path_buf(),
+        ..Default::default()
+    };
+    let mut node = Node::open(&cfg).context("loading and pinning")?;
     let f = std::fs::File::open(ns.path())?;
     let how = node.attach(f.as_fd(), "eth0", "vm:eth0", AttachMode::Auto)?;
     if how != expect {
@@ -97,20 +101,24 @@ fn attach_auto(expect: Attached) -> Result<String> {
     ))
 }
 
+/// A backend taking new connections.
+fn backend(id: u32, addr: IpAddr, port: u16) -> Backend {
+    Backend {
+        id,
+        addr,
+        port,
+        active: true,
+    }
+}
+
 /// A Service port with random backend choice, no affinity, no reject.
-fn random_service(
-    vip: IpAddr,
-    port: u16,
-    proto: u8,
-    rev_nat_id: u32,
-    backends: Vec<(u32, IpAddr, u16, bool)>,
-) -> ServiceSpec {
+fn random_service(vip: IpAddr, port: u16, proto: u8, rev_nat_id: u32, backends: Vec<Backend>) -> ServiceSpec {
     ServiceSpec {
         vip,
         port,
         proto,
         rev_nat_id,
-        algorithm: SVC_ALG_RANDOM,
+        algorithm: Algorithm::Random,
         affinity_timeout_secs: 0,
         reject: false,
         draining: Vec::new(),
@@ -165,60 +173,9 @@ fn pods(kind: &str, mode: &str) -> Result<String> {
         ensure!(reply == format!("{tag}:hi"), "c -> {tag}: {reply:?}");
     }
     let mut maps = vpc.maps(0)?;
-    let vip: IpAddr = "10.96.0.10".parse()?;
-    maps.upsert_service(&random_service(
-        vip,
-        80,
-        PROTO_TCP,
-        1,
-        (0..3).map(|i| (i as u32 + 1, pods[i].3, 8080, true)).collect(),
-    ))?;
-    // Random choice: ask until all three have answered (64 tries miss one
-    // of three with odds of about 1e-11).
-    let mut seen = std::collections::BTreeSet::new();
-    for i in 0..64 {
-        let r = tcp_request(client, SocketAddr::new(vip, 80), &format!("r{i}"))?;
-        seen.insert(r.split(':').next().unwrap_or("").to_string());
-        if seen.len() == 3 {
-            break;
-        }
-    }
-    ensure!(seen.len() == 3, "the Service reached only {seen:?}");
-    // The same backends over UDP (no connection: conntrack alone carries
-    // the reverse NAT).
-    maps.upsert_service(&random_service(
-        vip,
-        53,
-        PROTO_UDP,
-        2,
-        (0..3).map(|i| (i as u32 + 4, pods[i].3, 8080, true)).collect(),
-    ))?;
-    let reply = udp_request(client, SocketAddr::new(vip, 53), "dgram")?;
-    ensure!(
-        ["s1:dgram", "s2:dgram", "far:dgram"].contains(&reply.as_str()),
-        "UDP through the VIP: {reply:?}"
-    );
-    let ep = maps
-        .endpoint_entries()?
-        .into_iter()
-        .find(|(ip, _)| *ip == pods[1].3)
-        .map(|(_, v)| v.endpoint_id)
-        .context("s2's endpoint entry")?;
-    maps.set_endpoint_policy(
-        ep,
-        EpPolicyValue {
-            identity: 300,
-            flags: POLICY_F_INGRESS,
-            ..Default::default()
-        },
-    )?;
-    let dropped0 = maps.count(Reason::DropPolicy, Direction::Ingress)?;
-    let denied = tcp_request(client, SocketAddr::new(pods[1].3, 8080), "no");
-    ensure!(denied.is_err(), "an isolated pod answered: {denied:?}");
-    ensure!(
-        maps.count(Reason::DropPolicy, Direction::Ingress)? > dropped0,
-        "the drop was not counted as drop-policy"
-    );
+    let servers: Vec<IpAddr> = pods[..3].iter().map(|p| p.3).collect();
+    service_reaches_all(&mut maps, client, &servers)?;
+    isolated_pod_drops(&mut maps, client, pods[1].3)?;
     for verb in ["CHECK", "DEL"] {
         for (node, name, p, _) in &pods {
             let out = vpc.sluice(*node, verb, name, *p, &confs[*node]);
@@ -235,6 +192,71 @@ fn pods(kind: &str, mode: &str) -> Result<String> {
     Ok(format!(
         "{kind} {mode}: pod to pod on one ENI, across nodes and to the VPC router; a TCP Service over 3 backends (all answered) and a UDP one; a policy drop counted; CHECK passes; DEL clean"
     ))
+}
+
+/// A TCP Service over the three servers (random choice: asked until all
+/// three have answered) and a UDP one over the same.
+fn service_reaches_all(maps: &mut Maps, client: &Netns, servers: &[IpAddr]) -> Result<()> {
+    let vip: IpAddr = "10.96.0.10".parse()?;
+    maps.lb_mut().upsert_service(&random_service(
+        vip,
+        80,
+        PROTO_TCP,
+        1,
+        (0..3).map(|i| backend(i as u32 + 1, servers[i], 8080)).collect(),
+    ))?;
+    // Random choice: ask until all three have answered (64 tries miss one
+    // of three with odds of about 1e-11).
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..64 {
+        let r = tcp_request(client, SocketAddr::new(vip, 80), &format!("r{i}"))?;
+        seen.insert(r.split(':').next().unwrap_or("").to_string());
+        if seen.len() == 3 {
+            break;
+        }
+    }
+    ensure!(seen.len() == 3, "the Service reached only {seen:?}");
+    // The same backends over UDP (no connection: conntrack alone carries
+    // the reverse NAT).
+    maps.lb_mut().upsert_service(&random_service(
+        vip,
+        53,
+        PROTO_UDP,
+        2,
+        (0..3).map(|i| backend(i as u32 + 4, servers[i], 8080)).collect(),
+    ))?;
+    let reply = udp_request(client, SocketAddr::new(vip, 53), "dgram")?;
+    ensure!(
+        ["s1:dgram", "s2:dgram", "far:dgram"].contains(&reply.as_str()),
+        "UDP through the VIP: {reply:?}"
+    );
+    Ok(())
+}
+
+/// `server` isolated for ingress with no rule: the client's call is
+/// dropped and counted as drop-policy.
+fn isolated_pod_drops(maps: &mut Maps, client: &Netns, server: IpAddr) -> Result<()> {
+    let ep = maps
+        .endpoints()
+        .get(server)?
+        .map(|e| e.endpoint_id)
+        .context("s2's endpoint entry")?;
+    maps.policy_mut().set_endpoint_policy(
+        ep,
+        EpPolicyValue {
+            identity: 300,
+            flags: POLICY_F_INGRESS,
+            ..Default::default()
+        },
+    )?;
+    let dropped0 = maps.observe().count(Reason::DropPolicy, Direction::Ingress)?;
+    let denied = tcp_request(client, SocketAddr::new(server, 8080), "no");
+    ensure!(denied.is_err(), "an isolated pod answered: {denied:?}");
+    ensure!(
+        maps.observe().count(Reason::DropPolicy, Direction::Ingress)? > dropped0,
+        "the drop was not counted as drop-policy"
+    );
+    Ok(())
 }
 
 /// ipvlan L3S hands a pod's incoming packets over from the parent's IP
@@ -274,10 +296,10 @@ fn running(ns: &Netns, how: Attached) -> Result<[Vec<u32>; 2]> {
     Ok(match how {
         Attached::Tc => [filter_ids(ns, "egress")?, filter_ids(ns, "ingress")?],
         Attached::Tcx => {
-            let (egress, ingress) = programs_on(ns, "eth0")?;
+            let on = programs_on(ns, "eth0")?;
             [
-                egress.iter().map(|p| p.0).collect(),
-                ingress.iter().map(|p| p.0).collect(),
+                on.egress.iter().map(|p| p.id).collect(),
+                on.ingress.iter().map(|p| p.id).collect(),
             ]
         }
     })
@@ -304,12 +326,12 @@ fn upgrade(expect: Attached) -> Result<String> {
         vpc.pinned_links(0)
     );
     let mut maps = vpc.maps(0)?;
-    maps.upsert_service(&random_service(
+    maps.lb_mut().upsert_service(&random_service(
         "10.96.0.10".parse()?,
         80,
         PROTO_TCP,
         1,
-        vec![(1, ip_b, 7100, true)],
+        vec![backend(1, ip_b, 7100)],
     ))?;
     let _stream = StreamEcho::start(&vpc.pods[b], 7100, "b")?;
     let mut session = Session::open(&vpc.pods[a], "10.96.0.10:80".parse()?)?;
@@ -342,6 +364,24 @@ fn upgrade(expect: Attached) -> Result<String> {
         let out = vpc.sluice(0, "CHECK", name, p, &conf2);
         ensure!(out.success, "CHECK {name} on the new version: {}", out.stdout);
     }
+    check_catches_a_detached_program(&vpc, a, &conf2, expect)?;
+    drop(session);
+    for (p, name) in [(a, "a"), (b, "b"), (c, "c")] {
+        let out = vpc.sluice(0, "DEL", name, p, &conf2);
+        ensure!(out.success, "DEL {name}: {}", out.stdout);
+        ensure!(vpc.pods[p].link_names()? == ["lo"], "{name} keeps links after DEL");
+    }
+    ensure!(vpc.leases(0).is_empty(), "leases left: {:?}", vpc.leases(0));
+    ensure!(vpc.endpoints(0).is_empty(), "endpoint records left");
+    ensure!(vpc.pinned_links(0).is_empty(), "pins left: {:?}", vpc.pinned_links(0));
+    Ok(format!(
+        "ipvlan l2, {}: the upgrade moved both pods in place, the VIP connection carried on, CHECK passes and catches a detached program, DEL clean",
+        expect.as_str()
+    ))
+}
+
+/// Detach pod `a`'s ingress program behind sluice's back: CHECK says so.
+fn check_catches_a_detached_program(vpc: &Vpc, a: usize, conf2: &serde_json::Value, expect: Attached) -> Result<()> {
     // Detach a's ingress program behind sluice's back.
     match expect {
         Attached::Tc => {
@@ -361,25 +401,13 @@ fn upgrade(expect: Attached) -> Result<String> {
         running(&vpc.pods[a], expect)?[1].is_empty(),
         "a's ingress still runs a program"
     );
-    let out = vpc.sluice(0, "CHECK", "a", a, &conf2);
+    let out = vpc.sluice(0, "CHECK", "a", a, conf2);
     ensure!(
         out.error_code() == 103,
         "CHECK after the ingress program was detached: {}",
         out.stdout
     );
-    drop(session);
-    for (p, name) in [(a, "a"), (b, "b"), (c, "c")] {
-        let out = vpc.sluice(0, "DEL", name, p, &conf2);
-        ensure!(out.success, "DEL {name}: {}", out.stdout);
-        ensure!(vpc.pods[p].link_names()? == ["lo"], "{name} keeps links after DEL");
-    }
-    ensure!(vpc.leases(0).is_empty(), "leases left: {:?}", vpc.leases(0));
-    ensure!(vpc.endpoints(0).is_empty(), "endpoint records left");
-    ensure!(vpc.pinned_links(0).is_empty(), "pins left: {:?}", vpc.pinned_links(0));
-    Ok(format!(
-        "ipvlan l2, {}: the upgrade moved both pods in place, the VIP connection carried on, CHECK passes and catches a detached program, DEL clean",
-        expect.as_str()
-    ))
+    Ok(())
 }
 
 /// netfilter is not in the path: its conntrack was never even loaded.
@@ -403,7 +431,7 @@ fn expected_attach() -> Result<Attached> {
     match args.iter().position(|a| a == "--expect-attach") {
         Some(i) => args
             .get(i + 1)
-            .and_then(|v| Attached::parse(v))
+            .and_then(|v| serde_json::from_value(serde_json::Value::String(v.clone())).ok())
             .context("--expect-attach takes tc or tcx"),
         None => bail!("usage: vm-checks --expect-attach tc|tcx"),
     }

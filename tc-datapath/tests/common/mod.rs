@@ -4,9 +4,12 @@
 #![allow(dead_code)]
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use sluice_tc_datapath::config::DatapathConfig;
 use sluice_tc_datapath::layout::*;
-use sluice_tc_datapath::loader::{self, DatapathConfig};
-use sluice_tc_datapath::maps::{Maps, ServiceSpec};
+use sluice_tc_datapath::loader;
+use sluice_tc_datapath::maps::endpoints::Endpoint;
+use sluice_tc_datapath::maps::lb::{Algorithm, Backend, ServiceSpec};
+use sluice_tc_datapath::maps::{EVENTS, Maps, Source};
 use std::net::IpAddr;
 
 pub const TC_ACT_OK: u32 = 0;
@@ -204,10 +207,10 @@ impl Dp {
     /// Every flow event on the ring so far (the ring is taken from the
     /// object on first use).
     pub fn events(&mut self) -> Vec<sluice_tc_datapath::layout::FlowEvent> {
-        let map = self.ebpf.take_map("sl_events");
-        let ring = self
-            .ring
-            .get_or_insert_with(|| aya::maps::RingBuf::try_from(map.expect("sl_events")).unwrap());
+        if self.ring.is_none() {
+            self.ring = Some(Source::Object(&mut self.ebpf).map(&EVENTS).expect("sl_events"));
+        }
+        let ring = self.ring.as_mut().expect("taken");
         let mut out = Vec::new();
         while let Some(item) = ring.next() {
             out.push(sluice_tc_datapath::layout::FlowEvent::from_bytes(&item).expect("a whole event"));
@@ -237,14 +240,29 @@ impl Dp {
 
     /// The same, with its endpoint id.
     pub fn pod_id(&mut self, addr: &str, endpoint_id: u32) {
-        self.maps.add_endpoint(ip(addr), 1, POD_MAC, endpoint_id).unwrap();
+        self.maps
+            .endpoints_mut()
+            .add(&Endpoint {
+                addr: ip(addr),
+                ifindex: 1,
+                endpoint_id,
+                mac: POD_MAC,
+            })
+            .unwrap();
     }
 
     pub fn service(&mut self, vip: &str, port: u16, proto: u8, backends: &[(u32, &str, u16)]) {
-        self.service_with(vip, port, proto, backends, SVC_ALG_RANDOM);
+        self.service_with(vip, port, proto, backends, Algorithm::Random);
     }
 
-    pub fn service_with(&mut self, vip: &str, port: u16, proto: u8, backends: &[(u32, &str, u16)], algorithm: u8) {
+    pub fn service_with(
+        &mut self,
+        vip: &str,
+        port: u16,
+        proto: u8,
+        backends: &[(u32, &str, u16)],
+        algorithm: Algorithm,
+    ) {
         self.service_full(vip, port, proto, backends, algorithm, false);
     }
 
@@ -254,10 +272,11 @@ impl Dp {
         port: u16,
         proto: u8,
         backends: &[(u32, &str, u16)],
-        algorithm: u8,
+        algorithm: Algorithm,
         reject: bool,
     ) {
         self.maps
+            .lb_mut()
             .upsert_service(&ServiceSpec {
                 vip: ip(vip),
                 port,
@@ -268,10 +287,23 @@ impl Dp {
                 affinity_timeout_secs: 0,
                 reject,
                 draining: Vec::new(),
-                backends: backends.iter().map(|(id, a, p)| (*id, ip(a), *p, true)).collect(),
+                backends: backends
+                    .iter()
+                    .map(|(id, a, p)| Backend {
+                        id: *id,
+                        addr: ip(a),
+                        port: *p,
+                        active: true,
+                    })
+                    .collect(),
             })
             .unwrap();
     }
+}
+
+/// A backend of a `ServiceSpec`.
+pub fn be(id: u32, addr: IpAddr, port: u16, active: bool) -> Backend {
+    Backend { id, addr, port, active }
 }
 
 pub const SYN: u8 = 0x02;

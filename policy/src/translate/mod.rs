@@ -24,22 +24,21 @@
 //! union of the numbers those pods give the name (pods with the same labels
 //! normally run the same containers).
 
+mod rules;
+
 use crate::selector::{Labels, matches};
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use sluice_tc_datapath::layout::{Direction, ID_ANY, ID_FIRST_ALLOCATED};
-use sluice_tc_datapath::maps::Rule;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
+use rules::{Peers, RulePort, expand, ports};
+use sluice_tc_datapath::ids::IdAllocator;
+use sluice_tc_datapath::layout::{Direction, ID_FIRST_ALLOCATED, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use sluice_tc_datapath::maps::policy::Rule;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 /// The label every namespace carries, set by the API server.
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
-
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-pub const PROTO_SCTP: u8 = 132;
 
 /// What one node's datapath must hold, for the whole cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,47 +68,6 @@ pub struct EndpointPolicy {
     pub rules: BTreeSet<Rule>,
 }
 
-/// Ids handed out once and kept while in use, so that an update rewrites
-/// only what changed.
-#[derive(Debug, Default)]
-struct Allocator<K: Ord + Clone> {
-    ids: BTreeMap<K, u32>,
-    free: Vec<u32>,
-    next: u32,
-}
-
-impl<K: Ord + Clone> Allocator<K> {
-    fn new(first: u32) -> Self {
-        Allocator {
-            ids: BTreeMap::new(),
-            free: Vec::new(),
-            next: first,
-        }
-    }
-
-    fn id(&mut self, k: &K) -> u32 {
-        if let Some(id) = self.ids.get(k) {
-            return *id;
-        }
-        let id = self.free.pop().unwrap_or_else(|| {
-            self.next += 1;
-            self.next - 1
-        });
-        self.ids.insert(k.clone(), id);
-        id
-    }
-
-    /// Forget every key not in `live`; their ids can be reused.
-    fn retain(&mut self, live: &BTreeSet<K>) {
-        let dead: Vec<K> = self.ids.keys().filter(|k| !live.contains(*k)).cloned().collect();
-        for k in dead {
-            if let Some(id) = self.ids.remove(&k) {
-                self.free.push(id);
-            }
-        }
-    }
-}
-
 /// A label set: what an identity stands for.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct IdentityKey {
@@ -130,42 +88,32 @@ struct PodInfo {
     identity: u32,
     id_key: IdentityKey,
     ips: Vec<IpAddr>,
-    /// (name, protocol, number) of every named container port.
-    ports: Vec<(String, u8, u16)>,
+    /// Every named container port.
+    ports: Vec<NamedPort>,
 }
 
-/// Peers of a rule, as identities.
-enum Peers {
-    Any,
-    Some { pods: BTreeSet<u32>, cidrs: BTreeSet<u32> },
-}
-
-/// (protocol, which ports) of a rule; empty = every port of every protocol.
-type Ports = Vec<(u8, PortSel)>;
-
-enum PortSel {
-    /// Stands for a list whose every entry was invalid: matches nothing.
-    Nothing,
-    Any,
-    Range(u16, u16),
-    Named(String),
+/// A container port with a name.
+struct NamedPort {
+    name: String,
+    proto: u8,
+    number: u16,
 }
 
 /// Turns cluster objects into `Desired`, keeping identity and policy ids
 /// stable from one call to the next.
 pub struct Translator {
-    identities: Allocator<IdentityKey>,
-    cidrs: Allocator<IpNetwork>,
-    policies: Allocator<(String, String)>,
+    identities: IdAllocator<IdentityKey>,
+    cidrs: IdAllocator<IpNetwork>,
+    policies: IdAllocator<(String, String)>,
 }
 
 impl Default for Translator {
     fn default() -> Self {
         Translator {
-            identities: Allocator::new(ID_FIRST_ALLOCATED),
+            identities: IdAllocator::new(ID_FIRST_ALLOCATED),
             // CIDR identities from a range of their own, so an id says what it is.
-            cidrs: Allocator::new(1 << 24),
-            policies: Allocator::new(1),
+            cidrs: IdAllocator::new(1 << 24),
+            policies: IdAllocator::new(1),
         }
     }
 }
@@ -217,55 +165,7 @@ impl Translator {
             .collect();
 
         // Pods that have addresses and are not done: each gets its identity.
-        let mut infos = Vec::new();
-        for p in pods {
-            let spec = p.spec.as_ref();
-            let status = p.status.as_ref();
-            if spec.and_then(|s| s.host_network) == Some(true)
-                || matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
-            {
-                continue;
-            }
-            let namespace = namespace_of(&p.metadata);
-            let mut ips: Vec<IpAddr> = status
-                .and_then(|s| s.pod_ips.as_ref())
-                .into_iter()
-                .flatten()
-                .filter_map(|i| i.ip.parse().ok())
-                .collect();
-            if ips.is_empty()
-                && let Some(ip) = status.and_then(|s| s.pod_ip.as_ref()).and_then(|i| i.parse().ok())
-            {
-                ips.push(ip);
-            }
-            let mut nsl = ns_labels.get(&namespace).cloned().unwrap_or_default();
-            nsl.insert(NAMESPACE_NAME_LABEL.into(), namespace.clone());
-            let id_key = IdentityKey {
-                namespace: namespace.clone(),
-                pod_labels: p.metadata.labels.clone().unwrap_or_default(),
-                ns_labels: nsl,
-            };
-            let ports = spec
-                .into_iter()
-                .flat_map(|s| s.containers.iter())
-                .flat_map(|c| c.ports.iter().flatten())
-                .filter_map(|cp| {
-                    let name = cp.name.clone()?;
-                    Some((
-                        name,
-                        proto(cp.protocol.as_deref())?,
-                        u16::try_from(cp.container_port).ok()?,
-                    ))
-                })
-                .collect();
-            infos.push(PodInfo {
-                key: format!("{namespace}/{}", p.metadata.name.clone().unwrap_or_default()),
-                identity: self.identities.id(&id_key),
-                id_key,
-                ips,
-                ports,
-            });
-        }
+        let infos: Vec<PodInfo> = pods.into_iter().filter_map(|p| self.pod_info(p, &ns_labels)).collect();
         let live: BTreeSet<IdentityKey> = infos.iter().map(|i| i.id_key.clone()).collect();
         self.identities.retain(&live);
         for i in &infos {
@@ -276,18 +176,7 @@ impl Translator {
         }
 
         // Every prefix of every ipBlock, excepts included, is an identity.
-        let mut prefixes = BTreeSet::new();
-        for pol in &policies {
-            for peer in all_peers(pol) {
-                if let Some(b) = &peer.ip_block {
-                    for c in std::iter::once(&b.cidr).chain(b.except.iter().flatten()) {
-                        if let Ok(n) = c.parse::<IpNetwork>() {
-                            prefixes.insert(normalized(n));
-                        }
-                    }
-                }
-            }
-        }
+        let prefixes = cidr_prefixes(&policies);
         self.cidrs.retain(&prefixes);
         for n in &prefixes {
             d.cidrs.insert(*n, self.cidrs.id(n));
@@ -304,6 +193,56 @@ impl Translator {
             self.policy(pol, &infos, &mut d);
         }
         d
+    }
+
+    /// A pod's identity and what policy needs of it; None for a pod that
+    /// has no address of its own (host network) or is done.
+    fn pod_info(&mut self, p: &Pod, ns_labels: &BTreeMap<String, Labels>) -> Option<PodInfo> {
+        let spec = p.spec.as_ref();
+        let status = p.status.as_ref();
+        if spec.and_then(|s| s.host_network) == Some(true)
+            || matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+        {
+            return None;
+        }
+        let namespace = namespace_of(&p.metadata);
+        let mut ips: Vec<IpAddr> = status
+            .and_then(|s| s.pod_ips.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.parse().ok())
+            .collect();
+        if ips.is_empty()
+            && let Some(ip) = status.and_then(|s| s.pod_ip.as_ref()).and_then(|i| i.parse().ok())
+        {
+            ips.push(ip);
+        }
+        let mut nsl = ns_labels.get(&namespace).cloned().unwrap_or_default();
+        nsl.insert(NAMESPACE_NAME_LABEL.into(), namespace.clone());
+        let id_key = IdentityKey {
+            namespace: namespace.clone(),
+            pod_labels: p.metadata.labels.clone().unwrap_or_default(),
+            ns_labels: nsl,
+        };
+        let ports = spec
+            .into_iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|cp| {
+                Some(NamedPort {
+                    name: cp.name.clone()?,
+                    proto: proto(cp.protocol.as_deref())?,
+                    number: u16::try_from(cp.container_port).ok()?,
+                })
+            })
+            .collect();
+        Some(PodInfo {
+            key: format!("{namespace}/{}", p.metadata.name.clone().unwrap_or_default()),
+            identity: self.identities.id(&id_key),
+            id_key,
+            ips,
+            ports,
+        })
     }
 
     fn policy(&mut self, pol: &NetworkPolicy, pods: &[PodInfo], d: &mut Desired) {
@@ -324,7 +263,7 @@ impl Translator {
             .collect();
         let what = format!("policy {ns}/{name}");
         // Each rule read once, applied to every subject.
-        let mut rules: Vec<(Direction, Peers, Ports)> = Vec::new();
+        let mut rules: Vec<(Direction, Peers, Vec<RulePort>)> = Vec::new();
         if types.contains(&"Ingress") {
             for r in spec.ingress.iter().flatten() {
                 let peers = self.peers(&ns, r.from.as_deref(), pods, d, &what);
@@ -404,6 +343,23 @@ impl Translator {
     }
 }
 
+/// Every prefix of every ipBlock of the policies, excepts included.
+fn cidr_prefixes(policies: &[&NetworkPolicy]) -> BTreeSet<IpNetwork> {
+    let mut prefixes = BTreeSet::new();
+    for pol in policies {
+        for peer in all_peers(pol) {
+            if let Some(b) = &peer.ip_block {
+                for c in std::iter::once(&b.cidr).chain(b.except.iter().flatten()) {
+                    if let Ok(n) = c.parse::<IpNetwork>() {
+                        prefixes.insert(normalized(n));
+                    }
+                }
+            }
+        }
+    }
+    prefixes
+}
+
 fn all_peers(pol: &NetworkPolicy) -> impl Iterator<Item = &NetworkPolicyPeer> {
     let spec = pol.spec.as_ref();
     let ing = spec
@@ -417,103 +373,4 @@ fn all_peers(pol: &NetworkPolicy) -> impl Iterator<Item = &NetworkPolicyPeer> {
         .flatten()
         .flat_map(|r| r.to.iter().flatten());
     ing.chain(eg)
-}
-
-/// The ports of a rule; empty = every port of every protocol.
-fn ports(ports: Option<&[NetworkPolicyPort]>, d: &mut Desired, what: &str) -> Ports {
-    let mut out = Vec::new();
-    for p in ports.unwrap_or_default() {
-        let Some(proto) = proto(p.protocol.as_deref()) else {
-            d.warnings
-                .push(format!("{what}: protocol {:?} is not TCP, UDP or SCTP", p.protocol));
-            continue;
-        };
-        let sel = match (&p.port, p.end_port) {
-            (None, None) => PortSel::Any,
-            (Some(IntOrString::Int(n)), end) => {
-                let lo = u16::try_from(*n).ok().filter(|n| *n > 0);
-                let hi = match end {
-                    Some(e) => u16::try_from(e).ok(),
-                    None => lo,
-                };
-                match (lo, hi) {
-                    (Some(lo), Some(hi)) if lo <= hi => PortSel::Range(lo, hi),
-                    _ => {
-                        d.warnings
-                            .push(format!("{what}: port {n}..{end:?} is not a port range"));
-                        continue;
-                    }
-                }
-            }
-            (Some(IntOrString::String(name)), None) => PortSel::Named(name.clone()),
-            (port, end) => {
-                d.warnings.push(format!("{what}: port {port:?} with endPort {end:?}"));
-                continue;
-            }
-        };
-        out.push((proto, sel));
-    }
-    // A list of ports that were all invalid allows nothing, not everything.
-    if out.is_empty() && ports.is_some_and(|p| !p.is_empty()) {
-        return vec![(0, PortSel::Nothing)];
-    }
-    out
-}
-
-/// One rule of one policy, for one selected pod, as datapath rules.
-fn expand(
-    dir: Direction,
-    peers: &Peers,
-    ports: &[(u8, PortSel)],
-    subject: &PodInfo,
-    pods: &[PodInfo],
-    policy: u32,
-    out: &mut BTreeSet<Rule>,
-) {
-    let ids: Vec<u32> = match peers {
-        Peers::Any => vec![ID_ANY],
-        Peers::Some { pods, cidrs } => pods.iter().chain(cidrs.iter()).copied().collect(),
-    };
-    let rule = |identity, proto, ports| Rule {
-        dir,
-        identity,
-        proto,
-        ports,
-        policy,
-    };
-    if ports.is_empty() {
-        out.extend(ids.iter().map(|id| rule(*id, 0, None)));
-        return;
-    }
-    for (proto, sel) in ports {
-        match sel {
-            PortSel::Nothing => {}
-            PortSel::Any => out.extend(ids.iter().map(|id| rule(*id, *proto, None))),
-            PortSel::Range(lo, hi) => out.extend(ids.iter().map(|id| rule(*id, *proto, Some((*lo, *hi))))),
-            PortSel::Named(name) if dir == Direction::Ingress => {
-                for (n, pr, num) in &subject.ports {
-                    if n == name && pr == proto {
-                        out.extend(ids.iter().map(|id| rule(*id, *proto, Some((*num, *num)))));
-                    }
-                }
-            }
-            PortSel::Named(name) => {
-                // The destination's port: resolved per peer pod; ipBlocks have none.
-                for p in pods {
-                    let peer = match peers {
-                        Peers::Any => true,
-                        Peers::Some { pods: ids, .. } => ids.contains(&p.identity),
-                    };
-                    if !peer {
-                        continue;
-                    }
-                    for (n, pr, num) in &p.ports {
-                        if n == name && pr == proto {
-                            out.insert(rule(p.identity, *proto, Some((*num, *num))));
-                        }
-                    }
-                }
-            }
-        }
-    }
 }

@@ -18,7 +18,8 @@
 //! - `sessionAffinity: ClientIP` pins a client for `timeoutSeconds`
 //!   (10800 when missing);
 //! - a Service without a usable endpoint rejects (ICMP port unreachable),
-//!   as kube-proxy's REJECT does.
+//!   as kube-proxy's REJECT does (`sluice.io/unreachable: drop` makes it
+//!   drop instead).
 //!
 //! Traffic a pod sends to a NodePort, external or load-balancer address is
 //! balanced over all endpoints by the pod's own egress program (the
@@ -28,12 +29,17 @@
 use crate::objects::{Objects, SERVICE_NAME_LABEL, key};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use sluice_tc_datapath::layout::{PROTO_TCP, PROTO_UDP, SVC_ALG_MAGLEV, SVC_ALG_RANDOM};
+use sluice_tc_datapath::layout::{PROTO_TCP, PROTO_UDP, proto_name};
+use sluice_tc_datapath::maps::lb::Algorithm;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 /// The annotation that picks the backend selection of a Service.
 pub const ALGORITHM_ANNOTATION: &str = "sluice.io/lb-algorithm";
+/// The annotation that makes a Service drop what it cannot serve (no
+/// usable endpoint, a port its address does not serve) instead of
+/// rejecting it as kube-proxy does.
+pub const UNREACHABLE_ANNOTATION: &str = "sluice.io/unreachable";
 const DEFAULT_AFFINITY_SECS: u32 = 10800;
 
 /// Where a Service port is reached.
@@ -46,11 +52,7 @@ pub struct Frontend {
 
 impl std::fmt::Display for Frontend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let proto = match self.proto {
-            PROTO_TCP => "tcp",
-            PROTO_UDP => "udp",
-            _ => "?",
-        };
+        let proto = proto_name(self.proto);
         match self.vip {
             IpAddr::V4(a) => write!(f, "{a}:{}/{proto}", self.port),
             IpAddr::V6(a) => write!(f, "[{a}]:{}/{proto}", self.port),
@@ -63,11 +65,21 @@ impl std::fmt::Display for Frontend {
 pub struct Backends {
     /// "namespace/name:port-name" (the port's number when unnamed).
     pub service: String,
-    pub algorithm: u8,
+    pub algorithm: Algorithm,
     pub affinity_timeout_secs: u32,
     pub reject: bool,
-    /// (address, target port, takes new connections), sorted.
-    pub backends: Vec<(IpAddr, u16, bool)>,
+    /// Sorted by address and port.
+    pub backends: Vec<BackendAddr>,
+}
+
+/// One backend of a frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BackendAddr {
+    pub addr: IpAddr,
+    /// The target port.
+    pub port: u16,
+    /// Takes new connections; else terminating (keeps its own).
+    pub active: bool,
 }
 
 /// The node the agent runs on (for `internalTrafficPolicy: Local`).
@@ -240,56 +252,11 @@ fn service(svc: &Service, slices: &[&EndpointSlice], node_addrs: &[IpAddr], node
     if spec.type_.as_deref() == Some("ExternalName") {
         return;
     }
-    let mut cluster_ips: Vec<&str> = spec.cluster_ips.iter().flatten().map(String::as_str).collect();
-    if cluster_ips.is_empty()
-        && let Some(ip) = spec.cluster_ip.as_deref()
-    {
-        cluster_ips.push(ip);
-    }
-    if cluster_ips.contains(&"None") {
+    let Some(Addresses { cluster, external }) = addresses(svc, &id, out) else {
         return; // headless: DNS only
-    }
-    let parse = |what: &str, s: &str, out: &mut Translated| -> Option<IpAddr> {
-        let a = s.parse().ok();
-        if a.is_none() {
-            out.warnings
-                .push(format!("Service {id}: {what} {s:?} is not an address"));
-        }
-        a
     };
-    let mut cluster: Vec<IpAddr> = Vec::new();
-    for ip in cluster_ips {
-        cluster.extend(parse("clusterIP", ip, out));
-    }
-    let mut external: Vec<IpAddr> = Vec::new();
-    for ip in spec.external_ips.iter().flatten() {
-        external.extend(parse("externalIP", ip, out));
-    }
-    let ingress = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref()?.ingress.as_ref());
-    for i in ingress.into_iter().flatten() {
-        if let Some(ip) = i.ip.as_deref() {
-            external.extend(parse("load-balancer ingress IP", ip, out));
-        }
-    }
-    let algorithm = match svc
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ALGORITHM_ANNOTATION))
-        .map(String::as_str)
-    {
-        None | Some("random") => SVC_ALG_RANDOM,
-        Some("maglev") => SVC_ALG_MAGLEV,
-        Some(other) => {
-            out.warnings.push(format!(
-                "Service {id}: {ALGORITHM_ANNOTATION} {other:?} is neither \"random\" nor \"maglev\"; using random"
-            ));
-            SVC_ALG_RANDOM
-        }
-    };
+    let algorithm = algorithm(svc, &id, out);
+    let reject = rejects(svc, &id, out);
     let affinity_timeout_secs = if spec.session_affinity.as_deref() == Some("ClientIP") {
         spec.session_affinity_config
             .as_ref()
@@ -314,6 +281,7 @@ fn service(svc: &Service, slices: &[&EndpointSlice], node_addrs: &[IpAddr], node
             continue;
         };
         let label = format!("{id}:{}", sp.name.clone().unwrap_or_else(|| sp.port.to_string()));
+        // Each frontend, and whether it keeps only this node's endpoints.
         let mut fronts: Vec<(Frontend, bool)> = Vec::new();
         for &vip in &cluster {
             fronts.push((Frontend { vip, port, proto }, local_only));
@@ -331,7 +299,7 @@ fn service(svc: &Service, slices: &[&EndpointSlice], node_addrs: &[IpAddr], node
                 service: label.clone(),
                 algorithm,
                 affinity_timeout_secs,
-                reject: true,
+                reject,
                 backends: endpoints(sp, proto, f.vip.is_ipv4(), slices, local.then_some(node)),
             };
             if let Some(first) = out.frontends.get(&f) {
@@ -346,6 +314,90 @@ fn service(svc: &Service, slices: &[&EndpointSlice], node_addrs: &[IpAddr], node
     }
 }
 
+/// A Service's own addresses: its cluster IPs, and its external and
+/// load-balancer ingress IPs.
+struct Addresses {
+    cluster: Vec<IpAddr>,
+    external: Vec<IpAddr>,
+}
+
+/// The Service's addresses (None for a headless one); one that does not
+/// parse is left out with a warning.
+fn addresses(svc: &Service, id: &str, out: &mut Translated) -> Option<Addresses> {
+    let spec = svc.spec.as_ref()?;
+    let mut cluster_ips: Vec<&str> = spec.cluster_ips.iter().flatten().map(String::as_str).collect();
+    if cluster_ips.is_empty()
+        && let Some(ip) = spec.cluster_ip.as_deref()
+    {
+        cluster_ips.push(ip);
+    }
+    if cluster_ips.contains(&"None") {
+        return None;
+    }
+    let mut parse = |what: &str, s: &str| -> Option<IpAddr> {
+        let a = s.parse().ok();
+        if a.is_none() {
+            out.warnings
+                .push(format!("Service {id}: {what} {s:?} is not an address"));
+        }
+        a
+    };
+    let cluster = cluster_ips
+        .into_iter()
+        .filter_map(|ip| parse("clusterIP", ip))
+        .collect();
+    let mut external: Vec<IpAddr> = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| parse("externalIP", ip))
+        .collect();
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref()?.ingress.as_ref());
+    for i in ingress.into_iter().flatten() {
+        if let Some(ip) = i.ip.as_deref() {
+            external.extend(parse("load-balancer ingress IP", ip));
+        }
+    }
+    Some(Addresses { cluster, external })
+}
+
+/// Whether what the Service cannot serve is answered with ICMP port
+/// unreachable (the default, as kube-proxy's REJECT) or dropped.
+fn rejects(svc: &Service, id: &str, out: &mut Translated) -> bool {
+    match annotation(svc, UNREACHABLE_ANNOTATION) {
+        None | Some("reject") => true,
+        Some("drop") => false,
+        Some(other) => {
+            out.warnings.push(format!(
+                "Service {id}: {UNREACHABLE_ANNOTATION} {other:?} is neither \"reject\" nor \"drop\"; rejecting"
+            ));
+            true
+        }
+    }
+}
+
+fn annotation<'a>(svc: &'a Service, name: &str) -> Option<&'a str> {
+    svc.metadata.annotations.as_ref()?.get(name).map(String::as_str)
+}
+
+/// The backend selection the Service's annotation picks (random unless it
+/// says Maglev).
+fn algorithm(svc: &Service, id: &str, out: &mut Translated) -> Algorithm {
+    match annotation(svc, ALGORITHM_ANNOTATION) {
+        None | Some("random") => Algorithm::Random,
+        Some("maglev") => Algorithm::Maglev,
+        Some(other) => {
+            out.warnings.push(format!(
+                "Service {id}: {ALGORITHM_ANNOTATION} {other:?} is neither \"random\" nor \"maglev\"; using random"
+            ));
+            Algorithm::Random
+        }
+    }
+}
+
 /// The backends of one Service port in one address family.
 fn endpoints(
     sp: &ServicePort,
@@ -353,7 +405,7 @@ fn endpoints(
     v4: bool,
     slices: &[&EndpointSlice],
     only_node: Option<&NodeView>,
-) -> Vec<(IpAddr, u16, bool)> {
+) -> Vec<BackendAddr> {
     // (address, port) -> (ready, serving, terminating)
     let mut found: BTreeMap<(IpAddr, u16), (bool, bool, bool)> = BTreeMap::new();
     let family = if v4 { "IPv4" } else { "IPv6" };
@@ -391,15 +443,16 @@ fn endpoints(
     let any_ready = found.values().any(|c| c.0);
     found
         .into_iter()
-        .filter_map(|((ip, port), (ready, serving, terminating))| {
-            if ready {
-                Some((ip, port, true))
+        .filter_map(|((addr, port), (ready, serving, terminating))| {
+            let active = if ready {
+                true
             } else if terminating {
                 // Kept for its connections; new ones only when nothing is ready.
-                Some((ip, port, !any_ready && serving))
+                !any_ready && serving
             } else {
-                None
-            }
+                return None;
+            };
+            Some(BackendAddr { addr, port, active })
         })
         .collect()
 }

@@ -4,10 +4,11 @@
 
 mod common;
 
-use sluice_agent::gc::{self, GcStats, monotonic_ns};
+use sluice_tc_datapath::config::DatapathConfig;
 use sluice_tc_datapath::layout::{CT_FLOW, CtKey, CtValue, PROTO_TCP, addr};
-use sluice_tc_datapath::loader::{self, DatapathConfig};
+use sluice_tc_datapath::loader;
 use sluice_tc_datapath::maps::Maps;
+use sluice_tc_datapath::maps::ct::{GcStats, now_ns};
 
 fn key(sport: u16) -> CtKey {
     CtKey {
@@ -30,31 +31,32 @@ fn entry(expires_ns: u64) -> CtValue {
 
 #[test]
 fn expired_entries_go_refreshed_ones_stay() {
-    if !common::is_root("expired_entries_go_refreshed_ones_stay") {
+    if !common::root("expired_entries_go_refreshed_ones_stay") {
         return;
     }
     let cfg = DatapathConfig::default();
     let mut ebpf = loader::load(&cfg, None).unwrap();
     let mut maps = Maps::take(&mut ebpf, cfg.maglev_table_size).unwrap();
-    let now = monotonic_ns();
+    let ct = maps.ct_mut();
+    let now = now_ns();
     let hour = 3_600_000_000_000;
-    maps.ct.insert(key(1000), entry(now - 1), 0).unwrap(); // expired
-    maps.ct.insert(key(1001), entry(now + hour), 0).unwrap(); // alive
+    ct.insert(key(1000), entry(now - 1)).unwrap(); // expired
+    ct.insert(key(1001), entry(now + hour)).unwrap(); // alive
     // Saturating: the monotonic clock starts at boot, and a machine up for
     // less than an hour is no reason to fail.
-    maps.ct.insert(key(1002), entry(now.saturating_sub(hour)), 0).unwrap(); // expired, refreshed below
-    let (scanned, expired) = gc::scan(&maps, monotonic_ns()).unwrap();
+    ct.insert(key(1002), entry(now.saturating_sub(hour))).unwrap(); // expired, refreshed below
+    let (scanned, expired) = ct.scan(now_ns()).unwrap();
     assert_eq!(scanned, 3);
-    let mut found: Vec<u16> = expired.iter().map(|(k, _)| u16::from_be(k.sport)).collect();
+    let mut found: Vec<u16> = expired.iter().map(|e| u16::from_be(e.key.sport)).collect();
     found.sort();
     assert_eq!(found, [1000, 1002]);
     // A packet of 1002's flow comes between the scan and the delete.
-    maps.ct.insert(key(1002), entry(now + hour), 0).unwrap();
+    ct.insert(key(1002), entry(now + hour)).unwrap();
     let mut st = GcStats::default();
-    gc::delete(&mut maps, &expired, &mut st).unwrap();
+    ct.delete_expired(&expired, &mut st).unwrap();
     assert_eq!((st.removed, st.refreshed), (1, 1));
-    let mut left: Vec<u16> = maps
-        .conntrack()
+    let mut left: Vec<u16> = ct
+        .entries()
         .unwrap()
         .iter()
         .map(|(k, _)| u16::from_be(k.sport))
@@ -62,6 +64,6 @@ fn expired_entries_go_refreshed_ones_stay() {
     left.sort();
     assert_eq!(left, [1001, 1002], "the live and the refreshed entry stay");
     // A full pass now finds nothing to take.
-    let st = gc::collect(&mut maps).unwrap();
+    let st = ct.collect().unwrap();
     assert_eq!((st.scanned, st.removed), (2, 0));
 }

@@ -138,7 +138,7 @@ mod tests {
     use super::*;
 
     fn svc(name: &str, ip: &str) -> Object {
-        crate::manifests::parse(
+        crate::source::manifests::parse(
             &format!(
                 "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: x}}\nspec: {{clusterIP: {ip}}}\n"
             ),

@@ -4,23 +4,11 @@
 //! few slots that were not its own.
 //!
 //! The table must be identical on every node for the same backend set, so
-//! the hash is FNV-1a over the backend's identity with two fixed seeds:
-//! written here rather than taken from std, whose hasher may change between
-//! releases.
+//! the hash is the crate's stable FNV-1a over the backend's identity with
+//! two fixed seeds.
 
+use crate::hash::fnv1a;
 use crate::layout::{MAGLEV_CHUNK, MaglevKey, MaglevValue};
-
-pub(crate) fn fnv1a(seed: u64, data: &[u8]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325 ^ seed;
-    for b in data {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    // FNV's low bits mix poorly; finish with a multiply-xorshift.
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^ (h >> 33)
-}
 
 /// The table: slot -> index into `backends`. `backends` are identities
 /// (e.g. "10.244.2.7:8080"); their order does not matter, their set does.

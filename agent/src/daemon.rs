@@ -1,0 +1,384 @@
+//! The agent's event loop: a source's changes become syncs; between them,
+//! flow events are read every `FLOW_POLL` and conntrack and vanished pods
+//! are collected on an adaptive interval.
+
+use crate::agent::{Agent, AgentError, Report};
+use crate::endpoint_gc;
+use crate::flows::{FlowReader, FlowServer};
+use crate::gc::Interval;
+use crate::metrics::{self, AgentMetrics};
+use crate::services::NodeView;
+use crate::source::kube::{self, KubeStore};
+use crate::source::manifests::ManifestDir;
+use anyhow::{Context, Result};
+use clap::Parser;
+use notify::{RecursiveMode, Watcher};
+use sluice_tc_datapath::config::DEFAULT_BPFFS;
+use sluice_tc_datapath::loader::versioned_dir;
+use sluice_tc_datapath::maps::Maps;
+use sluice_tc_datapath::maps::observe::DEFAULT_FLOWS_SOCKET;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// `sluice-agent`'s command line.
+#[derive(Parser)]
+#[command(name = "sluice-agent", version, about)]
+pub struct Options {
+    /// Directory of Kubernetes manifests (YAML or JSON, several documents
+    /// per file): Services, EndpointSlices, NetworkPolicies, Pods,
+    /// Namespaces, Nodes. Other kinds are skipped.
+    #[arg(long, required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
+    pub manifests: Option<PathBuf>,
+    /// Read the cluster from the Kubernetes API server instead: in-cluster
+    /// configuration, else $KUBECONFIG or ~/.kube/config.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// The bpffs root the CNI plugin pins the datapath under (its
+    /// `datapath.bpffs` setting).
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// This node's name, as EndpointSlices and Node objects give it
+    /// (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// This node's own addresses (they may always reach its pods); the
+    /// Node object's are added.
+    #[arg(long)]
+    pub node_ip: Vec<IpAddr>,
+    /// Sync once and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Where to serve Prometheus metrics (`/metrics`); port 0 picks one.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics: SocketAddr,
+    /// Serve no metrics.
+    #[arg(long)]
+    pub no_metrics: bool,
+    /// The Unix socket `sluicectl observe` reads flow events from.
+    #[arg(long, default_value = DEFAULT_FLOWS_SOCKET)]
+    pub flows_socket: PathBuf,
+    /// Read no flow events (another reader has the ring).
+    #[arg(long)]
+    pub no_flows: bool,
+    /// The CNI plugin's `dataDir` (its endpoint records name each pod's
+    /// netns; pods whose netns is gone lose their datapath state).
+    #[arg(long, default_value = endpoint_gc::CNI_DATA_DIR)]
+    pub cni_data_dir: PathBuf,
+}
+
+/// How long to wait for the datapath before each new attempt.
+const WAIT_FOR_DATAPATH: Duration = Duration::from_millis(500);
+/// How often the flow-event ring is read (the datapath does not wake us).
+const FLOW_POLL: Duration = Duration::from_millis(100);
+/// Events that arrive this close together are one change (an editor's
+/// save is several).
+const SETTLE: Duration = Duration::from_millis(5);
+
+/// What wakes the loop: a file event, or the API-server store changed.
+enum Input {
+    File(notify::Result<notify::Event>),
+    Kube,
+}
+
+/// Where the objects come from.
+enum Source {
+    /// The directory, and its watcher (alive as long as it is held).
+    Dir(Box<ManifestDir>, #[allow(dead_code)] Box<notify::RecommendedWatcher>),
+    Kube(Arc<Mutex<KubeStore>>),
+}
+
+impl Source {
+    /// Start watching, then read: no change falls in between.
+    fn start(opts: &Options, tx: mpsc::Sender<Input>) -> Result<Source> {
+        let Some(path) = &opts.manifests else {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let client = rt
+                .block_on(::kube::Client::try_default())
+                .context("connecting to the Kubernetes API server")?;
+            let store = Arc::new(Mutex::new(KubeStore::default()));
+            let s = store.clone();
+            std::thread::Builder::new().name("kube".into()).spawn(move || {
+                rt.block_on(kube::watch(client, s, move || {
+                    let _ = tx.send(Input::Kube);
+                }))
+            })?;
+            return Ok(Source::Kube(store));
+        };
+        let mut dir = ManifestDir::new(path);
+        let mut watcher = notify::recommended_watcher(move |ev| {
+            let _ = tx.send(Input::File(ev));
+        })
+        .context("starting the file watcher")?;
+        watcher
+            .watch(path, RecursiveMode::NonRecursive)
+            .with_context(|| format!("watching {}", path.display()))?;
+        for e in dir
+            .reload_all()
+            .with_context(|| format!("reading {}", path.display()))?
+        {
+            warn!(error = %e, "manifest skipped");
+        }
+        Ok(Source::Dir(Box::new(dir), Box::new(watcher)))
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Source::Dir(d, _) => format!("manifests in {}", d.dir().display()),
+            Source::Kube(_) => "the Kubernetes API server".into(),
+        }
+    }
+}
+
+/// What a batch of inputs asks for.
+#[derive(Default)]
+struct Changes {
+    paths: BTreeSet<PathBuf>,
+    kube: bool,
+}
+
+impl Changes {
+    /// Only what changes a file's content or presence: reading the files
+    /// ourselves makes access events, which must not trigger a reload.
+    fn note(&mut self, input: Input) {
+        match input {
+            Input::File(Ok(ev)) if ev.kind.is_create() || ev.kind.is_modify() || ev.kind.is_remove() => {
+                self.paths.extend(ev.paths)
+            }
+            Input::File(Ok(_)) => {}
+            Input::File(Err(e)) => warn!(error = %e, "file watcher"),
+            Input::Kube => self.kube = true,
+        }
+    }
+}
+
+struct Daemon {
+    opts: Options,
+    agent: Agent,
+    source: Source,
+    rx: mpsc::Receiver<Input>,
+    metrics: Option<AgentMetrics>,
+    flows: Option<(FlowReader, FlowServer)>,
+    gc: Interval,
+    gone_pods: BTreeSet<PathBuf>,
+    /// The first sync is done.
+    started: bool,
+}
+
+/// Run the agent until its source stops (or after one sync with `--once`).
+pub fn run(opts: Options) -> Result<()> {
+    let node = NodeView {
+        name: match &opts.node_name {
+            Some(n) => n.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .context("reading the host name (or give --node-name)")?
+                .trim()
+                .to_string(),
+        },
+    };
+    let (tx, rx) = mpsc::channel::<Input>();
+    let source = Source::start(&opts, tx)?;
+    let agent = loop {
+        match Agent::open(&opts.bpffs, node.clone(), opts.node_ip.clone()) {
+            Ok(a) => break a,
+            Err(AgentError::NotLoaded(d)) if !opts.once => {
+                info!(dir = %d, "waiting for the datapath");
+                std::thread::sleep(WAIT_FOR_DATAPATH);
+            }
+            Err(e) => return Err(e).context("opening the datapath maps"),
+        }
+    };
+    info!(node = %node.name, source = %source.describe(), "agent started");
+    let metrics = if opts.once || opts.no_metrics {
+        None
+    } else {
+        let maps = Maps::open_pinned(&versioned_dir(&opts.bpffs)).context("opening the maps for the metrics")?;
+        let (registry, m) = metrics::registry(maps);
+        let addr =
+            metrics::serve(opts.metrics, registry).with_context(|| format!("serving metrics on {}", opts.metrics))?;
+        info!(%addr, "serving metrics at /metrics");
+        Some(m)
+    };
+    let mut d = Daemon {
+        opts,
+        agent,
+        source,
+        rx,
+        metrics,
+        flows: None,
+        gc: Interval::default(),
+        gone_pods: BTreeSet::new(),
+        started: false,
+    };
+    d.collect_gone_pods();
+    // The API-server source syncs first once every kind is listed.
+    if let Source::Dir(dir, _) = &d.source {
+        let r = d.agent.sync(dir.objects()).context("first sync")?;
+        d.record("start", &r, None);
+        if d.opts.once {
+            return Ok(());
+        }
+        d.started = true;
+    }
+    d.open_flows()?;
+    d.run_loop()
+}
+
+impl Daemon {
+    fn open_flows(&mut self) -> Result<()> {
+        if self.opts.no_flows {
+            return Ok(());
+        }
+        let reader = FlowReader::open(&versioned_dir(&self.opts.bpffs)).context("opening the flow-event ring")?;
+        let server = FlowServer::listen(&self.opts.flows_socket)
+            .with_context(|| format!("listening on {}", self.opts.flows_socket.display()))?;
+        info!(socket = %self.opts.flows_socket.display(), "serving flow events");
+        self.flows = Some((reader, server));
+        Ok(())
+    }
+
+    fn run_loop(&mut self) -> Result<()> {
+        let mut gc_due = Instant::now() + self.gc.get();
+        let mut flows_due = Instant::now();
+        loop {
+            if let Some((reader, server)) = &mut self.flows
+                && Instant::now() >= flows_due
+            {
+                server.publish(&reader.read(self.agent.pods(), self.agent.maps()));
+                flows_due = Instant::now() + FLOW_POLL;
+            }
+            let next = if self.flows.is_some() {
+                gc_due.min(flows_due)
+            } else {
+                gc_due
+            };
+            let first = match self.rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                Ok(ev) => ev,
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < gc_due => continue,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.collect_conntrack();
+                    self.collect_gone_pods();
+                    gc_due = Instant::now() + self.gc.get();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!("the source stopped"),
+            };
+            let seen = Instant::now();
+            let mut changes = Changes::default();
+            changes.note(first);
+            while let Ok(ev) = self.rx.recv_timeout(SETTLE) {
+                changes.note(ev);
+            }
+            if self.apply(changes, seen) && self.opts.once {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sync what the changes touched; true when a sync happened.
+    fn apply(&mut self, changes: Changes, seen: Instant) -> bool {
+        let result = match &mut self.source {
+            Source::Dir(dir, _) => {
+                if changes.paths.is_empty() {
+                    return false;
+                }
+                for p in &changes.paths {
+                    if let Err(e) = dir.reload(p) {
+                        warn!(error = %e, "manifest not applied; its previous objects stay");
+                    }
+                }
+                self.agent.sync(dir.objects())
+            }
+            Source::Kube(store) => {
+                if !changes.kube {
+                    return false;
+                }
+                let store = store.lock().expect("store lock");
+                self.agent.sync(store.objects())
+            }
+        };
+        match result {
+            Ok(r) => {
+                let why = if self.started { "change" } else { "start" };
+                self.record(why, &r, self.started.then_some(seen));
+                self.started = true;
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "sync failed; retried on the next change");
+                false
+            }
+        }
+    }
+
+    fn collect_conntrack(&mut self) {
+        match self.agent.collect_conntrack() {
+            Ok(st) => {
+                let next = self.gc.adapt(&st);
+                if let Some(m) = &self.metrics {
+                    m.gc_removed.inc_by(st.removed as u64);
+                    m.map("conntrack", st.scanned - st.removed, self.agent.conntrack_capacity());
+                }
+                info!(
+                    scanned = st.scanned,
+                    removed = st.removed,
+                    refreshed = st.refreshed,
+                    next_s = next.as_secs(),
+                    "conntrack collected"
+                );
+            }
+            Err(e) => warn!(error = %e, "conntrack collection failed"),
+        }
+    }
+
+    fn collect_gone_pods(&mut self) {
+        let versioned = versioned_dir(&self.opts.bpffs);
+        match endpoint_gc::collect(
+            &self.opts.cni_data_dir,
+            &versioned,
+            self.agent.maps_mut(),
+            &mut self.gone_pods,
+        ) {
+            Ok(gone) => {
+                for g in gone {
+                    info!(container = %g.container_id, ifname = %g.ifname, ips = ?g.ips, "pod's netns is gone: its datapath state removed");
+                }
+            }
+            Err(e) => warn!(error = %e, "endpoint collection failed"),
+        }
+    }
+
+    /// Log a sync and count it in the metrics.
+    fn record(&self, why: &str, r: &Report, seen: Option<Instant>) {
+        for w in &r.warnings {
+            warn!("{w}");
+        }
+        info!(
+            why,
+            frontends = r.services.frontends,
+            changed = r.services.changed,
+            removed = r.services.removed,
+            policy_endpoints = r.policy.endpoints,
+            writes = r.writes(),
+            sync_ms = format!("{:.2}", r.took.as_secs_f64() * 1e3),
+            since_event_ms = seen.map(|s| format!("{:.2}", s.elapsed().as_secs_f64() * 1e3)),
+            "synced"
+        );
+        let Some(m) = &self.metrics else { return };
+        m.syncs.inc();
+        m.writes.inc_by(r.writes() as u64);
+        if let Some(s) = seen {
+            m.source_to_map.observe(s.elapsed().as_secs_f64());
+        }
+        m.frontends.set(r.services.frontends as i64);
+        m.backends.set(r.backends as i64);
+        m.policy_endpoints.set(r.policy.endpoints as i64);
+        m.policies.set(r.policies as i64);
+        if let Ok((n, cap)) = self.agent.endpoint_map() {
+            m.map("endpoints", n, cap);
+        }
+    }
+}

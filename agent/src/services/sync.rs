@@ -1,0 +1,371 @@
+//! Keeping a node's Service maps equal to the translation, by difference.
+//!
+//! Ids are what makes a rewrite unnecessary: a frontend keeps its
+//! reverse-NAT id and a backend (address, port, protocol) its backend id for
+//! as long as they exist, and both are read back from the maps when the
+//! agent starts, so a restarted agent computes the same entries the maps
+//! already hold. The first pass after a start compares every entry with
+//! the map (`LbMaps::upsert_service` writes only those that differ); later
+//! passes skip the frontends whose translation did not change.
+
+use super::translate::{Backends, Frontend};
+use sluice_tc_datapath::ids::IdAllocator;
+use sluice_tc_datapath::maps::lb::{Backend, LbMaps, ServiceSpec};
+use sluice_tc_datapath::maps::{Maps, MapsError};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// What one pass did to the maps.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Map entries written or removed.
+    pub writes: usize,
+    /// Frontends written (changed or new) and removed.
+    pub changed: usize,
+    pub removed: usize,
+    /// Frontends in force after the pass.
+    pub frontends: usize,
+}
+
+/// What a backend entry stands for: address, target port, protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct BackendKey {
+    addr: IpAddr,
+    port: u16,
+    proto: u8,
+}
+
+/// The frontends that use one backend, and those of them that hold it as
+/// terminating.
+#[derive(Debug, Default, Clone, Copy)]
+struct Refs {
+    frontends: u32,
+    terminating: u32,
+}
+
+/// The use counts of the backends, and what moved in one pass.
+#[derive(Debug, Default)]
+struct Counts {
+    refs: BTreeMap<u32, Refs>,
+    /// Backends whose terminating count moved in this pass.
+    moved: BTreeSet<u32>,
+    /// Backends whose count fell to zero in this pass (one may be taken
+    /// again by a later frontend of the same pass).
+    released: Vec<(BackendKey, u32)>,
+}
+
+impl Counts {
+    fn take(&mut self, id: u32, active: bool) {
+        let r = self.refs.entry(id).or_default();
+        r.frontends += 1;
+        if !active {
+            r.terminating += 1;
+            self.moved.insert(id);
+        }
+    }
+
+    /// One frontend fewer uses backend `id` (as terminating unless `active`).
+    fn drop(&mut self, key: BackendKey, id: u32, active: bool) {
+        let r = self.refs.entry(id).or_default();
+        r.frontends = r.frontends.saturating_sub(1);
+        if !active {
+            r.terminating = r.terminating.saturating_sub(1);
+            self.moved.insert(id);
+        }
+        if r.frontends == 0 {
+            self.released.push((key, id));
+        }
+    }
+
+    fn draining(&self, id: u32) -> bool {
+        self.refs.get(&id).is_some_and(|r| r.terminating > 0)
+    }
+}
+
+/// One frontend to write in a pass.
+struct Write<'a> {
+    frontend: Frontend,
+    rev_nat_id: u32,
+    backends: Vec<Backend>,
+    want: &'a Backends,
+}
+
+pub struct ServiceSync {
+    rev_nat: IdAllocator<Frontend>,
+    backend_ids: IdAllocator<BackendKey>,
+    /// What the last pass wrote; None = compare with the maps.
+    applied: BTreeMap<Frontend, Option<Backends>>,
+    /// Backend id -> who uses it (None: count again).
+    refs: Option<BTreeMap<u32, Refs>>,
+}
+
+impl ServiceSync {
+    /// Start from what the maps hold (ids kept, nothing written).
+    pub fn from_maps(maps: &Maps) -> Result<ServiceSync, MapsError> {
+        let lb = maps.lb();
+        let services = lb.services()?;
+        let frontends: Vec<(Frontend, u32)> = services
+            .iter()
+            .map(|v| {
+                let f = Frontend {
+                    vip: v.vip,
+                    port: v.port,
+                    proto: v.proto,
+                };
+                (f, v.rev_nat_id)
+            })
+            .collect();
+        let backends = lb.backends()?.into_iter().map(|b| {
+            let k = BackendKey {
+                addr: b.addr,
+                port: b.port,
+                proto: b.proto,
+            };
+            (k, b.id)
+        });
+        Ok(ServiceSync {
+            applied: frontends.iter().map(|(f, _)| (*f, None)).collect(),
+            rev_nat: IdAllocator::with_held(1, frontends),
+            backend_ids: IdAllocator::with_held(1, backends),
+            refs: None,
+        })
+    }
+
+    /// Backends in the maps after the last pass.
+    pub fn backends(&self) -> usize {
+        self.backend_ids.len()
+    }
+
+    /// The backends (key, id, active) of what frontend `f` had written.
+    fn written(&self, f: &Frontend, b: &Backends) -> Vec<(BackendKey, u32, bool)> {
+        b.backends
+            .iter()
+            .filter_map(|x| {
+                let k = BackendKey {
+                    addr: x.addr,
+                    port: x.port,
+                    proto: f.proto,
+                };
+                Some((k, self.backend_ids.get(&k)?, x.active))
+            })
+            .collect()
+    }
+
+    /// Make the maps hold `want`: write the frontends that changed, remove
+    /// those that went, then the backends no frontend uses.
+    ///
+    /// Per backend, the frontends that use it and those that hold it as
+    /// terminating are counted, and the counts kept up to date frontend by
+    /// frontend, so that a pass in which one Service changed costs a look
+    /// at each frontend and the work of that one. They are counted from
+    /// scratch on the first pass (the maps' entries were not written by
+    /// this process) and after a pass that failed. A backend entry shared
+    /// by frontends that disagree says terminating (`ServiceSpec::draining`).
+    pub fn apply(&mut self, maps: &mut Maps, want: &BTreeMap<Frontend, Backends>) -> Result<SyncStats, MapsError> {
+        let lb = maps.lb_mut();
+        let mut st = SyncStats {
+            frontends: want.len(),
+            ..Default::default()
+        };
+        let recount = self.refs.is_none();
+        let mut counts = Counts {
+            refs: self.refs.take().unwrap_or_default(),
+            ..Default::default()
+        };
+        // Count first, write after: a frontend's backend entries say what
+        // every frontend sharing them says.
+        let (writes, gone) = self.count(want, recount, &mut counts);
+        let rewritten = self.write(lb, writes, &counts, &mut st)?;
+        self.fix_shared_states(lb, &counts, recount, &rewritten, &mut st)?;
+        self.remove_frontends(lb, want, gone, &mut st)?;
+        self.remove_backends(lb, recount, &mut counts, &mut st)?;
+        self.refs = Some(counts.refs);
+        Ok(st)
+    }
+
+    /// Count every frontend's backends, and list the frontends to write
+    /// and those gone.
+    fn count<'a>(
+        &mut self,
+        want: &'a BTreeMap<Frontend, Backends>,
+        recount: bool,
+        counts: &mut Counts,
+    ) -> (Vec<Write<'a>>, Vec<Frontend>) {
+        let mut present = 0;
+        let mut writes = Vec::new();
+        for (f, b) in want {
+            let old = self.applied.get(f);
+            present += usize::from(old.is_some());
+            let unchanged = matches!(old, Some(Some(o)) if o == b);
+            if unchanged && !recount {
+                continue;
+            }
+            let rev_nat_id = self.rev_nat.id(f);
+            let mut backends = Vec::with_capacity(b.backends.len());
+            for x in &b.backends {
+                let k = BackendKey {
+                    addr: x.addr,
+                    port: x.port,
+                    proto: f.proto,
+                };
+                let id = self.backend_ids.id(&k);
+                counts.take(id, x.active);
+                backends.push(Backend {
+                    id,
+                    addr: x.addr,
+                    port: x.port,
+                    active: x.active,
+                });
+            }
+            if !recount && let Some(Some(o)) = self.applied.get(f) {
+                for (k, id, active) in self.written(f, o) {
+                    counts.drop(k, id, active);
+                }
+            }
+            if !unchanged {
+                writes.push(Write {
+                    frontend: *f,
+                    rev_nat_id,
+                    backends,
+                    want: b,
+                });
+            }
+        }
+        let gone: Vec<Frontend> = if present < self.applied.len() {
+            self.applied.keys().filter(|f| !want.contains_key(f)).copied().collect()
+        } else {
+            Vec::new()
+        };
+        if !recount {
+            for f in &gone {
+                if let Some(Some(o)) = self.applied.get(f) {
+                    for (k, id, active) in self.written(f, o) {
+                        counts.drop(k, id, active);
+                    }
+                }
+            }
+        }
+        (writes, gone)
+    }
+
+    /// Write the frontends that changed; returns the backends written.
+    fn write(
+        &mut self,
+        lb: &mut LbMaps,
+        writes: Vec<Write<'_>>,
+        counts: &Counts,
+        st: &mut SyncStats,
+    ) -> Result<BTreeSet<u32>, MapsError> {
+        let mut rewritten = BTreeSet::new();
+        for w in writes {
+            let spec = ServiceSpec {
+                vip: w.frontend.vip,
+                port: w.frontend.port,
+                proto: w.frontend.proto,
+                rev_nat_id: w.rev_nat_id,
+                algorithm: w.want.algorithm,
+                affinity_timeout_secs: w.want.affinity_timeout_secs,
+                reject: w.want.reject,
+                draining: w
+                    .backends
+                    .iter()
+                    .filter(|b| b.active && counts.draining(b.id))
+                    .map(|b| b.id)
+                    .collect(),
+                backends: w.backends,
+            };
+            rewritten.extend(spec.backends.iter().map(|b| b.id));
+            let n = lb.upsert_service(&spec)?;
+            if n > 0 {
+                st.changed += 1;
+                st.writes += n;
+            }
+            self.applied.insert(w.frontend, Some(w.want.clone()));
+        }
+        Ok(rewritten)
+    }
+
+    /// Shared backends whose state may have turned with another frontend's
+    /// change (written only where it did).
+    fn fix_shared_states(
+        &self,
+        lb: &mut LbMaps,
+        counts: &Counts,
+        recount: bool,
+        rewritten: &BTreeSet<u32>,
+        st: &mut SyncStats,
+    ) -> Result<(), MapsError> {
+        let turned: Vec<u32> = if recount {
+            // What the maps say is not known: every backend not just written.
+            counts.refs.keys().copied().collect()
+        } else {
+            counts.moved.iter().copied().collect()
+        };
+        for id in turned {
+            if let Some(r) = counts.refs.get(&id)
+                && r.frontends > 0
+                && !rewritten.contains(&id)
+            {
+                st.writes += lb.set_backend_state(id, r.terminating == 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_frontends(
+        &mut self,
+        lb: &mut LbMaps,
+        want: &BTreeMap<Frontend, Backends>,
+        gone: Vec<Frontend>,
+        st: &mut SyncStats,
+    ) -> Result<(), MapsError> {
+        let vips: BTreeSet<IpAddr> = if gone.is_empty() {
+            BTreeSet::new()
+        } else {
+            want.keys().map(|f| f.vip).collect()
+        };
+        for f in gone {
+            let last_of_vip = !vips.contains(&f.vip);
+            let n = lb.remove_frontend(f.vip, f.port, f.proto, last_of_vip)?;
+            if n > 0 {
+                st.removed += 1;
+                st.writes += n;
+            }
+            self.applied.remove(&f);
+            self.rev_nat.release(&f);
+        }
+        Ok(())
+    }
+
+    /// Remove the backends no frontend uses.
+    fn remove_backends(
+        &mut self,
+        lb: &mut LbMaps,
+        recount: bool,
+        counts: &mut Counts,
+        st: &mut SyncStats,
+    ) -> Result<(), MapsError> {
+        let stale: BTreeSet<(BackendKey, u32)> = if recount {
+            self.backend_ids
+                .iter()
+                .filter(|(_, id)| !counts.refs.contains_key(id))
+                .map(|(k, id)| (*k, id))
+                .collect()
+        } else {
+            counts
+                .released
+                .iter()
+                .filter(|(_, id)| counts.refs.get(id).is_some_and(|r| r.frontends == 0))
+                .copied()
+                .collect()
+        };
+        for (k, id) in stale {
+            if lb.remove_backend(id)? {
+                st.writes += 1;
+            }
+            self.backend_ids.release(&k);
+            counts.refs.remove(&id);
+        }
+        Ok(())
+    }
+}

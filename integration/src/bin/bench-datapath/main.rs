@@ -1,0 +1,206 @@
+//! The datapath benchmark: one table, everything measured in the same run.
+//!
+//!     sudo target/release/bench-datapath
+//!
+//! 1. Per-packet cost of `sl_egress` / `sl_ingress` through BPF_PROG_TEST_RUN
+//!    (the kernel's own timing of one run), with 1 to 100,000 Services
+//!    loaded. Every sample goes to a Service drawn at random among those
+//!    loaded, so a bigger table shows its cache misses.
+//! 2. TCP connection rate (connect, request, response, close) from a pod to
+//!    a VIP in the simulated VPC, with 1 to 100,000 Services, beside the
+//!    same client calling the backend pod directly with no datapath (the
+//!    limit) and through kube-proxy-shaped rulesets for the same Services:
+//!    iptables mode (iptables-nft and iptables-legacy) and nftables mode.
+//!    The modes run round-robin, so drift hits them alike.
+//! 3. Time to add one Service with 3 backends to 100,000 existing ones:
+//!    sluice's map writes beside `iptables-restore --noflush` and `nft -f`.
+//! 4. Memory per Service, backend and conntrack entry (the kernel's own
+//!    accounting of each map, before and after).
+
+mod connections;
+mod inserts;
+mod packets;
+mod report;
+
+use connections::*;
+use inserts::*;
+use packets::*;
+
+use anyhow::{Context, Result, ensure};
+use aya::programs::SchedClassifier;
+use clap::Parser;
+use serde_json::json;
+use sluice_integration::bench::{
+    self, ACK, CrrServer, ProgramTime, Rng, SYN, SYN_ACK, TC_ACT_OK, TC_ACT_REDIRECT, connection_rate, pct, run,
+    tcp_frame as frame,
+};
+use sluice_integration::kube_proxy::{self, Service};
+use sluice_integration::netns::Netns;
+use sluice_integration::vpc::{Vpc, result_ip};
+use sluice_tc_datapath::config::DatapathConfig;
+use sluice_tc_datapath::layout::{Direction, PROTO_TCP, Reason};
+use sluice_tc_datapath::loader::{self, EGRESS, INGRESS};
+use sluice_tc_datapath::maps::Maps;
+use sluice_tc_datapath::maps::endpoints::Endpoint;
+use sluice_tc_datapath::maps::lb::{Algorithm, Backend, ServiceSpec};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Args {
+    /// Service counts for the per-packet cost.
+    #[arg(long, value_delimiter = ',', default_value = "1,1000,10000,100000")]
+    packet_services: Vec<usize>,
+    /// Service counts for the connection rate.
+    #[arg(long, value_delimiter = ',', default_value = "1,10000,100000")]
+    conn_services: Vec<usize>,
+    /// Program runs per per-packet cell.
+    #[arg(long, default_value_t = 20_000)]
+    samples: usize,
+    /// Seconds per connection-rate measurement.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Rounds of the connection-rate modes (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Client threads for the connection rate.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Seconds a kube-proxy ruleset may take to load; a mode that takes
+    /// longer is reported as not measured at that size.
+    #[arg(long, default_value_t = 300)]
+    load_budget: u64,
+    /// Service insertions timed for sluice (iptables and nft: a tenth).
+    #[arg(long, default_value_t = 200)]
+    inserts: usize,
+}
+
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
+
+/// Service `i` of the generated set: VIP 10.96.0.0 + i + 1, port 80/TCP,
+/// 3 backends of its own (10.128.0.0 + 3i + j + 1, port 8080).
+fn generated(i: usize) -> Service {
+    let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i as u32 + 1);
+    let endpoints = (0..3)
+        .map(|j| {
+            let a = u32::from(Ipv4Addr::new(10, 128, 0, 0)) + 3 * i as u32 + j + 1;
+            (Ipv4Addr::from(a), 8080)
+        })
+        .collect();
+    Service {
+        vip,
+        port: 80,
+        endpoints,
+    }
+}
+
+/// The datapath form of service `i` (ids derived from the index: what an
+/// agent with its allocator in memory writes).
+fn spec(i: usize, s: &Service) -> ServiceSpec {
+    ServiceSpec {
+        vip: s.vip.into(),
+        port: s.port,
+        proto: PROTO_TCP,
+        rev_nat_id: i as u32 + 1,
+        algorithm: Algorithm::Random,
+        affinity_timeout_secs: 0,
+        reject: false,
+        draining: Vec::new(),
+        backends: s
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(j, (a, p))| Backend {
+                id: 3 * i as u32 + j as u32 + 1,
+                addr: IpAddr::V4(*a),
+                port: *p,
+                active: true,
+            })
+            .collect(),
+    }
+}
+
+struct PacketRow {
+    services: usize,
+    /// p50 ns of egress new, egress established, ingress reply: every
+    /// packet to one Service (the middle one) among those loaded.
+    one: [f64; 3],
+    /// The same, every packet to a Service drawn at random.
+    spread: [f64; 3],
+    /// p50 ns of egress and ingress traffic that is no Service's.
+    plain: [f64; 2],
+}
+
+struct Memory {
+    per_service: f64,
+    per_backend: f64,
+    ct_entry: f64,
+    ct_entries: u64,
+    fixed: u64,
+    /// The VIP address filter (an array, always whole).
+    filters: u64,
+}
+
+struct Bench<'a> {
+    egress: &'a SchedClassifier,
+    ingress: &'a SchedClassifier,
+    clients: Vec<Ipv4Addr>,
+    samples: usize,
+    buf: Vec<u8>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Direct,
+    SluicePodIp,
+    Sluice,
+    IptablesNft,
+    IptablesLegacy,
+    Nftables,
+}
+
+/// A client pod and its server pod for one mode.
+struct Pair {
+    mode: Mode,
+    client: usize,
+    server_ip: Ipv4Addr,
+    _server: CrrServer,
+}
+
+const MEASURED_VIP: Ipv4Addr = Ipv4Addr::new(10, 95, 0, 1);
+const PORTS: [u16; 3] = [8080, 8081, 8082];
+
+struct ConnRow {
+    services: usize,
+    /// Median connections/s per mode, in `Mode::ALL` order.
+    rate: Vec<f64>,
+    failed: u64,
+    load_secs: Vec<f64>,
+    /// The sluice modes' program time per connection.
+    programs: Vec<(Mode, ProgramTime)>,
+}
+
+struct Inserts {
+    /// (label, p50 µs, p99 µs, count)
+    rows: Vec<(&'static str, f64, f64, usize)>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    sluice_integration::bench::require_root("bench-datapath")?;
+    for tool in ["iptables-nft-restore", "iptables-legacy-restore", "nft"] {
+        ensure!(
+            std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()?
+                .status
+                .success(),
+            "{tool} missing: run scripts/install-deps"
+        );
+    }
+    let (packet_rows, memory) = per_packet(&args)?;
+    let (conn_rows, inserts) = connection_benchmark(&args)?;
+    report::report(&args, &packet_rows, &memory, &conn_rows, &inserts);
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! `sluicectl ct list | flush`: the conntrack table, as the datapath keeps
+//! it (see `bpf/layout.h` for an entry's orientation).
+
+use crate::render::{Row, mac, sock};
+use anyhow::Result;
+use serde::Serialize;
+use sluice_tc_datapath::layout::{self, CT_ESTABLISHED, CT_NEW, CT_SERVICE, ip, proto_name};
+use sluice_tc_datapath::maps::Maps;
+use sluice_tc_datapath::maps::ct::now_ns;
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CtRow {
+    /// "service" (a Service connection as the client sent it), "out" (a
+    /// flow the pod opened) or "in" (one its peer opened).
+    pub kind: &'static str,
+    pub proto: String,
+    /// "address:port"; for a flow entry, the pod's end.
+    pub source: String,
+    pub destination: String,
+    /// "new", "established" or "closing".
+    pub state: &'static str,
+    pub backend: u32,
+    pub expires_in_seconds: u64,
+    /// The learned next hop of a Service connection.
+    pub next_hop: Option<String>,
+}
+
+impl Row for CtRow {
+    const HEADER: &'static [&'static str] = &[
+        "KIND",
+        "PROTO",
+        "SOURCE",
+        "DESTINATION",
+        "STATE",
+        "BACKEND",
+        "EXPIRES(S)",
+        "NEXT-HOP",
+    ];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.kind.into(),
+            self.proto.clone(),
+            self.source.clone(),
+            self.destination.clone(),
+            self.state.into(),
+            self.backend.to_string(),
+            self.expires_in_seconds.to_string(),
+            self.next_hop.clone().unwrap_or_else(|| "-".into()),
+        ]
+    }
+}
+
+pub fn list(maps: &Maps) -> Result<Vec<CtRow>> {
+    let now = now_ns();
+    let mut entries = maps.ct().entries()?;
+    entries.sort_by_key(|(k, _)| (k.kind, k.saddr, k.sport, k.daddr, k.dport));
+    Ok(entries
+        .iter()
+        .map(|(k, v)| CtRow {
+            kind: match (k.kind, v.flags & layout::CT_F_INBOUND != 0) {
+                (CT_SERVICE, _) => "service",
+                (_, false) => "out",
+                (_, true) => "in",
+            },
+            proto: proto_name(k.proto),
+            source: sock(ip(&k.saddr), u16::from_be(k.sport)),
+            destination: sock(ip(&k.daddr), u16::from_be(k.dport)),
+            state: match v.state {
+                CT_NEW => "new",
+                CT_ESTABLISHED => "established",
+                _ => "closing",
+            },
+            backend: v.backend_id,
+            expires_in_seconds: v.expires_ns.saturating_sub(now) / 1_000_000_000,
+            next_hop: (v.nh_ifindex != 0 && k.kind == CT_SERVICE).then(|| mac(&v.nh_mac)),
+        })
+        .collect())
+}
+
+#[derive(Serialize)]
+pub struct Flushed {
+    pub flushed: usize,
+}

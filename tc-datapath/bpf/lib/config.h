@@ -1,0 +1,20 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The load-time settings: constants in .rodata that the loader sets from
+ * the datapath config (config.rs), so a setting costs no map lookup.
+ */
+#ifndef SLUICE_LIB_CONFIG_H
+#define SLUICE_LIB_CONFIG_H
+
+#include <linux/types.h>
+
+/* Load-time configuration, set by the loader (aya EbpfLoader::set_global). */
+volatile const __u64 cfg_ct_tcp_syn_ns = 60ULL * 1000000000ULL;
+volatile const __u64 cfg_ct_tcp_established_ns = 21600ULL * 1000000000ULL;
+volatile const __u64 cfg_ct_tcp_closing_ns = 10ULL * 1000000000ULL;
+volatile const __u64 cfg_ct_udp_ns = 60ULL * 1000000000ULL;
+volatile const __u32 cfg_maglev_m = 16381;
+volatile const __u32 cfg_source_check = 1;
+volatile const __u32 cfg_flow_sample = 0;
+
+#endif

@@ -1,0 +1,76 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Connection-tracking entries: keys, states, deadlines, and the next hop
+ * learned from replies (see layout.h for the entry's orientation).
+ */
+#ifndef SLUICE_LIB_CONNTRACK_H
+#define SLUICE_LIB_CONNTRACK_H
+
+#include "config.h"
+#include "parse.h"
+
+/* A refreshed deadline is written back only when it moved by more than
+ * this: established flows do not dirty their conntrack entry per packet. */
+#define CT_REFRESH_NS (1000000000ULL)
+
+static __always_inline __u64 ct_timeout(__u8 proto, __u8 state)
+{
+	if (proto != IPPROTO_TCP)
+		return cfg_ct_udp_ns;
+	if (state == CT_ESTABLISHED)
+		return cfg_ct_tcp_established_ns;
+	if (state == CT_CLOSING)
+		return cfg_ct_tcp_closing_ns;
+	return cfg_ct_tcp_syn_ns;
+}
+
+/* Move an entry along SYN -> established -> closing, and push its deadline
+ * out (only written back when it changed noticeably). */
+/* A SYN that finds a closing entry opens a new connection on a reused
+ * port: the entry is the previous connection's and must not decide this
+ * one (its backend may be terminating, its verdict stale). */
+static __always_inline int ct_reopens(const struct ct_value *ct, const struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN && ct->state == CT_CLOSING;
+}
+
+static __always_inline void ct_touch(struct ct_value *ct, const struct pkt *p, int reply, __u64 now)
+{
+	__u8 state = ct->state;
+	__u64 expires;
+
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)))
+		state = CT_CLOSING;
+	else if (reply && state == CT_NEW)
+		state = CT_ESTABLISHED;
+	expires = now + ct_timeout(p->proto, state);
+	if (state != ct->state)
+		ct->state = state;
+	if (expires > ct->expires_ns + CT_REFRESH_NS || state == CT_CLOSING)
+		ct->expires_ns = expires;
+}
+
+static __always_inline void ct_key_of(struct ct_key *k, const __u8 *s, const __u8 *d, __be16 sport, __be16 dport,
+				      __u8 proto, __u8 kind)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	__builtin_memcpy(k->saddr, s, 16);
+	__builtin_memcpy(k->daddr, d, 16);
+	k->sport = sport;
+	k->dport = dport;
+	k->proto = proto;
+	k->kind = kind;
+}
+
+/* The MAC is written before the interface that marks it valid. A reader on
+ * another CPU can still see a half-written MAC when a known next hop
+ * changes; that costs one misaddressed packet of the flow, which its
+ * transport resends. */
+static __always_inline void set_next_hop(struct ct_value *ct, const __u8 *mac, __u32 ifindex)
+{
+	__builtin_memcpy(ct->nh_mac, mac, 6);
+	asm volatile("" ::: "memory");
+	ct->nh_ifindex = ifindex;
+}
+
+#endif

@@ -1,0 +1,249 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Service load-balancing: the VIP filter, backend selection (random,
+ * Maglev, affinity), DNAT at the client's egress and reverse NAT of the
+ * replies.
+ */
+#ifndef SLUICE_LIB_LB_H
+#define SLUICE_LIB_LB_H
+
+#include "conntrack.h"
+#include "csum.h"
+#include "forward.h"
+#include "icmp.h"
+#include "policy.h"
+
+/* See the address filters in layout.h: false means certainly not in. */
+static __always_inline int maybe_in(void *filter, const __u8 *addr)
+{
+	__u32 slot = vip_slot(addr), word = slot / 8;
+	__u64 *w = bpf_map_lookup_elem(filter, &word);
+
+	return !w || ((*w >> ((slot % 8) * 8)) & 0xff);
+}
+
+/* murmur3's finaliser over the flow: stable for one flow on every node. */
+static __always_inline __u32 flow_hash(const struct pkt *p)
+{
+	const __u32 *s = (const __u32 *)p->saddr;
+	__u32 h = 0x9747b28c ^ p->proto;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		h ^= s[i];
+		h *= 0xcc9e2d51;
+		h = (h << 15) | (h >> 17);
+	}
+	h ^= ((__u32)p->sport << 16) | p->dport;
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+static __always_inline __u32 maglev_pick(const struct svc_value *svc, const struct pkt *p)
+{
+	__u32 m = cfg_maglev_m;
+	__u32 idx, off;
+	struct maglev_key k = {};
+	struct maglev_value *t;
+
+	if (!m)
+		return 0;
+	idx = flow_hash(p) % m;
+	k.rev_nat_id = svc->rev_nat_id;
+	k.chunk = idx / MAGLEV_CHUNK;
+	off = idx % MAGLEV_CHUNK;
+	t = bpf_map_lookup_elem(&sl_maglev, &k);
+	if (!t || off >= MAGLEV_CHUNK)
+		return 0;
+	return t->backend_ids[off];
+}
+
+static __always_inline __u32 random_pick(const struct svc_value *svc, const struct svc_key *master)
+{
+	struct svc_key k = *master;
+	struct svc_value *slot;
+
+	k.slot = (bpf_get_prandom_u32() % svc->count) + 1;
+	slot = bpf_map_lookup_elem(&sl_services, &k);
+	return slot ? slot->backend_id : 0;
+}
+
+/* A backend for a new connection: the client's affinity entry if it is
+ * fresh and its backend still takes connections, else Maglev or random. */
+static __always_inline __u32 select_backend(const struct svc_value *svc, const struct svc_key *master,
+					    const struct pkt *p, __u64 now)
+{
+	struct affinity_key ak = {};
+	struct affinity_value av = {};
+	__u32 id = 0;
+
+	if (svc->count == 0)
+		return 0;
+	if (svc->affinity_timeout) {
+		struct affinity_value *cur;
+
+		__builtin_memcpy(ak.client, p->saddr, 16);
+		ak.rev_nat_id = svc->rev_nat_id;
+		cur = bpf_map_lookup_elem(&sl_affinity, &ak);
+		if (cur && now - cur->last_used_ns < (__u64)svc->affinity_timeout * 1000000000ULL) {
+			struct backend_value *b = bpf_map_lookup_elem(&sl_backends, &cur->backend_id);
+
+			if (b && b->state == BACKEND_ACTIVE)
+				id = cur->backend_id;
+		}
+	}
+	if (!id && svc->algorithm == SVC_ALG_MAGLEV)
+		id = maglev_pick(svc, p);
+	if (!id)
+		id = random_pick(svc, master);
+	if (id && svc->affinity_timeout) {
+		av.backend_id = id;
+		av.last_used_ns = now;
+		bpf_map_update_elem(&sl_affinity, &ak, &av, BPF_ANY);
+	}
+	return id;
+}
+
+static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc,
+				   const struct svc_key *master, struct endpoint_value *ep)
+{
+	struct ct_key ck;
+	struct ct_value *ct, nct = {};
+	struct backend_value *b = 0;
+	__u64 now = bpf_ktime_get_ns();
+	__u8 hp[16], nh[6];
+	int hairpin, have_nh = 0;
+	__u32 id, keep = 0;
+
+	if (p->fragment)
+		return drop_reported(skb, p, DROP_FRAGMENT, DIR_EGRESS);
+	ct_key_of(&ck, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_SERVICE);
+	ct = bpf_map_lookup_elem(&sl_ct, &ck);
+	if (ct && ct->expires_ns > now) {
+		/* Chosen once per connection; a terminating backend keeps its flows. */
+		b = bpf_map_lookup_elem(&sl_backends, &ct->backend_id);
+		if (b && ct->nh_ifindex == skb->ifindex) {
+			__builtin_memcpy(nh, ct->nh_mac, 6);
+			have_nh = 1;
+		}
+		/* A new connection on a reused port is a new connection: it keeps
+		 * the previous one's backend (and next hop) only while that backend
+		 * takes new connections, and is judged by policy again. */
+		if (b && ct_reopens(ct, p)) {
+			keep = b->state == BACKEND_ACTIVE ? ct->backend_id : 0;
+			have_nh = have_nh && keep;
+			b = 0;
+		}
+		if (b)
+			ct_touch(ct, p, 0, now);
+	}
+	if (!b) {
+		struct ct_key fk;
+
+		id = keep ? keep : select_backend(svc, master, p, now);
+		if (!id)
+			return svc->flags & SVC_F_REJECT ? reject(skb, p, DROP_NO_BACKEND)
+							  : drop_reported(skb, p, DROP_NO_BACKEND, DIR_EGRESS);
+		b = bpf_map_lookup_elem(&sl_backends, &id);
+		if (!b)
+			return drop_reported(skb, p, DROP_BACKEND_GONE, DIR_EGRESS);
+		/* Egress policy sees the backend, not the VIP. */
+		if (!policy_ok(skb, p, DIR_EGRESS, ep, p->saddr, b->addr, b->port))
+			return TC_ACT_SHOT;
+		hairpin = addr_eq(b->addr, p->saddr);
+		nct.backend_id = id;
+		nct.rev_nat_id = svc->rev_nat_id;
+		nct.state = CT_NEW;
+		nct.flags = hairpin ? CT_F_HAIRPIN : 0;
+		nct.expires_ns = now + ct_timeout(p->proto, CT_NEW);
+		if (have_nh) {
+			__builtin_memcpy(nct.nh_mac, nh, 6);
+			nct.nh_ifindex = skb->ifindex;
+		}
+		bpf_map_update_elem(&sl_ct, &ck, &nct, BPF_ANY);
+		/* The flow as the backend sees it: a hairpinned one comes from
+		 * the hairpin address. */
+		hairpin_addr(hp, p->v6);
+		ct_key_of(&fk, hairpin ? hp : p->saddr, b->addr, p->sport, b->port, p->proto, CT_FLOW);
+		bpf_map_update_elem(&sl_ct, &fk, &nct, BPF_ANY);
+		if (flow_sampled())
+			flow_event(p, DIR_EGRESS, REASON_SERVICE_TRANSLATED, ep ? ep->endpoint_id : 0, 0, 0, id);
+	}
+	hairpin = addr_eq(b->addr, p->saddr);
+	if (rewrite(skb, p, ETH_HLEN, 1, b->addr, b->port) != REWRITE_OK)
+		return drop(skb, DROP_NAT_FAILED, DIR_EGRESS);
+	count(REASON_SERVICE_TRANSLATED, DIR_EGRESS, skb->len);
+	if (hairpin) {
+		hairpin_addr(hp, p->v6);
+		if (rewrite(skb, p, ETH_HLEN, 0, hp, p->sport) != REWRITE_OK)
+			return drop(skb, DROP_NAT_FAILED, DIR_EGRESS);
+		return redirect_self(skb, DIR_EGRESS, REASON_HAIRPIN, 0);
+	}
+	if (have_nh) {
+		/* The backend has answered: its next hop is known, the frame
+		 * leaves as it is, only re-addressed. */
+		if (bpf_skb_store_bytes(skb, 0, nh, 6, 0) < 0)
+			return drop(skb, DROP_NAT_FAILED, DIR_EGRESS);
+		return TC_ACT_OK;
+	}
+	return next_hop(skb);
+}
+
+/* A reply from a backend: translate its source back to the VIP. A
+ * hairpinned reply (the pod answering itself, seen at its egress) also gets
+ * its destination back from the hairpin address and is turned around. */
+static __always_inline int reply(struct __sk_buff *skb, struct pkt *p, __u32 dir, const __u8 *l2_src,
+				 struct ct_value *flow)
+{
+	struct revnat_value *rn;
+	const __u8 *client;
+	int hairpin, learn = 0;
+	__u64 now;
+
+	/* `flow` is the CT_FLOW entry the reply's addresses swapped found: the
+	 * flow as the client sent it. Expiry is not checked: a stale entry can
+	 * only match a reply of that very flow, and LRU eviction and GC remove
+	 * it. */
+	rn = bpf_map_lookup_elem(&sl_revnat, &flow->rev_nat_id);
+	if (!rn)
+		return TC_ACT_UNSPEC;	/* its Service is gone: left to the default action */
+	hairpin = flow->flags & CT_F_HAIRPIN;
+	client = hairpin ? p->saddr : p->daddr;
+	now = bpf_ktime_get_ns();
+	/* A reply delivered to the client names the next hop toward the
+	 * backend in its source MAC. */
+	if (l2_src && !hairpin && (flow->nh_ifindex != skb->ifindex || __builtin_memcmp(flow->nh_mac, l2_src, 6)))
+		learn = 1;
+	if (learn || flow->state == CT_NEW || (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)))) {
+		/* State changes reach the client-side entry too: its timeout follows. */
+		struct ct_key sk;
+		struct ct_value *svc_ct;
+
+		ct_key_of(&sk, client, rn->addr, p->dport, rn->port, p->proto, CT_SERVICE);
+		svc_ct = bpf_map_lookup_elem(&sl_ct, &sk);
+		if (svc_ct) {
+			ct_touch(svc_ct, p, 1, now);
+			if (learn)
+				set_next_hop(svc_ct, l2_src, skb->ifindex);
+		}
+	}
+	if (learn)
+		set_next_hop(flow, l2_src, skb->ifindex);
+	ct_touch(flow, p, 1, now);
+	if (rewrite(skb, p, ETH_HLEN, 0, rn->addr, rn->port) != REWRITE_OK)
+		return drop(skb, DROP_NAT_FAILED, dir);
+	count(REASON_REPLY_TRANSLATED, dir, skb->len);
+	if (hairpin) {
+		if (rewrite(skb, p, ETH_HLEN, 1, p->saddr, p->dport) != REWRITE_OK)
+			return drop(skb, DROP_NAT_FAILED, dir);
+		return redirect_self(skb, dir, REASON_HAIRPIN, 1);
+	}
+	return TC_ACT_OK;
+}
+
+#endif

@@ -1,0 +1,215 @@
+//! The node's programs on one interface: attached as pinned TCX links (or
+//! clsact filters where the kernel has no TCX), checked, moved to a new
+//! version, removed.
+
+use super::{
+    AttachError, AttachMode, Attached, Node, ProgramRef, Side, TC_HANDLE, TC_PRIORITY, detach, in_netns, io_err,
+    link_err, prog_err, remove_link_pins, tcx_programs,
+};
+use crate::loader::{EGRESS, INGRESS};
+use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
+use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError};
+use aya::programs::{ProgramError, SchedClassifier};
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+use tracing::info;
+
+/// Why CHECK found an interface not running exactly the node's programs.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("the {side} link of {ifname} is not pinned at {}: {source}", .path.display())]
+    NotPinned {
+        side: &'static str,
+        ifname: String,
+        path: std::path::PathBuf,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("the pinned {side} link of {ifname} runs program {found} instead of sluice's {expected}")]
+    WrongProgram {
+        side: &'static str,
+        ifname: String,
+        found: u32,
+        expected: u32,
+    },
+    #[error("{side} of {ifname} runs [{}], expected only sluice's {program} ({expected})", list(.found))]
+    Foreign {
+        side: &'static str,
+        ifname: String,
+        found: Vec<ProgramRef>,
+        program: &'static str,
+        expected: u32,
+    },
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+}
+
+fn list(progs: &[ProgramRef]) -> String {
+    progs
+        .iter()
+        .map(|p| format!("{} ({})", p.id, p.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Errors that mean "this kernel has no TCX": the link type is unknown to it.
+fn tcx_unsupported(e: &ProgramError) -> bool {
+    if let ProgramError::SyscallError(s) = e {
+        matches!(s.io_error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | 524))
+    } else {
+        false
+    }
+}
+
+impl Node {
+    /// Attach both programs to `ifname` in the namespace `netns`. A TCX
+    /// link is pinned under `links/<key>`; a tc filter lives on the device.
+    /// On failure nothing of this attachment is left.
+    pub fn attach(
+        &mut self,
+        netns: BorrowedFd<'_>,
+        ifname: &str,
+        key: &str,
+        mode: AttachMode,
+    ) -> Result<Attached, AttachError> {
+        let link_dir = self.dir().join("links").join(key);
+        // A repeated ADD replaces what an earlier one left.
+        remove_link_pins(&link_dir)?;
+        let r = self.attach_both(netns, ifname, &link_dir, mode);
+        if r.is_err() {
+            let _ = detach(self.dir(), Some(netns), ifname, key);
+        }
+        r
+    }
+
+    fn attach_both(
+        &mut self,
+        netns: BorrowedFd<'_>,
+        ifname: &str,
+        link_dir: &Path,
+        mode: AttachMode,
+    ) -> Result<Attached, AttachError> {
+        let (egress, ingress) = (&mut self.egress, &mut self.ingress);
+        in_netns(netns, move || {
+            let mut got = None;
+            for (prog, side) in [(egress, Side::Egress), (ingress, Side::Ingress)] {
+                let use_tcx = mode != AttachMode::Tc && got != Some(Attached::Tc);
+                if use_tcx {
+                    match attach_tcx(prog, ifname, side, link_dir) {
+                        Ok(()) => {
+                            got = Some(Attached::Tcx);
+                            continue;
+                        }
+                        Err(AttachError::Program { source, .. })
+                            if mode == AttachMode::Auto && got.is_none() && tcx_unsupported(&source) =>
+                        {
+                            info!(ifname, error = %source, "no TCX on this kernel; attaching with clsact");
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                attach_tc(prog, ifname, side)?;
+                got = Some(Attached::Tc);
+            }
+            Ok(got.expect("two programs attached"))
+        })?
+    }
+
+    /// CHECK: `ifname` in `netns` runs exactly this node's programs, on both
+    /// sides. A pod with NET_ADMIN can detach them or put its own first.
+    /// (cls_bpf filters are checked by the caller, which speaks rtnetlink.)
+    pub fn check(&self, netns: BorrowedFd<'_>, ifname: &str, key: &str, attached: Attached) -> Result<(), CheckError> {
+        if attached == Attached::Tc {
+            return Ok(());
+        }
+        let (egress_id, ingress_id) = self.program_ids()?;
+        for (side, id, program) in [(Side::Egress, egress_id, EGRESS), (Side::Ingress, ingress_id, INGRESS)] {
+            let path = self.dir().join("links").join(key).join(side.name());
+            let pinned = PinnedLink::from_pin(&path).map_err(|source| CheckError::NotPinned {
+                side: side.name(),
+                ifname: ifname.into(),
+                path: path.clone(),
+                source,
+            })?;
+            let info = FdLink::from(pinned)
+                .info()
+                .map_err(link_err(format!("info of link {}", path.display())))?;
+            if info.program_id() != id {
+                return Err(CheckError::WrongProgram {
+                    side: side.name(),
+                    ifname: ifname.into(),
+                    found: info.program_id(),
+                    expected: id,
+                });
+            }
+            let found = tcx_programs(netns, ifname, side)?;
+            if found.len() != 1 || found[0].id != id {
+                return Err(CheckError::Foreign {
+                    side: side.name(),
+                    ifname: ifname.into(),
+                    found,
+                    program,
+                    expected: id,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-attach a tc-mode interface onto this version (TCX links move by
+    /// themselves in `open`; filters live on devices the pins do not name).
+    pub fn reattach_tc(&mut self, netns: BorrowedFd<'_>, ifname: &str) -> Result<(), AttachError> {
+        let (egress, ingress) = (&mut self.egress, &mut self.ingress);
+        in_netns(netns, move || {
+            attach_tc(egress, ifname, Side::Egress)?;
+            attach_tc(ingress, ifname, Side::Ingress)
+        })?
+    }
+}
+
+/// One TCX link, pinned under `link_dir`.
+fn attach_tcx(prog: &mut SchedClassifier, ifname: &str, side: Side, link_dir: &Path) -> Result<(), AttachError> {
+    let id = prog
+        .attach_with_options(ifname, side.tc_type(), TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .map_err(prog_err(format!("attaching {} TCX link to {ifname}", side.name())))?;
+    std::fs::create_dir_all(link_dir).map_err(io_err("creating", link_dir))?;
+    let link = prog.take_link(id).map_err(prog_err("taking the TCX link"))?;
+    let fd = FdLink::try_from(link).map_err(link_err(format!("TCX link on {ifname}")))?;
+    fd.pin(link_dir.join(side.name()))
+        .map_err(|source| AttachError::Pinning {
+            what: format!("pinning {} link in {}", side.name(), link_dir.display()),
+            source,
+        })?;
+    Ok(())
+}
+
+/// Attach (or replace) our cls_bpf filter under clsact. The filter belongs
+/// to the device: our handle on it is forgotten, not dropped, because
+/// dropping it would remove the filter.
+fn attach_tc(prog: &mut SchedClassifier, ifname: &str, side: Side) -> Result<(), AttachError> {
+    let tc_err = |what: String| move |source| AttachError::Tc { what, source };
+    match tc::qdisc_add_clsact(ifname) {
+        Ok(()) => {}
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(tc_err(format!("adding clsact to {ifname}"))(e)),
+    }
+    let opts = NlOptions {
+        priority: TC_PRIORITY,
+        handle: TC_HANDLE,
+        classid: None,
+    };
+    let d = side.name();
+    let id = match prog.attach_with_options(ifname, side.tc_type(), TcAttachOptions::Netlink(opts)) {
+        Ok(id) => id,
+        Err(ProgramError::TcError(TcError::NetlinkError(e))) if e.raw_os_error() == Some(libc::EEXIST) => {
+            let existing = SchedClassifierLink::attached(ifname, side.tc_type(), TC_PRIORITY, TC_HANDLE, None)
+                .map_err(io_err(format!("finding the {d} filter of"), Path::new(ifname)))?;
+            prog.attach_to_link(existing)
+                .map_err(prog_err(format!("replacing the {d} filter on {ifname}")))?
+        }
+        Err(e) => return Err(prog_err(format!("attaching the {d} filter to {ifname}"))(e)),
+    };
+    let link = prog.take_link(id).map_err(prog_err("taking the tc link"))?;
+    std::mem::forget(link);
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! A node's pinned programs: opened under the node lock, loaded and pinned
+//! when this version is not there yet, and every existing link moved onto
+//! them when another version ran before.
+
+use super::{AttachError, Side, io_err, link_err, lock_dir, prog_err};
+use crate::config::DatapathConfig;
+use crate::layout::DpInfo;
+use crate::loader::{self, EGRESS, INGRESS, versioned_dir};
+use crate::maps::{ObserveMaps, Source};
+use crate::pin;
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::SchedClassifierLink;
+use aya::programs::{ProgramError, SchedClassifier};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tracing::{info, warn};
+
+/// The node's datapath, opened under its lock (released on drop).
+pub struct Node {
+    dir: PathBuf,
+    _lock: File,
+    pub(super) egress: SchedClassifier,
+    pub(super) ingress: SchedClassifier,
+    observe: ObserveMaps,
+    prog_hash: u64,
+    /// Opening replaced another program version.
+    pub upgraded: bool,
+    /// Links moved onto this version while opening.
+    pub relinked: usize,
+    /// Links whose interface is gone (left for DEL/GC to unpin).
+    pub defunct: Vec<PathBuf>,
+}
+
+impl Node {
+    /// Open the node's datapath under `cfg.bpffs`, loading and pinning this
+    /// version's programs if they are not pinned yet and moving every
+    /// existing link onto them.
+    pub fn open(cfg: &DatapathConfig) -> Result<Node, AttachError> {
+        Node::open_with(cfg, true)
+    }
+
+    /// Open what is already there, changing nothing (for CHECK): fails when
+    /// this version's programs are not the node's.
+    pub fn open_existing(cfg: &DatapathConfig) -> Result<Node, AttachError> {
+        Node::open_with(cfg, false)
+    }
+
+    fn open_with(cfg: &DatapathConfig, load: bool) -> Result<Node, AttachError> {
+        let root = cfg.bpffs.as_path();
+        let dir = versioned_dir(root);
+        if load {
+            pin::ensure_bpffs(root)?;
+            for sub in ["maps", "progs", "links"] {
+                std::fs::create_dir_all(dir.join(sub)).map_err(io_err("creating", &dir.join(sub)))?;
+            }
+        } else if !dir.is_dir() {
+            return Err(AttachError::NoDatapath(dir));
+        }
+        let want = DpInfo::of(cfg);
+        let pdir = dir.join("progs").join(format!("{:016x}", want.prog_hash));
+        // Attaching to pods runs side by side under a shared lock; loading a
+        // version and moving links onto it takes the lock exclusively.
+        let shared = lock_dir(&dir, true)?;
+        if pdir.join(INGRESS).exists() {
+            let node = Node::opened(&dir, &pdir, want.prog_hash, shared)?;
+            if !load || (node.other_versions()?.is_empty() && node.observe.info()? == want) {
+                return Ok(node);
+            }
+            // Dropping `node` here releases the shared lock.
+        } else if !load {
+            return Err(AttachError::VersionNotPinned {
+                version: want.prog_hash,
+                dir: dir.join("progs"),
+            });
+        } else {
+            drop(shared);
+        }
+        let exclusive = lock_dir(&dir, false)?;
+        if !pdir.join(INGRESS).exists() {
+            load_and_pin(cfg, &pdir)?;
+        }
+        let mut node = Node::opened(&dir, &pdir, want.prog_hash, exclusive)?;
+        let others = node.other_versions()?;
+        if !others.is_empty() {
+            node.upgraded = true;
+            node.relink_all()?;
+            for old in others {
+                std::fs::remove_dir_all(&old).map_err(io_err("unpinning old programs", &old))?;
+            }
+        }
+        if node.observe.info()? != want {
+            node.observe.set_info(want)?;
+        }
+        Ok(node)
+    }
+
+    /// The handle on pinned programs and maps, under `lock`.
+    fn opened(dir: &Path, pdir: &Path, hash: u64, lock: File) -> Result<Node, AttachError> {
+        let open =
+            |name: &str| SchedClassifier::from_pin(pdir.join(name)).map_err(prog_err(format!("opening pinned {name}")));
+        Ok(Node {
+            egress: open(EGRESS)?,
+            ingress: open(INGRESS)?,
+            observe: ObserveMaps::open(&mut Source::pinned(dir))?,
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            prog_hash: hash,
+            upgraded: false,
+            relinked: 0,
+            defunct: Vec::new(),
+        })
+    }
+
+    /// The versioned directory (`<root>/v<N>`): its maps are the node's.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The version these programs are.
+    pub fn prog_hash(&self) -> u64 {
+        self.prog_hash
+    }
+
+    pub(super) fn program(&mut self, side: Side) -> &mut SchedClassifier {
+        match side {
+            Side::Egress => &mut self.egress,
+            Side::Ingress => &mut self.ingress,
+        }
+    }
+
+    fn other_versions(&self) -> Result<Vec<PathBuf>, AttachError> {
+        let progs = self.dir.join("progs");
+        let mine = format!("{:016x}", self.prog_hash);
+        let rd = std::fs::read_dir(&progs).map_err(io_err("listing", &progs))?;
+        let mut out = Vec::new();
+        for e in rd {
+            let e = e.map_err(io_err("listing", &progs))?;
+            if e.file_name().to_string_lossy() != mine {
+                out.push(e.path());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Move every pinned TCX link onto this version's programs.
+    fn relink_all(&mut self) -> Result<(), AttachError> {
+        let links = self.dir.join("links");
+        let rd = std::fs::read_dir(&links).map_err(io_err("listing", &links))?;
+        for e in rd {
+            let link_dir = e.map_err(io_err("listing", &links))?.path();
+            for side in Side::BOTH {
+                let path = link_dir.join(side.name());
+                let pinned = match PinnedLink::from_pin(&path) {
+                    Ok(p) => p,
+                    Err(_) if !path.exists() => continue,
+                    Err(e) => return Err(link_err(format!("opening link {}", path.display()))(e)),
+                };
+                let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                    .map_err(link_err(format!("link {} as a TCX link", path.display())))?;
+                let prog = self.program(side);
+                match prog.attach_to_link(link) {
+                    Ok(id) => {
+                        // Dropping our handle closes an fd; the pin keeps the link.
+                        drop(prog.take_link(id));
+                        self.relinked += 1;
+                    }
+                    Err(ProgramError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOLINK) => {
+                        warn!(link = %path.display(), "link's interface is gone; left for DEL/GC");
+                        self.defunct.push(path);
+                    }
+                    Err(e) => return Err(prog_err(format!("updating link {}", path.display()))(e)),
+                }
+            }
+        }
+        info!(
+            relinked = self.relinked,
+            defunct = self.defunct.len(),
+            "links moved to the new programs"
+        );
+        Ok(())
+    }
+
+    /// The programs' kernel ids (egress, ingress).
+    pub fn program_ids(&self) -> Result<(u32, u32), AttachError> {
+        let id = |p: &SchedClassifier| p.info().map(|i| i.id()).map_err(prog_err("program info"));
+        Ok((id(&self.egress)?, id(&self.ingress)?))
+    }
+}
+
+/// Load this version (pinning the maps as they are, or creating them) and
+/// pin its programs; ingress last, its pin marks the version complete.
+fn load_and_pin(cfg: &DatapathConfig, pdir: &Path) -> Result<(), AttachError> {
+    let t = Instant::now();
+    let mut ebpf = loader::load(cfg, Some(&cfg.bpffs))?;
+    std::fs::create_dir_all(pdir).map_err(io_err("creating", pdir))?;
+    for name in [EGRESS, INGRESS] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .expect("loaded")
+            .try_into()
+            .expect("a classifier");
+        prog.pin(pdir.join(name)).map_err(|source| AttachError::Pinning {
+            what: format!("pinning {name} in {}", pdir.display()),
+            source,
+        })?;
+    }
+    info!(version = %pdir.display(), elapsed = ?t.elapsed(), "datapath programs loaded and pinned");
+    Ok(())
+}

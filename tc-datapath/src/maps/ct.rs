@@ -1,0 +1,127 @@
+//! Connection tracking: the entries, and their collection.
+//!
+//! The datapath treats an expired entry as gone (a packet that finds one
+//! opens a new flow), and the LRU map evicts under pressure; collection
+//! keeps the table's count honest for the tools and the metrics, and frees
+//! room before eviction has to pick victims.
+//!
+//! An entry is deleted only if it is still the expired value the scan saw:
+//! it is read again just before the delete, so one the datapath refreshed
+//! or re-created since (a new connection on the same ports) is kept. (BPF
+//! hashes have no compare-and-delete; the window left is the microseconds
+//! between that read and the delete.)
+
+use super::{CT, MapsError, Source, capacity, err, lookup, removed};
+use crate::layout::{CtKey, CtValue};
+use aya::maps::{HashMap, MapData};
+
+/// Now on the datapath's clock: `bpf_ktime_get_ns` is CLOCK_MONOTONIC.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec for the kernel to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What one collection pass found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GcStats {
+    pub scanned: usize,
+    pub removed: usize,
+    /// Expired at the scan, alive again at the delete.
+    pub refreshed: usize,
+}
+
+/// An entry the scan found expired, with the deadline it had then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    pub key: CtKey,
+    pub seen_expiry: u64,
+}
+
+pub struct CtMaps {
+    ct: HashMap<MapData, CtKey, CtValue>,
+}
+
+impl CtMaps {
+    pub fn open(src: &mut Source<'_>) -> Result<CtMaps, MapsError> {
+        Ok(CtMaps { ct: src.map(&CT)? })
+    }
+
+    /// Every entry.
+    pub fn entries(&self) -> Result<Vec<(CtKey, CtValue)>, MapsError> {
+        self.ct.iter().collect::<Result<_, _>>().map_err(err(CT.name))
+    }
+
+    pub fn get(&self, k: &CtKey) -> Result<Option<CtValue>, MapsError> {
+        lookup(&self.ct, &CT, k)
+    }
+
+    /// Write one entry (state carried over, tests).
+    pub fn insert(&mut self, k: CtKey, v: CtValue) -> Result<(), MapsError> {
+        self.ct.insert(k, v, 0).map_err(err(CT.name))
+    }
+
+    /// The table's size (entries it holds at most).
+    pub fn capacity(&self) -> u32 {
+        capacity(&self.ct)
+    }
+
+    /// The memory the kernel accounts to the table, in bytes.
+    pub fn memory(&self) -> Result<u64, MapsError> {
+        use aya::maps::IterableMap;
+        super::memlock(self.ct.map(), &CT)
+    }
+
+    /// Remove one entry; false when it was not there.
+    pub fn remove(&mut self, k: &CtKey) -> Result<bool, MapsError> {
+        removed(self.ct.remove(k), &CT)
+    }
+
+    /// Remove every entry; returns how many.
+    pub fn flush(&mut self) -> Result<usize, MapsError> {
+        let keys: Vec<CtKey> = self.ct.keys().collect::<Result<_, _>>().map_err(err(CT.name))?;
+        let mut n = 0;
+        for k in &keys {
+            n += usize::from(self.remove(k)?);
+        }
+        Ok(n)
+    }
+
+    /// How many entries there are, and those expired at `now_ns`.
+    pub fn scan(&self, now_ns: u64) -> Result<(usize, Vec<Expired>), MapsError> {
+        let all = self.entries()?;
+        let expired = all
+            .iter()
+            .filter(|(_, v)| v.expires_ns <= now_ns)
+            .map(|(k, v)| Expired {
+                key: *k,
+                seen_expiry: v.expires_ns,
+            })
+            .collect();
+        Ok((all.len(), expired))
+    }
+
+    /// Delete the scanned entries that still hold what the scan saw.
+    pub fn delete_expired(&mut self, expired: &[Expired], stats: &mut GcStats) -> Result<(), MapsError> {
+        for e in expired {
+            match self.get(&e.key)? {
+                Some(v) if v.expires_ns == e.seen_expiry => stats.removed += usize::from(self.remove(&e.key)?),
+                Some(_) => stats.refreshed += 1,
+                None => {} // gone already (evicted, or the datapath replaced it)
+            }
+        }
+        Ok(())
+    }
+
+    /// One collection pass.
+    pub fn collect(&mut self) -> Result<GcStats, MapsError> {
+        let (scanned, expired) = self.scan(now_ns())?;
+        let mut st = GcStats {
+            scanned,
+            ..Default::default()
+        };
+        self.delete_expired(&expired, &mut st)?;
+        Ok(st)
+    }
+}

@@ -1,0 +1,403 @@
+//! The load-balancing maps: Service ports and their backend slots, the
+//! backends, reverse NAT, Maglev tables, ClientIP affinity and the VIP
+//! filter. A Service is written backends first, then its slots, then the
+//! service entry that makes them reachable, so a packet never sees a slot
+//! without its backend.
+
+use super::{AFFINITY, BACKENDS, MAGLEV, REVNAT, SERVICES, VIP_FILTER};
+use super::{MapsError, Source, err, lookup, put, removed};
+use crate::layout::*;
+use aya::maps::{Array, HashMap, MapData};
+use std::net::IpAddr;
+
+/// How a Service port picks a backend for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Algorithm {
+    #[default]
+    Random,
+    /// Consistent hashing: the same flow goes to the same backend on every
+    /// node, with no conntrack entry needed.
+    Maglev,
+}
+
+impl Algorithm {
+    fn code(self) -> u8 {
+        match self {
+            Algorithm::Random => SVC_ALG_RANDOM,
+            Algorithm::Maglev => SVC_ALG_MAGLEV,
+        }
+    }
+
+    fn from_code(c: u8) -> Algorithm {
+        if c == SVC_ALG_MAGLEV {
+            Algorithm::Maglev
+        } else {
+            Algorithm::Random
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Random => "random",
+            Algorithm::Maglev => "maglev",
+        }
+    }
+}
+
+/// One backend of a Service port as the writer gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backend {
+    pub id: u32,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// Takes new connections; a terminating backend keeps its own and gets
+    /// none from this frontend.
+    pub active: bool,
+}
+
+/// A Service port as the datapath sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub vip: IpAddr,
+    pub port: u16,
+    pub proto: u8,
+    pub rev_nat_id: u32,
+    pub algorithm: Algorithm,
+    pub affinity_timeout_secs: u32,
+    /// Answer packets that find no backend (and, for the VIP, packets to
+    /// ports it does not serve) with ICMP port unreachable instead of a
+    /// silent drop, so clients fail fast.
+    pub reject: bool,
+    pub backends: Vec<Backend>,
+    /// Active backends whose entry must still say terminating: a backend
+    /// entry is shared by every frontend with that address, port and
+    /// protocol, and one of the others holds it as terminating. Its state
+    /// only decides stickiness (affinity, a reused port's backend), so the
+    /// shared entry takes the safe side; this frontend's slots keep it.
+    pub draining: Vec<u32>,
+}
+
+impl ServiceSpec {
+    fn name(&self) -> String {
+        format!("{}:{}/{}", self.vip, self.port, proto_name(self.proto))
+    }
+}
+
+/// A service port as read back from the maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceView {
+    pub vip: IpAddr,
+    pub port: u16,
+    pub proto: u8,
+    pub rev_nat_id: u32,
+    pub algorithm: Algorithm,
+    pub affinity_timeout_secs: u32,
+    pub reject: bool,
+    /// The backends taking new connections, in slot order.
+    pub active: Vec<u32>,
+}
+
+/// A backend entry as read back from the maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendView {
+    pub id: u32,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: u8,
+    /// Takes new connections (`BACKEND_ACTIVE`); else terminating.
+    pub active: bool,
+}
+
+/// Memory the kernel accounts to each map of the family, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LbMemory {
+    pub services: u64,
+    pub backends: u64,
+    pub revnat: u64,
+    pub vip_filter: u64,
+}
+
+pub struct LbMaps {
+    services: HashMap<MapData, SvcKey, SvcValue>,
+    /// Counters of VIPs per hash slot, 8 to a word (see layout.h).
+    vip_filter: Array<MapData, u64>,
+    backends: HashMap<MapData, u32, BackendValue>,
+    revnat: HashMap<MapData, u32, RevNatValue>,
+    maglev: HashMap<MapData, MaglevKey, MaglevValue>,
+    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    /// The Maglev table size the programs were loaded with.
+    maglev_m: u32,
+}
+
+impl LbMaps {
+    pub fn open(src: &mut Source<'_>, maglev_m: u32) -> Result<LbMaps, MapsError> {
+        Ok(LbMaps {
+            services: src.map(&SERVICES)?,
+            vip_filter: src.map(&VIP_FILTER)?,
+            backends: src.map(&BACKENDS)?,
+            revnat: src.map(&REVNAT)?,
+            maglev: src.map(&MAGLEV)?,
+            affinity: src.map(&AFFINITY)?,
+            maglev_m,
+        })
+    }
+
+    /// Write a Service port: only the entries that differ from what the
+    /// maps hold, so that writing what is already there writes nothing.
+    /// Returns how many entries were written or removed.
+    pub fn upsert_service(&mut self, s: &ServiceSpec) -> Result<usize, MapsError> {
+        if s.backends.iter().any(|b| b.addr.is_ipv4() != s.vip.is_ipv4()) {
+            return Err(MapsError::Service {
+                service: s.name(),
+                problem: "backends must be of the VIP's family".into(),
+            });
+        }
+        let mut writes = 0;
+        // A new VIP enters the filter before anything can be found under
+        // it, so that no packet to it passes untranslated.
+        if lookup(&self.services, &SERVICES, &SvcKey::vip_marker(s.vip))?.is_none() {
+            self.filter_step(s.vip, true)?;
+            writes += 1;
+        }
+        for b in &s.backends {
+            let v = BackendValue {
+                addr: addr(b.addr),
+                port: b.port.to_be(),
+                proto: s.proto,
+                state: backend_state(b.active && !s.draining.contains(&b.id)),
+            };
+            writes += put(&mut self.backends, &BACKENDS, b.id, v)?;
+        }
+        let active: Vec<&Backend> = s.backends.iter().filter(|b| b.active).collect();
+        for (i, b) in active.iter().enumerate() {
+            let slot = SvcValue {
+                backend_id: b.id,
+                ..Default::default()
+            };
+            let k = SvcKey::new(s.vip, s.port, s.proto, i as u16 + 1);
+            writes += put(&mut self.services, &SERVICES, k, slot)?;
+        }
+        if s.algorithm == Algorithm::Maglev && !active.is_empty() {
+            writes += self.write_maglev(s.rev_nat_id, &active)?;
+        }
+        let rn = RevNatValue {
+            addr: addr(s.vip),
+            port: s.port.to_be(),
+            pad0: 0,
+        };
+        writes += put(&mut self.revnat, &REVNAT, s.rev_nat_id, rn)?;
+        let reject = if s.reject { SVC_F_REJECT } else { 0 };
+        let master = SvcValue {
+            count: active.len() as u16,
+            flags: reject,
+            rev_nat_id: s.rev_nat_id,
+            algorithm: s.algorithm.code(),
+            affinity_timeout: s.affinity_timeout_secs,
+            ..Default::default()
+        };
+        writes += put(
+            &mut self.services,
+            &SERVICES,
+            SvcKey::new(s.vip, s.port, s.proto, 0),
+            master,
+        )?;
+        // One marker per VIP: the port written last decides whether
+        // unknown ports are rejected (the agent writes one setting per node).
+        let marker = SvcValue {
+            flags: SVC_F_VIP_MARKER | reject,
+            ..Default::default()
+        };
+        writes += put(&mut self.services, &SERVICES, SvcKey::vip_marker(s.vip), marker)?;
+        writes += self.remove_slots_from(s.vip, s.port, s.proto, active.len() as u16 + 1)?;
+        Ok(writes)
+    }
+
+    /// The table over the active backends, by identity (address and port).
+    fn write_maglev(&mut self, rev_nat_id: u32, active: &[&Backend]) -> Result<usize, MapsError> {
+        let idents: Vec<Vec<u8>> = active
+            .iter()
+            .map(|b| format!("{}:{}", b.addr, b.port).into_bytes())
+            .collect();
+        let refs: Vec<&[u8]> = idents.iter().map(Vec::as_slice).collect();
+        let ids: Vec<u32> = active.iter().map(|b| b.id).collect();
+        let table = super::maglev::table(&refs, self.maglev_m);
+        let mut writes = 0;
+        for (k, v) in super::maglev::chunks(rev_nat_id, &table, &ids) {
+            writes += put(&mut self.maglev, &MAGLEV, k, v)?;
+        }
+        Ok(writes)
+    }
+
+    /// Slots from `first` on belong to nobody now.
+    fn remove_slots_from(&mut self, vip: IpAddr, port: u16, proto: u8, first: u16) -> Result<usize, MapsError> {
+        let mut n = 0;
+        let mut slot = first;
+        while removed(self.services.remove(&SvcKey::new(vip, port, proto, slot)), &SERVICES)? {
+            n += 1;
+            slot += 1;
+        }
+        Ok(n)
+    }
+
+    /// Set the state of backend `id`, already written (a frontend sharing
+    /// it changed its view); returns the entries written.
+    pub fn set_backend_state(&mut self, id: u32, active: bool) -> Result<usize, MapsError> {
+        let Some(mut v) = lookup(&self.backends, &BACKENDS, &id)? else {
+            return Ok(0);
+        };
+        v.state = backend_state(active);
+        put(&mut self.backends, &BACKENDS, id, v)
+    }
+
+    /// Remove a backend no Service uses any more (its connections, if
+    /// any, end with it); false when it was not there.
+    pub fn remove_backend(&mut self, id: u32) -> Result<bool, MapsError> {
+        removed(self.backends.remove(&id), &BACKENDS)
+    }
+
+    /// Remove a service port's own entries (not its backends): the service
+    /// entry first, then its slots, Maglev table and reverse-NAT entry, and
+    /// the VIP's marker and filter count when `last_of_vip`. Returns how
+    /// many entries went (0: there was no such port).
+    pub fn remove_frontend(
+        &mut self,
+        vip: IpAddr,
+        port: u16,
+        proto: u8,
+        last_of_vip: bool,
+    ) -> Result<usize, MapsError> {
+        let master_key = SvcKey::new(vip, port, proto, 0);
+        let Some(master) = lookup(&self.services, &SERVICES, &master_key)? else {
+            return Ok(0);
+        };
+        if master.flags & SVC_F_VIP_MARKER != 0 {
+            return Ok(0);
+        }
+        self.services.remove(&master_key).map_err(err(SERVICES.name))?;
+        let mut n = 1 + self.remove_slots_from(vip, port, proto, 1)?;
+        let chunks = (self.maglev_m as usize).div_ceil(MAGLEV_CHUNK) as u32;
+        for chunk in 0..chunks {
+            let k = MaglevKey {
+                rev_nat_id: master.rev_nat_id,
+                chunk,
+            };
+            n += usize::from(removed(self.maglev.remove(&k), &MAGLEV)?);
+        }
+        n += usize::from(removed(self.revnat.remove(&master.rev_nat_id), &REVNAT)?);
+        if last_of_vip && removed(self.services.remove(&SvcKey::vip_marker(vip)), &SERVICES)? {
+            self.filter_step(vip, false)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub fn memory(&self) -> Result<LbMemory, MapsError> {
+        use aya::maps::IterableMap;
+        Ok(LbMemory {
+            services: super::memlock(self.services.map(), &SERVICES)?,
+            backends: super::memlock(self.backends.map(), &BACKENDS)?,
+            revnat: super::memlock(self.revnat.map(), &REVNAT)?,
+            vip_filter: super::memlock(self.vip_filter.map(), &VIP_FILTER)?,
+        })
+    }
+
+    /// Every service port (slot 0 entries, VIP markers excluded), sorted.
+    pub fn services(&self) -> Result<Vec<ServiceView>, MapsError> {
+        let mut out = Vec::new();
+        for kv in self.services.iter() {
+            let (k, v) = kv.map_err(err(SERVICES.name))?;
+            if k.slot != 0 || v.flags & SVC_F_VIP_MARKER != 0 {
+                continue;
+            }
+            let mut active = Vec::with_capacity(v.count as usize);
+            for slot in 1..=v.count {
+                if let Some(sv) = lookup(&self.services, &SERVICES, &SvcKey { slot, ..k })? {
+                    active.push(sv.backend_id);
+                }
+            }
+            out.push(ServiceView {
+                vip: ip(&k.addr),
+                port: u16::from_be(k.port),
+                proto: k.proto,
+                rev_nat_id: v.rev_nat_id,
+                algorithm: Algorithm::from_code(v.algorithm),
+                affinity_timeout_secs: v.affinity_timeout,
+                reject: v.flags & SVC_F_REJECT != 0,
+                active,
+            });
+        }
+        out.sort_by_key(|s| (s.vip, s.port, s.proto));
+        Ok(out)
+    }
+
+    /// The service entry (slot 0) of one port, if it exists.
+    pub fn service(&self, vip: IpAddr, port: u16, proto: u8) -> Result<Option<SvcValue>, MapsError> {
+        lookup(&self.services, &SERVICES, &SvcKey::new(vip, port, proto, 0))
+    }
+
+    /// Every backend, by id.
+    pub fn backends(&self) -> Result<Vec<BackendView>, MapsError> {
+        Ok(super::entries(&self.backends, &BACKENDS)?
+            .into_iter()
+            .map(|(id, b)| backend_view(id, &b))
+            .collect())
+    }
+
+    /// The backend with this id.
+    pub fn backend(&self, id: u32) -> Result<Option<BackendView>, MapsError> {
+        Ok(lookup(&self.backends, &BACKENDS, &id)?.map(|b| backend_view(id, &b)))
+    }
+
+    /// Every affinity entry (client and service -> backend).
+    pub fn affinities(&self) -> Result<Vec<(AffinityKey, AffinityValue)>, MapsError> {
+        self.affinity
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(err(AFFINITY.name))
+    }
+
+    /// The VIP filter's counter for `vip`.
+    pub fn vip_filter_count(&self, vip: IpAddr) -> Result<u8, MapsError> {
+        let slot = vip_slot(&addr(vip));
+        let w = self.vip_filter.get(&(slot / 8), 0).map_err(err(VIP_FILTER.name))?;
+        Ok((w >> ((slot % 8) * 8)) as u8)
+    }
+
+    /// Set the VIP filter's counter for `vip`'s slot (tests, and repairing
+    /// a filter by recounting).
+    pub fn set_vip_filter_count(&mut self, vip: IpAddr, n: u8) -> Result<(), MapsError> {
+        let slot = vip_slot(&addr(vip));
+        let (word, shift) = (slot / 8, (slot % 8) * 8);
+        let w = self.vip_filter.get(&word, 0).map_err(err(VIP_FILTER.name))?;
+        self.vip_filter
+            .set(word, (w & !(0xff << shift)) | (u64::from(n) << shift), 0)
+            .map_err(err(VIP_FILTER.name))
+    }
+
+    /// Count an address into (or out of) its slot of the filter. A counter
+    /// that reached 255 stays there: the slot then always says "maybe",
+    /// which costs lookups, never correctness.
+    fn filter_step(&mut self, vip: IpAddr, add: bool) -> Result<(), MapsError> {
+        let n = match (add, self.vip_filter_count(vip)?) {
+            (_, 255) => 255,
+            (true, n) => n + 1,
+            (false, 0) => 0,
+            (false, n) => n - 1,
+        };
+        self.set_vip_filter_count(vip, n)
+    }
+}
+
+fn backend_state(active: bool) -> u8 {
+    if active { BACKEND_ACTIVE } else { BACKEND_TERMINATING }
+}
+
+fn backend_view(id: u32, b: &BackendValue) -> BackendView {
+    BackendView {
+        id,
+        addr: ip(&b.addr),
+        port: u16::from_be(b.port),
+        proto: b.proto,
+        active: b.state == BACKEND_ACTIVE,
+    }
+}
