@@ -118,9 +118,9 @@ fn the_maps_hold_exactly_each_translation() {
         return;
     }
     let cfg = DatapathConfig::default();
-    let mut ebpf = loader::load(&cfg, None).unwrap();
+    let (_ebpf, maps) = loader::load_unpinned(&cfg).unwrap();
     // The runner takes an `Fn`: the maps are borrowed mutably inside.
-    let maps = std::cell::RefCell::new(Maps::take(&mut ebpf, cfg.maglev_table_size).unwrap());
+    let maps = std::cell::RefCell::new(maps);
     let mut runner = TestRunner::new(Config {
         cases: 64,
         ..Config::default()
@@ -154,8 +154,7 @@ fn a_shared_backend_turns_back_when_the_other_frontend_goes() {
         return;
     }
     let cfg = DatapathConfig::default();
-    let mut ebpf = loader::load(&cfg, None).unwrap();
-    let mut maps = Maps::take(&mut ebpf, cfg.maglev_table_size).unwrap();
+    let (_ebpf, mut maps) = loader::load_unpinned(&cfg).unwrap();
     let fe = |v: u8| Frontend {
         vip: IpAddr::from([10, 96, 0, v]),
         port: 80,

@@ -12,7 +12,6 @@ use sluice_agent::source::manifests::parse;
 use sluice_tc_datapath::config::DatapathConfig;
 use sluice_tc_datapath::layout::{POLICY_F_EGRESS, POLICY_F_INGRESS, PROTO_TCP, PROTO_UDP};
 use sluice_tc_datapath::loader;
-use sluice_tc_datapath::maps::Maps;
 use sluice_tc_datapath::maps::endpoints::Endpoint;
 use sluice_tc_datapath::maps::lb::Algorithm::{Maglev as SVC_ALG_MAGLEV, Random as SVC_ALG_RANDOM};
 use std::net::IpAddr;
@@ -127,8 +126,7 @@ fn sync_writes_the_difference() {
         return;
     }
     let cfg = DatapathConfig::default();
-    let mut ebpf = loader::load(&cfg, None).unwrap();
-    let mut maps = Maps::take(&mut ebpf, cfg.maglev_table_size).unwrap();
+    let (_ebpf, mut maps) = loader::load_unpinned(&cfg).unwrap();
     // web-1 is this node's pod.
     maps.endpoints_mut()
         .add(&Endpoint {
@@ -203,7 +201,7 @@ fn sync_writes_the_difference() {
     assert_eq!(agent.maps().lb().services().unwrap().len(), 10);
 
     // A restarted agent over the same maps finds nothing to write.
-    let spare = Maps::take(&mut loader::load(&cfg, None).unwrap(), cfg.maglev_table_size).unwrap();
+    let (_spare_ebpf, spare) = loader::load_unpinned(&cfg).unwrap();
     let maps = std::mem::replace(agent.maps_mut(), spare);
     let mut restarted = Agent::with_maps(maps, node_a(), vec![]).unwrap();
     let r = restarted.sync(&o).unwrap();
@@ -230,4 +228,35 @@ fn the_api_source_translates_the_same() {
     assert!(store.synced());
     assert_eq!(store.objects(), &shop());
     assert_eq!(translate(store.objects(), &node_a()), translate(&shop(), &node_a()));
+}
+
+/// `sluice.io/unreachable: drop` makes a Service drop what it cannot serve
+/// (kube-proxy's behaviour, REJECT, stays the default); another value is
+/// reported and rejects.
+#[test]
+fn a_service_may_drop_what_it_cannot_serve() {
+    let svc = |name: &str, ip: &str, annotation: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: t, annotations: {{{annotation}}}}}\n\
+             spec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n---\n"
+        )
+    };
+    let text = [
+        svc("plain", "10.96.1.1", ""),
+        svc("drops", "10.96.1.2", "sluice.io/unreachable: drop"),
+        svc("odd", "10.96.1.3", "sluice.io/unreachable: maybe"),
+    ]
+    .concat();
+    let mut o = Objects::default();
+    for obj in parse(&text, Path::new("t")).unwrap() {
+        o.insert(obj);
+    }
+    let t = translate(&o, &node_a());
+    let reject = |vip: &str| t.frontends[&fe(vip, 80, PROTO_TCP)].reject;
+    assert_eq!(
+        (reject("10.96.1.1"), reject("10.96.1.2"), reject("10.96.1.3")),
+        (true, false, true)
+    );
+    assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
+    assert!(t.warnings[0].contains("\"maybe\""), "{:?}", t.warnings);
 }

@@ -261,7 +261,9 @@ mod tests {
             json!({"cniVersion": "1.1.0", "name": "n", "prevResult": {}, "datapath": {"bpffs": "rel/x"}}),
             json!({"cniVersion": "1.1.0", "name": "n", "prevResult": {}, "datapath": {"attach": "xdp"}}),
         ] {
-            assert_eq!(parse(v.clone()).unwrap_err().code, 7, "{v}");
+            let e = parse(v.clone()).unwrap_err();
+            assert_eq!(e.code, 7, "{v}");
+            assert!(!e.msg.contains("  "), "a message with a run of spaces: {:?}", e.msg);
         }
     }
 }

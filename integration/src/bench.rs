@@ -191,6 +191,18 @@ pub fn connections(ns: &Netns, to: &[SocketAddr], secs: f64, workers: usize) -> 
 }
 
 /// Root is needed for BPF_PROG_TEST_RUN and network namespaces.
+/// The first line of a report: which benchmark, on what machine.
+pub fn print_machine(bench: &str) {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("sluice {bench} benchmark: Linux {}, {} CPUs", kernel.trim(), cpus());
+    println!();
+}
+
+/// The CPUs this process may run on.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
 pub fn require_root(bench: &str) -> Result<()> {
     anyhow::ensure!(
         nix::unistd::geteuid().is_root(),

@@ -21,6 +21,17 @@ impl Vpc {
         Maps::open_pinned(&self.datapath_dir(node)).context("opening the node's pinned maps")
     }
 
+    /// The pod addresses node `i`'s endpoint map holds, sorted.
+    pub fn endpoint_addrs(&self, node: usize) -> Result<Vec<std::net::IpAddr>> {
+        Ok(self
+            .maps(node)?
+            .endpoints()
+            .entries()?
+            .into_iter()
+            .map(|e| e.addr)
+            .collect())
+    }
+
     /// The pinned program versions of node `i` (directory names under progs/).
     pub fn program_versions(&self, node: usize) -> Vec<String> {
         crate::dir_names(&self.datapath_dir(node).join("progs"))

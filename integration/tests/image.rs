@@ -247,15 +247,7 @@ endpoints: [{{addresses: [{}]}}]
         "the agent collected the pod whose netns went: {log}"
     );
 
-    let maps = vpc.maps(0).unwrap();
-    let mut left: Vec<IpAddr> = maps
-        .endpoints()
-        .entries()
-        .unwrap()
-        .into_iter()
-        .map(|e| e.addr)
-        .collect();
-    left.sort();
+    let left = vpc.endpoint_addrs(0).unwrap();
     let mut live = vec![ips["srv"], ips["cli"]];
     live.sort();
     assert_eq!(left, live, "only the live pods keep their endpoint entries");

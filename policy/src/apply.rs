@@ -30,6 +30,15 @@ struct State {
     rules: BTreeMap<(PolicyMatch, u32), u32>,
 }
 
+/// A rule entry from its key in `State::rules`.
+fn rule_entry(&(rule, prefix_len): &(PolicyMatch, u32), policy: u32) -> RuleEntry {
+    RuleEntry {
+        rule,
+        prefix_len,
+        policy,
+    }
+}
+
 /// How many entries one `apply` wrote and removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ApplyStats {
@@ -97,13 +106,9 @@ impl NodeApplier {
                 st.written += 1;
             }
         }
-        for ((rule, prefix_len), policy) in &want.rules {
-            if have.rules.get(&(*rule, *prefix_len)) != Some(policy) {
-                maps.policy_mut().set_rule_entry(&RuleEntry {
-                    rule: *rule,
-                    prefix_len: *prefix_len,
-                    policy: *policy,
-                })?;
+        for (k, policy) in &want.rules {
+            if have.rules.get(k) != Some(policy) {
+                maps.policy_mut().set_rule_entry(&rule_entry(k, *policy))?;
                 st.written += 1;
             }
         }
@@ -117,12 +122,8 @@ impl NodeApplier {
             maps.policy_mut().remove_endpoint_policy(*ep)?;
             st.removed += 1;
         }
-        for ((rule, prefix_len), policy) in have.rules.iter().filter(|(k, _)| !want.rules.contains_key(k)) {
-            maps.policy_mut().remove_rule_entry(&RuleEntry {
-                rule: *rule,
-                prefix_len: *prefix_len,
-                policy: *policy,
-            })?;
+        for (k, policy) in have.rules.iter().filter(|(k, _)| !want.rules.contains_key(k)) {
+            maps.policy_mut().remove_rule_entry(&rule_entry(k, *policy))?;
             st.removed += 1;
         }
         for n in have.cidrs.keys().filter(|n| !want.cidrs.contains_key(n)) {

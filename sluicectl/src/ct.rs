@@ -1,7 +1,7 @@
 //! `sluicectl ct list | flush`: the conntrack table, as the datapath keeps
 //! it (see `bpf/layout.h` for an entry's orientation).
 
-use crate::render::{Row, mac, sock};
+use crate::render::{mac, sock, table_row};
 use anyhow::Result;
 use serde::Serialize;
 use sluice_tc_datapath::layout::{self, CT_ESTABLISHED, CT_NEW, CT_SERVICE, ip, proto_name};
@@ -26,8 +26,9 @@ pub struct CtRow {
     pub next_hop: Option<String>,
 }
 
-impl Row for CtRow {
-    const HEADER: &'static [&'static str] = &[
+table_row!(
+    CtRow,
+    [
         "KIND",
         "PROTO",
         "SOURCE",
@@ -35,22 +36,19 @@ impl Row for CtRow {
         "STATE",
         "BACKEND",
         "EXPIRES(S)",
-        "NEXT-HOP",
-    ];
-
-    fn cells(&self) -> Vec<String> {
-        vec![
-            self.kind.into(),
-            self.proto.clone(),
-            self.source.clone(),
-            self.destination.clone(),
-            self.state.into(),
-            self.backend.to_string(),
-            self.expires_in_seconds.to_string(),
-            self.next_hop.clone().unwrap_or_else(|| "-".into()),
-        ]
-    }
-}
+        "NEXT-HOP"
+    ],
+    |r| [
+        r.kind,
+        r.proto,
+        r.source,
+        r.destination,
+        r.state,
+        r.backend,
+        r.expires_in_seconds,
+        r.next_hop.as_deref().unwrap_or("-")
+    ]
+);
 
 pub fn list(maps: &Maps) -> Result<Vec<CtRow>> {
     let now = now_ns();

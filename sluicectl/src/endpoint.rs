@@ -1,6 +1,6 @@
 //! `sluicectl endpoint list`: the node's pods as the datapath knows them.
 
-use crate::render::{Row, mac};
+use crate::render::{mac, table_row};
 use anyhow::Result;
 use serde::Serialize;
 use sluice_tc_datapath::maps::Maps;
@@ -14,18 +14,9 @@ pub struct EndpointRow {
     pub id: u32,
 }
 
-impl Row for EndpointRow {
-    const HEADER: &'static [&'static str] = &["ADDRESS", "IFINDEX", "MAC", "ID"];
-
-    fn cells(&self) -> Vec<String> {
-        vec![
-            self.address.to_string(),
-            self.ifindex.to_string(),
-            self.mac.clone(),
-            self.id.to_string(),
-        ]
-    }
-}
+table_row!(EndpointRow, ["ADDRESS", "IFINDEX", "MAC", "ID"], |r| [
+    r.address, r.ifindex, r.mac, r.id
+]);
 
 pub fn list(maps: &Maps) -> Result<Vec<EndpointRow>> {
     Ok(maps

@@ -1,7 +1,7 @@
 //! `sluicectl metrics`: packets and bytes by reason and direction, summed
 //! over CPUs (the reasons that counted something).
 
-use crate::render::Row;
+use crate::render::table_row;
 use anyhow::Result;
 use serde::Serialize;
 use sluice_tc_datapath::maps::Maps;
@@ -15,18 +15,12 @@ pub struct MetricRow {
     pub bytes: u64,
 }
 
-impl Row for MetricRow {
-    const HEADER: &'static [&'static str] = &["REASON", "DIRECTION", "PACKETS", "BYTES"];
-
-    fn cells(&self) -> Vec<String> {
-        vec![
-            self.reason.into(),
-            self.direction.into(),
-            self.packets.to_string(),
-            self.bytes.to_string(),
-        ]
-    }
-}
+table_row!(MetricRow, ["REASON", "DIRECTION", "PACKETS", "BYTES"], |r| [
+    r.reason,
+    r.direction,
+    r.packets,
+    r.bytes
+]);
 
 pub fn list(maps: &Maps) -> Result<Vec<MetricRow>> {
     Ok(maps

@@ -1,7 +1,7 @@
 //! `sluicectl policy list | get`: network policy as enforced on this
 //! node's pods, with identities and policies by name.
 
-use crate::render::{self, Output, Row};
+use crate::render::{self, Output, table_row};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use sluice_tc_datapath::layout::{self, Direction, proto_name};
@@ -40,20 +40,11 @@ pub struct IsolatedRow {
     pub entries: usize,
 }
 
-impl Row for IsolatedRow {
-    const HEADER: &'static [&'static str] = &["ENDPOINT", "ADDRESSES", "IDENTITY", "INGRESS", "EGRESS", "ENTRIES"];
-
-    fn cells(&self) -> Vec<String> {
-        vec![
-            self.endpoint.to_string(),
-            self.addresses.clone(),
-            self.identity.clone(),
-            self.ingress.clone(),
-            self.egress.clone(),
-            self.entries.to_string(),
-        ]
-    }
-}
+table_row!(
+    IsolatedRow,
+    ["ENDPOINT", "ADDRESSES", "IDENTITY", "INGRESS", "EGRESS", "ENTRIES"],
+    |r| [r.endpoint, r.addresses, r.identity, r.ingress, r.egress, r.entries]
+);
 
 /// Every pod some policy isolates.
 pub fn list(maps: &Maps) -> Result<Vec<IsolatedRow>> {
@@ -99,19 +90,13 @@ pub struct RuleRow {
     pub policy: String,
 }
 
-impl Row for RuleRow {
-    const HEADER: &'static [&'static str] = &["DIRECTION", "PEER", "PROTO", "PORTS", "POLICY"];
-
-    fn cells(&self) -> Vec<String> {
-        vec![
-            self.direction.into(),
-            self.peer.clone(),
-            self.proto.clone(),
-            self.ports.clone(),
-            self.policy.clone(),
-        ]
-    }
-}
+table_row!(RuleRow, ["DIRECTION", "PEER", "PROTO", "PORTS", "POLICY"], |r| [
+    r.direction,
+    r.peer,
+    r.proto,
+    r.ports,
+    r.policy
+]);
 
 /// The rules enforced on one pod.
 #[derive(Serialize)]

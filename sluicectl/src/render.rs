@@ -18,6 +18,21 @@ pub trait Row: Serialize {
     fn cells(&self) -> Vec<String>;
 }
 
+/// `impl Row` for a row type: its column titles, and each cell made from
+/// the row `r`.
+macro_rules! table_row {
+    ($t:ty, [$($h:literal),* $(,)?], |$r:ident| [$($cell:expr),* $(,)?]) => {
+        impl $crate::render::Row for $t {
+            const HEADER: &'static [&'static str] = &[$($h),*];
+            fn cells(&self) -> Vec<String> {
+                let $r = self;
+                vec![$(($cell).to_string()),*]
+            }
+        }
+    };
+}
+pub(crate) use table_row;
+
 /// Rows as a table, or as a JSON array.
 pub fn rows<R: Row>(rows: &[R], out: Output) -> anyhow::Result<()> {
     match out {

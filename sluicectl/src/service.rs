@@ -2,7 +2,7 @@
 //! wrote (the agent is their one writer: a Service is added by giving it
 //! the Kubernetes objects, never here).
 
-use crate::render::{Row, sock};
+use crate::render::{sock, table_row};
 use anyhow::Result;
 use serde::Serialize;
 use sluice_tc_datapath::layout::proto_name;
@@ -25,24 +25,22 @@ pub struct ServiceRow {
     pub backends: Vec<String>,
 }
 
-impl Row for ServiceRow {
-    const HEADER: &'static [&'static str] = &["SERVICE", "ID", "ALGORITHM", "AFFINITY", "NO-BACKEND", "BACKENDS"];
-
-    fn cells(&self) -> Vec<String> {
-        vec![
-            format!("{}/{}", sock(self.vip, self.port), self.proto),
-            self.rev_nat_id.to_string(),
-            self.algorithm.into(),
-            if self.affinity_timeout > 0 {
-                format!("{}s", self.affinity_timeout)
-            } else {
-                "-".into()
-            },
-            if self.reject { "reject" } else { "drop" }.into(),
-            self.backends.join(","),
-        ]
-    }
-}
+table_row!(
+    ServiceRow,
+    ["SERVICE", "ID", "ALGORITHM", "AFFINITY", "NO-BACKEND", "BACKENDS"],
+    |r| [
+        format!("{}/{}", sock(r.vip, r.port), r.proto),
+        r.rev_nat_id,
+        r.algorithm,
+        if r.affinity_timeout > 0 {
+            format!("{}s", r.affinity_timeout)
+        } else {
+            "-".into()
+        },
+        if r.reject { "reject" } else { "drop" },
+        r.backends.join(",")
+    ]
+);
 
 pub fn services(maps: &Maps) -> Result<Vec<ServiceRow>> {
     let lb = maps.lb();
@@ -78,18 +76,9 @@ pub struct BackendRow {
     pub state: &'static str,
 }
 
-impl Row for BackendRow {
-    const HEADER: &'static [&'static str] = &["ID", "ADDRESS", "PROTO", "STATE"];
-
-    fn cells(&self) -> Vec<String> {
-        vec![
-            self.id.to_string(),
-            self.address.clone(),
-            self.proto.clone(),
-            self.state.into(),
-        ]
-    }
-}
+table_row!(BackendRow, ["ID", "ADDRESS", "PROTO", "STATE"], |r| [
+    r.id, r.address, r.proto, r.state
+]);
 
 pub fn backends(maps: &Maps) -> Result<Vec<BackendRow>> {
     Ok(maps

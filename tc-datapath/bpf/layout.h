@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * Every map key and value of the sluice datapath, defined once. The Rust
  * side mirrors each struct with a #[repr(C)] type; build.rs compiles

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Built and run for the host by build.rs: prints the size of every struct
  * in layout.h and the offset of every field, as Rust constants, so that a

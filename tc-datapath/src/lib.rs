@@ -21,3 +21,39 @@ pub mod pin;
 
 /// The compiled eBPF object (both programs and every map).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.o"));
+
+#[cfg(test)]
+mod tests {
+    /// One licence story for the C: every source under bpf/ says it, the
+    /// object tells the kernel the matching "Dual BSD/GPL", and both texts
+    /// ship beside the sources.
+    #[test]
+    fn the_datapath_sources_carry_one_licence() {
+        const SPDX: &str = "SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)";
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bpf");
+        let mut sources = vec![];
+        for d in [dir.clone(), dir.join("lib")] {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.extension().is_some_and(|x| x == "c" || x == "h") {
+                    sources.push(p);
+                }
+            }
+        }
+        assert!(sources.len() > 10, "{sources:?}");
+        for p in &sources {
+            let first = std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            assert!(first.contains(SPDX), "{}: {first}", p.display());
+        }
+        let obj = aya_obj::Object::parse(crate::OBJECT).unwrap();
+        assert_eq!(obj.license.to_str().unwrap(), "Dual BSD/GPL");
+        for f in ["LICENSE.GPL-2.0", "LICENSE.BSD-2-Clause"] {
+            assert!(dir.join(f).is_file(), "{f} ships with the sources");
+        }
+    }
+}

@@ -22,6 +22,8 @@ pub enum LoadError {
     },
     #[error("invalid datapath config: {0}")]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Maps(#[from] maps::MapsError),
 }
 
 pub const EGRESS: &str = "sl_egress";
@@ -71,6 +73,14 @@ pub fn load(cfg: &DatapathConfig, pin_root: Option<&Path>) -> Result<Ebpf, LoadE
         prog.load().map_err(|source| LoadError::Program { name, source })?;
     }
     Ok(ebpf)
+}
+
+/// A datapath of its own, nothing pinned: the loaded object (its programs,
+/// for `BPF_PROG_TEST_RUN`) and its maps. What tests and benchmarks run.
+pub fn load_unpinned(cfg: &DatapathConfig) -> Result<(Ebpf, maps::Maps), LoadError> {
+    let mut ebpf = load(cfg, None)?;
+    let maps = maps::Maps::take(&mut ebpf, cfg.maglev_table_size)?;
+    Ok((ebpf, maps))
 }
 
 #[cfg(test)]

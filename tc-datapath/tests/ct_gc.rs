@@ -7,7 +7,6 @@ mod common;
 use sluice_tc_datapath::config::DatapathConfig;
 use sluice_tc_datapath::layout::{CT_FLOW, CtKey, CtValue, PROTO_TCP, addr};
 use sluice_tc_datapath::loader;
-use sluice_tc_datapath::maps::Maps;
 use sluice_tc_datapath::maps::ct::{GcStats, now_ns};
 
 fn key(sport: u16) -> CtKey {
@@ -35,8 +34,7 @@ fn expired_entries_go_refreshed_ones_stay() {
         return;
     }
     let cfg = DatapathConfig::default();
-    let mut ebpf = loader::load(&cfg, None).unwrap();
-    let mut maps = Maps::take(&mut ebpf, cfg.maglev_table_size).unwrap();
+    let (_ebpf, mut maps) = loader::load_unpinned(&cfg).unwrap();
     let ct = maps.ct_mut();
     let now = now_ns();
     let hour = 3_600_000_000_000;

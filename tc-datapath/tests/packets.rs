@@ -237,7 +237,7 @@ fn random_and_maglev_selection() {
     for alg in [Algorithm::Random, Algorithm::Maglev] {
         let mut dp = Dp::new();
         dp.pod("10.244.1.5");
-        dp.service_with("10.96.0.10", 80, PROTO_TCP, &backends, alg);
+        dp.service_full("10.96.0.10", 80, PROTO_TCP, &backends, alg, false);
         let mut per_backend = std::collections::HashMap::new();
         let mut changed = 0;
         for sport in 40000..40300u16 {

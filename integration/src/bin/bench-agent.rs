@@ -235,10 +235,7 @@ fn report(args: &Args, initial: Initial, restore: &[(&str, Duration)], lat: &mut
         sync_ms,
         writes,
     } = initial;
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("sluice agent benchmark: Linux {}, {cpus} CPUs", kernel.trim());
-    println!();
+    bench::print_machine("agent");
     println!(
         "1. initial sync of {} Services with 3 endpoints each ({} manifest files)",
         args.services,

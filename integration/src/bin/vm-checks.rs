@@ -198,13 +198,13 @@ fn pods(kind: &str, mode: &str) -> Result<String> {
 /// three have answered) and a UDP one over the same.
 fn service_reaches_all(maps: &mut Maps, client: &Netns, servers: &[IpAddr]) -> Result<()> {
     let vip: IpAddr = "10.96.0.10".parse()?;
-    maps.lb_mut().upsert_service(&random_service(
-        vip,
-        80,
-        PROTO_TCP,
-        1,
-        (0..3).map(|i| backend(i as u32 + 1, servers[i], 8080)).collect(),
-    ))?;
+    // Service `id` over the servers' port 8080, backend ids of its own.
+    let mut put = |port: u16, proto: u8, id: u32| {
+        let backends = (0..3).map(|i| backend(3 * (id - 1) + i as u32 + 1, servers[i], 8080));
+        maps.lb_mut()
+            .upsert_service(&random_service(vip, port, proto, id, backends.collect()))
+    };
+    put(80, PROTO_TCP, 1)?;
     // Random choice: ask until all three have answered (64 tries miss one
     // of three with odds of about 1e-11).
     let mut seen = std::collections::BTreeSet::new();
@@ -218,13 +218,7 @@ fn service_reaches_all(maps: &mut Maps, client: &Netns, servers: &[IpAddr]) -> R
     ensure!(seen.len() == 3, "the Service reached only {seen:?}");
     // The same backends over UDP (no connection: conntrack alone carries
     // the reverse NAT).
-    maps.lb_mut().upsert_service(&random_service(
-        vip,
-        53,
-        PROTO_UDP,
-        2,
-        (0..3).map(|i| backend(i as u32 + 4, servers[i], 8080)).collect(),
-    ))?;
+    put(53, PROTO_UDP, 2)?;
     let reply = udp_request(client, SocketAddr::new(vip, 53), "dgram")?;
     ensure!(
         ["s1:dgram", "s2:dgram", "far:dgram"].contains(&reply.as_str()),

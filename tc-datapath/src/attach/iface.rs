@@ -75,22 +75,9 @@ impl Node {
         let link_dir = self.dir().join("links").join(key);
         // A repeated ADD replaces what an earlier one left.
         remove_link_pins(&link_dir)?;
-        let r = self.attach_both(netns, ifname, &link_dir, mode);
-        if r.is_err() {
-            let _ = detach(self.dir(), Some(netns), ifname, key);
-        }
-        r
-    }
-
-    fn attach_both(
-        &mut self,
-        netns: BorrowedFd<'_>,
-        ifname: &str,
-        link_dir: &Path,
-        mode: AttachMode,
-    ) -> Result<Attached, AttachError> {
         let (egress, ingress) = (&mut self.egress, &mut self.ingress);
-        in_netns(netns, move || {
+        let link_dir = link_dir.as_path();
+        let r = in_netns(netns, move || {
             let mut got = None;
             for (prog, side) in [(egress, Side::Egress), (ingress, Side::Ingress)] {
                 let use_tcx = mode != AttachMode::Tc && got != Some(Attached::Tc);
@@ -112,7 +99,12 @@ impl Node {
                 got = Some(Attached::Tc);
             }
             Ok(got.expect("two programs attached"))
-        })?
+        })
+        .and_then(|r| r);
+        if r.is_err() {
+            let _ = detach(self.dir(), Some(netns), ifname, key);
+        }
+        r
     }
 
     /// CHECK: `ifname` in `netns` runs exactly this node's programs, on both

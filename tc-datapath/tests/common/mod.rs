@@ -199,8 +199,7 @@ impl Dp {
     }
 
     pub fn with_config(cfg: &DatapathConfig) -> Dp {
-        let mut ebpf = loader::load(cfg, None).expect("load datapath");
-        let maps = Maps::take(&mut ebpf, cfg.maglev_table_size).unwrap();
+        let (ebpf, maps) = loader::load_unpinned(cfg).expect("load datapath");
         Dp { ebpf, maps, ring: None }
     }
 
@@ -252,18 +251,7 @@ impl Dp {
     }
 
     pub fn service(&mut self, vip: &str, port: u16, proto: u8, backends: &[(u32, &str, u16)]) {
-        self.service_with(vip, port, proto, backends, Algorithm::Random);
-    }
-
-    pub fn service_with(
-        &mut self,
-        vip: &str,
-        port: u16,
-        proto: u8,
-        backends: &[(u32, &str, u16)],
-        algorithm: Algorithm,
-    ) {
-        self.service_full(vip, port, proto, backends, algorithm, false);
+        self.service_full(vip, port, proto, backends, Algorithm::Random, false);
     }
 
     pub fn service_full(

@@ -94,8 +94,7 @@ pub(crate) fn per_packet(args: &Args) -> Result<(Vec<PacketRow>, Memory)> {
 
 pub(crate) fn per_packet_with(args: &Args, n: usize) -> Result<(PacketRow, Memory)> {
     let cfg = DatapathConfig::default();
-    let mut ebpf = loader::load(&cfg, None).context("loading the datapath")?;
-    let mut maps = Maps::take(&mut ebpf, cfg.maglev_table_size)?;
+    let (ebpf, mut maps) = loader::load_unpinned(&cfg).context("loading the datapath")?;
     let egress: &SchedClassifier = ebpf.program(EGRESS).context("egress")?.try_into()?;
     let ingress: &SchedClassifier = ebpf.program(INGRESS).context("ingress")?.try_into()?;
     let mut bench = Bench {

@@ -3,13 +3,10 @@
 use super::*;
 
 pub(crate) fn report(args: &Args, packets: &[PacketRow], memory: &Memory, conns: &[ConnRow], inserts: &Inserts) {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("sluice datapath benchmark: Linux {}, {cpus} CPUs", kernel.trim());
-    println!();
+    bench::print_machine("datapath");
     packet_table(args, packets);
     println!();
-    connection_table(args, conns, cpus);
+    connection_table(args, conns, bench::cpus());
     println!();
     insert_table(conns, inserts);
     println!();

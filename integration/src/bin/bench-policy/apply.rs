@@ -97,8 +97,7 @@ pub(crate) fn monitoring_policy(port: u16) -> Result<NetworkPolicy> {
 
 pub(crate) fn apply_bench(args: &Args) -> Result<ApplyResult> {
     let cfg = DatapathConfig::default();
-    let mut ebpf = loader::load(&cfg, None).context("loading the datapath")?;
-    let mut maps = Maps::take(&mut ebpf, cfg.maglev_table_size)?;
+    let (_ebpf, mut maps) = loader::load_unpinned(&cfg).context("loading the datapath")?;
     for i in 0..args.endpoints {
         maps.endpoints_mut().add(&Endpoint {
             addr: IpAddr::V4(local_ip(i)),

@@ -90,8 +90,7 @@ fn established(
 /// conntrack history).
 pub(crate) fn per_packet_with(args: &Args, n: usize) -> Result<PacketRow> {
     let cfg = DatapathConfig::default();
-    let mut ebpf = loader::load(&cfg, None).context("loading the datapath")?;
-    let mut maps = Maps::take(&mut ebpf, cfg.maglev_table_size)?;
+    let (mut ebpf, mut maps) = loader::load_unpinned(&cfg).context("loading the datapath")?;
     let mut events: RingBuf<_> = Source::Object(&mut ebpf).map(&sluice_tc_datapath::maps::EVENTS)?;
     let egress: &SchedClassifier = ebpf.program(EGRESS).context("egress")?.try_into()?;
     let ingress: &SchedClassifier = ebpf.program(INGRESS).context("ingress")?.try_into()?;

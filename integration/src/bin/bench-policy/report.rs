@@ -3,10 +3,7 @@
 use super::*;
 
 pub(crate) fn report(args: &Args, packets: &[PacketRow], conns: &ConnResult, apply: &ApplyResult) {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("sluice network-policy benchmark: Linux {}, {cpus} CPUs", kernel.trim());
-    println!();
+    bench::print_machine("network-policy");
     packet_table(args, packets);
     println!();
     connection_table(args, conns);
