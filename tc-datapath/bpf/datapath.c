@@ -27,6 +27,7 @@
  */
 #include "lib/lb.h"
 #include "lib/flow.h"
+#include "lib/source.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -45,17 +46,19 @@ int sl_egress(struct __sk_buff *skb)
 	r = parse_frame(skb, &eth, &p);
 	if (r)
 		return drop(skb, r, DIR_EGRESS);
-	if (!p.proto) {
+	r = frame_allowed(skb, &eth);
+	if (r)
+		return drop(skb, r, DIR_EGRESS);
+	if (!p.ip) {
+		r = arp_allowed(skb, &eth);
+		if (r)
+			return drop(skb, r, DIR_EGRESS);
 		count(REASON_FORWARDED, DIR_EGRESS, skb->len);
 		return TC_ACT_OK;
 	}
-	/* Only the pod's own addresses may leave it. IPv6 neighbour discovery
-	 * and DAD use link-local and unspecified sources. */
-	if (cfg_source_check && !(p.v6 && is_v6_link_local_or_any(p.saddr))) {
-		ep = bpf_map_lookup_elem(&sl_endpoints, p.saddr);
-		if (!ep || ep->ifindex != skb->ifindex || __builtin_memcmp(ep->mac, eth.h_source, 6))
-			return drop_reported(skb, &p, DROP_SOURCE_ADDRESS, DIR_EGRESS);
-	}
+	r = source_allowed(skb, &eth, &p, &ep);
+	if (r)
+		return drop_reported(skb, &p, r, DIR_EGRESS);
 	if ((p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) && !p.fragment) {
 		__u8 hp[16];
 
@@ -107,7 +110,7 @@ int sl_ingress(struct __sk_buff *skb)
 	r = parse_frame(skb, &eth, &p);
 	if (r)
 		return drop(skb, r, DIR_INGRESS);
-	if (!p.proto) {
+	if (!p.ip) {
 		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 		return TC_ACT_OK;
 	}

@@ -330,7 +330,8 @@ enum reason {
 	REASON_ICMP_ERROR_TRANSLATED = 11,	/* ICMP error about a translated flow, reverse-NATed */
 	REASON_REJECTED = 12,		/* a drop answered with ICMP port unreachable (SVC_F_REJECT) */
 	DROP_POLICY = 13,		/* no network policy rule allows the flow */
-	REASON_MAX = 14,
+	DROP_ETHERTYPE = 14,		/* a pod's VLAN-tagged frame, or of an ethertype not IPv4, IPv6 or ARP */
+	REASON_MAX = 15,
 };
 
 /* Metrics slots: room for 64 reasons in both directions, so a new reason is

@@ -391,10 +391,11 @@ pub enum Reason {
     IcmpErrorTranslated = 11,
     Rejected = 12,
     DropPolicy = 13,
+    DropEthertype = 14,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Forwarded,
         Reason::ServiceTranslated,
         Reason::ReplyTranslated,
@@ -409,6 +410,7 @@ impl Reason {
         Reason::IcmpErrorTranslated,
         Reason::Rejected,
         Reason::DropPolicy,
+        Reason::DropEthertype,
     ];
 
     pub fn name(self) -> &'static str {
@@ -427,11 +429,13 @@ impl Reason {
             Reason::IcmpErrorTranslated => "icmp-error-translated",
             Reason::Rejected => "rejected",
             Reason::DropPolicy => "drop-policy",
+            Reason::DropEthertype => "drop-ethertype",
         }
     }
 
     pub fn is_drop(self) -> bool {
-        (Reason::DropNoBackend..=Reason::DropBackendGone).contains(&self) || self == Reason::DropPolicy
+        (Reason::DropNoBackend..=Reason::DropBackendGone).contains(&self)
+            || matches!(self, Reason::DropPolicy | Reason::DropEthertype)
     }
 
     pub fn from_u32(n: u32) -> Option<Reason> {

@@ -398,3 +398,65 @@ fn egress_policy_sees_the_backend_behind_the_vip() {
         "the first connection's two entries only"
     );
 }
+
+/// IPv6 extension headers are walked to the upper-layer header: a datagram
+/// carrying Hop-by-Hop (or a chain of them) is judged by its real protocol
+/// and port, never passed as "not IP"; a chain the parser cannot follow is
+/// dropped as malformed; a later fragment is judged as untracked.
+#[test]
+fn ipv6_extension_headers_are_judged_by_their_payload() {
+    if !root("ipv6_extension_headers_are_judged_by_their_payload") {
+        return;
+    }
+    let (pod, peer, stranger) = ("fd00:244::1:5", "fd00:244::2:7", "fd00:244::2:9");
+    let mut dp = Dp::new();
+    dp.pod_id(pod, EP);
+    dp.maps.policy_mut().set_identity(ip(peer), 301).unwrap();
+    dp.isolate(POLICY_F_INGRESS);
+    dp.allow(Direction::Ingress, 301, PROTO_UDP, Some((53, 53)));
+    let hbh = |f: Frame| f.with_ipv6_extensions(&[(0, ipv6_ext(0))]);
+    let chain = |f: Frame| f.with_ipv6_extensions(&[(0, ipv6_ext(0)), (60, ipv6_ext(1)), (43, ipv6_ext(0))]);
+    // The audit's bypass: Hop-by-Hop read as protocol 0 and passed.
+    assert_eq!(dp.verdict(INGRESS, &hbh(udp(stranger, pod, 4000, 53))), TC_ACT_SHOT);
+    assert_eq!(dp.verdict(INGRESS, &chain(udp(stranger, pod, 4001, 53))), TC_ACT_SHOT);
+    // The allowed peer's datagram with the same headers is let in: its
+    // port was read behind the chain.
+    assert_eq!(dp.verdict(INGRESS, &hbh(udp(peer, pod, 4002, 53))), TC_ACT_OK);
+    assert_eq!(dp.verdict(INGRESS, &chain(udp(peer, pod, 4003, 53))), TC_ACT_OK);
+    assert_eq!(dp.verdict(INGRESS, &chain(udp(peer, pod, 4004, 54))), TC_ACT_SHOT);
+    // A first fragment carries its ports; a later one is untracked, which
+    // an isolated pod admits only on an every-port rule.
+    let first = udp(peer, pod, 4005, 53).with_ipv6_extensions(&[(44, ipv6_fragment(0, true))]);
+    assert_eq!(dp.verdict(INGRESS, &first), TC_ACT_OK);
+    let later = udp(peer, pod, 4005, 53).with_ipv6_extensions(&[(44, ipv6_fragment(2, false))]);
+    assert_eq!(dp.verdict(INGRESS, &later), TC_ACT_SHOT);
+    let policy_drops = dp.maps.observe().count(Reason::DropPolicy, Direction::Ingress).unwrap();
+    assert_eq!(policy_drops, 4);
+    // Hop-by-Hop anywhere but first, a chain longer than followed, or one
+    // cut short: malformed.
+    let late_hbh = udp(peer, pod, 4006, 53).with_ipv6_extensions(&[(60, ipv6_ext(0)), (0, ipv6_ext(0))]);
+    let long: Vec<(u8, Vec<u8>)> = (0..9).map(|_| (60, ipv6_ext(0))).collect();
+    let long = udp(peer, pod, 4007, 53).with_ipv6_extensions(&long);
+    let mut cut = hbh(udp(peer, pod, 4008, 53));
+    cut.bytes.truncate(ETH + 40 + 4);
+    for f in [&late_hbh, &long, &cut] {
+        assert_eq!(dp.verdict(INGRESS, f), TC_ACT_SHOT);
+    }
+    assert_eq!(
+        dp.maps
+            .observe()
+            .count(Reason::DropMalformed, Direction::Ingress)
+            .unwrap(),
+        3
+    );
+    // At egress the source check sees through the chain too.
+    let spoofed = hbh(udp("fd00:244::1:99", peer, 4009, 53));
+    assert_eq!(dp.verdict(EGRESS, &spoofed), TC_ACT_SHOT);
+    assert_eq!(
+        dp.maps
+            .observe()
+            .count(Reason::DropSourceAddress, Direction::Egress)
+            .unwrap(),
+        1
+    );
+}

@@ -25,14 +25,26 @@ struct pkt {
 	__u8 daddr[16];
 	__be16 sport;
 	__be16 dport;
-	__u8 proto;
+	__u8 proto;	/* the upper-layer protocol, after any IPv6 extension headers */
 	__u8 v6;
 	__u8 tcp_flags;
-	__u8 fragment;
+	__u8 fragment;	/* part of a fragmented datagram (the first one included) */
 	__u8 tracked;	/* ports known, a protocol conntrack follows */
-	__u8 pad[3];
+	__u8 ip;	/* IPv4 or IPv6: everything else passes untouched */
+	__u8 pad[2];
 	__u32 l4_off;
 };
+
+/* IPv6 extension headers followed before the upper-layer header: more in
+ * one packet than this is dropped as malformed (Linux itself accepts any
+ * number; real traffic carries one or two). */
+#define IPV6_MAX_EXT_HEADERS 8
+#define IPV6_FRAG_OFFSET 0xfff8	/* the fragment offset field, network order after ntohs */
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_AUTH 51
+#define NEXTHDR_DEST 60
 
 #ifndef IPPROTO_SCTP
 #define IPPROTO_SCTP 132
@@ -47,9 +59,50 @@ struct pkt {
 #define TCP_RST 0x04
 #define TCP_ACK 0x10
 
+#define FRAG_NONE 0
+#define FRAG_FIRST 1	/* the fragment at offset 0: it has the L4 header */
+#define FRAG_LATER 2	/* any other: no L4 header */
+
+/* Walk the IPv6 extension headers from `off` (the first one is `nexthdr`)
+ * to the upper-layer header: Hop-by-Hop, Routing, Destination Options,
+ * Fragment and AH are skipped, at most IPV6_MAX_EXT_HEADERS of them; the
+ * protocol and offset that follow go to `p`. Anything else (ESP, No Next
+ * Header, a transport) ends the chain. A chain cut short, too long, or
+ * with Hop-by-Hop anywhere but first is malformed. */
+static __always_inline int ipv6_skip_extensions(struct __sk_buff *skb, __u32 off, __u8 nexthdr, struct pkt *p)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < IPV6_MAX_EXT_HEADERS; i++) {
+		__u8 h[4];
+
+		if (nexthdr != NEXTHDR_HOP && nexthdr != NEXTHDR_ROUTING && nexthdr != NEXTHDR_DEST &&
+		    nexthdr != NEXTHDR_FRAGMENT && nexthdr != NEXTHDR_AUTH) {
+			p->proto = nexthdr;
+			p->l4_off = off;
+			return 0;
+		}
+		if ((nexthdr == NEXTHDR_HOP && i > 0) || bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0)
+			return DROP_MALFORMED;
+		if (nexthdr == NEXTHDR_FRAGMENT) {
+			__u16 frag = ((__u16)h[2] << 8) | h[3];
+
+			p->fragment = frag & IPV6_FRAG_OFFSET ? FRAG_LATER : FRAG_FIRST;
+			off += 8;
+		} else if (nexthdr == NEXTHDR_AUTH) {
+			off += ((__u32)h[1] + 2) * 4;
+		} else {
+			off += ((__u32)h[1] + 1) * 8;
+		}
+		nexthdr = h[0];
+	}
+	return DROP_MALFORMED;
+}
+
 /* Parse the L3 and L4 headers at `l3_off` (the outer packet, or the packet
  * quoted by an ICMP error). Returns 0, or a drop reason. Packets that are
- * not IP are reported with proto 0 and pass untouched. */
+ * not IP have `ip` 0 and pass untouched. */
 static __always_inline int parse(struct __sk_buff *skb, __u32 l3_off, __be16 eth_proto, struct pkt *p)
 {
 	__builtin_memset(p, 0, sizeof(*p));
@@ -60,25 +113,32 @@ static __always_inline int parse(struct __sk_buff *skb, __u32 l3_off, __be16 eth
 			return DROP_MALFORMED;
 		v4_mapped(p->saddr, ip.saddr);
 		v4_mapped(p->daddr, ip.daddr);
+		p->ip = 1;
 		p->proto = ip.protocol;
 		p->l4_off = l3_off + ip.ihl * 4;
-		if (ip.frag_off & bpf_htons(IP_OFFSET | IP_MF))
-			p->fragment = 1;
-		/* Only the first fragment carries ports. */
-		if (ip.frag_off & bpf_htons(IP_OFFSET))
+		if (ip.frag_off & bpf_htons(IP_OFFSET)) {
+			/* Only the first fragment carries ports. */
+			p->fragment = FRAG_LATER;
 			return 0;
+		}
+		if (ip.frag_off & bpf_htons(IP_MF))
+			p->fragment = FRAG_FIRST;
 	} else if (eth_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
+		int r;
 
 		if (bpf_skb_load_bytes(skb, l3_off, &ip6, sizeof(ip6)) < 0 || ip6.version != 6)
 			return DROP_MALFORMED;
 		__builtin_memcpy(p->saddr, &ip6.saddr, 16);
 		__builtin_memcpy(p->daddr, &ip6.daddr, 16);
-		p->proto = ip6.nexthdr;
 		p->v6 = 1;
-		p->l4_off = l3_off + sizeof(ip6);
-		if (ip6.nexthdr == IPPROTO_FRAGMENT)
-			p->fragment = 1;
+		p->ip = 1;
+		r = ipv6_skip_extensions(skb, l3_off + sizeof(ip6), ip6.nexthdr, p);
+		if (r)
+			return r;
+		/* Only the first fragment carries ports. */
+		if (p->fragment == FRAG_LATER)
+			return 0;
 	} else {
 		return 0;
 	}

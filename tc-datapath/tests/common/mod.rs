@@ -67,6 +67,7 @@ pub fn ipv4_header(s: std::net::Ipv4Addr, d: std::net::Ipv4Addr, proto: u8, l4_l
     h
 }
 
+#[derive(Clone)]
 pub struct Frame {
     pub bytes: Vec<u8>,
 }
@@ -384,4 +385,78 @@ impl Frame {
         bytes.extend_from_slice(&self.bytes[self.l4() + 8..]);
         Frame { bytes }
     }
+}
+
+impl Frame {
+    /// The same IPv6 frame with extension headers between the IPv6 header
+    /// and its payload: each (type, bytes), the bytes' first one (next
+    /// header) and, for all but a fragment header, second one (length)
+    /// filled in.
+    pub fn with_ipv6_extensions(mut self, exts: &[(u8, Vec<u8>)]) -> Frame {
+        assert!(self.v6());
+        let upper = self.bytes[ETH + 6];
+        let mut chain = Vec::new();
+        for (i, (_, body)) in exts.iter().enumerate() {
+            let mut h = body.clone();
+            h[0] = exts.get(i + 1).map_or(upper, |e| e.0);
+            chain.extend(h);
+        }
+        self.bytes[ETH + 6] = exts[0].0;
+        let payload = u16::from_be_bytes([self.bytes[ETH + 4], self.bytes[ETH + 5]]) + chain.len() as u16;
+        self.bytes[ETH + 4..ETH + 6].copy_from_slice(&payload.to_be_bytes());
+        self.bytes.splice(ETH + 40..ETH + 40, chain);
+        self
+    }
+
+    /// The same frame with an 802.1Q tag (priority-only when `vid` is 0).
+    pub fn vlan_tagged(mut self, vid: u16) -> Frame {
+        let ethertype = [self.bytes[12], self.bytes[13]];
+        let mut tag = vec![0x81, 0x00];
+        tag.extend_from_slice(&vid.to_be_bytes());
+        tag.extend_from_slice(&ethertype);
+        self.bytes.splice(12..14, tag);
+        self
+    }
+}
+
+/// An IPv6 extension header of `len8` 8-byte units beyond the first
+/// (Hop-by-Hop, Routing, Destination Options): PadN-filled.
+pub fn ipv6_ext(len8: u8) -> Vec<u8> {
+    let mut h = vec![0u8; 8 * (usize::from(len8) + 1)];
+    h[1] = len8;
+    h[2] = 1; // PadN
+    h[3] = (h.len() - 4) as u8;
+    h
+}
+
+/// An IPv6 fragment header at `offset` (8-byte units) with more to come.
+pub fn ipv6_fragment(offset: u16, more: bool) -> Vec<u8> {
+    let mut h = vec![0u8; 8];
+    h[2..4].copy_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
+    h[4..8].copy_from_slice(&0x5eed_u32.to_be_bytes());
+    h
+}
+
+/// An ARP message from `sha`/`spa` (in the frame and the payload, unless
+/// `frame_src` says otherwise) asking for `tpa`.
+pub fn arp(frame_src: [u8; 6], sha: [u8; 6], spa: &str, tpa: &str) -> Frame {
+    let (spa, tpa): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (spa.parse().unwrap(), tpa.parse().unwrap());
+    let mut b = vec![0xff; 6];
+    b.extend_from_slice(&frame_src);
+    b.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    b.extend_from_slice(&sha);
+    b.extend_from_slice(&spa.octets());
+    b.extend_from_slice(&[0; 6]);
+    b.extend_from_slice(&tpa.octets());
+    Frame { bytes: b }
+}
+
+/// An ICMPv6 neighbour advertisement from `src` claiming `target`.
+pub fn neighbour_advert(src: &str, target: &str) -> Frame {
+    let t: std::net::Ipv6Addr = target.parse().unwrap();
+    let mut body = t.octets().to_vec();
+    body.extend_from_slice(&[2, 1]);
+    body.extend_from_slice(&POD_MAC);
+    let f = icmp(src, "ff02::1", [136, 0, 0, 0, 0x20, 0, 0, 0], &body);
+    f.macs([0x33, 0x33, 0, 0, 0, 1], POD_MAC)
 }
