@@ -31,6 +31,9 @@ pub struct Report {
     pub policies: usize,
     pub policy: ApplyStats,
     pub warnings: Vec<String>,
+    /// What could not be written (Services and policy apart: one failing
+    /// does not hold the other back); retried by the next sync.
+    pub failures: Vec<String>,
     pub took: Duration,
 }
 
@@ -110,8 +113,9 @@ impl Agent {
         &self.maps
     }
 
-    /// Make the maps say what `o` says.
-    pub fn sync(&mut self, o: &Objects) -> Result<Report, AgentError> {
+    /// Make the maps say what `o` says, as far as they can: what fails is
+    /// in the report, and the rest is written.
+    pub fn sync(&mut self, o: &Objects) -> Report {
         let started = Instant::now();
         self.pods = o
             .pods()
@@ -130,7 +134,15 @@ impl Agent {
             })
             .collect();
         self.translation.update(o, &self.node);
-        let services = self.services.apply(&mut self.maps, self.translation.frontends())?;
+        let mut failures = Vec::new();
+        let mut services = self
+            .services
+            .apply(&mut self.maps, self.translation.frontends())
+            .unwrap_or_else(|e| {
+                failures.push(format!("Services: {e}"));
+                SyncStats::default()
+            });
+        failures.append(&mut services.failures);
         let d = self
             .translator
             .translate(o.namespaces().values(), o.pods().values(), o.policies().values());
@@ -144,16 +156,21 @@ impl Agent {
                 }
             }
         }
-        let policy = self.policy.apply(&mut self.maps, &d, &hosts)?;
+        let policy = self.policy.apply(&mut self.maps, &d, &hosts).unwrap_or_else(|e| {
+            failures.push(format!("NetworkPolicy: {e}"));
+            ApplyStats::default()
+        });
         let mut warnings = self.translation.warnings();
+        warnings.append(&mut services.warnings);
         warnings.extend(d.warnings);
-        Ok(Report {
+        Report {
             services,
             backends: self.services.backends(),
             policies: o.policies().len(),
             policy,
             warnings,
+            failures,
             took: started.elapsed(),
-        })
+        }
     }
 }

@@ -77,6 +77,10 @@ const FLOW_POLL: Duration = Duration::from_millis(100);
 /// Events that arrive this close together are one change (an editor's
 /// save is several).
 const SETTLE: Duration = Duration::from_millis(5);
+/// A sync that left failures is tried again after this, doubling to
+/// `RETRY_MAX` while it keeps failing.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// What wakes the loop: a file event, or the API-server store changed.
 enum Input {
@@ -166,6 +170,9 @@ struct Daemon {
     gone_pods: BTreeSet<PathBuf>,
     /// The first sync is done.
     started: bool,
+    /// When to sync again because the last one left failures, and the
+    /// wait after that.
+    retry: Option<(Instant, Duration)>,
 }
 
 /// Run the agent until its source stops (or after one sync with `--once`).
@@ -212,11 +219,12 @@ pub fn run(opts: Options) -> Result<()> {
         gc: Interval::default(),
         gone_pods: BTreeSet::new(),
         started: false,
+        retry: None,
     };
     d.collect_gone_pods();
     // The API-server source syncs first once every kind is listed.
     if let Source::Dir(dir, _) = &d.source {
-        let r = d.agent.sync(dir.objects()).context("first sync")?;
+        let r = d.agent.sync(dir.objects());
         d.record("start", &r, None);
         if d.opts.once {
             return Ok(());
@@ -250,13 +258,20 @@ impl Daemon {
                 server.publish(&reader.read(self.agent.pods(), self.agent.maps()));
                 flows_due = Instant::now() + FLOW_POLL;
             }
-            let next = if self.flows.is_some() {
+            let mut next = if self.flows.is_some() {
                 gc_due.min(flows_due)
             } else {
                 gc_due
             };
+            if let Some((due, _)) = self.retry {
+                next = next.min(due);
+            }
             let first = match self.rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
                 Ok(ev) => ev,
+                Err(mpsc::RecvTimeoutError::Timeout) if self.retry.is_some_and(|(due, _)| Instant::now() >= due) => {
+                    self.resync();
+                    continue;
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < gc_due => continue,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.collect_conntrack();
@@ -280,7 +295,7 @@ impl Daemon {
 
     /// Sync what the changes touched; true when a sync happened.
     fn apply(&mut self, changes: Changes, seen: Instant) -> bool {
-        let result = match &mut self.source {
+        let r = match &mut self.source {
             Source::Dir(dir, _) => {
                 if changes.paths.is_empty() {
                     return false;
@@ -300,18 +315,22 @@ impl Daemon {
                 self.agent.sync(store.objects())
             }
         };
-        match result {
-            Ok(r) => {
-                let why = if self.started { "change" } else { "start" };
-                self.record(why, &r, self.started.then_some(seen));
-                self.started = true;
-                true
+        let why = if self.started { "change" } else { "start" };
+        self.record(why, &r, self.started.then_some(seen));
+        self.started = true;
+        true
+    }
+
+    /// The last sync left failures: try again with what the source holds.
+    fn resync(&mut self) {
+        let r = match &self.source {
+            Source::Dir(dir, _) => self.agent.sync(dir.objects()),
+            Source::Kube(store) => {
+                let store = store.lock().expect("store lock");
+                self.agent.sync(store.objects())
             }
-            Err(e) => {
-                warn!(error = %e, "sync failed; retried on the next change");
-                false
-            }
-        }
+        };
+        self.record("retry", &r, None);
     }
 
     fn collect_conntrack(&mut self) {
@@ -351,11 +370,21 @@ impl Daemon {
         }
     }
 
-    /// Log a sync and count it in the metrics.
-    fn record(&self, why: &str, r: &Report, seen: Option<Instant>) {
+    /// Log a sync and count it in the metrics; schedule a retry when it
+    /// left failures.
+    fn record(&mut self, why: &str, r: &Report, seen: Option<Instant>) {
         for w in &r.warnings {
             warn!("{w}");
         }
+        for f in &r.failures {
+            warn!(failure = %f, "not written; retried");
+        }
+        self.retry = if r.failures.is_empty() {
+            None
+        } else {
+            let wait = retry_wait(self.retry.map(|(_, w)| w));
+            Some((Instant::now() + wait, wait))
+        };
         info!(
             why,
             frontends = r.services.frontends,
@@ -363,6 +392,7 @@ impl Daemon {
             removed = r.services.removed,
             policy_endpoints = r.policy.endpoints,
             writes = r.writes(),
+            failing = r.failures.len(),
             sync_ms = format!("{:.2}", r.took.as_secs_f64() * 1e3),
             since_event_ms = seen.map(|s| format!("{:.2}", s.elapsed().as_secs_f64() * 1e3)),
             "synced"
@@ -370,6 +400,8 @@ impl Daemon {
         let Some(m) = &self.metrics else { return };
         m.syncs.inc();
         m.writes.inc_by(r.writes() as u64);
+        m.sync_failures.inc_by(r.failures.len() as u64);
+        m.failing.set(r.failures.len() as i64);
         if let Some(s) = seen {
             m.source_to_map.observe(s.elapsed().as_secs_f64());
         }
@@ -380,5 +412,26 @@ impl Daemon {
         if let Ok((n, cap)) = self.agent.endpoint_map() {
             m.map("endpoints", n, cap);
         }
+    }
+}
+
+/// The wait before the next retry of a sync that left failures, after the
+/// last wait (none: the first retry).
+fn retry_wait(last: Option<Duration>) -> Duration {
+    last.map_or(RETRY_FIRST, |w| (w * 2).min(RETRY_MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_syncs_are_retried_sooner_then_later() {
+        let mut w = retry_wait(None);
+        assert_eq!(w, RETRY_FIRST);
+        for _ in 0..10 {
+            w = retry_wait(Some(w));
+        }
+        assert_eq!(w, RETRY_MAX, "at most a minute apart");
     }
 }

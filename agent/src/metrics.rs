@@ -35,6 +35,10 @@ pub struct AgentMetrics {
     pub map_entries: Family<Vec<(&'static str, &'static str)>, Gauge>,
     pub map_capacity: Family<Vec<(&'static str, &'static str)>, Gauge>,
     pub gc_removed: Counter,
+    /// Writes a sync could not make (a failing object), and how many the
+    /// last sync left (0: the maps say what the sources say).
+    pub sync_failures: Counter,
+    pub failing: Gauge,
 }
 
 impl AgentMetrics {
@@ -50,6 +54,8 @@ impl AgentMetrics {
             map_entries: Family::default(),
             map_capacity: Family::default(),
             gc_removed: Counter::default(),
+            sync_failures: Counter::default(),
+            failing: Gauge::default(),
         }
     }
 
@@ -137,6 +143,16 @@ pub fn registry(maps: Maps) -> (Registry, AgentMetrics) {
         m.policies.clone(),
     );
     r.register("sluice_map_entries", "Entries in a datapath map", m.map_entries.clone());
+    r.register(
+        "sluice_sync_failures",
+        "Objects a sync could not write (the rest was written; retried)",
+        m.sync_failures.clone(),
+    );
+    r.register(
+        "sluice_sync_failing",
+        "Objects the last sync could not write",
+        m.failing.clone(),
+    );
     r.register(
         "sluice_map_capacity",
         "The most entries a datapath map holds",

@@ -138,7 +138,7 @@ fn sync_writes_the_difference() {
         .unwrap();
     let mut agent = Agent::with_maps(maps, node_a(), vec![]).unwrap();
     let mut o = shop();
-    let first = agent.sync(&o).unwrap();
+    let first = agent.sync(&o);
     assert_eq!(first.services.frontends, 12);
     assert!(first.writes() > 12, "{first:?}");
     let views = agent.maps().lb().services().unwrap();
@@ -171,14 +171,14 @@ fn sync_writes_the_difference() {
     );
 
     // The same objects again: nothing to write.
-    let again = agent.sync(&o).unwrap();
+    let again = agent.sync(&o);
     assert_eq!((again.writes(), again.services.changed), (0, 0), "{again:?}");
 
     // One endpoint gone: only web's two frontends change.
     let mut slice = o.slices()["shop/web-abc12"].clone();
     slice.endpoints.retain(|e| e.addresses != ["10.244.2.5"]);
     o.insert(Object::EndpointSlice(Box::new(slice)));
-    let change = agent.sync(&o).unwrap();
+    let change = agent.sync(&o);
     assert_eq!((change.services.changed, change.services.removed), (2, 0), "{change:?}");
     // (Maglev rewrites the table chunks the gone backend held.)
     assert!(change.writes() < first.writes() / 2, "{change:?} against {first:?}");
@@ -195,7 +195,7 @@ fn sync_writes_the_difference() {
 
     // The Service gone: its frontends and VIP go.
     o.remove("Service", "shop/web");
-    let gone = agent.sync(&o).unwrap();
+    let gone = agent.sync(&o);
     assert_eq!(gone.services.removed, 2, "{gone:?}");
     assert_eq!(agent.maps().lb().vip_filter_count(ip("10.96.0.10")).unwrap(), 0);
     assert_eq!(agent.maps().lb().services().unwrap().len(), 10);
@@ -204,7 +204,7 @@ fn sync_writes_the_difference() {
     let (_spare_ebpf, spare) = loader::load_unpinned(&cfg).unwrap();
     let maps = std::mem::replace(agent.maps_mut(), spare);
     let mut restarted = Agent::with_maps(maps, node_a(), vec![]).unwrap();
-    let r = restarted.sync(&o).unwrap();
+    let r = restarted.sync(&o);
     assert_eq!(r.writes(), 0, "{r:?}");
 }
 

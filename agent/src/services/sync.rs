@@ -10,13 +10,13 @@
 
 use super::translate::{Backends, Frontend};
 use sluice_tc_datapath::ids::IdAllocator;
-use sluice_tc_datapath::maps::lb::{Backend, LbMaps, ServiceSpec};
+use sluice_tc_datapath::maps::lb::{Algorithm, Backend, LbMaps, ServiceSpec};
 use sluice_tc_datapath::maps::{Maps, MapsError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 /// What one pass did to the maps.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SyncStats {
     /// Map entries written or removed.
     pub writes: usize,
@@ -25,6 +25,11 @@ pub struct SyncStats {
     pub removed: usize,
     /// Frontends in force after the pass.
     pub frontends: usize,
+    /// What could not be written, one line each (the object and why); the
+    /// rest of the pass went on, and the next pass tries again.
+    pub failures: Vec<String>,
+    /// What was written otherwise than asked, and why.
+    pub warnings: Vec<String>,
 }
 
 /// What a backend entry stands for: address, target port, protocol.
@@ -91,6 +96,9 @@ struct Write<'a> {
 }
 
 pub struct ServiceSync {
+    /// Frontends whose Maglev table is in the maps (the map holds a fixed
+    /// number of tables: one that does not fit falls back to random).
+    maglev: BTreeSet<Frontend>,
     rev_nat: IdAllocator<Frontend>,
     backend_ids: IdAllocator<BackendKey>,
     /// What the last pass wrote; None = compare with the maps.
@@ -123,7 +131,17 @@ impl ServiceSync {
             };
             (k, b.id)
         });
+        let maglev = services
+            .iter()
+            .filter(|v| v.algorithm == Algorithm::Maglev)
+            .map(|v| Frontend {
+                vip: v.vip,
+                port: v.port,
+                proto: v.proto,
+            })
+            .collect();
         Ok(ServiceSync {
+            maglev,
             applied: frontends.iter().map(|(f, _)| (*f, None)).collect(),
             rev_nat: IdAllocator::with_held(1, frontends),
             backend_ids: IdAllocator::with_held(1, backends),
@@ -175,11 +193,15 @@ impl ServiceSync {
         // Count first, write after: a frontend's backend entries say what
         // every frontend sharing them says.
         let (writes, gone) = self.count(want, recount, &mut counts);
-        let rewritten = self.write(lb, writes, &counts, &mut st)?;
-        self.fix_shared_states(lb, &counts, recount, &rewritten, &mut st)?;
-        self.remove_frontends(lb, want, gone, &mut st)?;
-        self.remove_backends(lb, recount, &mut counts, &mut st)?;
-        self.refs = Some(counts.refs);
+        let rewritten = self.write(lb, writes, &counts, &mut st);
+        self.fix_shared_states(lb, &counts, recount, &rewritten, &mut st);
+        self.remove_frontends(lb, want, gone, &mut st);
+        self.remove_backends(lb, recount, &mut counts, &mut st);
+        // After a failure what the maps hold is not known: the next pass
+        // counts again and compares every entry.
+        if st.failures.is_empty() {
+            self.refs = Some(counts.refs);
+        }
         Ok(st)
     }
 
@@ -248,22 +270,19 @@ impl ServiceSync {
         (writes, gone)
     }
 
-    /// Write the frontends that changed; returns the backends written.
-    fn write(
-        &mut self,
-        lb: &mut LbMaps,
-        writes: Vec<Write<'_>>,
-        counts: &Counts,
-        st: &mut SyncStats,
-    ) -> Result<BTreeSet<u32>, MapsError> {
+    /// Write the frontends that changed; returns the backends written. A
+    /// frontend that fails is reported and left for the next pass.
+    fn write(&mut self, lb: &mut LbMaps, writes: Vec<Write<'_>>, counts: &Counts, st: &mut SyncStats) -> BTreeSet<u32> {
         let mut rewritten = BTreeSet::new();
         for w in writes {
+            let f = w.frontend;
+            let algorithm = self.algorithm(lb, f, w.want, st);
             let spec = ServiceSpec {
-                vip: w.frontend.vip,
-                port: w.frontend.port,
-                proto: w.frontend.proto,
+                vip: f.vip,
+                port: f.port,
+                proto: f.proto,
                 rev_nat_id: w.rev_nat_id,
-                algorithm: w.want.algorithm,
+                algorithm,
                 affinity_timeout_secs: w.want.affinity_timeout_secs,
                 reject: w.want.reject,
                 draining: w
@@ -275,14 +294,40 @@ impl ServiceSync {
                 backends: w.backends,
             };
             rewritten.extend(spec.backends.iter().map(|b| b.id));
-            let n = lb.upsert_service(&spec)?;
-            if n > 0 {
-                st.changed += 1;
-                st.writes += n;
+            match lb.upsert_service(&spec) {
+                Ok(n) => {
+                    if n > 0 {
+                        st.changed += 1;
+                        st.writes += n;
+                    }
+                    if algorithm == Algorithm::Maglev {
+                        self.maglev.insert(f);
+                    } else {
+                        self.maglev.remove(&f);
+                    }
+                    self.applied.insert(f, Some(w.want.clone()));
+                }
+                Err(e) => {
+                    st.failures.push(format!("{f} ({}): {e}", w.want.service));
+                    self.applied.insert(f, None);
+                }
             }
-            self.applied.insert(w.frontend, Some(w.want.clone()));
         }
-        Ok(rewritten)
+        rewritten
+    }
+
+    /// The selection a frontend gets: Maglev only while the map has room
+    /// for its table.
+    fn algorithm(&self, lb: &LbMaps, f: Frontend, want: &Backends, st: &mut SyncStats) -> Algorithm {
+        if want.algorithm != Algorithm::Maglev || self.maglev.contains(&f) || self.maglev.len() < lb.maglev_capacity() {
+            return want.algorithm;
+        }
+        st.warnings.push(format!(
+            "{f} ({}): the Maglev map holds {} tables, all in use; this frontend selects at random",
+            want.service,
+            lb.maglev_capacity()
+        ));
+        Algorithm::Random
     }
 
     /// Shared backends whose state may have turned with another frontend's
@@ -294,7 +339,7 @@ impl ServiceSync {
         recount: bool,
         rewritten: &BTreeSet<u32>,
         st: &mut SyncStats,
-    ) -> Result<(), MapsError> {
+    ) {
         let turned: Vec<u32> = if recount {
             // What the maps say is not known: every backend not just written.
             counts.refs.keys().copied().collect()
@@ -306,10 +351,12 @@ impl ServiceSync {
                 && r.frontends > 0
                 && !rewritten.contains(&id)
             {
-                st.writes += lb.set_backend_state(id, r.terminating == 0)?;
+                match lb.set_backend_state(id, r.terminating == 0) {
+                    Ok(n) => st.writes += n,
+                    Err(e) => st.failures.push(format!("backend {id}: {e}")),
+                }
             }
         }
-        Ok(())
     }
 
     fn remove_frontends(
@@ -318,7 +365,7 @@ impl ServiceSync {
         want: &BTreeMap<Frontend, Backends>,
         gone: Vec<Frontend>,
         st: &mut SyncStats,
-    ) -> Result<(), MapsError> {
+    ) {
         let vips: BTreeSet<IpAddr> = if gone.is_empty() {
             BTreeSet::new()
         } else {
@@ -326,25 +373,23 @@ impl ServiceSync {
         };
         for f in gone {
             let last_of_vip = !vips.contains(&f.vip);
-            let n = lb.remove_frontend(f.vip, f.port, f.proto, last_of_vip)?;
-            if n > 0 {
-                st.removed += 1;
-                st.writes += n;
+            match lb.remove_frontend(f.vip, f.port, f.proto, last_of_vip) {
+                Ok(n) => {
+                    if n > 0 {
+                        st.removed += 1;
+                        st.writes += n;
+                    }
+                    self.applied.remove(&f);
+                    self.maglev.remove(&f);
+                    self.rev_nat.release(&f);
+                }
+                Err(e) => st.failures.push(format!("removing {f}: {e}")),
             }
-            self.applied.remove(&f);
-            self.rev_nat.release(&f);
         }
-        Ok(())
     }
 
     /// Remove the backends no frontend uses.
-    fn remove_backends(
-        &mut self,
-        lb: &mut LbMaps,
-        recount: bool,
-        counts: &mut Counts,
-        st: &mut SyncStats,
-    ) -> Result<(), MapsError> {
+    fn remove_backends(&mut self, lb: &mut LbMaps, recount: bool, counts: &mut Counts, st: &mut SyncStats) {
         let stale: BTreeSet<(BackendKey, u32)> = if recount {
             self.backend_ids
                 .iter()
@@ -360,12 +405,14 @@ impl ServiceSync {
                 .collect()
         };
         for (k, id) in stale {
-            if lb.remove_backend(id)? {
-                st.writes += 1;
+            match lb.remove_backend(id) {
+                Ok(there) => {
+                    st.writes += usize::from(there);
+                    self.backend_ids.release(&k);
+                    counts.refs.remove(&id);
+                }
+                Err(e) => st.failures.push(format!("removing backend {id}: {e}")),
             }
-            self.backend_ids.release(&k);
-            counts.refs.remove(&id);
         }
-        Ok(())
     }
 }

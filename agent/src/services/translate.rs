@@ -300,7 +300,7 @@ fn service(svc: &Service, slices: &[&EndpointSlice], node_addrs: &[IpAddr], node
                 algorithm,
                 affinity_timeout_secs,
                 reject,
-                backends: endpoints(sp, proto, f.vip.is_ipv4(), slices, local.then_some(node)),
+                backends: endpoints(sp, proto, f.vip.is_ipv4(), slices, local.then_some(node), out),
             };
             if let Some(first) = out.frontends.get(&f) {
                 out.warnings.push(format!(
@@ -405,6 +405,7 @@ fn endpoints(
     v4: bool,
     slices: &[&EndpointSlice],
     only_node: Option<&NodeView>,
+    out: &mut Translated,
 ) -> Vec<BackendAddr> {
     // (address, port) -> (ready, serving, terminating)
     let mut found: BTreeMap<(IpAddr, u16), (bool, bool, bool)> = BTreeMap::new();
@@ -434,8 +435,22 @@ fn endpoints(
             let serving = c.and_then(|c| c.serving).unwrap_or(ready);
             let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
             for a in &e.addresses {
-                if let Ok(ip) = a.parse::<IpAddr>() {
-                    found.insert((ip, port), (ready, serving, terminating));
+                match a.parse::<IpAddr>() {
+                    Ok(ip) if ip.is_ipv4() == v4 => {
+                        found.insert((ip, port), (ready, serving, terminating));
+                    }
+                    // Not a backend: a slice of one family cannot hold the
+                    // other's addresses (the API server refuses them; a
+                    // manifest may not).
+                    _ => {
+                        let w = format!(
+                            "EndpointSlice {}: address {a:?} is not {family}, its addressType; left out",
+                            key(&s.metadata)
+                        );
+                        if !out.warnings.contains(&w) {
+                            out.warnings.push(w);
+                        }
+                    }
                 }
             }
         }

@@ -153,6 +153,8 @@ impl LbMaps {
             });
         }
         let mut writes = 0;
+        let master_key = SvcKey::new(s.vip, s.port, s.proto, 0);
+        let old = lookup(&self.services, &SERVICES, &master_key)?;
         // A new VIP enters the filter before anything can be found under
         // it, so that no packet to it passes untranslated.
         if lookup(&self.services, &SERVICES, &SvcKey::vip_marker(s.vip))?.is_none() {
@@ -195,12 +197,15 @@ impl LbMaps {
             affinity_timeout: s.affinity_timeout_secs,
             ..Default::default()
         };
-        writes += put(
-            &mut self.services,
-            &SERVICES,
-            SvcKey::new(s.vip, s.port, s.proto, 0),
-            master,
-        )?;
+        writes += put(&mut self.services, &SERVICES, master_key, master)?;
+        // A frontend that left Maglev frees its table (nothing reads it now).
+        if let Some(old) = old
+            && old.flags & SVC_F_VIP_MARKER == 0
+            && old.algorithm == SVC_ALG_MAGLEV
+            && (s.algorithm != Algorithm::Maglev || s.rev_nat_id != old.rev_nat_id)
+        {
+            writes += self.remove_maglev(old.rev_nat_id)?;
+        }
         // One marker per VIP: the port written last decides whether
         // unknown ports are rejected (the agent writes one setting per node).
         let marker = SvcValue {
@@ -226,6 +231,37 @@ impl LbMaps {
             writes += put(&mut self.maglev, &MAGLEV, k, v)?;
         }
         Ok(writes)
+    }
+
+    /// The Maglev map entries one frontend's table takes.
+    fn maglev_chunks(&self) -> u32 {
+        (self.maglev_m as usize).div_ceil(MAGLEV_CHUNK) as u32
+    }
+
+    /// How many frontends' Maglev tables the map holds at most.
+    pub fn maglev_capacity(&self) -> usize {
+        use aya::maps::IterableMap;
+        let entries = self.maglev.map().info().map_or(0, |i| i.max_entries());
+        (entries / self.maglev_chunks().max(1)) as usize
+    }
+
+    /// The reverse-NAT ids of the frontends with a Maglev table in the map.
+    pub fn maglev_tables(&self) -> Result<std::collections::BTreeSet<u32>, MapsError> {
+        self.maglev
+            .keys()
+            .map(|k| k.map(|k| k.rev_nat_id))
+            .collect::<Result<_, _>>()
+            .map_err(err(MAGLEV.name))
+    }
+
+    /// Remove one frontend's Maglev table; the entries that were there.
+    fn remove_maglev(&mut self, rev_nat_id: u32) -> Result<usize, MapsError> {
+        let mut n = 0;
+        for chunk in 0..self.maglev_chunks() {
+            let k = MaglevKey { rev_nat_id, chunk };
+            n += usize::from(removed(self.maglev.remove(&k), &MAGLEV)?);
+        }
+        Ok(n)
     }
 
     /// Slots from `first` on belong to nobody now.
@@ -275,14 +311,7 @@ impl LbMaps {
         }
         self.services.remove(&master_key).map_err(err(SERVICES.name))?;
         let mut n = 1 + self.remove_slots_from(vip, port, proto, 1)?;
-        let chunks = (self.maglev_m as usize).div_ceil(MAGLEV_CHUNK) as u32;
-        for chunk in 0..chunks {
-            let k = MaglevKey {
-                rev_nat_id: master.rev_nat_id,
-                chunk,
-            };
-            n += usize::from(removed(self.maglev.remove(&k), &MAGLEV)?);
-        }
+        n += self.remove_maglev(master.rev_nat_id)?;
         n += usize::from(removed(self.revnat.remove(&master.rev_nat_id), &REVNAT)?);
         if last_of_vip && removed(self.services.remove(&SvcKey::vip_marker(vip)), &SERVICES)? {
             self.filter_step(vip, false)?;
