@@ -6,7 +6,7 @@
 //! endpoint.
 
 use crate::config::PluginConfig;
-use crate::endpoint::{Endpoint, EndpointStore, LinkKind, Role};
+use crate::endpoint::{Endpoint, EndpointState, EndpointStore, LinkKind, Role};
 use crate::netlink::{Link, Netlink};
 use crate::netns::NetNs;
 use crate::{datapath, pod_setup};
@@ -56,7 +56,7 @@ async fn find_link(pod: &Netlink, ifname: &str, ns: &NetNs) -> Result<Link, CniE
 pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, CniError> {
     let mut result = prev_result(cfg)?;
     let ifname = &req.inv.ifname;
-    let ns = NetNs::open(req.inv.netns.as_deref().expect("ADD has a netns"))?;
+    let ns = NetNs::open_pod(req.inv.netns.as_deref().expect("ADD has a netns"))?;
     let pod = Netlink::in_netns(&ns)?;
     let link = find_link(&pod, ifname, &ns).await?;
     let sandbox = ns.path().display().to_string();
@@ -110,15 +110,30 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
         link_kind: Some(LinkKind::from_netlink(link.kind.as_deref())),
         host_ifname: None,
         datapath: None,
+        state: EndpointState::Creating,
         created: Endpoint::now(),
     };
-    if cfg.datapath.enabled {
-        ep.datapath = Some(datapath::attach(cfg, &ns, &ep)?);
-    }
+    // The record first: a DEL after a crash knows which pins and endpoint
+    // entries to take back.
+    store.put_progress(&ep)?;
+    let attached = if cfg.datapath.enabled {
+        datapath::attach(cfg, &ns, &ep).map(Some)
+    } else {
+        Ok(None)
+    };
+    ep.datapath = match attached {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = store.remove(&ep.container_id, ifname);
+            return Err(e);
+        }
+    };
+    ep.state = EndpointState::Ready;
     if let Err(e) = store.put(&ep) {
         if ep.datapath.is_some() {
             let _ = datapath::detach(cfg, Some(&ns), &ep.container_id, ifname, Some(&ep));
         }
+        let _ = store.remove(&ep.container_id, ifname);
         return Err(e);
     }
     info!(container = %req.inv.container_id, ifname = %ifname, ips = ?ips, "endpoint recorded (chained)");
@@ -131,11 +146,7 @@ pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> 
     let (cid, ifname) = (&req.inv.container_id, &req.inv.ifname);
     let ep = store.get(cid, ifname)?;
     if cfg.datapath.enabled || ep.as_ref().is_some_and(|e| e.datapath.is_some()) {
-        let ns = match req.inv.netns.as_deref().map(NetNs::open) {
-            Some(Ok(ns)) => Some(ns),
-            Some(Err(e)) if !e.is(ErrorCode::UnknownContainer) => return Err(e),
-            _ => None,
-        };
+        let ns = NetNs::for_del(req.inv.netns.as_deref())?;
         datapath::detach(cfg, ns.as_ref(), cid, ifname, ep.as_ref())?;
     }
     store.remove(cid, ifname)
@@ -150,7 +161,7 @@ pub async fn check(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError
             format!("no endpoint record for {}/{}", req.inv.container_id, req.inv.ifname),
         )
     })?;
-    let ns = NetNs::open(req.inv.netns.as_deref().expect("CHECK has a netns"))?;
+    let ns = NetNs::open_pod(req.inv.netns.as_deref().expect("CHECK has a netns"))?;
     let pod = Netlink::in_netns(&ns)?;
     let link = find_link(&pod, &req.inv.ifname, &ns)
         .await

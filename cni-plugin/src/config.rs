@@ -190,6 +190,13 @@ impl PluginConfig {
                 return bad(e.to_string());
             }
         }
+        for (what, dir) in [("dataDir", &self.data_dir), ("logFile", &self.log_file)] {
+            if let Some(d) = dir
+                && !d.is_absolute()
+            {
+                return bad(format!("{what} {} must be an absolute path", d.display()));
+            }
+        }
         if let Some(ipam) = &self.ipam {
             let t = ipam.get("type").and_then(Value::as_str).unwrap_or("");
             if t.is_empty() {
@@ -260,6 +267,10 @@ mod tests {
             json!({"cniVersion": "1.1.0", "name": "n", "prevResult": {}, "datapath": {"bpfs": "/x"}}),
             json!({"cniVersion": "1.1.0", "name": "n", "prevResult": {}, "datapath": {"bpffs": "rel/x"}}),
             json!({"cniVersion": "1.1.0", "name": "n", "prevResult": {}, "datapath": {"attach": "xdp"}}),
+            json!({"cniVersion": "1.1.0", "name": "n", "prevResult": {}, "datapath": {"bpffs": "/sys/fs/bpf/x/../.."}}),
+            json!({"cniVersion": "1.1.0", "name": "n", "prevResult": {}, "datapath": {"ctTimeouts": {"tcpEstablished": 99999999999u64}}}),
+            json!({"cniVersion": "1.1.0", "name": "n", "prevResult": {}, "dataDir": "var/lib/sluice"}),
+            json!({"cniVersion": "1.1.0", "name": "n", "prevResult": {}, "logFile": "sluice.log"}),
         ] {
             let e = parse(v.clone()).unwrap_err();
             assert_eq!(e.code, 7, "{v}");

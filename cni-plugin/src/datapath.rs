@@ -57,18 +57,39 @@ pub fn attach(cfg: &PluginConfig, ns: &NetNs, ep: &Endpoint) -> Result<Attached,
     Ok(got)
 }
 
+/// A pod interface has a handful of addresses; more is a hostile or broken
+/// result that would fill the node's endpoint map.
+pub const MAX_ADDRESSES: usize = 16;
+
+/// Publish every address of the endpoint, or none: a failure takes back
+/// the ones already written (a map filled by one ADD fails every later one).
 fn publish(versioned: &Path, ep: &Endpoint) -> Result<(), CniError> {
+    if ep.ips.len() > MAX_ADDRESSES {
+        return Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            format!(
+                "{} has {} addresses; a pod interface takes at most {MAX_ADDRESSES}",
+                ep.ifname,
+                ep.ips.len()
+            ),
+        ));
+    }
     let mut maps = endpoint_maps(versioned)?;
     let mac = parse_mac(&ep.mac).unwrap_or_default();
     let endpoint_id = pin::attachment_id(&ep.container_id, &ep.ifname);
-    for ip in &ep.ips {
+    for (i, ip) in ep.ips.iter().enumerate() {
         let entry = EndpointEntry {
             addr: ip.ip(),
             ifindex: ep.ifindex,
             endpoint_id,
             mac,
         };
-        maps.add(&entry).map_err(maps_err(format!("endpoint {}", ip.ip())))?;
+        if let Err(e) = maps.add(&entry) {
+            for done in &ep.ips[..i] {
+                let _ = maps.remove(done.ip(), endpoint_id);
+            }
+            return Err(maps_err(format!("endpoint {}", ip.ip()))(e));
+        }
     }
     Ok(())
 }

@@ -29,6 +29,10 @@ pub struct Endpoint {
     /// How the datapath is attached; absent when disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datapath: Option<Attached>,
+    /// Written before ADD makes anything (so that a DEL after a crash in
+    /// between knows what to undo), ready once ADD is done.
+    #[serde(default)]
+    pub state: EndpointState,
     /// Seconds since the epoch.
     pub created: u64,
 }
@@ -40,6 +44,16 @@ impl Endpoint {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     }
+}
+
+/// How far ADD got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointState {
+    /// ADD is under way: what is recorded may exist, more may too.
+    Creating,
+    #[default]
+    Ready,
 }
 
 /// Which role made the endpoint.
@@ -103,17 +117,34 @@ impl EndpointStore {
     /// `:` cannot appear in a container id or an interface name, so the pair
     /// maps to one file name without escaping.
     fn path(&self, container_id: &str, ifname: &str) -> PathBuf {
-        self.dir.join(format!("{container_id}:{ifname}.json"))
+        use sluice_tc_datapath::pin::{NAME_MAX, fit_name};
+        // With room for ".json.tmp": a container id has no length limit.
+        let stem = fit_name(format!("{container_id}:{ifname}"), NAME_MAX - ".json.tmp".len());
+        self.dir.join(format!("{stem}.json"))
     }
 
+    /// Write a record, durably (ADD's last word).
     pub fn put(&self, ep: &Endpoint) -> Result<(), CniError> {
+        self.write(ep, true)
+    }
+
+    /// Write a record of an ADD under way: atomic, not synced (a process
+    /// that dies keeps what it wrote; only a node that dies loses it, and
+    /// with it the pod's namespace).
+    pub fn put_progress(&self, ep: &Endpoint) -> Result<(), CniError> {
+        self.write(ep, false)
+    }
+
+    fn write(&self, ep: &Endpoint, durable: bool) -> Result<(), CniError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| io("creating", &self.dir, e))?;
         let path = self.path(&ep.container_id, &ep.ifname);
         let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(ep).expect("endpoint serializes");
         let mut f = std::fs::File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
         f.write_all(&bytes).map_err(|e| io("writing", &tmp, e))?;
-        f.sync_data().map_err(|e| io("syncing", &tmp, e))?;
+        if durable {
+            f.sync_data().map_err(|e| io("syncing", &tmp, e))?;
+        }
         std::fs::rename(&tmp, &path).map_err(|e| io("renaming", &path, e))
     }
 
@@ -182,6 +213,7 @@ mod tests {
             link_kind: Some(LinkKind::Macvlan),
             host_ifname: None,
             datapath: Some(Attached::Tcx),
+            state: EndpointState::Ready,
             created: 1,
         };
         assert_eq!(s.get("abc", "eth0").unwrap(), None);

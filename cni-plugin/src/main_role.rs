@@ -5,7 +5,7 @@
 //! no link, lease or record behind.
 
 use crate::config::{LinkConfig, PluginConfig};
-use crate::endpoint::{Endpoint, EndpointStore, LinkKind, Role};
+use crate::endpoint::{Endpoint, EndpointState, EndpointStore, LinkKind, Role};
 use crate::ipam::Ipam;
 use crate::link::{eni, ipvlan, macvlan};
 use crate::netlink::{Link, Netlink, parse_mac};
@@ -56,7 +56,7 @@ fn ctx<'a>(req: &'a Request<'a>, cfg: &'a PluginConfig) -> Ctx<'a> {
 
 pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, CniError> {
     let c = ctx(req, cfg);
-    let pod_ns = NetNs::open(req.inv.netns.as_deref().expect("ADD has a netns"))?;
+    let pod_ns = NetNs::open_pod(req.inv.netns.as_deref().expect("ADD has a netns"))?;
     let host = Netlink::host()?;
     let pod = Netlink::in_netns(&pod_ns)?;
     let mut undo = Vec::new();
@@ -93,24 +93,39 @@ async fn add_steps(
     }
     // Find what we attach to before allocating anything, unless IPAM decides it.
     let configured = configured_parent(c, host, lc).await?;
-    let ipam = c.ipam.add(c.req).map_err(|e| e.context("IPAM"))?;
-    undo.push(Undo::ReleaseAddresses);
-    let (host_link, mtu) = parent_for(host, lc, &ipam, configured).await?;
-    let (announce, link) = create_link(c, host, pod, pod_ns, &host_link, mtu, undo).await?;
+    // The record first: a DEL after a crash from here on knows what this
+    // ADD may have made, and deletes nothing it did not.
     let mut ep = Endpoint {
         network: c.cfg.name.clone(),
         container_id: c.cid().to_string(),
         ifname: c.ifname().to_string(),
         netns: pod_ns.path().display().to_string(),
-        ifindex: link.index,
-        mac: link.mac_string(),
-        ips: ipam.ips.iter().map(|i| i.address).collect(),
+        ifindex: 0,
+        mac: String::new(),
+        ips: Vec::new(),
         role: Role::Main,
         link_kind: Some(lc.kind()),
-        host_ifname: matches!(lc, LinkConfig::Eni(_)).then(|| host_link.name.clone()),
+        host_ifname: None,
         datapath: None,
+        state: EndpointState::Creating,
         created: Endpoint::now(),
     };
+    c.store.put_progress(&ep)?;
+    undo.push(Undo::RemoveEndpoint);
+    let ipam = c.ipam.add(c.req).map_err(|e| e.context("IPAM"))?;
+    undo.push(Undo::ReleaseAddresses);
+    let (host_link, mtu) = parent_for(host, lc, &ipam, configured).await?;
+    ep.ips = ipam.ips.iter().map(|i| i.address).collect();
+    if let LinkConfig::Eni(_) = lc {
+        // A device moved in keeps its MAC: known before the move.
+        ep.host_ifname = Some(host_link.name.clone());
+        ep.mac = host_link.mac_string();
+    }
+    c.store.put_progress(&ep)?;
+    let (announce, link) = create_link(c, host, pod, pod_ns, &host_link, mtu, undo).await?;
+    ep.ifindex = link.index;
+    ep.mac = link.mac_string();
+    c.store.put_progress(&ep)?;
     // Programs before the link comes up: no packet leaves unchecked.
     if c.cfg.datapath.enabled {
         let got = datapath::attach(c.cfg, pod_ns, &ep)?;
@@ -120,8 +135,8 @@ async fn add_steps(
         });
     }
     pod_setup::configure(pod, pod_ns, &link, &ipam, announce).await?;
+    ep.state = EndpointState::Ready;
     c.store.put(&ep)?;
-    undo.push(Undo::RemoveEndpoint);
     info!(container = c.cid(), ifname = c.ifname(), kind = ?lc.kind(), ips = ?ep.ips, "pod interface ready");
     Ok(add_result(c, ipam, &link, mtu, pod_ns))
 }
@@ -355,57 +370,79 @@ async fn return_eni(pod: &Netlink, ifname: &str, host_name: &str) -> Result<(), 
 pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> {
     let c = ctx(req, cfg);
     let ep = c.store.get(c.cid(), c.ifname())?;
-    let host = Netlink::host()?;
-    let eni_name = match (ep.as_ref().and_then(|e| e.host_ifname.clone()), link_cfg(cfg)) {
-        (Some(n), _) => Some(n),
-        (None, LinkConfig::Eni(e)) => e.device.clone(),
-        _ => None,
-    };
-    let is_eni =
-        matches!(link_cfg(cfg), LinkConfig::Eni(_)) || ep.as_ref().is_some_and(|e| e.link_kind == Some(LinkKind::Eni));
-
-    let pod_ns = match req.inv.netns.as_deref() {
-        Some(p) => match NetNs::open(p) {
-            Ok(ns) => Some(ns),
-            Err(e) if e.is(ErrorCode::UnknownContainer) => None,
-            Err(e) => return Err(e),
-        },
-        None => None,
-    };
+    let pod_ns = NetNs::for_del(req.inv.netns.as_deref())?;
     if cfg.datapath.enabled || ep.as_ref().is_some_and(|e| e.datapath.is_some()) {
         datapath::detach(cfg, pod_ns.as_ref(), c.cid(), c.ifname(), ep.as_ref())?;
     }
-    match &pod_ns {
-        Some(ns) => {
-            let pod = Netlink::in_netns(ns)?;
-            if is_eni {
-                let name = eni_name.clone().ok_or_else(|| {
-                    CniError::new(
-                        ErrorCode::InvalidConfig,
-                        "cannot tell which host name the ENI had (no record, link.device unset)",
-                    )
-                })?;
-                return_eni(&pod, c.ifname(), &name).await?;
-            } else {
-                remove_pod_link(&pod, c.ifname()).await?;
-            }
-        }
-        None => {
-            // The namespace is gone: a macvlan/ipvlan died with it; a physical
-            // ENI went back to the initial namespace under some name.
-            if is_eni
-                && let (Some(ep), Some(name)) = (&ep, &eni_name)
-                && let Some(mac) = parse_mac(&ep.mac)
-                && !eni::recover_by_mac(&host, &mac, name).await?
-            {
-                warn!(container = c.cid(), eni = %name, "ENI not found after its pod namespace was deleted");
-            }
-        }
+    // Only what the record says this plugin made is undone: with no record,
+    // no link is touched.
+    match &ep {
+        Some(ep) => remove_recorded_link(c.cid(), c.ifname(), ep, pod_ns.as_ref()).await?,
+        None => info!(
+            container = c.cid(),
+            ifname = c.ifname(),
+            "no endpoint record: no link to remove"
+        ),
     }
     c.ipam.del(req).map_err(|e| e.context("IPAM release"))?;
     c.store.remove(c.cid(), c.ifname())?;
     info!(container = c.cid(), ifname = c.ifname(), "pod interface removed");
     Ok(())
+}
+
+/// Remove (or, an ENI, hand back) the pod link a record names, if it is
+/// still the one ADD made: its kind, and its MAC and index once recorded.
+/// With the namespace gone, a macvlan/ipvlan died with it; a physical ENI
+/// went back to the initial namespace under some name, found by its MAC.
+pub(crate) async fn remove_recorded_link(
+    cid: &str,
+    ifname: &str,
+    ep: &Endpoint,
+    pod_ns: Option<&NetNs>,
+) -> Result<(), CniError> {
+    let is_eni = ep.link_kind == Some(LinkKind::Eni);
+    let Some(ns) = pod_ns else {
+        if is_eni
+            && let (Some(name), Some(mac)) = (&ep.host_ifname, parse_mac(&ep.mac))
+            && !eni::recover_by_mac(&Netlink::host()?, &mac, name).await?
+        {
+            warn!(container = cid, eni = %name, "ENI not found after its pod namespace was deleted");
+        }
+        return Ok(());
+    };
+    let pod = Netlink::in_netns(ns)?;
+    let mut found = pod.link_by_name(ifname).await?;
+    if found.is_none() && ep.state == EndpointState::Creating {
+        found = pod.link_by_name(&creation_name(cid, ifname)).await?;
+    }
+    let Some(link) = found else { return Ok(()) };
+    let kind = LinkKind::from_netlink(link.kind.as_deref());
+    // An ENI is whatever device the node had (a veth in the simulated VPC):
+    // its MAC says it is ours.
+    let matches = (is_eni || Some(kind) == ep.link_kind)
+        && (ep.mac.is_empty() || link.mac_string() == ep.mac)
+        && (ep.ifindex == 0 || link.index == ep.ifindex);
+    if !matches {
+        warn!(
+            container = cid,
+            ifname,
+            kind = ?kind,
+            mac = %link.mac_string(),
+            "the pod's link is not the one recorded: left alone"
+        );
+        return Ok(());
+    }
+    match (&ep.host_ifname, is_eni) {
+        (Some(host_name), true) => return_eni(&pod, &link.name, host_name).await,
+        (None, true) => {
+            warn!(
+                container = cid,
+                ifname, "no host name recorded for the ENI: left in the pod"
+            );
+            Ok(())
+        }
+        _ => pod.del_link(link.index, &link.name).await,
+    }
 }
 
 /// CHECK: the record, the interface (same MAC) and its addresses are as ADD left them.
@@ -417,7 +454,7 @@ pub async fn check(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError
             format!("no endpoint record for {}/{}", c.cid(), c.ifname()),
         )
     })?;
-    let pod_ns = NetNs::open(req.inv.netns.as_deref().expect("CHECK has a netns"))?;
+    let pod_ns = NetNs::open_pod(req.inv.netns.as_deref().expect("CHECK has a netns"))?;
     let pod = Netlink::in_netns(&pod_ns)?;
     let link = pod.link_by_name(c.ifname()).await?.ok_or_else(|| {
         CniError::new(

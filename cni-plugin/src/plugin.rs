@@ -3,7 +3,6 @@
 use crate::config::PluginConfig;
 use crate::endpoint::EndpointStore;
 use crate::ipam::Ipam;
-use crate::netlink::Netlink;
 use crate::netns::NetNs;
 use crate::{chained, log, main_role};
 use sluice_cni_spec::skel::{Plugin, Request};
@@ -27,7 +26,7 @@ fn block_on<T>(f: impl Future<Output = Result<T, CniError>>) -> Result<T, CniErr
 
 fn setup(req: &Request) -> Result<PluginConfig, CniError> {
     let cfg = PluginConfig::parse(req.config);
-    log::init(cfg.as_ref().ok());
+    log::init(cfg.as_ref().ok())?;
     cfg
 }
 
@@ -102,18 +101,12 @@ impl Plugin for Sluice {
             .collect();
         block_on(async {
             for ep in &stale {
-                let ns = NetNs::open(std::path::Path::new(&ep.netns)).ok();
+                let ns = NetNs::for_del(Some(std::path::Path::new(&ep.netns)))?;
                 if ep.datapath.is_some() {
                     crate::datapath::detach(&cfg, ns.as_ref(), &ep.container_id, &ep.ifname, Some(ep))?;
                 }
-                if cfg.link.is_some()
-                    && ep.link_kind != Some(crate::endpoint::LinkKind::Eni)
-                    && let Ok(ns) = NetNs::open(std::path::Path::new(&ep.netns))
-                {
-                    let pod = Netlink::in_netns(&ns)?;
-                    if let Some(l) = pod.link_by_name(&ep.ifname).await? {
-                        pod.del_link(l.index, &ep.ifname).await?;
-                    }
+                if cfg.link.is_some() {
+                    main_role::remove_recorded_link(&ep.container_id, &ep.ifname, ep, ns.as_ref()).await?;
                 }
                 store.remove(&ep.container_id, &ep.ifname)?;
                 info!(container = %ep.container_id, ifname = %ep.ifname, "GC removed stale endpoint");

@@ -135,13 +135,17 @@ pub fn validate_container_id(id: &str) -> Result<(), CniError> {
     }
 }
 
-/// Spec 1.1: at most 15 bytes, not `.` or `..`, no `/`, `:` or whitespace.
+/// Spec 1.1: at most 15 bytes, not `.` or `..`, no `/`, `:` or whitespace;
+/// and no `%`, which the kernel takes as a name template (`eth%d`): the
+/// link would get another name than the one asked for.
 pub fn validate_ifname(name: &str) -> Result<(), CniError> {
     let bad = name.is_empty()
         || name.len() > 15
         || name == "."
         || name == ".."
-        || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c == '%' || c.is_whitespace());
     if bad {
         Err(invalid_env(format!(
             "CNI_IFNAME {name:?} is not a valid interface name"
@@ -218,7 +222,7 @@ mod tests {
     #[test]
     fn names_and_ids_are_validated() {
         assert!(validate_ifname("eth0").is_ok());
-        for bad in ["", ".", "..", "a/b", "a:b", "a b", "sixteen-chars-xx"] {
+        for bad in ["", ".", "..", "a/b", "a:b", "a b", "sixteen-chars-xx", "eth%d"] {
             assert!(validate_ifname(bad).is_err(), "{bad:?}");
         }
         assert!(validate_container_id("a1_b.c-d").is_ok());

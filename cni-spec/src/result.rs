@@ -110,6 +110,9 @@ impl CniResult {
         if !ver.is_v1() {
             downgrade_ips(&mut v, ver);
         }
+        if ver < Version(1, 1, 0) {
+            drop_v110_fields(&mut v);
+        }
         Ok(v)
     }
 
@@ -119,6 +122,24 @@ impl CniResult {
             .iter()
             .position(|i| i.name == name && !i.sandbox.is_empty())
     }
+}
+
+/// A result carries only its version's fields: an interface's `mtu` and a
+/// route's `mtu`, `advmss`, `priority`, `table` and `scope` came with
+/// 1.1.0. (`pciID` and `socketPath` stay: device plugins set them before
+/// the spec named them.)
+fn drop_v110_fields(v: &mut Value) {
+    let strip = |list: Option<&mut Value>, fields: &[&str]| {
+        for item in list.and_then(Value::as_array_mut).into_iter().flatten() {
+            if let Some(o) = item.as_object_mut() {
+                for f in fields {
+                    o.remove(*f);
+                }
+            }
+        }
+    };
+    strip(v.get_mut("interfaces"), &["mtu"]);
+    strip(v.get_mut("routes"), &["mtu", "advmss", "priority", "table", "scope"]);
 }
 
 fn downgrade_ips(v: &mut Value, _ver: Version) {
@@ -173,6 +194,30 @@ mod tests {
         assert_eq!(out["interfaces"][0]["vendorThing"], 1);
         assert_eq!(out["ips"][0]["note"], "kept");
         assert_eq!(out["topLevelExtension"]["a"][1], 2);
+    }
+
+    #[test]
+    fn fields_of_a_later_version_are_left_out() {
+        let r = CniResult::from_value(json!({
+            "cniVersion": "1.1.0",
+            "interfaces": [{"name": "eth0", "sandbox": "/x", "mtu": 1500}],
+            "ips": [{"address": "10.0.0.2/24"}],
+            "routes": [{"dst": "0.0.0.0/0", "mtu": 1400, "priority": 5}]
+        }))
+        .unwrap();
+        for old in ["0.3.1", "0.4.0", "1.0.0"] {
+            let v = r.to_value(old).unwrap();
+            assert!(v["interfaces"][0].get("mtu").is_none(), "{old}: {v}");
+            assert!(
+                v["routes"][0].get("mtu").is_none() && v["routes"][0].get("priority").is_none(),
+                "{old}"
+            );
+        }
+        let v = r.to_value("1.1.0").unwrap();
+        assert_eq!(
+            (v["interfaces"][0]["mtu"].as_u64(), v["routes"][0]["priority"].as_u64()),
+            (Some(1500), Some(5))
+        );
     }
 
     #[test]

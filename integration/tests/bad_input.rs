@@ -252,7 +252,66 @@ fn cases() -> Vec<Case> {
             |c| c["datapath"]["attach"] = json!("xdp"),
             7,
         ),
+        // What an outside audit found the plugin accepting or hanging on.
+        env(
+            "CNI_NETNS is the plugin's own (the node's)",
+            &[("CNI_NETNS", Some(NODE_NS))],
+            4,
+        ),
+        env("CNI_NETNS is a FIFO", &[("CNI_NETNS", Some(FIFO))], 4),
+        conf("logFile is a FIFO", |c| c["logFile"] = json!(fifo()), 7),
+        env("CNI_IFNAME is a name template", &[("CNI_IFNAME", Some("eth%d"))], 4),
+        conf(
+            "datapath root climbs out of bpffs",
+            |c| c["datapath"]["bpffs"] = json!("/sys/fs/bpf/sluice/../.."),
+            7,
+        ),
+        conf(
+            "conntrack timeout beyond 30 days",
+            |c| c["datapath"]["ctTimeouts"] = json!({"tcpEstablished": 18_446_744_073u64}),
+            7,
+        ),
+        conf("relative dataDir", |c| c["dataDir"] = json!("var/lib/sluice"), 7),
+        conf("relative ipam dataDir", |c| c["ipam"]["dataDir"] = json!("ipam"), 7),
+        env(
+            "CNI_ARGS IP with junk after /",
+            &[("CNI_ARGS", Some("IP=10.244.1.9/junk"))],
+            7,
+        ),
+        conf(
+            "ENI pool node file is a FIFO",
+            |c| {
+                c["link"].as_object_mut().unwrap().remove("parent");
+                c["ipam"] = json!({"type": "sluice-ipam", "eniPool": {"backend": "file", "path": fifo()},
+                                   "dataDir": c["ipam"]["dataDir"].clone()});
+            },
+            5,
+        ),
+        conf(
+            "ENI pool node file larger than 1 MiB",
+            |c| {
+                c["link"].as_object_mut().unwrap().remove("parent");
+                let big = std::env::temp_dir().join("sluice-bad-big-node-file.json");
+                std::fs::File::create(&big).unwrap().set_len(2 << 20).unwrap();
+                c["ipam"] = json!({"type": "sluice-ipam", "eniPool": {"backend": "file", "path": big},
+                                   "dataDir": c["ipam"]["dataDir"].clone()});
+            },
+            5,
+        ),
     ]
+}
+
+/// Stand-ins the table's static values use, replaced when a case runs.
+const NODE_NS: &str = "@node-netns";
+const FIFO: &str = "@fifo";
+
+/// A FIFO the hostile cases name as a file (made once).
+fn fifo() -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("sluice-bad-fifo-{}", std::process::id()));
+    if !p.exists() {
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    }
+    p
 }
 
 /// Point the config's IPAM at an ENI pool; write the node file unless `None`.
@@ -332,8 +391,13 @@ fn bad_input_table() {
         ];
         for (k, v) in case.env {
             vars.retain(|(kk, _)| kk != k);
+            let v = v.map(|v| match v {
+                NODE_NS => vpc.nodes[0].path().display().to_string(),
+                FIFO => fifo().display().to_string(),
+                v => v.to_string(),
+            });
             if let Some(v) = v {
-                vars.push((k, Some(v.to_string())));
+                vars.push((k, Some(v)));
             }
         }
         let before = snapshot(&vpc);
@@ -343,8 +407,12 @@ fn bad_input_table() {
                 call = call.env(k, v);
             }
         }
+        let started = std::time::Instant::now();
         let out = call.run(&stdin);
         let after = snapshot(&vpc);
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            failures.push(format!("{}: took {:?}", case.name, started.elapsed()));
+        }
         if out.success {
             failures.push(format!("{}: succeeded: {}", case.name, out.stdout));
             continue;
@@ -376,6 +444,7 @@ fn bad_input_table() {
         }
         eprintln!("ok  {:<45} code {} {}", case.name, v["code"], v["msg"]);
     }
+    let _ = std::fs::remove_file(fifo());
     assert!(
         failures.is_empty(),
         "{} of {} cases wrong:\n{}",

@@ -16,6 +16,7 @@ impl From<IpamError> for CniError {
             IpamError::Exhausted { .. } | IpamError::Taken { .. } => ErrorCode::IpamExhausted,
             IpamError::LockTimeout { .. } => ErrorCode::TryAgainLater,
             IpamError::Store { .. } | IpamError::NodeFile { .. } | IpamError::Corrupt { .. } => ErrorCode::Io,
+            IpamError::Quarantined { .. } => ErrorCode::NotAvailable,
         };
         CniError::new(code, e.to_string())
     }

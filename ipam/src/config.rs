@@ -90,8 +90,14 @@ impl IpamConfig {
 pub fn requested_ips(netconf: &Value, cni_args: &BTreeMap<String, String>) -> Result<Vec<IpAddr>, IpamError> {
     let mut out = Vec::new();
     let mut push = |s: &str, origin: &str| -> Result<(), IpamError> {
-        let bare = s.split('/').next().unwrap_or(s).trim();
-        let ip = bare.parse::<IpAddr>().map_err(|_| {
+        let s = s.trim();
+        // An address, or one with its prefix length (which is ignored):
+        // anything else after a `/` is an error, not junk to drop.
+        let ip = match s.split_once('/') {
+            Some(_) => s.parse::<ipnetwork::IpNetwork>().ok().map(|n| n.ip()),
+            None => s.parse::<IpAddr>().ok(),
+        }
+        .ok_or_else(|| {
             IpamError::InvalidConfig(format!("requested address {s:?} from {origin} is not an IP address"))
         })?;
         if !out.contains(&ip) {
@@ -157,5 +163,14 @@ mod tests {
         let ips = requested_ips(&conf, &args).unwrap();
         assert_eq!(ips.len(), 3);
         assert!(requested_ips(&json!({"args": {"cni": {"ips": ["x"]}}}), &BTreeMap::new()).is_err());
+        // A prefix length is taken (and ignored); anything else after `/` is not.
+        let with = |v: &str| requested_ips(&json!({}), &BTreeMap::from([("IP".to_string(), v.to_string())]));
+        assert_eq!(
+            with("10.0.0.5/24").unwrap(),
+            vec!["10.0.0.5".parse::<IpAddr>().unwrap()]
+        );
+        for junk in ["10.0.0.5/junk", "10.0.0.5/", "10.0.0.5/99", "fd00::1/x"] {
+            assert!(with(junk).is_err(), "{junk}");
+        }
     }
 }

@@ -181,7 +181,7 @@ impl EniBackend for FileBackend {
     }
 
     fn enis(&self) -> Result<NodeEnis, IpamError> {
-        let bytes = std::fs::read(&self.path).map_err(|source| IpamError::NodeFile {
+        let bytes = read_node_file(&self.path).map_err(|source| IpamError::NodeFile {
             path: self.path.clone(),
             source,
         })?;
@@ -191,6 +191,29 @@ impl EniBackend for FileBackend {
         enis.validate(&self.describe())?;
         Ok(enis)
     }
+}
+
+/// The largest node file read: thousands of ENIs and addresses fit in it.
+pub const MAX_NODE_FILE: u64 = 1 << 20;
+
+/// The node file's bytes: a regular file (opened without blocking, so a
+/// FIFO in its place cannot hang an ADD) of at most `MAX_NODE_FILE` bytes.
+fn read_node_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_NODE_FILE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_NODE_FILE {
+        return Err(std::io::Error::other(format!("larger than {MAX_NODE_FILE} bytes")));
+    }
+    Ok(bytes)
 }
 
 /// The `ipam.eniPool` section.

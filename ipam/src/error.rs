@@ -31,4 +31,10 @@ pub enum IpamError {
     },
     #[error("pool store {path} is corrupt: {msg}")]
     Corrupt { path: PathBuf, msg: String },
+    #[error(
+        "pool {pool}: its lease store was corrupt and is kept aside as {}; nothing is allocated until \
+         `sluice-ipam rebuild --network {pool}` rebuilds it from the plugin's endpoint records",
+        .aside.display()
+    )]
+    Quarantined { pool: String, aside: PathBuf },
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod listing;
 pub mod pool;
 pub mod range;
+pub mod rebuild;
 pub mod store;
 
 pub use config::{IpamConfig, RouteConfig, requested_ips};

@@ -55,11 +55,15 @@ impl Pool {
             }
             None => Source::Ranges(cfg.range_sets()?),
         };
-        let dir = cfg
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
-            .join(network);
+        let data_dir = cfg.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        // Relative to what? The runtime's working directory is no place for leases.
+        if !data_dir.is_absolute() {
+            return Err(IpamError::InvalidConfig(format!(
+                "ipam.dataDir {} must be an absolute path",
+                data_dir.display()
+            )));
+        }
+        let dir = data_dir.join(network);
         Ok(Pool {
             name: network.to_string(),
             source,
@@ -315,7 +319,9 @@ impl Pool {
 
     fn release_where(&self, doomed: impl Fn(&Lease) -> bool) -> Result<Vec<IpAddr>, IpamError> {
         let store = self.lock(true)?;
-        let mut state = store.load()?;
+        let Some(mut state) = store.load_for_release(&self.name)? else {
+            return Ok(Vec::new());
+        };
         let gone: Vec<IpAddr> = state
             .leases
             .iter()
@@ -466,6 +472,38 @@ mod tests {
         p.allocate("a", "eth0", &[]).unwrap();
         std::fs::write(d.path().join("testnet/leases.json"), b"{garbage").unwrap();
         assert!(matches!(p.allocate("b", "eth0", &[]), Err(IpamError::Corrupt { .. })));
+        // DEL keeps succeeding: the store goes aside, nothing is released...
+        assert!(p.release("a", "eth0").unwrap().is_empty());
+        assert!(d.path().join("testnet/leases.json.corrupt").is_file());
+        // ... and nothing is allocated until it is rebuilt.
+        let e = p.allocate("b", "eth0", &[]).unwrap_err();
+        assert!(matches!(e, IpamError::Quarantined { .. }), "{e}");
+        assert!(e.to_string().contains("sluice-ipam rebuild"), "{e}");
+        assert!(p.release("a", "eth0").unwrap().is_empty(), "DEL again");
+    }
+
+    #[test]
+    fn a_store_put_aside_is_rebuilt_from_the_endpoint_records() {
+        let d = tempfile::tempdir().unwrap();
+        let p = pool(d.path(), json!([[{"subnet": "10.0.0.0/24"}]]));
+        let a = p.allocate("a", "eth0", &[]).unwrap();
+        std::fs::write(d.path().join("testnet/leases.json"), b"{garbage").unwrap();
+        p.release("gone", "eth0").unwrap();
+        let records = d.path().join("plugin/endpoints/testnet");
+        std::fs::create_dir_all(&records).unwrap();
+        let rec = json!({"containerId": "a", "ifname": "eth0", "ips": [a[0].address.to_string()], "created": 7});
+        std::fs::write(records.join("a:eth0.json"), rec.to_string()).unwrap();
+        std::fs::write(records.join("junk.json"), b"{").unwrap();
+        let r = crate::rebuild::rebuild(d.path(), "testnet", &d.path().join("plugin")).unwrap();
+        assert_eq!((r.leases, r.skipped.len()), (1, 1));
+        assert!(r.kept_as.is_some_and(|k| k.exists()), "the corrupt store is kept");
+        let b = p.allocate("b", "eth0", &[]).unwrap();
+        assert_ne!(b[0].address, a[0].address, "the rebuilt lease is held");
+        assert_eq!(
+            p.release("a", "eth0").unwrap(),
+            vec![a[0].address.ip()],
+            "and released by its owner"
+        );
     }
 
     fn eni_pool(dir: &std::path::Path, node: serde_json::Value) -> Pool {

@@ -52,7 +52,8 @@ impl Range {
             return Err(bad("subnet too small to hold any address".into()));
         }
         let net = to_u128(subnet.network());
-        let last = net + ((1u128 << host_bits) - 1);
+        // `::/0` has 128 host bits: the shift would overflow.
+        let last = net + 1u128.checked_shl(host_bits).map_or(u128::MAX, |n| n - 1);
         // v4 loses the broadcast address; v6 has none, but host-local keeps the
         // last one back as well for symmetry only in v4.
         let (lo, hi) = (net + 1, if v6 { last } else { last - 1 });
@@ -182,6 +183,18 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    /// The whole address space is a range like any other (the shift that
+    /// sizes it used to overflow and report nonsense).
+    #[test]
+    fn the_whole_v6_space() {
+        let x = r("::/0");
+        assert_eq!(x.first().to_string(), "::1");
+        assert!(x.is_last("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap()));
+        assert!(x.size() >= u128::MAX - 1);
+        let y = r("0.0.0.0/0");
+        assert!(y.is_last("255.255.255.254".parse().unwrap()));
     }
 
     #[test]

@@ -120,8 +120,43 @@ impl LockedStore {
         self.dir.join("leases.json")
     }
 
+    /// Where a corrupt store is kept until it is rebuilt; while it is there
+    /// nothing is allocated (an empty store would hand out leased addresses).
+    pub fn aside_path(&self) -> PathBuf {
+        self.dir.join("leases.json.corrupt")
+    }
+
+    /// The state, for a change that only frees (DEL, GC): a corrupt store
+    /// is put aside (once, logged) and counts as holding nothing, so that
+    /// DEL keeps succeeding; None while the store is aside.
+    pub fn load_for_release(&self, pool: &str) -> Result<Option<PoolState>, IpamError> {
+        match self.load() {
+            Ok(s) => Ok(Some(s)),
+            Err(IpamError::Quarantined { .. }) => Ok(None),
+            Err(IpamError::Corrupt { path, msg }) => {
+                let aside = self.aside_path();
+                std::fs::rename(&path, &aside).map_err(store_err(&path, "putting the corrupt store aside"))?;
+                tracing::error!(pool, store = %path.display(), aside = %aside.display(), error = %msg,
+                    "lease store corrupt: put aside; run `sluice-ipam rebuild` to rebuild it");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn load(&self) -> Result<PoolState, IpamError> {
         let path = self.state_path();
+        let aside = self.aside_path();
+        if aside.exists() {
+            return Err(IpamError::Quarantined {
+                pool: self
+                    .dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                aside,
+            });
+        }
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

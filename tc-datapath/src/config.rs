@@ -34,6 +34,10 @@ pub struct DatapathConfig {
     pub flow_sample: u32,
 }
 
+/// The longest conntrack timeout taken: the programs count deadlines in
+/// nanoseconds, and an entry must never be born expired.
+pub const MAX_CT_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+
 /// The fields of [`DatapathConfig`] that say where and how the programs are
 /// attached; every other field is compiled into them (and so names their
 /// version).
@@ -134,14 +138,24 @@ impl DatapathConfig {
             ));
         }
         for (name, secs) in self.ct_timeouts.named() {
-            if secs == 0 {
-                return Err(invalid(format!("ctTimeouts.{name}"), "must be positive"));
+            if secs == 0 || secs > MAX_CT_TIMEOUT_SECS {
+                return Err(invalid(
+                    format!("ctTimeouts.{name}"),
+                    format!("{secs} s: must be between 1 and {MAX_CT_TIMEOUT_SECS} (30 days)"),
+                ));
             }
         }
-        if !self.bpffs.is_absolute() {
+        let normal = self
+            .bpffs
+            .components()
+            .all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)));
+        if !self.bpffs.is_absolute() || !normal {
             return Err(invalid(
                 "bpffs",
-                format!("{} must be an absolute path", self.bpffs.display()),
+                format!(
+                    "{} must be an absolute path without . or .. components",
+                    self.bpffs.display()
+                ),
             ));
         }
         Ok(())
@@ -216,6 +230,28 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(cfg.validate().unwrap_err().field, "maglevTableSize");
+    }
+
+    #[test]
+    fn timeouts_are_bounded_and_roots_normal() {
+        let t = |udp| DatapathConfig {
+            ct_timeouts: CtTimeouts {
+                udp,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(t(MAX_CT_TIMEOUT_SECS).validate().is_ok());
+        for bad in [0, MAX_CT_TIMEOUT_SECS + 1, u64::MAX] {
+            assert_eq!(t(bad).validate().unwrap_err().field, "ctTimeouts.udp", "{bad}");
+        }
+        for bad in ["rel/x", "/sys/fs/bpf/sluice/../..", "/sys/fs/bpf/./x"] {
+            let c = DatapathConfig {
+                bpffs: bad.into(),
+                ..Default::default()
+            };
+            assert_eq!(c.validate().unwrap_err().field, "bpffs", "{bad}");
+        }
     }
 
     #[test]

@@ -58,6 +58,16 @@ fn existing_ancestor(path: &Path) -> &Path {
 /// /sys/fs/bpf: a bpffs mounted there dies with that command. Tools run that
 /// way must use a root outside /sys.
 pub fn ensure_bpffs(root: &Path) -> Result<(), PinError> {
+    // `..` would let a root "under" /sys/fs/bpf name another place (and
+    // mount a bpffs over the node's pins); the config refuses it too.
+    if root
+        .components()
+        .any(|c| !matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)))
+    {
+        return Err(PinError::NotBpffs {
+            path: root.to_path_buf(),
+        });
+    }
     let base = existing_ancestor(root);
     let on_bpffs = is_bpffs(base).map_err(io_err("statfs", base))?;
     if !on_bpffs {
@@ -84,7 +94,24 @@ pub fn ensure_bpffs(root: &Path) -> Result<(), PinError> {
 /// escape character, so distinct attachments never share a name.
 pub fn link_key(container_id: &str, ifname: &str) -> String {
     let esc = |s: &str| s.replace('%', "%25").replace('.', "%2e").replace('/', "%2f");
-    format!("{}:{}", esc(container_id), esc(ifname))
+    fit_name(format!("{}:{}", esc(container_id), esc(ifname)), NAME_MAX)
+}
+
+/// The longest file name Linux takes (NAME_MAX).
+pub const NAME_MAX: usize = 255;
+
+/// `name` cut to at most `max` bytes (at least 64): itself when it fits,
+/// else its start and a hash of the whole (container ids have no length
+/// limit, and a DEL must find what the ADD of a long one made).
+pub fn fit_name(name: String, max: usize) -> String {
+    if name.len() <= max {
+        return name;
+    }
+    let mut cut = max - 17;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}~{:016x}", &name[..cut], crate::hash::fnv1a(0xf1, name.as_bytes()))
 }
 
 /// The endpoint map's owner tag of one attachment, so that a DEL never
@@ -104,6 +131,15 @@ mod tests {
         assert_eq!(link_key("abc", "eth0.100"), "abc:eth0%2e100");
         assert_ne!(link_key("a", "b%2ec"), link_key("a", "b.c"));
         assert!(!link_key("x.y", "e.0").contains('.'));
+    }
+
+    #[test]
+    fn long_names_fit_and_stay_distinct() {
+        let a = link_key(&"a".repeat(300), "eth0");
+        let b = link_key(&"a".repeat(301), "eth0");
+        assert!(a.len() <= NAME_MAX && b.len() <= NAME_MAX);
+        assert_ne!(a, b);
+        assert_eq!(link_key("short", "eth0"), "short:eth0");
     }
 
     #[test]

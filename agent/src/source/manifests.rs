@@ -106,6 +106,34 @@ fn collect(v: Value, out: &mut Vec<Object>) -> Result<(), String> {
     Ok(())
 }
 
+/// The largest manifest file read (a cluster's worth of Services is far
+/// less; a larger one is refused, not read into memory).
+pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+/// A manifest's text: a regular file (opened without blocking, so that a
+/// FIFO named `*.yaml` cannot stop the agent's loop) of at most
+/// `MAX_MANIFEST_BYTES`.
+fn read_manifest(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    f.take(MAX_MANIFEST_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB: not read",
+            MAX_MANIFEST_BYTES >> 20
+        )));
+    }
+    Ok(text)
+}
+
 /// A manifest directory, file by file, and the objects of all its files
 /// merged (kept up to date file by file: a change costs what the changed
 /// file holds, not what the directory holds).
@@ -145,7 +173,7 @@ impl ManifestDir {
             self.replace(path, None);
             return Ok(());
         }
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        let text = read_manifest(path).map_err(|source| ManifestError::Read {
             path: path.to_path_buf(),
             source,
         })?;
@@ -196,6 +224,28 @@ impl ManifestDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_or_a_huge_file_is_refused_not_waited_for() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("x.yaml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let big = d.path().join("big.yaml");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_MANIFEST_BYTES + 1).unwrap();
+        std::fs::write(
+            d.path().join("ok.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n",
+        )
+        .unwrap();
+        let mut dir = ManifestDir::new(d.path());
+        let t = std::time::Instant::now();
+        let errors = dir.reload_all().unwrap();
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "no wait on the FIFO");
+        assert_eq!(errors.len(), 1, "the big file: {errors:?}");
+        assert!(dir.reload(&fifo).is_err(), "a FIFO named *.yaml is refused");
+        assert_eq!(dir.objects().namespaces().len(), 1, "the good file is read");
+    }
 
     #[test]
     fn documents_lists_and_unknown_kinds() {
