@@ -101,14 +101,23 @@ pub fn name(e: &FlowEvent, pods: &BTreeMap<IpAddr, String>, maps: &Maps, wall_of
     }
 }
 
-/// The backlog and the clients following it.
+/// How many clients are served at once (one more is refused at once).
+pub const MAX_CLIENTS: usize = 64;
+/// Lines queued for one follower; one that falls further behind is dropped
+/// rather than slowing the agent.
+const FOLLOWER_QUEUE: usize = 8192;
+
+/// The backlog and the queues of the clients following it.
 #[derive(Default)]
 struct Shared {
     backlog: VecDeque<String>,
-    clients: Vec<UnixStream>,
+    followers: Vec<std::sync::mpsc::SyncSender<Arc<str>>>,
+    clients: usize,
 }
 
-/// The Unix-socket server of `sluicectl observe`.
+/// The Unix-socket server of `sluicectl observe`. Every client is served
+/// by a thread of its own, so a silent or slow one delays no other; the
+/// agent's loop only queues lines, never writes to a socket.
 #[derive(Clone, Default)]
 pub struct FlowServer {
     shared: Arc<Mutex<Shared>>,
@@ -131,15 +140,31 @@ impl FlowServer {
         std::thread::Builder::new().name("flows".into()).spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                s.accept(conn);
+                {
+                    let mut sh = s.shared.lock().expect("flows lock");
+                    if sh.clients >= MAX_CLIENTS {
+                        continue; // dropped: closed at once
+                    }
+                    sh.clients += 1;
+                }
+                let s2 = s.clone();
+                let spawned = std::thread::Builder::new().name("flows-client".into()).spawn(move || {
+                    s2.serve(conn);
+                    s2.shared.lock().expect("flows lock").clients -= 1;
+                });
+                if spawned.is_err() {
+                    s.shared.lock().expect("flows lock").clients -= 1;
+                }
             }
         })?;
         Ok(server)
     }
 
-    fn accept(&self, mut conn: UnixStream) {
+    /// One client, on its own thread: its request, the backlog, then (to
+    /// a follower) what its queue brings until it goes.
+    fn serve(&self, mut conn: UnixStream) {
         let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = conn.set_write_timeout(Some(Duration::from_millis(500)));
+        let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
         let mut line = String::new();
         let follow = match conn.try_clone().map(BufReader::new).map(|mut r| r.read_line(&mut line)) {
             Ok(Ok(_)) => serde_json::from_str::<serde_json::Value>(&line)
@@ -150,19 +175,28 @@ impl FlowServer {
         };
         // The backlog and the registration under one lock: a flow published
         // meanwhile is in one or the other, never lost or doubled.
-        let mut sh = self.shared.lock().expect("flows lock");
-        for l in &sh.backlog {
+        let (backlog, queue) = {
+            let mut sh = self.shared.lock().expect("flows lock");
+            let backlog: String = sh.backlog.iter().map(String::as_str).collect();
+            let queue = follow.then(|| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(FOLLOWER_QUEUE);
+                sh.followers.push(tx);
+                rx
+            });
+            (backlog, queue)
+        };
+        if conn.write_all(backlog.as_bytes()).is_err() {
+            return;
+        }
+        for l in queue.into_iter().flatten() {
             if conn.write_all(l.as_bytes()).is_err() {
                 return;
             }
         }
-        if follow {
-            sh.clients.push(conn);
-        }
     }
 
-    /// Keep `flows` and send them to every follower (one that cannot keep
-    /// up within the write timeout is dropped).
+    /// Keep `flows` and queue them for every follower (one whose queue is
+    /// full, or that went, is dropped).
     pub fn publish(&self, flows: &[Flow]) {
         if flows.is_empty() {
             return;
@@ -178,7 +212,8 @@ impl FlowServer {
             }
             sh.backlog.push_back(l);
         }
-        sh.clients.retain_mut(|c| c.write_all(text.as_bytes()).is_ok());
+        let text: Arc<str> = text.into();
+        sh.followers.retain(|q| q.try_send(text.clone()).is_ok());
     }
 }
 
@@ -201,5 +236,74 @@ impl FlowReader {
         }
         let off = wall_offset_ns();
         events.iter().map(|e| name(e, pods, maps, off)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn flow(port: u16) -> Flow {
+        let end = |p| End {
+            ip: "10.244.1.5".parse().unwrap(),
+            port: p,
+            pod: None,
+        };
+        Flow {
+            time_unix_ns: 1,
+            verdict: "forwarded",
+            reason: "forwarded",
+            direction: "egress",
+            protocol: "tcp".into(),
+            source: end(port),
+            destination: end(80),
+            backend: None,
+            policy: None,
+        }
+    }
+
+    /// Clients that connect and say nothing delay no other: the audit saw
+    /// three of them hold a real one up for 6 s.
+    #[test]
+    fn silent_clients_delay_no_one() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("flows.sock");
+        let server = FlowServer::listen(&path).unwrap();
+        server.publish(&[flow(1), flow(2)]);
+        let silent: Vec<UnixStream> = (0..3).map(|_| UnixStream::connect(&path).unwrap()).collect();
+        let t = std::time::Instant::now();
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.write_all(b"{\"follow\": false}\n").unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(t.elapsed() < Duration::from_millis(500), "served in {:?}", t.elapsed());
+        drop(silent);
+    }
+
+    /// A follower that reads nothing does not slow publishing: it is cut
+    /// off once its queue is full.
+    #[test]
+    fn a_stuck_follower_does_not_hold_the_agent() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("flows.sock");
+        let server = FlowServer::listen(&path).unwrap();
+        let mut stuck = UnixStream::connect(&path).unwrap();
+        stuck.write_all(b"{\"follow\": true}\n").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let t = std::time::Instant::now();
+        for i in 0..(4 * FOLLOWER_QUEUE) {
+            server.publish(&[flow(i as u16)]);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "publishing took {:?}",
+            t.elapsed()
+        );
+        assert!(
+            server.shared.lock().unwrap().followers.is_empty(),
+            "the stuck follower was dropped"
+        );
     }
 }

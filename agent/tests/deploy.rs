@@ -76,6 +76,35 @@ fn the_daemonset_installs_then_runs_the_agent() {
         assert!(mounts(init).contains(&dir.to_string()), "{dir} mounted");
     }
     let agent = &pod.containers[0];
+    // Not privileged: named capabilities, a memory limit, metrics on the
+    // node's address rather than every address of the host network.
+    let sec = agent.security_context.clone().unwrap();
+    assert_eq!(sec.privileged, Some(false));
+    let caps = sec.capabilities.unwrap();
+    assert_eq!(caps.drop.unwrap(), ["ALL"]);
+    assert!(caps.add.unwrap().contains(&"BPF".to_string()));
+    let limits = agent.resources.clone().unwrap().limits.unwrap();
+    assert!(limits.contains_key("memory"), "a memory limit");
+    let args = agent.args.clone().unwrap();
+    let at = args.iter().position(|a| a == "--metrics").expect("--metrics");
+    assert_eq!(args[at + 1], "$(NODE_IP):9464");
+    let node_ip = agent
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "NODE_IP")
+        .expect("NODE_IP");
+    assert_eq!(
+        node_ip
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path,
+        "status.hostIP"
+    );
     let cmd = agent.command.clone().unwrap();
     assert!(
         cmd[0].ends_with("/sluice-agent") && cmd.contains(&"--kubernetes".to_string()),

@@ -50,8 +50,18 @@ fn run_args(
     if spec["hostNetwork"] == true {
         a.extend(["--network".into(), "host".into()]);
     }
-    if container["securityContext"]["privileged"] == true {
+    let security = &container["securityContext"];
+    if security["privileged"] == true {
         a.push("--privileged".into());
+    }
+    for cap in security["capabilities"]["drop"].as_array().into_iter().flatten() {
+        a.extend(["--cap-drop".into(), cap.as_str().unwrap().to_string()]);
+    }
+    for cap in security["capabilities"]["add"].as_array().into_iter().flatten() {
+        a.extend(["--cap-add".into(), cap.as_str().unwrap().to_string()]);
+    }
+    if let Some(limit) = container["resources"]["limits"]["memory"].as_str() {
+        a.extend(["--memory".into(), limit.replace("Mi", "m").replace("Gi", "g")]);
     }
     for (k, v) in env {
         a.extend(["--env".into(), format!("{k}={v}")]);
@@ -160,7 +170,12 @@ fn the_daemonset_image_installs_chains_and_runs_the_agent() {
     ]
     .into_iter()
     .collect();
-    let env: BTreeMap<&str, String> = [("NODE_NAME", vpc.node_name(0))].into_iter().collect();
+    let env: BTreeMap<&str, String> = [
+        ("NODE_NAME", vpc.node_name(0)),
+        ("NODE_IP", sluice_integration::vpc::node_ip(0)),
+    ]
+    .into_iter()
+    .collect();
     let spec = pod_spec();
     let node = vpc.nodes[0].path();
 
