@@ -347,3 +347,90 @@ fn services_through_pods_of_the_chained_role() {
     }
     services_end_to_end(Role::Chained);
 }
+
+/// A dual-stack pod of the main role on `node`: (index, IPv6 address).
+fn dual_stack_pod(vpc: &mut Vpc, node: usize, name: &str) -> (usize, String) {
+    let mut conf = vpc.main_conf(node, "1.1.0");
+    let mut ranges = vpc.ranges(node);
+    ranges.as_array_mut().unwrap().push(serde_json::json!([{
+        "subnet": "fd00:244::/64",
+        "rangeStart": format!("fd00:244::{}:2", node + 1),
+        "rangeEnd": format!("fd00:244::{}:ff", node + 1),
+        "gateway": "fd00:244::1"
+    }]));
+    conf["ipam"]["ranges"] = ranges;
+    conf["ipam"]["routes"] = serde_json::json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]);
+    let p = vpc.pod(name).unwrap();
+    let r = vpc.sluice(node, "ADD", name, p, &conf).expect_ok("ADD").json();
+    let v6 = r["ips"][1]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    (p, v6)
+}
+
+/// IPv6 Services: translated both ways, and what a Service cannot serve
+/// is refused at once through a real socket: a connect within the call
+/// (not after the SYN's retransmission a second later), a connected UDP
+/// socket on its next receive.
+#[test]
+fn ipv6_services_translate_and_refuse_at_once() {
+    if !require_root("ipv6_services_translate_and_refuse_at_once") {
+        return;
+    }
+    let mut vpc = Vpc::new("sv6", 2).unwrap();
+    vpc.fabric
+        .ip(&["addr", "add", "fd00:244::1/64", "dev", "br0", "nodad"])
+        .unwrap();
+    let (c, _) = dual_stack_pod(&mut vpc, 0, "c");
+    let (b, ip_b) = dual_stack_pod(&mut vpc, 1, "b");
+    let _server = EchoServer::start(&vpc.pods[b], 7000, "b").unwrap();
+    let svcs = Services::new(&vpc).unwrap();
+    let backend: SocketAddr = format!("[{ip_b}]:7000").parse().unwrap();
+    svcs.put(&vpc, &ServicePort::new("[fd00:96::a]:80/tcp", &[backend]))
+        .unwrap();
+    svcs.put(&vpc, &ServicePort::new("[fd00:96::a]:53/udp", &[backend]))
+        .unwrap();
+    svcs.put(&vpc, &ServicePort::new("[fd00:96::b]:80/tcp", &[])).unwrap();
+    let to = |s: &str| -> SocketAddr { s.parse().unwrap() };
+    assert_eq!(tcp_request(&vpc.pods[c], to("[fd00:96::a]:80"), "t6").unwrap(), "b:t6");
+    assert_eq!(udp_request(&vpc.pods[c], to("[fd00:96::a]:53"), "u6").unwrap(), "b:u6");
+
+    for (addr, what) in [
+        ("[fd00:96::b]:80", "no endpoints"),
+        ("[fd00:96::a]:81", "a port not served"),
+    ] {
+        for attempt in 0..5 {
+            let (r, took) = vpc.pods[c]
+                .run(|| {
+                    let t = std::time::Instant::now();
+                    let r = std::net::TcpStream::connect_timeout(&to(addr), Duration::from_secs(3));
+                    (r.map(|_| ()).map_err(|e| e.kind()), t.elapsed())
+                })
+                .unwrap();
+            assert_eq!(
+                r,
+                Err(std::io::ErrorKind::ConnectionRefused),
+                "{what}, attempt {attempt}"
+            );
+            assert!(took < Duration::from_millis(200), "{what}: refused after {took:?}");
+        }
+    }
+    let refused = vpc.pods[c]
+        .run(|| {
+            let s = std::net::UdpSocket::bind("[::]:0").unwrap();
+            s.connect("[fd00:96::a]:54").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.send(b"anyone?").unwrap();
+            s.recv(&mut [0u8; 64]).map(|_| ()).map_err(|e| e.kind())
+        })
+        .unwrap();
+    assert_eq!(
+        refused,
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "UDP to a port not served"
+    );
+}

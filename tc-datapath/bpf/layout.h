@@ -40,7 +40,7 @@ struct svc_key {
 #define SVC_ALG_RANDOM 0
 #define SVC_ALG_MAGLEV 1
 
-#define SVC_F_REJECT 0x01	/* answer no-backend / unknown-port drops with ICMP port unreachable */
+#define SVC_F_REJECT 0x01	/* answer no-backend / unknown-port drops (TCP reset, ICMP port unreachable) */
 #define SVC_F_VIP_MARKER 0x02	/* the per-VIP marker entry */
 
 struct svc_value {
@@ -328,7 +328,7 @@ enum reason {
 	DROP_BACKEND_GONE = 9,		/* maglev/affinity named a backend that no longer exists */
 	REASON_HAIRPIN = 10,		/* a pod's packet to itself via a Service, turned around */
 	REASON_ICMP_ERROR_TRANSLATED = 11,	/* ICMP error about a translated flow, reverse-NATed */
-	REASON_REJECTED = 12,		/* a drop answered with ICMP port unreachable (SVC_F_REJECT) */
+	REASON_REJECTED = 12,		/* a drop answered with a reset or port unreachable (SVC_F_REJECT) */
 	DROP_POLICY = 13,		/* no network policy rule allows the flow */
 	DROP_ETHERTYPE = 14,		/* a pod's VLAN-tagged frame, or of an ethertype not IPv4, IPv6 or ARP */
 	REASON_MAX = 15,

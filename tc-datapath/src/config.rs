@@ -145,10 +145,13 @@ impl DatapathConfig {
                 ));
             }
         }
-        let normal = self
+        // Split by hand: Path::components() drops a "." inside the path.
+        let normal = !self
             .bpffs
-            .components()
-            .all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)));
+            .as_os_str()
+            .as_encoded_bytes()
+            .split(|b| *b == b'/')
+            .any(|part| part == b"." || part == b"..");
         if !self.bpffs.is_absolute() || !normal {
             return Err(invalid(
                 "bpffs",

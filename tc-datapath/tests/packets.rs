@@ -409,42 +409,20 @@ fn hairpin_v6_turns_a_pod_to_itself_around() {
 }
 
 /// With reject on, a packet that finds no backend, or a port the VIP does
-/// not serve, comes back to the client as ICMP port unreachable from the
-/// VIP, quoting what the client sent, so its socket fails at once.
+/// not serve, is answered from the VIP so the client's socket fails at
+/// once: a TCP segment with a reset (RFC 9293's answer for a closed port),
+/// a datagram with ICMP port unreachable quoting what the client sent.
 fn reject(client: &str, vip: &str) {
     let mut dp = Dp::new();
     dp.pod(client);
     dp.service_full(vip, 80, PROTO_TCP, &[], Algorithm::Random, true);
     let v6 = client.contains(':');
     let quote_len = if v6 { 48 } else { 28 };
-    let cases = [
-        (
-            "SYN to a service without backends (the frame grows)",
-            Frame::new(client, vip, 40000, 80, PROTO_TCP, SYN, b""),
-            Reason::DropNoBackend,
-        ),
-        (
-            "datagram to a port the VIP does not serve (the frame shrinks)",
-            Frame::new(client, vip, 40001, 53, PROTO_UDP, 0, &[7u8; 300]),
-            Reason::DropUnknownPort,
-        ),
-    ];
-    for (what, f, reason) in cases {
-        let (verdict, out) = dp.run(EGRESS, &f);
+    let check_answer = |what: &str, verdict: u32, out: &Frame| {
         assert_eq!(verdict, TC_ACT_REDIRECT, "{what}: turned around into the pod");
         assert_eq!(out.bytes[..6], POD_MAC, "{what}: addressed to the pod");
         assert_eq!(out.bytes[6..12], GW_MAC, "{what}: from its gateway");
-        assert_eq!(out.proto(), if v6 { 58 } else { 1 }, "{what}");
         assert_eq!(out.addrs(), (ip(vip), ip(client)), "{what}: from the VIP");
-        let l4 = out.l4();
-        let want = if v6 { [1, 4] } else { [3, 3] };
-        assert_eq!(out.bytes[l4..l4 + 2], want, "{what}: port unreachable");
-        assert_eq!(out.bytes.len(), l4 + 8 + quote_len, "{what}: header and quote only");
-        assert_eq!(
-            out.bytes[l4 + 8..],
-            f.bytes[ETH..ETH + quote_len],
-            "{what}: quotes the client's packet"
-        );
         let total = if v6 {
             out.bytes.len() - ETH - 40
         } else {
@@ -456,27 +434,96 @@ fn reject(client: &str, vip: &str) {
             total,
             "{what}: length field"
         );
-        out.assert_icmp_checksum();
+    };
+
+    // TCP: a SYN (no ACK) gets RST|ACK acknowledging the SYN; a segment
+    // that acknowledges (data to a port the VIP does not serve) gets a bare
+    // RST at its acknowledgment number. Sequence number 1000 in each.
+    let mut with_ack = Frame::new(client, vip, 40001, 81, PROTO_TCP, TCP_ACK | 0x08, &[9u8; 100]);
+    let l4 = with_ack.l4();
+    with_ack.bytes[l4 + 8..l4 + 12].copy_from_slice(&777_777u32.to_be_bytes());
+    let c = with_ack.l4_csum_expected();
+    let off = with_ack.l4_csum_off();
+    with_ack.bytes[off..off + 2].copy_from_slice(&c.to_be_bytes());
+    let cases = [
+        (
+            "SYN to a service without backends",
+            Frame::new(client, vip, 40000, 80, PROTO_TCP, SYN, b""),
+            Reason::DropNoBackend,
+            (0u32, 1001u32, 0x14u8),
+        ),
+        (
+            "data to a port the VIP does not serve",
+            with_ack,
+            Reason::DropUnknownPort,
+            (777_777, 0, 0x04),
+        ),
+    ];
+    for (what, f, reason, (seq, ack, flags)) in cases {
+        let (verdict, out) = dp.run(EGRESS, &f);
+        check_answer(what, verdict, &out);
+        assert_eq!(out.proto(), PROTO_TCP, "{what}: a reset");
+        let l4 = out.l4();
+        assert_eq!(out.bytes.len(), l4 + 20, "{what}: a bare TCP header");
+        let (fs, fd) = f.ports();
+        assert_eq!(out.ports(), (fd, fs), "{what}: from the VIP's port to the client's");
+        let word = |at: usize| u32::from_be_bytes(out.bytes[l4 + at..l4 + at + 4].try_into().unwrap());
+        assert_eq!((word(4), word(8)), (seq, ack), "{what}: sequence and acknowledgment");
+        assert_eq!(
+            (out.bytes[l4 + 12], out.bytes[l4 + 13]),
+            (5 << 4, flags),
+            "{what}: flags"
+        );
+        out.assert_checksums();
         assert_eq!(dp.maps.observe().count(reason, Direction::Egress).unwrap(), 1, "{what}");
     }
-    assert_eq!(dp.maps.observe().count(Reason::Rejected, Direction::Egress).unwrap(), 2);
-    // The answer passes the pod's ingress as an ordinary ICMP error: it is
-    // about no flow that was translated.
-    let (_, answer) = dp.run(EGRESS, &Frame::new(client, vip, 40002, 80, PROTO_TCP, SYN, b""));
-    let (verdict, out) = dp.run(INGRESS, &answer);
-    assert_eq!((verdict, out.bytes), (TC_ACT_OK, answer.bytes));
+
+    // UDP: port unreachable, the frame cut to the quote.
+    let what = "datagram to a port the VIP does not serve";
+    let f = Frame::new(client, vip, 40002, 53, PROTO_UDP, 0, &[7u8; 300]);
+    let (verdict, out) = dp.run(EGRESS, &f);
+    check_answer(what, verdict, &out);
+    assert_eq!(out.proto(), if v6 { 58 } else { 1 }, "{what}");
+    let l4 = out.l4();
+    let want = if v6 { [1, 4] } else { [3, 3] };
+    assert_eq!(out.bytes[l4..l4 + 2], want, "{what}: port unreachable");
+    assert_eq!(out.bytes.len(), l4 + 8 + quote_len, "{what}: header and quote only");
+    assert_eq!(
+        out.bytes[l4 + 8..],
+        f.bytes[ETH..ETH + quote_len],
+        "{what}: quotes the client's packet"
+    );
+    out.assert_icmp_checksum();
+    assert_eq!(
+        dp.maps
+            .observe()
+            .count(Reason::DropUnknownPort, Direction::Egress)
+            .unwrap(),
+        2
+    );
+    assert_eq!(dp.maps.observe().count(Reason::Rejected, Direction::Egress).unwrap(), 3);
+
+    // The answers pass the pod's ingress as they are: they answer the pod.
+    for f in [
+        Frame::new(client, vip, 40003, 80, PROTO_TCP, SYN, b""),
+        Frame::new(client, vip, 40004, 53, PROTO_UDP, 0, b"x"),
+    ] {
+        let (_, answer) = dp.run(EGRESS, &f);
+        let (verdict, out) = dp.run(INGRESS, &answer);
+        assert_eq!((verdict, out.bytes), (TC_ACT_OK, answer.bytes));
+    }
 }
 
 #[test]
-fn reject_v4_answers_with_icmp_port_unreachable() {
-    if root("reject_v4_answers_with_icmp_port_unreachable") {
+fn reject_v4_answers_tcp_with_a_reset_and_udp_with_port_unreachable() {
+    if root("reject_v4_answers_tcp_with_a_reset_and_udp_with_port_unreachable") {
         reject("10.244.1.5", "10.96.0.10");
     }
 }
 
 #[test]
-fn reject_v6_answers_with_icmp_port_unreachable() {
-    if root("reject_v6_answers_with_icmp_port_unreachable") {
+fn reject_v6_answers_tcp_with_a_reset_and_udp_with_port_unreachable() {
+    if root("reject_v6_answers_tcp_with_a_reset_and_udp_with_port_unreachable") {
         reject("fd00:244::1:5", "fd00:96::a");
     }
 }

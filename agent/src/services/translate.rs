@@ -17,8 +17,8 @@
 //!   the endpoints of this node;
 //! - `sessionAffinity: ClientIP` pins a client for `timeoutSeconds`
 //!   (10800 when missing);
-//! - a Service without a usable endpoint rejects (ICMP port unreachable),
-//!   as kube-proxy's REJECT does (`sluice.io/unreachable: drop` makes it
+//! - a Service without a usable endpoint rejects (a TCP reset, ICMP port
+//!   unreachable for UDP), as kube-proxy's REJECT does (`sluice.io/unreachable: drop` makes it
 //!   drop instead).
 //!
 //! Traffic a pod sends to a NodePort, external or load-balancer address is
@@ -364,8 +364,8 @@ fn addresses(svc: &Service, id: &str, out: &mut Translated) -> Option<Addresses>
     Some(Addresses { cluster, external })
 }
 
-/// Whether what the Service cannot serve is answered with ICMP port
-/// unreachable (the default, as kube-proxy's REJECT) or dropped.
+/// Whether what the Service cannot serve is answered (a TCP reset, ICMP
+/// port unreachable for UDP: the default, as kube-proxy's REJECT) or dropped.
 fn rejects(svc: &Service, id: &str, out: &mut Translated) -> bool {
     match annotation(svc, UNREACHABLE_ANNOTATION) {
         None | Some("reject") => true,

@@ -1,8 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * ICMP errors: those about a tracked flow are related to it (and
- * translated back to the VIP for a Service flow), and a rejected packet
- * becomes one.
+ * ICMP errors: those about a tracked flow are related to it, and
+ * translated back to the VIP for a Service flow.
  */
 #ifndef SLUICE_LIB_ICMP_H
 #define SLUICE_LIB_ICMP_H
@@ -13,11 +12,9 @@
 #include "forward.h"
 
 #define ICMP_DEST_UNREACH 3
-#define ICMP_PORT_UNREACH 3
 #define ICMP_TIME_EXCEEDED 11
 #define ICMP_PARAMETERPROB 12
 #define ICMPV6_DEST_UNREACH 1
-#define ICMPV6_PORT_UNREACH 4
 #define ICMPV6_PARAMPROB 4
 
 static __always_inline int is_icmp_error(__u8 type, int v6)
@@ -43,96 +40,6 @@ static __always_inline int icmp_related_egress(struct __sk_buff *skb, const stru
 		return 0;
 	ct_key_of(&k, in.daddr, in.saddr, in.dport, in.sport, in.proto, CT_FLOW);
 	return bpf_map_lookup_elem(&sl_ct, &k) != 0;
-}
-
-/* The ICMP port unreachable a rejected packet is turned into: a fresh IP
- * header from the VIP to the client, the ICMP header, and the quote Linux
- * needs to find the socket (the IP header and the first 8 bytes of L4). */
-struct unreach4 {
-	struct iphdr ip;
-	__u8 type;
-	__u8 code;
-	__u16 check;
-	__u32 unused;
-	__u8 quote[sizeof(struct iphdr) + 8];
-};
-
-struct unreach6 {
-	struct ipv6hdr ip;
-	__u8 type;
-	__u8 code;
-	__u16 check;
-	__u32 unused;
-	__u8 quote[sizeof(struct ipv6hdr) + 8];
-};
-
-struct pseudo6 {
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__be32 len;
-	__be32 nexthdr;
-};
-
-/* Answer a packet to a Service that cannot take it with ICMP port
- * unreachable from the VIP, as kube-proxy's REJECT does, so the client
- * fails at once (ECONNREFUSED) instead of retrying SYNs into a drop. The
- * packet itself becomes the answer: cut to the quote, headers rebuilt in
- * front, turned around into the pod. The drop reason is counted either way;
- * anything that cannot be answered (IPv4 options, a failed resize) is just
- * dropped. */
-static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __u32 reason)
-{
-	count(reason, DIR_EGRESS, skb->len);
-	flow_event(p, DIR_EGRESS, reason, 0, 0, 0, 0);
-	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
-		return TC_ACT_SHOT;
-	if (!p->v6) {
-		struct unreach4 r = {};
-		struct iphdr *orig = (struct iphdr *)r.quote;
-
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, r.quote, sizeof(r.quote)) < 0 || orig->ihl != 5)
-			return TC_ACT_SHOT;
-		r.ip.version = 4;
-		r.ip.ihl = 5;
-		r.ip.ttl = 64;
-		r.ip.protocol = IPPROTO_ICMP;
-		r.ip.tot_len = bpf_htons(sizeof(r));
-		r.ip.saddr = orig->daddr;
-		r.ip.daddr = orig->saddr;
-		r.ip.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.ip, sizeof(r.ip), 0));
-		r.type = ICMP_DEST_UNREACH;
-		r.code = ICMP_PORT_UNREACH;
-		r.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.type, sizeof(r) - sizeof(r.ip), 0));
-		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(r), 0) < 0 ||
-		    bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), 0) < 0)
-			return TC_ACT_SHOT;
-	} else {
-		struct unreach6 r = {};
-		struct pseudo6 ph = {};
-		struct ipv6hdr *orig = (struct ipv6hdr *)r.quote;
-		__s64 sum;
-
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, r.quote, sizeof(r.quote)) < 0)
-			return TC_ACT_SHOT;
-		r.ip.version = 6;
-		r.ip.nexthdr = IPPROTO_ICMPV6;
-		r.ip.hop_limit = 64;
-		r.ip.payload_len = bpf_htons(sizeof(r) - sizeof(r.ip));
-		__builtin_memcpy(&r.ip.saddr, &orig->daddr, 16);
-		__builtin_memcpy(&r.ip.daddr, &orig->saddr, 16);
-		r.type = ICMPV6_DEST_UNREACH;
-		r.code = ICMPV6_PORT_UNREACH;
-		__builtin_memcpy(ph.saddr, &r.ip.saddr, 16);
-		__builtin_memcpy(ph.daddr, &r.ip.daddr, 16);
-		ph.len = bpf_htonl(sizeof(r) - sizeof(r.ip));
-		ph.nexthdr = bpf_htonl(IPPROTO_ICMPV6);
-		sum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
-		r.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.type, sizeof(r) - sizeof(r.ip), (__u32)sum));
-		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(r), 0) < 0 ||
-		    bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), 0) < 0)
-			return TC_ACT_SHOT;
-	}
-	return redirect_self(skb, DIR_EGRESS, REASON_REJECTED, 1);
 }
 
 /* What an ICMP message arriving at a pod is: the packet's fate follows. */

@@ -11,6 +11,7 @@
 #include "csum.h"
 #include "forward.h"
 #include "icmp.h"
+#include "reject.h"
 #include "policy.h"
 
 /* See the address filters in layout.h: false means certainly not in. */

@@ -65,8 +65,8 @@ pub struct ServiceSpec {
     pub algorithm: Algorithm,
     pub affinity_timeout_secs: u32,
     /// Answer packets that find no backend (and, for the VIP, packets to
-    /// ports it does not serve) with ICMP port unreachable instead of a
-    /// silent drop, so clients fail fast.
+    /// ports it does not serve) from the VIP instead of a silent drop, so
+    /// clients fail fast: TCP with a reset, UDP with ICMP port unreachable.
     pub reject: bool,
     pub backends: Vec<Backend>,
     /// Active backends whose entry must still say terminating: a backend
