@@ -57,6 +57,8 @@ fn services_from_manifests() {
     };
     let web_http = vec![
         ("10.244.1.5".into(), 8080, true),
+        // Failing its readiness probe: keeps its connections, no new ones.
+        ("10.244.1.7".into(), 8080, false),
         ("10.244.2.5".into(), 8080, true),
         // Terminating: keeps its connections, gets no new ones.
         ("10.244.2.6".into(), 8080, false),
@@ -69,6 +71,7 @@ fn services_from_manifests() {
     );
     let web_metrics = vec![
         ("10.244.1.5".into(), 9090, true),
+        ("10.244.1.7".into(), 9090, false),
         ("10.244.2.5".into(), 9090, true),
         ("10.244.2.6".into(), 9090, false),
     ];

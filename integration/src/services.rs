@@ -11,6 +11,26 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 
+/// An endpoint's conditions in its EndpointSlice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    Ready,
+    /// Its pod is shutting down, still serving.
+    Terminating,
+    /// Failing its readiness probe.
+    NotReady,
+}
+
+impl Condition {
+    fn yaml(self) -> &'static str {
+        match self {
+            Condition::Ready => "{ready: true}",
+            Condition::Terminating => "{ready: false, serving: true, terminating: true}",
+            Condition::NotReady => "{ready: false, serving: false, terminating: false}",
+        }
+    }
+}
+
 /// One Service port, as `sluicectl service add` used to take it.
 #[derive(Debug, Clone)]
 pub struct ServicePort {
@@ -18,8 +38,7 @@ pub struct ServicePort {
     pub port: u16,
     /// "TCP" or "UDP".
     pub protocol: &'static str,
-    /// (backend, takes new connections).
-    pub backends: Vec<(SocketAddr, bool)>,
+    pub backends: Vec<(SocketAddr, Condition)>,
     pub maglev: bool,
     /// ClientIP affinity timeout in seconds.
     pub affinity: Option<u32>,
@@ -42,7 +61,7 @@ impl ServicePort {
             } else {
                 "TCP"
             },
-            backends: backends.iter().map(|b| (*b, true)).collect(),
+            backends: backends.iter().map(|b| (*b, Condition::Ready)).collect(),
             maglev: false,
             affinity: None,
             reject: true,
@@ -51,7 +70,13 @@ impl ServicePort {
 
     /// The same, with `b` terminating (keeps its connections, gets no new ones).
     pub fn terminating(mut self, b: SocketAddr) -> ServicePort {
-        self.backends.push((b, false));
+        self.backends.push((b, Condition::Terminating));
+        self
+    }
+
+    /// The same, with `b` failing its readiness probe.
+    pub fn not_ready(mut self, b: SocketAddr) -> ServicePort {
+        self.backends.push((b, Condition::NotReady));
         self
     }
 
@@ -97,9 +122,9 @@ impl ServicePort {
             self.port,
             self.protocol
         );
-        let mut by_port: BTreeMap<u16, Vec<(IpAddr, bool)>> = BTreeMap::new();
-        for (b, active) in &self.backends {
-            by_port.entry(b.port()).or_default().push((b.ip(), *active));
+        let mut by_port: BTreeMap<u16, Vec<(IpAddr, Condition)>> = BTreeMap::new();
+        for (b, condition) in &self.backends {
+            by_port.entry(b.port()).or_default().push((b.ip(), *condition));
         }
         for (port, endpoints) in by_port {
             out += &format!(
@@ -108,13 +133,8 @@ impl ServicePort {
                  ports: [{{name: p, port: {port}, protocol: {}}}]\nendpoints:\n",
                 self.protocol
             );
-            for (ip, active) in endpoints {
-                let conditions = if active {
-                    "{ready: true}"
-                } else {
-                    "{ready: false, serving: true, terminating: true}"
-                };
-                out += &format!("- addresses: [\"{ip}\"]\n  conditions: {conditions}\n");
+            for (ip, condition) in endpoints {
+                out += &format!("- addresses: [\"{ip}\"]\n  conditions: {}\n", condition.yaml());
             }
         }
         out

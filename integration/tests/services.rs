@@ -257,7 +257,7 @@ fn services_end_to_end(role: Role) {
     assert!(
         listed
             .lines()
-            .any(|l| l.contains(&sa(&ip_of(&gone), 7100).to_string()) && l.contains("terminating")),
+            .any(|l| l.contains(&sa(&ip_of(&gone), 7100).to_string()) && l.contains("draining")),
         "{listed}"
     );
     for i in 0..30 {
@@ -432,5 +432,112 @@ fn ipv6_services_translate_and_refuse_at_once() {
         refused,
         Err(std::io::ErrorKind::ConnectionRefused),
         "UDP to a port not served"
+    );
+}
+
+/// A backend whose readiness probe fails keeps its established TCP
+/// connection (as kube-proxy, whose conntrack keeps it while the pod lives)
+/// and gets no new ones; once it leaves the EndpointSlice (its pod is gone)
+/// that connection is reset at its next segment, at once, instead of being
+/// sent to another backend or left to time out. A connected UDP client
+/// moves to a ready backend in both cases (kube-proxy's stale-UDP fix).
+#[test]
+fn a_backend_leaving_keeps_then_resets_its_connections() {
+    if !require_root("a_backend_leaving_keeps_then_resets_its_connections") {
+        return;
+    }
+    let mut vpc = Vpc::new("svl", 2).unwrap();
+    let mut pods = Pods::new(&vpc, Role::Main);
+    let (c, _) = pods.add(&mut vpc, 0, "c");
+    let (b1, ip1) = pods.add(&mut vpc, 0, "b1");
+    let (b2, ip2) = pods.add(&mut vpc, 1, "b2");
+    let _streams: Vec<StreamEcho> = [(b1, "b1"), (b2, "b2")]
+        .iter()
+        .map(|(p, tag)| StreamEcho::start(&vpc.pods[*p], 7100, tag).unwrap())
+        .collect();
+    let _udp: Vec<EchoServer> = [(b1, "b1"), (b2, "b2")]
+        .iter()
+        .map(|(p, tag)| EchoServer::start(&vpc.pods[*p], 7000, tag).unwrap())
+        .collect();
+    let svcs = Services::new(&vpc).unwrap();
+    let put = |s: ServicePort| svcs.put(&vpc, &s).unwrap();
+    let ip_of = |b: &str| if b == "b1" { ip1.clone() } else { ip2.clone() };
+    let other = |b: &str| if b == "b1" { "b2" } else { "b1" }.to_string();
+
+    // TCP.
+    put(ServicePort::new("10.96.0.20:80/tcp", &[sa(&ip1, 7100), sa(&ip2, 7100)]));
+    let mut session = Session::open(&vpc.pods[c], sa("10.96.0.20", 80)).unwrap();
+    let on = who(&session.ask("one").unwrap());
+    let (stays, leaves) = (sa(&ip_of(&other(&on)), 7100), sa(&ip_of(&on), 7100));
+    put(ServicePort::new("10.96.0.20:80/tcp", &[stays]).not_ready(leaves));
+    for i in 0..3 {
+        assert_eq!(
+            session.ask(&format!("k{i}")).unwrap(),
+            format!("{on}:k{i}"),
+            "kept while not ready"
+        );
+    }
+    for i in 0..20 {
+        let reply = Session::open(&vpc.pods[c], sa("10.96.0.20", 80))
+            .and_then(|mut s| s.ask(&format!("n{i}")))
+            .unwrap();
+        assert_eq!(
+            who(&reply),
+            other(&on),
+            "a new connection reached a backend that is not ready"
+        );
+    }
+    put(ServicePort::new("10.96.0.20:80/tcp", &[stays]));
+    let t = std::time::Instant::now();
+    let after = session.ask("gone?");
+    let took = t.elapsed();
+    let kind = after
+        .as_ref()
+        .err()
+        .and_then(|e| e.downcast_ref::<std::io::Error>())
+        .map(|e| e.kind());
+    assert_eq!(
+        kind,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "the connection of a backend that left: {after:?}"
+    );
+    assert!(took < Duration::from_millis(200), "reset after {took:?}");
+    let reply = Session::open(&vpc.pods[c], sa("10.96.0.20", 80))
+        .and_then(|mut s| s.ask("new"))
+        .unwrap();
+    assert_eq!(reply, format!("{}:new", other(&on)));
+
+    // UDP: one connected socket keeps sending.
+    let udp = |ns: &Netns| {
+        ns.run(|| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.connect("10.96.0.21:53").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s
+        })
+        .unwrap()
+    };
+    let ask = |s: &std::net::UdpSocket, msg: &str| {
+        s.send(msg.as_bytes()).unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.recv(&mut buf).unwrap_or_else(|e| panic!("UDP answer to {msg}: {e}"));
+        who(&String::from_utf8_lossy(&buf[..n]))
+    };
+    let both = [sa(&ip1, 7000), sa(&ip2, 7000)];
+    put(ServicePort::new("10.96.0.21:53/udp", &both));
+    let s = udp(&vpc.pods[c]);
+    let u = ask(&s, "u0");
+    assert_eq!(ask(&s, "u1"), u, "a flow keeps its backend");
+    let (ready, failing) = (sa(&ip_of(&other(&u)), 7000), sa(&ip_of(&u), 7000));
+    put(ServicePort::new("10.96.0.21:53/udp", &[ready]).not_ready(failing));
+    assert_eq!(ask(&s, "u2"), other(&u), "moved off a backend that is not ready");
+    put(ServicePort::new("10.96.0.21:53/udp", &both));
+    put(ServicePort::new("10.96.0.21:53/udp", &[failing]));
+    assert_eq!(ask(&s, "u3"), u, "moved off a backend that left");
+    let ct: Value = serde_json::from_str(&sluicectl(&vpc, 0, &["-o", "json", "ct", "list"])).unwrap();
+    let gone = ready.to_string();
+    assert!(
+        !ct.as_array().unwrap().iter().any(|e| e.to_string().contains(&gone)),
+        "no entry names the backend that left: {ct}"
     );
 }

@@ -72,7 +72,8 @@ pub struct BackendRow {
     /// "address:port".
     pub address: String,
     pub proto: String,
-    /// "active" or "terminating".
+    /// "active" or "draining" (not ready or terminating: keeps its TCP
+    /// connections, takes no new ones).
     pub state: &'static str,
 }
 
@@ -89,7 +90,7 @@ pub fn backends(maps: &Maps) -> Result<Vec<BackendRow>> {
             id: b.id,
             address: sock(b.addr, b.port),
             proto: proto_name(b.proto),
-            state: if b.active { "active" } else { "terminating" },
+            state: if b.active { "active" } else { "draining" },
         })
         .collect())
 }

@@ -325,7 +325,7 @@ enum reason {
 	DROP_MALFORMED = 6,		/* truncated or unparsable headers */
 	DROP_FRAGMENT = 7,		/* fragment to a VIP: ports unknown */
 	DROP_NAT_FAILED = 8,		/* rewriting the packet failed */
-	DROP_BACKEND_GONE = 9,		/* maglev/affinity named a backend that no longer exists */
+	DROP_BACKEND_GONE = 9,		/* a connection's backend left (TCP reset), or maglev/affinity named one gone */
 	REASON_HAIRPIN = 10,		/* a pod's packet to itself via a Service, turned around */
 	REASON_ICMP_ERROR_TRANSLATED = 11,	/* ICMP error about a translated flow, reverse-NATed */
 	REASON_REJECTED = 12,		/* a drop answered with a reset or port unreachable (SVC_F_REJECT) */

@@ -701,6 +701,163 @@ fn a_syn_on_a_closed_connection_opens_a_new_one() {
     );
 }
 
+/// A backend that stops taking new connections (not ready, terminating)
+/// keeps its TCP connections; one that leaves the Service has them reset
+/// from the VIP at their next segment, not re-chosen mid-connection. A UDP
+/// flow moves to a ready backend in both cases.
+#[test]
+fn backends_that_leave_keep_or_reset_their_connections() {
+    if !root("backends_that_leave_keep_or_reset_their_connections") {
+        return;
+    }
+    use std::collections::BTreeSet;
+    let mut dp = Dp::new();
+    dp.pod("10.244.1.5");
+    let (a, b) = (ip("10.244.2.7"), ip("10.244.3.7"));
+    let spec = |proto: u8, port: u16, ids: (u32, u32), on: &[bool]| ServiceSpec {
+        vip: ip("10.96.0.10"),
+        port,
+        proto,
+        rev_nat_id: u32::from(proto),
+        algorithm: Algorithm::Random,
+        affinity_timeout_secs: 0,
+        reject: true,
+        draining: Vec::new(),
+        backends: [(ids.0, a), (ids.1, b)]
+            .iter()
+            .zip(on)
+            .map(|((id, addr), on)| be(*id, *addr, port + 8000, *on))
+            .collect(),
+    };
+    let send = |dp: &Dp, proto: u8, sport: u16, flags: u8| {
+        let dport = if proto == PROTO_TCP { 80 } else { 53 };
+        let mut f = Frame::new("10.244.1.5", "10.96.0.10", sport, dport, proto, flags, b"data");
+        if proto == PROTO_TCP {
+            let l4 = f.l4();
+            f.bytes[l4 + 8..l4 + 12].copy_from_slice(&5555u32.to_be_bytes());
+            let c = f.l4_csum_expected();
+            let off = f.l4_csum_off();
+            f.bytes[off..off + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        dp.run(EGRESS, &f)
+    };
+    let to = |out: &Frame| out.addrs().1;
+    let other = |x| if x == a { b } else { a };
+    let idx = |x| usize::from(x == b);
+    const PSH_ACK: u8 = 0x18;
+
+    // TCP: established on x.
+    dp.maps
+        .lb_mut()
+        .upsert_service(&spec(PROTO_TCP, 80, (1, 2), &[true, true]))
+        .unwrap();
+    let x = to(&send(&dp, PROTO_TCP, 40000, SYN).1);
+    assert_eq!(to(&send(&dp, PROTO_TCP, 40000, PSH_ACK).1), x);
+    // x no longer ready: the connection stays, new ones go to the other.
+    let mut on = [true, true];
+    on[idx(x)] = false;
+    dp.maps
+        .lb_mut()
+        .upsert_service(&spec(PROTO_TCP, 80, (1, 2), &on))
+        .unwrap();
+    for _ in 0..5 {
+        assert_eq!(to(&send(&dp, PROTO_TCP, 40000, PSH_ACK).1), x, "kept while draining");
+    }
+    for port in 41000..41010 {
+        assert_eq!(to(&send(&dp, PROTO_TCP, port, SYN).1), other(x), "new ones elsewhere");
+    }
+    // x leaves the Service: the next segment is answered with a reset from
+    // the VIP at the segment's acknowledgment number.
+    let x_id = 1 + idx(x) as u32;
+    let mut left = spec(PROTO_TCP, 80, (1, 2), &[true, true]);
+    left.backends.retain(|bk| bk.id != x_id);
+    dp.maps.lb_mut().upsert_service(&left).unwrap();
+    dp.maps.lb_mut().remove_backend(x_id).unwrap();
+    let f = dp.maps.ct_mut().forget_backends(&BTreeSet::from([x_id])).unwrap();
+    assert!(f.marked >= 1 && f.removed >= 1, "{f:?}");
+    assert!(
+        dp.maps
+            .ct()
+            .entries()
+            .unwrap()
+            .iter()
+            .all(|(_, v)| v.backend_id != x_id),
+        "no entry names the removed backend"
+    );
+    let (verdict, rst) = send(&dp, PROTO_TCP, 40000, PSH_ACK);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "turned around into the pod");
+    assert_eq!(rst.addrs(), (ip("10.96.0.10"), ip("10.244.1.5")), "from the VIP");
+    let l4 = rst.l4();
+    assert_eq!(rst.bytes[l4 + 13], 0x04, "a bare reset");
+    assert_eq!(
+        rst.bytes[l4 + 4..l4 + 8],
+        5555u32.to_be_bytes(),
+        "at the acknowledgment number"
+    );
+    rst.assert_checksums();
+    assert_eq!(
+        dp.maps
+            .observe()
+            .count(Reason::DropBackendGone, Direction::Egress)
+            .unwrap(),
+        1
+    );
+    // The entry went: the same ports open a new connection on the live one;
+    // a reset from the client about a gone connection is not answered.
+    assert_eq!(to(&send(&dp, PROTO_TCP, 40000, SYN).1), other(x));
+    let y = to(&send(&dp, PROTO_TCP, 40002, SYN).1);
+    assert_eq!(y, other(x));
+    let y_id = 1 + idx(y) as u32;
+    dp.maps
+        .lb_mut()
+        .upsert_service(&spec(PROTO_TCP, 80, (3, 4), &[true, true]))
+        .unwrap();
+    dp.maps.lb_mut().remove_backend(y_id).unwrap();
+    assert_eq!(send(&dp, PROTO_TCP, 40002, 0x14).0, TC_ACT_SHOT, "RST is not answered");
+    // Without the agent's mark (the backend entry just missing) the same.
+    let z = to(&send(&dp, PROTO_TCP, 40003, SYN).1);
+    dp.maps.lb_mut().remove_backend(3 + idx(z) as u32).unwrap();
+    assert_eq!(send(&dp, PROTO_TCP, 40003, PSH_ACK).1.bytes[l4 + 13], 0x04);
+
+    // UDP: a flow on u moves to the other when u is no longer ready, and
+    // back to a live one when its backend leaves.
+    dp.maps
+        .lb_mut()
+        .upsert_service(&spec(PROTO_UDP, 53, (11, 12), &[true, true]))
+        .unwrap();
+    let u = to(&send(&dp, PROTO_UDP, 50000, 0).1);
+    assert_eq!(to(&send(&dp, PROTO_UDP, 50000, 0).1), u, "a flow keeps its backend");
+    let mut on = [true, true];
+    on[idx(u)] = false;
+    dp.maps
+        .lb_mut()
+        .upsert_service(&spec(PROTO_UDP, 53, (11, 12), &on))
+        .unwrap();
+    assert_eq!(
+        to(&send(&dp, PROTO_UDP, 50000, 0).1),
+        other(u),
+        "moved off a draining backend"
+    );
+    let w = other(u);
+    let w_id = 11 + idx(w) as u32;
+    dp.maps
+        .lb_mut()
+        .upsert_service(&spec(PROTO_UDP, 53, (11, 12), &[true, true]))
+        .unwrap();
+    let mut left = spec(PROTO_UDP, 53, (11, 12), &[true, true]);
+    left.backends.retain(|bk| bk.id != w_id);
+    dp.maps.lb_mut().upsert_service(&left).unwrap();
+    dp.maps.lb_mut().remove_backend(w_id).unwrap();
+    let f = dp.maps.ct_mut().forget_backends(&BTreeSet::from([w_id])).unwrap();
+    assert_eq!(f.marked, 0, "UDP entries are removed, not marked");
+    assert!(f.removed >= 2, "{f:?}");
+    assert_eq!(
+        to(&send(&dp, PROTO_UDP, 50000, 0).1),
+        u,
+        "the next datagram reaches a live backend"
+    );
+}
+
 /// The event ring: drops of parsed packets always, new flows one in
 /// `flow_sample` (here every one), with the backend a Service flow got.
 #[test]

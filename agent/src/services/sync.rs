@@ -25,6 +25,8 @@ pub struct SyncStats {
     pub removed: usize,
     /// Frontends in force after the pass.
     pub frontends: usize,
+    /// Conntrack entries of removed backends marked or removed.
+    pub flows_forgotten: usize,
     /// What could not be written, one line each (the object and why); the
     /// rest of the pass went on, and the next pass tries again.
     pub failures: Vec<String>,
@@ -105,6 +107,8 @@ pub struct ServiceSync {
     applied: BTreeMap<Frontend, Option<Backends>>,
     /// Backend id -> who uses it (None: count again).
     refs: Option<BTreeMap<u32, Refs>>,
+    /// No conntrack entry names a backend id the maps do not hold.
+    flows_clean: bool,
 }
 
 impl ServiceSync {
@@ -146,6 +150,7 @@ impl ServiceSync {
             rev_nat: IdAllocator::with_held(1, frontends),
             backend_ids: IdAllocator::with_held(1, backends),
             refs: None,
+            flows_clean: false,
         })
     }
 
@@ -196,7 +201,30 @@ impl ServiceSync {
         let rewritten = self.write(lb, writes, &counts, &mut st);
         self.fix_shared_states(lb, &counts, recount, &rewritten, &mut st);
         self.remove_frontends(lb, want, gone, &mut st);
-        self.remove_backends(lb, recount, &mut counts, &mut st);
+        let gone = self.remove_backends(lb, recount, &mut counts, &mut st);
+        // Their flows: a TCP connection is reset at its next segment, a UDP
+        // flow's next datagram picks a live backend, and no entry keeps an
+        // id that may be given out again.
+        // After a start (or a failure here) the backends removed before
+        // are not known: every id no backend holds is forgotten.
+        let forgotten = if self.flows_clean {
+            maps.ct_mut().forget_backends(&gone)
+        } else {
+            let live = self.backend_ids.iter().map(|(_, id)| id).collect();
+            maps.ct_mut().forget_backends_except(&live)
+        };
+        match forgotten {
+            Ok(f) => {
+                self.flows_clean = true;
+                st.writes += f.marked + f.removed;
+                st.flows_forgotten = f.marked + f.removed;
+            }
+            Err(e) => {
+                self.flows_clean = false;
+                st.failures
+                    .push(format!("forgetting the flows of removed backends {gone:?}: {e}"));
+            }
+        }
         // After a failure what the maps hold is not known: the next pass
         // counts again and compares every entry.
         if st.failures.is_empty() {
@@ -388,8 +416,15 @@ impl ServiceSync {
         }
     }
 
-    /// Remove the backends no frontend uses.
-    fn remove_backends(&mut self, lb: &mut LbMaps, recount: bool, counts: &mut Counts, st: &mut SyncStats) {
+    /// Remove the backends no frontend uses; returns their ids.
+    fn remove_backends(
+        &mut self,
+        lb: &mut LbMaps,
+        recount: bool,
+        counts: &mut Counts,
+        st: &mut SyncStats,
+    ) -> BTreeSet<u32> {
+        let mut gone = BTreeSet::new();
         let stale: BTreeSet<(BackendKey, u32)> = if recount {
             self.backend_ids
                 .iter()
@@ -410,9 +445,11 @@ impl ServiceSync {
                     st.writes += usize::from(there);
                     self.backend_ids.release(&k);
                     counts.refs.remove(&id);
+                    gone.insert(id);
                 }
                 Err(e) => st.failures.push(format!("removing backend {id}: {e}")),
             }
         }
+        gone
     }
 }

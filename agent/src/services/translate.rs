@@ -10,9 +10,12 @@
 //!   with the same name and protocol (the slice carries the number a named
 //!   `targetPort` resolved to, per pod);
 //! - an endpoint is ready unless it says otherwise; serving defaults to
-//!   ready; ready endpoints take new connections; terminating ones keep
-//!   theirs and take none, unless no endpoint is ready: then the serving
-//!   terminating ones take new connections too;
+//!   ready; ready endpoints take new connections; the others (terminating,
+//!   or failing a readiness probe) keep their TCP connections and take no
+//!   new ones, unless no endpoint is ready: then the serving terminating
+//!   ones take new connections too; an endpoint gone from every slice has
+//!   its TCP connections reset at their next segment and its UDP flows
+//!   moved (see `ServiceSync`);
 //! - `internalTrafficPolicy: Local` keeps, for ClusterIP frontends, only
 //!   the endpoints of this node;
 //! - `sessionAffinity: ClientIP` pins a client for `timeoutSeconds`
@@ -78,7 +81,7 @@ pub struct BackendAddr {
     pub addr: IpAddr,
     /// The target port.
     pub port: u16,
-    /// Takes new connections; else terminating (keeps its own).
+    /// Takes new connections; else draining (keeps its TCP connections).
     pub active: bool,
 }
 
@@ -458,16 +461,14 @@ fn endpoints(
     let any_ready = found.values().any(|c| c.0);
     found
         .into_iter()
-        .filter_map(|((addr, port), (ready, serving, terminating))| {
-            let active = if ready {
-                true
-            } else if terminating {
-                // Kept for its connections; new ones only when nothing is ready.
-                !any_ready && serving
-            } else {
-                return None;
-            };
-            Some(BackendAddr { addr, port, active })
+        .map(|((addr, port), (ready, serving, terminating))| {
+            // Not ready (terminating, or failing its readiness probe) it
+            // keeps its connections and takes no new ones: as kube-proxy,
+            // whose conntrack keeps a TCP flow while the pod lives. A
+            // serving terminating endpoint takes new ones when nothing is
+            // ready. Only an endpoint gone from every slice loses its flows.
+            let active = ready || (terminating && serving && !any_ready);
+            BackendAddr { addr, port, active }
         })
         .collect()
 }

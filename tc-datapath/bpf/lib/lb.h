@@ -110,6 +110,21 @@ static __always_inline __u32 select_backend(const struct svc_value *svc, const s
 	return id;
 }
 
+/* A segment of a connection whose backend has left the Service (its pod is
+ * gone: the agent marks such entries with backend 0). Another backend would
+ * not know the connection and the old one is no more: reset it now, from
+ * the VIP, rather than let the client time out. The entry goes; a new
+ * connection on the same ports picks a backend afresh. */
+static __always_inline int backend_gone(struct __sk_buff *skb, const struct pkt *p, const struct ct_key *ck)
+{
+	bpf_map_delete_elem(&sl_ct, ck);
+	count(DROP_BACKEND_GONE, DIR_EGRESS, skb->len);
+	flow_event(p, DIR_EGRESS, DROP_BACKEND_GONE, 0, 0, 0, 0);
+	if (p->tcp_flags & TCP_RST)
+		return TC_ACT_SHOT;
+	return reset(skb, p);
+}
+
 static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc,
 				   const struct svc_key *master, struct endpoint_value *ep)
 {
@@ -126,8 +141,15 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 	ct_key_of(&ck, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_SERVICE);
 	ct = bpf_map_lookup_elem(&sl_ct, &ck);
 	if (ct && ct->expires_ns > now) {
-		/* Chosen once per connection; a terminating backend keeps its flows. */
-		b = bpf_map_lookup_elem(&sl_backends, &ct->backend_id);
+		/* Chosen once per connection; a draining backend (terminating,
+		 * or no longer ready) keeps its TCP connections. */
+		b = ct->backend_id ? bpf_map_lookup_elem(&sl_backends, &ct->backend_id) : 0;
+		if (!b && p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN)
+			return backend_gone(skb, p, &ck);
+		/* Datagrams follow their backend only while it takes new flows:
+		 * the next one goes to a ready backend when there is one. */
+		if (b && p->proto != IPPROTO_TCP && b->state != BACKEND_ACTIVE && svc->count)
+			b = 0;
 		if (b && ct->nh_ifindex == skb->ifindex) {
 			__builtin_memcpy(nh, ct->nh_mac, 6);
 			have_nh = 1;

@@ -12,8 +12,9 @@
 //! between that read and the delete.)
 
 use super::{CT, MapsError, Source, capacity, err, lookup, removed};
-use crate::layout::{CtKey, CtValue};
+use crate::layout::{CT_SERVICE, CtKey, CtValue, PROTO_TCP};
 use aya::maps::{HashMap, MapData};
+use std::collections::BTreeSet;
 
 /// Now on the datapath's clock: `bpf_ktime_get_ns` is CLOCK_MONOTONIC.
 pub fn now_ns() -> u64 {
@@ -30,6 +31,17 @@ pub struct GcStats {
     pub removed: usize,
     /// Expired at the scan, alive again at the delete.
     pub refreshed: usize,
+}
+
+/// What forgetting removed backends did to the table.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Forgotten {
+    /// TCP connections marked as having lost their backend: the next
+    /// segment the client sends is answered with a reset.
+    pub marked: usize,
+    /// Entries removed: the other protocols' (the next datagram picks a
+    /// live backend) and the backend side of every flow.
+    pub removed: usize,
 }
 
 /// An entry the scan found expired, with the deadline it had then.
@@ -112,6 +124,44 @@ impl CtMaps {
             }
         }
         Ok(())
+    }
+
+    /// Forget the backends `gone` (removed from the Service maps): a TCP
+    /// connection's entry keeps its place with backend 0, which the
+    /// datapath reads as "its backend is gone" (it resets the connection at
+    /// its next segment instead of sending it to a backend that does not
+    /// know it); every other entry naming them goes. After this no entry
+    /// names their ids, so an id given out again cannot inherit a flow.
+    pub fn forget_backends(&mut self, gone: &BTreeSet<u32>) -> Result<Forgotten, MapsError> {
+        if gone.is_empty() {
+            return Ok(Forgotten::default());
+        }
+        self.forget_backends_where(|id| gone.contains(&id))
+    }
+
+    /// The same for every backend id but 0 and those in `live` (after a
+    /// start, when what was removed before is not known).
+    pub fn forget_backends_except(&mut self, live: &BTreeSet<u32>) -> Result<Forgotten, MapsError> {
+        self.forget_backends_where(|id| id != 0 && !live.contains(&id))
+    }
+
+    fn forget_backends_where(&mut self, gone: impl Fn(u32) -> bool) -> Result<Forgotten, MapsError> {
+        let mut out = Forgotten::default();
+        for (k, mut v) in self.entries()? {
+            if !gone(v.backend_id) {
+                continue;
+            }
+            if k.kind == CT_SERVICE && k.proto == PROTO_TCP {
+                v.backend_id = 0;
+                v.nh_ifindex = 0;
+                v.nh_mac = [0; 6];
+                self.insert(k, v)?;
+                out.marked += 1;
+            } else {
+                out.removed += usize::from(self.remove(&k)?);
+            }
+        }
+        Ok(out)
     }
 
     /// One collection pass.
