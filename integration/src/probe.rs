@@ -48,7 +48,8 @@ impl EchoServer {
         });
         let (s2, t2) = (stop.clone(), tag.to_string());
         let udp_thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 512];
+            // Whole datagrams, the largest included (fragmentation tests).
+            let mut buf = vec![0u8; 65536];
             while !s2.load(Ordering::Relaxed) && Instant::now() < deadline {
                 if let Ok((n, from)) = udp.recv_from(&mut buf) {
                     let _ = udp.send_to(format!("{t2}:{}", String::from_utf8_lossy(&buf[..n])).as_bytes(), from);

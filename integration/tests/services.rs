@@ -541,3 +541,67 @@ fn a_backend_leaving_keeps_then_resets_its_connections() {
         "no entry names the backend that left: {ct}"
     );
 }
+
+/// A datagram larger than the path MTU crosses a VIP in fragments both
+/// ways (a large DNS answer over UDP): the later fragments follow the first
+/// one's translation, in IPv4 and IPv6.
+#[test]
+fn fragmented_udp_crosses_a_vip_both_ways() {
+    if !require_root("fragmented_udp_crosses_a_vip_both_ways") {
+        return;
+    }
+    let mut vpc = Vpc::new("svf", 2).unwrap();
+    vpc.fabric
+        .ip(&["addr", "add", "fd00:244::1/64", "dev", "br0", "nodad"])
+        .unwrap();
+    let (c, _) = dual_stack_pod(&mut vpc, 0, "c");
+    let (b, ip6) = dual_stack_pod(&mut vpc, 1, "b");
+    let ip4 = vpc.pods[b].ip(&["-4", "-br", "addr", "show", "eth0"]).unwrap();
+    let ip4 = ip4
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let _server = EchoServer::start(&vpc.pods[b], 7000, "b").unwrap();
+    let svcs = Services::new(&vpc).unwrap();
+    svcs.put(&vpc, &ServicePort::new("10.96.0.30:53/udp", &[sa(&ip4, 7000)]))
+        .unwrap();
+    let b6: SocketAddr = format!("[{ip6}]:7000").parse().unwrap();
+    svcs.put(&vpc, &ServicePort::new("[fd00:96::30]:53/udp", &[b6]))
+        .unwrap();
+    let counter = |name: &str| -> u64 {
+        let out = vpc.pods[c].exec("nstat", &["-az", name]).unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    for (vip, frags, reassembled) in [
+        ("10.96.0.30:53", "IpFragCreates", "IpReasmOKs"),
+        ("[fd00:96::30]:53", "Ip6FragCreates", "Ip6ReasmOKs"),
+    ] {
+        let (f0, r0) = (counter(frags), counter(reassembled));
+        let payload: String = (0..4000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let reply = vpc.pods[c]
+            .run(|| -> std::io::Result<String> {
+                let any = if vip.starts_with('[') { "[::]:0" } else { "0.0.0.0:0" };
+                let s = std::net::UdpSocket::bind(any)?;
+                s.connect(vip)?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.send(payload.as_bytes())?;
+                let mut buf = vec![0u8; 65536];
+                let n = s.recv(&mut buf)?;
+                Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+            })
+            .unwrap()
+            .unwrap_or_else(|e| panic!("4000-byte datagram through {vip}: {e}"));
+        assert_eq!(reply, format!("b:{payload}"), "{vip}: the whole datagram, both ways");
+        assert!(counter(frags) >= f0 + 3, "{vip}: the request left in fragments");
+        assert!(counter(reassembled) > r0, "{vip}: the answer came in fragments");
+    }
+}

@@ -21,12 +21,14 @@
  * netfilter hook is involved anywhere.
  *
  * This file holds the two entry points and their dispatch; the logic sits
- * in one header per concern under lib/: parse, addr, csum, conntrack, lb,
- * policy, flow (conntrack and policy for untranslated flows), icmp (errors
- * and reject), forward, events, metrics, config.
+ * in one header per concern under lib/: parse, addr, csum, conntrack, frag
+ * (fragments follow their first), lb, policy, flow (conntrack and policy
+ * for untranslated flows), icmp (errors), reject, source, forward, events,
+ * metrics, config.
  */
 #include "lib/lb.h"
 #include "lib/flow.h"
+#include "lib/frag.h"
 #include "lib/source.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -59,7 +61,8 @@ int sl_egress(struct __sk_buff *skb)
 	r = source_allowed(skb, &eth, &p, &ep);
 	if (r)
 		return drop_reported(skb, &p, r, DIR_EGRESS);
-	if ((p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) && !p.fragment) {
+	frag_ports(&p);
+	if ((p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) && p.tracked) {
 		__u8 hp[16];
 
 		hairpin_addr(hp, p.v6);
@@ -83,9 +86,11 @@ int sl_egress(struct __sk_buff *skb)
 		}
 		/* Fail closed: anything else addressed to a VIP is dropped. */
 		svc = bpf_map_lookup_elem(&sl_services, &k);
+		if (svc && p.fragment == FRAG_LATER && !p.tracked)
+			return drop_reported(skb, &p, DROP_FRAGMENT, DIR_EGRESS);
 		if (svc)
-			return svc->flags & SVC_F_REJECT && !p.fragment ? reject(skb, &p, DROP_UNKNOWN_PORT)
-									 : drop_reported(skb, &p, DROP_UNKNOWN_PORT, DIR_EGRESS);
+			return svc->flags & SVC_F_REJECT ? reject(skb, &p, DROP_UNKNOWN_PORT)
+							  : drop_reported(skb, &p, DROP_UNKNOWN_PORT, DIR_EGRESS);
 	}
 	if (!p.tracked)
 		return untracked(skb, &p, DIR_EGRESS, ep);
@@ -114,12 +119,13 @@ int sl_ingress(struct __sk_buff *skb)
 		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 		return TC_ACT_OK;
 	}
+	frag_ports(&p);
 	if (p.tracked) {
 		/* The pod's entry for the flow: a reply to a Service connection
 		 * it made is translated back; anything else is plain tracking. */
 		ct_key_of(&ck, p.daddr, p.saddr, p.dport, p.sport, p.proto, CT_FLOW);
 		ct = bpf_map_lookup_elem(&sl_ct, &ck);
-		if (ct && ct->rev_nat_id && !p.fragment)
+		if (ct && ct->rev_nat_id)
 			return reply(skb, &p, DIR_INGRESS, eth.h_source, ct);
 		return track(skb, &p, DIR_INGRESS, ct, &ck, 0);
 	}

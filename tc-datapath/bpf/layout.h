@@ -116,6 +116,28 @@ struct affinity_value {
 	__u32 pad0;
 };
 
+/* ---- fragments (LRU): the first fragment's ports, for the rest ----
+ * Only the first fragment of a datagram carries its L4 header. It leaves
+ * its ports here under (source, destination, IP identification, protocol),
+ * as seen at the hook, so the later fragments find them: they follow the
+ * flow's conntrack entry, its translation and its policy like the first
+ * (a large DNS answer over UDP comes back in fragments). A later fragment
+ * that arrives before its first one is not matched. Entries are not
+ * removed: the LRU ages them out.
+ */
+struct frag_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 id;		/* IPv4: the 16-bit identification; IPv6: the fragment header's 32 */
+	__u8 proto;
+	__u8 pad0[3];
+};
+
+struct frag_value {
+	__be16 sport;
+	__be16 dport;
+};
+
 /* ---- conntrack (LRU) ----
  * Every flow of every pod is tracked, at each end that is a pod of this
  * node, by one CT_FLOW entry keyed from that pod's side: saddr/sport are
@@ -323,7 +345,7 @@ enum reason {
 	DROP_UNKNOWN_PORT = 4,		/* known VIP, no service on that port/proto */
 	DROP_SOURCE_ADDRESS = 5,	/* pod sent from an address not its own */
 	DROP_MALFORMED = 6,		/* truncated or unparsable headers */
-	DROP_FRAGMENT = 7,		/* fragment to a VIP: ports unknown */
+	DROP_FRAGMENT = 7,		/* fragment to a VIP whose first fragment was not seen */
 	DROP_NAT_FAILED = 8,		/* rewriting the packet failed */
 	DROP_BACKEND_GONE = 9,		/* a connection's backend left (TCP reset), or maglev/affinity named one gone */
 	REASON_HAIRPIN = 10,		/* a pod's packet to itself via a Service, turned around */

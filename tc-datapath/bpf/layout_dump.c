@@ -33,6 +33,10 @@ int main(void)
 	OFF(affinity_key, client); OFF(affinity_key, rev_nat_id);
 	SIZE(affinity_value);
 	OFF(affinity_value, last_used_ns); OFF(affinity_value, backend_id); OFF(affinity_value, pad0);
+	SIZE(frag_key);
+	OFF(frag_key, saddr); OFF(frag_key, daddr); OFF(frag_key, id); OFF(frag_key, proto); OFF(frag_key, pad0);
+	SIZE(frag_value);
+	OFF(frag_value, sport); OFF(frag_value, dport);
 	SIZE(ct_key);
 	OFF(ct_key, saddr); OFF(ct_key, daddr); OFF(ct_key, sport); OFF(ct_key, dport);
 	OFF(ct_key, proto); OFF(ct_key, kind); OFF(ct_key, pad0);

@@ -118,6 +118,26 @@ pub struct RevNatValue {
     pub pad0: u16,
 }
 
+/// The first fragment's ports, for the later fragments of its datagram.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub saddr: Addr,
+    pub daddr: Addr,
+    pub id: u32,
+    pub proto: u8,
+    pub pad0: [u8; 3],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FragValue {
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+}
+
 pub const MAGLEV_CHUNK: usize = 1024;
 
 #[repr(C)]
@@ -471,6 +491,8 @@ unsafe impl aya::Pod for SvcKey {}
 unsafe impl aya::Pod for SvcValue {}
 unsafe impl aya::Pod for BackendValue {}
 unsafe impl aya::Pod for RevNatValue {}
+unsafe impl aya::Pod for FragKey {}
+unsafe impl aya::Pod for FragValue {}
 unsafe impl aya::Pod for MaglevKey {}
 unsafe impl aya::Pod for MaglevValue {}
 unsafe impl aya::Pod for AffinityKey {}
@@ -526,6 +548,8 @@ mod tests {
             "maglev_value" => MaglevValue { backend_ids },
             "affinity_key" => AffinityKey { client, rev_nat_id },
             "affinity_value" => AffinityValue { last_used_ns, backend_id, pad0 },
+            "frag_key" => FragKey { saddr, daddr, id, proto, pad0 },
+            "frag_value" => FragValue { sport, dport },
             "ct_key" => CtKey { saddr, daddr, sport, dport, proto, kind, pad0 },
             "ct_value" => CtValue { expires_ns, backend_id, rev_nat_id, state, flags, nh_mac, nh_ifindex, pad0 },
             "endpoint_key" => EndpointKey { addr },

@@ -858,6 +858,83 @@ fn backends_that_leave_keep_or_reset_their_connections() {
     );
 }
 
+/// A datagram in fragments through a Service: the first fragment is
+/// translated and leaves its ports, the later one follows it (address
+/// only: it has no L4 header), both ways; put back together, each way's
+/// datagram has the translated addresses and ports and a valid checksum.
+/// A later fragment whose first was not seen is dropped with its reason.
+fn fragments(client: &str, vip: &str, backend: &str) {
+    let mut dp = Dp::new();
+    dp.pod(client);
+    dp.service(vip, 53, PROTO_UDP, &[(1, backend, 5353)]);
+    let payload: Vec<u8> = (0..1500u32).map(|i| (i * 7) as u8).collect();
+    let request = Frame::new(client, vip, 40000, 53, PROTO_UDP, 0, &payload);
+    let (first, later) = request.fragments(1008, 0x4242);
+    let (v1, out1) = dp.run(EGRESS, &first);
+    let (v2, out2) = dp.run(EGRESS, &later);
+    assert_ne!(v1, TC_ACT_SHOT, "first fragment");
+    assert_ne!(v2, TC_ACT_SHOT, "later fragment");
+    assert_eq!(
+        out2.addrs(),
+        (ip(client), ip(backend)),
+        "the later fragment follows the first"
+    );
+    if !client.contains(':') {
+        assert_eq!(sum16(&out2.bytes[ETH..ETH + 20], 0), 0xffff, "its header checksum");
+    }
+    let whole = Frame::reassemble(&out1, &out2);
+    assert_eq!(whole.addrs(), (ip(client), ip(backend)));
+    assert_eq!(whole.ports(), (40000, 5353));
+    whole.assert_checksums();
+
+    let answer: Vec<u8> = (0..2000u32).map(|i| (i * 13) as u8).collect();
+    let reply = Frame::new(backend, client, 5353, 40000, PROTO_UDP, 0, &answer);
+    let (first, later) = reply.fragments(1200, 0x4343);
+    let (v1, out1) = dp.run(INGRESS, &first);
+    let (v2, out2) = dp.run(INGRESS, &later);
+    assert_eq!((v1, v2), (TC_ACT_OK, TC_ACT_OK), "the answer's fragments");
+    assert_eq!(
+        out2.addrs(),
+        (ip(vip), ip(client)),
+        "the later fragment comes from the VIP"
+    );
+    if !client.contains(':') {
+        assert_eq!(sum16(&out2.bytes[ETH..ETH + 20], 0), 0xffff, "its header checksum");
+    }
+    let whole = Frame::reassemble(&out1, &out2);
+    assert_eq!(whole.addrs(), (ip(vip), ip(client)));
+    assert_eq!(whole.ports(), (53, 40000));
+    whole.assert_checksums();
+
+    let (_, stray) = Frame::new(client, vip, 40001, 53, PROTO_UDP, 0, &payload).fragments(1008, 0x4444);
+    assert_eq!(
+        dp.run(EGRESS, &stray).0,
+        TC_ACT_SHOT,
+        "a later fragment without its first"
+    );
+    assert_eq!(
+        dp.maps
+            .observe()
+            .count(Reason::DropFragment, Direction::Egress)
+            .unwrap(),
+        1
+    );
+}
+
+#[test]
+fn fragments_v4_follow_their_first_through_a_service() {
+    if root("fragments_v4_follow_their_first_through_a_service") {
+        fragments("10.244.1.5", "10.96.0.10", "10.244.2.7");
+    }
+}
+
+#[test]
+fn fragments_v6_follow_their_first_through_a_service() {
+    if root("fragments_v6_follow_their_first_through_a_service") {
+        fragments("fd00:244::1:5", "fd00:96::a", "fd00:244::2:7");
+    }
+}
+
 /// The event ring: drops of parsed packets always, new flows one in
 /// `flow_sample` (here every one), with the backend a Service flow got.
 #[test]

@@ -424,12 +424,14 @@ fn ipv6_extension_headers_are_judged_by_their_payload() {
     assert_eq!(dp.verdict(INGRESS, &hbh(udp(peer, pod, 4002, 53))), TC_ACT_OK);
     assert_eq!(dp.verdict(INGRESS, &chain(udp(peer, pod, 4003, 53))), TC_ACT_OK);
     assert_eq!(dp.verdict(INGRESS, &chain(udp(peer, pod, 4004, 54))), TC_ACT_SHOT);
-    // A first fragment carries its ports; a later one is untracked, which
-    // an isolated pod admits only on an every-port rule.
-    let first = udp(peer, pod, 4005, 53).with_ipv6_extensions(&[(44, ipv6_fragment(0, true))]);
-    assert_eq!(dp.verdict(INGRESS, &first), TC_ACT_OK);
-    let later = udp(peer, pod, 4005, 53).with_ipv6_extensions(&[(44, ipv6_fragment(2, false))]);
-    assert_eq!(dp.verdict(INGRESS, &later), TC_ACT_SHOT);
+    // A first fragment carries its ports, and a later one of its datagram
+    // follows it; a later fragment whose first was not seen is untracked,
+    // which an isolated pod admits only on an every-port rule.
+    let frag =
+        |offset, more, id| udp(peer, pod, 4005, 53).with_ipv6_extensions(&[(44, ipv6_fragment(offset, more, id))]);
+    assert_eq!(dp.verdict(INGRESS, &frag(0, true, 0x5eed)), TC_ACT_OK);
+    assert_eq!(dp.verdict(INGRESS, &frag(2, false, 0x5eed)), TC_ACT_OK);
+    assert_eq!(dp.verdict(INGRESS, &frag(2, false, 0x5eee)), TC_ACT_SHOT);
     let policy_drops = dp.maps.observe().count(Reason::DropPolicy, Direction::Ingress).unwrap();
     assert_eq!(policy_drops, 4);
     // Hop-by-Hop anywhere but first, a chain longer than followed, or one

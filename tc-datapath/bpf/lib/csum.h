@@ -33,7 +33,9 @@ enum rewrite_result {
 
 /* Replace one address of the packet (daddr when `dst`, else saddr) and
  * one port, fixing the IPv4 header checksum and the L4 checksum (pseudo
- * header included). The helpers handle CHECKSUM_PARTIAL packets from local
+ * header included). A fragment after the first has no L4 header: only its
+ * address changes (the first fragment's L4 checksum covers the datagram,
+ * and its rewrite moved it for the new address). The helpers handle CHECKSUM_PARTIAL packets from local
  * sockets (veth/macvlan offload) as well as complete checksums. */
 static __always_inline enum rewrite_result rewrite(struct __sk_buff *skb, const struct pkt *p, __u32 l3_off, int dst,
 				   const __u8 new_addr[16], __be16 new_port)
@@ -43,6 +45,7 @@ static __always_inline enum rewrite_result rewrite(struct __sk_buff *skb, const 
 	__u32 csum_off = l4_csum_off(p);
 	__u64 mangled0 = p->proto == IPPROTO_UDP && !p->v6 ? BPF_F_MARK_MANGLED_0 : 0;
 	__u32 port_off = p->l4_off + (dst ? 2 : 0);
+	int l4 = p->fragment != FRAG_LATER;
 
 	if (!p->v6) {
 		__be32 o, n;
@@ -51,7 +54,7 @@ static __always_inline enum rewrite_result rewrite(struct __sk_buff *skb, const 
 		__builtin_memcpy(&o, old_addr + 12, 4);
 		__builtin_memcpy(&n, new_addr + 12, 4);
 		if (o != n) {
-			if (bpf_l4_csum_replace(skb, csum_off, o, n, BPF_F_PSEUDO_HDR | mangled0 | sizeof(n)) < 0)
+			if (l4 && bpf_l4_csum_replace(skb, csum_off, o, n, BPF_F_PSEUDO_HDR | mangled0 | sizeof(n)) < 0)
 				return REWRITE_FAILED;
 			if (bpf_l3_csum_replace(skb, l3_off + offsetof(struct iphdr, check), o, n, sizeof(n)) < 0)
 				return REWRITE_FAILED;
@@ -67,13 +70,13 @@ static __always_inline enum rewrite_result rewrite(struct __sk_buff *skb, const 
 		__builtin_memcpy(n, new_addr, 16);
 		if (!addr_eq(o, n)) {
 			diff = bpf_csum_diff((__be32 *)o, 16, (__be32 *)n, 16, 0);
-			if (bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR) < 0)
+			if (l4 && bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR) < 0)
 				return REWRITE_FAILED;
 			if (bpf_skb_store_bytes(skb, addr_off, n, 16, 0) < 0)
 				return REWRITE_FAILED;
 		}
 	}
-	if (old_port != new_port) {
+	if (l4 && old_port != new_port) {
 		if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port, mangled0 | sizeof(new_port)) < 0)
 			return REWRITE_FAILED;
 		if (bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0) < 0)

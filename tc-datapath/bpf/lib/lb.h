@@ -120,7 +120,7 @@ static __always_inline int backend_gone(struct __sk_buff *skb, const struct pkt 
 	bpf_map_delete_elem(&sl_ct, ck);
 	count(DROP_BACKEND_GONE, DIR_EGRESS, skb->len);
 	flow_event(p, DIR_EGRESS, DROP_BACKEND_GONE, 0, 0, 0, 0);
-	if (p->tcp_flags & TCP_RST)
+	if ((p->tcp_flags & TCP_RST) || p->fragment)
 		return TC_ACT_SHOT;
 	return reset(skb, p);
 }
@@ -136,7 +136,8 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 	int hairpin, have_nh = 0;
 	__u32 id, keep = 0;
 
-	if (p->fragment)
+	/* A later fragment goes where its first fragment went, or nowhere. */
+	if (p->fragment == FRAG_LATER && !p->tracked)
 		return drop_reported(skb, p, DROP_FRAGMENT, DIR_EGRESS);
 	ct_key_of(&ck, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_SERVICE);
 	ct = bpf_map_lookup_elem(&sl_ct, &ck);
@@ -168,6 +169,8 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 	if (!b) {
 		struct ct_key fk;
 
+		if (p->fragment == FRAG_LATER)
+			return drop_reported(skb, p, DROP_FRAGMENT, DIR_EGRESS);
 		id = keep ? keep : select_backend(svc, master, p, now);
 		if (!id)
 			return svc->flags & SVC_F_REJECT ? reject(skb, p, DROP_NO_BACKEND)

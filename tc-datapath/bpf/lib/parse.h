@@ -33,6 +33,7 @@ struct pkt {
 	__u8 ip;	/* IPv4 or IPv6: everything else passes untouched */
 	__u8 pad[2];
 	__u32 l4_off;
+	__u32 frag_id;	/* a fragment's IP identification (see struct frag_key) */
 };
 
 /* IPv6 extension headers followed before the upper-layer header: more in
@@ -88,6 +89,8 @@ static __always_inline int ipv6_skip_extensions(struct __sk_buff *skb, __u32 off
 		if (nexthdr == NEXTHDR_FRAGMENT) {
 			__u16 frag = ((__u16)h[2] << 8) | h[3];
 
+			if (bpf_skb_load_bytes(skb, off + 4, &p->frag_id, 4) < 0)
+				return DROP_MALFORMED;
 			p->fragment = frag & IPV6_FRAG_OFFSET ? FRAG_LATER : FRAG_FIRST;
 			off += 8;
 		} else if (nexthdr == NEXTHDR_AUTH) {
@@ -116,6 +119,7 @@ static __always_inline int parse(struct __sk_buff *skb, __u32 l3_off, __be16 eth
 		p->ip = 1;
 		p->proto = ip.protocol;
 		p->l4_off = l3_off + ip.ihl * 4;
+		p->frag_id = ip.id;
 		if (ip.frag_off & bpf_htons(IP_OFFSET)) {
 			/* Only the first fragment carries ports. */
 			p->fragment = FRAG_LATER;

@@ -218,15 +218,17 @@ static __always_inline int port_unreachable(struct __sk_buff *skb, const struct 
 
 /* Answer a packet to a Service that cannot take it. The drop reason is
  * counted either way; anything that cannot be answered (another protocol,
- * IPv4 options in what an ICMP error would quote, a failed resize) is just
- * dropped. */
+ * a fragment, IPv4 options in what an ICMP error would quote, a failed
+ * resize) is just dropped. */
 static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __u32 reason)
 {
 	count(reason, DIR_EGRESS, skb->len);
 	flow_event(p, DIR_EGRESS, reason, 0, 0, 0, 0);
-	if (p->proto == IPPROTO_TCP)
+	/* A fragment's length is not its datagram's (a reset could not
+	 * acknowledge it), and only the first holds what an error quotes. */
+	if (p->proto == IPPROTO_TCP && !p->fragment)
 		return reset(skb, p);
-	if (p->proto == IPPROTO_UDP)
+	if (p->proto == IPPROTO_UDP && p->fragment != FRAG_LATER)
 		return port_unreachable(skb, p);
 	return TC_ACT_SHOT;
 }

@@ -91,6 +91,8 @@ map_defs! {
     MAGLEV = "sl_maglev": MaglevKey => MaglevValue;
     AFFINITY = "sl_affinity": AffinityKey => AffinityValue;
     CT = "sl_ct": CtKey => CtValue;
+    /// The first fragment's ports, for the rest of its datagram.
+    FRAGS = "sl_frags": FragKey => FragValue;
     ENDPOINTS = "sl_endpoints": EndpointKey => EndpointValue;
     /// Pod address -> identity, cluster-wide.
     IPCACHE = "sl_ipcache": EndpointKey => IpcacheValue;

@@ -408,6 +408,66 @@ impl Frame {
         self
     }
 
+    /// The datagram cut in two fragments of IP identification `id`: the
+    /// first carries the L4 header and `first_len` bytes after it (a
+    /// multiple of 8 with the header), the second the rest.
+    pub fn fragments(&self, first_len: usize, id: u32) -> (Frame, Frame) {
+        let l4 = self.l4();
+        let cut = l4 + first_len;
+        assert_eq!((cut - l4) % 8, 0, "fragments break at 8-byte boundaries");
+        let (head, rest) = (&self.bytes[..cut], &self.bytes[cut..]);
+        let offset8 = ((cut - l4) / 8) as u16;
+        if !self.v6() {
+            let part = |ip_and_l4: &[u8], data: &[u8], frag: u16| {
+                let mut b = ip_and_l4.to_vec();
+                b.extend_from_slice(data);
+                let tot = (b.len() - ETH) as u16;
+                b[ETH + 2..ETH + 4].copy_from_slice(&tot.to_be_bytes());
+                b[ETH + 4..ETH + 6].copy_from_slice(&(id as u16).to_be_bytes());
+                b[ETH + 6..ETH + 8].copy_from_slice(&frag.to_be_bytes());
+                b[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
+                let c = csum(&b[ETH..ETH + 20], 0);
+                b[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
+                Frame { bytes: b }
+            };
+            (part(head, &[], 0x2000), part(&self.bytes[..l4], rest, offset8))
+        } else {
+            let part = |l4_part: &[u8], offset8: u16, more: bool| {
+                let mut b = self.bytes[..l4].to_vec();
+                b.extend_from_slice(l4_part);
+                let payload = (b.len() - ETH - 40) as u16;
+                b[ETH + 4..ETH + 6].copy_from_slice(&payload.to_be_bytes());
+                Frame { bytes: b }.with_ipv6_extensions(&[(44, ipv6_fragment(offset8, more, id))])
+            };
+            (part(&head[l4..], 0, true), part(rest, offset8, false))
+        }
+    }
+
+    /// The datagram two fragments (as `fragments` makes them, translated
+    /// or not) were cut from: the first's headers, both parts' bytes.
+    pub fn reassemble(first: &Frame, later: &Frame) -> Frame {
+        if !first.v6() {
+            let mut b = first.bytes.clone();
+            b.extend_from_slice(&later.bytes[later.l4()..]);
+            let tot = (b.len() - ETH) as u16;
+            b[ETH + 2..ETH + 4].copy_from_slice(&tot.to_be_bytes());
+            b[ETH + 6..ETH + 8].copy_from_slice(&[0, 0]);
+            b[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
+            let c = csum(&b[ETH..ETH + 20], 0);
+            b[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
+            Frame { bytes: b }
+        } else {
+            // Drop the fragment header (8 bytes after the IPv6 header).
+            let mut b = first.bytes[..ETH + 40].to_vec();
+            b[ETH + 6] = first.bytes[ETH + 40];
+            b.extend_from_slice(&first.bytes[ETH + 48..]);
+            b.extend_from_slice(&later.bytes[ETH + 48..]);
+            let payload = (b.len() - ETH - 40) as u16;
+            b[ETH + 4..ETH + 6].copy_from_slice(&payload.to_be_bytes());
+            Frame { bytes: b }
+        }
+    }
+
     /// The same frame with an 802.1Q tag (priority-only when `vid` is 0).
     pub fn vlan_tagged(mut self, vid: u16) -> Frame {
         let ethertype = [self.bytes[12], self.bytes[13]];
@@ -429,11 +489,12 @@ pub fn ipv6_ext(len8: u8) -> Vec<u8> {
     h
 }
 
-/// An IPv6 fragment header at `offset` (8-byte units) with more to come.
-pub fn ipv6_fragment(offset: u16, more: bool) -> Vec<u8> {
+/// An IPv6 fragment header at `offset` (8-byte units), with more to come
+/// or not, of datagram `id`.
+pub fn ipv6_fragment(offset: u16, more: bool, id: u32) -> Vec<u8> {
     let mut h = vec![0u8; 8];
     h[2..4].copy_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
-    h[4..8].copy_from_slice(&0x5eed_u32.to_be_bytes());
+    h[4..8].copy_from_slice(&id.to_be_bytes());
     h
 }
 
