@@ -399,6 +399,79 @@ fn egress_policy_sees_the_backend_behind_the_vip() {
     );
 }
 
+/// Found by packet fuzzing: an ICMP error is related to a flow only when
+/// it quotes a packet the pod it is addressed to sent. The conntrack table
+/// is the node's: an error quoting another pod's flow passed an isolated
+/// pod.
+#[test]
+fn an_error_about_another_pods_flow_does_not_pass_an_isolated_pod() {
+    if !root("an_error_about_another_pods_flow_does_not_pass_an_isolated_pod") {
+        return;
+    }
+    let (pod, other, peer) = ("10.244.1.5", "10.244.1.6", "10.244.2.7");
+    let mut dp = Dp::new();
+    dp.pod_id(pod, EP);
+    dp.pod_id(other, EP + 1);
+    dp.isolate(POLICY_F_INGRESS);
+    // The other pod's flow, and the pod's own.
+    assert_eq!(dp.verdict(EGRESS, &udp(other, peer, 5000, 53)), TC_ACT_OK);
+    assert_eq!(dp.verdict(EGRESS, &udp(pod, peer, 5001, 53)), TC_ACT_OK);
+    let error_about = |sent: Frame| port_unreachable(peer, pod, &sent.bytes[ETH..ETH + 28]);
+    assert_eq!(
+        dp.verdict(INGRESS, &error_about(udp(other, peer, 5000, 53))),
+        TC_ACT_SHOT,
+        "an error quoting another pod's flow"
+    );
+    assert_eq!(
+        dp.verdict(INGRESS, &error_about(udp(pod, peer, 5001, 53))),
+        TC_ACT_OK,
+        "an error quoting the pod's own flow"
+    );
+}
+
+/// Found by packet fuzzing: a packet that does not fit its frame, an IPv4
+/// header longer than its packet, and an IPv6 extension header running
+/// past the frame are malformed (the receiving stack drops them; an
+/// isolated pod let some through as "not tracked").
+#[test]
+fn packets_that_do_not_fit_their_frame_are_malformed() {
+    if !root("packets_that_do_not_fit_their_frame_are_malformed") {
+        return;
+    }
+    let mut dp = Dp::new();
+    dp.pod_id("10.244.1.5", EP);
+    dp.pod_id("fd00:244::1:5", EP);
+    let mut long_v4 = udp("10.244.2.7", "10.244.1.5", 4000, 53);
+    long_v4.bytes[ETH + 2..ETH + 4].copy_from_slice(&500u16.to_be_bytes());
+    let mut short_v4 = udp("10.244.2.7", "10.244.1.5", 4000, 53);
+    short_v4.bytes[ETH + 2..ETH + 4].copy_from_slice(&16u16.to_be_bytes());
+    let mut long_v6 = udp("fd00:244::2:7", "fd00:244::1:5", 4000, 53);
+    long_v6.bytes[ETH + 4..ETH + 6].copy_from_slice(&500u16.to_be_bytes());
+    // A Destination Options header claiming 1016 bytes, in a 9-byte payload.
+    let mut past = udp("fd00:244::2:7", "fd00:244::1:5", 4000, 53);
+    past.bytes.truncate(ETH + 40);
+    past.bytes.extend_from_slice(&[210, 126, 0, 0, 0, 0, 0, 0, 0]);
+    past.bytes[ETH + 6] = 60;
+    past.bytes[ETH + 4..ETH + 6].copy_from_slice(&9u16.to_be_bytes());
+    for (what, f) in [
+        ("IPv4 longer than its frame", long_v4),
+        ("IPv4 shorter than its header", short_v4),
+        ("IPv6 longer than its frame", long_v6),
+        ("an extension header past the frame", past),
+    ] {
+        for prog in [EGRESS, INGRESS] {
+            assert_eq!(dp.verdict(prog, &f), TC_ACT_SHOT, "{what} at {prog}");
+        }
+    }
+    assert_eq!(
+        dp.maps
+            .observe()
+            .count(Reason::DropMalformed, Direction::Ingress)
+            .unwrap(),
+        4
+    );
+}
+
 /// IPv6 extension headers are walked to the upper-layer header: a datagram
 /// carrying Hop-by-Hop (or a chain of them) is judged by its real protocol
 /// and port, never passed as "not IP"; a chain the parser cannot follow is

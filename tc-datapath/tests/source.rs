@@ -70,6 +70,13 @@ fn arp_and_neighbour_advertisements_speak_only_for_the_pod() {
         // Another pod's address, advertised, from either source.
         neighbour_advert("fe80::5", "fd00:244::1:6"),
         neighbour_advert("fd00:244::1:5", "fd00:244::1:6"),
+        // Found by packet fuzzing: a probe from another MAC, or for an
+        // address not the pod's, and a link-local source carrying anything
+        // but ICMPv6 (no map vouches for a link-local address).
+        arp(OTHER_MAC, OTHER_MAC, "0.0.0.0", "10.244.1.5"),
+        arp(POD_MAC, POD_MAC, "0.0.0.0", "10.244.1.6"),
+        Frame::new("fe80::5", "fd00:244::2:7", 4000, 53, PROTO_UDP, 0, b"q").macs(GW_MAC, OTHER_MAC),
+        Frame::new("fe80::5", "fd00:244::2:7", 4000, 80, PROTO_TCP, 0x02, b""),
     ];
     for f in &spoofing {
         assert_eq!(dp.run(EGRESS, f).0, TC_ACT_SHOT, "{:02x?}", f.bytes);

@@ -25,7 +25,9 @@ static __always_inline int is_icmp_error(__u8 type, int v6)
 }
 
 /* An ICMP error the pod sends quotes a packet it received: related when the
- * pod has that flow. */
+ * pod has that flow. The quote must be addressed to the pod itself: the
+ * conntrack table is the node's, and another pod's flow relates nothing
+ * here. */
 static __always_inline int icmp_related_egress(struct __sk_buff *skb, const struct pkt *o)
 {
 	struct pkt in;
@@ -36,7 +38,8 @@ static __always_inline int icmp_related_egress(struct __sk_buff *skb, const stru
 		return 0;
 	if (o->fragment || bpf_skb_load_bytes(skb, o->l4_off, &type, 1) < 0 || !is_icmp_error(type, o->v6))
 		return 0;
-	if (parse(skb, o->l4_off + 8, o->v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), &in) || !in.tracked)
+	if (parse(skb, o->l4_off + 8, o->v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), &in) || !in.tracked ||
+	    !addr_eq(in.daddr, o->saddr))
 		return 0;
 	ct_key_of(&k, in.daddr, in.saddr, in.dport, in.sport, in.proto, CT_FLOW);
 	return bpf_map_lookup_elem(&sl_ct, &k) != 0;
@@ -75,9 +78,13 @@ static __always_inline enum icmp_error_result icmp_error(struct __sk_buff *skb, 
 
 	if (bpf_skb_load_bytes(skb, o->l4_off, &type, 1) < 0 || !is_icmp_error(type, o->v6))
 		return ICMP_UNRELATED;
-	if (parse(skb, inner, o->v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), &in) || !in.tracked)
+	/* The quoted packet is one the pod sent: its tuple is the pod's entry.
+	 * It must come from the pod the error is addressed to: the conntrack
+	 * table is the node's, and an error quoting another pod's flow (found
+	 * by packet fuzzing) would otherwise pass an isolated pod. */
+	if (parse(skb, inner, o->v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), &in) || !in.tracked ||
+	    !addr_eq(in.saddr, o->daddr))
 		return ICMP_UNRELATED;
-	/* The quoted packet is one the pod sent: its tuple is the pod's entry. */
 	ct_key_of(&fk, in.saddr, in.daddr, in.sport, in.dport, in.proto, CT_FLOW);
 	flow = bpf_map_lookup_elem(&sl_ct, &fk);
 	if (!flow)

@@ -68,8 +68,9 @@ struct pkt {
  * to the upper-layer header: Hop-by-Hop, Routing, Destination Options,
  * Fragment and AH are skipped, at most IPV6_MAX_EXT_HEADERS of them; the
  * protocol and offset that follow go to `p`. Anything else (ESP, No Next
- * Header, a transport) ends the chain. A chain cut short, too long, or
- * with Hop-by-Hop anywhere but first is malformed. */
+ * Header, a transport) ends the chain. A chain cut short (a header
+ * running past the frame), too long, or with Hop-by-Hop anywhere but
+ * first is malformed. */
 static __always_inline int ipv6_skip_extensions(struct __sk_buff *skb, __u32 off, __u8 nexthdr, struct pkt *p)
 {
 	int i;
@@ -80,11 +81,15 @@ static __always_inline int ipv6_skip_extensions(struct __sk_buff *skb, __u32 off
 
 		if (nexthdr != NEXTHDR_HOP && nexthdr != NEXTHDR_ROUTING && nexthdr != NEXTHDR_DEST &&
 		    nexthdr != NEXTHDR_FRAGMENT && nexthdr != NEXTHDR_AUTH) {
+			if (off > skb->len)
+				return DROP_MALFORMED;
 			p->proto = nexthdr;
 			p->l4_off = off;
 			return 0;
 		}
-		if ((nexthdr == NEXTHDR_HOP && i > 0) || bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0)
+		/* Every extension header is 8 bytes at least, inside the frame. */
+		if ((nexthdr == NEXTHDR_HOP && i > 0) || off + 8 > skb->len ||
+		    bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0)
 			return DROP_MALFORMED;
 		if (nexthdr == NEXTHDR_FRAGMENT) {
 			__u16 frag = ((__u16)h[2] << 8) | h[3];
@@ -181,12 +186,36 @@ static __always_inline int parse(struct __sk_buff *skb, __u32 l3_off, __be16 eth
 	return 0;
 }
 
-/* The Ethernet header and what parse() makes of the rest: 0 or a drop reason. */
+/* The Ethernet header and what parse() makes of the rest: 0 or a drop
+ * reason. The packet must fit in the frame its length field says, and an
+ * IPv4 header in its packet, as the receiving stack checks (a quoted
+ * packet in an ICMP error is cut short by design: parse() alone reads it). */
 static __always_inline int parse_frame(struct __sk_buff *skb, struct ethhdr *eth, struct pkt *p)
 {
+	__be16 len;
+	int r;
+
 	if (bpf_skb_load_bytes(skb, 0, eth, sizeof(*eth)) < 0)
 		return DROP_MALFORMED;
-	return parse(skb, ETH_HLEN, eth->h_proto, p);
+	r = parse(skb, ETH_HLEN, eth->h_proto, p);
+	if (r || !p->ip)
+		return r;
+	if (!p->v6) {
+		__u8 ihl;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ihl, 1) < 0 ||
+		    bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, tot_len), &len, 2) < 0)
+			return DROP_MALFORMED;
+		if (bpf_ntohs(len) < (ihl & 0xf) * 4 || ETH_HLEN + bpf_ntohs(len) > skb->len)
+			return DROP_MALFORMED;
+	} else {
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, payload_len), &len, 2) < 0)
+			return DROP_MALFORMED;
+		/* 0 is a jumbogram's (its length is in Hop-by-Hop). */
+		if (len && ETH_HLEN + sizeof(struct ipv6hdr) + bpf_ntohs(len) > skb->len)
+			return DROP_MALFORMED;
+	}
+	return 0;
 }
 
 #endif

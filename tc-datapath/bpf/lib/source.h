@@ -57,8 +57,9 @@ static __always_inline int frame_allowed(struct __sk_buff *skb, const struct eth
 }
 
 /* ARP from a pod: its sender must be the pod (its address and MAC, in the
- * payload and in the frame), or a probe with the unspecified sender
- * address (RFC 5227), which updates no cache. Returns 0 or a drop reason. */
+ * payload and in the frame), or a probe (RFC 5227: the unspecified sender
+ * address, updating no cache) for the pod's own address from its MAC.
+ * Returns 0 or a drop reason. */
 static __always_inline int arp_allowed(struct __sk_buff *skb, const struct ethhdr *eth)
 {
 	struct arp_eth4 a;
@@ -71,9 +72,7 @@ static __always_inline int arp_allowed(struct __sk_buff *skb, const struct ethhd
 		return DROP_MALFORMED;
 	if (__builtin_memcmp(a.sha, eth->h_source, 6))
 		return DROP_SOURCE_ADDRESS;
-	if (a.spa == 0)
-		return 0;
-	v4_mapped(spa, a.spa);
+	v4_mapped(spa, a.spa ? a.spa : a.tpa);
 	return own_endpoint(skb, spa, a.sha) ? 0 : DROP_SOURCE_ADDRESS;
 }
 
@@ -98,14 +97,17 @@ static __always_inline int nd_allowed(struct __sk_buff *skb, const struct ethhdr
 }
 
 /* Only the pod's own addresses may leave it; `*ep` gets its endpoint
- * entry. Returns 0 or a drop reason. */
+ * entry. A link-local or unspecified IPv6 source (which no map can vouch
+ * for) carries ICMPv6 only: neighbour discovery, DAD, MLD, and a ping to
+ * the gateway; anything else from it would be a source no one checked.
+ * Returns 0 or a drop reason. */
 static __always_inline int source_allowed(struct __sk_buff *skb, const struct ethhdr *eth, const struct pkt *p,
 					  struct endpoint_value **ep)
 {
 	if (!cfg_source_check)
 		return 0;
 	if (p->v6 && is_v6_link_local_or_any(p->saddr))
-		return nd_allowed(skb, eth, p);
+		return p->proto == IPPROTO_ICMPV6 && !p->fragment ? nd_allowed(skb, eth, p) : DROP_SOURCE_ADDRESS;
 	*ep = own_endpoint(skb, p->saddr, eth->h_source);
 	if (!*ep)
 		return DROP_SOURCE_ADDRESS;
