@@ -41,6 +41,31 @@ impl Vpc {
     pub fn pinned_links(&self, node: usize) -> Vec<String> {
         crate::dir_names(&self.datapath_dir(node).join("links"))
     }
+
+    /// Everything a CNI call on node `node` could leave behind: every
+    /// namespace's links and address count, the leases, the endpoint
+    /// records, the pinned attachments and the endpoint map's size.
+    pub fn snapshot(&self, node: usize) -> Vec<String> {
+        let mut s = Vec::new();
+        for ns in self.nodes.iter().chain(&self.pods).chain(std::iter::once(&self.fabric)) {
+            s.push(format!("{}: {:?}", ns.name, ns.link_names().unwrap_or_default()));
+            s.push(format!(
+                "{} addrs: {}",
+                ns.name,
+                ns.ip(&["-o", "addr"]).unwrap_or_default().lines().count()
+            ));
+        }
+        s.push(format!("leases: {:?}", self.leases(node)));
+        s.push(format!("endpoints: {:?}", self.endpoints(node)));
+        s.push(format!("pinned links: {:?}", self.pinned_links(node)));
+        s.push(format!(
+            "endpoint map: {:?}",
+            self.maps(node)
+                .ok()
+                .map(|m| m.endpoints().entries().map(|e| e.len()).ok())
+        ));
+        s
+    }
 }
 
 /// The TCX programs on `ifname` in `ns`, by side.

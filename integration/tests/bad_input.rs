@@ -327,27 +327,6 @@ fn eni_pool(c: &mut Value, node: Option<Value>) {
     c["ipam"] = json!({"type": "sluice-ipam", "eniPool": {"backend": "file", "path": file}, "dataDir": data_dir});
 }
 
-/// Everything a failed ADD could leave behind.
-fn snapshot(vpc: &Vpc) -> Vec<String> {
-    let mut s = Vec::new();
-    for ns in vpc.nodes.iter().chain(&vpc.pods).chain(std::iter::once(&vpc.fabric)) {
-        s.push(format!("{}: {:?}", ns.name, ns.link_names().unwrap()));
-        s.push(format!(
-            "{} addrs: {}",
-            ns.name,
-            ns.ip(&["-o", "addr"]).unwrap().lines().count()
-        ));
-    }
-    s.push(format!("leases: {:?}", vpc.leases(0)));
-    s.push(format!("endpoints: {:?}", vpc.endpoints(0)));
-    s.push(format!("pinned links: {:?}", vpc.pinned_links(0)));
-    s.push(format!(
-        "endpoint map: {:?}",
-        vpc.maps(0).ok().map(|m| m.endpoints().entries().unwrap().len())
-    ));
-    s
-}
-
 #[test]
 fn bad_input_table() {
     if !require_root("bad_input_table") {
@@ -400,7 +379,7 @@ fn bad_input_table() {
                 vars.push((k, Some(v)));
             }
         }
-        let before = snapshot(&vpc);
+        let before = vpc.snapshot(0);
         let mut call = Call::new(&bin, Some(&vpc.nodes[0].name));
         for (k, v) in &vars {
             if let Some(v) = v {
@@ -409,7 +388,7 @@ fn bad_input_table() {
         }
         let started = std::time::Instant::now();
         let out = call.run(&stdin);
-        let after = snapshot(&vpc);
+        let after = vpc.snapshot(0);
         if started.elapsed() > std::time::Duration::from_secs(10) {
             failures.push(format!("{}: took {:?}", case.name, started.elapsed()));
         }
