@@ -8,6 +8,7 @@ pub mod bpffs;
 pub mod chain;
 pub mod cni;
 pub mod datapath;
+pub mod fuzz;
 pub mod kube_proxy;
 pub mod netns;
 pub mod podman;
