@@ -9,7 +9,7 @@ use crate::config::PluginConfig;
 use crate::endpoint::{Endpoint, EndpointState, EndpointStore, LinkKind, Role};
 use crate::netlink::{Link, Netlink};
 use crate::netns::NetNs;
-use crate::{datapath, pod_setup};
+use crate::{datapath, fault, pod_setup};
 use sluice_cni_spec::skel::Request;
 use sluice_cni_spec::{CniError, CniResult, ErrorCode, Interface};
 use tracing::info;
@@ -116,11 +116,13 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
     // The record first: a DEL after a crash knows which pins and endpoint
     // entries to take back.
     store.put_progress(&ep)?;
-    let attached = if cfg.datapath.enabled {
-        datapath::attach(cfg, &ns, &ep).map(Some)
-    } else {
-        Ok(None)
-    };
+    let attached = fault::at("add:record").and_then(|()| {
+        if cfg.datapath.enabled {
+            datapath::attach(cfg, &ns, &ep).map(Some)
+        } else {
+            Ok(None)
+        }
+    });
     ep.datapath = match attached {
         Ok(a) => a,
         Err(e) => {
@@ -129,7 +131,7 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
         }
     };
     ep.state = EndpointState::Ready;
-    if let Err(e) = store.put(&ep) {
+    if let Err(e) = store.put(&ep).and_then(|()| fault::at("add:ready")) {
         if ep.datapath.is_some() {
             let _ = datapath::detach(cfg, Some(&ns), &ep.container_id, ifname, Some(&ep));
         }
@@ -149,6 +151,7 @@ pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> 
         let ns = NetNs::for_del(req.inv.netns.as_deref())?;
         datapath::detach(cfg, ns.as_ref(), cid, ifname, ep.as_ref())?;
     }
+    fault::at("del:detached")?;
     store.remove(cid, ifname)
 }
 

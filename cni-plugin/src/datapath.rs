@@ -49,7 +49,7 @@ pub fn attach(cfg: &PluginConfig, ns: &NetNs, ep: &Endpoint) -> Result<Attached,
     let got = node
         .attach(ns.as_fd(), &ep.ifname, &key, cfg.datapath.attach)
         .map_err(|e| cni_err(e, &format!("attaching to {what}")))?;
-    if let Err(e) = publish(node.dir(), ep) {
+    if let Err(e) = crate::fault::at("add:programs").and_then(|()| publish(node.dir(), ep)) {
         let _ = attach::detach(node.dir(), Some(ns.as_fd()), &ep.ifname, &key);
         return Err(e);
     }

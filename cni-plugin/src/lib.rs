@@ -9,6 +9,7 @@ pub mod chained;
 pub mod config;
 pub mod datapath;
 pub mod endpoint;
+pub mod fault;
 pub mod garp;
 pub mod ipam;
 pub mod link;

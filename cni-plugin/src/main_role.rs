@@ -10,7 +10,7 @@ use crate::ipam::Ipam;
 use crate::link::{eni, ipvlan, macvlan};
 use crate::netlink::{Link, Netlink, parse_mac};
 use crate::netns::NetNs;
-use crate::{datapath, pod_setup};
+use crate::{datapath, fault, pod_setup};
 use sluice_cni_spec::skel::Request;
 use sluice_cni_spec::{CniError, CniResult, ErrorCode, Interface};
 use sluice_ipam::cni::ENI_RESULT_KEY;
@@ -19,9 +19,17 @@ use tracing::{info, warn};
 
 enum Undo {
     ReleaseAddresses,
-    DeleteLink,
-    ReturnEni { host_name: String },
-    Detach { ep: Box<Endpoint> },
+    /// The pod link this ADD made, by index: whatever its name is by then
+    /// (its creation name until renamed).
+    DeleteLink {
+        index: u32,
+    },
+    ReturnEni {
+        host_name: String,
+    },
+    Detach {
+        ep: Box<Endpoint>,
+    },
     RemoveEndpoint,
 }
 
@@ -112,8 +120,10 @@ async fn add_steps(
     };
     c.store.put_progress(&ep)?;
     undo.push(Undo::RemoveEndpoint);
+    fault::at("add:record")?;
     let ipam = c.ipam.add(c.req).map_err(|e| e.context("IPAM"))?;
     undo.push(Undo::ReleaseAddresses);
+    fault::at("add:ipam")?;
     let (host_link, mtu) = parent_for(host, lc, &ipam, configured).await?;
     ep.ips = ipam.ips.iter().map(|i| i.address).collect();
     if let LinkConfig::Eni(_) = lc {
@@ -122,10 +132,13 @@ async fn add_steps(
         ep.mac = host_link.mac_string();
     }
     c.store.put_progress(&ep)?;
+    fault::at("add:ips-recorded")?;
     let (announce, link) = create_link(c, host, pod, pod_ns, &host_link, mtu, undo).await?;
+    fault::at("add:link")?;
     ep.ifindex = link.index;
     ep.mac = link.mac_string();
     c.store.put_progress(&ep)?;
+    fault::at("add:link-recorded")?;
     // Programs before the link comes up: no packet leaves unchecked.
     if c.cfg.datapath.enabled {
         let got = datapath::attach(c.cfg, pod_ns, &ep)?;
@@ -133,10 +146,13 @@ async fn add_steps(
         undo.push(Undo::Detach {
             ep: Box::new(ep.clone()),
         });
+        fault::at("add:attached")?;
     }
     pod_setup::configure(pod, pod_ns, &link, &ipam, announce).await?;
+    fault::at("add:configured")?;
     ep.state = EndpointState::Ready;
     c.store.put(&ep)?;
+    fault::at("add:ready")?;
     info!(container = c.cid(), ifname = c.ifname(), kind = ?lc.kind(), ips = ?ep.ips, "pod interface ready");
     Ok(add_result(c, ipam, &link, mtu, pod_ns))
 }
@@ -205,8 +221,11 @@ async fn create_link(
             let msg = macvlan::create_request(m, parent.index, &tmp, mtu, pod_ns.raw_fd());
             host.add_link(msg, &format!("macvlan {} on {}", c.ifname(), parent.name))
                 .await?;
-            let link = rename_in_pod(pod, &tmp, c.ifname()).await?;
-            undo.push(Undo::DeleteLink);
+            let made = pod_link(pod, &tmp).await?;
+            undo.push(Undo::DeleteLink { index: made.index });
+            // Failing here, the link is in the pod under its creation name.
+            fault::at("add:link-created")?;
+            let link = rename_in_pod(pod, made, c.ifname()).await?;
             Ok((true, link))
         }
         LinkConfig::Ipvlan(i) => {
@@ -220,8 +239,9 @@ async fn create_link(
                         e
                     }
                 })?;
-            let link = rename_in_pod(pod, &tmp, c.ifname()).await?;
-            undo.push(Undo::DeleteLink);
+            let made = pod_link(pod, &tmp).await?;
+            undo.push(Undo::DeleteLink { index: made.index });
+            let link = rename_in_pod(pod, made, c.ifname()).await?;
             Ok((ipvlan::announces(i), link))
         }
         LinkConfig::Eni(_) => {
@@ -322,7 +342,7 @@ async fn unwind(c: &Ctx<'_>, pod: &Netlink, undo: Vec<Undo>) -> Vec<String> {
     for step in undo.into_iter().rev() {
         let r = match step {
             Undo::RemoveEndpoint => c.store.remove(c.cid(), c.ifname()),
-            Undo::DeleteLink => remove_pod_link(pod, c.ifname()).await,
+            Undo::DeleteLink { index } => remove_pod_link(pod, index).await,
             Undo::Detach { ep } => {
                 let ns = NetNs::open(std::path::Path::new(&ep.netns)).ok();
                 datapath::detach(c.cfg, ns.as_ref(), c.cid(), c.ifname(), Some(&ep))
@@ -338,9 +358,9 @@ async fn unwind(c: &Ctx<'_>, pod: &Netlink, undo: Vec<Undo>) -> Vec<String> {
     failures
 }
 
-async fn remove_pod_link(pod: &Netlink, ifname: &str) -> Result<(), CniError> {
-    match pod.link_by_name(ifname).await? {
-        Some(l) => pod.del_link(l.index, ifname).await,
+async fn remove_pod_link(pod: &Netlink, index: u32) -> Result<(), CniError> {
+    match pod.link_by_index(index).await? {
+        Some(l) => pod.del_link(l.index, &l.name).await,
         None => Ok(()),
     }
 }
@@ -374,6 +394,7 @@ pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> 
     if cfg.datapath.enabled || ep.as_ref().is_some_and(|e| e.datapath.is_some()) {
         datapath::detach(cfg, pod_ns.as_ref(), c.cid(), c.ifname(), ep.as_ref())?;
     }
+    fault::at("del:detached")?;
     // Only what the record says this plugin made is undone: with no record,
     // no link is touched.
     match &ep {
@@ -384,7 +405,9 @@ pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> 
             "no endpoint record: no link to remove"
         ),
     }
+    fault::at("del:link-removed")?;
     c.ipam.del(req).map_err(|e| e.context("IPAM release"))?;
+    fault::at("del:released")?;
     c.store.remove(c.cid(), c.ifname())?;
     info!(container = c.cid(), ifname = c.ifname(), "pod interface removed");
     Ok(())
@@ -522,15 +545,12 @@ async fn pod_link(pod: &Netlink, name: &str) -> Result<Link, CniError> {
     })
 }
 
-/// Give the new link in the pod its requested name (on failure it goes);
-/// returns it as it is now.
-async fn rename_in_pod(pod: &Netlink, tmp: &str, ifname: &str) -> Result<Link, CniError> {
-    let mut link = pod_link(pod, tmp).await?;
+/// Give the new link in the pod its requested name (on failure the
+/// rollback deletes it by index); returns it as it is now.
+async fn rename_in_pod(pod: &Netlink, mut link: Link, ifname: &str) -> Result<Link, CniError> {
     let rename = rtnetlink::LinkUnspec::new_with_index(link.index).name(ifname).build();
-    if let Err(e) = pod.set_link(rename, &format!("rename {tmp} to {ifname}")).await {
-        let _ = pod.del_link(link.index, tmp).await;
-        return Err(e);
-    }
+    pod.set_link(rename, &format!("rename {} to {ifname}", link.name))
+        .await?;
     link.name = ifname.to_string();
     Ok(link)
 }
