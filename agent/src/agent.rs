@@ -5,6 +5,7 @@
 use crate::objects::Objects;
 use crate::services::{NodeView, ServiceSync, ServiceTranslation, SyncStats};
 use sluice_policy::{ApplyStats, NodeApplier, Translator};
+use sluice_tc_datapath::layout::addr;
 use sluice_tc_datapath::loader::versioned_dir;
 use sluice_tc_datapath::maps::ct::GcStats;
 use sluice_tc_datapath::maps::{Maps, MapsError};
@@ -104,9 +105,27 @@ impl Agent {
         &self.pods
     }
 
-    /// One conntrack collection pass.
+    /// One conntrack collection pass, which also sets every pod's share
+    /// of the table to its true count.
     pub fn collect_conntrack(&mut self) -> Result<GcStats, AgentError> {
-        Ok(self.maps.ct_mut().collect()?)
+        let pods = self
+            .maps
+            .endpoints()
+            .entries()?
+            .into_iter()
+            .map(|e| (addr(e.addr), e.endpoint_id))
+            .collect();
+        // The limit the programs were loaded with (0 when unknown: only the
+        // report uses it).
+        let limit = self
+            .maps
+            .observe()
+            .info()
+            .ok()
+            .filter(|i| i.prog_hash != 0)
+            .and_then(|i| i.config().ok())
+            .map_or(0, |c| c.ct_pod_limit);
+        Ok(self.maps.ct_mut().collect_with_shares(&pods, limit)?)
     }
 
     pub fn maps(&self) -> &Maps {

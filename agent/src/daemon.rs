@@ -339,12 +339,16 @@ impl Daemon {
                 let next = self.gc.adapt(&st);
                 if let Some(m) = &self.metrics {
                     m.gc_removed.inc_by(st.removed as u64);
+                    m.ct_largest_share.set(i64::from(st.largest_share));
+                    m.ct_pods_at_limit.set(st.pods_at_limit as i64);
                     m.map("conntrack", st.scanned - st.removed, self.agent.conntrack_capacity());
                 }
                 info!(
                     scanned = st.scanned,
                     removed = st.removed,
                     refreshed = st.refreshed,
+                    largest_pod_share = st.largest_share,
+                    pods_at_limit = st.pods_at_limit,
                     next_s = next.as_secs(),
                     "conntrack collected"
                 );

@@ -49,7 +49,7 @@ mod tests {
         let st = |scanned, removed| GcStats {
             scanned,
             removed,
-            refreshed: 0,
+            ..Default::default()
         };
         assert_eq!(i.adapt(&st(100, 50)), Duration::from_secs(15));
         for _ in 0..10 {

@@ -35,6 +35,10 @@ pub struct AgentMetrics {
     pub map_entries: Family<Vec<(&'static str, &'static str)>, Gauge>,
     pub map_capacity: Family<Vec<(&'static str, &'static str)>, Gauge>,
     pub gc_removed: Counter,
+    /// The most conntrack entries one pod holds, and the pods at their
+    /// limit (`datapath.ctPodLimit`), as of the last collection pass.
+    pub ct_largest_share: Gauge,
+    pub ct_pods_at_limit: Gauge,
     /// Writes a sync could not make (a failing object), and how many the
     /// last sync left (0: the maps say what the sources say).
     pub sync_failures: Counter,
@@ -54,6 +58,8 @@ impl AgentMetrics {
             map_entries: Family::default(),
             map_capacity: Family::default(),
             gc_removed: Counter::default(),
+            ct_largest_share: Gauge::default(),
+            ct_pods_at_limit: Gauge::default(),
             sync_failures: Counter::default(),
             failing: Gauge::default(),
         }
@@ -162,6 +168,16 @@ pub fn registry(maps: Maps) -> (Registry, AgentMetrics) {
         "sluice_conntrack_gc_removed",
         "Expired conntrack entries collected",
         m.gc_removed.clone(),
+    );
+    r.register(
+        "sluice_conntrack_largest_pod_share",
+        "The most conntrack entries one pod holds (last collection pass)",
+        m.ct_largest_share.clone(),
+    );
+    r.register(
+        "sluice_conntrack_pods_at_limit",
+        "Pods holding their conntrack share (datapath.ctPodLimit): their new flows are dropped",
+        m.ct_pods_at_limit.clone(),
     );
     r.register_collector(Box::new(DatapathCounters { maps: Mutex::new(maps) }));
     (r, m)

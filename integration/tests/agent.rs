@@ -289,6 +289,11 @@ fn agent_follows_manifests_and_survives_kill() {
         "{body}"
     );
     assert_eq!(sample(&body, "sluice_policies"), Some(0.0), "no policy yet\n{body}");
+    assert_eq!(
+        sample(&body, "sluice_conntrack_pods_at_limit"),
+        Some(0.0),
+        "conntrack pressure is exported\n{body}"
+    );
 
     // kill -9 during traffic: the datapath keeps working on its own (an
     // open connection and a client connecting all along); the restarted

@@ -138,6 +138,18 @@ struct frag_value {
 	__be16 dport;
 };
 
+/* ---- conntrack shares: endpoint id -> its entries ----
+ * A pod's share of the conntrack table, so that one pod's flood cannot
+ * evict the others' flows: the programs add what they create, and refuse
+ * a new flow to a pod at cfg_ct_pod_limit; the agent sets the true count
+ * at every collection pass (LRU evictions and expiries are not seen by the
+ * programs, so between passes a count is high, never low).
+ */
+struct ct_pod_value {
+	__u32 entries;
+	__u32 pad0;
+};
+
 /* ---- conntrack (LRU) ----
  * Every flow of every pod is tracked, at each end that is a pod of this
  * node, by one CT_FLOW entry keyed from that pod's side: saddr/sport are
@@ -353,7 +365,8 @@ enum reason {
 	REASON_REJECTED = 12,		/* a drop answered with a reset or port unreachable (SVC_F_REJECT) */
 	DROP_POLICY = 13,		/* no network policy rule allows the flow */
 	DROP_ETHERTYPE = 14,		/* a pod's VLAN-tagged frame, or of an ethertype not IPv4, IPv6 or ARP */
-	REASON_MAX = 15,
+	DROP_CT_POD_LIMIT = 15,		/* a new flow of a pod that holds its share of the conntrack table */
+	REASON_MAX = 16,
 };
 
 /* Metrics slots: room for 64 reasons in both directions, so a new reason is

@@ -37,6 +37,8 @@ int main(void)
 	OFF(frag_key, saddr); OFF(frag_key, daddr); OFF(frag_key, id); OFF(frag_key, proto); OFF(frag_key, pad0);
 	SIZE(frag_value);
 	OFF(frag_value, sport); OFF(frag_value, dport);
+	SIZE(ct_pod_value);
+	OFF(ct_pod_value, entries); OFF(ct_pod_value, pad0);
 	SIZE(ct_key);
 	OFF(ct_key, saddr); OFF(ct_key, daddr); OFF(ct_key, sport); OFF(ct_key, dport);
 	OFF(ct_key, proto); OFF(ct_key, kind); OFF(ct_key, pad0);

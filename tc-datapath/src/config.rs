@@ -32,7 +32,14 @@ pub struct DatapathConfig {
     /// Report one new flow in this many on the event ring (0: none; drops
     /// are always reported).
     pub flow_sample: u32,
+    /// The conntrack entries one pod may hold (0: no limit); a new flow
+    /// beyond it is dropped (`drop-ct-pod-limit`), so that one pod's flood
+    /// cannot evict the other pods' flows.
+    pub ct_pod_limit: u32,
 }
+
+/// The conntrack table's size (`sl_ct` in bpf/maps.h).
+pub const CT_TABLE_ENTRIES: u32 = 262_144;
 
 /// The longest conntrack timeout taken: the programs count deadlines in
 /// nanoseconds, and an entry must never be born expired.
@@ -53,6 +60,7 @@ impl Default for DatapathConfig {
             maglev_table_size: 16381,
             ct_timeouts: CtTimeouts::default(),
             flow_sample: 0,
+            ct_pod_limit: CT_TABLE_ENTRIES / 4,
         }
     }
 }
@@ -145,6 +153,15 @@ impl DatapathConfig {
                 ));
             }
         }
+        if self.ct_pod_limit > CT_TABLE_ENTRIES {
+            return Err(invalid(
+                "ctPodLimit",
+                format!(
+                    "{}: the table holds {CT_TABLE_ENTRIES} entries (0 takes the limit off)",
+                    self.ct_pod_limit
+                ),
+            ));
+        }
         // Split by hand: Path::components() drops a "." inside the path.
         let normal = !self
             .bpffs
@@ -186,6 +203,7 @@ impl DatapathConfig {
             maglev_table_size: u32,
             ct_timeouts: CtTimeouts,
             flow_sample: u32,
+            ct_pod_limit: u32,
         }
         impl Default for Lenient {
             fn default() -> Self {
@@ -195,6 +213,7 @@ impl DatapathConfig {
                     maglev_table_size: d.maglev_table_size,
                     ct_timeouts: d.ct_timeouts,
                     flow_sample: d.flow_sample,
+                    ct_pod_limit: d.ct_pod_limit,
                 }
             }
         }
@@ -204,6 +223,7 @@ impl DatapathConfig {
             maglev_table_size: l.maglev_table_size,
             ct_timeouts: l.ct_timeouts,
             flow_sample: l.flow_sample,
+            ct_pod_limit: l.ct_pod_limit,
             ..Default::default()
         })
     }
@@ -271,6 +291,10 @@ mod tests {
             },
             DatapathConfig {
                 flow_sample: 10,
+                ..base.clone()
+            },
+            DatapathConfig {
+                ct_pod_limit: 0,
                 ..base.clone()
             },
             DatapathConfig {

@@ -118,6 +118,14 @@ pub struct RevNatValue {
     pub pad0: u16,
 }
 
+/// A pod's share of the conntrack table.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CtPodValue {
+    pub entries: u32,
+    pub pad0: u32,
+}
+
 /// The first fragment's ports, for the later fragments of its datagram.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -412,10 +420,11 @@ pub enum Reason {
     Rejected = 12,
     DropPolicy = 13,
     DropEthertype = 14,
+    DropCtPodLimit = 15,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::Forwarded,
         Reason::ServiceTranslated,
         Reason::ReplyTranslated,
@@ -431,6 +440,7 @@ impl Reason {
         Reason::Rejected,
         Reason::DropPolicy,
         Reason::DropEthertype,
+        Reason::DropCtPodLimit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -450,12 +460,16 @@ impl Reason {
             Reason::Rejected => "rejected",
             Reason::DropPolicy => "drop-policy",
             Reason::DropEthertype => "drop-ethertype",
+            Reason::DropCtPodLimit => "drop-ct-pod-limit",
         }
     }
 
     pub fn is_drop(self) -> bool {
         (Reason::DropNoBackend..=Reason::DropBackendGone).contains(&self)
-            || matches!(self, Reason::DropPolicy | Reason::DropEthertype)
+            || matches!(
+                self,
+                Reason::DropPolicy | Reason::DropEthertype | Reason::DropCtPodLimit
+            )
     }
 
     pub fn from_u32(n: u32) -> Option<Reason> {
@@ -492,6 +506,7 @@ unsafe impl aya::Pod for SvcValue {}
 unsafe impl aya::Pod for BackendValue {}
 unsafe impl aya::Pod for RevNatValue {}
 unsafe impl aya::Pod for FragKey {}
+unsafe impl aya::Pod for CtPodValue {}
 unsafe impl aya::Pod for FragValue {}
 unsafe impl aya::Pod for MaglevKey {}
 unsafe impl aya::Pod for MaglevValue {}
@@ -549,6 +564,7 @@ mod tests {
             "affinity_key" => AffinityKey { client, rev_nat_id },
             "affinity_value" => AffinityValue { last_used_ns, backend_id, pad0 },
             "frag_key" => FragKey { saddr, daddr, id, proto, pad0 },
+            "ct_pod_value" => CtPodValue { entries, pad0 },
             "frag_value" => FragValue { sport, dport },
             "ct_key" => CtKey { saddr, daddr, sport, dport, proto, kind, pad0 },
             "ct_value" => CtValue { expires_ns, backend_id, rev_nat_id, state, flags, nh_mac, nh_ifindex, pad0 },

@@ -38,6 +38,10 @@ pub fn versioned_dir(root: &Path) -> PathBuf {
 /// Load and verify both programs. With `pin_root`, every map is pinned
 /// (or, when already pinned, reused) under `versioned_dir(pin_root)/maps`.
 pub fn load(cfg: &DatapathConfig, pin_root: Option<&Path>) -> Result<Ebpf, LoadError> {
+    load_sized(cfg, pin_root, None)
+}
+
+fn load_sized(cfg: &DatapathConfig, pin_root: Option<&Path>, ct_entries: Option<u32>) -> Result<Ebpf, LoadError> {
     cfg.validate()?;
     let t = &cfg.ct_timeouts;
     let ns = |d: std::time::Duration| d.as_nanos() as u64;
@@ -56,7 +60,11 @@ pub fn load(cfg: &DatapathConfig, pin_root: Option<&Path>) -> Result<Ebpf, LoadE
         .override_global("cfg_ct_udp_ns", &udp, true)
         .override_global("cfg_maglev_m", &cfg.maglev_table_size, true)
         .override_global("cfg_source_check", &source_check, true)
-        .override_global("cfg_flow_sample", &cfg.flow_sample, true);
+        .override_global("cfg_flow_sample", &cfg.flow_sample, true)
+        .override_global("cfg_ct_pod_limit", &cfg.ct_pod_limit, true);
+    if let Some(n) = ct_entries {
+        loader.map_max_entries(maps::CT.name, n);
+    }
     if let Some(root) = pin_root {
         let versioned = versioned_dir(root);
         for def in maps::ALL {
@@ -78,7 +86,12 @@ pub fn load(cfg: &DatapathConfig, pin_root: Option<&Path>) -> Result<Ebpf, LoadE
 /// A datapath of its own, nothing pinned: the loaded object (its programs,
 /// for `BPF_PROG_TEST_RUN`) and its maps. What tests and benchmarks run.
 pub fn load_unpinned(cfg: &DatapathConfig) -> Result<(Ebpf, maps::Maps), LoadError> {
-    let mut ebpf = load(cfg, None)?;
+    load_unpinned_ct(cfg, None)
+}
+
+/// The same with a conntrack table of `ct_entries` (tests that fill it).
+pub fn load_unpinned_ct(cfg: &DatapathConfig, ct_entries: Option<u32>) -> Result<(Ebpf, maps::Maps), LoadError> {
+    let mut ebpf = load_sized(cfg, None, ct_entries)?;
     let maps = maps::Maps::take(&mut ebpf, cfg.maglev_table_size)?;
     Ok((ebpf, maps))
 }

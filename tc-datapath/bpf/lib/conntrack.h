@@ -8,10 +8,37 @@
 
 #include "config.h"
 #include "parse.h"
+#include "../maps.h"
 
 /* A refreshed deadline is written back only when it moved by more than
  * this: established flows do not dirty their conntrack entry per packet. */
 #define CT_REFRESH_NS (1000000000ULL)
+
+/* Charge `n` new entries to the pod at `local` (its endpoint `ep` when the
+ * caller has it): 1 if it may have them, 0 if it holds its share
+ * (cfg_ct_pod_limit) already. An address that is no pod of this node is
+ * charged nothing: its flows are charged to the pod at the other end. */
+static __always_inline int ct_admit(const __u8 *local, struct endpoint_value *ep, __u32 n)
+{
+	struct ct_pod_value *v, nv = {};
+	__u32 id;
+
+	if (!ep)
+		ep = bpf_map_lookup_elem(&sl_endpoints, local);
+	if (!ep)
+		return 1;
+	id = ep->endpoint_id;
+	v = bpf_map_lookup_elem(&sl_ct_pods, &id);
+	if (!v) {
+		nv.entries = n;
+		bpf_map_update_elem(&sl_ct_pods, &id, &nv, BPF_NOEXIST);
+		return 1;
+	}
+	if (cfg_ct_pod_limit && v->entries + n > cfg_ct_pod_limit)
+		return 0;
+	__sync_fetch_and_add(&v->entries, n);
+	return 1;
+}
 
 static __always_inline __u64 ct_timeout(__u8 proto, __u8 state)
 {

@@ -29,6 +29,8 @@ static __always_inline int track(struct __sk_buff *skb, const struct pkt *p, __u
 	}
 	if (!policy_ok(skb, p, dir, ep, local, remote, p->dport))
 		return TC_ACT_SHOT;
+	if (!ct_admit(local, dir == DIR_EGRESS ? ep : 0, 1))
+		return drop_reported(skb, p, DROP_CT_POD_LIMIT, dir);
 	nct.state = CT_NEW;
 	nct.flags = dir == DIR_INGRESS ? CT_F_INBOUND : 0;
 	nct.expires_ns = now + ct_timeout(p->proto, CT_NEW);

@@ -181,6 +181,8 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 		/* Egress policy sees the backend, not the VIP. */
 		if (!policy_ok(skb, p, DIR_EGRESS, ep, p->saddr, b->addr, b->port))
 			return TC_ACT_SHOT;
+		if (!ct_admit(p->saddr, ep, 2))
+			return drop_reported(skb, p, DROP_CT_POD_LIMIT, DIR_EGRESS);
 		hairpin = addr_eq(b->addr, p->saddr);
 		nct.backend_id = id;
 		nct.rev_nat_id = svc->rev_nat_id;

@@ -11,10 +11,10 @@
 //! hashes have no compare-and-delete; the window left is the microseconds
 //! between that read and the delete.)
 
-use super::{CT, MapsError, Source, capacity, err, lookup, removed};
-use crate::layout::{CT_SERVICE, CtKey, CtValue, PROTO_TCP};
+use super::{CT, CT_PODS, MapsError, Source, capacity, err, lookup, removed};
+use crate::layout::{Addr, CT_SERVICE, CtKey, CtPodValue, CtValue, PROTO_TCP};
 use aya::maps::{HashMap, MapData};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Now on the datapath's clock: `bpf_ktime_get_ns` is CLOCK_MONOTONIC.
 pub fn now_ns() -> u64 {
@@ -31,6 +31,10 @@ pub struct GcStats {
     pub removed: usize,
     /// Expired at the scan, alive again at the delete.
     pub refreshed: usize,
+    /// The largest share one pod holds, and how many pods hold their limit
+    /// (only with the shares counted: [`CtMaps::collect_with_shares`]).
+    pub largest_share: u32,
+    pub pods_at_limit: usize,
 }
 
 /// What forgetting removed backends did to the table.
@@ -53,11 +57,27 @@ pub struct Expired {
 
 pub struct CtMaps {
     ct: HashMap<MapData, CtKey, CtValue>,
+    /// Each pod's share; absent where programs older than it are pinned.
+    pods: Option<HashMap<MapData, u32, CtPodValue>>,
 }
 
 impl CtMaps {
     pub fn open(src: &mut Source<'_>) -> Result<CtMaps, MapsError> {
-        Ok(CtMaps { ct: src.map(&CT)? })
+        Ok(CtMaps {
+            ct: src.map(&CT)?,
+            pods: src.map(&CT_PODS).ok(),
+        })
+    }
+
+    /// Each pod's share as the programs count it (endpoint id -> entries).
+    pub fn pod_shares(&self) -> Result<BTreeMap<u32, u32>, MapsError> {
+        let Some(m) = &self.pods else {
+            return Ok(BTreeMap::new());
+        };
+        m.iter()
+            .map(|r| r.map(|(k, v)| (k, v.entries)))
+            .collect::<Result<_, _>>()
+            .map_err(err(CT_PODS.name))
     }
 
     /// Every entry.
@@ -173,5 +193,50 @@ impl CtMaps {
         };
         self.delete_expired(&expired, &mut st)?;
         Ok(st)
+    }
+
+    /// One collection pass that also sets every pod's true share: the
+    /// live entries whose local side (the key's source, see layout.h) is
+    /// one of `pods` (address -> endpoint id). The programs only add to a
+    /// share; evictions and expiries come off here. `limit` is the
+    /// programs' `ct_pod_limit`, for the report.
+    pub fn collect_with_shares(&mut self, pods: &BTreeMap<Addr, u32>, limit: u32) -> Result<GcStats, MapsError> {
+        let now = now_ns();
+        let all = self.entries()?;
+        let mut shares: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut expired = Vec::new();
+        for (k, v) in &all {
+            if v.expires_ns <= now {
+                expired.push(Expired {
+                    key: *k,
+                    seen_expiry: v.expires_ns,
+                });
+            } else if let Some(id) = pods.get(&k.saddr) {
+                *shares.entry(*id).or_default() += 1;
+            }
+        }
+        let mut st = GcStats {
+            scanned: all.len(),
+            largest_share: shares.values().copied().max().unwrap_or(0),
+            pods_at_limit: shares.values().filter(|n| limit > 0 && **n >= limit).count(),
+            ..Default::default()
+        };
+        self.delete_expired(&expired, &mut st)?;
+        self.set_pod_shares(&shares)?;
+        Ok(st)
+    }
+
+    /// Make the programs' shares `shares`: counted pods set, the rest gone.
+    pub fn set_pod_shares(&mut self, shares: &BTreeMap<u32, u32>) -> Result<(), MapsError> {
+        let Some(m) = &mut self.pods else { return Ok(()) };
+        let held: Vec<u32> = m.keys().collect::<Result<_, _>>().map_err(err(CT_PODS.name))?;
+        for id in held.iter().filter(|id| !shares.contains_key(id)) {
+            removed(m.remove(id), &CT_PODS)?;
+        }
+        for (id, n) in shares {
+            m.insert(id, CtPodValue { entries: *n, pad0: 0 }, 0)
+                .map_err(err(CT_PODS.name))?;
+        }
+        Ok(())
     }
 }

@@ -91,6 +91,8 @@ map_defs! {
     MAGLEV = "sl_maglev": MaglevKey => MaglevValue;
     AFFINITY = "sl_affinity": AffinityKey => AffinityValue;
     CT = "sl_ct": CtKey => CtValue;
+    /// Each pod's share of the conntrack table.
+    CT_PODS = "sl_ct_pods": u32 => CtPodValue;
     /// The first fragment's ports, for the rest of its datagram.
     FRAGS = "sl_frags": FragKey => FragValue;
     ENDPOINTS = "sl_endpoints": EndpointKey => EndpointValue;

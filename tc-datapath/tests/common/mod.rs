@@ -201,6 +201,10 @@ impl Dp {
 
     pub fn with_config(cfg: &DatapathConfig) -> Dp {
         let (ebpf, maps) = loader::load_unpinned(cfg).expect("load datapath");
+        Dp::from_parts(ebpf, maps)
+    }
+
+    pub fn from_parts(ebpf: aya::Ebpf, maps: Maps) -> Dp {
         Dp { ebpf, maps, ring: None }
     }
 
