@@ -31,30 +31,42 @@ fn main() {
     println!("cargo:rerun-if-changed=bpf");
     println!("cargo:rerun-if-env-changed=SLUICE_CLANG");
 
-    run(
-        Command::new(clang())
-            .args([
-                "-O2",
-                "-g",
-                "-target",
-                "bpf",
-                "-Wall",
-                "-Werror",
-                "-Wno-unused-parameter",
-            ])
-            .args(["-I/usr/include/x86_64-linux-gnu", "-c", "bpf/datapath.c", "-o"])
-            .arg(out.join("datapath.o")),
-        "compiling bpf/datapath.c",
-    );
-
-    let dump = out.join("layout_dump");
-    run(
-        Command::new(clang())
-            .args(["-O0", "bpf/layout_dump.c", "-o"])
-            .arg(&dump),
-        "compiling bpf/layout_dump.c",
-    );
-    let printed = Command::new(&dump).output().expect("run layout_dump");
-    assert!(printed.status.success(), "layout_dump failed");
-    std::fs::write(out.join("c_layout.rs"), printed.stdout).expect("write c_layout.rs");
+    // The real build, and the upgrade test's (another layout version; see
+    // SLUICE_LAYOUT_TEST_BUMP in bpf/layout.h), which only the test loads,
+    // from OUT_DIR: it is not in the library.
+    for (suffix, defines) in [("", &[][..]), ("-test-bump", &["-DSLUICE_LAYOUT_TEST_BUMP"][..])] {
+        run(
+            Command::new(clang())
+                .args([
+                    "-O2",
+                    "-g",
+                    "-target",
+                    "bpf",
+                    "-Wall",
+                    "-Werror",
+                    "-Wno-unused-parameter",
+                ])
+                .args(defines)
+                .args(["-I/usr/include/x86_64-linux-gnu", "-c", "bpf/datapath.c", "-o"])
+                .arg(out.join(format!("datapath{suffix}.o"))),
+            "compiling bpf/datapath.c",
+        );
+        let dump = out.join(format!("layout_dump{suffix}"));
+        run(
+            Command::new(clang())
+                .args(["-O0"])
+                .args(defines)
+                .args(["bpf/layout_dump.c", "-o"])
+                .arg(&dump),
+            "compiling bpf/layout_dump.c",
+        );
+        let desc = Command::new(&dump).arg("desc").output().expect("run layout_dump desc");
+        assert!(desc.status.success(), "layout_dump desc failed");
+        std::fs::write(out.join(format!("layout{suffix}.desc")), desc.stdout).expect("write the layout description");
+        if suffix.is_empty() {
+            let printed = Command::new(&dump).output().expect("run layout_dump");
+            assert!(printed.status.success(), "layout_dump failed");
+            std::fs::write(out.join("c_layout.rs"), printed.stdout).expect("write c_layout.rs");
+        }
+    }
 }

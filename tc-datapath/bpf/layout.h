@@ -19,7 +19,13 @@
 
 #include <linux/types.h>
 
+#ifndef SLUICE_LAYOUT_TEST_BUMP
 #define SLUICE_LAYOUT_VERSION 7
+#else
+/* A build only the upgrade test loads (build.rs makes it beside the real
+ * one): another version, and a conntrack value whose every field moved. */
+#define SLUICE_LAYOUT_VERSION 1007
+#endif
 
 /* ---- services: (VIP, port, proto, slot) -> service or backend slot ----
  * Slot 0 is the service itself; slots 1..count hold the ids of the backends
@@ -208,6 +214,9 @@ struct ct_key {
  * noticed on the reply that shows it without an extra lookup per reply.
  * nh_ifindex 0 = not learned. */
 struct ct_value {
+#ifdef SLUICE_LAYOUT_TEST_BUMP
+	__u64 test_bump;
+#endif
 	__u64 expires_ns;	/* bpf_ktime_get_ns() deadline */
 	__u32 backend_id;
 	__u32 rev_nat_id;

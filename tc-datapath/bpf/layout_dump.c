@@ -2,19 +2,27 @@
 /*
  * Built and run for the host by build.rs: prints the size of every struct
  * in layout.h and the offset of every field, as Rust constants, so that a
- * test can hold the #[repr(C)] mirrors to exactly what the C side compiles.
+ * test can hold the #[repr(C)] mirrors to exactly what the C side compiles;
+ * and the same as a layout description for upgrades.
  */
 #include <stddef.h>
 #include <stdio.h>
+#include <string.h>
 #include "layout.h"
 
-#define SIZE(s) printf("(\"%s\", %zu),\n", #s, sizeof(struct s))
-#define OFF(s, f) printf("(\"%s.%s\", %zu),\n", #s, #f, offsetof(struct s, f))
+/* With "desc", the layout description an upgrade converts entries by
+ * (tc-datapath/src/migrate.rs): a "version N" line, then "S struct size"
+ * and "F struct field offset size" lines. */
+static int desc;
 
-int main(void)
+#define SIZE(s)                                                                                    \
+	(desc ? printf("S %s %zu\n", #s, sizeof(struct s)) : printf("(\"%s\", %zu),\n", #s, sizeof(struct s)))
+#define OFF(s, f)                                                                                  \
+	(desc ? printf("F %s %s %zu %zu\n", #s, #f, offsetof(struct s, f), sizeof(((struct s *)0)->f)) \
+	      : printf("(\"%s.%s\", %zu),\n", #s, #f, offsetof(struct s, f)))
+
+static void structs(void)
 {
-	printf("pub const LAYOUT_VERSION: u32 = %d;\n", SLUICE_LAYOUT_VERSION);
-	printf("pub const C_LAYOUT: &[(&str, usize)] = &[\n");
 	SIZE(svc_key);
 	OFF(svc_key, addr); OFF(svc_key, port); OFF(svc_key, proto); OFF(svc_key, pad0);
 	OFF(svc_key, slot); OFF(svc_key, pad1);
@@ -76,6 +84,19 @@ int main(void)
 	OFF(metrics_value, packets); OFF(metrics_value, bytes);
 	SIZE(dp_info);
 	OFF(dp_info, prog_hash); OFF(dp_info, config);
+}
+
+int main(int argc, char **argv)
+{
+	desc = argc > 1 && !strcmp(argv[1], "desc");
+	if (desc) {
+		printf("version %d\n", SLUICE_LAYOUT_VERSION);
+		structs();
+		return 0;
+	}
+	printf("pub const LAYOUT_VERSION: u32 = %d;\n", SLUICE_LAYOUT_VERSION);
+	printf("pub const C_LAYOUT: &[(&str, usize)] = &[\n");
+	structs();
 	printf("];\n");
 	printf("pub const REASON_MAX: u32 = %d;\n", REASON_MAX);
 	printf("pub const VIP_FILTER_BITS: u32 = %d;\n", VIP_FILTER_BITS);

@@ -17,6 +17,7 @@ pub mod ids;
 pub mod layout;
 pub mod loader;
 pub mod maps;
+pub mod migrate;
 pub mod pin;
 
 /// The compiled eBPF object (both programs and every map).

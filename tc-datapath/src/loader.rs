@@ -2,10 +2,10 @@
 //! pinning of every map under a layout-versioned bpffs directory, and the
 //! verifier run of both programs (once per node, never per pod).
 
-use crate::OBJECT;
 use crate::config::{ConfigError, DatapathConfig};
 use crate::layout::LAYOUT_VERSION;
 use crate::maps;
+use crate::migrate::Build;
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use std::path::{Path, PathBuf};
@@ -32,16 +32,28 @@ pub const INGRESS: &str = "sl_ingress";
 /// The versioned directory under the bpffs root (e.g. /sys/fs/bpf/sluice):
 /// a layout change gets fresh maps instead of misreading old ones.
 pub fn versioned_dir(root: &Path) -> PathBuf {
-    root.join(format!("v{LAYOUT_VERSION}"))
+    versioned_dir_of(root, LAYOUT_VERSION)
+}
+
+/// The same for layout `version`.
+pub fn versioned_dir_of(root: &Path, version: u32) -> PathBuf {
+    root.join(format!("v{version}"))
 }
 
 /// Load and verify both programs. With `pin_root`, every map is pinned
 /// (or, when already pinned, reused) under `versioned_dir(pin_root)/maps`.
 pub fn load(cfg: &DatapathConfig, pin_root: Option<&Path>) -> Result<Ebpf, LoadError> {
-    load_sized(cfg, pin_root, None)
+    load_build(cfg, pin_root, &Build::current(), None)
 }
 
-fn load_sized(cfg: &DatapathConfig, pin_root: Option<&Path>, ct_entries: Option<u32>) -> Result<Ebpf, LoadError> {
+/// Load `build` (its maps pinned under its own layout version's directory
+/// of `pin_root`), with a conntrack table of `ct_entries` if given.
+pub fn load_build(
+    cfg: &DatapathConfig,
+    pin_root: Option<&Path>,
+    build: &Build,
+    ct_entries: Option<u32>,
+) -> Result<Ebpf, LoadError> {
     cfg.validate()?;
     let t = &cfg.ct_timeouts;
     let ns = |d: std::time::Duration| d.as_nanos() as u64;
@@ -66,12 +78,12 @@ fn load_sized(cfg: &DatapathConfig, pin_root: Option<&Path>, ct_entries: Option<
         loader.map_max_entries(maps::CT.name, n);
     }
     if let Some(root) = pin_root {
-        let versioned = versioned_dir(root);
+        let versioned = versioned_dir_of(root, build.layout.version);
         for def in maps::ALL {
             loader.map_pin_path(def.name, maps::pin_path(&versioned, def));
         }
     }
-    let mut ebpf = loader.load(OBJECT)?;
+    let mut ebpf = loader.load(&build.object)?;
     for name in [EGRESS, INGRESS] {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
@@ -91,7 +103,7 @@ pub fn load_unpinned(cfg: &DatapathConfig) -> Result<(Ebpf, maps::Maps), LoadErr
 
 /// The same with a conntrack table of `ct_entries` (tests that fill it).
 pub fn load_unpinned_ct(cfg: &DatapathConfig, ct_entries: Option<u32>) -> Result<(Ebpf, maps::Maps), LoadError> {
-    let mut ebpf = load_sized(cfg, None, ct_entries)?;
+    let mut ebpf = load_build(cfg, None, &Build::current(), ct_entries)?;
     let maps = maps::Maps::take(&mut ebpf, cfg.maglev_table_size)?;
     Ok((ebpf, maps))
 }

@@ -118,6 +118,12 @@ pub enum AttachError {
     Setns(nix::Error),
     #[error("the datapath worker thread panicked")]
     WorkerPanicked,
+    #[error("carrying the maps of {} over: {source}", .from.display())]
+    Migrate {
+        from: PathBuf,
+        #[source]
+        source: crate::migrate::MigrateError,
+    },
     #[error("no sluice datapath under {}", .0.display())]
     NoDatapath(PathBuf),
     #[error("the node does not run this configuration's programs (version {version:016x} is not pinned under {})", .dir.display())]

@@ -1,12 +1,14 @@
 //! A node's pinned programs: opened under the node lock, loaded and pinned
 //! when this version is not there yet, and every existing link moved onto
-//! them when another version ran before.
+//! them when another version ran before. Another layout version's maps are
+//! carried over first (see `migrate`), then its links move here.
 
 use super::{AttachError, Side, io_err, link_err, lock_dir, prog_err};
 use crate::config::DatapathConfig;
 use crate::layout::DpInfo;
-use crate::loader::{self, EGRESS, INGRESS, versioned_dir};
+use crate::loader::{self, EGRESS, INGRESS, versioned_dir_of};
 use crate::maps::{ObserveMaps, Source};
+use crate::migrate::{self, Build};
 use crate::pin;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::SchedClassifierLink;
@@ -37,18 +39,23 @@ impl Node {
     /// version's programs if they are not pinned yet and moving every
     /// existing link onto them.
     pub fn open(cfg: &DatapathConfig) -> Result<Node, AttachError> {
-        Node::open_with(cfg, true)
+        Node::open_build(cfg, &Build::current())
+    }
+
+    /// The same with another build (the layout-change test).
+    pub fn open_build(cfg: &DatapathConfig, build: &Build) -> Result<Node, AttachError> {
+        Node::open_with(cfg, true, build)
     }
 
     /// Open what is already there, changing nothing (for CHECK): fails when
     /// this version's programs are not the node's.
     pub fn open_existing(cfg: &DatapathConfig) -> Result<Node, AttachError> {
-        Node::open_with(cfg, false)
+        Node::open_with(cfg, false, &Build::current())
     }
 
-    fn open_with(cfg: &DatapathConfig, load: bool) -> Result<Node, AttachError> {
+    fn open_with(cfg: &DatapathConfig, load: bool, build: &Build) -> Result<Node, AttachError> {
         let root = cfg.bpffs.as_path();
-        let dir = versioned_dir(root);
+        let dir = versioned_dir_of(root, build.layout.version);
         if load {
             pin::ensure_bpffs(root)?;
             for sub in ["maps", "progs", "links"] {
@@ -64,7 +71,11 @@ impl Node {
         let shared = lock_dir(&dir, true)?;
         if pdir.join(INGRESS).exists() {
             let node = Node::opened(&dir, &pdir, want.prog_hash, shared)?;
-            if !load || (node.other_versions()?.is_empty() && node.observe.info()? == want) {
+            if !load
+                || (node.other_versions()?.is_empty()
+                    && older_layouts(root, build.layout.version)?.is_empty()
+                    && node.observe.info()? == want)
+            {
                 return Ok(node);
             }
             // Dropping `node` here releases the shared lock.
@@ -78,9 +89,12 @@ impl Node {
         }
         let exclusive = lock_dir(&dir, false)?;
         if !pdir.join(INGRESS).exists() {
-            load_and_pin(cfg, &pdir)?;
+            load_and_pin(cfg, &pdir, build)?;
         }
         let mut node = Node::opened(&dir, &pdir, want.prog_hash, exclusive)?;
+        for old in older_layouts(root, build.layout.version)? {
+            node.adopt(&old, &build.layout)?;
+        }
         let others = node.other_versions()?;
         if !others.is_empty() {
             node.upgraded = true;
@@ -143,6 +157,87 @@ impl Node {
         Ok(out)
     }
 
+    /// Take over the node from another layout version's directory: its
+    /// maps' entries carried into ours before the programs switch, its
+    /// links moved here onto our programs, what its programs made in
+    /// between carried too, then the directory removed. Under its lock.
+    fn adopt(&mut self, old: &Path, to: &migrate::Layout) -> Result<(), AttachError> {
+        let _lock = lock_dir(old, false)?;
+        let from = migrate::layout_of(old);
+        let dir = self.dir.clone();
+        let carry = |flowing_only| -> Result<usize, AttachError> {
+            let Some(from) = &from else { return Ok(0) };
+            migrate::carry(old, from, &dir, to, flowing_only)
+                .map(|c| {
+                    if !c.skipped.is_empty() {
+                        warn!(from = %old.display(), skipped = ?c.skipped, "entries the new layout cannot hold were left behind");
+                    }
+                    c.total()
+                })
+                .map_err(|source| AttachError::Migrate {
+                    from: old.to_path_buf(),
+                    source,
+                })
+        };
+        if from.is_none() {
+            warn!(from = %old.display(), "its layout is unknown: its maps are not carried over");
+        }
+        let carried = carry(false)?;
+        let moved = self.move_links(&old.join("links"))?;
+        let late = carry(true)?;
+        std::fs::remove_dir_all(old).map_err(io_err("removing the old layout", old))?;
+        self.upgraded = true;
+        info!(from = %old.display(), to = %self.dir.display(), carried, moved, late, "layout upgraded: maps carried over, links moved");
+        Ok(())
+    }
+
+    /// Move the TCX links pinned under `links` (another layout's) onto
+    /// these programs, and pin them here.
+    fn move_links(&mut self, links: &Path) -> Result<usize, AttachError> {
+        let Ok(rd) = std::fs::read_dir(links) else { return Ok(0) };
+        let mut moved = 0;
+        for e in rd {
+            let link_dir = e.map_err(io_err("listing", links))?.path();
+            let key = link_dir.file_name().expect("a directory entry has a name").to_owned();
+            let here = self.dir.join("links").join(&key);
+            std::fs::create_dir_all(&here).map_err(io_err("creating", &here))?;
+            for side in Side::BOTH {
+                let path = link_dir.join(side.name());
+                let pinned = match PinnedLink::from_pin(&path) {
+                    Ok(p) => p,
+                    Err(_) if !path.exists() => continue,
+                    Err(e) => return Err(link_err(format!("opening link {}", path.display()))(e)),
+                };
+                let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                    .map_err(link_err(format!("link {} as a TCX link", path.display())))?;
+                let prog = self.program(side);
+                let id = match prog.attach_to_link(link) {
+                    Ok(id) => id,
+                    Err(ProgramError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOLINK) => {
+                        warn!(link = %path.display(), "link's interface is gone; not moved");
+                        continue;
+                    }
+                    Err(e) => return Err(prog_err(format!("updating link {}", path.display()))(e)),
+                };
+                let link = prog
+                    .take_link(id)
+                    .map_err(prog_err(format!("taking link {}", path.display())))?;
+                let fd: FdLink = link
+                    .try_into()
+                    .map_err(link_err(format!("link {} as an fd link", path.display())))?;
+                let to = here.join(side.name());
+                fd.pin(&to).map_err(|source| AttachError::Pinning {
+                    what: format!("pinning {}", to.display()),
+                    source,
+                })?;
+                std::fs::remove_file(&path).map_err(io_err("unpinning", &path))?;
+                moved += 1;
+            }
+        }
+        self.relinked += moved;
+        Ok(moved)
+    }
+
     /// Move every pinned TCX link onto this version's programs.
     fn relink_all(&mut self) -> Result<(), AttachError> {
         let links = self.dir.join("links");
@@ -188,11 +283,36 @@ impl Node {
     }
 }
 
+/// The directories of the other layout versions under `root` (older
+/// ones, in practice), by version.
+fn older_layouts(root: &Path, mine: u32) -> Result<Vec<PathBuf>, AttachError> {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<(u32, PathBuf)> = Vec::new();
+    for e in rd {
+        let e = e.map_err(io_err("listing", root))?;
+        let name = e.file_name();
+        let version = name
+            .to_str()
+            .and_then(|n| n.strip_prefix('v'))
+            .and_then(|v| v.parse::<u32>().ok());
+        if let Some(v) = version
+            && v != mine
+            && e.path().is_dir()
+        {
+            out.push((v, e.path()));
+        }
+    }
+    out.sort();
+    Ok(out.into_iter().map(|(_, p)| p).collect())
+}
+
 /// Load this version (pinning the maps as they are, or creating them) and
 /// pin its programs; ingress last, its pin marks the version complete.
-fn load_and_pin(cfg: &DatapathConfig, pdir: &Path) -> Result<(), AttachError> {
+fn load_and_pin(cfg: &DatapathConfig, pdir: &Path, build: &Build) -> Result<(), AttachError> {
     let t = Instant::now();
-    let mut ebpf = loader::load(cfg, Some(&cfg.bpffs))?;
+    let mut ebpf = loader::load_build(cfg, Some(&cfg.bpffs), build, None)?;
     std::fs::create_dir_all(pdir).map_err(io_err("creating", pdir))?;
     for name in [EGRESS, INGRESS] {
         let prog: &mut SchedClassifier = ebpf
