@@ -7,6 +7,7 @@ use crate::endpoint_gc;
 use crate::flows::{FlowReader, FlowServer};
 use crate::gc::Interval;
 use crate::metrics::{self, AgentMetrics};
+use crate::node_events::{Dedup, Poster};
 use crate::services::NodeView;
 use crate::source::kube::{self, KubeStore};
 use crate::source::manifests::ManifestDir;
@@ -92,17 +93,20 @@ enum Input {
 enum Source {
     /// The directory, and its watcher (alive as long as it is held).
     Dir(Box<ManifestDir>, #[allow(dead_code)] Box<notify::RecommendedWatcher>),
-    Kube(Arc<Mutex<KubeStore>>),
+    /// The store, and the poster of the node's events.
+    Kube(Arc<Mutex<KubeStore>>, Poster),
 }
 
 impl Source {
     /// Start watching, then read: no change falls in between.
-    fn start(opts: &Options, tx: mpsc::Sender<Input>) -> Result<Source> {
+    fn start(opts: &Options, node: &str, tx: mpsc::Sender<Input>) -> Result<Source> {
         let Some(path) = &opts.manifests else {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let client = rt
                 .block_on(::kube::Client::try_default())
                 .context("connecting to the Kubernetes API server")?;
+            // Its task runs on this runtime, driven by the watch below.
+            let poster = rt.block_on(async { Poster::spawn(client.clone(), node.to_string()) });
             let store = Arc::new(Mutex::new(KubeStore::default()));
             let s = store.clone();
             std::thread::Builder::new().name("kube".into()).spawn(move || {
@@ -110,7 +114,7 @@ impl Source {
                     let _ = tx.send(Input::Kube);
                 }))
             })?;
-            return Ok(Source::Kube(store));
+            return Ok(Source::Kube(store, poster));
         };
         let mut dir = ManifestDir::new(path);
         let mut watcher = notify::recommended_watcher(move |ev| {
@@ -132,7 +136,7 @@ impl Source {
     fn describe(&self) -> String {
         match self {
             Source::Dir(d, _) => format!("manifests in {}", d.dir().display()),
-            Source::Kube(_) => "the Kubernetes API server".into(),
+            Source::Kube(..) => "the Kubernetes API server".into(),
         }
     }
 }
@@ -173,6 +177,8 @@ struct Daemon {
     /// When to sync again because the last one left failures, and the
     /// wait after that.
     retry: Option<(Instant, Duration)>,
+    /// What the node's events said already.
+    events: Dedup,
 }
 
 /// Run the agent until its source stops (or after one sync with `--once`).
@@ -187,7 +193,7 @@ pub fn run(opts: Options) -> Result<()> {
         },
     };
     let (tx, rx) = mpsc::channel::<Input>();
-    let source = Source::start(&opts, tx)?;
+    let source = Source::start(&opts, &node.name, tx)?;
     let agent = loop {
         match Agent::open(&opts.bpffs, node.clone(), opts.node_ip.clone()) {
             Ok(a) => break a,
@@ -220,6 +226,7 @@ pub fn run(opts: Options) -> Result<()> {
         gone_pods: BTreeSet::new(),
         started: false,
         retry: None,
+        events: Dedup::default(),
     };
     d.collect_gone_pods();
     // The API-server source syncs first once every kind is listed.
@@ -307,7 +314,7 @@ impl Daemon {
                 }
                 self.agent.sync(dir.objects())
             }
-            Source::Kube(store) => {
+            Source::Kube(store, _) => {
                 if !changes.kube {
                     return false;
                 }
@@ -325,7 +332,7 @@ impl Daemon {
     fn resync(&mut self) {
         let r = match &self.source {
             Source::Dir(dir, _) => self.agent.sync(dir.objects()),
-            Source::Kube(store) => {
+            Source::Kube(store, _) => {
                 let store = store.lock().expect("store lock");
                 self.agent.sync(store.objects())
             }
@@ -382,6 +389,9 @@ impl Daemon {
         }
         for f in &r.failures {
             warn!(failure = %f, "not written; retried");
+        }
+        if let Source::Kube(_, poster) = &self.source {
+            poster.post(self.events.pass(&r.failures, &r.warnings));
         }
         self.retry = if r.failures.is_empty() {
             None

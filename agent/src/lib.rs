@@ -19,6 +19,7 @@ pub mod flows;
 pub mod gc;
 pub mod install;
 pub mod metrics;
+pub mod node_events;
 pub mod objects;
 pub mod services;
 pub mod source;
