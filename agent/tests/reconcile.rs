@@ -47,6 +47,7 @@ fn want() -> impl Strategy<Value = Want> {
                     algorithm: Algorithm::Random,
                     affinity_timeout_secs: 0,
                     reject: true,
+                    node_address: false,
                     backends,
                 };
                 (f, b)
@@ -165,6 +166,7 @@ fn a_shared_backend_turns_back_when_the_other_frontend_goes() {
         algorithm: Algorithm::Random,
         affinity_timeout_secs: 0,
         reject: true,
+        node_address: false,
         backends: vec![BackendAddr {
             addr: IpAddr::from([10, 244, 1, 1]),
             port: 8080,

@@ -94,6 +94,11 @@ fn services_from_manifests() {
     ] {
         assert_eq!(got(f), (SVC_ALG_RANDOM, 0, true, all.clone()), "{f}");
     }
+    // A node's address is marked as such (its other ports pass); a VIP or
+    // an external IP is not.
+    assert!(t.frontends[&fe("172.31.0.11", 30443, PROTO_TCP)].node_address);
+    assert!(!t.frontends[&fe("203.0.113.10", 443, PROTO_TCP)].node_address);
+    assert!(!t.frontends[&fe("10.96.0.20", 443, PROTO_TCP)].node_address);
     assert_eq!(
         got(fe("172.31.0.12", 30053, PROTO_UDP)).3,
         vec![

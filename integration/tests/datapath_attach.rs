@@ -167,6 +167,7 @@ fn service_to(vpc: &Vpc, ip_b: &str) {
                 algorithm: Algorithm::Random,
                 affinity_timeout_secs: 0,
                 reject: false,
+                node_address: false,
                 draining: Vec::new(),
                 backends: vec![Backend {
                     id,

@@ -86,6 +86,10 @@ int sl_egress(struct __sk_buff *skb)
 		}
 		/* Fail closed: anything else addressed to a VIP is dropped. */
 		svc = bpf_map_lookup_elem(&sl_services, &k);
+		/* A node's address is no VIP: only its NodePorts are translated,
+		 * the rest (the kubelet, a hostNetwork server) is plain traffic. */
+		if (svc && (svc->flags & SVC_F_NODE_ADDRESS))
+			svc = 0;
 		if (svc && p.fragment == FRAG_LATER && !p.tracked)
 			return drop_reported(skb, &p, DROP_FRAGMENT, DIR_EGRESS);
 		if (svc)

@@ -48,6 +48,7 @@ struct svc_key {
 
 #define SVC_F_REJECT 0x01	/* answer no-backend / unknown-port drops (TCP reset, ICMP port unreachable) */
 #define SVC_F_VIP_MARKER 0x02	/* the per-VIP marker entry */
+#define SVC_F_NODE_ADDRESS 0x04	/* on a marker: a node's address (NodePorts), not a VIP: other ports pass */
 
 struct svc_value {
 	__u32 backend_id;	/* slot > 0 */

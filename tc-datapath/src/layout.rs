@@ -84,6 +84,7 @@ pub const SVC_ALG_RANDOM: u8 = 0;
 pub const SVC_ALG_MAGLEV: u8 = 1;
 pub const SVC_F_REJECT: u8 = 0x01;
 pub const SVC_F_VIP_MARKER: u8 = 0x02;
+pub const SVC_F_NODE_ADDRESS: u8 = 0x04;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -285,6 +285,7 @@ fn session_affinity_pins_a_client() {
             algorithm: Algorithm::Random,
             affinity_timeout_secs: 300,
             reject: false,
+            node_address: false,
             draining: Vec::new(),
             backends: vec![
                 be(1, ip("10.244.2.7"), 8080, true),
@@ -586,6 +587,7 @@ fn rewriting_a_service_writes_only_what_changed() {
         algorithm: Algorithm::Maglev,
         affinity_timeout_secs: 0,
         reject: false,
+        node_address: false,
         draining: Vec::new(),
         backends: vec![
             be(1, ip("10.244.2.7"), 8080, true),
@@ -642,6 +644,7 @@ fn a_syn_on_a_closed_connection_opens_a_new_one() {
         algorithm: Algorithm::Random,
         affinity_timeout_secs: 0,
         reject: false,
+        node_address: false,
         draining: Vec::new(),
         backends: vec![be(1, a, 8080, a_on), be(2, b, 8080, b_on)],
     };
@@ -722,6 +725,7 @@ fn backends_that_leave_keep_or_reset_their_connections() {
         algorithm: Algorithm::Random,
         affinity_timeout_secs: 0,
         reject: true,
+        node_address: false,
         draining: Vec::new(),
         backends: [(ids.0, a), (ids.1, b)]
             .iter()
@@ -933,6 +937,60 @@ fn fragments_v6_follow_their_first_through_a_service() {
     if root("fragments_v6_follow_their_first_through_a_service") {
         fragments("fd00:244::1:5", "fd00:96::a", "fd00:244::2:7");
     }
+}
+
+/// A node's address is not a VIP: its NodePorts are translated, and every
+/// other port passes untouched (the kubelet on 10250, a hostNetwork DNS),
+/// where a VIP drops (or rejects) a port it does not serve.
+#[test]
+fn a_node_address_translates_its_node_ports_only() {
+    if !root("a_node_address_translates_its_node_ports_only") {
+        return;
+    }
+    let mut dp = Dp::new();
+    dp.pod("10.244.1.5");
+    let node = "172.31.0.11";
+    let spec = |vip: &str, port: u16, node_address: bool| ServiceSpec {
+        vip: ip(vip),
+        port,
+        proto: PROTO_TCP,
+        rev_nat_id: u32::from(port),
+        algorithm: Algorithm::Random,
+        affinity_timeout_secs: 0,
+        reject: true,
+        node_address,
+        draining: Vec::new(),
+        backends: vec![be(1, ip("10.244.2.7"), 8080, true)],
+    };
+    dp.maps.lb_mut().upsert_service(&spec(node, 30080, true)).unwrap();
+    dp.maps.lb_mut().upsert_service(&spec("10.96.0.10", 80, false)).unwrap();
+    let (_, out) = dp.run(
+        EGRESS,
+        &Frame::new("10.244.1.5", node, 40000, 30080, PROTO_TCP, SYN, b""),
+    );
+    assert_eq!(out.addrs().1, ip("10.244.2.7"), "the NodePort is translated");
+    for port in [10250u16, 22, 53] {
+        let f = Frame::new("10.244.1.5", node, 40001, port, PROTO_TCP, SYN, b"");
+        let (verdict, out) = dp.run(EGRESS, &f);
+        assert_eq!(
+            (verdict, out.bytes),
+            (TC_ACT_OK, f.bytes),
+            "port {port} of the node passes untouched"
+        );
+    }
+    let (verdict, out) = dp.run(
+        EGRESS,
+        &Frame::new("10.244.1.5", "10.96.0.10", 40002, 81, PROTO_TCP, SYN, b""),
+    );
+    assert_eq!(verdict, TC_ACT_REDIRECT, "a VIP still refuses a port it does not serve");
+    assert_eq!(out.proto(), PROTO_TCP);
+    assert_eq!(
+        dp.maps
+            .observe()
+            .count(Reason::DropUnknownPort, Direction::Egress)
+            .unwrap(),
+        1
+    );
 }
 
 /// The event ring: drops of parsed packets always, new flows one in

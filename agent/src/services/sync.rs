@@ -313,6 +313,7 @@ impl ServiceSync {
                 algorithm,
                 affinity_timeout_secs: w.want.affinity_timeout_secs,
                 reject: w.want.reject,
+                node_address: w.want.node_address,
                 draining: w
                     .backends
                     .iter()

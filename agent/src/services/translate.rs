@@ -71,6 +71,9 @@ pub struct Backends {
     pub algorithm: Algorithm,
     pub affinity_timeout_secs: u32,
     pub reject: bool,
+    /// A NodePort on a node's address, not a VIP: the address's other
+    /// ports pass untouched.
+    pub node_address: bool,
     /// Sorted by address and port.
     pub backends: Vec<BackendAddr>,
 }
@@ -284,25 +287,27 @@ fn service(svc: &Service, slices: &[&EndpointSlice], node_addrs: &[IpAddr], node
             continue;
         };
         let label = format!("{id}:{}", sp.name.clone().unwrap_or_else(|| sp.port.to_string()));
-        // Each frontend, and whether it keeps only this node's endpoints.
-        let mut fronts: Vec<(Frontend, bool)> = Vec::new();
+        // Each frontend, whether it keeps only this node's endpoints, and
+        // whether it is a node's address.
+        let mut fronts: Vec<(Frontend, bool, bool)> = Vec::new();
         for &vip in &cluster {
-            fronts.push((Frontend { vip, port, proto }, local_only));
+            fronts.push((Frontend { vip, port, proto }, local_only, false));
         }
         for &vip in &external {
-            fronts.push((Frontend { vip, port, proto }, false));
+            fronts.push((Frontend { vip, port, proto }, false, false));
         }
         if let Some(np) = sp.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) {
             for &vip in node_addrs {
-                fronts.push((Frontend { vip, port: np, proto }, false));
+                fronts.push((Frontend { vip, port: np, proto }, false, true));
             }
         }
-        for (f, local) in fronts {
+        for (f, local, node_address) in fronts {
             let b = Backends {
                 service: label.clone(),
                 algorithm,
                 affinity_timeout_secs,
                 reject,
+                node_address,
                 backends: endpoints(sp, proto, f.vip.is_ipv4(), slices, local.then_some(node), out),
             };
             if let Some(first) = out.frontends.get(&f) {

@@ -121,6 +121,7 @@ fn random_service(vip: IpAddr, port: u16, proto: u8, rev_nat_id: u32, backends: 
         algorithm: Algorithm::Random,
         affinity_timeout_secs: 0,
         reject: false,
+        node_address: false,
         draining: Vec::new(),
         backends,
     }

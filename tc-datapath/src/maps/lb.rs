@@ -68,6 +68,9 @@ pub struct ServiceSpec {
     /// ports it does not serve) from the VIP instead of a silent drop, so
     /// clients fail fast: TCP with a reset, UDP with ICMP port unreachable.
     pub reject: bool,
+    /// The frontend is a node's address (a NodePort), not a VIP: a port it
+    /// does not serve passes untouched (the kubelet, a hostNetwork server).
+    pub node_address: bool,
     pub backends: Vec<Backend>,
     /// Active backends whose entry must still say terminating: a backend
     /// entry is shared by every frontend with that address, port and
@@ -207,9 +210,11 @@ impl LbMaps {
             writes += self.remove_maglev(old.rev_nat_id)?;
         }
         // One marker per VIP: the port written last decides whether
-        // unknown ports are rejected (the agent writes one setting per node).
+        // unknown ports are rejected (the agent writes one setting per node)
+        // or, for a node's address, pass.
+        let node = if s.node_address { SVC_F_NODE_ADDRESS } else { 0 };
         let marker = SvcValue {
-            flags: SVC_F_VIP_MARKER | reject,
+            flags: SVC_F_VIP_MARKER | reject | node,
             ..Default::default()
         };
         writes += put(&mut self.services, &SERVICES, SvcKey::vip_marker(s.vip), marker)?;

@@ -279,6 +279,7 @@ impl Dp {
                 algorithm,
                 affinity_timeout_secs: 0,
                 reject,
+                node_address: false,
                 draining: Vec::new(),
                 backends: backends
                     .iter()

@@ -106,6 +106,7 @@ fn spec(i: usize, s: &Service) -> ServiceSpec {
         algorithm: Algorithm::Random,
         affinity_timeout_secs: 0,
         reject: false,
+        node_address: false,
         draining: Vec::new(),
         backends: s
             .endpoints
