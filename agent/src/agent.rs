@@ -56,6 +56,10 @@ pub struct Agent {
     /// The node's own addresses given on the command line; the Node
     /// object's are added.
     node_ips: Vec<IpAddr>,
+    /// The addresses of the agent's own network namespace (the node's):
+    /// the node too, whatever interface it sends from (a chained plugin's
+    /// host-side veth, a bridge).
+    local_addresses: Vec<IpAddr>,
     /// Pod addresses -> "namespace/name", as of the last sync.
     pods: BTreeMap<IpAddr, String>,
 }
@@ -81,6 +85,7 @@ impl Agent {
             maps,
             node,
             node_ips,
+            local_addresses: Vec::new(),
             pods: BTreeMap::new(),
         })
     }
@@ -132,6 +137,13 @@ impl Agent {
         &self.maps
     }
 
+    /// The node's own addresses as of now (`local_addresses()`), for the
+    /// next sync: they are the node's identity (`host`), which every pod
+    /// lets in.
+    pub fn set_local_addresses(&mut self, addrs: Vec<IpAddr>) {
+        self.local_addresses = addrs;
+    }
+
     /// Make the maps say what `o` says, as far as they can: what fails is
     /// in the report, and the rest is written.
     pub fn sync(&mut self, o: &Objects) -> Report {
@@ -166,6 +178,11 @@ impl Agent {
             .translator
             .translate(o.namespaces().values(), o.pods().values(), o.policies().values());
         let mut hosts = self.node_ips.clone();
+        for a in &self.local_addresses {
+            if !hosts.contains(a) {
+                hosts.push(*a);
+            }
+        }
         if let Some(n) = o.nodes().get(&self.node.name) {
             for a in n.status.iter().flat_map(|s| s.addresses.iter().flatten()) {
                 if let Ok(ip) = a.address.parse()
@@ -192,4 +209,29 @@ impl Agent {
             took: started.elapsed(),
         }
     }
+}
+
+/// The global addresses of this network namespace's interfaces (loopback
+/// and link-local left out).
+pub fn local_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut out: Vec<IpAddr> = addrs
+        .filter_map(|a| a.address)
+        .filter_map(|s| {
+            if let Some(v4) = s.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .filter(|ip| match ip {
+            IpAddr::V4(v) => !v.is_loopback() && !v.is_link_local() && !v.is_unspecified(),
+            IpAddr::V6(v) => !v.is_loopback() && (v.segments()[0] & 0xffc0) != 0xfe80 && !v.is_unspecified(),
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }

@@ -231,6 +231,7 @@ pub fn run(opts: Options) -> Result<()> {
     d.collect_gone_pods();
     // The API-server source syncs first once every kind is listed.
     if let Source::Dir(dir, _) = &d.source {
+        d.agent.set_local_addresses(crate::agent::local_addresses());
         let r = d.agent.sync(dir.objects());
         d.record("start", &r, None);
         if d.opts.once {
@@ -312,14 +313,20 @@ impl Daemon {
                         warn!(error = %e, "manifest not applied; its previous objects stay");
                     }
                 }
-                self.agent.sync(dir.objects())
+                {
+                    self.agent.set_local_addresses(crate::agent::local_addresses());
+                    self.agent.sync(dir.objects())
+                }
             }
             Source::Kube(store, _) => {
                 if !changes.kube {
                     return false;
                 }
                 let store = store.lock().expect("store lock");
-                self.agent.sync(store.objects())
+                {
+                    self.agent.set_local_addresses(crate::agent::local_addresses());
+                    self.agent.sync(store.objects())
+                }
             }
         };
         let why = if self.started { "change" } else { "start" };
@@ -331,10 +338,16 @@ impl Daemon {
     /// The last sync left failures: try again with what the source holds.
     fn resync(&mut self) {
         let r = match &self.source {
-            Source::Dir(dir, _) => self.agent.sync(dir.objects()),
+            Source::Dir(dir, _) => {
+                self.agent.set_local_addresses(crate::agent::local_addresses());
+                self.agent.sync(dir.objects())
+            }
             Source::Kube(store, _) => {
                 let store = store.lock().expect("store lock");
-                self.agent.sync(store.objects())
+                {
+                    self.agent.set_local_addresses(crate::agent::local_addresses());
+                    self.agent.sync(store.objects())
+                }
             }
         };
         self.record("retry", &r, None);

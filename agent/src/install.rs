@@ -31,6 +31,8 @@ pub enum InstallError {
     Config { path: PathBuf, msg: String },
     #[error("no CNI network configuration in {0} to chain sluice behind (give --conflist for sluice's own)")]
     NoNetwork(PathBuf),
+    #[error("host-path links: {0}")]
+    Netlink(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
@@ -160,12 +162,74 @@ pub fn uninstall_conf(conf_dir: &Path) -> Result<bool, InstallError> {
     }
 }
 
+/// Whether `name` is a host-path child the CNI binary makes (`slh` and
+/// its parent's index: cni-plugin/src/host_path.rs).
+pub fn is_host_path(name: &str) -> bool {
+    name.strip_prefix("slh")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Remove the host-path children of this network namespace (the node's):
+/// the macvlan and ipvlan links named as the CNI binary names them.
+/// Returns their names.
+pub fn remove_host_paths() -> Result<Vec<String>, InstallError> {
+    use futures::TryStreamExt;
+    use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| InstallError::Netlink(e.to_string()))?;
+    rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| InstallError::Netlink(e.to_string()))?;
+        tokio::spawn(conn);
+        let links: Vec<_> = handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| InstallError::Netlink(e.to_string()))?;
+        let mut removed = Vec::new();
+        for l in links {
+            let name = l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            });
+            let ours_kind = l.attributes.iter().any(|a| match a {
+                LinkAttribute::LinkInfo(infos) => infos
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::MacVlan) | LinkInfo::Kind(InfoKind::IpVlan))),
+                _ => false,
+            });
+            if let Some(name) = name
+                && ours_kind
+                && is_host_path(&name)
+            {
+                handle
+                    .link()
+                    .del(l.header.index)
+                    .execute()
+                    .await
+                    .map_err(|e| InstallError::Netlink(format!("deleting {name}: {e}")))?;
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn sluice() -> Value {
         json!({"type": "sluice", "logFile": "/var/log/sluice-cni.log"})
+    }
+
+    #[test]
+    fn host_path_names_are_ours_only() {
+        assert!(is_host_path("slh2") && is_host_path("slh1234"));
+        assert!(!is_host_path("slh") && !is_host_path("slhx") && !is_host_path("eth0") && !is_host_path("slh2a"));
     }
 
     #[test]

@@ -110,6 +110,7 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
         link_kind: Some(LinkKind::from_netlink(link.kind.as_deref())),
         host_ifname: None,
         datapath: None,
+        host_path: None,
         state: EndpointState::Creating,
         created: Endpoint::now(),
     };

@@ -38,6 +38,19 @@ pub struct PluginConfig {
     /// settings are the datapath crate's own type.
     #[serde(default)]
     pub datapath: DatapathConfig,
+    /// The node's way to its pods and theirs to it, through a host-side
+    /// child of the parent (macvlan bridge, ipvlan L2/L3): see host_path.rs.
+    /// On unless false.
+    #[serde(default = "on")]
+    pub host_path: bool,
+    /// Addresses pods reach through their node (a node-local DNS cache at
+    /// 169.254.20.10/32): routed in the pod through the host path.
+    #[serde(default)]
+    pub host_stack_cidrs: Vec<ipnetwork::IpNetwork>,
+}
+
+fn on() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -168,6 +181,14 @@ impl PluginConfig {
             && !(68..=65535).contains(&mtu)
         {
             return bad(format!("link.mtu {mtu} is outside 68..=65535"));
+        }
+        let host_path = self.host_path && self.link.as_ref().is_some_and(crate::host_path::wanted);
+        if !self.host_stack_cidrs.is_empty() && !host_path {
+            return bad(
+                "hostStackCidrs are reached through the host path: they need the main role with macvlan \
+                 (bridge mode) or ipvlan l2/l3, and hostPath on"
+                    .into(),
+            );
         }
         if self.link.is_some() && self.ipam.is_none() {
             return bad("the main role (\"link\" set) needs an \"ipam\" section".into());

@@ -29,6 +29,10 @@ pub struct Endpoint {
     /// How the datapath is attached; absent when disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datapath: Option<Attached>,
+    /// The host-side child the node reaches the pod through (host_path.rs),
+    /// recorded before it is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_path: Option<String>,
     /// Written before ADD makes anything (so that a DEL after a crash in
     /// between knows what to undo), ready once ADD is done.
     #[serde(default)]
@@ -213,6 +217,7 @@ mod tests {
             link_kind: Some(LinkKind::Macvlan),
             host_ifname: None,
             datapath: Some(Attached::Tcx),
+            host_path: None,
             state: EndpointState::Ready,
             created: 1,
         };

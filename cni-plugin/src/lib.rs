@@ -11,6 +11,7 @@ pub mod datapath;
 pub mod endpoint;
 pub mod fault;
 pub mod garp;
+pub mod host_path;
 pub mod ipam;
 pub mod link;
 pub mod log;

@@ -8,9 +8,9 @@ use crate::config::{LinkConfig, PluginConfig};
 use crate::endpoint::{Endpoint, EndpointState, EndpointStore, LinkKind, Role};
 use crate::ipam::Ipam;
 use crate::link::{eni, ipvlan, macvlan};
-use crate::netlink::{Link, Netlink, parse_mac};
+use crate::netlink::{Link, Netlink, format_mac, parse_mac};
 use crate::netns::NetNs;
-use crate::{datapath, fault, pod_setup};
+use crate::{datapath, fault, host_path, pod_setup};
 use sluice_cni_spec::skel::Request;
 use sluice_cni_spec::{CniError, CniResult, ErrorCode, Interface};
 use sluice_ipam::cni::ENI_RESULT_KEY;
@@ -29,6 +29,11 @@ enum Undo {
     },
     Detach {
         ep: Box<Endpoint>,
+    },
+    /// The pod's routes on the host child, and the child with the last.
+    HostPath {
+        name: String,
+        ips: Vec<ipnetwork::IpNetwork>,
     },
     RemoveEndpoint,
 }
@@ -71,7 +76,7 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
     match add_steps(&c, &host, &pod, &pod_ns, &mut undo).await {
         Ok(r) => Ok(r),
         Err(e) => {
-            let failures = unwind(&c, &pod, undo).await;
+            let failures = unwind(&c, &host, &pod, undo).await;
             if failures.is_empty() {
                 Err(e)
             } else {
@@ -115,6 +120,7 @@ async fn add_steps(
         link_kind: Some(lc.kind()),
         host_ifname: None,
         datapath: None,
+        host_path: None,
         state: EndpointState::Creating,
         created: Endpoint::now(),
     };
@@ -126,6 +132,8 @@ async fn add_steps(
     fault::at("add:ipam")?;
     let (host_link, mtu) = parent_for(host, lc, &ipam, configured).await?;
     ep.ips = ipam.ips.iter().map(|i| i.address).collect();
+    let host_path = (c.cfg.host_path && host_path::wanted(lc)).then(|| host_path::name(host_link.index));
+    ep.host_path = host_path.clone();
     if let LinkConfig::Eni(_) = lc {
         // A device moved in keeps its MAC: known before the move.
         ep.host_ifname = Some(host_link.name.clone());
@@ -150,11 +158,43 @@ async fn add_steps(
     }
     pod_setup::configure(pod, pod_ns, &link, &ipam, announce).await?;
     fault::at("add:configured")?;
+    let mut host_child = None;
+    if let Some(name) = host_path {
+        undo.push(Undo::HostPath {
+            name,
+            ips: ep.ips.clone(),
+        });
+        let made = host_path::attach(
+            host,
+            pod,
+            lc,
+            &host_link,
+            &link,
+            &ep.ips,
+            &c.cfg.host_stack_cidrs,
+            &c.cfg.data_dir(),
+            pod_ns,
+        )
+        .await?;
+        host_child = Some(made.child);
+        fault::at("add:host-path")?;
+    }
     ep.state = EndpointState::Ready;
     c.store.put(&ep)?;
     fault::at("add:ready")?;
     info!(container = c.cid(), ifname = c.ifname(), kind = ?lc.kind(), ips = ?ep.ips, "pod interface ready");
-    Ok(add_result(c, ipam, &link, mtu, pod_ns))
+    let mut result = add_result(c, ipam, &link, mtu, pod_ns);
+    if let Some(child) = host_child {
+        // The host-side interface the node reaches the pod through.
+        result.interfaces.push(Interface {
+            name: child.name.clone(),
+            mac: child.mac.as_ref().map(format_mac).unwrap_or_default(),
+            mtu: None,
+            sandbox: String::new(),
+            extra: Default::default(),
+        });
+    }
+    Ok(result)
 }
 
 /// The parent (and the pod link's MTU) the config names, found before
@@ -337,7 +377,7 @@ fn checked_mtu(parent: &Link, mtu: Option<u32>) -> Result<u32, CniError> {
 }
 
 /// Undo in reverse order; keep going after a failure and report them all.
-async fn unwind(c: &Ctx<'_>, pod: &Netlink, undo: Vec<Undo>) -> Vec<String> {
+async fn unwind(c: &Ctx<'_>, host: &Netlink, pod: &Netlink, undo: Vec<Undo>) -> Vec<String> {
     let mut failures = Vec::new();
     for step in undo.into_iter().rev() {
         let r = match step {
@@ -349,6 +389,7 @@ async fn unwind(c: &Ctx<'_>, pod: &Netlink, undo: Vec<Undo>) -> Vec<String> {
             }
             Undo::ReturnEni { host_name } => return_eni(pod, c.ifname(), &host_name).await,
             Undo::ReleaseAddresses => c.ipam.del(c.req),
+            Undo::HostPath { name, ips } => host_path::detach(host, &name, &ips, &c.cfg.data_dir()).await,
         };
         if let Err(e) = r {
             warn!(error = %e, "rollback step failed");
@@ -395,6 +436,9 @@ pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> 
         datapath::detach(cfg, pod_ns.as_ref(), c.cid(), c.ifname(), ep.as_ref())?;
     }
     fault::at("del:detached")?;
+    if let Some(ep) = &ep {
+        remove_host_path(ep, &cfg.data_dir()).await?;
+    }
     // Only what the record says this plugin made is undone: with no record,
     // no link is touched.
     match &ep {
@@ -411,6 +455,15 @@ pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> 
     c.store.remove(c.cid(), c.ifname())?;
     info!(container = c.cid(), ifname = c.ifname(), "pod interface removed");
     Ok(())
+}
+
+/// Take the pod off its host path (host_path.rs), if the record says it
+/// has one; the child goes with the parent's last pod.
+pub(crate) async fn remove_host_path(ep: &Endpoint, data_dir: &std::path::Path) -> Result<(), CniError> {
+    match &ep.host_path {
+        Some(name) => host_path::detach(&Netlink::host()?, name, &ep.ips, data_dir).await,
+        None => Ok(()),
+    }
 }
 
 /// Remove (or, an ENI, hand back) the pod link a record names, if it is

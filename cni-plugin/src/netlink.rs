@@ -6,6 +6,8 @@ use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteScope};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use sluice_cni_spec::{CniError, ErrorCode};
 use std::net::IpAddr;
@@ -290,6 +292,149 @@ impl Netlink {
             // The kernel already made the on-link route for the address's subnet.
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
             Err(e) => Err(CniError::new(ErrorCode::Netlink, format!("{what}: {e}"))),
+        }
+    }
+}
+
+impl Netlink {
+    /// A route to `dst` straight out of link `index` (scope link), with
+    /// `src` as the preferred source; an existing one is replaced.
+    pub async fn set_link_route(&self, index: u32, dst: IpNetwork, src: Option<IpAddr>) -> Result<(), CniError> {
+        let what = format!("route {dst} dev #{index} in {}", self.ns_label);
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.ip(), dst.prefix())
+            .map_err(|e| CniError::new(ErrorCode::InvalidConfig, format!("{what}: {e}")))?
+            .output_interface(index)
+            .scope(RouteScope::Link);
+        if let Some(src) = src {
+            b = b
+                .pref_source(src)
+                .map_err(|e| CniError::new(ErrorCode::InvalidConfig, format!("{what}: {e}")))?;
+        }
+        self.handle
+            .route()
+            .add(b.build())
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_err(what))
+    }
+
+    /// A route to `dst` through `gw`, which is on link `index` whatever the
+    /// link's subnets say (onlink).
+    pub async fn set_onlink_route(&self, index: u32, dst: IpNetwork, gw: IpAddr) -> Result<(), CniError> {
+        let what = format!("route {dst} via {gw} dev #{index} onlink in {}", self.ns_label);
+        let b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.ip(), dst.prefix())
+            .map_err(|e| CniError::new(ErrorCode::InvalidConfig, format!("{what}: {e}")))?
+            .output_interface(index)
+            .gateway(gw)
+            .map_err(|e| CniError::new(ErrorCode::InvalidConfig, format!("{what}: {e}")))?
+            .onlink();
+        self.handle
+            .route()
+            .add(b.build())
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_err(what))
+    }
+
+    /// Delete the route to `dst` out of link `index`; one that is gone is
+    /// not an error.
+    pub async fn del_link_route(&self, index: u32, dst: IpNetwork) -> Result<(), CniError> {
+        let what = format!("delete route {dst} dev #{index} in {}", self.ns_label);
+        // Matched as it was made (scope link): IPv4 deletes by scope too.
+        let b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.ip(), dst.prefix())
+            .map_err(|e| CniError::new(ErrorCode::InvalidConfig, format!("{what}: {e}")))?
+            .output_interface(index)
+            .scope(RouteScope::Link);
+        match self.handle.route().del(b.build()).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(libc::ESRCH) | Some(libc::ENOENT) | Some(libc::ENODEV)) => Ok(()),
+            Err(e) => Err(nl_err(what)(e)),
+        }
+    }
+
+    /// The destinations of the main table's routes out of link `index`
+    /// whose prefix is a host's (/32, /128).
+    pub async fn host_routes(&self, index: u32) -> Result<Vec<IpAddr>, CniError> {
+        let mut out = Vec::new();
+        for family in [
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ] {
+            let msgs: Vec<_> = self
+                .handle
+                .route()
+                .get(family)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(nl_err(format!("list routes in {}", self.ns_label)))?;
+            for m in msgs {
+                let oif = m
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+                let host = m.header.destination_prefix_length
+                    == if m.header.address_family == netlink_packet_route::AddressFamily::Inet {
+                        32
+                    } else {
+                        128
+                    };
+                if !oif || !host {
+                    continue;
+                }
+                let dst = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(v)) => Some(IpAddr::V4(*v)),
+                    RouteAttribute::Destination(RouteAddress::Inet6(v)) => Some(IpAddr::V6(*v)),
+                    _ => None,
+                });
+                out.extend(dst);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A permanent neighbour entry: `ip` is at `mac` on link `index`.
+    pub async fn set_neighbour(&self, index: u32, ip: IpAddr, mac: [u8; 6]) -> Result<(), CniError> {
+        self.handle
+            .neighbours()
+            .add(index, ip)
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_err(format!(
+                "neighbour {ip} at {} on link #{index} in {}",
+                format_mac(&mac),
+                self.ns_label
+            )))
+    }
+
+    /// Delete the neighbour entry of `ip` on link `index`; one that is gone
+    /// is not an error.
+    pub async fn del_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), CniError> {
+        let mut m = NeighbourMessage::default();
+        m.header.ifindex = index;
+        m.header.family = match ip {
+            IpAddr::V4(_) => netlink_packet_route::AddressFamily::Inet,
+            IpAddr::V6(_) => netlink_packet_route::AddressFamily::Inet6,
+        };
+        m.attributes.push(NeighbourAttribute::Destination(match ip {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        }));
+        match self.handle.neighbours().del(m).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(libc::ENOENT) | Some(libc::ENODEV)) => Ok(()),
+            Err(e) => Err(nl_err(format!(
+                "delete neighbour {ip} on link #{index} in {}",
+                self.ns_label
+            ))(e)),
         }
     }
 }

@@ -106,6 +106,7 @@ impl Plugin for Sluice {
                     crate::datapath::detach(&cfg, ns.as_ref(), &ep.container_id, &ep.ifname, Some(ep))?;
                 }
                 if cfg.link.is_some() {
+                    main_role::remove_host_path(ep, &cfg.data_dir()).await?;
                     main_role::remove_recorded_link(&ep.container_id, &ep.ifname, ep, ns.as_ref()).await?;
                 }
                 store.remove(&ep.container_id, &ep.ifname)?;

@@ -165,16 +165,27 @@ impl Services {
         self.sync(vpc)
     }
 
+    /// Add or replace a manifest of any kind (`name`.yaml), and sync every
+    /// node.
+    pub fn put_manifest(&self, vpc: &Vpc, name: &str, yaml: &str) -> Result<()> {
+        std::fs::write(self.dir.join(format!("{name}.yaml")), yaml)?;
+        self.sync(vpc)
+    }
+
     /// Remove a Service port (`vip:port/proto`), and sync every node.
     pub fn remove(&self, vpc: &Vpc, frontend: &str) -> Result<()> {
         std::fs::remove_file(self.path(&ServicePort::new(frontend, &[])))?;
         self.sync(vpc)
     }
 
-    /// `sluice-agent --once` on every node.
+    /// `sluice-agent --once` on every node, in the node's namespace (as
+    /// a DaemonSet's agent with host networking: its own addresses are the
+    /// node's).
     pub fn sync(&self, vpc: &Vpc) -> Result<()> {
         for node in 0..vpc.nodes.len() {
-            let out = Command::new(bin_dir().join("sluice-agent"))
+            let out = Command::new("ip")
+                .args(["netns", "exec", &vpc.nodes[node].name])
+                .arg(bin_dir().join("sluice-agent"))
                 .arg("--manifests")
                 .arg(&self.dir)
                 .arg("--bpffs")

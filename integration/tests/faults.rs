@@ -1,6 +1,7 @@
 //! Fault injection on ADD and DEL: the debug build's hook
 //! (`SLUICE_FAULT_AT=<step>[:kill]`, see cni-plugin/src/fault.rs) makes
-//! the plugin fail at each boundary between what it makes and records, or
+//! the plugin fail at each boundary between what it makes and records (the
+//! host path included), or
 //! kill itself there with SIGKILL, in both roles. After every cycle the
 //! node is as before it: a failed ADD has rolled itself back; a killed one
 //! is cleaned up by the DEL the runtime sends after it; a DEL that failed
@@ -29,6 +30,7 @@ const MAIN_ADD: &[&str] = &[
     "add:programs",
     "add:attached",
     "add:configured",
+    "add:host-path",
     "add:ready",
 ];
 const MAIN_DEL: &[&str] = &["del:detached", "del:link-removed", "del:released"];

@@ -6,7 +6,8 @@
 //! Copies `sluice` and `sluice-ipam` next to this binary into the CNI bin
 //! directory, then writes `00-sluice.conflist`: the node's current network
 //! with sluice chained last (default), or sluice's own conflist
-//! (`--conflist FILE`). `--uninstall` removes that file.
+//! (`--conflist FILE`). `--uninstall` removes that file and the host-path
+//! links the CNI binary made (`slh<index>`).
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -30,7 +31,7 @@ struct Args {
     /// The chained sluice plugin's entry, as JSON.
     #[arg(long, default_value = r#"{"type": "sluice", "logFile": "/var/log/sluice-cni.log"}"#)]
     plugin: String,
-    /// Remove sluice's configuration and nothing else.
+    /// Remove sluice's configuration and the node's host-path links.
     #[arg(long)]
     uninstall: bool,
 }
@@ -44,6 +45,11 @@ fn main() -> Result<()> {
             if removed { "removed" } else { "nothing to remove:" },
             args.cni_conf_dir.join(install::CONFLIST).display()
         );
+        // The node's way to its pods goes too (with host networking, the
+        // node's namespace is this one).
+        for name in install::remove_host_paths()? {
+            eprintln!("removed host path {name}");
+        }
         return Ok(());
     }
     let from = match args.from {
