@@ -1,12 +1,14 @@
 //! The chained role: sluice as the second plugin of a conflist, behind
-//! Debian's reference `macvlan` + `host-local`, run by a libcni-style runner.
+//! Debian's reference `macvlan` + `host-local` (and `ptp`), run by a
+//! libcni-style runner.
 
 use serde_json::{Value, json};
 use sluice_integration::chain::Chain;
 use sluice_integration::cni::Call;
 use sluice_integration::probe::{EchoServer, tcp_request};
+use sluice_integration::services::Services;
 use sluice_integration::vpc::{Vpc, result_ip};
-use sluice_integration::{bin_dir, reference_plugins_present, require_root};
+use sluice_integration::{bin_dir, reference_plugins_present, require_root, skip};
 
 fn conflist(vpc: &Vpc, node: usize, version: &str) -> Value {
     vpc.chained_conflist(node, version)
@@ -257,4 +259,95 @@ fn installer_chains_sluice_behind_the_nodes_network() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!conf.join("00-sluice.conflist").exists());
     assert_eq!(std::fs::read_to_string(conf.join("10-vpc.conflist")).unwrap(), own_text);
+}
+
+/// Behind the reference `ptp` plugin (a veth pair, the host side holding
+/// the range's gateway address and a route per pod), the host path is the
+/// first plugin's: the node's probes reach the pod through sluice's
+/// programs (its ingress tracks them), and a pod isolated by a
+/// NetworkPolicy still answers its node, since the agent counts every
+/// address of the node's namespace (the veth's too) as the node's, while
+/// another pod is still held to the policy.
+#[test]
+fn behind_ptp_the_node_probes_its_pods_through_sluice() {
+    if !require_root("behind_ptp_the_node_probes_its_pods_through_sluice") {
+        return;
+    }
+    if !reference_plugins_present() || !std::path::Path::new("/usr/lib/cni/ptp").exists() {
+        skip(
+            "behind_ptp_the_node_probes_its_pods_through_sluice",
+            "/usr/lib/cni/ptp or host-local missing (apt containernetworking-plugins)",
+        );
+        return;
+    }
+    let mut vpc = Vpc::new("ptp", 1).unwrap();
+    let list = json!({
+        "cniVersion": "1.0.0",
+        "name": format!("{}-net", vpc.prefix),
+        "plugins": [
+            {"type": "ptp", "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24"}]],
+                                      "dataDir": vpc.data_dir.join("host-local")}},
+            {"type": "sluice", "dataDir": vpc.data_dir.join("n0"), "logFile": vpc.data_dir.join("sluice.log"),
+             "logLevel": "debug", "datapath": vpc.datapath(0)}
+        ]
+    });
+    let mut chain = Chain::new(list, Some(vpc.nodes[0].name.clone()));
+    let mut pods = Vec::new();
+    for name in ["p1", "p2"] {
+        let p = vpc.pod(name).unwrap();
+        let r = chain
+            .add(name, &vpc.pods[p].path().display().to_string(), "eth0")
+            .unwrap_or_else(|e| panic!("ADD {name}: {e:?}"));
+        pods.push((p, result_ip(&r)));
+    }
+    let _servers: Vec<EchoServer> = pods
+        .iter()
+        .zip(["p1", "p2"])
+        .map(|((p, _), tag)| EchoServer::start(&vpc.pods[*p], 7000, tag).unwrap())
+        .collect();
+    let to = |ip: &str| -> std::net::SocketAddr { format!("{ip}:7000").parse().unwrap() };
+    assert_eq!(tcp_request(&vpc.nodes[0], to(&pods[0].1), "probe").unwrap(), "p1:probe");
+    // The probe went through sluice's ingress: the pod's entry of the flow,
+    // opened by the node.
+    let p1: std::net::IpAddr = pods[0].1.parse().unwrap();
+    let inbound = vpc
+        .maps(0)
+        .unwrap()
+        .ct()
+        .entries()
+        .unwrap()
+        .into_iter()
+        .filter(|(k, v)| {
+            k.saddr == sluice_tc_datapath::layout::addr(p1) && v.flags & sluice_tc_datapath::layout::CT_F_INBOUND != 0
+        })
+        .count();
+    assert!(inbound >= 1, "the node's probe is tracked at the pod's ingress");
+
+    let svcs = Services::new(&vpc).unwrap();
+    let manifests = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: t, labels: {{kubernetes.io/metadata.name: t}}}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: p1, namespace: t, labels: {{app: p1}}}}\n\
+         spec: {{nodeName: {}, containers: [{{name: c, image: x}}]}}\n\
+         status: {{phase: Running, podIP: {}, podIPs: [{{ip: {}}}]}}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: isolate, namespace: t}}\n\
+         spec: {{podSelector: {{matchLabels: {{app: p1}}}}, policyTypes: [Ingress]}}\n",
+        vpc.node_name(0),
+        pods[0].1,
+        pods[0].1
+    );
+    svcs.put_manifest(&vpc, "isolation", &manifests).unwrap();
+    assert_eq!(
+        tcp_request(&vpc.nodes[0], to(&pods[0].1), "again").unwrap(),
+        "p1:again",
+        "the node still probes its isolated pod"
+    );
+    assert!(
+        tcp_request(&vpc.pods[pods[1].0], to(&pods[0].1), "x").is_err(),
+        "another pod is held to the policy"
+    );
+    for (i, (p, _)) in pods.iter().enumerate() {
+        chain
+            .del(["p1", "p2"][i], &vpc.pods[*p].path().display().to_string(), "eth0")
+            .unwrap();
+    }
 }
