@@ -38,6 +38,14 @@ pub struct Options {
     /// configuration, else $KUBECONFIG or ~/.kube/config.
     #[arg(long)]
     pub kubernetes: bool,
+    /// The API server's own address (`https://10.0.0.10:6443`), instead of
+    /// the `kubernetes` Service's ClusterIP the in-cluster configuration
+    /// names: with no kube-proxy, nothing translates that ClusterIP for a
+    /// host-network agent before sluice's own datapath is up. The service
+    /// account's token and CA are still used. Also read from
+    /// $SLUICE_API_SERVER.
+    #[arg(long)]
+    pub api_server: Option<String>,
     /// The bpffs root the CNI plugin pins the datapath under (its
     /// `datapath.bpffs` setting).
     #[arg(long, default_value = DEFAULT_BPFFS)]
@@ -83,6 +91,31 @@ const SETTLE: Duration = Duration::from_millis(5);
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// The API-server client: in-cluster or kubeconfig, with the server's
+/// address replaced by `api_server` when given.
+async fn api_client(api_server: Option<&str>) -> Result<::kube::Client> {
+    let mut config = ::kube::Config::infer()
+        .await
+        .context("no in-cluster configuration and no kubeconfig")?;
+    let env = std::env::var("SLUICE_API_SERVER").ok();
+    if let Some(url) = api_server.or(env.as_deref()).filter(|u| !u.is_empty()) {
+        config.cluster_url = api_server_url(url)?;
+    }
+    ::kube::Client::try_from(config).context("building the API-server client")
+}
+
+/// `--api-server`: an https URL with a host (a port is optional).
+pub fn api_server_url(url: &str) -> Result<http::Uri> {
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("--api-server {url:?} is not a URL"))?;
+    anyhow::ensure!(
+        matches!(uri.scheme_str(), Some("https") | Some("http")) && uri.host().is_some(),
+        "--api-server {url:?}: give https://HOST[:PORT]"
+    );
+    Ok(uri)
+}
+
 /// What wakes the loop: a file event, or the API-server store changed.
 enum Input {
     File(notify::Result<notify::Event>),
@@ -103,7 +136,7 @@ impl Source {
         let Some(path) = &opts.manifests else {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let client = rt
-                .block_on(::kube::Client::try_default())
+                .block_on(api_client(opts.api_server.as_deref()))
                 .context("connecting to the Kubernetes API server")?;
             // Its task runs on this runtime, driven by the watch below.
             let poster = rt.block_on(async { Poster::spawn(client.clone(), node.to_string()) });
@@ -451,6 +484,16 @@ fn retry_wait(last: Option<Duration>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_api_server_is_an_https_url() {
+        let u = api_server_url("https://10.0.0.10:6443").unwrap();
+        assert_eq!((u.host(), u.port_u16()), (Some("10.0.0.10"), Some(6443)));
+        assert!(api_server_url("https://api.example:443").is_ok());
+        for bad in ["10.0.0.10:6443", "ftp://x", "not a url", "https://"] {
+            assert!(api_server_url(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn failed_syncs_are_retried_sooner_then_later() {

@@ -112,6 +112,19 @@ fn the_daemonset_installs_then_runs_the_agent() {
             .field_path,
         "status.hostIP"
     );
+    // The API server's own address, from the config map when set: no
+    // kube-proxy translates the kubernetes Service for the agent.
+    let api = agent
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "SLUICE_API_SERVER")
+        .expect("SLUICE_API_SERVER");
+    let key = api.value_from.as_ref().unwrap().config_map_key_ref.as_ref().unwrap();
+    assert_eq!(
+        (key.name.as_str(), key.key.as_str(), key.optional),
+        ("sluice-config", "api-server", Some(true))
+    );
     let cmd = agent.command.clone().unwrap();
     assert!(
         cmd[0].ends_with("/sluice-agent") && cmd.contains(&"--kubernetes".to_string()),
