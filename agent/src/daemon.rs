@@ -61,6 +61,17 @@ pub struct Options {
     /// Sync once and exit.
     #[arg(long)]
     pub once: bool,
+    /// Socket-level load balancing for the node's own sockets (hostNetwork
+    /// pods, the kubelet, node daemons): the cgroup hooks are attached to
+    /// this cgroup v2 directory, the node's root cgroup in production (the
+    /// DaemonSet mounts the host's). Off when not given.
+    #[arg(long)]
+    pub socket_lb_cgroup: Option<PathBuf>,
+    /// Serve every network namespace's sockets at the socket level, pods'
+    /// included (default: the agent's own, the node's; pods go through
+    /// their interface's tc programs).
+    #[arg(long)]
+    pub socket_lb_all_namespaces: bool,
     /// Where to serve Prometheus metrics (`/metrics`); port 0 picks one.
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub metrics: SocketAddr,
@@ -114,6 +125,43 @@ pub fn api_server_url(url: &str) -> Result<http::Uri> {
         "--api-server {url:?}: give https://HOST[:PORT]"
     );
     Ok(uri)
+}
+
+/// Attach the socket hooks to `cgroup`, with the settings the node's
+/// programs were loaded with, for the agent's own namespace's sockets
+/// unless every namespace is asked for.
+fn attach_socket_lb(opts: &Options, cgroup: &std::path::Path) -> Result<()> {
+    let versioned = versioned_dir(&opts.bpffs);
+    let maps = Maps::open_pinned(&versioned).context("opening the maps for socket load balancing")?;
+    let mut cfg = maps
+        .observe()
+        .loaded_config(&versioned)
+        .context("the settings the node's programs were loaded with")?;
+    cfg.bpffs = opts.bpffs.clone();
+    let netns = if opts.socket_lb_all_namespaces {
+        0
+    } else {
+        sluice_tc_datapath::attach::sock::netns_cookie().context("reading this network namespace's cookie")?
+    };
+    let cgroup = &cgroup2_dir(cgroup);
+    let n = sluice_tc_datapath::attach::sock::attach(&cfg, cgroup, netns)
+        .with_context(|| format!("attaching socket load balancing to {}", cgroup.display()))?;
+    info!(cgroup = %cgroup.display(), hooks = n, all_namespaces = opts.socket_lb_all_namespaces, "socket load balancing on");
+    Ok(())
+}
+
+/// `dir`, or its `unified` child where `dir` is a hybrid host's cgroup v1
+/// tmpfs (the cgroup v2 hierarchy is mounted there).
+fn cgroup2_dir(dir: &std::path::Path) -> PathBuf {
+    let is_v2 = |p: &std::path::Path| {
+        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+    };
+    let unified = dir.join("unified");
+    if !is_v2(dir) && is_v2(&unified) {
+        unified
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// What wakes the loop: a file event, or the API-server store changed.
@@ -238,6 +286,9 @@ pub fn run(opts: Options) -> Result<()> {
         }
     };
     info!(node = %node.name, source = %source.describe(), "agent started");
+    if let Some(cgroup) = &opts.socket_lb_cgroup {
+        attach_socket_lb(&opts, cgroup)?;
+    }
     let metrics = if opts.once || opts.no_metrics {
         None
     } else {

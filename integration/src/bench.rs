@@ -2,10 +2,14 @@
 //! programs through BPF_PROG_TEST_RUN, and a TCP connect-request-response
 //! load between two pods.
 
+use crate::kube_proxy::Service;
 use crate::netns::Netns;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use sluice_tc_datapath::layout::PROTO_TCP as TCP;
+use sluice_tc_datapath::maps::lb::{Algorithm, Backend, ServiceSpec};
 use std::io::{Read, Write};
+use std::net::IpAddr;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -163,31 +167,35 @@ pub fn connection_rate(ns: &Netns, to: &[SocketAddr], secs: f64, workers: usize)
 
 /// Connections made in about `secs` (ok, failed, time taken).
 pub fn connections(ns: &Netns, to: &[SocketAddr], secs: f64, workers: usize) -> Result<(u64, u64, Duration)> {
-    ns.run(|| {
-        let deadline = Instant::now() + Duration::from_secs_f64(secs);
-        let started = Instant::now();
-        let counts: Vec<(u64, u64)> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..workers)
-                .map(|_| {
-                    s.spawn(|| {
-                        let (mut ok, mut failed) = (0u64, 0u64);
-                        let mut next = to.iter().cycle();
-                        while Instant::now() < deadline {
-                            match one_connection(*next.next().expect("a target")) {
-                                Ok(()) => ok += 1,
-                                Err(_) => failed += 1,
-                            }
+    ns.run(|| connections_here(to, secs, workers))
+}
+
+/// The same from the calling process's own namespace (a client process
+/// started inside a namespace and cgroup).
+pub fn connections_here(to: &[SocketAddr], secs: f64, workers: usize) -> (u64, u64, Duration) {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    let counts: Vec<(u64, u64)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let (mut ok, mut failed) = (0u64, 0u64);
+                    let mut next = to.iter().cycle();
+                    while Instant::now() < deadline {
+                        match one_connection(*next.next().expect("a target")) {
+                            Ok(()) => ok += 1,
+                            Err(_) => failed += 1,
                         }
-                        (ok, failed)
-                    })
+                    }
+                    (ok, failed)
                 })
-                .collect();
-            hs.into_iter().map(|h| h.join().expect("client thread")).collect()
-        });
-        let ok: u64 = counts.iter().map(|c| c.0).sum();
-        let failed: u64 = counts.iter().map(|c| c.1).sum();
-        (ok, failed, started.elapsed())
-    })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("client thread")).collect()
+    });
+    let ok: u64 = counts.iter().map(|c| c.0).sum();
+    let failed: u64 = counts.iter().map(|c| c.1).sum();
+    (ok, failed, started.elapsed())
 }
 
 /// Root is needed for BPF_PROG_TEST_RUN and network namespaces.
@@ -268,4 +276,97 @@ pub fn program_time(
         egress: per(0),
         ingress: per(1),
     })
+}
+
+/// Service `i` of the generated set: VIP 10.96.0.0 + i + 1, port 80/TCP,
+/// 3 backends of its own (10.128.0.0 + 3i + j + 1, port 8080).
+pub fn generated(i: usize) -> Service {
+    let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i as u32 + 1);
+    let endpoints = (0..3)
+        .map(|j| {
+            let a = u32::from(Ipv4Addr::new(10, 128, 0, 0)) + 3 * i as u32 + j + 1;
+            (Ipv4Addr::from(a), 8080)
+        })
+        .collect();
+    Service {
+        vip,
+        port: 80,
+        endpoints,
+    }
+}
+
+/// The datapath form of service `i` (ids derived from the index: what an
+/// agent with its allocator in memory writes).
+pub fn spec(i: usize, s: &Service) -> ServiceSpec {
+    ServiceSpec {
+        vip: s.vip.into(),
+        port: s.port,
+        proto: TCP,
+        rev_nat_id: i as u32 + 1,
+        algorithm: Algorithm::Random,
+        affinity_timeout_secs: 0,
+        reject: false,
+        node_address: false,
+        draining: Vec::new(),
+        backends: s
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(j, (a, p))| Backend {
+                id: 3 * i as u32 + j as u32 + 1,
+                addr: IpAddr::V4(*a),
+                port: *p,
+                active: true,
+            })
+            .collect(),
+    }
+}
+
+pub fn exec_in(ns: &Netns, program: &str, args: &[&str], stdin: &[u8]) -> Result<Duration> {
+    exec_within(ns, program, args, stdin, None)?.context("no time limit was set")
+}
+
+/// Run `program` in `ns` with `stdin`; `None` when it ran past `limit`
+/// and was killed.
+pub fn exec_within(
+    ns: &Netns,
+    program: &str,
+    args: &[&str],
+    stdin: &[u8],
+    limit: Option<Duration>,
+) -> Result<Option<Duration>> {
+    let started = Instant::now();
+    let mut child = ns
+        .cmd(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn {program}"))?;
+    child.stdin.take().expect("piped").write_all(stdin)?;
+    if let Some(limit) = limit {
+        while child.try_wait()?.is_none() {
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let out = child.wait_with_output()?;
+    let took = started.elapsed();
+    ensure!(
+        out.status.success(),
+        "{program} {} in {}: {}",
+        args.join(" "),
+        ns.name,
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    Ok(Some(took))
 }

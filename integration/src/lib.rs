@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod bench;
 pub mod bpffs;
+pub mod cgroup;
 pub mod chain;
 pub mod cni;
 pub mod datapath;

@@ -183,30 +183,41 @@ impl Services {
     /// node's).
     pub fn sync(&self, vpc: &Vpc) -> Result<()> {
         for node in 0..vpc.nodes.len() {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &vpc.nodes[node].name])
-                .arg(bin_dir().join("sluice-agent"))
-                .arg("--manifests")
-                .arg(&self.dir)
-                .arg("--bpffs")
-                .arg(vpc.bpffs[node].root())
-                .args([
-                    "--node-name",
-                    &vpc.node_name(node),
-                    "--once",
-                    "--no-metrics",
-                    "--no-flows",
-                ])
-                .arg("--cni-data-dir")
-                .arg(vpc.data_dir.join(format!("n{node}")))
-                .output()
-                .context("running sluice-agent (built? cargo build --workspace --bins)")?;
-            ensure!(
-                out.status.success(),
-                "sluice-agent --once on node {node}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            self.sync_node(vpc, node, &[])?;
         }
+        Ok(())
+    }
+
+    /// `sluice-agent --once` on one node, with `extra` arguments.
+    pub fn sync_node(&self, vpc: &Vpc, node: usize, extra: &[&std::ffi::OsStr]) -> Result<()> {
+        // nsenter rather than `ip netns exec`, which mounts a sysfs of its
+        // own over /sys and so hides the cgroup mount a socket-level
+        // attach names.
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", vpc.nodes[node].path().display()))
+            .arg("--")
+            .arg(bin_dir().join("sluice-agent"))
+            .arg("--manifests")
+            .arg(&self.dir)
+            .arg("--bpffs")
+            .arg(vpc.bpffs[node].root())
+            .args([
+                "--node-name",
+                &vpc.node_name(node),
+                "--once",
+                "--no-metrics",
+                "--no-flows",
+            ])
+            .arg("--cni-data-dir")
+            .arg(vpc.data_dir.join(format!("n{node}")))
+            .args(extra)
+            .output()
+            .context("running sluice-agent (built? cargo build --workspace --bins)")?;
+        ensure!(
+            out.status.success(),
+            "sluice-agent --once on node {node}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(())
     }
 }

@@ -7,7 +7,8 @@
 //! node's network; pods made through that chain get the datapath; the agent
 //! container (manifests in place of the API server, one pass) writes a
 //! Service into the node's pinned maps that a pod then calls, and collects
-//! a pod whose netns went without a DEL, leaving the live ones alone.
+//! a pod whose netns went without a DEL, leaving the live ones alone, and
+//! attaches the socket-level hooks to the cgroup mounted as the host's.
 
 use serde_json::Value;
 use sluice_integration::chain::Chain;
@@ -158,6 +159,8 @@ fn the_daemonset_image_installs_chains_and_runs_the_agent() {
     let mut node_own = full.clone();
     let sluice_entry = node_own["plugins"].as_array_mut().unwrap().pop().unwrap();
     std::fs::write(cni_conf.join("10-vpc.conflist"), node_own.to_string()).unwrap();
+    // The host's cgroup root stands in as a cgroup of the test's own.
+    let cg = sluice_integration::cgroup::TestCgroup::new(&vpc.prefix).unwrap();
     let host: BTreeMap<&str, PathBuf> = [
         ("/opt/cni/bin", cni_bin.clone()),
         ("/etc/cni/net.d", cni_conf.clone()),
@@ -167,6 +170,7 @@ fn the_daemonset_image_installs_chains_and_runs_the_agent() {
         ("/var/lib/sluice", vpc.data_dir.join("n0")),
         // The pods' namespaces are the real ones (mounted read only).
         ("/run/netns", PathBuf::from("/run/netns")),
+        ("/sys/fs/cgroup", cg.path.clone()),
     ]
     .into_iter()
     .collect();
@@ -257,6 +261,10 @@ endpoints: [{{addresses: [{}]}}]
     let out = run(&podman, &node, &image, &args);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "agent: {log}");
+    assert!(
+        log.contains("socket load balancing on"),
+        "the agent attached the socket hooks to the (host's) cgroup: {log}"
+    );
     assert!(
         log.contains("netns is gone"),
         "the agent collected the pod whose netns went: {log}"

@@ -148,3 +148,54 @@ int sl_ingress(struct __sk_buff *skb)
 	}
 	return untracked(skb, &p, DIR_INGRESS, 0);
 }
+
+/* The cgroup hooks of socket-level load balancing (lib/sock.h). */
+#include "lib/sock.h"
+
+SEC("cgroup/connect4")
+int sl_sock_connect4(struct bpf_sock_addr *ctx)
+{
+	return sock_forward4(ctx);
+}
+
+SEC("cgroup/connect6")
+int sl_sock_connect6(struct bpf_sock_addr *ctx)
+{
+	return sock_forward6(ctx);
+}
+
+SEC("cgroup/sendmsg4")
+int sl_sock_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock_forward4(ctx);
+}
+
+SEC("cgroup/sendmsg6")
+int sl_sock_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return sock_forward6(ctx);
+}
+
+SEC("cgroup/recvmsg4")
+int sl_sock_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock_backward4(ctx);
+}
+
+SEC("cgroup/recvmsg6")
+int sl_sock_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return sock_backward6(ctx);
+}
+
+SEC("cgroup/getpeername4")
+int sl_sock_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return sock_backward4(ctx);
+}
+
+SEC("cgroup/getpeername6")
+int sl_sock_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return sock_backward6(ctx);
+}

@@ -145,6 +145,27 @@ struct frag_value {
 	__be16 dport;
 };
 
+/* ---- socket-level load balancing: (socket, backend) -> the Service ----
+ * A socket the cgroup hooks sent to a backend instead of a Service
+ * address: what its peer (getpeername) and the source of what it receives
+ * (recvmsg) must read as, the Service's address. Keyed by the socket's
+ * cookie and the backend (an unconnected UDP socket talks to several);
+ * LRU: an entry outlives its socket only until pushed out.
+ */
+struct sock_rev_key {
+	__u64 cookie;
+	__u8 addr[16];
+	__be16 port;
+	__u8 pad0[6];
+};
+
+struct sock_rev_value {
+	__u8 addr[16];
+	__be16 port;
+	__u16 pad0;
+	__u32 rev_nat_id;
+};
+
 /* ---- conntrack shares: endpoint id -> its entries ----
  * A pod's share of the conntrack table, so that one pod's flood cannot
  * evict the others' flows: the programs add what they create, and refuse
@@ -376,7 +397,8 @@ enum reason {
 	DROP_POLICY = 13,		/* no network policy rule allows the flow */
 	DROP_ETHERTYPE = 14,		/* a pod's VLAN-tagged frame, or of an ethertype not IPv4, IPv6 or ARP */
 	DROP_CT_POD_LIMIT = 15,		/* a new flow of a pod that holds its share of the conntrack table */
-	REASON_MAX = 16,
+	REASON_SOCK_TRANSLATED = 16,	/* a socket's Service address replaced by a backend's (cgroup hooks) */
+	REASON_MAX = 17,
 };
 
 /* Metrics slots: room for 64 reasons in both directions, so a new reason is

@@ -119,6 +119,28 @@ pub struct RevNatValue {
     pub pad0: u16,
 }
 
+/// A socket the cgroup hooks sent to a backend: (socket cookie, backend).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SockRevKey {
+    pub cookie: u64,
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub pad0: [u8; 6],
+}
+
+/// The Service address such a socket must see.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SockRevValue {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub pad0: u16,
+    pub rev_nat_id: u32,
+}
+
 /// A pod's share of the conntrack table.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -422,10 +444,11 @@ pub enum Reason {
     DropPolicy = 13,
     DropEthertype = 14,
     DropCtPodLimit = 15,
+    SockTranslated = 16,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Forwarded,
         Reason::ServiceTranslated,
         Reason::ReplyTranslated,
@@ -442,6 +465,7 @@ impl Reason {
         Reason::DropPolicy,
         Reason::DropEthertype,
         Reason::DropCtPodLimit,
+        Reason::SockTranslated,
     ];
 
     pub fn name(self) -> &'static str {
@@ -462,6 +486,7 @@ impl Reason {
             Reason::DropPolicy => "drop-policy",
             Reason::DropEthertype => "drop-ethertype",
             Reason::DropCtPodLimit => "drop-ct-pod-limit",
+            Reason::SockTranslated => "sock-translated",
         }
     }
 
@@ -508,6 +533,8 @@ unsafe impl aya::Pod for BackendValue {}
 unsafe impl aya::Pod for RevNatValue {}
 unsafe impl aya::Pod for FragKey {}
 unsafe impl aya::Pod for CtPodValue {}
+unsafe impl aya::Pod for SockRevKey {}
+unsafe impl aya::Pod for SockRevValue {}
 unsafe impl aya::Pod for FragValue {}
 unsafe impl aya::Pod for MaglevKey {}
 unsafe impl aya::Pod for MaglevValue {}
@@ -566,6 +593,8 @@ mod tests {
             "affinity_value" => AffinityValue { last_used_ns, backend_id, pad0 },
             "frag_key" => FragKey { saddr, daddr, id, proto, pad0 },
             "ct_pod_value" => CtPodValue { entries, pad0 },
+            "sock_rev_key" => SockRevKey { cookie, addr, port, pad0 },
+            "sock_rev_value" => SockRevValue { addr, port, pad0, rev_nat_id },
             "frag_value" => FragValue { sport, dport },
             "ct_key" => CtKey { saddr, daddr, sport, dport, proto, kind, pad0 },
             "ct_value" => CtValue { expires_ns, backend_id, rev_nat_id, state, flags, nh_mac, nh_ifindex, pad0 },

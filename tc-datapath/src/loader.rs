@@ -54,6 +54,28 @@ pub fn load_build(
     build: &Build,
     ct_entries: Option<u32>,
 ) -> Result<Ebpf, LoadError> {
+    let mut ebpf = object(cfg, pin_root, build, ct_entries, 0)?;
+    for name in [EGRESS, INGRESS] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .expect("the object defines both programs")
+            .try_into()
+            .map_err(|source| LoadError::Program { name, source })?;
+        prog.load().map_err(|source| LoadError::Program { name, source })?;
+    }
+    Ok(ebpf)
+}
+
+/// The object with its settings and maps (pinned under `pin_root`, when
+/// given), no program loaded yet. `sock_netns` is the network namespace
+/// the socket hooks serve (0: every one).
+pub fn object(
+    cfg: &DatapathConfig,
+    pin_root: Option<&Path>,
+    build: &Build,
+    ct_entries: Option<u32>,
+    sock_netns: u64,
+) -> Result<Ebpf, LoadError> {
     cfg.validate()?;
     let t = &cfg.ct_timeouts;
     let ns = |d: std::time::Duration| d.as_nanos() as u64;
@@ -73,7 +95,8 @@ pub fn load_build(
         .override_global("cfg_maglev_m", &cfg.maglev_table_size, true)
         .override_global("cfg_source_check", &source_check, true)
         .override_global("cfg_flow_sample", &cfg.flow_sample, true)
-        .override_global("cfg_ct_pod_limit", &cfg.ct_pod_limit, true);
+        .override_global("cfg_ct_pod_limit", &cfg.ct_pod_limit, true)
+        .override_global("cfg_sock_netns_cookie", &sock_netns, true);
     if let Some(n) = ct_entries {
         loader.map_max_entries(maps::CT.name, n);
     }
@@ -83,16 +106,7 @@ pub fn load_build(
             loader.map_pin_path(def.name, maps::pin_path(&versioned, def));
         }
     }
-    let mut ebpf = loader.load(&build.object)?;
-    for name in [EGRESS, INGRESS] {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .expect("the object defines both programs")
-            .try_into()
-            .map_err(|source| LoadError::Program { name, source })?;
-        prog.load().map_err(|source| LoadError::Program { name, source })?;
-    }
-    Ok(ebpf)
+    Ok(loader.load(&build.object)?)
 }
 
 /// A datapath of its own, nothing pinned: the loaded object (its programs,

@@ -6,8 +6,8 @@
 //! Copies `sluice` and `sluice-ipam` next to this binary into the CNI bin
 //! directory, then writes `00-sluice.conflist`: the node's current network
 //! with sluice chained last (default), or sluice's own conflist
-//! (`--conflist FILE`). `--uninstall` removes that file and the host-path
-//! links the CNI binary made (`slh<index>`).
+//! (`--conflist FILE`). `--uninstall` removes that file, the host-path
+//! links the CNI binary made (`slh<index>`) and the agent's socket hooks.
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -31,9 +31,13 @@ struct Args {
     /// The chained sluice plugin's entry, as JSON.
     #[arg(long, default_value = r#"{"type": "sluice", "logFile": "/var/log/sluice-cni.log"}"#)]
     plugin: String,
-    /// Remove sluice's configuration and the node's host-path links.
+    /// Remove sluice's configuration, the node's host-path links and the
+    /// socket hooks.
     #[arg(long)]
     uninstall: bool,
+    /// sluice's bpffs root (where `--uninstall` finds the socket hooks).
+    #[arg(long, default_value = sluice_tc_datapath::config::DEFAULT_BPFFS)]
+    bpffs: PathBuf,
 }
 
 fn main() -> Result<()> {
@@ -49,6 +53,11 @@ fn main() -> Result<()> {
         // node's namespace is this one).
         for name in install::remove_host_paths()? {
             eprintln!("removed host path {name}");
+        }
+        let hooks = sluice_tc_datapath::attach::sock::detach_everywhere(&args.bpffs)
+            .with_context(|| format!("detaching the socket hooks under {}", args.bpffs.display()))?;
+        for dir in hooks {
+            eprintln!("detached the socket hooks pinned at {}", dir.display());
         }
         return Ok(());
     }

@@ -18,6 +18,14 @@ static __always_inline void v4_mapped(__u8 out[16], __be32 a)
 	__builtin_memcpy(out + 12, &a, 4);
 }
 
+/* An IPv4 address in the 16-byte form (::ffff:a.b.c.d). */
+static __always_inline int is_v4_mapped(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+}
+
 static __always_inline int addr_eq(const __u8 *a, const __u8 *b)
 {
 	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;

@@ -16,6 +16,9 @@ volatile const __u64 cfg_ct_udp_ns = 60ULL * 1000000000ULL;
 volatile const __u32 cfg_maglev_m = 16381;
 volatile const __u32 cfg_source_check = 1;
 volatile const __u32 cfg_flow_sample = 0;
+/* The network namespace whose sockets the cgroup hooks serve (its cookie;
+ * 0: every namespace). Set by the agent when it attaches them. */
+volatile const __u64 cfg_sock_netns_cookie = 0;
 /* The conntrack entries one pod may hold (0: no limit). */
 volatile const __u32 cfg_ct_pod_limit = 65536;
 

@@ -11,6 +11,7 @@
 
 mod iface;
 mod node;
+pub mod sock;
 
 pub use iface::CheckError;
 pub use node::Node;

@@ -57,55 +57,6 @@ pub(crate) fn service_list(n: usize, server: Ipv4Addr) -> (Vec<Service>, usize) 
     (v, at)
 }
 
-pub(crate) fn exec_in(ns: &Netns, program: &str, args: &[&str], stdin: &[u8]) -> Result<Duration> {
-    exec_within(ns, program, args, stdin, None)?.context("no time limit was set")
-}
-
-/// Run `program` in `ns` with `stdin`; `None` when it ran past `limit`
-/// and was killed.
-pub(crate) fn exec_within(
-    ns: &Netns,
-    program: &str,
-    args: &[&str],
-    stdin: &[u8],
-    limit: Option<Duration>,
-) -> Result<Option<Duration>> {
-    let started = Instant::now();
-    let mut child = ns
-        .cmd(program)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawn {program}"))?;
-    child.stdin.take().expect("piped").write_all(stdin)?;
-    if let Some(limit) = limit {
-        while child.try_wait()?.is_none() {
-            if started.elapsed() > limit {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    let out = child.wait_with_output()?;
-    let took = started.elapsed();
-    ensure!(
-        out.status.success(),
-        "{program} {} in {}: {}",
-        args.join(" "),
-        ns.name,
-        String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .take(5)
-            .collect::<Vec<_>>()
-            .join("; ")
-    );
-    Ok(Some(took))
-}
-
 pub(crate) fn connection_benchmark(args: &Args) -> Result<(Vec<ConnRow>, Inserts)> {
     let mut vpc = Vpc::new("bd", 1)?;
     let with_dp = vpc.main_conf(0, "1.0.0");

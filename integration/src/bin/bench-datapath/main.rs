@@ -31,19 +31,16 @@ use aya::programs::SchedClassifier;
 use clap::Parser;
 use serde_json::json;
 use sluice_integration::bench::{
-    self, ACK, CrrServer, ProgramTime, Rng, SYN, SYN_ACK, TC_ACT_OK, TC_ACT_REDIRECT, connection_rate, pct, run,
-    tcp_frame as frame,
+    self, ACK, CrrServer, ProgramTime, Rng, SYN, SYN_ACK, TC_ACT_OK, TC_ACT_REDIRECT, connection_rate, exec_in,
+    exec_within, generated, pct, run, spec, tcp_frame as frame,
 };
 use sluice_integration::kube_proxy::{self, Service};
-use sluice_integration::netns::Netns;
 use sluice_integration::vpc::{Vpc, result_ip};
 use sluice_tc_datapath::config::DatapathConfig;
-use sluice_tc_datapath::layout::{Direction, PROTO_TCP, Reason};
+use sluice_tc_datapath::layout::{Direction, Reason};
 use sluice_tc_datapath::loader::{self, EGRESS, INGRESS};
 use sluice_tc_datapath::maps::Maps;
 use sluice_tc_datapath::maps::endpoints::Endpoint;
-use sluice_tc_datapath::maps::lb::{Algorithm, Backend, ServiceSpec};
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -77,50 +74,6 @@ struct Args {
 }
 
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
-
-/// Service `i` of the generated set: VIP 10.96.0.0 + i + 1, port 80/TCP,
-/// 3 backends of its own (10.128.0.0 + 3i + j + 1, port 8080).
-fn generated(i: usize) -> Service {
-    let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i as u32 + 1);
-    let endpoints = (0..3)
-        .map(|j| {
-            let a = u32::from(Ipv4Addr::new(10, 128, 0, 0)) + 3 * i as u32 + j + 1;
-            (Ipv4Addr::from(a), 8080)
-        })
-        .collect();
-    Service {
-        vip,
-        port: 80,
-        endpoints,
-    }
-}
-
-/// The datapath form of service `i` (ids derived from the index: what an
-/// agent with its allocator in memory writes).
-fn spec(i: usize, s: &Service) -> ServiceSpec {
-    ServiceSpec {
-        vip: s.vip.into(),
-        port: s.port,
-        proto: PROTO_TCP,
-        rev_nat_id: i as u32 + 1,
-        algorithm: Algorithm::Random,
-        affinity_timeout_secs: 0,
-        reject: false,
-        node_address: false,
-        draining: Vec::new(),
-        backends: s
-            .endpoints
-            .iter()
-            .enumerate()
-            .map(|(j, (a, p))| Backend {
-                id: 3 * i as u32 + j as u32 + 1,
-                addr: IpAddr::V4(*a),
-                port: *p,
-                active: true,
-            })
-            .collect(),
-    }
-}
 
 struct PacketRow {
     services: usize,

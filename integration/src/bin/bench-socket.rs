@@ -1,0 +1,407 @@
+//! Socket-level load balancing against its baselines, everything in one run:
+//! TCP connection rate (connect, request, response, close) at 1, 10,000 and
+//! 100,000 Services on a simulated node.
+//!
+//!     sudo target/release/bench-socket [--services 1,10000,100000] [--rounds 5]
+//!
+//! From the node's own namespace (a host-network client):
+//! - to a ClusterIP through the socket hooks (the client in a cgroup the
+//!   hooks are attached to, for the node's namespace);
+//! - to the backend pod's IP, no Service (the limit);
+//! - to a ClusterIP through kube-proxy's nftables ruleset for the same
+//!   Services (on a second node of its own, so its nf_conntrack and
+//!   rules cost the others nothing).
+//!
+//! From a pod:
+//! - to a ClusterIP through the socket hooks (a cgroup attached for every
+//!   namespace: the pod's connect is translated, its packets are not);
+//! - to a ClusterIP through the tc programs' per-packet NAT;
+//! - to the backend pod's IP with no datapath on either pod (the limit).
+//!
+//! Each client is a process of its own (this binary with `--client`),
+//! started inside its namespace and, for the socket modes, its cgroup; the
+//! modes run round-robin so drift hits them alike. Figures: the median of
+//! the rounds, their min-max, and each mode's ratio to its direct path.
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Parser;
+use sluice_integration::bench::{self, CrrServer, exec_in, exec_within, generated, pct, spec};
+use sluice_integration::cgroup::{TestCgroup, cgroup2_root};
+use sluice_integration::kube_proxy::{self, Service};
+use sluice_integration::netns::Netns;
+use sluice_integration::vpc::{VPC_ROUTER, Vpc, result_ip};
+use sluice_tc_datapath::attach::sock;
+use sluice_tc_datapath::loader::versioned_dir;
+use sluice_tc_datapath::maps::Maps;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Args {
+    /// Service counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,10000,100000")]
+    services: Vec<usize>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Rounds of every mode (the median is reported, with min-max).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Client threads.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Seconds the nftables ruleset may take to load at one size.
+    #[arg(long, default_value_t = 600)]
+    load_budget: u64,
+    /// Internal: be one client (comma-separated targets) in this process's
+    /// namespace and print "ok failed seconds".
+    #[arg(long, hide = true, value_delimiter = ',')]
+    client: Option<Vec<SocketAddr>>,
+}
+
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 95, 0, 1);
+const PORTS: [u16; 3] = [8080, 8081, 8082];
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Mode {
+    HostDirect,
+    HostSock,
+    HostNft,
+    PodDirect,
+    PodTc,
+    PodSock,
+}
+
+impl Mode {
+    const ALL: [Mode; 6] = [
+        Mode::HostDirect,
+        Mode::HostSock,
+        Mode::HostNft,
+        Mode::PodDirect,
+        Mode::PodTc,
+        Mode::PodSock,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            Mode::HostDirect => "host -> pod IP (direct)",
+            Mode::HostSock => "host -> VIP, socket hooks",
+            Mode::HostNft => "host -> VIP, kube-proxy nftables",
+            Mode::PodDirect => "pod -> pod IP, no datapath",
+            Mode::PodTc => "pod -> VIP, tc per-packet NAT",
+            Mode::PodSock => "pod -> VIP, socket hooks",
+        }
+    }
+    /// The direct path this mode is compared with.
+    fn baseline(self) -> Mode {
+        match self {
+            Mode::HostDirect | Mode::HostSock | Mode::HostNft => Mode::HostDirect,
+            _ => Mode::PodDirect,
+        }
+    }
+}
+
+/// Where one mode's client runs and what it calls.
+struct Client {
+    mode: Mode,
+    netns: std::path::PathBuf,
+    cgroup: Option<std::path::PathBuf>,
+    targets: Vec<SocketAddr>,
+}
+
+fn ports_of(ip: Ipv4Addr) -> Vec<SocketAddr> {
+    PORTS
+        .iter()
+        .map(|p| SocketAddr::V4(SocketAddrV4::new(ip, *p)))
+        .collect()
+}
+
+/// The Services at size `n`: the generated ones and the measured one (the
+/// VIP over `server`'s three ports) in the middle.
+fn service_list(n: usize, server: Ipv4Addr) -> Vec<Service> {
+    let mut v: Vec<Service> = (0..n.saturating_sub(1)).map(generated).collect();
+    let at = v.len() / 2;
+    v.insert(
+        at,
+        Service {
+            vip: VIP,
+            port: 80,
+            endpoints: PORTS.iter().map(|p| (server, *p)).collect(),
+        },
+    );
+    v
+}
+
+/// Run one client process for `secs`: (connections/s, failed).
+fn run_client(c: &Client, secs: f64, workers: usize) -> Result<(f64, u64)> {
+    let me = std::env::current_exe()?;
+    let targets: Vec<String> = c.targets.iter().map(|t| t.to_string()).collect();
+    let mut argv = vec![
+        "nsenter".to_string(),
+        format!("--net={}", c.netns.display()),
+        "--".into(),
+        me.display().to_string(),
+        "--client".into(),
+        targets.join(","),
+        "--seconds".into(),
+        secs.to_string(),
+        "--workers".into(),
+        workers.to_string(),
+    ];
+    // Into the cgroup first: `nsenter` leaves /sys alone, and the client's
+    // sockets are born in the cgroup.
+    let script = match &c.cgroup {
+        Some(cg) => format!("echo $$ > '{}/cgroup.procs' && exec \"$@\"", cg.display()),
+        None => "exec \"$@\"".to_string(),
+    };
+    argv.splice(0..0, ["sh".to_string(), "-c".into(), script, "client".into()]);
+    let out = Command::new(&argv[0])
+        .args(&argv[1..])
+        .output()
+        .context("starting a client")?;
+    ensure!(
+        out.status.success(),
+        "{} client: {}",
+        c.mode.label(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<f64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    ensure!(f.len() == 3, "{} client said {text:?}", c.mode.label());
+    Ok((f[0] / f[2], f[1] as u64))
+}
+
+/// Attach the hooks to `cgroup` on node 0 with the node's loaded settings,
+/// for the node's namespace (`all`: every namespace).
+fn attach(vpc: &Vpc, cgroup: &Path, all: bool) -> Result<()> {
+    let root = vpc.bpffs[0].root();
+    let versioned = versioned_dir(&root);
+    let maps = Maps::open_pinned(&versioned)?;
+    let mut cfg = maps.observe().loaded_config(&versioned)?;
+    cfg.bpffs = root;
+    let netns = if all { 0 } else { vpc.nodes[0].run(sock::netns_cookie)?? };
+    sock::attach(&cfg, cgroup, netns).context("attaching the socket hooks")?;
+    Ok(())
+}
+
+/// A pod on `node` (datapath on or off): its index and address.
+fn pod(vpc: &mut Vpc, node: usize, name: &str, datapath: bool) -> Result<(usize, Ipv4Addr)> {
+    let mut conf = vpc.main_conf(node, "1.0.0");
+    if !datapath {
+        conf["datapath"]["enabled"] = serde_json::json!(false);
+    }
+    let p = vpc.pod(name)?;
+    let out = vpc.sluice(node, "ADD", name, p, &conf);
+    ensure!(out.success, "ADD {name}: {}{}", out.stdout, out.stderr);
+    Ok((p, result_ip(&out.json()).parse()?))
+}
+
+struct Row {
+    services: usize,
+    /// Per mode: the rounds' rates.
+    rates: Vec<Vec<f64>>,
+    nft_loaded: bool,
+    nft_secs: f64,
+    failed: u64,
+}
+
+fn load_nft(args: &Args, ns: &Netns, list: &[Service]) -> Result<(bool, f64)> {
+    let started = Instant::now();
+    let _ = exec_in(ns, "nft", &["delete", "table", "ip", kube_proxy::NFT_TABLE], b"");
+    let budget = Duration::from_secs(args.load_budget);
+    for text in kube_proxy::nft_ruleset(list, CLUSTER_CIDR, 4000) {
+        let left = budget.saturating_sub(started.elapsed());
+        if exec_within(ns, "nft", &["-f", "-"], text.as_bytes(), Some(left))?.is_none() {
+            let _ = exec_in(ns, "nft", &["delete", "table", "ip", kube_proxy::NFT_TABLE], b"");
+            return Ok((false, started.elapsed().as_secs_f64()));
+        }
+    }
+    Ok((true, started.elapsed().as_secs_f64()))
+}
+
+fn measure(args: &Args) -> Result<Vec<Row>> {
+    let mut vpc = Vpc::new("bs", 2)?;
+    // A node's default route (kube-proxy's host client routes the VIP by
+    // it before its rules turn it into a pod address).
+    for node in &vpc.nodes {
+        node.ip(&["route", "add", "default", "via", VPC_ROUTER, "dev", "eth0"])?;
+    }
+    let (s0_pod, s0) = pod(&mut vpc, 0, "s0", true)?;
+    let (ctc, _) = pod(&mut vpc, 0, "ctc", true)?;
+    let (csock, _) = pod(&mut vpc, 0, "csk", true)?;
+    let (cd, _) = pod(&mut vpc, 0, "cd", false)?;
+    let (sd_pod, sd) = pod(&mut vpc, 0, "sd", false)?;
+    let (s1_pod, s1) = pod(&mut vpc, 1, "s1", true)?;
+    let _servers = [s0_pod, sd_pod, s1_pod]
+        .iter()
+        .map(|p| CrrServer::start(&vpc.pods[*p], &PORTS))
+        .collect::<Result<Vec<_>>>()?;
+    let host_cg = TestCgroup::new(&format!("{}-host", vpc.prefix))?;
+    let pod_cg = TestCgroup::new(&format!("{}-pods", vpc.prefix))?;
+    attach(&vpc, &host_cg.path, false)?;
+    attach(&vpc, &pod_cg.path, true)?;
+    let vip = vec![SocketAddr::V4(SocketAddrV4::new(VIP, 80))];
+    let clients: Vec<Client> = Mode::ALL
+        .iter()
+        .map(|&mode| {
+            let (netns, cgroup, targets) = match mode {
+                Mode::HostDirect => (vpc.nodes[0].path(), None, ports_of(s0)),
+                Mode::HostSock => (vpc.nodes[0].path(), Some(host_cg.path.clone()), vip.clone()),
+                Mode::HostNft => (vpc.nodes[1].path(), None, vip.clone()),
+                Mode::PodDirect => (vpc.pods[cd].path(), None, ports_of(sd)),
+                Mode::PodTc => (vpc.pods[ctc].path(), None, vip.clone()),
+                Mode::PodSock => (vpc.pods[csock].path(), Some(pod_cg.path.clone()), vip.clone()),
+            };
+            Client {
+                mode,
+                netns,
+                cgroup,
+                targets,
+            }
+        })
+        .collect();
+    let mut maps = vpc.maps(0)?;
+    let mut in_maps = 0usize;
+    let mut rows = Vec::new();
+    for &n in &args.services {
+        while in_maps < n.saturating_sub(1) {
+            maps.lb_mut().upsert_service(&spec(in_maps, &generated(in_maps)))?;
+            in_maps += 1;
+        }
+        let measured = service_list(1, s0);
+        maps.lb_mut().upsert_service(&spec(999_999, &measured[0]))?;
+        let (nft_loaded, nft_secs) = load_nft(args, &vpc.nodes[1], &service_list(n, s1))?;
+        eprintln!(
+            "{n} services: sluice's maps written, nftables {} in {nft_secs:.1} s",
+            if nft_loaded {
+                "loaded"
+            } else {
+                "NOT loaded (over the budget)"
+            }
+        );
+        let live: Vec<&Client> = clients
+            .iter()
+            .filter(|c| nft_loaded || c.mode != Mode::HostNft)
+            .collect();
+        for c in &live {
+            let (rate, failed) = run_client(c, 0.3, args.workers)?;
+            if failed > 0 || rate == 0.0 {
+                bail!(
+                    "{} at {n} services: {failed} failed connections, {rate:.0}/s",
+                    c.mode.label()
+                );
+            }
+        }
+        let mut rates = vec![Vec::new(); Mode::ALL.len()];
+        let mut failed = 0;
+        for round in 0..args.rounds {
+            for c in &live {
+                let (rate, f) = run_client(c, args.seconds, args.workers)?;
+                rates[Mode::ALL.iter().position(|m| *m == c.mode).unwrap()].push(rate);
+                failed += f;
+            }
+            eprintln!("{n} services: round {} of {} done", round + 1, args.rounds);
+        }
+        rows.push(Row {
+            services: n,
+            rates,
+            nft_loaded,
+            nft_secs,
+            failed,
+        });
+    }
+    let _ = exec_in(
+        &vpc.nodes[1],
+        "nft",
+        &["delete", "table", "ip", kube_proxy::NFT_TABLE],
+        b"",
+    );
+    // The hooks' links go with the node's bpffs, the cgroups with their
+    // guards.
+    Ok(rows)
+}
+
+fn report(args: &Args, rows: &[Row]) {
+    bench::print_machine("socket load-balancing");
+    println!(
+        "TCP connect/request/response/close per second, {} client threads, median of {} rounds of {} s [min-max]; \
+         x: ratio to the direct path of the same side",
+        args.workers, args.rounds, args.seconds
+    );
+    for r in rows {
+        println!();
+        println!(
+            "{} services{}",
+            r.services,
+            if r.failed > 0 {
+                format!(" ({} connections failed)", r.failed)
+            } else {
+                String::new()
+            }
+        );
+        let median = |m: Mode| -> f64 {
+            let mut v = r.rates[Mode::ALL.iter().position(|x| *x == m).unwrap()].clone();
+            if v.is_empty() { f64::NAN } else { pct(&mut v, 0.5) }
+        };
+        for m in Mode::ALL {
+            let v = &r.rates[Mode::ALL.iter().position(|x| *x == m).unwrap()];
+            if v.is_empty() {
+                println!(
+                    "  {:<34} not measured: the ruleset did not load within {} s ({:.0} s spent)",
+                    m.label(),
+                    args.load_budget,
+                    r.nft_secs
+                );
+                continue;
+            }
+            let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().cloned().fold(0.0, f64::max);
+            let ratio = median(m) / median(m.baseline());
+            println!(
+                "  {:<34} {:>8.0}/s [{:>6.0}-{:>6.0}]  {:>5.3}x",
+                m.label(),
+                median(m),
+                lo,
+                hi,
+                ratio
+            );
+        }
+        let host = median(Mode::HostSock) / median(Mode::HostDirect);
+        let pod = median(Mode::PodSock) / median(Mode::PodDirect);
+        let tc = median(Mode::PodTc) / median(Mode::PodDirect);
+        let nft = median(Mode::HostNft);
+        println!(
+            "  targets: host VIP >= 0.97x direct (at 100,000): {host:.3}x; pod VIP >= 0.95x direct: socket {pod:.3}x, tc {tc:.3}x; \
+             above nftables: host {}, pod {}",
+            if r.nft_loaded {
+                format!("{:.2}x", median(Mode::HostSock) / nft)
+            } else {
+                "n/a".into()
+            },
+            if r.nft_loaded {
+                format!("{:.2}x", median(Mode::PodSock) / nft)
+            } else {
+                "n/a".into()
+            },
+        );
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(targets) = &args.client {
+        let (ok, failed, took) = bench::connections_here(targets, args.seconds, args.workers);
+        println!("{ok} {failed} {}", took.as_secs_f64());
+        return Ok(());
+    }
+    bench::require_root("bench-socket")?;
+    ensure!(
+        cgroup2_root().is_some(),
+        "no cgroup v2 mount: the socket hooks need one"
+    );
+    let rows = measure(&args)?;
+    report(&args, &rows);
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Socket-level load balancing (bpf/lib/sock.h): the object's cgroup hooks
+//! on connect, sendmsg, recvmsg and getpeername, IPv4 and IPv6, loaded
+//! with the node's pinned maps and attached to a cgroup through bpf links
+//! pinned under `<versioned>/sock/<cgroup inode>/`. The links outlive the
+//! process that made them (an agent restart changes nothing for a socket),
+//! and attaching again replaces them without a gap: the new links are made
+//! before the old ones go, and a socket the first hook already sent to a
+//! backend is no Service address to the second.
+
+use super::{AttachError, io_err, link_err, prog_err};
+use crate::config::DatapathConfig;
+use crate::loader::{self, versioned_dir};
+use crate::migrate::Build;
+use crate::pin;
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use tracing::info;
+
+/// The hooks, by program name.
+pub const PROGRAMS: [&str; 8] = [
+    "sl_sock_connect4",
+    "sl_sock_connect6",
+    "sl_sock_sendmsg4",
+    "sl_sock_sendmsg6",
+    "sl_sock_recvmsg4",
+    "sl_sock_recvmsg6",
+    "sl_sock_getpeername4",
+    "sl_sock_getpeername6",
+];
+
+/// Where a cgroup's links are pinned.
+fn dir_for(cfg: &DatapathConfig, cgroup: &Path) -> Result<PathBuf, AttachError> {
+    let ino = std::fs::metadata(cgroup)
+        .map_err(io_err("reading the cgroup", cgroup))?
+        .ino();
+    Ok(versioned_dir(&cfg.bpffs).join("sock").join(ino.to_string()))
+}
+
+/// The cookie of the calling thread's network namespace (what the hooks
+/// compare a socket's with).
+pub fn netns_cookie() -> std::io::Result<u64> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a socket we own and a buffer of the option's size.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// Attach the hooks to `cgroup` for the sockets of the network namespace
+/// `netns` (its cookie; 0: every namespace, pods' included). The node's
+/// maps must be pinned already (a CNI ADD or the agent loaded the node's
+/// programs). Returns how many hooks are attached.
+pub fn attach(cfg: &DatapathConfig, cgroup: &Path, netns: u64) -> Result<usize, AttachError> {
+    let dir = dir_for(cfg, cgroup)?;
+    pin::ensure_bpffs(&cfg.bpffs)?;
+    std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+    let cg = std::fs::File::open(cgroup).map_err(io_err("opening the cgroup", cgroup))?;
+    let mut ebpf = loader::object(cfg, Some(&cfg.bpffs), &Build::current(), None, netns)?;
+    for name in PROGRAMS {
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .expect("the object defines the socket hooks")
+            .try_into()
+            .map_err(prog_err(format!("{name} as a cgroup hook")))?;
+        prog.load().map_err(prog_err(format!("loading {name}")))?;
+        let id = prog
+            .attach(&cg, CgroupAttachMode::Single)
+            .map_err(prog_err(format!("attaching {name} to {}", cgroup.display())))?;
+        let link = prog.take_link(id).map_err(prog_err(format!("{name}'s link")))?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(link_err(format!("{name}'s link as an fd link")))?;
+        // The new link first, then the old one goes: no gap.
+        let path = dir.join(name);
+        // bpffs refuses dots in names.
+        let next = dir.join(format!("{name}_next"));
+        let _ = std::fs::remove_file(&next);
+        fd.pin(&next).map_err(|source| AttachError::Pinning {
+            what: format!("pinning {}", next.display()),
+            source,
+        })?;
+        if let Ok(old) = PinnedLink::from_pin(&path) {
+            old.unpin().map_err(io_err("unpinning", &path))?;
+        }
+        std::fs::rename(&next, &path).map_err(io_err("renaming the pin", &next))?;
+    }
+    info!(cgroup = %cgroup.display(), netns, "socket load balancing attached");
+    Ok(PROGRAMS.len())
+}
+
+/// Detach every hook from `cgroup` (its pinned links go). Returns how many
+/// there were.
+pub fn detach(cfg: &DatapathConfig, cgroup: &Path) -> Result<usize, AttachError> {
+    let dir = dir_for(cfg, cgroup)?;
+    let mut n = 0;
+    for name in PROGRAMS {
+        let path = dir.join(name);
+        if let Ok(l) = PinnedLink::from_pin(&path) {
+            l.unpin().map_err(io_err("unpinning", &path))?;
+            n += 1;
+        }
+    }
+    let _ = std::fs::remove_dir(&dir);
+    Ok(n)
+}
+
+/// Detach the hooks from every cgroup they were attached to, under every
+/// layout's directory in `bpffs` (an uninstall). Returns the directories
+/// emptied.
+pub fn detach_everywhere(bpffs: &Path) -> Result<Vec<PathBuf>, AttachError> {
+    let mut gone = Vec::new();
+    let Ok(layouts) = std::fs::read_dir(bpffs) else {
+        return Ok(gone);
+    };
+    for layout in layouts.flatten() {
+        let Ok(cgroups) = std::fs::read_dir(layout.path().join("sock")) else {
+            continue;
+        };
+        for dir in cgroups.flatten().map(|e| e.path()) {
+            for pin in std::fs::read_dir(&dir).map_err(io_err("listing", &dir))?.flatten() {
+                let path = pin.path();
+                if let Ok(l) = PinnedLink::from_pin(&path) {
+                    l.unpin().map_err(io_err("unpinning", &path))?;
+                }
+            }
+            let _ = std::fs::remove_dir(&dir);
+            gone.push(dir);
+        }
+    }
+    Ok(gone)
+}
