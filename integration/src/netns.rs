@@ -74,6 +74,34 @@ impl Netns {
             .collect())
     }
 
+    /// What netfilter holds in this namespace: conntrack entries, iptables
+    /// rules, an nftables ruleset (empty when sluice kept it out, as it
+    /// must).
+    pub fn netfilter(&self) -> Result<Vec<String>> {
+        let mut found = Vec::new();
+        let ct = self.exec("conntrack", &["-L"])?;
+        found.extend(
+            String::from_utf8_lossy(&ct.stdout)
+                .lines()
+                .map(|l| format!("conntrack: {l}")),
+        );
+        let ipt = self.exec("iptables-save", &[])?;
+        found.extend(
+            String::from_utf8_lossy(&ipt.stdout)
+                .lines()
+                .filter(|l| l.starts_with("-A"))
+                .map(|l| format!("iptables: {l}")),
+        );
+        let nft = self.exec("nft", &["list", "ruleset"])?;
+        found.extend(
+            String::from_utf8_lossy(&nft.stdout)
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| format!("nft: {l}")),
+        );
+        Ok(found)
+    }
+
     pub fn addrs(&self, dev: &str) -> Result<Vec<String>> {
         let out = self.ip(&["-o", "addr", "show", "dev", dev])?;
         Ok(out

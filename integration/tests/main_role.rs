@@ -2,7 +2,7 @@
 
 use serde_json::json;
 use sluice_integration::probe::{EchoServer, tcp_request, udp_request};
-use sluice_integration::vpc::{Vpc, result_ip};
+use sluice_integration::vpc::{VPC_ROUTER, Vpc, node_ip, result_ip};
 use sluice_integration::{bin_dir, require_root};
 use std::net::SocketAddr;
 
@@ -161,6 +161,22 @@ fn eni_kind_moves_the_device_in_and_hands_it_back() {
     );
     let _gw = EchoServer::start(&vpc.fabric, 7001, "vpc").unwrap();
     assert_eq!(tcp_request(&vpc.pods[p], sa("10.244.0.1", 7001), "x").unwrap(), "vpc:x");
+    // A whole ENI needs no host path: the node probes its pod, and the pod
+    // reaches its node, through the VPC like any other host.
+    vpc.nodes[0]
+        .ip(&["route", "add", "default", "via", VPC_ROUTER, "dev", "eth0"])
+        .unwrap();
+    let _pod_server = EchoServer::start(&vpc.pods[p], 7000, "p").unwrap();
+    let _node_server = EchoServer::start(&vpc.nodes[0], 7002, "node").unwrap();
+    let pod_ip = result_ip(&r);
+    assert_eq!(
+        tcp_request(&vpc.nodes[0], sa(&pod_ip, 7000), "probe").unwrap(),
+        "p:probe"
+    );
+    assert_eq!(
+        tcp_request(&vpc.pods[p], sa(&node_ip(0), 7002), "hi").unwrap(),
+        "node:hi"
+    );
     vpc.sluice(0, "CHECK", "p", p, &conf).expect_ok("CHECK");
 
     // A second pod cannot take the same ENI, and leaves nothing behind.

@@ -174,7 +174,10 @@ fn host_sockets_reach_services() {
         ServicePort::new(&format!("[{VIP6}]:53/udp"), &[sa(&b1.3, 7000)]),
         ServicePort::new(&format!("{EMPTY}:80/tcp"), &[]),
         ServicePort::new(&format!("{STICKY}:80/tcp"), &v4).affinity(60),
-        ServicePort::new(&format!("{DRAINING}:80/tcp"), &v4[..1]).terminating(v4[1]),
+        // On the other port: a backend entry (address, port, protocol) is
+        // shared by every Service, and one terminating anywhere is not
+        // kept by affinity (docs/agent.md).
+        ServicePort::new(&format!("{DRAINING}:80/tcp"), &[sa(&b1.2, 7100)]).terminating(sa(&b2.2, 7100)),
     ]
     .iter()
     .map(ServicePort::manifest)
@@ -268,6 +271,15 @@ fn host_sockets_reach_services() {
     // And a pod reaching the Service from its own path is served.
     let reply = tcp_request(&vpc.pods[b2.0], sa(VIP, 80), "p").unwrap();
     assert!(reply.starts_with("b1:") || reply.starts_with("b2:"), "{reply}");
+
+    for ns in vpc.nodes.iter().chain(vpc.pods.iter()) {
+        assert_eq!(
+            ns.netfilter().unwrap(),
+            Vec::<String>::new(),
+            "netfilter in {}",
+            ns.name
+        );
+    }
 
     // An open connection outlives the agent attaching again (its restart):
     // the same backend answers, and new connections are still served.

@@ -155,25 +155,25 @@ int sl_ingress(struct __sk_buff *skb)
 SEC("cgroup/connect4")
 int sl_sock_connect4(struct bpf_sock_addr *ctx)
 {
-	return sock_forward4(ctx);
+	return sock_forward4(ctx, 0);
 }
 
 SEC("cgroup/connect6")
 int sl_sock_connect6(struct bpf_sock_addr *ctx)
 {
-	return sock_forward6(ctx);
+	return sock_forward6(ctx, 0);
 }
 
 SEC("cgroup/sendmsg4")
 int sl_sock_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return sock_forward4(ctx);
+	return sock_forward4(ctx, 1);
 }
 
 SEC("cgroup/sendmsg6")
 int sl_sock_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return sock_forward6(ctx);
+	return sock_forward6(ctx, 1);
 }
 
 SEC("cgroup/recvmsg4")
@@ -198,4 +198,10 @@ SEC("cgroup/getpeername6")
 int sl_sock_getpeername6(struct bpf_sock_addr *ctx)
 {
 	return sock_backward6(ctx);
+}
+
+SEC("cgroup/sock_release")
+int sl_sock_release(struct bpf_sock *sk)
+{
+	return sock_release(sk);
 }

@@ -145,25 +145,28 @@ struct frag_value {
 	__be16 dport;
 };
 
-/* ---- socket-level load balancing: (socket, backend) -> the Service ----
- * A socket the cgroup hooks sent to a backend instead of a Service
- * address: what its peer (getpeername) and the source of what it receives
- * (recvmsg) must read as, the Service's address. Keyed by the socket's
- * cookie and the backend (an unconnected UDP socket talks to several);
- * LRU: an entry outlives its socket only until pushed out.
+/* ---- socket-level load balancing: socket cookie -> what it was given ----
+ * The frontend a socket named and the backend the cgroup hooks sent it to
+ * instead, which its peer (getpeername) and the source of what it
+ * receives (recvmsg) must read as the frontend. A connect uses slot 0; an
+ * unconnected UDP socket (a resolver's sendto) takes the slot already
+ * naming its backend, else the next one in turn. The entry goes when the
+ * socket is released (a sock_release hook). Not socket-local storage:
+ * creating that costs two allocations per socket, ~2 us; not an LRU:
+ * its update costs as much once sockets come and go by the thousand.
  */
-struct sock_rev_key {
-	__u64 cookie;
-	__u8 addr[16];
-	__be16 port;
-	__u8 pad0[6];
+#define SOCK_REV_SLOTS 4
+
+struct sock_rev_slot {
+	__u8 backend[16];
+	__u8 frontend[16];
+	__be16 backend_port;
+	__be16 frontend_port;
 };
 
-struct sock_rev_value {
-	__u8 addr[16];
-	__be16 port;
-	__u16 pad0;
-	__u32 rev_nat_id;
+struct sock_rev {
+	struct sock_rev_slot slot[SOCK_REV_SLOTS];
+	__u32 next;
 };
 
 /* ---- conntrack shares: endpoint id -> its entries ----

@@ -45,10 +45,11 @@ static void structs(void)
 	OFF(frag_key, saddr); OFF(frag_key, daddr); OFF(frag_key, id); OFF(frag_key, proto); OFF(frag_key, pad0);
 	SIZE(frag_value);
 	OFF(frag_value, sport); OFF(frag_value, dport);
-	SIZE(sock_rev_key);
-	OFF(sock_rev_key, cookie); OFF(sock_rev_key, addr); OFF(sock_rev_key, port); OFF(sock_rev_key, pad0);
-	SIZE(sock_rev_value);
-	OFF(sock_rev_value, addr); OFF(sock_rev_value, port); OFF(sock_rev_value, pad0); OFF(sock_rev_value, rev_nat_id);
+	SIZE(sock_rev_slot);
+	OFF(sock_rev_slot, backend); OFF(sock_rev_slot, frontend); OFF(sock_rev_slot, backend_port);
+	OFF(sock_rev_slot, frontend_port);
+	SIZE(sock_rev);
+	OFF(sock_rev, slot); OFF(sock_rev, next);
 	SIZE(ct_pod_value);
 	OFF(ct_pod_value, entries); OFF(ct_pod_value, pad0);
 	SIZE(ct_key);

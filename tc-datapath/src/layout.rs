@@ -119,26 +119,26 @@ pub struct RevNatValue {
     pub pad0: u16,
 }
 
-/// A socket the cgroup hooks sent to a backend: (socket cookie, backend).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct SockRevKey {
-    pub cookie: u64,
-    pub addr: Addr,
-    /// Network byte order.
-    pub port: u16,
-    pub pad0: [u8; 6],
-}
-
-/// The Service address such a socket must see.
+/// One frontend a socket named and the backend the hooks gave it.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct SockRevValue {
-    pub addr: Addr,
+pub struct SockRevSlot {
+    pub backend: Addr,
+    pub frontend: Addr,
     /// Network byte order.
-    pub port: u16,
-    pub pad0: u16,
-    pub rev_nat_id: u32,
+    pub backend_port: u16,
+    /// Network byte order.
+    pub frontend_port: u16,
+}
+
+pub const SOCK_REV_SLOTS: usize = 4;
+
+/// What `sl_sock_svc` holds for a socket (by its cookie).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SockRev {
+    pub slot: [SockRevSlot; SOCK_REV_SLOTS],
+    pub next: u32,
 }
 
 /// A pod's share of the conntrack table.
@@ -533,8 +533,7 @@ unsafe impl aya::Pod for BackendValue {}
 unsafe impl aya::Pod for RevNatValue {}
 unsafe impl aya::Pod for FragKey {}
 unsafe impl aya::Pod for CtPodValue {}
-unsafe impl aya::Pod for SockRevKey {}
-unsafe impl aya::Pod for SockRevValue {}
+unsafe impl aya::Pod for SockRev {}
 unsafe impl aya::Pod for FragValue {}
 unsafe impl aya::Pod for MaglevKey {}
 unsafe impl aya::Pod for MaglevValue {}
@@ -593,8 +592,8 @@ mod tests {
             "affinity_value" => AffinityValue { last_used_ns, backend_id, pad0 },
             "frag_key" => FragKey { saddr, daddr, id, proto, pad0 },
             "ct_pod_value" => CtPodValue { entries, pad0 },
-            "sock_rev_key" => SockRevKey { cookie, addr, port, pad0 },
-            "sock_rev_value" => SockRevValue { addr, port, pad0, rev_nat_id },
+            "sock_rev_slot" => SockRevSlot { backend, frontend, backend_port, frontend_port },
+            "sock_rev" => SockRev { slot, next },
             "frag_value" => FragValue { sport, dport },
             "ct_key" => CtKey { saddr, daddr, sport, dport, proto, kind, pad0 },
             "ct_value" => CtValue { expires_ns, backend_id, rev_nat_id, state, flags, nh_mac, nh_ifindex, pad0 },

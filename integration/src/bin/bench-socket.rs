@@ -9,13 +9,17 @@
 //!   hooks are attached to, for the node's namespace);
 //! - to the backend pod's IP, no Service (the limit);
 //! - to a ClusterIP through kube-proxy's nftables ruleset for the same
-//!   Services (on a second node of its own, so its nf_conntrack and
-//!   rules cost the others nothing).
+//!   Services, on a node of its own (so its nf_conntrack and rules cost
+//!   the others nothing), twice: as kube-proxy runs with `--cluster-cidr`
+//!   (a host client's connection is masqueraded, `fully-random`), and
+//!   without it (not masqueraded), each on its own node.
 //!
 //! From a pod:
 //! - to a ClusterIP through the socket hooks (a cgroup attached for every
 //!   namespace: the pod's connect is translated, its packets are not);
 //! - to a ClusterIP through the tc programs' per-packet NAT;
+//! - to the backend pod's IP, sluice's programs on both pods (the same
+//!   path without a Service);
 //! - to the backend pod's IP with no datapath on either pod (the limit).
 //!
 //! Each client is a process of its own (this binary with `--client`),
@@ -70,17 +74,21 @@ enum Mode {
     HostDirect,
     HostSock,
     HostNft,
+    HostNftPlain,
     PodDirect,
+    PodIp,
     PodTc,
     PodSock,
 }
 
 impl Mode {
-    const ALL: [Mode; 6] = [
+    const ALL: [Mode; 8] = [
         Mode::HostDirect,
         Mode::HostSock,
         Mode::HostNft,
+        Mode::HostNftPlain,
         Mode::PodDirect,
+        Mode::PodIp,
         Mode::PodTc,
         Mode::PodSock,
     ];
@@ -88,8 +96,10 @@ impl Mode {
         match self {
             Mode::HostDirect => "host -> pod IP (direct)",
             Mode::HostSock => "host -> VIP, socket hooks",
-            Mode::HostNft => "host -> VIP, kube-proxy nftables",
+            Mode::HostNft => "host -> VIP, nftables, masquerade",
+            Mode::HostNftPlain => "host -> VIP, nftables, no masq.",
             Mode::PodDirect => "pod -> pod IP, no datapath",
+            Mode::PodIp => "pod -> pod IP, sluice attached",
             Mode::PodTc => "pod -> VIP, tc per-packet NAT",
             Mode::PodSock => "pod -> VIP, socket hooks",
         }
@@ -97,7 +107,7 @@ impl Mode {
     /// The direct path this mode is compared with.
     fn baseline(self) -> Mode {
         match self {
-            Mode::HostDirect | Mode::HostSock | Mode::HostNft => Mode::HostDirect,
+            Mode::HostDirect | Mode::HostSock | Mode::HostNft | Mode::HostNftPlain => Mode::HostDirect,
             _ => Mode::PodDirect,
         }
     }
@@ -173,6 +183,30 @@ fn run_client(c: &Client, secs: f64, workers: usize) -> Result<(f64, u64)> {
     Ok((f[0] / f[2], f[1] as u64))
 }
 
+/// The connect and release hooks' run time per connection of the host client `c`, ns
+/// (the kernel's statistics, on for this run only).
+fn hook_time(c: &Client, args: &Args) -> Result<[f64; 2]> {
+    // Names are cut at 15 bytes: connect4 and connect6 alike.
+    const NAMES: [&str; 2] = ["sl_sock_connect", "sl_sock_release"];
+    let sample = || -> Result<[u64; 2]> {
+        let mut t = [0; 2];
+        for info in aya::programs::loaded_programs() {
+            let info = info?;
+            if let Some(i) = NAMES.iter().position(|n| info.name_as_str() == Some(n)) {
+                t[i] += info.run_time().as_nanos() as u64;
+            }
+        }
+        Ok(t)
+    };
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let before = sample()?;
+    let (rate, failed) = run_client(c, args.seconds, args.workers)?;
+    let after = sample()?;
+    ensure!(failed == 0, "{failed} failed connections while timing the hooks");
+    let connections = (rate * args.seconds).max(1.0);
+    Ok([0, 1].map(|i| (after[i] - before[i]) as f64 / connections))
+}
+
 /// Attach the hooks to `cgroup` on node 0 with the node's loaded settings,
 /// for the node's namespace (`all`: every namespace).
 fn attach(vpc: &Vpc, cgroup: &Path, all: bool) -> Result<()> {
@@ -202,16 +236,23 @@ struct Row {
     services: usize,
     /// Per mode: the rounds' rates.
     rates: Vec<Vec<f64>>,
-    nft_loaded: bool,
-    nft_secs: f64,
-    failed: u64,
+    /// Per nftables node: loaded within the budget, seconds spent.
+    nft: [(bool, f64); 2],
+    /// Per mode: connections that failed (a 1 s connect timeout each).
+    failed: Vec<u64>,
+    /// The connect and release hooks' run time per host connection, ns.
+    hook_ns: [f64; 2],
 }
 
-fn load_nft(args: &Args, ns: &Netns, list: &[Service]) -> Result<(bool, f64)> {
+/// Load kube-proxy's nftables ruleset for `list` into `ns`: with the
+/// cluster CIDR (host sources masqueraded) or without (every source counts
+/// as inside).
+fn load_nft(args: &Args, ns: &Netns, list: &[Service], masquerade: bool) -> Result<(bool, f64)> {
     let started = Instant::now();
     let _ = exec_in(ns, "nft", &["delete", "table", "ip", kube_proxy::NFT_TABLE], b"");
     let budget = Duration::from_secs(args.load_budget);
-    for text in kube_proxy::nft_ruleset(list, CLUSTER_CIDR, 4000) {
+    let cidr = if masquerade { CLUSTER_CIDR } else { "0.0.0.0/0" };
+    for text in kube_proxy::nft_ruleset(list, cidr, 4000) {
         let left = budget.saturating_sub(started.elapsed());
         if exec_within(ns, "nft", &["-f", "-"], text.as_bytes(), Some(left))?.is_none() {
             let _ = exec_in(ns, "nft", &["delete", "table", "ip", kube_proxy::NFT_TABLE], b"");
@@ -222,7 +263,7 @@ fn load_nft(args: &Args, ns: &Netns, list: &[Service]) -> Result<(bool, f64)> {
 }
 
 fn measure(args: &Args) -> Result<Vec<Row>> {
-    let mut vpc = Vpc::new("bs", 2)?;
+    let mut vpc = Vpc::new("bs", 3)?;
     // A node's default route (kube-proxy's host client routes the VIP by
     // it before its rules turn it into a pod address).
     for node in &vpc.nodes {
@@ -231,10 +272,16 @@ fn measure(args: &Args) -> Result<Vec<Row>> {
     let (s0_pod, s0) = pod(&mut vpc, 0, "s0", true)?;
     let (ctc, _) = pod(&mut vpc, 0, "ctc", true)?;
     let (csock, _) = pod(&mut vpc, 0, "csk", true)?;
+    // A client of its own per mode: one client calling a backend both
+    // directly and through a VIP reuses a port on the same 4-tuple at the
+    // backend, and the backend's TIME_WAIT answers the second SYN with an
+    // ACK, a stall the modes should not inflict on each other.
+    let (cip, _) = pod(&mut vpc, 0, "cip", true)?;
     let (cd, _) = pod(&mut vpc, 0, "cd", false)?;
     let (sd_pod, sd) = pod(&mut vpc, 0, "sd", false)?;
     let (s1_pod, s1) = pod(&mut vpc, 1, "s1", true)?;
-    let _servers = [s0_pod, sd_pod, s1_pod]
+    let (s2_pod, s2) = pod(&mut vpc, 2, "s2", true)?;
+    let _servers = [s0_pod, sd_pod, s1_pod, s2_pod]
         .iter()
         .map(|p| CrrServer::start(&vpc.pods[*p], &PORTS))
         .collect::<Result<Vec<_>>>()?;
@@ -250,7 +297,9 @@ fn measure(args: &Args) -> Result<Vec<Row>> {
                 Mode::HostDirect => (vpc.nodes[0].path(), None, ports_of(s0)),
                 Mode::HostSock => (vpc.nodes[0].path(), Some(host_cg.path.clone()), vip.clone()),
                 Mode::HostNft => (vpc.nodes[1].path(), None, vip.clone()),
+                Mode::HostNftPlain => (vpc.nodes[2].path(), None, vip.clone()),
                 Mode::PodDirect => (vpc.pods[cd].path(), None, ports_of(sd)),
+                Mode::PodIp => (vpc.pods[cip].path(), None, ports_of(s0)),
                 Mode::PodTc => (vpc.pods[ctc].path(), None, vip.clone()),
                 Mode::PodSock => (vpc.pods[csock].path(), Some(pod_cg.path.clone()), vip.clone()),
             };
@@ -272,22 +321,35 @@ fn measure(args: &Args) -> Result<Vec<Row>> {
         }
         let measured = service_list(1, s0);
         maps.lb_mut().upsert_service(&spec(999_999, &measured[0]))?;
-        let (nft_loaded, nft_secs) = load_nft(args, &vpc.nodes[1], &service_list(n, s1))?;
-        eprintln!(
-            "{n} services: sluice's maps written, nftables {} in {nft_secs:.1} s",
-            if nft_loaded {
-                "loaded"
-            } else {
-                "NOT loaded (over the budget)"
-            }
-        );
+        let nft = [
+            load_nft(args, &vpc.nodes[1], &service_list(n, s1), true)?,
+            load_nft(args, &vpc.nodes[2], &service_list(n, s2), false)?,
+        ];
+        for (i, (loaded, secs)) in nft.iter().enumerate() {
+            eprintln!(
+                "{n} services: nftables on node {} {} in {secs:.1} s",
+                i + 1,
+                if *loaded {
+                    "loaded"
+                } else {
+                    "NOT loaded (over the budget)"
+                }
+            );
+        }
         let live: Vec<&Client> = clients
             .iter()
-            .filter(|c| nft_loaded || c.mode != Mode::HostNft)
+            .filter(|c| match c.mode {
+                Mode::HostNft => nft[0].0,
+                Mode::HostNftPlain => nft[1].0,
+                _ => true,
+            })
             .collect();
+        // Every mode works before it is timed (sluice's without a single
+        // failure; kube-proxy's failures are its own, counted below).
         for c in &live {
             let (rate, failed) = run_client(c, 0.3, args.workers)?;
-            if failed > 0 || rate == 0.0 {
+            let ours = !matches!(c.mode, Mode::HostNft | Mode::HostNftPlain);
+            if rate == 0.0 || (ours && failed > 0) {
                 bail!(
                     "{} at {n} services: {failed} failed connections, {rate:.0}/s",
                     c.mode.label()
@@ -295,29 +357,28 @@ fn measure(args: &Args) -> Result<Vec<Row>> {
             }
         }
         let mut rates = vec![Vec::new(); Mode::ALL.len()];
-        let mut failed = 0;
+        let mut failed = vec![0; Mode::ALL.len()];
         for round in 0..args.rounds {
             for c in &live {
                 let (rate, f) = run_client(c, args.seconds, args.workers)?;
-                rates[Mode::ALL.iter().position(|m| *m == c.mode).unwrap()].push(rate);
-                failed += f;
+                let m = Mode::ALL.iter().position(|m| *m == c.mode).unwrap();
+                rates[m].push(rate);
+                failed[m] += f;
             }
             eprintln!("{n} services: round {} of {} done", round + 1, args.rounds);
         }
+        let hook_ns = hook_time(&clients[1], args)?;
         rows.push(Row {
             services: n,
             rates,
-            nft_loaded,
-            nft_secs,
+            nft,
             failed,
+            hook_ns,
         });
     }
-    let _ = exec_in(
-        &vpc.nodes[1],
-        "nft",
-        &["delete", "table", "ip", kube_proxy::NFT_TABLE],
-        b"",
-    );
+    for node in &vpc.nodes[1..] {
+        let _ = exec_in(node, "nft", &["delete", "table", "ip", kube_proxy::NFT_TABLE], b"");
+    }
     // The hooks' links go with the node's bpffs, the cgroups with their
     // guards.
     Ok(rows)
@@ -327,64 +388,67 @@ fn report(args: &Args, rows: &[Row]) {
     bench::print_machine("socket load-balancing");
     println!(
         "TCP connect/request/response/close per second, {} client threads, median of {} rounds of {} s [min-max]; \
-         x: ratio to the direct path of the same side",
+         x: ratio to the direct path of the same side (host: the pod IP; pod: the pod IP with no datapath)",
         args.workers, args.rounds, args.seconds
     );
     for r in rows {
-        println!();
-        println!(
-            "{} services{}",
-            r.services,
-            if r.failed > 0 {
-                format!(" ({} connections failed)", r.failed)
-            } else {
-                String::new()
-            }
-        );
+        let idx = |m: Mode| Mode::ALL.iter().position(|x| *x == m).unwrap();
         let median = |m: Mode| -> f64 {
-            let mut v = r.rates[Mode::ALL.iter().position(|x| *x == m).unwrap()].clone();
+            let mut v = r.rates[idx(m)].clone();
             if v.is_empty() { f64::NAN } else { pct(&mut v, 0.5) }
         };
+        println!();
+        println!(
+            "{} services; socket hooks per host connection: connect {:.0} ns, release {:.0} ns",
+            r.services, r.hook_ns[0], r.hook_ns[1]
+        );
         for m in Mode::ALL {
-            let v = &r.rates[Mode::ALL.iter().position(|x| *x == m).unwrap()];
+            let v = &r.rates[idx(m)];
             if v.is_empty() {
+                let (_, secs) = r.nft[if m == Mode::HostNft { 0 } else { 1 }];
                 println!(
-                    "  {:<34} not measured: the ruleset did not load within {} s ({:.0} s spent)",
+                    "  {:<34} not measured: the ruleset did not load within {} s ({secs:.0} s spent)",
                     m.label(),
                     args.load_budget,
-                    r.nft_secs
                 );
                 continue;
             }
             let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
             let hi = v.iter().cloned().fold(0.0, f64::max);
-            let ratio = median(m) / median(m.baseline());
+            let failed = r.failed[idx(m)];
             println!(
-                "  {:<34} {:>8.0}/s [{:>6.0}-{:>6.0}]  {:>5.3}x",
+                "  {:<34} {:>8.0}/s [{:>6.0}-{:>6.0}]  {:>5.3}x{}",
                 m.label(),
                 median(m),
                 lo,
                 hi,
-                ratio
+                median(m) / median(m.baseline()),
+                if failed > 0 {
+                    format!("  ({failed} connections failed)")
+                } else {
+                    String::new()
+                }
             );
         }
-        let host = median(Mode::HostSock) / median(Mode::HostDirect);
-        let pod = median(Mode::PodSock) / median(Mode::PodDirect);
-        let tc = median(Mode::PodTc) / median(Mode::PodDirect);
-        let nft = median(Mode::HostNft);
+        let ratio = |a: Mode, b: Mode| median(a) / median(b);
+        let best_nft = median(Mode::HostNft).max(median(Mode::HostNftPlain));
+        let above = |m: Mode| {
+            if best_nft.is_nan() {
+                "n/a".to_string()
+            } else {
+                format!("{:.2}x", median(m) / best_nft)
+            }
+        };
         println!(
-            "  targets: host VIP >= 0.97x direct (at 100,000): {host:.3}x; pod VIP >= 0.95x direct: socket {pod:.3}x, tc {tc:.3}x; \
-             above nftables: host {}, pod {}",
-            if r.nft_loaded {
-                format!("{:.2}x", median(Mode::HostSock) / nft)
-            } else {
-                "n/a".into()
-            },
-            if r.nft_loaded {
-                format!("{:.2}x", median(Mode::PodSock) / nft)
-            } else {
-                "n/a".into()
-            },
+            "  host VIP / direct {:.3} (target 0.97 at 100,000); pod VIP / direct: socket {:.3}, tc {:.3} (target 0.95); \
+             pod VIP / pod IP with sluice: socket {:.3}, tc {:.3}; over the better nftables: host {}, pod socket {}",
+            ratio(Mode::HostSock, Mode::HostDirect),
+            ratio(Mode::PodSock, Mode::PodDirect),
+            ratio(Mode::PodTc, Mode::PodDirect),
+            ratio(Mode::PodSock, Mode::PodIp),
+            ratio(Mode::PodTc, Mode::PodIp),
+            above(Mode::HostSock),
+            above(Mode::PodSock),
         );
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail, ensure};
 use sluice_integration::datapath::{programs_on, tc_filters};
 use sluice_integration::netns::Netns;
 use sluice_integration::probe::{EchoServer, Session, StreamEcho, tcp_request, udp_request};
-use sluice_integration::vpc::{VPC_ROUTER, Vpc, result_ip};
+use sluice_integration::vpc::{VPC_ROUTER, Vpc, node_ip, result_ip};
 use sluice_tc_datapath::attach::{self, AttachMode, Attached, Node};
 use sluice_tc_datapath::config::DatapathConfig;
 use sluice_tc_datapath::layout::{Direction, EpPolicyValue, POLICY_F_INGRESS, PROTO_TCP, PROTO_UDP, Reason};
@@ -46,7 +46,11 @@ fn ipvlan_module() -> Result<String> {
 /// The programs pass this kernel's verifier.
 fn datapath_loads() -> Result<String> {
     loader::load(&DatapathConfig::default(), None).context("loading the datapath")?;
-    Ok(format!("both programs verified on {}", kernel()))
+    let hooks = attach::sock::verify(&DatapathConfig::default()).context("loading the socket hooks")?;
+    Ok(format!(
+        "both programs and the {hooks} socket hooks verified on {}",
+        kernel()
+    ))
 }
 
 /// `auto` picks what the kernel has, by probing: TCX programs where it has
@@ -146,7 +150,8 @@ fn add(vpc: &mut Vpc, node: usize, name: &str, conf: &serde_json::Value) -> Resu
 /// the simulated VPC: two servers and a client on node 0's ENI, one server
 /// on node 1's. TCP from the client to a pod on the same parent, to the pod
 /// on the other node and to the VPC router (off the pod subnet, through the
-/// default route); a Service over the three servers (DNAT at the client's
+/// default route); each node probes its pods over the host path, and the
+/// client reaches its node; a Service over the three servers (DNAT at the client's
 /// egress, reverse NAT at its ingress); an ingress policy isolating one
 /// server with no rule: the client's call is dropped and counted; CHECK
 /// passes on every pod; DEL leaves no lease on either node.
@@ -173,6 +178,20 @@ fn pods(kind: &str, mode: &str) -> Result<String> {
             tcp_request(client, SocketAddr::new(to, 8080), "hi").with_context(|| format!("c -> {tag} ({to})"))?;
         ensure!(reply == format!("{tag}:hi"), "c -> {tag}: {reply:?}");
     }
+    // The host path: each node probes each of its pods (the kubelet's TCP
+    // probe), and a pod reaches its node's address.
+    let _node_server = EchoServer::start(&vpc.nodes[0], 8081, "node")?;
+    for (node, name, _, ip) in &pods {
+        if *name == "c" {
+            continue;
+        }
+        let reply = tcp_request(&vpc.nodes[*node], SocketAddr::new(*ip, 8080), "probe")
+            .with_context(|| format!("node {node} probing {name} ({ip})"))?;
+        ensure!(reply == format!("{name}:probe"), "node {node} -> {name}: {reply:?}");
+    }
+    let node0: IpAddr = node_ip(0).parse()?;
+    let reply = tcp_request(client, SocketAddr::new(node0, 8081), "hi").context("c -> its node")?;
+    ensure!(reply == "node:hi", "c -> its node: {reply:?}");
     let mut maps = vpc.maps(0)?;
     let servers: Vec<IpAddr> = pods[..3].iter().map(|p| p.3).collect();
     service_reaches_all(&mut maps, client, &servers)?;
@@ -191,7 +210,7 @@ fn pods(kind: &str, mode: &str) -> Result<String> {
         );
     }
     Ok(format!(
-        "{kind} {mode}: pod to pod on one ENI, across nodes and to the VPC router; a TCP Service over 3 backends (all answered) and a UDP one; a policy drop counted; CHECK passes; DEL clean"
+        "{kind} {mode}: pod to pod on one ENI, across nodes and to the VPC router; each node probes its pods and a pod reaches its node (the host path); a TCP Service over 3 backends (all answered) and a UDP one; a policy drop counted; CHECK passes; DEL clean"
     ))
 }
 

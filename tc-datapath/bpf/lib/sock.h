@@ -6,7 +6,8 @@
  * socket), so no packet of the flow needs translating. This serves the
  * host: a hostNetwork pod, the kubelet, a node daemon, which no pod
  * interface's tc program sees. A socket reads its peer, and the source of
- * what it receives, as the Service's address (sl_sock_rev).
+ * what it receives, as the Service's address (sl_sock_svc, by socket
+ * cookie, until the socket is released).
  *
  * Which sockets: those of the network namespace cfg_sock_netns_cookie
  * names (the agent's, the node's), or every one when it is 0.
@@ -45,20 +46,56 @@ enum sock_verdict {
 	SOCK_REFUSED = 2,	/* a Service with no backend that rejects */
 };
 
+/* Remember on the socket that `backend`:`bport` stands for `frontend`:`fport`.
+ * A connect takes slot 0; an unconnected socket the slot already naming
+ * the backend, else the next in turn. (Two threads sending on one
+ * unconnected socket at once may race for a slot: a reply then reads as
+ * the backend's, nothing worse.) */
+static __always_inline void sock_remember(__u64 cookie, const __u8 *backend, __be16 bport, const __u8 *frontend,
+					  __be16 fport, int unconnected)
+{
+	struct sock_rev fresh = {}, *rev = 0;
+	struct sock_rev_slot *slot;
+	__u32 i = 0, k;
+
+	if (unconnected)
+		rev = bpf_map_lookup_elem(&sl_sock_svc, &cookie);
+	if (rev) {
+		i = rev->next;
+		for (k = 0; k < SOCK_REV_SLOTS; k++) {
+			if (rev->slot[k].backend_port == bport && addr_eq(rev->slot[k].backend, backend)) {
+				i = k;
+				break;
+			}
+		}
+		if (i == rev->next)
+			rev->next = (rev->next + 1) % SOCK_REV_SLOTS;
+		slot = &rev->slot[i % SOCK_REV_SLOTS];
+	} else {
+		/* A connect, or an unconnected socket's first datagram. */
+		fresh.next = unconnected ? 1 : 0;
+		slot = &fresh.slot[0];
+	}
+	__builtin_memcpy(slot->backend, backend, 16);
+	__builtin_memcpy(slot->frontend, frontend, 16);
+	slot->backend_port = bport;
+	slot->frontend_port = fport;
+	if (!rev)
+		bpf_map_update_elem(&sl_sock_svc, &cookie, &fresh, BPF_ANY);
+}
+
 /* Give `addr`:`port` (16-byte form, v4-mapped for IPv4) a backend if it is
  * a Service frontend. The socket's "client", for affinity and Maglev, is
  * its network namespace (as the node's address is for kube-proxy), spread
  * by the socket's cookie. */
 static __always_inline enum sock_verdict sock_translate(struct bpf_sock_addr *ctx, __u8 addr[16], __be16 *port,
-							__u8 proto)
+							__u8 proto, int unconnected)
 {
 	struct svc_key k = {};
 	struct svc_value *svc;
 	struct backend_value *b;
-	struct sock_rev_key rk = {};
-	struct sock_rev_value rv = {};
 	struct pkt p = {};
-	__u64 cookie = bpf_get_socket_cookie(ctx), ns = bpf_get_netns_cookie(ctx);
+	__u64 cookie, ns;
 	__u32 id;
 
 	if (!maybe_in(&sl_vip_filter, addr))
@@ -69,25 +106,23 @@ static __always_inline enum sock_verdict sock_translate(struct bpf_sock_addr *ct
 	svc = bpf_map_lookup_elem(&sl_services, &k);
 	if (!svc || (svc->flags & SVC_F_VIP_MARKER))
 		return SOCK_UNTOUCHED;
+	cookie = bpf_get_socket_cookie(ctx);
+	/* sock_ours() has checked it already when it is configured. */
+	ns = cfg_sock_netns_cookie ? cfg_sock_netns_cookie : bpf_get_netns_cookie(ctx);
 	__builtin_memcpy(p.saddr, &ns, 8);
 	__builtin_memcpy(p.daddr, addr, 16);
 	p.sport = (__be16)cookie;
 	p.dport = *port;
 	p.proto = proto;
 	p.v6 = !is_v4_mapped(addr);
-	id = select_backend(svc, &k, &p, bpf_ktime_get_ns());
+	/* The clock only for affinity: a helper call less on every connect. */
+	id = select_backend(svc, &k, &p, svc->affinity_timeout ? bpf_ktime_get_ns() : 0);
 	b = id ? bpf_map_lookup_elem(&sl_backends, &id) : 0;
 	if (!b) {
 		count(DROP_NO_BACKEND, DIR_EGRESS, 0);
 		return svc->flags & SVC_F_REJECT ? SOCK_REFUSED : SOCK_UNTOUCHED;
 	}
-	rk.cookie = cookie;
-	__builtin_memcpy(rk.addr, b->addr, 16);
-	rk.port = b->port;
-	__builtin_memcpy(rv.addr, addr, 16);
-	rv.port = *port;
-	rv.rev_nat_id = svc->rev_nat_id;
-	bpf_map_update_elem(&sl_sock_rev, &rk, &rv, BPF_ANY);
+	sock_remember(cookie, b->addr, b->port, addr, *port, unconnected);
 	__builtin_memcpy(addr, b->addr, 16);
 	*port = b->port;
 	count(REASON_SOCK_TRANSLATED, DIR_EGRESS, 0);
@@ -98,23 +133,36 @@ static __always_inline enum sock_verdict sock_translate(struct bpf_sock_addr *ct
  * written back over them. */
 static __always_inline int sock_reverse(struct bpf_sock_addr *ctx, __u8 addr[16], __be16 *port)
 {
-	struct sock_rev_key rk = {};
-	struct sock_rev_value *rv;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct sock_rev *rev = bpf_map_lookup_elem(&sl_sock_svc, &cookie);
+	__u32 k;
 
-	rk.cookie = bpf_get_socket_cookie(ctx);
-	__builtin_memcpy(rk.addr, addr, 16);
-	rk.port = *port;
-	rv = bpf_map_lookup_elem(&sl_sock_rev, &rk);
-	if (!rv)
+	if (!rev)
 		return 0;
-	__builtin_memcpy(addr, rv->addr, 16);
-	*port = rv->port;
+	for (k = 0; k < SOCK_REV_SLOTS; k++) {
+		struct sock_rev_slot *s = &rev->slot[k];
+
+		if (s->backend_port == *port && addr_eq(s->backend, addr)) {
+			__builtin_memcpy(addr, s->frontend, 16);
+			*port = s->frontend_port;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* A socket going away takes its entry with it. */
+static __always_inline int sock_release(struct bpf_sock *sk)
+{
+	__u64 cookie = bpf_get_socket_cookie(sk);
+
+	bpf_map_delete_elem(&sl_sock_svc, &cookie);
 	return 1;
 }
 
 /* connect and sendmsg, IPv4. A refusal fails the call with ECONNREFUSED,
  * as kube-proxy's REJECT fails a connect. */
-static __always_inline int sock_forward4(struct bpf_sock_addr *ctx)
+static __always_inline int sock_forward4(struct bpf_sock_addr *ctx, int unconnected)
 {
 	__u8 a[16];
 	__be16 port = (__be16)ctx->user_port;
@@ -123,7 +171,7 @@ static __always_inline int sock_forward4(struct bpf_sock_addr *ctx)
 	if (!proto || !sock_ours(ctx))
 		return 1;
 	v4_mapped(a, ctx->user_ip4);
-	switch (sock_translate(ctx, a, &port, proto)) {
+	switch (sock_translate(ctx, a, &port, proto, unconnected)) {
 	case SOCK_REFUSED:
 		bpf_set_retval(-ECONNREFUSED);
 		return 0;
@@ -138,7 +186,7 @@ static __always_inline int sock_forward4(struct bpf_sock_addr *ctx)
 
 /* connect and sendmsg, IPv6 (a v4-mapped address on a dual-stack socket
  * is the IPv4 Service's). */
-static __always_inline int sock_forward6(struct bpf_sock_addr *ctx)
+static __always_inline int sock_forward6(struct bpf_sock_addr *ctx, int unconnected)
 {
 	__u32 w[4];
 	__be16 port = (__be16)ctx->user_port;
@@ -150,7 +198,7 @@ static __always_inline int sock_forward6(struct bpf_sock_addr *ctx)
 	w[1] = ctx->user_ip6[1];
 	w[2] = ctx->user_ip6[2];
 	w[3] = ctx->user_ip6[3];
-	switch (sock_translate(ctx, (__u8 *)w, &port, proto)) {
+	switch (sock_translate(ctx, (__u8 *)w, &port, proto, unconnected)) {
 	case SOCK_REFUSED:
 		bpf_set_retval(-ECONNREFUSED);
 		return 0;

@@ -1,5 +1,6 @@
 //! Socket-level load balancing (bpf/lib/sock.h): the object's cgroup hooks
-//! on connect, sendmsg, recvmsg and getpeername, IPv4 and IPv6, loaded
+//! on connect, sendmsg, recvmsg and getpeername, IPv4 and IPv6, and the
+//! one on a socket's release that forgets what they gave it, loaded
 //! with the node's pinned maps and attached to a cgroup through bpf links
 //! pinned under `<versioned>/sock/<cgroup inode>/`. The links outlive the
 //! process that made them (an agent restart changes nothing for a socket),
@@ -13,7 +14,7 @@ use crate::loader::{self, versioned_dir};
 use crate::migrate::Build;
 use crate::pin;
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, Link};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,9 @@ pub const PROGRAMS: [&str; 8] = [
     "sl_sock_getpeername4",
     "sl_sock_getpeername6",
 ];
+
+/// The hook that forgets a socket's entry when it is released.
+pub const RELEASE: &str = "sl_sock_release";
 
 /// Where a cgroup's links are pinned.
 fn dir_for(cfg: &DatapathConfig, cgroup: &Path) -> Result<PathBuf, AttachError> {
@@ -71,6 +75,18 @@ pub fn attach(cfg: &DatapathConfig, cgroup: &Path, netns: u64) -> Result<usize, 
     std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
     let cg = std::fs::File::open(cgroup).map_err(io_err("opening the cgroup", cgroup))?;
     let mut ebpf = loader::object(cfg, Some(&cfg.bpffs), &Build::current(), None, netns)?;
+    // The release hook first: no entry is made that nothing would remove.
+    let release: &mut CgroupSock = ebpf
+        .program_mut(RELEASE)
+        .expect("the object defines the release hook")
+        .try_into()
+        .map_err(prog_err(format!("{RELEASE} as a cgroup hook")))?;
+    release.load().map_err(prog_err(format!("loading {RELEASE}")))?;
+    let id = release
+        .attach(&cg, CgroupAttachMode::Single)
+        .map_err(prog_err(format!("attaching {RELEASE} to {}", cgroup.display())))?;
+    let link = release.take_link(id).map_err(prog_err(format!("{RELEASE}'s link")))?;
+    pin_replacing(&dir, RELEASE, link)?;
     for name in PROGRAMS {
         let prog: &mut CgroupSockAddr = ebpf
             .program_mut(name)
@@ -82,25 +98,54 @@ pub fn attach(cfg: &DatapathConfig, cgroup: &Path, netns: u64) -> Result<usize, 
             .attach(&cg, CgroupAttachMode::Single)
             .map_err(prog_err(format!("attaching {name} to {}", cgroup.display())))?;
         let link = prog.take_link(id).map_err(prog_err(format!("{name}'s link")))?;
-        let fd: FdLink = link
-            .try_into()
-            .map_err(link_err(format!("{name}'s link as an fd link")))?;
-        // The new link first, then the old one goes: no gap.
-        let path = dir.join(name);
-        // bpffs refuses dots in names.
-        let next = dir.join(format!("{name}_next"));
-        let _ = std::fs::remove_file(&next);
-        fd.pin(&next).map_err(|source| AttachError::Pinning {
-            what: format!("pinning {}", next.display()),
-            source,
-        })?;
-        if let Ok(old) = PinnedLink::from_pin(&path) {
-            old.unpin().map_err(io_err("unpinning", &path))?;
-        }
-        std::fs::rename(&next, &path).map_err(io_err("renaming the pin", &next))?;
+        pin_replacing(&dir, name, link)?;
     }
     info!(cgroup = %cgroup.display(), netns, "socket load balancing attached");
-    Ok(PROGRAMS.len())
+    Ok(PROGRAMS.len() + 1)
+}
+
+/// Pin `link` as `dir/name`, the new link before the old one goes: no gap.
+fn pin_replacing<L>(dir: &Path, name: &str, link: L) -> Result<(), AttachError>
+where
+    L: Link + TryInto<FdLink>,
+    <L as TryInto<FdLink>>::Error: Into<aya::programs::links::LinkError>,
+{
+    let fd: FdLink = link
+        .try_into()
+        .map_err(|e| link_err(format!("{name}'s link as an fd link"))(e.into()))?;
+    let path = dir.join(name);
+    // bpffs refuses dots in names.
+    let next = dir.join(format!("{name}_next"));
+    let _ = std::fs::remove_file(&next);
+    fd.pin(&next).map_err(|source| AttachError::Pinning {
+        what: format!("pinning {}", next.display()),
+        source,
+    })?;
+    if let Ok(old) = PinnedLink::from_pin(&path) {
+        old.unpin().map_err(io_err("unpinning", &path))?;
+    }
+    std::fs::rename(&next, &path).map_err(io_err("renaming the pin", &next))
+}
+
+/// Load the hooks into the kernel without attaching them (nothing pinned):
+/// whether this kernel's verifier takes them. Returns how many.
+pub fn verify(cfg: &DatapathConfig) -> Result<usize, AttachError> {
+    let mut ebpf = loader::object(cfg, None, &Build::current(), None, 0)?;
+    for name in PROGRAMS {
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .expect("the object defines the socket hooks")
+            .try_into()
+            .map_err(prog_err(format!("{name} as a cgroup hook")))?;
+        prog.load().map_err(prog_err(format!("loading {name}")))?;
+    }
+    let release: &mut CgroupSock = ebpf
+        .program_mut(RELEASE)
+        .expect("the object defines the release hook")
+        .try_into()
+        .map_err(prog_err(format!("{RELEASE} as a cgroup hook")))?;
+    release.load().map_err(prog_err(format!("loading {RELEASE}")))?;
+    Ok(PROGRAMS.len() + 1)
 }
 
 /// Detach every hook from `cgroup` (its pinned links go). Returns how many
@@ -108,7 +153,7 @@ pub fn attach(cfg: &DatapathConfig, cgroup: &Path, netns: u64) -> Result<usize, 
 pub fn detach(cfg: &DatapathConfig, cgroup: &Path) -> Result<usize, AttachError> {
     let dir = dir_for(cfg, cgroup)?;
     let mut n = 0;
-    for name in PROGRAMS {
+    for name in PROGRAMS.iter().chain([&RELEASE]) {
         let path = dir.join(name);
         if let Ok(l) = PinnedLink::from_pin(&path) {
             l.unpin().map_err(io_err("unpinning", &path))?;

@@ -91,8 +91,8 @@ map_defs! {
     MAGLEV = "sl_maglev": MaglevKey => MaglevValue;
     AFFINITY = "sl_affinity": AffinityKey => AffinityValue;
     CT = "sl_ct": CtKey => CtValue;
-    /// Sockets the cgroup hooks sent to a backend, and their Service.
-    SOCK_REV = "sl_sock_rev": SockRevKey => SockRevValue;
+    /// What the cgroup hooks gave each socket, by socket cookie.
+    SOCK_REV = "sl_sock_svc": u64 => SockRev;
     /// Each pod's share of the conntrack table.
     CT_PODS = "sl_ct_pods": u32 => CtPodValue;
     /// The first fragment's ports, for the rest of its datagram.
