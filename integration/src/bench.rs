@@ -370,3 +370,14 @@ pub fn exec_within(
     );
     Ok(Some(took))
 }
+
+/// A pod config for connection-rate runs: the per-pod conntrack bound off.
+/// One server pod here takes 15,000-25,000 new connections a second, and a
+/// closed connection keeps its entry for the 10 s closing timeout, so its
+/// live entries outgrow the default share (65,536) within seconds and new
+/// connections would be dropped as `drop-ct-pod-limit`; nor does any agent
+/// run here to recount the shares. docs/agent.md, "A full conntrack table".
+pub fn for_connection_rates(mut conf: serde_json::Value) -> serde_json::Value {
+    conf["datapath"]["ctPodLimit"] = serde_json::json!(0);
+    conf
+}

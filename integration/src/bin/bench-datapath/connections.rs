@@ -59,7 +59,7 @@ pub(crate) fn service_list(n: usize, server: Ipv4Addr) -> (Vec<Service>, usize) 
 
 pub(crate) fn connection_benchmark(args: &Args) -> Result<(Vec<ConnRow>, Inserts)> {
     let mut vpc = Vpc::new("bd", 1)?;
-    let with_dp = vpc.main_conf(0, "1.0.0");
+    let with_dp = bench::for_connection_rates(vpc.main_conf(0, "1.0.0"));
     let mut without_dp = with_dp.clone();
     without_dp["datapath"]["enabled"] = json!(false);
     let mut pairs = Vec::new();

@@ -6,7 +6,7 @@ use super::*;
 /// Two pods on one node through the real CNI binary.
 pub(crate) fn connection_rate_bench(args: &Args) -> Result<ConnResult> {
     let mut vpc = Vpc::new("bp", 1)?;
-    let conf = vpc.main_conf(0, "1.0.0");
+    let conf = sluice_integration::bench::for_connection_rates(vpc.main_conf(0, "1.0.0"));
     let mut added = Vec::new();
     let mut ips = Vec::new();
     for role in ["c", "s"] {
