@@ -96,6 +96,9 @@ fn the_node_and_its_pods_reach_each_other() {
             let reply = tcp_request(&vpc.nodes[*node], sa(ip, 7000), "probe")
                 .unwrap_or_else(|e| panic!("node {node} probing {name} at {ip}: {e}"));
             assert_eq!(reply, format!("{name}:probe"));
+            let reply = udp_request(&vpc.nodes[*node], sa(ip, 7000), "udp")
+                .unwrap_or_else(|e| panic!("node {node} to {name} at {ip} over UDP: {e}"));
+            assert_eq!(reply, format!("{name}:udp"));
         }
         if *node != 0 {
             continue;

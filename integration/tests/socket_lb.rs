@@ -48,8 +48,10 @@ fn conf(vpc: &Vpc, node: usize) -> Value {
         "subnet": "fd00:244::/64",
         "rangeStart": format!("fd00:244::{}:2", node + 1),
         "rangeEnd": format!("fd00:244::{}:ff", node + 1),
+        "gateway": "fd00:244::1",
     }]));
     c["ipam"]["ranges"] = ranges;
+    c["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]);
     c
 }
 
@@ -128,6 +130,15 @@ fn host_sockets_reach_services() {
         return;
     }
     let mut vpc = Vpc::new("sk", 2).unwrap();
+    // The VPC router for IPv6 too: the pods' gateway and the nodes'.
+    for a in ["fd00:244::1/64", "fd00:31::1/64"] {
+        vpc.fabric.ip(&["-6", "addr", "add", a, "dev", "br0", "nodad"]).unwrap();
+    }
+    let fwd = vpc
+        .fabric
+        .exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])
+        .unwrap();
+    assert!(fwd.status.success());
     for (node, v6) in [(0, "fd00:31::11"), (1, "fd00:31::12")] {
         vpc.nodes[node]
             .ip(&["-6", "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])
@@ -135,6 +146,9 @@ fn host_sockets_reach_services() {
         // Another node's pods are behind the VPC router.
         vpc.nodes[node]
             .ip(&["route", "add", "default", "via", VPC_ROUTER, "dev", "eth0"])
+            .unwrap();
+        vpc.nodes[node]
+            .ip(&["-6", "route", "add", "default", "via", "fd00:31::1", "dev", "eth0"])
             .unwrap();
     }
     let mut backends = Vec::new();
@@ -170,8 +184,8 @@ fn host_sockets_reach_services() {
         ServicePort::new(&format!("{VIP}:80/tcp"), &v4),
         ServicePort::new(&format!("{VIP}:53/udp"), &v4),
         ServicePort::new(&format!("{VIP}:81/tcp"), &[sa(&b1.2, 7100), sa(&b2.2, 7100)]),
-        ServicePort::new(&format!("[{VIP6}]:80/tcp"), &[sa(&b1.3, 7000)]),
-        ServicePort::new(&format!("[{VIP6}]:53/udp"), &[sa(&b1.3, 7000)]),
+        ServicePort::new(&format!("[{VIP6}]:80/tcp"), &[sa(&b1.3, 7000), sa(&b2.3, 7000)]),
+        ServicePort::new(&format!("[{VIP6}]:53/udp"), &[sa(&b1.3, 7000), sa(&b2.3, 7000)]),
         ServicePort::new(&format!("{EMPTY}:80/tcp"), &[]),
         ServicePort::new(&format!("{STICKY}:80/tcp"), &v4).affinity(60),
         // On the other port: a backend entry (address, port, protocol) is
@@ -219,18 +233,19 @@ fn host_sockets_reach_services() {
     }
     assert_eq!(seen.len(), 2, "UDP spread: {seen:?}");
 
-    // IPv6 alike.
-    let v = client(node0, Some(&cg), &["tcp", &format!("[{VIP6}]:80"), "six"]);
-    assert_eq!(
-        (v["peer"].as_str(), who(&v).as_str()),
-        (Some(&*format!("[{VIP6}]:80")), "b1"),
-        "{v}"
-    );
-    for mode in ["udp-connected", "udp"] {
-        let v = client(node0, Some(&cg), &[mode, &format!("[{VIP6}]:53"), "six"]);
-        assert_eq!(v["from"], format!("[{VIP6}]:53"), "{mode} v6 reply source: {v}");
-        assert_eq!(who(&v), "b1");
+    // IPv6 alike, backends on both nodes too.
+    let mut seen = BTreeSet::new();
+    for i in 0..12 {
+        let v = client(node0, Some(&cg), &["tcp", &format!("[{VIP6}]:80"), &format!("six{i}")]);
+        assert_eq!(v["peer"], format!("[{VIP6}]:80"), "{v}");
+        seen.insert(who(&v));
+        for mode in ["udp-connected", "udp"] {
+            let v = client(node0, Some(&cg), &[mode, &format!("[{VIP6}]:53"), "six"]);
+            assert_eq!(v["from"], format!("[{VIP6}]:53"), "{mode} v6 reply source: {v}");
+            seen.insert(who(&v));
+        }
     }
+    assert_eq!(seen.len(), 2, "IPv6 spread: {seen:?}");
 
     // Affinity: the node is one client, so one backend; a terminating
     // backend takes no new connection while another is ready.
@@ -263,7 +278,7 @@ fn host_sockets_reach_services() {
     assert!(v.get("error").is_some(), "another namespace's socket: {v}");
     // A pod's socket, even in the cgroup, takes its tc path, as before.
     let n = translated(&vpc, 0);
-    assert!(n >= 16 + 32 + 3 + 16, "the hooks counted their translations: {n}");
+    assert!(n >= 16 + 32 + 36 + 16, "the hooks counted their translations: {n}");
     let v = client(&vpc.pods[b1.0], Some(&cg), &["tcp", &format!("{VIP}:80"), "pod"]);
     assert_eq!(v["peer"], format!("{VIP}:80"), "{v}");
     assert!(v.get("reply").is_some(), "the pod reaches the Service: {v}");
