@@ -10,6 +10,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// `ip`:`port` as a socket address, either family.
+pub fn sa(ip: &str, port: u16) -> SocketAddr {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}").parse().expect("an IPv6 address")
+    } else {
+        format!("{ip}:{port}").parse().expect("an IPv4 address")
+    }
+}
+
 /// An echo server in a namespace; stops when dropped (and after at most 10 minutes).
 pub struct EchoServer {
     stop: Arc<AtomicBool>,

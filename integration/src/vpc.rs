@@ -15,6 +15,11 @@ pub const VPC_GATEWAY: &str = "10.244.0.1";
 /// pod reaches through its default route ("the outside").
 pub const VPC_ROUTER: &str = "172.31.0.1";
 
+/// The IPv6 pod subnet of dual-stack tests, and its gateway (an address
+/// a test gives the fabric when the pods must route through it).
+pub const POD_SUBNET6: &str = "fd00:244::/64";
+pub const VPC_GATEWAY6: &str = "fd00:244::1";
+
 /// Node `i`'s own address on its uplink.
 pub fn node_ip(i: usize) -> String {
     format!("172.31.0.{}", 11 + i)
@@ -197,6 +202,23 @@ impl Vpc {
         })
     }
 
+    /// The main-role config for node `i`, dual stack: node `i`'s share of
+    /// the IPv6 pod subnet too (fd00:244::<i+1>:2 onwards), both families'
+    /// default routes via the VPC gateways.
+    pub fn dual_stack_conf(&self, node: usize) -> Value {
+        let mut c = self.main_conf(node, "1.1.0");
+        let mut ranges = self.ranges(node);
+        ranges.as_array_mut().expect("ranges are a list").push(json!([{
+            "subnet": POD_SUBNET6,
+            "rangeStart": format!("fd00:244::{}:2", node + 1),
+            "rangeEnd": format!("fd00:244::{}:ff", node + 1),
+            "gateway": VPC_GATEWAY6,
+        }]));
+        c["ipam"]["ranges"] = ranges;
+        c["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]);
+        c
+    }
+
     /// The chained form for node `i`: the reference macvlan + host-local
     /// make the interface, sluice follows.
     pub fn chained_conflist(&self, node: usize, version: &str) -> Value {
@@ -260,9 +282,15 @@ impl Drop for Vpc {
 
 /// The pod's IPv4 address (without prefix) from an ADD result.
 pub fn result_ip(result: &Value) -> String {
-    result["ips"][0]["address"]
+    result_addr(result, 0)
+}
+
+/// The `i`th address (without prefix) of an ADD result: 1 is a dual-stack
+/// pod's IPv6 one.
+pub fn result_addr(result: &Value, i: usize) -> String {
+    result["ips"][i]["address"]
         .as_str()
-        .expect("result has an ip")
+        .expect("result has that many ips")
         .split('/')
         .next()
         .unwrap()

@@ -9,33 +9,17 @@
 //! pods (no default route), so every probe here fails without it.
 
 use serde_json::{Value, json};
-use sluice_integration::probe::{EchoServer, tcp_request, udp_request};
+use sluice_integration::probe::{EchoServer, sa, tcp_request, udp_request};
 use sluice_integration::require_root;
 use sluice_integration::services::Services;
-use sluice_integration::vpc::{Vpc, node_ip};
-use std::net::SocketAddr;
+use sluice_integration::vpc::{Vpc, node_ip, result_addr};
 
 const NODE_V6: &str = "fd00:31::11";
 const DNS: &str = "169.254.20.10";
 
-fn sa(ip: &str, port: u16) -> SocketAddr {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}").parse().unwrap()
-    } else {
-        format!("{ip}:{port}").parse().unwrap()
-    }
-}
-
 /// A dual-stack main-role config with the node-local DNS as a host-stack CIDR.
 fn conf(vpc: &Vpc, node: usize) -> Value {
-    let mut c = vpc.main_conf(node, "1.1.0");
-    let mut ranges = vpc.ranges(node);
-    ranges.as_array_mut().unwrap().push(json!([{
-        "subnet": "fd00:244::/64",
-        "rangeStart": format!("fd00:244::{}:2", node + 1),
-        "rangeEnd": format!("fd00:244::{}:ff", node + 1),
-    }]));
-    c["ipam"]["ranges"] = ranges;
+    let mut c = vpc.dual_stack_conf(node);
     c["hostStackCidrs"] = json!([format!("{DNS}/32")]);
     c
 }
@@ -64,15 +48,7 @@ fn the_node_and_its_pods_reach_each_other() {
             .sluice(node, "ADD", name, p, &conf(&vpc, node))
             .expect_ok("ADD")
             .json();
-        let addr = |i: usize| {
-            r["ips"][i]["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .to_string()
-        };
+        let addr = |i: usize| result_addr(&r, i);
         pods.push((node, name, p, addr(0), addr(1), r));
     }
     let _servers: Vec<EchoServer> = pods

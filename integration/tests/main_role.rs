@@ -234,16 +234,7 @@ fn dual_stack_pods_talk_over_ipv6() {
         .unwrap();
     let mut pods = Vec::new();
     for (node, name) in [(0usize, "a"), (1, "b")] {
-        let mut conf = vpc.main_conf(node, "1.1.0");
-        let mut ranges = vpc.ranges(node);
-        ranges.as_array_mut().unwrap().push(json!([{
-            "subnet": "fd00:244::/64",
-            "rangeStart": format!("fd00:244::{}:2", node + 1),
-            "rangeEnd": format!("fd00:244::{}:ff", node + 1),
-            "gateway": "fd00:244::1"
-        }]));
-        conf["ipam"]["ranges"] = ranges;
-        conf["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]);
+        let conf = vpc.dual_stack_conf(node);
         let p = vpc.pod(name).unwrap();
         let r = vpc.sluice(node, "ADD", name, p, &conf).expect_ok("ADD").json();
         let ips = r["ips"].as_array().unwrap();

@@ -13,17 +13,16 @@
 //! Never the machine's own cgroups: only the processes this test puts in
 //! its cgroup are ever translated.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use sluice_integration::cgroup::{TestCgroup, cgroup2_root};
 use sluice_integration::netns::Netns;
-use sluice_integration::probe::{EchoServer, StreamEcho, tcp_request};
+use sluice_integration::probe::{EchoServer, StreamEcho, sa, tcp_request};
 use sluice_integration::services::{ServicePort, Services};
-use sluice_integration::vpc::{VPC_ROUTER, Vpc};
+use sluice_integration::vpc::{VPC_GATEWAY6, VPC_ROUTER, Vpc, result_addr};
 use sluice_integration::{bin_dir, require_root, skip};
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 const VIP: &str = "10.96.7.1";
@@ -31,29 +30,6 @@ const VIP6: &str = "fd00:96::7:1";
 const EMPTY: &str = "10.96.7.2";
 const STICKY: &str = "10.96.7.3";
 const DRAINING: &str = "10.96.7.4";
-
-fn sa(ip: &str, port: u16) -> SocketAddr {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}").parse().unwrap()
-    } else {
-        format!("{ip}:{port}").parse().unwrap()
-    }
-}
-
-/// A dual-stack main-role config (the host path comes with it).
-fn conf(vpc: &Vpc, node: usize) -> Value {
-    let mut c = vpc.main_conf(node, "1.1.0");
-    let mut ranges = vpc.ranges(node);
-    ranges.as_array_mut().unwrap().push(json!([{
-        "subnet": "fd00:244::/64",
-        "rangeStart": format!("fd00:244::{}:2", node + 1),
-        "rangeEnd": format!("fd00:244::{}:ff", node + 1),
-        "gateway": "fd00:244::1",
-    }]));
-    c["ipam"]["ranges"] = ranges;
-    c["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]);
-    c
-}
 
 /// `sock-client args...` in namespace `ns`, inside `cg` when given: its
 /// one JSON line.
@@ -131,7 +107,7 @@ fn host_sockets_reach_services() {
     }
     let mut vpc = Vpc::new("sk", 2).unwrap();
     // The VPC router for IPv6 too: the pods' gateway and the nodes'.
-    for a in ["fd00:244::1/64", "fd00:31::1/64"] {
+    for a in [&format!("{VPC_GATEWAY6}/64"), "fd00:31::1/64"] {
         vpc.fabric.ip(&["-6", "addr", "add", a, "dev", "br0", "nodad"]).unwrap();
     }
     let fwd = vpc
@@ -155,18 +131,10 @@ fn host_sockets_reach_services() {
     for (node, name) in [(0, "b1"), (1, "b2")] {
         let p = vpc.pod(name).unwrap();
         let r = vpc
-            .sluice(node, "ADD", name, p, &conf(&vpc, node))
+            .sluice(node, "ADD", name, p, &vpc.dual_stack_conf(node))
             .expect_ok("ADD")
             .json();
-        let addr = |i: usize| {
-            r["ips"][i]["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .to_string()
-        };
+        let addr = |i: usize| result_addr(&r, i);
         backends.push((p, name, addr(0), addr(1)));
     }
     let _echo: Vec<EchoServer> = backends

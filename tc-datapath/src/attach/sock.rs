@@ -13,6 +13,7 @@ use crate::config::DatapathConfig;
 use crate::loader::{self, versioned_dir};
 use crate::migrate::Build;
 use crate::pin;
+use aya::Ebpf;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, Link};
 use std::os::fd::AsRawFd;
@@ -75,33 +76,50 @@ pub fn attach(cfg: &DatapathConfig, cgroup: &Path, netns: u64) -> Result<usize, 
     std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
     let cg = std::fs::File::open(cgroup).map_err(io_err("opening the cgroup", cgroup))?;
     let mut ebpf = loader::object(cfg, Some(&cfg.bpffs), &Build::current(), None, netns)?;
+    load_hooks(&mut ebpf)?;
+    let attaching = |name: &str| prog_err(format!("attaching {name} to {}", cgroup.display()));
     // The release hook first: no entry is made that nothing would remove.
-    let release: &mut CgroupSock = ebpf
-        .program_mut(RELEASE)
-        .expect("the object defines the release hook")
-        .try_into()
-        .map_err(prog_err(format!("{RELEASE} as a cgroup hook")))?;
-    release.load().map_err(prog_err(format!("loading {RELEASE}")))?;
+    let release = release_hook(&mut ebpf)?;
     let id = release
         .attach(&cg, CgroupAttachMode::Single)
-        .map_err(prog_err(format!("attaching {RELEASE} to {}", cgroup.display())))?;
+        .map_err(attaching(RELEASE))?;
     let link = release.take_link(id).map_err(prog_err(format!("{RELEASE}'s link")))?;
     pin_replacing(&dir, RELEASE, link)?;
     for name in PROGRAMS {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .expect("the object defines the socket hooks")
-            .try_into()
-            .map_err(prog_err(format!("{name} as a cgroup hook")))?;
-        prog.load().map_err(prog_err(format!("loading {name}")))?;
-        let id = prog
-            .attach(&cg, CgroupAttachMode::Single)
-            .map_err(prog_err(format!("attaching {name} to {}", cgroup.display())))?;
+        let prog = addr_hook(&mut ebpf, name)?;
+        let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(attaching(name))?;
         let link = prog.take_link(id).map_err(prog_err(format!("{name}'s link")))?;
         pin_replacing(&dir, name, link)?;
     }
     info!(cgroup = %cgroup.display(), netns, "socket load balancing attached");
     Ok(PROGRAMS.len() + 1)
+}
+
+fn addr_hook<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr, AttachError> {
+    ebpf.program_mut(name)
+        .expect("the object defines the socket hooks")
+        .try_into()
+        .map_err(prog_err(format!("{name} as a cgroup hook")))
+}
+
+fn release_hook(ebpf: &mut Ebpf) -> Result<&mut CgroupSock, AttachError> {
+    ebpf.program_mut(RELEASE)
+        .expect("the object defines the release hook")
+        .try_into()
+        .map_err(prog_err(format!("{RELEASE} as a cgroup hook")))
+}
+
+/// Load every hook into the kernel (the verifier's say).
+fn load_hooks(ebpf: &mut Ebpf) -> Result<(), AttachError> {
+    release_hook(ebpf)?
+        .load()
+        .map_err(prog_err(format!("loading {RELEASE}")))?;
+    for name in PROGRAMS {
+        addr_hook(ebpf, name)?
+            .load()
+            .map_err(prog_err(format!("loading {name}")))?;
+    }
+    Ok(())
 }
 
 /// Pin `link` as `dir/name`, the new link before the old one goes: no gap.
@@ -131,20 +149,7 @@ where
 /// whether this kernel's verifier takes them. Returns how many.
 pub fn verify(cfg: &DatapathConfig) -> Result<usize, AttachError> {
     let mut ebpf = loader::object(cfg, None, &Build::current(), None, 0)?;
-    for name in PROGRAMS {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .expect("the object defines the socket hooks")
-            .try_into()
-            .map_err(prog_err(format!("{name} as a cgroup hook")))?;
-        prog.load().map_err(prog_err(format!("loading {name}")))?;
-    }
-    let release: &mut CgroupSock = ebpf
-        .program_mut(RELEASE)
-        .expect("the object defines the release hook")
-        .try_into()
-        .map_err(prog_err(format!("{RELEASE} as a cgroup hook")))?;
-    release.load().map_err(prog_err(format!("loading {RELEASE}")))?;
+    load_hooks(&mut ebpf)?;
     Ok(PROGRAMS.len() + 1)
 }
 
