@@ -7,7 +7,7 @@ use ipnetwork::IpNetwork;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteScope};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use sluice_cni_spec::{CniError, ErrorCode};
 use std::net::IpAddr;
@@ -311,9 +311,15 @@ impl Netlink {
                 .pref_source(src)
                 .map_err(|e| CniError::new(ErrorCode::InvalidConfig, format!("{what}: {e}")))?;
         }
+        self.replace_route(b.build(), what).await
+    }
+
+    /// Add `route`, or replace the one to its destination (an ADD after a
+    /// crash finds its own routes there).
+    async fn replace_route(&self, route: RouteMessage, what: String) -> Result<(), CniError> {
         self.handle
             .route()
-            .add(b.build())
+            .add(route)
             .replace()
             .execute()
             .await
@@ -331,13 +337,7 @@ impl Netlink {
             .gateway(gw)
             .map_err(|e| CniError::new(ErrorCode::InvalidConfig, format!("{what}: {e}")))?
             .onlink();
-        self.handle
-            .route()
-            .add(b.build())
-            .replace()
-            .execute()
-            .await
-            .map_err(nl_err(what))
+        self.replace_route(b.build(), what).await
     }
 
     /// Delete the route to `dst` out of link `index`; one that is gone is

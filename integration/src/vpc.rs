@@ -159,6 +159,25 @@ impl Vpc {
         Ok(self.pods.len() - 1)
     }
 
+    /// A new pod namespace holding `eth0` (a veth) at 10.244.1.40/24, as
+    /// the plugin before sluice in a chain leaves it; its index in `pods`.
+    pub fn pod_with_eth0(&mut self, name: &str) -> Result<usize> {
+        let p = self.pod(name)?;
+        self.pods[p].ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "peer0"])?;
+        self.pods[p].ip(&["addr", "add", "10.244.1.40/24", "dev", "eth0"])?;
+        Ok(p)
+    }
+
+    /// What netfilter holds in any namespace of this VPC's nodes and pods
+    /// (nothing, where sluice kept it out).
+    pub fn netfilter(&self) -> Result<Vec<String>> {
+        let mut found = Vec::new();
+        for ns in self.nodes.iter().chain(self.pods.iter()) {
+            found.extend(ns.netfilter()?.into_iter().map(|l| format!("{}: {l}", ns.name)));
+        }
+        Ok(found)
+    }
+
     /// Run the sluice binary in node `node`'s namespace, as the runtime there would.
     pub fn sluice(&self, node: usize, cmd: &str, cid: &str, pod: usize, conf: &Value) -> crate::cni::CniOutput {
         let bin = crate::bin_dir().join("sluice");

@@ -91,14 +91,8 @@ fn faults_at_every_step_leave_nothing_behind() {
         return;
     }
     let mut vpc = Vpc::new("flt", 1).unwrap();
-    let pod = vpc.pod("p").unwrap();
     // The chained role follows an interface the plugin before it made.
-    vpc.pods[pod]
-        .ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "peer0"])
-        .unwrap();
-    vpc.pods[pod]
-        .ip(&["addr", "add", "10.244.1.40/24", "dev", "eth0"])
-        .unwrap();
+    let pod = vpc.pod_with_eth0("p").unwrap();
     let main = vpc.main_conf(0, "1.1.0");
     let mut chained = vpc.chained_conflist(0, "1.1.0")["plugins"][1].clone();
     chained["cniVersion"] = "1.1.0".into();

@@ -160,14 +160,8 @@ fn fuzzed_cni_input_gets_an_answer_and_leaves_nothing() {
         return;
     }
     let mut vpc = Vpc::new("ifz", 1).unwrap();
-    let pod = vpc.pod("p").unwrap();
-    // A chained ADD needs the interface the plugin before it made.
-    vpc.pods[pod]
-        .ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "peer0"])
-        .unwrap();
-    vpc.pods[pod]
-        .ip(&["addr", "add", "10.244.1.40/24", "dev", "eth0"])
-        .unwrap();
+    // The chained role follows an interface the plugin before it made.
+    let pod = vpc.pod_with_eth0("p").unwrap();
     let root: PathBuf = vpc.data_dir.join("fuzz");
     std::fs::create_dir_all(root.join("dir")).unwrap();
     std::fs::write(root.join("file"), b"not a namespace").unwrap();

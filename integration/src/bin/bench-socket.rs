@@ -369,7 +369,11 @@ fn measure(args: &Args) -> Result<Vec<Row>> {
             }
             eprintln!("{n} services: round {} of {} done", round + 1, args.rounds);
         }
-        let hook_ns = hook_time(&clients[1], args)?;
+        let host_sock = clients
+            .iter()
+            .find(|c| c.mode == Mode::HostSock)
+            .expect("every mode has a client");
+        let hook_ns = hook_time(host_sock, args)?;
         rows.push(Row {
             services: n,
             rates,

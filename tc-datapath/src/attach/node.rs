@@ -203,13 +203,7 @@ impl Node {
             std::fs::create_dir_all(&here).map_err(io_err("creating", &here))?;
             for side in Side::BOTH {
                 let path = link_dir.join(side.name());
-                let pinned = match PinnedLink::from_pin(&path) {
-                    Ok(p) => p,
-                    Err(_) if !path.exists() => continue,
-                    Err(e) => return Err(link_err(format!("opening link {}", path.display()))(e)),
-                };
-                let link = SchedClassifierLink::try_from(FdLink::from(pinned))
-                    .map_err(link_err(format!("link {} as a TCX link", path.display())))?;
+                let Some(link) = pinned_tcx_link(&path)? else { continue };
                 let prog = self.program(side);
                 let id = match prog.attach_to_link(link) {
                     Ok(id) => id,
@@ -246,13 +240,7 @@ impl Node {
             let link_dir = e.map_err(io_err("listing", &links))?.path();
             for side in Side::BOTH {
                 let path = link_dir.join(side.name());
-                let pinned = match PinnedLink::from_pin(&path) {
-                    Ok(p) => p,
-                    Err(_) if !path.exists() => continue,
-                    Err(e) => return Err(link_err(format!("opening link {}", path.display()))(e)),
-                };
-                let link = SchedClassifierLink::try_from(FdLink::from(pinned))
-                    .map_err(link_err(format!("link {} as a TCX link", path.display())))?;
+                let Some(link) = pinned_tcx_link(&path)? else { continue };
                 let prog = self.program(side);
                 match prog.attach_to_link(link) {
                     Ok(id) => {
@@ -327,4 +315,16 @@ fn load_and_pin(cfg: &DatapathConfig, pdir: &Path, build: &Build) -> Result<(), 
     }
     info!(version = %pdir.display(), elapsed = ?t.elapsed(), "datapath programs loaded and pinned");
     Ok(())
+}
+
+/// The TCX link pinned at `path`, if one is.
+fn pinned_tcx_link(path: &Path) -> Result<Option<SchedClassifierLink>, AttachError> {
+    let pinned = match PinnedLink::from_pin(path) {
+        Ok(p) => p,
+        Err(_) if !path.exists() => return Ok(None),
+        Err(e) => return Err(link_err(format!("opening link {}", path.display()))(e)),
+    };
+    SchedClassifierLink::try_from(FdLink::from(pinned))
+        .map(Some)
+        .map_err(link_err(format!("link {} as a TCX link", path.display())))
 }
