@@ -34,6 +34,7 @@ struct pkt {
 	__u8 pad[2];
 	__u32 l4_off;
 	__u32 frag_id;	/* a fragment's IP identification (see struct frag_key) */
+	__u32 ip_end;	/* where the IP packet ends by its length field (0: an IPv6 jumbogram) */
 };
 
 /* IPv6 extension headers followed before the upper-layer header: more in
@@ -124,6 +125,7 @@ static __always_inline int parse(struct __sk_buff *skb, __u32 l3_off, __be16 eth
 		p->ip = 1;
 		p->proto = ip.protocol;
 		p->l4_off = l3_off + ip.ihl * 4;
+		p->ip_end = l3_off + bpf_ntohs(ip.tot_len);
 		p->frag_id = ip.id;
 		if (ip.frag_off & bpf_htons(IP_OFFSET)) {
 			/* Only the first fragment carries ports. */
@@ -142,6 +144,8 @@ static __always_inline int parse(struct __sk_buff *skb, __u32 l3_off, __be16 eth
 		__builtin_memcpy(p->daddr, &ip6.daddr, 16);
 		p->v6 = 1;
 		p->ip = 1;
+		/* A payload length of 0 is a jumbogram's (its length is in Hop-by-Hop). */
+		p->ip_end = ip6.payload_len ? l3_off + sizeof(ip6) + bpf_ntohs(ip6.payload_len) : 0;
 		r = ipv6_skip_extensions(skb, l3_off + sizeof(ip6), ip6.nexthdr, p);
 		if (r)
 			return r;
@@ -192,7 +196,6 @@ static __always_inline int parse(struct __sk_buff *skb, __u32 l3_off, __be16 eth
  * packet in an ICMP error is cut short by design: parse() alone reads it). */
 static __always_inline int parse_frame(struct __sk_buff *skb, struct ethhdr *eth, struct pkt *p)
 {
-	__be16 len;
 	int r;
 
 	if (bpf_skb_load_bytes(skb, 0, eth, sizeof(*eth)) < 0)
@@ -200,21 +203,12 @@ static __always_inline int parse_frame(struct __sk_buff *skb, struct ethhdr *eth
 	r = parse(skb, ETH_HLEN, eth->h_proto, p);
 	if (r || !p->ip)
 		return r;
-	if (!p->v6) {
-		__u8 ihl;
-
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ihl, 1) < 0 ||
-		    bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, tot_len), &len, 2) < 0)
-			return DROP_MALFORMED;
-		if (bpf_ntohs(len) < (ihl & 0xf) * 4 || ETH_HLEN + bpf_ntohs(len) > skb->len)
-			return DROP_MALFORMED;
-	} else {
-		if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, payload_len), &len, 2) < 0)
-			return DROP_MALFORMED;
-		/* 0 is a jumbogram's (its length is in Hop-by-Hop). */
-		if (len && ETH_HLEN + sizeof(struct ipv6hdr) + bpf_ntohs(len) > skb->len)
-			return DROP_MALFORMED;
-	}
+	/* The lengths parse() read from the header, nothing read twice: an
+	 * IPv4 packet holds its own header, and a packet fits its frame. */
+	if (!p->v6 && p->ip_end < p->l4_off)
+		return DROP_MALFORMED;
+	if (p->ip_end > skb->len)
+		return DROP_MALFORMED;
 	return 0;
 }
 
