@@ -27,9 +27,13 @@ static __always_inline int track(struct __sk_buff *skb, const struct pkt *p, __u
 		count(REASON_FORWARDED, dir, skb->len);
 		return TC_ACT_OK;
 	}
+	/* A new flow: the local pod's entry once, for its policy and its
+	 * conntrack share (ingress comes without it). */
+	if (!ep)
+		ep = bpf_map_lookup_elem(&sl_endpoints, local);
 	if (!policy_ok(skb, p, dir, ep, local, remote, p->dport))
 		return TC_ACT_SHOT;
-	if (!ct_admit(local, dir == DIR_EGRESS ? ep : 0, 1))
+	if (!ct_admit(local, ep, 1))
 		return drop_reported(skb, p, DROP_CT_POD_LIMIT, dir);
 	nct.state = CT_NEW;
 	nct.flags = dir == DIR_INGRESS ? CT_F_INBOUND : 0;
