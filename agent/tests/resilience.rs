@@ -73,6 +73,7 @@ fn agent() -> (impl Sized, Agent) {
             ifindex: 1,
             endpoint_id: 7,
             mac: [2, 0, 0, 0, 0, 5],
+            parent_ifindex: 0,
         })
         .unwrap();
     let node = NodeView { name: "n".into() };

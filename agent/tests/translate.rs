@@ -142,6 +142,7 @@ fn sync_writes_the_difference() {
             ifindex: 1,
             endpoint_id: 7,
             mac: [2, 0, 0, 0, 0, 5],
+            parent_ifindex: 0,
         })
         .unwrap();
     let mut agent = Agent::with_maps(maps, node_a(), vec![]).unwrap();

@@ -108,6 +108,10 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
         ips: ips.clone(),
         role: Role::Chained,
         link_kind: Some(LinkKind::from_netlink(link.kind.as_deref())),
+        // Traffic from outside is handed to a macvlan's or ipvlan's parent.
+        parent_ifindex: link
+            .parent
+            .filter(|_| matches!(link.kind.as_deref(), Some("macvlan" | "ipvlan"))),
         host_ifname: None,
         datapath: None,
         host_path: None,

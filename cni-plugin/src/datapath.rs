@@ -83,6 +83,7 @@ fn publish(versioned: &Path, ep: &Endpoint) -> Result<(), CniError> {
             ifindex: ep.ifindex,
             endpoint_id,
             mac,
+            parent_ifindex: ep.parent_ifindex.unwrap_or(0),
         };
         if let Err(e) = maps.add(&entry) {
             for done in &ep.ips[..i] {

@@ -23,6 +23,10 @@ pub struct Endpoint {
     /// What sluice made in the main role; what it found in the chained role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_kind: Option<LinkKind>,
+    /// macvlan/ipvlan: the parent's ifindex in the node's namespace, where
+    /// traffic from outside is handed in to the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_ifindex: Option<u32>,
     /// eni: the host name to give the device back under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_ifname: Option<String>,
@@ -215,6 +219,7 @@ mod tests {
             ips: vec!["10.0.0.2/24".parse().unwrap()],
             role: Role::Main,
             link_kind: Some(LinkKind::Macvlan),
+            parent_ifindex: None,
             host_ifname: None,
             datapath: Some(Attached::Tcx),
             host_path: None,

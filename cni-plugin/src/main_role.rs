@@ -118,6 +118,7 @@ async fn add_steps(
         ips: Vec::new(),
         role: Role::Main,
         link_kind: Some(lc.kind()),
+        parent_ifindex: None,
         host_ifname: None,
         datapath: None,
         host_path: None,
@@ -138,6 +139,8 @@ async fn add_steps(
         // A device moved in keeps its MAC: known before the move.
         ep.host_ifname = Some(host_link.name.clone());
         ep.mac = host_link.mac_string();
+    } else {
+        ep.parent_ifindex = Some(host_link.index);
     }
     c.store.put_progress(&ep)?;
     fault::at("add:ips-recorded")?;

@@ -22,6 +22,9 @@ pub struct Link {
     pub up: bool,
     /// `macvlan`, `ipvlan`, `veth`, ... (None for physical devices).
     pub kind: Option<String>,
+    /// IFLA_LINK: the device it hangs off (a macvlan's or ipvlan's parent,
+    /// by its index in the parent's namespace).
+    pub parent: Option<u32>,
 }
 
 pub fn format_mac(m: &[u8; 6]) -> String {
@@ -45,12 +48,14 @@ impl Link {
             mtu: 0,
             up: m.header.flags.contains(LinkFlags::Up),
             kind: None,
+            parent: None,
         };
         for a in &m.attributes {
             match a {
                 LinkAttribute::IfName(n) => l.name = n.clone(),
                 LinkAttribute::Address(a) if a.len() == 6 => l.mac = a.as_slice().try_into().ok(),
                 LinkAttribute::Mtu(m) => l.mtu = *m,
+                LinkAttribute::Link(p) => l.parent = Some(*p),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let LinkInfo::Kind(k) = i {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * The sluice datapath: two tc programs for every pod interface.
+ * The sluice datapath: two tc programs for every pod interface, two for
+ * each of the node's uplinks, and the socket hooks.
  *
  *  sl_egress  (packets the pod sends): source-address check, Service
  *             load-balancing (conntrack lookup or backend selection, then
@@ -24,7 +25,8 @@
  * in one header per concern under lib/: parse, addr, csum, conntrack, frag
  * (fragments follow their first), lb, policy, flow (conntrack and policy
  * for untranslated flows), icmp (errors), reject, source, forward, events,
- * metrics, config.
+ * metrics, config; uplink (traffic from outside) and sock (the cgroup
+ * hooks) hold the other programs' logic.
  */
 #include "lib/lb.h"
 #include "lib/flow.h"
@@ -93,7 +95,7 @@ int sl_egress(struct __sk_buff *skb)
 		if (svc && p.fragment == FRAG_LATER && !p.tracked)
 			return drop_reported(skb, &p, DROP_FRAGMENT, DIR_EGRESS);
 		if (svc)
-			return svc->flags & SVC_F_REJECT ? reject(skb, &p, DROP_UNKNOWN_PORT)
+			return svc->flags & SVC_F_REJECT ? reject(skb, &p, DROP_UNKNOWN_PORT, DIR_EGRESS)
 							  : drop_reported(skb, &p, DROP_UNKNOWN_PORT, DIR_EGRESS);
 	}
 	if (!p.tracked)
@@ -147,6 +149,21 @@ int sl_ingress(struct __sk_buff *skb)
 		}
 	}
 	return untracked(skb, &p, DIR_INGRESS, 0);
+}
+
+/* The node's uplinks: traffic from outside (lib/uplink.h). */
+#include "lib/uplink.h"
+
+SEC("classifier")
+int sl_uplink_in(struct __sk_buff *skb)
+{
+	return uplink(skb, DIR_INGRESS);
+}
+
+SEC("classifier")
+int sl_uplink_out(struct __sk_buff *skb)
+{
+	return uplink(skb, DIR_EGRESS);
 }
 
 /* The cgroup hooks of socket-level load balancing (lib/sock.h). */

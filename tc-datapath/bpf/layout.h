@@ -20,7 +20,7 @@
 #include <linux/types.h>
 
 #ifndef SLUICE_LAYOUT_TEST_BUMP
-#define SLUICE_LAYOUT_VERSION 7
+#define SLUICE_LAYOUT_VERSION 8
 #else
 /* A build only the upgrade test loads (build.rs makes it beside the real
  * one): another version, and a conntrack value whose every field moved. */
@@ -38,10 +38,21 @@ struct svc_key {
 	__u8 addr[16];
 	__be16 port;
 	__u8 proto;
-	__u8 pad0;
+	__u8 scope;		/* SVC_SCOPE_* */
 	__u16 slot;
 	__u16 pad1;
 };
+
+/* Who a frontend serves. The pods' and the host sockets' programs look up
+ * the cluster scope; the uplink program (traffic from outside the node)
+ * the external one, whose entries the agent writes for this node's
+ * NodePorts, load-balancer IPs and external IPs: with only this node's
+ * endpoints under externalTrafficPolicy Local, and the source ranges of
+ * loadBalancerSourceRanges. So one address and port can mean all
+ * endpoints to a pod and local ones to an outside client, as kube-proxy
+ * has it. */
+#define SVC_SCOPE_CLUSTER 0
+#define SVC_SCOPE_EXTERNAL 1
 
 #define SVC_ALG_RANDOM 0
 #define SVC_ALG_MAGLEV 1
@@ -49,6 +60,7 @@ struct svc_key {
 #define SVC_F_REJECT 0x01	/* answer no-backend / unknown-port drops (TCP reset, ICMP port unreachable) */
 #define SVC_F_VIP_MARKER 0x02	/* the per-VIP marker entry */
 #define SVC_F_NODE_ADDRESS 0x04	/* on a marker: a node's address (NodePorts), not a VIP: other ports pass */
+#define SVC_F_SOURCE_RANGES 0x08	/* external: only clients in its sl_lb_sources prefixes */
 
 struct svc_value {
 	__u32 backend_id;	/* slot > 0 */
@@ -204,6 +216,7 @@ struct ct_pod_value {
  */
 #define CT_SERVICE 1
 #define CT_FLOW 2
+#define CT_NAT 3	/* sl_nat: a flow from outside, at the uplink */
 
 struct ct_key {
 	__u8 saddr[16];
@@ -262,6 +275,55 @@ struct endpoint_value {
 	__u32 endpoint_id;
 	__u8 mac[6];		/* the pod interface's MAC */
 	__u16 flags;
+	/* The node-side device the pod's interface hangs off (its macvlan or
+	 * ipvlan parent), where a frame for the pod can be handed in; 0 = none
+	 * (an ENI of its own): traffic from outside reaches it by routing. */
+	__u32 parent_ifindex;
+};
+
+/* ---- uplinks: the node's interfaces toward the VPC, by ifindex ----
+ * The addresses a connection from outside is source-NATed to when its
+ * backend is on another node (v4-mapped IPv4, IPv6; zero = none). */
+struct uplink_value {
+	__u8 addr4[16];
+	__u8 addr6[16];
+};
+
+/* ---- load-balancer source ranges (LPM trie) ----
+ * The client prefixes an external frontend with SVC_F_SOURCE_RANGES
+ * admits: prefixlen = 32 (the frontend's rev_nat_id) + the address bits
+ * (IPv4 v4-mapped: 32 + 96 + its length). */
+struct lb_source_key {
+	__u32 prefixlen;
+	__u32 rev_nat_id;
+	__u8 addr[16];
+};
+
+/* ---- NAT of traffic from outside (LRU): the uplink program's flows ----
+ * A connection to a NodePort, load-balancer IP or external IP has two
+ * entries, keyed by a ct_key of kind CT_NAT as each direction's packets
+ * arrive: the client's (client -> frontend), rewritten to the backend
+ * (and, for a backend on another node, from this node's address and a
+ * port of its own: SNAT), and the backend's replies, rewritten back to
+ * come from the frontend and go to the client. A backend on this node
+ * gets the client's own address: its replies are turned back as they
+ * leave through the uplink. */
+#define NAT_F_REPLY 0x01	/* translates replies (else the client's packets) */
+#define NAT_F_LOCAL 0x02	/* the backend is a pod here: handed in through `ifindex` */
+#define NAT_F_SNAT 0x04	/* the backend is elsewhere: from this node's address */
+
+struct nat_value {
+	__u64 expires_ns;
+	__u8 saddr[16];		/* the packet's new source */
+	__u8 daddr[16];		/* ... and destination */
+	__be16 sport;
+	__be16 dport;
+	__u32 ifindex;		/* NAT_F_LOCAL: the pod's parent device */
+	__u32 backend_id;
+	__u8 mac[6];		/* NAT_F_LOCAL: the pod's MAC */
+	__u8 state;		/* CT_NEW ... */
+	__u8 flags;		/* NAT_F_* */
+	__u32 pad0;
 };
 
 /* ---- network policy ----
@@ -401,7 +463,9 @@ enum reason {
 	DROP_ETHERTYPE = 14,		/* a pod's VLAN-tagged frame, or of an ethertype not IPv4, IPv6 or ARP */
 	DROP_CT_POD_LIMIT = 15,		/* a new flow of a pod that holds its share of the conntrack table */
 	REASON_SOCK_TRANSLATED = 16,	/* a socket's Service address replaced by a backend's (cgroup hooks) */
-	REASON_MAX = 17,
+	DROP_SOURCE_RANGE = 17,		/* a client outside a load balancer's source ranges */
+	DROP_NO_SNAT_PORT = 18,		/* no free port (or no address) to source-NAT a connection from outside */
+	REASON_MAX = 19,
 };
 
 /* Metrics slots: room for 64 reasons in both directions, so a new reason is

@@ -24,7 +24,7 @@ static int desc;
 static void structs(void)
 {
 	SIZE(svc_key);
-	OFF(svc_key, addr); OFF(svc_key, port); OFF(svc_key, proto); OFF(svc_key, pad0);
+	OFF(svc_key, addr); OFF(svc_key, port); OFF(svc_key, proto); OFF(svc_key, scope);
 	OFF(svc_key, slot); OFF(svc_key, pad1);
 	SIZE(svc_value);
 	OFF(svc_value, backend_id); OFF(svc_value, count); OFF(svc_value, rev_nat_id);
@@ -63,6 +63,15 @@ static void structs(void)
 	OFF(endpoint_key, addr);
 	SIZE(endpoint_value);
 	OFF(endpoint_value, ifindex); OFF(endpoint_value, endpoint_id); OFF(endpoint_value, mac); OFF(endpoint_value, flags);
+	OFF(endpoint_value, parent_ifindex);
+	SIZE(uplink_value);
+	OFF(uplink_value, addr4); OFF(uplink_value, addr6);
+	SIZE(lb_source_key);
+	OFF(lb_source_key, prefixlen); OFF(lb_source_key, rev_nat_id); OFF(lb_source_key, addr);
+	SIZE(nat_value);
+	OFF(nat_value, expires_ns); OFF(nat_value, saddr); OFF(nat_value, daddr); OFF(nat_value, sport);
+	OFF(nat_value, dport); OFF(nat_value, ifindex); OFF(nat_value, backend_id); OFF(nat_value, mac);
+	OFF(nat_value, state); OFF(nat_value, flags); OFF(nat_value, pad0);
 	SIZE(ipcache_value);
 	OFF(ipcache_value, identity); OFF(ipcache_value, pad0);
 	SIZE(cidr_key);

@@ -147,6 +147,30 @@ struct {
 	__type(value, struct name_value);
 } sl_names SEC(".maps");
 
+/* Traffic from outside, at the uplinks (see layout.h). Preallocated (an
+ * LRU): 131,072 entries hold 65,536 connections from outside, ~14 MiB. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct ct_key);
+	__type(value, struct nat_value);
+} sl_nat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, struct uplink_value);
+} sl_uplinks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lb_source_key);
+	__type(value, __u32);
+} sl_lb_sources SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);

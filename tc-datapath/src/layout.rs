@@ -50,17 +50,28 @@ pub struct SvcKey {
     /// Network byte order.
     pub port: u16,
     pub proto: u8,
-    pub pad0: u8,
+    /// `SVC_SCOPE_*`: who the frontend serves.
+    pub scope: u8,
     pub slot: u16,
     pub pad1: u16,
 }
 
+/// Pods and host sockets.
+pub const SVC_SCOPE_CLUSTER: u8 = 0;
+/// Traffic from outside the node, at its uplinks.
+pub const SVC_SCOPE_EXTERNAL: u8 = 1;
+
 impl SvcKey {
     pub fn new(vip: IpAddr, port: u16, proto: u8, slot: u16) -> SvcKey {
+        SvcKey::scoped(vip, port, proto, slot, SVC_SCOPE_CLUSTER)
+    }
+
+    pub fn scoped(vip: IpAddr, port: u16, proto: u8, slot: u16, scope: u8) -> SvcKey {
         SvcKey {
             addr: addr(vip),
             port: port.to_be(),
             proto,
+            scope,
             slot,
             ..Default::default()
         }
@@ -85,6 +96,7 @@ pub const SVC_ALG_MAGLEV: u8 = 1;
 pub const SVC_F_REJECT: u8 = 0x01;
 pub const SVC_F_VIP_MARKER: u8 = 0x02;
 pub const SVC_F_NODE_ADDRESS: u8 = 0x04;
+pub const SVC_F_SOURCE_RANGES: u8 = 0x08;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -247,6 +259,57 @@ pub struct EndpointValue {
     pub endpoint_id: u32,
     pub mac: [u8; 6],
     pub flags: u16,
+    /// The node-side parent of the pod's macvlan/ipvlan interface; 0 = none.
+    pub parent_ifindex: u32,
+}
+
+/// A node uplink's addresses, for SNAT (zero = none).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UplinkValue {
+    pub addr4: Addr,
+    pub addr6: Addr,
+}
+
+/// The C `lb_source_key` is aya's `lpm_trie::Key<LbSourceMatch>`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LbSourceKey {
+    pub prefixlen: u32,
+    pub rev_nat_id: u32,
+    pub addr: Addr,
+}
+
+/// What a source-range trie entry matches (after the prefix length).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LbSourceMatch {
+    pub rev_nat_id: u32,
+    pub addr: Addr,
+}
+
+pub const CT_NAT: u8 = 3;
+pub const NAT_F_REPLY: u8 = 0x01;
+pub const NAT_F_LOCAL: u8 = 0x02;
+pub const NAT_F_SNAT: u8 = 0x04;
+
+/// One direction of a connection from outside, at the uplink.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NatValue {
+    pub expires_ns: u64,
+    pub saddr: Addr,
+    pub daddr: Addr,
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub ifindex: u32,
+    pub backend_id: u32,
+    pub mac: [u8; 6],
+    pub state: u8,
+    pub flags: u8,
+    pub pad0: u32,
 }
 
 pub const CT_F_HAIRPIN: u8 = 0x01;
@@ -445,10 +508,12 @@ pub enum Reason {
     DropEthertype = 14,
     DropCtPodLimit = 15,
     SockTranslated = 16,
+    DropSourceRange = 17,
+    DropNoSnatPort = 18,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 19] = [
         Reason::Forwarded,
         Reason::ServiceTranslated,
         Reason::ReplyTranslated,
@@ -466,6 +531,8 @@ impl Reason {
         Reason::DropEthertype,
         Reason::DropCtPodLimit,
         Reason::SockTranslated,
+        Reason::DropSourceRange,
+        Reason::DropNoSnatPort,
     ];
 
     pub fn name(self) -> &'static str {
@@ -487,6 +554,8 @@ impl Reason {
             Reason::DropEthertype => "drop-ethertype",
             Reason::DropCtPodLimit => "drop-ct-pod-limit",
             Reason::SockTranslated => "sock-translated",
+            Reason::DropSourceRange => "drop-source-range",
+            Reason::DropNoSnatPort => "drop-no-snat-port",
         }
     }
 
@@ -494,7 +563,11 @@ impl Reason {
         (Reason::DropNoBackend..=Reason::DropBackendGone).contains(&self)
             || matches!(
                 self,
-                Reason::DropPolicy | Reason::DropEthertype | Reason::DropCtPodLimit
+                Reason::DropPolicy
+                    | Reason::DropEthertype
+                    | Reason::DropCtPodLimit
+                    | Reason::DropSourceRange
+                    | Reason::DropNoSnatPort
             )
     }
 
@@ -543,6 +616,9 @@ unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtValue {}
 unsafe impl aya::Pod for EndpointKey {}
 unsafe impl aya::Pod for EndpointValue {}
+unsafe impl aya::Pod for UplinkValue {}
+unsafe impl aya::Pod for LbSourceMatch {}
+unsafe impl aya::Pod for NatValue {}
 unsafe impl aya::Pod for MetricsValue {}
 unsafe impl aya::Pod for IpcacheValue {}
 unsafe impl aya::Pod for EpPolicyValue {}
@@ -582,7 +658,7 @@ mod tests {
     #[test]
     fn matches_c() {
         let rust = rust_layout! {
-            "svc_key" => SvcKey { addr, port, proto, pad0, slot, pad1 },
+            "svc_key" => SvcKey { addr, port, proto, scope, slot, pad1 },
             "svc_value" => SvcValue { backend_id, rev_nat_id, count, flags, algorithm, affinity_timeout },
             "backend_value" => BackendValue { addr, port, proto, state },
             "revnat_value" => RevNatValue { addr, port, pad0 },
@@ -598,7 +674,10 @@ mod tests {
             "ct_key" => CtKey { saddr, daddr, sport, dport, proto, kind, pad0 },
             "ct_value" => CtValue { expires_ns, backend_id, rev_nat_id, state, flags, nh_mac, nh_ifindex, pad0 },
             "endpoint_key" => EndpointKey { addr },
-            "endpoint_value" => EndpointValue { ifindex, endpoint_id, mac, flags },
+            "endpoint_value" => EndpointValue { ifindex, endpoint_id, mac, flags, parent_ifindex },
+            "uplink_value" => UplinkValue { addr4, addr6 },
+            "lb_source_key" => LbSourceKey { prefixlen, rev_nat_id, addr },
+            "nat_value" => NatValue { expires_ns, saddr, daddr, sport, dport, ifindex, backend_id, mac, state, flags, pad0 },
             "ipcache_value" => IpcacheValue { identity, pad0 },
             "cidr_key" => CidrKey { prefixlen, addr },
             "ep_policy_value" => EpPolicyValue { identity, ingress_policy, egress_policy, flags, kinds, pad0 },
@@ -622,6 +701,10 @@ mod tests {
             size_of::<PolicyKey>()
         );
         assert_eq!(size_of::<aya::maps::lpm_trie::Key<Addr>>(), size_of::<CidrKey>());
+        assert_eq!(
+            size_of::<aya::maps::lpm_trie::Key<LbSourceMatch>>(),
+            size_of::<LbSourceKey>()
+        );
         assert_eq!(POLICY_BITS_EXACT as usize, size_of::<PolicyMatch>() * 8);
         for (a, slot) in VIP_SLOT_SAMPLES {
             assert_eq!(vip_slot(&a), slot, "vip_slot({a:?}) differs from C");

@@ -28,6 +28,11 @@ pub enum LoadError {
 
 pub const EGRESS: &str = "sl_egress";
 pub const INGRESS: &str = "sl_ingress";
+/// The node uplinks' programs: traffic from outside (NodePort, LB IPs).
+pub const UPLINK_OUT: &str = "sl_uplink_out";
+pub const UPLINK_IN: &str = "sl_uplink_in";
+/// Every tc program of the object.
+pub const TC_PROGRAMS: [&str; 4] = [EGRESS, INGRESS, UPLINK_OUT, UPLINK_IN];
 
 /// The versioned directory under the bpffs root (e.g. /sys/fs/bpf/sluice):
 /// a layout change gets fresh maps instead of misreading old ones.
@@ -55,10 +60,10 @@ pub fn load_build(
     ct_entries: Option<u32>,
 ) -> Result<Ebpf, LoadError> {
     let mut ebpf = object(cfg, pin_root, build, ct_entries, 0)?;
-    for name in [EGRESS, INGRESS] {
+    for name in TC_PROGRAMS {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
-            .expect("the object defines both programs")
+            .expect("the object defines every tc program")
             .try_into()
             .map_err(|source| LoadError::Program { name, source })?;
         prog.load().map_err(|source| LoadError::Program { name, source })?;

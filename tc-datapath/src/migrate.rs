@@ -150,7 +150,10 @@ impl Layout {
 const CURRENT_DESC: &str = include_str!(concat!(env!("OUT_DIR"), "/layout.desc"));
 
 /// Every committed layout description (`layouts/v<N>.desc`).
-const KNOWN: &[(u32, &str)] = &[(7, include_str!("../layouts/v7.desc"))];
+const KNOWN: &[(u32, &str)] = &[
+    (7, include_str!("../layouts/v7.desc")),
+    (8, include_str!("../layouts/v8.desc")),
+];
 
 /// The layout of the maps pinned in `versioned` (`v<N>`), from the
 /// committed descriptions: None for a version this build does not know (a
@@ -208,11 +211,14 @@ const MIGRATED: &[(&MapDef, Part, Part)] = &[
         Part::Struct("policy_value"),
     ),
     (&maps::NAMES, Part::Struct("name_key"), Part::Struct("name_value")),
+    (&maps::NAT, Part::Struct("ct_key"), Part::Struct("nat_value")),
+    (&maps::UPLINKS, Part::Plain(4), Part::Struct("uplink_value")),
+    (&maps::LB_SOURCES, Part::Struct("lb_source_key"), Part::Plain(4)),
 ];
 
 /// The maps whose entries the programs make as packets come: copied once
 /// more after the links moved (only what the new maps lack).
-const FLOWING: [&str; 2] = ["sl_ct", "sl_affinity"];
+const FLOWING: [&str; 3] = ["sl_ct", "sl_affinity", "sl_nat"];
 
 /// Convert one entry from `from` to `to`: fields by name, the rest zero.
 /// A nested struct (a policy key's match) is converted as its own struct

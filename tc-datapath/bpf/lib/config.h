@@ -19,6 +19,12 @@ volatile const __u32 cfg_flow_sample = 0;
 /* The network namespace whose sockets the cgroup hooks serve (its cookie;
  * 0: every namespace). Set by the agent when it attaches them. */
 volatile const __u64 cfg_sock_netns_cookie = 0;
+/* The ports a connection from outside is source-NATed from when its
+ * backend is on another node: above the kernel's default ephemeral range
+ * (net.ipv4.ip_local_port_range 32768-60999), so that no socket of the
+ * node's own has them. */
+volatile const __u32 cfg_snat_port_min = 61000;
+volatile const __u32 cfg_snat_port_max = 65535;
 /* The conntrack entries one pod may hold (0: no limit). */
 volatile const __u32 cfg_ct_pod_limit = 65536;
 

@@ -51,19 +51,25 @@ static __always_inline __u64 ct_timeout(__u8 proto, __u8 state)
 	return cfg_ct_tcp_syn_ns;
 }
 
-/* Move an entry along SYN -> established -> closing, and push its deadline
- * out (only written back when it changed noticeably). */
 /* A SYN that finds a closing entry opens a new connection on a reused
  * port: the entry is the previous connection's and must not decide this
  * one (its backend may be terminating, its verdict stale). */
-static __always_inline int ct_reopens(const struct ct_value *ct, const struct pkt *p)
+static __always_inline int state_reopens(__u8 state, const struct pkt *p)
 {
-	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN && ct->state == CT_CLOSING;
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN && state == CT_CLOSING;
 }
 
-static __always_inline void ct_touch(struct ct_value *ct, const struct pkt *p, int reply, __u64 now)
+static __always_inline int ct_reopens(const struct ct_value *ct, const struct pkt *p)
 {
-	__u8 state = ct->state;
+	return state_reopens(ct->state, p);
+}
+
+/* Move an entry along SYN -> established -> closing, and push its deadline
+ * out (only written back when it changed noticeably). Conntrack and NAT
+ * entries both keep a state and a deadline. */
+static __always_inline void state_touch(__u8 *st, __u64 *deadline, const struct pkt *p, int reply, __u64 now)
+{
+	__u8 state = *st;
 	__u64 expires;
 
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)))
@@ -71,10 +77,15 @@ static __always_inline void ct_touch(struct ct_value *ct, const struct pkt *p, i
 	else if (reply && state == CT_NEW)
 		state = CT_ESTABLISHED;
 	expires = now + ct_timeout(p->proto, state);
-	if (state != ct->state)
-		ct->state = state;
-	if (expires > ct->expires_ns + CT_REFRESH_NS || state == CT_CLOSING)
-		ct->expires_ns = expires;
+	if (state != *st)
+		*st = state;
+	if (expires > *deadline + CT_REFRESH_NS || state == CT_CLOSING)
+		*deadline = expires;
+}
+
+static __always_inline void ct_touch(struct ct_value *ct, const struct pkt *p, int reply, __u64 now)
+{
+	state_touch(&ct->state, &ct->expires_ns, p, reply, now);
 }
 
 static __always_inline void ct_key_of(struct ct_key *k, const __u8 *s, const __u8 *d, __be16 sport, __be16 dport,

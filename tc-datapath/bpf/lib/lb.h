@@ -122,7 +122,7 @@ static __always_inline int backend_gone(struct __sk_buff *skb, const struct pkt 
 	flow_event(p, DIR_EGRESS, DROP_BACKEND_GONE, 0, 0, 0, 0);
 	if ((p->tcp_flags & TCP_RST) || p->fragment)
 		return TC_ACT_SHOT;
-	return reset(skb, p);
+	return reset(skb, p, DIR_EGRESS);
 }
 
 static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc,
@@ -173,7 +173,7 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 			return drop_reported(skb, p, DROP_FRAGMENT, DIR_EGRESS);
 		id = keep ? keep : select_backend(svc, master, p, now);
 		if (!id)
-			return svc->flags & SVC_F_REJECT ? reject(skb, p, DROP_NO_BACKEND)
+			return svc->flags & SVC_F_REJECT ? reject(skb, p, DROP_NO_BACKEND, DIR_EGRESS)
 							  : drop_reported(skb, p, DROP_NO_BACKEND, DIR_EGRESS);
 		b = bpf_map_lookup_elem(&sl_backends, &id);
 		if (!b)

@@ -153,9 +153,28 @@ static __always_inline int reset_header(struct __sk_buff *skb, const struct pkt 
 	return 0;
 }
 
+/* Send an answer back where its packet came from: into the pod that sent
+ * it (a pod's egress), or out of the uplink it arrived on (dir ingress: an
+ * uplink's; a pod's ingress never answers). */
+static __always_inline int answer(struct __sk_buff *skb, __u32 dir)
+{
+	__u8 macs[12], swapped[12];
+
+	if (dir == DIR_EGRESS)
+		return redirect_self(skb, DIR_EGRESS, REASON_REJECTED, 1);
+	if (bpf_skb_load_bytes(skb, 0, macs, 12) < 0)
+		return drop(skb, DROP_MALFORMED, dir);
+	__builtin_memcpy(swapped, macs + 6, 6);
+	__builtin_memcpy(swapped + 6, macs, 6);
+	if (bpf_skb_store_bytes(skb, 0, swapped, 12, 0) < 0)
+		return drop(skb, DROP_NAT_FAILED, dir);
+	count(REASON_REJECTED, dir, skb->len);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
 /* The packet itself becomes the answer: cut to size, headers rebuilt, then
- * turned around into the pod. */
-static __always_inline int reset(struct __sk_buff *skb, const struct pkt *p)
+ * turned around (see answer()). */
+static __always_inline int reset(struct __sk_buff *skb, const struct pkt *p, __u32 dir)
 {
 	if (!p->v6) {
 		struct reset4 r = {};
@@ -180,10 +199,10 @@ static __always_inline int reset(struct __sk_buff *skb, const struct pkt *p)
 		    bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), 0) < 0)
 			return TC_ACT_SHOT;
 	}
-	return redirect_self(skb, DIR_EGRESS, REASON_REJECTED, 1);
+	return answer(skb, dir);
 }
 
-static __always_inline int port_unreachable(struct __sk_buff *skb, const struct pkt *p)
+static __always_inline int port_unreachable(struct __sk_buff *skb, const struct pkt *p, __u32 dir)
 {
 	if (!p->v6) {
 		struct unreach4 r = {};
@@ -213,23 +232,23 @@ static __always_inline int port_unreachable(struct __sk_buff *skb, const struct 
 		    bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), 0) < 0)
 			return TC_ACT_SHOT;
 	}
-	return redirect_self(skb, DIR_EGRESS, REASON_REJECTED, 1);
+	return answer(skb, dir);
 }
 
 /* Answer a packet to a Service that cannot take it. The drop reason is
  * counted either way; anything that cannot be answered (another protocol,
  * a fragment, IPv4 options in what an ICMP error would quote, a failed
  * resize) is just dropped. */
-static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __u32 reason)
+static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __u32 reason, __u32 dir)
 {
-	count(reason, DIR_EGRESS, skb->len);
-	flow_event(p, DIR_EGRESS, reason, 0, 0, 0, 0);
+	count(reason, dir, skb->len);
+	flow_event(p, dir, reason, 0, 0, 0, 0);
 	/* A fragment's length is not its datagram's (a reset could not
 	 * acknowledge it), and only the first holds what an error quotes. */
 	if (p->proto == IPPROTO_TCP && !p->fragment)
-		return reset(skb, p);
+		return reset(skb, p, dir);
 	if (p->proto == IPPROTO_UDP && p->fragment != FRAG_LATER)
-		return port_unreachable(skb, p);
+		return port_unreachable(skb, p, dir);
 	return TC_ACT_SHOT;
 }
 

@@ -3,10 +3,9 @@
 //! version, removed.
 
 use super::{
-    AttachError, AttachMode, Attached, Node, ProgramRef, Side, TC_HANDLE, TC_PRIORITY, detach, in_netns, io_err,
-    link_err, prog_err, remove_link_pins, tcx_programs,
+    AttachError, AttachMode, Attached, Hook, Node, ProgramRef, Side, TC_HANDLE, TC_PRIORITY, detach_hook, in_netns,
+    io_err, link_err, prog_err, remove_link_pins, tcx_programs,
 };
-use crate::loader::{EGRESS, INGRESS};
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError};
 use aya::programs::{ProgramError, SchedClassifier};
@@ -72,10 +71,32 @@ impl Node {
         key: &str,
         mode: AttachMode,
     ) -> Result<Attached, AttachError> {
-        let link_dir = self.dir().join("links").join(key);
+        self.attach_hook(Hook::Pod, netns, ifname, key, mode)
+    }
+
+    /// Attach the uplink programs to the node's interface `ifname` (in
+    /// `netns`, the node's), pinned under `uplinks/<ifname>`.
+    pub fn attach_uplink(
+        &mut self,
+        netns: BorrowedFd<'_>,
+        ifname: &str,
+        mode: AttachMode,
+    ) -> Result<Attached, AttachError> {
+        self.attach_hook(Hook::Uplink, netns, ifname, ifname, mode)
+    }
+
+    fn attach_hook(
+        &mut self,
+        hook: Hook,
+        netns: BorrowedFd<'_>,
+        ifname: &str,
+        key: &str,
+        mode: AttachMode,
+    ) -> Result<Attached, AttachError> {
+        let link_dir = self.dir().join(hook.dir()).join(key);
         // A repeated ADD replaces what an earlier one left.
         remove_link_pins(&link_dir)?;
-        let (egress, ingress) = (&mut self.egress, &mut self.ingress);
+        let (egress, ingress) = self.programs(hook);
         let link_dir = link_dir.as_path();
         let r = in_netns(netns, move || {
             let mut got = None;
@@ -102,7 +123,7 @@ impl Node {
         })
         .and_then(|r| r);
         if r.is_err() {
-            let _ = detach(self.dir(), Some(netns), ifname, key);
+            let _ = detach_hook(hook, self.dir(), Some(netns), ifname, key);
         }
         r
     }
@@ -111,12 +132,25 @@ impl Node {
     /// sides. A pod with NET_ADMIN can detach them or put its own first.
     /// (cls_bpf filters are checked by the caller, which speaks rtnetlink.)
     pub fn check(&self, netns: BorrowedFd<'_>, ifname: &str, key: &str, attached: Attached) -> Result<(), CheckError> {
+        self.check_hook(Hook::Pod, netns, ifname, key, attached)
+    }
+
+    /// The same for either hook (an uplink's key is its name).
+    pub fn check_hook(
+        &self,
+        hook: Hook,
+        netns: BorrowedFd<'_>,
+        ifname: &str,
+        key: &str,
+        attached: Attached,
+    ) -> Result<(), CheckError> {
         if attached == Attached::Tc {
             return Ok(());
         }
-        let (egress_id, ingress_id) = self.program_ids()?;
-        for (side, id, program) in [(Side::Egress, egress_id, EGRESS), (Side::Ingress, ingress_id, INGRESS)] {
-            let path = self.dir().join("links").join(key).join(side.name());
+        let (egress_id, ingress_id) = self.hook_program_ids(hook)?;
+        for (side, id) in [(Side::Egress, egress_id), (Side::Ingress, ingress_id)] {
+            let program = hook.program(side);
+            let path = self.dir().join(hook.dir()).join(key).join(side.name());
             let pinned = PinnedLink::from_pin(&path).map_err(|source| CheckError::NotPinned {
                 side: side.name(),
                 ifname: ifname.into(),
@@ -151,7 +185,11 @@ impl Node {
     /// Re-attach a tc-mode interface onto this version (TCX links move by
     /// themselves in `open`; filters live on devices the pins do not name).
     pub fn reattach_tc(&mut self, netns: BorrowedFd<'_>, ifname: &str) -> Result<(), AttachError> {
-        let (egress, ingress) = (&mut self.egress, &mut self.ingress);
+        self.reattach_tc_hook(Hook::Pod, netns, ifname)
+    }
+
+    pub fn reattach_tc_hook(&mut self, hook: Hook, netns: BorrowedFd<'_>, ifname: &str) -> Result<(), AttachError> {
+        let (egress, ingress) = self.programs(hook);
         in_netns(netns, move || {
             attach_tc(egress, ifname, Side::Egress)?;
             attach_tc(ingress, ifname, Side::Ingress)

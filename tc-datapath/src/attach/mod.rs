@@ -48,6 +48,38 @@ impl Attached {
     }
 }
 
+/// Where a pair of programs runs: on a pod's interface, or on one of the
+/// node's uplinks (traffic from outside). Each has its programs and its
+/// own directory of pinned links under the layout's directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Pod,
+    Uplink,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 2] = [Hook::Pod, Hook::Uplink];
+
+    /// The directory its links are pinned in, under `<root>/v<N>`.
+    pub fn dir(self) -> &'static str {
+        match self {
+            Hook::Pod => "links",
+            Hook::Uplink => "uplinks",
+        }
+    }
+
+    /// The program it runs on `side`.
+    pub fn program(self, side: Side) -> &'static str {
+        use crate::loader::{EGRESS, INGRESS, UPLINK_IN, UPLINK_OUT};
+        match (self, side) {
+            (Hook::Pod, Side::Egress) => EGRESS,
+            (Hook::Pod, Side::Ingress) => INGRESS,
+            (Hook::Uplink, Side::Egress) => UPLINK_OUT,
+            (Hook::Uplink, Side::Ingress) => UPLINK_IN,
+        }
+    }
+}
+
 /// Which side of an interface a program runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -186,7 +218,18 @@ fn remove_link_pins(link_dir: &Path) -> Result<(), AttachError> {
 /// kernel detaches them) and, with the namespace still there, remove tc
 /// filters. Idempotent; needs no loaded program.
 pub fn detach(versioned: &Path, netns: Option<BorrowedFd<'_>>, ifname: &str, key: &str) -> Result<(), AttachError> {
-    remove_link_pins(&versioned.join("links").join(key))?;
+    detach_hook(Hook::Pod, versioned, netns, ifname, key)
+}
+
+/// The same for either hook.
+pub fn detach_hook(
+    hook: Hook,
+    versioned: &Path,
+    netns: Option<BorrowedFd<'_>>,
+    ifname: &str,
+    key: &str,
+) -> Result<(), AttachError> {
+    remove_link_pins(&versioned.join(hook.dir()).join(key))?;
     if let Some(ns) = netns {
         in_netns(ns, || {
             for side in Side::BOTH {
@@ -223,9 +266,14 @@ pub fn tcx_programs(netns: BorrowedFd<'_>, ifname: &str, side: Side) -> Result<V
     })?
 }
 
-/// The keys of every pinned attachment (for GC).
+/// The keys of every pinned pod attachment (for GC).
 pub fn attachments(versioned: &Path) -> Result<Vec<String>, AttachError> {
-    let links = versioned.join("links");
+    hook_attachments(Hook::Pod, versioned)
+}
+
+/// The keys of every pinned attachment of a hook (an uplink's is its name).
+pub fn hook_attachments(hook: Hook, versioned: &Path) -> Result<Vec<String>, AttachError> {
+    let links = versioned.join(hook.dir());
     match std::fs::read_dir(&links) {
         Ok(rd) => Ok(rd
             .filter_map(Result::ok)

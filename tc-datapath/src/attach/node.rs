@@ -3,10 +3,10 @@
 //! them when another version ran before. Another layout version's maps are
 //! carried over first (see `migrate`), then its links move here.
 
-use super::{AttachError, Side, io_err, link_err, lock_dir, prog_err};
+use super::{AttachError, Hook, Side, io_err, link_err, lock_dir, prog_err};
 use crate::config::DatapathConfig;
 use crate::layout::DpInfo;
-use crate::loader::{self, EGRESS, INGRESS, versioned_dir_of};
+use crate::loader::{self, INGRESS, TC_PROGRAMS, UPLINK_IN, UPLINK_OUT, versioned_dir_of};
 use crate::maps::{ObserveMaps, Source};
 use crate::migrate::{self, Build};
 use crate::pin;
@@ -22,8 +22,10 @@ use tracing::{info, warn};
 pub struct Node {
     dir: PathBuf,
     _lock: File,
-    pub(super) egress: SchedClassifier,
-    pub(super) ingress: SchedClassifier,
+    egress: SchedClassifier,
+    ingress: SchedClassifier,
+    uplink_out: SchedClassifier,
+    uplink_in: SchedClassifier,
     observe: ObserveMaps,
     prog_hash: u64,
     /// Opening replaced another program version.
@@ -58,7 +60,7 @@ impl Node {
         let dir = versioned_dir_of(root, build.layout.version);
         if load {
             pin::ensure_bpffs(root)?;
-            for sub in ["maps", "progs", "links"] {
+            for sub in ["maps", "progs", Hook::Pod.dir(), Hook::Uplink.dir()] {
                 std::fs::create_dir_all(dir.join(sub)).map_err(io_err("creating", &dir.join(sub)))?;
             }
         } else if !dir.is_dir() {
@@ -114,8 +116,10 @@ impl Node {
         let open =
             |name: &str| SchedClassifier::from_pin(pdir.join(name)).map_err(prog_err(format!("opening pinned {name}")));
         Ok(Node {
-            egress: open(EGRESS)?,
-            ingress: open(INGRESS)?,
+            egress: open(Hook::Pod.program(Side::Egress))?,
+            ingress: open(Hook::Pod.program(Side::Ingress))?,
+            uplink_out: open(UPLINK_OUT)?,
+            uplink_in: open(UPLINK_IN)?,
             observe: ObserveMaps::open(&mut Source::pinned(dir))?,
             dir: dir.to_path_buf(),
             _lock: lock,
@@ -136,10 +140,20 @@ impl Node {
         self.prog_hash
     }
 
-    pub(super) fn program(&mut self, side: Side) -> &mut SchedClassifier {
-        match side {
-            Side::Egress => &mut self.egress,
-            Side::Ingress => &mut self.ingress,
+    pub(super) fn program(&mut self, hook: Hook, side: Side) -> &mut SchedClassifier {
+        match (hook, side) {
+            (Hook::Pod, Side::Egress) => &mut self.egress,
+            (Hook::Pod, Side::Ingress) => &mut self.ingress,
+            (Hook::Uplink, Side::Egress) => &mut self.uplink_out,
+            (Hook::Uplink, Side::Ingress) => &mut self.uplink_in,
+        }
+    }
+
+    /// A hook's (egress, ingress) programs.
+    pub(super) fn programs(&mut self, hook: Hook) -> (&mut SchedClassifier, &mut SchedClassifier) {
+        match hook {
+            Hook::Pod => (&mut self.egress, &mut self.ingress),
+            Hook::Uplink => (&mut self.uplink_out, &mut self.uplink_in),
         }
     }
 
@@ -183,7 +197,10 @@ impl Node {
             warn!(from = %old.display(), "its layout is unknown: its maps are not carried over");
         }
         let carried = carry(false)?;
-        let moved = self.move_links(&old.join("links"))?;
+        let mut moved = 0;
+        for hook in Hook::ALL {
+            moved += self.move_links(hook, &old.join(hook.dir()))?;
+        }
         let late = carry(true)?;
         std::fs::remove_dir_all(old).map_err(io_err("removing the old layout", old))?;
         self.upgraded = true;
@@ -191,20 +208,20 @@ impl Node {
         Ok(())
     }
 
-    /// Move the TCX links pinned under `links` (another layout's) onto
-    /// these programs, and pin them here.
-    fn move_links(&mut self, links: &Path) -> Result<usize, AttachError> {
+    /// Move the TCX links of `hook` pinned under `links` (another layout's)
+    /// onto these programs, and pin them here.
+    fn move_links(&mut self, hook: Hook, links: &Path) -> Result<usize, AttachError> {
         let Ok(rd) = std::fs::read_dir(links) else { return Ok(0) };
         let mut moved = 0;
         for e in rd {
             let link_dir = e.map_err(io_err("listing", links))?.path();
             let key = link_dir.file_name().expect("a directory entry has a name").to_owned();
-            let here = self.dir.join("links").join(&key);
+            let here = self.dir.join(hook.dir()).join(&key);
             std::fs::create_dir_all(&here).map_err(io_err("creating", &here))?;
             for side in Side::BOTH {
                 let path = link_dir.join(side.name());
                 let Some(link) = pinned_tcx_link(&path)? else { continue };
-                let prog = self.program(side);
+                let prog = self.program(hook, side);
                 let id = match prog.attach_to_link(link) {
                     Ok(id) => id,
                     Err(ProgramError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOLINK) => {
@@ -234,14 +251,30 @@ impl Node {
 
     /// Move every pinned TCX link onto this version's programs.
     fn relink_all(&mut self) -> Result<(), AttachError> {
-        let links = self.dir.join("links");
-        let rd = std::fs::read_dir(&links).map_err(io_err("listing", &links))?;
+        for hook in Hook::ALL {
+            self.relink(hook)?;
+        }
+        info!(
+            relinked = self.relinked,
+            defunct = self.defunct.len(),
+            "links moved to the new programs"
+        );
+        Ok(())
+    }
+
+    fn relink(&mut self, hook: Hook) -> Result<(), AttachError> {
+        let links = self.dir.join(hook.dir());
+        let rd = match std::fs::read_dir(&links) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("listing", &links)(e)),
+        };
         for e in rd {
             let link_dir = e.map_err(io_err("listing", &links))?.path();
             for side in Side::BOTH {
                 let path = link_dir.join(side.name());
                 let Some(link) = pinned_tcx_link(&path)? else { continue };
-                let prog = self.program(side);
+                let prog = self.program(hook, side);
                 match prog.attach_to_link(link) {
                     Ok(id) => {
                         // Dropping our handle closes an fd; the pin keeps the link.
@@ -256,18 +289,21 @@ impl Node {
                 }
             }
         }
-        info!(
-            relinked = self.relinked,
-            defunct = self.defunct.len(),
-            "links moved to the new programs"
-        );
         Ok(())
     }
 
-    /// The programs' kernel ids (egress, ingress).
+    /// The pod programs' kernel ids (egress, ingress).
     pub fn program_ids(&self) -> Result<(u32, u32), AttachError> {
+        self.hook_program_ids(Hook::Pod)
+    }
+
+    /// A hook's programs' kernel ids (egress, ingress).
+    pub fn hook_program_ids(&self, hook: Hook) -> Result<(u32, u32), AttachError> {
         let id = |p: &SchedClassifier| p.info().map(|i| i.id()).map_err(prog_err("program info"));
-        Ok((id(&self.egress)?, id(&self.ingress)?))
+        match hook {
+            Hook::Pod => Ok((id(&self.egress)?, id(&self.ingress)?)),
+            Hook::Uplink => Ok((id(&self.uplink_out)?, id(&self.uplink_in)?)),
+        }
     }
 }
 
@@ -297,12 +333,14 @@ fn older_layouts(root: &Path, mine: u32) -> Result<Vec<PathBuf>, AttachError> {
 }
 
 /// Load this version (pinning the maps as they are, or creating them) and
-/// pin its programs; ingress last, its pin marks the version complete.
+/// pin its programs; the pod ingress one last, its pin marks the version
+/// complete.
 fn load_and_pin(cfg: &DatapathConfig, pdir: &Path, build: &Build) -> Result<(), AttachError> {
     let t = Instant::now();
     let mut ebpf = loader::load_build(cfg, Some(&cfg.bpffs), build, None)?;
     std::fs::create_dir_all(pdir).map_err(io_err("creating", pdir))?;
-    for name in [EGRESS, INGRESS] {
+    // TC_PROGRAMS ends with the uplink ones: pin INGRESS after them.
+    for name in TC_PROGRAMS.iter().copied().filter(|n| *n != INGRESS).chain([INGRESS]) {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
             .expect("loaded")

@@ -15,6 +15,9 @@ pub struct Endpoint {
     /// The owner tag of the attachment (`pin::attachment_id`).
     pub endpoint_id: u32,
     pub mac: [u8; 6],
+    /// The node-side parent of the pod's macvlan/ipvlan interface, where
+    /// traffic from outside is handed in; 0 = none (an ENI of its own).
+    pub parent_ifindex: u32,
 }
 
 pub struct EndpointMaps {
@@ -31,6 +34,7 @@ fn view(a: IpAddr, v: &EndpointValue) -> Endpoint {
         ifindex: v.ifindex,
         endpoint_id: v.endpoint_id,
         mac: v.mac,
+        parent_ifindex: v.parent_ifindex,
     }
 }
 
@@ -47,6 +51,7 @@ impl EndpointMaps {
             endpoint_id: e.endpoint_id,
             mac: e.mac,
             flags: 0,
+            parent_ifindex: e.parent_ifindex,
         };
         self.endpoints.insert(key(e.addr), v, 0).map_err(err(ENDPOINTS.name))
     }

@@ -1,7 +1,8 @@
 //! Typed access to the datapath's maps, one module per family (cilium's
 //! `pkg/maps` is the model): [`lb`] (Services, backends, the VIP filter,
 //! Maglev and affinity), [`ct`] (conntrack and its collection),
-//! [`endpoints`] (the node's pods), [`policy`] (identities, CIDRs, rules)
+//! [`endpoints`] (the node's pods), [`policy`] (identities, CIDRs, rules),
+//! [`uplink`] (traffic from outside: NAT, uplink addresses, source ranges)
 //! and [`observe`] (metrics, names, program info, flow events).
 //!
 //! Every map is listed once, in [`ALL`]: the loader pins from that list,
@@ -15,12 +16,14 @@ pub mod lb;
 pub mod maglev;
 pub mod observe;
 pub mod policy;
+pub mod uplink;
 
 pub use ct::CtMaps;
 pub use endpoints::EndpointMaps;
 pub use lb::LbMaps;
 pub use observe::ObserveMaps;
 pub use policy::PolicyMaps;
+pub use uplink::UplinkMaps;
 
 use crate::layout::*;
 use aya::Ebpf;
@@ -108,6 +111,12 @@ map_defs! {
     POLICY = "sl_policy": PolicyMatch => PolicyValue;
     /// Port-range blocks of allow rules.
     POLICY_RANGES = "sl_policy_ranges": PolicyKey => PolicyValue;
+    /// Connections from outside, both directions, at the uplinks.
+    NAT = "sl_nat": CtKey => NatValue;
+    /// The node's uplinks and their SNAT addresses.
+    UPLINKS = "sl_uplinks": u32 => UplinkValue;
+    /// loadBalancerSourceRanges, by frontend.
+    LB_SOURCES = "sl_lb_sources": LbSourceKey => u32;
     /// Names of identities and policies, for the tools.
     NAMES = "sl_names": NameKey => NameValue;
     /// The flow-event ring (no key, no value).
@@ -171,6 +180,7 @@ pub struct Maps {
     ct: CtMaps,
     endpoints: EndpointMaps,
     policy: PolicyMaps,
+    uplink: UplinkMaps,
     observe: ObserveMaps,
 }
 
@@ -192,6 +202,7 @@ impl Maps {
             ct: CtMaps::open(&mut src)?,
             endpoints: EndpointMaps::open(&mut src)?,
             policy: PolicyMaps::open(&mut src)?,
+            uplink: UplinkMaps::open(&mut src)?,
             observe,
         })
     }
@@ -202,6 +213,7 @@ impl Maps {
             ct: CtMaps::open(src)?,
             endpoints: EndpointMaps::open(src)?,
             policy: PolicyMaps::open(src)?,
+            uplink: UplinkMaps::open(src)?,
             observe: ObserveMaps::open(src)?,
         })
     }
@@ -229,6 +241,12 @@ impl Maps {
     }
     pub fn policy_mut(&mut self) -> &mut PolicyMaps {
         &mut self.policy
+    }
+    pub fn uplink(&self) -> &UplinkMaps {
+        &self.uplink
+    }
+    pub fn uplink_mut(&mut self) -> &mut UplinkMaps {
+        &mut self.uplink
     }
     pub fn observe(&self) -> &ObserveMaps {
         &self.observe

@@ -251,6 +251,7 @@ impl Dp {
                 ifindex: 1,
                 endpoint_id,
                 mac: POD_MAC,
+                parent_ifindex: 0,
             })
             .unwrap();
     }

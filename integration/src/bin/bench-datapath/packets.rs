@@ -111,6 +111,7 @@ pub(crate) fn per_packet_with(args: &Args, n: usize) -> Result<(PacketRow, Memor
             ifindex: 1,
             endpoint_id: i as u32 + 1,
             mac: [0x02, 0, 0, 0, 0, 0x05],
+            parent_ifindex: 0,
         })?;
     }
     let mem0 = maps.lb().memory()?;

@@ -1,0 +1,234 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Traffic from outside the node: NodePorts, load-balancer IPs and external
+ * IPs, served on the node's uplinks (the ENI parents, its main interface)
+ * by sl_uplink_in and sl_uplink_out.
+ *
+ * A connection's first packet finds the frontend's external-scope entry
+ * (see svc_key), passes its source ranges, and gets a backend as a pod's
+ * connection would (random, Maglev, affinity). Then:
+ *  - a backend on this node (a pod behind one of its macvlan or ipvlan
+ *    parents) gets the packet with the client's own address, handed to the
+ *    parent as if it had arrived for the pod; its replies are turned back
+ *    to come from the frontend as they leave through an uplink;
+ *  - a backend elsewhere gets it from this node's address and a port of
+ *    its own (SNAT), through the kernel's neighbour output, so that its
+ *    replies come back here to be turned back.
+ * Both directions are NAT entries (sl_nat, layout.h); the pod at each end
+ * tracks and judges the flow with its own programs as any other.
+ */
+#ifndef SLUICE_LIB_UPLINK_H
+#define SLUICE_LIB_UPLINK_H
+
+#include "lb.h"
+
+/* SNAT ports tried for a new connection before it is dropped. */
+#define SNAT_TRIES 8
+
+/* Does the frontend admit this client (loadBalancerSourceRanges)? */
+static __always_inline int source_in_range(const struct svc_value *svc, const struct pkt *p)
+{
+	struct lb_source_key k = {};
+
+	if (!(svc->flags & SVC_F_SOURCE_RANGES))
+		return 1;
+	k.prefixlen = 32 + 128;
+	k.rev_nat_id = svc->rev_nat_id;
+	__builtin_memcpy(k.addr, p->saddr, 16);
+	return bpf_map_lookup_elem(&sl_lb_sources, &k) != 0;
+}
+
+static __always_inline int addr_zero(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return !(w[0] | w[1] | w[2] | w[3]);
+}
+
+/* Claim a port of this node's address `node` toward backend `b` for a new
+ * connection: its reply entry `rev` is written under it, if no live
+ * connection holds it. Returns the port (network order), 0 if none was
+ * free after SNAT_TRIES. */
+static __always_inline __be16 snat_claim(const struct pkt *p, const __u8 *node, const struct backend_value *b,
+					 const struct nat_value *rev, __u64 now)
+{
+	__u32 span = cfg_snat_port_max - cfg_snat_port_min + 1;
+	__u32 start = bpf_get_prandom_u32();
+	struct ct_key rk;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < SNAT_TRIES; i++) {
+		__be16 port = bpf_htons((__u16)(cfg_snat_port_min + (start + i) % span));
+		struct nat_value *cur;
+
+		ct_key_of(&rk, b->addr, node, b->port, port, p->proto, CT_NAT);
+		cur = bpf_map_lookup_elem(&sl_nat, &rk);
+		if (cur && cur->expires_ns > now)
+			continue;
+		if (bpf_map_update_elem(&sl_nat, &rk, rev, cur ? BPF_ANY : BPF_NOEXIST) == 0)
+			return port;
+	}
+	return 0;
+}
+
+/* Rewrite a packet by its NAT entry and send it on. */
+static __always_inline int nat_apply(struct __sk_buff *skb, struct pkt *p, struct nat_value *v, __u32 dir, __u64 now)
+{
+	int reply = v->flags & NAT_F_REPLY;
+
+	if (reply && (v->state == CT_NEW || (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST))))) {
+		/* The client's entry follows the connection's state: an idle
+		 * established connection keeps its backend. */
+		struct ct_key fk;
+		struct nat_value *fwd;
+
+		ct_key_of(&fk, v->daddr, v->saddr, v->dport, v->sport, p->proto, CT_NAT);
+		fwd = bpf_map_lookup_elem(&sl_nat, &fk);
+		if (fwd)
+			state_touch(&fwd->state, &fwd->expires_ns, p, 1, now);
+	}
+	state_touch(&v->state, &v->expires_ns, p, reply, now);
+	if (!addr_eq(v->saddr, p->saddr) || v->sport != p->sport)
+		if (rewrite(skb, p, ETH_HLEN, 0, v->saddr, v->sport) != REWRITE_OK)
+			return drop(skb, DROP_NAT_FAILED, dir);
+	if (!addr_eq(v->daddr, p->daddr) || v->dport != p->dport)
+		if (rewrite(skb, p, ETH_HLEN, 1, v->daddr, v->dport) != REWRITE_OK)
+			return drop(skb, DROP_NAT_FAILED, dir);
+	count(reply ? REASON_REPLY_TRANSLATED : REASON_SERVICE_TRANSLATED, dir, skb->len);
+	if (!reply && (v->flags & NAT_F_LOCAL)) {
+		/* Addressed to the pod and handed to its parent, whose macvlan or
+		 * ipvlan demultiplexing delivers it as any frame for the pod. */
+		if (bpf_skb_store_bytes(skb, 0, v->mac, 6, 0) < 0)
+			return drop(skb, DROP_NAT_FAILED, dir);
+		if (v->ifindex == skb->ifindex)
+			return TC_ACT_OK;
+		return bpf_redirect(v->ifindex, BPF_F_INGRESS);
+	}
+	/* A local backend's reply leaving: on its way already. */
+	if (dir == DIR_EGRESS)
+		return TC_ACT_OK;
+	/* To a backend elsewhere, or back to the client: routed by the node
+	 * out of the interface it came in by. */
+	return bpf_redirect_neigh(skb->ifindex, NULL, 0, 0);
+}
+
+/* The first packet of a connection to an external frontend. `fk` is its
+ * (CT_NAT) key as it arrived. */
+static __always_inline int uplink_new(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc,
+				      const struct svc_key *master, const struct ct_key *fk, __u64 now)
+{
+	struct nat_value fwd = {}, rev = {};
+	struct backend_value *b;
+	struct endpoint_value *ep;
+	struct ct_key rk;
+	__u32 id;
+
+	if (!source_in_range(svc, p))
+		return drop_reported(skb, p, DROP_SOURCE_RANGE, DIR_INGRESS);
+	id = select_backend(svc, master, p, now);
+	if (!id)
+		return svc->flags & SVC_F_REJECT ? reject(skb, p, DROP_NO_BACKEND, DIR_INGRESS)
+						  : drop_reported(skb, p, DROP_NO_BACKEND, DIR_INGRESS);
+	b = bpf_map_lookup_elem(&sl_backends, &id);
+	if (!b)
+		return drop_reported(skb, p, DROP_BACKEND_GONE, DIR_INGRESS);
+	fwd.backend_id = id;
+	fwd.state = CT_NEW;
+	fwd.expires_ns = now + ct_timeout(p->proto, CT_NEW);
+	__builtin_memcpy(fwd.daddr, b->addr, 16);
+	fwd.dport = b->port;
+	rev.backend_id = id;
+	rev.state = CT_NEW;
+	rev.expires_ns = fwd.expires_ns;
+	rev.flags = NAT_F_REPLY;
+	__builtin_memcpy(rev.saddr, p->daddr, 16);
+	rev.sport = p->dport;
+	__builtin_memcpy(rev.daddr, p->saddr, 16);
+	rev.dport = p->sport;
+	ep = bpf_map_lookup_elem(&sl_endpoints, b->addr);
+	if (ep && ep->parent_ifindex) {
+		fwd.flags = NAT_F_LOCAL;
+		fwd.ifindex = ep->parent_ifindex;
+		__builtin_memcpy(fwd.mac, ep->mac, 6);
+		__builtin_memcpy(fwd.saddr, p->saddr, 16);
+		fwd.sport = p->sport;
+		rev.flags |= NAT_F_LOCAL;
+		ct_key_of(&rk, b->addr, p->saddr, b->port, p->sport, p->proto, CT_NAT);
+		if (bpf_map_update_elem(&sl_nat, &rk, &rev, BPF_ANY) < 0)
+			return drop_reported(skb, p, DROP_NAT_FAILED, DIR_INGRESS);
+	} else {
+		__u32 ifindex = skb->ifindex;
+		struct uplink_value *up = bpf_map_lookup_elem(&sl_uplinks, &ifindex);
+		const __u8 *node;
+		__be16 port;
+
+		if (!up)
+			return drop_reported(skb, p, DROP_NO_SNAT_PORT, DIR_INGRESS);
+		node = p->v6 ? up->addr6 : up->addr4;
+		if (addr_zero(node))
+			return drop_reported(skb, p, DROP_NO_SNAT_PORT, DIR_INGRESS);
+		rev.flags |= NAT_F_SNAT;
+		port = snat_claim(p, node, b, &rev, now);
+		if (!port)
+			return drop_reported(skb, p, DROP_NO_SNAT_PORT, DIR_INGRESS);
+		fwd.flags = NAT_F_SNAT;
+		__builtin_memcpy(fwd.saddr, node, 16);
+		fwd.sport = port;
+	}
+	if (bpf_map_update_elem(&sl_nat, fk, &fwd, BPF_ANY) < 0)
+		return drop_reported(skb, p, DROP_NAT_FAILED, DIR_INGRESS);
+	if (flow_sampled())
+		flow_event(p, DIR_INGRESS, REASON_SERVICE_TRANSLATED, 0, 0, 0, id);
+	return nat_apply(skb, p, &fwd, DIR_INGRESS, now);
+}
+
+/* Both uplink programs: `dir` ingress (from the VPC) or egress (to it). */
+static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
+{
+	struct ethhdr eth;
+	struct pkt p;
+	struct ct_key k;
+	struct svc_key sk = {};
+	struct svc_value *svc;
+	struct nat_value *v;
+	__u64 now;
+
+	/* Only what a NAT entry or an external frontend names is ours: the
+	 * rest is the node's own traffic or its pods', judged elsewhere.
+	 * Fragments are not followed here. */
+	if (parse_frame(skb, &eth, &p) || !p.ip || !p.tracked || p.fragment)
+		return TC_ACT_OK;
+	now = bpf_ktime_get_ns();
+	ct_key_of(&k, p.saddr, p.daddr, p.sport, p.dport, p.proto, CT_NAT);
+	v = bpf_map_lookup_elem(&sl_nat, &k);
+	if (v && v->expires_ns > now && !state_reopens(v->state, &p)) {
+		if (v->flags & NAT_F_REPLY)
+			return nat_apply(skb, &p, v, dir, now);
+		if (dir == DIR_INGRESS) {
+			/* A connection whose backend left: reset it (TCP), or give
+			 * the next datagram a backend afresh. */
+			if (bpf_map_lookup_elem(&sl_backends, &v->backend_id))
+				return nat_apply(skb, &p, v, dir, now);
+			bpf_map_delete_elem(&sl_nat, &k);
+			if (p.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN) {
+				count(DROP_BACKEND_GONE, dir, skb->len);
+				if (p.tcp_flags & TCP_RST)
+					return TC_ACT_SHOT;
+				return reset(skb, &p, dir);
+			}
+		}
+	}
+	if (dir == DIR_EGRESS || !maybe_in(&sl_vip_filter, p.daddr))
+		return TC_ACT_OK;
+	__builtin_memcpy(sk.addr, p.daddr, 16);
+	sk.port = p.dport;
+	sk.proto = p.proto;
+	sk.scope = SVC_SCOPE_EXTERNAL;
+	svc = bpf_map_lookup_elem(&sl_services, &sk);
+	if (!svc)
+		return TC_ACT_OK;
+	return uplink_new(skb, &p, svc, &sk, &k, now);
+}
+
+#endif

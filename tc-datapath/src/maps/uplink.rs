@@ -1,0 +1,104 @@
+//! Traffic from outside the node: the uplink program's NAT entries (both
+//! directions of each connection to a NodePort, load-balancer IP or
+//! external IP), the uplinks' SNAT addresses, and the source ranges of
+//! load balancers.
+
+use super::{LB_SOURCES, MapsError, NAT, Source, UPLINKS, entries, err, ignore_missing};
+use crate::layout::{Addr, CtKey, LbSourceMatch, NatValue, UplinkValue, addr};
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{HashMap, MapData};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub struct UplinkMaps {
+    nat: HashMap<MapData, CtKey, NatValue>,
+    uplinks: HashMap<MapData, u32, UplinkValue>,
+    sources: LpmTrie<MapData, LbSourceMatch, u32>,
+}
+
+/// A source range of one frontend, as the trie keys it.
+fn source_key(rev_nat_id: u32, net: IpAddr, prefix: u8) -> Key<LbSourceMatch> {
+    // IPv4 is v4-mapped: its prefix starts after the 96 bits of ::ffff:0:0/96.
+    let bits = match net {
+        IpAddr::V4(_) => 96 + u32::from(prefix.min(32)),
+        IpAddr::V6(_) => u32::from(prefix.min(128)),
+    };
+    Key::new(
+        32 + bits,
+        LbSourceMatch {
+            rev_nat_id,
+            addr: addr(net),
+        },
+    )
+}
+
+impl UplinkMaps {
+    pub fn open(src: &mut Source<'_>) -> Result<UplinkMaps, MapsError> {
+        Ok(UplinkMaps {
+            nat: src.map(&NAT)?,
+            uplinks: src.map(&UPLINKS)?,
+            sources: src.map(&LB_SOURCES)?,
+        })
+    }
+
+    /// Make `ifindex` an uplink whose connections to backends elsewhere
+    /// come from `v4` / `v6`.
+    pub fn set_uplink(&mut self, ifindex: u32, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Result<(), MapsError> {
+        let v = UplinkValue {
+            addr4: v4.map(|a| addr(IpAddr::V4(a))).unwrap_or_default(),
+            addr6: v6.map(|a| addr(IpAddr::V6(a))).unwrap_or_default(),
+        };
+        self.uplinks.insert(ifindex, v, 0).map_err(err(UPLINKS.name))
+    }
+
+    pub fn remove_uplink(&mut self, ifindex: u32) -> Result<(), MapsError> {
+        ignore_missing(self.uplinks.remove(&ifindex), &UPLINKS)
+    }
+
+    /// Every uplink: ifindex and SNAT addresses.
+    pub fn uplinks(&self) -> Result<Vec<(u32, UplinkValue)>, MapsError> {
+        entries(&self.uplinks, &UPLINKS)
+    }
+
+    /// Every NAT entry (both directions of each connection from outside).
+    pub fn nat_entries(&self) -> Result<Vec<(CtKey, NatValue)>, MapsError> {
+        self.nat.iter().collect::<Result<_, _>>().map_err(err(NAT.name))
+    }
+
+    /// Remove the NAT entries whose deadline passed before `now_ns`
+    /// (bpf_ktime_get_ns time); returns how many went.
+    pub fn collect(&mut self, now_ns: u64) -> Result<usize, MapsError> {
+        let expired: Vec<CtKey> = self
+            .nat_entries()?
+            .into_iter()
+            .filter(|(_, v)| v.expires_ns <= now_ns)
+            .map(|(k, _)| k)
+            .collect();
+        for k in &expired {
+            ignore_missing(self.nat.remove(k), &NAT)?;
+        }
+        Ok(expired.len())
+    }
+
+    /// Admit clients from `net/prefix` to the external frontend `rev_nat_id`.
+    pub fn add_source(&mut self, rev_nat_id: u32, net: IpAddr, prefix: u8) -> Result<(), MapsError> {
+        self.sources
+            .insert(&source_key(rev_nat_id, net, prefix), 1, 0)
+            .map_err(err(LB_SOURCES.name))
+    }
+
+    pub fn remove_source(&mut self, rev_nat_id: u32, net: IpAddr, prefix: u8) -> Result<(), MapsError> {
+        ignore_missing(self.sources.remove(&source_key(rev_nat_id, net, prefix)), &LB_SOURCES)
+    }
+
+    /// Every source range: (frontend rev_nat_id, address, prefix length of
+    /// the address as written: IPv4 ones count from the v4-mapped 96).
+    pub fn sources(&self) -> Result<Vec<(u32, Addr, u32)>, MapsError> {
+        let mut out = Vec::new();
+        for k in self.sources.keys() {
+            let k = k.map_err(err(LB_SOURCES.name))?;
+            let m = k.data();
+            out.push((m.rev_nat_id, m.addr, k.prefix_len() - 32));
+        }
+        Ok(out)
+    }
+}
