@@ -105,6 +105,12 @@ impl Agent {
         self.maps.ct().capacity()
     }
 
+    /// The health check node ports of this node's Services, as of the
+    /// last sync.
+    pub fn health_checks(&self) -> BTreeMap<u16, crate::services::HealthCheck> {
+        self.translation.health_checks()
+    }
+
     /// Pod addresses -> "namespace/name", as of the last sync.
     pub fn pods(&self) -> &BTreeMap<IpAddr, String> {
         &self.pods

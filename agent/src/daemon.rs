@@ -72,6 +72,15 @@ pub struct Options {
     /// their interface's tc programs).
     #[arg(long)]
     pub socket_lb_all_namespaces: bool,
+    /// An interface traffic from outside arrives on (an ENI parent, the
+    /// node's main interface), repeatable: its NodePorts, load-balancer IPs
+    /// and external IPs are served there, by the uplink programs. None
+    /// given: traffic from outside is not served.
+    #[arg(long = "uplink")]
+    pub uplinks: Vec<String>,
+    /// Serve no health check node ports (`externalTrafficPolicy: Local`).
+    #[arg(long)]
+    pub no_health_checks: bool,
     /// Where to serve Prometheus metrics (`/metrics`); port 0 picks one.
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub metrics: SocketAddr,
@@ -260,6 +269,8 @@ struct Daemon {
     retry: Option<(Instant, Duration)>,
     /// What the node's events said already.
     events: Dedup,
+    uplinks: Vec<crate::uplinks::Uplink>,
+    health: Option<crate::health_check::HealthServers>,
 }
 
 /// Run the agent until its source stops (or after one sync with `--once`).
@@ -272,6 +283,7 @@ pub fn run(opts: Options) -> Result<()> {
                 .trim()
                 .to_string(),
         },
+        addresses: opts.node_ip.clone(),
     };
     let (tx, rx) = mpsc::channel::<Input>();
     let source = Source::start(&opts, &node.name, tx)?;
@@ -289,6 +301,16 @@ pub fn run(opts: Options) -> Result<()> {
     if let Some(cgroup) = &opts.socket_lb_cgroup {
         attach_socket_lb(&opts, cgroup)?;
     }
+    let uplinks = if opts.uplinks.is_empty() {
+        Vec::new()
+    } else {
+        crate::uplinks::attach_all(&opts.bpffs, &opts.uplinks).context("attaching the uplink programs")?
+    };
+    let health = if opts.once || opts.no_health_checks {
+        None
+    } else {
+        Some(crate::health_check::HealthServers::start().context("starting the health check servers")?)
+    };
     let metrics = if opts.once || opts.no_metrics {
         None
     } else {
@@ -311,6 +333,8 @@ pub fn run(opts: Options) -> Result<()> {
         started: false,
         retry: None,
         events: Dedup::default(),
+        uplinks,
+        health,
     };
     d.collect_gone_pods();
     // The API-server source syncs first once every kind is listed.
@@ -438,6 +462,9 @@ impl Daemon {
     }
 
     fn collect_conntrack(&mut self) {
+        if let Err(e) = crate::uplinks::refresh(self.agent.maps_mut(), &self.uplinks) {
+            warn!(error = %e, "uplink addresses not refreshed");
+        }
         match self.agent.collect_conntrack() {
             Ok(st) => {
                 let next = self.gc.adapt(&st);
@@ -481,6 +508,9 @@ impl Daemon {
     /// Log a sync and count it in the metrics; schedule a retry when it
     /// left failures.
     fn record(&mut self, why: &str, r: &Report, seen: Option<Instant>) {
+        if let Some(h) = &mut self.health {
+            h.set(self.agent.health_checks());
+        }
         for w in &r.warnings {
             warn!("{w}");
         }

@@ -7,6 +7,8 @@
 //!   ([`services::translate`]) and into the maps by difference
 //!   ([`services::sync`]); NetworkPolicy goes through `sluice-policy`;
 //! - [`agent`]: one node's state and its sync; [`daemon`]: the event loop;
+//! - traffic from outside: the node's [`uplinks`], and the
+//!   [`health_check`] node ports of `externalTrafficPolicy: Local`;
 //! - housekeeping: expired conntrack entries ([`gc`]), pods gone without a
 //!   CNI DEL ([`endpoint_gc`]);
 //! - what it tells: [`metrics`], flow events ([`flows`]);
@@ -17,9 +19,11 @@ pub mod daemon;
 pub mod endpoint_gc;
 pub mod flows;
 pub mod gc;
+pub mod health_check;
 pub mod install;
 pub mod metrics;
 pub mod node_events;
 pub mod objects;
 pub mod services;
 pub mod source;
+pub mod uplinks;

@@ -132,7 +132,7 @@ proptest! {
         changes in proptest::collection::vec(change(), 1..40),
         sync_every in 1..4usize,
     ) {
-        let node = NodeView { name: "node0".into() };
+        let node = NodeView { name: "node0".into(), addresses: Vec::new() };
         let mut o = Objects::default();
         let mut kept = ServiceTranslation::default();
         for (i, c) in changes.iter().enumerate() {
@@ -151,7 +151,10 @@ proptest! {
 /// translates that Service only; a Node address change, all of them.
 #[test]
 fn only_changed_services_are_translated_again() {
-    let node = NodeView { name: "node0".into() };
+    let node = NodeView {
+        name: "node0".into(),
+        addresses: Vec::new(),
+    };
     let mut o = six_services(true);
     // Slice e0, one ready endpoint, labelled for Service `service`.
     let slice0_of = |service| Change::Slice {
@@ -181,7 +184,10 @@ fn only_changed_services_are_translated_again() {
 /// clone) starts over instead of taking its generations for the first one's.
 #[test]
 fn another_store_is_translated_whole() {
-    let node = NodeView { name: "node0".into() };
+    let node = NodeView {
+        name: "node0".into(),
+        addresses: Vec::new(),
+    };
     let a = six_services(false);
     let mut kept = ServiceTranslation::default();
     kept.update(&a, &node);

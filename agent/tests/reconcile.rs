@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use sluice_agent::services::{BackendAddr, Backends, Frontend, ServiceSync};
 use sluice_tc_datapath::config::DatapathConfig;
-use sluice_tc_datapath::layout::{PROTO_TCP, PROTO_UDP};
+use sluice_tc_datapath::layout::{PROTO_TCP, PROTO_UDP, SVC_SCOPE_EXTERNAL};
 use sluice_tc_datapath::loader;
 use sluice_tc_datapath::maps::Maps;
 use sluice_tc_datapath::maps::lb::Algorithm;
@@ -24,11 +24,14 @@ type Want = BTreeMap<Frontend, Backends>;
 /// A translation over small universes, so that frontends come and go and
 /// backends are shared between frontends and passes.
 fn want() -> impl Strategy<Value = Want> {
-    let frontend = (0..3u8, prop_oneof![Just(80u16), Just(53)], any::<bool>()).prop_map(|(v, port, tcp)| Frontend {
-        vip: IpAddr::from([10, 96, 0, v]),
-        port,
-        proto: if tcp { PROTO_TCP } else { PROTO_UDP },
-    });
+    let frontend = (0..3u8, prop_oneof![Just(80u16), Just(53)], any::<bool>(), any::<bool>()).prop_map(
+        |(v, port, tcp, external)| Frontend {
+            vip: IpAddr::from([10, 96, 0, v]),
+            port,
+            proto: if tcp { PROTO_TCP } else { PROTO_UDP },
+            external,
+        },
+    );
     let backends =
         proptest::collection::btree_map((0..5u8, prop_oneof![Just(8080u16), Just(8081)]), any::<bool>(), 0..4);
     proptest::collection::btree_map(frontend, backends, 0..6).prop_map(|m| {
@@ -48,6 +51,7 @@ fn want() -> impl Strategy<Value = Want> {
                     affinity_timeout_secs: 0,
                     reject: true,
                     node_address: false,
+                    source_ranges: Vec::new(),
                     backends,
                 };
                 (f, b)
@@ -87,6 +91,7 @@ fn check(maps: &Maps, want: &Want) -> Result<(), String> {
             vip: s.vip,
             port: s.port,
             proto: s.proto,
+            external: s.scope == SVC_SCOPE_EXTERNAL,
         })
         .collect();
     let wanted: BTreeSet<Frontend> = want.keys().copied().collect();
@@ -98,6 +103,7 @@ fn check(maps: &Maps, want: &Want) -> Result<(), String> {
             vip: s.vip,
             port: s.port,
             proto: s.proto,
+            external: s.scope == SVC_SCOPE_EXTERNAL,
         };
         let active: BTreeSet<(IpAddr, u16)> = s.active.iter().map(|id| (backends[id].0, backends[id].1)).collect();
         let wanted: BTreeSet<(IpAddr, u16)> = want[&f]
@@ -156,17 +162,14 @@ fn a_shared_backend_turns_back_when_the_other_frontend_goes() {
     }
     let cfg = DatapathConfig::default();
     let (_ebpf, mut maps) = loader::load_unpinned(&cfg).unwrap();
-    let fe = |v: u8| Frontend {
-        vip: IpAddr::from([10, 96, 0, v]),
-        port: 80,
-        proto: PROTO_TCP,
-    };
+    let fe = |v: u8| Frontend::cluster(IpAddr::from([10, 96, 0, v]), 80, PROTO_TCP);
     let backends = |active: bool| Backends {
         service: "ns/s:80".into(),
         algorithm: Algorithm::Random,
         affinity_timeout_secs: 0,
         reject: true,
         node_address: false,
+        source_ranges: Vec::new(),
         backends: vec![BackendAddr {
             addr: IpAddr::from([10, 244, 1, 1]),
             port: 8080,

@@ -76,7 +76,10 @@ fn agent() -> (impl Sized, Agent) {
             parent_ifindex: 0,
         })
         .unwrap();
-    let node = NodeView { name: "n".into() };
+    let node = NodeView {
+        name: "n".into(),
+        addresses: Vec::new(),
+    };
     (ebpf, Agent::with_maps(maps, node, vec![]).unwrap())
 }
 

@@ -32,15 +32,14 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn fe(vip: &str, port: u16, proto: u8) -> Frontend {
-    Frontend {
-        vip: ip(vip),
-        port,
-        proto,
-    }
+    Frontend::cluster(ip(vip), port, proto)
 }
 
 fn node_a() -> NodeView {
-    NodeView { name: "node-a".into() }
+    NodeView {
+        name: "node-a".into(),
+        addresses: Vec::new(),
+    }
 }
 
 #[test]

@@ -46,6 +46,48 @@ impl AgentProcess {
         })
     }
 
+    /// Start the agent inside namespace `netns` (a simulated node, as a
+    /// DaemonSet's agent with host networking runs in the node's), without
+    /// metrics, with `extra` arguments.
+    pub fn start_in(
+        netns: &Path,
+        manifests: &Path,
+        bpffs: &Path,
+        node: &str,
+        log: &Path,
+        extra: &[&str],
+    ) -> Result<AgentProcess> {
+        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let socket = log.with_extension("sock");
+        // nsenter, not `ip netns exec`: the latter mounts a sysfs of its own.
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .arg("--")
+            .arg(bin_dir().join("sluice-agent"))
+            .arg("--manifests")
+            .arg(manifests)
+            .arg("--bpffs")
+            .arg(bpffs)
+            .args(["--node-name", node, "--no-metrics"])
+            .arg("--flows-socket")
+            .arg(&socket)
+            .args(extra)
+            .env(
+                "SLUICE_LOG",
+                std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .context("starting sluice-agent (built? cargo build --workspace --bins)")?;
+        Ok(AgentProcess {
+            child,
+            log: log.to_path_buf(),
+            socket,
+        })
+    }
+
     /// Wait until the log has `n` "synced" lines; returns them.
     pub fn wait_synced(&mut self, n: usize, within: Duration) -> Result<Vec<String>> {
         let until = Instant::now() + within;

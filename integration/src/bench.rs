@@ -307,6 +307,8 @@ pub fn spec(i: usize, s: &Service) -> ServiceSpec {
         affinity_timeout_secs: 0,
         reject: false,
         node_address: false,
+        scope: 0,
+        source_ranges: false,
         draining: Vec::new(),
         backends: s
             .endpoints

@@ -29,6 +29,27 @@ impl EchoServer {
     /// TCP and UDP echo on `port` on every address of `ns`. Replies are prefixed
     /// with `tag` so a client can tell which server answered.
     pub fn start(ns: &Netns, port: u16, tag: &str) -> Result<EchoServer> {
+        EchoServer::start_with(ns, port, tag, false)
+    }
+
+    /// The same, each reply also naming the address it came from, as the
+    /// server saw it: `tag@address:message` (source preservation tests).
+    pub fn start_telling_peer(ns: &Netns, port: u16, tag: &str) -> Result<EchoServer> {
+        EchoServer::start_with(ns, port, tag, true)
+    }
+
+    fn start_with(ns: &Netns, port: u16, tag: &str, peer: bool) -> Result<EchoServer> {
+        // "::ffff:a.b.c.d" is how an IPv6 socket names an IPv4 peer.
+        let label = move |tag: &str, from: SocketAddr| -> String {
+            if !peer {
+                return tag.to_string();
+            }
+            let ip = match from.ip() {
+                std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(v6.to_string(), |v4| v4.to_string()),
+                v4 => v4.to_string(),
+            };
+            format!("{tag}@{ip}")
+        };
         let (tcp, udp) = ns.run(|| -> Result<(TcpListener, UdpSocket)> {
             // `::` with the default bindv6only=0 takes IPv4 (mapped) and IPv6 alike.
             let t = TcpListener::bind(("::", port)).context("tcp bind")?;
@@ -43,12 +64,13 @@ impl EchoServer {
         let tcp_thread = std::thread::spawn(move || {
             while !s1.load(Ordering::Relaxed) && Instant::now() < deadline {
                 match tcp.accept() {
-                    Ok((mut c, _)) => {
+                    Ok((mut c, from)) => {
                         let _ = c.set_nonblocking(false);
                         let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
                         let mut buf = [0u8; 512];
                         if let Ok(n) = c.read(&mut buf) {
-                            let _ = c.write_all(format!("{t1}:{}", String::from_utf8_lossy(&buf[..n])).as_bytes());
+                            let who = label(&t1, from);
+                            let _ = c.write_all(format!("{who}:{}", String::from_utf8_lossy(&buf[..n])).as_bytes());
                         }
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
@@ -61,7 +83,8 @@ impl EchoServer {
             let mut buf = vec![0u8; 65536];
             while !s2.load(Ordering::Relaxed) && Instant::now() < deadline {
                 if let Ok((n, from)) = udp.recv_from(&mut buf) {
-                    let _ = udp.send_to(format!("{t2}:{}", String::from_utf8_lossy(&buf[..n])).as_bytes(), from);
+                    let who = label(&t2, from);
+                    let _ = udp.send_to(format!("{who}:{}", String::from_utf8_lossy(&buf[..n])).as_bytes(), from);
                 }
             }
         });

@@ -155,6 +155,17 @@ impl Services {
         Ok(Services { dir })
     }
 
+    /// The manifest directory (what a long-running agent watches).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Add or replace a manifest (`name`.yaml) without syncing anything:
+    /// for an agent that watches the directory.
+    pub fn write_manifest(&self, name: &str, yaml: &str) -> Result<()> {
+        std::fs::write(self.dir.join(format!("{name}.yaml")), yaml).with_context(|| format!("writing {name}.yaml"))
+    }
+
     fn path(&self, s: &ServicePort) -> PathBuf {
         self.dir.join(format!("{}.yaml", s.name()))
     }

@@ -168,6 +168,25 @@ impl Vpc {
         Ok(p)
     }
 
+    /// A host outside the cluster on the VPC fabric (a client of NodePorts
+    /// and load balancers): namespace `<prefix>-<name>` whose `eth0` is on
+    /// the fabric's bridge at `addr` (CIDR), with the VPC router as its
+    /// default gateway. Deleted with the VPC.
+    pub fn external_host(&mut self, name: &str, addr: &str) -> Result<usize> {
+        let ns = Netns::new(&format!("{}-{name}", self.prefix))?;
+        let port = format!("x{}", self.pods.len());
+        self.fabric.ip(&[
+            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ])?;
+        self.fabric.ip(&["link", "set", &port, "master", "br0", "up"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&["addr", "add", addr, "dev", "eth0"])?;
+        ns.ip(&["route", "add", "default", "via", VPC_ROUTER, "dev", "eth0"])?;
+        // Kept with the pods: dropped before the fabric.
+        self.pods.push(ns);
+        Ok(self.pods.len() - 1)
+    }
+
     /// What netfilter holds in any namespace of this VPC's nodes and pods
     /// (nothing, where sluice kept it out).
     pub fn netfilter(&self) -> Result<Vec<String>> {

@@ -168,6 +168,8 @@ fn service_to(vpc: &Vpc, ip_b: &str) {
                 affinity_timeout_secs: 0,
                 reject: false,
                 node_address: false,
+                scope: 0,
+                source_ranges: false,
                 draining: Vec::new(),
                 backends: vec![Backend {
                     id,

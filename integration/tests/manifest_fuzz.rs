@@ -90,7 +90,10 @@ fn agent() -> (impl Sized, Agent) {
             })
             .unwrap();
     }
-    let node = NodeView { name: "node-a".into() };
+    let node = NodeView {
+        name: "node-a".into(),
+        addresses: Vec::new(),
+    };
     (ebpf, Agent::with_maps(maps, node, vec![]).unwrap())
 }
 

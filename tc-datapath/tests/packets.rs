@@ -286,6 +286,8 @@ fn session_affinity_pins_a_client() {
             affinity_timeout_secs: 300,
             reject: false,
             node_address: false,
+            scope: 0,
+            source_ranges: false,
             draining: Vec::new(),
             backends: vec![
                 be(1, ip("10.244.2.7"), 8080, true),
@@ -588,6 +590,8 @@ fn rewriting_a_service_writes_only_what_changed() {
         affinity_timeout_secs: 0,
         reject: false,
         node_address: false,
+        scope: 0,
+        source_ranges: false,
         draining: Vec::new(),
         backends: vec![
             be(1, ip("10.244.2.7"), 8080, true),
@@ -645,6 +649,8 @@ fn a_syn_on_a_closed_connection_opens_a_new_one() {
         affinity_timeout_secs: 0,
         reject: false,
         node_address: false,
+        scope: 0,
+        source_ranges: false,
         draining: Vec::new(),
         backends: vec![be(1, a, 8080, a_on), be(2, b, 8080, b_on)],
     };
@@ -726,6 +732,8 @@ fn backends_that_leave_keep_or_reset_their_connections() {
         affinity_timeout_secs: 0,
         reject: true,
         node_address: false,
+        scope: 0,
+        source_ranges: false,
         draining: Vec::new(),
         backends: [(ids.0, a), (ids.1, b)]
             .iter()
@@ -959,6 +967,8 @@ fn a_node_address_translates_its_node_ports_only() {
         affinity_timeout_secs: 0,
         reject: true,
         node_address,
+        scope: 0,
+        source_ranges: false,
         draining: Vec::new(),
         backends: vec![be(1, ip("10.244.2.7"), 8080, true)],
     };

@@ -7,4 +7,6 @@ pub mod sync;
 pub mod translate;
 
 pub use sync::{ServiceSync, SyncStats};
-pub use translate::{BackendAddr, Backends, Frontend, NodeView, ServiceTranslation, Translated, translate};
+pub use translate::{
+    BackendAddr, Backends, Frontend, HealthCheck, NodeView, ServiceTranslation, Translated, translate,
+};

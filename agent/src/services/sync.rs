@@ -10,8 +10,9 @@
 
 use super::translate::{Backends, Frontend};
 use sluice_tc_datapath::ids::IdAllocator;
+use sluice_tc_datapath::layout::{SVC_SCOPE_CLUSTER, SVC_SCOPE_EXTERNAL, ip};
 use sluice_tc_datapath::maps::lb::{Algorithm, Backend, LbMaps, ServiceSpec};
-use sluice_tc_datapath::maps::{Maps, MapsError};
+use sluice_tc_datapath::maps::{Maps, MapsError, UplinkMaps};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -109,6 +110,8 @@ pub struct ServiceSync {
     refs: Option<BTreeMap<u32, Refs>>,
     /// No conntrack entry names a backend id the maps do not hold.
     flows_clean: bool,
+    /// The source ranges in the maps: (frontend's reverse-NAT id, prefix).
+    sources: BTreeSet<(u32, IpAddr, u8)>,
 }
 
 impl ServiceSync {
@@ -123,6 +126,7 @@ impl ServiceSync {
                     vip: v.vip,
                     port: v.port,
                     proto: v.proto,
+                    external: v.scope == SVC_SCOPE_EXTERNAL,
                 };
                 (f, v.rev_nat_id)
             })
@@ -142,9 +146,21 @@ impl ServiceSync {
                 vip: v.vip,
                 port: v.port,
                 proto: v.proto,
+                external: v.scope == SVC_SCOPE_EXTERNAL,
+            })
+            .collect();
+        let sources = maps
+            .uplink()
+            .sources()?
+            .into_iter()
+            .map(|(id, a, bits)| {
+                let a = ip(&a);
+                let bits = if a.is_ipv4() { bits.saturating_sub(96) } else { bits };
+                (id, a, bits as u8)
             })
             .collect();
         Ok(ServiceSync {
+            sources,
             maglev,
             applied: frontends.iter().map(|(f, _)| (*f, None)).collect(),
             rev_nat: IdAllocator::with_held(1, frontends),
@@ -202,6 +218,7 @@ impl ServiceSync {
         self.fix_shared_states(lb, &counts, recount, &rewritten, &mut st);
         self.remove_frontends(lb, want, gone, &mut st);
         let gone = self.remove_backends(lb, recount, &mut counts, &mut st);
+        self.sync_sources(maps.uplink_mut(), want, &mut st);
         // Their flows: a TCP connection is reset at its next segment, a UDP
         // flow's next datagram picks a live backend, and no entry keeps an
         // id that may be given out again.
@@ -314,6 +331,12 @@ impl ServiceSync {
                 affinity_timeout_secs: w.want.affinity_timeout_secs,
                 reject: w.want.reject,
                 node_address: w.want.node_address,
+                scope: if f.external {
+                    SVC_SCOPE_EXTERNAL
+                } else {
+                    SVC_SCOPE_CLUSTER
+                },
+                source_ranges: !w.want.source_ranges.is_empty(),
                 draining: w
                     .backends
                     .iter()
@@ -343,6 +366,38 @@ impl ServiceSync {
             }
         }
         rewritten
+    }
+
+    /// Make the source-range trie hold every external frontend's ranges,
+    /// by difference.
+    fn sync_sources(&mut self, uplink: &mut UplinkMaps, want: &BTreeMap<Frontend, Backends>, st: &mut SyncStats) {
+        let mut wanted = BTreeSet::new();
+        for (f, b) in want.iter().filter(|(f, b)| f.external && !b.source_ranges.is_empty()) {
+            if let Some(id) = self.rev_nat.get(f) {
+                wanted.extend(b.source_ranges.iter().map(|(a, bits)| (id, *a, *bits)));
+            }
+        }
+        for &(id, a, bits) in wanted.difference(&self.sources) {
+            match uplink.add_source(id, a, bits) {
+                Ok(()) => st.writes += 1,
+                Err(e) => st
+                    .failures
+                    .push(format!("source range {a}/{bits} of frontend {id}: {e}")),
+            }
+        }
+        for &(id, a, bits) in self.sources.difference(&wanted) {
+            match uplink.remove_source(id, a, bits) {
+                Ok(()) => st.writes += 1,
+                Err(e) => st
+                    .failures
+                    .push(format!("removing source range {a}/{bits} of frontend {id}: {e}")),
+            }
+        }
+        // Only what was written counts as there: a failed write is tried
+        // again next pass.
+        if st.failures.is_empty() {
+            self.sources = wanted;
+        }
     }
 
     /// The selection a frontend gets: Maglev only while the map has room
@@ -398,11 +453,16 @@ impl ServiceSync {
         let vips: BTreeSet<IpAddr> = if gone.is_empty() {
             BTreeSet::new()
         } else {
-            want.keys().map(|f| f.vip).collect()
+            want.keys().filter(|f| !f.external).map(|f| f.vip).collect()
         };
         for f in gone {
             let last_of_vip = !vips.contains(&f.vip);
-            match lb.remove_frontend(f.vip, f.port, f.proto, last_of_vip) {
+            let scope = if f.external {
+                SVC_SCOPE_EXTERNAL
+            } else {
+                SVC_SCOPE_CLUSTER
+            };
+            match lb.remove_scoped(f.vip, f.port, f.proto, scope, last_of_vip) {
                 Ok(n) => {
                     if n > 0 {
                         st.removed += 1;

@@ -24,10 +24,23 @@
 //!   unreachable for UDP), as kube-proxy's REJECT does (`sluice.io/unreachable: drop` makes it
 //!   drop instead).
 //!
+//! - Services labelled `service.kubernetes.io/service-proxy-name` (another
+//!   proxy's) or `service.kubernetes.io/headless` are left alone;
+//! - EndpointSlice topology hints (`forZones`, `forNodes`; what
+//!   `trafficDistribution: PreferClose` makes the controller write) keep a
+//!   cluster-wide frontend to the endpoints meant for this node's zone
+//!   (its `topology.kubernetes.io/zone` label) or this node, when every
+//!   endpoint has hints and some are for here; else all are used.
+//!
 //! Traffic a pod sends to a NodePort, external or load-balancer address is
-//! balanced over all endpoints by the pod's own egress program (the
-//! external traffic policy concerns traffic from outside the cluster,
-//! which this datapath does not serve yet).
+//! balanced over all endpoints by the pod's own egress program, as
+//! kube-proxy does for traffic from inside the cluster. Traffic from
+//! outside, at the node's uplinks, finds the external frontends: this
+//! node's NodePorts (on its own addresses), its load-balancer IPs and
+//! external IPs, each with only this node's endpoints under
+//! `externalTrafficPolicy: Local` (dropped, not rejected, when there is
+//! none: the load balancer's health check steers away), and with the
+//! Service's `loadBalancerSourceRanges` on its load-balancer IPs.
 
 use crate::objects::{Objects, SERVICE_NAME_LABEL, key};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
@@ -45,21 +58,53 @@ pub const ALGORITHM_ANNOTATION: &str = "sluice.io/lb-algorithm";
 pub const UNREACHABLE_ANNOTATION: &str = "sluice.io/unreachable";
 const DEFAULT_AFFINITY_SECS: u32 = 10800;
 
+/// The label of a Service another proxy serves.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// The label of a Service no proxy serves (DNS only).
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+/// The node label topology hints name zones by.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
 /// Where a Service port is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Frontend {
     pub vip: IpAddr,
     pub port: u16,
     pub proto: u8,
+    /// Served to traffic from outside the node, at its uplinks; else to
+    /// its pods and host sockets.
+    pub external: bool,
+}
+
+impl Frontend {
+    pub fn cluster(vip: IpAddr, port: u16, proto: u8) -> Frontend {
+        Frontend {
+            vip,
+            port,
+            proto,
+            external: false,
+        }
+    }
+
+    pub fn external(vip: IpAddr, port: u16, proto: u8) -> Frontend {
+        Frontend {
+            external: true,
+            ..Frontend::cluster(vip, port, proto)
+        }
+    }
 }
 
 impl std::fmt::Display for Frontend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let proto = proto_name(self.proto);
         match self.vip {
-            IpAddr::V4(a) => write!(f, "{a}:{}/{proto}", self.port),
-            IpAddr::V6(a) => write!(f, "[{a}]:{}/{proto}", self.port),
+            IpAddr::V4(a) => write!(f, "{a}:{}/{proto}", self.port)?,
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{proto}", self.port)?,
         }
+        if self.external {
+            write!(f, " (external)")?;
+        }
+        Ok(())
     }
 }
 
@@ -74,6 +119,9 @@ pub struct Backends {
     /// A NodePort on a node's address, not a VIP: the address's other
     /// ports pass untouched.
     pub node_address: bool,
+    /// External frontends: the client prefixes admitted
+    /// (loadBalancerSourceRanges); empty = every client.
+    pub source_ranges: Vec<(IpAddr, u8)>,
     /// Sorted by address and port.
     pub backends: Vec<BackendAddr>,
 }
@@ -88,17 +136,65 @@ pub struct BackendAddr {
     pub active: bool,
 }
 
-/// The node the agent runs on (for `internalTrafficPolicy: Local`).
+/// The node the agent runs on (for the traffic policies and topology).
 #[derive(Debug, Clone, Default)]
 pub struct NodeView {
     pub name: String,
+    /// Addresses its NodePorts are served on to traffic from outside, in
+    /// addition to its Node object's (`--node-ip`).
+    pub addresses: Vec<IpAddr>,
+}
+
+/// What a Service's health check node port answers (kube-proxy's
+/// `healthCheckNodePort`, for `externalTrafficPolicy: Local`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// "namespace/name".
+    pub service: String,
+    /// Ready endpoints on this node.
+    pub local_endpoints: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Translated {
     pub frontends: BTreeMap<Frontend, Backends>,
+    /// Health check node port -> what it answers.
+    pub health_checks: BTreeMap<u16, HealthCheck>,
     /// What was left out, and why.
     pub warnings: Vec<String>,
+}
+
+/// This node as the Node objects describe it.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Here {
+    /// Its own addresses (NodePorts from outside).
+    addrs: Vec<IpAddr>,
+    zone: Option<String>,
+    name: String,
+}
+
+impl Here {
+    fn of(objects: &Objects, node: &NodeView) -> Here {
+        let me = objects.nodes().get(&node.name);
+        let mut addrs = node.addresses.clone();
+        for a in me
+            .and_then(|n| n.status.as_ref()?.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        {
+            if let Ok(ip) = a.address.parse()
+                && !addrs.contains(&ip)
+            {
+                addrs.push(ip);
+            }
+        }
+        Here {
+            addrs,
+            zone: me.and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL)).cloned(),
+            name: node.name.clone(),
+        }
+    }
 }
 
 /// Every Service at once (the reference `ServiceTranslation` keeps equal).
@@ -113,11 +209,12 @@ pub fn translate(objects: &Objects, node: &NodeView) -> Translated {
         slices.entry((ns, svc.clone())).or_default().push(s);
     }
     let node_addrs = node_addresses(objects);
+    let here = Here::of(objects, node);
     for svc in objects.services().values() {
         let ns = svc.metadata.namespace.clone().unwrap_or_default();
         let name = svc.metadata.name.clone().unwrap_or_default();
         let mine = slices.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]);
-        service(svc, mine, &node_addrs, node, &mut out);
+        service(svc, mine, &node_addrs, &here, &mut out);
     }
     out
 }
@@ -144,6 +241,7 @@ pub struct ServiceTranslation {
     /// The store and generation of the objects last seen.
     seen: Option<(u64, u64)>,
     node_addrs: Vec<IpAddr>,
+    here: Here,
     /// Each Service's own translation (its frontends, before any other
     /// Service claims them).
     per_service: BTreeMap<String, Translated>,
@@ -167,6 +265,7 @@ impl ServiceTranslation {
             _ => {
                 *self = ServiceTranslation {
                     node_addrs: node_addresses(objects),
+                    here: Here::of(objects, node),
                     ..Default::default()
                 };
                 objects.services().keys().cloned().collect()
@@ -189,7 +288,7 @@ impl ServiceTranslation {
             };
             let slices: Vec<&EndpointSlice> = objects.slices_of(key).collect();
             let mut own = Translated::default();
-            service(svc, &slices, &self.node_addrs, node, &mut own);
+            service(svc, &slices, &self.node_addrs, &self.here, &mut own);
             for f in own.frontends.keys() {
                 self.claims.entry(*f).or_default().insert(key.clone());
                 touched.insert(*f);
@@ -224,6 +323,17 @@ impl ServiceTranslation {
         &self.frontends
     }
 
+    /// Every health check node port of this node's Services.
+    pub fn health_checks(&self) -> BTreeMap<u16, HealthCheck> {
+        let mut out = BTreeMap::new();
+        for t in self.per_service.values() {
+            for (port, h) in &t.health_checks {
+                out.entry(*port).or_insert_with(|| h.clone());
+            }
+        }
+        out
+    }
+
     /// What was left out, and why: each Service's own warnings, and one per
     /// frontend a later Service claims in vain.
     pub fn warnings(&self) -> Vec<String> {
@@ -252,13 +362,24 @@ fn proto_of(p: Option<&str>) -> Option<u8> {
     }
 }
 
-fn service(svc: &Service, slices: &[&EndpointSlice], node_addrs: &[IpAddr], node: &NodeView, out: &mut Translated) {
+fn service(svc: &Service, slices: &[&EndpointSlice], node_addrs: &[IpAddr], here: &Here, out: &mut Translated) {
     let id = key(&svc.metadata);
     let Some(spec) = svc.spec.as_ref() else { return };
     if spec.type_.as_deref() == Some("ExternalName") {
         return;
     }
-    let Some(Addresses { cluster, external }) = addresses(svc, &id, out) else {
+    // Another proxy's, or no proxy's: kube-proxy leaves them alone too.
+    if let Some(labels) = &svc.metadata.labels
+        && (labels.contains_key(SERVICE_PROXY_NAME_LABEL) || labels.contains_key(HEADLESS_LABEL))
+    {
+        return;
+    }
+    let Some(Addresses {
+        cluster,
+        external_ips,
+        lb_ips,
+    }) = addresses(svc, &id, out)
+    else {
         return; // headless: DNS only
     };
     let algorithm = algorithm(svc, &id, out);
@@ -272,6 +393,22 @@ fn service(svc: &Service, slices: &[&EndpointSlice], node_addrs: &[IpAddr], node
         0
     };
     let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let source_ranges = source_ranges(svc, &id, out);
+    if external_local
+        && let Some(hc) = spec
+            .health_check_node_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p > 0)
+    {
+        out.health_checks.insert(
+            hc,
+            HealthCheck {
+                service: id.clone(),
+                local_endpoints: local_ready(slices, &here.name),
+            },
+        );
+    }
     for sp in spec.ports.iter().flatten() {
         let Some(proto) = proto_of(sp.protocol.as_deref()) else {
             out.warnings.push(format!(
@@ -287,28 +424,46 @@ fn service(svc: &Service, slices: &[&EndpointSlice], node_addrs: &[IpAddr], node
             continue;
         };
         let label = format!("{id}:{}", sp.name.clone().unwrap_or_else(|| sp.port.to_string()));
-        // Each frontend, whether it keeps only this node's endpoints, and
-        // whether it is a node's address.
-        let mut fronts: Vec<(Frontend, bool, bool)> = Vec::new();
+        let mut fronts: Vec<Front<'_>> = Vec::new();
         for &vip in &cluster {
-            fronts.push((Frontend { vip, port, proto }, local_only, false));
+            fronts.push((Frontend::cluster(vip, port, proto), local_only, false, &[]));
         }
-        for &vip in &external {
-            fronts.push((Frontend { vip, port, proto }, false, false));
+        for &vip in external_ips.iter().chain(&lb_ips) {
+            fronts.push((Frontend::cluster(vip, port, proto), false, false, &[]));
+        }
+        for &vip in &external_ips {
+            fronts.push((Frontend::external(vip, port, proto), external_local, false, &[]));
+        }
+        for &vip in &lb_ips {
+            fronts.push((
+                Frontend::external(vip, port, proto),
+                external_local,
+                false,
+                &source_ranges,
+            ));
         }
         if let Some(np) = sp.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) {
             for &vip in node_addrs {
-                fronts.push((Frontend { vip, port: np, proto }, false, true));
+                fronts.push((Frontend::cluster(vip, np, proto), false, true, &[]));
+            }
+            for &vip in &here.addrs {
+                fronts.push((Frontend::external(vip, np, proto), external_local, false, &[]));
             }
         }
-        for (f, local, node_address) in fronts {
+        for (f, local, node_address, ranges) in fronts {
             let b = Backends {
                 service: label.clone(),
                 algorithm,
                 affinity_timeout_secs,
-                reject,
+                // No local endpoint under eTP Local drops, as kube-proxy.
+                reject: reject && !(f.external && external_local),
                 node_address,
-                backends: endpoints(sp, proto, f.vip.is_ipv4(), slices, local.then_some(node), out),
+                source_ranges: ranges
+                    .iter()
+                    .filter(|(a, _)| a.is_ipv4() == f.vip.is_ipv4())
+                    .copied()
+                    .collect(),
+                backends: endpoints(sp, proto, f.vip.is_ipv4(), slices, here, local, out),
             };
             if let Some(first) = out.frontends.get(&f) {
                 out.warnings.push(format!(
@@ -322,11 +477,52 @@ fn service(svc: &Service, slices: &[&EndpointSlice], node_addrs: &[IpAddr], node
     }
 }
 
-/// A Service's own addresses: its cluster IPs, and its external and
+/// A frontend of a Service port, whether it keeps only this node's
+/// endpoints, whether it is a node's address, and its source ranges.
+type Front<'a> = (Frontend, bool, bool, &'a [(IpAddr, u8)]);
+
+/// The Service's loadBalancerSourceRanges; one that does not parse is
+/// left out with a warning (and, if none parses, every client is admitted,
+/// as the API server refuses such a Service anyway).
+fn source_ranges(svc: &Service, id: &str, out: &mut Translated) -> Vec<(IpAddr, u8)> {
+    let mut ranges = Vec::new();
+    let listed = svc.spec.as_ref().and_then(|s| s.load_balancer_source_ranges.as_ref());
+    for r in listed.into_iter().flatten() {
+        match r.trim().parse::<ipnetwork::IpNetwork>() {
+            Ok(n) => ranges.push((n.network(), n.prefix())),
+            Err(_) => out.warnings.push(format!(
+                "Service {id}: loadBalancerSourceRanges entry {r:?} is not a CIDR; left out"
+            )),
+        }
+    }
+    ranges
+}
+
+/// Ready endpoints of a Service on node `name`: those of the address
+/// family that has the most (a dual-stack pod is one endpoint in each
+/// family's slices; kube-proxy counts per family too).
+fn local_ready(slices: &[&EndpointSlice], name: &str) -> usize {
+    let mut by_family: BTreeMap<&str, BTreeSet<&[String]>> = BTreeMap::new();
+    for s in slices {
+        for e in &s.endpoints {
+            let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            if ready && e.node_name.as_deref() == Some(name) {
+                by_family
+                    .entry(s.address_type.as_str())
+                    .or_default()
+                    .insert(e.addresses.as_slice());
+            }
+        }
+    }
+    by_family.values().map(BTreeSet::len).max().unwrap_or(0)
+}
+
+/// A Service's own addresses: its cluster IPs, its external IPs and its
 /// load-balancer ingress IPs.
 struct Addresses {
     cluster: Vec<IpAddr>,
-    external: Vec<IpAddr>,
+    external_ips: Vec<IpAddr>,
+    lb_ips: Vec<IpAddr>,
 }
 
 /// The Service's addresses (None for a headless one); one that does not
@@ -354,22 +550,27 @@ fn addresses(svc: &Service, id: &str, out: &mut Translated) -> Option<Addresses>
         .into_iter()
         .filter_map(|ip| parse("clusterIP", ip))
         .collect();
-    let mut external: Vec<IpAddr> = spec
+    let external_ips: Vec<IpAddr> = spec
         .external_ips
         .iter()
         .flatten()
         .filter_map(|ip| parse("externalIP", ip))
         .collect();
+    let mut lb_ips = Vec::new();
     let ingress = svc
         .status
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref()?.ingress.as_ref());
     for i in ingress.into_iter().flatten() {
         if let Some(ip) = i.ip.as_deref() {
-            external.extend(parse("load-balancer ingress IP", ip));
+            lb_ips.extend(parse("load-balancer ingress IP", ip));
         }
     }
-    Some(Addresses { cluster, external })
+    Some(Addresses {
+        cluster,
+        external_ips,
+        lb_ips,
+    })
 }
 
 /// Whether what the Service cannot serve is answered (a TCP reset, ICMP
@@ -406,17 +607,21 @@ fn algorithm(svc: &Service, id: &str, out: &mut Translated) -> Algorithm {
     }
 }
 
-/// The backends of one Service port in one address family.
+/// The backends of one Service port in one address family: this node's
+/// only when `local`, else those topology hints give this node's zone.
 fn endpoints(
     sp: &ServicePort,
     proto: u8,
     v4: bool,
     slices: &[&EndpointSlice],
-    only_node: Option<&NodeView>,
+    here: &Here,
+    local: bool,
     out: &mut Translated,
 ) -> Vec<BackendAddr> {
-    // (address, port) -> (ready, serving, terminating)
-    let mut found: BTreeMap<(IpAddr, u16), (bool, bool, bool)> = BTreeMap::new();
+    // (address, port) -> (ready, serving, terminating, meant for here)
+    let mut found: BTreeMap<(IpAddr, u16), (bool, bool, bool, bool)> = BTreeMap::new();
+    // Hints are followed only when every endpoint has them.
+    let mut all_hinted = true;
     let family = if v4 { "IPv4" } else { "IPv6" };
     for s in slices.iter().filter(|s| s.address_type == family) {
         let Some(port) = s
@@ -433,19 +638,28 @@ fn endpoints(
             continue;
         };
         for e in &s.endpoints {
-            if let Some(n) = only_node
-                && e.node_name.as_deref() != Some(n.name.as_str())
-            {
+            if local && e.node_name.as_deref() != Some(here.name.as_str()) {
                 continue;
             }
             let c = e.conditions.as_ref();
             let ready = c.and_then(|c| c.ready).unwrap_or(true);
             let serving = c.and_then(|c| c.serving).unwrap_or(ready);
             let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            let hints = e.hints.as_ref();
+            let for_nodes = hints.and_then(|h| h.for_nodes.as_ref()).filter(|n| !n.is_empty());
+            let for_zones = hints.and_then(|h| h.for_zones.as_ref()).filter(|z| !z.is_empty());
+            let for_here = match (for_nodes, for_zones) {
+                (Some(n), _) => n.iter().any(|n| n.name == here.name),
+                (None, Some(z)) => here.zone.as_ref().is_some_and(|mine| z.iter().any(|z| &z.name == mine)),
+                (None, None) => {
+                    all_hinted = false;
+                    false
+                }
+            };
             for a in &e.addresses {
                 match a.parse::<IpAddr>() {
                     Ok(ip) if ip.is_ipv4() == v4 => {
-                        found.insert((ip, port), (ready, serving, terminating));
+                        found.insert((ip, port), (ready, serving, terminating, for_here));
                     }
                     // Not a backend: a slice of one family cannot hold the
                     // other's addresses (the API server refuses them; a
@@ -463,10 +677,15 @@ fn endpoints(
             }
         }
     }
+    // Topology: only the endpoints meant for here, if every endpoint says
+    // where it is meant for and some are for here (kube-proxy's rule).
+    if !local && all_hinted && found.values().any(|c| c.3 && c.0) {
+        found.retain(|_, c| c.3);
+    }
     let any_ready = found.values().any(|c| c.0);
     found
         .into_iter()
-        .map(|((addr, port), (ready, serving, terminating))| {
+        .map(|((addr, port), (ready, serving, terminating, _))| {
             // Not ready (terminating, or failing its readiness probe) it
             // keeps its connections and takes no new ones: as kube-proxy,
             // whose conntrack keeps a TCP flow while the pod lives. A

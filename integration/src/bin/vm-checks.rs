@@ -126,6 +126,8 @@ fn random_service(vip: IpAddr, port: u16, proto: u8, rev_nat_id: u32, backends: 
         affinity_timeout_secs: 0,
         reject: false,
         node_address: false,
+        scope: 0,
+        source_ranges: false,
         draining: Vec::new(),
         backends,
     }

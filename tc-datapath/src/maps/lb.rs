@@ -71,6 +71,13 @@ pub struct ServiceSpec {
     /// The frontend is a node's address (a NodePort), not a VIP: a port it
     /// does not serve passes untouched (the kubelet, a hostNetwork server).
     pub node_address: bool,
+    /// Who the frontend serves (`SVC_SCOPE_*`): an external one is read
+    /// only by the uplink programs, and has no VIP marker of its own (its
+    /// address is also a cluster-scope frontend's).
+    pub scope: u8,
+    /// Admit only the clients the source-range trie lists for its
+    /// `rev_nat_id` (loadBalancerSourceRanges; external scope).
+    pub source_ranges: bool,
     pub backends: Vec<Backend>,
     /// Active backends whose entry must still say terminating: a backend
     /// entry is shared by every frontend with that address, port and
@@ -82,7 +89,12 @@ pub struct ServiceSpec {
 
 impl ServiceSpec {
     fn name(&self) -> String {
-        format!("{}:{}/{}", self.vip, self.port, proto_name(self.proto))
+        let scope = if self.scope == SVC_SCOPE_EXTERNAL {
+            " (external)"
+        } else {
+            ""
+        };
+        format!("{}:{}/{}{scope}", self.vip, self.port, proto_name(self.proto))
     }
 }
 
@@ -92,6 +104,8 @@ pub struct ServiceView {
     pub vip: IpAddr,
     pub port: u16,
     pub proto: u8,
+    /// `SVC_SCOPE_*`.
+    pub scope: u8,
     pub rev_nat_id: u32,
     pub algorithm: Algorithm,
     pub affinity_timeout_secs: u32,
@@ -156,11 +170,12 @@ impl LbMaps {
             });
         }
         let mut writes = 0;
-        let master_key = SvcKey::new(s.vip, s.port, s.proto, 0);
+        let cluster = s.scope == SVC_SCOPE_CLUSTER;
+        let master_key = SvcKey::scoped(s.vip, s.port, s.proto, 0, s.scope);
         let old = lookup(&self.services, &SERVICES, &master_key)?;
         // A new VIP enters the filter before anything can be found under
         // it, so that no packet to it passes untranslated.
-        if lookup(&self.services, &SERVICES, &SvcKey::vip_marker(s.vip))?.is_none() {
+        if cluster && lookup(&self.services, &SERVICES, &SvcKey::vip_marker(s.vip))?.is_none() {
             self.filter_step(s.vip, true)?;
             writes += 1;
         }
@@ -179,7 +194,7 @@ impl LbMaps {
                 backend_id: b.id,
                 ..Default::default()
             };
-            let k = SvcKey::new(s.vip, s.port, s.proto, i as u16 + 1);
+            let k = SvcKey::scoped(s.vip, s.port, s.proto, i as u16 + 1, s.scope);
             writes += put(&mut self.services, &SERVICES, k, slot)?;
         }
         if s.algorithm == Algorithm::Maglev && !active.is_empty() {
@@ -192,9 +207,10 @@ impl LbMaps {
         };
         writes += put(&mut self.revnat, &REVNAT, s.rev_nat_id, rn)?;
         let reject = if s.reject { SVC_F_REJECT } else { 0 };
+        let ranges = if s.source_ranges { SVC_F_SOURCE_RANGES } else { 0 };
         let master = SvcValue {
             count: active.len() as u16,
-            flags: reject,
+            flags: reject | ranges,
             rev_nat_id: s.rev_nat_id,
             algorithm: s.algorithm.code(),
             affinity_timeout: s.affinity_timeout_secs,
@@ -217,8 +233,10 @@ impl LbMaps {
             flags: SVC_F_VIP_MARKER | reject | node,
             ..Default::default()
         };
-        writes += put(&mut self.services, &SERVICES, SvcKey::vip_marker(s.vip), marker)?;
-        writes += self.remove_slots_from(s.vip, s.port, s.proto, active.len() as u16 + 1)?;
+        if cluster {
+            writes += put(&mut self.services, &SERVICES, SvcKey::vip_marker(s.vip), marker)?;
+        }
+        writes += self.remove_slots_from(&master_key, active.len() as u16 + 1)?;
         Ok(writes)
     }
 
@@ -270,10 +288,10 @@ impl LbMaps {
     }
 
     /// Slots from `first` on belong to nobody now.
-    fn remove_slots_from(&mut self, vip: IpAddr, port: u16, proto: u8, first: u16) -> Result<usize, MapsError> {
+    fn remove_slots_from(&mut self, master: &SvcKey, first: u16) -> Result<usize, MapsError> {
         let mut n = 0;
         let mut slot = first;
-        while removed(self.services.remove(&SvcKey::new(vip, port, proto, slot)), &SERVICES)? {
+        while removed(self.services.remove(&SvcKey { slot, ..*master }), &SERVICES)? {
             n += 1;
             slot += 1;
         }
@@ -307,7 +325,20 @@ impl LbMaps {
         proto: u8,
         last_of_vip: bool,
     ) -> Result<usize, MapsError> {
-        let master_key = SvcKey::new(vip, port, proto, 0);
+        self.remove_scoped(vip, port, proto, SVC_SCOPE_CLUSTER, last_of_vip)
+    }
+
+    /// The same for a frontend of either scope (an external one has no
+    /// marker: `last_of_vip` is for the cluster scope).
+    pub fn remove_scoped(
+        &mut self,
+        vip: IpAddr,
+        port: u16,
+        proto: u8,
+        scope: u8,
+        last_of_vip: bool,
+    ) -> Result<usize, MapsError> {
+        let master_key = SvcKey::scoped(vip, port, proto, 0, scope);
         let Some(master) = lookup(&self.services, &SERVICES, &master_key)? else {
             return Ok(0);
         };
@@ -315,10 +346,13 @@ impl LbMaps {
             return Ok(0);
         }
         self.services.remove(&master_key).map_err(err(SERVICES.name))?;
-        let mut n = 1 + self.remove_slots_from(vip, port, proto, 1)?;
+        let mut n = 1 + self.remove_slots_from(&master_key, 1)?;
         n += self.remove_maglev(master.rev_nat_id)?;
         n += usize::from(removed(self.revnat.remove(&master.rev_nat_id), &REVNAT)?);
-        if last_of_vip && removed(self.services.remove(&SvcKey::vip_marker(vip)), &SERVICES)? {
+        if scope == SVC_SCOPE_CLUSTER
+            && last_of_vip
+            && removed(self.services.remove(&SvcKey::vip_marker(vip)), &SERVICES)?
+        {
             self.filter_step(vip, false)?;
             n += 1;
         }
@@ -353,6 +387,7 @@ impl LbMaps {
                 vip: ip(&k.addr),
                 port: u16::from_be(k.port),
                 proto: k.proto,
+                scope: k.scope,
                 rev_nat_id: v.rev_nat_id,
                 algorithm: Algorithm::from_code(v.algorithm),
                 affinity_timeout_secs: v.affinity_timeout,
@@ -360,7 +395,7 @@ impl LbMaps {
                 active,
             });
         }
-        out.sort_by_key(|s| (s.vip, s.port, s.proto));
+        out.sort_by_key(|s| (s.vip, s.port, s.proto, s.scope));
         Ok(out)
     }
 

@@ -281,6 +281,8 @@ impl Dp {
                 affinity_timeout_secs: 0,
                 reject,
                 node_address: false,
+                scope: 0,
+                source_ranges: false,
                 draining: Vec::new(),
                 backends: backends
                     .iter()

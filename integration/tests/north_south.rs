@@ -1,0 +1,335 @@
+//! Traffic from outside the node: hosts on the VPC fabric (outside the
+//! cluster) reach NodePorts, a load-balancer IP and an external IP of
+//! node 0, whose agent put the uplink programs on its `eth0`; backends on
+//! node 0 and node 1, over TCP and UDP, IPv4 and IPv6.
+//!
+//! - externalTrafficPolicy Cluster: every backend answers; the one on the
+//!   node sees the client's own address, the one on the other node sees
+//!   node 0's (SNAT), and the replies come back from the frontend;
+//! - externalTrafficPolicy Local: only node 0's backend, which sees the
+//!   client; its healthCheckNodePort answers 200 with one local endpoint,
+//!   then 503 once that endpoint is gone, and the NodePort drops;
+//! - loadBalancerSourceRanges admits the listed client and drops another
+//!   (counted as drop-source-range);
+//! - no conntrack entry, iptables rule or nftables ruleset on any node.
+
+use serde_json::Value;
+use sluice_integration::agent::AgentProcess;
+use sluice_integration::netns::Netns;
+use sluice_integration::probe::{EchoServer, sa, tcp_request, udp_request};
+use sluice_integration::services::Services;
+use sluice_integration::vpc::{VPC_GATEWAY6, VPC_ROUTER, Vpc, node_ip, result_addr};
+use sluice_integration::{bin_dir, require_root};
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+const LB_IP: &str = "198.51.100.10";
+const LOCAL_LB_IP: &str = "198.51.100.11";
+const RANGED_LB_IP: &str = "198.51.100.20";
+const EXTERNAL_IP: &str = "203.0.113.10";
+const CLIENT: &str = "172.31.0.100";
+const CLIENT6: &str = "fd00:31::100";
+const OTHER_CLIENT: &str = "172.31.0.101";
+const HEALTH_PORT: u16 = 32000;
+
+fn node6(i: usize) -> String {
+    format!("fd00:31::{}", 11 + i)
+}
+
+/// "a@172.31.0.100:msg" -> ("a", "172.31.0.100").
+fn who(reply: &str) -> (String, String) {
+    let (tag, rest) = reply.split_once('@').unwrap_or_else(|| panic!("no peer in {reply:?}"));
+    let peer = rest.rsplit_once(':').map_or(rest, |(p, _)| p);
+    (tag.to_string(), peer.to_string())
+}
+
+fn nodes_yaml(vpc: &Vpc) -> String {
+    (0..2)
+        .map(|i| {
+            format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\nstatus:\n  addresses:\n  \
+                 - {{type: InternalIP, address: \"{}\"}}\n  - {{type: InternalIP, address: \"{}\"}}\n",
+                vpc.node_name(i),
+                node_ip(i),
+                node6(i)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// A dual-stack Service's EndpointSlices: `endpoints` are (IPv4, IPv6,
+/// node name) of pods listening on 8080 (TCP and UDP).
+fn slices(name: &str, ports: &[(&str, &str)], endpoints: &[(&str, &str, &str)]) -> String {
+    let mut out = String::new();
+    for (family, i) in [("IPv4", 0), ("IPv6", 1)] {
+        let ports: Vec<String> = ports
+            .iter()
+            .map(|(n, proto)| format!("{{name: {n}, port: 8080, protocol: {proto}}}"))
+            .collect();
+        out += &format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-{}\n  namespace: test\n  \
+             labels: {{kubernetes.io/service-name: {name}}}\naddressType: {family}\nports: [{}]\nendpoints:\n",
+            family.to_lowercase(),
+            ports.join(", ")
+        );
+        for e in endpoints {
+            let a = if i == 0 { e.0 } else { e.1 };
+            out += &format!(
+                "- {{addresses: [\"{a}\"], nodeName: {}, conditions: {{ready: true}}}}\n",
+                e.2
+            );
+        }
+    }
+    out
+}
+
+/// The Services: `web` (eTP Cluster: NodePorts 30080/tcp and 30053/udp, a
+/// load-balancer IP, an external IP), `local` (eTP Local, NodePort 30081,
+/// health check node port), `ranged` (a load-balancer IP admitting only
+/// CLIENT). `local_endpoints` are the endpoints `local` has.
+fn services_yaml(vpc: &Vpc, eps: &[(&str, &str, &str)], local_endpoints: &[(&str, &str, &str)]) -> String {
+    let dual = "ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack";
+    let mut out = nodes_yaml(vpc);
+    out += &format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: test}}\nspec:\n  type: LoadBalancer\n  \
+         clusterIP: 10.96.9.1\n  clusterIPs: [10.96.9.1, \"fd00:96::9:1\"]\n  {dual}\n  externalIPs: [\"{EXTERNAL_IP}\"]\n  \
+         externalTrafficPolicy: Cluster\n  ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}}\n  \
+         - {{name: dns, port: 53, targetPort: 8080, nodePort: 30053, protocol: UDP}}\n\
+         status: {{loadBalancer: {{ingress: [{{ip: \"{LB_IP}\"}}]}}}}\n"
+    );
+    out += &slices("web", &[("http", "TCP"), ("dns", "UDP")], eps);
+    out += &format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: local, namespace: test}}\nspec:\n  type: LoadBalancer\n  \
+         clusterIP: 10.96.9.2\n  clusterIPs: [10.96.9.2, \"fd00:96::9:2\"]\n  {dual}\n  externalTrafficPolicy: Local\n  \
+         healthCheckNodePort: {HEALTH_PORT}\n  ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: 30081, protocol: TCP}}\n\
+         status: {{loadBalancer: {{ingress: [{{ip: \"{LOCAL_LB_IP}\"}}]}}}}\n"
+    );
+    out += &slices("local", &[("http", "TCP")], local_endpoints);
+    out += &format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: ranged, namespace: test}}\nspec:\n  type: LoadBalancer\n  \
+         clusterIP: 10.96.9.3\n  externalTrafficPolicy: Cluster\n  loadBalancerSourceRanges: [\"{CLIENT}/32\"]\n  \
+         ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: 30082, protocol: TCP}}\n\
+         status: {{loadBalancer: {{ingress: [{{ip: \"{RANGED_LB_IP}\"}}]}}}}\n"
+    );
+    out += &slices("ranged", &[("http", "TCP")], eps);
+    out
+}
+
+/// GET / from `ns` to `to`: (status code, body).
+fn http_get(ns: &Netns, to: SocketAddr) -> (u16, String) {
+    ns.run(|| {
+        let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+        let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (code, body.to_string())
+    })
+    .unwrap()
+}
+
+/// A counter of node `node` from `sluicectl metrics`.
+fn counted(vpc: &Vpc, node: usize, reason: &str) -> u64 {
+    let out = Command::new(bin_dir().join("sluicectl"))
+        .arg("--bpffs")
+        .arg(vpc.bpffs[node].root())
+        .args(["-o", "json", "metrics"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sluicectl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["reason"] == reason)
+        .map(|r| r["packets"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn outside_clients_reach_nodeports_and_load_balancers() {
+    if !require_root("outside_clients_reach_nodeports_and_load_balancers") {
+        return;
+    }
+    let mut vpc = Vpc::new("ns", 2).unwrap();
+    for a in [&format!("{VPC_GATEWAY6}/64"), "fd00:31::1/64"] {
+        vpc.fabric.ip(&["-6", "addr", "add", a, "dev", "br0", "nodad"]).unwrap();
+    }
+    let fwd = vpc
+        .fabric
+        .exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])
+        .unwrap();
+    assert!(fwd.status.success());
+    for node in 0..2 {
+        let n = &vpc.nodes[node];
+        n.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", node6(node)),
+            "dev",
+            "eth0",
+            "nodad",
+        ])
+        .unwrap();
+        n.ip(&["route", "add", "default", "via", VPC_ROUTER, "dev", "eth0"])
+            .unwrap();
+        n.ip(&["-6", "route", "add", "default", "via", "fd00:31::1", "dev", "eth0"])
+            .unwrap();
+    }
+    // Backends: pod a on node 0, pod b on node 1, each telling who it saw.
+    let mut pods = Vec::new();
+    for (node, name) in [(0, "a"), (1, "b")] {
+        let p = vpc.pod(name).unwrap();
+        let r = vpc
+            .sluice(node, "ADD", name, p, &vpc.dual_stack_conf(node))
+            .expect_ok("ADD")
+            .json();
+        pods.push((p, result_addr(&r, 0), result_addr(&r, 1)));
+    }
+    let _servers: Vec<EchoServer> = [(pods[0].0, "a"), (pods[1].0, "b")]
+        .iter()
+        .map(|(p, tag)| EchoServer::start_telling_peer(&vpc.pods[*p], 8080, tag).unwrap())
+        .collect();
+    let c1 = vpc.external_host("c1", &format!("{CLIENT}/16")).unwrap();
+    let c2 = vpc.external_host("c2", &format!("{OTHER_CLIENT}/16")).unwrap();
+    vpc.pods[c1]
+        .ip(&["-6", "addr", "add", &format!("{CLIENT6}/64"), "dev", "eth0", "nodad"])
+        .unwrap();
+    // The cloud's load balancer, in short: its addresses lead to node 0.
+    for c in [c1, c2] {
+        for a in [LB_IP, LOCAL_LB_IP, RANGED_LB_IP, EXTERNAL_IP] {
+            vpc.pods[c].ip(&["route", "add", a, "via", &node_ip(0)]).unwrap();
+        }
+    }
+    let (a4, a6, b4, b6) = (&pods[0].1, &pods[0].2, &pods[1].1, &pods[1].2);
+    let (n0, n1) = (vpc.node_name(0), vpc.node_name(1));
+    let eps = [
+        (a4.as_str(), a6.as_str(), n0.as_str()),
+        (b4.as_str(), b6.as_str(), n1.as_str()),
+    ];
+    let svcs = Services::new(&vpc).unwrap();
+    svcs.write_manifest("cluster", &services_yaml(&vpc, &eps, &eps))
+        .unwrap();
+    svcs.sync_node(&vpc, 1, &[]).unwrap();
+    let log = vpc.data_dir.join("agent-n0.log");
+    let cni_data = vpc.data_dir.join("n0").display().to_string();
+    let mut agent = AgentProcess::start_in(
+        &vpc.nodes[0].path(),
+        svcs.dir(),
+        &vpc.bpffs[0].root(),
+        &n0,
+        &log,
+        &[
+            "--uplink",
+            "eth0",
+            "--node-ip",
+            &node_ip(0),
+            "--cni-data-dir",
+            &cni_data,
+        ],
+    )
+    .unwrap();
+    agent.wait_synced(1, Duration::from_secs(20)).unwrap();
+    let (client, other) = (&vpc.pods[c1], &vpc.pods[c2]);
+
+    // eTP Cluster, NodePort on node 0, TCP and UDP, IPv4 and IPv6: both
+    // backends; node 0's sees the client, node 1's sees node 0.
+    let expect = |family: &str| -> BTreeSet<(String, String)> {
+        if family == "v4" {
+            BTreeSet::from([("a".into(), CLIENT.into()), ("b".into(), node_ip(0))])
+        } else {
+            BTreeSet::from([("a".into(), CLIENT6.into()), ("b".into(), node6(0))])
+        }
+    };
+    for (family, node_addr) in [("v4", node_ip(0)), ("v6", node6(0))] {
+        let mut tcp = BTreeSet::new();
+        let mut udp = BTreeSet::new();
+        for i in 0..24 {
+            let r = tcp_request(client, sa(&node_addr, 30080), &format!("t{i}")).unwrap_or_else(|e| {
+                panic!(
+                    "NodePort {family} TCP: {e:#}\n{}",
+                    std::fs::read_to_string(&log).unwrap()
+                )
+            });
+            tcp.insert(who(&r));
+            let r = udp_request(client, sa(&node_addr, 30053), &format!("u{i}")).unwrap();
+            udp.insert(who(&r));
+        }
+        assert_eq!(
+            tcp,
+            expect(family),
+            "NodePort {family} TCP: backends and the sources they saw"
+        );
+        assert_eq!(
+            udp,
+            expect(family),
+            "NodePort {family} UDP: backends and the sources they saw"
+        );
+    }
+
+    // The load-balancer IP and the external IP (eTP Cluster).
+    for front in [LB_IP, EXTERNAL_IP] {
+        let mut seen = BTreeSet::new();
+        for i in 0..16 {
+            seen.insert(who(&tcp_request(client, sa(front, 80), &format!("l{i}")).unwrap()).0);
+        }
+        assert_eq!(seen, BTreeSet::from(["a".into(), "b".into()]), "{front}:80");
+    }
+
+    // eTP Local: node 0's backend only, seeing the client itself.
+    for front in [sa(&node_ip(0), 30081), sa(LOCAL_LB_IP, 80)] {
+        for i in 0..8 {
+            let r = tcp_request(client, front, &format!("x{i}")).unwrap();
+            assert_eq!(who(&r), ("a".into(), CLIENT.into()), "eTP Local {front}");
+        }
+    }
+    let (code, body) = http_get(client, sa(&node_ip(0), HEALTH_PORT));
+    assert_eq!(code, 200, "health check with a local endpoint: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["localEndpoints"], 1, "{body}");
+    assert_eq!(v["service"]["name"], "local", "{body}");
+
+    // Source ranges: CLIENT is listed, OTHER_CLIENT is not.
+    let dropped = counted(&vpc, 0, "drop-source-range");
+    assert!(
+        tcp_request(client, sa(RANGED_LB_IP, 80), "in").is_ok(),
+        "a listed client"
+    );
+    assert!(
+        tcp_request(other, sa(RANGED_LB_IP, 80), "out").is_err(),
+        "an unlisted client"
+    );
+    assert!(
+        counted(&vpc, 0, "drop-source-range") > dropped,
+        "the refusal is counted"
+    );
+    // ... which reaches the other Service's NodePorts (no range there).
+    assert!(tcp_request(other, sa(&node_ip(0), 30080), "np").is_ok());
+
+    // The last local endpoint goes: 503, and the NodePort drops.
+    svcs.write_manifest("cluster", &services_yaml(&vpc, &eps, &eps[1..]))
+        .unwrap();
+    agent.wait_synced(2, Duration::from_secs(20)).unwrap();
+    let (code, body) = http_get(client, sa(&node_ip(0), HEALTH_PORT));
+    assert_eq!(code, 503, "health check without a local endpoint: {body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["localEndpoints"], 0);
+    assert!(
+        tcp_request(client, sa(&node_ip(0), 30081), "gone").is_err(),
+        "eTP Local without a local endpoint"
+    );
+
+    // None of it went through netfilter.
+    assert_eq!(vpc.netfilter().unwrap(), Vec::<String>::new());
+}
