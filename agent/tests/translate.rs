@@ -119,11 +119,108 @@ fn services_from_manifests() {
     assert!(!t.frontends.keys().any(|f| f.port == 5432 || f.vip == ip("10.96.0.50")));
     assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
     assert!(t.warnings[0].contains("SCTP"), "{:?}", t.warnings);
+    // From outside: node-a's own NodePorts and the external IP (eTP
+    // Cluster: every endpoint), not node-b's NodePorts.
+    for f in [
+        Frontend::external(ip("203.0.113.10"), 443, PROTO_TCP),
+        Frontend::external(ip("172.31.0.11"), 30443, PROTO_TCP),
+    ] {
+        assert_eq!(got(f), (SVC_ALG_RANDOM, 0, true, all.clone()), "{f}");
+    }
+    assert!(
+        !t.frontends
+            .contains_key(&Frontend::external(ip("172.31.0.12"), 30443, PROTO_TCP))
+    );
     assert_eq!(
         t.frontends.len(),
-        2 + 2 * 4 + 2,
+        2 + 2 * 4 + 2 + 4,
         "{:?}",
         t.frontends.keys().collect::<Vec<_>>()
+    );
+}
+
+fn objects(yaml: &str) -> Objects {
+    let mut o = Objects::default();
+    for obj in parse(yaml, Path::new("inline.yaml")).unwrap() {
+        o.insert(obj);
+    }
+    o
+}
+
+/// Two endpoints, on node-a (zone z1) and node-b (zone z2), with hints.
+fn edge(spec: &str, labels: &str, hints: [&str; 2]) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: node-a, labels: {{topology.kubernetes.io/zone: z1}}}}\n\
+         status: {{addresses: [{{type: InternalIP, address: 172.31.0.11}}]}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: edge, namespace: ns, labels: {{{labels}}}}}\n\
+         spec:\n  clusterIP: 10.96.1.1\n{spec}\n  ports: [{{name: p, port: 80, nodePort: 30080, protocol: TCP}}]\n\
+         status: {{loadBalancer: {{ingress: [{{ip: 198.51.100.1}}]}}}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: edge-1, namespace: ns, \
+         labels: {{kubernetes.io/service-name: edge}}}}\naddressType: IPv4\nports: [{{name: p, port: 8080, protocol: TCP}}]\n\
+         endpoints:\n- {{addresses: [10.244.1.5], nodeName: node-a{}}}\n- {{addresses: [10.244.2.5], nodeName: node-b{}}}\n",
+        hints[0], hints[1]
+    )
+}
+
+#[test]
+fn traffic_from_outside_follows_the_traffic_policies() {
+    let backends = |t: &sluice_agent::services::Translated, f: Frontend| -> Vec<String> {
+        t.frontends[&f].backends.iter().map(|b| b.addr.to_string()).collect()
+    };
+    let both = vec!["10.244.1.5".to_string(), "10.244.2.5".to_string()];
+    let np = Frontend::external(ip("172.31.0.11"), 30080, PROTO_TCP);
+    let lb = Frontend::external(ip("198.51.100.1"), 80, PROTO_TCP);
+
+    // Cluster: every endpoint, rejecting when none; no health check.
+    let t = translate(&objects(&edge("  type: LoadBalancer", "", ["", ""])), &node_a());
+    assert_eq!(backends(&t, np), both);
+    assert_eq!(backends(&t, lb), both);
+    assert!(t.frontends[&np].reject && t.health_checks.is_empty());
+
+    // Local: node-a's endpoint only, from outside; pods still see both
+    // (kube-proxy's rule for traffic from inside); dropping, not
+    // rejecting; the health check counts node-a's ready endpoints.
+    let local = "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32100\n  \
+                 loadBalancerSourceRanges: [10.0.0.0/8, \"fd00::/8\", \"192.0.2.1/32\"]";
+    let t = translate(&objects(&edge(local, "", ["", ""])), &node_a());
+    assert_eq!(backends(&t, np), vec!["10.244.1.5".to_string()]);
+    assert_eq!(backends(&t, lb), vec!["10.244.1.5".to_string()]);
+    assert_eq!(backends(&t, Frontend::cluster(ip("198.51.100.1"), 80, PROTO_TCP)), both);
+    assert!(!t.frontends[&np].reject, "eTP Local drops without a local endpoint");
+    assert_eq!(t.health_checks[&32100].local_endpoints, 1);
+    assert_eq!(t.health_checks[&32100].service, "ns/edge");
+    // Source ranges: the load balancer's, of its family; not the NodePort's.
+    assert_eq!(
+        t.frontends[&lb].source_ranges,
+        vec![(ip("10.0.0.0"), 8), (ip("192.0.2.1"), 32)]
+    );
+    assert!(t.frontends[&np].source_ranges.is_empty());
+
+    // Another proxy's Service, or a headless-labelled one: nothing.
+    for label in [
+        "service.kubernetes.io/service-proxy-name: other",
+        "service.kubernetes.io/headless: \"\"",
+    ] {
+        let t = translate(&objects(&edge("  type: LoadBalancer", label, ["", ""])), &node_a());
+        assert!(t.frontends.is_empty(), "{label}: {:?}", t.frontends.keys());
+    }
+
+    // Topology hints: this zone's endpoint when every endpoint has hints
+    // and some are for here; all otherwise.
+    let z = |zone: &str| format!(", hints: {{forZones: [{{name: {zone}}}]}}");
+    let cip = Frontend::cluster(ip("10.96.1.1"), 80, PROTO_TCP);
+    let t = translate(&objects(&edge("", "", [&z("z1"), &z("z2")])), &node_a());
+    assert_eq!(backends(&t, cip), vec!["10.244.1.5".to_string()]);
+    let t = translate(&objects(&edge("", "", [&z("z1"), ""])), &node_a());
+    assert_eq!(backends(&t, cip), both, "an endpoint without hints");
+    let t = translate(&objects(&edge("", "", [&z("z2"), &z("z2")])), &node_a());
+    assert_eq!(backends(&t, cip), both, "no endpoint for this zone");
+    let n = |node: &str| format!(", hints: {{forNodes: [{{name: {node}}}], forZones: [{{name: z9}}]}}");
+    let t = translate(&objects(&edge("", "", [&n("node-b"), &n("node-a")])), &node_a());
+    assert_eq!(
+        backends(&t, cip),
+        vec!["10.244.2.5".to_string()],
+        "forNodes before forZones"
     );
 }
 
@@ -147,10 +244,10 @@ fn sync_writes_the_difference() {
     let mut agent = Agent::with_maps(maps, node_a(), vec![]).unwrap();
     let mut o = shop();
     let first = agent.sync(&o);
-    assert_eq!(first.services.frontends, 12);
-    assert!(first.writes() > 12, "{first:?}");
+    assert_eq!(first.services.frontends, 16);
+    assert!(first.writes() > 16, "{first:?}");
     let views = agent.maps().lb().services().unwrap();
-    assert_eq!(views.len(), 12);
+    assert_eq!(views.len(), 16);
     let web = views
         .iter()
         .find(|v| v.vip == ip("10.96.0.10") && v.port == 80)
@@ -206,7 +303,7 @@ fn sync_writes_the_difference() {
     let gone = agent.sync(&o);
     assert_eq!(gone.services.removed, 2, "{gone:?}");
     assert_eq!(agent.maps().lb().vip_filter_count(ip("10.96.0.10")).unwrap(), 0);
-    assert_eq!(agent.maps().lb().services().unwrap().len(), 10);
+    assert_eq!(agent.maps().lb().services().unwrap().len(), 14);
 
     // A restarted agent over the same maps finds nothing to write.
     let (_spare_ebpf, spare) = loader::load_unpinned(&cfg).unwrap();

@@ -47,6 +47,31 @@ pub struct PluginConfig {
     /// 169.254.20.10/32): routed in the pod through the host path.
     #[serde(default)]
     pub host_stack_cidrs: Vec<ipnetwork::IpNetwork>,
+    /// What the runtime passes for the capabilities the conflist declares:
+    /// `portMappings` become hostPorts (host_port.rs).
+    #[serde(default)]
+    pub runtime_config: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeConfig {
+    #[serde(default)]
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// One of the runtime's `portMappings` (a container's hostPort), as the
+/// portmap plugin takes it. Checked by host_port.rs, so that a bad one is
+/// named in the error.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    pub host_port: i64,
+    pub container_port: i64,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default, rename = "hostIP")]
+    pub host_ip: Option<String>,
 }
 
 fn on() -> bool {

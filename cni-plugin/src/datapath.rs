@@ -53,6 +53,11 @@ pub fn attach(cfg: &PluginConfig, ns: &NetNs, ep: &Endpoint) -> Result<Attached,
         let _ = attach::detach(node.dir(), Some(ns.as_fd()), &ep.ifname, &key);
         return Err(e);
     }
+    if let Err(e) = crate::host_port::publish(cfg, node.dir(), ep) {
+        let _ = unpublish(node.dir(), ep);
+        let _ = attach::detach(node.dir(), Some(ns.as_fd()), &ep.ifname, &key);
+        return Err(e);
+    }
     info!(ifname = %ep.ifname, mode = got.as_str(), "datapath attached");
     Ok(got)
 }
@@ -95,6 +100,17 @@ fn publish(versioned: &Path, ep: &Endpoint) -> Result<(), CniError> {
     Ok(())
 }
 
+/// Take the endpoint's addresses back out of the endpoint map.
+fn unpublish(versioned: &Path, ep: &Endpoint) -> Result<(), CniError> {
+    let mut maps = endpoint_maps(versioned)?;
+    let id = pin::attachment_id(&ep.container_id, &ep.ifname);
+    for ip in &ep.ips {
+        maps.remove(ip.ip(), id)
+            .map_err(maps_err(format!("endpoint {}", ip.ip())))?;
+    }
+    Ok(())
+}
+
 /// clsact filters name no pin that an upgrade could follow: after one, move
 /// this network's tc-mode pods explicitly (best effort; CHECK reports any
 /// that stay behind).
@@ -129,6 +145,7 @@ pub fn detach(
     let key = pin::link_key(container_id, ifname);
     attach::detach(&dir, ns.map(NetNs::as_fd), ifname, &key)
         .map_err(|e| cni_err(e, &format!("detaching from {ifname}")))?;
+    crate::host_port::unpublish(cfg, &dir, pin::attachment_id(container_id, ifname))?;
     if let Some(ep) = ep {
         let mut src = Source::pinned(&dir);
         let mut endpoints = EndpointMaps::open(&mut src).map_err(maps_err("opening the endpoint map"))?;

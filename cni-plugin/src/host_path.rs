@@ -29,7 +29,7 @@ use sluice_cni_spec::{CniError, ErrorCode};
 use std::fs::File;
 use std::net::IpAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+
 use tracing::info;
 
 /// The host child of the parent with index `parent_index`.
@@ -49,42 +49,10 @@ pub fn wanted(lc: &LinkConfig) -> bool {
     }
 }
 
-/// How long to wait for the host-path lock.
-const LOCK_WAIT: Duration = Duration::from_secs(30);
-
 /// The host-path lock of the node (a file under the data dir): making and
 /// removing a host child and its routes are serialized.
 pub fn lock(data_dir: &Path) -> Result<File, CniError> {
-    std::fs::create_dir_all(data_dir)
-        .map_err(|e| CniError::new(ErrorCode::Io, format!("creating {}: {e}", data_dir.display())))?;
-    let path = data_dir.join("host-path.lock");
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| CniError::new(ErrorCode::Io, format!("opening {}: {e}", path.display())))?;
-    let start = Instant::now();
-    loop {
-        match f.try_lock() {
-            Ok(()) => return Ok(f),
-            Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(CniError::new(
-                    ErrorCode::TryAgainLater,
-                    format!(
-                        "the host-path lock {} was not free within {LOCK_WAIT:?}",
-                        path.display()
-                    ),
-                ));
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(CniError::new(ErrorCode::Io, format!("locking {}: {e}", path.display())));
-            }
-        }
-    }
+    crate::lock::lock(data_dir, "host-path.lock")
 }
 
 /// The node's addresses a pod reaches through the host path: the parent's

@@ -33,6 +33,8 @@ pub enum ErrorCode {
     DelegateFailed = 104,
     /// sluice: CNI_IFNAME is already taken inside the pod namespace.
     InterfaceExists = 105,
+    /// sluice: a hostPort another pod holds.
+    PortInUse = 106,
 }
 
 impl From<ErrorCode> for u32 {
@@ -62,6 +64,7 @@ impl TryFrom<u32> for ErrorCode {
             103 => CheckFailed,
             104 => DelegateFailed,
             105 => InterfaceExists,
+            106 => PortInUse,
             other => return Err(format!("unknown CNI error code {other}")),
         })
     }

@@ -11,10 +11,16 @@
 //!   then 503 once that endpoint is gone, and the NodePort drops;
 //! - loadBalancerSourceRanges admits the listed client and drops another
 //!   (counted as drop-source-range);
+//! - a pod's hostPort (the runtime's portMappings at ADD) answers from the
+//!   fabric (the pod sees the client) and from the node's own sockets (in
+//!   a cgroup with the socket hooks), TCP and UDP; another pod asking for
+//!   the same port is refused (PortInUse) and leaves nothing behind; DEL
+//!   frees it;
 //! - no conntrack entry, iptables rule or nftables ruleset on any node.
 
 use serde_json::Value;
 use sluice_integration::agent::AgentProcess;
+use sluice_integration::cgroup::{TestCgroup, cgroup2_root};
 use sluice_integration::netns::Netns;
 use sluice_integration::probe::{EchoServer, sa, tcp_request, udp_request};
 use sluice_integration::services::Services;
@@ -34,6 +40,7 @@ const CLIENT: &str = "172.31.0.100";
 const CLIENT6: &str = "fd00:31::100";
 const OTHER_CLIENT: &str = "172.31.0.101";
 const HEALTH_PORT: u16 = 32000;
+const HOST_PORT: u16 = 8081;
 
 fn node6(i: usize) -> String {
     format!("fd00:31::{}", 11 + i)
@@ -330,6 +337,93 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
         "eTP Local without a local endpoint"
     );
 
+    host_ports(&mut vpc, c1, &svcs);
+
     // None of it went through netfilter.
     assert_eq!(vpc.netfilter().unwrap(), Vec::<String>::new());
+}
+
+/// `sock-client args...` on node 0, in `cg`: its one JSON line.
+fn sock_client(vpc: &Vpc, cg: &TestCgroup, args: &[&str]) -> Value {
+    let bin = bin_dir().join("sock-client").display().to_string();
+    let net = format!("--net={}", vpc.nodes[0].path().display());
+    let mut inner = vec!["nsenter", net.as_str(), "--", bin.as_str()];
+    inner.extend_from_slice(args);
+    let argv = cg.exec_in(&inner);
+    let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("sock-client {args:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn host_ports(vpc: &mut Vpc, c1: usize, svcs: &Services) {
+    let with_ports = |vpc: &Vpc| {
+        let mut conf = vpc.dual_stack_conf(0);
+        conf["runtimeConfig"] = serde_json::json!({"portMappings": [
+            {"hostPort": HOST_PORT, "containerPort": 8080, "protocol": "tcp"},
+            {"hostPort": HOST_PORT, "containerPort": 8080, "protocol": "udp"},
+        ]});
+        conf
+    };
+    let h = vpc.pod("h").unwrap();
+    let h2 = vpc.pod("h2").unwrap();
+    let vpc = &*vpc;
+    vpc.sluice(0, "ADD", "h", h, &with_ports(vpc))
+        .expect_ok("ADD with portMappings");
+    let _server = EchoServer::start_telling_peer(&vpc.pods[h], 8080, "h").unwrap();
+    let client = &vpc.pods[c1];
+    for (family, node_addr, me) in [
+        ("v4", node_ip(0), CLIENT.to_string()),
+        ("v6", node6(0), CLIENT6.to_string()),
+    ] {
+        let r = tcp_request(client, sa(&node_addr, HOST_PORT), "hp").unwrap();
+        assert_eq!(
+            who(&r),
+            ("h".into(), me.clone()),
+            "hostPort {family} TCP from the fabric"
+        );
+        let r = udp_request(client, sa(&node_addr, HOST_PORT), "hp").unwrap();
+        assert_eq!(who(&r), ("h".into(), me), "hostPort {family} UDP from the fabric");
+    }
+
+    // From the node's own sockets, through the socket hooks.
+    if cgroup2_root().is_some() {
+        let cg = TestCgroup::new(&vpc.prefix).unwrap();
+        let attach = [std::ffi::OsStr::new("--socket-lb-cgroup"), cg.path.as_os_str()];
+        svcs.sync_node(vpc, 0, &attach).unwrap();
+        let to = format!("{}:{HOST_PORT}", node_ip(0));
+        let v = sock_client(vpc, &cg, &["tcp", &to, "n"]);
+        assert!(
+            v["reply"].as_str().is_some_and(|r| r.starts_with("h@")),
+            "hostPort from the node: {v}"
+        );
+        assert_eq!(v["peer"], to, "the node's socket sees the hostPort as its peer: {v}");
+        let v = sock_client(vpc, &cg, &["udp", &to, "n"]);
+        assert_eq!(v["from"], to, "hostPort UDP from the node: {v}");
+    } else {
+        sluice_integration::skip("hostPort from the node", "no cgroup v2 mount on this machine");
+    }
+
+    // Another pod may not have the port; its ADD leaves nothing behind.
+    let out = vpc.sluice(0, "ADD", "h2", h2, &with_ports(vpc));
+    assert_eq!(out.error_code(), 106, "a held hostPort is refused");
+    assert!(
+        vpc.endpoints(0).iter().all(|e| !e.contains("h2")),
+        "no record of the refused pod"
+    );
+    assert_eq!(
+        tcp_request(client, sa(&node_ip(0), HOST_PORT), "still")
+            .map(|r| who(&r).0)
+            .unwrap(),
+        "h"
+    );
+
+    // DEL frees it.
+    vpc.sluice(0, "DEL", "h", h, &with_ports(vpc)).expect_ok("DEL");
+    assert!(
+        tcp_request(client, sa(&node_ip(0), HOST_PORT), "gone").is_err(),
+        "no hostPort after DEL"
+    );
+    vpc.sluice(0, "ADD", "h2", h2, &with_ports(vpc))
+        .expect_ok("ADD once the port is free");
+    vpc.sluice(0, "DEL", "h2", h2, &with_ports(vpc)).expect_ok("DEL");
 }

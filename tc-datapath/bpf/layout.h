@@ -289,6 +289,25 @@ struct uplink_value {
 	__u8 addr6[16];
 };
 
+/* ---- hostPort: (node address, port, protocol) -> the pod ----
+ * Written by the CNI binary from the runtime's portMappings (its one
+ * writer), for each of the node's addresses (or the mapping's hostIP),
+ * and removed at DEL. The uplink programs serve them to traffic from
+ * outside, the socket hooks to the node's own sockets. */
+struct hostport_key {
+	__u8 addr[16];
+	__be16 port;
+	__u8 proto;
+	__u8 pad0;
+};
+
+struct hostport_value {
+	__u8 addr[16];		/* the pod's address */
+	__be16 port;		/* its containerPort */
+	__u16 pad0;
+	__u32 endpoint_id;	/* the pod's endpoint: who holds the port */
+};
+
 /* ---- load-balancer source ranges (LPM trie) ----
  * The client prefixes an external frontend with SVC_F_SOURCE_RANGES
  * admits: prefixlen = 32 (the frontend's rev_nat_id) + the address bits

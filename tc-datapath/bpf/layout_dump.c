@@ -66,6 +66,10 @@ static void structs(void)
 	OFF(endpoint_value, parent_ifindex);
 	SIZE(uplink_value);
 	OFF(uplink_value, addr4); OFF(uplink_value, addr6);
+	SIZE(hostport_key);
+	OFF(hostport_key, addr); OFF(hostport_key, port); OFF(hostport_key, proto); OFF(hostport_key, pad0);
+	SIZE(hostport_value);
+	OFF(hostport_value, addr); OFF(hostport_value, port); OFF(hostport_value, pad0); OFF(hostport_value, endpoint_id);
 	SIZE(lb_source_key);
 	OFF(lb_source_key, prefixlen); OFF(lb_source_key, rev_nat_id); OFF(lb_source_key, addr);
 	SIZE(nat_value);

@@ -271,6 +271,28 @@ pub struct UplinkValue {
     pub addr6: Addr,
 }
 
+/// A hostPort on one of the node's addresses.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct HostportKey {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub pad0: u8,
+}
+
+/// The pod behind a hostPort.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HostportValue {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub pad0: u16,
+    pub endpoint_id: u32,
+}
+
 /// The C `lb_source_key` is aya's `lpm_trie::Key<LbSourceMatch>`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -617,6 +639,8 @@ unsafe impl aya::Pod for CtValue {}
 unsafe impl aya::Pod for EndpointKey {}
 unsafe impl aya::Pod for EndpointValue {}
 unsafe impl aya::Pod for UplinkValue {}
+unsafe impl aya::Pod for HostportKey {}
+unsafe impl aya::Pod for HostportValue {}
 unsafe impl aya::Pod for LbSourceMatch {}
 unsafe impl aya::Pod for NatValue {}
 unsafe impl aya::Pod for MetricsValue {}
@@ -676,6 +700,8 @@ mod tests {
             "endpoint_key" => EndpointKey { addr },
             "endpoint_value" => EndpointValue { ifindex, endpoint_id, mac, flags, parent_ifindex },
             "uplink_value" => UplinkValue { addr4, addr6 },
+            "hostport_key" => HostportKey { addr, port, proto, pad0 },
+            "hostport_value" => HostportValue { addr, port, pad0, endpoint_id },
             "lb_source_key" => LbSourceKey { prefixlen, rev_nat_id, addr },
             "nat_value" => NatValue { expires_ns, saddr, daddr, sport, dport, ifindex, backend_id, mac, state, flags, pad0 },
             "ipcache_value" => IpcacheValue { identity, pad0 },

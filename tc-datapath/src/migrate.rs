@@ -213,6 +213,11 @@ const MIGRATED: &[(&MapDef, Part, Part)] = &[
     (&maps::NAMES, Part::Struct("name_key"), Part::Struct("name_value")),
     (&maps::NAT, Part::Struct("ct_key"), Part::Struct("nat_value")),
     (&maps::UPLINKS, Part::Plain(4), Part::Struct("uplink_value")),
+    (
+        &maps::HOSTPORTS,
+        Part::Struct("hostport_key"),
+        Part::Struct("hostport_value"),
+    ),
     (&maps::LB_SOURCES, Part::Struct("lb_source_key"), Part::Plain(4)),
 ];
 

@@ -84,6 +84,27 @@ static __always_inline void sock_remember(__u64 cookie, const __u8 *backend, __b
 		bpf_map_update_elem(&sl_sock_svc, &cookie, &fresh, BPF_ANY);
 }
 
+/* A pod's hostPort on one of the node's addresses: the pod's address and
+ * containerPort instead, as for a Service. */
+static __always_inline enum sock_verdict sock_hostport(struct bpf_sock_addr *ctx, __u8 addr[16], __be16 *port,
+						       __u8 proto, int unconnected)
+{
+	struct hostport_key hk = {};
+	struct hostport_value *hp;
+
+	__builtin_memcpy(hk.addr, addr, 16);
+	hk.port = *port;
+	hk.proto = proto;
+	hp = bpf_map_lookup_elem(&sl_hostports, &hk);
+	if (!hp)
+		return SOCK_UNTOUCHED;
+	sock_remember(bpf_get_socket_cookie(ctx), hp->addr, hp->port, addr, *port, unconnected);
+	__builtin_memcpy(addr, hp->addr, 16);
+	*port = hp->port;
+	count(REASON_SOCK_TRANSLATED, DIR_EGRESS, 0);
+	return SOCK_TRANSLATED;
+}
+
 /* Give `addr`:`port` (16-byte form, v4-mapped for IPv4) a backend if it is
  * a Service frontend. The socket's "client", for affinity and Maglev, is
  * its network namespace (as the node's address is for kube-proxy), spread
@@ -99,13 +120,13 @@ static __always_inline enum sock_verdict sock_translate(struct bpf_sock_addr *ct
 	__u32 id;
 
 	if (!maybe_in(&sl_vip_filter, addr))
-		return SOCK_UNTOUCHED;
+		return sock_hostport(ctx, addr, port, proto, unconnected);
 	__builtin_memcpy(k.addr, addr, 16);
 	k.port = *port;
 	k.proto = proto;
 	svc = bpf_map_lookup_elem(&sl_services, &k);
 	if (!svc || (svc->flags & SVC_F_VIP_MARKER))
-		return SOCK_UNTOUCHED;
+		return sock_hostport(ctx, addr, port, proto, unconnected);
 	cookie = bpf_get_socket_cookie(ctx);
 	/* sock_ours() has checked it already when it is configured. */
 	ns = cfg_sock_netns_cookie ? cfg_sock_netns_cookie : bpf_get_netns_cookie(ctx);

@@ -14,6 +14,8 @@
  *  - a backend elsewhere gets it from this node's address and a port of
  *    its own (SNAT), through the kernel's neighbour output, so that its
  *    replies come back here to be turned back.
+ * A pod's hostPort (sl_hostports, from the runtime's portMappings) is
+ * served the same way, to that pod.
  * Both directions are NAT entries (sl_nat, layout.h); the pod at each end
  * tracks and judges the flow with its own programs as any other.
  */
@@ -113,31 +115,22 @@ static __always_inline int nat_apply(struct __sk_buff *skb, struct pkt *p, struc
 	return bpf_redirect_neigh(skb->ifindex, NULL, 0, 0);
 }
 
-/* The first packet of a connection to an external frontend. `fk` is its
- * (CT_NAT) key as it arrived. */
-static __always_inline int uplink_new(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc,
-				      const struct svc_key *master, const struct ct_key *fk, __u64 now)
+/* The NAT entries of a new connection from outside to backend `baddr`:
+ * `bport` (`id` in sl_backends; 0 for a hostPort's pod), and its first
+ * packet sent on. `fk` is its (CT_NAT) key as it arrived. */
+static __always_inline int uplink_nat(struct __sk_buff *skb, struct pkt *p, const struct ct_key *fk,
+				      const __u8 *baddr, __be16 bport, __u32 id, __u64 now)
 {
 	struct nat_value fwd = {}, rev = {};
-	struct backend_value *b;
+	struct backend_value b = {};
 	struct endpoint_value *ep;
 	struct ct_key rk;
-	__u32 id;
 
-	if (!source_in_range(svc, p))
-		return drop_reported(skb, p, DROP_SOURCE_RANGE, DIR_INGRESS);
-	id = select_backend(svc, master, p, now);
-	if (!id)
-		return svc->flags & SVC_F_REJECT ? reject(skb, p, DROP_NO_BACKEND, DIR_INGRESS)
-						  : drop_reported(skb, p, DROP_NO_BACKEND, DIR_INGRESS);
-	b = bpf_map_lookup_elem(&sl_backends, &id);
-	if (!b)
-		return drop_reported(skb, p, DROP_BACKEND_GONE, DIR_INGRESS);
 	fwd.backend_id = id;
 	fwd.state = CT_NEW;
 	fwd.expires_ns = now + ct_timeout(p->proto, CT_NEW);
-	__builtin_memcpy(fwd.daddr, b->addr, 16);
-	fwd.dport = b->port;
+	__builtin_memcpy(fwd.daddr, baddr, 16);
+	fwd.dport = bport;
 	rev.backend_id = id;
 	rev.state = CT_NEW;
 	rev.expires_ns = fwd.expires_ns;
@@ -146,7 +139,7 @@ static __always_inline int uplink_new(struct __sk_buff *skb, struct pkt *p, cons
 	rev.sport = p->dport;
 	__builtin_memcpy(rev.daddr, p->saddr, 16);
 	rev.dport = p->sport;
-	ep = bpf_map_lookup_elem(&sl_endpoints, b->addr);
+	ep = bpf_map_lookup_elem(&sl_endpoints, baddr);
 	if (ep && ep->parent_ifindex) {
 		fwd.flags = NAT_F_LOCAL;
 		fwd.ifindex = ep->parent_ifindex;
@@ -154,7 +147,7 @@ static __always_inline int uplink_new(struct __sk_buff *skb, struct pkt *p, cons
 		__builtin_memcpy(fwd.saddr, p->saddr, 16);
 		fwd.sport = p->sport;
 		rev.flags |= NAT_F_LOCAL;
-		ct_key_of(&rk, b->addr, p->saddr, b->port, p->sport, p->proto, CT_NAT);
+		ct_key_of(&rk, baddr, p->saddr, bport, p->sport, p->proto, CT_NAT);
 		if (bpf_map_update_elem(&sl_nat, &rk, &rev, BPF_ANY) < 0)
 			return drop_reported(skb, p, DROP_NAT_FAILED, DIR_INGRESS);
 	} else {
@@ -169,7 +162,9 @@ static __always_inline int uplink_new(struct __sk_buff *skb, struct pkt *p, cons
 		if (addr_zero(node))
 			return drop_reported(skb, p, DROP_NO_SNAT_PORT, DIR_INGRESS);
 		rev.flags |= NAT_F_SNAT;
-		port = snat_claim(p, node, b, &rev, now);
+		__builtin_memcpy(b.addr, baddr, 16);
+		b.port = bport;
+		port = snat_claim(p, node, &b, &rev, now);
 		if (!port)
 			return drop_reported(skb, p, DROP_NO_SNAT_PORT, DIR_INGRESS);
 		fwd.flags = NAT_F_SNAT;
@@ -183,6 +178,25 @@ static __always_inline int uplink_new(struct __sk_buff *skb, struct pkt *p, cons
 	return nat_apply(skb, p, &fwd, DIR_INGRESS, now);
 }
 
+/* The first packet of a connection to an external frontend. */
+static __always_inline int uplink_new(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc,
+				      const struct svc_key *master, const struct ct_key *fk, __u64 now)
+{
+	struct backend_value *b;
+	__u32 id;
+
+	if (!source_in_range(svc, p))
+		return drop_reported(skb, p, DROP_SOURCE_RANGE, DIR_INGRESS);
+	id = select_backend(svc, master, p, now);
+	if (!id)
+		return svc->flags & SVC_F_REJECT ? reject(skb, p, DROP_NO_BACKEND, DIR_INGRESS)
+						  : drop_reported(skb, p, DROP_NO_BACKEND, DIR_INGRESS);
+	b = bpf_map_lookup_elem(&sl_backends, &id);
+	if (!b)
+		return drop_reported(skb, p, DROP_BACKEND_GONE, DIR_INGRESS);
+	return uplink_nat(skb, p, fk, b->addr, b->port, id, now);
+}
+
 /* Both uplink programs: `dir` ingress (from the VPC) or egress (to it). */
 static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 {
@@ -190,6 +204,8 @@ static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 	struct pkt p;
 	struct ct_key k;
 	struct svc_key sk = {};
+	struct hostport_key hk = {};
+	struct hostport_value *hp;
 	struct svc_value *svc;
 	struct nat_value *v;
 	__u64 now;
@@ -208,7 +224,7 @@ static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 		if (dir == DIR_INGRESS) {
 			/* A connection whose backend left: reset it (TCP), or give
 			 * the next datagram a backend afresh. */
-			if (bpf_map_lookup_elem(&sl_backends, &v->backend_id))
+			if (!v->backend_id || bpf_map_lookup_elem(&sl_backends, &v->backend_id))
 				return nat_apply(skb, &p, v, dir, now);
 			bpf_map_delete_elem(&sl_nat, &k);
 			if (p.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN) {
@@ -219,16 +235,25 @@ static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 			}
 		}
 	}
-	if (dir == DIR_EGRESS || !maybe_in(&sl_vip_filter, p.daddr))
+	if (dir == DIR_EGRESS)
 		return TC_ACT_OK;
-	__builtin_memcpy(sk.addr, p.daddr, 16);
-	sk.port = p.dport;
-	sk.proto = p.proto;
-	sk.scope = SVC_SCOPE_EXTERNAL;
-	svc = bpf_map_lookup_elem(&sl_services, &sk);
-	if (!svc)
-		return TC_ACT_OK;
-	return uplink_new(skb, &p, svc, &sk, &k, now);
+	if (maybe_in(&sl_vip_filter, p.daddr)) {
+		__builtin_memcpy(sk.addr, p.daddr, 16);
+		sk.port = p.dport;
+		sk.proto = p.proto;
+		sk.scope = SVC_SCOPE_EXTERNAL;
+		svc = bpf_map_lookup_elem(&sl_services, &sk);
+		if (svc)
+			return uplink_new(skb, &p, svc, &sk, &k, now);
+	}
+	/* A pod's hostPort on this node's address. */
+	__builtin_memcpy(hk.addr, p.daddr, 16);
+	hk.port = p.dport;
+	hk.proto = p.proto;
+	hp = bpf_map_lookup_elem(&sl_hostports, &hk);
+	if (hp)
+		return uplink_nat(skb, &p, &k, hp->addr, hp->port, 0, now);
+	return TC_ACT_OK;
 }
 
 #endif

@@ -12,6 +12,7 @@
 
 pub mod ct;
 pub mod endpoints;
+pub mod hostport;
 pub mod lb;
 pub mod maglev;
 pub mod observe;
@@ -20,6 +21,7 @@ pub mod uplink;
 
 pub use ct::CtMaps;
 pub use endpoints::EndpointMaps;
+pub use hostport::HostPortMaps;
 pub use lb::LbMaps;
 pub use observe::ObserveMaps;
 pub use policy::PolicyMaps;
@@ -115,6 +117,8 @@ map_defs! {
     NAT = "sl_nat": CtKey => NatValue;
     /// The node's uplinks and their SNAT addresses.
     UPLINKS = "sl_uplinks": u32 => UplinkValue;
+    /// Pods' hostPorts on the node's addresses (the CNI binary writes them).
+    HOSTPORTS = "sl_hostports": HostportKey => HostportValue;
     /// loadBalancerSourceRanges, by frontend.
     LB_SOURCES = "sl_lb_sources": LbSourceKey => u32;
     /// Names of identities and policies, for the tools.
