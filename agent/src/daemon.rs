@@ -73,9 +73,10 @@ pub struct Options {
     #[arg(long)]
     pub socket_lb_all_namespaces: bool,
     /// An interface traffic from outside arrives on (an ENI parent, the
-    /// node's main interface), repeatable: its NodePorts, load-balancer IPs
-    /// and external IPs are served there, by the uplink programs. None
-    /// given: traffic from outside is not served.
+    /// node's main interface), repeatable; `auto`: those of the default
+    /// routes. NodePorts, load-balancer IPs, external IPs and hostPorts
+    /// are served there, by the uplink programs. None given: traffic from
+    /// outside is not served.
     #[arg(long = "uplink")]
     pub uplinks: Vec<String>,
     /// Serve no health check node ports (`externalTrafficPolicy: Local`).

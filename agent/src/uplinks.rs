@@ -25,10 +25,60 @@ pub struct Uplink {
     pub v6: Option<Ipv6Addr>,
 }
 
+/// `--uplink` names, with `auto` standing for the interfaces of this
+/// namespace's default routes (IPv4 and IPv6), in order, each once.
+pub fn resolve(names: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        let found = if n == "auto" {
+            let d = default_route_interfaces();
+            anyhow::ensure!(!d.is_empty(), "--uplink auto: this namespace has no default route");
+            d
+        } else {
+            vec![n.clone()]
+        };
+        for f in found {
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The interfaces of the default routes, from /proc/net/route and
+/// /proc/net/ipv6_route.
+fn default_route_interfaces() -> Vec<String> {
+    let mut out = Vec::new();
+    // Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+    if let Ok(t) = std::fs::read_to_string("/proc/net/route") {
+        for l in t.lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" && !out.contains(&f[0].to_string()) {
+                out.push(f[0].to_string());
+            }
+        }
+    }
+    // dest prefixlen src srclen nexthop metric refcnt use flags iface
+    if let Ok(t) = std::fs::read_to_string("/proc/net/ipv6_route") {
+        for l in t.lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() > 9 && f[0] == "00000000000000000000000000000000" && f[1] == "00" && f[9] != "lo" {
+                let name = f[9].to_string();
+                if !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Attach the uplink programs to `names` (in the agent's network
 /// namespace, the node's) and write their addresses; detach the uplinks
 /// pinned before and not named now.
 pub fn attach_all(bpffs: &Path, names: &[String]) -> Result<Vec<Uplink>> {
+    let names = &resolve(names)?;
     let versioned = versioned_dir(bpffs);
     let mut maps = Maps::open_pinned(&versioned).context("opening the maps for the uplinks")?;
     let mut cfg = maps

@@ -4,9 +4,12 @@
 use crate::netns::Netns;
 use crate::vpc::Vpc;
 use anyhow::{Context, Result};
-use sluice_tc_datapath::attach::{ProgramRef, Side, tcx_programs};
+use sluice_tc_datapath::attach::{Node, ProgramRef, Side, tcx_programs};
+use sluice_tc_datapath::layout::{SVC_SCOPE_CLUSTER, SVC_SCOPE_EXTERNAL};
 use sluice_tc_datapath::loader::versioned_dir;
 use sluice_tc_datapath::maps::Maps;
+use sluice_tc_datapath::maps::lb::{Algorithm, Backend, ServiceSpec};
+use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
@@ -35,6 +38,25 @@ impl Vpc {
     /// The pinned program versions of node `i` (directory names under progs/).
     pub fn program_versions(&self, node: usize) -> Vec<String> {
         crate::dir_names(&self.datapath_dir(node).join("progs"))
+    }
+
+    /// The uplink programs on node `node`'s eth0, with its IPv4 address
+    /// for SNAT, as the agent's `--uplink eth0` puts them (for checks and
+    /// benchmarks that write the maps themselves).
+    pub fn attach_uplink(&self, node: usize) -> Result<()> {
+        let root = self.bpffs[node].root();
+        let versioned = versioned_dir(&root);
+        let mut maps = Maps::open_pinned(&versioned)?;
+        let mut cfg = maps.observe().loaded_config(&versioned)?;
+        cfg.bpffs = root;
+        let mut n = Node::open(&cfg)?;
+        let ns = std::fs::File::open(self.nodes[node].path())?;
+        n.attach_uplink(ns.as_fd(), "eth0", cfg.attach)
+            .context("attaching the uplink programs")?;
+        let ifindex = self.nodes[node].run(|| nix::net::if_::if_nametoindex("eth0"))??;
+        maps.uplink_mut()
+            .set_uplink(ifindex, Some(crate::vpc::node_ip(node).parse()?), None)?;
+        Ok(())
     }
 
     /// The pinned attachments (link directories) of node `i`.
@@ -87,4 +109,45 @@ pub fn programs_on(ns: &Netns, ifname: &str) -> Result<ProgramsOn> {
 pub fn tc_filters(ns: &Netns, ifname: &str, side: &str) -> Result<String> {
     let out = ns.exec("tc", &["filter", "show", "dev", ifname, side])?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// NodePort `port`/`proto` on node address `node_addr` over `backends`,
+/// written as the agent writes one: the external frontend the uplink
+/// program reads, and the cluster one (pods calling it) whose marker puts
+/// the address in the VIP filter. Reverse-NAT ids `first_id` and the
+/// next; backend ids from `first_id` on.
+pub fn put_node_port(
+    maps: &mut Maps,
+    node_addr: IpAddr,
+    port: u16,
+    proto: u8,
+    backends: &[(IpAddr, u16)],
+    first_id: u32,
+) -> Result<()> {
+    for (scope, rev) in [(SVC_SCOPE_CLUSTER, first_id), (SVC_SCOPE_EXTERNAL, first_id + 1)] {
+        maps.lb_mut().upsert_service(&ServiceSpec {
+            vip: node_addr,
+            port,
+            proto,
+            rev_nat_id: rev,
+            algorithm: Algorithm::Random,
+            affinity_timeout_secs: 0,
+            reject: false,
+            node_address: true,
+            scope,
+            source_ranges: false,
+            draining: Vec::new(),
+            backends: backends
+                .iter()
+                .enumerate()
+                .map(|(j, (addr, p))| Backend {
+                    id: first_id + j as u32,
+                    addr: *addr,
+                    port: *p,
+                    active: true,
+                })
+                .collect(),
+        })?;
+    }
+    Ok(())
 }

@@ -13,9 +13,9 @@
 //!   `endpoint-*` chain per endpoint.
 //!
 //! Left out, in both: rule comments (kube-proxy drops them in large
-//! clusters too), the filter-table chains (empty for Services that have
-//! endpoints) and NodePort handling. Both baselines are therefore a little
-//! lighter than the real thing.
+//! clusters too) and the filter-table chains (empty for Services that have
+//! endpoints); NodePorts only in the nftables form (`nft_node_port`). Both
+//! baselines are therefore a little lighter than the real thing.
 
 use std::fmt::Write;
 use std::net::Ipv4Addr;
@@ -157,6 +157,37 @@ pub fn nft_ruleset(services: &[Service], cluster_cidr: &str, batch: usize) -> Ve
         let _ = writeln!(hooks, "add rule ip {t} nat-{hook} jump services");
     }
     out.push(hooks);
+    out
+}
+
+/// `nft -f` input making service `i` (already loaded) a NodePort on
+/// `node_port`/TCP with externalTrafficPolicy Cluster, as kube-proxy's
+/// nftables mode does: a `service-nodeports` verdict map read for
+/// packets to the node's own addresses (`fib daddr type local`), whose
+/// `external-*` chain marks the connection for masquerading and goes to
+/// the Service's chain.
+pub fn nft_node_port(i: usize, node_port: u16) -> String {
+    let t = NFT_TABLE;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "add map ip {t} service-nodeports {{ type inet_proto . inet_service : verdict; }}"
+    );
+    let _ = writeln!(out, "add chain ip {t} nodeports");
+    let _ = writeln!(out, "flush chain ip {t} nodeports");
+    let _ = writeln!(
+        out,
+        "add rule ip {t} nodeports meta l4proto . th dport vmap @service-nodeports"
+    );
+    let _ = writeln!(out, "add rule ip {t} services fib daddr type local jump nodeports");
+    let ext = format!("external-{i}");
+    let _ = writeln!(out, "add chain ip {t} {ext}");
+    let _ = writeln!(out, "add rule ip {t} {ext} jump mark-for-masquerade");
+    let _ = writeln!(out, "add rule ip {t} {ext} goto service-{i}");
+    let _ = writeln!(
+        out,
+        "add element ip {t} service-nodeports {{ tcp . {node_port} : goto {ext} }}"
+    );
     out
 }
 

@@ -182,6 +182,18 @@ fn the_daemonset_image_installs_chains_and_runs_the_agent() {
     .collect();
     let spec = pod_spec();
     let node = vpc.nodes[0].path();
+    // A node has a default route: the agent's `--uplink auto` finds eth0 by it.
+    vpc.nodes[0]
+        .ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            sluice_integration::vpc::VPC_ROUTER,
+            "dev",
+            "eth0",
+        ])
+        .unwrap();
 
     // The init container, with this node's sluice entry (its paths are the
     // test's, not the node defaults).
@@ -268,6 +280,10 @@ endpoints: [{{addresses: [{}]}}]
     assert!(
         log.contains("netns is gone"),
         "the agent collected the pod whose netns went: {log}"
+    );
+    assert!(
+        log.contains("uplink programs attached") && log.contains("uplink=eth0"),
+        "the agent put the uplink programs on the default route's interface: {log}"
     );
 
     let left = vpc.endpoint_addrs(0).unwrap();

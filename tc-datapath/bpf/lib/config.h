@@ -20,11 +20,15 @@ volatile const __u32 cfg_flow_sample = 0;
  * 0: every namespace). Set by the agent when it attaches them. */
 volatile const __u64 cfg_sock_netns_cookie = 0;
 /* The ports a connection from outside is source-NATed from when its
- * backend is on another node: above the kernel's default ephemeral range
- * (net.ipv4.ip_local_port_range 32768-60999), so that no socket of the
- * node's own has them. */
-volatile const __u32 cfg_snat_port_min = 61000;
-volatile const __u32 cfg_snat_port_max = 65535;
+ * backend is on another node: two ranges around the kernel's default
+ * ephemeral range (net.ipv4.ip_local_port_range 32768-60999), so that no
+ * connection of the node's own to a backend can have the same ports. A
+ * port is only unique per backend address and port: each backend has all
+ * 36,280 of them. */
+volatile const __u32 cfg_snat_low_min = 1024;
+volatile const __u32 cfg_snat_low_max = 32767;
+volatile const __u32 cfg_snat_high_min = 61000;
+volatile const __u32 cfg_snat_high_max = 65535;
 /* The conntrack entries one pod may hold (0: no limit). */
 volatile const __u32 cfg_ct_pod_limit = 65536;
 

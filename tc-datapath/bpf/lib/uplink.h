@@ -47,24 +47,33 @@ static __always_inline int addr_zero(const __u8 *a)
 	return !(w[0] | w[1] | w[2] | w[3]);
 }
 
-/* Claim a port of this node's address `node` toward backend `b` for a new
- * connection: its reply entry `rev` is written under it, if no live
- * connection holds it. Returns the port (network order), 0 if none was
- * free after SNAT_TRIES. */
-static __always_inline __be16 snat_claim(const struct pkt *p, const __u8 *node, const struct backend_value *b,
+/* Claim a port of this node's address `node` toward backend `baddr`:
+ * `bport` for a new connection: its reply entry `rev` is written under
+ * it, if no live connection holds it. Returns the port (network order), 0
+ * if none was free after SNAT_TRIES. A port stays taken until its
+ * connection's entry expires (the closing timeout after a FIN or RST):
+ * taking it over earlier, for a new SYN, meets the backend's TIME_WAIT of
+ * the old connection and a client's late segments, and costs more
+ * connections than it saves. So each backend address and port takes
+ * about 36,280 / 10 s = 3,600 new connections per second from outside
+ * through one node. */
+static __always_inline __be16 snat_claim(const struct pkt *p, const __u8 *node, const __u8 *baddr, __be16 bport,
 					 const struct nat_value *rev, __u64 now)
 {
-	__u32 span = cfg_snat_port_max - cfg_snat_port_min + 1;
+	__u32 low = cfg_snat_low_max - cfg_snat_low_min + 1;
+	__u32 span = low + cfg_snat_high_max - cfg_snat_high_min + 1;
 	__u32 start = bpf_get_prandom_u32();
 	struct ct_key rk;
 	int i;
 
-#pragma unroll
+#pragma clang loop unroll(disable)
 	for (i = 0; i < SNAT_TRIES; i++) {
-		__be16 port = bpf_htons((__u16)(cfg_snat_port_min + (start + i) % span));
+		/* Apart, so that a run of taken ports costs one try, not all. */
+		__u32 idx = (start + i * 4099) % span;
+		__be16 port = bpf_htons((__u16)(idx < low ? cfg_snat_low_min + idx : cfg_snat_high_min + idx - low));
 		struct nat_value *cur;
 
-		ct_key_of(&rk, b->addr, node, b->port, port, p->proto, CT_NAT);
+		ct_key_of(&rk, baddr, node, bport, port, p->proto, CT_NAT);
 		cur = bpf_map_lookup_elem(&sl_nat, &rk);
 		if (cur && cur->expires_ns > now)
 			continue;
@@ -116,15 +125,14 @@ static __always_inline int nat_apply(struct __sk_buff *skb, struct pkt *p, struc
 }
 
 /* The NAT entries of a new connection from outside to backend `baddr`:
- * `bport` (`id` in sl_backends; 0 for a hostPort's pod), and its first
- * packet sent on. `fk` is its (CT_NAT) key as it arrived. */
-static __always_inline int uplink_nat(struct __sk_buff *skb, struct pkt *p, const struct ct_key *fk,
-				      const __u8 *baddr, __be16 bport, __u32 id, __u64 now)
+ * `bport` (`id` in sl_backends; 0 for a hostPort's pod). `fk` is its
+ * (CT_NAT) key as it arrived. Returns 0, or DROP_* when it cannot have
+ * them. */
+static __always_inline __u32 uplink_nat(struct __sk_buff *skb, struct pkt *p, const struct ct_key *fk,
+					const __u8 *baddr, __be16 bport, __u32 id, __u64 now)
 {
 	struct nat_value fwd = {}, rev = {};
-	struct backend_value b = {};
 	struct endpoint_value *ep;
-	struct ct_key rk;
 
 	fwd.backend_id = id;
 	fwd.state = CT_NEW;
@@ -141,6 +149,8 @@ static __always_inline int uplink_nat(struct __sk_buff *skb, struct pkt *p, cons
 	rev.dport = p->sport;
 	ep = bpf_map_lookup_elem(&sl_endpoints, baddr);
 	if (ep && ep->parent_ifindex) {
+		struct ct_key rk;
+
 		fwd.flags = NAT_F_LOCAL;
 		fwd.ifindex = ep->parent_ifindex;
 		__builtin_memcpy(fwd.mac, ep->mac, 6);
@@ -149,7 +159,7 @@ static __always_inline int uplink_nat(struct __sk_buff *skb, struct pkt *p, cons
 		rev.flags |= NAT_F_LOCAL;
 		ct_key_of(&rk, baddr, p->saddr, bport, p->sport, p->proto, CT_NAT);
 		if (bpf_map_update_elem(&sl_nat, &rk, &rev, BPF_ANY) < 0)
-			return drop_reported(skb, p, DROP_NAT_FAILED, DIR_INGRESS);
+			return DROP_NAT_FAILED;
 	} else {
 		__u32 ifindex = skb->ifindex;
 		struct uplink_value *up = bpf_map_lookup_elem(&sl_uplinks, &ifindex);
@@ -157,47 +167,52 @@ static __always_inline int uplink_nat(struct __sk_buff *skb, struct pkt *p, cons
 		__be16 port;
 
 		if (!up)
-			return drop_reported(skb, p, DROP_NO_SNAT_PORT, DIR_INGRESS);
+			return DROP_NO_SNAT_PORT;
 		node = p->v6 ? up->addr6 : up->addr4;
 		if (addr_zero(node))
-			return drop_reported(skb, p, DROP_NO_SNAT_PORT, DIR_INGRESS);
+			return DROP_NO_SNAT_PORT;
 		rev.flags |= NAT_F_SNAT;
-		__builtin_memcpy(b.addr, baddr, 16);
-		b.port = bport;
-		port = snat_claim(p, node, &b, &rev, now);
+		port = snat_claim(p, node, baddr, bport, &rev, now);
 		if (!port)
-			return drop_reported(skb, p, DROP_NO_SNAT_PORT, DIR_INGRESS);
+			return DROP_NO_SNAT_PORT;
 		fwd.flags = NAT_F_SNAT;
 		__builtin_memcpy(fwd.saddr, node, 16);
 		fwd.sport = port;
 	}
 	if (bpf_map_update_elem(&sl_nat, fk, &fwd, BPF_ANY) < 0)
-		return drop_reported(skb, p, DROP_NAT_FAILED, DIR_INGRESS);
+		return DROP_NAT_FAILED;
 	if (flow_sampled())
 		flow_event(p, DIR_INGRESS, REASON_SERVICE_TRANSLATED, 0, 0, 0, id);
-	return nat_apply(skb, p, &fwd, DIR_INGRESS, now);
+	return 0;
 }
 
-/* The first packet of a connection to an external frontend. */
-static __always_inline int uplink_new(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc,
-				      const struct svc_key *master, const struct ct_key *fk, __u64 now)
+/* The backend of a new connection to an external frontend (its id; its
+ * entry in `*b`), or 0 with `*why` the drop reason. */
+static __always_inline __u32 uplink_backend(struct pkt *p, const struct svc_value *svc, const struct svc_key *master,
+					    struct backend_value **b, __u32 *why, __u64 now)
 {
-	struct backend_value *b;
 	__u32 id;
 
-	if (!source_in_range(svc, p))
-		return drop_reported(skb, p, DROP_SOURCE_RANGE, DIR_INGRESS);
+	if (!source_in_range(svc, p)) {
+		*why = DROP_SOURCE_RANGE;
+		return 0;
+	}
 	id = select_backend(svc, master, p, now);
-	if (!id)
-		return svc->flags & SVC_F_REJECT ? reject(skb, p, DROP_NO_BACKEND, DIR_INGRESS)
-						  : drop_reported(skb, p, DROP_NO_BACKEND, DIR_INGRESS);
-	b = bpf_map_lookup_elem(&sl_backends, &id);
-	if (!b)
-		return drop_reported(skb, p, DROP_BACKEND_GONE, DIR_INGRESS);
-	return uplink_nat(skb, p, fk, b->addr, b->port, id, now);
+	if (!id) {
+		*why = DROP_NO_BACKEND;
+		return 0;
+	}
+	*b = bpf_map_lookup_elem(&sl_backends, &id);
+	if (!*b) {
+		*why = DROP_BACKEND_GONE;
+		return 0;
+	}
+	return id;
 }
 
-/* Both uplink programs: `dir` ingress (from the VPC) or egress (to it). */
+/* Both uplink programs: `dir` ingress (from the VPC) or egress (to it).
+ * Each helper that builds a packet or rewrites one is reached from one
+ * place only (the stack is shared by everything inlined here). */
 static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 {
 	struct ethhdr eth;
@@ -206,8 +221,12 @@ static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 	struct svc_key sk = {};
 	struct hostport_key hk = {};
 	struct hostport_value *hp;
-	struct svc_value *svc;
+	struct svc_value *svc = 0;
+	struct backend_value *b = 0;
 	struct nat_value *v;
+	const __u8 *baddr;
+	__be16 bport;
+	__u32 id = 0, why = 0;
 	__u64 now;
 
 	/* Only what a NAT entry or an external frontend names is ours: the
@@ -220,18 +239,18 @@ static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 	v = bpf_map_lookup_elem(&sl_nat, &k);
 	if (v && v->expires_ns > now && !state_reopens(v->state, &p)) {
 		if (v->flags & NAT_F_REPLY)
-			return nat_apply(skb, &p, v, dir, now);
+			goto apply;
 		if (dir == DIR_INGRESS) {
-			/* A connection whose backend left: reset it (TCP), or give
-			 * the next datagram a backend afresh. */
 			if (!v->backend_id || bpf_map_lookup_elem(&sl_backends, &v->backend_id))
-				return nat_apply(skb, &p, v, dir, now);
+				goto apply;
+			/* Its backend left: a TCP connection is reset, the next
+			 * datagram gets a backend afresh. */
 			bpf_map_delete_elem(&sl_nat, &k);
 			if (p.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN) {
-				count(DROP_BACKEND_GONE, dir, skb->len);
 				if (p.tcp_flags & TCP_RST)
-					return TC_ACT_SHOT;
-				return reset(skb, &p, dir);
+					return drop(skb, DROP_BACKEND_GONE, dir);
+				why = DROP_BACKEND_GONE;
+				goto refuse;
 			}
 		}
 	}
@@ -243,17 +262,37 @@ static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 		sk.proto = p.proto;
 		sk.scope = SVC_SCOPE_EXTERNAL;
 		svc = bpf_map_lookup_elem(&sl_services, &sk);
-		if (svc)
-			return uplink_new(skb, &p, svc, &sk, &k, now);
 	}
-	/* A pod's hostPort on this node's address. */
-	__builtin_memcpy(hk.addr, p.daddr, 16);
-	hk.port = p.dport;
-	hk.proto = p.proto;
-	hp = bpf_map_lookup_elem(&sl_hostports, &hk);
-	if (hp)
-		return uplink_nat(skb, &p, &k, hp->addr, hp->port, 0, now);
-	return TC_ACT_OK;
+	if (svc) {
+		id = uplink_backend(&p, svc, &sk, &b, &why, now);
+		if (!id || !b) {
+			if (why == DROP_NO_BACKEND && (svc->flags & SVC_F_REJECT))
+				goto refuse;
+			return drop_reported(skb, &p, why ? why : DROP_BACKEND_GONE, dir);
+		}
+		baddr = b->addr;
+		bport = b->port;
+	} else {
+		/* A pod's hostPort on this node's address. */
+		__builtin_memcpy(hk.addr, p.daddr, 16);
+		hk.port = p.dport;
+		hk.proto = p.proto;
+		hp = bpf_map_lookup_elem(&sl_hostports, &hk);
+		if (!hp)
+			return TC_ACT_OK;
+		baddr = hp->addr;
+		bport = hp->port;
+	}
+	why = uplink_nat(skb, &p, &k, baddr, bport, id, now);
+	if (why)
+		return drop_reported(skb, &p, why, dir);
+	v = bpf_map_lookup_elem(&sl_nat, &k);
+	if (!v)
+		return drop_reported(skb, &p, DROP_NAT_FAILED, dir);
+apply:
+	return nat_apply(skb, &p, v, dir, now);
+refuse:
+	return reject(skb, &p, why, dir);
 }
 
 #endif

@@ -65,7 +65,8 @@ impl UplinkMaps {
     }
 
     /// Remove the NAT entries whose deadline passed before `now_ns`
-    /// (bpf_ktime_get_ns time); returns how many went.
+    /// (bpf_ktime_get_ns time); returns how many went. An entry a packet
+    /// refreshed since the scan stays.
     pub fn collect(&mut self, now_ns: u64) -> Result<usize, MapsError> {
         let expired: Vec<CtKey> = self
             .nat_entries()?
@@ -73,10 +74,17 @@ impl UplinkMaps {
             .filter(|(_, v)| v.expires_ns <= now_ns)
             .map(|(k, _)| k)
             .collect();
+        let mut removed = 0;
         for k in &expired {
-            ignore_missing(self.nat.remove(k), &NAT)?;
+            match self.nat.get(k, 0) {
+                Ok(v) if v.expires_ns <= now_ns => {
+                    ignore_missing(self.nat.remove(k), &NAT)?;
+                    removed += 1;
+                }
+                _ => {}
+            }
         }
-        Ok(expired.len())
+        Ok(removed)
     }
 
     /// Admit clients from `net/prefix` to the external frontend `rev_nat_id`.
