@@ -305,7 +305,7 @@ pub fn run(opts: Options) -> Result<()> {
     let uplinks = if opts.uplinks.is_empty() {
         Vec::new()
     } else {
-        crate::uplinks::attach_all(&opts.bpffs, &opts.uplinks).context("attaching the uplink programs")?
+        crate::uplinks::attach_all(&opts.bpffs, &opts.uplinks, &[]).context("attaching the uplink programs")?
     };
     let health = if opts.once || opts.no_health_checks {
         None
@@ -463,6 +463,15 @@ impl Daemon {
     }
 
     fn collect_conntrack(&mut self) {
+        // `auto` follows the node (a pod on a new ENI brings its parent
+        // in), and clsact filters, which a program upgrade does not move,
+        // are put on the node's programs again.
+        if !self.opts.uplinks.is_empty() {
+            match crate::uplinks::attach_all(&self.opts.bpffs, &self.opts.uplinks, &self.uplinks) {
+                Ok(u) => self.uplinks = u,
+                Err(e) => warn!(error = format!("{e:#}"), "uplinks not brought up to date"),
+            }
+        }
         if let Err(e) = crate::uplinks::refresh(self.agent.maps_mut(), &self.uplinks) {
             warn!(error = %e, "uplink addresses not refreshed");
         }

@@ -1,5 +1,7 @@
 //! The node's uplinks (`--uplink`): the interfaces traffic from outside
-//! arrives on (the ENI parents, the node's main interface). The agent puts
+//! arrives on (the ENI parents, the node's main interface; `auto`: the
+//! default routes' and the pods' parents, looked at again at every
+//! collection pass, so that a new ENI's first pod brings it in). The agent puts
 //! the uplink programs on them (TCX links pinned under the layout's
 //! `uplinks/<name>`, or clsact filters on an older kernel), and writes each
 //! one's addresses, which connections to a backend on another node are
@@ -26,13 +28,23 @@ pub struct Uplink {
 }
 
 /// `--uplink` names, with `auto` standing for the interfaces of this
-/// namespace's default routes (IPv4 and IPv6), in order, each once.
-pub fn resolve(names: &[String]) -> Result<Vec<String>> {
+/// namespace's default routes (IPv4 and IPv6) and the parents of the
+/// node's macvlan and ipvlan pods (`parents`, by ifindex: the ENIs pods
+/// hang off), in order, each once.
+pub fn resolve(names: &[String], parents: &[u32]) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for n in names {
         let found = if n == "auto" {
-            let d = default_route_interfaces();
+            let mut d = default_route_interfaces();
             anyhow::ensure!(!d.is_empty(), "--uplink auto: this namespace has no default route");
+            for p in parents {
+                if let Ok(name) = nix::net::if_::if_indextoname(*p)
+                    && let Ok(name) = name.into_string()
+                    && !d.contains(&name)
+                {
+                    d.push(name);
+                }
+            }
             d
         } else {
             vec![n.clone()]
@@ -77,10 +89,20 @@ fn default_route_interfaces() -> Vec<String> {
 /// Attach the uplink programs to `names` (in the agent's network
 /// namespace, the node's) and write their addresses; detach the uplinks
 /// pinned before and not named now.
-pub fn attach_all(bpffs: &Path, names: &[String]) -> Result<Vec<Uplink>> {
-    let names = &resolve(names)?;
+/// `known`: the uplinks attached before (logged only when new).
+pub fn attach_all(bpffs: &Path, names: &[String], known: &[Uplink]) -> Result<Vec<Uplink>> {
     let versioned = versioned_dir(bpffs);
     let mut maps = Maps::open_pinned(&versioned).context("opening the maps for the uplinks")?;
+    let mut parents: Vec<u32> = maps
+        .endpoints()
+        .entries()?
+        .iter()
+        .map(|e| e.parent_ifindex)
+        .filter(|i| *i != 0)
+        .collect();
+    parents.sort();
+    parents.dedup();
+    let names = &resolve(names, &parents)?;
     let mut cfg = maps
         .observe()
         .loaded_config(&versioned)
@@ -115,7 +137,9 @@ pub fn attach_all(bpffs: &Path, names: &[String]) -> Result<Vec<Uplink>> {
         maps.uplink_mut()
             .set_uplink(ifindex, v4, v6)
             .with_context(|| format!("writing uplink {name}'s addresses"))?;
-        info!(uplink = %name, ifindex, mode = attached.as_str(), ?v4, ?v6, "uplink programs attached");
+        if !known.iter().any(|k| &k.name == name) {
+            info!(uplink = %name, ifindex, mode = attached.as_str(), ?v4, ?v6, "uplink programs attached");
+        }
         out.push(Uplink {
             name: name.clone(),
             ifindex,

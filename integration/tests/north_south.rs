@@ -11,16 +11,24 @@
 //!   then 503 once that endpoint is gone, and the NodePort drops;
 //! - loadBalancerSourceRanges admits the listed client and drops another
 //!   (counted as drop-source-range);
+//! - a pod of the chained role (behind Debian's macvlan) is handed the
+//!   client's connection too;
+//! - ingress policy at the backend judges the real client (eTP Local): an
+//!   ipBlock admits one outside host and keeps out the other;
+//! - a NodePort without endpoints refuses a connection at once;
+//! - the node calls its own NodePort (through the socket hooks);
 //! - a pod's hostPort (the runtime's portMappings at ADD) answers from the
 //!   fabric (the pod sees the client) and from the node's own sockets (in
 //!   a cgroup with the socket hooks), TCP and UDP; another pod asking for
 //!   the same port is refused (PortInUse) and leaves nothing behind; DEL
 //!   frees it;
-//! - no conntrack entry, iptables rule or nftables ruleset on any node.
+//! - no conntrack entry, iptables rule or nftables ruleset on any node;
+//! - `sluice-install --uninstall` takes the programs off the uplink.
 
 use serde_json::Value;
 use sluice_integration::agent::AgentProcess;
 use sluice_integration::cgroup::{TestCgroup, cgroup2_root};
+use sluice_integration::datapath::programs_on;
 use sluice_integration::netns::Netns;
 use sluice_integration::probe::{EchoServer, sa, tcp_request, udp_request};
 use sluice_integration::services::Services;
@@ -123,6 +131,9 @@ fn services_yaml(vpc: &Vpc, eps: &[(&str, &str, &str)], local_endpoints: &[(&str
          status: {{loadBalancer: {{ingress: [{{ip: \"{RANGED_LB_IP}\"}}]}}}}\n"
     );
     out += &slices("ranged", &[("http", "TCP")], eps);
+    // No endpoint: refused from outside as from a pod (kube-proxy's REJECT).
+    out += "---\napiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: test}\nspec:\n  type: NodePort\n  \
+            clusterIP: 10.96.9.4\n  ports:\n  - {name: http, port: 80, targetPort: 8080, nodePort: 30090, protocol: TCP}\n";
     out
 }
 
@@ -140,6 +151,29 @@ fn http_get(ns: &Netns, to: SocketAddr) -> (u16, String) {
         (code, body.to_string())
     })
     .unwrap()
+}
+
+/// `sluicectl -o json <what> list` on node `node`, in its namespace.
+fn sluicectl(vpc: &Vpc, node: usize, what: &str) -> Vec<Value> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", vpc.nodes[node].path().display()))
+        .arg("--")
+        .arg(bin_dir().join("sluicectl"))
+        .arg("--bpffs")
+        .arg(vpc.bpffs[node].root())
+        .args(["-o", "json", what, "list"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sluicectl {what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 /// A counter of node `node` from `sluicectl metrics`.
@@ -308,6 +342,19 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
     assert_eq!(v["localEndpoints"], 1, "{body}");
     assert_eq!(v["service"]["name"], "local", "{body}");
 
+    // sluicectl shows the connections from outside and the uplink.
+    let nat = sluicectl(&vpc, 0, "nat");
+    assert!(
+        nat.iter().any(|r| r["path"] == "snat" && r["direction"] == "reply")
+            && nat.iter().any(|r| r["path"] == "local" && r["direction"] == "client"),
+        "sluicectl nat list: {nat:?}"
+    );
+    let up = sluicectl(&vpc, 0, "uplink");
+    assert_eq!(
+        (up.len(), &up[0]["name"], &up[0]["snatIpv4"]),
+        (1, &Value::from("eth0"), &Value::from(node_ip(0)))
+    );
+
     // Source ranges: CLIENT is listed, OTHER_CLIENT is not.
     let dropped = counted(&vpc, 0, "drop-source-range");
     assert!(
@@ -325,11 +372,60 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
     // ... which reaches the other Service's NodePorts (no range there).
     assert!(tcp_request(other, sa(&node_ip(0), 30080), "np").is_ok());
 
+    // Ingress policy at the backend judges the real client (eTP Local): a
+    // policy admitting CLIENT only lets it in, and not the other host.
+    let policy = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: test, labels: {{kubernetes.io/metadata.name: test}}}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: a, namespace: test, labels: {{app: a}}}}\n\
+         spec: {{containers: [{{name: main, image: x}}]}}\n\
+         status: {{podIP: \"{a4}\", podIPs: [{{ip: \"{a4}\"}}, {{ip: \"{a6}\"}}]}}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: from-client, namespace: test}}\n\
+         spec:\n  podSelector: {{matchLabels: {{app: a}}}}\n  ingress:\n  \
+         - from: [{{ipBlock: {{cidr: \"{CLIENT}/32\"}}}}, {{ipBlock: {{cidr: \"{CLIENT6}/128\"}}}}]\n"
+    );
+    svcs.write_manifest("policy", &policy).unwrap();
+    let np_local = sa(&node_ip(0), 30081);
+    let mut denied = false;
+    for _ in 0..40 {
+        if tcp_request(other, np_local, "deny").is_err() {
+            denied = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(denied, "the policy keeps the unlisted client out");
+    let r = tcp_request(client, np_local, "allowed").unwrap();
+    assert_eq!(who(&r), ("a".into(), CLIENT.into()), "the listed client, as itself");
+    std::fs::remove_file(svcs.dir().join("policy.yaml")).unwrap();
+
+    // A NodePort without endpoints refuses at once (a reset out of the
+    // uplink), rather than leaving the client to time out.
+    let started = std::time::Instant::now();
+    let to = sa(&node_ip(0), 30090);
+    let refused = client
+        .run(|| std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3)).map(|_| ()))
+        .unwrap();
+    assert_eq!(
+        refused.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "a NodePort without endpoints"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once: {:?}",
+        started.elapsed()
+    );
+
     // The last local endpoint goes: 503, and the NodePort drops.
     svcs.write_manifest("cluster", &services_yaml(&vpc, &eps, &eps[1..]))
         .unwrap();
-    agent.wait_synced(2, Duration::from_secs(20)).unwrap();
-    let (code, body) = http_get(client, sa(&node_ip(0), HEALTH_PORT));
+    // (A file write may wake the agent more than once: wait for the answer.)
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let (mut code, mut body) = http_get(client, sa(&node_ip(0), HEALTH_PORT));
+    while code != 503 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+        (code, body) = http_get(client, sa(&node_ip(0), HEALTH_PORT));
+    }
     assert_eq!(code, 503, "health check without a local endpoint: {body}");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["localEndpoints"], 0);
     assert!(
@@ -337,10 +433,90 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
         "eTP Local without a local endpoint"
     );
 
+    chained_backend(&mut vpc, c1, &svcs);
     host_ports(&mut vpc, c1, &svcs);
 
     // None of it went through netfilter.
     assert_eq!(vpc.netfilter().unwrap(), Vec::<String>::new());
+
+    // `sluice-install --uninstall` takes the programs off the uplink: the
+    // NodePort is an unserved port again.
+    drop(agent);
+    let conf_dir = tempfile::tempdir().unwrap();
+    let out = vpc.nodes[0]
+        .exec(
+            &bin_dir().join("sluice-install").display().to_string(),
+            &[
+                "--uninstall",
+                "--cni-conf-dir",
+                &conf_dir.path().display().to_string(),
+                "--bpffs",
+                &vpc.bpffs[0].root().display().to_string(),
+            ],
+        )
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && log.contains("detached the uplink programs from eth0"),
+        "{log}"
+    );
+    let left = programs_on(&vpc.nodes[0], "eth0").unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    let mut left = (left.egress.len(), left.ingress.len());
+    while left != (0, 0) && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+        let p = programs_on(&vpc.nodes[0], "eth0").unwrap();
+        left = (p.egress.len(), p.ingress.len());
+    }
+    assert_eq!(left, (0, 0), "programs left on the uplink after uninstall");
+    assert!(tcp_request(&vpc.pods[c1], sa(&node_ip(0), 30080), "after").is_err());
+}
+
+/// A pod of the chained role (Debian's macvlan + host-local first) as an
+/// eTP Local NodePort's backend: handed the client's connection through
+/// the parent its interface names (IFLA_LINK), it sees the client.
+fn chained_backend(vpc: &mut Vpc, c1: usize, svcs: &Services) {
+    if !sluice_integration::reference_plugins_present() {
+        sluice_integration::skip(
+            "chained backend from outside",
+            "the reference CNI plugins are not installed",
+        );
+        return;
+    }
+    let mut list = vpc.chained_conflist(0, "1.0.0");
+    // Off sluice-ipam's share of the range on this node.
+    list["plugins"][0]["ipam"]["ranges"][0][0]["rangeStart"] = Value::from("10.244.1.200");
+    let mut chain = sluice_integration::chain::Chain::new(list, Some(vpc.node_name(0)));
+    let p = vpc.pod("ch").unwrap();
+    let netns = vpc.pods[p].path().display().to_string();
+    let r = chain
+        .add("ch", &netns, "eth0")
+        .unwrap_or_else(|e| panic!("chained ADD: {e:?}"));
+    let ip = result_addr(&r, 0);
+    let _server = EchoServer::start_telling_peer(&vpc.pods[p], 8080, "ch").unwrap();
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: chained, namespace: test}}\nspec:\n  type: NodePort\n  \
+         clusterIP: 10.96.9.5\n  externalTrafficPolicy: Local\n  \
+         ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: 30083, protocol: TCP}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: chained-1, namespace: test, \
+         labels: {{kubernetes.io/service-name: chained}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\n\
+         endpoints:\n- {{addresses: [\"{ip}\"], nodeName: {}, conditions: {{ready: true}}}}\n",
+        vpc.node_name(0)
+    );
+    svcs.write_manifest("chained", &yaml).unwrap();
+    // (The agent syncs on the file's events: wait for the answer.)
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let mut r = tcp_request(&vpc.pods[c1], sa(&node_ip(0), 30083), "chained");
+    while r.is_err() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+        r = tcp_request(&vpc.pods[c1], sa(&node_ip(0), 30083), "chained");
+    }
+    let r = r.unwrap();
+    assert_eq!(who(&r), ("ch".into(), CLIENT.into()), "a chained pod from outside");
+    chain
+        .del("ch", &netns, "eth0")
+        .unwrap_or_else(|e| panic!("chained DEL: {e:?}"));
+    std::fs::remove_file(svcs.dir().join("chained.yaml")).unwrap();
 }
 
 /// `sock-client args...` on node 0, in `cg`: its one JSON line.
@@ -370,6 +546,13 @@ fn host_ports(vpc: &mut Vpc, c1: usize, svcs: &Services) {
     vpc.sluice(0, "ADD", "h", h, &with_ports(vpc))
         .expect_ok("ADD with portMappings");
     let _server = EchoServer::start_telling_peer(&vpc.pods[h], 8080, "h").unwrap();
+    let listed = sluicectl(vpc, 0, "hostport");
+    assert!(
+        listed
+            .iter()
+            .any(|r| r["host"] == format!("{}:{HOST_PORT}", node_ip(0)) && r["proto"] == "udp"),
+        "sluicectl hostport list: {listed:?}"
+    );
     let client = &vpc.pods[c1];
     for (family, node_addr, me) in [
         ("v4", node_ip(0), CLIENT.to_string()),
@@ -399,6 +582,15 @@ fn host_ports(vpc: &mut Vpc, c1: usize, svcs: &Services) {
         assert_eq!(v["peer"], to, "the node's socket sees the hostPort as its peer: {v}");
         let v = sock_client(vpc, &cg, &["udp", &to, "n"]);
         assert_eq!(v["from"], to, "hostPort UDP from the node: {v}");
+        // The node calling its own NodePort, at the socket too.
+        let np = format!("{}:30080", node_ip(0));
+        let v = sock_client(vpc, &cg, &["tcp", &np, "self"]);
+        assert!(
+            v["reply"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("a@") || r.starts_with("b@")),
+            "the node calling its own NodePort: {v}"
+        );
     } else {
         sluice_integration::skip("hostPort from the node", "no cgroup v2 mount on this machine");
     }

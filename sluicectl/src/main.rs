@@ -1,5 +1,6 @@
 //! `sluicectl`: look at what this node's datapath holds: Services and
-//! backends, conntrack, endpoints, policy, drop counters, the attached
+//! backends, conntrack, endpoints, policy, traffic from outside (NAT
+//! entries, hostPorts, uplinks), drop counters, the attached
 //! program and its settings, and flow events from the agent. The agent is
 //! the one writer of Services and policy; the only write here is a
 //! conntrack flush.
@@ -8,6 +9,7 @@ mod ct;
 mod endpoint;
 mod metrics;
 mod observe;
+mod outside;
 mod policy;
 mod render;
 mod service;
@@ -51,6 +53,16 @@ enum Cmd {
     /// Network policy as enforced on this node's pods.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Connections from outside (NodePorts, load-balancer and external IPs,
+    /// hostPorts): both directions' NAT entries at the uplinks.
+    #[command(subcommand)]
+    Nat(ListCmd),
+    /// Pods' hostPorts on this node's addresses.
+    #[command(subcommand)]
+    Hostport(ListCmd),
+    /// The node's uplinks and the addresses they SNAT to.
+    #[command(subcommand)]
+    Uplink(ListCmd),
     /// Packets and bytes by reason and direction, summed over CPUs.
     Metrics,
     /// The attached program version and its settings.
@@ -117,6 +129,9 @@ fn run(cli: &Cli) -> Result<()> {
         Cmd::Endpoint(ListCmd::List) => render::rows(&endpoint::list(&maps)?, out),
         Cmd::Policy(PolicyCmd::List) => render::rows(&policy::list(&maps)?, out),
         Cmd::Policy(PolicyCmd::Get { address }) => policy::get(&maps, *address)?.print(out),
+        Cmd::Nat(ListCmd::List) => render::rows(&outside::nat(&maps)?, out),
+        Cmd::Hostport(ListCmd::List) => render::rows(&outside::hostports(&maps)?, out),
+        Cmd::Uplink(ListCmd::List) => render::rows(&outside::uplinks(&maps)?, out),
         Cmd::Metrics => render::rows(&metrics::list(&maps)?, out),
         Cmd::Status => render::record(&status::status(&maps, &dir)?, out),
         Cmd::Observe(_) => unreachable!("handled before the maps are opened"),

@@ -35,7 +35,8 @@ struct Args {
     /// socket hooks.
     #[arg(long)]
     uninstall: bool,
-    /// sluice's bpffs root (where `--uninstall` finds the socket hooks).
+    /// sluice's bpffs root (where `--uninstall` finds the socket hooks and
+    /// the uplinks' programs).
     #[arg(long, default_value = sluice_tc_datapath::config::DEFAULT_BPFFS)]
     bpffs: PathBuf,
 }
@@ -58,6 +59,13 @@ fn main() -> Result<()> {
             .with_context(|| format!("detaching the socket hooks under {}", args.bpffs.display()))?;
         for dir in hooks {
             eprintln!("detached the socket hooks pinned at {}", dir.display());
+        }
+        let netns = std::fs::File::open("/proc/thread-self/ns/net").context("opening this network namespace")?;
+        let uplinks =
+            sluice_tc_datapath::attach::detach_uplinks_everywhere(&args.bpffs, std::os::fd::AsFd::as_fd(&netns))
+                .with_context(|| format!("detaching the uplink programs under {}", args.bpffs.display()))?;
+        for name in uplinks {
+            eprintln!("detached the uplink programs from {name}");
         }
         return Ok(());
     }

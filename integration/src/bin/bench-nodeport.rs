@@ -17,6 +17,11 @@
 //!   Services (externalTrafficPolicy Cluster: masqueraded), its backend a
 //!   pod on node 2.
 //!
+//! A NAT that reuses a source port toward a backend within its TIME_WAIT
+//! (the server closes first here, as an HTTP/1.0 server does) meets PAWS:
+//! the SYN is refused and the client retries after 1 s. The benchmark
+//! prints how often that happened at the SNATed backends.
+//!
 //! The clients are processes of their own (this binary with `--client`),
 //! run round-robin so drift hits every mode alike. Figures: the median of
 //! the rounds, their min-max, each mode's ratio to the direct path, and
@@ -171,6 +176,27 @@ struct Row {
     failed: Vec<u64>,
     /// Drops node 0's programs counted during the rounds, by reason.
     drops: Vec<(String, u64)>,
+    /// SYNs the SNAT backend (sluice) and the nftables one refused from
+    /// TIME_WAIT during the rounds (PAWS: a reused 4-tuple).
+    paws: [u64; 2],
+}
+
+/// The namespace's TcpExtPAWSTimewait: SYNs on a 4-tuple in TIME_WAIT
+/// refused for an older timestamp (a NAT reusing the source port of a
+/// connection the server closed; the client then resets and retries 1 s
+/// later).
+fn paws_timewait(ns: &Netns) -> Result<u64> {
+    let out = ns.exec("nstat", &["-az", "TcpExtPAWSTimewait"])?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("TcpExtPAWSTimewait")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0))
 }
 
 /// Node 0's drop counters, by reason name.
@@ -263,6 +289,7 @@ fn measure(args: &Args) -> Result<Vec<Row>> {
         let mut rates = vec![Vec::new(); Mode::ALL.len()];
         let mut failed = vec![0; Mode::ALL.len()];
         let before = drops(&maps)?;
+        let paws_before = [paws_timewait(&vpc.pods[s1_pod])?, paws_timewait(&vpc.pods[s2_pod])?];
         for round in 0..args.rounds {
             for c in &live {
                 let (rate, f) = run_client(c, args.seconds, args.workers)?;
@@ -272,6 +299,10 @@ fn measure(args: &Args) -> Result<Vec<Row>> {
             }
             eprintln!("{n} services: round {} of {} done", round + 1, args.rounds);
         }
+        let paws = [
+            paws_timewait(&vpc.pods[s1_pod])? - paws_before[0],
+            paws_timewait(&vpc.pods[s2_pod])? - paws_before[1],
+        ];
         let after = drops(&maps)?;
         let drops = after
             .into_iter()
@@ -287,6 +318,7 @@ fn measure(args: &Args) -> Result<Vec<Row>> {
             nft,
             failed,
             drops,
+            paws,
         });
     }
     let _ = exec_in(
@@ -349,6 +381,10 @@ fn report(args: &Args, rows: &[Row]) {
                 format!("{:.2}x", median(m) / nft)
             }
         };
+        println!(
+            "  SYNs refused from TIME_WAIT (PAWS) at the SNATed backends: sluice's {}, nftables' {}",
+            r.paws[0], r.paws[1]
+        );
         if !r.drops.is_empty() {
             let list: Vec<String> = r.drops.iter().map(|(n, c)| format!("{n} {c}")).collect();
             println!("  drops on node 0 during the rounds: {}", list.join(", "));

@@ -266,6 +266,23 @@ pub fn tcx_programs(netns: BorrowedFd<'_>, ifname: &str, side: Side) -> Result<V
     })?
 }
 
+/// Take the uplink programs off every uplink pinned under any layout's
+/// directory in `bpffs` (an uninstall): their TCX links unpinned, and
+/// clsact filters removed in `netns` (the node's). Returns the uplinks.
+pub fn detach_uplinks_everywhere(bpffs: &Path, netns: BorrowedFd<'_>) -> Result<Vec<String>, AttachError> {
+    let mut gone = Vec::new();
+    let Ok(layouts) = std::fs::read_dir(bpffs) else {
+        return Ok(gone);
+    };
+    for layout in layouts.flatten().map(|e| e.path()) {
+        for name in hook_attachments(Hook::Uplink, &layout)? {
+            detach_hook(Hook::Uplink, &layout, Some(netns), &name, &name)?;
+            gone.push(name);
+        }
+    }
+    Ok(gone)
+}
+
 /// The keys of every pinned pod attachment (for GC).
 pub fn attachments(versioned: &Path) -> Result<Vec<String>, AttachError> {
     hook_attachments(Hook::Pod, versioned)

@@ -185,6 +185,7 @@ pub struct Maps {
     endpoints: EndpointMaps,
     policy: PolicyMaps,
     uplink: UplinkMaps,
+    hostports: HostPortMaps,
     observe: ObserveMaps,
 }
 
@@ -207,6 +208,7 @@ impl Maps {
             endpoints: EndpointMaps::open(&mut src)?,
             policy: PolicyMaps::open(&mut src)?,
             uplink: UplinkMaps::open(&mut src)?,
+            hostports: HostPortMaps::open(&mut src)?,
             observe,
         })
     }
@@ -218,6 +220,7 @@ impl Maps {
             endpoints: EndpointMaps::open(src)?,
             policy: PolicyMaps::open(src)?,
             uplink: UplinkMaps::open(src)?,
+            hostports: HostPortMaps::open(src)?,
             observe: ObserveMaps::open(src)?,
         })
     }
@@ -251,6 +254,9 @@ impl Maps {
     }
     pub fn uplink_mut(&mut self) -> &mut UplinkMaps {
         &mut self.uplink
+    }
+    pub fn hostports(&self) -> &HostPortMaps {
+        &self.hostports
     }
     pub fn observe(&self) -> &ObserveMaps {
         &self.observe
