@@ -279,7 +279,9 @@ fn measure(args: &Args) -> Result<Vec<Row>> {
         let live: Vec<&Client> = clients.iter().filter(|c| c.mode != Mode::Nft || nft.0).collect();
         for c in &live {
             let (rate, failed) = run_client(c, 0.3, args.workers)?;
-            if rate == 0.0 || (c.mode != Mode::Nft && failed > 0) {
+            // Every mode answers; the paths without NAT ports, without a
+            // single failure (the SNATing ones' failures are counted below).
+            if rate == 0.0 || (matches!(c.mode, Mode::Direct | Mode::Local) && failed > 0) {
                 bail!(
                     "{} at {n} services: {failed} failed connections, {rate:.0}/s",
                     c.mode.label()
