@@ -18,32 +18,10 @@ impl AgentProcess {
     /// Start the agent on `manifests` for the node whose bpffs root is
     /// `bpffs`; its log goes to `log`.
     pub fn start(manifests: &Path, bpffs: &Path, node: &str, log: &Path) -> Result<AgentProcess> {
-        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let socket = log.with_extension("sock");
-        let child = Command::new(bin_dir().join("sluice-agent"))
-            .arg("--manifests")
-            .arg(manifests)
-            .arg("--bpffs")
-            .arg(bpffs)
-            .args(["--node-name", node])
-            // A port of its own (the tests run in the root namespace).
-            .args(["--metrics", "127.0.0.1:0"])
-            .arg("--flows-socket")
-            .arg(&socket)
-            .env(
-                "SLUICE_LOG",
-                std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .context("starting sluice-agent (built? cargo build --workspace --bins)")?;
-        Ok(AgentProcess {
-            child,
-            log: log.to_path_buf(),
-            socket,
-        })
+        let mut cmd = Command::new(bin_dir().join("sluice-agent"));
+        // A port of its own (the tests run in the root namespace).
+        cmd.args(["--metrics", "127.0.0.1:0"]);
+        AgentProcess::spawn(cmd, manifests, bpffs, node, log)
     }
 
     /// Start the agent inside namespace `netns` (a simulated node, as a
@@ -57,21 +35,29 @@ impl AgentProcess {
         log: &Path,
         extra: &[&str],
     ) -> Result<AgentProcess> {
-        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let socket = log.with_extension("sock");
         // nsenter, not `ip netns exec`: the latter mounts a sysfs of its own.
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", netns.display()))
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", netns.display()))
             .arg("--")
             .arg(bin_dir().join("sluice-agent"))
+            .arg("--no-metrics")
+            .args(extra);
+        AgentProcess::spawn(cmd, manifests, bpffs, node, log)
+    }
+
+    /// `cmd` (the agent, or what runs it) with the arguments every test
+    /// agent takes, its log to `log`.
+    fn spawn(mut cmd: Command, manifests: &Path, bpffs: &Path, node: &str, log: &Path) -> Result<AgentProcess> {
+        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let socket = log.with_extension("sock");
+        let child = cmd
             .arg("--manifests")
             .arg(manifests)
             .arg("--bpffs")
             .arg(bpffs)
-            .args(["--node-name", node, "--no-metrics"])
+            .args(["--node-name", node])
             .arg("--flows-socket")
             .arg(&socket)
-            .args(extra)
             .env(
                 "SLUICE_LOG",
                 std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into()),

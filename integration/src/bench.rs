@@ -170,6 +170,45 @@ pub fn connections(ns: &Netns, to: &[SocketAddr], secs: f64, workers: usize) -> 
     ns.run(|| connections_here(to, secs, workers))
 }
 
+/// Run the calling benchmark binary as one client process (its hidden
+/// `--client TARGETS --seconds S --workers W` mode, which prints "ok failed
+/// seconds") inside `netns` and, when given, `cgroup` (entered first, so
+/// that its sockets are born there): (connections/s, failed). `label`
+/// names the mode in errors.
+pub fn client_process(
+    label: &str,
+    netns: &std::path::Path,
+    cgroup: Option<&std::path::Path>,
+    targets: &[SocketAddr],
+    secs: f64,
+    workers: usize,
+) -> Result<(f64, u64)> {
+    let me = std::env::current_exe()?;
+    let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+    let script = match cgroup {
+        Some(cg) => format!("echo $$ > '{}/cgroup.procs' && exec \"$@\"", cg.display()),
+        None => "exec \"$@\"".to_string(),
+    };
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script, "client", "nsenter"])
+        .arg(format!("--net={}", netns.display()))
+        .arg("--")
+        .arg(me)
+        .args(["--client", &targets.join(","), "--seconds", &secs.to_string()])
+        .args(["--workers", &workers.to_string()])
+        .output()
+        .context("starting a client")?;
+    ensure!(
+        out.status.success(),
+        "{label} client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<f64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    ensure!(f.len() == 3, "{label} client said {text:?}");
+    Ok((f[0] / f[2], f[1] as u64))
+}
+
 /// The same from the calling process's own namespace (a client process
 /// started inside a namespace and cgroup).
 pub fn connections_here(to: &[SocketAddr], secs: f64, workers: usize) -> (u64, u64, Duration) {

@@ -49,3 +49,36 @@ impl Drop for TestCgroup {
         let _ = std::fs::remove_dir(&self.path);
     }
 }
+
+/// `sock-client args...` (the socket-level test client) in namespace `ns`,
+/// inside `cg` when given: its one JSON line.
+pub fn sock_client(ns: &crate::netns::Netns, cg: Option<&TestCgroup>, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new("sh")
+        .args(&sock_client_argv(ns, cg, args)[1..])
+        .output()
+        .expect("running sock-client");
+    let line = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(line.trim()).unwrap_or_else(|e| {
+        panic!(
+            "sock-client {args:?}: {e}: {line:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The command line of `sock-client args...` in `ns`, inside `cg` when
+/// given (a shell's, so it starts with "sh"). nsenter rather than `ip
+/// netns exec`, which mounts a sysfs of its own over the cgroup mount.
+pub fn sock_client_argv(ns: &crate::netns::Netns, cg: Option<&TestCgroup>, args: &[&str]) -> Vec<String> {
+    let bin = crate::bin_dir().join("sock-client").display().to_string();
+    let net = format!("--net={}", ns.path().display());
+    let mut inner = vec!["nsenter", &net, "--", &bin];
+    inner.extend_from_slice(args);
+    match cg {
+        Some(cg) => cg.exec_in(&inner),
+        None => {
+            let quoted: Vec<String> = inner.iter().map(|a| format!("'{a}'")).collect();
+            vec!["sh".into(), "-c".into(), format!("exec {}", quoted.join(" "))]
+        }
+    }
+}

@@ -27,7 +27,7 @@
 
 use serde_json::Value;
 use sluice_integration::agent::AgentProcess;
-use sluice_integration::cgroup::{TestCgroup, cgroup2_root};
+use sluice_integration::cgroup::{TestCgroup, cgroup2_root, sock_client};
 use sluice_integration::datapath::programs_on;
 use sluice_integration::netns::Netns;
 use sluice_integration::probe::{EchoServer, sa, tcp_request, udp_request};
@@ -519,18 +519,6 @@ fn chained_backend(vpc: &mut Vpc, c1: usize, svcs: &Services) {
     std::fs::remove_file(svcs.dir().join("chained.yaml")).unwrap();
 }
 
-/// `sock-client args...` on node 0, in `cg`: its one JSON line.
-fn sock_client(vpc: &Vpc, cg: &TestCgroup, args: &[&str]) -> Value {
-    let bin = bin_dir().join("sock-client").display().to_string();
-    let net = format!("--net={}", vpc.nodes[0].path().display());
-    let mut inner = vec!["nsenter", net.as_str(), "--", bin.as_str()];
-    inner.extend_from_slice(args);
-    let argv = cg.exec_in(&inner);
-    let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("sock-client {args:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)))
-}
-
 fn host_ports(vpc: &mut Vpc, c1: usize, svcs: &Services) {
     let with_ports = |vpc: &Vpc| {
         let mut conf = vpc.dual_stack_conf(0);
@@ -574,17 +562,17 @@ fn host_ports(vpc: &mut Vpc, c1: usize, svcs: &Services) {
         let attach = [std::ffi::OsStr::new("--socket-lb-cgroup"), cg.path.as_os_str()];
         svcs.sync_node(vpc, 0, &attach).unwrap();
         let to = format!("{}:{HOST_PORT}", node_ip(0));
-        let v = sock_client(vpc, &cg, &["tcp", &to, "n"]);
+        let v = sock_client(&vpc.nodes[0], Some(&cg), &["tcp", &to, "n"]);
         assert!(
             v["reply"].as_str().is_some_and(|r| r.starts_with("h@")),
             "hostPort from the node: {v}"
         );
         assert_eq!(v["peer"], to, "the node's socket sees the hostPort as its peer: {v}");
-        let v = sock_client(vpc, &cg, &["udp", &to, "n"]);
+        let v = sock_client(&vpc.nodes[0], Some(&cg), &["udp", &to, "n"]);
         assert_eq!(v["from"], to, "hostPort UDP from the node: {v}");
         // The node calling its own NodePort, at the socket too.
         let np = format!("{}:30080", node_ip(0));
-        let v = sock_client(vpc, &cg, &["tcp", &np, "self"]);
+        let v = sock_client(&vpc.nodes[0], Some(&cg), &["tcp", &np, "self"]);
         assert!(
             v["reply"]
                 .as_str()

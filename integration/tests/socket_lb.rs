@@ -14,8 +14,7 @@
 //! its cgroup are ever translated.
 
 use serde_json::Value;
-use sluice_integration::cgroup::{TestCgroup, cgroup2_root};
-use sluice_integration::netns::Netns;
+use sluice_integration::cgroup::{TestCgroup, cgroup2_root, sock_client, sock_client_argv};
 use sluice_integration::probe::{EchoServer, StreamEcho, sa, tcp_request};
 use sluice_integration::services::{ServicePort, Services};
 use sluice_integration::vpc::{VPC_GATEWAY6, VPC_ROUTER, Vpc, result_addr};
@@ -30,38 +29,6 @@ const VIP6: &str = "fd00:96::7:1";
 const EMPTY: &str = "10.96.7.2";
 const STICKY: &str = "10.96.7.3";
 const DRAINING: &str = "10.96.7.4";
-
-/// `sock-client args...` in namespace `ns`, inside `cg` when given: its
-/// one JSON line.
-fn client(ns: &Netns, cg: Option<&TestCgroup>, args: &[&str]) -> Value {
-    let out = Command::new("sh")
-        .args(&argv(ns, cg, args)[1..])
-        .output()
-        .expect("running sock-client");
-    let line = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(line.trim()).unwrap_or_else(|e| {
-        panic!(
-            "sock-client {args:?}: {e}: {line:?} {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-/// The command line of `sock-client args...` in `ns`, inside `cg` when
-/// given (a shell's, so it starts with "sh").
-fn argv(ns: &Netns, cg: Option<&TestCgroup>, args: &[&str]) -> Vec<String> {
-    let bin = bin_dir().join("sock-client").display().to_string();
-    let net = format!("--net={}", ns.path().display());
-    let mut inner = vec!["nsenter", &net, "--", &bin];
-    inner.extend_from_slice(args);
-    match cg {
-        Some(cg) => cg.exec_in(&inner),
-        None => {
-            let quoted: Vec<String> = inner.iter().map(|a| format!("'{a}'")).collect();
-            vec!["sh".into(), "-c".into(), format!("exec {}", quoted.join(" "))]
-        }
-    }
-}
 
 /// Which backend answered ("b1:..." -> "b1").
 fn who(v: &Value) -> String {
@@ -170,7 +137,7 @@ fn host_sockets_reach_services() {
     let cg = TestCgroup::new(&vpc.prefix).unwrap();
 
     // Without the hooks nothing on the host translates a ClusterIP.
-    let before = client(node0, Some(&cg), &["tcp", &format!("{VIP}:80"), "x"]);
+    let before = sock_client(node0, Some(&cg), &["tcp", &format!("{VIP}:80"), "x"]);
     assert!(before.get("error").is_some(), "no translation yet: {before}");
 
     let attach: [&OsStr; 2] = [OsStr::new("--socket-lb-cgroup"), cg.path.as_os_str()];
@@ -180,7 +147,7 @@ fn host_sockets_reach_services() {
     // the socket's peer is the Service.
     let mut seen = BTreeSet::new();
     for i in 0..16 {
-        let v = client(node0, Some(&cg), &["tcp", &format!("{VIP}:80"), &format!("t{i}")]);
+        let v = sock_client(node0, Some(&cg), &["tcp", &format!("{VIP}:80"), &format!("t{i}")]);
         assert_eq!(v["peer"], format!("{VIP}:80"), "getpeername: {v}");
         seen.insert(who(&v));
     }
@@ -191,7 +158,7 @@ fn host_sockets_reach_services() {
     let mut seen = BTreeSet::new();
     for i in 0..16 {
         for mode in ["udp-connected", "udp"] {
-            let v = client(node0, Some(&cg), &[mode, &format!("{VIP}:53"), &format!("u{i}")]);
+            let v = sock_client(node0, Some(&cg), &[mode, &format!("{VIP}:53"), &format!("u{i}")]);
             assert_eq!(v["from"], format!("{VIP}:53"), "{mode} reply source: {v}");
             if mode == "udp-connected" {
                 assert_eq!(v["peer"], format!("{VIP}:53"), "{mode} peer: {v}");
@@ -204,11 +171,11 @@ fn host_sockets_reach_services() {
     // IPv6 alike, backends on both nodes too.
     let mut seen = BTreeSet::new();
     for i in 0..12 {
-        let v = client(node0, Some(&cg), &["tcp", &format!("[{VIP6}]:80"), &format!("six{i}")]);
+        let v = sock_client(node0, Some(&cg), &["tcp", &format!("[{VIP6}]:80"), &format!("six{i}")]);
         assert_eq!(v["peer"], format!("[{VIP6}]:80"), "{v}");
         seen.insert(who(&v));
         for mode in ["udp-connected", "udp"] {
-            let v = client(node0, Some(&cg), &[mode, &format!("[{VIP6}]:53"), "six"]);
+            let v = sock_client(node0, Some(&cg), &[mode, &format!("[{VIP6}]:53"), "six"]);
             assert_eq!(v["from"], format!("[{VIP6}]:53"), "{mode} v6 reply source: {v}");
             seen.insert(who(&v));
         }
@@ -220,7 +187,7 @@ fn host_sockets_reach_services() {
     for (vip, what) in [(STICKY, "affinity"), (DRAINING, "terminating")] {
         let seen: BTreeSet<String> = (0..8)
             .map(|i| {
-                who(&client(
+                who(&sock_client(
                     node0,
                     Some(&cg),
                     &["tcp", &format!("{vip}:80"), &format!("a{i}")],
@@ -235,19 +202,19 @@ fn host_sockets_reach_services() {
 
     // No backend: the connect is refused at once, as kube-proxy's REJECT.
     let started = std::time::Instant::now();
-    let v = client(node0, Some(&cg), &["tcp", &format!("{EMPTY}:80"), "x"]);
+    let v = sock_client(node0, Some(&cg), &["tcp", &format!("{EMPTY}:80"), "x"]);
     assert_eq!(v["error"], "ConnectionRefused", "{v}");
     assert!(started.elapsed() < std::time::Duration::from_secs(2), "refused at once");
 
     // Outside the cgroup, or another namespace's socket inside it: untouched.
-    let v = client(node0, None, &["tcp", &format!("{VIP}:80"), "x"]);
+    let v = sock_client(node0, None, &["tcp", &format!("{VIP}:80"), "x"]);
     assert!(v.get("error").is_some(), "a process outside the cgroup: {v}");
-    let v = client(&vpc.nodes[1], Some(&cg), &["tcp", &format!("{VIP}:80"), "x"]);
+    let v = sock_client(&vpc.nodes[1], Some(&cg), &["tcp", &format!("{VIP}:80"), "x"]);
     assert!(v.get("error").is_some(), "another namespace's socket: {v}");
     // A pod's socket, even in the cgroup, takes its tc path, as before.
     let n = translated(&vpc, 0);
     assert!(n >= 16 + 32 + 36 + 16, "the hooks counted their translations: {n}");
-    let v = client(&vpc.pods[b1.0], Some(&cg), &["tcp", &format!("{VIP}:80"), "pod"]);
+    let v = sock_client(&vpc.pods[b1.0], Some(&cg), &["tcp", &format!("{VIP}:80"), "pod"]);
     assert_eq!(v["peer"], format!("{VIP}:80"), "{v}");
     assert!(v.get("reply").is_some(), "the pod reaches the Service: {v}");
     assert_eq!(translated(&vpc, 0), n, "no socket of a pod translated at the socket");
@@ -264,7 +231,7 @@ fn host_sockets_reach_services() {
     // An open connection outlives the agent attaching again (its restart):
     // the same backend answers, and new connections are still served.
     let mut session = Command::new("sh")
-        .args(&argv(node0, Some(&cg), &["tcp-session", &format!("{VIP}:81")])[1..])
+        .args(&sock_client_argv(node0, Some(&cg), &["tcp-session", &format!("{VIP}:81")])[1..])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -290,7 +257,7 @@ fn host_sockets_reach_services() {
     );
     drop(input);
     let _ = session.wait();
-    let v = client(node0, Some(&cg), &["tcp", &format!("{VIP}:80"), "after"]);
+    let v = sock_client(node0, Some(&cg), &["tcp", &format!("{VIP}:80"), "after"]);
     assert!(v.get("reply").is_some(), "after attaching again: {v}");
 
     // `sluice-install --uninstall` detaches them: the ClusterIP is a plain
@@ -314,7 +281,7 @@ fn host_sockets_reach_services() {
         "{log}"
     );
     let n = translated(&vpc, 0);
-    let v = client(node0, Some(&cg), &["tcp", &format!("{VIP}:80"), "x"]);
+    let v = sock_client(node0, Some(&cg), &["tcp", &format!("{VIP}:80"), "x"]);
     assert!(v.get("error").is_some(), "after uninstall: {v}");
     assert_eq!(translated(&vpc, 0), n, "no hook ran after uninstall");
 }

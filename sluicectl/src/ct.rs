@@ -1,10 +1,10 @@
 //! `sluicectl ct list | flush`: the conntrack table, as the datapath keeps
 //! it (see `bpf/layout.h` for an entry's orientation).
 
-use crate::render::{mac, sock, table_row};
+use crate::render::{mac, sock, state_name, table_row};
 use anyhow::Result;
 use serde::Serialize;
-use sluice_tc_datapath::layout::{self, CT_ESTABLISHED, CT_NEW, CT_SERVICE, ip, proto_name};
+use sluice_tc_datapath::layout::{self, CT_SERVICE, ip, proto_name};
 use sluice_tc_datapath::maps::Maps;
 use sluice_tc_datapath::maps::ct::now_ns;
 
@@ -65,11 +65,7 @@ pub fn list(maps: &Maps) -> Result<Vec<CtRow>> {
             proto: proto_name(k.proto),
             source: sock(ip(&k.saddr), u16::from_be(k.sport)),
             destination: sock(ip(&k.daddr), u16::from_be(k.dport)),
-            state: match v.state {
-                CT_NEW => "new",
-                CT_ESTABLISHED => "established",
-                _ => "closing",
-            },
+            state: state_name(v.state),
             backend: v.backend_id,
             expires_in_seconds: v.expires_ns.saturating_sub(now) / 1_000_000_000,
             next_hop: (v.nh_ifindex != 0 && k.kind == CT_SERVICE).then(|| mac(&v.nh_mac)),

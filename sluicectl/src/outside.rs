@@ -1,10 +1,10 @@
 //! `sluicectl nat list | hostport list | uplink list`: traffic from outside
 //! the node, as the uplink programs keep it.
 
-use crate::render::{sock, table_row};
+use crate::render::{sock, state_name, table_row};
 use anyhow::Result;
 use serde::Serialize;
-use sluice_tc_datapath::layout::{Addr, CT_ESTABLISHED, CT_NEW, NAT_F_LOCAL, NAT_F_REPLY, NAT_F_SNAT, ip, proto_name};
+use sluice_tc_datapath::layout::{Addr, NAT_F_LOCAL, NAT_F_REPLY, NAT_F_SNAT, ip, proto_name};
 use sluice_tc_datapath::maps::Maps;
 use sluice_tc_datapath::maps::ct::now_ns;
 
@@ -77,11 +77,7 @@ pub fn nat(maps: &Maps) -> Result<Vec<NatRow>> {
             } else {
                 "-"
             },
-            state: match v.state {
-                CT_NEW => "new",
-                CT_ESTABLISHED => "established",
-                _ => "closing",
-            },
+            state: state_name(v.state),
             backend: v.backend_id,
             expires_in_seconds: v.expires_ns.saturating_sub(now) / 1_000_000_000,
         })

@@ -86,6 +86,15 @@ pub fn sock(ip: std::net::IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(ip, port).to_string()
 }
 
+/// A conntrack or NAT entry's state, as the tools name it.
+pub fn state_name(state: u8) -> &'static str {
+    match state {
+        sluice_tc_datapath::layout::CT_NEW => "new",
+        sluice_tc_datapath::layout::CT_ESTABLISHED => "established",
+        _ => "closing",
+    }
+}
+
 pub fn mac(m: &[u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }

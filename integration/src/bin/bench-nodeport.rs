@@ -27,7 +27,7 @@
 //! the rounds, their min-max, each mode's ratio to the direct path, and
 //! sluice's NodePort against nftables'.
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use clap::Parser;
 use sluice_integration::bench::{self, CrrServer, exec_in, exec_within, generated, pct, spec};
 use sluice_integration::datapath::put_node_port;
@@ -36,7 +36,6 @@ use sluice_integration::netns::Netns;
 use sluice_integration::vpc::{VPC_ROUTER, Vpc, node_ip, result_ip};
 use sluice_tc_datapath::maps::Maps;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -103,26 +102,7 @@ fn ports_of(ip: Ipv4Addr) -> Vec<SocketAddr> {
 
 /// Run one client process for `secs`: (connections/s, failed).
 fn run_client(c: &Client, secs: f64, workers: usize) -> Result<(f64, u64)> {
-    let me = std::env::current_exe()?;
-    let targets: Vec<String> = c.targets.iter().map(|t| t.to_string()).collect();
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", c.netns.display()))
-        .arg("--")
-        .arg(me)
-        .args(["--client", &targets.join(","), "--seconds", &secs.to_string()])
-        .args(["--workers", &workers.to_string()])
-        .output()
-        .context("starting a client")?;
-    ensure!(
-        out.status.success(),
-        "{} client: {}",
-        c.mode.label(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let f: Vec<f64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
-    ensure!(f.len() == 3, "{} client said {text:?}", c.mode.label());
-    Ok((f[0] / f[2], f[1] as u64))
+    bench::client_process(c.mode.label(), &c.netns, None, &c.targets, secs, workers)
 }
 
 /// A pod on `node` with sluice's programs: its index and address.

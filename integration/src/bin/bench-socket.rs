@@ -39,7 +39,6 @@ use sluice_tc_datapath::loader::versioned_dir;
 use sluice_tc_datapath::maps::Maps;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -146,41 +145,7 @@ fn service_list(n: usize, server: Ipv4Addr) -> Vec<Service> {
 
 /// Run one client process for `secs`: (connections/s, failed).
 fn run_client(c: &Client, secs: f64, workers: usize) -> Result<(f64, u64)> {
-    let me = std::env::current_exe()?;
-    let targets: Vec<String> = c.targets.iter().map(|t| t.to_string()).collect();
-    let mut argv = vec![
-        "nsenter".to_string(),
-        format!("--net={}", c.netns.display()),
-        "--".into(),
-        me.display().to_string(),
-        "--client".into(),
-        targets.join(","),
-        "--seconds".into(),
-        secs.to_string(),
-        "--workers".into(),
-        workers.to_string(),
-    ];
-    // Into the cgroup first: `nsenter` leaves /sys alone, and the client's
-    // sockets are born in the cgroup.
-    let script = match &c.cgroup {
-        Some(cg) => format!("echo $$ > '{}/cgroup.procs' && exec \"$@\"", cg.display()),
-        None => "exec \"$@\"".to_string(),
-    };
-    argv.splice(0..0, ["sh".to_string(), "-c".into(), script, "client".into()]);
-    let out = Command::new(&argv[0])
-        .args(&argv[1..])
-        .output()
-        .context("starting a client")?;
-    ensure!(
-        out.status.success(),
-        "{} client: {}",
-        c.mode.label(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let f: Vec<f64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
-    ensure!(f.len() == 3, "{} client said {text:?}", c.mode.label());
-    Ok((f[0] / f[2], f[1] as u64))
+    bench::client_process(c.mode.label(), &c.netns, c.cgroup.as_deref(), &c.targets, secs, workers)
 }
 
 /// The connect and release hooks' run time per connection of the host client `c`, ns

@@ -16,11 +16,11 @@
  * its namespace clears marks); ingress clears it. */
 #define SL_MARK_ANSWER 0x5c1a0001
 
-/* Turn a packet around into the interface it is leaving: the MACs swap
- * (it must arrive addressed to the pod) and it re-enters as received. An
- * `answer` skips the pod's ingress policy; a hairpinned request does not
- * (the pod's policy judges it as coming from the pod itself). */
-static __always_inline int redirect_self(struct __sk_buff *skb, __u32 dir, __u32 reason, int answer)
+/* Swap the frame's MACs and send it back where it came from: into the
+ * interface it is leaving (`flags` BPF_F_INGRESS: it must arrive
+ * addressed to the pod and re-enter as received), or out of the one it
+ * arrived on (0: an uplink's answer to the wire). */
+static __always_inline int turn_around(struct __sk_buff *skb, __u32 dir, __u32 reason, __u64 flags)
 {
 	__u8 macs[12], swapped[12];
 
@@ -31,9 +31,17 @@ static __always_inline int redirect_self(struct __sk_buff *skb, __u32 dir, __u32
 	if (bpf_skb_store_bytes(skb, 0, swapped, 12, 0) < 0)
 		return drop(skb, DROP_NAT_FAILED, dir);
 	count(reason, dir, skb->len);
+	return bpf_redirect(skb->ifindex, flags);
+}
+
+/* Turn a packet around into the pod interface it is leaving. An `answer`
+ * skips the pod's ingress policy; a hairpinned request does not (the
+ * pod's policy judges it as coming from the pod itself). */
+static __always_inline int redirect_self(struct __sk_buff *skb, __u32 dir, __u32 reason, int answer)
+{
 	if (answer)
 		skb->mark = SL_MARK_ANSWER;
-	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+	return turn_around(skb, dir, reason, BPF_F_INGRESS);
 }
 
 /* After DNAT the frame is still addressed (L2) to where the pod's stack

@@ -158,18 +158,9 @@ static __always_inline int reset_header(struct __sk_buff *skb, const struct pkt 
  * uplink's; a pod's ingress never answers). */
 static __always_inline int answer(struct __sk_buff *skb, __u32 dir)
 {
-	__u8 macs[12], swapped[12];
-
 	if (dir == DIR_EGRESS)
 		return redirect_self(skb, DIR_EGRESS, REASON_REJECTED, 1);
-	if (bpf_skb_load_bytes(skb, 0, macs, 12) < 0)
-		return drop(skb, DROP_MALFORMED, dir);
-	__builtin_memcpy(swapped, macs + 6, 6);
-	__builtin_memcpy(swapped + 6, macs, 6);
-	if (bpf_skb_store_bytes(skb, 0, swapped, 12, 0) < 0)
-		return drop(skb, DROP_NAT_FAILED, dir);
-	count(REASON_REJECTED, dir, skb->len);
-	return bpf_redirect(skb->ifindex, 0);
+	return turn_around(skb, dir, REASON_REJECTED, 0);
 }
 
 /* The packet itself becomes the answer: cut to size, headers rebuilt, then
