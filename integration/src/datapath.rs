@@ -59,6 +59,19 @@ impl Vpc {
         Ok(())
     }
 
+    /// Packets node `node`'s programs counted under `reason` (as `sluicectl
+    /// metrics` names it), both directions.
+    pub fn counted(&self, node: usize, reason: &str) -> Result<u64> {
+        Ok(self
+            .maps(node)?
+            .observe()
+            .metrics()?
+            .into_iter()
+            .filter(|m| m.reason.name() == reason)
+            .map(|m| m.packets)
+            .sum())
+    }
+
     /// The pinned attachments (link directories) of node `i`.
     pub fn pinned_links(&self, node: usize) -> Vec<String> {
         crate::dir_names(&self.datapath_dir(node).join("links"))

@@ -176,28 +176,6 @@ fn sluicectl(vpc: &Vpc, node: usize, what: &str) -> Vec<Value> {
         .clone()
 }
 
-/// A counter of node `node` from `sluicectl metrics`.
-fn counted(vpc: &Vpc, node: usize, reason: &str) -> u64 {
-    let out = Command::new(bin_dir().join("sluicectl"))
-        .arg("--bpffs")
-        .arg(vpc.bpffs[node].root())
-        .args(["-o", "json", "metrics"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sluicectl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
-    rows.as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["reason"] == reason)
-        .map(|r| r["packets"].as_u64().unwrap())
-        .sum()
-}
-
 #[test]
 fn outside_clients_reach_nodeports_and_load_balancers() {
     if !require_root("outside_clients_reach_nodeports_and_load_balancers") {
@@ -356,7 +334,7 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
     );
 
     // Source ranges: CLIENT is listed, OTHER_CLIENT is not.
-    let dropped = counted(&vpc, 0, "drop-source-range");
+    let dropped = vpc.counted(0, "drop-source-range").unwrap();
     assert!(
         tcp_request(client, sa(RANGED_LB_IP, 80), "in").is_ok(),
         "a listed client"
@@ -366,7 +344,7 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
         "an unlisted client"
     );
     assert!(
-        counted(&vpc, 0, "drop-source-range") > dropped,
+        vpc.counted(0, "drop-source-range").unwrap() > dropped,
         "the refusal is counted"
     );
     // ... which reaches the other Service's NodePorts (no range there).

@@ -41,28 +41,6 @@ fn who(v: &Value) -> String {
         .to_string()
 }
 
-/// Sockets the hooks translated on node `node`, from `sluicectl metrics`.
-fn translated(vpc: &Vpc, node: usize) -> u64 {
-    let out = Command::new(bin_dir().join("sluicectl"))
-        .arg("--bpffs")
-        .arg(vpc.bpffs[node].root())
-        .args(["-o", "json", "metrics"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sluicectl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
-    rows.as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["reason"] == "sock-translated")
-        .map(|r| r["packets"].as_u64().unwrap())
-        .sum()
-}
-
 #[test]
 fn host_sockets_reach_services() {
     if !require_root("host_sockets_reach_services") {
@@ -212,12 +190,16 @@ fn host_sockets_reach_services() {
     let v = sock_client(&vpc.nodes[1], Some(&cg), &["tcp", &format!("{VIP}:80"), "x"]);
     assert!(v.get("error").is_some(), "another namespace's socket: {v}");
     // A pod's socket, even in the cgroup, takes its tc path, as before.
-    let n = translated(&vpc, 0);
+    let n = vpc.counted(0, "sock-translated").unwrap();
     assert!(n >= 16 + 32 + 36 + 16, "the hooks counted their translations: {n}");
     let v = sock_client(&vpc.pods[b1.0], Some(&cg), &["tcp", &format!("{VIP}:80"), "pod"]);
     assert_eq!(v["peer"], format!("{VIP}:80"), "{v}");
     assert!(v.get("reply").is_some(), "the pod reaches the Service: {v}");
-    assert_eq!(translated(&vpc, 0), n, "no socket of a pod translated at the socket");
+    assert_eq!(
+        vpc.counted(0, "sock-translated").unwrap(),
+        n,
+        "no socket of a pod translated at the socket"
+    );
     // And a pod reaching the Service from its own path is served.
     let reply = tcp_request(&vpc.pods[b2.0], sa(VIP, 80), "p").unwrap();
     assert!(reply.starts_with("b1:") || reply.starts_with("b2:"), "{reply}");
@@ -280,8 +262,12 @@ fn host_sockets_reach_services() {
         out.status.success() && log.contains("detached the socket hooks"),
         "{log}"
     );
-    let n = translated(&vpc, 0);
+    let n = vpc.counted(0, "sock-translated").unwrap();
     let v = sock_client(node0, Some(&cg), &["tcp", &format!("{VIP}:80"), "x"]);
     assert!(v.get("error").is_some(), "after uninstall: {v}");
-    assert_eq!(translated(&vpc, 0), n, "no hook ran after uninstall");
+    assert_eq!(
+        vpc.counted(0, "sock-translated").unwrap(),
+        n,
+        "no hook ran after uninstall"
+    );
 }
