@@ -88,6 +88,13 @@ pub struct Options {
     /// Serve no metrics.
     #[arg(long)]
     pub no_metrics: bool,
+    /// Where to serve the kubelet's probes: `/healthz` (the agent's loop is
+    /// turning) and `/readyz` (programs loaded, first sync written).
+    #[arg(long, default_value = "127.0.0.1:9465")]
+    pub probes: SocketAddr,
+    /// Serve no probes.
+    #[arg(long)]
+    pub no_probes: bool,
     /// The Unix socket `sluicectl observe` reads flow events from.
     #[arg(long, default_value = DEFAULT_FLOWS_SOCKET)]
     pub flows_socket: PathBuf,
@@ -263,6 +270,9 @@ struct Daemon {
     flows: Option<(FlowReader, FlowServer)>,
     gc: Interval,
     gone_pods: BTreeSet<PathBuf>,
+    /// Pod names from the CNI plugin's records (flows of pods without a
+    /// Pod object).
+    record_names: endpoint_gc::RecordNames,
     /// The first sync is done.
     started: bool,
     /// When to sync again because the last one left failures, and the
@@ -272,6 +282,7 @@ struct Daemon {
     events: Dedup,
     uplinks: Vec<crate::uplinks::Uplink>,
     health: Option<crate::health_check::HealthServers>,
+    probes: Arc<crate::probes::Probes>,
 }
 
 /// Run the agent until its source stops (or after one sync with `--once`).
@@ -286,6 +297,14 @@ pub fn run(opts: Options) -> Result<()> {
         },
         addresses: opts.node_ip.clone(),
     };
+    // Alive from the start: waiting for the datapath or the first list
+    // is not being stuck.
+    let probes = crate::probes::Probes::new();
+    if !opts.once && !opts.no_probes {
+        let addr = crate::probes::serve(opts.probes, probes.clone())
+            .with_context(|| format!("serving the probes on {}", opts.probes))?;
+        info!(%addr, "serving /healthz and /readyz");
+    }
     let (tx, rx) = mpsc::channel::<Input>();
     let source = Source::start(&opts, &node.name, tx)?;
     let agent = loop {
@@ -293,11 +312,13 @@ pub fn run(opts: Options) -> Result<()> {
             Ok(a) => break a,
             Err(AgentError::NotLoaded(d)) if !opts.once => {
                 info!(dir = %d, "waiting for the datapath");
+                probes.beat();
                 std::thread::sleep(WAIT_FOR_DATAPATH);
             }
             Err(e) => return Err(e).context("opening the datapath maps"),
         }
     };
+    probes.set_loaded();
     info!(node = %node.name, source = %source.describe(), "agent started");
     if let Some(cgroup) = &opts.socket_lb_cgroup {
         attach_socket_lb(&opts, cgroup)?;
@@ -331,11 +352,13 @@ pub fn run(opts: Options) -> Result<()> {
         flows: None,
         gc: Interval::default(),
         gone_pods: BTreeSet::new(),
+        record_names: endpoint_gc::RecordNames::default(),
         started: false,
         retry: None,
         events: Dedup::default(),
         uplinks,
         health,
+        probes,
     };
     d.collect_gone_pods();
     // The API-server source syncs first once every kind is listed.
@@ -369,10 +392,12 @@ impl Daemon {
         let mut gc_due = Instant::now() + self.gc.get();
         let mut flows_due = Instant::now();
         loop {
+            self.probes.beat();
             if let Some((reader, server)) = &mut self.flows
                 && Instant::now() >= flows_due
             {
-                server.publish(&reader.read(self.agent.pods(), self.agent.maps()));
+                let recorded = self.record_names.get(&self.opts.cni_data_dir);
+                server.publish(&reader.read(&[self.agent.pods(), recorded], self.agent.maps()));
                 flows_due = Instant::now() + FLOW_POLL;
             }
             let mut next = if self.flows.is_some() {
@@ -383,6 +408,7 @@ impl Daemon {
             if let Some((due, _)) = self.retry {
                 next = next.min(due);
             }
+            let next = next.min(Instant::now() + crate::probes::HEARTBEAT);
             let first = match self.rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
                 Ok(ev) => ev,
                 Err(mpsc::RecvTimeoutError::Timeout) if self.retry.is_some_and(|(due, _)| Instant::now() >= due) => {
@@ -518,6 +544,9 @@ impl Daemon {
     /// Log a sync and count it in the metrics; schedule a retry when it
     /// left failures.
     fn record(&mut self, why: &str, r: &Report, seen: Option<Instant>) {
+        // Written, if perhaps not all of it (failures are retried and
+        // reported): pods on this node have their Services and policy.
+        self.probes.set_synced();
         if let Some(h) = &mut self.health {
             h.set(self.agent.health_checks());
         }

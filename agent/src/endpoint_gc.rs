@@ -26,6 +26,15 @@ struct Record {
     ifname: String,
     netns: String,
     ips: Vec<ipnetwork::IpNetwork>,
+    #[serde(default)]
+    pod: Option<PodRef>,
+}
+
+/// The pod a record names (the plugin's `PodRef`).
+#[derive(Debug, Deserialize)]
+struct PodRef {
+    namespace: String,
+    name: String,
 }
 
 /// A pod cleaned up.
@@ -64,6 +73,41 @@ fn records(data_dir: &Path) -> Vec<(PathBuf, Record)> {
         }
     }
     out
+}
+
+/// Pod addresses -> "namespace/name" from the plugin's records: the names
+/// the runtime gave in `CNI_ARGS`, for flows of pods whose Pod object the
+/// agent has not seen (manifests without Pods, a pod just started). Read
+/// again only when a network's record directory changed.
+#[derive(Debug, Default)]
+pub struct RecordNames {
+    seen: Vec<(PathBuf, std::time::SystemTime)>,
+    names: std::collections::BTreeMap<IpAddr, String>,
+}
+
+impl RecordNames {
+    pub fn get(&mut self, data_dir: &Path) -> &std::collections::BTreeMap<IpAddr, String> {
+        let mut stamps: Vec<(PathBuf, std::time::SystemTime)> = std::fs::read_dir(data_dir.join("endpoints"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|n| Some((n.path(), n.metadata().ok()?.modified().ok()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        stamps.sort();
+        if stamps != self.seen {
+            self.names = records(data_dir)
+                .into_iter()
+                .filter_map(|(_, r)| Some((r.ips, r.pod?)))
+                .flat_map(|(ips, p)| {
+                    let name = format!("{}/{}", p.namespace, p.name);
+                    ips.into_iter().map(move |ip| (ip.ip(), name.clone()))
+                })
+                .collect();
+            self.seen = stamps;
+        }
+        &self.names
+    }
 }
 
 /// Whether the netns a record names is known to be gone: its directory is
@@ -110,7 +154,41 @@ pub fn collect(
 
 #[cfg(test)]
 mod tests {
-    use super::netns_gone;
+    use super::{RecordNames, netns_gone};
+
+    #[test]
+    fn record_names_follow_the_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = dir.path().join("endpoints/net1");
+        std::fs::create_dir_all(&net).unwrap();
+        let rec = |cid: &str, ip: &str, pod: &str| {
+            format!(r#"{{"containerId":"{cid}","ifname":"eth0","netns":"/x","ips":["{ip}/24"]{pod}}}"#)
+        };
+        std::fs::write(
+            net.join("a.json"),
+            rec("a", "10.0.0.2", r#","pod":{"namespace":"shop","name":"web-0"}"#),
+        )
+        .unwrap();
+        std::fs::write(net.join("b.json"), rec("b", "10.0.0.3", "")).unwrap();
+        let mut names = RecordNames::default();
+        let got = names.get(dir.path()).clone();
+        assert_eq!(got.len(), 1, "a record without a pod names nothing");
+        assert_eq!(got[&"10.0.0.2".parse().unwrap()], "shop/web-0");
+        std::fs::remove_file(net.join("a.json")).unwrap();
+        // The directory's time moves on removal (allow coarse clocks).
+        let t = std::fs::metadata(&net).unwrap().modified().unwrap();
+        filetime_bump(&net, t);
+        assert!(names.get(dir.path()).is_empty(), "the pod's record went");
+    }
+
+    /// Make sure the directory's mtime differs from `t` (a file system
+    /// with coarse timestamps may have kept it).
+    fn filetime_bump(dir: &std::path::Path, t: std::time::SystemTime) {
+        let f = std::fs::File::open(dir).unwrap();
+        if std::fs::metadata(dir).unwrap().modified().unwrap() == t {
+            f.set_modified(t + std::time::Duration::from_secs(1)).unwrap();
+        }
+    }
 
     #[test]
     fn only_a_missing_file_in_a_visible_directory_is_gone() {

@@ -11,7 +11,8 @@
 //!   [`health_check`] node ports of `externalTrafficPolicy: Local`;
 //! - housekeeping: expired conntrack entries ([`gc`]), pods gone without a
 //!   CNI DEL ([`endpoint_gc`]);
-//! - what it tells: [`metrics`], flow events ([`flows`]);
+//! - what it tells: [`metrics`], flow events ([`flows`]), the kubelet's
+//!   [`probes`] (over the small [`http`] server);
 //! - [`install`]: `sluice-install`, chaining sluice behind a node's plugin.
 
 pub mod agent;
@@ -20,10 +21,12 @@ pub mod endpoint_gc;
 pub mod flows;
 pub mod gc;
 pub mod health_check;
+pub mod http;
 pub mod install;
 pub mod metrics;
 pub mod node_events;
 pub mod objects;
+pub mod probes;
 pub mod services;
 pub mod source;
 pub mod uplinks;

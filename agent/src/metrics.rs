@@ -17,7 +17,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sluice_tc_datapath::maps::Maps;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// The agent's side, updated by its loop.
 #[derive(Clone)]
@@ -193,51 +193,19 @@ pub fn render(r: &Registry) -> String {
 /// Serve `/metrics` on `addr` from a thread of its own; returns the address
 /// bound (port 0 picks one).
 pub fn serve(addr: SocketAddr, registry: Registry) -> std::io::Result<SocketAddr> {
-    use http_body_util::Full;
-    use hyper::body::Bytes;
-    use hyper::{Response, StatusCode};
-
-    let std_listener = std::net::TcpListener::bind(addr)?;
-    std_listener.set_nonblocking(true)?;
-    let bound = std_listener.local_addr()?;
-    let registry = Arc::new(registry);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
-    std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        rt.block_on(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
-                return;
-            };
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let registry = registry.clone();
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let registry = registry.clone();
-                    async move {
-                        let resp = if req.uri().path() == "/metrics" {
-                            Response::builder()
-                                .header(
-                                    "content-type",
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                )
-                                .body(Full::new(Bytes::from(render(&registry))))
-                        } else {
-                            Response::builder()
-                                .status(StatusCode::NOT_FOUND)
-                                .body(Full::new(Bytes::from_static(b"not found: try /metrics\n")))
-                        };
-                        Ok::<_, std::convert::Infallible>(resp.expect("a valid response"))
-                    }
-                });
-                tokio::task::spawn(async move {
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await;
-                });
-            }
-        });
-    })?;
-    Ok(bound)
+    crate::http::serve(addr, "metrics", move |path| {
+        if path == "/metrics" {
+            (
+                hyper::StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                render(&registry),
+            )
+        } else {
+            (
+                hyper::StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found: try /metrics\n".into(),
+            )
+        }
+    })
 }

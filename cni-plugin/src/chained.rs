@@ -6,7 +6,7 @@
 //! endpoint.
 
 use crate::config::PluginConfig;
-use crate::endpoint::{Endpoint, EndpointState, EndpointStore, LinkKind, Role};
+use crate::endpoint::{Endpoint, EndpointState, EndpointStore, LinkKind, PodRef, Role};
 use crate::netlink::{Link, Netlink};
 use crate::netns::NetNs;
 use crate::{datapath, fault, pod_setup};
@@ -115,6 +115,7 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
         host_ifname: None,
         datapath: None,
         host_path: None,
+        pod: PodRef::from_args(&req.inv.args),
         state: EndpointState::Creating,
         created: Endpoint::now(),
     };

@@ -37,6 +37,12 @@ pub struct Endpoint {
     /// recorded before it is made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_path: Option<String>,
+    /// The Kubernetes pod the runtime named in `CNI_ARGS` (kubelet's
+    /// runtimes pass `K8S_POD_NAMESPACE`, `K8S_POD_NAME`, and containerd
+    /// `K8S_POD_UID`): what `sluicectl observe` names a flow's end by when
+    /// the agent has no Pod object for the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
     /// Written before ADD makes anything (so that a DEL after a crash in
     /// between knows what to undo), ready once ADD is done.
     #[serde(default)]
@@ -51,6 +57,29 @@ impl Endpoint {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
+    }
+}
+
+/// A pod as the runtime names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+impl PodRef {
+    /// From `CNI_ARGS`: both the namespace and the name, or nothing (a
+    /// runtime outside Kubernetes, podman say, sends neither).
+    pub fn from_args(args: &std::collections::BTreeMap<String, String>) -> Option<PodRef> {
+        let get = |k: &str| args.get(k).filter(|v| !v.is_empty()).cloned();
+        Some(PodRef {
+            namespace: get("K8S_POD_NAMESPACE")?,
+            name: get("K8S_POD_NAME")?,
+            uid: get("K8S_POD_UID"),
+        })
     }
 }
 
@@ -223,6 +252,11 @@ mod tests {
             host_ifname: None,
             datapath: Some(Attached::Tcx),
             host_path: None,
+            pod: Some(PodRef {
+                namespace: "shop".into(),
+                name: "web-0".into(),
+                uid: None,
+            }),
             state: EndpointState::Ready,
             created: 1,
         };
@@ -236,6 +270,25 @@ mod tests {
         assert!(
             std::fs::read_dir(s.dir()).unwrap().next().is_none(),
             "no temp files left"
+        );
+    }
+
+    #[test]
+    fn the_pod_comes_from_both_kubernetes_args_or_not_at_all() {
+        let args = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let full = PodRef::from_args(&args(&[
+            ("IgnoreUnknown", "1"),
+            ("K8S_POD_NAMESPACE", "shop"),
+            ("K8S_POD_NAME", "web-0"),
+            ("K8S_POD_UID", "u-1"),
+        ]))
+        .unwrap();
+        assert_eq!((full.namespace.as_str(), full.name.as_str()), ("shop", "web-0"));
+        assert_eq!(full.uid.as_deref(), Some("u-1"));
+        assert_eq!(PodRef::from_args(&args(&[("K8S_POD_NAME", "web-0")])), None);
+        assert_eq!(
+            PodRef::from_args(&args(&[("K8S_POD_NAMESPACE", ""), ("K8S_POD_NAME", "web-0")])),
+            None
         );
     }
 

@@ -5,7 +5,7 @@
 //! no link, lease or record behind.
 
 use crate::config::{LinkConfig, PluginConfig};
-use crate::endpoint::{Endpoint, EndpointState, EndpointStore, LinkKind, Role};
+use crate::endpoint::{Endpoint, EndpointState, EndpointStore, LinkKind, PodRef, Role};
 use crate::ipam::Ipam;
 use crate::link::{eni, ipvlan, macvlan};
 use crate::netlink::{Link, Netlink, format_mac, parse_mac};
@@ -122,6 +122,7 @@ async fn add_steps(
         host_ifname: None,
         datapath: None,
         host_path: None,
+        pod: PodRef::from_args(&c.req.inv.args),
         state: EndpointState::Creating,
         created: Endpoint::now(),
     };

@@ -19,8 +19,8 @@ impl AgentProcess {
     /// `bpffs`; its log goes to `log`.
     pub fn start(manifests: &Path, bpffs: &Path, node: &str, log: &Path) -> Result<AgentProcess> {
         let mut cmd = Command::new(bin_dir().join("sluice-agent"));
-        // A port of its own (the tests run in the root namespace).
-        cmd.args(["--metrics", "127.0.0.1:0"]);
+        // Ports of its own (the tests run in the root namespace).
+        cmd.args(["--metrics", "127.0.0.1:0", "--probes", "127.0.0.1:0"]);
         AgentProcess::spawn(cmd, manifests, bpffs, node, log)
     }
 
@@ -126,19 +126,37 @@ pub fn metrics_addr(log: &Path) -> Option<std::net::SocketAddr> {
     log_field(line, "addr")?.parse().ok()
 }
 
-/// GET /metrics from `addr`: the body.
-pub fn scrape(addr: std::net::SocketAddr) -> Result<String> {
+/// Where the agent serves its probes (`/healthz`, `/readyz`), from its log.
+pub fn probes_addr(log: &Path) -> Option<std::net::SocketAddr> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().find(|l| l.contains("serving /healthz"))?;
+    log_field(line, "addr")?.parse().ok()
+}
+
+/// GET `path` from `addr`: the status code and the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let (head, body) = out.split_once("\r\n\r\n").context("no HTTP header end")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("GET /metrics: {head}");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("GET {path}: no status in {head:?}"))?;
+    Ok((code, body.to_string()))
+}
+
+/// GET /metrics from `addr`: the body.
+pub fn scrape(addr: std::net::SocketAddr) -> Result<String> {
+    let (code, body) = http_get(addr, "/metrics")?;
+    if code != 200 {
+        bail!("GET /metrics: {code} {body}");
     }
-    Ok(body.to_string())
+    Ok(body)
 }
 
 /// A sample's value in a Prometheus text body: the line starting with

@@ -10,7 +10,7 @@
 //!   working; the restarted agent finds nothing to write.
 
 use serde_json::json;
-use sluice_integration::agent::{AgentProcess, log_field, metrics_addr, sample, scrape};
+use sluice_integration::agent::{AgentProcess, http_get, log_field, metrics_addr, probes_addr, sample, scrape};
 use sluice_integration::probe::{EchoServer, Session, StreamEcho};
 use sluice_integration::require_root;
 use sluice_integration::vpc::{Vpc, result_ip};
@@ -146,6 +146,44 @@ fn request(to: SocketAddr) -> std::io::Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out.split(':').next().unwrap_or("").to_string())
+}
+
+/// The kubelet's probes: alive from the start, ready only once the node's
+/// programs are loaded (the first pod's ADD loads them) and the first sync
+/// is written.
+#[test]
+fn the_agent_is_ready_once_loaded_and_synced() {
+    if !require_root("the_agent_is_ready_once_loaded_and_synced") {
+        return;
+    }
+    let mut vpc = Vpc::new("ar", 1).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    write_manifests(&dir, &[(Ipv4Addr::new(10, 244, 1, 99), State::Ready)]);
+    let log = work.path().join("agent.log");
+    let mut agent = AgentProcess::start(&dir, &vpc.bpffs[0].root(), &vpc.node_name(0), &log).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr = loop {
+        if let Some(a) = probes_addr(&log) {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "no probes address logged");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(http_get(addr, "/healthz").unwrap().0, 200, "alive while waiting");
+    let (code, body) = http_get(addr, "/readyz").unwrap();
+    assert_eq!(code, 503, "no programs on the node yet: {body}");
+    assert!(body.contains("datapath"), "{body}");
+
+    let p = vpc.pod("p").unwrap();
+    let conf = vpc.main_conf(0, "1.1.0");
+    vpc.sluice(0, "ADD", "p", p, &conf).expect_ok("ADD");
+    agent.wait_synced(1, Duration::from_secs(10)).unwrap();
+    let (code, body) = http_get(addr, "/readyz").unwrap();
+    assert_eq!(code, 200, "loaded and synced: {body}");
+    assert_eq!(http_get(addr, "/nothing").unwrap().0, 404);
+    vpc.sluice(0, "DEL", "p", p, &conf).expect_ok("DEL");
 }
 
 #[test]
