@@ -63,14 +63,21 @@ pub struct RuntimeConfig {
 /// One of the runtime's `portMappings` (a container's hostPort), as the
 /// portmap plugin takes it. Checked by host_port.rs, so that a bad one is
 /// named in the error.
+///
+/// containerd 1.6 (go-cni) sends the Go field names (`HostPort`,
+/// `ContainerPort`, `Protocol`, `HostIP`): its struct has no JSON tags,
+/// and the reference plugins read it anyway because Go's JSON matches
+/// field names without regard to case. Both spellings are taken here.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PortMapping {
+    #[serde(alias = "HostPort")]
     pub host_port: i64,
+    #[serde(alias = "ContainerPort")]
     pub container_port: i64,
-    #[serde(default)]
+    #[serde(default, alias = "Protocol")]
     pub protocol: Option<String>,
-    #[serde(default, rename = "hostIP")]
+    #[serde(default, rename = "hostIP", alias = "HostIP", alias = "hostIp")]
     pub host_ip: Option<String>,
 }
 
@@ -271,6 +278,25 @@ mod tests {
 
     fn parse(v: Value) -> Result<PluginConfig, CniError> {
         PluginConfig::parse(&serde_json::to_vec(&v).unwrap())
+    }
+
+    #[test]
+    fn port_mappings_in_either_runtime_spelling() {
+        // containerd 1.6 (go-cni, Go field names) and CRI-O / the CNI spec's
+        // conventions document (camelCase).
+        for m in [
+            json!({"HostPort": 30088, "ContainerPort": 8080, "Protocol": "tcp", "HostIP": ""}),
+            json!({"hostPort": 30088, "containerPort": 8080, "protocol": "tcp", "hostIP": ""}),
+        ] {
+            let c = parse(
+                json!({"cniVersion": "1.0.0", "name": "n", "type": "sluice", "prevResult": {},
+                "runtimeConfig": {"portMappings": [m]}}),
+            )
+            .unwrap();
+            let got = &c.runtime_config.port_mappings[0];
+            assert_eq!((got.host_port, got.container_port), (30088, 8080));
+            assert_eq!(got.protocol.as_deref(), Some("tcp"));
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod chain;
 pub mod cni;
+pub mod cri;
 pub mod datapath;
 pub mod fuzz;
 pub mod kube_proxy;
