@@ -21,7 +21,20 @@ impl AgentProcess {
         let mut cmd = Command::new(bin_dir().join("sluice-agent"));
         // Ports of its own (the tests run in the root namespace).
         cmd.args(["--metrics", "127.0.0.1:0", "--probes", "127.0.0.1:0"]);
-        AgentProcess::spawn(cmd, manifests, bpffs, node, log)
+        cmd.arg("--manifests").arg(manifests);
+        AgentProcess::spawn(cmd, bpffs, node, log)
+    }
+
+    /// Start the agent on an API server, the one `kubeconfig` names (the
+    /// stand-in of api_server.rs), with `extra` arguments.
+    pub fn start_kube(kubeconfig: &Path, bpffs: &Path, node: &str, log: &Path, extra: &[&str]) -> Result<AgentProcess> {
+        let mut cmd = Command::new(bin_dir().join("sluice-agent"));
+        cmd.args(["--metrics", "127.0.0.1:0", "--probes", "127.0.0.1:0", "--kubernetes"])
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("SLUICE_API_SERVER");
+        AgentProcess::spawn(cmd, bpffs, node, log)
     }
 
     /// Start the agent inside namespace `netns` (a simulated node, as a
@@ -41,18 +54,18 @@ impl AgentProcess {
             .arg("--")
             .arg(bin_dir().join("sluice-agent"))
             .arg("--no-metrics")
-            .args(extra);
-        AgentProcess::spawn(cmd, manifests, bpffs, node, log)
+            .args(extra)
+            .arg("--manifests")
+            .arg(manifests);
+        AgentProcess::spawn(cmd, bpffs, node, log)
     }
 
     /// `cmd` (the agent, or what runs it) with the arguments every test
     /// agent takes, its log to `log`.
-    fn spawn(mut cmd: Command, manifests: &Path, bpffs: &Path, node: &str, log: &Path) -> Result<AgentProcess> {
+    fn spawn(mut cmd: Command, bpffs: &Path, node: &str, log: &Path) -> Result<AgentProcess> {
         let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let socket = log.with_extension("sock");
         let child = cmd
-            .arg("--manifests")
-            .arg(manifests)
             .arg("--bpffs")
             .arg(bpffs)
             .args(["--node-name", node])

@@ -3,6 +3,7 @@
 //! ENVIRONMENT.md): no root-namespace routes, firewall or links are touched.
 
 pub mod agent;
+pub mod api_server;
 pub mod bench;
 pub mod bpffs;
 pub mod cgroup;
