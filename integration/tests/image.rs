@@ -208,6 +208,24 @@ fn the_daemonset_image_installs_chains_and_runs_the_agent() {
     let installed: Value =
         serde_json::from_str(&std::fs::read_to_string(cni_conf.join("00-sluice.conflist")).unwrap()).unwrap();
     assert_eq!(installed, full, "the node's network with sluice last");
+    // The init container again (a restarted pod, a node rebooted): the
+    // same conflist, sluice listed once, the binaries replaced by rename.
+    use std::os::unix::fs::MetadataExt;
+    let before = std::fs::metadata(cni_bin.join("sluice")).unwrap().ino();
+    let out = run(&podman, &node, &image, &args);
+    assert!(
+        out.status.success(),
+        "install again: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again: Value =
+        serde_json::from_str(&std::fs::read_to_string(cni_conf.join("00-sluice.conflist")).unwrap()).unwrap();
+    assert_eq!(again, full, "installing again changes nothing");
+    assert_ne!(
+        std::fs::metadata(cni_bin.join("sluice")).unwrap().ino(),
+        before,
+        "replaced, not rewritten in place"
+    );
 
     // Pods through the installed chain: the image's (stripped) sluice runs
     // on the host.
