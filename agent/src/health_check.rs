@@ -87,25 +87,8 @@ fn listen(port: u16) -> std::io::Result<std::net::TcpListener> {
 }
 
 async fn serve(l: std::net::TcpListener, port: u16, checks: Checks) {
-    let Ok(listener) = tokio::net::TcpListener::from_std(l) else {
-        return;
-    };
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let checks = checks.clone();
-        let service = hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
-            let check = checks.lock().expect("health check lock").get(&port).cloned();
-            async move { Ok::<_, std::convert::Infallible>(answer(check.as_ref())) }
-        });
-        tokio::task::spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
-        });
-    }
+    let answer = move |_: &str| answer(checks.lock().expect("health check lock").get(&port));
+    crate::http::accept_loop(l, Arc::new(answer)).await
 }
 
 /// kube-proxy's answer: `{"service":{"namespace":..,"name":..},

@@ -16,6 +16,7 @@
 use serde_json::Value;
 use sluice_integration::agent::AgentProcess;
 use sluice_integration::cri::{self, Containerd, Cri, PodSpec, Role, endpoint_records};
+use sluice_integration::services::ServicePort;
 use sluice_integration::vpc::{Vpc, node_ip};
 use sluice_integration::{bin_dir, require_root, skip};
 use std::path::Path;
@@ -77,29 +78,6 @@ async fn eventually<T, F: std::future::Future<Output = anyhow::Result<T>>>(
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-}
-
-fn service_manifest(dir: &Path, backend: &str) {
-    std::fs::write(
-        dir.join("web.yaml"),
-        format!(
-            "apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: shop}}
-spec:
-  clusterIP: {VIP}
-  ports: [{{name: http, port: 80, targetPort: 8080}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}
-addressType: IPv4
-ports: [{{name: http, port: 8080, protocol: TCP}}]
-endpoints: [{{addresses: [{backend}]}}]
-"
-        ),
-    )
-    .unwrap();
 }
 
 /// Nothing sluice keeps for a pod is left on node 0.
@@ -273,7 +251,9 @@ fn scenarios(test: &str, tag: &str, role: Role) {
     //    the server; the uplink programs serve the hostPort from outside.
     let manifests = work.path().join("manifests");
     std::fs::create_dir(&manifests).unwrap();
-    service_manifest(&manifests, &web_ip);
+    let backend = std::net::SocketAddr::new(web_ip.parse().unwrap(), 8080);
+    let web_svc = ServicePort::new(&format!("{VIP}:80/tcp"), &[backend]);
+    std::fs::write(manifests.join("web.yaml"), web_svc.manifest()).unwrap();
     let log = work.path().join("agent.log");
     let cni_data = vpc.data_dir.join("n0").display().to_string();
     let mut agent = AgentProcess::start_in(
