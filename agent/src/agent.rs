@@ -30,6 +30,9 @@ pub struct Report {
     pub backends: usize,
     /// NetworkPolicies in force (cluster-wide).
     pub policies: usize,
+    /// The namespaces that hold one: the pods the CNI plugin holds at ADD
+    /// until their policy is written (its policy_hold.rs).
+    pub policy_namespaces: std::collections::BTreeSet<String>,
     pub policy: ApplyStats,
     pub warnings: Vec<String>,
     /// What could not be written (Services and policy apart: one failing
@@ -62,6 +65,8 @@ pub struct Agent {
     local_addresses: Vec<IpAddr>,
     /// Pod addresses -> "namespace/name", as of the last sync.
     pods: BTreeMap<IpAddr, String>,
+    /// This node's CNI records that name their pod.
+    records: Vec<crate::endpoint_gc::PodRecord>,
 }
 
 impl Agent {
@@ -87,6 +92,7 @@ impl Agent {
             node_ips,
             local_addresses: Vec::new(),
             pods: BTreeMap::new(),
+            records: Vec::new(),
         })
     }
 
@@ -154,6 +160,13 @@ impl Agent {
         self.local_addresses = addrs;
     }
 
+    /// This node's CNI records, for the next sync: a pod just started gets
+    /// its policy (or its hold released) as soon as its Pod object is
+    /// known, before the kubelet reports its address.
+    pub fn set_pod_records(&mut self, records: Vec<crate::endpoint_gc::PodRecord>) {
+        self.records = records;
+    }
+
     /// Make the maps say what `o` says, as far as they can: what fails is
     /// in the report, and the rest is written.
     pub fn sync(&mut self, o: &Objects) -> Report {
@@ -184,9 +197,23 @@ impl Agent {
                 SyncStats::default()
             });
         failures.append(&mut services.failures);
-        let d = self
-            .translator
-            .translate(o.namespaces().values(), o.pods().values(), o.policies().values());
+        let mut recorded: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+        for r in &self.records {
+            recorded.entry(r.pod.clone()).or_default().extend(&r.ips);
+        }
+        let d = self.translator.translate_with_addresses(
+            o.namespaces().values(),
+            o.pods().values(),
+            o.policies().values(),
+            &recorded,
+        );
+        // The held pods the agent now knows, by the name in their record.
+        let known: std::collections::BTreeSet<u32> = self
+            .records
+            .iter()
+            .filter(|r| o.pods().contains_key(&r.pod))
+            .map(|r| r.endpoint_id)
+            .collect();
         let mut hosts = self.node_ips.clone();
         for a in &self.local_addresses {
             if !hosts.contains(a) {
@@ -202,10 +229,13 @@ impl Agent {
                 }
             }
         }
-        let policy = self.policy.apply(&mut self.maps, &d, &hosts).unwrap_or_else(|e| {
-            failures.push(format!("NetworkPolicy: {e}"));
-            ApplyStats::default()
-        });
+        let policy = self
+            .policy
+            .apply_releasing(&mut self.maps, &d, &hosts, &known)
+            .unwrap_or_else(|e| {
+                failures.push(format!("NetworkPolicy: {e}"));
+                ApplyStats::default()
+            });
         let mut warnings = self.translation.warnings();
         warnings.append(&mut services.warnings);
         warnings.extend(d.warnings);
@@ -213,6 +243,11 @@ impl Agent {
             services,
             backends: self.services.backends(),
             policies: o.policies().len(),
+            policy_namespaces: o
+                .policies()
+                .values()
+                .map(|p| p.metadata.namespace.clone().unwrap_or_else(|| "default".into()))
+                .collect(),
             policy,
             warnings,
             failures,

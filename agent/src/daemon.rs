@@ -101,6 +101,12 @@ pub struct Options {
     /// Read no flow events (another reader has the ring).
     #[arg(long)]
     pub no_flows: bool,
+    /// Where to list the namespaces that hold a NetworkPolicy, for the CNI
+    /// plugin: it holds a pod of those at ADD (only its node reachable)
+    /// until its policy is written. The CNI config's
+    /// `policyAtStart.namespacesFile`.
+    #[arg(long, default_value = "/run/sluice/policy-namespaces.json")]
+    pub policy_namespaces_file: PathBuf,
     /// The CNI plugin's `dataDir` (its endpoint records name each pod's
     /// netns; pods whose netns is gone lose their datapath state).
     #[arg(long, default_value = endpoint_gc::CNI_DATA_DIR)]
@@ -181,10 +187,12 @@ fn cgroup2_dir(dir: &std::path::Path) -> PathBuf {
     }
 }
 
-/// What wakes the loop: a file event, or the API-server store changed.
+/// What wakes the loop: a file event, the API-server store changed, or
+/// the CNI plugin's endpoint records changed (a pod started or went).
 enum Input {
     File(notify::Result<notify::Event>),
     Kube,
+    Records,
 }
 
 /// Where the objects come from.
@@ -244,6 +252,7 @@ impl Source {
 struct Changes {
     paths: BTreeSet<PathBuf>,
     kube: bool,
+    records: bool,
 }
 
 impl Changes {
@@ -257,6 +266,7 @@ impl Changes {
             Input::File(Ok(_)) => {}
             Input::File(Err(e)) => warn!(error = %e, "file watcher"),
             Input::Kube => self.kube = true,
+            Input::Records => self.records = true,
         }
     }
 }
@@ -283,6 +293,36 @@ struct Daemon {
     uplinks: Vec<crate::uplinks::Uplink>,
     health: Option<crate::health_check::HealthServers>,
     probes: Arc<crate::probes::Probes>,
+    /// The CNI records' watcher (alive as long as it is held).
+    _records: Option<notify::RecommendedWatcher>,
+    /// What the policy namespaces file says, as last written.
+    policy_namespaces: Option<BTreeSet<String>>,
+}
+
+/// Watch the CNI plugin's endpoint records: a pod's ADD or DEL wakes the
+/// loop at once (its policy, or its hold released, follows in
+/// milliseconds). None when the directory is not there (no pod has been
+/// made on this node: the collection pass reads it later).
+fn watch_records(cni_data_dir: &std::path::Path, tx: mpsc::Sender<Input>) -> Option<notify::RecommendedWatcher> {
+    let endpoints = cni_data_dir.join("endpoints");
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        let Ok(ev) = ev else { return };
+        let ours = ev
+            .paths
+            .iter()
+            .any(|p| p.starts_with(&endpoints) && p.extension().is_some_and(|e| e == "json"));
+        if ours && (ev.kind.is_create() || ev.kind.is_modify() || ev.kind.is_remove()) {
+            let _ = tx.send(Input::Records);
+        }
+    })
+    .ok()?;
+    match w.watch(cni_data_dir, RecursiveMode::Recursive) {
+        Ok(()) => Some(w),
+        Err(e) => {
+            info!(dir = %cni_data_dir.display(), error = %e, "not watching the CNI records (pods' holds wait for a sync)");
+            None
+        }
+    }
 }
 
 /// Run the agent until its source stops (or after one sync with `--once`).
@@ -306,6 +346,11 @@ pub fn run(opts: Options) -> Result<()> {
         info!(%addr, "serving /healthz and /readyz");
     }
     let (tx, rx) = mpsc::channel::<Input>();
+    let records = if opts.once {
+        None
+    } else {
+        watch_records(&opts.cni_data_dir, tx.clone())
+    };
     let source = Source::start(&opts, &node.name, tx)?;
     let agent = loop {
         match Agent::open(&opts.bpffs, node.clone(), opts.node_ip.clone()) {
@@ -359,12 +404,13 @@ pub fn run(opts: Options) -> Result<()> {
         uplinks,
         health,
         probes,
+        _records: records,
+        policy_namespaces: None,
     };
     d.collect_gone_pods();
     // The API-server source syncs first once every kind is listed.
-    if let Source::Dir(dir, _) = &d.source {
-        d.agent.set_local_addresses(crate::agent::local_addresses());
-        let r = d.agent.sync(dir.objects());
+    if let Source::Dir(..) = &d.source {
+        let r = d.sync_now().expect("a directory is whole from the start");
         d.record("start", &r, None);
         if d.opts.once {
             return Ok(());
@@ -438,9 +484,9 @@ impl Daemon {
 
     /// Sync what the changes touched; true when a sync happened.
     fn apply(&mut self, changes: Changes, seen: Instant) -> bool {
-        let r = match &mut self.source {
+        match &mut self.source {
             Source::Dir(dir, _) => {
-                if changes.paths.is_empty() {
+                if changes.paths.is_empty() && !changes.records {
                     return false;
                 }
                 for p in &changes.paths {
@@ -448,21 +494,12 @@ impl Daemon {
                         warn!(error = %e, "manifest not applied; its previous objects stay");
                     }
                 }
-                {
-                    self.agent.set_local_addresses(crate::agent::local_addresses());
-                    self.agent.sync(dir.objects())
-                }
             }
-            Source::Kube(store, _) => {
-                if !changes.kube {
-                    return false;
-                }
-                let store = store.lock().expect("store lock");
-                {
-                    self.agent.set_local_addresses(crate::agent::local_addresses());
-                    self.agent.sync(store.objects())
-                }
-            }
+            Source::Kube(..) if !changes.kube && !changes.records => return false,
+            Source::Kube(..) => {}
+        }
+        let Some(r) = self.sync_now() else {
+            return false;
         };
         let why = if self.started { "change" } else { "start" };
         self.record(why, &r, self.started.then_some(seen));
@@ -472,20 +509,50 @@ impl Daemon {
 
     /// The last sync left failures: try again with what the source holds.
     fn resync(&mut self) {
-        let r = match &self.source {
-            Source::Dir(dir, _) => {
-                self.agent.set_local_addresses(crate::agent::local_addresses());
-                self.agent.sync(dir.objects())
-            }
+        if let Some(r) = self.sync_now() {
+            self.record("retry", &r, None);
+        }
+    }
+
+    /// Sync the maps with what the source holds and the node is now (its
+    /// addresses, its CNI records); None while the API server's kinds are
+    /// not all listed.
+    fn sync_now(&mut self) -> Option<Report> {
+        self.agent.set_local_addresses(crate::agent::local_addresses());
+        self.agent
+            .set_pod_records(endpoint_gc::pod_records(&self.opts.cni_data_dir));
+        match &self.source {
+            Source::Dir(dir, _) => Some(self.agent.sync(dir.objects())),
             Source::Kube(store, _) => {
                 let store = store.lock().expect("store lock");
-                {
-                    self.agent.set_local_addresses(crate::agent::local_addresses());
-                    self.agent.sync(store.objects())
-                }
+                store.synced().then(|| self.agent.sync(store.objects()))
             }
-        };
-        self.record("retry", &r, None);
+        }
+    }
+
+    /// List the namespaces that hold a policy for the CNI plugin (when
+    /// they changed): written whole, then renamed over the old list.
+    fn write_policy_namespaces(&mut self, now: &BTreeSet<String>) {
+        if self.policy_namespaces.as_ref() == Some(now) {
+            return;
+        }
+        let path = &self.opts.policy_namespaces_file;
+        let body = serde_json::json!({"namespaces": now}).to_string();
+        let tmp = path.with_extension("json.tmp");
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&tmp, body))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        match written {
+            Ok(()) => {
+                info!(file = %path.display(), namespaces = now.len(), "policy namespaces written");
+                self.policy_namespaces = Some(now.clone());
+            }
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "cannot write the policy namespaces (pods start unheld)")
+            }
+        }
     }
 
     fn collect_conntrack(&mut self) {
@@ -547,6 +614,7 @@ impl Daemon {
         // Written, if perhaps not all of it (failures are retried and
         // reported): pods on this node have their Services and policy.
         self.probes.set_synced();
+        self.write_policy_namespaces(&r.policy_namespaces);
         if let Some(h) = &mut self.health {
             h.set(self.agent.health_checks());
         }
@@ -571,6 +639,9 @@ impl Daemon {
             changed = r.services.changed,
             removed = r.services.removed,
             policy_endpoints = r.policy.endpoints,
+            held = r.policy.held,
+            released = r.policy.released,
+            hold_flows = r.policy.hold_flows,
             writes = r.writes(),
             failing = r.failures.len(),
             sync_ms = format!("{:.2}", r.took.as_secs_f64() * 1e3),

@@ -110,6 +110,35 @@ impl RecordNames {
     }
 }
 
+/// A pod this node's CNI plugin recorded with the name the runtime gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRecord {
+    /// Its endpoint id (the datapath's, from container id and ifname).
+    pub endpoint_id: u32,
+    /// "namespace/name".
+    pub pod: String,
+    pub ips: Vec<IpAddr>,
+}
+
+/// The live pods of this node's records (their netns is not known to be
+/// gone) that carry the pod's name: a pod just started is known by them
+/// before the kubelet reports its address, and by name rather than by an
+/// address another pod's stale object may still claim.
+pub fn pod_records(data_dir: &Path) -> Vec<PodRecord> {
+    records(data_dir)
+        .into_iter()
+        .filter(|(_, r)| !netns_gone(&r.netns))
+        .filter_map(|(_, r)| {
+            let p = r.pod?;
+            Some(PodRecord {
+                endpoint_id: pin::attachment_id(&r.container_id, &r.ifname),
+                pod: format!("{}/{}", p.namespace, p.name),
+                ips: r.ips.iter().map(|n| n.ip()).collect(),
+            })
+        })
+        .collect()
+}
+
 /// Whether the netns a record names is known to be gone: its directory is
 /// visible (an agent in a container without the host's `/run/netns`, or a
 /// `/proc/<pid>/ns/net` of another PID namespace, cannot judge, and must

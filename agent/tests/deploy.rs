@@ -299,6 +299,24 @@ fn the_agent_command_line_parses_and_its_probes_reach_what_it_serves() {
     for p in ["/healthz", "/readyz"] {
         assert_ne!(probes.answer(p).0, hyper::StatusCode::NOT_FOUND, "{p}");
     }
+    // The list of policy namespaces is written where the host's CNI plugin
+    // reads it: a host directory mounted at its parent.
+    let dir = opts
+        .policy_namespaces_file
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mount = agent
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == dir)
+        .unwrap_or_else(|| panic!("{dir} is not mounted from the host"));
+    assert_ne!(mount.read_only, Some(true), "{dir} is written");
+    let volume = pod.volumes.iter().flatten().find(|v| v.name == mount.name).unwrap();
+    assert_eq!(volume.host_path.as_ref().unwrap().path, dir, "the host's own {dir}");
     // The metrics port it declares is the one it serves.
     let metrics: SocketAddr = flag(&args, "--metrics").unwrap().parse().unwrap();
     let declared: Vec<i32> = agent.ports.iter().flatten().map(|p| p.container_port).collect();

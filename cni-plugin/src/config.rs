@@ -51,6 +51,40 @@ pub struct PluginConfig {
     /// `portMappings` become hostPorts (host_port.rs).
     #[serde(default)]
     pub runtime_config: RuntimeConfig,
+    /// A pod's policy before the agent has seen it (policy_hold.rs).
+    #[serde(default)]
+    pub policy_at_start: PolicyAtStart,
+}
+
+/// Where the agent lists the namespaces that hold a NetworkPolicy
+/// (`sluice-agent --policy-namespaces-file`).
+pub const DEFAULT_POLICY_NAMESPACES_FILE: &str = "/run/sluice/policy-namespaces.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PolicyAtStart {
+    pub mode: HoldMode,
+    /// The namespaces the agent lists as holding a NetworkPolicy.
+    pub namespaces_file: PathBuf,
+}
+
+impl Default for PolicyAtStart {
+    fn default() -> Self {
+        PolicyAtStart {
+            mode: HoldMode::Strict,
+            namespaces_file: PathBuf::from(DEFAULT_POLICY_NAMESPACES_FILE),
+        }
+    }
+}
+
+/// strict: a pod some policy may select is held (node only) from ADD until
+/// the agent writes its policy. permissive: unrestricted until then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldMode {
+    #[default]
+    Strict,
+    Permissive,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

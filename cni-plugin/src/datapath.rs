@@ -49,12 +49,30 @@ pub fn attach(cfg: &PluginConfig, ns: &NetNs, ep: &Endpoint) -> Result<Attached,
     let got = node
         .attach(ns.as_fd(), &ep.ifname, &key, cfg.datapath.attach)
         .map_err(|e| cni_err(e, &format!("attaching to {what}")))?;
-    if let Err(e) = crate::fault::at("add:programs").and_then(|()| publish(node.dir(), ep)) {
+    // The hold first: the pod is judged by it from its first packet.
+    let held = crate::policy_hold::must_hold(cfg, ep);
+    let undo_hold = || {
+        if held {
+            crate::policy_hold::release(node.dir(), ep)
+        }
+    };
+    if let Err(e) = crate::fault::at("add:programs")
+        .and_then(|()| {
+            if held {
+                crate::policy_hold::hold(node.dir(), ep)
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| publish(node.dir(), ep))
+    {
+        undo_hold();
         let _ = attach::detach(node.dir(), Some(ns.as_fd()), &ep.ifname, &key);
         return Err(e);
     }
     if let Err(e) = crate::host_port::publish(cfg, node.dir(), ep) {
         let _ = unpublish(node.dir(), ep);
+        undo_hold();
         let _ = attach::detach(node.dir(), Some(ns.as_fd()), &ep.ifname, &key);
         return Err(e);
     }

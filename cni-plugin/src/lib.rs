@@ -22,3 +22,4 @@ pub mod netlink;
 pub mod netns;
 pub mod plugin;
 pub mod pod_setup;
+pub mod policy_hold;

@@ -71,6 +71,9 @@ impl AgentProcess {
             .args(["--node-name", node])
             .arg("--flows-socket")
             .arg(&socket)
+            // The test's own list (the default is the host's /run/sluice).
+            .arg("--policy-namespaces-file")
+            .arg(log.with_extension("policy-namespaces.json"))
             .env(
                 "SLUICE_LOG",
                 std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into()),
@@ -85,6 +88,12 @@ impl AgentProcess {
             log: log.to_path_buf(),
             socket,
         })
+    }
+
+    /// Where this agent lists the namespaces that hold a policy (the CNI
+    /// config's `policyAtStart.namespacesFile`).
+    pub fn policy_namespaces_file(&self) -> PathBuf {
+        self.log.with_extension("policy-namespaces.json")
     }
 
     /// Wait until the log has `n` "synced" lines; returns them.

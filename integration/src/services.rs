@@ -221,6 +221,8 @@ impl Services {
             ])
             .arg("--cni-data-dir")
             .arg(vpc.data_dir.join(format!("n{node}")))
+            .arg("--policy-namespaces-file")
+            .arg(vpc.data_dir.join(format!("policy-namespaces-n{node}.json")))
             .args(extra)
             .output()
             .context("running sluice-agent (built? cargo build --workspace --bins)")?;

@@ -481,6 +481,8 @@ fn agent_collects_pods_whose_netns_is_gone() {
         .arg(vpc.bpffs[0].root())
         .args(["--node-name", &vpc.node_name(0), "--once", "--cni-data-dir"])
         .arg(vpc.data_dir.join("n0"))
+        .arg("--policy-namespaces-file")
+        .arg(vpc.data_dir.join("policy-namespaces.json"))
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);

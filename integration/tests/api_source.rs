@@ -98,6 +98,8 @@ fn manifest_sync(vpc: &Vpc, dir: &Path, objects: &[Value]) {
         .args(["--node-name", NODE, "--once", "--no-metrics", "--no-flows"])
         .arg("--cni-data-dir")
         .arg(vpc.data_dir.join("n0"))
+        .arg("--policy-namespaces-file")
+        .arg(vpc.data_dir.join("policy-namespaces.json"))
         .output()
         .unwrap();
     assert!(

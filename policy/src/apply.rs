@@ -12,7 +12,8 @@
 use crate::translate::Desired;
 use ipnetwork::IpNetwork;
 use sluice_tc_datapath::layout::{
-    EpPolicyValue, ID_HOST, NAME_IDENTITY, NAME_POLICY, NameValue, POLICY_F_EGRESS, POLICY_F_INGRESS, PolicyMatch,
+    EpPolicyValue, ID_HOST, NAME_IDENTITY, NAME_POLICY, NameValue, POLICY_F_EGRESS, POLICY_F_INGRESS, POLICY_F_PENDING,
+    PolicyMatch,
 };
 use sluice_tc_datapath::maps::policy::RuleEntry;
 use sluice_tc_datapath::maps::{Maps, MapsError};
@@ -46,6 +47,12 @@ pub struct ApplyStats {
     pub removed: usize,
     /// Pods of this node some policy selects.
     pub endpoints: usize,
+    /// Pods held since their ADD whose hold this apply replaced.
+    pub released: usize,
+    /// Pods still held: the agent does not know them yet.
+    pub held: usize,
+    /// Flows of released pods dropped with their hold.
+    pub hold_flows: usize,
 }
 
 /// Keeps one node's maps in step with `Desired`.
@@ -82,7 +89,29 @@ impl NodeApplier {
     /// Apply `d` to this node: `host` are the node's own addresses (they
     /// may always reach its pods).
     pub fn apply(&mut self, maps: &mut Maps, d: &Desired, host: &[IpAddr]) -> Result<ApplyStats, MapsError> {
-        let want = self.wanted(maps, d, host)?;
+        self.apply_releasing(maps, d, host, &BTreeSet::new())
+    }
+
+    /// `apply`, releasing the holds of `known`: endpoints held at ADD whose
+    /// Pod object the caller has matched to them (by the name in their CNI
+    /// record: not by address, which another pod's stale object may still
+    /// claim).
+    pub fn apply_releasing(
+        &mut self,
+        maps: &mut Maps,
+        d: &Desired,
+        host: &[IpAddr],
+        known: &BTreeSet<u32>,
+    ) -> Result<ApplyStats, MapsError> {
+        let (want, local) = self.wanted(maps, d, host)?;
+        // Read before anything is written over them.
+        let held: Vec<u32> = maps
+            .policy()
+            .endpoint_policies()?
+            .into_iter()
+            .filter(|e| e.state.flags & POLICY_F_PENDING != 0)
+            .map(|e| e.endpoint_id)
+            .collect();
         let have = &self.applied;
         let mut st = ApplyStats {
             endpoints: want.endpoints.len(),
@@ -118,6 +147,9 @@ impl NodeApplier {
                 st.written += 1;
             }
         }
+        // Right after the pods' new entries: a flow opened on hold passes
+        // on its conntrack entry only until here.
+        self.release_holds(maps, &held, known, &want, &local, &mut st)?;
         for ep in have.endpoints.keys().filter(|e| !want.endpoints.contains_key(e)) {
             maps.policy_mut().remove_endpoint_policy(*ep)?;
             st.removed += 1;
@@ -142,9 +174,39 @@ impl NodeApplier {
         Ok(st)
     }
 
+    /// Pods the CNI plugin held at ADD (policy_hold.rs in the plugin) that
+    /// are `known` now: their hold becomes their policy, or goes when none
+    /// selects them; the flows opened on hold go too, so that none keeps a
+    /// verdict from before the pod's policy was known. Pods not known yet
+    /// stay held.
+    fn release_holds(
+        &self,
+        maps: &mut Maps,
+        held: &[u32],
+        known: &BTreeSet<u32>,
+        want: &State,
+        local: &BTreeMap<IpAddr, u32>,
+        st: &mut ApplyStats,
+    ) -> Result<(), MapsError> {
+        for &id in held {
+            if !known.contains(&id) {
+                st.held += 1;
+                continue;
+            }
+            let addrs: Vec<IpAddr> = local.iter().filter(|(_, e)| **e == id).map(|(a, _)| *a).collect();
+            match want.endpoints.get(&id) {
+                Some(v) => maps.policy_mut().set_endpoint_policy(id, *v)?,
+                None => maps.policy_mut().remove_endpoint_policy(id)?,
+            }
+            st.hold_flows += maps.ct_mut().remove_involving(&addrs)?;
+            st.released += 1;
+        }
+        Ok(())
+    }
+
     /// `d` as this node's map entries: endpoints are the pods of this node
     /// (found by address in the endpoint map).
-    fn wanted(&self, maps: &Maps, d: &Desired, host: &[IpAddr]) -> Result<State, MapsError> {
+    fn wanted(&self, maps: &Maps, d: &Desired, host: &[IpAddr]) -> Result<(State, BTreeMap<IpAddr, u32>), MapsError> {
         let local: BTreeMap<IpAddr, u32> = maps
             .endpoints()
             .entries()?
@@ -203,6 +265,6 @@ impl NodeApplier {
                 }
             }
         }
-        Ok(s)
+        Ok((s, local))
     }
 }

@@ -174,3 +174,28 @@ fn invalid_rules_allow_nothing_and_are_reported() {
     assert!(web.ingress.is_some(), "still isolates");
     assert!(web.rules.is_empty(), "and allows nothing: {:?}", web.rules);
 }
+
+/// The node's CNI records give a pod just started its addresses before the
+/// kubelet reports them, and they win over a stale object of a pod gone
+/// whose address the new pod was given.
+#[test]
+fn recorded_addresses_fill_in_and_win() {
+    let nss = [ns("x", json!({}))];
+    let mut fresh = pod("x", "new", "10.0.0.9", json!({"app": "new"}), json!([]));
+    fresh.status = None;
+    let stale = pod("x", "old", "10.0.0.9", json!({"app": "old"}), json!([]));
+    let pol = policy("x", "p", json!({"podSelector": {"matchLabels": {"app": "new"}}}));
+    let recorded = [("x/new".to_string(), vec![ip("10.0.0.9")])].into_iter().collect();
+    let mut t = Translator::new();
+    let d = t.translate_with_addresses(&nss, [&fresh, &stale], [&pol], &recorded);
+    assert_eq!(d.endpoints["x/new"].ips, [ip("10.0.0.9")], "the recorded address");
+    let id = d.endpoints["x/new"].identity;
+    assert_eq!(
+        d.ipcache[&ip("10.0.0.9")],
+        id,
+        "the new pod's identity, not the stale one's"
+    );
+    // Without the record the new pod has no address and selects nothing.
+    let d = t.translate(&nss, [&fresh, &stale], [&pol]);
+    assert!(d.endpoints.get("x/new").is_none_or(|e| e.ips.is_empty()));
+}

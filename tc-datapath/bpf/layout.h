@@ -374,6 +374,10 @@ struct cidr_key {
  * pod: unrestricted both ways. */
 #define POLICY_F_INGRESS 0x01	/* some policy isolates the pod for ingress */
 #define POLICY_F_EGRESS 0x02	/* ... for egress */
+/* Set by CNI ADD on a pod that a policy may select before the agent has
+ * written its own (with both flags above, no rules): it may talk to its
+ * node only, both ways, until the agent replaces the entry. */
+#define POLICY_F_PENDING 0x04
 
 /* Which kinds of rule a pod has in a direction (kinds[DIR_*]): a new flow
  * looks up only the kinds that exist, the exact port always. */

@@ -360,6 +360,9 @@ pub struct CidrKey {
 
 pub const POLICY_F_INGRESS: u8 = 0x01;
 pub const POLICY_F_EGRESS: u8 = 0x02;
+/// ADD's hold on a pod some policy may select, until the agent writes its
+/// own entry: isolated both ways, no rules, its node allowed both ways.
+pub const POLICY_F_PENDING: u8 = 0x04;
 
 /// The kinds of rule an endpoint has in one direction (`EpPolicyValue::kinds`).
 pub const RULE_K_ANY_PORT: u8 = 0x01;

@@ -152,6 +152,20 @@ impl Translator {
         pods: impl IntoIterator<Item = &'a Pod>,
         policies: impl IntoIterator<Item = &'a NetworkPolicy>,
     ) -> Desired {
+        self.translate_with_addresses(namespaces, pods, policies, &BTreeMap::new())
+    }
+
+    /// `translate`, with the addresses of pods whose status has none yet
+    /// ("namespace/name" -> addresses): a pod just started, whose
+    /// addresses the node's CNI plugin recorded before the kubelet
+    /// reported them.
+    pub fn translate_with_addresses<'a>(
+        &mut self,
+        namespaces: impl IntoIterator<Item = &'a Namespace>,
+        pods: impl IntoIterator<Item = &'a Pod>,
+        policies: impl IntoIterator<Item = &'a NetworkPolicy>,
+        addresses: &BTreeMap<String, Vec<IpAddr>>,
+    ) -> Desired {
         let policies: Vec<&NetworkPolicy> = policies.into_iter().collect();
         let mut d = Desired::default();
         let ns_labels: BTreeMap<String, Labels> = namespaces
@@ -165,7 +179,16 @@ impl Translator {
             .collect();
 
         // Pods that have addresses and are not done: each gets its identity.
-        let infos: Vec<PodInfo> = pods.into_iter().filter_map(|p| self.pod_info(p, &ns_labels)).collect();
+        // This node's records are the truth about its addresses: a stale
+        // object of a pod gone (its address given to a new pod) loses it.
+        let owners: BTreeMap<IpAddr, &str> = addresses
+            .iter()
+            .flat_map(|(k, ips)| ips.iter().map(move |ip| (*ip, k.as_str())))
+            .collect();
+        let infos: Vec<PodInfo> = pods
+            .into_iter()
+            .filter_map(|p| self.pod_info(p, &ns_labels, addresses, &owners))
+            .collect();
         let live: BTreeSet<IdentityKey> = infos.iter().map(|i| i.id_key.clone()).collect();
         self.identities.retain(&live);
         for i in &infos {
@@ -197,7 +220,13 @@ impl Translator {
 
     /// A pod's identity and what policy needs of it; None for a pod that
     /// has no address of its own (host network) or is done.
-    fn pod_info(&mut self, p: &Pod, ns_labels: &BTreeMap<String, Labels>) -> Option<PodInfo> {
+    fn pod_info(
+        &mut self,
+        p: &Pod,
+        ns_labels: &BTreeMap<String, Labels>,
+        addresses: &BTreeMap<String, Vec<IpAddr>>,
+        owners: &BTreeMap<IpAddr, &str>,
+    ) -> Option<PodInfo> {
         let spec = p.spec.as_ref();
         let status = p.status.as_ref();
         if spec.and_then(|s| s.host_network) == Some(true)
@@ -216,6 +245,13 @@ impl Translator {
             && let Some(ip) = status.and_then(|s| s.pod_ip.as_ref()).and_then(|i| i.parse().ok())
         {
             ips.push(ip);
+        }
+        let key = format!("{namespace}/{}", p.metadata.name.clone().unwrap_or_default());
+        ips.retain(|ip| owners.get(ip).is_none_or(|o| *o == key));
+        if ips.is_empty()
+            && let Some(a) = addresses.get(&key)
+        {
+            ips = a.clone();
         }
         let mut nsl = ns_labels.get(&namespace).cloned().unwrap_or_default();
         nsl.insert(NAMESPACE_NAME_LABEL.into(), namespace.clone());
@@ -237,7 +273,7 @@ impl Translator {
             })
             .collect();
         Some(PodInfo {
-            key: format!("{namespace}/{}", p.metadata.name.clone().unwrap_or_default()),
+            key,
             identity: self.identities.id(&id_key),
             id_key,
             ips,

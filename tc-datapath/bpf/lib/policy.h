@@ -58,8 +58,9 @@ static __always_inline int policy_allows(const struct ep_policy_value *pol, __u3
 			id = v->identity;
 	}
 	*peer_id = id ? id : ID_WORLD;
-	/* Kubernetes: a pod cannot block its own node (kubelet probes). */
-	if (id == ID_HOST && dir == DIR_INGRESS)
+	/* Kubernetes: a pod cannot block its own node (kubelet probes); a pod
+	 * on hold since its ADD may also reach its node (node-local DNS). */
+	if (id == ID_HOST && (dir == DIR_INGRESS || (pol->flags & POLICY_F_PENDING)))
 		return 1;
 	if (id && rule_allows(&k, id, kinds))
 		return 1;

@@ -15,6 +15,7 @@ use super::{CT, CT_PODS, MapsError, Source, capacity, err, lookup, removed};
 use crate::layout::{Addr, CT_SERVICE, CtKey, CtPodValue, CtValue, PROTO_TCP};
 use aya::maps::{HashMap, MapData};
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 /// Now on the datapath's clock: `bpf_ktime_get_ns` is CLOCK_MONOTONIC.
 pub fn now_ns() -> u64 {
@@ -115,6 +116,21 @@ impl CtMaps {
         let keys: Vec<CtKey> = self.ct.keys().collect::<Result<_, _>>().map_err(err(CT.name))?;
         let mut n = 0;
         for k in &keys {
+            n += usize::from(self.remove(k)?);
+        }
+        Ok(n)
+    }
+
+    /// Remove every entry with one of `addrs` at either end (a pod's
+    /// flows); returns how many.
+    pub fn remove_involving(&mut self, addrs: &[IpAddr]) -> Result<usize, MapsError> {
+        let want: Vec<Addr> = addrs.iter().map(|a| crate::layout::addr(*a)).collect();
+        let keys: Vec<CtKey> = self.ct.keys().collect::<Result<_, _>>().map_err(err(CT.name))?;
+        let mut n = 0;
+        for k in keys
+            .iter()
+            .filter(|k| want.contains(&k.saddr) || want.contains(&k.daddr))
+        {
             n += usize::from(self.remove(k)?);
         }
         Ok(n)
