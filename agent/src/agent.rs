@@ -160,6 +160,11 @@ impl Agent {
         self.local_addresses = addrs;
     }
 
+    /// Label keys left out of every identity (`--identity-exclude-labels`).
+    pub fn exclude_identity_labels(&mut self, keys: Vec<String>) {
+        self.translator.exclude_labels(keys);
+    }
+
     /// This node's CNI records, for the next sync: a pod just started gets
     /// its policy (or its hold released) as soon as its Pod object is
     /// known, before the kubelet reports its address.
@@ -197,6 +202,11 @@ impl Agent {
                 SyncStats::default()
             });
         failures.append(&mut services.failures);
+        // Rules for this node's pods only; identities for the cluster's.
+        match self.maps.endpoints().entries() {
+            Ok(e) => self.translator.set_local(Some(e.into_iter().map(|e| e.addr).collect())),
+            Err(e) => failures.push(format!("NetworkPolicy: reading the endpoint map: {e}")),
+        }
         let mut recorded: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
         for r in &self.records {
             recorded.entry(r.pod.clone()).or_default().extend(&r.ips);

@@ -101,6 +101,12 @@ pub struct Options {
     /// Read no flow events (another reader has the ring).
     #[arg(long)]
     pub no_flows: bool,
+    /// Label keys never part of a pod's identity, comma-separated. Not
+    /// needed for labels no selector reads (identities keep only the keys
+    /// some selector in force uses); a selector on an excluded key reads it
+    /// as absent, and the agent warns about it.
+    #[arg(long, value_delimiter = ',')]
+    pub identity_exclude_labels: Vec<String>,
     /// Where to list the namespaces that hold a NetworkPolicy, for the CNI
     /// plugin: it holds a pod of those at ADD (only its node reachable)
     /// until its policy is written. The CNI config's
@@ -363,6 +369,8 @@ pub fn run(opts: Options) -> Result<()> {
             Err(e) => return Err(e).context("opening the datapath maps"),
         }
     };
+    let mut agent = agent;
+    agent.exclude_identity_labels(opts.identity_exclude_labels.clone());
     probes.set_loaded();
     info!(node = %node.name, source = %source.describe(), "agent started");
     if let Some(cgroup) = &opts.socket_lb_cgroup {

@@ -28,6 +28,9 @@ struct Record {
     ips: Vec<ipnetwork::IpNetwork>,
     #[serde(default)]
     pod: Option<PodRef>,
+    /// "creating" while ADD is under way, "ready" (or absent) after.
+    #[serde(default)]
+    state: Option<String>,
 }
 
 /// The pod a record names (the plugin's `PodRef`).
@@ -121,13 +124,15 @@ pub struct PodRecord {
 }
 
 /// The live pods of this node's records (their netns is not known to be
-/// gone) that carry the pod's name: a pod just started is known by them
-/// before the kubelet reports its address, and by name rather than by an
-/// address another pod's stale object may still claim.
+/// gone, their ADD is done: addresses, endpoint entries and any hold are
+/// in place) that carry the pod's name: a pod just started is known by
+/// them before the kubelet reports its address, and by name rather than by
+/// an address another pod's stale object may still claim.
 pub fn pod_records(data_dir: &Path) -> Vec<PodRecord> {
     records(data_dir)
         .into_iter()
-        .filter(|(_, r)| !netns_gone(&r.netns))
+        .filter(|(_, r)| !netns_gone(&r.netns) && r.state.as_deref().is_none_or(|s| s == "ready"))
+        .filter(|(_, r)| !r.ips.is_empty())
         .filter_map(|(_, r)| {
             let p = r.pod?;
             Some(PodRecord {

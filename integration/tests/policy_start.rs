@@ -308,7 +308,8 @@ fn a_held_pod_reaches_no_denied_peer_from_its_first_packet() {
     assert_eq!(
         sink.total(),
         (0, 0),
-        "datagrams and connections the denied peer received from held pods"
+        "datagrams and connections the denied peer received from held pods, by source: {:?}",
+        sink.seen.lock().unwrap()
     );
     assert_eq!(node_reached, 100, "held pods reach their node");
     eprintln!(

@@ -30,6 +30,7 @@ use crate::selector::{Labels, matches};
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use rules::{Peers, RulePort, expand, ports};
 use sluice_tc_datapath::ids::IdAllocator;
 use sluice_tc_datapath::layout::{Direction, ID_FIRST_ALLOCATED, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
@@ -83,6 +84,14 @@ impl IdentityKey {
     }
 }
 
+/// The pods of a translation, indexed the ways the policies read them.
+struct View<'a> {
+    pods: &'a [PodInfo],
+    /// Each live identity and the label set it stands for.
+    idents: &'a BTreeMap<u32, &'a IdentityKey>,
+    by_ns: &'a BTreeMap<&'a str, Vec<&'a PodInfo>>,
+}
+
 struct PodInfo {
     key: String,
     identity: u32,
@@ -105,6 +114,11 @@ pub struct Translator {
     identities: IdAllocator<IdentityKey>,
     cidrs: IdAllocator<IpNetwork>,
     policies: IdAllocator<(String, String)>,
+    /// Label keys never part of an identity (`--identity-exclude-labels`).
+    excluded: BTreeSet<String>,
+    /// This node's pod addresses: only their pods get rules (None: every
+    /// pod, for the tools and tests that want the whole cluster).
+    local: Option<BTreeSet<IpAddr>>,
 }
 
 impl Default for Translator {
@@ -114,8 +128,46 @@ impl Default for Translator {
             // CIDR identities from a range of their own, so an id says what it is.
             cidrs: IdAllocator::new(1 << 24),
             policies: IdAllocator::new(1),
+            excluded: BTreeSet::new(),
+            local: None,
         }
     }
+}
+
+/// The label keys some selector in force reads: of pods (policies' pod
+/// selectors and their peers') and of namespaces (peers' namespace
+/// selectors). An identity keeps only those: a label no selector reads
+/// (`pod-template-hash`, a build id) cannot split pods that every policy
+/// treats alike, and a selector on restricted labels decides as it would
+/// on all of them (it reads only the keys it names).
+fn relevant_keys(policies: &[&NetworkPolicy]) -> (BTreeSet<String>, BTreeSet<String>) {
+    fn keys(sel: &LabelSelector, into: &mut BTreeSet<String>) {
+        into.extend(sel.match_labels.iter().flatten().map(|(k, _)| k.clone()));
+        into.extend(sel.match_expressions.iter().flatten().map(|r| r.key.clone()));
+    }
+    let (mut pod, mut ns) = (BTreeSet::new(), BTreeSet::new());
+    for p in policies {
+        if let Some(sel) = p.spec.as_ref().and_then(|s| s.pod_selector.as_ref()) {
+            keys(sel, &mut pod);
+        }
+        for peer in all_peers(p) {
+            if let Some(sel) = &peer.pod_selector {
+                keys(sel, &mut pod);
+            }
+            if let Some(sel) = &peer.namespace_selector {
+                keys(sel, &mut ns);
+            }
+        }
+    }
+    (pod, ns)
+}
+
+fn restricted(labels: &Labels, keep: &BTreeSet<String>, excluded: &BTreeSet<String>) -> Labels {
+    labels
+        .iter()
+        .filter(|(k, _)| keep.contains(*k) && !excluded.contains(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
@@ -142,6 +194,18 @@ fn within(inner: &IpNetwork, outer: &IpNetwork) -> bool {
 impl Translator {
     pub fn new() -> Translator {
         Translator::default()
+    }
+
+    /// Leave these label keys out of every identity, whatever selects on
+    /// them (a selector on one then sees it absent, and is warned about).
+    pub fn exclude_labels(&mut self, keys: impl IntoIterator<Item = String>) {
+        self.excluded = keys.into_iter().collect();
+    }
+
+    /// Give rules to the pods of these addresses only (this node's); the
+    /// identities, the ipcache and the CIDRs stay the whole cluster's.
+    pub fn set_local(&mut self, local: Option<BTreeSet<IpAddr>>) {
+        self.local = local;
     }
 
     /// The objects by reference, from wherever the caller keeps them (the
@@ -179,6 +243,31 @@ impl Translator {
             .collect();
 
         // Pods that have addresses and are not done: each gets its identity.
+        let policies_all = policies;
+        let (pod_keys, ns_keys) = relevant_keys(&policies_all);
+        for p in &policies_all {
+            let all_sel = p
+                .spec
+                .iter()
+                .flat_map(|s| s.pod_selector.iter())
+                .chain(all_peers(p).flat_map(|x| x.pod_selector.iter().chain(x.namespace_selector.iter())));
+            for sel in all_sel {
+                let named = sel
+                    .match_labels
+                    .iter()
+                    .flatten()
+                    .map(|(k, _)| k)
+                    .chain(sel.match_expressions.iter().flatten().map(|r| &r.key));
+                for k in named.filter(|k| self.excluded.contains(*k)) {
+                    d.warnings.push(format!(
+                        "policy {}/{}: selects on {k}, a label left out of identities (--identity-exclude-labels): it is read as absent",
+                        namespace_of(&p.metadata),
+                        p.metadata.name.clone().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        let policies = policies_all;
         // This node's records are the truth about its addresses: a stale
         // object of a pod gone (its address given to a new pod) loses it.
         let owners: BTreeMap<IpAddr, &str> = addresses
@@ -187,7 +276,7 @@ impl Translator {
             .collect();
         let infos: Vec<PodInfo> = pods
             .into_iter()
-            .filter_map(|p| self.pod_info(p, &ns_labels, addresses, &owners))
+            .filter_map(|p| self.pod_info(p, &ns_labels, addresses, &owners, (&pod_keys, &ns_keys)))
             .collect();
         let live: BTreeSet<IdentityKey> = infos.iter().map(|i| i.id_key.clone()).collect();
         self.identities.retain(&live);
@@ -212,8 +301,21 @@ impl Translator {
             .map(|p| (namespace_of(&p.metadata), p.metadata.name.clone().unwrap_or_default()))
             .collect();
         self.policies.retain(&live);
+        // Selectors are evaluated once per identity (a label set), not per
+        // pod; a policy's subjects are looked for in its namespace only.
+        let mut idents: BTreeMap<u32, &IdentityKey> = BTreeMap::new();
+        let mut by_ns: BTreeMap<&str, Vec<&PodInfo>> = BTreeMap::new();
+        for i in &infos {
+            idents.entry(i.identity).or_insert(&i.id_key);
+            by_ns.entry(i.id_key.namespace.as_str()).or_default().push(i);
+        }
+        let view = View {
+            pods: &infos,
+            idents: &idents,
+            by_ns: &by_ns,
+        };
         for pol in sorted {
-            self.policy(pol, &infos, &mut d);
+            self.policy(pol, &view, &mut d);
         }
         d
     }
@@ -226,6 +328,7 @@ impl Translator {
         ns_labels: &BTreeMap<String, Labels>,
         addresses: &BTreeMap<String, Vec<IpAddr>>,
         owners: &BTreeMap<IpAddr, &str>,
+        (pod_keys, ns_keys): (&BTreeSet<String>, &BTreeSet<String>),
     ) -> Option<PodInfo> {
         let spec = p.spec.as_ref();
         let status = p.status.as_ref();
@@ -257,8 +360,12 @@ impl Translator {
         nsl.insert(NAMESPACE_NAME_LABEL.into(), namespace.clone());
         let id_key = IdentityKey {
             namespace: namespace.clone(),
-            pod_labels: p.metadata.labels.clone().unwrap_or_default(),
-            ns_labels: nsl,
+            pod_labels: restricted(
+                p.metadata.labels.as_ref().unwrap_or(&Labels::new()),
+                pod_keys,
+                &self.excluded,
+            ),
+            ns_labels: restricted(&nsl, ns_keys, &BTreeSet::new()),
         };
         let ports = spec
             .into_iter()
@@ -281,7 +388,8 @@ impl Translator {
         })
     }
 
-    fn policy(&mut self, pol: &NetworkPolicy, pods: &[PodInfo], d: &mut Desired) {
+    fn policy(&mut self, pol: &NetworkPolicy, view: &View<'_>, d: &mut Desired) {
+        let pods = view.pods;
         let ns = namespace_of(&pol.metadata);
         let name = pol.metadata.name.clone().unwrap_or_default();
         let id = self.policies.id(&(ns.clone(), name.clone()));
@@ -293,22 +401,31 @@ impl Translator {
             _ => vec!["Ingress"],
         };
         let selector = spec.pod_selector.clone().unwrap_or_default();
-        let subjects: Vec<&PodInfo> = pods
-            .iter()
-            .filter(|p| p.id_key.namespace == ns && matches(&selector, &p.id_key.pod_labels))
+        let local = self.local.as_ref();
+        let subjects: Vec<&PodInfo> = view
+            .by_ns
+            .get(ns.as_str())
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|p| local.is_none_or(|l| p.ips.iter().any(|ip| l.contains(ip))))
+            .filter(|p| matches(&selector, &p.id_key.pod_labels))
             .collect();
+        if subjects.is_empty() {
+            return;
+        }
         let what = format!("policy {ns}/{name}");
         // Each rule read once, applied to every subject.
         let mut rules: Vec<(Direction, Peers, Vec<RulePort>)> = Vec::new();
         if types.contains(&"Ingress") {
             for r in spec.ingress.iter().flatten() {
-                let peers = self.peers(&ns, r.from.as_deref(), pods, d, &what);
+                let peers = self.peers(&ns, r.from.as_deref(), view.idents, d, &what);
                 rules.push((Direction::Ingress, peers, ports(r.ports.as_deref(), d, &what)));
             }
         }
         if types.contains(&"Egress") {
             for r in spec.egress.iter().flatten() {
-                let peers = self.peers(&ns, r.to.as_deref(), pods, d, &what);
+                let peers = self.peers(&ns, r.to.as_deref(), view.idents, d, &what);
                 rules.push((Direction::Egress, peers, ports(r.ports.as_deref(), d, &what)));
             }
         }
@@ -334,7 +451,7 @@ impl Translator {
         &mut self,
         policy_ns: &str,
         peers: Option<&[NetworkPolicyPeer]>,
-        pods: &[PodInfo],
+        idents: &BTreeMap<u32, &IdentityKey>,
         d: &mut Desired,
         what: &str,
     ) -> Peers {
@@ -361,17 +478,17 @@ impl Translator {
                 }
                 continue;
             }
-            for p in pods {
+            for (id, key) in idents {
                 let ns_ok = match &peer.namespace_selector {
-                    Some(sel) => matches(sel, &p.id_key.ns_labels),
-                    None => p.id_key.namespace == policy_ns,
+                    Some(sel) => matches(sel, &key.ns_labels),
+                    None => key.namespace == policy_ns,
                 };
                 let pod_ok = peer
                     .pod_selector
                     .as_ref()
-                    .is_none_or(|sel| matches(sel, &p.id_key.pod_labels));
+                    .is_none_or(|sel| matches(sel, &key.pod_labels));
                 if ns_ok && pod_ok {
-                    ids.insert(p.identity);
+                    ids.insert(*id);
                 }
             }
         }
