@@ -247,6 +247,12 @@ impl Agent {
                 ApplyStats::default()
             });
         let mut warnings = self.translation.warnings();
+        if policy.unnamed > 0 {
+            warnings.push(format!(
+                "{} identity and policy names did not fit the names map: drop events and sluicectl show their numbers",
+                policy.unnamed
+            ));
+        }
         warnings.append(&mut services.warnings);
         warnings.extend(d.warnings);
         Report {

@@ -623,6 +623,15 @@ impl Daemon {
         // reported): pods on this node have their Services and policy.
         self.probes.set_synced();
         self.write_policy_namespaces(&r.policy_namespaces);
+        // A large sync (a first list, a re-list) leaves the parse and
+        // translation buffers free but held by the allocator's arenas:
+        // give them back, so the agent's resident size is what it keeps.
+        if r.took > Duration::from_millis(50) {
+            // SAFETY: malloc_trim only releases free memory of glibc's heap.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
         if let Some(h) = &mut self.health {
             h.set(self.agent.health_checks());
         }

@@ -20,6 +20,14 @@ pub enum Object {
 }
 
 impl Object {
+    /// Only what the agent reads (a Pod's few fields: `slim_pod`).
+    pub fn slimmed(self) -> Object {
+        match self {
+            Object::Pod(p) => Object::Pod(Box::new(slim_pod(*p))),
+            o => o,
+        }
+    }
+
     /// (kind, "namespace/name" or "name" for cluster-scoped kinds).
     pub fn id(&self) -> (&'static str, String) {
         let (kind, meta) = match self {
@@ -206,6 +214,7 @@ impl Objects {
     /// Add or replace an object (the later of two with one key wins). An
     /// object equal to the one it replaces changes nothing.
     pub fn insert(&mut self, o: Object) {
+        let o = o.slimmed();
         let (_, k) = o.id();
         fn same<T: PartialEq>(m: &BTreeMap<String, T>, k: &str, o: &T) -> bool {
             m.get(k) == Some(o)
@@ -296,5 +305,55 @@ impl Objects {
             "Node" => of(&self.nodes),
             _ => Vec::new(),
         }
+    }
+}
+
+/// What the agent reads of a Pod, and nothing else: its name, namespace
+/// and labels, whether it has the host's network, its containers' named
+/// ports, its phase and addresses. A cluster's Pods are most of what the
+/// agent holds, and a full object (managed fields, annotations, env,
+/// volumes, conditions) is several times that.
+pub fn slim_pod(p: Pod) -> Pod {
+    use k8s_openapi::api::core::v1::{Container, ContainerPort, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    let spec = p.spec.map(|s| PodSpec {
+        host_network: s.host_network,
+        node_name: s.node_name,
+        containers: s
+            .containers
+            .into_iter()
+            .map(|c| Container {
+                name: c.name,
+                ports: c.ports.map(|ps| {
+                    ps.into_iter()
+                        .filter(|p| p.name.is_some())
+                        .map(|p| ContainerPort {
+                            name: p.name,
+                            container_port: p.container_port,
+                            protocol: p.protocol,
+                            ..Default::default()
+                        })
+                        .collect()
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    });
+    let status = p.status.map(|s| PodStatus {
+        phase: s.phase,
+        pod_ip: s.pod_ip,
+        pod_ips: s.pod_ips,
+        ..Default::default()
+    });
+    Pod {
+        metadata: ObjectMeta {
+            name: p.metadata.name,
+            namespace: p.metadata.namespace,
+            labels: p.metadata.labels,
+            ..Default::default()
+        },
+        spec,
+        status,
     }
 }

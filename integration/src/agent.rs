@@ -90,6 +90,11 @@ impl AgentProcess {
         })
     }
 
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Where this agent lists the namespaces that hold a policy (the CNI
     /// config's `policyAtStart.namespacesFile`).
     pub fn policy_namespaces_file(&self) -> PathBuf {

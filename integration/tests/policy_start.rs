@@ -372,3 +372,94 @@ fn a_held_pod_reaches_no_denied_peer_from_its_first_packet() {
     }
     drop(agent);
 }
+
+/// The identities' size on a real node: 5,000 Pod objects of one
+/// Deployment, each with its own `pod-template-hash`, and two real pods.
+/// While no selector reads the hash they make one identity; a policy that
+/// selects on it splits them, one per pod, and an established connection
+/// (allowed by a rule on `app`) keeps going through the recomputation, as
+/// new ones do.
+#[test]
+fn identities_split_on_a_new_selector_and_connections_survive() {
+    const T: &str = "identities_split_on_a_new_selector_and_connections_survive";
+    if !require_root(T) {
+        return;
+    }
+    let mut vpc = Vpc::new("pi", 1).unwrap();
+    let conf = vpc.main_conf(0, "1.1.0");
+    let srv_pod = vpc.pod("srv").unwrap();
+    let r = vpc.sluice(0, "ADD", "srv", srv_pod, &conf).expect_ok("ADD").json();
+    let srv: IpAddr = result_ip(&r).parse().unwrap();
+    let cli_pod = vpc.pod("cli").unwrap();
+    let r = vpc.sluice(0, "ADD", "cli", cli_pod, &conf).expect_ok("ADD").json();
+    let cli: IpAddr = result_ip(&r).parse().unwrap();
+    let _echo = sluice_integration::probe::StreamEcho::start(&vpc.pods[srv_pod], 7000, "srv").unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    let manifests = work.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    let pod = |name: &str, app: &str, hash: &str, ip: IpAddr| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: {app}, pod-template-hash: {hash}}}}}\n\
+             spec: {{containers: [{{name: c, image: x}}]}}\nstatus: {{phase: Running, podIP: \"{ip}\"}}\n"
+        )
+    };
+    let mut docs = vec![
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n".to_string(),
+        pod("srv", "srv", "s0", srv),
+        pod("cli", "cli", "c0", cli),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: srv, namespace: x}\n\
+         spec:\n  podSelector: {matchLabels: {app: srv}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: cli}}}]\n    ports: [{port: 7000}]\n"
+            .to_string(),
+    ];
+    for i in 0..5000u32 {
+        let ip = IpAddr::from([10, 250, (i / 250) as u8, (i % 250 + 1) as u8]);
+        docs.push(pod(&format!("cli-{i}"), "cli", &format!("h{i}"), ip));
+    }
+    std::fs::write(manifests.join("cluster.yaml"), docs.join("---\n")).unwrap();
+    let log = work.path().join("agent.log");
+    let mut agent = AgentProcess::start(&manifests, &vpc.bpffs[0].root(), &vpc.node_name(0), &log).unwrap();
+    agent.wait_synced(1, Duration::from_secs(60)).unwrap();
+    let identities = || {
+        vpc.maps(0)
+            .unwrap()
+            .observe()
+            .names()
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.kind == layout::NAME_IDENTITY && n.id >= layout::ID_FIRST_ALLOCATED && n.id < 1 << 24)
+            .count()
+    };
+    assert_eq!(identities(), 2, "srv and cli: 5,002 pods, two relevant label sets");
+    let mut session = sluice_integration::probe::Session::open(&vpc.pods[cli_pod], SocketAddr::new(srv, 7000)).unwrap();
+    assert_eq!(session.ask("before").unwrap(), "srv:before");
+
+    // A policy that reads the hash: identities split, one per pod.
+    std::fs::write(
+        manifests.join("canary.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: canary, namespace: x}\n\
+         spec:\n  podSelector: {matchLabels: {pod-template-hash: c0}}\n  policyTypes: [Egress]\n  egress: [{}]\n",
+    )
+    .unwrap();
+    agent.wait_synced(2, Duration::from_secs(60)).unwrap();
+    assert_eq!(identities(), 5002, "one identity per distinct hash now");
+    assert_eq!(
+        session.ask("during").unwrap(),
+        "srv:during",
+        "the established connection survives"
+    );
+    let mut fresh = sluice_integration::probe::Session::open(&vpc.pods[cli_pod], SocketAddr::new(srv, 7000)).unwrap();
+    assert_eq!(
+        fresh.ask("new").unwrap(),
+        "srv:new",
+        "and a new one is allowed under the new identity"
+    );
+    std::fs::remove_file(manifests.join("canary.yaml")).unwrap();
+    agent.wait_synced(3, Duration::from_secs(60)).unwrap();
+    assert_eq!(identities(), 2, "back to two");
+    assert_eq!(session.ask("after").unwrap(), "srv:after");
+    drop(agent);
+    for (name, p) in [("srv", srv_pod), ("cli", cli_pod)] {
+        vpc.sluice(0, "DEL", name, p, &conf).expect_ok("DEL");
+    }
+}

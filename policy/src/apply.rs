@@ -53,6 +53,8 @@ pub struct ApplyStats {
     pub held: usize,
     /// Flows of released pods dropped with their hold.
     pub hold_flows: usize,
+    /// Identity and policy names that did not fit the names map.
+    pub unnamed: usize,
 }
 
 /// Keeps one node's maps in step with `Desired`.
@@ -117,12 +119,19 @@ impl NodeApplier {
             endpoints: want.endpoints.len(),
             ..Default::default()
         };
+        // Names are for the tools (drop events, sluicectl): a full names map
+        // costs names, never enforcement. What did not fit is counted and
+        // tried again at the next apply.
+        let mut unnamed = Vec::new();
         for (k, v) in &want.names {
             if have.names.get(k) != Some(v) {
-                maps.observe_mut().set_name(k.0, k.1, v)?;
-                st.written += 1;
+                match maps.observe_mut().set_name(k.0, k.1, v) {
+                    Ok(()) => st.written += 1,
+                    Err(_) => unnamed.push(*k),
+                }
             }
         }
+        st.unnamed = unnamed.len();
         for (ip, id) in &want.ipcache {
             if have.ipcache.get(ip) != Some(id) {
                 maps.policy_mut().set_identity(*ip, *id)?;
@@ -169,6 +178,10 @@ impl NodeApplier {
         for k in have.names.keys().filter(|k| !want.names.contains_key(k)) {
             maps.observe_mut().remove_name(k.0, k.1)?;
             st.removed += 1;
+        }
+        let mut want = want;
+        for k in &unnamed {
+            want.names.remove(k);
         }
         self.applied = want;
         Ok(st)

@@ -199,3 +199,71 @@ fn recorded_addresses_fill_in_and_win() {
     let d = t.translate(&nss, [&fresh, &stale], [&pol]);
     assert!(d.endpoints.get("x/new").is_none_or(|e| e.ips.is_empty()));
 }
+
+/// 5,000 pods of one Deployment, each with its own `pod-template-hash`:
+/// one identity while no selector reads the hash, one per pod once a
+/// policy does, and back.
+#[test]
+fn identities_keep_only_the_labels_selectors_read() {
+    let nss = [ns("x", json!({})), ns("y", json!({}))];
+    let pods: Vec<Pod> = (0..5000)
+        .map(|i| {
+            pod(
+                "x",
+                &format!("web-{i}"),
+                &format!("10.1.{}.{}", i / 250, i % 250 + 1),
+                json!({"app": "web", "pod-template-hash": format!("h{i}")}),
+                json!([]),
+            )
+        })
+        .chain([pod("y", "cli", "10.2.0.1", json!({"app": "cli"}), json!([]))])
+        .collect();
+    let by_app = policy(
+        "x",
+        "web",
+        json!({"podSelector": {"matchLabels": {"app": "web"}},
+               "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "cli"}}}]}]}),
+    );
+    let distinct = |d: &sluice_policy::Desired| d.ipcache.values().collect::<std::collections::BTreeSet<_>>().len();
+    let mut t = Translator::new();
+    let d = t.translate(&nss, &pods, [&by_app]);
+    assert_eq!(distinct(&d), 2, "web and cli: the hash is read by no selector");
+    assert_eq!(d.endpoints.len(), 5000, "every web pod is selected");
+    let web = d.ipcache[&ip("10.1.0.1")];
+    assert!(
+        !d.identities[&web].contains("pod-template-hash"),
+        "{}",
+        d.identities[&web]
+    );
+
+    // A policy that selects on the hash: every pod its own identity, and
+    // the one it names gets its rules.
+    let by_hash = policy(
+        "x",
+        "canary",
+        json!({"podSelector": {"matchLabels": {"pod-template-hash": "h7"}}, "policyTypes": ["Egress"], "egress": []}),
+    );
+    let d = t.translate(&nss, &pods, [&by_app, &by_hash]);
+    assert_eq!(distinct(&d), 5001);
+    assert!(d.endpoints["x/web-7"].egress.is_some() && d.endpoints["x/web-8"].egress.is_none());
+    assert!(
+        d.endpoints["x/web-8"].ingress.is_some(),
+        "the first policy still selects every web pod"
+    );
+
+    // Gone again: one identity, and it is stable (the allocator's).
+    let d = t.translate(&nss, &pods, [&by_app]);
+    assert_eq!(distinct(&d), 2);
+
+    // Excluded: the hash never counts, a selector on it reads it absent.
+    let mut t = Translator::new();
+    t.exclude_labels(["pod-template-hash".to_string()]);
+    let d = t.translate(&nss, &pods, [&by_app, &by_hash]);
+    assert_eq!(distinct(&d), 2);
+    assert!(d.endpoints.get("x/web-7").is_none_or(|e| e.egress.is_none()));
+    assert!(
+        d.warnings.iter().any(|w| w.contains("pod-template-hash")),
+        "{:?}",
+        d.warnings
+    );
+}

@@ -54,7 +54,9 @@ impl KubeStore {
                 false
             }
             Event::InitApply(o) => {
-                self.listing.entry(kind).or_default().push(o);
+                // Slimmed now: a whole cluster's Pods are held here until
+                // the list is complete.
+                self.listing.entry(kind).or_default().push(o.slimmed());
                 false
             }
             Event::InitDone => {

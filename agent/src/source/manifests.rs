@@ -188,6 +188,9 @@ impl ManifestDir {
     fn replace(&mut self, path: &Path, objects: Option<Vec<Object>>) {
         let old = match objects {
             Some(new) => {
+                // Kept per file too (to restore an object another file
+                // drops): only what the agent reads of each.
+                let new: Vec<Object> = new.into_iter().map(Object::slimmed).collect();
                 for o in &new {
                     self.merged.insert(o.clone());
                 }
