@@ -11,6 +11,8 @@
 //!   entry's new identity and its new rules), p50/p99, and the agent's own
 //!   sync time for it (how long its loop is busy).
 //!
+//! Run:
+//!
 //!     cargo build --release --workspace --bins
 //!     sudo target/release/bench-cluster --pods 5000,50000
 
