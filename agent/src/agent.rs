@@ -179,18 +179,7 @@ impl Agent {
         self.pods = o
             .pods()
             .iter()
-            .flat_map(|(k, p)| {
-                let status = p.status.as_ref();
-                let ips = status
-                    .and_then(|s| s.pod_ips.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .map(|i| i.ip.as_str());
-                ips.chain(status.and_then(|s| s.pod_ip.as_deref()))
-                    .filter_map(|a| a.parse().ok())
-                    .map(move |a: IpAddr| (a, k.clone()))
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|(k, p)| p.ips.iter().map(move |a| (*a, k.clone())))
             .collect();
         self.translation.update(o, &self.node);
         let mut failures = Vec::new();
@@ -211,7 +200,7 @@ impl Agent {
         for r in &self.records {
             recorded.entry(r.pod.clone()).or_default().extend(&r.ips);
         }
-        let d = self.translator.translate_with_addresses(
+        let d = self.translator.translate_views(
             o.namespaces().values(),
             o.pods().values(),
             o.policies().values(),

@@ -623,10 +623,11 @@ impl Daemon {
         // reported): pods on this node have their Services and policy.
         self.probes.set_synced();
         self.write_policy_namespaces(&r.policy_namespaces);
-        // A large sync (a first list, a re-list) leaves the parse and
-        // translation buffers free but held by the allocator's arenas:
-        // give them back, so the agent's resident size is what it keeps.
-        if r.took > Duration::from_millis(50) {
+        // The first sync (a whole cluster listed and parsed) leaves its
+        // buffers free but held by the allocator's arenas: give them back,
+        // so the agent's resident size is what it keeps. Not after every
+        // sync: the next one would fault the pages back in.
+        if !self.started && r.took > Duration::from_millis(50) {
             // SAFETY: malloc_trim only releases free memory of glibc's heap.
             unsafe {
                 libc::malloc_trim(0);

@@ -5,6 +5,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use sluice_policy::PodView;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -69,7 +70,8 @@ pub struct Objects {
     services: BTreeMap<String, Service>,
     slices: BTreeMap<String, EndpointSlice>,
     policies: BTreeMap<String, NetworkPolicy>,
-    pods: BTreeMap<String, Pod>,
+    /// Pods in the compact form policy reads (most of what the agent holds).
+    pods: BTreeMap<String, PodView>,
     namespaces: BTreeMap<String, Namespace>,
     nodes: BTreeMap<String, Node>,
     /// Service key -> its slices' keys.
@@ -153,7 +155,7 @@ impl Objects {
     pub fn policies(&self) -> &BTreeMap<String, NetworkPolicy> {
         &self.policies
     }
-    pub fn pods(&self) -> &BTreeMap<String, Pod> {
+    pub fn pods(&self) -> &BTreeMap<String, PodView> {
         &self.pods
     }
     pub fn namespaces(&self) -> &BTreeMap<String, Namespace> {
@@ -223,7 +225,7 @@ impl Objects {
             Object::Service(o) => same(&self.services, &k, o),
             Object::EndpointSlice(o) => same(&self.slices, &k, o),
             Object::NetworkPolicy(o) => same(&self.policies, &k, o),
-            Object::Pod(o) => same(&self.pods, &k, o),
+            Object::Pod(o) => same(&self.pods, &k, &PodView::from(&**o)),
             Object::Namespace(o) => same(&self.namespaces, &k, o),
             Object::Node(o) => same(&self.nodes, &k, o),
         };
@@ -242,7 +244,7 @@ impl Objects {
                 self.slice_moved(&k, old, new);
             }
             Object::NetworkPolicy(o) => drop(self.policies.insert(k, *o)),
-            Object::Pod(o) => drop(self.pods.insert(k, *o)),
+            Object::Pod(o) => drop(self.pods.insert(k, PodView::from(&*o))),
             Object::Namespace(o) => drop(self.namespaces.insert(k, *o)),
             Object::Node(o) => {
                 let new = node_addresses(&o).cloned();

@@ -10,4 +10,4 @@ pub mod selector;
 pub mod translate;
 
 pub use apply::{ApplyStats, NodeApplier};
-pub use translate::{Desired, EndpointPolicy, Translator};
+pub use translate::{Desired, EndpointPolicy, NamedPort, PodView, Translator};

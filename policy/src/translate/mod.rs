@@ -102,10 +102,65 @@ struct PodInfo {
 }
 
 /// A container port with a name.
-struct NamedPort {
-    name: String,
-    proto: u8,
-    number: u16,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPort {
+    pub name: String,
+    pub proto: u8,
+    pub number: u16,
+}
+
+/// What policy reads of a Pod, in a compact form (a cluster's Pods are most
+/// of what the agent holds): its name, namespace and labels, its addresses
+/// and named ports; `inert` when it has the host's network or is done (no
+/// address of its own to police).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodView {
+    pub name: String,
+    pub namespace: String,
+    pub labels: Labels,
+    pub inert: bool,
+    pub ips: Vec<IpAddr>,
+    pub ports: Vec<NamedPort>,
+}
+
+impl From<&Pod> for PodView {
+    fn from(p: &Pod) -> PodView {
+        let spec = p.spec.as_ref();
+        let status = p.status.as_ref();
+        let inert = spec.and_then(|s| s.host_network) == Some(true)
+            || matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+        let mut ips: Vec<IpAddr> = status
+            .and_then(|s| s.pod_ips.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.parse().ok())
+            .collect();
+        if ips.is_empty()
+            && let Some(ip) = status.and_then(|s| s.pod_ip.as_ref()).and_then(|i| i.parse().ok())
+        {
+            ips.push(ip);
+        }
+        let ports = spec
+            .into_iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|cp| {
+                Some(NamedPort {
+                    name: cp.name.clone()?,
+                    proto: proto(cp.protocol.as_deref())?,
+                    number: u16::try_from(cp.container_port).ok()?,
+                })
+            })
+            .collect();
+        PodView {
+            name: p.metadata.name.clone().unwrap_or_default(),
+            namespace: namespace_of(&p.metadata),
+            labels: p.metadata.labels.clone().unwrap_or_default(),
+            inert,
+            ips,
+            ports,
+        }
+    }
 }
 
 /// Turns cluster objects into `Desired`, keeping identity and policy ids
@@ -230,6 +285,19 @@ impl Translator {
         policies: impl IntoIterator<Item = &'a NetworkPolicy>,
         addresses: &BTreeMap<String, Vec<IpAddr>>,
     ) -> Desired {
+        let views: Vec<PodView> = pods.into_iter().map(PodView::from).collect();
+        self.translate_views(namespaces, &views, policies, addresses)
+    }
+
+    /// `translate_with_addresses` over Pods already in their compact form
+    /// (the agent's store keeps them so).
+    pub fn translate_views<'a, 'p>(
+        &mut self,
+        namespaces: impl IntoIterator<Item = &'a Namespace>,
+        pods: impl IntoIterator<Item = &'p PodView>,
+        policies: impl IntoIterator<Item = &'a NetworkPolicy>,
+        addresses: &BTreeMap<String, Vec<IpAddr>>,
+    ) -> Desired {
         let policies: Vec<&NetworkPolicy> = policies.into_iter().collect();
         let mut d = Desired::default();
         let ns_labels: BTreeMap<String, Labels> = namespaces
@@ -324,67 +392,36 @@ impl Translator {
     /// has no address of its own (host network) or is done.
     fn pod_info(
         &mut self,
-        p: &Pod,
+        p: &PodView,
         ns_labels: &BTreeMap<String, Labels>,
         addresses: &BTreeMap<String, Vec<IpAddr>>,
         owners: &BTreeMap<IpAddr, &str>,
         (pod_keys, ns_keys): (&BTreeSet<String>, &BTreeSet<String>),
     ) -> Option<PodInfo> {
-        let spec = p.spec.as_ref();
-        let status = p.status.as_ref();
-        if spec.and_then(|s| s.host_network) == Some(true)
-            || matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
-        {
+        if p.inert {
             return None;
         }
-        let namespace = namespace_of(&p.metadata);
-        let mut ips: Vec<IpAddr> = status
-            .and_then(|s| s.pod_ips.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i.ip.parse().ok())
-            .collect();
-        if ips.is_empty()
-            && let Some(ip) = status.and_then(|s| s.pod_ip.as_ref()).and_then(|i| i.parse().ok())
-        {
-            ips.push(ip);
-        }
-        let key = format!("{namespace}/{}", p.metadata.name.clone().unwrap_or_default());
+        let key = format!("{}/{}", p.namespace, p.name);
+        let mut ips = p.ips.clone();
         ips.retain(|ip| owners.get(ip).is_none_or(|o| *o == key));
         if ips.is_empty()
             && let Some(a) = addresses.get(&key)
         {
             ips = a.clone();
         }
-        let mut nsl = ns_labels.get(&namespace).cloned().unwrap_or_default();
-        nsl.insert(NAMESPACE_NAME_LABEL.into(), namespace.clone());
+        let mut nsl = ns_labels.get(&p.namespace).cloned().unwrap_or_default();
+        nsl.insert(NAMESPACE_NAME_LABEL.into(), p.namespace.clone());
         let id_key = IdentityKey {
-            namespace: namespace.clone(),
-            pod_labels: restricted(
-                p.metadata.labels.as_ref().unwrap_or(&Labels::new()),
-                pod_keys,
-                &self.excluded,
-            ),
+            namespace: p.namespace.clone(),
+            pod_labels: restricted(&p.labels, pod_keys, &self.excluded),
             ns_labels: restricted(&nsl, ns_keys, &BTreeSet::new()),
         };
-        let ports = spec
-            .into_iter()
-            .flat_map(|s| s.containers.iter())
-            .flat_map(|c| c.ports.iter().flatten())
-            .filter_map(|cp| {
-                Some(NamedPort {
-                    name: cp.name.clone()?,
-                    proto: proto(cp.protocol.as_deref())?,
-                    number: u16::try_from(cp.container_port).ok()?,
-                })
-            })
-            .collect();
         Some(PodInfo {
             key,
             identity: self.identities.id(&id_key),
             id_key,
             ips,
-            ports,
+            ports: p.ports.clone(),
         })
     }
 
