@@ -77,7 +77,13 @@ impl Agent {
         if !dir.join("maps").exists() {
             return Err(AgentError::NotLoaded(dir.display().to_string()));
         }
-        Agent::with_maps(Maps::open_pinned(&dir)?, node, node_ips)
+        // The first ADD may be loading the datapath right now: its maps are
+        // pinned a moment before the programs' info is written.
+        let maps = match Maps::open_pinned(&dir) {
+            Err(MapsError::NotLoaded { .. }) => return Err(AgentError::NotLoaded(dir.display().to_string())),
+            r => r?,
+        };
+        Agent::with_maps(maps, node, node_ips)
     }
 
     /// An agent over maps already open (a datapath loaded by the caller).

@@ -35,7 +35,7 @@ use rules::{Peers, RulePort, expand, ports};
 use sluice_tc_datapath::ids::IdAllocator;
 use sluice_tc_datapath::layout::{Direction, ID_FIRST_ALLOCATED, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use sluice_tc_datapath::maps::policy::Rule;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 /// The label every namespace carries, set by the API server.
@@ -86,7 +86,7 @@ impl IdentityKey {
 
 /// The pods of a translation, indexed the ways the policies read them.
 struct View<'a> {
-    pods: &'a [PodInfo],
+    pods: &'a [&'a PodInfo],
     /// Each live identity and the label set it stands for.
     idents: &'a BTreeMap<u32, &'a IdentityKey>,
     by_ns: &'a BTreeMap<&'a str, Vec<&'a PodInfo>>,
@@ -102,7 +102,7 @@ struct PodInfo {
 }
 
 /// A container port with a name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NamedPort {
     pub name: String,
     pub proto: u8,
@@ -113,7 +113,7 @@ pub struct NamedPort {
 /// of what the agent holds): its name, namespace and labels, its addresses
 /// and named ports; `inert` when it has the host's network or is done (no
 /// address of its own to police).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PodView {
     pub name: String,
     pub namespace: String,
@@ -174,6 +174,31 @@ pub struct Translator {
     /// This node's pod addresses: only their pods get rules (None: every
     /// pod, for the tools and tests that want the whole cluster).
     local: Option<BTreeSet<IpAddr>>,
+    /// Each pod's translation, kept while its compact form, the relevant
+    /// label keys and the namespaces' labels stay as they were: a change
+    /// of one pod translates that pod, not the cluster.
+    cache: HashMap<String, Cached>,
+    /// What the cached translations were made under.
+    basis: Option<(BTreeSet<String>, BTreeSet<String>, BTreeMap<String, Labels>)>,
+    /// Stamps the cache entries seen by the current translation.
+    pass: u64,
+}
+
+struct Cached {
+    /// A hash of the compact form it was made from (a copy would double
+    /// what the agent holds per pod).
+    fingerprint: u64,
+    /// Made from this node's records: never reused.
+    volatile: bool,
+    info: Option<PodInfo>,
+    pass: u64,
+}
+
+fn fingerprint(p: &PodView) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    p.hash(&mut h);
+    h.finish()
 }
 
 impl Default for Translator {
@@ -185,6 +210,9 @@ impl Default for Translator {
             policies: IdAllocator::new(1),
             excluded: BTreeSet::new(),
             local: None,
+            cache: HashMap::new(),
+            basis: None,
+            pass: 0,
         }
     }
 }
@@ -255,6 +283,7 @@ impl Translator {
     /// them (a selector on one then sees it absent, and is warned about).
     pub fn exclude_labels(&mut self, keys: impl IntoIterator<Item = String>) {
         self.excluded = keys.into_iter().collect();
+        self.cache.clear();
     }
 
     /// Give rules to the pods of these addresses only (this node's); the
@@ -342,17 +371,56 @@ impl Translator {
             .iter()
             .flat_map(|(k, ips)| ips.iter().map(move |ip| (*ip, k.as_str())))
             .collect();
-        let infos: Vec<PodInfo> = pods
-            .into_iter()
-            .filter_map(|p| self.pod_info(p, &ns_labels, addresses, &owners, (&pod_keys, &ns_keys)))
-            .collect();
-        let live: BTreeSet<IdentityKey> = infos.iter().map(|i| i.id_key.clone()).collect();
-        self.identities.retain(&live);
+        // Pods translated again only where something they depend on moved.
+        let basis = (pod_keys.clone(), ns_keys.clone(), ns_labels.clone());
+        if self.basis.as_ref() != Some(&basis) {
+            self.cache.clear();
+            self.basis = Some(basis);
+        }
+        self.pass += 1;
+        let pass = self.pass;
+        for p in pods {
+            let mut key = String::with_capacity(p.namespace.len() + 1 + p.name.len());
+            key.push_str(&p.namespace);
+            key.push('/');
+            key.push_str(&p.name);
+            // A pod this node recorded, or one whose address a record
+            // claims, depends on the records: translated every time.
+            let volatile = addresses.contains_key(&key) || p.ips.iter().any(|ip| owners.contains_key(ip));
+            let print = fingerprint(p);
+            if !volatile
+                && let Some(c) = self.cache.get_mut(&key)
+                && !c.volatile
+                && c.fingerprint == print
+            {
+                c.pass = pass;
+                continue;
+            }
+            let info = self.pod_info(p, &ns_labels, addresses, &owners, (&pod_keys, &ns_keys));
+            self.cache.insert(
+                key,
+                Cached {
+                    fingerprint: print,
+                    volatile,
+                    info,
+                    pass,
+                },
+            );
+        }
+        self.cache.retain(|_, c| c.pass == pass);
+        let cache = std::mem::take(&mut self.cache);
+        let infos: Vec<&PodInfo> = cache.values().filter_map(|c| c.info.as_ref()).collect();
+        let mut ident_keys: BTreeMap<u32, &IdentityKey> = BTreeMap::new();
         for i in &infos {
-            d.identities.insert(i.identity, i.id_key.name());
+            ident_keys.entry(i.identity).or_insert(&i.id_key);
             for ip in &i.ips {
                 d.ipcache.insert(*ip, i.identity);
             }
+        }
+        self.identities
+            .retain(&ident_keys.values().map(|k| (*k).clone()).collect());
+        for (id, k) in &ident_keys {
+            d.identities.insert(*id, k.name());
         }
 
         // Every prefix of every ipBlock, excepts included, is an identity.
@@ -371,20 +439,23 @@ impl Translator {
         self.policies.retain(&live);
         // Selectors are evaluated once per identity (a label set), not per
         // pod; a policy's subjects are looked for in its namespace only.
-        let mut idents: BTreeMap<u32, &IdentityKey> = BTreeMap::new();
         let mut by_ns: BTreeMap<&str, Vec<&PodInfo>> = BTreeMap::new();
         for i in &infos {
-            idents.entry(i.identity).or_insert(&i.id_key);
             by_ns.entry(i.id_key.namespace.as_str()).or_default().push(i);
         }
         let view = View {
             pods: &infos,
-            idents: &idents,
+            idents: &ident_keys,
             by_ns: &by_ns,
         };
         for pol in sorted {
             self.policy(pol, &view, &mut d);
         }
+        drop(view);
+        drop(by_ns);
+        drop(ident_keys);
+        drop(infos);
+        self.cache = cache;
         d
     }
 

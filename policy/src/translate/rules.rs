@@ -78,7 +78,7 @@ pub(super) fn expand(
     peers: &Peers,
     ports: &[RulePort],
     subject: &PodInfo,
-    pods: &[PodInfo],
+    pods: &[&PodInfo],
     policy: u32,
     out: &mut BTreeSet<Rule>,
 ) {
