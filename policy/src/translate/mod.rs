@@ -179,10 +179,14 @@ pub struct Translator {
     /// of one pod translates that pod, not the cluster.
     cache: HashMap<String, Cached>,
     /// What the cached translations were made under.
-    basis: Option<(BTreeSet<String>, BTreeSet<String>, BTreeMap<String, Labels>)>,
+    basis: Option<Basis>,
     /// Stamps the cache entries seen by the current translation.
     pass: u64,
 }
+
+/// The relevant pod label keys, namespace label keys, and the namespaces'
+/// labels a translation was made under.
+type Basis = (BTreeSet<String>, BTreeSet<String>, BTreeMap<String, Labels>);
 
 struct Cached {
     /// A hash of the compact form it was made from (a copy would double
