@@ -455,7 +455,7 @@ impl Translator {
         for pol in sorted {
             self.policy(pol, &view, &mut d);
         }
-        drop(view);
+        // The indexes borrow the cache: gone before it goes back.
         drop(by_ns);
         drop(ident_keys);
         drop(infos);
