@@ -422,3 +422,70 @@ pub fn for_connection_rates(mut conf: serde_json::Value) -> serde_json::Value {
     conf["datapath"]["ctPodLimit"] = serde_json::json!(0);
     conf
 }
+
+/// The command line of the connection-rate benchmarks that compare
+/// sluice's paths with kube-proxy's at several Service counts
+/// (bench-socket, bench-nodeport).
+#[derive(clap::Parser)]
+pub struct CrrArgs {
+    /// Service counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,10000,100000")]
+    pub services: Vec<usize>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 2.0)]
+    pub seconds: f64,
+    /// Rounds of every mode (the median is reported, with min-max).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Client threads.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Seconds the nftables ruleset may take to load at one size.
+    #[arg(long, default_value_t = 600)]
+    pub load_budget: u64,
+    /// Internal: be one client (comma-separated targets) in this process's
+    /// namespace and print "ok failed seconds".
+    #[arg(long, hide = true, value_delimiter = ',')]
+    pub client: Option<Vec<SocketAddr>>,
+}
+
+impl CrrArgs {
+    /// When this process is one of the benchmark's own clients
+    /// (`client_process`): run it, print its counts, and say so.
+    pub fn run_as_client(&self) -> bool {
+        let Some(targets) = &self.client else {
+            return false;
+        };
+        let (ok, failed, took) = connections_here(targets, self.seconds, self.workers);
+        println!("{ok} {failed} {}", took.as_secs_f64());
+        true
+    }
+}
+
+/// The measured Service's VIP and its backend ports (on one server).
+pub const CRR_VIP: Ipv4Addr = Ipv4Addr::new(10, 95, 0, 1);
+pub const CRR_PORTS: [u16; 3] = [8080, 8081, 8082];
+
+/// The backend ports of a server at `ip`.
+pub fn crr_ports(ip: Ipv4Addr) -> Vec<SocketAddr> {
+    CRR_PORTS
+        .iter()
+        .map(|p| SocketAddr::V4(std::net::SocketAddrV4::new(ip, *p)))
+        .collect()
+}
+
+/// The Services at size `n`: the generated ones with the measured one
+/// (`CRR_VIP`:80 over `server`'s ports) in the middle, and its index.
+pub fn crr_services(n: usize, server: Ipv4Addr) -> (Vec<Service>, usize) {
+    let mut v: Vec<Service> = (0..n.saturating_sub(1)).map(generated).collect();
+    let at = v.len() / 2;
+    v.insert(
+        at,
+        Service {
+            vip: CRR_VIP,
+            port: 80,
+            endpoints: CRR_PORTS.iter().map(|p| (server, *p)).collect(),
+        },
+    );
+    (v, at)
+}

@@ -31,39 +31,17 @@ use anyhow::{Result, bail, ensure};
 use clap::Parser;
 use sluice_integration::bench::{self, CrrServer, exec_in, exec_within, generated, pct, spec};
 use sluice_integration::datapath::put_node_port;
-use sluice_integration::kube_proxy::{self, Service};
+use sluice_integration::kube_proxy;
 use sluice_integration::netns::Netns;
 use sluice_integration::vpc::{VPC_ROUTER, Vpc, node_ip, result_ip};
 use sluice_tc_datapath::maps::Maps;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-#[derive(Parser)]
-struct Args {
-    /// Service counts.
-    #[arg(long, value_delimiter = ',', default_value = "1,10000,100000")]
-    services: Vec<usize>,
-    /// Seconds per measurement.
-    #[arg(long, default_value_t = 2.0)]
-    seconds: f64,
-    /// Rounds of every mode (the median is reported, with min-max).
-    #[arg(long, default_value_t = 5)]
-    rounds: usize,
-    /// Client threads.
-    #[arg(long, default_value_t = 4)]
-    workers: usize,
-    /// Seconds the nftables ruleset may take to load at one size.
-    #[arg(long, default_value_t = 600)]
-    load_budget: u64,
-    /// Internal: be one client (comma-separated targets) in this process's
-    /// namespace and print "ok failed seconds".
-    #[arg(long, hide = true, value_delimiter = ',')]
-    client: Option<Vec<SocketAddr>>,
-}
+use bench::CrrArgs as Args;
 
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 95, 0, 1);
-const PORTS: [u16; 3] = [8080, 8081, 8082];
+const PORTS: [u16; 3] = bench::CRR_PORTS;
 const NODE_PORT: u16 = 30080;
 const NODE_PORT_REMOTE: u16 = 30081;
 
@@ -94,10 +72,7 @@ struct Client {
 }
 
 fn ports_of(ip: Ipv4Addr) -> Vec<SocketAddr> {
-    PORTS
-        .iter()
-        .map(|p| SocketAddr::V4(SocketAddrV4::new(ip, *p)))
-        .collect()
+    bench::crr_ports(ip)
 }
 
 /// Run one client process for `secs`: (connections/s, failed).
@@ -114,29 +89,13 @@ fn pod(vpc: &mut Vpc, node: usize, name: &str) -> Result<(usize, Ipv4Addr)> {
     Ok((p, result_ip(&out.json()).parse()?))
 }
 
-/// The Services at size `n`, the measured one (over `server`'s ports) in
-/// the middle: the list and its index.
-fn service_list(n: usize, server: Ipv4Addr) -> (Vec<Service>, usize) {
-    let mut v: Vec<Service> = (0..n.saturating_sub(1)).map(generated).collect();
-    let at = v.len() / 2;
-    v.insert(
-        at,
-        Service {
-            vip: VIP,
-            port: 80,
-            endpoints: PORTS.iter().map(|p| (server, *p)).collect(),
-        },
-    );
-    (v, at)
-}
-
 /// kube-proxy's nftables ruleset for `n` Services on `ns`, the measured
 /// one a NodePort: loaded within the budget, seconds spent.
 fn load_nft(args: &Args, ns: &Netns, n: usize, server: Ipv4Addr) -> Result<(bool, f64)> {
     let started = Instant::now();
     let _ = exec_in(ns, "nft", &["delete", "table", "ip", kube_proxy::NFT_TABLE], b"");
     let budget = Duration::from_secs(args.load_budget);
-    let (list, at) = service_list(n, server);
+    let (list, at) = bench::crr_services(n, server);
     let mut parts = kube_proxy::nft_ruleset(&list, CLUSTER_CIDR, 4000);
     parts.push(kube_proxy::nft_node_port(at, NODE_PORT));
     for text in parts {
@@ -383,9 +342,7 @@ fn report(args: &Args, rows: &[Row]) {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if let Some(targets) = &args.client {
-        let (ok, failed, took) = bench::connections_here(targets, args.seconds, args.workers);
-        println!("{ok} {failed} {}", took.as_secs_f64());
+    if args.run_as_client() {
         return Ok(());
     }
     bench::require_root("bench-nodeport")?;

@@ -41,32 +41,11 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-#[derive(Parser)]
-struct Args {
-    /// Service counts.
-    #[arg(long, value_delimiter = ',', default_value = "1,10000,100000")]
-    services: Vec<usize>,
-    /// Seconds per measurement.
-    #[arg(long, default_value_t = 2.0)]
-    seconds: f64,
-    /// Rounds of every mode (the median is reported, with min-max).
-    #[arg(long, default_value_t = 5)]
-    rounds: usize,
-    /// Client threads.
-    #[arg(long, default_value_t = 4)]
-    workers: usize,
-    /// Seconds the nftables ruleset may take to load at one size.
-    #[arg(long, default_value_t = 600)]
-    load_budget: u64,
-    /// Internal: be one client (comma-separated targets) in this process's
-    /// namespace and print "ok failed seconds".
-    #[arg(long, hide = true, value_delimiter = ',')]
-    client: Option<Vec<SocketAddr>>,
-}
+use bench::CrrArgs as Args;
 
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 95, 0, 1);
-const PORTS: [u16; 3] = [8080, 8081, 8082];
+const VIP: Ipv4Addr = bench::CRR_VIP;
+const PORTS: [u16; 3] = bench::CRR_PORTS;
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Mode {
@@ -121,26 +100,7 @@ struct Client {
 }
 
 fn ports_of(ip: Ipv4Addr) -> Vec<SocketAddr> {
-    PORTS
-        .iter()
-        .map(|p| SocketAddr::V4(SocketAddrV4::new(ip, *p)))
-        .collect()
-}
-
-/// The Services at size `n`: the generated ones and the measured one (the
-/// VIP over `server`'s three ports) in the middle.
-fn service_list(n: usize, server: Ipv4Addr) -> Vec<Service> {
-    let mut v: Vec<Service> = (0..n.saturating_sub(1)).map(generated).collect();
-    let at = v.len() / 2;
-    v.insert(
-        at,
-        Service {
-            vip: VIP,
-            port: 80,
-            endpoints: PORTS.iter().map(|p| (server, *p)).collect(),
-        },
-    );
-    v
+    bench::crr_ports(ip)
 }
 
 /// Run one client process for `secs`: (connections/s, failed).
@@ -286,11 +246,11 @@ fn measure(args: &Args) -> Result<Vec<Row>> {
             maps.lb_mut().upsert_service(&spec(in_maps, &generated(in_maps)))?;
             in_maps += 1;
         }
-        let measured = service_list(1, s0);
+        let measured = bench::crr_services(1, s0).0;
         maps.lb_mut().upsert_service(&spec(999_999, &measured[0]))?;
         let nft = [
-            load_nft(args, &vpc.nodes[1], &service_list(n, s1), true)?,
-            load_nft(args, &vpc.nodes[2], &service_list(n, s2), false)?,
+            load_nft(args, &vpc.nodes[1], &bench::crr_services(n, s1).0, true)?,
+            load_nft(args, &vpc.nodes[2], &bench::crr_services(n, s2).0, false)?,
         ];
         for (i, (loaded, secs)) in nft.iter().enumerate() {
             eprintln!(
@@ -426,9 +386,7 @@ fn report(args: &Args, rows: &[Row]) {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if let Some(targets) = &args.client {
-        let (ok, failed, took) = bench::connections_here(targets, args.seconds, args.workers);
-        println!("{ok} {failed} {}", took.as_secs_f64());
+    if args.run_as_client() {
         return Ok(());
     }
     bench::require_root("bench-socket")?;
