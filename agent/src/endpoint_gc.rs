@@ -99,13 +99,9 @@ impl RecordNames {
             .unwrap_or_default();
         stamps.sort();
         if stamps != self.seen {
-            self.names = records(data_dir)
+            self.names = pod_records(data_dir)
                 .into_iter()
-                .filter_map(|(_, r)| Some((r.ips, r.pod?)))
-                .flat_map(|(ips, p)| {
-                    let name = format!("{}/{}", p.namespace, p.name);
-                    ips.into_iter().map(move |ip| (ip.ip(), name.clone()))
-                })
+                .flat_map(|r| r.ips.into_iter().map(move |ip| (ip, r.pod.clone())))
                 .collect();
             self.seen = stamps;
         }
@@ -195,8 +191,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let net = dir.path().join("endpoints/net1");
         std::fs::create_dir_all(&net).unwrap();
+        // A live netns: a file that exists (the records of gone pods name nothing).
+        let netns = dir.path().join("ns");
+        std::fs::write(&netns, "").unwrap();
+        let netns = netns.display().to_string();
         let rec = |cid: &str, ip: &str, pod: &str| {
-            format!(r#"{{"containerId":"{cid}","ifname":"eth0","netns":"/x","ips":["{ip}/24"]{pod}}}"#)
+            format!(r#"{{"containerId":"{cid}","ifname":"eth0","netns":"{netns}","ips":["{ip}/24"]{pod}}}"#)
         };
         std::fs::write(
             net.join("a.json"),

@@ -24,21 +24,16 @@ pub const IMAGE: &str = "localhost/sluice-test/busybox:1";
 
 /// Why containerd's CRI cannot run here, if it cannot.
 pub fn missing() -> Option<String> {
-    for tool in [
+    let tools = [
         "containerd",
         "ctr",
         "containerd-shim-runc-v2",
         "runc",
         "podman",
         "nsenter",
-    ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success());
-        if !found.unwrap_or(false) {
-            return Some(format!("{tool} is not installed (apt: containerd podman runc)"));
-        }
+    ];
+    if let Some(why) = crate::missing_tool(&tools, "containerd podman runc") {
+        return Some(why);
     }
     if !Path::new("/bin/busybox").is_file() {
         return Some("busybox-static is not installed (the test pods' image)".into());

@@ -35,6 +35,27 @@ impl Vpc {
             .collect())
     }
 
+    /// `sluicectl -o json ARGS...` on node `node` (in its namespace, on
+    /// its bpffs): the JSON it prints. Fails the test on an error.
+    pub fn sluicectl(&self, node: usize, args: &[&str]) -> serde_json::Value {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", self.nodes[node].path().display()))
+            .arg("--")
+            .arg(crate::bin_dir().join("sluicectl"))
+            .arg("--bpffs")
+            .arg(self.bpffs[node].root())
+            .args(["-o", "json"])
+            .args(args)
+            .output()
+            .expect("running sluicectl");
+        assert!(
+            out.status.success(),
+            "sluicectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("sluicectl {args:?} printed no JSON: {e}"))
+    }
+
     /// The pinned program versions of node `i` (directory names under progs/).
     pub fn program_versions(&self, node: usize) -> Vec<String> {
         crate::dir_names(&self.datapath_dir(node).join("progs"))

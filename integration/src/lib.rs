@@ -34,6 +34,20 @@ pub fn skip(test: &str, reason: &str) {
     }
 }
 
+/// The first of `tools` not on the PATH, as a skip reason with `hint`
+/// (the apt packages that bring them).
+pub fn missing_tool(tools: &[&str], hint: &str) -> Option<String> {
+    tools
+        .iter()
+        .find(|t| {
+            !std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|t| format!("{t} is not installed (apt: {hint})"))
+}
+
 /// Tests need root for namespaces.
 pub fn require_root(test: &str) -> bool {
     let root = nix::unistd::geteuid().is_root();

@@ -8,16 +8,7 @@ use std::process::Command;
 
 /// Why podman cannot run here, if it cannot.
 pub fn missing() -> Option<String> {
-    for tool in ["podman", "runc", "conmon", "nsenter"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success());
-        if !found.unwrap_or(false) {
-            return Some(format!("{tool} is not installed (apt: podman runc conmon)"));
-        }
-    }
-    None
+    crate::missing_tool(&["podman", "runc", "conmon", "nsenter"], "podman runc conmon")
 }
 
 pub struct Podman {

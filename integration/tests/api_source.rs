@@ -130,19 +130,7 @@ fn normalize(v: &mut Value) {
 fn view(vpc: &Vpc) -> Value {
     let mut out = serde_json::Map::new();
     for what in [["service", "list"], ["backend", "list"], ["policy", "list"]] {
-        let o = Command::new(bin_dir().join("sluicectl"))
-            .arg("--bpffs")
-            .arg(vpc.bpffs[0].root())
-            .args(["-o", "json"])
-            .args(what)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "sluicectl {what:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let mut v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let mut v = vpc.sluicectl(0, &what);
         normalize(&mut v);
         out.insert(what[0].to_string(), v);
     }

@@ -390,18 +390,7 @@ fn scenarios(test: &str, tag: &str, role: Role) {
 
 /// Whether `sluicectl hostport list` shows hostPort 30088.
 fn hostport_listed(vpc: &Vpc) -> bool {
-    let out = std::process::Command::new(bin_dir().join("sluicectl"))
-        .arg("--bpffs")
-        .arg(vpc.bpffs[0].root())
-        .args(["-o", "json", "hostport", "list"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sluicectl hostport list: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).contains("30088")
+    vpc.sluicectl(0, &["hostport", "list"]).to_string().contains("30088")
 }
 
 /// GET the node's hostPort 30088 from the host outside.

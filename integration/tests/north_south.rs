@@ -35,9 +35,7 @@ use sluice_integration::services::Services;
 use sluice_integration::vpc::{VPC_GATEWAY6, VPC_ROUTER, Vpc, node_ip, result_addr};
 use sluice_integration::{bin_dir, require_root};
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 const LB_IP: &str = "198.51.100.10";
@@ -137,43 +135,16 @@ fn services_yaml(vpc: &Vpc, eps: &[(&str, &str, &str)], local_endpoints: &[(&str
     out
 }
 
-/// GET / from `ns` to `to`: (status code, body).
+/// GET /healthz from `ns` to `to`: (status code, body).
 fn http_get(ns: &Netns, to: SocketAddr) -> (u16, String) {
-    ns.run(|| {
-        let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
-        let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        (code, body.to_string())
-    })
-    .unwrap()
+    ns.run(|| sluice_integration::agent::http_get(to, "/healthz"))
+        .unwrap()
+        .expect("an HTTP answer")
 }
 
 /// `sluicectl -o json <what> list` on node `node`, in its namespace.
 fn sluicectl(vpc: &Vpc, node: usize, what: &str) -> Vec<Value> {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", vpc.nodes[node].path().display()))
-        .arg("--")
-        .arg(bin_dir().join("sluicectl"))
-        .arg("--bpffs")
-        .arg(vpc.bpffs[node].root())
-        .args(["-o", "json", what, "list"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sluicectl {what}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice::<Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    vpc.sluicectl(node, &[what, "list"]).as_array().unwrap().clone()
 }
 
 #[test]
