@@ -63,8 +63,9 @@ pub struct Agent {
     /// the node too, whatever interface it sends from (a chained plugin's
     /// host-side veth, a bridge).
     local_addresses: Vec<IpAddr>,
-    /// Pod addresses -> "namespace/name", as of the last sync.
-    pods: BTreeMap<IpAddr, String>,
+    /// The (store, generation) of the objects the last policy pass read:
+    /// the next reads only the Pods changed since.
+    policy_seen: Option<(u64, u64)>,
     /// This node's CNI records that name their pod.
     records: Vec<crate::endpoint_gc::PodRecord>,
 }
@@ -97,7 +98,7 @@ impl Agent {
             node,
             node_ips,
             local_addresses: Vec::new(),
-            pods: BTreeMap::new(),
+            policy_seen: None,
             records: Vec::new(),
         })
     }
@@ -121,11 +122,6 @@ impl Agent {
     /// last sync.
     pub fn health_checks(&self) -> BTreeMap<u16, crate::services::HealthCheck> {
         self.translation.health_checks()
-    }
-
-    /// Pod addresses -> "namespace/name", as of the last sync.
-    pub fn pods(&self) -> &BTreeMap<IpAddr, String> {
-        &self.pods
     }
 
     /// One conntrack collection pass, which also sets every pod's share
@@ -182,11 +178,6 @@ impl Agent {
     /// in the report, and the rest is written.
     pub fn sync(&mut self, o: &Objects) -> Report {
         let started = Instant::now();
-        self.pods = o
-            .pods()
-            .iter()
-            .flat_map(|(k, p)| p.ips.iter().map(move |a| (*a, k.clone())))
-            .collect();
         self.translation.update(o, &self.node);
         let mut failures = Vec::new();
         let mut services = self
@@ -206,12 +197,20 @@ impl Agent {
         for r in &self.records {
             recorded.entry(r.pod.clone()).or_default().extend(&r.ips);
         }
-        let d = self.translator.translate_views(
+        // Only the Pods changed since the last pass, when the store says.
+        let (store, generation) = o.generation();
+        let changed: Option<std::collections::BTreeSet<&str>> = match self.policy_seen {
+            Some((s, g)) if s == store => o.pods_changed_since(g).map(Iterator::collect),
+            _ => None,
+        };
+        let d = self.translator.translate_changes(
             o.namespaces().values(),
-            o.pods().values(),
+            o.pods(),
+            changed,
             o.policies().values(),
             &recorded,
         );
+        self.policy_seen = Some((store, generation));
         // The held pods the agent now knows, by the name in their record.
         let known: std::collections::BTreeSet<u32> = self
             .records
@@ -264,6 +263,14 @@ impl Agent {
             failures,
             took: started.elapsed(),
         }
+    }
+}
+
+/// Pods by address, as of the last sync: the ipcache's (pods with an
+/// address of their own).
+impl crate::flows::PodNames for Agent {
+    fn pod_name(&self, ip: &IpAddr) -> Option<&str> {
+        self.translator.pod_at(ip)
     }
 }
 

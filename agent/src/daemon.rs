@@ -451,7 +451,7 @@ impl Daemon {
                 && Instant::now() >= flows_due
             {
                 let recorded = self.record_names.get(&self.opts.cni_data_dir);
-                server.publish(&reader.read(&[self.agent.pods(), recorded], self.agent.maps()));
+                server.publish(&reader.read(&[&self.agent, recorded], self.agent.maps()));
                 flows_due = Instant::now() + FLOW_POLL;
             }
             let mut next = if self.flows.is_some() {

@@ -63,17 +63,27 @@ fn wall_offset_ns() -> i128 {
     wall - i128::from(sluice_tc_datapath::maps::ct::now_ns())
 }
 
-/// Name an event: `pods` map pod addresses to "namespace/name", tried in
-/// order (the cluster's Pod objects, then what the runtime told the CNI
-/// plugin).
-pub fn name(e: &FlowEvent, pods: &[&BTreeMap<IpAddr, String>], maps: &Maps, wall_offset: i128) -> Flow {
+/// Pod names ("namespace/name") by address.
+pub trait PodNames {
+    fn pod_name(&self, ip: &IpAddr) -> Option<&str>;
+}
+
+impl PodNames for BTreeMap<IpAddr, String> {
+    fn pod_name(&self, ip: &IpAddr) -> Option<&str> {
+        self.get(ip).map(String::as_str)
+    }
+}
+
+/// Name an event: `pods` name pod addresses, tried in order (the cluster's
+/// Pod objects, then what the runtime told the CNI plugin).
+pub fn name(e: &FlowEvent, pods: &[&dyn PodNames], maps: &Maps, wall_offset: i128) -> Flow {
     let reason = Reason::from_u32(u32::from(e.reason));
     let end = |a, port: u16| {
         let ip = ip(a);
         End {
             ip,
             port: u16::from_be(port),
-            pod: pods.iter().find_map(|m| m.get(&ip)).cloned(),
+            pod: pods.iter().find_map(|m| m.pod_name(&ip)).map(String::from),
         }
     };
     let verdict = match reason {
@@ -231,7 +241,7 @@ impl FlowReader {
         })
     }
 
-    pub fn read(&mut self, pods: &[&BTreeMap<IpAddr, String>], maps: &Maps) -> Vec<Flow> {
+    pub fn read(&mut self, pods: &[&dyn PodNames], maps: &Maps) -> Vec<Flow> {
         let events = self.events.drain();
         if events.is_empty() {
             return Vec::new();

@@ -82,11 +82,20 @@ pub struct Objects {
     service_changed: BTreeMap<String, u64>,
     /// The generation of the last change of a Node's addresses.
     nodes_changed: u64,
+    /// Pod changes, in order: (generation, key); the oldest go past
+    /// `POD_LOG` entries.
+    pod_log: std::collections::VecDeque<(u64, String)>,
+    /// The log holds every Pod change after this generation.
+    pod_log_from: u64,
     /// Which store the generations count in: each store, clones included,
     /// gets its own, so that a translation never takes one store's
     /// generation for another's.
     store: u64,
 }
+
+/// Pod changes kept for `pods_changed_since`: a reader further behind
+/// reads every Pod.
+const POD_LOG: usize = 8192;
 
 fn next_store() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -106,6 +115,8 @@ impl Default for Objects {
             generation: 0,
             service_changed: BTreeMap::new(),
             nodes_changed: 0,
+            pod_log: Default::default(),
+            pod_log_from: 0,
             store: next_store(),
         }
     }
@@ -124,6 +135,8 @@ impl Clone for Objects {
             generation: self.generation,
             service_changed: self.service_changed.clone(),
             nodes_changed: self.nodes_changed,
+            pod_log: self.pod_log.clone(),
+            pod_log_from: self.pod_log_from,
             store: next_store(),
         }
     }
@@ -188,6 +201,26 @@ impl Objects {
     }
 
     /// The generation of the last change of a Node's addresses.
+    /// The Pods inserted, changed or removed after generation `since`;
+    /// None when the log no longer reaches back that far.
+    pub fn pods_changed_since(&self, since: u64) -> Option<impl Iterator<Item = &str>> {
+        (since >= self.pod_log_from).then(|| {
+            self.pod_log
+                .iter()
+                .skip_while(move |(g, _)| *g <= since)
+                .map(|(_, k)| k.as_str())
+        })
+    }
+
+    fn pod_touched(&mut self, key: &str) {
+        self.pod_log.push_back((self.generation, key.to_string()));
+        if self.pod_log.len() > POD_LOG
+            && let Some((g, _)) = self.pod_log.pop_front()
+        {
+            self.pod_log_from = g;
+        }
+    }
+
     pub fn nodes_changed(&self) -> u64 {
         self.nodes_changed
     }
@@ -244,7 +277,10 @@ impl Objects {
                 self.slice_moved(&k, old, new);
             }
             Object::NetworkPolicy(o) => drop(self.policies.insert(k, *o)),
-            Object::Pod(o) => drop(self.pods.insert(k, PodView::from(&*o))),
+            Object::Pod(o) => {
+                self.pod_touched(&k);
+                self.pods.insert(k, PodView::from(&*o));
+            }
             Object::Namespace(o) => drop(self.namespaces.insert(k, *o)),
             Object::Node(o) => {
                 let new = node_addresses(&o).cloned();
@@ -281,7 +317,10 @@ impl Objects {
                 self.slice_moved(key, old, None);
             }
             "NetworkPolicy" => drop(self.policies.remove(key)),
-            "Pod" => drop(self.pods.remove(key)),
+            "Pod" => {
+                self.pods.remove(key);
+                self.pod_touched(key);
+            }
             "Namespace" => drop(self.namespaces.remove(key)),
             "Node" => {
                 let had_addresses = self.nodes.remove(key).as_ref().and_then(node_addresses).is_some();

@@ -208,3 +208,53 @@ fn another_store_is_translated_whole() {
     kept.update(&c, &node);
     assert_eq!(kept.frontends(), &translate(&c, &node).frontends);
 }
+
+/// The store says which Pods changed after a generation (what the policy
+/// pass translates again): inserted, changed and removed ones, not those
+/// written again unchanged; a reader too far behind is told to read all.
+#[test]
+fn the_store_names_the_pods_changed_since() {
+    use k8s_openapi::api::core::v1::Pod;
+    let pod = |name: &str, app: &str| {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"namespace": "x", "name": name, "labels": {"app": app}},
+            "status": {"podIP": "10.0.0.1"}
+        }))
+        .unwrap();
+        Object::Pod(Box::new(p))
+    };
+    let mut o = Objects::default();
+    for i in 0..10 {
+        o.insert(pod(&format!("p{i}"), "web"));
+    }
+    let (_, g) = o.generation();
+    let since = |o: &Objects, g| -> Option<Vec<String>> {
+        o.pods_changed_since(g).map(|i| {
+            let mut v: Vec<String> = i.map(String::from).collect();
+            v.sort();
+            v.dedup();
+            v
+        })
+    };
+    assert_eq!(since(&o, g), Some(vec![]));
+    o.insert(pod("p3", "web"));
+    assert_eq!(since(&o, g), Some(vec![]), "the same Pod again is no change");
+    o.insert(pod("p3", "db"));
+    o.remove("Pod", "x/p7");
+    o.insert(pod("p10", "web"));
+    assert_eq!(
+        since(&o, g),
+        Some(vec!["x/p10".to_string(), "x/p3".into(), "x/p7".into()])
+    );
+    let (_, g2) = o.generation();
+    assert_eq!(since(&o, g2), Some(vec![]));
+    // Far more changes than the log keeps: an old reader reads everything,
+    // a recent one still gets its list.
+    for i in 0..10_000 {
+        o.insert(pod("p1", if i % 2 == 0 { "a" } else { "b" }));
+    }
+    assert_eq!(since(&o, g), None);
+    let (_, g3) = o.generation();
+    o.insert(pod("p2", "db"));
+    assert_eq!(since(&o, g3), Some(vec!["x/p2".to_string()]));
+}

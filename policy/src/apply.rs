@@ -60,6 +60,12 @@ pub struct ApplyStats {
 /// Keeps one node's maps in step with `Desired`.
 pub struct NodeApplier {
     applied: State,
+    /// The translation pass whose ipcache the maps hold, exactly (None:
+    /// not known, or an apply failed half-way): the next pass's changes
+    /// from it are all the ipcache entries to look at.
+    ipcache_pass: Option<u64>,
+    /// The node's own addresses as applied (identity `host`).
+    hosts: BTreeSet<IpAddr>,
 }
 
 impl NodeApplier {
@@ -85,7 +91,11 @@ impl NodeApplier {
         for n in maps.observe().names()? {
             s.names.insert((n.kind, n.id), n.name);
         }
-        Ok(NodeApplier { applied: s })
+        Ok(NodeApplier {
+            applied: s,
+            ipcache_pass: None,
+            hosts: BTreeSet::new(),
+        })
     }
 
     /// Apply `d` to this node: `host` are the node's own addresses (they
@@ -105,7 +115,10 @@ impl NodeApplier {
         host: &[IpAddr],
         known: &BTreeSet<u32>,
     ) -> Result<ApplyStats, MapsError> {
-        let (want, local) = self.wanted(maps, d, host)?;
+        let (want, local) = self.wanted(maps, d)?;
+        let host: BTreeSet<IpAddr> = host.iter().copied().collect();
+        let (ip_set, ip_removed) = self.ipcache_diff(d, &host);
+        self.ipcache_pass = None;
         // Read before anything is written over them.
         let held: Vec<u32> = maps
             .policy()
@@ -132,12 +145,12 @@ impl NodeApplier {
             }
         }
         st.unnamed = unnamed.len();
-        for (ip, id) in &want.ipcache {
-            if have.ipcache.get(ip) != Some(id) {
-                maps.policy_mut().set_identity(*ip, *id)?;
-                st.written += 1;
-            }
+        for (ip, id) in ip_set {
+            maps.policy_mut().set_identity(ip, id)?;
+            self.applied.ipcache.insert(ip, id);
+            st.written += 1;
         }
+        let have = &self.applied;
         for (n, id) in &want.cidrs {
             if have.cidrs.get(n) != Some(id) {
                 maps.policy_mut().set_cidr(n.network(), n.prefix(), *id)?;
@@ -171,10 +184,12 @@ impl NodeApplier {
             maps.policy_mut().remove_cidr(n.network(), n.prefix())?;
             st.removed += 1;
         }
-        for ip in have.ipcache.keys().filter(|ip| !want.ipcache.contains_key(ip)) {
-            maps.policy_mut().remove_identity(*ip)?;
+        for ip in ip_removed {
+            maps.policy_mut().remove_identity(ip)?;
+            self.applied.ipcache.remove(&ip);
             st.removed += 1;
         }
+        let have = &self.applied;
         for k in have.names.keys().filter(|k| !want.names.contains_key(k)) {
             maps.observe_mut().remove_name(k.0, k.1)?;
             st.removed += 1;
@@ -183,8 +198,48 @@ impl NodeApplier {
         for k in &unnamed {
             want.names.remove(k);
         }
+        want.ipcache = std::mem::take(&mut self.applied.ipcache);
         self.applied = want;
+        self.ipcache_pass = Some(d.pass);
+        self.hosts = host;
         Ok(st)
+    }
+
+    /// The ipcache entries to write and to remove: the addresses `d` says
+    /// moved since the pass the maps hold, and the node's own where they
+    /// changed; every address when that is not known. The node's own
+    /// addresses are `host` whatever a pod object claims.
+    fn ipcache_diff(&self, d: &Desired, host: &BTreeSet<IpAddr>) -> (Vec<(IpAddr, u32)>, Vec<IpAddr>) {
+        let candidates: BTreeSet<IpAddr> = match &d.ipcache_changes {
+            Some((since, moved)) if Some(*since) == self.ipcache_pass => moved
+                .iter()
+                .chain(host.symmetric_difference(&self.hosts))
+                .copied()
+                .collect(),
+            _ => d
+                .ipcache
+                .keys()
+                .chain(host)
+                .chain(self.applied.ipcache.keys())
+                .copied()
+                .collect(),
+        };
+        let (mut set, mut removed) = (Vec::new(), Vec::new());
+        for ip in candidates {
+            let want = if host.contains(&ip) {
+                Some(ID_HOST)
+            } else {
+                d.ipcache.get(&ip).copied()
+            };
+            if want == self.applied.ipcache.get(&ip).copied() {
+                continue;
+            }
+            match want {
+                Some(id) => set.push((ip, id)),
+                None => removed.push(ip),
+            }
+        }
+        (set, removed)
     }
 
     /// Pods the CNI plugin held at ADD (policy_hold.rs in the plugin) that
@@ -219,21 +274,19 @@ impl NodeApplier {
 
     /// `d` as this node's map entries: endpoints are the pods of this node
     /// (found by address in the endpoint map).
-    fn wanted(&self, maps: &Maps, d: &Desired, host: &[IpAddr]) -> Result<(State, BTreeMap<IpAddr, u32>), MapsError> {
+    fn wanted(&self, maps: &Maps, d: &Desired) -> Result<(State, BTreeMap<IpAddr, u32>), MapsError> {
         let local: BTreeMap<IpAddr, u32> = maps
             .endpoints()
             .entries()?
             .into_iter()
             .map(|e| (e.addr, e.endpoint_id))
             .collect();
+        // The ipcache apart (`ipcache_diff`): the cluster's pods, compared
+        // by difference.
         let mut s = State {
-            ipcache: d.ipcache.clone(),
             cidrs: d.cidrs.clone(),
             ..Default::default()
         };
-        for ip in host {
-            s.ipcache.insert(*ip, ID_HOST);
-        }
         // As the map will hold them (cut to fit), so that a long name read
         // back by from_maps compares equal.
         let stored = |n: &str| NameValue::new(n).to_string_lossy();

@@ -267,3 +267,231 @@ fn identities_keep_only_the_labels_selectors_read() {
         d.warnings
     );
 }
+
+/// What a translation means, without its ids (two translators number
+/// identities and policies each their own way): the ipcache by identity
+/// name, and each selected pod's policy and rules by names.
+fn meaning(d: &sluice_policy::Desired) -> String {
+    let cidr_names: std::collections::BTreeMap<u32, String> =
+        d.cidrs.iter().map(|(n, id)| (*id, n.to_string())).collect();
+    let id_name = |id: u32| {
+        if id == ID_ANY {
+            return "any".to_string();
+        }
+        d.identities
+            .get(&id)
+            .or_else(|| cidr_names.get(&id))
+            .cloned()
+            .unwrap_or_else(|| format!("unnamed {id}"))
+    };
+    let pol = |id: Option<u32>| id.map(|i| d.policies[&i].clone());
+    let mut out = String::new();
+    for (ip, id) in d.ipcache.iter() {
+        out += &format!("{ip} {}\n", id_name(*id));
+    }
+    let mut named: Vec<String> = d.identities.values().cloned().collect();
+    named.sort();
+    out += &format!("identities {named:?}\n");
+    for (k, e) in &d.endpoints {
+        out += &format!(
+            "{k} {:?} {} in={:?} out={:?}\n",
+            e.ips,
+            id_name(e.identity),
+            pol(e.ingress),
+            pol(e.egress)
+        );
+        let mut rules: Vec<String> = e
+            .rules
+            .iter()
+            .map(|r| {
+                format!(
+                    "  {:?} {} {} {:?} {}",
+                    r.dir,
+                    id_name(r.identity),
+                    r.proto,
+                    r.ports,
+                    d.policies[&r.policy]
+                )
+            })
+            .collect();
+        rules.sort();
+        for r in rules {
+            out += &r;
+            out += "\n";
+        }
+    }
+    out
+}
+
+/// A pass told which pods changed means what a full pass means, and its
+/// ipcache changes carry every address that moved: random changes
+/// (labels, addresses, named ports, pods started, finished, gone, stale
+/// objects whose address a recorded pod took, records coming and going)
+/// against a fresh translator's full pass after each.
+#[test]
+fn changed_pods_translate_as_a_full_pass_would() {
+    use sluice_policy::PodView;
+    use std::collections::{BTreeMap, BTreeSet};
+    let nss = [
+        ns("a", json!({"team": "red"})),
+        ns("b", json!({"team": "blue"})),
+        ns("c", json!({"team": "red"})),
+    ];
+    let pols = [
+        policy(
+            "a",
+            "web",
+            json!({"podSelector": {"matchLabels": {"app": "web"}},
+                   "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "red"}}, "podSelector": {"matchLabels": {"app": "cli"}}}],
+                                "ports": [{"port": "http"}]}]}),
+        ),
+        policy(
+            "b",
+            "out",
+            json!({"podSelector": {}, "policyTypes": ["Egress"],
+                   "egress": [{"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "web"}}}], "ports": [{"port": "http"}]},
+                              {"to": [{"ipBlock": {"cidr": "10.9.0.0/16", "except": ["10.9.1.0/24"]}}]}]}),
+        ),
+        policy(
+            "c",
+            "deny",
+            json!({"podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["t1"]}]}}),
+        ),
+    ];
+    // A deterministic walk (no crate for one generator).
+    let mut seed: u64 = 0x5eed_1234_abcd_0001;
+    let mut rnd = |n: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let view = |ns: &str, name: &str, ip: u64, app: u64, tier: u64, port: u64, inert: bool| PodView {
+        name: name.into(),
+        namespace: ns.into(),
+        labels: [
+            ("app".to_string(), ["web", "cli", "db"][app as usize].to_string()),
+            ("tier".to_string(), format!("t{tier}")),
+            ("pod-template-hash".to_string(), format!("h{name}")),
+        ]
+        .into(),
+        inert,
+        ips: vec![ip_n(ip)],
+        ports: vec![sluice_policy::NamedPort {
+            name: "http".into(),
+            proto: 6,
+            number: [8080, 9090][port as usize],
+        }],
+    };
+    fn ip_n(i: u64) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::new(10, 0, (i / 200) as u8, (i % 200) as u8 + 1))
+    }
+    let mut store: BTreeMap<String, PodView> = BTreeMap::new();
+    let mut next = 0u64;
+    for _ in 0..150 {
+        let ns = ["a", "b", "c"][rnd(3) as usize];
+        let p = view(ns, &format!("p{next}"), next, rnd(3), rnd(3), rnd(2), false);
+        store.insert(p.key(), p);
+        next += 1;
+    }
+    // This node: the first 30 addresses.
+    let local: BTreeSet<IpAddr> = (0..30).map(ip_n).collect();
+    let mut records: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+    let mut t = Translator::new();
+    t.set_local(Some(local.clone()));
+    let d = t.translate_changes(&nss, &store, None::<Vec<&str>>, &pols, &records);
+    let mut mirror: BTreeMap<IpAddr, u32> = (*d.ipcache).clone();
+    let mut last = d.pass;
+    drop(d);
+    let (mut incremental, mut pods_seen) = (0, 0);
+    for step in 0..400 {
+        let mut changed: BTreeSet<String> = BTreeSet::new();
+        for _ in 0..1 + rnd(3) {
+            let keys: Vec<String> = store.keys().cloned().collect();
+            let k = keys[rnd(keys.len() as u64) as usize].clone();
+            match rnd(8) {
+                0 => {
+                    let p = store.get_mut(&k).unwrap();
+                    p.labels
+                        .insert("app".into(), ["web", "cli", "db"][rnd(3) as usize].into());
+                }
+                1 => {
+                    let p = store.get_mut(&k).unwrap();
+                    p.labels.insert("tier".into(), format!("t{}", rnd(3)));
+                }
+                2 => {
+                    store.remove(&k);
+                }
+                3 => {
+                    // A new pod, perhaps on an address a stale object still
+                    // claims.
+                    let ip = if rnd(2) == 0 { rnd(next) } else { next };
+                    let ns = ["a", "b", "c"][rnd(3) as usize];
+                    let p = view(ns, &format!("p{next}"), ip, rnd(3), rnd(3), rnd(2), false);
+                    changed.insert(p.key());
+                    store.insert(p.key(), p);
+                    next += 1;
+                    continue;
+                }
+                4 => {
+                    let p = store.get_mut(&k).unwrap();
+                    p.ports[0].number = [8080, 9090][rnd(2) as usize];
+                }
+                5 => {
+                    let p = store.get_mut(&k).unwrap();
+                    p.inert = !p.inert;
+                }
+                6 => {
+                    let p = store.get_mut(&k).unwrap();
+                    p.ips = vec![ip_n(rnd(next + 5))];
+                }
+                _ => {
+                    // This node's records: a pod recorded with a local
+                    // address (perhaps taken from a stale object), or a
+                    // record gone.
+                    if rnd(2) == 0 || records.is_empty() {
+                        records.insert(k.clone(), vec![ip_n(rnd(30))]);
+                    } else {
+                        let r: Vec<String> = records.keys().cloned().collect();
+                        records.remove(&r[rnd(r.len() as u64) as usize]);
+                    }
+                    continue;
+                }
+            }
+            changed.insert(k);
+        }
+        pods_seen += changed.len();
+        let d = t.translate_changes(&nss, &store, Some(changed.iter().map(String::as_str)), &pols, &records);
+        let mut full = Translator::new();
+        full.set_local(Some(local.clone()));
+        let f = full.translate_changes(&nss, &store, None::<Vec<&str>>, &pols, &records);
+        assert_eq!(meaning(&d), meaning(&f), "step {step}: changed {changed:?}");
+        let (since, moved) = d
+            .ipcache_changes
+            .clone()
+            .expect("a pass told its changes knows what moved");
+        assert_eq!(since, last, "step {step}");
+        incremental += 1;
+        for ip in moved {
+            match d.ipcache.get(&ip) {
+                Some(id) => mirror.insert(ip, *id),
+                None => mirror.remove(&ip),
+            };
+        }
+        assert_eq!(mirror, *d.ipcache, "step {step}: an address moved but was not said to");
+        last = d.pass;
+        // Ids are numbered from what live pods carry only.
+        let live: BTreeSet<u32> = d.ipcache.values().copied().collect();
+        assert!(live.iter().all(|id| d.identities.contains_key(id)), "step {step}");
+    }
+    assert_eq!(incremental, 400);
+    assert!(pods_seen > 400, "the walk changed pods");
+    // A namespace's labels change: every pod again (no change list to trust).
+    let nss2 = [ns("a", json!({"team": "blue"})), nss[1].clone(), nss[2].clone()];
+    let d = t.translate_changes(&nss2, &store, Some(Vec::<&str>::new()), &pols, &records);
+    assert!(d.ipcache_changes.is_none());
+    let mut full = Translator::new();
+    full.set_local(Some(local));
+    assert_eq!(
+        meaning(&d),
+        meaning(&full.translate_changes(&nss2, &store, None::<Vec<&str>>, &pols, &records))
+    );
+}

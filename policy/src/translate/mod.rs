@@ -37,6 +37,8 @@ use sluice_tc_datapath::layout::{Direction, ID_FIRST_ALLOCATED, PROTO_SCTP, PROT
 use sluice_tc_datapath::maps::policy::Rule;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The label every namespace carries, set by the API server.
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -48,8 +50,14 @@ pub struct Desired {
     pub identities: BTreeMap<u32, String>,
     /// Policy id -> "namespace/name".
     pub policies: BTreeMap<u32, String>,
-    /// Every pod address -> its identity.
-    pub ipcache: BTreeMap<IpAddr, u32>,
+    /// Every pod address -> its identity (shared with the translator:
+    /// let it go before the next pass, which would copy it otherwise).
+    pub ipcache: Arc<BTreeMap<IpAddr, u32>>,
+    /// The addresses whose entry differs from pass `.0`'s, when the pass
+    /// knew (None: compare them all).
+    pub ipcache_changes: Option<(u64, BTreeSet<IpAddr>)>,
+    /// This pass, numbered across translators.
+    pub pass: u64,
     /// Every prefix an ipBlock names -> its identity.
     pub cidrs: BTreeMap<IpNetwork, u32>,
     /// "namespace/name" -> the policy of every pod some policy selects.
@@ -84,25 +92,31 @@ impl IdentityKey {
     }
 }
 
-/// The pods of a translation, indexed the ways the policies read them.
-struct View<'a> {
-    pods: &'a [&'a PodInfo],
-    /// Each live identity and the label set it stands for.
-    idents: &'a BTreeMap<u32, &'a IdentityKey>,
-    by_ns: &'a BTreeMap<&'a str, Vec<&'a PodInfo>>,
-}
-
 struct PodInfo {
-    key: String,
     identity: u32,
-    id_key: IdentityKey,
     ips: Vec<IpAddr>,
     /// Every named container port.
     ports: Vec<NamedPort>,
 }
 
+/// An identity: the label set it stands for, how many pods carry it, and
+/// the named ports they give (counted: an egress rule by port name takes
+/// the union over the destination's pods).
+struct Ident {
+    key: IdentityKey,
+    pods: usize,
+    ports: BTreeMap<NamedPort, usize>,
+}
+
+/// What the policies read of the pods, in a pass: the identities, and the
+/// pods that get rules (this node's), by namespace.
+struct View<'a> {
+    idents: &'a BTreeMap<u32, Ident>,
+    subjects: &'a BTreeMap<&'a str, Vec<(&'a str, &'a PodInfo)>>,
+}
+
 /// A container port with a name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NamedPort {
     pub name: String,
     pub proto: u8,
@@ -121,6 +135,17 @@ pub struct PodView {
     pub inert: bool,
     pub ips: Vec<IpAddr>,
     pub ports: Vec<NamedPort>,
+}
+
+impl PodView {
+    /// "namespace/name", as the agent's store keys it.
+    pub fn key(&self) -> String {
+        let mut key = String::with_capacity(self.namespace.len() + 1 + self.name.len());
+        key.push_str(&self.namespace);
+        key.push('/');
+        key.push_str(&self.name);
+        key
+    }
 }
 
 impl From<&Pod> for PodView {
@@ -164,7 +189,8 @@ impl From<&Pod> for PodView {
 }
 
 /// Turns cluster objects into `Desired`, keeping identity and policy ids
-/// stable from one call to the next.
+/// stable from one call to the next, and its pods' translations: a pass
+/// told which pods changed translates those, not the cluster.
 pub struct Translator {
     identities: IdAllocator<IdentityKey>,
     cidrs: IdAllocator<IpNetwork>,
@@ -174,13 +200,24 @@ pub struct Translator {
     /// This node's pod addresses: only their pods get rules (None: every
     /// pod, for the tools and tests that want the whole cluster).
     local: Option<BTreeSet<IpAddr>>,
-    /// Each pod's translation, kept while its compact form, the relevant
-    /// label keys and the namespaces' labels stay as they were: a change
-    /// of one pod translates that pod, not the cluster.
-    cache: HashMap<String, Cached>,
-    /// What the cached translations were made under.
+    /// Each pod's translation, by "namespace/name" (None: a pod without
+    /// an address of its own, host network or done).
+    pods: HashMap<String, Option<PodInfo>>,
+    /// The pods made from this node's records at the last pass (a
+    /// recorded address, or one a record took from them): made again at
+    /// every pass, as the records move.
+    volatile: BTreeSet<String>,
+    /// Every identity some pod carries.
+    idents: BTreeMap<u32, Ident>,
+    /// Address -> the pods claiming it, with their identity: one, but for
+    /// a while two (a stale object keeps an address a new pod was given).
+    claims: BTreeMap<IpAddr, Vec<(String, u32)>>,
+    /// Address -> identity, as the last pass left it; shared with the
+    /// `Desired` it made (copied only if that is still held at the next).
+    ipcache: Arc<BTreeMap<IpAddr, u32>>,
+    /// What the pods' translations were made under.
     basis: Option<Basis>,
-    /// Stamps the cache entries seen by the current translation.
+    /// The last pass (numbered across translators).
     pass: u64,
 }
 
@@ -188,21 +225,20 @@ pub struct Translator {
 /// labels a translation was made under.
 type Basis = (BTreeSet<String>, BTreeSet<String>, BTreeMap<String, Labels>);
 
-struct Cached {
-    /// A hash of the compact form it was made from (a copy would double
-    /// what the agent holds per pod).
-    fingerprint: u64,
-    /// Made from this node's records: never reused.
-    volatile: bool,
-    info: Option<PodInfo>,
-    pass: u64,
+/// What a pass reads while it translates pods.
+struct PassInput<'a> {
+    ns_labels: &'a BTreeMap<String, Labels>,
+    pod_keys: &'a BTreeSet<String>,
+    ns_keys: &'a BTreeSet<String>,
+    addresses: &'a BTreeMap<String, Vec<IpAddr>>,
+    /// This node's records are the truth about its addresses: a stale
+    /// object of a pod gone (its address given to a new pod) loses it.
+    owners: BTreeMap<IpAddr, &'a str>,
 }
 
-fn fingerprint(p: &PodView) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    p.hash(&mut h);
-    h.finish()
+fn next_pass() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Default for Translator {
@@ -214,7 +250,11 @@ impl Default for Translator {
             policies: IdAllocator::new(1),
             excluded: BTreeSet::new(),
             local: None,
-            cache: HashMap::new(),
+            pods: HashMap::new(),
+            volatile: BTreeSet::new(),
+            idents: BTreeMap::new(),
+            claims: BTreeMap::new(),
+            ipcache: Arc::default(),
             basis: None,
             pass: 0,
         }
@@ -287,13 +327,23 @@ impl Translator {
     /// them (a selector on one then sees it absent, and is warned about).
     pub fn exclude_labels(&mut self, keys: impl IntoIterator<Item = String>) {
         self.excluded = keys.into_iter().collect();
-        self.cache.clear();
+        self.basis = None;
     }
 
     /// Give rules to the pods of these addresses only (this node's); the
     /// identities, the ipcache and the CIDRs stay the whole cluster's.
     pub fn set_local(&mut self, local: Option<BTreeSet<IpAddr>>) {
         self.local = local;
+    }
+
+    /// The pod ("namespace/name") an address is in the ipcache for, as of
+    /// the last pass.
+    pub fn pod_at(&self, ip: &IpAddr) -> Option<&str> {
+        self.claims
+            .get(ip)?
+            .iter()
+            .max_by(|a, b| a.0.cmp(&b.0))
+            .map(|(k, _)| k.as_str())
     }
 
     /// The objects by reference, from wherever the caller keeps them (the
@@ -322,8 +372,8 @@ impl Translator {
         self.translate_views(namespaces, &views, policies, addresses)
     }
 
-    /// `translate_with_addresses` over Pods already in their compact form
-    /// (the agent's store keeps them so).
+    /// `translate_with_addresses` over Pods already in their compact form:
+    /// every pod translated again.
     pub fn translate_views<'a, 'p>(
         &mut self,
         namespaces: impl IntoIterator<Item = &'a Namespace>,
@@ -332,6 +382,54 @@ impl Translator {
         addresses: &BTreeMap<String, Vec<IpAddr>>,
     ) -> Desired {
         let policies: Vec<&NetworkPolicy> = policies.into_iter().collect();
+        let (mut d, basis) = self.begin(namespaces, &policies);
+        let input = PassInput::new(&basis, addresses);
+        self.rebuild(pods.into_iter().map(|p| (p.key(), p)), &input);
+        drop(input);
+        self.basis = Some(basis);
+        self.finish(&policies, &mut d, None);
+        d
+    }
+
+    /// A pass over the agent's store, told which pods changed since the
+    /// last one (None: unknown, all of them): only those pods, and the
+    /// pods this node's records touch, are translated again, and the
+    /// ipcache says which addresses moved. A change of what identities
+    /// are made of (the label keys selectors read, a namespace's labels)
+    /// translates every pod.
+    pub fn translate_changes<'a, 'k>(
+        &mut self,
+        namespaces: impl IntoIterator<Item = &'a Namespace>,
+        pods: &BTreeMap<String, PodView>,
+        changed: Option<impl IntoIterator<Item = &'k str>>,
+        policies: impl IntoIterator<Item = &'a NetworkPolicy>,
+        addresses: &BTreeMap<String, Vec<IpAddr>>,
+    ) -> Desired {
+        let policies: Vec<&NetworkPolicy> = policies.into_iter().collect();
+        let (mut d, basis) = self.begin(namespaces, &policies);
+        let input = PassInput::new(&basis, addresses);
+        let moved = match changed {
+            Some(keys) if self.basis.as_ref() == Some(&basis) => {
+                Some(self.update(pods, keys.into_iter().map(String::from).collect(), &input))
+            }
+            _ => {
+                self.rebuild(pods.iter().map(|(k, p)| (k.clone(), p)), &input);
+                None
+            }
+        };
+        drop(input);
+        self.basis = Some(basis);
+        self.finish(&policies, &mut d, moved);
+        d
+    }
+
+    /// What every pass starts with: the policies' warnings, and the basis
+    /// its pods are translated under.
+    fn begin<'a>(
+        &self,
+        namespaces: impl IntoIterator<Item = &'a Namespace>,
+        policies: &[&NetworkPolicy],
+    ) -> (Desired, Basis) {
         let mut d = Desired::default();
         let ns_labels: BTreeMap<String, Labels> = namespaces
             .into_iter()
@@ -342,11 +440,8 @@ impl Translator {
                     .map(|name| (name, n.metadata.labels.clone().unwrap_or_default()))
             })
             .collect();
-
-        // Pods that have addresses and are not done: each gets its identity.
-        let policies_all = policies;
-        let (pod_keys, ns_keys) = relevant_keys(&policies_all);
-        for p in &policies_all {
+        let (pod_keys, ns_keys) = relevant_keys(policies);
+        for p in policies {
             let all_sel = p
                 .spec
                 .iter()
@@ -368,73 +463,177 @@ impl Translator {
                 }
             }
         }
-        let policies = policies_all;
-        // This node's records are the truth about its addresses: a stale
-        // object of a pod gone (its address given to a new pod) loses it.
-        let owners: BTreeMap<IpAddr, &str> = addresses
+        (d, (pod_keys, ns_keys, ns_labels))
+    }
+
+    /// Every pod translated again; identities no pod carries any more are
+    /// released (after the pass: no id stands for two label sets in one).
+    fn rebuild<'p>(&mut self, pods: impl Iterator<Item = (String, &'p PodView)>, input: &PassInput<'_>) {
+        self.pods.clear();
+        self.volatile.clear();
+        self.idents.clear();
+        self.claims.clear();
+        let mut touched = BTreeSet::new();
+        for (key, p) in pods {
+            self.add_pod(key, p, input, &mut touched);
+        }
+        let live: BTreeSet<IdentityKey> = self.idents.values().map(|i| i.key.clone()).collect();
+        self.identities.retain(&live);
+        let ipcache: BTreeMap<IpAddr, u32> = self
+            .claims
             .iter()
-            .flat_map(|(k, ips)| ips.iter().map(move |ip| (*ip, k.as_str())))
+            .filter_map(|(ip, c)| Some((*ip, claimant(c)?)))
             .collect();
-        // Pods translated again only where something they depend on moved.
-        let basis = (pod_keys.clone(), ns_keys.clone(), ns_labels.clone());
-        if self.basis.as_ref() != Some(&basis) {
-            self.cache.clear();
-            self.basis = Some(basis);
+        self.ipcache = Arc::new(ipcache);
+    }
+
+    /// The pods of `changed`, and those this node's records touch (now or
+    /// at the last pass), translated again; the addresses whose identity
+    /// moved.
+    fn update(
+        &mut self,
+        pods: &BTreeMap<String, PodView>,
+        mut changed: BTreeSet<String>,
+        input: &PassInput<'_>,
+    ) -> BTreeSet<IpAddr> {
+        changed.append(&mut std::mem::take(&mut self.volatile));
+        changed.extend(input.addresses.keys().cloned());
+        for ip in input.owners.keys() {
+            changed.extend(self.claims.get(ip).into_iter().flatten().map(|(k, _)| k.clone()));
         }
-        self.pass += 1;
-        let pass = self.pass;
-        for p in pods {
-            let mut key = String::with_capacity(p.namespace.len() + 1 + p.name.len());
-            key.push_str(&p.namespace);
-            key.push('/');
-            key.push_str(&p.name);
-            // A pod this node recorded, or one whose address a record
-            // claims, depends on the records: translated every time.
-            let volatile = addresses.contains_key(&key) || p.ips.iter().any(|ip| owners.contains_key(ip));
-            let print = fingerprint(p);
-            if !volatile
-                && let Some(c) = self.cache.get_mut(&key)
-                && !c.volatile
-                && c.fingerprint == print
+        let (mut touched, mut emptied) = (BTreeSet::new(), Vec::new());
+        for key in changed {
+            self.remove_pod(&key, &mut touched, &mut emptied);
+            if let Some(p) = pods.get(&key) {
+                self.add_pod(key, p, input, &mut touched);
+            }
+        }
+        for id in emptied {
+            if self.idents.get(&id).is_some_and(|i| i.pods == 0)
+                && let Some(i) = self.idents.remove(&id)
             {
-                c.pass = pass;
-                continue;
-            }
-            let info = self.pod_info(p, &ns_labels, addresses, &owners, (&pod_keys, &ns_keys));
-            self.cache.insert(
-                key,
-                Cached {
-                    fingerprint: print,
-                    volatile,
-                    info,
-                    pass,
-                },
-            );
-        }
-        self.cache.retain(|_, c| c.pass == pass);
-        let cache = std::mem::take(&mut self.cache);
-        let infos: Vec<&PodInfo> = cache.values().filter_map(|c| c.info.as_ref()).collect();
-        let mut ident_keys: BTreeMap<u32, &IdentityKey> = BTreeMap::new();
-        for i in &infos {
-            ident_keys.entry(i.identity).or_insert(&i.id_key);
-            for ip in &i.ips {
-                d.ipcache.insert(*ip, i.identity);
+                self.identities.release(&i.key);
             }
         }
-        self.identities
-            .retain(&ident_keys.values().map(|k| (*k).clone()).collect());
-        for (id, k) in &ident_keys {
-            d.identities.insert(*id, k.name());
+        let ipcache = Arc::make_mut(&mut self.ipcache);
+        let mut moved = BTreeSet::new();
+        for ip in touched {
+            let now = self.claims.get(&ip).and_then(|c| claimant(c));
+            let was = match now {
+                Some(id) => ipcache.insert(ip, id),
+                None => ipcache.remove(&ip),
+            };
+            if was != now {
+                moved.insert(ip);
+            }
+        }
+        moved
+    }
+
+    fn add_pod(&mut self, key: String, p: &PodView, input: &PassInput<'_>, touched: &mut BTreeSet<IpAddr>) {
+        let volatile = input.addresses.contains_key(&key) || p.ips.iter().any(|ip| input.owners.contains_key(ip));
+        let info = self.pod_info(&key, p, input).map(|(info, id_key)| {
+            let ident = self.idents.entry(info.identity).or_insert_with(|| Ident {
+                key: id_key,
+                pods: 0,
+                ports: BTreeMap::new(),
+            });
+            ident.pods += 1;
+            for np in &info.ports {
+                *ident.ports.entry(np.clone()).or_default() += 1;
+            }
+            for ip in &info.ips {
+                self.claims.entry(*ip).or_default().push((key.clone(), info.identity));
+                touched.insert(*ip);
+            }
+            info
+        });
+        if volatile {
+            self.volatile.insert(key.clone());
+        }
+        self.pods.insert(key, info);
+    }
+
+    /// Take a pod's translation out of the indexes; identities left
+    /// without pods go to `emptied`.
+    fn remove_pod(&mut self, key: &str, touched: &mut BTreeSet<IpAddr>, emptied: &mut Vec<u32>) {
+        let Some(Some(info)) = self.pods.remove(key) else {
+            return;
+        };
+        for ip in &info.ips {
+            if let Some(c) = self.claims.get_mut(ip) {
+                c.retain(|(k, _)| k != key);
+                if c.is_empty() {
+                    self.claims.remove(ip);
+                }
+            }
+            touched.insert(*ip);
+        }
+        if let Some(ident) = self.idents.get_mut(&info.identity) {
+            ident.pods -= 1;
+            for np in &info.ports {
+                if let Some(n) = ident.ports.get_mut(np) {
+                    *n -= 1;
+                    if *n == 0 {
+                        ident.ports.remove(np);
+                    }
+                }
+            }
+            if ident.pods == 0 {
+                emptied.push(info.identity);
+            }
+        }
+    }
+
+    /// A pod's identity and what policy needs of it; None for a pod that
+    /// has no address of its own (host network) or is done.
+    fn pod_info(&mut self, key: &str, p: &PodView, input: &PassInput<'_>) -> Option<(PodInfo, IdentityKey)> {
+        if p.inert {
+            return None;
+        }
+        let mut ips = p.ips.clone();
+        ips.retain(|ip| input.owners.get(ip).is_none_or(|o| *o == key));
+        if ips.is_empty()
+            && let Some(a) = input.addresses.get(key)
+        {
+            ips = a.clone();
+        }
+        let mut nsl = input.ns_labels.get(&p.namespace).cloned().unwrap_or_default();
+        nsl.insert(NAMESPACE_NAME_LABEL.into(), p.namespace.clone());
+        let id_key = IdentityKey {
+            namespace: p.namespace.clone(),
+            pod_labels: restricted(&p.labels, input.pod_keys, &self.excluded),
+            ns_labels: restricted(&nsl, input.ns_keys, &BTreeSet::new()),
+        };
+        let info = PodInfo {
+            identity: self.identities.id(&id_key),
+            ips,
+            ports: p.ports.clone(),
+        };
+        Some((info, id_key))
+    }
+
+    /// The pass's `Desired` from the pods' translations: identities, the
+    /// ipcache (with the addresses that moved, `moved`, when known), CIDRs,
+    /// and the rules of the pods that get them.
+    fn finish(&mut self, policies: &[&NetworkPolicy], d: &mut Desired, moved: Option<BTreeSet<IpAddr>>) {
+        let pass = next_pass();
+        d.ipcache_changes = moved.map(|m| (self.pass, m));
+        d.pass = pass;
+        self.pass = pass;
+        d.ipcache = self.ipcache.clone();
+        for (id, i) in &self.idents {
+            d.identities.insert(*id, i.key.name());
         }
 
         // Every prefix of every ipBlock, excepts included, is an identity.
-        let prefixes = cidr_prefixes(&policies);
+        let prefixes = cidr_prefixes(policies);
         self.cidrs.retain(&prefixes);
         for n in &prefixes {
             d.cidrs.insert(*n, self.cidrs.id(n));
         }
 
-        let mut sorted = policies;
+        let mut sorted = policies.to_vec();
         sorted.sort_by_key(|p| (namespace_of(&p.metadata), p.metadata.name.clone()));
         let live: BTreeSet<(String, String)> = sorted
             .iter()
@@ -442,170 +641,168 @@ impl Translator {
             .collect();
         self.policies.retain(&live);
         // Selectors are evaluated once per identity (a label set), not per
-        // pod; a policy's subjects are looked for in its namespace only.
-        let mut by_ns: BTreeMap<&str, Vec<&PodInfo>> = BTreeMap::new();
-        for i in &infos {
-            by_ns.entry(i.id_key.namespace.as_str()).or_default().push(i);
+        // pod; a policy's subjects are looked for among the pods that get
+        // rules, in its namespace.
+        let pods: Vec<(&str, &PodInfo)> = match &self.local {
+            Some(local) => {
+                let mut seen = BTreeSet::new();
+                local
+                    .iter()
+                    .filter_map(|ip| self.claims.get(ip))
+                    .flatten()
+                    .filter(|(key, _)| seen.insert(key.as_str()))
+                    .filter_map(|(key, _)| Some((key.as_str(), self.pods.get(key)?.as_ref()?)))
+                    .collect()
+            }
+            None => self
+                .pods
+                .iter()
+                .filter_map(|(key, info)| Some((key.as_str(), info.as_ref()?)))
+                .collect(),
+        };
+        let mut subjects: BTreeMap<&str, Vec<(&str, &PodInfo)>> = BTreeMap::new();
+        for (key, info) in pods {
+            if let Some(i) = self.idents.get(&info.identity) {
+                subjects.entry(i.key.namespace.as_str()).or_default().push((key, info));
+            }
         }
         let view = View {
-            pods: &infos,
-            idents: &ident_keys,
-            by_ns: &by_ns,
+            idents: &self.idents,
+            subjects: &subjects,
         };
         for pol in sorted {
-            self.policy(pol, &view, &mut d);
+            policy(&mut self.policies, pol, &view, d);
         }
-        // The indexes borrow the cache: gone before it goes back.
-        drop(by_ns);
-        drop(ident_keys);
-        drop(infos);
-        self.cache = cache;
-        d
     }
+}
 
-    /// A pod's identity and what policy needs of it; None for a pod that
-    /// has no address of its own (host network) or is done.
-    fn pod_info(
-        &mut self,
-        p: &PodView,
-        ns_labels: &BTreeMap<String, Labels>,
-        addresses: &BTreeMap<String, Vec<IpAddr>>,
-        owners: &BTreeMap<IpAddr, &str>,
-        (pod_keys, ns_keys): (&BTreeSet<String>, &BTreeSet<String>),
-    ) -> Option<PodInfo> {
-        if p.inert {
-            return None;
+/// The identity an address has among the pods claiming it: the last by
+/// name, so that every node's agent picks the same one.
+fn claimant(c: &[(String, u32)]) -> Option<u32> {
+    c.iter().max_by(|a, b| a.0.cmp(&b.0)).map(|(_, id)| *id)
+}
+
+impl PassInput<'_> {
+    fn new<'a>(basis: &'a Basis, addresses: &'a BTreeMap<String, Vec<IpAddr>>) -> PassInput<'a> {
+        PassInput {
+            ns_labels: &basis.2,
+            pod_keys: &basis.0,
+            ns_keys: &basis.1,
+            addresses,
+            owners: addresses
+                .iter()
+                .flat_map(|(k, ips)| ips.iter().map(move |ip| (*ip, k.as_str())))
+                .collect(),
         }
-        let key = format!("{}/{}", p.namespace, p.name);
-        let mut ips = p.ips.clone();
-        ips.retain(|ip| owners.get(ip).is_none_or(|o| *o == key));
-        if ips.is_empty()
-            && let Some(a) = addresses.get(&key)
-        {
-            ips = a.clone();
-        }
-        let mut nsl = ns_labels.get(&p.namespace).cloned().unwrap_or_default();
-        nsl.insert(NAMESPACE_NAME_LABEL.into(), p.namespace.clone());
-        let id_key = IdentityKey {
-            namespace: p.namespace.clone(),
-            pod_labels: restricted(&p.labels, pod_keys, &self.excluded),
-            ns_labels: restricted(&nsl, ns_keys, &BTreeSet::new()),
-        };
-        Some(PodInfo {
-            key,
-            identity: self.identities.id(&id_key),
-            id_key,
-            ips,
-            ports: p.ports.clone(),
+    }
+}
+
+fn policy(ids: &mut IdAllocator<(String, String)>, pol: &NetworkPolicy, view: &View<'_>, d: &mut Desired) {
+    let ns = namespace_of(&pol.metadata);
+    let name = pol.metadata.name.clone().unwrap_or_default();
+    let id = ids.id(&(ns.clone(), name.clone()));
+    d.policies.insert(id, format!("{ns}/{name}"));
+    let Some(spec) = &pol.spec else { return };
+    let types: Vec<&str> = match &spec.policy_types {
+        Some(t) if !t.is_empty() => t.iter().map(String::as_str).collect(),
+        _ if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) => vec!["Ingress", "Egress"],
+        _ => vec!["Ingress"],
+    };
+    let selector = spec.pod_selector.clone().unwrap_or_default();
+    let subjects: Vec<(&str, &PodInfo)> = view
+        .subjects
+        .get(ns.as_str())
+        .into_iter()
+        .flatten()
+        .copied()
+        .filter(|(_, p)| {
+            view.idents
+                .get(&p.identity)
+                .is_some_and(|i| matches(&selector, &i.key.pod_labels))
         })
+        .collect();
+    if subjects.is_empty() {
+        return;
     }
-
-    fn policy(&mut self, pol: &NetworkPolicy, view: &View<'_>, d: &mut Desired) {
-        let pods = view.pods;
-        let ns = namespace_of(&pol.metadata);
-        let name = pol.metadata.name.clone().unwrap_or_default();
-        let id = self.policies.id(&(ns.clone(), name.clone()));
-        d.policies.insert(id, format!("{ns}/{name}"));
-        let Some(spec) = &pol.spec else { return };
-        let types: Vec<&str> = match &spec.policy_types {
-            Some(t) if !t.is_empty() => t.iter().map(String::as_str).collect(),
-            _ if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) => vec!["Ingress", "Egress"],
-            _ => vec!["Ingress"],
-        };
-        let selector = spec.pod_selector.clone().unwrap_or_default();
-        let local = self.local.as_ref();
-        let subjects: Vec<&PodInfo> = view
-            .by_ns
-            .get(ns.as_str())
-            .into_iter()
-            .flatten()
-            .copied()
-            .filter(|p| local.is_none_or(|l| p.ips.iter().any(|ip| l.contains(ip))))
-            .filter(|p| matches(&selector, &p.id_key.pod_labels))
-            .collect();
-        if subjects.is_empty() {
-            return;
+    let what = format!("policy {ns}/{name}");
+    // Each rule read once, applied to every subject.
+    let mut rules: Vec<(Direction, Peers, Vec<RulePort>)> = Vec::new();
+    if types.contains(&"Ingress") {
+        for r in spec.ingress.iter().flatten() {
+            let peers = peers(&ns, r.from.as_deref(), view.idents, d, &what);
+            rules.push((Direction::Ingress, peers, ports(r.ports.as_deref(), d, &what)));
         }
-        let what = format!("policy {ns}/{name}");
-        // Each rule read once, applied to every subject.
-        let mut rules: Vec<(Direction, Peers, Vec<RulePort>)> = Vec::new();
+    }
+    if types.contains(&"Egress") {
+        for r in spec.egress.iter().flatten() {
+            let peers = peers(&ns, r.to.as_deref(), view.idents, d, &what);
+            rules.push((Direction::Egress, peers, ports(r.ports.as_deref(), d, &what)));
+        }
+    }
+    for (key, s) in subjects {
+        let ep = d.endpoints.entry(key.to_string()).or_insert_with(|| EndpointPolicy {
+            ips: s.ips.clone(),
+            identity: s.identity,
+            ..Default::default()
+        });
         if types.contains(&"Ingress") {
-            for r in spec.ingress.iter().flatten() {
-                let peers = self.peers(&ns, r.from.as_deref(), view.idents, d, &what);
-                rules.push((Direction::Ingress, peers, ports(r.ports.as_deref(), d, &what)));
-            }
+            ep.ingress.get_or_insert(id);
         }
         if types.contains(&"Egress") {
-            for r in spec.egress.iter().flatten() {
-                let peers = self.peers(&ns, r.to.as_deref(), view.idents, d, &what);
-                rules.push((Direction::Egress, peers, ports(r.ports.as_deref(), d, &what)));
-            }
+            ep.egress.get_or_insert(id);
         }
-        for s in subjects {
-            let ep = d.endpoints.entry(s.key.clone()).or_insert_with(|| EndpointPolicy {
-                ips: s.ips.clone(),
-                identity: s.identity,
-                ..Default::default()
-            });
-            if types.contains(&"Ingress") {
-                ep.ingress.get_or_insert(id);
-            }
-            if types.contains(&"Egress") {
-                ep.egress.get_or_insert(id);
-            }
-            for (dir, peers, ports) in &rules {
-                expand(*dir, peers, ports, s, pods, id, &mut ep.rules);
-            }
+        for (dir, peers, ports) in &rules {
+            expand(*dir, peers, ports, s, view.idents, id, &mut ep.rules);
         }
     }
+}
 
-    fn peers(
-        &mut self,
-        policy_ns: &str,
-        peers: Option<&[NetworkPolicyPeer]>,
-        idents: &BTreeMap<u32, &IdentityKey>,
-        d: &mut Desired,
-        what: &str,
-    ) -> Peers {
-        let Some(peers) = peers.filter(|p| !p.is_empty()) else {
-            return Peers::Any;
-        };
-        let (mut ids, mut cidrs) = (BTreeSet::new(), BTreeSet::new());
-        for peer in peers {
-            if let Some(b) = &peer.ip_block {
-                let Ok(block) = b.cidr.parse::<IpNetwork>().map(normalized) else {
-                    d.warnings.push(format!("{what}: ipBlock {:?} is not a CIDR", b.cidr));
-                    continue;
-                };
-                let excepts: Vec<IpNetwork> = b
-                    .except
-                    .iter()
-                    .flatten()
-                    .filter_map(|e| e.parse::<IpNetwork>().ok().map(normalized))
-                    .collect();
-                for (n, id) in &d.cidrs {
-                    if within(n, &block) && !excepts.iter().any(|e| within(n, e)) {
-                        cidrs.insert(*id);
-                    }
-                }
+fn peers(
+    policy_ns: &str,
+    peers: Option<&[NetworkPolicyPeer]>,
+    idents: &BTreeMap<u32, Ident>,
+    d: &mut Desired,
+    what: &str,
+) -> Peers {
+    let Some(peers) = peers.filter(|p| !p.is_empty()) else {
+        return Peers::Any;
+    };
+    let (mut ids, mut cidrs) = (BTreeSet::new(), BTreeSet::new());
+    for peer in peers {
+        if let Some(b) = &peer.ip_block {
+            let Ok(block) = b.cidr.parse::<IpNetwork>().map(normalized) else {
+                d.warnings.push(format!("{what}: ipBlock {:?} is not a CIDR", b.cidr));
                 continue;
-            }
-            for (id, key) in idents {
-                let ns_ok = match &peer.namespace_selector {
-                    Some(sel) => matches(sel, &key.ns_labels),
-                    None => key.namespace == policy_ns,
-                };
-                let pod_ok = peer
-                    .pod_selector
-                    .as_ref()
-                    .is_none_or(|sel| matches(sel, &key.pod_labels));
-                if ns_ok && pod_ok {
-                    ids.insert(*id);
+            };
+            let excepts: Vec<IpNetwork> = b
+                .except
+                .iter()
+                .flatten()
+                .filter_map(|e| e.parse::<IpNetwork>().ok().map(normalized))
+                .collect();
+            for (n, id) in &d.cidrs {
+                if within(n, &block) && !excepts.iter().any(|e| within(n, e)) {
+                    cidrs.insert(*id);
                 }
+            }
+            continue;
+        }
+        for (id, i) in idents {
+            let key = &i.key;
+            let ns_ok = match &peer.namespace_selector {
+                Some(sel) => matches(sel, &key.ns_labels),
+                None => key.namespace == policy_ns,
+            };
+            let pod_ok = peer
+                .pod_selector
+                .as_ref()
+                .is_none_or(|sel| matches(sel, &key.pod_labels));
+            if ns_ok && pod_ok {
+                ids.insert(*id);
             }
         }
-        Peers::Some { pods: ids, cidrs }
     }
+    Peers::Some { pods: ids, cidrs }
 }
 
 /// Every prefix of every ipBlock of the policies, excepts included.

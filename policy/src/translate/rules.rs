@@ -1,12 +1,12 @@
 //! One rule of a policy, read once: its peers as identities and its ports;
 //! then, for each pod the policy selects, the datapath rules it makes.
 
-use super::{Desired, PodInfo, proto};
+use super::{Desired, Ident, PodInfo, proto};
 use k8s_openapi::api::networking::v1::NetworkPolicyPort;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sluice_tc_datapath::layout::{Direction, ID_ANY};
 use sluice_tc_datapath::maps::policy::{PortRange, Rule};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Peers of a rule, as identities.
 pub(super) enum Peers {
@@ -78,7 +78,7 @@ pub(super) fn expand(
     peers: &Peers,
     ports: &[RulePort],
     subject: &PodInfo,
-    pods: &[&PodInfo],
+    idents: &BTreeMap<u32, Ident>,
     policy: u32,
     out: &mut BTreeSet<Rule>,
 ) {
@@ -112,17 +112,18 @@ pub(super) fn expand(
                 }
             }
             PortSel::Named(name) => {
-                // The destination's port: resolved per peer pod; ipBlocks have none.
-                for peer in pods {
+                // The destination's port: what the peer identities' pods
+                // give the name; ipBlocks have none.
+                for (id, ident) in idents {
                     let selected = match peers {
                         Peers::Any => true,
-                        Peers::Some { pods: ids, .. } => ids.contains(&peer.identity),
+                        Peers::Some { pods: ids, .. } => ids.contains(id),
                     };
                     if !selected {
                         continue;
                     }
-                    for np in peer.ports.iter().filter(|np| np.name == *name && np.proto == p.proto) {
-                        out.insert(rule(peer.identity, p.proto, Some(PortRange::one(np.number))));
+                    for np in ident.ports.keys().filter(|np| np.name == *name && np.proto == p.proto) {
+                        out.insert(rule(*id, p.proto, Some(PortRange::one(np.number))));
                     }
                 }
             }

@@ -199,6 +199,11 @@ impl PolicyMaps {
         ignore_missing(self.ipcache.remove(&EndpointKey { addr: addr(a) }), &IPCACHE)
     }
 
+    /// One address's identity in the ipcache.
+    pub fn identity(&self, a: IpAddr) -> Result<Option<u32>, MapsError> {
+        Ok(lookup(&self.ipcache, &IPCACHE, &EndpointKey { addr: addr(a) })?.map(|v| v.identity))
+    }
+
     /// Every address of the ipcache with its identity, sorted.
     pub fn identities(&self) -> Result<Vec<AddrIdentity>, MapsError> {
         let mut out: Vec<AddrIdentity> = self
