@@ -126,6 +126,8 @@ const FLOW_POLL: Duration = Duration::from_millis(100);
 /// Events that arrive this close together are one change (an editor's
 /// save is several).
 const SETTLE: Duration = Duration::from_millis(5);
+/// Between two pods moved onto TCX links: the loop's events go first.
+const PROMOTE_GAP: Duration = Duration::from_millis(2);
 /// A sync that left failures is tried again after this, doubling to
 /// `RETRY_MAX` while it keeps failing.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -303,6 +305,13 @@ struct Daemon {
     _records: Option<notify::RecommendedWatcher>,
     /// What the policy namespaces file says, as last written.
     policy_namespaces: Option<BTreeSet<String>>,
+    /// When to move the next pod from filters onto TCX links (promote.rs):
+    /// `QUIET` after the last record change.
+    promote_due: Option<Instant>,
+    /// Pods whose move failed: tried again after the next collection.
+    promote_failed: BTreeSet<String>,
+    /// The kernel has no TCX: pods stay on filters.
+    tcx_unsupported: bool,
 }
 
 /// Watch the CNI plugin's endpoint records: a pod's ADD or DEL wakes the
@@ -414,6 +423,9 @@ pub fn run(opts: Options) -> Result<()> {
         probes,
         _records: records,
         policy_namespaces: None,
+        promote_due: Some(Instant::now() + crate::promote::QUIET),
+        promote_failed: BTreeSet::new(),
+        tcx_unsupported: false,
     };
     d.collect_gone_pods();
     // The API-server source syncs first once every kind is listed.
@@ -462,6 +474,9 @@ impl Daemon {
             if let Some((due, _)) = self.retry {
                 next = next.min(due);
             }
+            if let Some(due) = self.promote_due {
+                next = next.min(due);
+            }
             let next = next.min(Instant::now() + crate::probes::HEARTBEAT);
             let first = match self.rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
                 Ok(ev) => ev,
@@ -469,10 +484,16 @@ impl Daemon {
                     self.resync();
                     continue;
                 }
+                Err(mpsc::RecvTimeoutError::Timeout) if self.promote_due.is_some_and(|due| Instant::now() >= due) => {
+                    self.promote_next();
+                    continue;
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < gc_due => continue,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.collect_conntrack();
                     self.collect_gone_pods();
+                    self.promote_failed.clear();
+                    self.promote_due.get_or_insert(Instant::now());
                     gc_due = Instant::now() + self.gc.get();
                     continue;
                 }
@@ -483,6 +504,11 @@ impl Daemon {
             changes.note(first);
             while let Ok(ev) = self.rx.recv_timeout(SETTLE) {
                 changes.note(ev);
+            }
+            if changes.records {
+                // A pod starting or going: no link is made until the node
+                // has been quiet for a while.
+                self.promote_due = Some(Instant::now() + crate::promote::QUIET);
             }
             if self.apply(changes, seen) && self.opts.once {
                 return Ok(());
@@ -513,6 +539,48 @@ impl Daemon {
         self.record(why, &r, self.started.then_some(seen));
         self.started = true;
         true
+    }
+
+    /// Move the next pod that asks for it from filters onto TCX links, and
+    /// come back for the one after (events first).
+    fn promote_next(&mut self) {
+        use sluice_tc_datapath::attach::Promotion;
+        self.promote_due = None;
+        if self.tcx_unsupported {
+            return;
+        }
+        let pending: Vec<crate::promote::Pending> = crate::promote::pending(&self.opts.cni_data_dir, &self.opts.bpffs)
+            .into_iter()
+            .filter(|p| !self.promote_failed.contains(&p.container_id))
+            .collect();
+        let Some(p) = pending.first() else { return };
+        let started = Instant::now();
+        match crate::promote::promote(&self.opts.bpffs, p) {
+            Ok(Promotion::Promoted) => info!(
+                container = %p.container_id,
+                ifname = %p.ifname,
+                ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+                left = pending.len() - 1,
+                "pod moved from clsact filters onto TCX links"
+            ),
+            Ok(Promotion::Already) => {}
+            Ok(Promotion::NotAttached) => {
+                warn!(container = %p.container_id, ifname = %p.ifname, "sluice's filters are not on the pod's interface: not moved (CHECK fails on it)");
+                self.promote_failed.insert(p.container_id.clone());
+            }
+            Err(e) if e.is_tcx_unsupported() => {
+                info!(error = %e, "no TCX on this kernel: pods stay on clsact filters");
+                self.tcx_unsupported = true;
+                return;
+            }
+            Err(e) => {
+                warn!(container = %p.container_id, error = %e, "pod not moved onto TCX links; tried again later");
+                self.promote_failed.insert(p.container_id.clone());
+            }
+        }
+        if pending.len() > 1 {
+            self.promote_due = Some(Instant::now() + PROMOTE_GAP);
+        }
     }
 
     /// The last sync left failures: try again with what the source holds.

@@ -21,16 +21,19 @@ pub const CNI_DATA_DIR: &str = "/var/lib/sluice";
 /// `Endpoint`, camelCase JSON).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Record {
-    container_id: String,
-    ifname: String,
-    netns: String,
+pub(crate) struct Record {
+    pub(crate) container_id: String,
+    pub(crate) ifname: String,
+    pub(crate) netns: String,
     ips: Vec<ipnetwork::IpNetwork>,
     #[serde(default)]
     pod: Option<PodRef>,
     /// "creating" while ADD is under way, "ready" (or absent) after.
     #[serde(default)]
-    state: Option<String>,
+    pub(crate) state: Option<String>,
+    /// Attached with clsact filters, to be moved onto TCX links (promote.rs).
+    #[serde(default)]
+    pub(crate) promote_to_tcx: bool,
 }
 
 /// The pod a record names (the plugin's `PodRef`).
@@ -57,7 +60,7 @@ pub enum EndpointGcError {
 }
 
 /// Every record under `<data_dir>/endpoints/<network>/`.
-fn records(data_dir: &Path) -> Vec<(PathBuf, Record)> {
+pub(crate) fn records(data_dir: &Path) -> Vec<(PathBuf, Record)> {
     let mut out = Vec::new();
     let Ok(networks) = std::fs::read_dir(data_dir.join("endpoints")) else {
         return out;
@@ -144,7 +147,7 @@ pub fn pod_records(data_dir: &Path) -> Vec<PodRecord> {
 /// visible (an agent in a container without the host's `/run/netns`, or a
 /// `/proc/<pid>/ns/net` of another PID namespace, cannot judge, and must
 /// not take every pod for gone) and the file is not in it.
-fn netns_gone(netns: &str) -> bool {
+pub(crate) fn netns_gone(netns: &str) -> bool {
     let p = Path::new(netns);
     !netns.is_empty() && p.parent().is_some_and(Path::is_dir) && !p.exists()
 }

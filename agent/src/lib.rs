@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod node_events;
 pub mod objects;
 pub mod probes;
+pub mod promote;
 pub mod services;
 pub mod source;
 pub mod uplinks;

@@ -114,6 +114,7 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
             .filter(|_| matches!(link.kind.as_deref(), Some("macvlan" | "ipvlan"))),
         host_ifname: None,
         datapath: None,
+        promote_to_tcx: false,
         host_path: None,
         pod: PodRef::from_args(&req.inv.args),
         state: EndpointState::Creating,
@@ -129,6 +130,7 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
             Ok(None)
         }
     });
+    ep.promote_to_tcx = cfg.datapath.enabled && datapath::promoted_later(cfg);
     ep.datapath = match attached {
         Ok(a) => a,
         Err(e) => {

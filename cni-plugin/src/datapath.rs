@@ -7,7 +7,7 @@ use crate::endpoint::{Endpoint, EndpointStore};
 use crate::netlink::{Netlink, parse_mac};
 use crate::netns::NetNs;
 use sluice_cni_spec::{CniError, ErrorCode};
-use sluice_tc_datapath::attach::{self, AttachError, Attached, Node};
+use sluice_tc_datapath::attach::{self, AttachError, AttachMode, Attached, Node};
 use sluice_tc_datapath::loader::versioned_dir;
 use sluice_tc_datapath::maps::endpoints::Endpoint as EndpointEntry;
 use sluice_tc_datapath::maps::{EndpointMaps, MapsError, PolicyMaps, Source};
@@ -46,8 +46,13 @@ pub fn attach(cfg: &PluginConfig, ns: &NetNs, ep: &Endpoint) -> Result<Attached,
     }
     reattach_tc_endpoints(cfg, &mut node);
     let key = pin::link_key(&ep.container_id, &ep.ifname);
+    let mode = if promoted_later(cfg) {
+        AttachMode::Tc
+    } else {
+        cfg.datapath.attach
+    };
     let got = node
-        .attach(ns.as_fd(), &ep.ifname, &key, cfg.datapath.attach)
+        .attach(ns.as_fd(), &ep.ifname, &key, mode)
         .map_err(|e| cni_err(e, &format!("attaching to {what}")))?;
     // The hold first: the pod is judged by it from its first packet.
     let held = crate::policy_hold::must_hold(cfg, ep);
@@ -78,6 +83,25 @@ pub fn attach(cfg: &PluginConfig, ns: &NetNs, ep: &Endpoint) -> Result<Attached,
     }
     info!(ifname = %ep.ifname, mode = got.as_str(), "datapath attached");
     Ok(got)
+}
+
+/// `auto` attaches clsact filters at ADD and leaves TCX links to the agent,
+/// once no pod is starting: a TCX link costs an RCU grace period under
+/// RTNL (10-18 ms here), two of them most of an ADD, and every other
+/// netlink call on the node waits meanwhile.
+pub fn promoted_later(cfg: &PluginConfig) -> bool {
+    cfg.datapath.attach == AttachMode::Auto
+}
+
+/// How a pod's programs run now: a pod attached with filters and moved
+/// onto TCX links since has its links pinned.
+fn attached_now(node: &Node, ep: &Endpoint, attached: Attached) -> Attached {
+    let key = pin::link_key(&ep.container_id, &ep.ifname);
+    if ep.promote_to_tcx && attached == Attached::Tc && node.has_links(&key) {
+        Attached::Tcx
+    } else {
+        attached
+    }
 }
 
 /// A pod interface has a handful of addresses; more is a hostile or broken
@@ -139,7 +163,11 @@ fn reattach_tc_endpoints(cfg: &PluginConfig, node: &mut Node) {
     let Ok(eps) = EndpointStore::new(&cfg.data_dir(), &cfg.name).list() else {
         return;
     };
-    for ep in eps.iter().filter(|e| e.datapath == Some(Attached::Tc)) {
+    let on_filters: Vec<&Endpoint> = eps
+        .iter()
+        .filter(|e| e.datapath.is_some_and(|a| attached_now(node, e, a) == Attached::Tc))
+        .collect();
+    for ep in on_filters {
         if let Ok(ns) = NetNs::open(Path::new(&ep.netns))
             && let Err(e) = node.reattach_tc(ns.as_fd(), &ep.ifname)
         {
@@ -196,6 +224,7 @@ pub async fn check(cfg: &PluginConfig, ns: &NetNs, pod: &Netlink, ep: &Endpoint)
     })?;
     // CHECK changes nothing: no load, no upgrade.
     let node = Node::open_existing(&cfg.datapath).map_err(|e| failed(e.to_string()))?;
+    let attached = attached_now(&node, ep, attached);
     let key = pin::link_key(&ep.container_id, &ep.ifname);
     node.check(ns.as_fd(), &ep.ifname, &key, attached)
         .map_err(|m| failed(format!("{m} (in {})", ns.path().display())))?;

@@ -33,6 +33,11 @@ pub struct Endpoint {
     /// How the datapath is attached; absent when disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datapath: Option<Attached>,
+    /// Attached with clsact filters for a fast start, to be moved onto TCX
+    /// links by the agent (`datapath.attach: auto`); once its links are
+    /// pinned, they are what runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promote_to_tcx: bool,
     /// The host-side child the node reaches the pod through (host_path.rs),
     /// recorded before it is made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,6 +256,7 @@ mod tests {
             parent_ifindex: None,
             host_ifname: None,
             datapath: Some(Attached::Tcx),
+            promote_to_tcx: false,
             host_path: None,
             pod: Some(PodRef {
                 namespace: "shop".into(),

@@ -121,6 +121,7 @@ async fn add_steps(
         parent_ifindex: None,
         host_ifname: None,
         datapath: None,
+        promote_to_tcx: false,
         host_path: None,
         pod: PodRef::from_args(&c.req.inv.args),
         state: EndpointState::Creating,
@@ -155,6 +156,7 @@ async fn add_steps(
     if c.cfg.datapath.enabled {
         let got = datapath::attach(c.cfg, pod_ns, &ep)?;
         ep.datapath = Some(got);
+        ep.promote_to_tcx = datapath::promoted_later(c.cfg);
         undo.push(Undo::Detach {
             ep: Box::new(ep.clone()),
         });

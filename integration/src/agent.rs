@@ -18,9 +18,15 @@ impl AgentProcess {
     /// Start the agent on `manifests` for the node whose bpffs root is
     /// `bpffs`; its log goes to `log`.
     pub fn start(manifests: &Path, bpffs: &Path, node: &str, log: &Path) -> Result<AgentProcess> {
+        AgentProcess::start_with(manifests, bpffs, node, log, &[])
+    }
+
+    /// `start`, with `extra` arguments.
+    pub fn start_with(manifests: &Path, bpffs: &Path, node: &str, log: &Path, extra: &[&str]) -> Result<AgentProcess> {
         let mut cmd = Command::new(bin_dir().join("sluice-agent"));
         // Ports of its own (the tests run in the root namespace).
         cmd.args(["--metrics", "127.0.0.1:0", "--probes", "127.0.0.1:0"]);
+        cmd.args(extra);
         cmd.arg("--manifests").arg(manifests);
         AgentProcess::spawn(cmd, bpffs, node, log)
     }

@@ -36,9 +36,11 @@ impl Bpffs {
         &self.mount
     }
 
-    /// The plugin config's `"datapath"` section for this node.
+    /// The plugin config's `"datapath"` section for this node: TCX links
+    /// at ADD, whose pins the tests count (the default, `auto`, attaches
+    /// filters and leaves the links to the agent: tests/promotion.rs).
     pub fn datapath(&self) -> Value {
-        json!({"bpffs": self.root()})
+        json!({"bpffs": self.root(), "attach": "tcx"})
     }
 }
 

@@ -232,9 +232,12 @@ impl DatapathConfig {
     /// the program settings, hashed.
     pub fn prog_hash(&self) -> u64 {
         let settings = serde_json::to_vec(&self.program_settings()).expect("JSON");
-        crate::hash::fnv1a(crate::hash::fnv1a(0x51, crate::OBJECT), &settings)
+        crate::hash::fnv1a(OBJECT_HASH, &settings)
     }
 }
+
+// `fnv1a(0x51, OBJECT)`, computed when the object is built.
+include!(concat!(env!("OUT_DIR"), "/object_hash.rs"));
 
 fn is_prime(n: u32) -> bool {
     n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
@@ -244,6 +247,11 @@ fn is_prime(n: u32) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_object_hash_is_the_objects() {
+        assert_eq!(OBJECT_HASH, crate::hash::fnv1a(0x51, crate::OBJECT));
+    }
 
     #[test]
     fn maglev_size_must_be_prime() {

@@ -60,6 +60,25 @@ fn tcx_unsupported(e: &ProgramError) -> bool {
     }
 }
 
+impl AttachError {
+    /// The kernel has no TCX (before 6.6): clsact filters are all there is.
+    pub fn is_tcx_unsupported(&self) -> bool {
+        matches!(self, AttachError::Program { source, .. } if tcx_unsupported(source))
+    }
+}
+
+/// What `Node::promote` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Promotion {
+    /// The pod runs TCX links now, and its filters are gone.
+    Promoted,
+    /// Its links were pinned already.
+    Already,
+    /// Our filters are not on its interface (its DEL took them, or someone
+    /// did): nothing done.
+    NotAttached,
+}
+
 impl Node {
     /// Attach both programs to `ifname` in the namespace `netns`. A TCX
     /// link is pinned under `links/<key>`; a tc filter lives on the device.
@@ -124,6 +143,51 @@ impl Node {
         .and_then(|r| r);
         if r.is_err() {
             let _ = detach_hook(hook, self.dir(), Some(netns), ifname, key);
+        }
+        r
+    }
+
+    /// The pod attachment `key` has its TCX links pinned (both sides).
+    pub fn has_links(&self, key: &str) -> bool {
+        let dir = self.dir().join(Hook::Pod.dir()).join(key);
+        Side::BOTH.iter().all(|s| dir.join(s.name()).exists())
+    }
+
+    /// Move a pod attached with clsact filters onto TCX links, pinned under
+    /// `links/<key>`, then take its filters off. The links cost two RCU
+    /// grace periods under RTNL, which is why ADD attaches filters and this
+    /// runs later, off the pod's start. A TCX program ends the packet's way
+    /// at its hook (ours never return TCX_NEXT), so from a side's link on,
+    /// its filter no longer runs: a packet meets one program, never both,
+    /// and no connection notices. Open the node with `open_exclusive`, so
+    /// that no DEL takes the pod meanwhile. On failure the filters stay.
+    pub fn promote(&mut self, netns: BorrowedFd<'_>, ifname: &str, key: &str) -> Result<Promotion, AttachError> {
+        if self.has_links(key) {
+            return Ok(Promotion::Already);
+        }
+        let link_dir = self.dir().join(Hook::Pod.dir()).join(key);
+        let (egress, ingress) = self.programs(Hook::Pod);
+        let dir = link_dir.as_path();
+        let r = in_netns(netns, move || {
+            for side in Side::BOTH {
+                match SchedClassifierLink::attached(ifname, side.tc_type(), TC_PRIORITY, TC_HANDLE, None) {
+                    // The handle would delete the filter when dropped.
+                    Ok(l) => std::mem::forget(l),
+                    Err(_) => return Ok(Promotion::NotAttached),
+                }
+            }
+            attach_tcx(egress, ifname, Side::Egress, dir)?;
+            attach_tcx(ingress, ifname, Side::Ingress, dir)?;
+            for side in Side::BOTH {
+                if let Ok(l) = SchedClassifierLink::attached(ifname, side.tc_type(), TC_PRIORITY, TC_HANDLE, None) {
+                    drop(l);
+                }
+            }
+            Ok(Promotion::Promoted)
+        })
+        .and_then(|r| r);
+        if r.is_err() {
+            let _ = remove_link_pins(&link_dir);
         }
         r
     }

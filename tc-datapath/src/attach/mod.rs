@@ -13,7 +13,7 @@ mod iface;
 mod node;
 pub mod sock;
 
-pub use iface::CheckError;
+pub use iface::{CheckError, Promotion};
 pub use node::Node;
 
 use crate::loader::LoadError;

@@ -111,6 +111,26 @@ impl Node {
         Ok(node)
     }
 
+    /// The node's current programs, with the lock held exclusively: no
+    /// ADD, DEL or upgrade runs until the `Node` drops (moving a pod onto
+    /// TCX links, `promote`).
+    pub fn open_exclusive(bpffs: &Path) -> Result<Node, AttachError> {
+        let dir = loader::versioned_dir(bpffs);
+        if !dir.is_dir() {
+            return Err(AttachError::NoDatapath(dir));
+        }
+        let lock = lock_dir(&dir, false)?;
+        let hash = ObserveMaps::open(&mut Source::pinned(&dir))?.info()?.prog_hash;
+        let pdir = dir.join("progs").join(format!("{hash:016x}"));
+        if !pdir.join(INGRESS).exists() {
+            return Err(AttachError::VersionNotPinned {
+                version: hash,
+                dir: dir.join("progs"),
+            });
+        }
+        Node::opened(&dir, &pdir, hash, lock)
+    }
+
     /// The handle on pinned programs and maps, under `lock`.
     fn opened(dir: &Path, pdir: &Path, hash: u64, lock: File) -> Result<Node, AttachError> {
         let open =

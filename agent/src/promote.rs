@@ -1,0 +1,67 @@
+//! Pods the CNI plugin attached with clsact filters for a fast start
+//! (`datapath.attach: auto`), moved onto TCX links once no pod is starting.
+//!
+//! A TCX link costs an RCU grace period under RTNL when it is made (and
+//! another when it goes): two per pod, 10-18 ms each here, during which
+//! every netlink call of the node waits, the next pod's ADD included. The
+//! plugin's ADD therefore attaches filters (about 1 ms), and this moves
+//! the pod onto links when the node has been quiet for `QUIET`: pinned
+//! links that a program upgrade moves with `bpf_link_update` and that a
+//! pod cannot take off with NET_ADMIN alone, as filters can be. One pod at
+//! a time, under the datapath lock held exclusively (no ADD or DEL of the
+//! node meanwhile, so none takes the pod half-way).
+
+use crate::endpoint_gc::{netns_gone, records};
+use sluice_tc_datapath::attach::{AttachError, Node, Promotion};
+use sluice_tc_datapath::loader::versioned_dir;
+use sluice_tc_datapath::pin;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long no record may have changed (no ADD or DEL finished) before a
+/// pod is moved.
+pub const QUIET: Duration = Duration::from_millis(500);
+
+/// A pod on filters that asks for links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: PathBuf,
+}
+
+impl Pending {
+    fn key(&self) -> String {
+        pin::link_key(&self.container_id, &self.ifname)
+    }
+}
+
+/// The pods of this node's records that ask for TCX links and do not have
+/// them yet (their ADD done, their netns there).
+pub fn pending(cni_data_dir: &Path, bpffs: &Path) -> Vec<Pending> {
+    let links = versioned_dir(bpffs).join("links");
+    records(cni_data_dir)
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.promote_to_tcx && r.state.as_deref().is_none_or(|s| s == "ready"))
+        .filter(|r| !r.netns.is_empty() && !netns_gone(&r.netns) && Path::new(&r.netns).exists())
+        .map(|r| Pending {
+            container_id: r.container_id,
+            ifname: r.ifname,
+            netns: PathBuf::from(r.netns),
+        })
+        .filter(|p| !links.join(p.key()).join("egress").exists())
+        .collect()
+}
+
+/// Move one pod onto TCX links.
+pub fn promote(bpffs: &Path, p: &Pending) -> Result<Promotion, AttachError> {
+    let ns = std::fs::File::open(&p.netns).map_err(|source| AttachError::Io {
+        what: "opening the pod's netns".into(),
+        path: p.netns.clone(),
+        source,
+    })?;
+    let mut node = Node::open_exclusive(bpffs)?;
+    node.promote(ns.as_fd(), &p.ifname, &p.key())
+}

@@ -1,0 +1,136 @@
+//! The default attach (`datapath.attach: auto`): ADD puts clsact filters on
+//! the pod (no RCU grace period on the pod's start), and the agent moves
+//! each pod onto pinned TCX links once no pod has started or gone for a
+//! while, with a connection open across the move. CHECK passes before and
+//! after; a new program version takes pods on filters and on links alike;
+//! DEL leaves nothing.
+
+use sluice_integration::agent::AgentProcess;
+use sluice_integration::datapath::{programs_on, tc_filters};
+use sluice_integration::probe::{Session, StreamEcho};
+use sluice_integration::require_root;
+use sluice_integration::vpc::{Vpc, result_ip};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+fn on_filters(vpc: &Vpc, pod: usize) -> bool {
+    ["egress", "ingress"]
+        .iter()
+        .all(|side| tc_filters(&vpc.pods[pod], "eth0", side).unwrap().contains("sl_"))
+}
+
+fn on_links(vpc: &Vpc, pod: usize) -> bool {
+    let on = programs_on(&vpc.pods[pod], "eth0").unwrap();
+    on.egress.len() == 1 && on.ingress.len() == 1
+}
+
+/// Wait until the node's pinned links are `want`; how long it took.
+fn links_become(vpc: &Vpc, want: &[&str], within: Duration, log: &std::path::Path) -> Duration {
+    let started = Instant::now();
+    while vpc.pinned_links(0) != want {
+        assert!(
+            started.elapsed() < within,
+            "pinned links {:?}, expected {want:?}; agent log:\n{}",
+            vpc.pinned_links(0),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+#[test]
+fn auto_starts_pods_on_filters_and_the_agent_moves_them_onto_links() {
+    if !require_root("auto_starts_pods_on_filters_and_the_agent_moves_them_onto_links") {
+        return;
+    }
+    let mut vpc = Vpc::new("pro", 1).unwrap();
+    let mut conf = vpc.main_conf(0, "1.1.0");
+    conf["datapath"].as_object_mut().unwrap().remove("attach");
+    let (a, b) = (vpc.pod("a").unwrap(), vpc.pod("b").unwrap());
+    vpc.sluice(0, "ADD", "ca", a, &conf).expect_ok("ADD a");
+    let ip_b = result_ip(&vpc.sluice(0, "ADD", "cb", b, &conf).expect_ok("ADD b").json());
+
+    // At ADD: filters, no link.
+    assert!(vpc.pinned_links(0).is_empty(), "{:?}", vpc.pinned_links(0));
+    assert!(on_filters(&vpc, a) && on_filters(&vpc, b));
+    assert!(!on_links(&vpc, a));
+    vpc.sluice(0, "CHECK", "ca", a, &conf).expect_ok("CHECK on filters");
+    let _echo = StreamEcho::start(&vpc.pods[b], 7000, "b").unwrap();
+    let to_b: SocketAddr = format!("{ip_b}:7000").parse().unwrap();
+    let mut session = Session::open(&vpc.pods[a], to_b).unwrap();
+    assert_eq!(session.ask("before").unwrap(), "b:before");
+
+    // The agent moves both once the node is quiet.
+    let work = tempfile::tempdir().unwrap();
+    let manifests = work.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    let log = work.path().join("agent.log");
+    let cni_data = vpc.data_dir.join("n0");
+    let _agent = AgentProcess::start_with(
+        &manifests,
+        &vpc.bpffs[0].root(),
+        &vpc.node_name(0),
+        &log,
+        &["--no-flows", "--cni-data-dir", cni_data.to_str().unwrap()],
+    )
+    .unwrap();
+    let took = links_become(&vpc, &["ca:eth0", "cb:eth0"], Duration::from_secs(15), &log);
+    eprintln!("both pods on TCX links {took:?} after the agent started");
+    for p in [a, b] {
+        assert!(on_links(&vpc, p), "TCX programs on pod {p}");
+        assert!(!on_filters(&vpc, p), "its filters are gone");
+    }
+    assert_eq!(
+        session.ask("after").unwrap(),
+        "b:after",
+        "the connection opened on filters goes on over the links"
+    );
+    vpc.sluice(0, "CHECK", "ca", a, &conf).expect_ok("CHECK on links");
+    vpc.sluice(0, "CHECK", "cb", b, &conf).expect_ok("CHECK on links");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.matches("pod moved from clsact filters onto TCX links").count(),
+        2,
+        "{text}"
+    );
+
+    // A pod started while the agent runs: on filters at ADD, moved after.
+    let c = vpc.pod("c").unwrap();
+    let started = Instant::now();
+    vpc.sluice(0, "ADD", "cc", c, &conf).expect_ok("ADD c");
+    assert!(on_filters(&vpc, c), "on filters right after ADD");
+    let took = links_become(&vpc, &["ca:eth0", "cb:eth0", "cc:eth0"], Duration::from_secs(15), &log);
+    assert!(
+        started.elapsed() >= sluice_agent::promote::QUIET,
+        "moved only once the node was quiet"
+    );
+    eprintln!("a new pod on links {took:?} after its ADD");
+
+    // Another program version: the pods on links are moved by their pins,
+    // a pod on filters (not moved yet) by its filters; all pass CHECK.
+    let mut conf2 = conf.clone();
+    conf2["datapath"]["ctTimeouts"] = serde_json::json!({"udp": 31});
+    let d = vpc.pod("d").unwrap();
+    vpc.sluice(0, "ADD", "cd", d, &conf2)
+        .expect_ok("ADD d on a new version");
+    assert_eq!(vpc.program_versions(0).len(), 1, "the old version unpinned");
+    for (cid, p) in [("ca", a), ("cb", b), ("cc", c), ("cd", d)] {
+        vpc.sluice(0, "CHECK", cid, p, &conf2)
+            .expect_ok("CHECK after the upgrade");
+    }
+    assert_eq!(session.ask("upgraded").unwrap(), "b:upgraded");
+    links_become(
+        &vpc,
+        &["ca:eth0", "cb:eth0", "cc:eth0", "cd:eth0"],
+        Duration::from_secs(15),
+        &log,
+    );
+    vpc.sluice(0, "CHECK", "cd", d, &conf2).expect_ok("CHECK d on links");
+
+    drop(session);
+    for (cid, p) in [("ca", a), ("cb", b), ("cc", c), ("cd", d)] {
+        vpc.sluice(0, "DEL", cid, p, &conf2).expect_ok("DEL");
+    }
+    assert!(vpc.pinned_links(0).is_empty() && vpc.endpoints(0).is_empty());
+}
