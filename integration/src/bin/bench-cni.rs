@@ -13,6 +13,9 @@ use serde_json::{Value, json};
 use sluice_integration::cni::exec_timed;
 use sluice_integration::netns::Netns;
 use sluice_integration::vpc::Vpc;
+use sluice_tc_datapath::attach::{Node, Promotion};
+use sluice_tc_datapath::pin;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,9 +27,15 @@ struct Args {
     /// Concurrent calls in the parallel runs.
     #[arg(long, default_value_t = 8)]
     parallel: usize,
-    /// How sluice attaches its datapath: auto (TCX here), tcx, tc (clsact), or off.
+    /// How sluice attaches its datapath: auto (the default: clsact filters
+    /// at ADD, TCX links made later by the agent), tcx (links at ADD), tc
+    /// (clsact), or off.
     #[arg(long, default_value = "auto")]
     attach: String,
+    /// With auto: move every sluice pod onto TCX links before the DELs, as
+    /// the agent does once the node is quiet (the DEL of a pod that lived).
+    #[arg(long)]
+    links_before_del: bool,
 }
 
 struct Plugin {
@@ -46,11 +55,26 @@ fn pct(v: &mut [Duration], p: f64) -> f64 {
     v[i].as_secs_f64() * 1e3
 }
 
-/// ADD every pod, then DEL every pod, `par` calls at a time.
-fn run(p: &Plugin, pods: &[Netns], par: usize, cni_path: &str, tag: &str) -> Result<(Vec<Duration>, Vec<Duration>)> {
+/// What runs between the ADDs and the DELs: the pods, their container ids.
+type BeforeDel<'a> = &'a dyn Fn(&[Netns], &[String]) -> Result<()>;
+
+/// ADD every pod, then DEL every pod, `par` calls at a time; `before_del`
+/// runs in between (untimed), given the pods and their container ids.
+fn run(
+    p: &Plugin,
+    pods: &[Netns],
+    par: usize,
+    cni_path: &str,
+    tag: &str,
+    before_del: BeforeDel<'_>,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
     let mut adds = Vec::new();
     let mut dels = Vec::new();
     for (cmd, sink) in [("ADD", &mut adds), ("DEL", &mut dels)] {
+        if cmd == "DEL" {
+            let ids: Vec<String> = (0..pods.len()).map(|i| format!("{tag}{i}")).collect();
+            before_del(pods, &ids)?;
+        }
         let chunk = pods.len().div_ceil(par);
         let results: Vec<Result<Vec<Duration>>> = std::thread::scope(|s| {
             let hs: Vec<_> = pods
@@ -127,9 +151,27 @@ fn main() -> Result<()> {
     nix::sched::setns(&node, nix::sched::CloneFlags::CLONE_NEWNET)?;
 
     // Warm caches (binaries, dentries) for both before measuring.
+    let nothing = |_: &[Netns], _: &[String]| Ok(());
     for p in [&sluice, &reference] {
-        run(p, &pods[..4], 1, &cni_path, "warm")?;
+        run(p, &pods[..4], 1, &cni_path, "warm", &nothing)?;
     }
+    let root = vpc.bpffs[0].root();
+    let to_links = |pods: &[Netns], ids: &[String]| -> Result<()> {
+        for (ns, id) in pods.iter().zip(ids) {
+            let f = std::fs::File::open(ns.path())?;
+            let mut node = Node::open_exclusive(&root)?;
+            let done = node.promote(f.as_fd(), "eth0", &pin::link_key(id, "eth0"))?;
+            anyhow::ensure!(done == Promotion::Promoted, "{id}: {done:?}");
+        }
+        Ok(())
+    };
+    let sluice_before_del: BeforeDel<'_> = if args.links_before_del {
+        anyhow::ensure!(args.attach == "auto", "--links-before-del goes with --attach auto");
+        println!("(sluice's pods moved onto TCX links before the DELs, untimed)");
+        &to_links
+    } else {
+        &nothing
+    };
     println!("CNI ADD/DEL latency, {} pods per run, ms (lower is better)", args.pods);
     println!(
         "{:<34} {:>9} {:>8} {:>8} {:>8} {:>8}",
@@ -139,7 +181,12 @@ fn main() -> Result<()> {
     for (mode, par) in [("seq", 1), ("par", args.parallel)] {
         let mut row = Vec::new();
         for p in [&sluice, &reference] {
-            let (mut a, mut d) = run(p, &pods, par, &cni_path, mode)?;
+            let before_del = if std::ptr::eq(p, &sluice) {
+                sluice_before_del
+            } else {
+                &nothing
+            };
+            let (mut a, mut d) = run(p, &pods, par, &cni_path, mode, before_del)?;
             let s = [pct(&mut a, 0.5), pct(&mut a, 0.99), pct(&mut d, 0.5), pct(&mut d, 0.99)];
             let m = if par == 1 {
                 "seq".to_string()

@@ -147,8 +147,16 @@ fn random_service(vip: IpAddr, port: u16, proto: u8, rev_nat_id: u32, backends: 
 fn link_conf(vpc: &Vpc, node: usize, kind: &str, mode: &str) -> serde_json::Value {
     let mut conf = vpc.main_conf(node, "1.1.0");
     conf["link"] = serde_json::json!({"kind": kind, "parent": "eth0", "mode": mode});
+    // What this kernel attaches at ADD (no agent here to move pods from
+    // filters onto links, as `auto` leaves it to).
+    if let Some(a) = EXPECT.get() {
+        conf["datapath"]["attach"] = serde_json::json!(a.as_str());
+    }
     conf
 }
+
+/// The attach mode the VM's kernel has (`--expect-attach`).
+static EXPECT: std::sync::OnceLock<Attached> = std::sync::OnceLock::new();
 
 /// ADD pod `name` on node `node`; its address.
 fn add(vpc: &mut Vpc, node: usize, name: &str, conf: &serde_json::Value) -> Result<(usize, IpAddr)> {
@@ -533,6 +541,7 @@ fn main() {
         }
     };
     let how = expect.as_str();
+    let _ = EXPECT.set(expect);
     let checks: Vec<(String, Check)> = vec![
         ("ipvlan-module".into(), Box::new(ipvlan_module)),
         ("datapath-verifies".into(), Box::new(datapath_loads)),
