@@ -1,5 +1,5 @@
-//! The durable lease store of one pool: a JSON file rewritten atomically
-//! (write, fsync, rename, fsync dir) under an exclusive file lock.
+//! The lease store of one pool: a JSON file rewritten atomically (write,
+//! fsync, rename) under an exclusive file lock.
 //!
 //! One file rather than host-local's file per address: a lookup by owner is a
 //! scan of memory instead of a read of every lease file, and a crash can only
@@ -180,7 +180,11 @@ impl LockedStore {
         Ok(state)
     }
 
-    /// Replace the state atomically: a reader (or a crash) sees the old or the new file.
+    /// Replace the state atomically: a reader (or a crash) sees the old or
+    /// the new file, each whole (synced before the rename). The rename
+    /// itself is not made durable (no fsync of the directory, ~0.5 ms of
+    /// every ADD and DEL): a crash that loses it ends every pod of the node
+    /// too, so the old and the new state differ only in dead pods' leases.
     pub fn save(&self, state: &PoolState) -> Result<(), IpamError> {
         let path = self.state_path();
         let tmp = self.dir.join("leases.json.tmp");
@@ -188,10 +192,6 @@ impl LockedStore {
         let mut f = File::create(&tmp).map_err(store_err(&tmp, "creating"))?;
         f.write_all(&bytes).map_err(store_err(&tmp, "writing"))?;
         f.sync_data().map_err(store_err(&tmp, "syncing"))?;
-        std::fs::rename(&tmp, &path).map_err(store_err(&path, "renaming into place"))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(store_err(&self.dir, "syncing directory"))?;
-        Ok(())
+        std::fs::rename(&tmp, &path).map_err(store_err(&path, "renaming into place"))
     }
 }
