@@ -176,8 +176,10 @@ fn scenarios(test: &str, tag: &str, role: Role) {
     let archive = cri::build_image(work.path()).unwrap();
     let mut ctr = Containerd::start(&work.path().join("containerd"), &vpc.nodes[0].path(), &archive).unwrap();
     // Every new flow on the event ring, for `sluicectl observe` below.
+    // The default attach (filters at ADD, links from the agent later).
     cri::install_network_with(&vpc, &ctr, role, &|p| {
-        p["datapath"]["flowSample"] = serde_json::json!(1)
+        p["datapath"]["flowSample"] = serde_json::json!(1);
+        p["datapath"].as_object_mut().unwrap().remove("attach");
     })
     .unwrap();
     let installed: Value =
@@ -217,7 +219,11 @@ fn scenarios(test: &str, tag: &str, role: Role) {
             "the IP containerd reports"
         );
     }
-    assert_eq!(vpc.pinned_links(0).len(), 20);
+    assert!(
+        ids.iter().all(|id| record(&vpc, id).unwrap()["promoteToTcx"] == true),
+        "on filters, to be moved onto links"
+    );
+    assert!(vpc.pinned_links(0).is_empty(), "no link made on the pods' start");
     assert_eq!(leases(&vpc, role).len(), 20);
     stop_at_once(&rt, &ctr, &ids);
     nothing_left(&vpc, "20 sandboxes stopped at once");
@@ -273,6 +279,18 @@ fn scenarios(test: &str, tag: &str, role: Role) {
     )
     .unwrap();
     agent.wait_synced(1, Duration::from_secs(20)).unwrap();
+    // The agent moves the running sandboxes onto TCX links once quiet.
+    let live = endpoint_records(&vpc).len();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while vpc.pinned_links(0).len() != live {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {live} sandboxes on links: {}",
+            vpc.pinned_links(0).len(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let body = rt.block_on(wget(&mut cri, &cli_c, &format!("http://{VIP}/"))).unwrap();
     assert_eq!(body.trim(), "shop/web", "the ClusterIP the agent wrote");
     let outside = vpc.external_host("x", "172.31.0.200/16").unwrap();

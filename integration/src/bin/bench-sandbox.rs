@@ -101,7 +101,14 @@ fn main() -> Result<()> {
     for (i, role) in ROLES.iter().enumerate() {
         let vpc = Vpc::new(&format!("bs{i}"), 1)?;
         let ctr = Containerd::start(&work.path().join(format!("ctr{i}")), &vpc.nodes[0].path(), &archive)?;
-        cri::install_network(&vpc, &ctr, *role).with_context(|| role.name())?;
+        // sluice as shipped: the default attach (filters at ADD; no agent
+        // runs here to move pods onto links afterwards).
+        cri::install_network_with(&vpc, &ctr, *role, &|p| {
+            if let Some(d) = p["datapath"].as_object_mut() {
+                d.remove("attach");
+            }
+        })
+        .with_context(|| role.name())?;
         nodes.push((vpc, ctr));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
