@@ -553,9 +553,24 @@ impl Daemon {
             .into_iter()
             .filter(|p| !self.promote_failed.contains(&p.container_id))
             .collect();
+        if let Some(m) = &self.metrics {
+            m.on_filters.set(pending.len() as i64);
+        }
         let Some(p) = pending.first() else { return };
         let started = Instant::now();
-        match crate::promote::promote(&self.opts.bpffs, p) {
+        let moved = crate::promote::promote(&self.opts.bpffs, p);
+        if let Some(m) = &self.metrics {
+            let result = match &moved {
+                Ok(Promotion::Promoted) => "moved",
+                Ok(_) => "skipped",
+                Err(_) => "failed",
+            };
+            m.tcx_moves.get_or_create(&vec![("result", result)]).inc();
+            if matches!(moved, Ok(Promotion::Promoted)) {
+                m.on_filters.dec();
+            }
+        }
+        match moved {
             Ok(Promotion::Promoted) => info!(
                 container = %p.container_id,
                 ifname = %p.ifname,

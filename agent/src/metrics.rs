@@ -43,6 +43,10 @@ pub struct AgentMetrics {
     /// last sync left (0: the maps say what the sources say).
     pub sync_failures: Counter,
     pub failing: Gauge,
+    /// Pods moved from clsact filters onto TCX links, by result.
+    pub tcx_moves: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Pods still on filters that ask for links.
+    pub on_filters: Gauge,
 }
 
 impl AgentMetrics {
@@ -62,6 +66,8 @@ impl AgentMetrics {
             ct_pods_at_limit: Gauge::default(),
             sync_failures: Counter::default(),
             failing: Gauge::default(),
+            tcx_moves: Family::default(),
+            on_filters: Gauge::default(),
         }
     }
 
@@ -149,6 +155,16 @@ pub fn registry(maps: Maps) -> (Registry, AgentMetrics) {
         m.policies.clone(),
     );
     r.register("sluice_map_entries", "Entries in a datapath map", m.map_entries.clone());
+    r.register(
+        "sluice_tcx_moves",
+        "Pods moved from clsact filters onto TCX links (result: moved, skipped, failed)",
+        m.tcx_moves.clone(),
+    );
+    r.register(
+        "sluice_pods_on_filters",
+        "Pods on clsact filters waiting for the agent to move them onto TCX links",
+        m.on_filters.clone(),
+    );
     r.register(
         "sluice_sync_failures",
         "Objects a sync could not write (the rest was written; retried)",

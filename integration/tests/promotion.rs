@@ -5,7 +5,7 @@
 //! after; a new program version takes pods on filters and on links alike;
 //! DEL leaves nothing.
 
-use sluice_integration::agent::AgentProcess;
+use sluice_integration::agent::{AgentProcess, metrics_addr, sample, scrape};
 use sluice_integration::datapath::{programs_on, tc_filters};
 use sluice_integration::probe::{Session, StreamEcho};
 use sluice_integration::require_root;
@@ -94,6 +94,13 @@ fn auto_starts_pods_on_filters_and_the_agent_moves_them_onto_links() {
         2,
         "{text}"
     );
+    let body = scrape(metrics_addr(&log).expect("metrics address logged")).unwrap();
+    assert_eq!(
+        sample(&body, "sluice_tcx_moves_total{result=\"moved\"}"),
+        Some(2.0),
+        "{body}"
+    );
+    assert_eq!(sample(&body, "sluice_pods_on_filters"), Some(0.0), "{body}");
 
     // A pod started while the agent runs: on filters at ADD, moved after.
     let c = vpc.pod("c").unwrap();
