@@ -155,6 +155,88 @@ fn link_conf(vpc: &Vpc, node: usize, kind: &str, mode: &str) -> serde_json::Valu
     conf
 }
 
+/// The default attach through the CNI binary and the agent: pods start on
+/// clsact filters; where the kernel has TCX the agent moves them onto
+/// pinned links once the node is quiet, with a connection open across;
+/// where it has not, it says so once and leaves them on filters. CHECK
+/// passes either way, DEL leaves nothing.
+fn default_attach(expect: Attached) -> Result<String> {
+    let mut vpc = Vpc::new("vmpr", 1)?;
+    let mut conf = link_conf(&vpc, 0, "ipvlan", "l2");
+    conf["datapath"]
+        .as_object_mut()
+        .context("datapath section")?
+        .remove("attach");
+    let (a, _) = add(&mut vpc, 0, "a", &conf)?;
+    let (b, ip_b) = add(&mut vpc, 0, "b", &conf)?;
+    ensure!(
+        vpc.pinned_links(0).is_empty(),
+        "links made at ADD: {:?}",
+        vpc.pinned_links(0)
+    );
+    for p in [a, b] {
+        ensure!(
+            tc_filters(&vpc.pods[p], "eth0", "egress")?.contains("sl_egress"),
+            "pod {p} not on filters after ADD"
+        );
+    }
+    let _echo = StreamEcho::start(&vpc.pods[b], 7300, "b")?;
+    let mut session = Session::open(&vpc.pods[a], SocketAddr::new(ip_b, 7300))?;
+    ensure!(session.ask("x")? == "b:x", "echo before");
+    let work = tempfile::tempdir()?;
+    let manifests = work.path().join("manifests");
+    std::fs::create_dir(&manifests)?;
+    let log = work.path().join("agent.log");
+    let cni_data = vpc.data_dir.join("n0");
+    let _agent = sluice_integration::agent::AgentProcess::start_with(
+        &manifests,
+        &vpc.bpffs[0].root(),
+        &vpc.node_name(0),
+        &log,
+        &["--no-flows", "--cni-data-dir", &cni_data.display().to_string()],
+    )?;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let done = |vpc: &Vpc| match expect {
+        Attached::Tcx => vpc.pinned_links(0).len() == 2,
+        Attached::Tc => std::fs::read_to_string(&log).is_ok_and(|l| l.contains("no TCX on this kernel")),
+    };
+    while !done(&vpc) {
+        ensure!(
+            std::time::Instant::now() < until,
+            "the agent did not finish within 30 s: links {:?}; log: {}",
+            vpc.pinned_links(0),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    ensure!(session.ask("y")? == "b:y", "echo after");
+    for (name, p) in [("a", a), ("b", b)] {
+        let out = vpc.sluice(0, "CHECK", name, p, &conf);
+        ensure!(out.success, "CHECK {name}: {}", out.stdout);
+        let on_filters = tc_filters(&vpc.pods[p], "eth0", "ingress")?.contains("sl_ingress");
+        ensure!(
+            on_filters == (expect == Attached::Tc),
+            "pod {name} on filters: {on_filters} with {}",
+            expect.as_str()
+        );
+    }
+    drop(session);
+    for (name, p) in [("a", a), ("b", b)] {
+        let out = vpc.sluice(0, "DEL", name, p, &conf);
+        ensure!(out.success, "DEL {name}: {}", out.stdout);
+    }
+    ensure!(
+        vpc.pinned_links(0).is_empty() && vpc.endpoints(0).is_empty(),
+        "DEL left state"
+    );
+    Ok(match expect {
+        Attached::Tcx => {
+            "pods on filters at ADD, moved onto TCX links by the agent with a connection open; CHECK, DEL clean".into()
+        }
+        Attached::Tc => "pods on filters at ADD; the agent found no TCX and left them there; CHECK, DEL clean".into(),
+    })
+}
+
 /// The attach mode the VM's kernel has (`--expect-attach`).
 static EXPECT: std::sync::OnceLock<Attached> = std::sync::OnceLock::new();
 
@@ -565,6 +647,10 @@ fn main() {
             Box::new(|| pods("macvlan", "bridge")),
         ),
         (format!("upgrade-check-del-{how}"), Box::new(move || upgrade(expect))),
+        (
+            format!("default-attach-{how}"),
+            Box::new(move || default_attach(expect)),
+        ),
         ("netfilter-untouched".into(), Box::new(netfilter_untouched)),
     ];
     let (mut passed, mut failed) = (0, 0);
