@@ -10,7 +10,8 @@
 //! - traffic from outside: the node's [`uplinks`], and the
 //!   [`health_check`] node ports of `externalTrafficPolicy: Local`;
 //! - housekeeping: expired conntrack entries ([`gc`]), pods gone without a
-//!   CNI DEL ([`endpoint_gc`]);
+//!   CNI DEL ([`endpoint_gc`]), pods moved from clsact filters onto TCX
+//!   links once the node is quiet ([`promote`]);
 //! - what it tells: [`metrics`], flow events ([`flows`]), the kubelet's
 //!   [`probes`] (over the small [`http`] server);
 //! - [`install`]: `sluice-install`, chaining sluice behind a node's plugin.
