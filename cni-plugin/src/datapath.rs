@@ -189,6 +189,8 @@ pub fn detach(
         return Ok(());
     }
     let key = pin::link_key(container_id, ifname);
+    // Not half-way through the agent's move of this pod onto TCX links.
+    let _lock = attach::hold_shared(&dir).map_err(|e| cni_err(e, "taking the datapath lock"))?;
     attach::detach(&dir, ns.map(NetNs::as_fd), ifname, &key)
         .map_err(|e| cni_err(e, &format!("detaching from {ifname}")))?;
     crate::host_port::unpublish(cfg, &dir, pin::attachment_id(container_id, ifname))?;

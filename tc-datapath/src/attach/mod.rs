@@ -301,6 +301,14 @@ pub fn hook_attachments(hook: Hook, versioned: &Path) -> Result<Vec<String>, Att
     }
 }
 
+/// Hold the node lock shared, as an attach does, until the file drops: a
+/// DEL taking a pod's programs off waits for a move onto TCX links
+/// (`Node::promote`, under the lock held exclusively) to finish, so that
+/// none pins a link for a pod whose DEL already unpinned it.
+pub fn hold_shared(versioned: &Path) -> Result<File, AttachError> {
+    lock_dir(versioned, true)
+}
+
 /// Take the node lock, shared or exclusive: the directory itself, flocked.
 /// bpffs holds no regular files, but flock works on any inode. Each call
 /// opens its own file, so a shared and an exclusive hold of one process are
