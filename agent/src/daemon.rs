@@ -308,7 +308,8 @@ struct Daemon {
     /// When to move the next pod from filters onto TCX links (promote.rs):
     /// `QUIET` after the last record change.
     promote_due: Option<Instant>,
-    /// Pods whose move failed: tried again after the next collection.
+    /// Pods (attachment keys) whose move failed: tried again after the
+    /// next collection.
     promote_failed: BTreeSet<String>,
     /// The kernel has no TCX: pods stay on filters.
     tcx_unsupported: bool,
@@ -551,7 +552,7 @@ impl Daemon {
         }
         let pending: Vec<crate::promote::Pending> = crate::promote::pending(&self.opts.cni_data_dir, &self.opts.bpffs)
             .into_iter()
-            .filter(|p| !self.promote_failed.contains(&p.container_id))
+            .filter(|p| !self.promote_failed.contains(&p.key()))
             .collect();
         if let Some(m) = &self.metrics {
             m.on_filters.set(pending.len() as i64);
@@ -581,7 +582,7 @@ impl Daemon {
             Ok(Promotion::Already) => {}
             Ok(Promotion::NotAttached) => {
                 warn!(container = %p.container_id, ifname = %p.ifname, "sluice's filters are not on the pod's interface: not moved (CHECK fails on it)");
-                self.promote_failed.insert(p.container_id.clone());
+                self.promote_failed.insert(p.key());
             }
             Err(e) if e.is_tcx_unsupported() => {
                 info!(error = %e, "no TCX on this kernel: pods stay on clsact filters");
@@ -590,7 +591,7 @@ impl Daemon {
             }
             Err(e) => {
                 warn!(container = %p.container_id, error = %e, "pod not moved onto TCX links; tried again later");
-                self.promote_failed.insert(p.container_id.clone());
+                self.promote_failed.insert(p.key());
             }
         }
         if pending.len() > 1 {

@@ -147,7 +147,7 @@ pub fn pod_records(data_dir: &Path) -> Vec<PodRecord> {
 /// visible (an agent in a container without the host's `/run/netns`, or a
 /// `/proc/<pid>/ns/net` of another PID namespace, cannot judge, and must
 /// not take every pod for gone) and the file is not in it.
-pub(crate) fn netns_gone(netns: &str) -> bool {
+fn netns_gone(netns: &str) -> bool {
     let p = Path::new(netns);
     !netns.is_empty() && p.parent().is_some_and(Path::is_dir) && !p.exists()
 }

@@ -11,8 +11,8 @@
 //! a time, under the datapath lock held exclusively (no ADD or DEL of the
 //! node meanwhile, so none takes the pod half-way).
 
-use crate::endpoint_gc::{netns_gone, records};
-use sluice_tc_datapath::attach::{AttachError, Node, Promotion};
+use crate::endpoint_gc::records;
+use sluice_tc_datapath::attach::{self, AttachError, Node, Promotion};
 use sluice_tc_datapath::loader::versioned_dir;
 use sluice_tc_datapath::pin;
 use std::os::fd::AsFd;
@@ -32,7 +32,8 @@ pub struct Pending {
 }
 
 impl Pending {
-    fn key(&self) -> String {
+    /// Its attachment's key (the name of its links' directory).
+    pub fn key(&self) -> String {
         pin::link_key(&self.container_id, &self.ifname)
     }
 }
@@ -40,18 +41,18 @@ impl Pending {
 /// The pods of this node's records that ask for TCX links and do not have
 /// them yet (their ADD done, their netns there).
 pub fn pending(cni_data_dir: &Path, bpffs: &Path) -> Vec<Pending> {
-    let links = versioned_dir(bpffs).join("links");
+    let versioned = versioned_dir(bpffs);
     records(cni_data_dir)
         .into_iter()
         .map(|(_, r)| r)
         .filter(|r| r.promote_to_tcx && r.state.as_deref().is_none_or(|s| s == "ready"))
-        .filter(|r| !r.netns.is_empty() && !netns_gone(&r.netns) && Path::new(&r.netns).exists())
+        .filter(|r| !r.netns.is_empty() && Path::new(&r.netns).exists())
         .map(|r| Pending {
             container_id: r.container_id,
             ifname: r.ifname,
             netns: PathBuf::from(r.netns),
         })
-        .filter(|p| !links.join(p.key()).join("egress").exists())
+        .filter(|p| !attach::has_links(&versioned, &p.key()))
         .collect()
 }
 

@@ -127,6 +127,12 @@ fn auto_starts_pods_on_filters_and_the_agent_moves_them_onto_links() {
             .expect_ok("CHECK after the upgrade");
     }
     assert_eq!(session.ask("upgraded").unwrap(), "b:upgraded");
+    for p in [a, b, c] {
+        assert!(
+            on_links(&vpc, p) && !on_filters(&vpc, p),
+            "the upgrade moved pod {p}'s links and put no filter back on it"
+        );
+    }
     links_become(
         &vpc,
         &["ca:eth0", "cb:eth0", "cc:eth0", "cd:eth0"],

@@ -24,7 +24,6 @@ use std::net::IpAddr;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct State {
     names: BTreeMap<(u32, u32), String>,
-    ipcache: BTreeMap<IpAddr, u32>,
     cidrs: BTreeMap<IpNetwork, u32>,
     endpoints: BTreeMap<u32, EpPolicyValue>,
     /// Rule entries: (match, prefix length) -> the policy allowing it.
@@ -60,6 +59,9 @@ pub struct ApplyStats {
 /// Keeps one node's maps in step with `Desired`.
 pub struct NodeApplier {
     applied: State,
+    /// The ipcache as the maps hold it (the cluster's pods: kept apart
+    /// from `applied`, compared by the addresses a pass says moved).
+    ipcache: BTreeMap<IpAddr, u32>,
     /// The translation pass whose ipcache the maps hold, exactly (None:
     /// not known, or an apply failed half-way): the next pass's changes
     /// from it are all the ipcache entries to look at.
@@ -74,9 +76,7 @@ impl NodeApplier {
     pub fn from_maps(maps: &Maps) -> Result<NodeApplier, MapsError> {
         let mut s = State::default();
         let policy = maps.policy();
-        for e in policy.identities()? {
-            s.ipcache.insert(e.addr, e.identity);
-        }
+        let ipcache = policy.identities()?.into_iter().map(|e| (e.addr, e.identity)).collect();
         for c in policy.cidrs()? {
             if let Ok(n) = IpNetwork::new(c.net, c.prefix) {
                 s.cidrs.insert(n, c.identity);
@@ -93,6 +93,7 @@ impl NodeApplier {
         }
         Ok(NodeApplier {
             applied: s,
+            ipcache,
             ipcache_pass: None,
             hosts: BTreeSet::new(),
         })
@@ -147,10 +148,9 @@ impl NodeApplier {
         st.unnamed = unnamed.len();
         for (ip, id) in ip_set {
             maps.policy_mut().set_identity(ip, id)?;
-            self.applied.ipcache.insert(ip, id);
+            self.ipcache.insert(ip, id);
             st.written += 1;
         }
-        let have = &self.applied;
         for (n, id) in &want.cidrs {
             if have.cidrs.get(n) != Some(id) {
                 maps.policy_mut().set_cidr(n.network(), n.prefix(), *id)?;
@@ -186,10 +186,9 @@ impl NodeApplier {
         }
         for ip in ip_removed {
             maps.policy_mut().remove_identity(ip)?;
-            self.applied.ipcache.remove(&ip);
+            self.ipcache.remove(&ip);
             st.removed += 1;
         }
-        let have = &self.applied;
         for k in have.names.keys().filter(|k| !want.names.contains_key(k)) {
             maps.observe_mut().remove_name(k.0, k.1)?;
             st.removed += 1;
@@ -198,7 +197,6 @@ impl NodeApplier {
         for k in &unnamed {
             want.names.remove(k);
         }
-        want.ipcache = std::mem::take(&mut self.applied.ipcache);
         self.applied = want;
         self.ipcache_pass = Some(d.pass);
         self.hosts = host;
@@ -220,7 +218,7 @@ impl NodeApplier {
                 .ipcache
                 .keys()
                 .chain(host)
-                .chain(self.applied.ipcache.keys())
+                .chain(self.ipcache.keys())
                 .copied()
                 .collect(),
         };
@@ -231,7 +229,7 @@ impl NodeApplier {
             } else {
                 d.ipcache.get(&ip).copied()
             };
-            if want == self.applied.ipcache.get(&ip).copied() {
+            if want == self.ipcache.get(&ip).copied() {
                 continue;
             }
             match want {

@@ -116,7 +116,7 @@ struct View<'a> {
 }
 
 /// A container port with a name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct NamedPort {
     pub name: String,
     pub proto: u8,
@@ -127,7 +127,7 @@ pub struct NamedPort {
 /// of what the agent holds): its name, namespace and labels, its addresses
 /// and named ports; `inert` when it has the host's network or is done (no
 /// address of its own to police).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodView {
     pub name: String,
     pub namespace: String,
@@ -339,11 +339,7 @@ impl Translator {
     /// The pod ("namespace/name") an address is in the ipcache for, as of
     /// the last pass.
     pub fn pod_at(&self, ip: &IpAddr) -> Option<&str> {
-        self.claims
-            .get(ip)?
-            .iter()
-            .max_by(|a, b| a.0.cmp(&b.0))
-            .map(|(k, _)| k.as_str())
+        claimant(self.claims.get(ip)?).map(|(k, _)| k.as_str())
     }
 
     /// The objects by reference, from wherever the caller keeps them (the
@@ -482,7 +478,7 @@ impl Translator {
         let ipcache: BTreeMap<IpAddr, u32> = self
             .claims
             .iter()
-            .filter_map(|(ip, c)| Some((*ip, claimant(c)?)))
+            .filter_map(|(ip, c)| Some((*ip, claimant(c)?.1)))
             .collect();
         self.ipcache = Arc::new(ipcache);
     }
@@ -518,7 +514,7 @@ impl Translator {
         let ipcache = Arc::make_mut(&mut self.ipcache);
         let mut moved = BTreeSet::new();
         for ip in touched {
-            let now = self.claims.get(&ip).and_then(|c| claimant(c));
+            let now = self.claims.get(&ip).and_then(|c| claimant(c)).map(|(_, id)| *id);
             let was = match now {
                 Some(id) => ipcache.insert(ip, id),
                 None => ipcache.remove(&ip),
@@ -678,8 +674,8 @@ impl Translator {
 
 /// The identity an address has among the pods claiming it: the last by
 /// name, so that every node's agent picks the same one.
-fn claimant(c: &[(String, u32)]) -> Option<u32> {
-    c.iter().max_by(|a, b| a.0.cmp(&b.0)).map(|(_, id)| *id)
+fn claimant(c: &[(String, u32)]) -> Option<&(String, u32)> {
+    c.iter().max_by(|a, b| a.0.cmp(&b.0))
 }
 
 impl PassInput<'_> {

@@ -149,8 +149,7 @@ impl Node {
 
     /// The pod attachment `key` has its TCX links pinned (both sides).
     pub fn has_links(&self, key: &str) -> bool {
-        let dir = self.dir().join(Hook::Pod.dir()).join(key);
-        Side::BOTH.iter().all(|s| dir.join(s.name()).exists())
+        super::has_links(self.dir(), key)
     }
 
     /// Move a pod attached with clsact filters onto TCX links, pinned under

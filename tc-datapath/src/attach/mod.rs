@@ -301,6 +301,13 @@ pub fn hook_attachments(hook: Hook, versioned: &Path) -> Result<Vec<String>, Att
     }
 }
 
+/// The pod attachment `key` has its TCX links pinned (both sides) under
+/// the versioned directory.
+pub fn has_links(versioned: &Path, key: &str) -> bool {
+    let dir = versioned.join(Hook::Pod.dir()).join(key);
+    Side::BOTH.iter().all(|s| dir.join(s.name()).exists())
+}
+
 /// Hold the node lock shared, as an attach does, until the file drops: a
 /// DEL taking a pod's programs off waits for a move onto TCX links
 /// (`Node::promote`, under the lock held exclusively) to finish, so that

@@ -67,7 +67,7 @@ impl Node {
             return Err(AttachError::NoDatapath(dir));
         }
         let want = DpInfo::of(cfg);
-        let pdir = dir.join("progs").join(format!("{:016x}", want.prog_hash));
+        let pdir = version_dir(&dir, want.prog_hash);
         // Attaching to pods runs side by side under a shared lock; loading a
         // version and moving links onto it takes the lock exclusively.
         let shared = lock_dir(&dir, true)?;
@@ -121,7 +121,7 @@ impl Node {
         }
         let lock = lock_dir(&dir, false)?;
         let hash = ObserveMaps::open(&mut Source::pinned(&dir))?.info()?.prog_hash;
-        let pdir = dir.join("progs").join(format!("{hash:016x}"));
+        let pdir = version_dir(&dir, hash);
         if !pdir.join(INGRESS).exists() {
             return Err(AttachError::VersionNotPinned {
                 version: hash,
@@ -329,6 +329,11 @@ impl Node {
 
 /// The directories of the other layout versions under `root` (older
 /// ones, in practice), by version.
+/// Where a program version is pinned under the versioned directory.
+fn version_dir(dir: &Path, hash: u64) -> PathBuf {
+    dir.join("progs").join(format!("{hash:016x}"))
+}
+
 fn older_layouts(root: &Path, mine: u32) -> Result<Vec<PathBuf>, AttachError> {
     let Ok(rd) = std::fs::read_dir(root) else {
         return Ok(Vec::new());
