@@ -117,6 +117,12 @@ pub struct Options {
     /// netns; pods whose netns is gone lose their datapath state).
     #[arg(long, default_value = endpoint_gc::CNI_DATA_DIR)]
     pub cni_data_dir: PathBuf,
+    /// Keep the node's ENIs and their addresses from the cloud as the
+    /// pool's configuration file (JSON) says, published to the node file
+    /// the CNI plugin's `eniPool` reads. Targets in the file are read
+    /// again while running. See docs/eni-cloud.md.
+    #[arg(long)]
+    pub eni_pool: Option<PathBuf>,
 }
 
 /// How long to wait for the datapath before each new attempt.
@@ -361,6 +367,26 @@ pub fn run(opts: Options) -> Result<()> {
             .with_context(|| format!("serving the probes on {}", opts.probes))?;
         info!(%addr, "serving /healthz and /readyz");
     }
+    // Served from the start: the ENI pool runs (and has figures) before the
+    // first pod loads the datapath.
+    let pool_metrics = opts
+        .eni_pool
+        .as_ref()
+        .map(|_| sluice_cloud::metrics::PoolMetrics::default());
+    let metrics = if opts.once || opts.no_metrics {
+        None
+    } else {
+        let (registry, m) = metrics::registry(&opts.bpffs, pool_metrics.as_ref());
+        let addr =
+            metrics::serve(opts.metrics, registry).with_context(|| format!("serving metrics on {}", opts.metrics))?;
+        info!(%addr, "serving metrics at /metrics");
+        Some(m)
+    };
+    // Before the datapath: the first pod's ADD needs an address from it.
+    if let (Some(path), false) = (&opts.eni_pool, opts.once) {
+        crate::eni_pool::start(path.clone(), pool_metrics.clone().unwrap_or_default())
+            .with_context(|| format!("starting the ENI pool of {}", path.display()))?;
+    }
     let (tx, rx) = mpsc::channel::<Input>();
     let records = if opts.once {
         None
@@ -395,16 +421,6 @@ pub fn run(opts: Options) -> Result<()> {
         None
     } else {
         Some(crate::health_check::HealthServers::start().context("starting the health check servers")?)
-    };
-    let metrics = if opts.once || opts.no_metrics {
-        None
-    } else {
-        let maps = Maps::open_pinned(&versioned_dir(&opts.bpffs)).context("opening the maps for the metrics")?;
-        let (registry, m) = metrics::registry(maps);
-        let addr =
-            metrics::serve(opts.metrics, registry).with_context(|| format!("serving metrics on {}", opts.metrics))?;
-        info!(%addr, "serving metrics at /metrics");
-        Some(m)
     };
     let mut d = Daemon {
         opts,

@@ -14,11 +14,14 @@
 //!   links once the node is quiet ([`promote`]);
 //! - what it tells: [`metrics`], flow events ([`flows`]), the kubelet's
 //!   [`probes`] (over the small [`http`] server);
+//! - [`eni_pool`]: the node's ENIs and addresses from the cloud (sluice-cloud's
+//!   warm pool on a thread of its own);
 //! - [`install`]: `sluice-install`, chaining sluice behind a node's plugin.
 
 pub mod agent;
 pub mod daemon;
 pub mod endpoint_gc;
+pub mod eni_pool;
 pub mod flows;
 pub mod gc;
 pub mod health_check;

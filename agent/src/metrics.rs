@@ -15,8 +15,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use sluice_cloud::metrics::PoolMetrics;
+use sluice_tc_datapath::loader::versioned_dir;
 use sluice_tc_datapath::maps::Maps;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The agent's side, updated by its loop.
@@ -79,9 +82,13 @@ impl AgentMetrics {
     }
 }
 
-/// The datapath's packet and byte counters by reason and direction.
+/// The datapath's packet and byte counters by reason and direction, read
+/// through maps opened at the first scrape that finds them (the agent
+/// serves metrics before the first pod loads the datapath: its ENI pool
+/// has some to tell by then).
 struct DatapathCounters {
-    maps: Mutex<Maps>,
+    bpffs: PathBuf,
+    maps: Mutex<Option<Maps>>,
 }
 
 impl std::fmt::Debug for DatapathCounters {
@@ -92,12 +99,12 @@ impl std::fmt::Debug for DatapathCounters {
 
 impl Collector for DatapathCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Ok(rows) = self
-            .maps
-            .lock()
-            .map_err(|_| ())
-            .and_then(|m| m.observe().metrics().map_err(|_| ()))
-        else {
+        let Ok(rows) = self.maps.lock().map_err(|_| ()).and_then(|mut m| {
+            if m.is_none() {
+                *m = Maps::open_pinned(&versioned_dir(&self.bpffs)).ok();
+            }
+            m.as_ref().ok_or(())?.observe().metrics().map_err(|_| ())
+        }) else {
             return Ok(()); // a scrape without them beats a failed scrape
         };
         for (name, help, bytes) in [
@@ -122,9 +129,10 @@ impl Collector for DatapathCounters {
     }
 }
 
-/// Build the registry: the agent's metrics, and the datapath's counters
-/// read through `maps` (a handle of its own) at each scrape.
-pub fn registry(maps: Maps) -> (Registry, AgentMetrics) {
+/// Build the registry: the agent's metrics, the ENI pool's when it runs,
+/// and the datapath's counters read through the maps pinned under `bpffs`
+/// at each scrape.
+pub fn registry(bpffs: &Path, pool: Option<&PoolMetrics>) -> (Registry, AgentMetrics) {
     let m = AgentMetrics::new();
     let mut r = Registry::default();
     r.register("sluice_syncs", "Syncs of the maps with the sources", m.syncs.clone());
@@ -195,7 +203,13 @@ pub fn registry(maps: Maps) -> (Registry, AgentMetrics) {
         "Pods holding their conntrack share (datapath.ctPodLimit): their new flows are dropped",
         m.ct_pods_at_limit.clone(),
     );
-    r.register_collector(Box::new(DatapathCounters { maps: Mutex::new(maps) }));
+    if let Some(pool) = pool {
+        pool.register(&mut r);
+    }
+    r.register_collector(Box::new(DatapathCounters {
+        bpffs: bpffs.to_path_buf(),
+        maps: Mutex::new(None),
+    }));
     (r, m)
 }
 

@@ -66,6 +66,29 @@ impl AgentProcess {
         AgentProcess::spawn(cmd, bpffs, node, log)
     }
 
+    /// `start_in` with `env` set and metrics served (on a port of its own
+    /// in the node's namespace: read them with `Netns::run`).
+    pub fn start_in_env(
+        netns: &Path,
+        manifests: &Path,
+        bpffs: &Path,
+        node: &str,
+        log: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<AgentProcess> {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", netns.display()))
+            .arg("--")
+            .arg(bin_dir().join("sluice-agent"))
+            .args(["--metrics", "127.0.0.1:0", "--probes", "127.0.0.1:0"])
+            .args(extra)
+            .arg("--manifests")
+            .arg(manifests)
+            .envs(env.iter().copied());
+        AgentProcess::spawn(cmd, bpffs, node, log)
+    }
+
     /// `cmd` (the agent, or what runs it) with the arguments every test
     /// agent takes, its log to `log`.
     fn spawn(mut cmd: Command, bpffs: &Path, node: &str, log: &Path) -> Result<AgentProcess> {

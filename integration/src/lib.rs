@@ -11,6 +11,7 @@ pub mod chain;
 pub mod cni;
 pub mod cri;
 pub mod datapath;
+pub mod ec2sim;
 pub mod fuzz;
 pub mod kube_proxy;
 pub mod netns;

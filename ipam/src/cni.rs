@@ -117,9 +117,13 @@ pub fn ipam_check(req: &Request) -> Result<(), CniError> {
 pub fn ipam_status(req: &Request) -> Result<(), CniError> {
     let (pool, _, _) = pool_from_netconf(req.config)?;
     if pool.free_per_set()?.contains(&0) {
+        let why = match pool.cannot_grow()? {
+            Some(w) => format!("; the ENI pool cannot grow: {w}"),
+            None => String::new(),
+        };
         return Err(CniError::new(
             ErrorCode::NotAvailable,
-            format!("pool {}: no free address in at least one range set", pool.name()),
+            format!("pool {}: no free address in at least one range set{why}", pool.name()),
         ));
     }
     Ok(())

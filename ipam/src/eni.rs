@@ -94,6 +94,11 @@ impl Eni {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeEnis {
     pub enis: Vec<Eni>,
+    /// Written by the agent's ENI pool while it is below its target and the
+    /// cloud gives no more (the subnet is out of addresses, the instance
+    /// out of ENI slots): why, for STATUS to say when nothing is free.
+    #[serde(default, rename = "cannotGrow", skip_serializing_if = "Option::is_none")]
+    pub cannot_grow: Option<String>,
 }
 
 impl NodeEnis {

@@ -342,6 +342,14 @@ impl Pool {
         Ok(store.load()?.leases.into_iter().collect())
     }
 
+    /// ENI pools: why the agent's pool says it cannot grow, if it does.
+    pub fn cannot_grow(&self) -> Result<Option<String>, IpamError> {
+        match &self.source {
+            Source::Ranges(_) => Ok(None),
+            Source::Enis(backend) => Ok(backend.enis()?.cannot_grow),
+        }
+    }
+
     /// Free addresses per range set (one entry for an ENI pool), for STATUS.
     pub fn free_per_set(&self) -> Result<Vec<u128>, IpamError> {
         let leases = self.leases()?;
