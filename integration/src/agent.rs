@@ -54,15 +54,8 @@ impl AgentProcess {
         log: &Path,
         extra: &[&str],
     ) -> Result<AgentProcess> {
-        // nsenter, not `ip netns exec`: the latter mounts a sysfs of its own.
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", netns.display()))
-            .arg("--")
-            .arg(bin_dir().join("sluice-agent"))
-            .arg("--no-metrics")
-            .args(extra)
-            .arg("--manifests")
-            .arg(manifests);
+        let mut cmd = in_netns(netns);
+        cmd.arg("--no-metrics").args(extra).arg("--manifests").arg(manifests);
         AgentProcess::spawn(cmd, bpffs, node, log)
     }
 
@@ -77,11 +70,8 @@ impl AgentProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<AgentProcess> {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", netns.display()))
-            .arg("--")
-            .arg(bin_dir().join("sluice-agent"))
-            .args(["--metrics", "127.0.0.1:0", "--probes", "127.0.0.1:0"])
+        let mut cmd = in_netns(netns);
+        cmd.args(["--metrics", "127.0.0.1:0", "--probes", "127.0.0.1:0"])
             .args(extra)
             .arg("--manifests")
             .arg(manifests)
@@ -166,6 +156,16 @@ impl AgentProcess {
         self.child.wait()?;
         Ok(())
     }
+}
+
+/// The agent inside `netns`: nsenter, not `ip netns exec`, which mounts a
+/// sysfs of its own.
+fn in_netns(netns: &Path) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns.display()))
+        .arg("--")
+        .arg(bin_dir().join("sluice-agent"));
+    cmd
 }
 
 impl Drop for AgentProcess {
