@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use sluice_cloud::config::CloudKind;
 use sluice_cloud::ec2::Ec2;
 use sluice_cloud::metrics::PoolMetrics;
-use sluice_cloud::node::node_macs;
+use sluice_cloud::node::KernelLinks;
 use sluice_cloud::pool::RESTART_WAIT;
 use sluice_cloud::{EniPool, PoolConfig};
 use std::path::PathBuf;
@@ -44,7 +44,7 @@ async fn run(path: PathBuf, mut cfg: PoolConfig, metrics: PoolMetrics) {
         let CloudKind::Ec2 = cfg.cloud;
         let started = async {
             let cloud = Ec2::new(&cfg.ec2, metrics.clone()).await?;
-            EniPool::start(cloud, cfg.clone(), metrics.clone(), Box::new(node_macs)).await
+            EniPool::start(cloud, cfg.clone(), metrics.clone(), Box::new(KernelLinks)).await
         };
         let mut pool = match started.await {
             Ok(p) => p,

@@ -91,16 +91,81 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// The MACs of this network namespace's interfaces, lower case: an ENI
-/// the cloud attached is published once its interface is here. Asked of
-/// the kernel over netlink (getifaddrs), not read from /sys, which shows
-/// the namespace it was mounted in.
-pub fn node_macs() -> HashSet<String> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return HashSet::new();
-    };
-    addrs
-        .filter_map(|a| a.address?.as_link_addr()?.addr())
-        .map(|m| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"))
-        .collect()
+/// The node's interfaces, as the pool needs them: which ENIs have shown
+/// up (by MAC, lower case), and bringing one up (a secondary ENI the OS
+/// left down carries no pod traffic: a macvlan's carrier follows it).
+pub trait NodeLinks {
+    fn macs(&self) -> HashSet<String>;
+    fn ensure_up(&self, mac: &str) -> Result<(), String>;
+}
+
+/// A closure listing MACs, for tests: nothing to bring up.
+impl<F: Fn() -> HashSet<String>> NodeLinks for F {
+    fn macs(&self) -> HashSet<String> {
+        self()
+    }
+    fn ensure_up(&self, _mac: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// This network namespace's interfaces, asked of the kernel over netlink
+/// (getifaddrs), not read from /sys, which shows the namespace it was
+/// mounted in.
+pub struct KernelLinks;
+
+fn mac_of(a: &nix::ifaddrs::InterfaceAddress) -> Option<String> {
+    let m = a.address.as_ref()?.as_link_addr()?.addr()?;
+    Some(m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"))
+}
+
+impl NodeLinks for KernelLinks {
+    fn macs(&self) -> HashSet<String> {
+        let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+            return HashSet::new();
+        };
+        addrs.filter_map(|a| mac_of(&a)).collect()
+    }
+
+    fn ensure_up(&self, mac: &str) -> Result<(), String> {
+        use nix::net::if_::InterfaceFlags;
+        let addrs = nix::ifaddrs::getifaddrs().map_err(|e| format!("listing interfaces: {e}"))?;
+        let Some(link) = addrs.into_iter().find(|a| mac_of(a).as_deref() == Some(mac)) else {
+            return Err(format!("no interface with MAC {mac}"));
+        };
+        if link.flags.contains(InterfaceFlags::IFF_UP) {
+            return Ok(());
+        }
+        set_up(&link.interface_name).map_err(|e| format!("bringing {} ({mac}) up: {e}", link.interface_name))
+    }
+}
+
+/// SIOCSIFFLAGS with IFF_UP added: one ioctl, no netlink client for it.
+fn set_up(name: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::other("interface name too long"));
+    }
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain data; the name fits (checked) with its NUL.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: a valid socket and ifreq for SIOCGIFFLAGS/SIOCSIFFLAGS.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

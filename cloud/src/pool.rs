@@ -13,7 +13,7 @@ use crate::api::{Cloud, CloudEni, CloudError, Grant, Instance, NewEni, Revoke, S
 use crate::config::{Family, PoolConfig};
 use crate::limits::{self, Limits};
 use crate::metrics::PoolMetrics;
-use crate::node::NodeSide;
+use crate::node::{NodeLinks, NodeSide};
 use ipnetwork::IpNetwork;
 use sluice_ipam::eni::{Eni, EniId, NodeEnis};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -54,7 +54,7 @@ pub struct EniPool<C: Cloud> {
     cfg: PoolConfig,
     metrics: PoolMetrics,
     node: NodeSide,
-    macs: Box<dyn Fn() -> HashSet<String>>,
+    links: Box<dyn NodeLinks>,
     instance: Instance,
     limits: Limits,
     tags: BTreeMap<String, String>,
@@ -88,7 +88,7 @@ impl<C: Cloud> EniPool<C> {
         cloud: C,
         cfg: PoolConfig,
         metrics: PoolMetrics,
-        macs: Box<dyn Fn() -> HashSet<String>>,
+        links: Box<dyn NodeLinks>,
     ) -> Result<EniPool<C>, PoolError> {
         let instance = cloud.instance().await?;
         let mut limits = match cfg
@@ -118,7 +118,7 @@ impl<C: Cloud> EniPool<C> {
             cfg,
             metrics,
             node,
-            macs,
+            links,
             instance,
             limits,
             tags,
@@ -347,8 +347,13 @@ impl<C: Cloud> EniPool<C> {
         capacity: u32,
         cannot_grow: Option<String>,
     ) -> Result<Published, PoolError> {
-        let macs = (self.macs)();
+        let macs = self.links.macs();
         let held = self.held();
+        for h in held.iter().filter(|h| macs.contains(&h.eni.mac)) {
+            if let Err(e) = self.links.ensure_up(&h.eni.mac) {
+                warn!(eni = %h.eni.id, error = %e, "ENI interface is down and could not be brought up");
+            }
+        }
         self.node
             .publish(|leased| {
                 let (total, in_use, prefixes_in_use) = count(&held, leased, self.cfg.prefix_delegation);

@@ -209,7 +209,8 @@ impl Proxy {
 
 /// The cloud's part on the node: every 150 ms, the instance's ENIs with
 /// a device index above 0 get an interface with their MAC in `netns`
-/// (named `eni` + index), and interfaces of ENIs detached go away. It
+/// (named `eni` + index), down, as an OS without ENI hotplug scripts
+/// leaves it; interfaces of ENIs detached go away. It
 /// asks the emulator from inside `netns`, where the emulator listens.
 pub struct Plugger {
     stop: Arc<AtomicBool>,
@@ -265,7 +266,6 @@ impl Plugger {
                                         "-n", &netns, "link", "add", name, "address", mac, "type", "veth", "peer",
                                         "name", &peer,
                                     ])
-                                    .and_then(|_| crate::netns::ip(&["-n", &netns, "link", "set", name, "up"]))
                                     .and_then(|_| crate::netns::ip(&["-n", &netns, "link", "set", &peer, "up"]));
                                     match ok {
                                         Ok(_) => {

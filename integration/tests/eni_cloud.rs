@@ -321,6 +321,14 @@ fn pool_fills_serves_100_adds_without_the_cloud_and_shrinks_around_pods() {
         node.metric(&agent, "sluice_eni_pool_addresses")
             .is_some_and(|v| v == 105.0)
     );
+    // The ENIs' interfaces appeared down; the pool brought them up.
+    let links = node.vpc.nodes[0].ip(&["-o", "link", "show"]).unwrap();
+    let enis: Vec<&str> = links
+        .lines()
+        .filter(|l| l.contains(": eni") && !l.contains("p@"))
+        .collect();
+    assert_eq!(enis.len(), 4, "{links}");
+    assert!(enis.iter().all(|l| l.contains(",UP")), "{enis:#?}");
 
     // 100 ADDs with the agent stopped: not one cloud call on their way.
     signal(agent.pid(), nix::sys::signal::Signal::SIGSTOP);
