@@ -38,6 +38,10 @@ impl NodeSide {
         &self.node_file
     }
 
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
     fn lock(&self, exclusive: bool) -> Result<LockedStore, String> {
         LockedStore::lock(&self.store_dir, &self.network, LOCK_WAIT, exclusive).map_err(|e| e.to_string())
     }
@@ -49,11 +53,12 @@ impl NodeSide {
     }
 
     /// Under the lease store's lock: read the leases, let `build` make the
-    /// node file from them, write it if it changed.
-    pub fn publish<T>(&self, build: impl FnOnce(&HashSet<IpAddr>) -> (NodeEnis, T)) -> Result<T, String> {
+    /// node file from them (and from whether the store has ever been
+    /// written), write it if it changed.
+    pub fn publish<T>(&self, build: impl FnOnce(&HashSet<IpAddr>, bool) -> (NodeEnis, T)) -> Result<T, String> {
         let store = self.lock(true)?;
         let leased = leases_of(&store)?;
-        let (node, out) = build(&leased);
+        let (node, out) = build(&leased, store.has_state());
         node.validate(&self.node_file.display().to_string())
             .map_err(|e| format!("the pool built a node file the plugin would refuse: {e}"))?;
         let bytes = serde_json::to_vec_pretty(&node).expect("node file serializes");

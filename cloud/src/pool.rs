@@ -355,11 +355,19 @@ impl<C: Cloud> EniPool<C> {
             }
         }
         self.node
-            .publish(|leased| {
+            .publish(|leased, store_written| {
                 let (total, in_use, prefixes_in_use) = count(&held, leased, self.cfg.prefix_delegation);
                 // The leases may have grown since the pass read them.
                 let keep = target.max(self.cfg.target(in_use, prefixes_in_use).min(capacity));
-                let releases = if release_due && total > keep {
+                // A lease store never written is no pods, or the wrong
+                // store (`ipam.network` not the conflist's name): then
+                // every address would look free. Nothing goes back until
+                // the plugin has written it once.
+                if release_due && !store_written {
+                    warn!(store = %self.node.store_dir().display(),
+                        "no lease store written yet: releasing nothing (is ipam.network the conflist's name?)");
+                }
+                let releases = if release_due && store_written && total > keep {
                     pick_releases(
                         &held,
                         leased,

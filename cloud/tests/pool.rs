@@ -384,6 +384,35 @@ fn surplus_goes_back_but_never_a_leased_address() {
 }
 
 #[test]
+fn nothing_goes_back_while_the_lease_store_was_never_written() {
+    let fake = Fake::default();
+    let node = Node::new();
+    block_on(async {
+        // The wrong network: the plugin's leases are elsewhere.
+        let wrong = |t: serde_json::Value| {
+            let mut c = node.cfg(t);
+            c.ipam.network = "not-the-conflist".into();
+            c
+        };
+        let mut p = pool(&fake, &node, wrong(json!({"warmIpTarget": 9}))).await;
+        p.pass().await.unwrap();
+        p.retarget(wrong(json!({"warmIpTarget": 1}))).unwrap();
+        let r = p.pass().await.unwrap();
+        assert_eq!(r.released, 0, "{r:?}");
+        assert_eq!(all_assigned(&fake).len(), 9);
+        // Once the store holds a lease (and then none), the surplus goes.
+        let mut p = pool(&fake, &node, node.cfg(json!({"warmIpTarget": 1}))).await;
+        node.plug_all(&fake);
+        p.pass().await.unwrap();
+        let ipam = node.ipam();
+        ipam.allocate("c0", "eth0", &[]).unwrap();
+        ipam.release("c0", "eth0").unwrap();
+        let r = p.pass().await.unwrap();
+        assert_eq!(r.released, 8, "{r:?}");
+    });
+}
+
+#[test]
 fn no_release_before_the_cooldown() {
     let fake = Fake::default();
     let node = Node::new();

@@ -120,6 +120,13 @@ impl LockedStore {
         self.dir.join("leases.json")
     }
 
+    /// Whether a lease was ever written here (the first ADD writes the
+    /// file): a reader that is not the plugin can tell "no pods" from "no
+    /// such pool".
+    pub fn has_state(&self) -> bool {
+        self.state_path().exists()
+    }
+
     /// Where a corrupt store is kept until it is rebuilt; while it is there
     /// nothing is allocated (an empty store would hand out leased addresses).
     pub fn aside_path(&self) -> PathBuf {
