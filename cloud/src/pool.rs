@@ -145,7 +145,10 @@ impl<C: Cloud> EniPool<C> {
             && cfg.node_file == self.cfg.node_file
             && cfg.ipam == self.cfg.ipam
             && cfg.family == self.cfg.family
-            && cfg.prefix_delegation == self.cfg.prefix_delegation;
+            && cfg.prefix_delegation == self.cfg.prefix_delegation
+            && cfg.use_primary_eni == self.cfg.use_primary_eni
+            && cfg.max_enis == self.cfg.max_enis
+            && cfg.limits == self.cfg.limits;
         if !same {
             return Err(PoolError::Config(
                 "only targets, subnets, security groups and timings change without a restart".into(),
