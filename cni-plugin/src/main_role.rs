@@ -438,17 +438,10 @@ pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> 
     let c = ctx(req, cfg);
     let ep = c.store.get(c.cid(), c.ifname())?;
     let pod_ns = NetNs::for_del(req.inv.netns.as_deref())?;
-    let detach = cfg.datapath.enabled || ep.as_ref().is_some_and(|e| e.datapath.is_some());
-    // A macvlan or ipvlan goes first: its deletion takes its TCX hooks with
-    // it inside the one grace period every unregistration waits for, and
-    // links unpinned after it cost none. Unpinned on the live device, each
-    // of the two links waits for a grace period of its own, under RTNL. An
-    // ENI lives on after its pod (back in the node) and is detached first.
-    let link_first = pod_ns.is_some() && ep.as_ref().is_some_and(|e| e.link_kind != Some(LinkKind::Eni));
-    if detach && !link_first {
+    if cfg.datapath.enabled || ep.as_ref().is_some_and(|e| e.datapath.is_some()) {
         datapath::detach(cfg, pod_ns.as_ref(), c.cid(), c.ifname(), ep.as_ref())?;
-        fault::at("del:detached")?;
     }
+    fault::at("del:detached")?;
     if let Some(ep) = &ep {
         remove_host_path(ep, &cfg.data_dir()).await?;
     }
@@ -463,10 +456,6 @@ pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> 
         ),
     }
     fault::at("del:link-removed")?;
-    if detach && link_first {
-        datapath::detach(cfg, pod_ns.as_ref(), c.cid(), c.ifname(), ep.as_ref())?;
-        fault::at("del:detached")?;
-    }
     c.ipam.del(req).map_err(|e| e.context("IPAM release"))?;
     fault::at("del:released")?;
     c.store.remove(c.cid(), c.ifname())?;
