@@ -41,9 +41,11 @@ fn modified(path: &PathBuf) -> Option<SystemTime> {
 
 async fn run(path: PathBuf, mut cfg: PoolConfig, metrics: PoolMetrics) {
     loop {
-        let CloudKind::Ec2 = cfg.cloud;
+        // One arm per cloud: a second backend (an ECS one) is a second arm.
         let started = async {
-            let cloud = Ec2::new(&cfg.ec2, metrics.clone()).await?;
+            let cloud = match cfg.cloud {
+                CloudKind::Ec2 => Ec2::new(&cfg.ec2, metrics.clone()).await?,
+            };
             EniPool::start(cloud, cfg.clone(), metrics.clone(), Box::new(KernelLinks)).await
         };
         let mut pool = match started.await {

@@ -34,10 +34,6 @@ impl NodeSide {
         }
     }
 
-    pub fn node_file(&self) -> &Path {
-        &self.node_file
-    }
-
     pub fn store_dir(&self) -> &Path {
         &self.store_dir
     }

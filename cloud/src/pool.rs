@@ -64,6 +64,8 @@ pub struct EniPool<C: Cloud> {
     stale: bool,
     last_resync: Option<Instant>,
     surplus_since: Option<Instant>,
+    /// The cloud's last "no address left": growth waits for the next resync.
+    dry: Option<String>,
 }
 
 /// What a node file write did: the surplus left out of it (to revoke
@@ -127,6 +129,7 @@ impl<C: Cloud> EniPool<C> {
             stale: true,
             last_resync: None,
             surplus_since: None,
+            dry: None,
         };
         pool.collect_leaked().await?;
         Ok(pool)
@@ -277,6 +280,7 @@ impl<C: Cloud> EniPool<C> {
         {
             report.leaked_deleted = self.collect_leaked().await?;
             self.stale = true;
+            self.dry = None;
         }
         if self.stale {
             self.refresh().await?;
@@ -290,15 +294,29 @@ impl<C: Cloud> EniPool<C> {
         let mut cannot_grow = None;
         if total < target {
             self.surplus_since = None;
-            match self.grow(target - total, &mut report).await {
-                Ok(()) => {}
-                Err(e) if e.is_out_of_addresses() => cannot_grow = Some(e.to_string()),
-                Err(e) => {
-                    self.stale = true;
-                    return Err(e.into());
+            match &self.dry {
+                // The cloud said it has no address: asked again at the next
+                // resync, not every poll (a dry subnet would otherwise cost
+                // every node two calls a second).
+                Some(why) => cannot_grow = Some(why.clone()),
+                None => {
+                    let grew = self.grow(target - total, &mut report).await;
+                    if report.granted > 0 || report.enis_created > 0 {
+                        self.refresh().await?;
+                    }
+                    match grew {
+                        Ok(()) => {}
+                        Err(e) if e.is_out_of_addresses() => {
+                            cannot_grow = Some(e.to_string());
+                            self.dry = Some(e.to_string());
+                        }
+                        Err(e) => {
+                            self.stale = true;
+                            return Err(e.into());
+                        }
+                    }
                 }
             }
-            self.refresh().await?;
         } else if total > target {
             self.surplus_since.get_or_insert(now);
         } else {
@@ -323,9 +341,10 @@ impl<C: Cloud> EniPool<C> {
         report.cannot_grow = cannot_grow.clone();
         let mut published = published;
         if !releases.is_empty() {
+            // Leaves the view as the cloud has it (read again after the
+            // revokes, detached ENIs dropped).
             self.release(releases, &mut report).await?;
             self.surplus_since = None;
-            self.refresh().await?;
             report.addresses = self.count(&HashSet::new()).0;
             published = self.publish(false, target, capacity, cannot_grow)?.addresses;
         }
@@ -549,6 +568,7 @@ impl<C: Cloud> EniPool<C> {
             .collect();
         for (eni, attachment) in empty {
             self.cloud.detach_eni(&attachment).await?;
+            self.attached.retain(|e| e.id != eni);
             // The cloud may take a moment to detach; the next collection
             // deletes what this delete could not.
             match self.cloud.delete_eni(&eni).await {

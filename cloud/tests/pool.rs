@@ -14,7 +14,6 @@ use sluice_ipam::eni::NodeEnis;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::Path;
 use std::rc::Rc;
 
 #[derive(Default)]
@@ -27,6 +26,8 @@ struct State {
     /// Addresses the subnet has left (None: plenty).
     subnet_left: Option<u32>,
     fail_attach: bool,
+    /// Default m5.large.
+    instance_type: Option<String>,
     calls: Vec<String>,
 }
 
@@ -84,7 +85,12 @@ impl Cloud for Fake {
         self.0.borrow_mut().calls.push("DescribeInstances".into());
         Ok(Instance {
             id: INSTANCE.into(),
-            instance_type: "m5.large".into(),
+            instance_type: self
+                .0
+                .borrow()
+                .instance_type
+                .clone()
+                .unwrap_or_else(|| "m5.large".into()),
             subnet_id: "subnet-a".into(),
             security_groups: vec!["sg-1".into()],
         })
@@ -540,6 +546,15 @@ fn a_dry_subnet_is_said_in_the_node_file_until_it_has_room_again() {
         );
         fake.0.borrow_mut().subnet_left = None;
         node.plug_all(&fake);
+        // Not asked again every poll: the next pass keeps the reason and
+        // calls the cloud for nothing.
+        let calls = fake.0.borrow().calls.len();
+        let r = p.pass().await.unwrap();
+        assert!(r.cannot_grow.is_some(), "{r:?}");
+        assert_eq!(fake.0.borrow().calls.len(), calls, "{:?}", fake.0.borrow().calls);
+        // At the next resync it is.
+        p.retarget(node.cfg(json!({"warmIpTarget": 8, "resyncSeconds": 0.0})))
+            .unwrap();
         let r = p.pass().await.unwrap();
         assert_eq!(r.cannot_grow, None, "{r:?}");
         node.plug_all(&fake);
@@ -580,12 +595,29 @@ fn an_eni_that_fails_to_attach_is_deleted() {
 }
 
 #[test]
-fn unknown_instance_type_needs_limits() {
-    let _ = Path::new("");
-    let cfg: PoolConfig = serde_json::from_value(json!({
-        "cloud": "ec2", "cluster": "c", "ipam": {"network": "n"},
-        "limits": {"enis": 2, "ipv4PerEni": 3, "ipv6PerEni": 3}
-    }))
-    .unwrap();
-    assert_eq!(cfg.limits.unwrap().enis, 2);
+fn an_instance_type_not_in_the_table_needs_limits() {
+    let fake = Fake::default();
+    fake.0.borrow_mut().instance_type = Some("x9.mega".into());
+    let node = Node::new();
+    block_on(async {
+        let e = EniPool::start(
+            fake.clone(),
+            node.cfg(json!({})),
+            PoolMetrics::default(),
+            Box::new(HashSet::new),
+        )
+        .await
+        .err()
+        .expect("an unknown instance type without limits");
+        assert!(
+            e.to_string().contains("x9.mega") && e.to_string().contains("\"limits\""),
+            "{e}"
+        );
+        let cfg = node.cfg(json!({"warmIpTarget": 4, "limits": {"enis": 2, "ipv4PerEni": 3, "ipv6PerEni": 3}}));
+        let mut p = pool(&fake, &node, cfg).await;
+        let r = p.pass().await.unwrap();
+        // One ENI besides the primary, two secondary addresses on it.
+        assert_eq!(r.addresses, 2, "{r:?}");
+        assert!(r.cannot_grow.unwrap().contains("at most 2"));
+    });
 }

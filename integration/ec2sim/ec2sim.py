@@ -5,7 +5,7 @@ or hold one action (to kill the agent while it waits).
 
     ec2sim.py serve PORT                    moto's EC2 on 127.0.0.1:PORT
     ec2sim.py setup ENDPOINT TYPE           a VPC, two subnets and an instance; JSON
-    ec2sim.py state ENDPOINT INSTANCE       the instance's and the tagged ENIs; JSON
+    ec2sim.py state ENDPOINT                every ENI; JSON
     ec2sim.py proxy PORT UPSTREAM CONTROL LOG
 
 The proxy reads CONTROL (JSON) at every request:
@@ -71,7 +71,7 @@ def setup(endpoint, instance_type):
     print(json.dumps({"vpc": vpc, "subnet": main, "podSubnet": pods, "securityGroup": sg, "instance": inst}))
 
 
-def state(endpoint, instance):
+def state(endpoint):
     ec2 = client(endpoint)
     out = []
     for e in ec2.describe_network_interfaces()["NetworkInterfaces"]:

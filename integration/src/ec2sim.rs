@@ -146,7 +146,7 @@ impl Emulator {
 
     /// Every ENI: `{id, mac, status, instance, deviceIndex, subnet, ips, ipv6, tags}`.
     pub fn enis(&self) -> Result<Vec<Value>> {
-        let v = self.run(&["state", &self.endpoint, "-"])?;
+        let v = self.run(&["state", &self.endpoint])?;
         Ok(v.as_array().cloned().unwrap_or_default())
     }
 }
@@ -240,6 +240,7 @@ impl Plugger {
                     endpoint: Some(endpoint),
                     instance_id: Some(instance.clone()),
                     metadata_endpoint: None,
+                    ..Default::default()
                 };
                 let ec2 = sluice_cloud::ec2::Ec2::new_with_credentials(&cfg, test_credentials(), Default::default())
                     .await

@@ -63,6 +63,7 @@ fn ec2_client_speaks_the_query_api() {
             endpoint: Some(emu.endpoint.clone()),
             instance_id: Some(instance.clone()),
             metadata_endpoint: None,
+            ..Default::default()
         };
         let ec2 = Ec2::new_with_credentials(&cfg, ec2sim::test_credentials(), metrics.clone())
             .await

@@ -35,6 +35,19 @@ pub struct Ec2Config {
     pub instance_id: Option<String>,
     /// The instance metadata service.
     pub metadata_endpoint: Option<String>,
+    /// `auto`: the environment's (`AWS_ACCESS_KEY_ID`, …), else the
+    /// instance role's; `instanceRole`: the role's, whatever the
+    /// environment holds.
+    #[serde(default)]
+    pub credentials: CredentialSource,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CredentialSource {
+    #[default]
+    Auto,
+    InstanceRole,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +95,11 @@ impl Ec2 {
     /// Resolve what the configuration leaves out from the instance
     /// metadata; credentials from the environment, else the instance role.
     pub async fn new(cfg: &Ec2Config, metrics: PoolMetrics) -> Result<Ec2, CloudError> {
-        Ec2::build(cfg, Credentials::from_env(), metrics).await
+        let env = match cfg.credentials {
+            CredentialSource::Auto => Credentials::from_env(),
+            CredentialSource::InstanceRole => None,
+        };
+        Ec2::build(cfg, env, metrics).await
     }
 
     /// With these credentials, not the environment's or the role's.
@@ -141,11 +158,6 @@ impl Ec2 {
             backoff: Backoff::default(),
             metrics,
         })
-    }
-
-    pub fn with_backoff(mut self, backoff: Backoff) -> Ec2 {
-        self.backoff = backoff;
-        self
     }
 
     pub fn region(&self) -> &str {
