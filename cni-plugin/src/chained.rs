@@ -122,7 +122,7 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
     };
     // The record first: a DEL after a crash knows which pins and endpoint
     // entries to take back.
-    store.put_progress(&ep)?;
+    store.put(&ep)?;
     let attached = fault::at("add:record").and_then(|()| {
         if cfg.datapath.enabled {
             datapath::attach(cfg, &ns, &ep).map(Some)
@@ -154,10 +154,13 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
 pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> {
     let store = EndpointStore::new(&cfg.data_dir(), &cfg.name);
     let (cid, ifname) = (&req.inv.container_id, &req.inv.ifname);
-    let ep = store.get(cid, ifname)?;
+    let (ep, unreadable) = store.get_for_del(cid, ifname)?;
     if cfg.datapath.enabled || ep.as_ref().is_some_and(|e| e.datapath.is_some()) {
         let ns = NetNs::for_del(req.inv.netns.as_deref())?;
         datapath::detach(cfg, ns.as_ref(), cid, ifname, ep.as_ref())?;
+    }
+    if unreadable {
+        datapath::forget_unrecorded(cfg, cid, ifname)?;
     }
     fault::at("del:detached")?;
     store.remove(cid, ifname)

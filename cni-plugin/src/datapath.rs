@@ -214,6 +214,36 @@ pub fn detach(
     Ok(())
 }
 
+/// DEL of a pod whose record could not be read: the endpoint entries its
+/// attachment published, found by their owner tag since the record that
+/// named the addresses is lost, and its policy. Only for a record that was
+/// there: a DEL of an id never added here searches nothing.
+pub fn forget_unrecorded(cfg: &PluginConfig, container_id: &str, ifname: &str) -> Result<(), CniError> {
+    let dir = versioned_dir(&cfg.datapath.bpffs);
+    if !dir.exists() {
+        return Ok(());
+    }
+    let id = pin::attachment_id(container_id, ifname);
+    let mut src = Source::pinned(&dir);
+    let mut endpoints = EndpointMaps::open(&mut src).map_err(maps_err("opening the endpoint map"))?;
+    let owned: Vec<EndpointEntry> = endpoints
+        .entries()
+        .map_err(maps_err("listing the endpoint map"))?
+        .into_iter()
+        .filter(|e| e.endpoint_id == id)
+        .collect();
+    for e in owned {
+        warn!(container = container_id, ifname, addr = %e.addr, "endpoint entry of an unreadable record removed");
+        endpoints
+            .remove(e.addr, id)
+            .map_err(maps_err(format!("endpoint {}", e.addr)))?;
+    }
+    PolicyMaps::open(&mut src)
+        .map_err(maps_err("opening the policy maps"))?
+        .remove_endpoint_policy(id)
+        .map_err(maps_err(format!("policy of endpoint {id}")))
+}
+
 /// CHECK: our programs, and only ours, on both sides of the interface, and
 /// every address of the pod in the endpoint map, pointing at it.
 pub async fn check(cfg: &PluginConfig, ns: &NetNs, pod: &Netlink, ep: &Endpoint) -> Result<(), CniError> {

@@ -15,12 +15,6 @@ use std::net::{IpAddr, Ipv6Addr};
 
 const ETH_P_IPV6: u16 = 0x86dd;
 
-/// Ask the kernel to announce the interface's IPv4 addresses on link up.
-/// Must run in the interface's namespace (procfs resolves `net/` by the caller's netns).
-pub fn enable_arp_notify(ifname: &str) -> std::io::Result<()> {
-    std::fs::write(format!("/proc/sys/net/ipv4/conf/{ifname}/arp_notify"), b"1")
-}
-
 fn checksum(data: &[u8], mut sum: u32) -> u16 {
     for c in data.chunks(2) {
         sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));

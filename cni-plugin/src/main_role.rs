@@ -127,7 +127,7 @@ async fn add_steps(
         state: EndpointState::Creating,
         created: Endpoint::now(),
     };
-    c.store.put_progress(&ep)?;
+    c.store.put(&ep)?;
     undo.push(Undo::RemoveEndpoint);
     fault::at("add:record")?;
     let ipam = c.ipam.add(c.req).map_err(|e| e.context("IPAM"))?;
@@ -138,19 +138,23 @@ async fn add_steps(
     let host_path = (c.cfg.host_path && host_path::wanted(lc)).then(|| host_path::name(host_link.index));
     ep.host_path = host_path.clone();
     if let LinkConfig::Eni(_) = lc {
-        // A device moved in keeps its MAC: known before the move.
+        // A device moved in keeps its MAC: recorded before the move, a DEL
+        // after a crash in the middle finds it wherever it went. A link
+        // made here needs no such record: until the next one names it, a
+        // DEL finds it by its creation name, and the addresses are
+        // released by container id.
         ep.host_ifname = Some(host_link.name.clone());
         ep.mac = host_link.mac_string();
+        c.store.put(&ep)?;
     } else {
         ep.parent_ifindex = Some(host_link.index);
     }
-    c.store.put_progress(&ep)?;
     fault::at("add:ips-recorded")?;
     let (announce, link) = create_link(c, host, pod, pod_ns, &host_link, mtu, undo).await?;
     fault::at("add:link")?;
     ep.ifindex = link.index;
     ep.mac = link.mac_string();
-    c.store.put_progress(&ep)?;
+    c.store.put(&ep)?;
     fault::at("add:link-recorded")?;
     // Programs before the link comes up: no packet leaves unchecked.
     if c.cfg.datapath.enabled {
@@ -436,10 +440,13 @@ async fn return_eni(pod: &Netlink, ifname: &str, host_name: &str) -> Result<(), 
 /// DEL: idempotent, and it succeeds with the namespace or interface gone.
 pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> {
     let c = ctx(req, cfg);
-    let ep = c.store.get(c.cid(), c.ifname())?;
+    let (ep, unreadable) = c.store.get_for_del(c.cid(), c.ifname())?;
     let pod_ns = NetNs::for_del(req.inv.netns.as_deref())?;
     if cfg.datapath.enabled || ep.as_ref().is_some_and(|e| e.datapath.is_some()) {
         datapath::detach(cfg, pod_ns.as_ref(), c.cid(), c.ifname(), ep.as_ref())?;
+    }
+    if unreadable {
+        datapath::forget_unrecorded(cfg, c.cid(), c.ifname())?;
     }
     fault::at("del:detached")?;
     if let Some(ep) = &ep {

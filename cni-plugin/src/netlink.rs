@@ -187,6 +187,21 @@ impl Netlink {
         .await
     }
 
+    /// Have the kernel announce the link's IPv4 addresses when it comes up
+    /// (`arp_notify`): over this socket, in the link's namespace, instead of
+    /// a thread entering it to write procfs (a third of the cost).
+    pub async fn enable_arp_notify(&self, index: u32, name: &str) -> Result<(), CniError> {
+        use netlink_packet_route::link::{AfSpecInet, AfSpecUnspec, InetDevConf, LinkAttribute};
+        let mut conf = InetDevConf::default();
+        conf.arp_notify = 1;
+        let spec = LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![AfSpecInet::DevConfRequest(conf)])]);
+        self.set_link(
+            LinkUnspec::new_with_index(index).append_extra_attribute(spec).build(),
+            &format!("arp_notify on {name}"),
+        )
+        .await
+    }
+
     /// Delete a link; a link that is already gone is not an error.
     pub async fn del_link(&self, index: u32, name: &str) -> Result<(), CniError> {
         match self.handle.link().del(index).execute().await {

@@ -18,13 +18,7 @@ pub async fn configure(
         pod.add_address(link.index, ip.address).await?;
     }
     if announce {
-        let name = link.name.clone();
-        pod_ns.run(move || garp::enable_arp_notify(&name))?.map_err(|e| {
-            CniError::new(
-                ErrorCode::Io,
-                format!("arp_notify on {} in {}: {e}", link.name, pod_ns.path().display()),
-            )
-        })?;
+        pod.enable_arp_notify(link.index, &link.name).await?;
     }
     // Link up with the addresses in place: the kernel announces them now.
     pod.set_up(link.index, &link.name).await?;

@@ -1,8 +1,9 @@
 //! What an outside audit did to the CNI binary beyond a single bad call,
 //! each undone: a DEL with no record deleting an interface it never made, a
 //! DEL or a chained ADD aimed at the node itself, a container id too long
-//! for a file name, a corrupt lease store wedging every DEL, and a chained
-//! result with enough addresses to fill the node's endpoint map.
+//! for a file name, a corrupt lease store or endpoint record wedging every
+//! DEL, and a chained result with enough addresses to fill the node's
+//! endpoint map.
 
 use serde_json::{Value, json};
 use sluice_integration::cni::Call;
@@ -100,6 +101,42 @@ fn a_container_id_too_long_for_a_file_name() {
         vpc.sluice(0, "DEL", &cid, p, &conf).expect_ok(what);
     }
     assert!(vpc.endpoints(0).is_empty() && vpc.leases(0).is_empty() && vpc.pinned_links(0).is_empty());
+}
+
+/// Endpoint records are not synced (they describe what a node loses when
+/// it goes down): one a power loss left empty, or one edited by hand,
+/// must not make every DEL of that pod fail.
+#[test]
+fn an_unreadable_endpoint_record_does_not_wedge_del() {
+    if !require_root("an_unreadable_endpoint_record_does_not_wedge_del") {
+        return;
+    }
+    let mut vpc = Vpc::new("hrec", 1).unwrap();
+    let conf = vpc.main_conf(0, "1.1.0");
+    let a = vpc.pod("a").unwrap();
+    vpc.sluice(0, "ADD", "a", a, &conf).expect_ok("ADD a");
+    assert_eq!(vpc.leases(0).len(), 1);
+    assert_eq!(vpc.endpoints(0).len(), 1);
+    let entries = |vpc: &Vpc| vpc.maps(0).unwrap().endpoints().entries().unwrap().len();
+    assert_eq!(entries(&vpc), 1, "the pod's address in the endpoint map");
+    let record = vpc
+        .data_dir
+        .join("n0/endpoints")
+        .join(format!("{}-net", vpc.prefix))
+        .join("a:eth0.json");
+    std::fs::write(&record, b"").unwrap();
+    // CHECK says what is wrong; DEL goes on without the record.
+    let check = vpc.sluice(0, "CHECK", "a", a, &conf);
+    assert!(check.stdout.contains("corrupt"), "{}", check.stdout);
+    for what in ["DEL over an empty record", "DEL again"] {
+        vpc.sluice(0, "DEL", "a", a, &conf).expect_ok(what);
+    }
+    assert!(vpc.leases(0).is_empty(), "lease released: {:?}", vpc.leases(0));
+    assert!(vpc.endpoints(0).is_empty(), "record removed: {:?}", vpc.endpoints(0));
+    assert!(vpc.pinned_links(0).is_empty(), "{:?}", vpc.pinned_links(0));
+    assert_eq!(entries(&vpc), 0, "found by its owner tag and removed");
+    // Without a record no link is touched: the pod's goes with its namespace.
+    assert_eq!(vpc.pods[a].link_names().unwrap(), ["lo", "eth0"].map(String::from));
 }
 
 #[test]
