@@ -255,7 +255,7 @@ pub async fn check(cfg: &PluginConfig, ns: &NetNs, pod: &Netlink, ep: &Endpoint)
         ))
     })?;
     // CHECK changes nothing: no load, no upgrade.
-    let node = Node::open_existing(&cfg.datapath).map_err(|e| failed(e.to_string()))?;
+    let mut node = Node::open_existing(&cfg.datapath).map_err(|e| failed(e.to_string()))?;
     let attached = attached_now(&node, ep, attached);
     let key = pin::link_key(&ep.container_id, &ep.ifname);
     node.check(ns.as_fd(), &ep.ifname, &key, attached)

@@ -3,13 +3,13 @@
 //! version, removed.
 
 use super::{
-    AttachError, AttachMode, Attached, Hook, Node, ProgramRef, Side, TC_HANDLE, TC_PRIORITY, detach_hook, in_netns,
-    io_err, link_err, prog_err, remove_link_pins, tcx_programs,
+    AttachError, AttachMode, Attached, Hook, Node, ProgramRef, Side, TC_HANDLE, TC_PRIORITY, clsact, detach_hook,
+    in_netns, io_err, link_err, prog_err, remove_link_pins, tcx_programs,
 };
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
-use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{ProgramError, SchedClassifier};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use tracing::info;
 
@@ -115,36 +115,72 @@ impl Node {
         let link_dir = self.dir().join(hook.dir()).join(key);
         // A repeated ADD replaces what an earlier one left.
         remove_link_pins(&link_dir)?;
-        let (egress, ingress) = self.programs(hook);
-        let link_dir = link_dir.as_path();
-        let r = in_netns(netns, move || {
-            let mut got = None;
-            for (prog, side) in [(egress, Side::Egress), (ingress, Side::Ingress)] {
-                let use_tcx = mode != AttachMode::Tc && got != Some(Attached::Tc);
-                if use_tcx {
-                    match attach_tcx(prog, ifname, side, link_dir) {
-                        Ok(()) => {
-                            got = Some(Attached::Tcx);
-                            continue;
-                        }
-                        Err(AttachError::Program { source, .. })
-                            if mode == AttachMode::Auto && got.is_none() && tcx_unsupported(&source) =>
-                        {
-                            info!(ifname, error = %source, "no TCX on this kernel; attaching with clsact");
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                attach_tc(prog, ifname, side)?;
-                got = Some(Attached::Tc);
-            }
-            Ok(got.expect("two programs attached"))
-        })
-        .and_then(|r| r);
+        let r = if mode == AttachMode::Tc {
+            self.attach_clsact(hook, netns, ifname).map(|()| Attached::Tc)
+        } else {
+            self.attach_tcx_or_clsact(hook, netns, ifname, &link_dir, mode)
+        };
         if r.is_err() {
             let _ = detach_hook(hook, self.dir(), Some(netns), ifname, key);
         }
         r
+    }
+
+    /// TCX links on both sides; with `auto` on a kernel without TCX, clsact
+    /// filters instead.
+    fn attach_tcx_or_clsact(
+        &mut self,
+        hook: Hook,
+        netns: BorrowedFd<'_>,
+        ifname: &str,
+        link_dir: &Path,
+        mode: AttachMode,
+    ) -> Result<Attached, AttachError> {
+        let (egress, ingress) = self.programs(hook)?;
+        let fell_back = in_netns(netns, move || {
+            for (prog, side) in [(egress, Side::Egress), (ingress, Side::Ingress)] {
+                match attach_tcx(prog, ifname, side, link_dir) {
+                    Ok(()) => {}
+                    Err(AttachError::Program { source, .. })
+                        if mode == AttachMode::Auto && side == Side::Egress && tcx_unsupported(&source) =>
+                    {
+                        info!(ifname, error = %source, "no TCX on this kernel; attaching with clsact");
+                        return Ok(true);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(false)
+        })??;
+        if fell_back {
+            self.attach_clsact(hook, netns, ifname)?;
+            return Ok(Attached::Tc);
+        }
+        Ok(Attached::Tcx)
+    }
+
+    /// `hook`'s programs as cls_bpf filters on `ifname`, from their pins
+    /// (see `clsact`).
+    fn attach_clsact(&self, hook: Hook, netns: BorrowedFd<'_>, ifname: &str) -> Result<(), AttachError> {
+        let mut fds = Vec::new();
+        for side in Side::BOTH {
+            let pin = self.program_pin(hook, side);
+            fds.push((
+                side,
+                clsact::pinned_fd(&pin).map_err(io_err("opening the program pinned at", &pin))?,
+            ));
+        }
+        let filters: Vec<clsact::Filter<'_>> = fds
+            .iter()
+            .map(|(side, fd)| clsact::Filter {
+                side: *side,
+                prog: fd.as_fd(),
+                name: hook.program(*side),
+            })
+            .collect();
+        in_netns(netns, || {
+            clsact::attach(ifname, TC_PRIORITY, TC_HANDLE.into(), &filters)
+        })?
     }
 
     /// The pod attachment `key` has its TCX links pinned (both sides).
@@ -165,7 +201,7 @@ impl Node {
             return Ok(Promotion::Already);
         }
         let link_dir = self.dir().join(Hook::Pod.dir()).join(key);
-        let (egress, ingress) = self.programs(Hook::Pod);
+        let (egress, ingress) = self.programs(Hook::Pod)?;
         let dir = link_dir.as_path();
         let r = in_netns(netns, move || {
             for side in Side::BOTH {
@@ -194,13 +230,19 @@ impl Node {
     /// CHECK: `ifname` in `netns` runs exactly this node's programs, on both
     /// sides. A pod with NET_ADMIN can detach them or put its own first.
     /// (cls_bpf filters are checked by the caller, which speaks rtnetlink.)
-    pub fn check(&self, netns: BorrowedFd<'_>, ifname: &str, key: &str, attached: Attached) -> Result<(), CheckError> {
+    pub fn check(
+        &mut self,
+        netns: BorrowedFd<'_>,
+        ifname: &str,
+        key: &str,
+        attached: Attached,
+    ) -> Result<(), CheckError> {
         self.check_hook(Hook::Pod, netns, ifname, key, attached)
     }
 
     /// The same for either hook (an uplink's key is its name).
     pub fn check_hook(
-        &self,
+        &mut self,
         hook: Hook,
         netns: BorrowedFd<'_>,
         ifname: &str,
@@ -252,11 +294,7 @@ impl Node {
     }
 
     pub fn reattach_tc_hook(&mut self, hook: Hook, netns: BorrowedFd<'_>, ifname: &str) -> Result<(), AttachError> {
-        let (egress, ingress) = self.programs(hook);
-        in_netns(netns, move || {
-            attach_tc(egress, ifname, Side::Egress)?;
-            attach_tc(ingress, ifname, Side::Ingress)
-        })?
+        self.attach_clsact(hook, netns, ifname)
     }
 }
 
@@ -273,36 +311,5 @@ fn attach_tcx(prog: &mut SchedClassifier, ifname: &str, side: Side, link_dir: &P
             what: format!("pinning {} link in {}", side.name(), link_dir.display()),
             source,
         })?;
-    Ok(())
-}
-
-/// Attach (or replace) our cls_bpf filter under clsact. The filter belongs
-/// to the device: our handle on it is forgotten, not dropped, because
-/// dropping it would remove the filter.
-fn attach_tc(prog: &mut SchedClassifier, ifname: &str, side: Side) -> Result<(), AttachError> {
-    let tc_err = |what: String| move |source| AttachError::Tc { what, source };
-    match tc::qdisc_add_clsact(ifname) {
-        Ok(()) => {}
-        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-        Err(e) => return Err(tc_err(format!("adding clsact to {ifname}"))(e)),
-    }
-    let opts = NlOptions {
-        priority: TC_PRIORITY,
-        handle: TC_HANDLE,
-        classid: None,
-    };
-    let d = side.name();
-    let id = match prog.attach_with_options(ifname, side.tc_type(), TcAttachOptions::Netlink(opts)) {
-        Ok(id) => id,
-        Err(ProgramError::TcError(TcError::NetlinkError(e))) if e.raw_os_error() == Some(libc::EEXIST) => {
-            let existing = SchedClassifierLink::attached(ifname, side.tc_type(), TC_PRIORITY, TC_HANDLE, None)
-                .map_err(io_err(format!("finding the {d} filter of"), Path::new(ifname)))?;
-            prog.attach_to_link(existing)
-                .map_err(prog_err(format!("replacing the {d} filter on {ifname}")))?
-        }
-        Err(e) => return Err(prog_err(format!("attaching the {d} filter to {ifname}"))(e)),
-    };
-    let link = prog.take_link(id).map_err(prog_err("taking the tc link"))?;
-    std::mem::forget(link);
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! or the new one, and the maps, conntrack included, are shared), and then
 //! unpins the old version.
 
+mod clsact;
 mod iface;
 mod node;
 pub mod sock;
@@ -146,6 +147,13 @@ pub enum AttachError {
         what: String,
         #[source]
         source: TcError,
+    },
+    #[error("{what} {ifname}: {source}")]
+    Clsact {
+        what: String,
+        ifname: String,
+        #[source]
+        source: io::Error,
     },
     #[error("setns into the target network namespace: {0}")]
     Setns(nix::Error),

@@ -6,7 +6,7 @@
 use super::{AttachError, Hook, Side, io_err, link_err, lock_dir, prog_err};
 use crate::config::DatapathConfig;
 use crate::layout::DpInfo;
-use crate::loader::{self, INGRESS, TC_PROGRAMS, UPLINK_IN, UPLINK_OUT, versioned_dir_of};
+use crate::loader::{self, INGRESS, TC_PROGRAMS, versioned_dir_of};
 use crate::maps::{ObserveMaps, Source};
 use crate::migrate::{self, Build};
 use crate::pin;
@@ -22,10 +22,12 @@ use tracing::{info, warn};
 pub struct Node {
     dir: PathBuf,
     _lock: File,
-    egress: SchedClassifier,
-    ingress: SchedClassifier,
-    uplink_out: SchedClassifier,
-    uplink_in: SchedClassifier,
+    /// Where this version's programs are pinned.
+    pdir: PathBuf,
+    /// The programs, opened from their pins when first needed: ADD with
+    /// clsact needs only their pins (see `clsact`), and opening one makes
+    /// aya probe the kernel's features.
+    progs: [Option<SchedClassifier>; 4],
     observe: ObserveMaps,
     prog_hash: u64,
     /// Opening replaced another program version.
@@ -133,13 +135,9 @@ impl Node {
 
     /// The handle on pinned programs and maps, under `lock`.
     fn opened(dir: &Path, pdir: &Path, hash: u64, lock: File) -> Result<Node, AttachError> {
-        let open =
-            |name: &str| SchedClassifier::from_pin(pdir.join(name)).map_err(prog_err(format!("opening pinned {name}")));
         Ok(Node {
-            egress: open(Hook::Pod.program(Side::Egress))?,
-            ingress: open(Hook::Pod.program(Side::Ingress))?,
-            uplink_out: open(UPLINK_OUT)?,
-            uplink_in: open(UPLINK_IN)?,
+            pdir: pdir.to_path_buf(),
+            progs: [None, None, None, None],
             observe: ObserveMaps::open(&mut Source::pinned(dir))?,
             dir: dir.to_path_buf(),
             _lock: lock,
@@ -160,21 +158,40 @@ impl Node {
         self.prog_hash
     }
 
-    pub(super) fn program(&mut self, hook: Hook, side: Side) -> &mut SchedClassifier {
+    /// Where the program of `hook`'s `side` is pinned.
+    pub(super) fn program_pin(&self, hook: Hook, side: Side) -> PathBuf {
+        self.pdir.join(hook.program(side))
+    }
+
+    fn slot(hook: Hook, side: Side) -> usize {
         match (hook, side) {
-            (Hook::Pod, Side::Egress) => &mut self.egress,
-            (Hook::Pod, Side::Ingress) => &mut self.ingress,
-            (Hook::Uplink, Side::Egress) => &mut self.uplink_out,
-            (Hook::Uplink, Side::Ingress) => &mut self.uplink_in,
+            (Hook::Pod, Side::Egress) => 0,
+            (Hook::Pod, Side::Ingress) => 1,
+            (Hook::Uplink, Side::Egress) => 2,
+            (Hook::Uplink, Side::Ingress) => 3,
         }
     }
 
-    /// A hook's (egress, ingress) programs.
-    pub(super) fn programs(&mut self, hook: Hook) -> (&mut SchedClassifier, &mut SchedClassifier) {
-        match hook {
-            Hook::Pod => (&mut self.egress, &mut self.ingress),
-            Hook::Uplink => (&mut self.uplink_out, &mut self.uplink_in),
+    pub(super) fn program(&mut self, hook: Hook, side: Side) -> Result<&mut SchedClassifier, AttachError> {
+        let path = self.program_pin(hook, side);
+        let slot = &mut self.progs[Node::slot(hook, side)];
+        if slot.is_none() {
+            let name = hook.program(side);
+            *slot = Some(SchedClassifier::from_pin(&path).map_err(prog_err(format!("opening pinned {name}")))?);
         }
+        Ok(slot.as_mut().expect("just opened"))
+    }
+
+    /// A hook's (egress, ingress) programs.
+    pub(super) fn programs(&mut self, hook: Hook) -> Result<(&mut SchedClassifier, &mut SchedClassifier), AttachError> {
+        self.program(hook, Side::Egress)?;
+        self.program(hook, Side::Ingress)?;
+        let i = Node::slot(hook, Side::Egress);
+        let (egress, ingress) = self.progs[i..i + 2].split_at_mut(1);
+        Ok((
+            egress[0].as_mut().expect("opened"),
+            ingress[0].as_mut().expect("opened"),
+        ))
     }
 
     fn other_versions(&self) -> Result<Vec<PathBuf>, AttachError> {
@@ -241,7 +258,7 @@ impl Node {
             for side in Side::BOTH {
                 let path = link_dir.join(side.name());
                 let Some(link) = pinned_tcx_link(&path)? else { continue };
-                let prog = self.program(hook, side);
+                let prog = self.program(hook, side)?;
                 let id = match prog.attach_to_link(link) {
                     Ok(id) => id,
                     Err(ProgramError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOLINK) => {
@@ -294,7 +311,7 @@ impl Node {
             for side in Side::BOTH {
                 let path = link_dir.join(side.name());
                 let Some(link) = pinned_tcx_link(&path)? else { continue };
-                let prog = self.program(hook, side);
+                let prog = self.program(hook, side)?;
                 match prog.attach_to_link(link) {
                     Ok(id) => {
                         // Dropping our handle closes an fd; the pin keeps the link.
@@ -313,17 +330,15 @@ impl Node {
     }
 
     /// The pod programs' kernel ids (egress, ingress).
-    pub fn program_ids(&self) -> Result<(u32, u32), AttachError> {
+    pub fn program_ids(&mut self) -> Result<(u32, u32), AttachError> {
         self.hook_program_ids(Hook::Pod)
     }
 
     /// A hook's programs' kernel ids (egress, ingress).
-    pub fn hook_program_ids(&self, hook: Hook) -> Result<(u32, u32), AttachError> {
+    pub fn hook_program_ids(&mut self, hook: Hook) -> Result<(u32, u32), AttachError> {
+        let (egress, ingress) = self.programs(hook)?;
         let id = |p: &SchedClassifier| p.info().map(|i| i.id()).map_err(prog_err("program info"));
-        match hook {
-            Hook::Pod => Ok((id(&self.egress)?, id(&self.ingress)?)),
-            Hook::Uplink => Ok((id(&self.uplink_out)?, id(&self.uplink_in)?)),
-        }
+        Ok((id(egress)?, id(ingress)?))
     }
 }
 
