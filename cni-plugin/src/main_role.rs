@@ -106,23 +106,44 @@ async fn add_steps(
     }
     // Find what we attach to before allocating anything, unless IPAM decides it.
     let configured = configured_parent(c, host, lc).await?;
-    // The record first: a DEL after a crash from here on knows what this
-    // ADD may have made, and deletes nothing it did not.
+    // Addresses first: a lease is its container id's, so that a DEL after
+    // a crash here releases it with or without a record.
+    let ipam = c.ipam.add(c.req).map_err(|e| e.context("IPAM"))?;
+    undo.push(Undo::ReleaseAddresses);
+    fault::at("add:ipam")?;
+    let (host_link, mtu) = parent_for(host, lc, &ipam, configured).await?;
+    let host_path = (c.cfg.host_path && host_path::wanted(lc)).then(|| host_path::name(host_link.index));
+    // The record before any link: a DEL after a crash from here on knows
+    // what this ADD may have made, and deletes nothing it did not. The
+    // link by its MAC: an ENI keeps its own across the move (a DEL finds
+    // it wherever it went), a macvlan gets one chosen here.
+    let eni = matches!(lc, LinkConfig::Eni(_));
+    let macvlan_mac = match lc {
+        LinkConfig::Macvlan(_) => Some(
+            macvlan::random_mac()
+                .map_err(|e| CniError::new(ErrorCode::Io, format!("choosing a MAC for the macvlan: {e}")))?,
+        ),
+        _ => None,
+    };
     let mut ep = Endpoint {
         network: c.cfg.name.clone(),
         container_id: c.cid().to_string(),
         ifname: c.ifname().to_string(),
         netns: pod_ns.path().display().to_string(),
         ifindex: 0,
-        mac: String::new(),
-        ips: Vec::new(),
+        mac: match macvlan_mac {
+            Some(m) => format_mac(&m),
+            None if eni => host_link.mac_string(),
+            None => String::new(),
+        },
+        ips: ipam.ips.iter().map(|i| i.address).collect(),
         role: Role::Main,
         link_kind: Some(lc.kind()),
-        parent_ifindex: None,
-        host_ifname: None,
+        parent_ifindex: (!eni).then_some(host_link.index),
+        host_ifname: eni.then(|| host_link.name.clone()),
         datapath: None,
         promote_to_tcx: false,
-        host_path: None,
+        host_path: host_path.clone(),
         pod: PodRef::from_args(&c.req.inv.args),
         state: EndpointState::Creating,
         created: Endpoint::now(),
@@ -130,31 +151,14 @@ async fn add_steps(
     c.store.put(&ep)?;
     undo.push(Undo::RemoveEndpoint);
     fault::at("add:record")?;
-    let ipam = c.ipam.add(c.req).map_err(|e| e.context("IPAM"))?;
-    undo.push(Undo::ReleaseAddresses);
-    fault::at("add:ipam")?;
-    let (host_link, mtu) = parent_for(host, lc, &ipam, configured).await?;
-    ep.ips = ipam.ips.iter().map(|i| i.address).collect();
-    let host_path = (c.cfg.host_path && host_path::wanted(lc)).then(|| host_path::name(host_link.index));
-    ep.host_path = host_path.clone();
-    if let LinkConfig::Eni(_) = lc {
-        // A device moved in keeps its MAC: recorded before the move, a DEL
-        // after a crash in the middle finds it wherever it went. A link
-        // made here needs no such record: until the next one names it, a
-        // DEL finds it by its creation name, and the addresses are
-        // released by container id.
-        ep.host_ifname = Some(host_link.name.clone());
-        ep.mac = host_link.mac_string();
-        c.store.put(&ep)?;
-    } else {
-        ep.parent_ifindex = Some(host_link.index);
-    }
-    fault::at("add:ips-recorded")?;
-    let (announce, link) = create_link(c, host, pod, pod_ns, &host_link, mtu, undo).await?;
+    let (announce, link) = create_link(c, host, pod, pod_ns, &host_link, mtu, macvlan_mac, undo).await?;
     fault::at("add:link")?;
     ep.ifindex = link.index;
     ep.mac = link.mac_string();
-    c.store.put(&ep)?;
+    if let LinkConfig::Ipvlan(_) = lc {
+        // An ipvlan has its parent's MAC: only its index tells it apart.
+        c.store.put(&ep)?;
+    }
     fault::at("add:link-recorded")?;
     // Programs before the link comes up: no packet leaves unchecked.
     if c.cfg.datapath.enabled {
@@ -260,38 +264,27 @@ async fn create_link(
     pod_ns: &NetNs,
     parent: &Link,
     mtu: u32,
+    macvlan_mac: Option<[u8; 6]>,
     undo: &mut Vec<Undo>,
 ) -> Result<(bool, Link), CniError> {
-    // Created under a name of its own, renamed once in the pod: older
-    // kernels (Debian's 6.1, in the VM suite) check a new macvlan/ipvlan's
-    // name in its parent's namespace, where the parent is often `eth0`.
-    let tmp = creation_name(c.cid(), c.ifname());
+    let netns = pod_ns.raw_fd();
     match link_cfg(c.cfg) {
         LinkConfig::Macvlan(m) => {
-            let msg = macvlan::create_request(m, parent.index, &tmp, mtu, pod_ns.raw_fd());
-            host.add_link(msg, &format!("macvlan {} on {}", c.ifname(), parent.name))
-                .await?;
-            let made = pod_link(pod, &tmp).await?;
-            undo.push(Undo::DeleteLink { index: made.index });
-            // Failing here, the link is in the pod under its creation name.
-            fault::at("add:link-created")?;
-            let link = rename_in_pod(pod, made, c.ifname()).await?;
-            Ok((true, link))
+            let mac = macvlan_mac.expect("a macvlan's MAC is chosen before it is made");
+            let what = format!("macvlan {} on {}", c.ifname(), parent.name);
+            let mk = |name: &str| macvlan::create_request(m, parent.index, name, mtu, mac, netns);
+            Ok((true, create_named(c, host, pod, &what, mk, undo).await?))
         }
         LinkConfig::Ipvlan(i) => {
-            let msg = ipvlan::create_request(i, parent.index, &tmp, mtu, pod_ns.raw_fd());
-            host.add_link(msg, &format!("ipvlan {} on {}", c.ifname(), parent.name))
-                .await
-                .map_err(|e| {
-                    if e.is(ErrorCode::NotAvailable) {
-                        e.context("the kernel has no ipvlan support")
-                    } else {
-                        e
-                    }
-                })?;
-            let made = pod_link(pod, &tmp).await?;
-            undo.push(Undo::DeleteLink { index: made.index });
-            let link = rename_in_pod(pod, made, c.ifname()).await?;
+            let what = format!("ipvlan {} on {}", c.ifname(), parent.name);
+            let mk = |name: &str| ipvlan::create_request(i, parent.index, name, mtu, netns);
+            let link = create_named(c, host, pod, &what, mk, undo).await.map_err(|e| {
+                if e.is(ErrorCode::NotAvailable) {
+                    e.context("the kernel has no ipvlan support")
+                } else {
+                    e
+                }
+            })?;
             Ok((ipvlan::announces(i), link))
         }
         LinkConfig::Eni(_) => {
@@ -316,6 +309,34 @@ async fn create_link(
             Ok((true, link))
         }
     }
+}
+
+/// Make the pod's macvlan/ipvlan inside its namespace, under its final
+/// name. Older kernels (Debian's 6.1, in the VM suite) check the new
+/// link's name in its parent's namespace, where the parent is often
+/// `eth0`, and refuse it: there the link is made under a name of its own
+/// and renamed once in the pod.
+async fn create_named(
+    c: &Ctx<'_>,
+    host: &Netlink,
+    pod: &Netlink,
+    what: &str,
+    request: impl Fn(&str) -> rtnetlink::packet_route::link::LinkMessage,
+    undo: &mut Vec<Undo>,
+) -> Result<Link, CniError> {
+    if host.add_link_unless_taken(request(c.ifname()), what).await? {
+        let made = pod_link(pod, c.ifname()).await?;
+        undo.push(Undo::DeleteLink { index: made.index });
+        fault::at("add:link-created")?;
+        return Ok(made);
+    }
+    let tmp = creation_name(c.cid(), c.ifname());
+    host.add_link(request(&tmp), what).await?;
+    let made = pod_link(pod, &tmp).await?;
+    undo.push(Undo::DeleteLink { index: made.index });
+    // Failing here, the link is in the pod under its creation name.
+    fault::at("add:link-created")?;
+    rename_in_pod(pod, made, c.ifname()).await
 }
 
 /// IPAM's result with the pod interface it now belongs to.

@@ -161,13 +161,28 @@ impl Netlink {
     }
 
     pub async fn add_link(&self, msg: LinkMessage, what: &str) -> Result<(), CniError> {
-        self.handle.link().add(msg).execute().await.map_err(|e| {
-            let code = match errno(&e) {
-                Some(libc::EOPNOTSUPP) => ErrorCode::NotAvailable,
-                _ => ErrorCode::Netlink,
-            };
-            CniError::new(code, format!("create {what} in {}: {e}", self.ns_label))
-        })
+        match self.add_link_unless_taken(msg, what).await? {
+            true => Ok(()),
+            false => Err(CniError::new(
+                ErrorCode::Netlink,
+                format!("create {what} in {}: the name is taken (EEXIST)", self.ns_label),
+            )),
+        }
+    }
+
+    /// Create a link; false when the kernel says its name is taken.
+    pub async fn add_link_unless_taken(&self, msg: LinkMessage, what: &str) -> Result<bool, CniError> {
+        match self.handle.link().add(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(false),
+            Err(e) => {
+                let code = match errno(&e) {
+                    Some(libc::EOPNOTSUPP) => ErrorCode::NotAvailable,
+                    _ => ErrorCode::Netlink,
+                };
+                Err(CniError::new(code, format!("create {what} in {}: {e}", self.ns_label)))
+            }
+        }
     }
 
     pub async fn set_link(&self, msg: LinkMessage, what: &str) -> Result<(), CniError> {

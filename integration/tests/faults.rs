@@ -21,9 +21,8 @@ use std::time::Instant;
 
 /// Where the hook can fail, per role and verb.
 const MAIN_ADD: &[&str] = &[
-    "add:record",
     "add:ipam",
-    "add:ips-recorded",
+    "add:record",
     "add:link-created",
     "add:link",
     "add:link-recorded",

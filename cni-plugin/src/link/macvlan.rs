@@ -16,11 +16,33 @@ pub fn kernel_mode(m: MacvlanMode) -> MacVlanMode {
     }
 }
 
-pub fn create_request(cfg: &MacvlanConfig, parent_index: u32, ifname: &str, mtu: u32, netns_fd: RawFd) -> LinkMessage {
+pub fn create_request(
+    cfg: &MacvlanConfig,
+    parent_index: u32,
+    ifname: &str,
+    mtu: u32,
+    mac: [u8; 6],
+    netns_fd: RawFd,
+) -> LinkMessage {
     LinkMacVlan::new(ifname, parent_index, kernel_mode(cfg.mode))
         .mtu(mtu)
+        .address(mac.to_vec())
         .setns_by_fd(netns_fd)
         .build()
+}
+
+/// A MAC for a new macvlan, chosen before it exists so that its record
+/// names it from the start: random, locally administered, unicast (what
+/// the kernel would pick).
+pub fn random_mac() -> std::io::Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom writes at most `mac.len()` bytes into `mac`.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        return Err(std::io::Error::last_os_error());
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    Ok(mac)
 }
 
 #[cfg(test)]
@@ -35,8 +57,11 @@ mod tests {
             mode: MacvlanMode::Private,
             mtu: None,
         };
-        let m = create_request(&cfg, 7, "eth0", 1400, 42);
+        let mac = random_mac().unwrap();
+        let m = create_request(&cfg, 7, "eth0", 1400, mac, 42);
         let a = &m.attributes;
+        assert!(a.contains(&LinkAttribute::Address(mac.to_vec())));
+        assert_eq!(mac[0] & 0x03, 0x02, "locally administered unicast: {mac:02x?}");
         assert!(a.contains(&LinkAttribute::IfName("eth0".into())));
         assert!(a.contains(&LinkAttribute::Link(7)));
         assert!(a.contains(&LinkAttribute::Mtu(1400)));
