@@ -151,7 +151,7 @@ async fn add_steps(
     c.store.put(&ep)?;
     undo.push(Undo::RemoveEndpoint);
     fault::at("add:record")?;
-    let (announce, link) = create_link(c, host, pod, pod_ns, &host_link, mtu, macvlan_mac, undo).await?;
+    let (announce, link) = create_link(c, host, pod, pod_ns, (&host_link, mtu), macvlan_mac, undo).await?;
     fault::at("add:link")?;
     ep.ifindex = link.index;
     ep.mac = link.mac_string();
@@ -255,15 +255,14 @@ async fn parent_for(
     }
 }
 
-/// Make the pod interface on `parent` (or move the ENI in); returns
-/// whether the pod announces its address, and the link.
+/// Make the pod interface on `parent` with `mtu` (or move the ENI in);
+/// returns whether the pod announces its address, and the link.
 async fn create_link(
     c: &Ctx<'_>,
     host: &Netlink,
     pod: &Netlink,
     pod_ns: &NetNs,
-    parent: &Link,
-    mtu: u32,
+    (parent, mtu): (&Link, u32),
     macvlan_mac: Option<[u8; 6]>,
     undo: &mut Vec<Undo>,
 ) -> Result<(bool, Link), CniError> {
