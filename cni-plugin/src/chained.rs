@@ -123,13 +123,11 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
     // The record first: a DEL after a crash knows which pins and endpoint
     // entries to take back.
     store.put(&ep)?;
-    let attached = fault::at("add:record").and_then(|()| {
-        if cfg.datapath.enabled {
-            datapath::attach(cfg, &ns, &ep).map(Some)
-        } else {
-            Ok(None)
-        }
-    });
+    let attached = match fault::at("add:record") {
+        Ok(()) if cfg.datapath.enabled => datapath::attach(cfg, &ns, &pod, &ep).await.map(Some),
+        Ok(()) => Ok(None),
+        Err(e) => Err(e),
+    };
     ep.promote_to_tcx = cfg.datapath.enabled && datapath::promoted_later(cfg);
     ep.datapath = match attached {
         Ok(a) => a,

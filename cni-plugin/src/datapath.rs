@@ -35,7 +35,7 @@ fn endpoint_maps(versioned: &Path) -> Result<EndpointMaps, CniError> {
 
 /// Attach to the endpoint's interface and publish its addresses. Returns
 /// how it was attached, for the endpoint record.
-pub fn attach(cfg: &PluginConfig, ns: &NetNs, ep: &Endpoint) -> Result<Attached, CniError> {
+pub async fn attach(cfg: &PluginConfig, ns: &NetNs, pod: &Netlink, ep: &Endpoint) -> Result<Attached, CniError> {
     let what = format!("{} in {}", ep.ifname, ns.path().display());
     let mut node = Node::open(&cfg.datapath).map_err(|e| cni_err(e, "opening the node datapath"))?;
     if node.relinked > 0 {
@@ -51,9 +51,25 @@ pub fn attach(cfg: &PluginConfig, ns: &NetNs, ep: &Endpoint) -> Result<Attached,
     } else {
         cfg.datapath.attach
     };
-    let got = node
-        .attach(ns.as_fd(), &ep.ifname, &key, mode)
-        .map_err(|e| cni_err(e, &format!("attaching to {what}")))?;
+    let got = if mode == AttachMode::Tc {
+        // Over the socket ADD has open in the pod's namespace.
+        let progs = node
+            .clsact_programs(&key)
+            .map_err(|e| cni_err(e, &format!("attaching to {what}")))?;
+        let answers = pod.send_all(progs.requests(ep.ifindex), "clsact filters").await;
+        if let Err(e) = answers.and_then(|errnos| {
+            progs
+                .judge(&ep.ifname, &errnos)
+                .map_err(|e| cni_err(e, &format!("attaching to {what}")))
+        }) {
+            let _ = attach::detach(node.dir(), Some(ns.as_fd()), &ep.ifname, &key);
+            return Err(e);
+        }
+        Attached::Tc
+    } else {
+        node.attach(ns.as_fd(), &ep.ifname, &key, mode)
+            .map_err(|e| cni_err(e, &format!("attaching to {what}")))?
+    };
     // The hold first: the pod is judged by it from its first packet.
     let held = crate::policy_hold::must_hold(cfg, ep);
     let undo_hold = || {

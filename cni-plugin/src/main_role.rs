@@ -162,7 +162,7 @@ async fn add_steps(
     fault::at("add:link-recorded")?;
     // Programs before the link comes up: no packet leaves unchecked.
     if c.cfg.datapath.enabled {
-        let got = datapath::attach(c.cfg, pod_ns, &ep)?;
+        let got = datapath::attach(c.cfg, pod_ns, pod, &ep).await?;
         ep.datapath = Some(got);
         ep.promote_to_tcx = datapath::promoted_later(c.cfg);
         undo.push(Undo::Detach {

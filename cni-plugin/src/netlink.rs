@@ -217,6 +217,38 @@ impl Netlink {
         .await
     }
 
+    /// Send `msgs` (each with its own flags; request and ack added) in one
+    /// go, then collect every answer's errno (0 for an ACK), in order: the
+    /// kernel takes them one after the other, without a round trip each.
+    pub async fn send_all(
+        &self,
+        msgs: Vec<(netlink_packet_route::RouteNetlinkMessage, u16)>,
+        what: &str,
+    ) -> Result<Vec<i32>, CniError> {
+        use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+        let mut handle = self.handle.clone();
+        let mut answers = Vec::new();
+        for (inner, flags) in msgs {
+            let mut msg = NetlinkMessage::from(inner);
+            msg.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+            let stream = handle
+                .request(msg)
+                .map_err(nl_err(format!("{what} in {}: sending", self.ns_label)))?;
+            answers.push(stream);
+        }
+        let mut errnos = Vec::with_capacity(answers.len());
+        for mut stream in answers {
+            let mut errno = 0;
+            while let Some(m) = futures::StreamExt::next(&mut stream).await {
+                if let NetlinkPayload::Error(e) = m.payload {
+                    errno = -e.raw_code();
+                }
+            }
+            errnos.push(errno);
+        }
+        Ok(errnos)
+    }
+
     /// Delete a link; a link that is already gone is not an error.
     pub async fn del_link(&self, index: u32, name: &str) -> Result<(), CniError> {
         match self.handle.link().del(index).execute().await {

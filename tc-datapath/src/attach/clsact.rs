@@ -58,32 +58,18 @@ pub(super) fn pinned_fd(path: &Path) -> io::Result<OwnedFd> {
 }
 
 /// One program for one side: its fd and the name the filter shows.
-pub(super) struct Filter<'a> {
+pub struct Filter<'a> {
     pub side: Side,
     pub prog: BorrowedFd<'a>,
     pub name: &'a str,
 }
 
-/// Add clsact to `ifname` (in the calling thread's namespace) if it has
-/// none, and add each filter at `priority`/`handle`, replacing one already
-/// there (a repeated ADD, an upgrade moving the pod to new programs).
-pub(super) fn attach(ifname: &str, priority: u16, handle: u32, filters: &[Filter<'_>]) -> Result<(), AttachError> {
-    let err = |what: &str| {
-        let what = what.to_string();
-        move |source: io::Error| AttachError::Clsact {
-            what,
-            ifname: ifname.to_string(),
-            source,
-        }
-    };
-    let index = nix::net::if_::if_nametoindex(ifname)
-        .map_err(io::Error::from)
-        .map_err(err("finding"))? as i32;
-    let mut sock = Socket::new(NETLINK_ROUTE).map_err(err("opening rtnetlink for"))?;
-    sock.bind_auto().map_err(err("binding rtnetlink for"))?;
-    sock.connect(&SocketAddr::new(0, 0))
-        .map_err(err("connecting rtnetlink for"))?;
-
+/// The messages that add clsact to the interface `index` and `filters`
+/// under it at `priority`/`handle`, replacing filters already there, each
+/// with its netlink flags; for a socket in the interface's namespace.
+/// `judge` reads the answers.
+pub fn requests(index: u32, priority: u16, handle: u32, filters: &[Filter<'_>]) -> Vec<(RouteNetlinkMessage, u16)> {
+    let index = index as i32;
     let mut qdisc = TcMessage::default();
     qdisc.header.index = index;
     qdisc.header.parent = TcHandle::CLSACT;
@@ -120,7 +106,49 @@ pub(super) fn attach(ifname: &str, priority: u16, handle: u32, filters: &[Filter
         // replaced in place, no moment without one.
         msgs.push((RouteNetlinkMessage::NewTrafficFilter(m), NLM_F_CREATE));
     }
+    msgs
+}
 
+/// The outcome of `requests`, from the errno of each answer (0 for an
+/// ACK), in order: clsact being there already is fine.
+pub fn judge(ifname: &str, filters: &[Filter<'_>], errnos: &[i32]) -> Result<(), AttachError> {
+    for (i, &errno) in errnos.iter().enumerate() {
+        if errno == 0 || (i == 0 && errno == libc::EEXIST) {
+            continue;
+        }
+        let what = match i {
+            0 => "adding clsact to".to_string(),
+            i => format!("adding the {} filter to", filters[i - 1].side.name()),
+        };
+        return Err(AttachError::Clsact {
+            what,
+            ifname: ifname.to_string(),
+            source: io::Error::from_raw_os_error(errno),
+        });
+    }
+    Ok(())
+}
+
+/// `requests` and `judge` over a socket of our own, from the calling
+/// thread (which is in `ifname`'s namespace).
+pub(super) fn attach(ifname: &str, priority: u16, handle: u32, filters: &[Filter<'_>]) -> Result<(), AttachError> {
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |source: io::Error| AttachError::Clsact {
+            what,
+            ifname: ifname.to_string(),
+            source,
+        }
+    };
+    let index = nix::net::if_::if_nametoindex(ifname)
+        .map_err(io::Error::from)
+        .map_err(err("finding"))?;
+    let mut sock = Socket::new(NETLINK_ROUTE).map_err(err("opening rtnetlink for"))?;
+    sock.bind_auto().map_err(err("binding rtnetlink for"))?;
+    sock.connect(&SocketAddr::new(0, 0))
+        .map_err(err("connecting rtnetlink for"))?;
+    let msgs = requests(index, priority, handle, filters);
+    let want = msgs.len();
     let mut buf = Vec::new();
     for (seq, (inner, flags)) in msgs.into_iter().enumerate() {
         let mut header = NetlinkHeader::default();
@@ -134,11 +162,10 @@ pub(super) fn attach(ifname: &str, priority: u16, handle: u32, filters: &[Filter
     }
     sock.send(&buf, 0).map_err(err("sending the filters of"))?;
 
-    // One answer per message, in order: the qdisc's may say it exists.
-    let want = filters.len() + 1;
-    let mut acked = 0;
+    // One answer per message, in order.
+    let mut errnos = Vec::with_capacity(want);
     let mut rx = vec![0u8; 8192];
-    while acked < want {
+    while errnos.len() < want {
         let n = sock
             .recv(&mut &mut rx[..], 0)
             .map_err(err("reading the answers about"))?;
@@ -147,34 +174,23 @@ pub(super) fn attach(ifname: &str, priority: u16, handle: u32, filters: &[Filter
             let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[off..n])
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
                 .map_err(err("parsing the answers about"))?;
-            let len = msg.header.length as usize;
             if let NetlinkPayload::Error(e) = &msg.payload {
-                let seq = msg.header.sequence_number;
-                match e.raw_code() {
-                    0 => {}
-                    code if seq == 1 && -code == libc::EEXIST => {}
-                    _ => {
-                        let what = match seq {
-                            1 => "adding clsact to".to_string(),
-                            s => format!("adding the {} filter to", filters[s as usize - 2].side.name()),
-                        };
-                        return Err(err(&what)(e.to_io()));
-                    }
-                }
-                acked += 1;
+                errnos.push(-e.raw_code());
             }
+            let len = msg.header.length as usize;
             if len == 0 {
                 break;
             }
             off += len.next_multiple_of(4);
         }
     }
-    Ok(())
+    judge(ifname, filters, &errnos)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn obj_get_matches_the_kernels_bpf_attr() {
@@ -194,5 +210,64 @@ mod tests {
         }
         let e = pinned_fd(Path::new("/nonexistent/sluice-pin")).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+    }
+
+    fn filters(fd: &OwnedFd) -> Vec<Filter<'_>> {
+        [Side::Egress, Side::Ingress]
+            .into_iter()
+            .map(|side| Filter {
+                side,
+                prog: fd.as_fd(),
+                name: side.name(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn requests_add_clsact_then_replace_each_filter() {
+        let fd: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let msgs = requests(7, 1, 0x5c1, &filters(&fd));
+        assert_eq!(msgs.len(), 3);
+        let RouteNetlinkMessage::NewQueueDiscipline(q) = &msgs[0].0 else {
+            panic!("{:?}", msgs[0].0)
+        };
+        assert_eq!((q.header.index, u32::from(q.header.parent)), (7, 0xffff_fff1));
+        assert!(q.attributes.contains(&TcAttribute::Kind("clsact".into())));
+        assert_eq!(msgs[0].1, NLM_F_CREATE | NLM_F_EXCL, "clsact is made once");
+        for ((m, flags), minor) in msgs[1..].iter().zip([TcHandle::MIN_EGRESS, TcHandle::MIN_INGRESS]) {
+            let RouteNetlinkMessage::NewTrafficFilter(f) = m else {
+                panic!("{m:?}")
+            };
+            assert_eq!(u32::from(f.header.parent), 0xffff_0000 | u32::from(minor));
+            assert_eq!(u32::from(f.header.handle), 0x5c1);
+            assert_eq!(
+                f.header.info,
+                (1 << 16) | 0x0300,
+                "priority 1, ETH_P_ALL in network order"
+            );
+            assert_eq!(*flags, NLM_F_CREATE, "no EXCL: an existing filter is replaced");
+            let Some(TcAttribute::Options(o)) = f.attributes.iter().find(|a| matches!(a, TcAttribute::Options(_)))
+            else {
+                panic!("no options")
+            };
+            assert!(o.contains(&TcOption::Bpf(TcFilterBpfOption::ProgFd(fd.as_raw_fd() as u32))));
+            assert!(o.contains(&TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction))));
+        }
+    }
+
+    #[test]
+    fn judge_takes_an_existing_clsact_but_no_failed_filter() {
+        let fd: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let f = filters(&fd);
+        assert!(judge("eth0", &f, &[0, 0, 0]).is_ok());
+        assert!(judge("eth0", &f, &[libc::EEXIST, 0, 0]).is_ok());
+        let e = judge("eth0", &f, &[0, 0, libc::EINVAL]).unwrap_err().to_string();
+        assert!(e.contains("ingress filter") && e.contains("eth0"), "{e}");
+        let e = judge("eth0", &f, &[libc::EPERM, 0, 0]).unwrap_err().to_string();
+        assert!(e.contains("clsact"), "{e}");
+        assert!(
+            judge("eth0", &f, &[0, libc::EEXIST, 0]).is_err(),
+            "EEXIST of a filter is an error"
+        );
     }
 }

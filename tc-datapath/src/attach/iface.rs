@@ -160,27 +160,33 @@ impl Node {
     }
 
     /// `hook`'s programs as cls_bpf filters on `ifname`, from their pins
-    /// (see `clsact`).
+    /// (see `clsact`), from a thread in `netns`.
     fn attach_clsact(&self, hook: Hook, netns: BorrowedFd<'_>, ifname: &str) -> Result<(), AttachError> {
-        let mut fds = Vec::new();
-        for side in Side::BOTH {
-            let pin = self.program_pin(hook, side);
-            fds.push((
-                side,
-                clsact::pinned_fd(&pin).map_err(io_err("opening the program pinned at", &pin))?,
-            ));
-        }
-        let filters: Vec<clsact::Filter<'_>> = fds
-            .iter()
-            .map(|(side, fd)| clsact::Filter {
-                side: *side,
-                prog: fd.as_fd(),
-                name: hook.program(*side),
-            })
-            .collect();
+        let progs = self.clsact_programs_of(hook)?;
+        let filters = progs.filters();
         in_netns(netns, || {
             clsact::attach(ifname, TC_PRIORITY, TC_HANDLE.into(), &filters)
         })?
+    }
+
+    fn clsact_programs_of(&self, hook: Hook) -> Result<ClsactPrograms, AttachError> {
+        let mut fds = Vec::new();
+        for side in Side::BOTH {
+            let pin = self.program_pin(hook, side);
+            let fd = clsact::pinned_fd(&pin).map_err(io_err("opening the program pinned at", &pin))?;
+            fds.push((side, hook.program(side), fd));
+        }
+        Ok(ClsactPrograms { fds })
+    }
+
+    /// The pod programs as clsact filters for a caller that sends the
+    /// messages over an rtnetlink socket of its own in the pod's namespace
+    /// (ADD has one open: no thread needs to enter the namespace). TCX link
+    /// pins an earlier ADD of `key` left are removed first, as `attach`
+    /// does; on failure, `detach` takes back what was made.
+    pub fn clsact_programs(&self, key: &str) -> Result<ClsactPrograms, AttachError> {
+        remove_link_pins(&self.dir().join(Hook::Pod.dir()).join(key))?;
+        self.clsact_programs_of(Hook::Pod)
     }
 
     /// The pod attachment `key` has its TCX links pinned (both sides).
@@ -295,6 +301,35 @@ impl Node {
 
     pub fn reattach_tc_hook(&mut self, hook: Hook, netns: BorrowedFd<'_>, ifname: &str) -> Result<(), AttachError> {
         self.attach_clsact(hook, netns, ifname)
+    }
+}
+
+/// A hook's programs, opened from their pins, to attach as clsact filters.
+pub struct ClsactPrograms {
+    fds: Vec<(Side, &'static str, std::os::fd::OwnedFd)>,
+}
+
+impl ClsactPrograms {
+    fn filters(&self) -> Vec<clsact::Filter<'_>> {
+        self.fds
+            .iter()
+            .map(|(side, name, fd)| clsact::Filter {
+                side: *side,
+                prog: fd.as_fd(),
+                name,
+            })
+            .collect()
+    }
+
+    /// The rtnetlink messages, with their flags (send each with
+    /// `NLM_F_REQUEST | NLM_F_ACK` added), for the interface `index`.
+    pub fn requests(&self, index: u32) -> Vec<(netlink_packet_route::RouteNetlinkMessage, u16)> {
+        clsact::requests(index, TC_PRIORITY, TC_HANDLE.into(), &self.filters())
+    }
+
+    /// The outcome, from each answer's errno (0 for an ACK) in order.
+    pub fn judge(&self, ifname: &str, errnos: &[i32]) -> Result<(), AttachError> {
+        clsact::judge(ifname, &self.filters(), errnos)
     }
 }
 

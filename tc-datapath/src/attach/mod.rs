@@ -14,7 +14,7 @@ mod iface;
 mod node;
 pub mod sock;
 
-pub use iface::{CheckError, Promotion};
+pub use iface::{CheckError, ClsactPrograms, Promotion};
 pub use node::Node;
 
 use crate::loader::LoadError;
