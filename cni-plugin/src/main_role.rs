@@ -94,7 +94,10 @@ async fn add_steps(
     undo: &mut Vec<Undo>,
 ) -> Result<CniResult, CniError> {
     let lc = link_cfg(c.cfg);
-    if pod.link_by_name(c.ifname()).await?.is_some() {
+    // Find what we attach to before allocating anything, unless IPAM
+    // decides it; asked together with whether the pod has the name taken.
+    let (taken, configured) = futures::join!(pod.link_by_name(c.ifname()), configured_parent(c, host, lc));
+    if taken?.is_some() {
         return Err(CniError::new(
             ErrorCode::InterfaceExists,
             format!(
@@ -104,8 +107,7 @@ async fn add_steps(
             ),
         ));
     }
-    // Find what we attach to before allocating anything, unless IPAM decides it.
-    let configured = configured_parent(c, host, lc).await?;
+    let configured = configured?;
     // Addresses first: a lease is its container id's, so that a DEL after
     // a crash here releases it with or without a record.
     let ipam = c.ipam.add(c.req).map_err(|e| e.context("IPAM"))?;

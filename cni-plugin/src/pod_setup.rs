@@ -14,12 +14,15 @@ pub async fn configure(
     ipam: &CniResult,
     announce: bool,
 ) -> Result<(), CniError> {
-    for ip in &ipam.ips {
-        pod.add_address(link.index, ip.address).await?;
-    }
-    if announce {
-        pod.enable_arp_notify(link.index, &link.name).await?;
-    }
+    // Independent of each other: sent together, answered together.
+    let addresses = futures::future::try_join_all(ipam.ips.iter().map(|ip| pod.add_address(link.index, ip.address)));
+    let arp_notify = async {
+        match announce {
+            true => pod.enable_arp_notify(link.index, &link.name).await,
+            false => Ok(()),
+        }
+    };
+    futures::try_join!(addresses, arp_notify)?;
     // Link up with the addresses in place: the kernel announces them now.
     pod.set_up(link.index, &link.name).await?;
     for r in &ipam.routes {
