@@ -136,26 +136,6 @@ impl LinkKind {
     }
 }
 
-/// Put `tmp` in `path`'s place atomically. Over an existing record the
-/// two are exchanged and the old one, now at `tmp`, unlinked: a plain
-/// rename over an existing file makes ext4 start writing the new one out
-/// at once (`auto_da_alloc`, its guard for files replaced without an
-/// fsync), ~0.2 ms here, where an exchange does not (~0.04 ms). A reader
-/// sees the old record or the new one either way; a crash between the two
-/// steps leaves a `.tmp` that the next write or the removal takes.
-fn replace(tmp: &Path, path: &Path) -> Result<(), CniError> {
-    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
-    match renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RenameFlags::RENAME_EXCHANGE) {
-        Ok(()) => match std::fs::remove_file(tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", tmp, e)),
-            _ => Ok(()),
-        },
-        // No record yet (nothing to flush), or a filesystem that cannot
-        // exchange: a plain rename.
-        Err(_) => std::fs::rename(tmp, path).map_err(|e| io("renaming", path, e)),
-    }
-}
-
 pub struct EndpointStore {
     dir: PathBuf,
 }
@@ -205,7 +185,7 @@ impl EndpointStore {
         let bytes = serde_json::to_vec_pretty(ep).expect("endpoint serializes");
         let mut f = std::fs::File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
         f.write_all(&bytes).map_err(|e| io("writing", &tmp, e))?;
-        replace(&tmp, &path)
+        sluice_ipam::store::replace(&tmp, &path).map_err(|e| io("putting in place", &path, e))
     }
 
     pub fn get(&self, container_id: &str, ifname: &str) -> Result<Option<Endpoint>, CniError> {

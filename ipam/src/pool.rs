@@ -491,6 +491,37 @@ mod tests {
     }
 
     #[test]
+    fn a_store_torn_before_this_boot_starts_empty() {
+        let d = tempfile::tempdir().unwrap();
+        let p = pool(d.path(), json!([[{"subnet": "10.0.0.0/24"}]]));
+        p.allocate("a", "eth0", &[]).unwrap();
+        let store = d.path().join("testnet/leases.json");
+        // What a power loss leaves of a file not yet written out: nothing.
+        std::fs::write(&store, b"").unwrap();
+        let up = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).unwrap();
+        let before_boot = std::time::SystemTime::now() - std::time::Duration::from_secs(up.tv_sec() as u64 + 60);
+        std::fs::File::options()
+            .write(true)
+            .open(&store)
+            .unwrap()
+            .set_modified(before_boot)
+            .unwrap();
+        // Its pods died with the node: allocation goes on from an empty store.
+        let b = p.allocate("b", "eth0", &[]).unwrap();
+        assert_eq!(b.len(), 1);
+        let leases = p.leases().unwrap();
+        assert_eq!(leases.len(), 1, "only b: {leases:?}");
+        assert!(
+            d.path().join("testnet/leases.json.lost-at-reboot").is_file(),
+            "kept for a look"
+        );
+        assert!(
+            !d.path().join("testnet/leases.json.corrupt").exists(),
+            "not quarantined"
+        );
+    }
+
+    #[test]
     fn a_store_put_aside_is_rebuilt_from_the_endpoint_records() {
         let d = tempfile::tempdir().unwrap();
         let p = pool(d.path(), json!([[{"subnet": "10.0.0.0/24"}]]));
