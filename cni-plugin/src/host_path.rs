@@ -155,11 +155,15 @@ pub async fn remove_pod(host: &Netlink, name: &str, pod_ips: &[IpNetwork]) -> Re
     let Some(child) = host.link_by_name(name).await? else {
         return Ok(());
     };
-    for ip in pod_ips {
+    // Independent of each other: sent together, answered together.
+    futures::future::try_join_all(pod_ips.iter().map(|ip| async {
         let dst = IpNetwork::new(ip.ip(), if ip.is_ipv4() { 32 } else { 128 }).expect("a host prefix");
-        host.del_link_route(child.index, dst).await?;
-        host.del_neighbour(child.index, ip.ip()).await?;
-    }
+        futures::try_join!(
+            host.del_link_route(child.index, dst),
+            host.del_neighbour(child.index, ip.ip())
+        )
+    }))
+    .await?;
     if host.host_routes(child.index).await?.is_empty() {
         host.del_link(child.index, name).await?;
         info!(host_path = %name, "host path removed with its last pod");

@@ -465,7 +465,14 @@ pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> 
     let (ep, unreadable) = c.store.get_for_del(c.cid(), c.ifname())?;
     let pod_ns = NetNs::for_del(req.inv.netns.as_deref())?;
     if cfg.datapath.enabled || ep.as_ref().is_some_and(|e| e.datapath.is_some()) {
-        datapath::detach(cfg, pod_ns.as_ref(), c.cid(), c.ifname(), ep.as_ref())?;
+        // A macvlan or ipvlan this plugin made is deleted below and its
+        // clsact filters go with it: they are not taken off first (an ENI
+        // goes back to the node, so its are).
+        let made_here = ep
+            .as_ref()
+            .is_some_and(|e| matches!(e.link_kind, Some(LinkKind::Macvlan | LinkKind::Ipvlan)));
+        let filters_in = if made_here { None } else { pod_ns.as_ref() };
+        datapath::detach(cfg, filters_in, c.cid(), c.ifname(), ep.as_ref())?;
     }
     if unreadable {
         datapath::forget_unrecorded(cfg, c.cid(), c.ifname())?;
