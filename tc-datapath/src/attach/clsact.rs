@@ -1,5 +1,7 @@
-//! cls_bpf filters under clsact, attached from the programs' pins over one
-//! rtnetlink socket: the clsact qdisc and both filters in one send.
+//! cls_bpf filters under clsact, attached from the programs' pins: the
+//! clsact qdisc and both filters as three rtnetlink messages, all sent
+//! before the first answer, either by the caller over a socket it has in
+//! the interface's namespace (ADD) or here from a thread in it.
 //!
 //! aya attaches a filter from a `SchedClassifier`, and opening one from a
 //! pin makes aya detect the kernel's features first (`ProgramInfo::
