@@ -172,12 +172,13 @@ impl EndpointStore {
         self.dir.join(format!("{stem}.json"))
     }
 
-    /// Write a record: atomically (a temporary file renamed over the old
-    /// one), never synced. A record describes what lives in the kernel
-    /// only (the pod's namespace, its link, its pinned programs), all of
-    /// which a node that goes down loses with it; a process that dies
-    /// keeps what it wrote. The lease store, which outlives a reboot, is
-    /// synced (sluice-ipam). An fsync here was 0.5 ms of every ADD.
+    /// Write a record: atomically (a temporary file put in place, see
+    /// `sluice_ipam::store::replace`), never synced. A record describes
+    /// what lives in the kernel only (the pod's namespace, its link, its
+    /// pinned programs), all of which a node that goes down loses with it;
+    /// a process that dies keeps what it wrote; one a power loss tore is
+    /// taken as none by DEL (`get_for_del`). An fsync here was 0.5 ms of
+    /// every ADD.
     pub fn put(&self, ep: &Endpoint) -> Result<(), CniError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| io("creating", &self.dir, e))?;
         let path = self.path(&ep.container_id, &ep.ifname);
