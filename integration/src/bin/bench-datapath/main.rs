@@ -5,7 +5,8 @@
 //! 1. Per-packet cost of `sl_egress` / `sl_ingress` through BPF_PROG_TEST_RUN
 //!    (the kernel's own timing of one run), with 1 to 100,000 Services
 //!    loaded. Every sample goes to a Service drawn at random among those
-//!    loaded, so a bigger table shows its cache misses.
+//!    loaded, so a bigger table shows its cache misses. The counts run in
+//!    rounds, one after the other in each, so drift hits them alike.
 //! 2. TCP connection rate (connect, request, response, close) from a pod to
 //!    a VIP in the simulated VPC, with 1 to 100,000 Services, beside the
 //!    same client calling the backend pod directly with no datapath (the
@@ -55,6 +56,10 @@ struct Args {
     /// Program runs per per-packet cell.
     #[arg(long, default_value_t = 20_000)]
     samples: usize,
+    /// Rounds the per-packet runs are split into, every Service count in
+    /// turn within a round.
+    #[arg(long, default_value_t = 5)]
+    packet_rounds: usize,
     /// Seconds per connection-rate measurement.
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
@@ -71,6 +76,10 @@ struct Args {
     /// Service insertions timed for sluice (iptables and nft: a tenth).
     #[arg(long, default_value_t = 200)]
     inserts: usize,
+    /// Only the per-packet cost and the memory (part 1 and 4): a minute
+    /// instead of twelve, for working on the programs.
+    #[arg(long)]
+    packets_only: bool,
 }
 
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
@@ -154,6 +163,10 @@ fn main() -> Result<()> {
         );
     }
     let (packet_rows, memory) = per_packet(&args)?;
+    if args.packets_only {
+        report::report_packets(&args, &packet_rows, &memory);
+        return Ok(());
+    }
     let (conn_rows, inserts) = connection_benchmark(&args)?;
     report::report(&args, &packet_rows, &memory, &conn_rows, &inserts);
     Ok(())

@@ -13,10 +13,17 @@ pub(crate) fn report(args: &Args, packets: &[PacketRow], memory: &Memory, conns:
     memory_table(memory);
 }
 
+pub(crate) fn report_packets(args: &Args, packets: &[PacketRow], memory: &Memory) {
+    bench::print_machine("datapath");
+    packet_table(args, packets);
+    println!();
+    memory_table(memory);
+}
+
 fn packet_table(args: &Args, packets: &[PacketRow]) {
     println!(
-        "1. per-packet cost, ns: p50 of {} BPF_PROG_TEST_RUN runs per cell, timed by the kernel",
-        args.samples
+        "1. per-packet cost, ns: p50 of {} BPF_PROG_TEST_RUN runs per cell in {} rounds (every count in turn), timed by the kernel",
+        args.samples, args.packet_rounds
     );
     println!("   one: every packet to one Service among those loaded; spread: each to a random one");
     println!(
