@@ -97,6 +97,8 @@ pub const SVC_F_REJECT: u8 = 0x01;
 pub const SVC_F_VIP_MARKER: u8 = 0x02;
 pub const SVC_F_NODE_ADDRESS: u8 = 0x04;
 pub const SVC_F_SOURCE_RANGES: u8 = 0x08;
+/// On a slot: `backend` copies the backend's entry (with state active).
+pub const SVC_F_SLOT_BACKEND: u8 = 0x10;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -107,6 +109,8 @@ pub struct SvcValue {
     pub flags: u8,
     pub algorithm: u8,
     pub affinity_timeout: u32,
+    /// Slots with `SVC_F_SLOT_BACKEND`: the backend's entry.
+    pub backend: BackendValue,
 }
 
 pub const BACKEND_ACTIVE: u8 = 0;
@@ -686,7 +690,7 @@ mod tests {
     fn matches_c() {
         let rust = rust_layout! {
             "svc_key" => SvcKey { addr, port, proto, scope, slot, pad1 },
-            "svc_value" => SvcValue { backend_id, rev_nat_id, count, flags, algorithm, affinity_timeout },
+            "svc_value" => SvcValue { backend_id, rev_nat_id, count, flags, algorithm, affinity_timeout, backend },
             "backend_value" => BackendValue { addr, port, proto, state },
             "revnat_value" => RevNatValue { addr, port, pad0 },
             "maglev_key" => MaglevKey { rev_nat_id, chunk },

@@ -23,6 +23,24 @@ pub mod pin;
 /// The compiled eBPF object (both programs and every map).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.o"));
 
+/// For the crate's own tests that need root (the kernel's `bpf()`).
+#[cfg(test)]
+pub(crate) fn root_or_skip(test: &str, why: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    // Listed by scripts/test as skipped, not counted as passed.
+    let line = format!("{test}: {why}");
+    eprintln!("SKIP {line}");
+    if let Ok(p) = std::env::var("SLUICE_SKIP_LOG") {
+        use std::io::Write;
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(p);
+        f.and_then(|mut f| writeln!(f, "{line}"))
+            .expect("SLUICE_SKIP_LOG is writable");
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     /// One licence story for the C: every source under bpf/ says it, the

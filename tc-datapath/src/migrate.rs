@@ -153,6 +153,7 @@ const CURRENT_DESC: &str = include_str!(concat!(env!("OUT_DIR"), "/layout.desc")
 const KNOWN: &[(u32, &str)] = &[
     (7, include_str!("../layouts/v7.desc")),
     (8, include_str!("../layouts/v8.desc")),
+    (9, include_str!("../layouts/v9.desc")),
 ];
 
 /// The layout of the maps pinned in `versioned` (`v<N>`), from the

@@ -64,20 +64,36 @@ static __always_inline __u32 maglev_pick(const struct svc_value *svc, const stru
 	return t->backend_ids[off];
 }
 
-static __always_inline __u32 random_pick(const struct svc_value *svc, const struct svc_key *master)
+/* A slot at random: its backend's id, and in `*b` the slot's copy of the
+ * backend's entry when it has one (else `*b` is left alone). */
+static __always_inline __u32 random_pick(const struct svc_value *svc, const struct svc_key *master,
+					 struct backend_value **b)
 {
 	struct svc_key k = *master;
 	struct svc_value *slot;
 
 	k.slot = (bpf_get_prandom_u32() % svc->count) + 1;
 	slot = bpf_map_lookup_elem(&sl_services, &k);
-	return slot ? slot->backend_id : 0;
+	if (!slot)
+		return 0;
+	if (slot->flags & SVC_F_SLOT_BACKEND) {
+		struct backend_value *e = &slot->backend;
+
+		/* Opaque to clang, so that it keeps the branch: a masked
+		 * select (flag & pointer) is arithmetic the verifier refuses
+		 * on a pointer. */
+		asm volatile("" : "+r"(e));
+		*b = e;
+	}
+	return slot->backend_id;
 }
 
 /* A backend for a new connection: the client's affinity entry if it is
- * fresh and its backend still takes connections, else Maglev or random. */
+ * fresh and its backend still takes connections, else Maglev or random.
+ * `*b` is set when the choice came with the backend's entry: the caller
+ * looks it up otherwise. */
 static __always_inline __u32 select_backend(const struct svc_value *svc, const struct svc_key *master,
-					    const struct pkt *p, __u64 now)
+					    const struct pkt *p, __u64 now, struct backend_value **b)
 {
 	struct affinity_key ak = {};
 	struct affinity_value av = {};
@@ -101,7 +117,7 @@ static __always_inline __u32 select_backend(const struct svc_value *svc, const s
 	if (!id && svc->algorithm == SVC_ALG_MAGLEV)
 		id = maglev_pick(svc, p);
 	if (!id)
-		id = random_pick(svc, master);
+		id = random_pick(svc, master, b);
 	if (id && svc->affinity_timeout) {
 		av.backend_id = id;
 		av.last_used_ns = now;
@@ -171,11 +187,12 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const s
 
 		if (p->fragment == FRAG_LATER)
 			return drop_reported(skb, p, DROP_FRAGMENT, DIR_EGRESS);
-		id = keep ? keep : select_backend(svc, master, p, now);
+		id = keep ? keep : select_backend(svc, master, p, now, &b);
 		if (!id)
 			return svc->flags & SVC_F_REJECT ? reject(skb, p, DROP_NO_BACKEND, DIR_EGRESS)
 							  : drop_reported(skb, p, DROP_NO_BACKEND, DIR_EGRESS);
-		b = bpf_map_lookup_elem(&sl_backends, &id);
+		if (!b)
+			b = bpf_map_lookup_elem(&sl_backends, &id);
 		if (!b)
 			return drop_reported(skb, p, DROP_BACKEND_GONE, DIR_EGRESS);
 		/* Egress policy sees the backend, not the VIP. */

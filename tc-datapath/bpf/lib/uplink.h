@@ -197,12 +197,13 @@ static __always_inline __u32 uplink_backend(struct pkt *p, const struct svc_valu
 		*why = DROP_SOURCE_RANGE;
 		return 0;
 	}
-	id = select_backend(svc, master, p, now);
+	id = select_backend(svc, master, p, now, b);
 	if (!id) {
 		*why = DROP_NO_BACKEND;
 		return 0;
 	}
-	*b = bpf_map_lookup_elem(&sl_backends, &id);
+	if (!*b)
+		*b = bpf_map_lookup_elem(&sl_backends, &id);
 	if (!*b) {
 		*why = DROP_BACKEND_GONE;
 		return 0;

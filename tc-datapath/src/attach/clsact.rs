@@ -206,15 +206,7 @@ mod tests {
 
     #[test]
     fn a_missing_pin_is_enoent() {
-        if !nix::unistd::geteuid().is_root() {
-            // Listed by scripts/test as skipped, not counted as passed.
-            let why = "a_missing_pin_is_enoent: bpf() needs root";
-            eprintln!("SKIP {why}");
-            if let Ok(p) = std::env::var("SLUICE_SKIP_LOG") {
-                use std::io::Write;
-                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap();
-                writeln!(f, "{why}").unwrap();
-            }
+        if !crate::root_or_skip("a_missing_pin_is_enoent", "bpf() needs root") {
             return;
         }
         let e = pinned_fd(Path::new("/nonexistent/sluice-pin")).unwrap_err();

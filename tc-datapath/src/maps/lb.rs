@@ -192,6 +192,13 @@ impl LbMaps {
         for (i, b) in active.iter().enumerate() {
             let slot = SvcValue {
                 backend_id: b.id,
+                flags: SVC_F_SLOT_BACKEND,
+                backend: BackendValue {
+                    addr: addr(b.addr),
+                    port: b.port.to_be(),
+                    proto: s.proto,
+                    state: BACKEND_ACTIVE,
+                },
                 ..Default::default()
             };
             let k = SvcKey::scoped(s.vip, s.port, s.proto, i as u16 + 1, s.scope);
@@ -468,5 +475,132 @@ fn backend_view(id: u32, b: &BackendValue) -> BackendView {
         port: u16::from_be(b.port),
         proto: b.proto,
         active: b.state == BACKEND_ACTIVE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatapathConfig;
+    use crate::loader::{self, EGRESS};
+    use crate::maps::endpoints::Endpoint;
+    use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+    use std::net::Ipv4Addr;
+
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+    const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 5];
+
+    fn one_backend(id: u32, addr: Ipv4Addr) -> ServiceSpec {
+        ServiceSpec {
+            vip: VIP.into(),
+            port: 80,
+            proto: PROTO_TCP,
+            rev_nat_id: 1,
+            algorithm: Algorithm::Random,
+            affinity_timeout_secs: 0,
+            reject: false,
+            node_address: false,
+            scope: SVC_SCOPE_CLUSTER,
+            source_ranges: false,
+            draining: Vec::new(),
+            backends: vec![Backend {
+                id,
+                addr: addr.into(),
+                port: 8080,
+                active: true,
+            }],
+        }
+    }
+
+    /// A TCP SYN from the client pod to the VIP, through the real egress
+    /// program: the address it was sent to.
+    fn connect(ebpf: &aya::Ebpf, sport: u16) -> Ipv4Addr {
+        let mut f = vec![0u8; 14 + 20 + 20];
+        f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+        f[6..12].copy_from_slice(&POD_MAC);
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let ip = &mut f[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = PROTO_TCP;
+        ip[12..16].copy_from_slice(&CLIENT.octets());
+        ip[16..20].copy_from_slice(&VIP.octets());
+        let sum = ip
+            .chunks(2)
+            .fold(0u32, |a, w| a + u32::from(u16::from_be_bytes([w[0], w[1]])));
+        let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        let tcp = &mut f[34..];
+        tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+        tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x02;
+        let prog: &SchedClassifier = ebpf.program(EGRESS).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; f.len() + 64];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&f),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .unwrap();
+        // bpf_redirect_neigh toward the backend.
+        assert_eq!(r.return_value, 7, "verdict");
+        Ipv4Addr::new(out[30], out[31], out[32], out[33])
+    }
+
+    /// A slot carries its backend's entry, and a new connection is sent
+    /// where the slot says, with no lookup of the backend; a slot without
+    /// the copy (as layout 8 wrote it, carried over by an upgrade) still
+    /// finds its backend in sl_backends.
+    #[test]
+    fn a_slot_carries_its_backend() {
+        if !crate::root_or_skip("a_slot_carries_its_backend", "loading the datapath needs root") {
+            return;
+        }
+        let (ebpf, mut maps) = loader::load_unpinned(&DatapathConfig::default()).unwrap();
+        maps.endpoints_mut()
+            .add(&Endpoint {
+                // The test-run device is loopback: ifindex 1.
+                addr: CLIENT.into(),
+                ifindex: 1,
+                endpoint_id: 7,
+                mac: POD_MAC,
+                parent_ifindex: 0,
+            })
+            .unwrap();
+        let backend = Ipv4Addr::new(10, 244, 2, 7);
+        let lb = maps.lb_mut();
+        lb.upsert_service(&one_backend(11, backend)).unwrap();
+        let key = SvcKey::new(VIP.into(), 80, PROTO_TCP, 1);
+        let slot = lookup(&lb.services, &SERVICES, &key).unwrap().unwrap();
+        let entry = lookup(&lb.backends, &BACKENDS, &11).unwrap().unwrap();
+        assert_eq!((slot.backend_id, slot.flags), (11, SVC_F_SLOT_BACKEND));
+        assert_eq!(slot.backend, entry, "the copy is the backend's entry");
+        assert_eq!(connect(&ebpf, 40000), backend);
+
+        // Which of the two the program reads: make them disagree.
+        let elsewhere = Ipv4Addr::new(10, 244, 3, 7);
+        let moved = BackendValue {
+            addr: addr(elsewhere.into()),
+            ..entry
+        };
+        lb.backends.insert(11, moved, 0).unwrap();
+        assert_eq!(connect(&ebpf, 40001), backend, "read from the slot");
+        let carried = SvcValue {
+            flags: 0,
+            backend: BackendValue::default(),
+            ..slot
+        };
+        maps.lb_mut().services.insert(key, carried, 0).unwrap();
+        assert_eq!(connect(&ebpf, 40002), elsewhere, "no copy: looked up");
+
+        // The agent's next write of the Service puts the copy back.
+        let lb = maps.lb_mut();
+        lb.backends.insert(11, entry, 0).unwrap();
+        assert_eq!(lb.upsert_service(&one_backend(11, backend)).unwrap(), 1);
+        assert_eq!(lookup(&lb.services, &SERVICES, &key).unwrap().unwrap(), slot);
     }
 }
