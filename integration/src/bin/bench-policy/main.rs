@@ -59,6 +59,14 @@ struct Args {
     /// Program runs per per-packet cell.
     #[arg(long, default_value_t = 20_000)]
     samples: usize,
+    /// Rounds the per-packet runs are split into, every rule count in
+    /// turn within a round.
+    #[arg(long, default_value_t = 5)]
+    packet_rounds: usize,
+    /// Only the per-packet cost (part 1): seconds instead of minutes, for
+    /// working on the programs.
+    #[arg(long)]
+    packets_only: bool,
     /// Rules per direction on each pod in the connection-rate policy mode.
     #[arg(long, default_value_t = 10_000)]
     conn_rules: usize,
@@ -204,6 +212,10 @@ fn main() -> Result<()> {
         "--changes and --rounds must be positive"
     );
     let packets = per_packet(&args)?;
+    if args.packets_only {
+        report::report_packets(&args, &packets);
+        return Ok(());
+    }
     let conns = connection_rate_bench(&args)?;
     let apply = apply_bench(&args)?;
     report::report(&args, &packets, &conns, &apply);

@@ -2,13 +2,30 @@
 //! per direction, the real programs run through BPF_PROG_TEST_RUN.
 
 use super::*;
+use aya::Ebpf;
+use aya::maps::MapData;
 
+/// Every rule count loaded side by side, then their cells run in rounds,
+/// each count in turn within a round: a machine whose speed drifts moves
+/// every count alike, so the ratios between counts hold.
 pub(crate) fn per_packet(args: &Args) -> Result<Vec<PacketRow>> {
     ensure!(
         args.samples > 0 && args.samples <= 20_000,
         "--samples: between 1 and 20000"
     );
-    args.rules.iter().map(|&n| per_packet_with(args, n)).collect()
+    ensure!(args.packet_rounds > 0, "--packet-rounds: at least 1");
+    let per_round = args.samples.div_ceil(args.packet_rounds);
+    let mut rows = Vec::new();
+    for &n in &args.rules {
+        rows.push(Row::load(args, n)?);
+    }
+    for r in 0..args.packet_rounds {
+        for row in &mut rows {
+            row.round(r, per_round, args.packet_rounds)?;
+        }
+        eprintln!("per-packet: round {} of {} done", r + 1, args.packet_rounds);
+    }
+    rows.into_iter().map(Row::finish).collect()
 }
 
 /// The measured pod on the test-run device (loopback, ifindex 1), every
@@ -51,111 +68,135 @@ fn timed(n: usize, p: &SchedClassifier, f: &[u8], want: u32, what: &str) -> Resu
     Ok(ns)
 }
 
-/// Established flows: a pool opened each way, then their next packets;
-/// the samples of the reply that establishes a flow, and of an
-/// established packet in and out.
-fn established(
+/// Flows opened each way whose next packets the established cells send.
+const POOL: usize = 4096;
+
+/// One rule count on a datapath of its own (no count inherits another's
+/// conntrack history); its cells gather samples round after round.
+struct Row {
     n: usize,
-    egress: &SchedClassifier,
-    ingress: &SchedClassifier,
+    ebpf: Ebpf,
+    maps: Maps,
+    events: RingBuf<MapData>,
     pod: Ipv4Addr,
-    rng: &mut Rng,
+    /// Flows are drawn among this many rules (and peers).
     draw: usize,
-    samples: usize,
-) -> Result<[Vec<f64>; 3]> {
-    let timed = |p: &SchedClassifier, f: &[u8], want: u32, what: &str| timed(n, p, f, want, what);
-    let (mut reply, mut est_in, mut est_out) = (Vec::new(), Vec::new(), Vec::new());
-    const POOL: usize = 4096;
-    let mut pool = Vec::with_capacity(POOL);
-    for f in 0..POOL {
-        let (k, port) = rule_flow(rng.below(draw));
-        let sport = 60_000 + f as u16;
-        timed(ingress, &frame(peer(k), pod, sport, port, SYN), TC_ACT_OK, "pool in")?;
-        reply.push(timed(
-            egress,
-            &frame(pod, peer(k), port, sport, SYN_ACK),
-            TC_ACT_OK,
-            "out reply",
-        )?);
-        pool.push((peer(k), sport, port));
-    }
-    for s in 0..samples {
-        let (p, sport, port) = pool[s % POOL];
-        est_in.push(timed(ingress, &frame(p, pod, sport, port, ACK), TC_ACT_OK, "in estab")?);
-        est_out.push(timed(egress, &frame(pod, p, port, sport, ACK), TC_ACT_OK, "out estab")?);
-    }
-    Ok([reply, est_in, est_out])
+    rng: Rng,
+    /// As in `PacketRow::cells`.
+    cells: [Vec<f64>; 7],
+    denied: Vec<f64>,
+    dropped0: u64,
+    /// The established flows opened so far: (peer, its port, the pod's).
+    pool: Vec<(Ipv4Addr, u16, u16)>,
 }
 
-/// One row, on a freshly loaded datapath (no cell inherits another's
-/// conntrack history).
-pub(crate) fn per_packet_with(args: &Args, n: usize) -> Result<PacketRow> {
-    let cfg = DatapathConfig::default();
-    let (mut ebpf, mut maps) = loader::load_unpinned(&cfg).context("loading the datapath")?;
-    let mut events: RingBuf<_> = Source::Object(&mut ebpf).map(&sluice_tc_datapath::maps::EVENTS)?;
-    let egress: &SchedClassifier = ebpf.program(EGRESS).context("egress")?.try_into()?;
-    let ingress: &SchedClassifier = ebpf.program(INGRESS).context("ingress")?.try_into()?;
-    let pod = isolated_pod(&mut maps, n)?;
-    let dropped0 = maps.observe().count(Reason::DropPolicy, Direction::Ingress)?;
-    // Without rules the flows are drawn as for the biggest set: the
-    // packets differ only in addresses and ports, which cost alike.
-    let draw = if n > 0 {
-        n
-    } else {
-        args.rules.iter().copied().max().unwrap_or(1).max(1)
-    };
-    let mut rng = Rng(0x5eed_0f90_11c7);
-    let mut cells: [Vec<f64>; 7] = Default::default();
-    let timed = |p: &SchedClassifier, f: &[u8], want: u32, what: &str| timed(n, p, f, want, what);
-    // New flows each way, a fresh port on the pod's side every time: to
-    // the middle rule (what the lookups cost when their entries are hot),
-    // then to random rules (and their peers' ipcache entries: the cache
-    // misses a big set adds).
-    let one = draw / 2;
-    for (c, base) in [(0, 30_000u16), (2, 10_000)] {
-        for s in 0..args.samples {
-            let sport = base + s as u16;
-            let (k, port) = rule_flow(if c == 0 { one } else { rng.below(draw) });
-            let f = frame(peer(k), pod, sport, port, SYN);
-            cells[c].push(timed(ingress, &f, TC_ACT_OK, "in new")?);
-            let (k, port) = rule_flow(if c == 0 { one } else { rng.below(draw) });
-            let f = frame(pod, peer(k), sport, port, SYN);
-            cells[c + 1].push(timed(egress, &f, TC_ACT_OK, "out new")?);
-        }
+impl Row {
+    fn load(args: &Args, n: usize) -> Result<Row> {
+        // One pod opens every flow of a row (80,000 new ones at the
+        // default samples), more than its default conntrack share: the
+        // share would drop them. What is measured here is policy.
+        let cfg = DatapathConfig {
+            ct_pod_limit: 0,
+            ..Default::default()
+        };
+        let (mut ebpf, mut maps) = loader::load_unpinned(&cfg).context("loading the datapath")?;
+        let events: RingBuf<_> = Source::Object(&mut ebpf).map(&sluice_tc_datapath::maps::EVENTS)?;
+        let pod = isolated_pod(&mut maps, n)?;
+        let dropped0 = maps.observe().count(Reason::DropPolicy, Direction::Ingress)?;
+        // Without rules the flows are drawn as for the biggest set: the
+        // packets differ only in addresses and ports, which cost alike.
+        let draw = if n > 0 {
+            n
+        } else {
+            args.rules.iter().copied().max().unwrap_or(1).max(1)
+        };
+        Ok(Row {
+            n,
+            ebpf,
+            maps,
+            events,
+            pod,
+            draw,
+            rng: Rng(0x5eed_0f90_11c7),
+            cells: Default::default(),
+            denied: Vec::new(),
+            dropped0,
+            pool: Vec::with_capacity(POOL),
+        })
     }
-    let [reply, est_in, est_out] = established(n, egress, ingress, pod, &mut rng, draw, args.samples)?;
-    cells[4] = reply;
-    cells[5] = est_in;
-    cells[6] = est_out;
-    // Denied SYNs: the three lookups all miss, the drop is counted and
-    // reported; the ring buffer is drained outside the timing, as the
-    // agent would keep it.
-    let denied = if n > 0 {
-        let mut d = Vec::with_capacity(args.samples);
-        for s in 0..args.samples {
-            let (_, port) = rule_flow(rng.below(draw));
-            let f = frame(STRANGER, pod, 10_000 + s as u16, port, SYN);
-            d.push(timed(ingress, &f, TC_ACT_SHOT, "in denied")?);
-            while events.next().is_some() {}
+
+    /// Round `r` of `rounds`, `samples` runs per cell. Every flow has a
+    /// source port of its own over the rounds: a new flow stays new.
+    fn round(&mut self, r: usize, samples: usize, rounds: usize) -> Result<()> {
+        let n = self.n;
+        let egress: &SchedClassifier = self.ebpf.program(EGRESS).context("egress")?.try_into()?;
+        let ingress: &SchedClassifier = self.ebpf.program(INGRESS).context("ingress")?.try_into()?;
+        let timed = |p: &SchedClassifier, f: &[u8], want: u32, what: &str| timed(n, p, f, want, what);
+        let (pod, draw, rng, cells) = (self.pod, self.draw, &mut self.rng, &mut self.cells);
+        // New flows each way, a fresh port on the pod's side every time:
+        // to the middle rule (what the lookups cost when their entries are
+        // hot), then to random rules (and their peers' ipcache entries:
+        // the cache misses a big set adds).
+        let one = draw / 2;
+        for (c, base) in [(0, 30_000u16), (2, 10_000)] {
+            for s in r * samples..(r + 1) * samples {
+                let sport = base + s as u16;
+                let (k, port) = rule_flow(if c == 0 { one } else { rng.below(draw) });
+                let f = frame(peer(k), pod, sport, port, SYN);
+                cells[c].push(timed(ingress, &f, TC_ACT_OK, "in new")?);
+                let (k, port) = rule_flow(if c == 0 { one } else { rng.below(draw) });
+                let f = frame(pod, peer(k), sport, port, SYN);
+                cells[c + 1].push(timed(egress, &f, TC_ACT_OK, "out new")?);
+            }
         }
-        let dropped = maps.observe().count(Reason::DropPolicy, Direction::Ingress)? - dropped0;
+        // Established flows: this round's share of the pool opened each
+        // way (the reply that establishes one is a sample), then next
+        // packets of the pool so far.
+        let share = POOL / rounds;
+        for f in r * share..(r + 1) * share {
+            let (k, port) = rule_flow(rng.below(draw));
+            let sport = 60_000 + f as u16;
+            timed(ingress, &frame(peer(k), pod, sport, port, SYN), TC_ACT_OK, "pool in")?;
+            let ns = timed(egress, &frame(pod, peer(k), port, sport, SYN_ACK), TC_ACT_OK, "out reply")?;
+            cells[4].push(ns);
+            self.pool.push((peer(k), sport, port));
+        }
+        for s in 0..samples {
+            let (p, sport, port) = self.pool[s % self.pool.len()];
+            cells[5].push(timed(ingress, &frame(p, pod, sport, port, ACK), TC_ACT_OK, "in estab")?);
+            cells[6].push(timed(egress, &frame(pod, p, port, sport, ACK), TC_ACT_OK, "out estab")?);
+        }
+        // Denied SYNs: the three lookups all miss, the drop is counted and
+        // reported; the ring buffer is drained outside the timing, as the
+        // agent would keep it.
+        if n > 0 {
+            for s in r * samples..(r + 1) * samples {
+                let (_, port) = rule_flow(rng.below(draw));
+                let f = frame(STRANGER, pod, 10_000 + s as u16, port, SYN);
+                self.denied.push(timed(ingress, &f, TC_ACT_SHOT, "in denied")?);
+                while self.events.next().is_some() {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The row's p50s, once the drops counted are checked.
+    fn finish(mut self) -> Result<PacketRow> {
+        let n = self.n;
+        let dropped = self.maps.observe().count(Reason::DropPolicy, Direction::Ingress)? - self.dropped0;
         ensure!(
-            dropped == args.samples as u64,
+            dropped == self.denied.len() as u64,
             "{n} rules: {dropped} policy drops counted, expected {}",
-            args.samples
+            self.denied.len()
         );
-        Some(pct(&mut d, 0.5))
-    } else {
-        None
-    };
-    ensure!(
-        maps.observe().count(Reason::DropPolicy, Direction::Egress)? == 0,
-        "{n} rules: an allowed egress packet was dropped"
-    );
-    eprintln!("per-packet: {n} rules done");
-    Ok(PacketRow {
-        rules: n,
-        cells: cells.each_mut().map(|c| pct(c, 0.5)),
-        denied,
-    })
+        ensure!(
+            self.maps.observe().count(Reason::DropPolicy, Direction::Egress)? == 0,
+            "{n} rules: an allowed egress packet was dropped"
+        );
+        Ok(PacketRow {
+            rules: n,
+            cells: self.cells.each_mut().map(|c| pct(c, 0.5)),
+            denied: (n > 0).then(|| pct(&mut self.denied, 0.5)),
+        })
+    }
 }

@@ -11,10 +11,15 @@ pub(crate) fn report(args: &Args, packets: &[PacketRow], conns: &ConnResult, app
     apply_table(apply);
 }
 
+pub(crate) fn report_packets(args: &Args, packets: &[PacketRow]) {
+    bench::print_machine("network-policy");
+    packet_table(args, packets);
+}
+
 fn packet_table(args: &Args, packets: &[PacketRow]) {
     println!(
-        "1. per-packet cost at an isolated pod, ns: p50 of {} BPF_PROG_TEST_RUN runs per cell, timed by the kernel",
-        args.samples
+        "1. per-packet cost at an isolated pod, ns: p50 of {} BPF_PROG_TEST_RUN runs per cell in {} rounds (every count in turn), timed by the kernel",
+        args.samples, args.packet_rounds
     );
     println!("   rules are per direction; 0 = the pod has no policy (the baseline)");
     println!(
