@@ -40,7 +40,8 @@ struct backend_value {
 
 /* ---- services: (VIP, port, proto, slot) -> service or backend slot ----
  * Slot 0 is the service itself; slots 1..count hold the ids (and entries)
- * of the backends that take new connections. A terminating backend is simply not in a slot:
+ * of the backends that take new connections, unless the service holds
+ * them itself (SVC_F_INLINE, below). A terminating backend is simply not in a slot:
  * its conntrack entries still name it, so established flows keep going.
  * A marker entry (port 0, proto 0, slot 0) exists for every VIP, so that a
  * packet to a known VIP on an unknown port is told apart from other traffic.
@@ -73,6 +74,19 @@ struct svc_key {
 #define SVC_F_NODE_ADDRESS 0x04	/* on a marker: a node's address (NodePorts), not a VIP: other ports pass */
 #define SVC_F_SOURCE_RANGES 0x08	/* external: only clients in its sl_lb_sources prefixes */
 #define SVC_F_SLOT_BACKEND 0x10	/* on a slot: `backend` holds the backend's entry */
+#define SVC_F_INLINE 0x20	/* on a frontend: its backends are `inline_backends`, it has no slots */
+
+/* A frontend with at most this many backends taking new connections
+ * carries them (ids and entries) and has no slots: a new connection costs
+ * one lookup in sl_services instead of two, and none in sl_backends. Four
+ * fill the value to the allocator's 256-byte class; a bigger Service has
+ * slots, each with its backend's entry. */
+#define SVC_INLINE 4
+
+struct svc_backend {
+	__u32 id;
+	struct backend_value entry;
+};
 
 struct svc_value {
 	__u32 backend_id;	/* slot > 0 */
@@ -88,6 +102,9 @@ struct svc_value {
 	 * backends that take new connections: its copy says BACKEND_ACTIVE;
 	 * stickiness (affinity, a reused port) reads the state in sl_backends. */
 	struct backend_value backend;
+	/* Slot 0 with SVC_F_INLINE: its `count` backends, as slots would hold
+	 * them (entries with state BACKEND_ACTIVE, as above). */
+	struct svc_backend inline_backends[SVC_INLINE];
 };
 
 /* ---- the VIP filter: may this address be a VIP? ----

@@ -29,7 +29,9 @@ static void structs(void)
 	SIZE(svc_value);
 	OFF(svc_value, backend_id); OFF(svc_value, count); OFF(svc_value, rev_nat_id);
 	OFF(svc_value, flags); OFF(svc_value, algorithm); OFF(svc_value, affinity_timeout);
-	OFF(svc_value, backend);
+	OFF(svc_value, backend); OFF(svc_value, inline_backends);
+	SIZE(svc_backend);
+	OFF(svc_backend, id); OFF(svc_backend, entry);
 	SIZE(backend_value);
 	OFF(backend_value, addr); OFF(backend_value, port); OFF(backend_value, proto); OFF(backend_value, state);
 	SIZE(revnat_value);

@@ -3,9 +3,11 @@
  * The maps of the datapath. Layouts live in layout.h.
  *
  * Sizes: the Service maps hold 100,000 Service ports with 4 backends each
- * (a port takes 1 + backends entries in sl_services, a VIP one more). They
- * do not preallocate, so an entry costs memory only while it exists; the
- * fixed cost is the hash table's bucket array (16 bytes per bucket).
+ * (a port with up to SVC_INLINE backends takes 1 entry in sl_services, a
+ * bigger one 1 + backends, a VIP one more), or fewer ports with more
+ * backends. They do not preallocate, so an entry costs memory only while
+ * it exists; the fixed cost is the hash table's bucket array (16 bytes
+ * per bucket).
  */
 #ifndef SLUICE_MAPS_H
 #define SLUICE_MAPS_H

@@ -99,6 +99,18 @@ pub const SVC_F_NODE_ADDRESS: u8 = 0x04;
 pub const SVC_F_SOURCE_RANGES: u8 = 0x08;
 /// On a slot: `backend` copies the backend's entry (with state active).
 pub const SVC_F_SLOT_BACKEND: u8 = 0x10;
+/// On a frontend: its backends are `inline_backends`, it has no slots.
+pub const SVC_F_INLINE: u8 = 0x20;
+/// The most backends a frontend carries itself (see layout.h).
+pub const SVC_INLINE: usize = 4;
+
+/// A backend a frontend carries: its id and its entry.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SvcBackend {
+    pub id: u32,
+    pub entry: BackendValue,
+}
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -111,6 +123,8 @@ pub struct SvcValue {
     pub affinity_timeout: u32,
     /// Slots with `SVC_F_SLOT_BACKEND`: the backend's entry.
     pub backend: BackendValue,
+    /// Frontends with `SVC_F_INLINE`: their `count` backends.
+    pub inline_backends: [SvcBackend; SVC_INLINE],
 }
 
 pub const BACKEND_ACTIVE: u8 = 0;
@@ -690,7 +704,8 @@ mod tests {
     fn matches_c() {
         let rust = rust_layout! {
             "svc_key" => SvcKey { addr, port, proto, scope, slot, pad1 },
-            "svc_value" => SvcValue { backend_id, rev_nat_id, count, flags, algorithm, affinity_timeout, backend },
+            "svc_value" => SvcValue { backend_id, rev_nat_id, count, flags, algorithm, affinity_timeout, backend, inline_backends },
+            "svc_backend" => SvcBackend { id, entry },
             "backend_value" => BackendValue { addr, port, proto, state },
             "revnat_value" => RevNatValue { addr, port, pad0 },
             "maglev_key" => MaglevKey { rev_nat_id, chunk },

@@ -64,25 +64,37 @@ static __always_inline __u32 maglev_pick(const struct svc_value *svc, const stru
 	return t->backend_ids[off];
 }
 
-/* A slot at random: its backend's id, and in `*b` the slot's copy of the
- * backend's entry when it has one (else `*b` is left alone). */
-static __always_inline __u32 random_pick(const struct svc_value *svc, const struct svc_key *master,
+/* Opaque to clang, so that it keeps the branch around its use: a masked
+ * select (flag & pointer) is arithmetic the verifier refuses on a pointer. */
+#define opaque_ptr(p) asm volatile("" : "+r"(p))
+
+/* A backend at random: its id, and in `*b` its entry when the frontend or
+ * the slot carries one (else `*b` is left alone). */
+static __always_inline __u32 random_pick(struct svc_value *svc, const struct svc_key *master,
 					 struct backend_value **b)
 {
 	struct svc_key k = *master;
 	struct svc_value *slot;
+	__u32 i = bpf_get_prandom_u32() % svc->count;
 
-	k.slot = (bpf_get_prandom_u32() % svc->count) + 1;
+	if (svc->flags & SVC_F_INLINE) {
+		struct svc_backend *e;
+
+		if (i >= SVC_INLINE)
+			return 0;
+		e = &svc->inline_backends[i];
+		opaque_ptr(e);
+		*b = &e->entry;
+		return e->id;
+	}
+	k.slot = i + 1;
 	slot = bpf_map_lookup_elem(&sl_services, &k);
 	if (!slot)
 		return 0;
 	if (slot->flags & SVC_F_SLOT_BACKEND) {
 		struct backend_value *e = &slot->backend;
 
-		/* Opaque to clang, so that it keeps the branch: a masked
-		 * select (flag & pointer) is arithmetic the verifier refuses
-		 * on a pointer. */
-		asm volatile("" : "+r"(e));
+		opaque_ptr(e);
 		*b = e;
 	}
 	return slot->backend_id;
@@ -92,7 +104,7 @@ static __always_inline __u32 random_pick(const struct svc_value *svc, const stru
  * fresh and its backend still takes connections, else Maglev or random.
  * `*b` is set when the choice came with the backend's entry: the caller
  * looks it up otherwise. */
-static __always_inline __u32 select_backend(const struct svc_value *svc, const struct svc_key *master,
+static __always_inline __u32 select_backend(struct svc_value *svc, const struct svc_key *master,
 					    const struct pkt *p, __u64 now, struct backend_value **b)
 {
 	struct affinity_key ak = {};
@@ -141,7 +153,7 @@ static __always_inline int backend_gone(struct __sk_buff *skb, const struct pkt 
 	return reset(skb, p, DIR_EGRESS);
 }
 
-static __always_inline int service(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc,
+static __always_inline int service(struct __sk_buff *skb, struct pkt *p, struct svc_value *svc,
 				   const struct svc_key *master, struct endpoint_value *ep)
 {
 	struct ct_key ck;

@@ -188,7 +188,7 @@ static __always_inline __u32 uplink_nat(struct __sk_buff *skb, struct pkt *p, co
 
 /* The backend of a new connection to an external frontend (its id; its
  * entry in `*b`), or 0 with `*why` the drop reason. */
-static __always_inline __u32 uplink_backend(struct pkt *p, const struct svc_value *svc, const struct svc_key *master,
+static __always_inline __u32 uplink_backend(struct pkt *p, struct svc_value *svc, const struct svc_key *master,
 					    struct backend_value **b, __u32 *why, __u64 now)
 {
 	__u32 id;

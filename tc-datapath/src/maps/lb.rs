@@ -2,7 +2,8 @@
 //! backends, reverse NAT, Maglev tables, ClientIP affinity and the VIP
 //! filter. A Service is written backends first, then its slots, then the
 //! service entry that makes them reachable, so a packet never sees a slot
-//! without its backend.
+//! without its backend. A Service with at most `SVC_INLINE` backends taking
+//! new connections has no slots: its service entry carries them.
 
 use super::{AFFINITY, BACKENDS, MAGLEV, REVNAT, SERVICES, VIP_FILTER};
 use super::{MapsError, Source, err, lookup, put, removed};
@@ -189,16 +190,22 @@ impl LbMaps {
             writes += put(&mut self.backends, &BACKENDS, b.id, v)?;
         }
         let active: Vec<&Backend> = s.backends.iter().filter(|b| b.active).collect();
-        for (i, b) in active.iter().enumerate() {
+        // What a frontend or a slot carries of a backend that takes new
+        // connections: its sl_backends entry says active too, unless
+        // another frontend holds it as terminating (`draining`).
+        let entry = |b: &Backend| BackendValue {
+            addr: addr(b.addr),
+            port: b.port.to_be(),
+            proto: s.proto,
+            state: BACKEND_ACTIVE,
+        };
+        let inline = active.len() <= SVC_INLINE;
+        let slots = if inline { 0 } else { active.len() };
+        for (i, b) in active.iter().take(slots).enumerate() {
             let slot = SvcValue {
                 backend_id: b.id,
                 flags: SVC_F_SLOT_BACKEND,
-                backend: BackendValue {
-                    addr: addr(b.addr),
-                    port: b.port.to_be(),
-                    proto: s.proto,
-                    state: BACKEND_ACTIVE,
-                },
+                backend: entry(b),
                 ..Default::default()
             };
             let k = SvcKey::scoped(s.vip, s.port, s.proto, i as u16 + 1, s.scope);
@@ -215,7 +222,7 @@ impl LbMaps {
         writes += put(&mut self.revnat, &REVNAT, s.rev_nat_id, rn)?;
         let reject = if s.reject { SVC_F_REJECT } else { 0 };
         let ranges = if s.source_ranges { SVC_F_SOURCE_RANGES } else { 0 };
-        let master = SvcValue {
+        let mut master = SvcValue {
             count: active.len() as u16,
             flags: reject | ranges,
             rev_nat_id: s.rev_nat_id,
@@ -223,6 +230,15 @@ impl LbMaps {
             affinity_timeout: s.affinity_timeout_secs,
             ..Default::default()
         };
+        if inline {
+            master.flags |= SVC_F_INLINE;
+            for (i, b) in active.iter().enumerate() {
+                master.inline_backends[i] = SvcBackend {
+                    id: b.id,
+                    entry: entry(b),
+                };
+            }
+        }
         writes += put(&mut self.services, &SERVICES, master_key, master)?;
         // A frontend that left Maglev frees its table (nothing reads it now).
         if let Some(old) = old
@@ -243,7 +259,7 @@ impl LbMaps {
         if cluster {
             writes += put(&mut self.services, &SERVICES, SvcKey::vip_marker(s.vip), marker)?;
         }
-        writes += self.remove_slots_from(&master_key, active.len() as u16 + 1)?;
+        writes += self.remove_slots_from(&master_key, slots as u16 + 1)?;
         Ok(writes)
     }
 
@@ -385,9 +401,14 @@ impl LbMaps {
                 continue;
             }
             let mut active = Vec::with_capacity(v.count as usize);
-            for slot in 1..=v.count {
-                if let Some(sv) = lookup(&self.services, &SERVICES, &SvcKey { slot, ..k })? {
-                    active.push(sv.backend_id);
+            if v.flags & SVC_F_INLINE != 0 {
+                let n = usize::from(v.count).min(SVC_INLINE);
+                active.extend(v.inline_backends[..n].iter().map(|b| b.id));
+            } else {
+                for slot in 1..=v.count {
+                    if let Some(sv) = lookup(&self.services, &SERVICES, &SvcKey { slot, ..k })? {
+                        active.push(sv.backend_id);
+                    }
                 }
             }
             out.push(ServiceView {
@@ -490,8 +511,12 @@ mod tests {
     const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
     const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
     const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 5];
+    /// Where sl_backends says every backend is, once the test has made it
+    /// disagree with what the frontend or the slots carry.
+    const ELSEWHERE: Ipv4Addr = Ipv4Addr::new(10, 244, 9, 9);
 
-    fn one_backend(id: u32, addr: Ipv4Addr) -> ServiceSpec {
+    /// A Service port with `n` backends, ids 11.., at 10.244.2.11...
+    fn service(n: u32) -> ServiceSpec {
         ServiceSpec {
             vip: VIP.into(),
             port: 80,
@@ -504,13 +529,19 @@ mod tests {
             scope: SVC_SCOPE_CLUSTER,
             source_ranges: false,
             draining: Vec::new(),
-            backends: vec![Backend {
-                id,
-                addr: addr.into(),
-                port: 8080,
-                active: true,
-            }],
+            backends: (11..11 + n)
+                .map(|id| Backend {
+                    id,
+                    addr: Ipv4Addr::new(10, 244, 2, id as u8).into(),
+                    port: 8080,
+                    active: true,
+                })
+                .collect(),
         }
+    }
+
+    fn is_backend(a: Ipv4Addr) -> bool {
+        a.octets()[..3] == [10, 244, 2]
     }
 
     /// A TCP SYN from the client pod to the VIP, through the real egress
@@ -551,15 +582,7 @@ mod tests {
         Ipv4Addr::new(out[30], out[31], out[32], out[33])
     }
 
-    /// A slot carries its backend's entry, and a new connection is sent
-    /// where the slot says, with no lookup of the backend; a slot without
-    /// the copy (as layout 8 wrote it, carried over by an upgrade) still
-    /// finds its backend in sl_backends.
-    #[test]
-    fn a_slot_carries_its_backend() {
-        if !crate::root_or_skip("a_slot_carries_its_backend", "loading the datapath needs root") {
-            return;
-        }
+    fn datapath() -> (aya::Ebpf, crate::maps::Maps) {
         let (ebpf, mut maps) = loader::load_unpinned(&DatapathConfig::default()).unwrap();
         maps.endpoints_mut()
             .add(&Endpoint {
@@ -571,36 +594,131 @@ mod tests {
                 parent_ifindex: 0,
             })
             .unwrap();
-        let backend = Ipv4Addr::new(10, 244, 2, 7);
-        let lb = maps.lb_mut();
-        lb.upsert_service(&one_backend(11, backend)).unwrap();
-        let key = SvcKey::new(VIP.into(), 80, PROTO_TCP, 1);
-        let slot = lookup(&lb.services, &SERVICES, &key).unwrap().unwrap();
-        let entry = lookup(&lb.backends, &BACKENDS, &11).unwrap().unwrap();
-        assert_eq!((slot.backend_id, slot.flags), (11, SVC_F_SLOT_BACKEND));
-        assert_eq!(slot.backend, entry, "the copy is the backend's entry");
-        assert_eq!(connect(&ebpf, 40000), backend);
+        (ebpf, maps)
+    }
 
-        // Which of the two the program reads: make them disagree.
-        let elsewhere = Ipv4Addr::new(10, 244, 3, 7);
-        let moved = BackendValue {
-            addr: addr(elsewhere.into()),
-            ..entry
-        };
-        lb.backends.insert(11, moved, 0).unwrap();
-        assert_eq!(connect(&ebpf, 40001), backend, "read from the slot");
-        let carried = SvcValue {
+    /// Every backend's sl_backends entry now names ELSEWHERE.
+    fn move_backends(lb: &mut LbMaps, ids: std::ops::Range<u32>) {
+        for id in ids {
+            let e = lookup(&lb.backends, &BACKENDS, &id).unwrap().unwrap();
+            let moved = BackendValue {
+                addr: addr(ELSEWHERE.into()),
+                ..e
+            };
+            lb.backends.insert(id, moved, 0).unwrap();
+        }
+    }
+
+    /// Up to four backends, the frontend carries them and there are no
+    /// slots; a new connection goes where it says, without a lookup of
+    /// the backend (shown by making sl_backends disagree). A frontend
+    /// carried over from layout 8 (no SVC_F_INLINE, slots without their
+    /// backend's entry) is served through the slots and sl_backends.
+    #[test]
+    fn a_small_service_carries_its_backends() {
+        if !crate::root_or_skip(
+            "a_small_service_carries_its_backends",
+            "loading the datapath needs root",
+        ) {
+            return;
+        }
+        let (ebpf, mut maps) = datapath();
+        let lb = maps.lb_mut();
+        lb.upsert_service(&service(4)).unwrap();
+        let front_key = SvcKey::new(VIP.into(), 80, PROTO_TCP, 0);
+        let front = lookup(&lb.services, &SERVICES, &front_key).unwrap().unwrap();
+        assert_eq!((front.count, front.flags & SVC_F_INLINE), (4, SVC_F_INLINE));
+        for (i, b) in front.inline_backends.iter().enumerate() {
+            let e = lookup(&lb.backends, &BACKENDS, &b.id).unwrap().unwrap();
+            assert_eq!((b.id, b.entry), (11 + i as u32, e), "the frontend carries backend {i}");
+        }
+        let slot1 = SvcKey::new(VIP.into(), 80, PROTO_TCP, 1);
+        assert_eq!(lookup(&lb.services, &SERVICES, &slot1).unwrap(), None, "no slots");
+        assert_eq!(lb.services().unwrap()[0].active, vec![11, 12, 13, 14]);
+        move_backends(lb, 11..15);
+        for sport in 40000..40020 {
+            assert!(is_backend(connect(&ebpf, sport)), "read from the frontend");
+        }
+
+        // As layout 8 left it: slots, no entries carried.
+        let lb = maps.lb_mut();
+        let old = SvcValue {
             flags: 0,
-            backend: BackendValue::default(),
-            ..slot
+            inline_backends: Default::default(),
+            ..front
         };
-        maps.lb_mut().services.insert(key, carried, 0).unwrap();
-        assert_eq!(connect(&ebpf, 40002), elsewhere, "no copy: looked up");
+        for (i, b) in front.inline_backends.iter().enumerate() {
+            let slot = SvcValue {
+                backend_id: b.id,
+                ..Default::default()
+            };
+            let k = SvcKey::new(VIP.into(), 80, PROTO_TCP, i as u16 + 1);
+            lb.services.insert(k, slot, 0).unwrap();
+        }
+        lb.services.insert(front_key, old, 0).unwrap();
+        assert_eq!(lb.services().unwrap()[0].active, vec![11, 12, 13, 14]);
+        assert_eq!(connect(&ebpf, 40100), ELSEWHERE, "looked up");
 
-        // The agent's next write of the Service puts the copy back.
+        // The agent's next write of the Service carries them again and
+        // takes the slots away.
         let lb = maps.lb_mut();
-        lb.backends.insert(11, entry, 0).unwrap();
-        assert_eq!(lb.upsert_service(&one_backend(11, backend)).unwrap(), 1);
-        assert_eq!(lookup(&lb.services, &SERVICES, &key).unwrap().unwrap(), slot);
+        lb.upsert_service(&service(4)).unwrap();
+        assert_eq!(lookup(&lb.services, &SERVICES, &front_key).unwrap().unwrap(), front);
+        assert_eq!(lookup(&lb.services, &SERVICES, &slot1).unwrap(), None);
+    }
+
+    /// More than four: slots, each with its backend's entry, read instead
+    /// of sl_backends; a slot without one (layout 8) looks it up. Growing
+    /// and shrinking across four moves the backends between the frontend
+    /// and the slots.
+    #[test]
+    fn a_big_service_has_slots_that_carry_their_backend() {
+        if !crate::root_or_skip(
+            "a_big_service_has_slots_that_carry_their_backend",
+            "loading the datapath needs root",
+        ) {
+            return;
+        }
+        let (ebpf, mut maps) = datapath();
+        let lb = maps.lb_mut();
+        lb.upsert_service(&service(2)).unwrap();
+        lb.upsert_service(&service(6)).unwrap();
+        let front_key = SvcKey::new(VIP.into(), 80, PROTO_TCP, 0);
+        let front = lookup(&lb.services, &SERVICES, &front_key).unwrap().unwrap();
+        assert_eq!((front.count, front.flags & SVC_F_INLINE), (6, 0));
+        assert_eq!(front.inline_backends, [SvcBackend::default(); SVC_INLINE]);
+        for slot in 1..=6u16 {
+            let k = SvcKey::new(VIP.into(), 80, PROTO_TCP, slot);
+            let v = lookup(&lb.services, &SERVICES, &k).unwrap().unwrap();
+            let e = lookup(&lb.backends, &BACKENDS, &v.backend_id).unwrap().unwrap();
+            assert_eq!((v.flags, v.backend), (SVC_F_SLOT_BACKEND, e), "slot {slot}");
+        }
+        assert_eq!(lb.services().unwrap()[0].active, (11..17).collect::<Vec<_>>());
+        move_backends(lb, 11..17);
+        for sport in 40000..40020 {
+            assert!(is_backend(connect(&ebpf, sport)), "read from the slot");
+        }
+        let lb = maps.lb_mut();
+        for slot in 1..=6u16 {
+            let k = SvcKey::new(VIP.into(), 80, PROTO_TCP, slot);
+            let v = lookup(&lb.services, &SERVICES, &k).unwrap().unwrap();
+            let carried = SvcValue {
+                flags: 0,
+                backend: BackendValue::default(),
+                ..v
+            };
+            lb.services.insert(k, carried, 0).unwrap();
+        }
+        assert_eq!(connect(&ebpf, 40100), ELSEWHERE, "no entry in the slot: looked up");
+
+        let lb = maps.lb_mut();
+        lb.upsert_service(&service(3)).unwrap();
+        let front = lookup(&lb.services, &SERVICES, &front_key).unwrap().unwrap();
+        assert_eq!((front.count, front.flags & SVC_F_INLINE), (3, SVC_F_INLINE));
+        for slot in 1..=6u16 {
+            let k = SvcKey::new(VIP.into(), 80, PROTO_TCP, slot);
+            assert_eq!(lookup(&lb.services, &SERVICES, &k).unwrap(), None, "slot {slot} gone");
+        }
+        assert_eq!(lb.services().unwrap()[0].active, vec![11, 12, 13]);
     }
 }

@@ -157,7 +157,12 @@ impl Row {
             let (k, port) = rule_flow(rng.below(draw));
             let sport = 60_000 + f as u16;
             timed(ingress, &frame(peer(k), pod, sport, port, SYN), TC_ACT_OK, "pool in")?;
-            let ns = timed(egress, &frame(pod, peer(k), port, sport, SYN_ACK), TC_ACT_OK, "out reply")?;
+            let ns = timed(
+                egress,
+                &frame(pod, peer(k), port, sport, SYN_ACK),
+                TC_ACT_OK,
+                "out reply",
+            )?;
             cells[4].push(ns);
             self.pool.push((peer(k), sport, port));
         }
