@@ -100,10 +100,16 @@ struct svc_value {
 	 * that a connection picked at random costs no third lookup in a third
 	 * table, at 100,000 Services a cache and TLB miss. A slot holds only
 	 * backends that take new connections: its copy says BACKEND_ACTIVE;
-	 * stickiness (affinity, a reused port) reads the state in sl_backends. */
+	 * stickiness across frontends (affinity) reads the state in
+	 * sl_backends. */
 	struct backend_value backend;
 	/* Slot 0 with SVC_F_INLINE: its `count` backends, as slots would hold
-	 * them (entries with state BACKEND_ACTIVE, as above). */
+	 * them (entries with state BACKEND_ACTIVE, as above). An established
+	 * connection through the frontend finds its backend here too; one no
+	 * longer here (terminating, gone) is looked up in sl_backends. So a
+	 * reused port or a datagram keeps a backend that this frontend still
+	 * sends new connections to, even while another frontend sharing it
+	 * holds the shared entry as terminating. */
 	struct svc_backend inline_backends[SVC_INLINE];
 };
 

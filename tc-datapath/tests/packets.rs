@@ -826,9 +826,15 @@ fn backends_that_leave_keep_or_reset_their_connections() {
         .unwrap();
     dp.maps.lb_mut().remove_backend(y_id).unwrap();
     assert_eq!(send(&dp, PROTO_TCP, 40002, 0x14).0, TC_ACT_SHOT, "RST is not answered");
-    // Without the agent's mark (the backend entry just missing) the same.
+    // Without the agent's mark the same: the agent takes a backend out of
+    // its frontends, then removes its entry, then marks the flows; between
+    // the last two the connection finds neither.
     let z = to(&send(&dp, PROTO_TCP, 40003, SYN).1);
-    dp.maps.lb_mut().remove_backend(3 + idx(z) as u32).unwrap();
+    let z_id = 3 + idx(z) as u32;
+    let mut left = spec(PROTO_TCP, 80, (3, 4), &[true, true]);
+    left.backends.retain(|bk| bk.id != z_id);
+    dp.maps.lb_mut().upsert_service(&left).unwrap();
+    dp.maps.lb_mut().remove_backend(z_id).unwrap();
     assert_eq!(send(&dp, PROTO_TCP, 40003, PSH_ACK).1.bytes[l4 + 13], 0x04);
 
     // UDP: a flow on u moves to the other when u is no longer ready, and

@@ -100,6 +100,29 @@ static __always_inline __u32 random_pick(struct svc_value *svc, const struct svc
 	return slot->backend_id;
 }
 
+/* The entry of backend `id` when the frontend carries it: one that takes
+ * new connections through this frontend. NULL otherwise (no such id, a
+ * terminating backend, slots), and the caller looks it up. */
+static __always_inline struct backend_value *carried_backend(struct svc_value *svc, __u32 id)
+{
+	struct svc_backend *e;
+	int i;
+
+	if (!id || !(svc->flags & SVC_F_INLINE))
+		return 0;
+#pragma unroll
+	for (i = 0; i < SVC_INLINE; i++) {
+		if (i >= svc->count)
+			break;
+		e = &svc->inline_backends[i];
+		if (e->id == id) {
+			opaque_ptr(e);
+			return &e->entry;
+		}
+	}
+	return 0;
+}
+
 /* A backend for a new connection: the client's affinity entry if it is
  * fresh and its backend still takes connections, else Maglev or random.
  * `*b` is set when the choice came with the backend's entry: the caller
@@ -172,7 +195,9 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, struct 
 	if (ct && ct->expires_ns > now) {
 		/* Chosen once per connection; a draining backend (terminating,
 		 * or no longer ready) keeps its TCP connections. */
-		b = ct->backend_id ? bpf_map_lookup_elem(&sl_backends, &ct->backend_id) : 0;
+		b = carried_backend(svc, ct->backend_id);
+		if (!b && ct->backend_id)
+			b = bpf_map_lookup_elem(&sl_backends, &ct->backend_id);
 		if (!b && p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN)
 			return backend_gone(skb, p, &ck);
 		/* Datagrams follow their backend only while it takes new flows:

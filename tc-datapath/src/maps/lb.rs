@@ -547,6 +547,11 @@ mod tests {
     /// A TCP SYN from the client pod to the VIP, through the real egress
     /// program: the address it was sent to.
     fn connect(ebpf: &aya::Ebpf, sport: u16) -> Ipv4Addr {
+        send(ebpf, sport, 0x02)
+    }
+
+    /// A TCP segment with `flags` from the client pod to the VIP.
+    fn send(ebpf: &aya::Ebpf, sport: u16, flags: u8) -> Ipv4Addr {
         let mut f = vec![0u8; 14 + 20 + 20];
         f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
         f[6..12].copy_from_slice(&POD_MAC);
@@ -567,7 +572,7 @@ mod tests {
         tcp[0..2].copy_from_slice(&sport.to_be_bytes());
         tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
         tcp[12] = 5 << 4;
-        tcp[13] = 0x02;
+        tcp[13] = flags;
         let prog: &SchedClassifier = ebpf.program(EGRESS).unwrap().try_into().unwrap();
         let mut out = vec![0u8; f.len() + 64];
         let r = prog
@@ -580,6 +585,14 @@ mod tests {
         // bpf_redirect_neigh toward the backend.
         assert_eq!(r.return_value, 7, "verdict");
         Ipv4Addr::new(out[30], out[31], out[32], out[33])
+    }
+
+    const ACK: u8 = 0x10;
+
+    fn maps_gone(maps: &crate::maps::Maps) -> u64 {
+        maps.observe()
+            .count(Reason::DropBackendGone, Direction::Egress)
+            .unwrap()
     }
 
     fn datapath() -> (aya::Ebpf, crate::maps::Maps) {
@@ -635,10 +648,26 @@ mod tests {
         let slot1 = SvcKey::new(VIP.into(), 80, PROTO_TCP, 1);
         assert_eq!(lookup(&lb.services, &SERVICES, &slot1).unwrap(), None, "no slots");
         assert_eq!(lb.services().unwrap()[0].active, vec![11, 12, 13, 14]);
+        let first = connect(&ebpf, 39999);
         move_backends(lb, 11..15);
         for sport in 40000..40020 {
             assert!(is_backend(connect(&ebpf, sport)), "read from the frontend");
         }
+        // An established connection finds its backend there too.
+        assert_eq!(send(&ebpf, 39999, ACK), first, "established: read from the frontend");
+        // One its frontend no longer carries is looked up: gone, reset.
+        let lb = maps.lb_mut();
+        let mut three = service(4);
+        three.backends.retain(|b| b.addr != IpAddr::V4(first));
+        lb.upsert_service(&three).unwrap();
+        lb.remove_backend(u32::from(first.octets()[3])).unwrap();
+        let gone = || maps_gone(&maps);
+        let before = gone();
+        send(&ebpf, 39999, ACK);
+        assert_eq!(gone(), before + 1, "its backend gone: reset");
+        let lb = maps.lb_mut();
+        lb.upsert_service(&service(4)).unwrap();
+        move_backends(lb, 11..15);
 
         // As layout 8 left it: slots, no entries carried.
         let lb = maps.lb_mut();
