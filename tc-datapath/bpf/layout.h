@@ -41,8 +41,9 @@ struct backend_value {
 /* ---- services: (VIP, port, proto, slot) -> service or backend slot ----
  * Slot 0 is the service itself; slots 1..count hold the ids (and entries)
  * of the backends that take new connections, unless the service holds
- * them itself (SVC_F_INLINE, below). A terminating backend is simply not in a slot:
- * its conntrack entries still name it, so established flows keep going.
+ * them itself (SVC_F_INLINE, below). A terminating backend is simply not
+ * in a slot: its conntrack entries still name it, so established flows
+ * keep going.
  * A marker entry (port 0, proto 0, slot 0) exists for every VIP, so that a
  * packet to a known VIP on an unknown port is told apart from other traffic.
  */

@@ -125,8 +125,9 @@ static __always_inline struct backend_value *carried_backend(struct svc_value *s
 
 /* A backend for a new connection: the client's affinity entry if it is
  * fresh and its backend still takes connections, else Maglev or random.
- * `*b` is set when the choice came with the backend's entry: the caller
- * looks it up otherwise. */
+ * Returns its id (0: none) and sets `*b`, NULL on entry, to its entry: the
+ * one the frontend or slot carries, else the one in sl_backends (NULL if
+ * that is gone). */
 static __always_inline __u32 select_backend(struct svc_value *svc, const struct svc_key *master,
 					    const struct pkt *p, __u64 now, struct backend_value **b)
 {
@@ -143,16 +144,21 @@ static __always_inline __u32 select_backend(struct svc_value *svc, const struct 
 		ak.rev_nat_id = svc->rev_nat_id;
 		cur = bpf_map_lookup_elem(&sl_affinity, &ak);
 		if (cur && now - cur->last_used_ns < (__u64)svc->affinity_timeout * 1000000000ULL) {
-			struct backend_value *b = bpf_map_lookup_elem(&sl_backends, &cur->backend_id);
+			struct backend_value *e = bpf_map_lookup_elem(&sl_backends, &cur->backend_id);
 
-			if (b && b->state == BACKEND_ACTIVE)
+			if (e && e->state == BACKEND_ACTIVE) {
 				id = cur->backend_id;
+				opaque_ptr(e);
+				*b = e;
+			}
 		}
 	}
 	if (!id && svc->algorithm == SVC_ALG_MAGLEV)
 		id = maglev_pick(svc, p);
 	if (!id)
 		id = random_pick(svc, master, b);
+	if (id && !*b)
+		*b = bpf_map_lookup_elem(&sl_backends, &id);
 	if (id && svc->affinity_timeout) {
 		av.backend_id = id;
 		av.last_used_ns = now;
@@ -224,12 +230,15 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, struct 
 
 		if (p->fragment == FRAG_LATER)
 			return drop_reported(skb, p, DROP_FRAGMENT, DIR_EGRESS);
-		id = keep ? keep : select_backend(svc, master, p, now, &b);
+		if (keep) {
+			id = keep;
+			b = bpf_map_lookup_elem(&sl_backends, &id);
+		} else {
+			id = select_backend(svc, master, p, now, &b);
+		}
 		if (!id)
 			return svc->flags & SVC_F_REJECT ? reject(skb, p, DROP_NO_BACKEND, DIR_EGRESS)
 							  : drop_reported(skb, p, DROP_NO_BACKEND, DIR_EGRESS);
-		if (!b)
-			b = bpf_map_lookup_elem(&sl_backends, &id);
 		if (!b)
 			return drop_reported(skb, p, DROP_BACKEND_GONE, DIR_EGRESS);
 		/* Egress policy sees the backend, not the VIP. */

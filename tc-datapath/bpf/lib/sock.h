@@ -117,7 +117,6 @@ static __always_inline enum sock_verdict sock_translate(struct bpf_sock_addr *ct
 	struct backend_value *b = 0;
 	struct pkt p = {};
 	__u64 cookie, ns;
-	__u32 id;
 
 	if (!maybe_in(&sl_vip_filter, addr))
 		return sock_hostport(ctx, addr, port, proto, unconnected);
@@ -137,9 +136,7 @@ static __always_inline enum sock_verdict sock_translate(struct bpf_sock_addr *ct
 	p.proto = proto;
 	p.v6 = !is_v4_mapped(addr);
 	/* The clock only for affinity: a helper call less on every connect. */
-	id = select_backend(svc, &k, &p, svc->affinity_timeout ? bpf_ktime_get_ns() : 0, &b);
-	if (id && !b)
-		b = bpf_map_lookup_elem(&sl_backends, &id);
+	select_backend(svc, &k, &p, svc->affinity_timeout ? bpf_ktime_get_ns() : 0, &b);
 	if (!b) {
 		count(DROP_NO_BACKEND, DIR_EGRESS, 0);
 		return svc->flags & SVC_F_REJECT ? SOCK_REFUSED : SOCK_UNTOUCHED;

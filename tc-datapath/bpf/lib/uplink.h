@@ -187,7 +187,7 @@ static __always_inline __u32 uplink_nat(struct __sk_buff *skb, struct pkt *p, co
 }
 
 /* The backend of a new connection to an external frontend (its id; its
- * entry in `*b`), or 0 with `*why` the drop reason. */
+ * entry in `*b`, NULL on entry), or 0 with `*why` the drop reason. */
 static __always_inline __u32 uplink_backend(struct pkt *p, struct svc_value *svc, const struct svc_key *master,
 					    struct backend_value **b, __u32 *why, __u64 now)
 {
@@ -202,8 +202,6 @@ static __always_inline __u32 uplink_backend(struct pkt *p, struct svc_value *svc
 		*why = DROP_NO_BACKEND;
 		return 0;
 	}
-	if (!*b)
-		*b = bpf_map_lookup_elem(&sl_backends, &id);
 	if (!*b) {
 		*why = DROP_BACKEND_GONE;
 		return 0;

@@ -13,8 +13,18 @@ pub(crate) fn per_packet(args: &Args) -> Result<Vec<PacketRow>> {
         args.samples > 0 && args.samples <= 20_000,
         "--samples: between 1 and 20000"
     );
-    ensure!(args.packet_rounds > 0, "--packet-rounds: at least 1");
+    ensure!(
+        args.packet_rounds > 0 && args.packet_rounds <= POOL,
+        "--packet-rounds: between 1 and {POOL}"
+    );
     let per_round = args.samples.div_ceil(args.packet_rounds);
+    // The flows' source ports are laid out for 20,000 per cell.
+    ensure!(
+        per_round * args.packet_rounds <= 20_000,
+        "--samples {} over {} rounds: more than 20000 runs per cell",
+        args.samples,
+        args.packet_rounds
+    );
     let mut rows = Vec::new();
     for &n in &args.rules {
         rows.push(Row::load(args, n)?);
