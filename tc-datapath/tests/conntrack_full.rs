@@ -170,3 +170,47 @@ fn without_a_share_a_flood_evicts_the_quiet_pods_flows() {
         "the LRU evicted the quiet pod's entries"
     );
 }
+
+/// A connection on a reused 4-tuple (a client cycling through its ports
+/// faster than the closing timeout) finds the previous connection's entries
+/// and rewrites them: no new entry, nothing more charged to the pod. With a
+/// share of four, the pod reopens its plain and its Service connection
+/// twenty times over; when each reopen was charged as a new entry, the
+/// third round already met `drop-ct-pod-limit`.
+#[test]
+fn a_reused_port_takes_no_new_entry() {
+    if !root("a_reused_port_takes_no_new_entry") {
+        return;
+    }
+    let dp = dp(4);
+    const FIN_ACK: u8 = 0x11;
+    for round in 0..20 {
+        let (v, _) = dp.run(EGRESS, &Frame::new(QUIET, PEER, 20000, 5432, PROTO_TCP, SYN, b""));
+        assert_eq!(v, TC_ACT_OK, "plain SYN, round {round}");
+        dp.run(INGRESS, &Frame::new(PEER, QUIET, 5432, 20000, PROTO_TCP, SYN_ACK, b""));
+        let (v, _) = dp.run(EGRESS, &Frame::new(QUIET, PEER, 20000, 5432, PROTO_TCP, FIN_ACK, b""));
+        assert_eq!(v, TC_ACT_OK, "plain FIN, round {round}");
+
+        let (v, out) = dp.run(EGRESS, &Frame::new(QUIET, VIP, 30000, 80, PROTO_TCP, SYN, b""));
+        assert_ne!(v, TC_ACT_SHOT, "Service SYN, round {round}");
+        assert_eq!(out.addrs().1, ip(BACKEND), "round {round}");
+        let (_, back) = dp.run(
+            INGRESS,
+            &Frame::new(BACKEND, QUIET, 8080, 30000, PROTO_TCP, SYN_ACK, b""),
+        );
+        assert_eq!(back.addrs().0, ip(VIP), "round {round}");
+        let (_, back) = dp.run(
+            INGRESS,
+            &Frame::new(BACKEND, QUIET, 8080, 30000, PROTO_TCP, FIN_ACK, b""),
+        );
+        assert_eq!(back.addrs().0, ip(VIP), "round {round}");
+    }
+    assert_eq!(quiet_entries(&dp), 3, "one plain entry, two for the Service connection");
+    assert_eq!(dp.maps.ct().pod_shares().unwrap().get(&7), Some(&3));
+    let dropped = dp
+        .maps
+        .observe()
+        .count(Reason::DropCtPodLimit, Direction::Egress)
+        .unwrap();
+    assert_eq!(dropped, 0);
+}

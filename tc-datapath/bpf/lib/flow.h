@@ -33,12 +33,14 @@ static __always_inline int track(struct __sk_buff *skb, const struct pkt *p, __u
 		ep = bpf_map_lookup_elem(&sl_endpoints, local);
 	if (!policy_ok(skb, p, dir, ep, local, remote, p->dport))
 		return TC_ACT_SHOT;
-	if (!ct_admit(local, ep, 1))
+	/* An entry there already (expired, or a reused port's) is rewritten
+	 * and takes no more of the pod's share. */
+	if (!ct && !ct_admit(local, ep, 1))
 		return drop_reported(skb, p, DROP_CT_POD_LIMIT, dir);
 	nct.state = CT_NEW;
 	nct.flags = dir == DIR_INGRESS ? CT_F_INBOUND : 0;
 	nct.expires_ns = now + ct_timeout(p->proto, CT_NEW);
-	bpf_map_update_elem(&sl_ct, k, &nct, BPF_ANY);
+	ct_store(ct, k, &nct);
 	if (flow_sampled())
 		flow_event(p, dir, REASON_FORWARDED, ep ? ep->endpoint_id : 0, 0, 0, 0);
 	count(REASON_FORWARDED, dir, skb->len);

@@ -186,7 +186,7 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, struct 
 				   const struct svc_key *master, struct endpoint_value *ep)
 {
 	struct ct_key ck;
-	struct ct_value *ct, nct = {};
+	struct ct_value *ct;
 	struct backend_value *b = 0;
 	__u64 now = bpf_ktime_get_ns();
 	__u8 hp[16], nh[6];
@@ -226,7 +226,8 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, struct 
 			ct_touch(ct, p, 0, now);
 	}
 	if (!b) {
-		struct ct_key fk;
+		struct ct_value *fct, nct = {};
+		__u32 fresh;
 
 		if (p->fragment == FRAG_LATER)
 			return drop_reported(skb, p, DROP_FRAGMENT, DIR_EGRESS);
@@ -244,9 +245,17 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, struct 
 		/* Egress policy sees the backend, not the VIP. */
 		if (!policy_ok(skb, p, DIR_EGRESS, ep, p->saddr, b->addr, b->port))
 			return TC_ACT_SHOT;
-		if (!ct_admit(p->saddr, ep, 2))
-			return drop_reported(skb, p, DROP_CT_POD_LIMIT, DIR_EGRESS);
 		hairpin = addr_eq(b->addr, p->saddr);
+		/* The flow as the backend sees it (a hairpinned one comes from the
+		 * hairpin address), in ck's buffer: sl_egress's stack is at the
+		 * verifier's limit. A reused port finds both entries there (the
+		 * backend kept): they are rewritten, not charged again. */
+		hairpin_addr(hp, p->v6);
+		ct_key_of(&ck, hairpin ? hp : p->saddr, b->addr, p->sport, b->port, p->proto, CT_FLOW);
+		fct = bpf_map_lookup_elem(&sl_ct, &ck);
+		fresh = !ct + !fct;
+		if (fresh && !ct_admit(p->saddr, ep, fresh))
+			return drop_reported(skb, p, DROP_CT_POD_LIMIT, DIR_EGRESS);
 		nct.backend_id = id;
 		nct.rev_nat_id = svc->rev_nat_id;
 		nct.state = CT_NEW;
@@ -256,12 +265,9 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, struct 
 			__builtin_memcpy(nct.nh_mac, nh, 6);
 			nct.nh_ifindex = skb->ifindex;
 		}
-		bpf_map_update_elem(&sl_ct, &ck, &nct, BPF_ANY);
-		/* The flow as the backend sees it: a hairpinned one comes from
-		 * the hairpin address. */
-		hairpin_addr(hp, p->v6);
-		ct_key_of(&fk, hairpin ? hp : p->saddr, b->addr, p->sport, b->port, p->proto, CT_FLOW);
-		bpf_map_update_elem(&sl_ct, &fk, &nct, BPF_ANY);
+		ct_store(fct, &ck, &nct);
+		ct_key_of(&ck, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_SERVICE);
+		ct_store(ct, &ck, &nct);
 		if (flow_sampled())
 			flow_event(p, DIR_EGRESS, REASON_SERVICE_TRANSLATED, ep ? ep->endpoint_id : 0, 0, 0, id);
 	}
