@@ -287,7 +287,7 @@ struct ct_value {
 #ifdef SLUICE_LAYOUT_TEST_BUMP
 	__u64 test_bump;
 #endif
-	__u64 expires_ns;	/* bpf_ktime_get_ns() deadline */
+	__u64 expires_ns;	/* CLOCK_MONOTONIC deadline (the programs read it coarse: ct_now) */
 	__u32 backend_id;
 	__u32 rev_nat_id;
 	__u8 state;

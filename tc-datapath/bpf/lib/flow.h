@@ -20,7 +20,7 @@ static __always_inline int track(struct __sk_buff *skb, const struct pkt *p, __u
 	const __u8 *local = dir == DIR_EGRESS ? p->saddr : p->daddr;
 	const __u8 *remote = dir == DIR_EGRESS ? p->daddr : p->saddr;
 	struct ct_value nct = {};
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 
 	if (ct && ct->expires_ns > now && !ct_reopens(ct, p)) {
 		ct_touch(ct, p, (dir == DIR_EGRESS) == !!(ct->flags & CT_F_INBOUND), now);

@@ -188,7 +188,7 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, struct 
 	struct ct_key ck;
 	struct ct_value *ct;
 	struct backend_value *b = 0;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 	__u8 hp[16], nh[6];
 	int hairpin, have_nh = 0;
 	__u32 id, keep = 0;
@@ -311,7 +311,7 @@ static __always_inline int reply(struct __sk_buff *skb, struct pkt *p, __u32 dir
 		return TC_ACT_UNSPEC;	/* its Service is gone: left to the default action */
 	hairpin = flow->flags & CT_F_HAIRPIN;
 	client = hairpin ? p->saddr : p->daddr;
-	now = bpf_ktime_get_ns();
+	now = ct_now();
 	/* A reply delivered to the client names the next hop toward the
 	 * backend in its source MAC. */
 	if (l2_src && !hairpin && (flow->nh_ifindex != skb->ifindex || __builtin_memcmp(flow->nh_mac, l2_src, 6)))

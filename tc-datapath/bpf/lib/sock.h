@@ -136,7 +136,7 @@ static __always_inline enum sock_verdict sock_translate(struct bpf_sock_addr *ct
 	p.proto = proto;
 	p.v6 = !is_v4_mapped(addr);
 	/* The clock only for affinity: a helper call less on every connect. */
-	select_backend(svc, &k, &p, svc->affinity_timeout ? bpf_ktime_get_ns() : 0, &b);
+	select_backend(svc, &k, &p, svc->affinity_timeout ? ct_now() : 0, &b);
 	if (!b) {
 		count(DROP_NO_BACKEND, DIR_EGRESS, 0);
 		return svc->flags & SVC_F_REJECT ? SOCK_REFUSED : SOCK_UNTOUCHED;

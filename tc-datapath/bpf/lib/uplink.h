@@ -233,7 +233,7 @@ static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 	 * Fragments are not followed here. */
 	if (parse_frame(skb, &eth, &p) || !p.ip || !p.tracked || p.fragment)
 		return TC_ACT_OK;
-	now = bpf_ktime_get_ns();
+	now = ct_now();
 	ct_key_of(&k, p.saddr, p.daddr, p.sport, p.dport, p.proto, CT_NAT);
 	v = bpf_map_lookup_elem(&sl_nat, &k);
 	if (v && v->expires_ns > now && !state_reopens(v->state, &p)) {

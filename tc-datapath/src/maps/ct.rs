@@ -17,7 +17,8 @@ use aya::maps::{HashMap, MapData};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-/// Now on the datapath's clock: `bpf_ktime_get_ns` is CLOCK_MONOTONIC.
+/// Now on the datapath's clock, CLOCK_MONOTONIC (the programs read it at
+/// the last tick, `bpf_ktime_get_coarse_ns`: at most a tick behind this).
 pub fn now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid timespec for the kernel to fill.

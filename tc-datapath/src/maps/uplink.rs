@@ -65,7 +65,7 @@ impl UplinkMaps {
     }
 
     /// Remove the NAT entries whose deadline passed before `now_ns`
-    /// (bpf_ktime_get_ns time); returns how many went. An entry a packet
+    /// (CLOCK_MONOTONIC, as `ct::now_ns`); returns how many went. An entry a packet
     /// refreshed since the scan stays.
     pub fn collect(&mut self, now_ns: u64) -> Result<usize, MapsError> {
         let expired: Vec<CtKey> = self
