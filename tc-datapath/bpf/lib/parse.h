@@ -190,6 +190,67 @@ static __always_inline int parse(struct __sk_buff *skb, __u32 l3_off, __be16 eth
 	return 0;
 }
 
+/* The common frame read in place: TCP or UDP over IPv4 without options
+ * or over IPv6 without extension headers, not fragmented, its headers in
+ * the skb's linear data (a locally sent packet's are). Fills what parse()
+ * would and returns 1; 0 leaves the frame to parse(). Each
+ * bpf_skb_load_bytes() is a helper call (three per frame on this path,
+ * 7% of the programs' time in a connection-rate profile); reading through
+ * skb->data is a bounds check. */
+static __always_inline int parse_direct(struct __sk_buff *skb, struct ethhdr *eth, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *e = data;
+	__u8 *l4;
+	__u8 proto;
+
+	if ((void *)(e + 1) > end)
+		return 0;
+	if (e->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(e + 1);
+
+		l4 = (void *)(ip + 1);
+		if (l4 + 14 > (__u8 *)end || ip->version != 4 || ip->ihl != 5 ||
+		    (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
+			return 0;
+		proto = ip->protocol;
+		if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+			return 0;
+		__builtin_memset(p, 0, sizeof(*p));
+		v4_mapped(p->saddr, ip->saddr);
+		v4_mapped(p->daddr, ip->daddr);
+		p->ip_end = ETH_HLEN + bpf_ntohs(ip->tot_len);
+		p->frag_id = ip->id;
+	} else if (e->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(e + 1);
+
+		l4 = (void *)(ip6 + 1);
+		if (l4 + 14 > (__u8 *)end || ip6->version != 6 || !ip6->payload_len)
+			return 0;
+		proto = ip6->nexthdr;
+		if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+			return 0;
+		__builtin_memset(p, 0, sizeof(*p));
+		__builtin_memcpy(p->saddr, &ip6->saddr, 16);
+		__builtin_memcpy(p->daddr, &ip6->daddr, 16);
+		p->v6 = 1;
+		p->ip_end = ETH_HLEN + sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+	} else {
+		return 0;
+	}
+	__builtin_memcpy(eth, e, sizeof(*eth));
+	p->ip = 1;
+	p->proto = proto;
+	p->l4_off = (__u32)(l4 - (__u8 *)data);
+	__builtin_memcpy(&p->sport, l4, 2);
+	__builtin_memcpy(&p->dport, l4 + 2, 2);
+	if (proto == IPPROTO_TCP)
+		p->tcp_flags = l4[13];
+	p->tracked = 1;
+	return 1;
+}
+
 /* The Ethernet header and what parse() makes of the rest: 0 or a drop
  * reason. The packet must fit in the frame its length field says, and an
  * IPv4 header in its packet, as the receiving stack checks (a quoted
@@ -198,11 +259,13 @@ static __always_inline int parse_frame(struct __sk_buff *skb, struct ethhdr *eth
 {
 	int r;
 
-	if (bpf_skb_load_bytes(skb, 0, eth, sizeof(*eth)) < 0)
-		return DROP_MALFORMED;
-	r = parse(skb, ETH_HLEN, eth->h_proto, p);
-	if (r || !p->ip)
-		return r;
+	if (!parse_direct(skb, eth, p)) {
+		if (bpf_skb_load_bytes(skb, 0, eth, sizeof(*eth)) < 0)
+			return DROP_MALFORMED;
+		r = parse(skb, ETH_HLEN, eth->h_proto, p);
+		if (r || !p->ip)
+			return r;
+	}
 	/* The lengths parse() read from the header, nothing read twice: an
 	 * IPv4 packet holds its own header, and a packet fits its frame. */
 	if (!p->v6 && p->ip_end < p->l4_off)
