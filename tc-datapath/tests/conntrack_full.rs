@@ -182,7 +182,7 @@ fn a_reused_port_takes_no_new_entry() {
     if !root("a_reused_port_takes_no_new_entry") {
         return;
     }
-    let dp = dp(4);
+    let mut dp = dp(4);
     const FIN_ACK: u8 = 0x11;
     for round in 0..20 {
         let (v, _) = dp.run(EGRESS, &Frame::new(QUIET, PEER, 20000, 5432, PROTO_TCP, SYN, b""));
@@ -206,6 +206,24 @@ fn a_reused_port_takes_no_new_entry() {
         assert_eq!(back.addrs().0, ip(VIP), "round {round}");
     }
     assert_eq!(quiet_entries(&dp), 3, "one plain entry, two for the Service connection");
+    assert_eq!(dp.maps.ct().pod_shares().unwrap().get(&7), Some(&3));
+    // An expired entry (the collection may be deleting it) is replaced
+    // through the map, not written in place; it is no new entry either.
+    let (k, mut v) = dp
+        .maps
+        .ct()
+        .entries()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k.saddr == addr(ip(QUIET)) && k.daddr == addr(ip(PEER)))
+        .expect("the plain entry");
+    v.expires_ns = sluice_tc_datapath::maps::ct::now_ns() - 1;
+    dp.maps.ct_mut().insert(k, v).unwrap();
+    let (v, _) = dp.run(EGRESS, &Frame::new(QUIET, PEER, 20000, 5432, PROTO_TCP, SYN, b""));
+    assert_eq!(v, TC_ACT_OK, "SYN over an expired entry");
+    let e = dp.maps.ct().get(&k).unwrap().expect("the entry made again");
+    assert!(e.expires_ns > sluice_tc_datapath::maps::ct::now_ns(), "a live entry");
+    assert_eq!(quiet_entries(&dp), 3);
     assert_eq!(dp.maps.ct().pod_shares().unwrap().get(&7), Some(&3));
     let dropped = dp
         .maps

@@ -53,20 +53,25 @@ static __always_inline int ct_admit(const __u8 *local, struct endpoint_value *ep
 }
 
 /* Write the entry `v` for key `k`; `cur` is what a lookup of `k` found
- * (a reused port's closing entry, an expired one) or NULL. An entry that
- * is there is overwritten where it lies: the LRU map's update takes a fresh
- * element from its free lists and hands the old one back, and once the
- * table has filled, every fresh element costs an eviction (a scan of the
- * inactive list and a delete in some other bucket). A connection that
- * reuses a 4-tuple (a client making many connections to one backend, its
- * ports cycling well within the closing timeout) pays none of that. Its
- * element was counted when it was made: only a fresh one is charged (the
- * callers count `!cur`). A reader on another CPU can see the value half
- * written; only a straggler of the closed connection on the same 4-tuple
- * can be reading it, and the entry it replaces was itself about to be. */
-static __always_inline void ct_store(struct ct_value *cur, const struct ct_key *k, const struct ct_value *v)
+ * (a reused port's closing entry, an expired one) or NULL. A live entry is
+ * overwritten where it lies: the LRU map's update takes a fresh element
+ * from its free lists and hands the old one back, and once the table has
+ * filled, every fresh element costs an eviction (a scan of the inactive
+ * list and a delete in some other bucket). A connection that reuses a
+ * 4-tuple (a client making many connections to one backend, its ports
+ * cycling well within the closing timeout) pays none of that. Only an
+ * entry with a second or more to live is written in place: the agent's
+ * collection deletes expired entries, and an element it freed under us
+ * could already hold another flow; it cannot be deleting one that far
+ * from its deadline (it reads the deadline again just before). Either
+ * way the key had an entry, which was charged to the pod when it was
+ * made: the callers charge only for `!cur`. A reader on another CPU can
+ * see the value half written; only a straggler of the closed connection
+ * on the same 4-tuple can be reading it. */
+static __always_inline void ct_store(struct ct_value *cur, const struct ct_key *k, const struct ct_value *v,
+				     __u64 now)
 {
-	if (cur) {
+	if (cur && cur->expires_ns > now + CT_REFRESH_NS) {
 		__builtin_memcpy(cur, v, sizeof(*v));
 		return;
 	}

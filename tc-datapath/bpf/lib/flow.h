@@ -40,7 +40,7 @@ static __always_inline int track(struct __sk_buff *skb, const struct pkt *p, __u
 	nct.state = CT_NEW;
 	nct.flags = dir == DIR_INGRESS ? CT_F_INBOUND : 0;
 	nct.expires_ns = now + ct_timeout(p->proto, CT_NEW);
-	ct_store(ct, k, &nct);
+	ct_store(ct, k, &nct, now);
 	if (flow_sampled())
 		flow_event(p, dir, REASON_FORWARDED, ep ? ep->endpoint_id : 0, 0, 0, 0);
 	count(REASON_FORWARDED, dir, skb->len);

@@ -265,9 +265,9 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, struct 
 			__builtin_memcpy(nct.nh_mac, nh, 6);
 			nct.nh_ifindex = skb->ifindex;
 		}
-		ct_store(fct, &ck, &nct);
+		ct_store(fct, &ck, &nct, now);
 		ct_key_of(&ck, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_SERVICE);
-		ct_store(ct, &ck, &nct);
+		ct_store(ct, &ck, &nct, now);
 		if (flow_sampled())
 			flow_event(p, DIR_EGRESS, REASON_SERVICE_TRANSLATED, ep ? ep->endpoint_id : 0, 0, 0, id);
 	}
