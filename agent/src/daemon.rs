@@ -561,6 +561,7 @@ impl Daemon {
     /// Move the next pod that asks for it from filters onto TCX links, and
     /// come back for the one after (events first).
     fn promote_next(&mut self) {
+        use crate::promote::Moved;
         use sluice_tc_datapath::attach::Promotion;
         self.promote_due = None;
         if self.tcx_unsupported {
@@ -575,29 +576,34 @@ impl Daemon {
         }
         let Some(p) = pending.first() else { return };
         let started = Instant::now();
-        let moved = crate::promote::promote(&self.opts.bpffs, p);
+        let moved = crate::promote::promote(&self.opts.cni_data_dir, &self.opts.bpffs, p);
         if let Some(m) = &self.metrics {
             let result = match &moved {
-                Ok(Promotion::Promoted) => "moved",
+                Ok(Moved::Node(Promotion::Promoted)) => "moved",
                 Ok(_) => "skipped",
                 Err(_) => "failed",
             };
             m.tcx_moves.get_or_create(&vec![("result", result)]).inc();
-            if matches!(moved, Ok(Promotion::Promoted)) {
+            if matches!(moved, Ok(Moved::Node(Promotion::Promoted) | Moved::Gone)) {
                 m.on_filters.dec();
             }
         }
         match moved {
-            Ok(Promotion::Promoted) => info!(
+            Ok(Moved::Gone) => info!(
+                container = %p.container_id,
+                ifname = %p.ifname,
+                "pod gone (its DEL ran) before it was moved onto TCX links"
+            ),
+            Ok(Moved::Node(Promotion::Promoted)) => info!(
                 container = %p.container_id,
                 ifname = %p.ifname,
                 ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
                 left = pending.len() - 1,
                 "pod moved from clsact filters onto TCX links"
             ),
-            Ok(Promotion::Already) => {}
-            Ok(Promotion::NotAttached) => {
-                warn!(container = %p.container_id, ifname = %p.ifname, "sluice's filters are not on the pod's interface: not moved (CHECK fails on it)");
+            Ok(Moved::Node(Promotion::Already)) => {}
+            Ok(Moved::Node(Promotion::NotAttached)) => {
+                warn!(container = %p.container_id, ifname = %p.ifname, "the pod's interface is not in its namespace: not moved");
                 self.promote_failed.insert(p.key());
             }
             Err(e) if e.is_tcx_unsupported() => {

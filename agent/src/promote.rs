@@ -42,6 +42,13 @@ impl Pending {
 /// them yet (their ADD done, their netns there).
 pub fn pending(cni_data_dir: &Path, bpffs: &Path) -> Vec<Pending> {
     let versioned = versioned_dir(bpffs);
+    asking(cni_data_dir)
+        .filter(|p| !attach::has_links(&versioned, &p.key()))
+        .collect()
+}
+
+/// The pods whose records ask for TCX links, with or without them.
+fn asking(cni_data_dir: &Path) -> impl Iterator<Item = Pending> {
     records(cni_data_dir)
         .into_iter()
         .map(|(_, r)| r)
@@ -52,17 +59,32 @@ pub fn pending(cni_data_dir: &Path, bpffs: &Path) -> Vec<Pending> {
             ifname: r.ifname,
             netns: PathBuf::from(r.netns),
         })
-        .filter(|p| !attach::has_links(&versioned, &p.key()))
-        .collect()
 }
 
-/// Move one pod onto TCX links.
-pub fn promote(bpffs: &Path, p: &Pending) -> Result<Promotion, AttachError> {
+/// What a move did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moved {
+    /// What the node's attach did (see `Promotion`).
+    Node(Promotion),
+    /// The pod's record went while the move waited for the lock: its DEL
+    /// ran. Nothing done.
+    Gone,
+}
+
+/// Move one pod onto TCX links. `p` came from `pending`, read without the
+/// node's lock: once the lock is held (no ADD or DEL under way, as DEL
+/// holds it until the pod's record is gone), the pod's record must still
+/// ask, or the links would be pinned for a pod whose DEL already ran and
+/// outlive it.
+pub fn promote(cni_data_dir: &Path, bpffs: &Path, p: &Pending) -> Result<Moved, AttachError> {
     let ns = std::fs::File::open(&p.netns).map_err(|source| AttachError::Io {
         what: "opening the pod's netns".into(),
         path: p.netns.clone(),
         source,
     })?;
     let mut node = Node::open_exclusive(bpffs)?;
-    node.promote(ns.as_fd(), &p.ifname, &p.key())
+    if !asking(cni_data_dir).any(|r| r == *p) {
+        return Ok(Moved::Gone);
+    }
+    node.promote(ns.as_fd(), &p.ifname, &p.key()).map(Moved::Node)
 }

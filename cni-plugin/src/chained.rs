@@ -152,6 +152,7 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
 pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> {
     let store = EndpointStore::new(&cfg.data_dir(), &cfg.name);
     let (cid, ifname) = (&req.inv.container_id, &req.inv.ifname);
+    let _datapath = datapath::hold_for_del(cfg)?;
     let (ep, unreadable) = store.get_for_del(cid, ifname)?;
     if cfg.datapath.enabled || ep.as_ref().is_some_and(|e| e.datapath.is_some()) {
         let ns = NetNs::for_del(req.inv.netns.as_deref())?;

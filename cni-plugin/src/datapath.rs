@@ -193,6 +193,24 @@ fn reattach_tc_endpoints(cfg: &PluginConfig, node: &mut Node) {
 }
 
 /// Detach and unpublish. Idempotent; works with the namespace gone.
+/// DEL holds the node's datapath lock shared from before it reads the
+/// pod's record until the record is gone. The agent moves a pod from
+/// filters onto TCX links under the lock held exclusively and reads the
+/// pod's record again once it holds it: were the lock held only while
+/// DEL takes the programs off, a move that listed the pod before could
+/// pin links between that and the record's removal, onto an interface
+/// about to go (links that would outlive the pod). Shared: DELs and ADDs
+/// run side by side. None where no datapath was ever loaded.
+pub fn hold_for_del(cfg: &PluginConfig) -> Result<Option<std::fs::File>, CniError> {
+    let dir = versioned_dir(&cfg.datapath.bpffs);
+    if !dir.exists() {
+        return Ok(None);
+    }
+    attach::hold_shared(&dir)
+        .map(Some)
+        .map_err(|e| cni_err(e, "taking the datapath lock"))
+}
+
 pub fn detach(
     cfg: &PluginConfig,
     ns: Option<&NetNs>,

@@ -462,6 +462,7 @@ async fn return_eni(pod: &Netlink, ifname: &str, host_name: &str) -> Result<(), 
 /// DEL: idempotent, and it succeeds with the namespace or interface gone.
 pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> {
     let c = ctx(req, cfg);
+    let _datapath = datapath::hold_for_del(cfg)?;
     let (ep, unreadable) = c.store.get_for_del(c.cid(), c.ifname())?;
     let pod_ns = NetNs::for_del(req.inv.netns.as_deref())?;
     if cfg.datapath.enabled || ep.as_ref().is_some_and(|e| e.datapath.is_some()) {

@@ -5,11 +5,13 @@
 //! after; a new program version takes pods on filters and on links alike;
 //! DEL leaves nothing.
 
+use sluice_agent::promote::Moved;
 use sluice_integration::agent::{AgentProcess, metrics_addr, sample, scrape};
+use sluice_integration::chain::Chain;
 use sluice_integration::datapath::{programs_on, tc_filters};
 use sluice_integration::probe::{Session, StreamEcho};
-use sluice_integration::require_root;
 use sluice_integration::vpc::{Vpc, result_ip};
+use sluice_integration::{reference_plugins_present, require_root, skip};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -146,4 +148,49 @@ fn auto_starts_pods_on_filters_and_the_agent_moves_them_onto_links() {
         vpc.sluice(0, "DEL", cid, p, &conf2).expect_ok("DEL");
     }
     assert!(vpc.pinned_links(0).is_empty() && vpc.endpoints(0).is_empty());
+}
+
+/// A move lists the pods that ask for links without the node's lock; a
+/// pod whose DEL runs before the move takes the lock is found gone by the
+/// record and nothing is pinned (links pinned then would outlive the pod).
+/// In the chained role the interface is the first plugin's and stays
+/// after sluice's DEL, so only the record can tell.
+#[test]
+fn a_pod_deleted_before_its_move_gets_no_links() {
+    if !require_root("a_pod_deleted_before_its_move_gets_no_links") {
+        return;
+    }
+    if !reference_plugins_present() {
+        skip(
+            "a_pod_deleted_before_its_move_gets_no_links",
+            "/usr/lib/cni/macvlan or host-local missing (apt containernetworking-plugins)",
+        );
+        return;
+    }
+    let mut vpc = Vpc::new("prd", 1).unwrap();
+    let mut list = vpc.chained_conflist(0, "1.0.0");
+    list["plugins"][1]["datapath"].as_object_mut().unwrap().remove("attach");
+    let mut chain = Chain::new(list.clone(), Some(vpc.node_name(0)));
+    let a = vpc.pod("a").unwrap();
+    let netns = vpc.pods[a].path().display().to_string();
+    chain.add("da", &netns, "eth0").unwrap();
+    let cni_data = vpc.data_dir.join("n0");
+    let bpffs = vpc.bpffs[0].root();
+    let listed = sluice_agent::promote::pending(&cni_data, &bpffs);
+    assert_eq!(listed.len(), 1, "the pod asks for links: {listed:?}");
+
+    // sluice's DEL alone, as a chain runs it: the interface stays.
+    let mut conf = list["plugins"][1].clone();
+    conf["cniVersion"] = list["cniVersion"].clone();
+    conf["name"] = list["name"].clone();
+    vpc.sluice(0, "DEL", "da", a, &conf).expect_ok("sluice's DEL");
+    let moved = sluice_agent::promote::promote(&cni_data, &bpffs, &listed[0]).unwrap();
+    assert_eq!(moved, Moved::Gone);
+    assert!(
+        vpc.pinned_links(0).is_empty(),
+        "links pinned: {:?}",
+        vpc.pinned_links(0)
+    );
+    assert!(!on_links(&vpc, a), "TCX programs on a deleted pod's interface");
+    chain.del("da", &netns, "eth0").unwrap();
 }

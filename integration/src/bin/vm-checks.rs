@@ -227,7 +227,10 @@ fn default_attach(expect: Attached) -> Result<String> {
     }
     ensure!(
         vpc.pinned_links(0).is_empty() && vpc.endpoints(0).is_empty(),
-        "DEL left state"
+        "DEL left state: links {:?}, endpoint records {:?}; agent log: {}",
+        vpc.pinned_links(0),
+        vpc.endpoints(0),
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
     Ok(match expect {
         Attached::Tcx => {

@@ -74,8 +74,9 @@ pub enum Promotion {
     Promoted,
     /// Its links were pinned already.
     Already,
-    /// Our filters are not on its interface (its DEL took them, or someone
-    /// did): nothing done.
+    /// Its interface is not in its namespace (gone with the pod): nothing
+    /// done. (Whether our filters are on it is not asked: a pod that lost
+    /// them gets the links all the same, which CHECK then finds right.)
     NotAttached,
 }
 
@@ -211,8 +212,10 @@ impl Node {
         let dir = link_dir.as_path();
         let r = in_netns(netns, move || {
             for side in Side::BOTH {
+                // A handle on the filter, made from the interface's name
+                // alone (aya does not ask the kernel whether it is there);
+                // dropped, it would delete the filter.
                 match SchedClassifierLink::attached(ifname, side.tc_type(), TC_PRIORITY, TC_HANDLE, None) {
-                    // The handle would delete the filter when dropped.
                     Ok(l) => std::mem::forget(l),
                     Err(_) => return Ok(Promotion::NotAttached),
                 }
