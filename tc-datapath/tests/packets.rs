@@ -154,6 +154,16 @@ fn udp_v4_without_checksum_keeps_none() {
         "a zero UDP checksum means none, and stays none"
     );
     assert_eq!(sum16(&out.bytes[ETH..ETH + 20], 0), 0xffff);
+
+    // The reply, translated in place at ingress, keeps it none too.
+    let mut r = Frame::new("10.244.2.7", "10.244.1.5", 5353, 40000, PROTO_UDP, 0, b"a").macs(POD_MAC, BACKEND_MAC);
+    r.bytes[off..off + 2].copy_from_slice(&[0, 0]);
+    let (verdict, out) = dp.run(INGRESS, &r);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out.addrs(), (ip("10.96.0.10"), ip("10.244.1.5")));
+    assert_eq!(out.ports(), (53, 40000));
+    assert_eq!(out.bytes[off..off + 2], [0, 0], "the reply's none stays none");
+    assert_eq!(sum16(&out.bytes[ETH..ETH + 20], 0), 0xffff, "IPv4 header checksum");
 }
 
 #[test]

@@ -332,7 +332,10 @@ static __always_inline int reply(struct __sk_buff *skb, struct pkt *p, __u32 dir
 	if (learn)
 		set_next_hop(flow, l2_src, skb->ifindex);
 	ct_touch(flow, p, 1, now);
-	if (rewrite(skb, p, ETH_HLEN, 0, rn->addr, rn->port) != REWRITE_OK)
+	/* A reply at the client's ingress, the common case, is rewritten in
+	 * place; one at egress is a hairpinned one (see rewrite_fast()). */
+	if ((dir == DIR_INGRESS ? rewrite_fast(skb, p, ETH_HLEN, 0, rn->addr, rn->port)
+				: rewrite(skb, p, ETH_HLEN, 0, rn->addr, rn->port)) != REWRITE_OK)
 		return drop(skb, DROP_NAT_FAILED, dir);
 	count(REASON_REPLY_TRANSLATED, dir, skb->len);
 	if (hairpin) {
