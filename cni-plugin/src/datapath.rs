@@ -192,7 +192,6 @@ fn reattach_tc_endpoints(cfg: &PluginConfig, node: &mut Node) {
     }
 }
 
-/// Detach and unpublish. Idempotent; works with the namespace gone.
 /// DEL holds the node's datapath lock shared from before it reads the
 /// pod's record until the record is gone. The agent moves a pod from
 /// filters onto TCX links under the lock held exclusively and reads the
@@ -211,6 +210,7 @@ pub fn hold_for_del(cfg: &PluginConfig) -> Result<Option<std::fs::File>, CniErro
         .map_err(|e| cni_err(e, "taking the datapath lock"))
 }
 
+/// Detach and unpublish. Idempotent; works with the namespace gone.
 pub fn detach(
     cfg: &PluginConfig,
     ns: Option<&NetNs>,

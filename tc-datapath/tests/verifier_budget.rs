@@ -28,12 +28,17 @@ fn every_program_verifies_well_within_the_budget() {
         // Programs this configuration leaves unloaded have no info.
         let Ok(info) = prog.info() else { continue };
         let Some(n) = info.verified_instruction_count() else {
-            eprintln!("{name}: this kernel does not report the instructions it verified");
-            continue;
+            // Kernels before 5.16 do not say.
+            skip(
+                "every_program_verifies_well_within_the_budget",
+                "this kernel does not report the instructions it verified",
+            );
+            return;
         };
         eprintln!(
-            "{name}: {n} instructions verified ({}% of the budget)",
-            u64::from(n) * 100 / u64::from(KERNEL_BUDGET)
+            "{name}: {n} instructions verified ({}% of the budget), {} bytes JITed",
+            u64::from(n) * 100 / u64::from(KERNEL_BUDGET),
+            info.size_jitted()
         );
         assert!(
             n <= KERNEL_BUDGET / 100 * SHARE_PERCENT,
@@ -41,5 +46,5 @@ fn every_program_verifies_well_within_the_budget() {
         );
         seen += 1;
     }
-    assert!(seen >= 2, "the pod programs reported no verification ({seen} did)");
+    assert!(seen >= 2, "the pod programs were not loaded ({seen} programs reported)");
 }
