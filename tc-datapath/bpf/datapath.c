@@ -78,11 +78,24 @@ int sl_egress(struct __sk_buff *skb)
 	if (maybe_in(&sl_vip_filter, p.daddr)) {
 		__builtin_memcpy(k.addr, p.daddr, 16);
 		if (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) {
-			k.port = p.dport;
-			k.proto = p.proto;
-			svc = bpf_map_lookup_elem(&sl_services, &k);
-			if (svc && !(svc->flags & SVC_F_VIP_MARKER))
-				return service(skb, &p, svc, &k, ep);
+			__u64 now = ct_now();
+			int own;
+
+			/* An established connection needs only its entry. One call
+			 * of service(): it is inlined at each. */
+			ct_key_of(&ck, p.saddr, p.daddr, p.sport, p.dport, p.proto, CT_SERVICE);
+			ct = bpf_map_lookup_elem(&sl_ct, &ck);
+			own = ct_translates(ct, &p, now);
+			svc = 0;
+			if (!own) {
+				k.port = p.dport;
+				k.proto = p.proto;
+				svc = bpf_map_lookup_elem(&sl_services, &k);
+				if (svc && (svc->flags & SVC_F_VIP_MARKER))
+					svc = 0;
+			}
+			if (own || svc)
+				return service(skb, &p, svc, &k, ep, &ck, ct, now);
 			k.port = 0;
 			k.proto = 0;
 		}

@@ -20,7 +20,7 @@
 #include <linux/types.h>
 
 #ifndef SLUICE_LAYOUT_TEST_BUMP
-#define SLUICE_LAYOUT_VERSION 9
+#define SLUICE_LAYOUT_VERSION 10
 #else
 /* A build only the upgrade test loads (build.rs makes it beside the real
  * one): another version, and a conntrack value whose every field moved. */
@@ -266,6 +266,7 @@ struct ct_key {
 
 #define CT_F_HAIRPIN 0x01	/* a pod reaching itself through a Service */
 #define CT_F_INBOUND 0x02	/* the peer opened the flow */
+#define CT_F_NAT 0x04		/* nat_addr and nat_port hold the translation */
 
 /* The source a hairpinned connection gets, so that the pod's own reply
  * leaves its stack (a reply to itself would stay on loopback) and comes
@@ -294,7 +295,17 @@ struct ct_value {
 	__u8 flags;
 	__u8 nh_mac[6];
 	__u32 nh_ifindex;	/* the pod interface nh_mac was seen on */
-	__u32 pad0;
+	__be16 nat_port;
+	__u16 pad0;
+	/* With CT_F_NAT, the other side of a Service connection's translation:
+	 * in its CT_SERVICE entry the backend the VIP goes to, in its CT_FLOW
+	 * entry the VIP and port the replies come back from. So an established
+	 * segment is translated from its conntrack entry alone, without the
+	 * frontend's lookup in sl_services (at 100,000 Services a cache and TLB
+	 * miss) or its backend's, and a reply without the sl_revnat lookup.
+	 * Entries carried over from layout 9 have no CT_F_NAT: they are
+	 * translated through those maps, as before. */
+	__u8 nat_addr[16];
 };
 
 /* ---- endpoints: the pods on this node, by address ---- */

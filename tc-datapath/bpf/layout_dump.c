@@ -61,7 +61,7 @@ static void structs(void)
 	SIZE(ct_value);
 	OFF(ct_value, expires_ns); OFF(ct_value, backend_id); OFF(ct_value, rev_nat_id);
 	OFF(ct_value, state); OFF(ct_value, flags); OFF(ct_value, nh_mac); OFF(ct_value, nh_ifindex);
-	OFF(ct_value, pad0);
+	OFF(ct_value, nat_port); OFF(ct_value, pad0); OFF(ct_value, nat_addr);
 	SIZE(endpoint_key);
 	OFF(endpoint_key, addr);
 	SIZE(endpoint_value);

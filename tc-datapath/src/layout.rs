@@ -261,7 +261,13 @@ pub struct CtValue {
     pub nh_mac: [u8; 6],
     /// The interface `nh_mac` was seen on; 0 = not learned.
     pub nh_ifindex: u32,
-    pub pad0: u32,
+    /// With [`CT_F_NAT`]: network byte order.
+    pub nat_port: u16,
+    pub pad0: u16,
+    /// With [`CT_F_NAT`], the other side of a Service connection's
+    /// translation: the backend in its `CT_SERVICE` entry, the VIP its
+    /// replies come back from in its `CT_FLOW` entry.
+    pub nat_addr: Addr,
 }
 
 #[repr(C)]
@@ -354,6 +360,7 @@ pub struct NatValue {
 
 pub const CT_F_HAIRPIN: u8 = 0x01;
 pub const CT_F_INBOUND: u8 = 0x02;
+pub const CT_F_NAT: u8 = 0x04;
 
 pub const ID_ANY: u32 = 0;
 pub const ID_HOST: u32 = 1;
@@ -718,7 +725,7 @@ mod tests {
             "sock_rev" => SockRev { slot, next },
             "frag_value" => FragValue { sport, dport },
             "ct_key" => CtKey { saddr, daddr, sport, dport, proto, kind, pad0 },
-            "ct_value" => CtValue { expires_ns, backend_id, rev_nat_id, state, flags, nh_mac, nh_ifindex, pad0 },
+            "ct_value" => CtValue { expires_ns, backend_id, rev_nat_id, state, flags, nh_mac, nh_ifindex, nat_port, pad0, nat_addr },
             "endpoint_key" => EndpointKey { addr },
             "endpoint_value" => EndpointValue { ifindex, endpoint_id, mac, flags, parent_ifindex },
             "uplink_value" => UplinkValue { addr4, addr6 },

@@ -154,6 +154,7 @@ const KNOWN: &[(u32, &str)] = &[
     (7, include_str!("../layouts/v7.desc")),
     (8, include_str!("../layouts/v8.desc")),
     (9, include_str!("../layouts/v9.desc")),
+    (10, include_str!("../layouts/v10.desc")),
 ];
 
 /// The layout of the maps pinned in `versioned` (`v<N>`), from the

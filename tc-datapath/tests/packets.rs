@@ -134,6 +134,144 @@ fn udp_v6_dnat_and_reverse_nat() {
     }
 }
 
+/// An established TCP connection through a VIP is translated from its
+/// conntrack entries alone: the Service entry names the backend, the flow
+/// entry the VIP, so neither the frontend nor the reverse-NAT entry is read
+/// (shown by removing them). Entries without CT_F_NAT (carried over from
+/// layout 9) go through the maps; a datagram always does; a connection
+/// whose backend the agent forgot is reset.
+fn translated_from_its_entries(client: &str, vip: &str, backend: &str) {
+    let mut dp = Dp::new();
+    dp.pod(client);
+    dp.service(vip, 80, PROTO_TCP, &[(11, backend, 8080)]);
+    let syn = Frame::new(client, vip, 40000, 80, PROTO_TCP, SYN, b"");
+    let (_, out) = dp.run(EGRESS, &syn);
+    assert_eq!(out.addrs(), (ip(client), ip(backend)));
+
+    let p = |x: u16| x.to_be();
+    let svc_key = CtKey {
+        saddr: addr(ip(client)),
+        daddr: addr(ip(vip)),
+        sport: p(40000),
+        dport: p(80),
+        proto: PROTO_TCP,
+        kind: CT_SERVICE,
+        pad0: 0,
+    };
+    let flow_key = CtKey {
+        daddr: addr(ip(backend)),
+        dport: p(8080),
+        kind: CT_FLOW,
+        ..svc_key
+    };
+    let entry = |dp: &Dp, k: &CtKey| dp.maps.ct().get(k).unwrap().unwrap();
+    let (svc_ct, flow_ct) = (entry(&dp, &svc_key), entry(&dp, &flow_key));
+    assert_eq!(
+        (svc_ct.flags & CT_F_NAT, svc_ct.nat_addr, svc_ct.nat_port),
+        (CT_F_NAT, addr(ip(backend)), p(8080)),
+        "the Service entry names the backend"
+    );
+    assert_eq!(
+        (flow_ct.flags & CT_F_NAT, flow_ct.nat_addr, flow_ct.nat_port),
+        (CT_F_NAT, addr(ip(vip)), p(80)),
+        "the flow entry names the VIP"
+    );
+    let reply = Frame::new(backend, client, 8080, 40000, PROTO_TCP, SYN_ACK, b"").macs(POD_MAC, BACKEND_MAC);
+    let reply_ack = Frame::new(backend, client, 8080, 40000, PROTO_TCP, TCP_ACK, b"").macs(POD_MAC, BACKEND_MAC);
+    let ack = Frame::new(client, vip, 40000, 80, PROTO_TCP, TCP_ACK, b"data");
+    dp.run(INGRESS, &reply);
+
+    // The port's frontend and reverse-NAT entry go (the VIP stays known, as
+    // when a Service drops one of its ports).
+    assert!(dp.maps.lb_mut().remove_frontend(ip(vip), 80, PROTO_TCP, false).unwrap() >= 2);
+    let (verdict, out) = dp.run(EGRESS, &ack);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out.addrs(), (ip(client), ip(backend)), "DNAT from the entry alone");
+    assert_eq!(out.ports(), (40000, 8080));
+    out.assert_checksums();
+    let (verdict, out) = dp.run(INGRESS, &reply_ack);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out.addrs(), (ip(vip), ip(client)), "reverse NAT from the entry alone");
+    assert_eq!(out.ports(), (80, 40000));
+    out.assert_checksums();
+
+    // As layout 9 left them: no translation in the entries, so without the
+    // frontend the segment is not translated and the reply is not either.
+    for k in [&svc_key, &flow_key] {
+        let v = CtValue {
+            flags: entry(&dp, k).flags & !CT_F_NAT,
+            nat_addr: [0; 16],
+            nat_port: 0,
+            ..entry(&dp, k)
+        };
+        dp.maps.ct_mut().insert(*k, v).unwrap();
+    }
+    let (verdict, out) = dp.run(EGRESS, &ack);
+    assert_eq!(
+        (verdict, out.addrs()),
+        (TC_ACT_SHOT, (ip(client), ip(vip))),
+        "layout 9: through the frontend, which is gone: a VIP's unknown port"
+    );
+    // With the frontend back they are translated through the maps.
+    dp.service(vip, 80, PROTO_TCP, &[(11, backend, 8080)]);
+    let (_, out) = dp.run(EGRESS, &ack);
+    assert_eq!(out.addrs(), (ip(client), ip(backend)), "layout 9: through the frontend");
+    let (_, out) = dp.run(INGRESS, &reply_ack);
+    assert_eq!(out.addrs(), (ip(vip), ip(client)), "layout 9: through sl_revnat");
+
+    // The agent forgets a removed backend (backend 0): the next segment
+    // is answered with a reset, with or without the frontend.
+    let syn2 = Frame::new(client, vip, 40002, 80, PROTO_TCP, SYN, b"");
+    dp.run(EGRESS, &syn2);
+    dp.maps.lb_mut().remove_frontend(ip(vip), 80, PROTO_TCP, false).unwrap();
+    dp.maps.lb_mut().remove_backend(11).unwrap();
+    dp.maps.ct_mut().forget_backends(&[11].into()).unwrap();
+    let gone = |dp: &Dp| {
+        dp.maps
+            .observe()
+            .count(Reason::DropBackendGone, Direction::Egress)
+            .unwrap()
+    };
+    let before = gone(&dp);
+    let ack2 = Frame::new(client, vip, 40002, 80, PROTO_TCP, TCP_ACK, b"data");
+    dp.run(EGRESS, &ack2);
+    assert_eq!(gone(&dp), before + 1, "its backend forgotten: reset");
+}
+
+#[test]
+fn tcp_v4_established_is_translated_from_its_entries() {
+    if root("tcp_v4_established_is_translated_from_its_entries") {
+        translated_from_its_entries("10.244.1.5", "10.96.0.10", "10.244.2.7");
+    }
+}
+
+#[test]
+fn tcp_v6_established_is_translated_from_its_entries() {
+    if root("tcp_v6_established_is_translated_from_its_entries") {
+        translated_from_its_entries("fd00:244::1:5", "fd00:96::a", "fd00:244::2:7");
+    }
+}
+
+/// A datagram follows its frontend (its backend only while that takes new
+/// flows): with the frontend gone it is not translated, whatever its
+/// entries hold.
+#[test]
+fn udp_follows_its_frontend() {
+    if !root("udp_follows_its_frontend") {
+        return;
+    }
+    let (client, vip, backend) = ("10.244.1.5", "10.96.0.10", "10.244.2.7");
+    let mut dp = Dp::new();
+    dp.pod(client);
+    dp.service(vip, 53, PROTO_UDP, &[(11, backend, 5353)]);
+    let q = Frame::new(client, vip, 40000, 53, PROTO_UDP, 0, b"q");
+    let (_, out) = dp.run(EGRESS, &q);
+    assert_eq!(out.addrs(), (ip(client), ip(backend)));
+    dp.maps.lb_mut().remove_frontend(ip(vip), 53, PROTO_UDP, true).unwrap();
+    let (_, out) = dp.run(EGRESS, &q);
+    assert_eq!(out.addrs(), (ip(client), ip(vip)), "not translated");
+}
+
 #[test]
 fn udp_v4_without_checksum_keeps_none() {
     if !root("udp_v4_without_checksum_keeps_none") {
@@ -835,16 +973,20 @@ fn backends_that_leave_keep_or_reset_their_connections() {
         .upsert_service(&spec(PROTO_TCP, 80, (3, 4), &[true, true]))
         .unwrap();
     dp.maps.lb_mut().remove_backend(y_id).unwrap();
+    dp.maps.ct_mut().forget_backends(&BTreeSet::from([y_id])).unwrap();
     assert_eq!(send(&dp, PROTO_TCP, 40002, 0x14).0, TC_ACT_SHOT, "RST is not answered");
-    // Without the agent's mark the same: the agent takes a backend out of
-    // its frontends, then removes its entry, then marks the flows; between
-    // the last two the connection finds neither.
+    // The agent takes a backend out of its frontends, then removes its
+    // entry, then marks the flows. An established connection is translated
+    // from its own entry, so until the mark it still goes to the backend;
+    // the mark resets it.
     let z = to(&send(&dp, PROTO_TCP, 40003, SYN).1);
     let z_id = 3 + idx(z) as u32;
     let mut left = spec(PROTO_TCP, 80, (3, 4), &[true, true]);
     left.backends.retain(|bk| bk.id != z_id);
     dp.maps.lb_mut().upsert_service(&left).unwrap();
     dp.maps.lb_mut().remove_backend(z_id).unwrap();
+    assert_eq!(to(&send(&dp, PROTO_TCP, 40003, PSH_ACK).1), z, "not marked yet");
+    dp.maps.ct_mut().forget_backends(&BTreeSet::from([z_id])).unwrap();
     assert_eq!(send(&dp, PROTO_TCP, 40003, PSH_ACK).1.bytes[l4 + 13], 0x04);
 
     // UDP: a flow on u moves to the other when u is no longer ready, and

@@ -182,13 +182,29 @@ static __always_inline int backend_gone(struct __sk_buff *skb, const struct pkt 
 	return reset(skb, p, DIR_EGRESS);
 }
 
-static __always_inline int service(struct __sk_buff *skb, struct pkt *p, struct svc_value *svc,
-				   const struct svc_key *master, struct endpoint_value *ep)
+/* Whether the segment that found `ct` (its CT_SERVICE entry) is served
+ * from that entry alone, without its frontend or backend: TCP, the
+ * backend's address kept there (CT_F_NAT), a live entry, no new connection
+ * on a reused port. A draining backend keeps its connections, so nothing
+ * else is to be looked at; a removed one's connections the agent marks
+ * with backend 0, and they are reset, but for a bare SYN, which picks a
+ * backend afresh. A datagram is not served so: it follows its backend
+ * only while that takes new flows, which sl_backends says. */
+static __always_inline int ct_translates(const struct ct_value *ct, const struct pkt *p, __u64 now)
 {
-	struct ct_key ck;
-	struct ct_value *ct;
+	return ct && p->proto == IPPROTO_TCP && (ct->flags & CT_F_NAT) && ct->expires_ns > now && !ct_reopens(ct, p) &&
+	       (ct->backend_id || (p->tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN);
+}
+
+/* A segment to Service `svc`, whose CT_SERVICE entry `ct` (or NULL) was
+ * found under key `ck`; `svc` is NULL when ct_translates() held. */
+static __always_inline int service(struct __sk_buff *skb, struct pkt *p, struct svc_value *svc,
+				   const struct svc_key *master, struct endpoint_value *ep, struct ct_key *ck,
+				   struct ct_value *ct, __u64 now)
+{
 	struct backend_value *b = 0;
-	__u64 now = ct_now();
+	const __u8 *to;
+	__be16 to_port;
 	__u8 hp[16], nh[6];
 	int hairpin, have_nh = 0;
 	__u32 id, keep = 0;
@@ -196,8 +212,18 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, struct 
 	/* A later fragment goes where its first fragment went, or nowhere. */
 	if (p->fragment == FRAG_LATER && !p->tracked)
 		return drop_reported(skb, p, DROP_FRAGMENT, DIR_EGRESS);
-	ct_key_of(&ck, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_SERVICE);
-	ct = bpf_map_lookup_elem(&sl_ct, &ck);
+	if (!svc) {
+		if (!ct->backend_id)
+			goto gone;
+		to = ct->nat_addr;
+		to_port = ct->nat_port;
+		if (ct->nh_ifindex == skb->ifindex) {
+			__builtin_memcpy(nh, ct->nh_mac, 6);
+			have_nh = 1;
+		}
+		ct_touch(ct, p, 0, now);
+		goto translate;
+	}
 	if (ct && ct->expires_ns > now) {
 		/* Chosen once per connection; a draining backend (terminating,
 		 * or no longer ready) keeps its TCP connections. */
@@ -205,7 +231,7 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, struct 
 		if (!b && ct->backend_id)
 			b = bpf_map_lookup_elem(&sl_backends, &ct->backend_id);
 		if (!b && p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN)
-			return backend_gone(skb, p, &ck);
+			goto gone;
 		/* Datagrams follow their backend only while it takes new flows:
 		 * the next one goes to a ready backend when there is one. */
 		if (b && p->proto != IPPROTO_TCP && b->state != BACKEND_ACTIVE && svc->count)
@@ -251,28 +277,37 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, struct 
 		 * verifier's limit. A reused port finds both entries there (the
 		 * backend kept): they are rewritten, not charged again. */
 		hairpin_addr(hp, p->v6);
-		ct_key_of(&ck, hairpin ? hp : p->saddr, b->addr, p->sport, b->port, p->proto, CT_FLOW);
-		fct = bpf_map_lookup_elem(&sl_ct, &ck);
+		ct_key_of(ck, hairpin ? hp : p->saddr, b->addr, p->sport, b->port, p->proto, CT_FLOW);
+		fct = bpf_map_lookup_elem(&sl_ct, ck);
 		fresh = !ct + !fct;
 		if (fresh && !ct_admit(p->saddr, ep, fresh))
 			return drop_reported(skb, p, DROP_CT_POD_LIMIT, DIR_EGRESS);
 		nct.backend_id = id;
 		nct.rev_nat_id = svc->rev_nat_id;
 		nct.state = CT_NEW;
-		nct.flags = hairpin ? CT_F_HAIRPIN : 0;
+		nct.flags = (hairpin ? CT_F_HAIRPIN : 0) | CT_F_NAT;
 		nct.expires_ns = now + ct_timeout(p->proto, CT_NEW);
 		if (have_nh) {
 			__builtin_memcpy(nct.nh_mac, nh, 6);
 			nct.nh_ifindex = skb->ifindex;
 		}
-		ct_store(fct, &ck, &nct, now);
-		ct_key_of(&ck, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_SERVICE);
-		ct_store(ct, &ck, &nct, now);
+		/* The flow entry translates replies back to the VIP, the
+		 * Service entry the client's segments on to the backend. */
+		__builtin_memcpy(nct.nat_addr, p->daddr, 16);
+		nct.nat_port = p->dport;
+		ct_store(fct, ck, &nct, now);
+		ct_key_of(ck, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_SERVICE);
+		__builtin_memcpy(nct.nat_addr, b->addr, 16);
+		nct.nat_port = b->port;
+		ct_store(ct, ck, &nct, now);
 		if (flow_sampled())
 			flow_event(p, DIR_EGRESS, REASON_SERVICE_TRANSLATED, ep ? ep->endpoint_id : 0, 0, 0, id);
 	}
-	hairpin = addr_eq(b->addr, p->saddr);
-	if (rewrite(skb, p, ETH_HLEN, 1, b->addr, b->port) != REWRITE_OK)
+	to = b->addr;
+	to_port = b->port;
+translate:
+	hairpin = addr_eq(to, p->saddr);
+	if (rewrite(skb, p, ETH_HLEN, 1, to, to_port) != REWRITE_OK)
 		return drop(skb, DROP_NAT_FAILED, DIR_EGRESS);
 	count(REASON_SERVICE_TRANSLATED, DIR_EGRESS, skb->len);
 	if (hairpin) {
@@ -289,6 +324,8 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, struct 
 		return TC_ACT_OK;
 	}
 	return next_hop(skb);
+gone:
+	return backend_gone(skb, p, ck);
 }
 
 /* A reply from a backend: translate its source back to the VIP. A
@@ -298,17 +335,27 @@ static __always_inline int reply(struct __sk_buff *skb, struct pkt *p, __u32 dir
 				 struct ct_value *flow)
 {
 	struct revnat_value *rn;
-	const __u8 *client;
+	const __u8 *client, *vip;
+	__be16 vport;
 	int hairpin, learn = 0;
 	__u64 now;
 
 	/* `flow` is the CT_FLOW entry the reply's addresses swapped found: the
 	 * flow as the client sent it. Expiry is not checked: a stale entry can
 	 * only match a reply of that very flow, and LRU eviction and GC remove
-	 * it. */
-	rn = bpf_map_lookup_elem(&sl_revnat, &flow->rev_nat_id);
-	if (!rn)
-		return TC_ACT_UNSPEC;	/* its Service is gone: left to the default action */
+	 * it. The VIP is the entry's own (CT_F_NAT) at the client's ingress;
+	 * a hairpinned reply at egress, rare, looks it up: sl_egress's walk
+	 * stays within the verifier's budget. */
+	if (dir == DIR_INGRESS && (flow->flags & CT_F_NAT)) {
+		vip = flow->nat_addr;
+		vport = flow->nat_port;
+	} else {
+		rn = bpf_map_lookup_elem(&sl_revnat, &flow->rev_nat_id);
+		if (!rn)
+			return TC_ACT_UNSPEC;	/* its Service is gone: left to the default action */
+		vip = rn->addr;
+		vport = rn->port;
+	}
 	hairpin = flow->flags & CT_F_HAIRPIN;
 	client = hairpin ? p->saddr : p->daddr;
 	now = ct_now();
@@ -321,7 +368,7 @@ static __always_inline int reply(struct __sk_buff *skb, struct pkt *p, __u32 dir
 		struct ct_key sk;
 		struct ct_value *svc_ct;
 
-		ct_key_of(&sk, client, rn->addr, p->dport, rn->port, p->proto, CT_SERVICE);
+		ct_key_of(&sk, client, vip, p->dport, vport, p->proto, CT_SERVICE);
 		svc_ct = bpf_map_lookup_elem(&sl_ct, &sk);
 		if (svc_ct) {
 			ct_touch(svc_ct, p, 1, now);
@@ -333,9 +380,10 @@ static __always_inline int reply(struct __sk_buff *skb, struct pkt *p, __u32 dir
 		set_next_hop(flow, l2_src, skb->ifindex);
 	ct_touch(flow, p, 1, now);
 	/* A reply at the client's ingress, the common case, is rewritten in
-	 * place; one at egress is a hairpinned one (see rewrite_fast()). */
-	if ((dir == DIR_INGRESS ? rewrite_fast(skb, p, ETH_HLEN, 0, rn->addr, rn->port)
-				: rewrite(skb, p, ETH_HLEN, 0, rn->addr, rn->port)) != REWRITE_OK)
+	 * place; one at egress, a hairpinned one, is rare and keeps sl_egress's
+	 * walk shorter on the helpers. */
+	if ((dir == DIR_INGRESS ? rewrite_fast(skb, p, ETH_HLEN, 0, vip, vport)
+				: rewrite(skb, p, ETH_HLEN, 0, vip, vport)) != REWRITE_OK)
 		return drop(skb, DROP_NAT_FAILED, dir);
 	count(REASON_REPLY_TRANSLATED, dir, skb->len);
 	if (hairpin) {
