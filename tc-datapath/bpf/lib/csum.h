@@ -95,14 +95,15 @@ static __always_inline enum rewrite_result rewrite(struct __sk_buff *skb, const 
 	return REWRITE_OK;
 }
 
-/* rewrite() for the frame most replies come in: TCP or UDP over IPv4
- * without options, its headers in the linear data. The header checksum,
- * both addresses and both ports are 14 contiguous bytes, read in place and
- * written back in one store, the IPv4 checksum computed here: three helper
- * calls instead of five. Any other frame goes to rewrite(). Only
- * sl_ingress uses it: in sl_egress, where the Service path lives, its
- * second way through multiplied the states the verifier walks past 90%
- * of the kernel's budget (tests/verifier_budget.rs). */
+/* rewrite() for the frame most Service traffic comes in: TCP or UDP over
+ * IPv4 without options, its headers in the linear data. The header
+ * checksum, both addresses and both ports are 14 contiguous bytes, read in
+ * place and written back in one store, the IPv4 checksum computed here:
+ * three helper calls instead of five. Any other frame goes to rewrite().
+ * Its second way through costs the verifier's walk of sl_egress ~25,000
+ * instructions since the Service path has one translation for every
+ * origin of the backend (tests/verifier_budget.rs); a hairpinned
+ * connection's second translation stays on rewrite(). */
 static __always_inline enum rewrite_result rewrite_fast(struct __sk_buff *skb, const struct pkt *p, __u32 l3_off,
 							int dst, const __u8 new_addr[16], __be16 new_port)
 {

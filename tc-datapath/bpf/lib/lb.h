@@ -307,7 +307,7 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, struct 
 	to_port = b->port;
 translate:
 	hairpin = addr_eq(to, p->saddr);
-	if (rewrite(skb, p, ETH_HLEN, 1, to, to_port) != REWRITE_OK)
+	if (rewrite_fast(skb, p, ETH_HLEN, 1, to, to_port) != REWRITE_OK)
 		return drop(skb, DROP_NAT_FAILED, DIR_EGRESS);
 	count(REASON_SERVICE_TRANSLATED, DIR_EGRESS, skb->len);
 	if (hairpin) {
