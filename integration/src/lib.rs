@@ -86,6 +86,19 @@ pub fn reference_plugins_present() -> bool {
         .all(|p| std::path::Path::new("/usr/lib/cni").join(p).is_file())
 }
 
+/// Whether Debian's reference macvlan and host-local are installed; if
+/// not, `test` logs an explicit skip saying which package to install.
+pub fn require_reference_plugins(test: &str) -> bool {
+    let present = reference_plugins_present();
+    if !present {
+        skip(
+            test,
+            "/usr/lib/cni/macvlan or host-local missing (apt containernetworking-plugins)",
+        );
+    }
+    present
+}
+
 /// A short prefix unique to this process and call, for namespace names.
 pub fn unique_prefix(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -8,7 +8,7 @@ use sluice_integration::cni::Call;
 use sluice_integration::probe::{EchoServer, tcp_request};
 use sluice_integration::services::Services;
 use sluice_integration::vpc::{Vpc, result_ip};
-use sluice_integration::{bin_dir, reference_plugins_present, require_root, skip};
+use sluice_integration::{bin_dir, reference_plugins_present, require_reference_plugins, require_root, skip};
 
 fn conflist(vpc: &Vpc, node: usize, version: &str) -> Value {
     vpc.chained_conflist(node, version)
@@ -27,11 +27,7 @@ fn chained_behind_reference_macvlan_and_host_local() {
     if !require_root("chained_behind_reference_macvlan_and_host_local") {
         return;
     }
-    if !reference_plugins_present() {
-        sluice_integration::skip(
-            "chained_behind_reference_macvlan_and_host_local",
-            "/usr/lib/cni/macvlan or host-local missing (apt containernetworking-plugins)",
-        );
+    if !require_reference_plugins("chained_behind_reference_macvlan_and_host_local") {
         return;
     }
     for version in ["0.4.0", "1.0.0"] {
@@ -196,11 +192,7 @@ fn installer_chains_sluice_behind_the_nodes_network() {
     if !require_root(test) {
         return;
     }
-    if !reference_plugins_present() {
-        sluice_integration::skip(
-            test,
-            "/usr/lib/cni/macvlan or host-local missing (apt containernetworking-plugins)",
-        );
+    if !require_reference_plugins(test) {
         return;
     }
     let mut vpc = Vpc::new("in", 1).unwrap();

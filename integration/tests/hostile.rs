@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sluice_integration::cni::Call;
 use sluice_integration::datapath::programs_on;
 use sluice_integration::vpc::{Vpc, result_ip};
-use sluice_integration::{bin_dir, reference_plugins_present, require_root, skip};
+use sluice_integration::{bin_dir, require_reference_plugins, require_root};
 
 fn call(vpc: &Vpc, cmd: &str, cid: &str, netns: &str, conf: &Value) -> sluice_integration::cni::CniOutput {
     Call::new(&bin_dir().join("sluice"), Some(&vpc.nodes[0].name))
@@ -186,11 +186,7 @@ fn a_chained_result_cannot_fill_the_endpoint_map() {
     if !require_root("a_chained_result_cannot_fill_the_endpoint_map") {
         return;
     }
-    if !reference_plugins_present() {
-        skip(
-            "a_chained_result_cannot_fill_the_endpoint_map",
-            "/usr/lib/cni/macvlan or host-local missing (apt containernetworking-plugins)",
-        );
+    if !require_reference_plugins("a_chained_result_cannot_fill_the_endpoint_map") {
         return;
     }
     let mut vpc = Vpc::new("hfil", 1).unwrap();

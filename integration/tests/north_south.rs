@@ -425,11 +425,7 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
 /// eTP Local NodePort's backend: handed the client's connection through
 /// the parent its interface names (IFLA_LINK), it sees the client.
 fn chained_backend(vpc: &mut Vpc, c1: usize, svcs: &Services) {
-    if !sluice_integration::reference_plugins_present() {
-        sluice_integration::skip(
-            "chained backend from outside",
-            "the reference CNI plugins are not installed",
-        );
+    if !sluice_integration::require_reference_plugins("chained backend from outside") {
         return;
     }
     let mut list = vpc.chained_conflist(0, "1.0.0");

@@ -11,7 +11,7 @@ use sluice_integration::chain::Chain;
 use sluice_integration::datapath::{programs_on, tc_filters};
 use sluice_integration::probe::{Session, StreamEcho};
 use sluice_integration::vpc::{Vpc, result_ip};
-use sluice_integration::{reference_plugins_present, require_root, skip};
+use sluice_integration::{require_reference_plugins, require_root};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -160,11 +160,7 @@ fn a_pod_deleted_before_its_move_gets_no_links() {
     if !require_root("a_pod_deleted_before_its_move_gets_no_links") {
         return;
     }
-    if !reference_plugins_present() {
-        skip(
-            "a_pod_deleted_before_its_move_gets_no_links",
-            "/usr/lib/cni/macvlan or host-local missing (apt containernetworking-plugins)",
-        );
+    if !require_reference_plugins("a_pod_deleted_before_its_move_gets_no_links") {
         return;
     }
     let mut vpc = Vpc::new("prd", 1).unwrap();

@@ -12,7 +12,7 @@ use sluice_integration::netns::Netns;
 use sluice_integration::probe::{EchoServer, Session, StreamEcho, tcp_request, udp_request};
 use sluice_integration::services::{ServicePort, Services};
 use sluice_integration::vpc::{Vpc, result_ip};
-use sluice_integration::{bin_dir, reference_plugins_present, require_root, skip};
+use sluice_integration::{bin_dir, require_reference_plugins, require_root};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -338,11 +338,7 @@ fn services_through_pods_of_the_chained_role() {
     if !require_root("services_through_pods_of_the_chained_role") {
         return;
     }
-    if !reference_plugins_present() {
-        skip(
-            "services_through_pods_of_the_chained_role",
-            "/usr/lib/cni/macvlan or host-local missing (apt containernetworking-plugins)",
-        );
+    if !require_reference_plugins("services_through_pods_of_the_chained_role") {
         return;
     }
     services_end_to_end(Role::Chained);
