@@ -10,6 +10,28 @@ use sluice_tc_datapath::layout::*;
 use sluice_tc_datapath::loader::{EGRESS, INGRESS};
 use sluice_tc_datapath::maps::lb::{Algorithm, ServiceSpec};
 
+/// The client's two conntrack entries of a connection from `client`:40000
+/// to `vip`:80 translated to `backend`:8080: the Service entry and the
+/// flow entry as the backend sees it.
+fn service_keys(client: &str, vip: &str, backend: &str, proto: u8) -> (CtKey, CtKey) {
+    let svc_key = CtKey {
+        saddr: addr(ip(client)),
+        daddr: addr(ip(vip)),
+        sport: 40000u16.to_be(),
+        dport: 80u16.to_be(),
+        proto,
+        kind: CT_SERVICE,
+        pad0: 0,
+    };
+    let flow_key = CtKey {
+        daddr: addr(ip(backend)),
+        dport: 8080u16.to_be(),
+        kind: CT_FLOW,
+        ..svc_key
+    };
+    (svc_key, flow_key)
+}
+
 /// Client pod -> VIP (DNAT at egress), backend -> client (reverse NAT at ingress).
 fn round_trip(client: &str, vip: &str, backend: &str, proto: u8) {
     let mut dp = Dp::new();
@@ -33,22 +55,7 @@ fn round_trip(client: &str, vip: &str, backend: &str, proto: u8) {
     );
 
     // Both conntrack entries exist and name the backend.
-    let p = |x: u16| x.to_be();
-    let svc_key = CtKey {
-        saddr: addr(ip(client)),
-        daddr: addr(ip(vip)),
-        sport: p(40000),
-        dport: p(80),
-        proto,
-        kind: CT_SERVICE,
-        pad0: 0,
-    };
-    let flow_key = CtKey {
-        daddr: addr(ip(backend)),
-        dport: p(8080),
-        kind: CT_FLOW,
-        ..svc_key
-    };
+    let (svc_key, flow_key) = service_keys(client, vip, backend, proto);
     assert_eq!(dp.maps.ct().get(&svc_key).unwrap().unwrap().backend_id, 11);
     assert_eq!(dp.maps.ct().get(&flow_key).unwrap().unwrap().state, CT_NEW);
 
@@ -149,21 +156,7 @@ fn translated_from_its_entries(client: &str, vip: &str, backend: &str) {
     assert_eq!(out.addrs(), (ip(client), ip(backend)));
 
     let p = |x: u16| x.to_be();
-    let svc_key = CtKey {
-        saddr: addr(ip(client)),
-        daddr: addr(ip(vip)),
-        sport: p(40000),
-        dport: p(80),
-        proto: PROTO_TCP,
-        kind: CT_SERVICE,
-        pad0: 0,
-    };
-    let flow_key = CtKey {
-        daddr: addr(ip(backend)),
-        dport: p(8080),
-        kind: CT_FLOW,
-        ..svc_key
-    };
+    let (svc_key, flow_key) = service_keys(client, vip, backend, PROTO_TCP);
     let entry = |dp: &Dp, k: &CtKey| dp.maps.ct().get(k).unwrap().unwrap();
     let (svc_ct, flow_ct) = (entry(&dp, &svc_key), entry(&dp, &flow_key));
     assert_eq!(
