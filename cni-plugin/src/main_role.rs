@@ -7,7 +7,7 @@
 use crate::config::{LinkConfig, PluginConfig};
 use crate::endpoint::{Endpoint, EndpointState, EndpointStore, LinkKind, PodRef, Role};
 use crate::ipam::Ipam;
-use crate::link::{eni, ipvlan, macvlan};
+use crate::link::{eni, ipvlan, macvlan, pod_ifindex, with_index};
 use crate::netlink::{Link, Netlink, format_mac, parse_mac};
 use crate::netns::NetNs;
 use crate::{datapath, fault, host_path, pod_setup};
@@ -132,7 +132,8 @@ async fn add_steps(
         container_id: c.cid().to_string(),
         ifname: c.ifname().to_string(),
         netns: pod_ns.path().display().to_string(),
-        ifindex: 0,
+        // An ENI keeps its own index; a macvlan or ipvlan is given one.
+        ifindex: if eni { 0 } else { pod_ifindex(c.cid(), c.ifname()) },
         mac: match macvlan_mac {
             Some(m) => format_mac(&m),
             None if eni => host_link.mac_string(),
@@ -155,10 +156,12 @@ async fn add_steps(
     fault::at("add:record")?;
     let (announce, link) = create_link(c, host, pod, pod_ns, (&host_link, mtu), macvlan_mac, undo).await?;
     fault::at("add:link")?;
+    // An ipvlan has its parent's MAC: only its index tells it apart, and
+    // the record has it already unless the kernel chose another.
+    let index_recorded = ep.ifindex == link.index;
     ep.ifindex = link.index;
     ep.mac = link.mac_string();
-    if let LinkConfig::Ipvlan(_) = lc {
-        // An ipvlan has its parent's MAC: only its index tells it apart.
+    if matches!(lc, LinkConfig::Ipvlan(_)) && !index_recorded {
         c.store.put(&ep)?;
     }
     fault::at("add:link-recorded")?;
@@ -273,12 +276,14 @@ async fn create_link(
         LinkConfig::Macvlan(m) => {
             let mac = macvlan_mac.expect("a macvlan's MAC is chosen before it is made");
             let what = format!("macvlan {} on {}", c.ifname(), parent.name);
-            let mk = |name: &str| macvlan::create_request(m, parent.index, name, mtu, mac, netns);
+            let index = pod_ifindex(c.cid(), c.ifname());
+            let mk = |name: &str| with_index(macvlan::create_request(m, parent.index, name, mtu, mac, netns), index);
             Ok((true, create_named(c, host, pod, &what, mk, undo).await?))
         }
         LinkConfig::Ipvlan(i) => {
             let what = format!("ipvlan {} on {}", c.ifname(), parent.name);
-            let mk = |name: &str| ipvlan::create_request(i, parent.index, name, mtu, netns);
+            let index = pod_ifindex(c.cid(), c.ifname());
+            let mk = |name: &str| with_index(ipvlan::create_request(i, parent.index, name, mtu, netns), index);
             let link = create_named(c, host, pod, &what, mk, undo).await.map_err(|e| {
                 if e.is(ErrorCode::NotAvailable) {
                     e.context("the kernel has no ipvlan support")

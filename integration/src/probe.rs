@@ -314,3 +314,78 @@ impl Drop for FdGuard {
         unsafe { libc::close(self.0) };
     }
 }
+
+/// An Ethernet frame carrying one IPv4 UDP datagram, every field as given
+/// (the source MAC and address included): what a process with a packet
+/// socket (`CAP_NET_RAW`) can put on its interface. The UDP checksum is
+/// left 0 (none, valid over IPv4).
+pub fn udp4_frame(
+    (src_mac, dst_mac): ([u8; 6], [u8; 6]),
+    (src, dst): (std::net::Ipv4Addr, std::net::Ipv4Addr),
+    (sport, dport): (u16, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let total = 20 + 8 + payload.len();
+    let mut f = Vec::with_capacity(14 + total);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let mut sum: u32 = ip.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Put `frame` on `dev` in `ns` as it is, through a packet socket: true
+/// if the device took it, false if its egress dropped it (a tc program's
+/// drop reaches the sender as `ENOBUFS`).
+pub fn send_frame(ns: &Netns, dev: &str, frame: &[u8]) -> Result<bool> {
+    ns.run(|| -> Result<bool> {
+        let ifindex = nix::net::if_::if_nametoindex(dev)?;
+        // SAFETY: a socket we own, closed by the guard on every path.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if fd < 0 {
+            bail!("packet socket: {}", std::io::Error::last_os_error());
+        }
+        let guard = FdGuard(fd);
+        // SAFETY: a fully initialised sockaddr_ll and our own buffer.
+        let sent = unsafe {
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_ifindex = ifindex as i32;
+            sll.sll_halen = 6;
+            sll.sll_addr[..6].copy_from_slice(&frame[..6]);
+            libc::sendto(
+                guard.0,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const sll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if sent == frame.len() as isize {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOBUFS) {
+            return Ok(false);
+        }
+        bail!("send on {dev}: {e}")
+    })?
+}

@@ -5,7 +5,9 @@
 
 use serde_json::json;
 use sluice_integration::datapath::{programs_on, tc_filters};
-use sluice_integration::probe::{EchoServer, Session, StreamEcho, udp_request, udp_request_from};
+use sluice_integration::probe::{
+    EchoServer, Session, StreamEcho, send_frame, udp_request, udp_request_from, udp4_frame,
+};
 use sluice_integration::require_root;
 use sluice_integration::vpc::{Vpc, result_ip};
 use sluice_tc_datapath::attach::ProgramRef;
@@ -180,6 +182,93 @@ fn service_to(vpc: &Vpc, ip_b: &str) {
             })
             .unwrap();
     }
+}
+
+/// The pod's interface index and MAC, as its namespace lists them.
+fn index_and_mac(pod: &sluice_integration::netns::Netns) -> (u32, [u8; 6]) {
+    let line = pod.ip(&["-o", "link", "show", "eth0"]).unwrap();
+    let index = line.split(':').next().unwrap().trim().parse().unwrap();
+    let mac = line
+        .split("link/ether ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let mut m = [0u8; 6];
+    for (b, h) in m.iter_mut().zip(mac.split(':')) {
+        *b = u8::from_str_radix(h, 16).unwrap();
+    }
+    (index, m)
+}
+
+/// A pod with `CAP_NET_RAW` (in the runtime's default set) can write any
+/// frame on its interface: another pod's MAC and address together. The
+/// source check tells pods apart by the interface a frame leaves on, so
+/// no two pods of a node may have one index; made inside each pod's fresh
+/// namespace, every pod's first interface would be number 2.
+#[test]
+fn a_pod_cannot_send_as_another_with_its_mac_and_address() {
+    if !require_root("a_pod_cannot_send_as_another_with_its_mac_and_address") {
+        return;
+    }
+    let mut vpc = Vpc::new("dps", 1).unwrap();
+    let conf = vpc.main_conf(0, "1.1.0");
+    let pods = ["a", "b", "c"].map(|n| vpc.pod(n).unwrap());
+    let ips: Vec<std::net::Ipv4Addr> = pods
+        .iter()
+        .zip(["ca", "cb", "cc"])
+        .map(|(&p, cid)| {
+            result_ip(&vpc.sluice(0, "ADD", cid, p, &conf).expect_ok("ADD").json())
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let [(index_a, mac_a), (index_b, mac_b), (_, mac_c)] = pods.map(|p| index_and_mac(&vpc.pods[p]));
+    assert_ne!(index_a, index_b, "two pods of one node share an interface index");
+    let maps = vpc.maps(0).unwrap();
+    for (&p, ip) in pods.iter().zip(&ips) {
+        let ep = maps.endpoints().get(IpAddr::V4(*ip)).unwrap().unwrap();
+        assert_eq!(
+            ep.ifindex,
+            index_and_mac(&vpc.pods[p]).0,
+            "the endpoint entry names the pod's interface"
+        );
+    }
+
+    let sink = vpc.pods[pods[2]]
+        .run(|| std::net::UdpSocket::bind(("0.0.0.0", 7100)))
+        .unwrap()
+        .unwrap();
+    sink.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let (b, c) = (&vpc.pods[pods[1]], ips[2]);
+    // The raw path itself works: b's own frame arrives.
+    let own = udp4_frame((mac_b, mac_c), (ips[1], c), (5000, 7100), b"own");
+    assert!(send_frame(b, "eth0", &own).unwrap(), "b's own frame was dropped");
+    let (n, from) = sink.recv_from(&mut buf).expect("b's own raw frame reaches c");
+    assert_eq!((&buf[..n], from.ip()), (&b"own"[..], IpAddr::V4(ips[1])));
+
+    let before = maps
+        .observe()
+        .count(Reason::DropSourceAddress, Direction::Egress)
+        .unwrap();
+    let as_a = udp4_frame((mac_a, mac_c), (ips[0], c), (5000, 7100), b"as-a");
+    for _ in 0..3 {
+        assert!(!send_frame(b, "eth0", &as_a).unwrap(), "b's frame as a left b");
+    }
+    let got = sink.recv_from(&mut buf);
+    assert!(got.is_err(), "b got a frame through as a: {got:?}");
+    let after = maps
+        .observe()
+        .count(Reason::DropSourceAddress, Direction::Egress)
+        .unwrap();
+    assert_eq!(
+        after - before,
+        3,
+        "each of b's frames as a is dropped as a spoofed source"
+    );
 }
 
 #[test]
