@@ -139,7 +139,8 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
     ep.state = EndpointState::Ready;
     if let Err(e) = store.put(&ep).and_then(|()| fault::at("add:ready")) {
         if ep.datapath.is_some() {
-            let _ = datapath::detach(cfg, Some(&ns), &ep.container_id, ifname, Some(&ep));
+            let _ = datapath::hold(cfg)
+                .and_then(|held| datapath::detach(cfg, &held, Some(&ns), &ep.container_id, ifname, Some(&ep)));
         }
         let _ = store.remove(&ep.container_id, ifname);
         return Err(e);
@@ -152,11 +153,11 @@ pub async fn add(req: &Request<'_>, cfg: &PluginConfig) -> Result<CniResult, Cni
 pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> {
     let store = EndpointStore::new(&cfg.data_dir(), &cfg.name);
     let (cid, ifname) = (&req.inv.container_id, &req.inv.ifname);
-    let _datapath = datapath::hold_for_del(cfg)?;
+    let held = datapath::hold(cfg)?;
     let (ep, unreadable) = store.get_for_del(cid, ifname)?;
     if cfg.datapath.enabled || ep.as_ref().is_some_and(|e| e.datapath.is_some()) {
         let ns = NetNs::for_del(req.inv.netns.as_deref())?;
-        datapath::detach(cfg, ns.as_ref(), cid, ifname, ep.as_ref())?;
+        datapath::detach(cfg, &held, ns.as_ref(), cid, ifname, ep.as_ref())?;
     }
     if unreadable {
         datapath::forget_unrecorded(cfg, cid, ifname)?;

@@ -192,27 +192,37 @@ fn reattach_tc_endpoints(cfg: &PluginConfig, node: &mut Node) {
     }
 }
 
-/// DEL holds the node's datapath lock shared from before it reads the
-/// pod's record until the record is gone. The agent moves a pod from
-/// filters onto TCX links under the lock held exclusively and reads the
-/// pod's record again once it holds it: were the lock held only while
-/// DEL takes the programs off, a move that listed the pod before could
-/// pin links between that and the record's removal, onto an interface
-/// about to go (links that would outlive the pod). Shared: DELs and ADDs
-/// run side by side. None where no datapath was ever loaded.
-pub fn hold_for_del(cfg: &PluginConfig) -> Result<Option<std::fs::File>, CniError> {
+/// The node's datapath lock, held shared (None where no datapath was ever
+/// loaded), for as long as this value lives.
+///
+/// DEL holds it from before it reads the pod's record until the record is
+/// gone. The agent moves a pod from filters onto TCX links under the lock
+/// held exclusively and reads the pod's record again once it holds it:
+/// were the lock held only while DEL takes the programs off, a move that
+/// listed the pod before could pin links between that and the record's
+/// removal, onto an interface about to go (links that would outlive the
+/// pod). Shared: DELs and ADDs run side by side. Every other caller of
+/// [`detach`] (a failed ADD's rollback, GC) holds it the same way.
+pub struct Held {
+    _lock: Option<std::fs::File>,
+}
+
+pub fn hold(cfg: &PluginConfig) -> Result<Held, CniError> {
     let dir = versioned_dir(&cfg.datapath.bpffs);
     if !dir.exists() {
-        return Ok(None);
+        return Ok(Held { _lock: None });
     }
     attach::hold_shared(&dir)
-        .map(Some)
+        .map(|f| Held { _lock: Some(f) })
         .map_err(|e| cni_err(e, "taking the datapath lock"))
 }
 
-/// Detach and unpublish. Idempotent; works with the namespace gone.
+/// Detach and unpublish, under the lock `_held` proves is held (never
+/// half-way through the agent's move of this pod onto TCX links).
+/// Idempotent; works with the namespace gone.
 pub fn detach(
     cfg: &PluginConfig,
+    _held: &Held,
     ns: Option<&NetNs>,
     container_id: &str,
     ifname: &str,
@@ -223,8 +233,6 @@ pub fn detach(
         return Ok(());
     }
     let key = pin::link_key(container_id, ifname);
-    // Not half-way through the agent's move of this pod onto TCX links.
-    let _lock = attach::hold_shared(&dir).map_err(|e| cni_err(e, "taking the datapath lock"))?;
     attach::detach(&dir, ns.map(NetNs::as_fd), ifname, &key)
         .map_err(|e| cni_err(e, &format!("detaching from {ifname}")))?;
     crate::host_port::unpublish(cfg, &dir, pin::attachment_id(container_id, ifname))?;

@@ -422,7 +422,8 @@ async fn unwind(c: &Ctx<'_>, host: &Netlink, pod: &Netlink, undo: Vec<Undo>) -> 
             Undo::DeleteLink { index } => remove_pod_link(pod, index).await,
             Undo::Detach { ep } => {
                 let ns = NetNs::open(std::path::Path::new(&ep.netns)).ok();
-                datapath::detach(c.cfg, ns.as_ref(), c.cid(), c.ifname(), Some(&ep))
+                datapath::hold(c.cfg)
+                    .and_then(|held| datapath::detach(c.cfg, &held, ns.as_ref(), c.cid(), c.ifname(), Some(&ep)))
             }
             Undo::ReturnEni { host_name } => return_eni(pod, c.ifname(), &host_name).await,
             Undo::ReleaseAddresses => c.ipam.del(c.req),
@@ -467,7 +468,7 @@ async fn return_eni(pod: &Netlink, ifname: &str, host_name: &str) -> Result<(), 
 /// DEL: idempotent, and it succeeds with the namespace or interface gone.
 pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> {
     let c = ctx(req, cfg);
-    let _datapath = datapath::hold_for_del(cfg)?;
+    let held = datapath::hold(cfg)?;
     let (ep, unreadable) = c.store.get_for_del(c.cid(), c.ifname())?;
     let pod_ns = NetNs::for_del(req.inv.netns.as_deref())?;
     if cfg.datapath.enabled || ep.as_ref().is_some_and(|e| e.datapath.is_some()) {
@@ -478,7 +479,7 @@ pub async fn del(req: &Request<'_>, cfg: &PluginConfig) -> Result<(), CniError> 
             .as_ref()
             .is_some_and(|e| matches!(e.link_kind, Some(LinkKind::Macvlan | LinkKind::Ipvlan)));
         let filters_in = if made_here { None } else { pod_ns.as_ref() };
-        datapath::detach(cfg, filters_in, c.cid(), c.ifname(), ep.as_ref())?;
+        datapath::detach(cfg, &held, filters_in, c.cid(), c.ifname(), ep.as_ref())?;
     }
     if unreadable {
         datapath::forget_unrecorded(cfg, c.cid(), c.ifname())?;

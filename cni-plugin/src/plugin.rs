@@ -94,6 +94,8 @@ impl Plugin for Sluice {
         let raw: serde_json::Value = serde_json::from_slice(req.config).expect("config parsed before");
         let valid = valid_attachments(&raw)?;
         let store = EndpointStore::new(&cfg.data_dir(), &cfg.name);
+        // As DEL: from before the records are read until they are gone.
+        let held = crate::datapath::hold(&cfg)?;
         let stale: Vec<_> = store
             .list()?
             .into_iter()
@@ -103,7 +105,7 @@ impl Plugin for Sluice {
             for ep in &stale {
                 let ns = NetNs::for_del(Some(std::path::Path::new(&ep.netns)))?;
                 if ep.datapath.is_some() {
-                    crate::datapath::detach(&cfg, ns.as_ref(), &ep.container_id, &ep.ifname, Some(ep))?;
+                    crate::datapath::detach(&cfg, &held, ns.as_ref(), &ep.container_id, &ep.ifname, Some(ep))?;
                 }
                 if cfg.link.is_some() {
                     main_role::remove_host_path(ep, &cfg.data_dir()).await?;
