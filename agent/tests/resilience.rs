@@ -74,6 +74,7 @@ fn agent() -> (impl Sized, Agent) {
             endpoint_id: 7,
             mac: [2, 0, 0, 0, 0, 5],
             parent_ifindex: 0,
+            netns_cookie: 0,
         })
         .unwrap();
     let node = NodeView {

@@ -239,6 +239,7 @@ fn sync_writes_the_difference() {
             endpoint_id: 7,
             mac: [2, 0, 0, 0, 0, 5],
             parent_ifindex: 0,
+            netns_cookie: 0,
         })
         .unwrap();
     let mut agent = Agent::with_maps(maps, node_a(), vec![]).unwrap();

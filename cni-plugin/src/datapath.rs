@@ -85,7 +85,7 @@ pub async fn attach(cfg: &PluginConfig, ns: &NetNs, pod: &Netlink, ep: &Endpoint
                 Ok(())
             }
         })
-        .and_then(|()| publish(node.dir(), ep))
+        .and_then(|()| publish(node.dir(), ep, pod.netns_cookie()))
     {
         undo_hold();
         let _ = attach::detach(node.dir(), Some(ns.as_fd()), &ep.ifname, &key);
@@ -126,7 +126,8 @@ pub const MAX_ADDRESSES: usize = 16;
 
 /// Publish every address of the endpoint, or none: a failure takes back
 /// the ones already written (a map filled by one ADD fails every later one).
-fn publish(versioned: &Path, ep: &Endpoint) -> Result<(), CniError> {
+/// `netns_cookie` is the pod's namespace's, for the source check.
+fn publish(versioned: &Path, ep: &Endpoint, netns_cookie: u64) -> Result<(), CniError> {
     if ep.ips.len() > MAX_ADDRESSES {
         return Err(CniError::new(
             ErrorCode::InvalidConfig,
@@ -147,6 +148,7 @@ fn publish(versioned: &Path, ep: &Endpoint) -> Result<(), CniError> {
             endpoint_id,
             mac,
             parent_ifindex: ep.parent_ifindex.unwrap_or(0),
+            netns_cookie,
         };
         if let Err(e) = maps.add(&entry) {
             for done in &ep.ips[..i] {

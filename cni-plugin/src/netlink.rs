@@ -91,6 +91,32 @@ fn nl_err(what: impl std::fmt::Display) -> impl FnOnce(rtnetlink::Error) -> CniE
 pub struct Netlink {
     handle: Handle,
     ns_label: String,
+    netns_cookie: u64,
+}
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`,
+/// Linux 5.14), 0 if the kernel cannot tell: what the datapath knows a
+/// packet's socket's namespace by.
+fn current_netns_cookie() -> u64 {
+    // SAFETY: a socket we own, closed below; getsockopt writes at most
+    // `len` bytes into `cookie`.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return 0;
+        }
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        );
+        libc::close(fd);
+        if r == 0 { cookie } else { 0 }
+    }
 }
 
 impl Netlink {
@@ -102,6 +128,7 @@ impl Netlink {
         Ok(Netlink {
             handle,
             ns_label: "host netns".into(),
+            netns_cookie: 0,
         })
     }
 
@@ -109,21 +136,28 @@ impl Netlink {
     /// namespace and stays bound to it; requests are then made from here.
     pub fn in_netns(ns: &NetNs) -> Result<Netlink, CniError> {
         let rt = tokio::runtime::Handle::current();
-        let (conn, handle, _) = ns
-            .run(|| {
-                let _guard = rt.enter();
-                rtnetlink::new_connection()
-            })?
+        let (connection, netns_cookie) = ns.run(|| {
+            let _guard = rt.enter();
+            (rtnetlink::new_connection(), current_netns_cookie())
+        })?;
+        let (conn, handle, _) = connection
             .map_err(|e| CniError::new(ErrorCode::Io, format!("netlink socket in {}: {e}", ns.path().display())))?;
         tokio::spawn(conn);
         Ok(Netlink {
             handle,
             ns_label: format!("netns {}", ns.path().display()),
+            netns_cookie,
         })
     }
 
     pub fn handle(&self) -> &Handle {
         &self.handle
+    }
+
+    /// The cookie of the namespace this connection is bound to (0: the
+    /// node's own, or not known).
+    pub fn netns_cookie(&self) -> u64 {
+        self.netns_cookie
     }
 
     pub fn label(&self) -> &str {

@@ -389,3 +389,42 @@ pub fn send_frame(ns: &Netns, dev: &str, frame: &[u8]) -> Result<bool> {
         bail!("send on {dev}: {e}")
     })?
 }
+
+/// The index and MAC of `dev` in `ns`, as the namespace lists them.
+pub fn index_and_mac(ns: &Netns, dev: &str) -> Result<(u32, [u8; 6])> {
+    let line = ns.ip(&["-o", "link", "show", dev])?;
+    let index = line.split(':').next().unwrap_or_default().trim().parse()?;
+    let text = line
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .with_context(|| format!("no MAC for {dev} in: {line}"))?;
+    let mut mac = [0u8; 6];
+    for (b, h) in mac.iter_mut().zip(text.split(':')) {
+        *b = u8::from_str_radix(h, 16)?;
+    }
+    Ok((index, mac))
+}
+
+/// The cookie of `ns` (`SO_NETNS_COOKIE`), as the datapath knows it.
+pub fn netns_cookie(ns: &Netns) -> Result<u64> {
+    ns.run(|| -> Result<u64> {
+        let s = UdpSocket::bind("127.0.0.1:0")?;
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+        let r = unsafe {
+            libc::getsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_NETNS_COOKIE,
+                (&raw mut cookie).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 {
+            bail!("SO_NETNS_COOKIE: {}", std::io::Error::last_os_error());
+        }
+        Ok(cookie)
+    })?
+}

@@ -5,10 +5,11 @@
 use serde_json::{Value, json};
 use sluice_integration::chain::Chain;
 use sluice_integration::cni::Call;
-use sluice_integration::probe::{EchoServer, tcp_request};
+use sluice_integration::probe::{EchoServer, index_and_mac, netns_cookie, send_frame, tcp_request, udp4_frame};
 use sluice_integration::services::Services;
 use sluice_integration::vpc::{Vpc, result_ip};
 use sluice_integration::{bin_dir, reference_plugins_present, require_reference_plugins, require_root, skip};
+use sluice_tc_datapath::layout::{Direction, Reason};
 
 fn conflist(vpc: &Vpc, node: usize, version: &str) -> Value {
     vpc.chained_conflist(node, version)
@@ -340,6 +341,87 @@ fn behind_ptp_the_node_probes_its_pods_through_sluice() {
     for (i, (p, _)) in pods.iter().enumerate() {
         chain
             .del(["p1", "p2"][i], &vpc.pods[*p].path().display().to_string(), "eth0")
+            .unwrap();
+    }
+}
+
+/// Behind the reference macvlan every pod's interface is made inside the
+/// pod, so every one is number 2 and the index tells no pods apart; a MAC
+/// is anyone's to write with `CAP_NET_RAW`. Where the kernel lets tc
+/// programs read a packet's socket's namespace, the source check holds the
+/// socket to the pod's: b's packet socket cannot send as a.
+#[test]
+fn behind_reference_macvlan_a_pod_cannot_send_as_another() {
+    let test = "behind_reference_macvlan_a_pod_cannot_send_as_another";
+    if !require_root(test) || !require_reference_plugins(test) {
+        return;
+    }
+    if !sluice_tc_datapath::loader::socket_netns_cookie_readable() {
+        skip(
+            test,
+            "this kernel does not let tc programs read a socket's namespace (bpf_get_netns_cookie, added in 2025); \
+             the main role's own interface indexes are checked by datapath_attach.rs",
+        );
+        return;
+    }
+    let mut vpc = Vpc::new("chs", 1).unwrap();
+    let mut chain = Chain::new(conflist(&vpc, 0, "1.0.0"), Some(vpc.node_name(0)));
+    let pods = ["a", "b", "c"].map(|n| vpc.pod(n).unwrap());
+    let ips: Vec<std::net::Ipv4Addr> = pods
+        .iter()
+        .zip(["sa", "sb", "sc"])
+        .map(|(&p, cid)| {
+            let r = chain
+                .add(cid, &vpc.pods[p].path().display().to_string(), "eth0")
+                .unwrap();
+            result_ip(&r).parse().unwrap()
+        })
+        .collect();
+    let [(index_a, mac_a), (index_b, mac_b), (_, mac_c)] = pods.map(|p| index_and_mac(&vpc.pods[p], "eth0").unwrap());
+    assert_eq!(
+        index_a, index_b,
+        "the premise: the first plugin numbers every pod's interface alike"
+    );
+    let maps = vpc.maps(0).unwrap();
+    for (&p, ip) in pods.iter().zip(&ips) {
+        let ep = maps.endpoints().get(std::net::IpAddr::V4(*ip)).unwrap().unwrap();
+        assert_eq!(
+            ep.netns_cookie,
+            netns_cookie(&vpc.pods[p]).unwrap(),
+            "the entry names the pod's namespace"
+        );
+    }
+
+    let sink = vpc.pods[pods[2]]
+        .run(|| std::net::UdpSocket::bind(("0.0.0.0", 7100)))
+        .unwrap()
+        .unwrap();
+    sink.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let (b, c) = (&vpc.pods[pods[1]], ips[2]);
+    let own = udp4_frame((mac_b, mac_c), (ips[1], c), (5000, 7100), b"own");
+    assert!(send_frame(b, "eth0", &own).unwrap(), "b's own frame was dropped");
+    let (n, _) = sink.recv_from(&mut buf).expect("b's own raw frame reaches c");
+    assert_eq!(&buf[..n], b"own");
+    let before = maps
+        .observe()
+        .count(Reason::DropSourceAddress, Direction::Egress)
+        .unwrap();
+    let as_a = udp4_frame((mac_a, mac_c), (ips[0], c), (5000, 7100), b"as-a");
+    for _ in 0..3 {
+        assert!(!send_frame(b, "eth0", &as_a).unwrap(), "b's frame as a left b");
+    }
+    let got = sink.recv_from(&mut buf);
+    assert!(got.is_err(), "b got a frame through as a: {got:?}");
+    let after = maps
+        .observe()
+        .count(Reason::DropSourceAddress, Direction::Egress)
+        .unwrap();
+    assert_eq!(after - before, 3);
+    for (&p, cid) in pods.iter().zip(["sa", "sb", "sc"]) {
+        chain
+            .del(cid, &vpc.pods[p].path().display().to_string(), "eth0")
             .unwrap();
     }
 }

@@ -6,7 +6,7 @@
 use serde_json::json;
 use sluice_integration::datapath::{programs_on, tc_filters};
 use sluice_integration::probe::{
-    EchoServer, Session, StreamEcho, send_frame, udp_request, udp_request_from, udp4_frame,
+    EchoServer, Session, StreamEcho, index_and_mac, netns_cookie, send_frame, udp_request, udp_request_from, udp4_frame,
 };
 use sluice_integration::require_root;
 use sluice_integration::vpc::{Vpc, result_ip};
@@ -184,24 +184,6 @@ fn service_to(vpc: &Vpc, ip_b: &str) {
     }
 }
 
-/// The pod's interface index and MAC, as its namespace lists them.
-fn index_and_mac(pod: &sluice_integration::netns::Netns) -> (u32, [u8; 6]) {
-    let line = pod.ip(&["-o", "link", "show", "eth0"]).unwrap();
-    let index = line.split(':').next().unwrap().trim().parse().unwrap();
-    let mac = line
-        .split("link/ether ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
-    let mut m = [0u8; 6];
-    for (b, h) in m.iter_mut().zip(mac.split(':')) {
-        *b = u8::from_str_radix(h, 16).unwrap();
-    }
-    (index, m)
-}
-
 /// A pod with `CAP_NET_RAW` (in the runtime's default set) can write any
 /// frame on its interface: another pod's MAC and address together. The
 /// source check tells pods apart by the interface a frame leaves on, so
@@ -224,16 +206,19 @@ fn a_pod_cannot_send_as_another_with_its_mac_and_address() {
                 .unwrap()
         })
         .collect();
-    let [(index_a, mac_a), (index_b, mac_b), (_, mac_c)] = pods.map(|p| index_and_mac(&vpc.pods[p]));
+    let [(index_a, mac_a), (index_b, mac_b), (_, mac_c)] = pods.map(|p| index_and_mac(&vpc.pods[p], "eth0").unwrap());
     assert_ne!(index_a, index_b, "two pods of one node share an interface index");
     let maps = vpc.maps(0).unwrap();
     for (&p, ip) in pods.iter().zip(&ips) {
         let ep = maps.endpoints().get(IpAddr::V4(*ip)).unwrap().unwrap();
         assert_eq!(
             ep.ifindex,
-            index_and_mac(&vpc.pods[p]).0,
+            index_and_mac(&vpc.pods[p], "eth0").unwrap().0,
             "the endpoint entry names the pod's interface"
         );
+        if sluice_tc_datapath::loader::socket_netns_cookie_readable() {
+            assert_eq!(ep.netns_cookie, netns_cookie(&vpc.pods[p]).unwrap());
+        }
     }
 
     let sink = vpc.pods[pods[2]]

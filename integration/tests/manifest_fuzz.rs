@@ -87,6 +87,7 @@ fn agent() -> (impl Sized, Agent) {
                 endpoint_id: 7 + i as u32,
                 mac: [2, 0, 0, 0, 0, 5 + i as u8],
                 parent_ifindex: 0,
+                netns_cookie: 0,
             })
             .unwrap();
     }

@@ -20,7 +20,7 @@
 #include <linux/types.h>
 
 #ifndef SLUICE_LAYOUT_TEST_BUMP
-#define SLUICE_LAYOUT_VERSION 10
+#define SLUICE_LAYOUT_VERSION 11
 #else
 /* A build only the upgrade test loads (build.rs makes it beside the real
  * one): another version, and a conntrack value whose every field moved. */
@@ -322,6 +322,13 @@ struct endpoint_value {
 	 * ipvlan parent), where a frame for the pod can be handed in; 0 = none
 	 * (an ENI of its own): traffic from outside reaches it by routing. */
 	__u32 parent_ifindex;
+	__u32 pad0;
+	/* The pod's network namespace (its cookie); 0 = not known. Where the
+	 * kernel lets tc programs read it (cfg_socket_netns_check), a packet
+	 * from a socket must come from a socket of this namespace: another
+	 * pod's packet socket cannot send as this pod even where the two
+	 * pods' interfaces share an index (see source.h). */
+	__u64 netns_cookie;
 };
 
 /* ---- uplinks: the node's interfaces toward the VPC, by ifindex ----

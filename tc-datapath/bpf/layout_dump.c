@@ -66,7 +66,7 @@ static void structs(void)
 	OFF(endpoint_key, addr);
 	SIZE(endpoint_value);
 	OFF(endpoint_value, ifindex); OFF(endpoint_value, endpoint_id); OFF(endpoint_value, mac); OFF(endpoint_value, flags);
-	OFF(endpoint_value, parent_ifindex);
+	OFF(endpoint_value, parent_ifindex); OFF(endpoint_value, pad0); OFF(endpoint_value, netns_cookie);
 	SIZE(uplink_value);
 	OFF(uplink_value, addr4); OFF(uplink_value, addr6);
 	SIZE(hostport_key);

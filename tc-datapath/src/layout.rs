@@ -285,6 +285,9 @@ pub struct EndpointValue {
     pub flags: u16,
     /// The node-side parent of the pod's macvlan/ipvlan interface; 0 = none.
     pub parent_ifindex: u32,
+    pub pad0: u32,
+    /// The pod's network namespace cookie; 0 = not known.
+    pub netns_cookie: u64,
 }
 
 /// A node uplink's addresses, for SNAT (zero = none).
@@ -727,7 +730,7 @@ mod tests {
             "ct_key" => CtKey { saddr, daddr, sport, dport, proto, kind, pad0 },
             "ct_value" => CtValue { expires_ns, backend_id, rev_nat_id, state, flags, nh_mac, nh_ifindex, nat_port, pad0, nat_addr },
             "endpoint_key" => EndpointKey { addr },
-            "endpoint_value" => EndpointValue { ifindex, endpoint_id, mac, flags, parent_ifindex },
+            "endpoint_value" => EndpointValue { ifindex, endpoint_id, mac, flags, parent_ifindex, pad0, netns_cookie },
             "uplink_value" => UplinkValue { addr4, addr6 },
             "hostport_key" => HostportKey { addr, port, proto, pad0 },
             "hostport_value" => HostportValue { addr, port, pad0, endpoint_id },

@@ -91,6 +91,7 @@ pub fn object(
         ns(t.udp()),
     );
     let source_check = u32::from(cfg.source_check);
+    let socket_netns_check = u32::from(socket_netns_cookie_readable());
     let mut loader = EbpfLoader::new();
     loader
         .override_global("cfg_ct_tcp_syn_ns", &syn, true)
@@ -99,6 +100,7 @@ pub fn object(
         .override_global("cfg_ct_udp_ns", &udp, true)
         .override_global("cfg_maglev_m", &cfg.maglev_table_size, true)
         .override_global("cfg_source_check", &source_check, true)
+        .override_global("cfg_socket_netns_check", &socket_netns_check, true)
         .override_global("cfg_flow_sample", &cfg.flow_sample, true)
         .override_global("cfg_ct_pod_limit", &cfg.ct_pod_limit, true)
         .override_global("cfg_sock_netns_cookie", &sock_netns, true);
@@ -112,6 +114,21 @@ pub fn object(
         }
     }
     Ok(loader.load(&build.object)?)
+}
+
+/// Whether this kernel lets tc programs read a packet's socket's network
+/// namespace (`bpf_get_netns_cookie`, kernels from 2025 on). Probed once per process;
+/// a kernel that refuses the call gets a program without it (the setting
+/// is a constant the verifier prunes the call by).
+pub fn socket_netns_cookie_readable() -> bool {
+    static READABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *READABLE.get_or_init(|| {
+        aya::sys::is_helper_supported(
+            aya::programs::ProgramType::SchedClassifier,
+            aya::sys::BpfHelper::BPF_FUNC_get_netns_cookie,
+        )
+        .unwrap_or(false)
+    })
 }
 
 /// A datapath of its own, nothing pinned: the loaded object (its programs,

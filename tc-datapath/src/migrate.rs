@@ -155,6 +155,7 @@ const KNOWN: &[(u32, &str)] = &[
     (8, include_str!("../layouts/v8.desc")),
     (9, include_str!("../layouts/v9.desc")),
     (10, include_str!("../layouts/v10.desc")),
+    (11, include_str!("../layouts/v11.desc")),
 ];
 
 /// The layout of the maps pinned in `versioned` (`v<N>`), from the

@@ -170,6 +170,7 @@ fn run(args: &Args, n: usize, work: &Path) -> Result<Run> {
             endpoint_id: 5000 + i as u32,
             mac: [2, 0, 0, 0, 0, i as u8],
             parent_ifindex: 0,
+            netns_cookie: 0,
         })?;
     }
     let started = Instant::now();

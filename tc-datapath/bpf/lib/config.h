@@ -29,6 +29,10 @@ volatile const __u32 cfg_snat_low_min = 1024;
 volatile const __u32 cfg_snat_low_max = 32767;
 volatile const __u32 cfg_snat_high_min = 61000;
 volatile const __u32 cfg_snat_high_max = 65535;
+/* 1 where the kernel lets tc programs call bpf_get_netns_cookie (kernels
+ * from 2025 on): the source check then also holds a packet's socket to
+ * its pod's namespace. 0 leaves the call out of the verified program. */
+volatile const __u32 cfg_socket_netns_check = 0;
 /* The conntrack entries one pod may hold (0: no limit). */
 volatile const __u32 cfg_ct_pod_limit = 65536;
 

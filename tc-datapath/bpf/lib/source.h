@@ -32,13 +32,30 @@ struct arp_eth4 {
 	__be32 tpa;
 } __attribute__((packed));
 
+/* A packet sent from a socket (a packet socket's crafted frame included)
+ * carries it; its namespace must be the pod's. Interface indexes are per
+ * namespace: where another plugin made the pods' interfaces (the chained
+ * role) they are 2 or 3 in every pod, and a MAC is anyone's to write, so
+ * without this a pod with CAP_NET_RAW could send as another. A packet with
+ * no socket (an ARP request, a forwarded packet) reads as the initial
+ * namespace's and is held to the rest of the check. */
+static __always_inline int socket_in_pod(struct __sk_buff *skb, const struct endpoint_value *ep)
+{
+	__u64 c;
+
+	if (!cfg_socket_netns_check || !ep->netns_cookie)
+		return 1;
+	c = bpf_get_netns_cookie(skb);
+	return c == ep->netns_cookie || c == bpf_get_netns_cookie(0);
+}
+
 /* The endpoint entry of `addr` if it is this interface's pod with this
  * MAC, else NULL. */
 static __always_inline struct endpoint_value *own_endpoint(struct __sk_buff *skb, const __u8 *addr, const __u8 *mac)
 {
 	struct endpoint_value *ep = bpf_map_lookup_elem(&sl_endpoints, addr);
 
-	if (!ep || ep->ifindex != skb->ifindex || __builtin_memcmp(ep->mac, mac, 6))
+	if (!ep || ep->ifindex != skb->ifindex || __builtin_memcmp(ep->mac, mac, 6) || !socket_in_pod(skb, ep))
 		return 0;
 	return ep;
 }

@@ -18,6 +18,9 @@ pub struct Endpoint {
     /// The node-side parent of the pod's macvlan/ipvlan interface, where
     /// traffic from outside is handed in; 0 = none (an ENI of its own).
     pub parent_ifindex: u32,
+    /// The pod's network namespace (`SO_NETNS_COOKIE`); 0 = not known,
+    /// and the source check does not hold sockets to it.
+    pub netns_cookie: u64,
 }
 
 pub struct EndpointMaps {
@@ -35,6 +38,7 @@ fn view(a: IpAddr, v: &EndpointValue) -> Endpoint {
         endpoint_id: v.endpoint_id,
         mac: v.mac,
         parent_ifindex: v.parent_ifindex,
+        netns_cookie: v.netns_cookie,
     }
 }
 
@@ -52,6 +56,8 @@ impl EndpointMaps {
             mac: e.mac,
             flags: 0,
             parent_ifindex: e.parent_ifindex,
+            pad0: 0,
+            netns_cookie: e.netns_cookie,
         };
         self.endpoints.insert(key(e.addr), v, 0).map_err(err(ENDPOINTS.name))
     }

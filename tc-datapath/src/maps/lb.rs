@@ -605,6 +605,7 @@ mod tests {
                 endpoint_id: 7,
                 mac: POD_MAC,
                 parent_ifindex: 0,
+                netns_cookie: 0,
             })
             .unwrap();
         (ebpf, maps)

@@ -258,6 +258,7 @@ impl Dp {
                 endpoint_id,
                 mac: POD_MAC,
                 parent_ifindex: 0,
+                netns_cookie: 0,
             })
             .unwrap();
     }

@@ -117,6 +117,7 @@ impl Set {
                 endpoint_id: i as u32 + 1,
                 mac: [0x02, 0, 0, 0, 0, 0x05],
                 parent_ifindex: 0,
+                netns_cookie: 0,
             })?;
         }
         let mem0 = maps.lb().memory()?;

@@ -105,6 +105,7 @@ pub(crate) fn apply_bench(args: &Args) -> Result<ApplyResult> {
             endpoint_id: i as u32 + 1,
             mac: [0x02, 0, 0, 0, 0, 0x05],
             parent_ifindex: 0,
+            netns_cookie: 0,
         })?;
     }
     let mut c = cluster(args)?;

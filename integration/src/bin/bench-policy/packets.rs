@@ -49,6 +49,7 @@ fn isolated_pod(maps: &mut Maps, n: usize) -> Result<Ipv4Addr> {
         endpoint_id: ep,
         mac: [0x02, 0, 0, 0, 0, 0x05],
         parent_ifindex: 0,
+        netns_cookie: 0,
     })?;
     // The same ipcache in every row: only the rules differ.
     for k in 0..PEERS {
