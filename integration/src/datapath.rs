@@ -3,7 +3,7 @@
 
 use crate::netns::Netns;
 use crate::vpc::Vpc;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use sluice_tc_datapath::attach::{Node, ProgramRef, Side, tcx_programs};
 use sluice_tc_datapath::layout::{SVC_SCOPE_CLUSTER, SVC_SCOPE_EXTERNAL};
 use sluice_tc_datapath::loader::versioned_dir;
@@ -184,4 +184,59 @@ pub fn put_node_port(
         })?;
     }
     Ok(())
+}
+
+/// A pod as the source check knows it: its namespace (an index into
+/// `Vpc::pods`), its address and its interface's MAC.
+#[derive(Debug, Clone, Copy)]
+pub struct RawPeer {
+    pub pod: usize,
+    pub ip: std::net::Ipv4Addr,
+    pub mac: [u8; 6],
+}
+
+impl Vpc {
+    /// `from` writes on its `eth0` through a packet socket (what a process
+    /// with `CAP_NET_RAW` can do) to UDP port 7100 of `to`: a frame as
+    /// itself, which must arrive, then three with `victim`'s MAC and
+    /// address, each of which must be dropped at `from`'s egress and
+    /// counted as a spoofed source on node `node`, none arriving.
+    pub fn only_own_frames_leave(&self, node: usize, from: &RawPeer, victim: &RawPeer, to: &RawPeer) -> Result<()> {
+        use crate::probe::{send_frame, udp4_frame};
+        use sluice_tc_datapath::layout::{Direction, Reason};
+        let sink = self.pods[to.pod].run(|| std::net::UdpSocket::bind(("0.0.0.0", 7100)))??;
+        sink.set_read_timeout(Some(std::time::Duration::from_millis(500)))?;
+        let mut buf = [0u8; 64];
+        let sender = &self.pods[from.pod];
+        let own = udp4_frame((from.mac, to.mac), (from.ip, to.ip), (5000, 7100), b"own");
+        ensure!(send_frame(sender, "eth0", &own)?, "the sender's own frame was dropped");
+        let (n, src) = sink
+            .recv_from(&mut buf)
+            .context("the sender's own raw frame did not arrive")?;
+        ensure!(
+            &buf[..n] == b"own" && src.ip() == IpAddr::V4(from.ip),
+            "got {:?} from {src}",
+            &buf[..n]
+        );
+        let maps = self.maps(node)?;
+        let spoofed = || maps.observe().count(Reason::DropSourceAddress, Direction::Egress);
+        let before = spoofed()?;
+        let forged = udp4_frame((victim.mac, to.mac), (victim.ip, to.ip), (5000, 7100), b"forged");
+        for _ in 0..3 {
+            ensure!(
+                !send_frame(sender, "eth0", &forged)?,
+                "a frame as {} left {}",
+                victim.ip,
+                from.ip
+            );
+        }
+        let got = sink.recv_from(&mut buf);
+        ensure!(got.is_err(), "a frame as {} got through: {got:?}", victim.ip);
+        let counted = spoofed()? - before;
+        ensure!(
+            counted == 3,
+            "{counted} of the 3 forged frames counted as spoofed sources"
+        );
+        Ok(())
+    }
 }

@@ -5,11 +5,11 @@
 use serde_json::{Value, json};
 use sluice_integration::chain::Chain;
 use sluice_integration::cni::Call;
-use sluice_integration::probe::{EchoServer, index_and_mac, netns_cookie, send_frame, tcp_request, udp4_frame};
+use sluice_integration::datapath::RawPeer;
+use sluice_integration::probe::{EchoServer, index_and_mac, netns_cookie, tcp_request};
 use sluice_integration::services::Services;
 use sluice_integration::vpc::{Vpc, result_ip};
 use sluice_integration::{bin_dir, reference_plugins_present, require_reference_plugins, require_root, skip};
-use sluice_tc_datapath::layout::{Direction, Reason};
 
 fn conflist(vpc: &Vpc, node: usize, version: &str) -> Value {
     vpc.chained_conflist(node, version)
@@ -392,33 +392,12 @@ fn behind_reference_macvlan_a_pod_cannot_send_as_another() {
         );
     }
 
-    let sink = vpc.pods[pods[2]]
-        .run(|| std::net::UdpSocket::bind(("0.0.0.0", 7100)))
-        .unwrap()
-        .unwrap();
-    sink.set_read_timeout(Some(std::time::Duration::from_millis(500)))
-        .unwrap();
-    let mut buf = [0u8; 64];
-    let (b, c) = (&vpc.pods[pods[1]], ips[2]);
-    let own = udp4_frame((mac_b, mac_c), (ips[1], c), (5000, 7100), b"own");
-    assert!(send_frame(b, "eth0", &own).unwrap(), "b's own frame was dropped");
-    let (n, _) = sink.recv_from(&mut buf).expect("b's own raw frame reaches c");
-    assert_eq!(&buf[..n], b"own");
-    let before = maps
-        .observe()
-        .count(Reason::DropSourceAddress, Direction::Egress)
-        .unwrap();
-    let as_a = udp4_frame((mac_a, mac_c), (ips[0], c), (5000, 7100), b"as-a");
-    for _ in 0..3 {
-        assert!(!send_frame(b, "eth0", &as_a).unwrap(), "b's frame as a left b");
-    }
-    let got = sink.recv_from(&mut buf);
-    assert!(got.is_err(), "b got a frame through as a: {got:?}");
-    let after = maps
-        .observe()
-        .count(Reason::DropSourceAddress, Direction::Egress)
-        .unwrap();
-    assert_eq!(after - before, 3);
+    let [a, b, c] = [0, 1, 2].map(|i| RawPeer {
+        pod: pods[i],
+        ip: ips[i],
+        mac: [mac_a, mac_b, mac_c][i],
+    });
+    vpc.only_own_frames_leave(0, &b, &a, &c).unwrap();
     for (&p, cid) in pods.iter().zip(["sa", "sb", "sc"]) {
         chain
             .del(cid, &vpc.pods[p].path().display().to_string(), "eth0")

@@ -4,9 +4,9 @@
 //! version takes over every pod without breaking its connections.
 
 use serde_json::json;
-use sluice_integration::datapath::{programs_on, tc_filters};
+use sluice_integration::datapath::{RawPeer, programs_on, tc_filters};
 use sluice_integration::probe::{
-    EchoServer, Session, StreamEcho, index_and_mac, netns_cookie, send_frame, udp_request, udp_request_from, udp4_frame,
+    EchoServer, Session, StreamEcho, index_and_mac, netns_cookie, udp_request, udp_request_from,
 };
 use sluice_integration::require_root;
 use sluice_integration::vpc::{Vpc, result_ip};
@@ -221,39 +221,12 @@ fn a_pod_cannot_send_as_another_with_its_mac_and_address() {
         }
     }
 
-    let sink = vpc.pods[pods[2]]
-        .run(|| std::net::UdpSocket::bind(("0.0.0.0", 7100)))
-        .unwrap()
-        .unwrap();
-    sink.set_read_timeout(Some(std::time::Duration::from_millis(500)))
-        .unwrap();
-    let mut buf = [0u8; 64];
-    let (b, c) = (&vpc.pods[pods[1]], ips[2]);
-    // The raw path itself works: b's own frame arrives.
-    let own = udp4_frame((mac_b, mac_c), (ips[1], c), (5000, 7100), b"own");
-    assert!(send_frame(b, "eth0", &own).unwrap(), "b's own frame was dropped");
-    let (n, from) = sink.recv_from(&mut buf).expect("b's own raw frame reaches c");
-    assert_eq!((&buf[..n], from.ip()), (&b"own"[..], IpAddr::V4(ips[1])));
-
-    let before = maps
-        .observe()
-        .count(Reason::DropSourceAddress, Direction::Egress)
-        .unwrap();
-    let as_a = udp4_frame((mac_a, mac_c), (ips[0], c), (5000, 7100), b"as-a");
-    for _ in 0..3 {
-        assert!(!send_frame(b, "eth0", &as_a).unwrap(), "b's frame as a left b");
-    }
-    let got = sink.recv_from(&mut buf);
-    assert!(got.is_err(), "b got a frame through as a: {got:?}");
-    let after = maps
-        .observe()
-        .count(Reason::DropSourceAddress, Direction::Egress)
-        .unwrap();
-    assert_eq!(
-        after - before,
-        3,
-        "each of b's frames as a is dropped as a spoofed source"
-    );
+    let [a, b, c] = [0, 1, 2].map(|i| RawPeer {
+        pod: pods[i],
+        ip: ips[i],
+        mac: [mac_a, mac_b, mac_c][i],
+    });
+    vpc.only_own_frames_leave(0, &b, &a, &c).unwrap();
 }
 
 #[test]
