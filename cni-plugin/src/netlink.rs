@@ -94,31 +94,6 @@ pub struct Netlink {
     netns_cookie: u64,
 }
 
-/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`,
-/// Linux 5.14), 0 if the kernel cannot tell: what the datapath knows a
-/// packet's socket's namespace by.
-fn current_netns_cookie() -> u64 {
-    // SAFETY: a socket we own, closed below; getsockopt writes at most
-    // `len` bytes into `cookie`.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return 0;
-        }
-        let mut cookie: u64 = 0;
-        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-        let r = libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        );
-        libc::close(fd);
-        if r == 0 { cookie } else { 0 }
-    }
-}
-
 impl Netlink {
     /// Connect in the caller's namespace.
     pub fn host() -> Result<Netlink, CniError> {
@@ -138,7 +113,10 @@ impl Netlink {
         let rt = tokio::runtime::Handle::current();
         let (connection, netns_cookie) = ns.run(|| {
             let _guard = rt.enter();
-            (rtnetlink::new_connection(), current_netns_cookie())
+            (
+                rtnetlink::new_connection(),
+                sluice_tc_datapath::loader::current_netns_cookie(),
+            )
         })?;
         let (conn, handle, _) = connection
             .map_err(|e| CniError::new(ErrorCode::Io, format!("netlink socket in {}: {e}", ns.path().display())))?;

@@ -408,23 +408,9 @@ pub fn index_and_mac(ns: &Netns, dev: &str) -> Result<(u32, [u8; 6])> {
 
 /// The cookie of `ns` (`SO_NETNS_COOKIE`), as the datapath knows it.
 pub fn netns_cookie(ns: &Netns) -> Result<u64> {
-    ns.run(|| -> Result<u64> {
-        let s = UdpSocket::bind("127.0.0.1:0")?;
-        let mut cookie: u64 = 0;
-        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
-        let r = unsafe {
-            libc::getsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&s),
-                libc::SOL_SOCKET,
-                libc::SO_NETNS_COOKIE,
-                (&raw mut cookie).cast(),
-                &mut len,
-            )
-        };
-        if r != 0 {
-            bail!("SO_NETNS_COOKIE: {}", std::io::Error::last_os_error());
-        }
-        Ok(cookie)
-    })?
+    let cookie = ns.run(sluice_tc_datapath::loader::current_netns_cookie)?;
+    if cookie == 0 {
+        bail!("no SO_NETNS_COOKIE on this kernel");
+    }
+    Ok(cookie)
 }

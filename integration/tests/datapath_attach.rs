@@ -5,9 +5,7 @@
 
 use serde_json::json;
 use sluice_integration::datapath::{RawPeer, programs_on, tc_filters};
-use sluice_integration::probe::{
-    EchoServer, Session, StreamEcho, index_and_mac, netns_cookie, udp_request, udp_request_from,
-};
+use sluice_integration::probe::{EchoServer, Session, StreamEcho, index_and_mac, udp_request, udp_request_from};
 use sluice_integration::require_root;
 use sluice_integration::vpc::{Vpc, result_ip};
 use sluice_tc_datapath::attach::ProgramRef;
@@ -216,9 +214,8 @@ fn a_pod_cannot_send_as_another_with_its_mac_and_address() {
             index_and_mac(&vpc.pods[p], "eth0").unwrap().0,
             "the endpoint entry names the pod's interface"
         );
-        if sluice_tc_datapath::loader::socket_netns_cookie_readable() {
-            assert_eq!(ep.netns_cookie, netns_cookie(&vpc.pods[p]).unwrap());
-        }
+        // The index tells the pods apart: no namespace comparison paid for.
+        assert_eq!(ep.netns_cookie, 0);
     }
 
     let [a, b, c] = [0, 1, 2].map(|i| RawPeer {

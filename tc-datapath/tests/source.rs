@@ -96,3 +96,37 @@ fn arp_and_neighbour_advertisements_speak_only_for_the_pod() {
     let open = Dp::with_config(&cfg);
     assert_eq!(open.run(EGRESS, &spoofing[0]).0, TC_ACT_OK);
 }
+
+/// Where the kernel lets tc programs read a packet's socket's namespace, a
+/// packet from a socket leaves a pod only if that namespace is the pod's.
+/// A test run's packet carries a socket of the caller's namespace.
+#[test]
+fn a_packet_from_a_socket_of_another_namespace_does_not_leave_the_pod() {
+    if !root("a_packet_from_a_socket_of_another_namespace_does_not_leave_the_pod") {
+        return;
+    }
+    if !sluice_tc_datapath::loader::socket_netns_cookie_readable() {
+        skip(
+            "a_packet_from_a_socket_of_another_namespace_does_not_leave_the_pod",
+            "this kernel does not let tc programs read a socket's namespace (bpf_get_netns_cookie, added in 2025)",
+        );
+        return;
+    }
+    let here = sluice_tc_datapath::loader::current_netns_cookie();
+    assert_ne!(here, 0);
+    let f = Frame::new("10.244.1.5", "10.244.2.7", 4000, 53, PROTO_UDP, 0, b"q");
+    let mut dp = Dp::new();
+    dp.pod_in("10.244.1.5", 7, here);
+    assert_eq!(dp.run(EGRESS, &f).0, TC_ACT_OK, "the pod's own namespace");
+    dp.pod_in("10.244.1.5", 7, here + 1);
+    assert_eq!(dp.run(EGRESS, &f).0, TC_ACT_SHOT, "another namespace's socket");
+    assert_eq!(
+        dp.maps
+            .observe()
+            .count(Reason::DropSourceAddress, Direction::Egress)
+            .unwrap(),
+        1
+    );
+    dp.pod_in("10.244.1.5", 7, 0);
+    assert_eq!(dp.run(EGRESS, &f).0, TC_ACT_OK, "no cookie recorded: not checked");
+}

@@ -250,6 +250,12 @@ impl Dp {
 
     /// The same, with its endpoint id.
     pub fn pod_id(&mut self, addr: &str, endpoint_id: u32) {
+        self.pod_in(addr, endpoint_id, 0);
+    }
+
+    /// The same, in the network namespace `netns_cookie` names (0: not
+    /// known).
+    pub fn pod_in(&mut self, addr: &str, endpoint_id: u32, netns_cookie: u64) {
         self.maps
             .endpoints_mut()
             .add(&Endpoint {
@@ -258,7 +264,7 @@ impl Dp {
                 endpoint_id,
                 mac: POD_MAC,
                 parent_ifindex: 0,
-                netns_cookie: 0,
+                netns_cookie,
             })
             .unwrap();
     }
