@@ -85,7 +85,7 @@ pub async fn attach(cfg: &PluginConfig, ns: &NetNs, pod: &Netlink, ep: &Endpoint
                 Ok(())
             }
         })
-        .and_then(|()| publish(node.dir(), ep, socket_namespace(ep, pod)))
+        .and_then(|()| publish(node.dir(), ep, socket_namespace(ep, ns)?))
     {
         undo_hold();
         let _ = attach::detach(node.dir(), Some(ns.as_fd()), &ep.ifname, &key);
@@ -124,12 +124,12 @@ fn attached_now(node: &Node, ep: &Endpoint, attached: Attached) -> Attached {
 /// A link sluice made has an index no other pod of the node has, which the
 /// check compares already; behind another plugin every pod's interface may
 /// be number 2, and only the namespace tells the pods apart. Where the
-/// index suffices the comparison is not paid for (a helper call, ~25 ns a
-/// packet on the CI machine).
-fn socket_namespace(ep: &Endpoint, pod: &Netlink) -> u64 {
+/// index suffices neither the comparison (a helper call, ~25 ns a packet
+/// on the CI machine) nor reading the cookie at ADD is paid for.
+fn socket_namespace(ep: &Endpoint, ns: &NetNs) -> Result<u64, CniError> {
     match ep.role {
-        Role::Chained => pod.netns_cookie(),
-        Role::Main => 0,
+        Role::Chained => ns.run(sluice_tc_datapath::loader::current_netns_cookie),
+        Role::Main => Ok(0),
     }
 }
 

@@ -154,7 +154,7 @@ async fn add_steps(
     c.store.put(&ep)?;
     undo.push(Undo::RemoveEndpoint);
     fault::at("add:record")?;
-    let (announce, link) = create_link(c, host, pod, pod_ns, (&host_link, mtu), macvlan_mac, undo).await?;
+    let (announce, link) = create_link(c, host, pod, pod_ns, (&host_link, mtu, ep.ifindex), macvlan_mac, undo).await?;
     fault::at("add:link")?;
     // An ipvlan has its parent's MAC: only its index tells it apart, and
     // the record has it already unless the kernel chose another.
@@ -267,7 +267,7 @@ async fn create_link(
     host: &Netlink,
     pod: &Netlink,
     pod_ns: &NetNs,
-    (parent, mtu): (&Link, u32),
+    (parent, mtu, index): (&Link, u32, u32),
     macvlan_mac: Option<[u8; 6]>,
     undo: &mut Vec<Undo>,
 ) -> Result<(bool, Link), CniError> {
@@ -276,21 +276,21 @@ async fn create_link(
         LinkConfig::Macvlan(m) => {
             let mac = macvlan_mac.expect("a macvlan's MAC is chosen before it is made");
             let what = format!("macvlan {} on {}", c.ifname(), parent.name);
-            let index = pod_ifindex(c.cid(), c.ifname());
-            let mk = |name: &str| with_index(macvlan::create_request(m, parent.index, name, mtu, mac, netns), index);
-            Ok((true, create_named(c, host, pod, &what, mk, undo).await?))
+            let mk = |name: &str| macvlan::create_request(m, parent.index, name, mtu, mac, netns);
+            Ok((true, create_named(c, host, pod, (&what, index), mk, undo).await?))
         }
         LinkConfig::Ipvlan(i) => {
             let what = format!("ipvlan {} on {}", c.ifname(), parent.name);
-            let index = pod_ifindex(c.cid(), c.ifname());
-            let mk = |name: &str| with_index(ipvlan::create_request(i, parent.index, name, mtu, netns), index);
-            let link = create_named(c, host, pod, &what, mk, undo).await.map_err(|e| {
-                if e.is(ErrorCode::NotAvailable) {
-                    e.context("the kernel has no ipvlan support")
-                } else {
-                    e
-                }
-            })?;
+            let mk = |name: &str| ipvlan::create_request(i, parent.index, name, mtu, netns);
+            let link = create_named(c, host, pod, (&what, index), mk, undo)
+                .await
+                .map_err(|e| {
+                    if e.is(ErrorCode::NotAvailable) {
+                        e.context("the kernel has no ipvlan support")
+                    } else {
+                        e
+                    }
+                })?;
             Ok((ipvlan::announces(i), link))
         }
         LinkConfig::Eni(_) => {
@@ -318,18 +318,20 @@ async fn create_link(
 }
 
 /// Make the pod's macvlan/ipvlan inside its namespace, under its final
-/// name. Older kernels (Debian's 6.1, in the VM suite) check the new
-/// link's name in its parent's namespace, where the parent is often
-/// `eth0`, and refuse it: there the link is made under a name of its own
-/// and renamed once in the pod.
+/// name and the interface index its record holds (`pod_ifindex`). Older
+/// kernels (Debian's 6.1, in the VM suite) check the new link's name in
+/// its parent's namespace, where the parent is often `eth0`, and refuse
+/// it: there the link is made under a name of its own and renamed once in
+/// the pod.
 async fn create_named(
     c: &Ctx<'_>,
     host: &Netlink,
     pod: &Netlink,
-    what: &str,
+    (what, index): (&str, u32),
     request: impl Fn(&str) -> rtnetlink::packet_route::link::LinkMessage,
     undo: &mut Vec<Undo>,
 ) -> Result<Link, CniError> {
+    let request = |name: &str| with_index(request(name), index);
     if host.add_link_unless_taken(request(c.ifname()), what).await? {
         let made = pod_link(pod, c.ifname()).await?;
         undo.push(Undo::DeleteLink { index: made.index });

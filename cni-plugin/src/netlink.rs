@@ -91,7 +91,6 @@ fn nl_err(what: impl std::fmt::Display) -> impl FnOnce(rtnetlink::Error) -> CniE
 pub struct Netlink {
     handle: Handle,
     ns_label: String,
-    netns_cookie: u64,
 }
 
 impl Netlink {
@@ -103,7 +102,6 @@ impl Netlink {
         Ok(Netlink {
             handle,
             ns_label: "host netns".into(),
-            netns_cookie: 0,
         })
     }
 
@@ -111,31 +109,21 @@ impl Netlink {
     /// namespace and stays bound to it; requests are then made from here.
     pub fn in_netns(ns: &NetNs) -> Result<Netlink, CniError> {
         let rt = tokio::runtime::Handle::current();
-        let (connection, netns_cookie) = ns.run(|| {
-            let _guard = rt.enter();
-            (
-                rtnetlink::new_connection(),
-                sluice_tc_datapath::loader::current_netns_cookie(),
-            )
-        })?;
-        let (conn, handle, _) = connection
+        let (conn, handle, _) = ns
+            .run(|| {
+                let _guard = rt.enter();
+                rtnetlink::new_connection()
+            })?
             .map_err(|e| CniError::new(ErrorCode::Io, format!("netlink socket in {}: {e}", ns.path().display())))?;
         tokio::spawn(conn);
         Ok(Netlink {
             handle,
             ns_label: format!("netns {}", ns.path().display()),
-            netns_cookie,
         })
     }
 
     pub fn handle(&self) -> &Handle {
         &self.handle
-    }
-
-    /// The cookie of the namespace this connection is bound to (0: the
-    /// node's own, or not known).
-    pub fn netns_cookie(&self) -> u64 {
-        self.netns_cookie
     }
 
     pub fn label(&self) -> &str {
