@@ -153,7 +153,7 @@ fn main() -> Result<()> {
     // Warm caches (binaries, dentries) for both before measuring.
     let nothing = |_: &[Netns], _: &[String]| Ok(());
     for p in [&sluice, &reference] {
-        run(p, &pods[..4], 1, &cni_path, "warm", &nothing)?;
+        run(p, &pods[..pods.len().min(4)], 1, &cni_path, "warm", &nothing)?;
     }
     let root = vpc.bpffs[0].root();
     let to_links = |pods: &[Netns], ids: &[String]| -> Result<()> {
