@@ -178,7 +178,7 @@ fn attach_socket_lb(opts: &Options, cgroup: &std::path::Path) -> Result<()> {
     let netns = if opts.socket_lb_all_namespaces {
         0
     } else {
-        sluice_tc_datapath::attach::sock::netns_cookie().context("reading this network namespace's cookie")?
+        sluice_tc_datapath::netns_cookie::current().context("reading this network namespace's cookie")?
     };
     let cgroup = &cgroup2_dir(cgroup);
     let n = sluice_tc_datapath::attach::sock::attach(&cfg, cgroup, netns)

@@ -128,7 +128,16 @@ fn attached_now(node: &Node, ep: &Endpoint, attached: Attached) -> Attached {
 /// on the CI machine) nor reading the cookie at ADD is paid for.
 fn socket_namespace(ep: &Endpoint, ns: &NetNs) -> Result<u64, CniError> {
     match ep.role {
-        Role::Chained => ns.run(sluice_tc_datapath::loader::current_netns_cookie),
+        Role::Chained => match ns.run(sluice_tc_datapath::netns_cookie::current)? {
+            Ok(cookie) => Ok(cookie),
+            // A kernel older than the option (5.14) cannot let tc programs
+            // read a socket's namespace either: the check has no use for it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => Ok(0),
+            Err(e) => Err(CniError::new(
+                ErrorCode::Io,
+                format!("reading the network namespace cookie of {}: {e}", ns.path().display()),
+            )),
+        },
         Role::Main => Ok(0),
     }
 }

@@ -11,19 +11,10 @@
 //! unsolicited neighbour advertisement is built here and sent on a packet
 //! socket (a fixed-layout frame; no crate in the chosen set builds NDP).
 
+use sluice_tc_datapath::checksum;
 use std::net::{IpAddr, Ipv6Addr};
 
 const ETH_P_IPV6: u16 = 0x86dd;
-
-fn checksum(data: &[u8], mut sum: u32) -> u16 {
-    for c in data.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
 
 /// Unsolicited NA to all-nodes with the Override flag and our link-layer address.
 pub fn na_frame(mac: [u8; 6], ip: Ipv6Addr) -> Vec<u8> {
@@ -38,7 +29,7 @@ pub fn na_frame(mac: [u8; 6], ip: Ipv6Addr) -> Vec<u8> {
     pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
     pseudo.extend_from_slice(&[0, 0, 0, 58]);
     pseudo.extend_from_slice(&icmp);
-    let ck = checksum(&pseudo, 0);
+    let ck = checksum::of(&pseudo, 0);
     icmp[2..4].copy_from_slice(&ck.to_be_bytes());
 
     let mut f = Vec::with_capacity(14 + 40 + icmp.len());
@@ -112,7 +103,7 @@ mod tests {
         pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
         pseudo.extend_from_slice(&[0, 0, 0, 58]);
         pseudo.extend_from_slice(icmp);
-        assert_eq!(checksum(&pseudo, 0), 0, "a valid checksum sums to zero");
+        assert_eq!(checksum::sum(&pseudo, 0), 0xffff, "a valid checksum sums to all ones");
         assert_eq!(icmp[0], 136);
         assert_eq!(f[21], 255, "hop limit 255 or receivers drop it");
     }

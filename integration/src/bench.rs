@@ -6,6 +6,7 @@ use crate::kube_proxy::Service;
 use crate::netns::Netns;
 use anyhow::{Context, Result, ensure};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use sluice_tc_datapath::checksum;
 use sluice_tc_datapath::layout::PROTO_TCP as TCP;
 use sluice_tc_datapath::maps::lb::{Algorithm, Backend, ServiceSpec};
 use std::io::{Read, Write};
@@ -47,25 +48,13 @@ impl Rng {
     }
 }
 
-/// The internet checksum's folded one's-complement sum of `data`, added
-/// to `acc` (an odd last byte padded with zero): `!sum` is the checksum.
-pub fn sum(data: &[u8], mut acc: u32) -> u32 {
-    for c in data.chunks(2) {
-        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc
-}
-
 /// Ethernet + IPv4 + TCP (no options) with valid checksums.
 pub fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x05, 0x08, 0x00];
     let mut ip = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, PROTO_TCP, 0, 0];
     ip.extend_from_slice(&src.octets());
     ip.extend_from_slice(&dst.octets());
-    let c = !(sum(&ip, 0) as u16);
+    let c = checksum::of(&ip, 0);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     let mut tcp = vec![0u8; 20];
     tcp[0..2].copy_from_slice(&sport.to_be_bytes());
@@ -75,7 +64,7 @@ pub fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8
     tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
     let mut pseudo = ip[12..20].to_vec();
     pseudo.extend_from_slice(&[0, PROTO_TCP, 0, 20]);
-    let c = !(sum(&tcp, sum(&pseudo, 0)) as u16);
+    let c = checksum::of(&tcp, checksum::sum(&pseudo, 0));
     tcp[16..18].copy_from_slice(&c.to_be_bytes());
     f.extend_from_slice(&ip);
     f.extend_from_slice(&tcp);

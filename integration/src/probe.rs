@@ -337,7 +337,7 @@ pub fn udp4_frame(
     ip[9] = 17;
     ip[12..16].copy_from_slice(&src.octets());
     ip[16..20].copy_from_slice(&dst.octets());
-    let c = !(crate::bench::sum(&ip, 0) as u16);
+    let c = sluice_tc_datapath::checksum::of(&ip, 0);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     f.extend_from_slice(&ip);
     f.extend_from_slice(&sport.to_be_bytes());
@@ -405,9 +405,5 @@ pub fn index_and_mac(ns: &Netns, dev: &str) -> Result<(u32, [u8; 6])> {
 
 /// The cookie of `ns` (`SO_NETNS_COOKIE`), as the datapath knows it.
 pub fn netns_cookie(ns: &Netns) -> Result<u64> {
-    let cookie = ns.run(sluice_tc_datapath::loader::current_netns_cookie)?;
-    if cookie == 0 {
-        bail!("no SO_NETNS_COOKIE on this kernel");
-    }
-    Ok(cookie)
+    Ok(ns.run(sluice_tc_datapath::netns_cookie::current)??)
 }

@@ -11,6 +11,7 @@
 //! - [`ids`]: the id allocator every map writer uses.
 
 pub mod attach;
+pub mod checksum;
 pub mod config;
 mod hash;
 pub mod ids;
@@ -18,6 +19,7 @@ pub mod layout;
 pub mod loader;
 pub mod maps;
 pub mod migrate;
+pub mod netns_cookie;
 pub mod pin;
 
 /// The compiled eBPF object (both programs and every map).

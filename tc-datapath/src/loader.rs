@@ -131,31 +131,6 @@ pub fn socket_netns_cookie_readable() -> bool {
     })
 }
 
-/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`,
-/// Linux 5.14), 0 if the kernel cannot tell: what the source check knows a
-/// pod's namespace by (a packet's socket reads as its namespace's).
-pub fn current_netns_cookie() -> u64 {
-    // SAFETY: a socket we own, closed below; getsockopt writes at most
-    // `len` bytes into `cookie`.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return 0;
-        }
-        let mut cookie: u64 = 0;
-        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-        let r = libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        );
-        libc::close(fd);
-        if r == 0 { cookie } else { 0 }
-    }
-}
-
 /// A datapath of its own, nothing pinned: the loaded object (its programs,
 /// for `BPF_PROG_TEST_RUN`) and its maps. What tests and benchmarks run.
 pub fn load_unpinned(cfg: &DatapathConfig) -> Result<(Ebpf, maps::Maps), LoadError> {

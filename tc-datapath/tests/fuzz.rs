@@ -188,7 +188,7 @@ fn fix_checksums(b: &mut [u8]) {
     if !ip.v6 {
         let ihl = ip.l4 - ETH;
         b[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
-        let c = csum(&b[ETH..ETH + ihl], 0);
+        let c = checksum::of(&b[ETH..ETH + ihl], 0);
         b[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
     }
     if ip.frag == 2 || ip.end > b.len() || ip.end < ip.l4 {
@@ -231,9 +231,9 @@ fn l4_sum(b: &[u8], ip: &Ip) -> u16 {
     let acc = if !ip.v6 && ip.proto == PROTO_ICMP {
         0
     } else {
-        sum16(&pseudo, 0)
+        checksum::sum(&pseudo, 0)
     };
-    csum(seg, acc)
+    checksum::of(seg, acc)
 }
 
 /// Invariant 3: an IP frame a program changed has valid checksums.
@@ -241,7 +241,11 @@ fn assert_checksums(out: &[u8], what: &str) {
     let Some(ip) = read_ip(out) else { return };
     if !ip.v6 {
         let ihl = ip.l4 - ETH;
-        assert_eq!(sum16(&out[ETH..ETH + ihl], 0), 0xffff, "{what}: IPv4 header checksum");
+        assert_eq!(
+            checksum::sum(&out[ETH..ETH + ihl], 0),
+            0xffff,
+            "{what}: IPv4 header checksum"
+        );
     }
     if ip.frag != 0 || ip.end != out.len() {
         return;

@@ -284,7 +284,7 @@ fn udp_v4_without_checksum_keeps_none() {
         [0, 0],
         "a zero UDP checksum means none, and stays none"
     );
-    assert_eq!(sum16(&out.bytes[ETH..ETH + 20], 0), 0xffff);
+    assert_eq!(checksum::sum(&out.bytes[ETH..ETH + 20], 0), 0xffff);
 
     // The reply, translated in place at ingress, keeps it none too.
     let mut r = Frame::new("10.244.2.7", "10.244.1.5", 5353, 40000, PROTO_UDP, 0, b"a").macs(POD_MAC, BACKEND_MAC);
@@ -294,7 +294,11 @@ fn udp_v4_without_checksum_keeps_none() {
     assert_eq!(out.addrs(), (ip("10.96.0.10"), ip("10.244.1.5")));
     assert_eq!(out.ports(), (53, 40000));
     assert_eq!(out.bytes[off..off + 2], [0, 0], "the reply's none stays none");
-    assert_eq!(sum16(&out.bytes[ETH..ETH + 20], 0), 0xffff, "IPv4 header checksum");
+    assert_eq!(
+        checksum::sum(&out.bytes[ETH..ETH + 20], 0),
+        0xffff,
+        "IPv4 header checksum"
+    );
 }
 
 #[test]
@@ -474,7 +478,11 @@ fn icmp_error_translation(client: &str, vip: &str, backend: &str) {
     assert_eq!(q.addrs(), (ip(client), ip(vip)), "the quote names the VIP");
     assert_eq!(q.ports(), (40000, 53));
     if !q.v6() {
-        assert_eq!(sum16(&q.bytes[ETH..ETH + 20], 0), 0xffff, "quoted IPv4 header checksum");
+        assert_eq!(
+            checksum::sum(&q.bytes[ETH..ETH + 20], 0),
+            0xffff,
+            "quoted IPv4 header checksum"
+        );
     }
     assert_eq!(
         dp.maps
@@ -1043,7 +1051,11 @@ fn fragments(client: &str, vip: &str, backend: &str) {
         "the later fragment follows the first"
     );
     if !client.contains(':') {
-        assert_eq!(sum16(&out2.bytes[ETH..ETH + 20], 0), 0xffff, "its header checksum");
+        assert_eq!(
+            checksum::sum(&out2.bytes[ETH..ETH + 20], 0),
+            0xffff,
+            "its header checksum"
+        );
     }
     let whole = Frame::reassemble(&out1, &out2);
     assert_eq!(whole.addrs(), (ip(client), ip(backend)));
@@ -1062,7 +1074,11 @@ fn fragments(client: &str, vip: &str, backend: &str) {
         "the later fragment comes from the VIP"
     );
     if !client.contains(':') {
-        assert_eq!(sum16(&out2.bytes[ETH..ETH + 20], 0), 0xffff, "its header checksum");
+        assert_eq!(
+            checksum::sum(&out2.bytes[ETH..ETH + 20], 0),
+            0xffff,
+            "its header checksum"
+        );
     }
     let whole = Frame::reassemble(&out1, &out2);
     assert_eq!(whole.addrs(), (ip(vip), ip(client)));

@@ -112,7 +112,7 @@ fn a_packet_from_a_socket_of_another_namespace_does_not_leave_the_pod() {
         );
         return;
     }
-    let here = sluice_tc_datapath::loader::current_netns_cookie();
+    let here = sluice_tc_datapath::netns_cookie::current().unwrap();
     assert_ne!(here, 0);
     let f = Frame::new("10.244.1.5", "10.244.2.7", 4000, 53, PROTO_UDP, 0, b"q");
     let mut dp = Dp::new();

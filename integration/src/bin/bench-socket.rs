@@ -142,7 +142,11 @@ fn attach(vpc: &Vpc, cgroup: &Path, all: bool) -> Result<()> {
     let maps = Maps::open_pinned(&versioned)?;
     let mut cfg = maps.observe().loaded_config(&versioned)?;
     cfg.bpffs = root;
-    let netns = if all { 0 } else { vpc.nodes[0].run(sock::netns_cookie)?? };
+    let netns = if all {
+        0
+    } else {
+        vpc.nodes[0].run(sluice_tc_datapath::netns_cookie::current)??
+    };
     sock::attach(&cfg, cgroup, netns).context("attaching the socket hooks")?;
     Ok(())
 }

@@ -16,7 +16,6 @@ use crate::pin;
 use aya::Ebpf;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, Link};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use tracing::info;
@@ -42,28 +41,6 @@ fn dir_for(cfg: &DatapathConfig, cgroup: &Path) -> Result<PathBuf, AttachError> 
         .map_err(io_err("reading the cgroup", cgroup))?
         .ino();
     Ok(versioned_dir(&cfg.bpffs).join("sock").join(ino.to_string()))
-}
-
-/// The cookie of the calling thread's network namespace (what the hooks
-/// compare a socket's with).
-pub fn netns_cookie() -> std::io::Result<u64> {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: a socket we own and a buffer of the option's size.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cookie)
 }
 
 /// Attach the hooks to `cgroup` for the sockets of the network namespace

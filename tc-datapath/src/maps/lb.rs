@@ -563,10 +563,7 @@ mod tests {
         ip[9] = PROTO_TCP;
         ip[12..16].copy_from_slice(&CLIENT.octets());
         ip[16..20].copy_from_slice(&VIP.octets());
-        let sum = ip
-            .chunks(2)
-            .fold(0u32, |a, w| a + u32::from(u16::from_be_bytes([w[0], w[1]])));
-        let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
+        let sum = crate::checksum::of(ip, 0);
         ip[10..12].copy_from_slice(&sum.to_be_bytes());
         let tcp = &mut f[34..];
         tcp[0..2].copy_from_slice(&sport.to_be_bytes());

@@ -45,20 +45,7 @@ pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// One's-complement sum, folded.
-pub fn sum16(data: &[u8], mut acc: u32) -> u32 {
-    for c in data.chunks(2) {
-        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc
-}
-
-pub fn csum(data: &[u8], acc: u32) -> u16 {
-    !(sum16(data, acc) as u16)
-}
+pub use sluice_tc_datapath::checksum;
 
 /// The EtherType and an IPv4 header (checksum filled in) for `l4_len`
 /// bytes of `proto`; `flags` is the high byte of the fragment field (0x40 = DF).
@@ -68,7 +55,7 @@ pub fn ipv4_header(s: std::net::Ipv4Addr, d: std::net::Ipv4Addr, proto: u8, l4_l
     h[4..6].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
     h.extend_from_slice(&s.octets());
     h.extend_from_slice(&d.octets());
-    let c = csum(&h[2..], 0);
+    let c = checksum::of(&h[2..], 0);
     h[12..14].copy_from_slice(&c.to_be_bytes());
     h
 }
@@ -182,11 +169,15 @@ impl Frame {
             pseudo.extend_from_slice(&[0, self.proto()]);
             pseudo.extend_from_slice(&(seg.len() as u16).to_be_bytes());
         }
-        csum(&seg, sum16(&pseudo, 0))
+        checksum::of(&seg, checksum::sum(&pseudo, 0))
     }
     pub fn assert_checksums(&self) {
         if !self.v6() {
-            assert_eq!(sum16(&self.bytes[ETH..ETH + 20], 0), 0xffff, "IPv4 header checksum");
+            assert_eq!(
+                checksum::sum(&self.bytes[ETH..ETH + 20], 0),
+                0xffff,
+                "IPv4 header checksum"
+            );
         }
         let off = self.l4_csum_off();
         let got = u16::from_be_bytes([self.bytes[off], self.bytes[off + 1]]);
@@ -353,7 +344,7 @@ pub fn icmp(from: &str, to: &str, hdr: [u8; 8], body: &[u8]) -> Frame {
     bytes.extend_from_slice(&GW_MAC);
     match (from, to) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let c = csum(&icmp, 0);
+            let c = checksum::of(&icmp, 0);
             icmp[2..4].copy_from_slice(&c.to_be_bytes());
             bytes.extend(ipv4_header(s, d, 1, icmp.len(), 0));
         }
@@ -363,7 +354,7 @@ pub fn icmp(from: &str, to: &str, hdr: [u8; 8], body: &[u8]) -> Frame {
             pseudo.extend_from_slice(&d.octets());
             pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
             pseudo.extend_from_slice(&[0, 0, 0, 58]);
-            let c = csum(&icmp, sum16(&pseudo, 0));
+            let c = checksum::of(&icmp, checksum::sum(&pseudo, 0));
             icmp[2..4].copy_from_slice(&c.to_be_bytes());
             bytes.extend_from_slice(&0x86ddu16.to_be_bytes());
             let mut h = vec![0x60, 0, 0, 0];
@@ -388,16 +379,16 @@ impl Frame {
             let mut pseudo = self.bytes[ETH + 8..ETH + 40].to_vec();
             pseudo.extend_from_slice(&(msg.len() as u32).to_be_bytes());
             pseudo.extend_from_slice(&[0, 0, 0, 58]);
-            sum16(&pseudo, 0)
+            checksum::sum(&pseudo, 0)
         } else {
             assert_eq!(
-                sum16(&self.bytes[ETH..ETH + 20], 0),
+                checksum::sum(&self.bytes[ETH..ETH + 20], 0),
                 0xffff,
                 "outer IPv4 header checksum"
             );
             0
         };
-        assert_eq!(sum16(msg, acc), 0xffff, "ICMP checksum");
+        assert_eq!(checksum::sum(msg, acc), 0xffff, "ICMP checksum");
     }
 
     /// The packet quoted by an ICMP error, as a frame of its own.
@@ -447,7 +438,7 @@ impl Frame {
                 b[ETH + 4..ETH + 6].copy_from_slice(&(id as u16).to_be_bytes());
                 b[ETH + 6..ETH + 8].copy_from_slice(&frag.to_be_bytes());
                 b[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
-                let c = csum(&b[ETH..ETH + 20], 0);
+                let c = checksum::of(&b[ETH..ETH + 20], 0);
                 b[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
                 Frame { bytes: b }
             };
@@ -474,7 +465,7 @@ impl Frame {
             b[ETH + 2..ETH + 4].copy_from_slice(&tot.to_be_bytes());
             b[ETH + 6..ETH + 8].copy_from_slice(&[0, 0]);
             b[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
-            let c = csum(&b[ETH..ETH + 20], 0);
+            let c = checksum::of(&b[ETH..ETH + 20], 0);
             b[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
             Frame { bytes: b }
         } else {
