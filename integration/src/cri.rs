@@ -582,6 +582,8 @@ pub fn install_network_with(
     tweak(&mut sluice);
     let mut install = Command::new(crate::bin_dir().join("sluice-install"));
     install
+        .arg("--from")
+        .arg(crate::cni_bin_dir())
         .arg("--cni-bin-dir")
         .arg(&ctr.bin_dir)
         .arg("--cni-conf-dir")

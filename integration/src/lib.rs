@@ -75,9 +75,27 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// Where the CNI binaries under test are: `$SLUICE_CNI_BIN_DIR` when set
+/// (`scripts/test` sets it to the static pair `scripts/build-cni` makes,
+/// the binaries a node gets), else the workspace's own build ([`bin_dir`]).
+pub fn cni_bin_dir() -> PathBuf {
+    let Some(dir) = std::env::var_os("SLUICE_CNI_BIN_DIR") else {
+        return bin_dir();
+    };
+    let dir = PathBuf::from(dir);
+    for b in ["sluice", "sluice-ipam"] {
+        assert!(
+            dir.join(b).is_file(),
+            "{} missing: SLUICE_CNI_BIN_DIR names a directory without it (scripts/build-cni)",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
 /// CNI_PATH: our binaries first, then Debian's reference plugins.
 pub fn cni_path() -> String {
-    format!("{}:/usr/lib/cni", bin_dir().display())
+    format!("{}:/usr/lib/cni", cni_bin_dir().display())
 }
 
 pub fn reference_plugins_present() -> bool {

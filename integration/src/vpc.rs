@@ -199,7 +199,7 @@ impl Vpc {
 
     /// Run the sluice binary in node `node`'s namespace, as the runtime there would.
     pub fn sluice(&self, node: usize, cmd: &str, cid: &str, pod: usize, conf: &Value) -> crate::cni::CniOutput {
-        let bin = crate::bin_dir().join("sluice");
+        let bin = crate::cni_bin_dir().join("sluice");
         let netns = self.pods[pod].path();
         crate::cni::Call::new(&bin, Some(&self.nodes[node].name))
             .standard(cmd, cid, &netns.display().to_string(), "eth0")

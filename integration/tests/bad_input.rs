@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 use sluice_integration::cni::Call;
 use sluice_integration::vpc::Vpc;
-use sluice_integration::{bin_dir, cni_path, require_root};
+use sluice_integration::{cni_bin_dir, cni_path, require_root};
 
 enum Stdin {
     Raw(&'static str),
@@ -350,7 +350,7 @@ fn bad_input_table() {
 
     let cases = cases();
     assert!(cases.len() >= 20);
-    let bin = bin_dir().join("sluice");
+    let bin = cni_bin_dir().join("sluice");
     let mut failures = Vec::new();
     for case in &cases {
         let stdin = match &case.stdin {

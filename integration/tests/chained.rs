@@ -9,7 +9,9 @@ use sluice_integration::datapath::RawPeer;
 use sluice_integration::probe::{EchoServer, index_and_mac, netns_cookie, tcp_request};
 use sluice_integration::services::Services;
 use sluice_integration::vpc::{Vpc, result_ip};
-use sluice_integration::{bin_dir, reference_plugins_present, require_reference_plugins, require_root, skip};
+use sluice_integration::{
+    bin_dir, cni_bin_dir, reference_plugins_present, require_reference_plugins, require_root, skip,
+};
 
 fn conflist(vpc: &Vpc, node: usize, version: &str) -> Value {
     vpc.chained_conflist(node, version)
@@ -130,7 +132,7 @@ fn chained_fills_in_a_thin_prev_result_and_verifies_it() {
                "dataDir": vpc.data_dir.join("n0"), "datapath": vpc.datapath(0), "prevResult": prev})
     };
     let call = |cmd: &str, cid: &str, c: &Value| {
-        Call::new(&bin_dir().join("sluice"), Some(&vpc.nodes[0].name))
+        Call::new(&cni_bin_dir().join("sluice"), Some(&vpc.nodes[0].name))
             .standard(cmd, cid, &vpc.pods[p].path().display().to_string(), "eth0")
             .run(&serde_json::to_vec(c).unwrap())
     };
@@ -176,7 +178,7 @@ fn chained_fills_in_a_thin_prev_result_and_verifies_it() {
     vpc.pods[p].ip(&["link", "set", "eth0", "name", "other0"]).unwrap();
     assert_eq!(call("ADD", "c3", &conf(wrong_if)).error_code(), 102);
     // No prevResult in the chained role.
-    let out = Call::new(&bin_dir().join("sluice"), Some(&vpc.nodes[0].name))
+    let out = Call::new(&cni_bin_dir().join("sluice"), Some(&vpc.nodes[0].name))
         .standard("ADD", "c4", &vpc.pods[p].path().display().to_string(), "eth0")
         .run(br#"{"cniVersion":"1.0.0","name":"thin","type":"sluice"}"#);
     assert_eq!(out.error_code(), 7);
@@ -206,6 +208,8 @@ fn installer_chains_sluice_behind_the_nodes_network() {
     let own_text = serde_json::to_string_pretty(&node_own).unwrap();
     std::fs::write(conf.join("10-vpc.conflist"), &own_text).unwrap();
     let out = std::process::Command::new(bin_dir().join("sluice-install"))
+        .arg("--from")
+        .arg(cni_bin_dir())
         .arg("--cni-bin-dir")
         .arg(&bin)
         .arg("--cni-conf-dir")
@@ -217,7 +221,7 @@ fn installer_chains_sluice_behind_the_nodes_network() {
     for b in ["sluice", "sluice-ipam"] {
         assert_eq!(
             std::fs::read(bin.join(b)).unwrap(),
-            std::fs::read(bin_dir().join(b)).unwrap(),
+            std::fs::read(cni_bin_dir().join(b)).unwrap(),
             "{b} installed"
         );
     }

@@ -18,7 +18,7 @@ use sluice_integration::agent::AgentProcess;
 use sluice_integration::cri::{self, Containerd, Cri, PodSpec, Role, endpoint_records};
 use sluice_integration::services::ServicePort;
 use sluice_integration::vpc::{Vpc, node_ip};
-use sluice_integration::{bin_dir, require_root, skip};
+use sluice_integration::{bin_dir, cni_bin_dir, require_root, skip};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -366,6 +366,8 @@ fn scenarios(test: &str, tag: &str, role: Role) {
     //    binary's DEL undoes the old one's ADD.
     let before = std::fs::metadata(ctr.bin_dir.join("sluice")).unwrap();
     let out = std::process::Command::new(bin_dir().join("sluice-install"))
+        .arg("--from")
+        .arg(cni_bin_dir())
         .arg("--cni-bin-dir")
         .arg(&ctr.bin_dir)
         .arg("--cni-conf-dir")

@@ -14,7 +14,7 @@
 use serde_json::Value;
 use sluice_integration::cni::Call;
 use sluice_integration::vpc::Vpc;
-use sluice_integration::{bin_dir, cni_path, require_root};
+use sluice_integration::{cni_bin_dir, cni_path, require_root};
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Instant;
@@ -104,7 +104,7 @@ fn faults_at_every_step_leave_nothing_behind() {
     let node = Node {
         vpc: &vpc,
         pod,
-        bin: bin_dir().join("sluice"),
+        bin: cni_bin_dir().join("sluice"),
     };
     // The node's datapath is the node's: loaded by the first ADD, it stays.
     assert!(matches!(node.call("ADD", &main, "net1", None), Outcome::Ok));

@@ -9,10 +9,10 @@ use serde_json::{Value, json};
 use sluice_integration::cni::Call;
 use sluice_integration::datapath::programs_on;
 use sluice_integration::vpc::{Vpc, result_ip};
-use sluice_integration::{bin_dir, require_reference_plugins, require_root};
+use sluice_integration::{cni_bin_dir, require_reference_plugins, require_root};
 
 fn call(vpc: &Vpc, cmd: &str, cid: &str, netns: &str, conf: &Value) -> sluice_integration::cni::CniOutput {
-    Call::new(&bin_dir().join("sluice"), Some(&vpc.nodes[0].name))
+    Call::new(&cni_bin_dir().join("sluice"), Some(&vpc.nodes[0].name))
         .standard(cmd, cid, netns, "eth0")
         .run(&serde_json::to_vec(conf).unwrap())
 }
@@ -163,7 +163,7 @@ fn a_corrupt_lease_store_does_not_wedge_del() {
     assert_eq!(out.error_code(), 50, "{}", out.stdout);
     assert!(out.stdout.contains("sluice-ipam rebuild"), "{}", out.stdout);
     assert_eq!(vpc.sluice(0, "STATUS", "b", b, &conf).error_code(), 50);
-    let rebuilt = std::process::Command::new(bin_dir().join("sluice-ipam"))
+    let rebuilt = std::process::Command::new(cni_bin_dir().join("sluice-ipam"))
         .args(["rebuild", "--network", &network, "--data-dir"])
         .arg(&ipam_dir)
         .arg("--endpoints")

@@ -15,7 +15,7 @@ use sluice_integration::chain::Chain;
 use sluice_integration::podman::{self, Podman};
 use sluice_integration::probe::{EchoServer, tcp_request};
 use sluice_integration::vpc::{Vpc, result_ip};
-use sluice_integration::{bin_dir, require_root};
+use sluice_integration::{bin_dir, cni_bin_dir, require_root};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -134,7 +134,12 @@ fn the_daemonset_image_installs_chains_and_runs_the_agent() {
     let podman = Podman::new(&work.join("podman"), "").unwrap();
     let image = format!("localhost/sluice:{}", vpc.prefix);
     let mut build = std::process::Command::new(workspace().join("scripts/image"));
-    build.arg("--bin-dir").arg(bin_dir()).args(["--tag", &image]);
+    build
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .arg("--cni-bin-dir")
+        .arg(cni_bin_dir())
+        .args(["--tag", &image]);
     podman.env(&mut build);
     let out = build.output().unwrap();
     assert!(

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use sluice_integration::cni::Call;
 use sluice_integration::fuzz::{Strings, cases, mutate, pick, rng};
 use sluice_integration::vpc::Vpc;
-use sluice_integration::{bin_dir, cni_path, require_root};
+use sluice_integration::{cni_bin_dir, cni_path, require_root};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -186,7 +186,7 @@ fn fuzzed_cni_input_gets_an_answer_and_leaves_nothing() {
         "ips": [{"address": "10.244.1.40/24", "gateway": "10.244.0.1", "interface": 0}],
         "routes": [{"dst": "0.0.0.0/0"}]
     });
-    let bin = bin_dir().join("sluice");
+    let bin = cni_bin_dir().join("sluice");
     let node = vpc.nodes[0].name.clone();
     let mut rng = rng(0xcf);
     let (mut failures, mut answered, mut succeeded) = (Vec::new(), 0usize, 0usize);

@@ -5,7 +5,7 @@ use serde_json::json;
 use sluice_integration::cni::Call;
 use sluice_integration::probe::{EchoServer, tcp_request};
 use sluice_integration::vpc::{Vpc, result_ip};
-use sluice_integration::{bin_dir, reference_plugins_present, require_root, skip};
+use sluice_integration::{cni_bin_dir, reference_plugins_present, require_root, skip};
 
 #[test]
 fn sluice_ipam_binary_speaks_cni() {
@@ -13,7 +13,7 @@ fn sluice_ipam_binary_speaks_cni() {
     let conf = json!({"cniVersion": "1.1.0", "name": "ipamnet", "type": "whatever",
         "ipam": {"type": "sluice-ipam", "ranges": [[{"subnet": "10.250.0.0/29"}], [{"subnet": "fd00:250::/125"}]],
                  "routes": [{"dst": "0.0.0.0/0"}], "dataDir": dir}});
-    let bin = bin_dir().join("sluice-ipam");
+    let bin = cni_bin_dir().join("sluice-ipam");
     let call = |cmd: &str, cid: &str, c: &serde_json::Value| {
         Call::new(&bin, None)
             .standard(cmd, cid, "/proc/self/ns/net", "eth0")

@@ -3,8 +3,8 @@
 //! No namespaces are needed, so these run without root too.
 
 use serde_json::{Value, json};
-use sluice_integration::bin_dir;
 use sluice_integration::cni::{Call, CniOutput};
+use sluice_integration::cni_bin_dir;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
@@ -17,7 +17,7 @@ fn conf(dir: &Path, subnet: &str) -> Value {
 }
 
 fn spawn(cmd: &str, cid: &str) -> Child {
-    Call::new(&bin_dir().join("sluice-ipam"), None)
+    Call::new(&cni_bin_dir().join("sluice-ipam"), None)
         .standard(cmd, cid, "/proc/self/ns/net", "eth0")
         .spawn()
 }
@@ -98,7 +98,7 @@ fn sixty_four_processes_share_a_slash26_exactly() {
 
     // The operator's view agrees: 61 rows with owner and age, as a table and as JSON.
     let list = |fmt: &str| {
-        let out = std::process::Command::new(bin_dir().join("sluice-ipam"))
+        let out = std::process::Command::new(cni_bin_dir().join("sluice-ipam"))
             .args(["leases", "--data-dir"])
             .arg(tmp.path())
             .args(["-o", fmt])
@@ -242,7 +242,7 @@ fn sigkill_at_random_moments_leaves_no_duplicate_and_gc_recovers_every_orphan() 
         .keys()
         .map(|id| json!({"containerID": id, "ifname": "eth0"}))
         .collect();
-    let out = Call::new(&bin_dir().join("sluice-ipam"), None)
+    let out = Call::new(&cni_bin_dir().join("sluice-ipam"), None)
         .env("CNI_COMMAND", "GC")
         .env("CNI_PATH", &sluice_integration::cni_path())
         .run(&serde_json::to_vec(&gc).unwrap());

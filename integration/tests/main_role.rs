@@ -3,7 +3,7 @@
 use serde_json::json;
 use sluice_integration::probe::{EchoServer, tcp_request, udp_request};
 use sluice_integration::vpc::{VPC_ROUTER, Vpc, node_ip, result_ip};
-use sluice_integration::{bin_dir, require_root};
+use sluice_integration::{cni_bin_dir, require_root};
 use std::net::SocketAddr;
 
 fn sa(ip: &str, port: u16) -> SocketAddr {
@@ -127,7 +127,7 @@ fn del_succeeds_when_netns_is_gone_or_not_given() {
     // The runtime deleted the namespace before DEL.
     let path = vpc.pods[p].path().display().to_string();
     vpc.pods.remove(p);
-    let bin = bin_dir().join("sluice");
+    let bin = cni_bin_dir().join("sluice");
     let stdin = serde_json::to_vec(&conf).unwrap();
     sluice_integration::cni::Call::new(&bin, Some(&vpc.node_name(0)))
         .standard("DEL", "gone", &path, "eth0")

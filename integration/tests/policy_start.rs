@@ -15,7 +15,7 @@ use sluice_integration::cni::Call;
 use sluice_integration::netns::Netns;
 use sluice_integration::probe::EchoServer;
 use sluice_integration::vpc::{Vpc, node_ip, result_ip};
-use sluice_integration::{bin_dir, require_root};
+use sluice_integration::{cni_bin_dir, require_root};
 use sluice_tc_datapath::layout;
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -133,7 +133,7 @@ spec:
 
 /// ADD a pod with the runtime's CNI_ARGS; its address.
 fn add(vpc: &Vpc, pod: usize, ns: &str, name: &str, conf: &serde_json::Value) -> IpAddr {
-    let bin = bin_dir().join("sluice");
+    let bin = cni_bin_dir().join("sluice");
     let netns = vpc.pods[pod].path().display().to_string();
     let out = Call::new(&bin, Some(&vpc.nodes[0].name))
         .standard("ADD", name, &netns, "eth0")

@@ -3,7 +3,7 @@
 use serde_json::json;
 use sluice_integration::cni::Call;
 use sluice_integration::vpc::Vpc;
-use sluice_integration::{bin_dir, require_root};
+use sluice_integration::{cni_bin_dir, require_root};
 
 #[test]
 fn add_check_del_in_every_supported_version() {
@@ -36,7 +36,7 @@ fn add_check_del_in_every_supported_version() {
 
 #[test]
 fn version_verb() {
-    let bin = bin_dir().join("sluice");
+    let bin = cni_bin_dir().join("sluice");
     let out = Call::new(&bin, None)
         .env("CNI_COMMAND", "VERSION")
         .run(b"")
@@ -70,7 +70,7 @@ fn status_reports_parent_and_pool_and_gc_removes_stale_attachments() {
     let mut conf = vpc.main_conf(0, "1.1.0");
     // Three usable addresses only.
     conf["ipam"]["ranges"] = json!([[{"subnet": "10.244.0.0/16", "rangeStart": "10.244.1.2", "rangeEnd": "10.244.1.4", "gateway": "10.244.0.1"}]]);
-    let bin = bin_dir().join("sluice");
+    let bin = cni_bin_dir().join("sluice");
     let node = vpc.node_name(0);
     let status = |c: &serde_json::Value| {
         Call::new(&bin, Some(&node))
@@ -115,4 +115,64 @@ fn status_reports_parent_and_pool_and_gc_removes_stale_attachments() {
         .env("CNI_COMMAND", "GC")
         .run(&serde_json::to_vec(&old).unwrap());
     assert_eq!(out.error_code(), 1);
+}
+
+/// The program headers' types of the ELF file at `path` (64-bit,
+/// little-endian: the only kind this workspace builds).
+fn program_header_types(path: &std::path::Path) -> Vec<u32> {
+    let elf = std::fs::read(path).unwrap();
+    assert_eq!(
+        &elf[..6],
+        b"\x7fELF\x02\x01",
+        "{}: a 64-bit little-endian ELF file",
+        path.display()
+    );
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count)
+        .map(|i| u32::from_le_bytes(elf[phoff + i * size..][..4].try_into().unwrap()))
+        .collect()
+}
+
+/// The CNI binaries a node gets (`scripts/build-cni`, what `scripts/test`
+/// points `SLUICE_CNI_BIN_DIR` at and the image ships) ask for no program
+/// interpreter and no shared library: they run on the host, whatever its C
+/// library. They answer VERSION (the rest of the suite runs them).
+#[test]
+fn the_cni_binaries_a_node_gets_are_static() {
+    const TEST: &str = "the_cni_binaries_a_node_gets_are_static";
+    if std::env::var_os("SLUICE_CNI_BIN_DIR").is_none() {
+        sluice_integration::skip(
+            TEST,
+            "SLUICE_CNI_BIN_DIR is not set: the workspace's dynamic build is under test (scripts/test sets it)",
+        );
+        return;
+    }
+    const PT_DYNAMIC: u32 = 2;
+    const PT_INTERP: u32 = 3;
+    for b in ["sluice", "sluice-ipam"] {
+        let path = cni_bin_dir().join(b);
+        let types = program_header_types(&path);
+        assert!(
+            !types.contains(&PT_INTERP),
+            "{}: asks for a program interpreter",
+            path.display()
+        );
+        // A static-pie keeps a dynamic section (it relocates itself), but
+        // names no library in it.
+        if types.contains(&PT_DYNAMIC) {
+            let out = std::process::Command::new("readelf")
+                .arg("-d")
+                .arg(&path)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(!text.contains("(NEEDED)"), "{}: needs {text}", path.display());
+        }
+        Call::new(&path, None)
+            .env("CNI_COMMAND", "VERSION")
+            .run(br#"{"cniVersion":"1.0.0"}"#)
+            .expect_ok(&format!("{b} VERSION"));
+    }
 }

@@ -36,6 +36,11 @@ struct Args {
     /// the agent does once the node is quiet (the DEL of a pod that lived).
     #[arg(long)]
     links_before_del: bool,
+    /// Where `sluice` and `sluice-ipam` are (default: next to this binary);
+    /// `target/cni-static/release` for the static pair `scripts/build-cni`
+    /// makes, as the image ships it.
+    #[arg(long)]
+    cni_bin_dir: Option<PathBuf>,
 }
 
 struct Plugin {
@@ -67,7 +72,7 @@ fn modes(v: &[Duration]) -> String {
         *bins.entry(d.as_millis()).or_default() += 1;
     }
     let mut top: Vec<(u128, usize)> = bins.into_iter().filter(|&(_, n)| n * 10 >= v.len()).collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1));
+    top.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
     let parts: Vec<String> = top
         .iter()
         .map(|(ms, n)| format!("{ms} ms {}%", n * 100 / v.len()))
@@ -162,7 +167,14 @@ fn main() -> Result<()> {
             bail!("{p} missing: apt-get install containernetworking-plugins");
         }
     }
-    let bins = std::env::current_exe()?.parent().unwrap().to_path_buf();
+    let bins = match &args.cni_bin_dir {
+        Some(dir) => std::fs::canonicalize(dir).with_context(|| format!("--cni-bin-dir {}", dir.display()))?,
+        None => std::env::current_exe()?.parent().unwrap().to_path_buf(),
+    };
+    for b in ["sluice", "sluice-ipam"] {
+        anyhow::ensure!(bins.join(b).is_file(), "{} missing", bins.join(b).display());
+    }
+    println!("CNI binaries: {}", bins.display());
     let cni_path = format!("{}:/usr/lib/cni", bins.display());
     let vpc = Vpc::new("bc", 1)?;
     let pods: Vec<Netns> = (0..args.pods)
