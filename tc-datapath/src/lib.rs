@@ -8,7 +8,9 @@
 //! - [`attach`]: a node's pinned programs and their links on interfaces;
 //! - [`maps`]: typed access to the maps, one module per family;
 //! - [`pin`]: where things live on bpffs;
-//! - [`ids`]: the id allocator every map writer uses.
+//! - [`ids`]: the id allocator every map writer uses;
+//! - [`netns_cookie`]: the cookie a network namespace is known by;
+//! - [`checksum`]: the internet checksum, for frames built in Rust.
 
 pub mod attach;
 pub mod checksum;
