@@ -65,30 +65,30 @@ pub fn bin_dir() -> PathBuf {
     if dir.ends_with("deps") {
         dir.pop();
     }
-    for b in ["sluice", "sluice-ipam"] {
-        assert!(
-            dir.join(b).is_file(),
-            "{} missing: build the workspace binaries first (cargo build --workspace --bins)",
-            dir.join(b).display()
-        );
-    }
-    dir
+    with_cni_pair(
+        dir,
+        "build the workspace binaries first (cargo build --workspace --bins)",
+    )
 }
 
 /// Where the CNI binaries under test are: `$SLUICE_CNI_BIN_DIR` when set
 /// (`scripts/test` sets it to the static pair `scripts/build-cni` makes,
 /// the binaries a node gets), else the workspace's own build ([`bin_dir`]).
 pub fn cni_bin_dir() -> PathBuf {
-    let Some(dir) = std::env::var_os("SLUICE_CNI_BIN_DIR") else {
-        return bin_dir();
-    };
-    let dir = PathBuf::from(dir);
+    match std::env::var_os("SLUICE_CNI_BIN_DIR") {
+        Some(dir) => with_cni_pair(
+            PathBuf::from(dir),
+            "SLUICE_CNI_BIN_DIR names a directory without it (scripts/build-cni)",
+        ),
+        None => bin_dir(),
+    }
+}
+
+/// `dir`, once it holds `sluice` and `sluice-ipam`; else a panic naming the
+/// missing one and `fix`.
+fn with_cni_pair(dir: PathBuf, fix: &str) -> PathBuf {
     for b in ["sluice", "sluice-ipam"] {
-        assert!(
-            dir.join(b).is_file(),
-            "{} missing: SLUICE_CNI_BIN_DIR names a directory without it (scripts/build-cni)",
-            dir.join(b).display()
-        );
+        assert!(dir.join(b).is_file(), "{} missing: {fix}", dir.join(b).display());
     }
     dir
 }
