@@ -155,7 +155,7 @@ impl Agent {
         &self.maps
     }
 
-    /// The node's own addresses as of now (`local_addresses()`), for the
+    /// The node's own addresses as of now (`node_addresses::current()`), for the
     /// next sync: they are the node's identity (`host`), which every pod
     /// lets in.
     pub fn set_local_addresses(&mut self, addrs: Vec<IpAddr>) {
@@ -272,29 +272,4 @@ impl crate::flows::PodNames for Agent {
     fn pod_name(&self, ip: &IpAddr) -> Option<&str> {
         self.translator.pod_at(ip)
     }
-}
-
-/// The global addresses of this network namespace's interfaces (loopback
-/// and link-local left out).
-pub fn local_addresses() -> Vec<IpAddr> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return Vec::new();
-    };
-    let mut out: Vec<IpAddr> = addrs
-        .filter_map(|a| a.address)
-        .filter_map(|s| {
-            if let Some(v4) = s.as_sockaddr_in() {
-                Some(IpAddr::V4(v4.ip()))
-            } else {
-                s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
-            }
-        })
-        .filter(|ip| match ip {
-            IpAddr::V4(v) => !v.is_loopback() && !v.is_link_local() && !v.is_unspecified(),
-            IpAddr::V6(v) => !v.is_loopback() && (v.segments()[0] & 0xffc0) != 0xfe80 && !v.is_unspecified(),
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
 }

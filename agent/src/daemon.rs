@@ -632,7 +632,12 @@ impl Daemon {
     /// addresses, its CNI records); None while the API server's kinds are
     /// not all listed.
     fn sync_now(&mut self) -> Option<Report> {
-        self.agent.set_local_addresses(crate::agent::local_addresses());
+        match sluice_tc_datapath::node_addresses::current() {
+            Ok(addrs) => self.agent.set_local_addresses(addrs),
+            // An empty set would withdraw every NodePort and the node's
+            // identity from the pods' policy: keep the last one read.
+            Err(e) => warn!(error = %e, "the node's addresses not read; the last ones stay"),
+        }
         self.agent
             .set_pod_records(endpoint_gc::pod_records(&self.opts.cni_data_dir));
         match &self.source {

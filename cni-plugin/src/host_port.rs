@@ -81,28 +81,6 @@ pub fn parse(list: &[PortMapping]) -> Result<Vec<Mapping>, CniError> {
     Ok(out)
 }
 
-/// The node's global addresses (this process's namespace: the runtime's).
-fn node_addresses() -> Vec<IpAddr> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return Vec::new();
-    };
-    let mut out: Vec<IpAddr> = addrs
-        .filter_map(|a| a.address)
-        .filter_map(|s| {
-            s.as_sockaddr_in()
-                .map(|v4| IpAddr::V4(v4.ip()))
-                .or_else(|| s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
-        })
-        .filter(|ip| match ip {
-            IpAddr::V4(v) => !v.is_loopback() && !v.is_link_local() && !v.is_unspecified(),
-            IpAddr::V6(v) => !v.is_loopback() && (v.segments()[0] & 0xffc0) != 0xfe80 && !v.is_unspecified(),
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
 /// The entries `mappings` make for the pod `ep`: one per node address of
 /// each of the pod's address families.
 fn entries(mappings: &[Mapping], ep: &Endpoint, node: &[IpAddr]) -> Vec<HostPort> {
@@ -134,7 +112,10 @@ pub fn publish(cfg: &PluginConfig, versioned: &Path, ep: &Endpoint) -> Result<us
     if mappings.is_empty() {
         return Ok(0);
     }
-    let want = entries(&mappings, ep, &node_addresses());
+    // The runtime's namespace, this process's: the node's.
+    let node = sluice_tc_datapath::node_addresses::current()
+        .map_err(|e| sluice_cni_spec::error::io_error("hostPort: listing the node's addresses (getifaddrs)", e))?;
+    let want = entries(&mappings, ep, &node);
     let _lock = crate::lock::lock(&cfg.data_dir(), "host-ports.lock")?;
     let mut maps = open(versioned)?;
     let mine = pin::attachment_id(&ep.container_id, &ep.ifname);

@@ -10,6 +10,7 @@
 //! - [`pin`]: where things live on bpffs;
 //! - [`ids`]: the id allocator every map writer uses;
 //! - [`netns_cookie`]: the cookie a network namespace is known by;
+//! - [`node_addresses`]: the node's addresses its ports are served on;
 //! - [`checksum`]: the internet checksum, for frames built in Rust.
 
 pub mod attach;
@@ -22,6 +23,7 @@ pub mod loader;
 pub mod maps;
 pub mod migrate;
 pub mod netns_cookie;
+pub mod node_addresses;
 pub mod pin;
 
 /// The compiled eBPF object (both programs and every map).
