@@ -15,6 +15,8 @@
 //!   client's connection too;
 //! - ingress policy at the backend judges the real client (eTP Local): an
 //!   ipBlock admits one outside host and keeps out the other;
+//! - a UDP flow (one client port) leaves its backend for the other once
+//!   its pod starts terminating;
 //! - a NodePort without endpoints refuses a connection at once;
 //! - the node calls its own NodePort (through the socket hooks);
 //! - a pod's hostPort (the runtime's portMappings at ADD) answers from the
@@ -75,8 +77,9 @@ fn nodes_yaml(vpc: &Vpc) -> String {
 }
 
 /// A dual-stack Service's EndpointSlices: `endpoints` are (IPv4, IPv6,
-/// node name) of pods listening on 8080 (TCP and UDP).
-fn slices(name: &str, ports: &[(&str, &str)], endpoints: &[(&str, &str, &str)]) -> String {
+/// node name) of pods listening on 8080 (TCP and UDP), ready but for the
+/// one `terminating` names (its pod being deleted: serving, not ready).
+fn slices(name: &str, ports: &[(&str, &str)], endpoints: &[(&str, &str, &str)], terminating: Option<usize>) -> String {
     let mut out = String::new();
     for (family, i) in [("IPv4", 0), ("IPv6", 1)] {
         let ports: Vec<String> = ports
@@ -89,10 +92,15 @@ fn slices(name: &str, ports: &[(&str, &str)], endpoints: &[(&str, &str, &str)]) 
             family.to_lowercase(),
             ports.join(", ")
         );
-        for e in endpoints {
+        for (n, e) in endpoints.iter().enumerate() {
             let a = if i == 0 { e.0 } else { e.1 };
+            let conditions = if terminating == Some(n) {
+                "{ready: false, serving: true, terminating: true}"
+            } else {
+                "{ready: true}"
+            };
             out += &format!(
-                "- {{addresses: [\"{a}\"], nodeName: {}, conditions: {{ready: true}}}}\n",
+                "- {{addresses: [\"{a}\"], nodeName: {}, conditions: {conditions}}}\n",
                 e.2
             );
         }
@@ -103,8 +111,14 @@ fn slices(name: &str, ports: &[(&str, &str)], endpoints: &[(&str, &str, &str)]) 
 /// The Services: `web` (eTP Cluster: NodePorts 30080/tcp and 30053/udp, a
 /// load-balancer IP, an external IP), `local` (eTP Local, NodePort 30081,
 /// health check node port), `ranged` (a load-balancer IP admitting only
-/// CLIENT). `local_endpoints` are the endpoints `local` has.
-fn services_yaml(vpc: &Vpc, eps: &[(&str, &str, &str)], local_endpoints: &[(&str, &str, &str)]) -> String {
+/// CLIENT). `local_endpoints` are the endpoints `local` has; `terminating`
+/// names an endpoint of `web` whose pod is being deleted.
+fn services_yaml(
+    vpc: &Vpc,
+    eps: &[(&str, &str, &str)],
+    local_endpoints: &[(&str, &str, &str)],
+    terminating: Option<usize>,
+) -> String {
     let dual = "ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack";
     let mut out = nodes_yaml(vpc);
     out += &format!(
@@ -114,21 +128,21 @@ fn services_yaml(vpc: &Vpc, eps: &[(&str, &str, &str)], local_endpoints: &[(&str
          - {{name: dns, port: 53, targetPort: 8080, nodePort: 30053, protocol: UDP}}\n\
          status: {{loadBalancer: {{ingress: [{{ip: \"{LB_IP}\"}}]}}}}\n"
     );
-    out += &slices("web", &[("http", "TCP"), ("dns", "UDP")], eps);
+    out += &slices("web", &[("http", "TCP"), ("dns", "UDP")], eps, terminating);
     out += &format!(
         "---\napiVersion: v1\nkind: Service\nmetadata: {{name: local, namespace: test}}\nspec:\n  type: LoadBalancer\n  \
          clusterIP: 10.96.9.2\n  clusterIPs: [10.96.9.2, \"fd00:96::9:2\"]\n  {dual}\n  externalTrafficPolicy: Local\n  \
          healthCheckNodePort: {HEALTH_PORT}\n  ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: 30081, protocol: TCP}}\n\
          status: {{loadBalancer: {{ingress: [{{ip: \"{LOCAL_LB_IP}\"}}]}}}}\n"
     );
-    out += &slices("local", &[("http", "TCP")], local_endpoints);
+    out += &slices("local", &[("http", "TCP")], local_endpoints, None);
     out += &format!(
         "---\napiVersion: v1\nkind: Service\nmetadata: {{name: ranged, namespace: test}}\nspec:\n  type: LoadBalancer\n  \
          clusterIP: 10.96.9.3\n  externalTrafficPolicy: Cluster\n  loadBalancerSourceRanges: [\"{CLIENT}/32\"]\n  \
          ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: 30082, protocol: TCP}}\n\
          status: {{loadBalancer: {{ingress: [{{ip: \"{RANGED_LB_IP}\"}}]}}}}\n"
     );
-    out += &slices("ranged", &[("http", "TCP")], eps);
+    out += &slices("ranged", &[("http", "TCP")], eps, None);
     // No endpoint: refused from outside as from a pod (kube-proxy's REJECT).
     out += "---\napiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: test}\nspec:\n  type: NodePort\n  \
             clusterIP: 10.96.9.4\n  ports:\n  - {name: http, port: 80, targetPort: 8080, nodePort: 30090, protocol: TCP}\n";
@@ -210,7 +224,7 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
         (b4.as_str(), b6.as_str(), n1.as_str()),
     ];
     let svcs = Services::new(&vpc).unwrap();
-    svcs.write_manifest("cluster", &services_yaml(&vpc, &eps, &eps))
+    svcs.write_manifest("cluster", &services_yaml(&vpc, &eps, &eps, None))
         .unwrap();
     svcs.sync_node(&vpc, 1, &[]).unwrap();
     let log = vpc.data_dir.join("agent-n0.log");
@@ -365,8 +379,11 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
         started.elapsed()
     );
 
-    // The last local endpoint goes: 503, and the NodePort drops.
-    svcs.write_manifest("cluster", &services_yaml(&vpc, &eps, &eps[1..]))
+    datagrams_leave_a_terminating_backend(&vpc, &svcs, client, &eps);
+
+    // The last local endpoint goes: 503, and the NodePort drops (and `web`'s
+    // endpoints are both ready again).
+    svcs.write_manifest("cluster", &services_yaml(&vpc, &eps, &eps[1..], None))
         .unwrap();
     // (A file write may wake the agent more than once: wait for the answer.)
     let until = std::time::Instant::now() + Duration::from_secs(20);
@@ -419,6 +436,58 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
     }
     assert_eq!(left, (0, 0), "programs left on the uplink after uninstall");
     assert!(tcp_request(&vpc.pods[c1], sa(&node_ip(0), 30080), "after").is_err());
+}
+
+/// A datagram flow from outside follows its backend only while that takes
+/// new flows, as a pod's does and as kube-proxy flushes a UDP conntrack
+/// entry once its endpoint stops being ready: one client port keeps
+/// sending to the UDP NodePort, its backend's pod starts terminating, and
+/// the next datagram of the same flow reaches the other backend. (The
+/// upstream e2e case: "Conntrack should be able to preserve UDP traffic
+/// when server pod cycles for a NodePort service".)
+fn datagrams_leave_a_terminating_backend(vpc: &Vpc, svcs: &Services, client: &Netns, eps: &[(&str, &str, &str)]) {
+    let to = sa(&node_ip(0), 30053);
+    // Bound in the client's namespace, used from here: a socket keeps the
+    // namespace it was made in.
+    let sock = client.run(|| std::net::UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let ask = |msg: &str| -> Option<String> {
+        sock.send_to(msg.as_bytes(), to).unwrap();
+        let mut buf = [0u8; 512];
+        let (n, _) = sock.recv_from(&mut buf).ok()?;
+        Some(who(&String::from_utf8_lossy(&buf[..n])).0)
+    };
+    let first = (0..5)
+        .find_map(|i| ask(&format!("f{i}")))
+        .expect("a UDP answer from the NodePort");
+    for i in 0..5 {
+        assert_eq!(
+            ask(&format!("s{i}")).as_deref(),
+            Some(first.as_str()),
+            "one flow, one backend"
+        );
+    }
+    let x = usize::from(first == "b");
+    svcs.write_manifest("cluster", &services_yaml(vpc, eps, eps, Some(x)))
+        .unwrap();
+    let other = if x == 0 { "b" } else { "a" };
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    let mut last = None;
+    while std::time::Instant::now() < until {
+        last = ask("t");
+        if last.as_deref() == Some(other) {
+            break;
+        }
+    }
+    assert_eq!(
+        last.as_deref(),
+        Some(other),
+        "the same client port's datagrams after backend {first} turned terminating; backends: {}",
+        vpc.sluicectl(0, &["backend", "list"])
+    );
+    for i in 0..5 {
+        assert_eq!(ask(&format!("o{i}")).as_deref(), Some(other), "and they stay there");
+    }
 }
 
 /// A pod of the chained role (Debian's macvlan + host-local first) as an

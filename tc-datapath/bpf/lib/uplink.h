@@ -209,6 +209,37 @@ static __always_inline __u32 uplink_backend(struct pkt *p, struct svc_value *svc
 	return id;
 }
 
+/* The external frontend (NodePort, load-balancer or external IP) a packet
+ * from outside is addressed to, its key left in `sk` (zeroed by the
+ * caller); NULL if there is none. */
+static __always_inline struct svc_value *external_frontend(const struct pkt *p, struct svc_key *sk)
+{
+	if (!maybe_in(&sl_vip_filter, p->daddr))
+		return 0;
+	__builtin_memcpy(sk->addr, p->daddr, 16);
+	sk->port = p->dport;
+	sk->proto = p->proto;
+	sk->scope = SVC_SCOPE_EXTERNAL;
+	return bpf_map_lookup_elem(&sl_services, sk);
+}
+
+/* Whether a datagram of a flow from outside stays with its backend `b`
+ * (id `id`): as at a pod (lb.h, service()), while the frontend still sends
+ * new flows there, or has nowhere else to send them. A backend whose pod
+ * began terminating loses its datagram flows to a ready one at once, as
+ * kube-proxy flushes a UDP conntrack entry once its endpoint stops being
+ * ready; its TCP connections stay. */
+static __always_inline int datagram_stays(const struct pkt *p, struct svc_key *sk, const struct backend_value *b,
+					  __u32 id)
+{
+	struct svc_value *svc;
+
+	if (b->state == BACKEND_ACTIVE)
+		return 1;
+	svc = external_frontend(p, sk);
+	return !svc || !svc->count || carried_backend(svc, id);
+}
+
 /* Both uplink programs: `dir` ingress (from the VPC) or egress (to it).
  * Each helper that builds a packet or rewrites one is reached from one
  * place only (the stack is shared by everything inlined here). */
@@ -240,10 +271,15 @@ static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 		if (v->flags & NAT_F_REPLY)
 			goto apply;
 		if (dir == DIR_INGRESS) {
-			if (!v->backend_id || bpf_map_lookup_elem(&sl_backends, &v->backend_id))
+			if (!v->backend_id)
 				goto apply;
-			/* Its backend left: a TCP connection is reset, the next
-			 * datagram gets a backend afresh. */
+			b = bpf_map_lookup_elem(&sl_backends, &v->backend_id);
+			if (b && (p.proto == IPPROTO_TCP || datagram_stays(&p, &sk, b, v->backend_id)))
+				goto apply;
+			/* Its backend left: a TCP connection is reset. A datagram,
+			 * its backend gone or no longer taking new flows, gets a
+			 * backend afresh. */
+			b = 0;
 			bpf_map_delete_elem(&sl_nat, &k);
 			if (p.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN) {
 				if (p.tcp_flags & TCP_RST)
@@ -255,13 +291,7 @@ static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 	}
 	if (dir == DIR_EGRESS)
 		return TC_ACT_OK;
-	if (maybe_in(&sl_vip_filter, p.daddr)) {
-		__builtin_memcpy(sk.addr, p.daddr, 16);
-		sk.port = p.dport;
-		sk.proto = p.proto;
-		sk.scope = SVC_SCOPE_EXTERNAL;
-		svc = bpf_map_lookup_elem(&sl_services, &sk);
-	}
+	svc = external_frontend(&p, &sk);
 	if (svc) {
 		id = uplink_backend(&p, svc, &sk, &b, &why, now);
 		if (!id || !b) {
