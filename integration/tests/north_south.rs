@@ -23,7 +23,8 @@
 //!   fabric (the pod sees the client) and from the node's own sockets (in
 //!   a cgroup with the socket hooks), TCP and UDP; another pod asking for
 //!   the same port is refused (PortInUse) and leaves nothing behind; DEL
-//!   frees it;
+//!   frees it; one port held by three pods on 127.0.0.1/TCP, the node's
+//!   address/TCP and the node's address/UDP, each reached at its own;
 //! - no conntrack entry, iptables rule or nftables ruleset on any node;
 //! - `sluice-install --uninstall` takes the programs off the uplink.
 
@@ -401,6 +402,7 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
 
     chained_backend(&mut vpc, c1, &svcs);
     host_ports(&mut vpc, c1, &svcs);
+    one_port_three_pods(&mut vpc, c1, &svcs);
 
     // None of it went through netfilter.
     assert_eq!(vpc.netfilter().unwrap(), Vec::<String>::new());
@@ -620,4 +622,61 @@ fn host_ports(vpc: &mut Vpc, c1: usize, svcs: &Services) {
     vpc.sluice(0, "ADD", "h2", h2, &with_ports(vpc))
         .expect_ok("ADD once the port is free");
     vpc.sluice(0, "DEL", "h2", h2, &with_ports(vpc)).expect_ok("DEL");
+}
+
+/// Kubernetes conformance, "HostPort validates that there is no conflict
+/// between pods with same hostPort but different hostIP and protocol": one
+/// hostPort held by three pods at once, on 127.0.0.1 over TCP, on the
+/// node's address over TCP and on the node's address over UDP, each
+/// reached at its own (the first only from the node, as in the upstream
+/// case, whose client is a hostNetwork pod).
+fn one_port_three_pods(vpc: &mut Vpc, c1: usize, svcs: &Services) {
+    let mapping = |vpc: &Vpc, host_ip: &str, proto: &str| {
+        let mut conf = vpc.dual_stack_conf(0);
+        conf["runtimeConfig"] = serde_json::json!({"portMappings": [
+            {"hostPort": HOST_PORT, "containerPort": 8080, "protocol": proto, "hostIP": host_ip},
+        ]});
+        conf
+    };
+    let wants = [
+        ("k1", "127.0.0.1".to_string(), "tcp"),
+        ("k2", node_ip(0), "tcp"),
+        ("k3", node_ip(0), "udp"),
+    ];
+    let pods: Vec<usize> = wants.iter().map(|(name, ..)| vpc.pod(name).unwrap()).collect();
+    let vpc = &*vpc;
+    let mut servers = Vec::new();
+    for ((name, host_ip, proto), p) in wants.iter().zip(&pods) {
+        vpc.sluice(0, "ADD", name, *p, &mapping(vpc, host_ip, proto))
+            .expect_ok("ADD: the same hostPort on another hostIP or protocol");
+        servers.push(EchoServer::start_telling_peer(&vpc.pods[*p], 8080, name).unwrap());
+    }
+    let client = &vpc.pods[c1];
+    let from_fabric = tcp_request(client, sa(&node_ip(0), HOST_PORT), "c").map(|r| who(&r).0);
+    assert_eq!(from_fabric.unwrap(), "k2", "TCP on the node's address, from the fabric");
+    let from_fabric = udp_request(client, sa(&node_ip(0), HOST_PORT), "c").map(|r| who(&r).0);
+    assert_eq!(from_fabric.unwrap(), "k3", "UDP on the node's address, from the fabric");
+    if cgroup2_root().is_some() {
+        let cg = TestCgroup::new(&vpc.prefix).unwrap();
+        let attach = [std::ffi::OsStr::new("--socket-lb-cgroup"), cg.path.as_os_str()];
+        svcs.sync_node(vpc, 0, &attach).unwrap();
+        for (name, host_ip, proto) in &wants {
+            let to = format!("{host_ip}:{HOST_PORT}");
+            let v = sock_client(&vpc.nodes[0], Some(&cg), &[proto, &to, "n"]);
+            assert!(
+                v["reply"].as_str().is_some_and(|r| r.starts_with(&format!("{name}@"))),
+                "{proto} to {to} from the node reaches {name}: {v}"
+            );
+        }
+    } else {
+        sluice_integration::skip(
+            "hostPort on 127.0.0.1 from the node",
+            "no cgroup v2 mount on this machine",
+        );
+    }
+    drop(servers);
+    for ((name, host_ip, proto), p) in wants.iter().zip(&pods) {
+        vpc.sluice(0, "DEL", name, *p, &mapping(vpc, host_ip, proto))
+            .expect_ok("DEL");
+    }
 }
