@@ -11,7 +11,7 @@ use sluice_integration::chain::Chain;
 use sluice_integration::netns::Netns;
 use sluice_integration::probe::{EchoServer, Session, StreamEcho, tcp_request, udp_request};
 use sluice_integration::services::{ServicePort, Services};
-use sluice_integration::vpc::{Vpc, result_ip};
+use sluice_integration::vpc::{VPC_ROUTER, Vpc, result_ip};
 use sluice_integration::{bin_dir, require_reference_plugins, require_root};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -607,4 +607,51 @@ fn fragmented_udp_crosses_a_vip_both_ways() {
         assert!(counter(frags) >= f0 + 3, "{vip}: the request left in fragments");
         assert!(counter(reassembled) > r0, "{vip}: the answer came in fragments");
     }
+}
+
+/// A Service whose endpoints are node addresses (hostNetwork pods; the
+/// `kubernetes` Service, whose endpoints are the API servers' host
+/// addresses): a pod reaches the one on its own node (through the host
+/// path) and the one on the other node (through the VPC), over TCP and UDP.
+#[test]
+fn services_reach_endpoints_on_node_addresses() {
+    if !require_root("services_reach_endpoints_on_node_addresses") {
+        return;
+    }
+    let mut vpc = Vpc::new("svh", 2).unwrap();
+    let mut pods = Pods::new(&vpc, Role::Main);
+    let (c, _) = pods.add(&mut vpc, 0, "c");
+    // Node 1's datapath is there once a pod is.
+    pods.add(&mut vpc, 1, "d");
+    let _servers: Vec<EchoServer> = (0..2)
+        .map(|n| EchoServer::start(&vpc.nodes[n], 6443, &format!("node{n}")).unwrap())
+        .collect();
+    let svcs = Services::new(&vpc).unwrap();
+    let nodes = [
+        sa(&sluice_integration::vpc::node_ip(0), 6443),
+        sa(&sluice_integration::vpc::node_ip(1), 6443),
+    ];
+    svcs.put(&vpc, &ServicePort::new("10.96.0.1:443/tcp", &nodes)).unwrap();
+    svcs.put(&vpc, &ServicePort::new("10.96.0.1:53/udp", &nodes)).unwrap();
+    // A node answers a pod of another node through the VPC router, as a
+    // cloud node's default route does.
+    for n in &vpc.nodes {
+        n.ip(&["route", "add", "default", "via", VPC_ROUTER, "dev", "eth0"])
+            .unwrap();
+    }
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for i in 0..40 {
+        let r = tcp_request(&vpc.pods[c], sa("10.96.0.1", 443), &format!("t{i}"))
+            .unwrap_or_else(|e| panic!("connection {i} to a Service on node addresses: {e:#}"));
+        *seen.entry(who(&r)).or_default() += 1;
+        let r = udp_request(&vpc.pods[c], sa("10.96.0.1", 53), &format!("u{i}"))
+            .unwrap_or_else(|e| panic!("datagram {i} to a Service on node addresses: {e:#}"));
+        *seen.entry(format!("udp-{}", who(&r))).or_default() += 1;
+    }
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>(),
+        vec!["node0", "node1", "udp-node0", "udp-node1"],
+        "{seen:?}"
+    );
+    assert_netfilter_unused(&vpc, "after");
 }
