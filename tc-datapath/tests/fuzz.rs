@@ -1,13 +1,16 @@
 //! Packet fuzzing of the real programs through BPF_PROG_TEST_RUN: random
 //! and mutated frames (truncations, every ethertype, VLAN tags, IPv4
 //! options and `ihl`, IPv6 extension chains, fragments, ICMP errors quoting
-//! anything) go through the egress program of a pod under the source check
-//! and the ingress program of an isolated pod, and every verdict is held to
-//! three invariants:
+//! anything) go through the egress program of a pod under the source check,
+//! the ingress program of an isolated pod and the uplink's ingress (frames
+//! from outside the node), and every verdict is held to these invariants:
 //!
 //! - nothing leaves a pod from a source that is not its own;
 //! - nothing reaches an isolated pod unless a rule, a flow of its own (its
 //!   conntrack entry) or an error about such a flow lets it in;
+//! - from outside, only a frontend's traffic reaches a backend, and only a
+//!   remote backend's reply is turned back to a client (see the uplink
+//!   test);
 //! - what the programs rewrite carries valid checksums.
 //!
 //! The seed is fixed (`SLUICE_FUZZ_SEED` changes it) and CI runs
@@ -975,5 +978,320 @@ fn fuzzed_frames_reach_an_isolated_pod_only_as_allowed() {
     assert!(
         t.ip > frames() / 2 && denied > 100,
         "the fuzzer reached the policy ({denied} denied)"
+    );
+}
+
+// ---- the uplink: frames from outside the node ----
+
+/// This node's addresses: NodePorts and hostPorts answer on them, and a
+/// backend elsewhere sees connections from them (SNAT).
+const NODE: [&str; 2] = ["172.31.0.11", "fd00:31::11"];
+/// Backends: a pod of this node behind the test device as its parent, one
+/// behind another parent, one on another node.
+const LOCAL: [&str; 2] = ["10.244.1.5", "fd00:244::1:5"];
+const LOCAL_OTHER_PARENT: [&str; 2] = ["10.244.1.6", "fd00:244::1:6"];
+const REMOTE: [&str; 2] = ["10.244.2.7", "fd00:244::2:7"];
+/// A load-balancer IP that admits the first of each family's OUTSIDE
+/// clients only (its source ranges), and an external IP without endpoints.
+const LB: [&str; 2] = ["198.51.100.10", "2001:db8:100::10"];
+const EXT: [&str; 2] = ["198.51.100.20", "2001:db8:100::20"];
+const OUTSIDE: [&str; 4] = ["203.0.113.5", "192.0.2.9", "2001:db8:5::5", "2001:db8:9::9"];
+const IN_RANGE: [&str; 2] = ["203.0.113.0/24", "2001:db8:5::/48"];
+
+impl Aim {
+    fn uplink() -> Aim {
+        let mut sources: Vec<&str> = Vec::new();
+        for _ in 0..4 {
+            sources.extend(OUTSIDE);
+        }
+        // Spoofers: this node's pods, a backend elsewhere, the node itself.
+        sources.extend(LOCAL);
+        sources.extend(REMOTE);
+        sources.extend(NODE);
+        sources.extend(["0.0.0.0", "::"]);
+        let mut destinations: Vec<&str> = Vec::new();
+        for _ in 0..4 {
+            destinations.extend(NODE);
+        }
+        for _ in 0..3 {
+            destinations.extend(LB);
+        }
+        destinations.extend(EXT);
+        destinations.extend(LOCAL);
+        destinations.extend(REMOTE);
+        destinations.extend(["10.0.0.1", "fd5c:5c5c::1"]);
+        let flows = vec![
+            (OUTSIDE[0], NODE[0], PROTO_TCP, 40000, 80),
+            (OUTSIDE[1], NODE[0], PROTO_UDP, 40000, 53),
+            (OUTSIDE[2], NODE[1], PROTO_TCP, 40000, 80),
+            (OUTSIDE[3], NODE[1], PROTO_UDP, 40001, 53),
+            (OUTSIDE[0], LB[0], PROTO_TCP, 40000, 80),
+            (OUTSIDE[1], LB[0], PROTO_TCP, 40002, 80),
+            (OUTSIDE[2], LB[1], PROTO_TCP, 40000, 80),
+            (OUTSIDE[3], LB[1], PROTO_TCP, 40000, 80),
+            (OUTSIDE[0], EXT[0], PROTO_TCP, 40000, 81),
+            (OUTSIDE[2], EXT[1], PROTO_UDP, 40000, 81),
+            (OUTSIDE[1], NODE[0], PROTO_TCP, 40000, 5001),
+            (OUTSIDE[3], NODE[1], PROTO_UDP, 40000, 5001),
+        ];
+        Aim {
+            sources,
+            destinations,
+            flows,
+        }
+    }
+}
+
+/// A frontend of the uplink test: address, port, protocol, backends
+/// (address, port), whether it rejects.
+type Frontend<'a> = (&'a str, u16, u8, &'a [(&'a str, u16)], bool);
+
+fn ip_of(a: &Addr) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(*a);
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
+/// Frames aimed at the uplink's reply entries as they stand: a backend
+/// elsewhere answering this node's SNAT port (a real reply), or a frame
+/// from outside claiming to be this node's pod answering a client (a
+/// local backend's reply leaves through the uplink's egress; one coming in
+/// is forged).
+fn reply_frames(dp: &Dp, rng: &mut TestRng, aim: &Aim) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for (k, v) in dp.maps.uplink().nat_entries().unwrap() {
+        if v.flags & NAT_F_REPLY == 0 || out.len() >= 64 {
+            continue;
+        }
+        let force = (k.proto, u16::from_be(k.sport), u16::from_be(k.dport));
+        let mut b = ip_packet(rng, ip_of(&k.saddr), ip_of(&k.daddr), 1, aim, Some(force));
+        fix_checksums(&mut b);
+        out.push(b);
+    }
+    out
+}
+
+/// Frames from outside through the uplink's ingress: every rewrite is one
+/// the frontends explain, and what it sends on is held to them:
+///
+/// - to a backend, only what came to a frontend (NodePort, load-balancer
+///   IP, hostPort), from the client itself (a local backend) or this
+///   node's address (SNAT), and never from a client the source ranges
+///   leave out;
+/// - back to a client, only a reply of a backend elsewhere to this node's
+///   SNAT port: a frame from outside claiming to be this node's pod is no
+///   reply;
+/// - turned around (a reset, an ICMP error) to the sender;
+///
+/// later fragments and what is no frontend's pass untouched, and what is
+/// rewritten carries valid checksums.
+#[test]
+fn fuzzed_frames_from_outside_meet_only_the_frontends() {
+    if !root("fuzzed_frames_from_outside_meet_only_the_frontends") {
+        return;
+    }
+    use sluice_tc_datapath::loader::UPLINK_IN;
+    use sluice_tc_datapath::maps::endpoints::Endpoint;
+    use sluice_tc_datapath::maps::hostport::HostPort;
+    use sluice_tc_datapath::maps::lb::{Algorithm, Backend, ServiceSpec};
+    use std::net::SocketAddr;
+
+    let mut dp = Dp::new();
+    let (n4, n6) = (ip(NODE[0]), ip(NODE[1]));
+    let (IpAddr::V4(n4), IpAddr::V6(n6)) = (n4, n6) else {
+        unreachable!()
+    };
+    dp.maps.uplink_mut().set_uplink(1, Some(n4), Some(n6)).unwrap();
+    for (addrs, parent, id) in [(LOCAL, 1, 21), (LOCAL_OTHER_PARENT, 2, 22)] {
+        for a in addrs {
+            dp.maps
+                .endpoints_mut()
+                .add(&Endpoint {
+                    addr: ip(a),
+                    ifindex: 9,
+                    endpoint_id: id,
+                    mac: POD_MAC,
+                    parent_ifindex: parent,
+                    netns_cookie: 0,
+                })
+                .unwrap();
+        }
+    }
+    // (frontend, port, proto) -> backends (address, port); each frontend in
+    // both scopes, as the agent writes them.
+    let mut fronts: BTreeSet<(IpAddr, u16, u8)> = BTreeSet::new();
+    let mut backends: BTreeSet<(IpAddr, u16, u8)> = BTreeSet::new();
+    let mut rev = 100;
+    let mut next_id = 1;
+    for f in 0..2 {
+        let web = [(LOCAL[f], 8080), (LOCAL_OTHER_PARENT[f], 8080), (REMOTE[f], 8080)];
+        let dns = [(LOCAL[f], 5353), (REMOTE[f], 5353)];
+        let specs: [Frontend; 4] = [
+            (NODE[f], 80, PROTO_TCP, &web, false),
+            (NODE[f], 53, PROTO_UDP, &dns, false),
+            (LB[f], 80, PROTO_TCP, &web[..], false),
+            (EXT[f], 81, PROTO_TCP, &[], true),
+        ];
+        for (vip, port, proto, bes, reject) in specs {
+            let bes: Vec<Backend> = bes
+                .iter()
+                .map(|(a, p)| {
+                    next_id += 1;
+                    backends.insert((ip(a), *p, proto));
+                    Backend {
+                        id: next_id,
+                        addr: ip(a),
+                        port: *p,
+                        active: true,
+                    }
+                })
+                .collect();
+            if !bes.is_empty() {
+                fronts.insert((ip(vip), port, proto));
+            }
+            let ranged = vip == LB[f];
+            for scope in [SVC_SCOPE_CLUSTER, SVC_SCOPE_EXTERNAL] {
+                rev += 1;
+                dp.maps
+                    .lb_mut()
+                    .upsert_service(&ServiceSpec {
+                        vip: ip(vip),
+                        port,
+                        proto,
+                        rev_nat_id: rev,
+                        algorithm: Algorithm::Random,
+                        affinity_timeout_secs: 0,
+                        reject,
+                        node_address: vip == NODE[f] && scope == SVC_SCOPE_CLUSTER,
+                        scope,
+                        source_ranges: ranged && scope == SVC_SCOPE_EXTERNAL,
+                        draining: Vec::new(),
+                        backends: bes.clone(),
+                    })
+                    .unwrap();
+                if ranged && scope == SVC_SCOPE_EXTERNAL {
+                    let (net, prefix) = IN_RANGE[f].split_once('/').unwrap();
+                    dp.maps
+                        .uplink_mut()
+                        .add_source(rev, ip(net), prefix.parse().unwrap())
+                        .unwrap();
+                }
+            }
+        }
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            dp.maps
+                .hostports_mut()
+                .put(&HostPort {
+                    host: SocketAddr::new(ip(NODE[f]), 5001),
+                    proto,
+                    pod: SocketAddr::new(ip(LOCAL[f]), 9999),
+                    endpoint_id: 21,
+                })
+                .unwrap();
+            fronts.insert((ip(NODE[f]), 5001, proto));
+            backends.insert((ip(LOCAL[f]), 9999, proto));
+        }
+    }
+    let node = |a: IpAddr| if a.is_ipv4() { ip(NODE[0]) } else { ip(NODE[1]) };
+    let local: BTreeSet<IpAddr> = LOCAL.iter().chain(&LOCAL_OTHER_PARENT).map(|a| ip(a)).collect();
+    let lb: BTreeSet<IpAddr> = LB.iter().map(|a| ip(a)).collect();
+    // IN_RANGE, read apart from the maps.
+    let in_range = |a: IpAddr| match a {
+        IpAddr::V4(a) => a.octets()[..3] == [203, 0, 113],
+        IpAddr::V6(a) => a.segments()[..3] == [0x2001, 0xdb8, 5],
+    };
+
+    let aim = Aim::uplink();
+    let mut rng = rng(3);
+    let mut t = Tally::default();
+    let (mut forwarded_local, mut snat, mut replies, mut turned, mut forged) = (0, 0, 0, 0, 0);
+    let mut aimed: Vec<Vec<u8>> = Vec::new();
+    for i in 0..frames() {
+        if i % 256 == 0 {
+            aimed = reply_frames(&dp, &mut rng, &aim);
+        }
+        let case = if !aimed.is_empty() && rng.random_bool(0.15) {
+            let bytes = aimed[rng.random_range(0..aimed.len())].clone();
+            if read_ip(&bytes).is_some_and(|p| local.contains(&p.saddr)) {
+                forged += 1;
+            }
+            Case {
+                bytes,
+                csum_valid: true,
+            }
+        } else {
+            frame(&mut rng, &aim)
+        };
+        let Some((verdict, out)) = run(&dp, UPLINK_IN, &case.bytes, || format!("frame {i} {:02x?}", case.bytes)) else {
+            t.refused += 1;
+            continue;
+        };
+        *t.verdicts.entry(verdict).or_default() += 1;
+        let what = format!(
+            "seed {:#x} frame {} in {:02x?} out {:02x?}",
+            seed(),
+            v(i),
+            case.bytes,
+            out.bytes
+        );
+        assert!(
+            [TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT].contains(&verdict),
+            "{what}: verdict {verdict}"
+        );
+        if verdict == TC_ACT_SHOT || out.bytes.get(ETH..) == case.bytes.get(ETH..) {
+            continue;
+        }
+        let p = read_ip(&case.bytes).unwrap_or_else(|| panic!("{what}: rewrote what is not IP"));
+        t.ip += 1;
+        t.rewritten += 1;
+        assert_ne!(p.frag, 2, "{what}: a later fragment rewritten");
+        if case.csum_valid {
+            assert_checksums(&out.bytes, &what);
+        }
+        let o = read_ip(&out.bytes).unwrap_or_else(|| panic!("{what}: rewritten into what is not IP"));
+        if o.saddr == p.daddr && o.daddr == p.saddr {
+            turned += 1;
+            continue;
+        }
+        let (sport, dport) = ports(&case.bytes, &p).unwrap_or_else(|| panic!("{what}: no ports"));
+        let (osport, odport) = ports(&out.bytes, &o).unwrap_or_else(|| panic!("{what}: no ports out"));
+        // A client may itself stand at a backend's address and port: what
+        // came from a backend and leaves from a frontend is a reply.
+        if fronts.contains(&(o.saddr, osport, o.proto)) && backends.contains(&(p.saddr, sport, p.proto)) {
+            assert!(
+                !local.contains(&p.saddr),
+                "{what}: a frame from outside spoke for this node's pod"
+            );
+            assert_eq!(
+                p.daddr,
+                node(p.daddr),
+                "{what}: turned back to a client, but it was no reply to this node"
+            );
+            replies += 1;
+        } else if backends.contains(&(o.daddr, odport, o.proto)) {
+            assert!(
+                fronts.contains(&(p.daddr, dport, p.proto)),
+                "{what}: sent to a backend, but it came to no frontend"
+            );
+            assert!(
+                !lb.contains(&p.daddr) || in_range(p.saddr),
+                "{what}: a client the source ranges leave out reached a backend"
+            );
+            if (o.saddr, osport) == (p.saddr, sport) {
+                forwarded_local += 1;
+            } else {
+                assert_eq!(o.saddr, node(o.saddr), "{what}: sent on from another address");
+                snat += 1;
+            }
+        } else {
+            panic!("{what}: rewritten as no frontend says");
+        }
+    }
+    t.report("uplink", &dp);
+    eprintln!(
+        "fuzz uplink: {forwarded_local} to local backends, {snat} SNATed, {replies} replies, {turned} turned around, {forged} forged replies sent"
+    );
+    assert!(
+        forwarded_local > 50 && snat > 50 && replies > 50 && turned > 10 && forged > 50,
+        "the fuzzer reached the interesting paths"
     );
 }

@@ -268,8 +268,17 @@ static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 	ct_key_of(&k, p.saddr, p.daddr, p.sport, p.dport, p.proto, CT_NAT);
 	v = bpf_map_lookup_elem(&sl_nat, &k);
 	if (v && v->expires_ns > now && !state_reopens(v->state, &p)) {
-		if (v->flags & NAT_F_REPLY)
-			goto apply;
+		/* A reply comes in only from a backend elsewhere, to this node's
+		 * SNAT port, and leaves only from a pod of this node. A frame from
+		 * outside under a local backend's reply key claims to be that pod
+		 * (turned back, it would reach the client from the frontend with
+		 * the sender's payload): dropped. Nothing of the node's own that
+		 * leaves is a backend's reply to it. */
+		if (v->flags & NAT_F_REPLY) {
+			if (v->flags & (dir == DIR_INGRESS ? NAT_F_SNAT : NAT_F_LOCAL))
+				goto apply;
+			return dir == DIR_INGRESS ? drop(skb, DROP_SOURCE_ADDRESS, dir) : TC_ACT_OK;
+		}
 		if (dir == DIR_INGRESS) {
 			if (!v->backend_id)
 				goto apply;

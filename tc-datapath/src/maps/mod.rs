@@ -258,6 +258,9 @@ impl Maps {
     pub fn hostports(&self) -> &HostPortMaps {
         &self.hostports
     }
+    pub fn hostports_mut(&mut self) -> &mut HostPortMaps {
+        &mut self.hostports
+    }
     pub fn observe(&self) -> &ObserveMaps {
         &self.observe
     }
