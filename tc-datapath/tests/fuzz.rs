@@ -1294,4 +1294,60 @@ fn fuzzed_frames_from_outside_meet_only_the_frontends() {
         forwarded_local > 50 && snat > 50 && replies > 50 && turned > 10 && forged > 50,
         "the fuzzer reached the interesting paths"
     );
+
+    // The uplink's egress, on the entries the ingress left: a frame leaving
+    // is rewritten only as a local backend's reply (from the backend, to
+    // its client, leaving from the frontend); the node's own traffic, a
+    // remote backend's addresses and the rest leave untouched.
+    use sluice_tc_datapath::loader::UPLINK_OUT;
+    let (mut leaving, mut local_replies) = (0, 0);
+    for i in 0..frames() / 2 {
+        if i % 256 == 0 {
+            aimed = reply_frames(&dp, &mut rng, &aim);
+        }
+        let case = if !aimed.is_empty() && rng.random_bool(0.3) {
+            Case {
+                bytes: aimed[rng.random_range(0..aimed.len())].clone(),
+                csum_valid: true,
+            }
+        } else {
+            frame(&mut rng, &aim)
+        };
+        let Some((verdict, out)) = run(&dp, UPLINK_OUT, &case.bytes, || {
+            format!("frame {i} {:02x?}", case.bytes)
+        }) else {
+            continue;
+        };
+        let what = format!(
+            "seed {:#x} egress frame {} in {:02x?} out {:02x?}",
+            seed(),
+            v(i),
+            case.bytes,
+            out.bytes
+        );
+        assert!([TC_ACT_OK, TC_ACT_SHOT].contains(&verdict), "{what}: verdict {verdict}");
+        leaving += 1;
+        if verdict == TC_ACT_SHOT || out.bytes.get(ETH..) == case.bytes.get(ETH..) {
+            continue;
+        }
+        let p = read_ip(&case.bytes).unwrap_or_else(|| panic!("{what}: rewrote what is not IP"));
+        let o = read_ip(&out.bytes).unwrap_or_else(|| panic!("{what}: rewritten into what is not IP"));
+        assert_ne!(p.frag, 2, "{what}: a later fragment rewritten");
+        if case.csum_valid {
+            assert_checksums(&out.bytes, &what);
+        }
+        let (sport, dport) = ports(&case.bytes, &p).unwrap();
+        let (osport, odport) = ports(&out.bytes, &o).unwrap();
+        assert!(
+            local.contains(&p.saddr) && backends.contains(&(p.saddr, sport, p.proto)),
+            "{what}: rewritten on its way out, but it is no local backend's"
+        );
+        assert!(
+            fronts.contains(&(o.saddr, osport, o.proto)) && (o.daddr, odport) == (p.daddr, dport),
+            "{what}: a local backend's reply must leave from its frontend to its client"
+        );
+        local_replies += 1;
+    }
+    eprintln!("fuzz uplink egress: {leaving} frames, {local_replies} local backends' replies turned back");
+    assert!(local_replies > 50, "the fuzzer reached the local replies");
 }
