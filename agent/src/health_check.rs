@@ -25,7 +25,7 @@ pub struct HealthServers {
 
 impl HealthServers {
     pub fn start() -> std::io::Result<HealthServers> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let handle = rt.handle().clone();
         std::thread::Builder::new()
             .name("health-checks".into())
@@ -88,7 +88,7 @@ fn listen(port: u16) -> std::io::Result<std::net::TcpListener> {
 
 async fn serve(l: std::net::TcpListener, port: u16, checks: Checks) {
     let answer = move |_: &str| answer(checks.lock().expect("health check lock").get(&port));
-    crate::http::accept_loop(l, Arc::new(answer)).await
+    crate::http::accept_loop(l, Arc::new(answer), crate::http::Limits::default()).await
 }
 
 /// kube-proxy's answer: `{"service":{"namespace":..,"name":..},
