@@ -380,6 +380,7 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
         started.elapsed()
     );
 
+    path_mtu_errors_reach_the_backends(&vpc, client);
     datagrams_leave_a_terminating_backend(&vpc, &svcs, client, &eps);
 
     // The last local endpoint goes: 503, and the NodePort drops (and `web`'s
@@ -438,6 +439,91 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
     }
     assert_eq!(left, (0, 0), "programs left on the uplink after uninstall");
     assert!(tcp_request(&vpc.pods[c1], sa(&node_ip(0), 30080), "after").is_err());
+}
+
+/// Path MTU discovery through a NodePort: a router on the way back to the
+/// client sends "fragmentation needed" to the frontend (this node's
+/// address) about a reply; the backend's own kernel must learn the MTU,
+/// or a client behind a smaller MTU never gets a full-sized answer. For
+/// each backend of the UDP NodePort (the pod on node 0, and the one on
+/// node 1 behind SNAT), one client port's flow, then the error, sent from
+/// the fabric: the backend's namespace then holds the MTU for the peer it
+/// sent to.
+fn path_mtu_errors_reach_the_backends(vpc: &Vpc, client: &Netns) {
+    use std::net::{Ipv4Addr, UdpSocket};
+    let to = sa(&node_ip(0), 30053);
+    let mut flows: std::collections::BTreeMap<String, (UdpSocket, u16)> = std::collections::BTreeMap::new();
+    for _ in 0..40 {
+        let sock = client.run(|| UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        sock.send_to(b"m", to).unwrap();
+        let mut buf = [0u8; 512];
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            let tag = who(&String::from_utf8_lossy(&buf[..n])).0;
+            let port = sock.local_addr().unwrap().port();
+            flows.entry(tag).or_insert((sock, port));
+        }
+        if flows.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(flows.len(), 2, "both backends answer the UDP NodePort");
+    let node0: Ipv4Addr = node_ip(0).parse().unwrap();
+    let client_ip: Ipv4Addr = CLIENT.parse().unwrap();
+    let pod_ns = |tag: &str| {
+        vpc.pods
+            .iter()
+            .find(|p| p.name == format!("{}-{tag}", vpc.prefix))
+            .unwrap_or_else(|| panic!("pod {tag}"))
+    };
+    for (tag, peer) in [("a", CLIENT.to_string()), ("b", node_ip(0))] {
+        let ns = pod_ns(tag);
+        let cached = |ns: &Netns| ns.ip(&["-4", "route", "get", &peer]).unwrap();
+        assert!(
+            !cached(ns).contains("mtu"),
+            "{tag}: no MTU known before: {}",
+            cached(ns)
+        );
+        let port = flows[tag].1;
+        // The quote: the reply as it left toward the client, 1,500 bytes.
+        let mut quote = vec![0x45, 0, 0x05, 0xdc, 0, 0, 0x40, 0, 63, 17, 0, 0];
+        quote.extend_from_slice(&node0.octets());
+        quote.extend_from_slice(&client_ip.octets());
+        let c = sluice_tc_datapath::checksum::of(&quote, 0);
+        quote[10..12].copy_from_slice(&c.to_be_bytes());
+        quote.extend_from_slice(&30053u16.to_be_bytes());
+        quote.extend_from_slice(&port.to_be_bytes());
+        quote.extend_from_slice(&[0x05, 0xc8, 0, 0]);
+        let mut msg = vec![3, 4, 0, 0, 0, 0, 0x05, 0x00];
+        msg.extend_from_slice(&quote);
+        let c = sluice_tc_datapath::checksum::of(&msg, 0);
+        msg[2..4].copy_from_slice(&c.to_be_bytes());
+        vpc.fabric
+            .run(|| {
+                use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn};
+                let fd = nix::sys::socket::socket(
+                    AddressFamily::Inet,
+                    SockType::Raw,
+                    SockFlag::empty(),
+                    SockProtocol::Icmp,
+                )
+                .expect("a raw ICMP socket");
+                let dst = SockaddrIn::from(std::net::SocketAddrV4::new(node0, 0));
+                nix::sys::socket::sendto(std::os::fd::AsRawFd::as_raw_fd(&fd), &msg, &dst, MsgFlags::empty())
+                    .expect("sending the ICMP error");
+            })
+            .unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(3);
+        while !cached(ns).contains("mtu 1280") && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            cached(ns).contains("mtu 1280"),
+            "{tag} learned no MTU toward {peer}: {}",
+            cached(ns)
+        );
+    }
+    drop(flows);
 }
 
 /// A datagram flow from outside follows its backend only while that takes

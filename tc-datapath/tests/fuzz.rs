@@ -1059,13 +1059,31 @@ fn ip_of(a: &Addr) -> IpAddr {
 fn reply_frames(dp: &Dp, rng: &mut TestRng, aim: &Aim) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for (k, v) in dp.maps.uplink().nat_entries().unwrap() {
-        if v.flags & NAT_F_REPLY == 0 || out.len() >= 64 {
-            continue;
+        if out.len() >= 96 {
+            break;
         }
-        let force = (k.proto, u16::from_be(k.sport), u16::from_be(k.dport));
-        let mut b = ip_packet(rng, ip_of(&k.saddr), ip_of(&k.daddr), 1, aim, Some(force));
-        fix_checksums(&mut b);
-        out.push(b);
+        let (s, d) = (ip_of(&k.saddr), ip_of(&k.daddr));
+        let (sport, dport) = (u16::from_be(k.sport), u16::from_be(k.dport));
+        if v.flags & NAT_F_REPLY != 0 {
+            let mut b = ip_packet(rng, s, d, 1, aim, Some((k.proto, sport, dport)));
+            fix_checksums(&mut b);
+            out.push(b);
+        } else {
+            // A router's error about what the frontend sent the client.
+            let mut q = ip_packet(rng, d, s, 1, aim, Some((k.proto, dport, sport)));
+            fix_checksums(&mut q);
+            let keep = if rng.random_bool(0.5) {
+                q.len()
+            } else {
+                (ETH + 48 + 8).min(q.len())
+            };
+            let (router, hdr) = if s.is_ipv6() {
+                ("2001:db8:ff::1", [2, 0, 0, 0, 0, 0, 5, 0])
+            } else {
+                ("198.18.0.1", [3, 4, 0, 0, 0, 0, 5, 0])
+            };
+            out.push(icmp(router, &d.to_string(), hdr, &q[ETH..keep]).bytes);
+        }
     }
     out
 }
@@ -1204,6 +1222,7 @@ fn fuzzed_frames_from_outside_meet_only_the_frontends() {
     let mut rng = rng(3);
     let mut t = Tally::default();
     let (mut forwarded_local, mut snat, mut replies, mut turned, mut forged) = (0, 0, 0, 0, 0);
+    let mut icmp_errors = 0;
     let mut aimed: Vec<Vec<u8>> = Vec::new();
     for i in 0..frames() {
         if i % 256 == 0 {
@@ -1248,6 +1267,37 @@ fn fuzzed_frames_from_outside_meet_only_the_frontends() {
             assert_checksums(&out.bytes, &what);
         }
         let o = read_ip(&out.bytes).unwrap_or_else(|| panic!("{what}: rewritten into what is not IP"));
+        if (p.proto == PROTO_ICMP && !p.v6) || (p.proto == PROTO_ICMPV6 && p.v6) {
+            // An error from the path about what a frontend sent a client,
+            // handed to the backend as about what it sent.
+            let quote_of = |b: &[u8], at: &Ip| -> Option<(Ip, u16, u16)> {
+                let mut q = b[..ETH].to_vec();
+                q.extend_from_slice(b.get(at.l4 + 8..)?);
+                let qi = read_ip(&q)?;
+                let (sp, dp) = ports(&q, &qi)?;
+                Some((qi, sp, dp))
+            };
+            let (qi, qs, qd) = quote_of(&case.bytes, &p).unwrap_or_else(|| panic!("{what}: no quote"));
+            let (qo, os, od) = quote_of(&out.bytes, &o).unwrap_or_else(|| panic!("{what}: no quote out"));
+            assert!(
+                fronts.contains(&(qi.saddr, qs, qi.proto)) && p.daddr == qi.saddr,
+                "{what}: an error about no frontend's packet was translated"
+            );
+            assert!(
+                backends.contains(&(qo.saddr, os, qo.proto)) && o.daddr == qo.saddr,
+                "{what}: an error handed to no backend"
+            );
+            if (qo.daddr, od) == (qi.daddr, qd) {
+                assert_eq!(o.saddr, p.saddr, "{what}: a local backend's error keeps its sender");
+            } else {
+                assert!(
+                    qo.daddr == node(qo.daddr) && o.saddr == node(o.saddr),
+                    "{what}: an error for a backend elsewhere is about its packet to this node, from this node"
+                );
+            }
+            icmp_errors += 1;
+            continue;
+        }
         if o.saddr == p.daddr && o.daddr == p.saddr {
             turned += 1;
             continue;
@@ -1288,10 +1338,10 @@ fn fuzzed_frames_from_outside_meet_only_the_frontends() {
     }
     t.report("uplink", &dp);
     eprintln!(
-        "fuzz uplink: {forwarded_local} to local backends, {snat} SNATed, {replies} replies, {turned} turned around, {forged} forged replies sent"
+        "fuzz uplink: {forwarded_local} to local backends, {snat} SNATed, {replies} replies, {turned} turned around, {forged} forged replies sent, {icmp_errors} errors from the path handed to backends"
     );
     assert!(
-        forwarded_local > 50 && snat > 50 && replies > 50 && turned > 10 && forged > 50,
+        forwarded_local > 50 && snat > 50 && replies > 50 && turned > 10 && forged > 50 && icmp_errors > 50,
         "the fuzzer reached the interesting paths"
     );
 

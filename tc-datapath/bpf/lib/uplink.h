@@ -240,6 +240,139 @@ static __always_inline int datagram_stays(const struct pkt *p, struct svc_key *s
 	return !svc || !svc->count || carried_backend(svc, id);
 }
 
+/* One address of an ICMP error rewritten, at `off`: the outer header's
+ * (`outer`) or the quoted one's. IPv4: the header checksum at `check` moves
+ * with it, and for the quote the two changes cancel out in the ICMP
+ * checksum; ICMPv6 covers the quote and the outer addresses (its pseudo
+ * header). */
+static __always_inline int icmp_set_addr(struct __sk_buff *skb, int v6, __u32 csum_off, __u32 off, __u32 check,
+					 const __u8 *old, const __u8 *new, int outer)
+{
+	if (addr_eq(old, new))
+		return 0;
+	if (!v6) {
+		__be32 o4, n4;
+
+		__builtin_memcpy(&o4, old + 12, 4);
+		__builtin_memcpy(&n4, new + 12, 4);
+		if (bpf_l3_csum_replace(skb, check, o4, n4, 4) < 0)
+			return -1;
+		return bpf_skb_store_bytes(skb, off, &n4, 4, 0);
+	} else {
+		__u8 o[16], n[16];
+		__s64 diff;
+
+		__builtin_memcpy(o, old, 16);
+		__builtin_memcpy(n, new, 16);
+		diff = bpf_csum_diff((__be32 *)o, 16, (__be32 *)n, 16, 0);
+		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, outer ? BPF_F_PSEUDO_HDR : 0) < 0)
+			return -1;
+		return bpf_skb_store_bytes(skb, off, n, 16, 0);
+	}
+}
+
+static __always_inline int icmp_set_port(struct __sk_buff *skb, __u32 csum_off, __u32 off, __be16 old, __be16 new)
+{
+	if (old == new)
+		return 0;
+	if (bpf_l4_csum_replace(skb, csum_off, old, new, 2) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, off, &new, 2, 0);
+}
+
+/* The packet an ICMP error quotes, at `off`: its addresses, protocol and
+ * ports. A router need quote no more than the IP header and 8 bytes
+ * after it (RFC 792), so of TCP only the ports are read. 0, or -1. */
+static __always_inline int parse_quote(struct __sk_buff *skb, __u32 off, int v6, struct pkt *q)
+{
+	__be16 ports[2];
+
+	__builtin_memset(q, 0, sizeof(*q));
+	if (!v6) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0 || ip.version != 4 || ip.ihl < 5 ||
+		    (ip.frag_off & bpf_htons(IP_OFFSET)))
+			return -1;
+		v4_mapped(q->saddr, ip.saddr);
+		v4_mapped(q->daddr, ip.daddr);
+		q->proto = ip.protocol;
+		q->l4_off = off + ip.ihl * 4;
+	} else {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0 || ip6.version != 6)
+			return -1;
+		__builtin_memcpy(q->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(q->daddr, &ip6.daddr, 16);
+		q->v6 = 1;
+		if (ipv6_skip_extensions(skb, off + sizeof(ip6), ip6.nexthdr, q) || q->fragment == FRAG_LATER)
+			return -1;
+	}
+	if (bpf_skb_load_bytes(skb, q->l4_off, ports, sizeof(ports)) < 0)
+		return -1;
+	q->sport = ports[0];
+	q->dport = ports[1];
+	return 0;
+}
+
+/* An ICMP error from the path (a "fragmentation needed", a "packet too
+ * big", an unreachable) about a packet this node sent a client from a
+ * frontend: it quotes frontend -> client. The client's entry names the
+ * backend; the error is handed to it as about the packet it sent, so its
+ * stack learns the path's MTU (without it, a client behind a smaller MTU
+ * never gets a full-sized segment: a black hole). A local backend gets it
+ * as its parent delivers, from the router that sent it; a backend
+ * elsewhere, about its packet to this node's SNAT port, from this node.
+ * Anything else passes untouched. */
+static __always_inline int uplink_icmp_error(struct __sk_buff *skb, struct pkt *o)
+{
+	__u32 inner = o->l4_off + 8, csum_off = o->l4_off + 2;
+	__u32 ip_src = o->v6 ? offsetof(struct ipv6hdr, saddr) : offsetof(struct iphdr, saddr);
+	__u32 ip_dst = o->v6 ? offsetof(struct ipv6hdr, daddr) : offsetof(struct iphdr, daddr);
+	__u32 check = offsetof(struct iphdr, check);
+	struct nat_value *fwd;
+	struct ct_key fk;
+	struct pkt in;
+	__u8 type;
+	int snat;
+
+	if (bpf_skb_load_bytes(skb, o->l4_off, &type, 1) < 0 || !is_icmp_error(type, o->v6))
+		return TC_ACT_OK;
+	if (parse_quote(skb, inner, o->v6, &in) || (in.proto != IPPROTO_TCP && in.proto != IPPROTO_UDP) ||
+	    !addr_eq(in.saddr, o->daddr))
+		return TC_ACT_OK;
+	ct_key_of(&fk, in.daddr, in.saddr, in.dport, in.sport, in.proto, CT_NAT);
+	fwd = bpf_map_lookup_elem(&sl_nat, &fk);
+	if (!fwd || (fwd->flags & NAT_F_REPLY) || fwd->expires_ns <= ct_now())
+		return TC_ACT_OK;
+	snat = fwd->flags & NAT_F_SNAT;
+	/* The quote: from the backend; to this node's SNAT port for one
+	 * elsewhere. Then the outer header: to the backend; from this node
+	 * for one elsewhere (the fabric takes a node's packets from its own
+	 * address only). */
+	if (icmp_set_addr(skb, o->v6, csum_off, inner + ip_src, inner + check, in.saddr, fwd->daddr, 0) < 0 ||
+	    icmp_set_port(skb, csum_off, in.l4_off, in.sport, fwd->dport) < 0)
+		goto failed;
+	if (snat && (icmp_set_addr(skb, o->v6, csum_off, inner + ip_dst, inner + check, in.daddr, fwd->saddr, 0) < 0 ||
+		     icmp_set_port(skb, csum_off, in.l4_off + 2, in.dport, fwd->sport) < 0))
+		goto failed;
+	if (icmp_set_addr(skb, o->v6, csum_off, ETH_HLEN + ip_dst, ETH_HLEN + check, o->daddr, fwd->daddr, 1) < 0)
+		goto failed;
+	if (snat && icmp_set_addr(skb, o->v6, csum_off, ETH_HLEN + ip_src, ETH_HLEN + check, o->saddr, fwd->saddr, 1) < 0)
+		goto failed;
+	count(REASON_ICMP_ERROR_TRANSLATED, DIR_INGRESS, skb->len);
+	if (snat)
+		return bpf_redirect_neigh(skb->ifindex, NULL, 0, 0);
+	if (bpf_skb_store_bytes(skb, 0, fwd->mac, 6, 0) < 0)
+		goto failed;
+	if (fwd->ifindex == skb->ifindex)
+		return TC_ACT_OK;
+	return bpf_redirect(fwd->ifindex, BPF_F_INGRESS);
+failed:
+	return drop(skb, DROP_NAT_FAILED, DIR_INGRESS);
+}
+
 /* Both uplink programs: `dir` ingress (from the VPC) or egress (to it).
  * Each helper that builds a packet or rewrites one is reached from one
  * place only (the stack is shared by everything inlined here). */
@@ -262,8 +395,12 @@ static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 	/* Only what a NAT entry or an external frontend names is ours: the
 	 * rest is the node's own traffic or its pods', judged elsewhere.
 	 * Fragments are not followed here. */
-	if (parse_frame(skb, &eth, &p) || !p.ip || !p.tracked || p.fragment)
+	if (parse_frame(skb, &eth, &p) || !p.ip || p.fragment)
 		return TC_ACT_OK;
+	if (!p.tracked)
+		return dir == DIR_INGRESS && (p.v6 ? p.proto == IPPROTO_ICMPV6 : p.proto == IPPROTO_ICMP)
+			       ? uplink_icmp_error(skb, &p)
+			       : TC_ACT_OK;
 	now = ct_now();
 	ct_key_of(&k, p.saddr, p.daddr, p.sport, p.dport, p.proto, CT_NAT);
 	v = bpf_map_lookup_elem(&sl_nat, &k);

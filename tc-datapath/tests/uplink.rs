@@ -1,0 +1,210 @@
+//! The uplink's programs at packet level (`BPF_PROG_TEST_RUN`): ICMP errors
+//! from the path about a connection from outside reach its backend, so
+//! that a client behind a smaller MTU gets its data (path MTU discovery
+//! through a NodePort), IPv4 and IPv6, local backend and one elsewhere.
+
+mod common;
+
+use common::ip;
+use common::*;
+use sluice_tc_datapath::layout::*;
+use sluice_tc_datapath::loader::UPLINK_IN;
+use sluice_tc_datapath::maps::endpoints::Endpoint;
+use sluice_tc_datapath::maps::lb::{Algorithm, Backend, ServiceSpec};
+use std::net::IpAddr;
+
+/// One family's cast: the node, a pod of it (behind another parent), a
+/// backend elsewhere, a client outside and a router on its path.
+struct Cast {
+    node: &'static str,
+    local: &'static str,
+    remote: &'static str,
+    client: &'static str,
+    router: &'static str,
+}
+
+const V4: Cast = Cast {
+    node: "172.31.0.11",
+    local: "10.244.1.5",
+    remote: "10.244.2.7",
+    client: "203.0.113.5",
+    router: "198.18.0.1",
+};
+const V6: Cast = Cast {
+    node: "fd00:31::11",
+    local: "fd00:244::1:5",
+    remote: "fd00:244::2:7",
+    client: "2001:db8:5::5",
+    router: "2001:db8:ff::1",
+};
+
+/// The uplink on the test device, NodePort 30080 to the local pod and
+/// 30081 to the pod elsewhere (each frontend in both scopes, as the agent
+/// writes them).
+fn datapath() -> Dp {
+    let mut dp = Dp::new();
+    let (IpAddr::V4(n4), IpAddr::V6(n6)) = (ip(V4.node), ip(V6.node)) else {
+        unreachable!()
+    };
+    dp.maps.uplink_mut().set_uplink(1, Some(n4), Some(n6)).unwrap();
+    let mut rev = 0;
+    for (i, c) in [V4, V6].iter().enumerate() {
+        dp.maps
+            .endpoints_mut()
+            .add(&Endpoint {
+                addr: ip(c.local),
+                ifindex: 9,
+                endpoint_id: 21,
+                mac: POD_MAC,
+                parent_ifindex: 2,
+                netns_cookie: 0,
+            })
+            .unwrap();
+        for (port, backend, id) in [(30080, c.local, 1), (30081, c.remote, 2)] {
+            for scope in [SVC_SCOPE_CLUSTER, SVC_SCOPE_EXTERNAL] {
+                rev += 1;
+                dp.maps
+                    .lb_mut()
+                    .upsert_service(&ServiceSpec {
+                        vip: ip(c.node),
+                        port,
+                        proto: PROTO_TCP,
+                        rev_nat_id: rev,
+                        algorithm: Algorithm::Random,
+                        affinity_timeout_secs: 0,
+                        reject: false,
+                        node_address: scope == SVC_SCOPE_CLUSTER,
+                        scope,
+                        source_ranges: false,
+                        draining: Vec::new(),
+                        backends: vec![Backend {
+                            id: id + 10 * i as u32,
+                            addr: ip(backend),
+                            port: 8080,
+                            active: true,
+                        }],
+                    })
+                    .unwrap();
+            }
+        }
+    }
+    dp
+}
+
+/// "Fragmentation needed" (ICMPv6: "packet too big") from `router` to
+/// `to`, quoting `quoted`'s IP header and the first 8 bytes after it, as a
+/// router does.
+fn too_big(router: &str, to: &str, quoted: &Frame) -> Frame {
+    let hdr = if ip(router).is_ipv6() {
+        [2, 0, 0, 0, 0, 0, 0x05, 0x00]
+    } else {
+        [3, 4, 0, 0, 0, 0, 0x05, 0x00]
+    };
+    let end = quoted.l4() + 8;
+    icmp(router, to, hdr, &quoted.bytes[ETH..end])
+}
+
+/// The quoted packet's (source, destination) addresses and ports.
+fn quote(f: &Frame) -> ((IpAddr, u16), (IpAddr, u16)) {
+    let q = f.quoted();
+    let (s, d) = q.addrs();
+    let (sp, dp) = q.ports();
+    ((s, sp), (d, dp))
+}
+
+/// The quoted IPv4 header's checksum holds.
+fn assert_quote_header(f: &Frame) {
+    if !f.v6() {
+        let q = f.l4() + 8;
+        assert_eq!(
+            checksum::sum(&f.bytes[q..q + 20], 0),
+            0xffff,
+            "quoted IPv4 header checksum"
+        );
+    }
+}
+
+#[test]
+fn path_mtu_errors_reach_the_backend_of_a_connection_from_outside() {
+    if !root("path_mtu_errors_reach_the_backend_of_a_connection_from_outside") {
+        return;
+    }
+    let dp = datapath();
+    for c in [V4, V6] {
+        // A client's connection to the local pod's NodePort: the pod's
+        // reply left as node:30080 -> client, and a router on the way
+        // back finds it too big for the next link.
+        let (v, out) = dp.run(
+            UPLINK_IN,
+            &Frame::new(c.client, c.node, 40000, 30080, PROTO_TCP, SYN, b""),
+        );
+        assert_eq!(
+            (v, out.addrs().1),
+            (TC_ACT_REDIRECT, ip(c.local)),
+            "{}: the SYN",
+            c.node
+        );
+        let reply = Frame::new(c.node, c.client, 30080, 40000, PROTO_TCP, TCP_ACK, &[0u8; 64]);
+        let err = too_big(c.router, c.node, &reply).macs([0x02, 0, 0, 0, 0, 0x11], ROUTER_MAC);
+        let (v, out) = dp.run(UPLINK_IN, &err);
+        assert_eq!(v, TC_ACT_REDIRECT, "{}: handed to the pod's parent", c.node);
+        assert_eq!(out.bytes[..6], POD_MAC, "{}: addressed to the pod", c.node);
+        assert_eq!(
+            out.addrs(),
+            (ip(c.router), ip(c.local)),
+            "{}: from the router to the pod",
+            c.node
+        );
+        assert_eq!(
+            quote(&out),
+            ((ip(c.local), 8080), (ip(c.client), 40000)),
+            "{}: about the packet the pod sent",
+            c.node
+        );
+        out.assert_icmp_checksum();
+        assert_quote_header(&out);
+
+        // The same to the pod elsewhere: it sent backend -> node:SNAT port.
+        let (v, fwd) = dp.run(
+            UPLINK_IN,
+            &Frame::new(c.client, c.node, 40001, 30081, PROTO_TCP, SYN, b""),
+        );
+        assert_eq!(
+            (v, fwd.addrs()),
+            (TC_ACT_REDIRECT, (ip(c.node), ip(c.remote))),
+            "{}: SNAT",
+            c.node
+        );
+        let snat_port = fwd.ports().0;
+        let reply = Frame::new(c.node, c.client, 30081, 40001, PROTO_TCP, TCP_ACK, &[0u8; 64]);
+        let (v, out) = dp.run(UPLINK_IN, &too_big(c.router, c.node, &reply));
+        assert_eq!(v, TC_ACT_REDIRECT, "{}: routed to the backend", c.node);
+        assert_eq!(
+            out.addrs(),
+            (ip(c.node), ip(c.remote)),
+            "{}: from this node to the backend",
+            c.node
+        );
+        assert_eq!(
+            quote(&out),
+            ((ip(c.remote), 8080), (ip(c.node), snat_port)),
+            "{}: about the packet the backend sent",
+            c.node
+        );
+        out.assert_icmp_checksum();
+        assert_quote_header(&out);
+
+        // About no connection of ours (another client port): untouched.
+        let stray = Frame::new(c.node, c.client, 30080, 40999, PROTO_TCP, TCP_ACK, &[0u8; 64]);
+        let err = too_big(c.router, c.node, &stray);
+        let (v, out) = dp.run(UPLINK_IN, &err);
+        assert_eq!((v, &out.bytes), (TC_ACT_OK, &err.bytes), "{}: unrelated error", c.node);
+    }
+    assert!(
+        dp.maps
+            .observe()
+            .count(Reason::IcmpErrorTranslated, Direction::Ingress)
+            .unwrap()
+            >= 4
+    );
+}
