@@ -429,6 +429,42 @@ fn an_error_about_another_pods_flow_does_not_pass_an_isolated_pod() {
     );
 }
 
+/// A router's "fragmentation needed" may quote only 8 bytes of the TCP
+/// header (RFC 792): it still names the pod's flow, and passes an isolated
+/// pod (path MTU discovery), IPv4 and IPv6; one about a flow the pod does
+/// not have does not.
+#[test]
+fn a_short_quote_still_relates_an_error_to_the_pods_flow() {
+    if !root("a_short_quote_still_relates_an_error_to_the_pods_flow") {
+        return;
+    }
+    let mut dp = Dp::new();
+    for (pod, peer, router, hdr) in [
+        ("10.244.1.5", "10.244.2.7", "198.18.0.1", [3u8, 4, 0, 0, 0, 0, 5, 0]),
+        (
+            "fd00:244::1:5",
+            "fd00:244::2:7",
+            "2001:db8:ff::1",
+            [2, 0, 0, 0, 0, 0, 5, 0],
+        ),
+    ] {
+        dp.pod_id(pod, EP);
+        dp.isolate(POLICY_F_INGRESS);
+        let sent = Frame::new(pod, peer, 40000, 443, PROTO_TCP, SYN, b"");
+        assert_eq!(dp.verdict(EGRESS, &sent), TC_ACT_OK, "{pod}: its connection");
+        let end = sent.l4() + 8;
+        let error = icmp(router, pod, hdr, &sent.bytes[ETH..end]);
+        assert_eq!(dp.verdict(INGRESS, &error), TC_ACT_OK, "{pod}: an error about its flow");
+        let other = Frame::new(pod, peer, 40001, 443, PROTO_TCP, SYN, b"");
+        let error = icmp(router, pod, hdr, &other.bytes[ETH..end]);
+        assert_eq!(
+            dp.verdict(INGRESS, &error),
+            TC_ACT_SHOT,
+            "{pod}: an error about no flow of its"
+        );
+    }
+}
+
 /// Found by packet fuzzing: a packet that does not fit its frame, an IPv4
 /// header longer than its packet, and an IPv6 extension header running
 /// past the frame are malformed (the receiving stack drops them; an

@@ -38,8 +38,7 @@ static __always_inline int icmp_related_egress(struct __sk_buff *skb, const stru
 		return 0;
 	if (o->fragment || bpf_skb_load_bytes(skb, o->l4_off, &type, 1) < 0 || !is_icmp_error(type, o->v6))
 		return 0;
-	if (parse(skb, o->l4_off + 8, o->v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), &in) || !in.tracked ||
-	    !addr_eq(in.daddr, o->saddr))
+	if (parse_quoted(skb, o->l4_off + 8, o->v6, &in) || !addr_eq(in.daddr, o->saddr))
 		return 0;
 	ct_key_of(&k, in.daddr, in.saddr, in.dport, in.sport, in.proto, CT_FLOW);
 	return bpf_map_lookup_elem(&sl_ct, &k) != 0;
@@ -82,8 +81,7 @@ static __always_inline enum icmp_error_result icmp_error(struct __sk_buff *skb, 
 	 * It must come from the pod the error is addressed to: the conntrack
 	 * table is the node's, and an error quoting another pod's flow (found
 	 * by packet fuzzing) would otherwise pass an isolated pod. */
-	if (parse(skb, inner, o->v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), &in) || !in.tracked ||
-	    !addr_eq(in.saddr, o->daddr))
+	if (parse_quoted(skb, inner, o->v6, &in) || !addr_eq(in.saddr, o->daddr))
 		return ICMP_UNRELATED;
 	ct_key_of(&fk, in.saddr, in.daddr, in.sport, in.dport, in.proto, CT_FLOW);
 	flow = bpf_map_lookup_elem(&sl_ct, &fk);

@@ -190,6 +190,56 @@ static __always_inline int parse(struct __sk_buff *skb, __u32 l3_off, __be16 eth
 	return 0;
 }
 
+/* The packet an ICMP error quotes, at `off`: its addresses, protocol and
+ * ports. A router need quote no more than the IP header and 8 bytes
+ * after it (RFC 792), so of TCP only the ports are read. 0, or -1. */
+static __always_inline int parse_quote(struct __sk_buff *skb, __u32 off, int v6, struct pkt *q)
+{
+	__be16 ports[2];
+
+	__builtin_memset(q, 0, sizeof(*q));
+	if (!v6) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0 || ip.version != 4 || ip.ihl < 5 ||
+		    (ip.frag_off & bpf_htons(IP_OFFSET)))
+			return -1;
+		v4_mapped(q->saddr, ip.saddr);
+		v4_mapped(q->daddr, ip.daddr);
+		q->proto = ip.protocol;
+		q->l4_off = off + ip.ihl * 4;
+	} else {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0 || ip6.version != 6)
+			return -1;
+		__builtin_memcpy(q->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(q->daddr, &ip6.daddr, 16);
+		q->v6 = 1;
+		if (ipv6_skip_extensions(skb, off + sizeof(ip6), ip6.nexthdr, q) || q->fragment == FRAG_LATER)
+			return -1;
+	}
+	if (bpf_skb_load_bytes(skb, q->l4_off, ports, sizeof(ports)) < 0)
+		return -1;
+	q->sport = ports[0];
+	q->dport = ports[1];
+	return 0;
+}
+
+/* A packet an ICMP error quotes, at `off`, as conntrack knows it: parse()
+ * where the quote holds what that reads; a quote cut short after the ports
+ * (a router need quote no more than 8 bytes of the transport header,
+ * RFC 792) still names its TCP or UDP flow. 0, or -1. */
+static __always_inline int parse_quoted(struct __sk_buff *skb, __u32 off, int v6, struct pkt *q)
+{
+	if (!parse(skb, off, v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), q) && q->tracked)
+		return 0;
+	if (parse_quote(skb, off, v6, q) || (q->proto != IPPROTO_TCP && q->proto != IPPROTO_UDP))
+		return -1;
+	q->tracked = 1;
+	return 0;
+}
+
 /* The common frame read in place: TCP or UDP over IPv4 without options
  * or over IPv6 without extension headers, not fragmented, its headers in
  * the skb's linear data (a locally sent packet's are). Fills what parse()

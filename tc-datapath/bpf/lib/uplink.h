@@ -280,42 +280,6 @@ static __always_inline int icmp_set_port(struct __sk_buff *skb, __u32 csum_off, 
 	return bpf_skb_store_bytes(skb, off, &new, 2, 0);
 }
 
-/* The packet an ICMP error quotes, at `off`: its addresses, protocol and
- * ports. A router need quote no more than the IP header and 8 bytes
- * after it (RFC 792), so of TCP only the ports are read. 0, or -1. */
-static __always_inline int parse_quote(struct __sk_buff *skb, __u32 off, int v6, struct pkt *q)
-{
-	__be16 ports[2];
-
-	__builtin_memset(q, 0, sizeof(*q));
-	if (!v6) {
-		struct iphdr ip;
-
-		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0 || ip.version != 4 || ip.ihl < 5 ||
-		    (ip.frag_off & bpf_htons(IP_OFFSET)))
-			return -1;
-		v4_mapped(q->saddr, ip.saddr);
-		v4_mapped(q->daddr, ip.daddr);
-		q->proto = ip.protocol;
-		q->l4_off = off + ip.ihl * 4;
-	} else {
-		struct ipv6hdr ip6;
-
-		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0 || ip6.version != 6)
-			return -1;
-		__builtin_memcpy(q->saddr, &ip6.saddr, 16);
-		__builtin_memcpy(q->daddr, &ip6.daddr, 16);
-		q->v6 = 1;
-		if (ipv6_skip_extensions(skb, off + sizeof(ip6), ip6.nexthdr, q) || q->fragment == FRAG_LATER)
-			return -1;
-	}
-	if (bpf_skb_load_bytes(skb, q->l4_off, ports, sizeof(ports)) < 0)
-		return -1;
-	q->sport = ports[0];
-	q->dport = ports[1];
-	return 0;
-}
-
 /* An ICMP error from the path (a "fragmentation needed", a "packet too
  * big", an unreachable) about a packet this node sent a client from a
  * frontend: it quotes frontend -> client. The client's entry names the
@@ -339,7 +303,7 @@ static __always_inline int uplink_icmp_error(struct __sk_buff *skb, struct pkt *
 
 	if (bpf_skb_load_bytes(skb, o->l4_off, &type, 1) < 0 || !is_icmp_error(type, o->v6))
 		return TC_ACT_OK;
-	if (parse_quote(skb, inner, o->v6, &in) || (in.proto != IPPROTO_TCP && in.proto != IPPROTO_UDP) ||
+	if (parse_quoted(skb, inner, o->v6, &in) || (in.proto != IPPROTO_TCP && in.proto != IPPROTO_UDP) ||
 	    !addr_eq(in.saddr, o->daddr))
 		return TC_ACT_OK;
 	ct_key_of(&fk, in.daddr, in.saddr, in.dport, in.sport, in.proto, CT_NAT);
