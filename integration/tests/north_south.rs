@@ -15,6 +15,9 @@
 //!   client's connection too;
 //! - ingress policy at the backend judges the real client (eTP Local): an
 //!   ipBlock admits one outside host and keeps out the other;
+//! - a router's "fragmentation needed" about a reply reaches the backend's
+//!   kernel (path MTU discovery), and a datagram larger than the MTU
+//!   crosses the NodePort in fragments both ways, to either backend;
 //! - a UDP flow (one client port) leaves its backend for the other once
 //!   its pod starts terminating;
 //! - a NodePort without endpoints refuses a connection at once;
@@ -381,6 +384,7 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
     );
 
     path_mtu_errors_reach_the_backends(&vpc, client);
+    large_datagrams_cross_the_nodeport(client);
     datagrams_leave_a_terminating_backend(&vpc, &svcs, client, &eps);
 
     // The last local endpoint goes: 503, and the NodePort drops (and `web`'s
@@ -439,6 +443,47 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
     }
     assert_eq!(left, (0, 0), "programs left on the uplink after uninstall");
     assert!(tcp_request(&vpc.pods[c1], sa(&node_ip(0), 30080), "after").is_err());
+}
+
+/// A datagram larger than the path's MTU to the UDP NodePort: the client
+/// sends it in fragments, the later ones follow their first through the
+/// uplink to either backend (the local pod, and the one on node 1 behind
+/// SNAT), and the answer, as large, comes back in fragments the same way;
+/// IPv4 and IPv6.
+fn large_datagrams_cross_the_nodeport(client: &Netns) {
+    let payload: String = (0..4000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    for (family, node_addr, any) in [("v4", node_ip(0), "0.0.0.0:0"), ("v6", node6(0), "[::]:0")] {
+        let mut seen = BTreeSet::new();
+        for _ in 0..40 {
+            let reply = client
+                .run(|| -> std::io::Result<String> {
+                    let s = std::net::UdpSocket::bind(any)?;
+                    s.connect(sa(&node_addr, 30053))?;
+                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    s.send(payload.as_bytes())?;
+                    let mut buf = vec![0u8; 65536];
+                    let n = s.recv(&mut buf)?;
+                    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+                })
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{family}: a 4000-byte datagram to the NodePort: {e}"));
+            let (tag, rest) = reply.split_once('@').unwrap_or_else(|| panic!("{family}: {reply:.80}"));
+            assert!(
+                rest.ends_with(&format!(":{payload}")),
+                "{family}: the whole datagram, both ways (from {tag}, {} bytes)",
+                reply.len()
+            );
+            seen.insert(tag.to_string());
+            if seen.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(
+            seen,
+            BTreeSet::from(["a".into(), "b".into()]),
+            "{family}: both backends"
+        );
+    }
 }
 
 /// Path MTU discovery through a NodePort: a router on the way back to the

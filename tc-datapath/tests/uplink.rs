@@ -1,7 +1,7 @@
-//! The uplink's programs at packet level (`BPF_PROG_TEST_RUN`): ICMP errors
-//! from the path about a connection from outside reach its backend, so
-//! that a client behind a smaller MTU gets its data (path MTU discovery
-//! through a NodePort), IPv4 and IPv6, local backend and one elsewhere.
+//! The uplink's programs at packet level (`BPF_PROG_TEST_RUN`), IPv4 and
+//! IPv6, a local backend and one elsewhere: ICMP errors from the path about
+//! a connection from outside reach its backend (path MTU discovery through
+//! a NodePort), and a datagram's later fragments follow its first.
 
 mod common;
 
@@ -38,9 +38,9 @@ const V6: Cast = Cast {
     router: "2001:db8:ff::1",
 };
 
-/// The uplink on the test device, NodePort 30080 to the local pod and
-/// 30081 to the pod elsewhere (each frontend in both scopes, as the agent
-/// writes them).
+/// The uplink on the test device: NodePorts 30080/tcp and 30053/udp to
+/// the local pod, 30081/tcp and 30054/udp to the pod elsewhere (each
+/// frontend in both scopes, as the agent writes them).
 fn datapath() -> Dp {
     let mut dp = Dp::new();
     let (IpAddr::V4(n4), IpAddr::V6(n6)) = (ip(V4.node), ip(V6.node)) else {
@@ -60,7 +60,13 @@ fn datapath() -> Dp {
                 netns_cookie: 0,
             })
             .unwrap();
-        for (port, backend, id) in [(30080, c.local, 1), (30081, c.remote, 2)] {
+        for (port, proto, backend, id) in [
+            (30080, PROTO_TCP, c.local, 1),
+            (30081, PROTO_TCP, c.remote, 2),
+            (30053, PROTO_UDP, c.local, 3),
+            (30054, PROTO_UDP, c.remote, 4),
+        ] {
+            let backend_port = if proto == PROTO_TCP { 8080 } else { 5353 };
             for scope in [SVC_SCOPE_CLUSTER, SVC_SCOPE_EXTERNAL] {
                 rev += 1;
                 dp.maps
@@ -68,7 +74,7 @@ fn datapath() -> Dp {
                     .upsert_service(&ServiceSpec {
                         vip: ip(c.node),
                         port,
-                        proto: PROTO_TCP,
+                        proto,
                         rev_nat_id: rev,
                         algorithm: Algorithm::Random,
                         affinity_timeout_secs: 0,
@@ -80,7 +86,7 @@ fn datapath() -> Dp {
                         backends: vec![Backend {
                             id: id + 10 * i as u32,
                             addr: ip(backend),
-                            port: 8080,
+                            port: backend_port,
                             active: true,
                         }],
                     })
@@ -207,4 +213,41 @@ fn path_mtu_errors_reach_the_backend_of_a_connection_from_outside() {
             .unwrap()
             >= 4
     );
+}
+
+#[test]
+fn fragments_from_outside_follow_their_first() {
+    if !root("fragments_from_outside_follow_their_first") {
+        return;
+    }
+    let dp = datapath();
+    for c in [V4, V6] {
+        for (port, backend, id) in [(30053, c.local, 0x4242), (30054, c.remote, 0x4343)] {
+            let datagram = Frame::new(c.client, c.node, 41000, port, PROTO_UDP, 0, &[7u8; 1200]);
+            let (first, later) = datagram.fragments(808, id);
+            let (v1, o1) = dp.run(UPLINK_IN, &first);
+            let (v2, o2) = dp.run(UPLINK_IN, &later);
+            assert_eq!(
+                (v1, v2),
+                (TC_ACT_REDIRECT, TC_ACT_REDIRECT),
+                "{backend}: both fragments sent on"
+            );
+            assert_eq!(o1.addrs(), o2.addrs(), "{backend}: the later fragment as its first");
+            let whole = Frame::reassemble(&o1, &o2);
+            let source = if backend == c.local { c.client } else { c.node };
+            assert_eq!(whole.addrs(), (ip(source), ip(backend)), "{backend}: addresses");
+            assert_eq!(whole.ports().1, 5353, "{backend}: the backend's port");
+            whole.assert_checksums();
+        }
+        // A later fragment whose first never came opens nothing.
+        let datagram = Frame::new(c.client, c.node, 41001, 30053, PROTO_UDP, 0, &[7u8; 1200]);
+        let (_, later) = datagram.fragments(808, 0x4444);
+        let (v, out) = dp.run(UPLINK_IN, &later);
+        assert_eq!(
+            (v, &out.bytes),
+            (TC_ACT_OK, &later.bytes),
+            "{}: a stray later fragment",
+            c.node
+        );
+    }
 }

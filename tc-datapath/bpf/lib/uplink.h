@@ -22,6 +22,7 @@
 #ifndef SLUICE_LIB_UPLINK_H
 #define SLUICE_LIB_UPLINK_H
 
+#include "frag.h"
 #include "lb.h"
 
 /* SNAT ports tried for a new connection before it is dropped. */
@@ -357,12 +358,15 @@ static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 	__u64 now;
 
 	/* Only what a NAT entry or an external frontend names is ours: the
-	 * rest is the node's own traffic or its pods', judged elsewhere.
-	 * Fragments are not followed here. */
-	if (parse_frame(skb, &eth, &p) || !p.ip || p.fragment)
+	 * rest is the node's own traffic or its pods', judged elsewhere. A
+	 * later fragment takes the ports its first carried (frag.h) and
+	 * follows its entry. */
+	if (parse_frame(skb, &eth, &p) || !p.ip)
 		return TC_ACT_OK;
+	frag_ports(&p);
 	if (!p.tracked)
-		return dir == DIR_INGRESS && (p.v6 ? p.proto == IPPROTO_ICMPV6 : p.proto == IPPROTO_ICMP)
+		return dir == DIR_INGRESS && !p.fragment &&
+				       (p.v6 ? p.proto == IPPROTO_ICMPV6 : p.proto == IPPROTO_ICMP)
 			       ? uplink_icmp_error(skb, &p)
 			       : TC_ACT_OK;
 	now = ct_now();
@@ -392,14 +396,16 @@ static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 			b = 0;
 			bpf_map_delete_elem(&sl_nat, &k);
 			if (p.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN) {
-				if (p.tcp_flags & TCP_RST)
+				if ((p.tcp_flags & TCP_RST) || p.fragment)
 					return drop(skb, DROP_BACKEND_GONE, dir);
 				why = DROP_BACKEND_GONE;
 				goto refuse;
 			}
 		}
 	}
-	if (dir == DIR_EGRESS)
+	/* A later fragment opens nothing: its first fragment made the entry,
+	 * or it is no connection's. */
+	if (dir == DIR_EGRESS || p.fragment == FRAG_LATER)
 		return TC_ACT_OK;
 	svc = external_frontend(&p, &sk);
 	if (svc) {
