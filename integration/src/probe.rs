@@ -129,6 +129,24 @@ pub fn udp_request(ns: &Netns, to: SocketAddr, msg: &str) -> Result<String> {
     udp_request_from(ns, any, to, msg)
 }
 
+/// One datagram of any size (up to 64 KiB: larger than the path's MTU, it
+/// leaves in fragments) from a socket in `ns` connected to `to`, and the
+/// answer (one try, 2 s).
+pub fn udp_large_request(ns: &Netns, to: SocketAddr, msg: &[u8]) -> Result<String> {
+    ns.run(|| -> Result<String> {
+        let any = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+        let s = UdpSocket::bind(any)?;
+        s.connect(to)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.send(msg)?;
+        let mut buf = vec![0u8; 65536];
+        let n = s
+            .recv(&mut buf)
+            .with_context(|| format!("no answer from {to} to {} bytes", msg.len()))?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })?
+}
+
 /// One UDP datagram from `ns`, sent from the local address `from`, and its
 /// answer (3 tries, 1 s each).
 pub fn udp_request_from(ns: &Netns, from: std::net::IpAddr, to: SocketAddr, msg: &str) -> Result<String> {

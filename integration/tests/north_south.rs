@@ -36,7 +36,7 @@ use sluice_integration::agent::AgentProcess;
 use sluice_integration::cgroup::{TestCgroup, cgroup2_root, sock_client};
 use sluice_integration::datapath::programs_on;
 use sluice_integration::netns::Netns;
-use sluice_integration::probe::{EchoServer, sa, tcp_request, udp_request};
+use sluice_integration::probe::{EchoServer, sa, tcp_request, udp_large_request, udp_request};
 use sluice_integration::services::Services;
 use sluice_integration::vpc::{VPC_GATEWAY6, VPC_ROUTER, Vpc, node_ip, result_addr};
 use sluice_integration::{bin_dir, require_root};
@@ -452,21 +452,11 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
 /// IPv4 and IPv6.
 fn large_datagrams_cross_the_nodeport(client: &Netns) {
     let payload: String = (0..4000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
-    for (family, node_addr, any) in [("v4", node_ip(0), "0.0.0.0:0"), ("v6", node6(0), "[::]:0")] {
+    for (family, node_addr) in [("v4", node_ip(0)), ("v6", node6(0))] {
         let mut seen = BTreeSet::new();
         for _ in 0..40 {
-            let reply = client
-                .run(|| -> std::io::Result<String> {
-                    let s = std::net::UdpSocket::bind(any)?;
-                    s.connect(sa(&node_addr, 30053))?;
-                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                    s.send(payload.as_bytes())?;
-                    let mut buf = vec![0u8; 65536];
-                    let n = s.recv(&mut buf)?;
-                    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-                })
-                .unwrap()
-                .unwrap_or_else(|e| panic!("{family}: a 4000-byte datagram to the NodePort: {e}"));
+            let reply = udp_large_request(client, sa(&node_addr, 30053), payload.as_bytes())
+                .unwrap_or_else(|e| panic!("{family}: a 4000-byte datagram to the NodePort: {e:#}"));
             let (tag, rest) = reply.split_once('@').unwrap_or_else(|| panic!("{family}: {reply:.80}"));
             assert!(
                 rest.ends_with(&format!(":{payload}")),

@@ -9,7 +9,7 @@
 use serde_json::Value;
 use sluice_integration::chain::Chain;
 use sluice_integration::netns::Netns;
-use sluice_integration::probe::{EchoServer, Session, StreamEcho, tcp_request, udp_request};
+use sluice_integration::probe::{EchoServer, Session, StreamEcho, tcp_request, udp_large_request, udp_request};
 use sluice_integration::services::{ServicePort, Services};
 use sluice_integration::vpc::{VPC_ROUTER, Vpc, result_ip};
 use sluice_integration::{bin_dir, require_reference_plugins, require_root};
@@ -590,19 +590,8 @@ fn fragmented_udp_crosses_a_vip_both_ways() {
     ] {
         let (f0, r0) = (counter(frags), counter(reassembled));
         let payload: String = (0..4000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
-        let reply = vpc.pods[c]
-            .run(|| -> std::io::Result<String> {
-                let any = if vip.starts_with('[') { "[::]:0" } else { "0.0.0.0:0" };
-                let s = std::net::UdpSocket::bind(any)?;
-                s.connect(vip)?;
-                s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                s.send(payload.as_bytes())?;
-                let mut buf = vec![0u8; 65536];
-                let n = s.recv(&mut buf)?;
-                Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-            })
-            .unwrap()
-            .unwrap_or_else(|e| panic!("4000-byte datagram through {vip}: {e}"));
+        let reply = udp_large_request(&vpc.pods[c], vip.parse().unwrap(), payload.as_bytes())
+            .unwrap_or_else(|e| panic!("4000-byte datagram through {vip}: {e:#}"));
         assert_eq!(reply, format!("b:{payload}"), "{vip}: the whole datagram, both ways");
         assert!(counter(frags) >= f0 + 3, "{vip}: the request left in fragments");
         assert!(counter(reassembled) > r0, "{vip}: the answer came in fragments");
