@@ -195,6 +195,11 @@ fn traffic_from_outside_follows_the_traffic_policies() {
         vec![(ip("10.0.0.0"), 8), (ip("192.0.2.1"), 32)]
     );
     assert!(t.frontends[&np].source_ranges.is_empty());
+    // ... and the pods' frontend of the same address: held to them too.
+    assert_eq!(
+        t.frontends[&Frontend::cluster(ip("198.51.100.1"), 80, PROTO_TCP)].source_ranges,
+        vec![(ip("10.0.0.0"), 8), (ip("192.0.2.1"), 32)]
+    );
 
     // Another proxy's Service, or a headless-labelled one: nothing.
     for label in [

@@ -10,7 +10,8 @@
 //!   client; its healthCheckNodePort answers 200 with one local endpoint,
 //!   then 503 once that endpoint is gone, and the NodePort drops;
 //! - loadBalancerSourceRanges admits the listed client and drops another
-//!   (counted as drop-source-range);
+//!   (counted as drop-source-range), and a pod calling that load-balancer
+//!   IP from inside is held to the ranges too;
 //! - a pod of the chained role (behind Debian's macvlan) is handed the
 //!   client's connection too;
 //! - ingress policy at the backend judges the real client (eTP Local): an
@@ -338,6 +339,23 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
     );
     // ... which reaches the other Service's NodePorts (no range there).
     assert!(tcp_request(other, sa(&node_ip(0), 30080), "np").is_ok());
+    // A pod calling the load-balancer IP is held to its ranges too
+    // (kube-proxy's rules hold in-cluster clients to them): pod a is not
+    // listed; the unranged load-balancer IP it reaches.
+    let pod_a = &vpc.pods[pods[0].0];
+    let dropped = vpc.counted(0, "drop-source-range").unwrap();
+    assert!(
+        tcp_request(pod_a, sa(RANGED_LB_IP, 80), "pod").is_err(),
+        "a pod outside the source ranges"
+    );
+    assert!(
+        vpc.counted(0, "drop-source-range").unwrap() > dropped,
+        "the pod's refusal is counted"
+    );
+    assert!(
+        tcp_request(pod_a, sa(LB_IP, 80), "pod").is_ok(),
+        "a load-balancer IP without ranges"
+    );
 
     // Ingress policy at the backend judges the real client (eTP Local): a
     // policy admitting CLIENT only lets it in, and not the other host.

@@ -1224,3 +1224,63 @@ fn flows_and_drops_are_reported() {
     quiet.run(EGRESS, &syn("10.244.1.5", "10.244.3.3", 5432));
     assert!(quiet.events().is_empty(), "flowSample 0: no flow events");
 }
+
+/// A load-balancer IP called from a pod is held to its source ranges, as
+/// from outside (kube-proxy's rules hold in-cluster clients to them too):
+/// a pod in the ranges is translated, another is dropped and counted, and
+/// neither leaves an entry when dropped; IPv4 and IPv6.
+#[test]
+fn pods_calling_a_load_balancer_ip_are_held_to_its_source_ranges() {
+    if !root("pods_calling_a_load_balancer_ip_are_held_to_its_source_ranges") {
+        return;
+    }
+    for (allowed, other, lb, backend, bits) in [
+        ("10.244.1.5", "10.244.1.6", "198.51.100.10", "10.244.2.7", 32),
+        (
+            "fd00:244::1:5",
+            "fd00:244::1:6",
+            "2001:db8:100::10",
+            "fd00:244::2:7",
+            128,
+        ),
+    ] {
+        let mut dp = Dp::new();
+        dp.pod(allowed);
+        dp.pod(other);
+        dp.maps
+            .lb_mut()
+            .upsert_service(&ServiceSpec {
+                vip: ip(lb),
+                port: 80,
+                proto: PROTO_TCP,
+                rev_nat_id: 77,
+                algorithm: Algorithm::Random,
+                affinity_timeout_secs: 0,
+                reject: false,
+                node_address: false,
+                scope: SVC_SCOPE_CLUSTER,
+                source_ranges: true,
+                draining: Vec::new(),
+                backends: vec![be(11, ip(backend), 8080, true)],
+            })
+            .unwrap();
+        dp.maps.uplink_mut().add_source(77, ip(allowed), bits).unwrap();
+        let (v, out) = dp.run(EGRESS, &Frame::new(allowed, lb, 40000, 80, PROTO_TCP, SYN, b""));
+        assert_eq!(
+            (v, out.addrs().1),
+            (TC_ACT_REDIRECT, ip(backend)),
+            "{allowed}: in the ranges"
+        );
+        let entries = dp.maps.ct().entries().unwrap().len();
+        let (v, _) = dp.run(EGRESS, &Frame::new(other, lb, 40000, 80, PROTO_TCP, SYN, b""));
+        assert_eq!(v, TC_ACT_SHOT, "{other}: outside the ranges");
+        assert_eq!(
+            dp.maps
+                .observe()
+                .count(Reason::DropSourceRange, Direction::Egress)
+                .unwrap(),
+            1
+        );
+        assert_eq!(dp.maps.ct().entries().unwrap().len(), entries, "no entry for a drop");
+    }
+}

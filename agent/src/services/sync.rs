@@ -368,11 +368,11 @@ impl ServiceSync {
         rewritten
     }
 
-    /// Make the source-range trie hold every external frontend's ranges,
-    /// by difference.
+    /// Make the source-range trie hold every frontend's ranges (a
+    /// load-balancer IP's, from outside and from the pods), by difference.
     fn sync_sources(&mut self, uplink: &mut UplinkMaps, want: &BTreeMap<Frontend, Backends>, st: &mut SyncStats) {
         let mut wanted = BTreeSet::new();
-        for (f, b) in want.iter().filter(|(f, b)| f.external && !b.source_ranges.is_empty()) {
+        for (f, b) in want.iter().filter(|(_, b)| !b.source_ranges.is_empty()) {
             if let Some(id) = self.rev_nat.get(f) {
                 wanted.extend(b.source_ranges.iter().map(|(a, bits)| (id, *a, *bits)));
             }

@@ -428,8 +428,13 @@ fn service(svc: &Service, slices: &[&EndpointSlice], node_addrs: &[IpAddr], here
         for &vip in &cluster {
             fronts.push((Frontend::cluster(vip, port, proto), local_only, false, &[]));
         }
-        for &vip in external_ips.iter().chain(&lb_ips) {
+        // From inside the cluster too: a pod calling a load-balancer IP is
+        // held to its source ranges, as kube-proxy's rules hold it.
+        for &vip in &external_ips {
             fronts.push((Frontend::cluster(vip, port, proto), false, false, &[]));
+        }
+        for &vip in &lb_ips {
+            fronts.push((Frontend::cluster(vip, port, proto), false, false, &source_ranges));
         }
         for &vip in &external_ips {
             fronts.push((Frontend::external(vip, port, proto), external_local, false, &[]));

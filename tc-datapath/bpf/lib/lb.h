@@ -123,6 +123,20 @@ static __always_inline struct backend_value *carried_backend(struct svc_value *s
 	return 0;
 }
 
+/* Does the frontend admit this client (loadBalancerSourceRanges: a
+ * load-balancer IP's, from outside at the uplink and from a pod here)? */
+static __always_inline int source_in_range(const struct svc_value *svc, const struct pkt *p)
+{
+	struct lb_source_key k = {};
+
+	if (!(svc->flags & SVC_F_SOURCE_RANGES))
+		return 1;
+	k.prefixlen = 32 + 128;
+	k.rev_nat_id = svc->rev_nat_id;
+	__builtin_memcpy(k.addr, p->saddr, 16);
+	return bpf_map_lookup_elem(&sl_lb_sources, &k) != 0;
+}
+
 /* A backend for a new connection: the client's affinity entry if it is
  * fresh and its backend still takes connections, else Maglev or random.
  * Returns its id (0: none) and sets `*b`, NULL on entry, to its entry: the
@@ -257,6 +271,8 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, struct 
 
 		if (p->fragment == FRAG_LATER)
 			return drop_reported(skb, p, DROP_FRAGMENT, DIR_EGRESS);
+		if (!source_in_range(svc, p))
+			return drop_reported(skb, p, DROP_SOURCE_RANGE, DIR_EGRESS);
 		if (keep) {
 			id = keep;
 			b = bpf_map_lookup_elem(&sl_backends, &id);

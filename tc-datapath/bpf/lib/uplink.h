@@ -28,19 +28,6 @@
 /* SNAT ports tried for a new connection before it is dropped. */
 #define SNAT_TRIES 8
 
-/* Does the frontend admit this client (loadBalancerSourceRanges)? */
-static __always_inline int source_in_range(const struct svc_value *svc, const struct pkt *p)
-{
-	struct lb_source_key k = {};
-
-	if (!(svc->flags & SVC_F_SOURCE_RANGES))
-		return 1;
-	k.prefixlen = 32 + 128;
-	k.rev_nat_id = svc->rev_nat_id;
-	__builtin_memcpy(k.addr, p->saddr, 16);
-	return bpf_map_lookup_elem(&sl_lb_sources, &k) != 0;
-}
-
 static __always_inline int addr_zero(const __u8 *a)
 {
 	const __u32 *w = (const __u32 *)a;
