@@ -109,10 +109,13 @@ static __always_inline int ipv6_skip_extensions(struct __sk_buff *skb, __u32 off
 	return DROP_MALFORMED;
 }
 
-/* Parse the L3 and L4 headers at `l3_off` (the outer packet, or the packet
- * quoted by an ICMP error). Returns 0, or a drop reason. Packets that are
- * not IP have `ip` 0 and pass untouched. */
-static __always_inline int parse(struct __sk_buff *skb, __u32 l3_off, __be16 eth_proto, struct pkt *p)
+/* Parse the L3 and L4 headers at `l3_off`: the outer packet, or (`quoted`,
+ * a constant) the packet an ICMP error quotes. A router need quote no more
+ * than the IP header and 8 bytes after it (RFC 792), so of a quoted TCP
+ * header only the ports are read (its flags are never used). Returns 0, or
+ * a drop reason. Packets that are not IP have `ip` 0 and pass untouched. */
+static __always_inline int parse_ip(struct __sk_buff *skb, __u32 l3_off, __be16 eth_proto, struct pkt *p,
+				    const int quoted)
 {
 	__builtin_memset(p, 0, sizeof(*p));
 	if (eth_proto == bpf_htons(ETH_P_IP)) {
@@ -155,7 +158,7 @@ static __always_inline int parse(struct __sk_buff *skb, __u32 l3_off, __be16 eth
 	} else {
 		return 0;
 	}
-	if (p->proto == IPPROTO_TCP) {
+	if (p->proto == IPPROTO_TCP && !quoted) {
 		__u8 hdr[14];
 
 		if (bpf_skb_load_bytes(skb, p->l4_off, hdr, sizeof(hdr)) < 0)
@@ -164,7 +167,7 @@ static __always_inline int parse(struct __sk_buff *skb, __u32 l3_off, __be16 eth
 		__builtin_memcpy(&p->dport, hdr + 2, 2);
 		p->tcp_flags = hdr[13];
 		p->tracked = 1;
-	} else if (p->proto == IPPROTO_UDP || p->proto == IPPROTO_SCTP) {
+	} else if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP || p->proto == IPPROTO_SCTP) {
 		__be16 ports[2];
 
 		if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)) < 0)
@@ -190,53 +193,18 @@ static __always_inline int parse(struct __sk_buff *skb, __u32 l3_off, __be16 eth
 	return 0;
 }
 
-/* The packet an ICMP error quotes, at `off`: its addresses, protocol and
- * ports. A router need quote no more than the IP header and 8 bytes
- * after it (RFC 792), so of TCP only the ports are read. 0, or -1. */
-static __always_inline int parse_quote(struct __sk_buff *skb, __u32 off, int v6, struct pkt *q)
+/* The outer packet's headers at `l3_off`. */
+static __always_inline int parse(struct __sk_buff *skb, __u32 l3_off, __be16 eth_proto, struct pkt *p)
 {
-	__be16 ports[2];
-
-	__builtin_memset(q, 0, sizeof(*q));
-	if (!v6) {
-		struct iphdr ip;
-
-		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0 || ip.version != 4 || ip.ihl < 5 ||
-		    (ip.frag_off & bpf_htons(IP_OFFSET)))
-			return -1;
-		v4_mapped(q->saddr, ip.saddr);
-		v4_mapped(q->daddr, ip.daddr);
-		q->proto = ip.protocol;
-		q->l4_off = off + ip.ihl * 4;
-	} else {
-		struct ipv6hdr ip6;
-
-		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0 || ip6.version != 6)
-			return -1;
-		__builtin_memcpy(q->saddr, &ip6.saddr, 16);
-		__builtin_memcpy(q->daddr, &ip6.daddr, 16);
-		q->v6 = 1;
-		if (ipv6_skip_extensions(skb, off + sizeof(ip6), ip6.nexthdr, q) || q->fragment == FRAG_LATER)
-			return -1;
-	}
-	if (bpf_skb_load_bytes(skb, q->l4_off, ports, sizeof(ports)) < 0)
-		return -1;
-	q->sport = ports[0];
-	q->dport = ports[1];
-	return 0;
+	return parse_ip(skb, l3_off, eth_proto, p, 0);
 }
 
-/* A packet an ICMP error quotes, at `off`, as conntrack knows it: parse()
- * where the quote holds what that reads; a quote cut short after the ports
- * (a router need quote no more than 8 bytes of the transport header,
- * RFC 792) still names its TCP or UDP flow. 0, or -1. */
+/* The packet an ICMP error quotes, at `off`, as conntrack knows it: a flow
+ * with ports (or an echo), not a later fragment. 0, or -1. */
 static __always_inline int parse_quoted(struct __sk_buff *skb, __u32 off, int v6, struct pkt *q)
 {
-	if (!parse(skb, off, v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), q) && q->tracked)
-		return 0;
-	if (parse_quote(skb, off, v6, q) || (q->proto != IPPROTO_TCP && q->proto != IPPROTO_UDP))
+	if (parse_ip(skb, off, v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), q, 1) || !q->tracked)
 		return -1;
-	q->tracked = 1;
 	return 0;
 }
 
