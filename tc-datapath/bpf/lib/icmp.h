@@ -44,6 +44,46 @@ static __always_inline int icmp_related_egress(struct __sk_buff *skb, const stru
 	return bpf_map_lookup_elem(&sl_ct, &k) != 0;
 }
 
+/* One address of an ICMP error rewritten, at `off`: the outer header's
+ * (`outer`) or the quoted one's. IPv4: the header checksum at `check` moves
+ * with it, and for the quote the two changes cancel out in the ICMP
+ * checksum; ICMPv6 covers the quote and the outer addresses (its pseudo
+ * header). */
+static __always_inline int icmp_set_addr(struct __sk_buff *skb, int v6, __u32 csum_off, __u32 off, __u32 check,
+					 const __u8 *old, const __u8 *new, int outer)
+{
+	if (addr_eq(old, new))
+		return 0;
+	if (!v6) {
+		__be32 o4, n4;
+
+		__builtin_memcpy(&o4, old + 12, 4);
+		__builtin_memcpy(&n4, new + 12, 4);
+		if (bpf_l3_csum_replace(skb, check, o4, n4, 4) < 0)
+			return -1;
+		return bpf_skb_store_bytes(skb, off, &n4, 4, 0);
+	} else {
+		__u8 o[16], n[16];
+		__s64 diff;
+
+		__builtin_memcpy(o, old, 16);
+		__builtin_memcpy(n, new, 16);
+		diff = bpf_csum_diff((__be32 *)o, 16, (__be32 *)n, 16, 0);
+		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, outer ? BPF_F_PSEUDO_HDR : 0) < 0)
+			return -1;
+		return bpf_skb_store_bytes(skb, off, n, 16, 0);
+	}
+}
+
+static __always_inline int icmp_set_port(struct __sk_buff *skb, __u32 csum_off, __u32 off, __be16 old, __be16 new)
+{
+	if (old == new)
+		return 0;
+	if (bpf_l4_csum_replace(skb, csum_off, old, new, 2) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, off, &new, 2, 0);
+}
+
 /* What an ICMP message arriving at a pod is: the packet's fate follows. */
 enum icmp_error_result {
 	ICMP_UNRELATED,		/* no error, or about no flow of the pod's: judged as untracked */
@@ -58,16 +98,15 @@ enum icmp_error_result {
  * (client -> backend:port). Put the VIP back into the quote
  * (and into the outer source when the backend itself complains), so the
  * client's stack matches the error to its socket: a closed UDP backend port
- * becomes ECONNREFUSED on the client's socket to the VIP.
- *
- * Checksums: in IPv4 the quoted header's address change and its header
- * checksum change cancel out in the ICMP checksum, so only the port moves
- * it; ICMPv6 covers the quoted address and a pseudo header. The quoted L4
+ * becomes ECONNREFUSED on the client's socket to the VIP. The quoted L4
  * checksum is left alone: it covers data the quote cuts off, and no stack
  * checks it. */
 static __always_inline enum icmp_error_result icmp_error(struct __sk_buff *skb, struct pkt *o)
 {
 	__u32 inner = o->l4_off + 8, csum_off = o->l4_off + 2;
+	__u32 ip_src = o->v6 ? offsetof(struct ipv6hdr, saddr) : offsetof(struct iphdr, saddr);
+	__u32 ip_dst = o->v6 ? offsetof(struct ipv6hdr, daddr) : offsetof(struct iphdr, daddr);
+	__u32 check = offsetof(struct iphdr, check);
 	struct ct_key fk;
 	struct ct_value *flow;
 	struct revnat_value *rn;
@@ -93,36 +132,10 @@ static __always_inline enum icmp_error_result icmp_error(struct __sk_buff *skb, 
 	if (!rn)
 		return ICMP_UNRELATED;
 	from_backend = addr_eq(o->saddr, in.daddr);
-	if (!o->v6) {
-		__be32 old, new;
-
-		__builtin_memcpy(&old, in.daddr + 12, 4);
-		__builtin_memcpy(&new, rn->addr + 12, 4);
-		if (bpf_l3_csum_replace(skb, inner + offsetof(struct iphdr, check), old, new, 4) < 0 ||
-		    bpf_skb_store_bytes(skb, inner + offsetof(struct iphdr, daddr), &new, 4, 0) < 0)
-			goto failed;
-		if (from_backend &&
-		    (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 4) < 0 ||
-		     bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct iphdr, saddr), &new, 4, 0) < 0))
-			goto failed;
-	} else {
-		__u8 old[16], new[16];
-		__s64 diff;
-
-		__builtin_memcpy(old, in.daddr, 16);
-		__builtin_memcpy(new, rn->addr, 16);
-		diff = bpf_csum_diff((__be32 *)old, 16, (__be32 *)new, 16, 0);
-		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, 0) < 0 ||
-		    bpf_skb_store_bytes(skb, inner + offsetof(struct ipv6hdr, daddr), new, 16, 0) < 0)
-			goto failed;
-		if (from_backend &&
-		    (bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR) < 0 ||
-		     bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, saddr), new, 16, 0) < 0))
-			goto failed;
-	}
-	if (in.dport != rn->port &&
-	    (bpf_l4_csum_replace(skb, csum_off, in.dport, rn->port, 2) < 0 ||
-	     bpf_skb_store_bytes(skb, in.l4_off + 2, &rn->port, 2, 0) < 0))
+	if (icmp_set_addr(skb, o->v6, csum_off, inner + ip_dst, inner + check, in.daddr, rn->addr, 0) < 0 ||
+	    (from_backend &&
+	     icmp_set_addr(skb, o->v6, csum_off, ETH_HLEN + ip_src, ETH_HLEN + check, in.daddr, rn->addr, 1) < 0) ||
+	    icmp_set_port(skb, csum_off, in.l4_off + 2, in.dport, rn->port) < 0)
 		goto failed;
 	count(REASON_ICMP_ERROR_TRANSLATED, DIR_INGRESS, skb->len);
 	return ICMP_TRANSLATED;

@@ -228,46 +228,6 @@ static __always_inline int datagram_stays(const struct pkt *p, struct svc_key *s
 	return !svc || !svc->count || carried_backend(svc, id);
 }
 
-/* One address of an ICMP error rewritten, at `off`: the outer header's
- * (`outer`) or the quoted one's. IPv4: the header checksum at `check` moves
- * with it, and for the quote the two changes cancel out in the ICMP
- * checksum; ICMPv6 covers the quote and the outer addresses (its pseudo
- * header). */
-static __always_inline int icmp_set_addr(struct __sk_buff *skb, int v6, __u32 csum_off, __u32 off, __u32 check,
-					 const __u8 *old, const __u8 *new, int outer)
-{
-	if (addr_eq(old, new))
-		return 0;
-	if (!v6) {
-		__be32 o4, n4;
-
-		__builtin_memcpy(&o4, old + 12, 4);
-		__builtin_memcpy(&n4, new + 12, 4);
-		if (bpf_l3_csum_replace(skb, check, o4, n4, 4) < 0)
-			return -1;
-		return bpf_skb_store_bytes(skb, off, &n4, 4, 0);
-	} else {
-		__u8 o[16], n[16];
-		__s64 diff;
-
-		__builtin_memcpy(o, old, 16);
-		__builtin_memcpy(n, new, 16);
-		diff = bpf_csum_diff((__be32 *)o, 16, (__be32 *)n, 16, 0);
-		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, outer ? BPF_F_PSEUDO_HDR : 0) < 0)
-			return -1;
-		return bpf_skb_store_bytes(skb, off, n, 16, 0);
-	}
-}
-
-static __always_inline int icmp_set_port(struct __sk_buff *skb, __u32 csum_off, __u32 off, __be16 old, __be16 new)
-{
-	if (old == new)
-		return 0;
-	if (bpf_l4_csum_replace(skb, csum_off, old, new, 2) < 0)
-		return -1;
-	return bpf_skb_store_bytes(skb, off, &new, 2, 0);
-}
-
 /* An ICMP error from the path (a "fragmentation needed", a "packet too
  * big", an unreachable) about a packet this node sent a client from a
  * frontend: it quotes frontend -> client. The client's entry names the
