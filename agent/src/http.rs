@@ -90,18 +90,9 @@ pub async fn accept_loop(l: std::net::TcpListener, answer: Answer, limits: Limit
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Serve `answer(path)` on `addr` from a thread named `name`; returns the
-/// address bound (port 0 picks one).
+/// Serve `answer(path)` on `addr` from a thread named `name`, within
+/// `limits`; returns the address bound (port 0 picks one).
 pub fn serve(
-    addr: SocketAddr,
-    name: &str,
-    answer: impl Fn(&str) -> Reply + Send + Sync + 'static,
-) -> std::io::Result<SocketAddr> {
-    serve_within(addr, name, answer, Limits::default())
-}
-
-/// `serve`, within `limits`.
-pub fn serve_within(
     addr: SocketAddr,
     name: &str,
     answer: impl Fn(&str) -> Reply + Send + Sync + 'static,
@@ -120,14 +111,14 @@ pub fn serve_within(
 
 #[cfg(test)]
 mod tests {
-    use super::{Limits, serve_within};
+    use super::{Limits, serve};
     use hyper::StatusCode;
     use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::time::{Duration, Instant};
 
     fn server(limits: Limits) -> std::net::SocketAddr {
-        serve_within(
+        serve(
             "127.0.0.1:0".parse().unwrap(),
             "http-test",
             |_| (StatusCode::OK, "text/plain", "ok".into()),

@@ -223,19 +223,24 @@ pub fn render(r: &Registry) -> String {
 /// Serve `/metrics` on `addr` from a thread of its own; returns the address
 /// bound (port 0 picks one).
 pub fn serve(addr: SocketAddr, registry: Registry) -> std::io::Result<SocketAddr> {
-    crate::http::serve(addr, "metrics", move |path| {
-        if path == "/metrics" {
-            (
-                hyper::StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                render(&registry),
-            )
-        } else {
-            (
-                hyper::StatusCode::NOT_FOUND,
-                "text/plain",
-                "not found: try /metrics\n".into(),
-            )
-        }
-    })
+    crate::http::serve(
+        addr,
+        "metrics",
+        move |path| {
+            if path == "/metrics" {
+                (
+                    hyper::StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    render(&registry),
+                )
+            } else {
+                (
+                    hyper::StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "not found: try /metrics\n".into(),
+                )
+            }
+        },
+        crate::http::Limits::default(),
+    )
 }

@@ -102,7 +102,12 @@ impl Probes {
 
 /// Serve the probes on `addr`; returns the address bound.
 pub fn serve(addr: SocketAddr, probes: Arc<Probes>) -> std::io::Result<SocketAddr> {
-    crate::http::serve(addr, "probes", move |path| probes.answer(path))
+    crate::http::serve(
+        addr,
+        "probes",
+        move |path| probes.answer(path),
+        crate::http::Limits::default(),
+    )
 }
 
 #[cfg(test)]
