@@ -376,7 +376,8 @@ struct lb_source_key {
  * port of its own: SNAT), and the backend's replies, rewritten back to
  * come from the frontend and go to the client. A backend on this node
  * gets the client's own address: its replies are turned back as they
- * leave through the uplink. */
+ * leave through the uplink. Both entries live in sl_nat_new until the
+ * client answers the backend's first reply, then move to sl_nat. */
 #define NAT_F_REPLY 0x01	/* translates replies (else the client's packets) */
 #define NAT_F_LOCAL 0x02	/* the backend is a pod here: handed in through `ifindex` */
 #define NAT_F_SNAT 0x04	/* the backend is elsewhere: from this node's address */

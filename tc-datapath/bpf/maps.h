@@ -149,14 +149,27 @@ struct {
 	__type(value, struct name_value);
 } sl_names SEC(".maps");
 
-/* Traffic from outside, at the uplinks (see layout.h). Preallocated (an
- * LRU): 131,072 entries hold 65,536 connections from outside, ~14 MiB. */
+/* Traffic from outside, at the uplinks (see layout.h): connections the
+ * client has answered (a handshake completed, a datagram after a reply).
+ * Preallocated (an LRU): 131,072 entries hold 65,536 connections, ~14 MiB. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 131072);
 	__type(key, struct ct_key);
 	__type(value, struct nat_value);
 } sl_nat SEC(".maps");
+
+/* Connections from outside not yet answered by their client, in a table
+ * of their own: a flood of SYNs from forged sources turns this LRU over
+ * and never reaches the established ones in sl_nat (nf_conntrack evicts
+ * unassured entries first for the same reason). 65,536 entries hold
+ * 32,768 handshakes at once, ~7 MiB. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ct_key);
+	__type(value, struct nat_value);
+} sl_nat_new SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -1,14 +1,15 @@
 //! The uplink's programs at packet level (`BPF_PROG_TEST_RUN`), IPv4 and
 //! IPv6, a local backend and one elsewhere: ICMP errors from the path about
 //! a connection from outside reach its backend (path MTU discovery through
-//! a NodePort), and a datagram's later fragments follow its first.
+//! a NodePort), a datagram's later fragments follow its first, and a flood
+//! of connections never answered leaves the established ones alone.
 
 mod common;
 
 use common::ip;
 use common::*;
 use sluice_tc_datapath::layout::*;
-use sluice_tc_datapath::loader::UPLINK_IN;
+use sluice_tc_datapath::loader::{UPLINK_IN, UPLINK_OUT};
 use sluice_tc_datapath::maps::endpoints::Endpoint;
 use sluice_tc_datapath::maps::lb::{Algorithm, Backend, ServiceSpec};
 use std::net::IpAddr;
@@ -248,6 +249,114 @@ fn fragments_from_outside_follow_their_first() {
             (TC_ACT_OK, &later.bytes),
             "{}: a stray later fragment",
             c.node
+        );
+    }
+}
+
+/// A client's connection through the NodePort `port`, its handshake
+/// completed: SYN in, the backend's SYN-ACK turned back (leaving, from a
+/// local backend; coming in to the SNAT port, from one elsewhere), the
+/// client's ACK in. Returns the backend's side as it sees the client.
+fn handshake(dp: &Dp, c: &Cast, client_port: u16, port: u16, backend: &str) -> (IpAddr, u16) {
+    let (v, syn) = dp.run(
+        UPLINK_IN,
+        &Frame::new(c.client, c.node, client_port, port, PROTO_TCP, SYN, b""),
+    );
+    assert_eq!((v, syn.addrs().1), (TC_ACT_REDIRECT, ip(backend)), "{port}: the SYN");
+    let (seen, seen_port) = (syn.addrs().0, syn.ports().0);
+    let synack = Frame::new(backend, &seen.to_string(), 8080, seen_port, PROTO_TCP, SYN_ACK, b"");
+    let (v, out) = dp.run(if seen == ip(c.client) { UPLINK_OUT } else { UPLINK_IN }, &synack);
+    assert_ne!(v, TC_ACT_SHOT, "{port}: the SYN-ACK");
+    assert_eq!(
+        (out.addrs(), out.ports()),
+        ((ip(c.node), ip(c.client)), (port, client_port)),
+        "{port}: the SYN-ACK from the frontend"
+    );
+    let (v, ack) = dp.run(
+        UPLINK_IN,
+        &Frame::new(c.client, c.node, client_port, port, PROTO_TCP, TCP_ACK, b""),
+    );
+    assert_eq!((v, ack.addrs().1), (TC_ACT_REDIRECT, ip(backend)), "{port}: the ACK");
+    (seen, seen_port)
+}
+
+/// A flood of SYNs from forged sources, each opening a connection no
+/// client answers, more than both NAT tables hold together: connections
+/// established before it (to a local backend and, through SNAT, to one
+/// elsewhere) keep their entries, their replies are still turned back to
+/// come from the frontend, and the client's segments still reach the same
+/// backend. nf_conntrack keeps them by evicting unassured entries first;
+/// here the unanswered ones have a table of their own.
+#[test]
+fn a_syn_flood_from_outside_leaves_established_connections_alone() {
+    if !root("a_syn_flood_from_outside_leaves_established_connections_alone") {
+        return;
+    }
+    let dp = datapath();
+    let c = V4;
+    let established = [(40000, 30080, c.local), (40001, 30081, c.remote)];
+    let seen: Vec<(IpAddr, u16)> = established
+        .iter()
+        .map(|&(cp, port, backend)| handshake(&dp, &c, cp, port, backend))
+        .collect();
+    let uplink = dp.maps.uplink();
+    assert_eq!(uplink.answered_entries().unwrap().len(), 4, "both connections answered");
+    assert!(
+        uplink.unanswered_entries().unwrap().is_empty(),
+        "nothing left unanswered"
+    );
+
+    // 100,000 forged sources to the local pod's NodePort: 200,000
+    // entries, over the 131,072 of the answered table and the 65,536 of
+    // the unanswered one.
+    const FLOOD: u32 = 100_000;
+    for i in 0..FLOOD {
+        let forged = format!("100.{}.{}.{}", 64 + (i >> 16), (i >> 8) & 0xff, i & 0xff);
+        let (v, _) = dp.run(
+            UPLINK_IN,
+            &Frame::new(&forged, c.node, 50000, 30080, PROTO_TCP, SYN, b""),
+        );
+        assert_eq!(v, TC_ACT_REDIRECT, "flood SYN {i}");
+    }
+    let uplink = dp.maps.uplink();
+    assert_eq!(
+        uplink.answered_entries().unwrap().len(),
+        4,
+        "the flood stayed out of the answered table"
+    );
+    assert!(
+        uplink.unanswered_entries().unwrap().len() > 60_000,
+        "the flood turned its own table over"
+    );
+
+    for (&(client_port, port, backend), &(to, to_port)) in established.iter().zip(&seen) {
+        // The backend's data, turned back to come from the frontend.
+        let data = Frame::new(
+            backend,
+            &to.to_string(),
+            8080,
+            to_port,
+            PROTO_TCP,
+            TCP_ACK,
+            b"after the flood",
+        );
+        let (v, out) = dp.run(if to == ip(c.client) { UPLINK_OUT } else { UPLINK_IN }, &data);
+        assert_ne!(v, TC_ACT_SHOT, "{port}: the reply after the flood");
+        assert_eq!(
+            (out.addrs(), out.ports()),
+            ((ip(c.node), ip(c.client)), (port, client_port)),
+            "{port}: the backend's reply after the flood, from the frontend"
+        );
+        out.assert_checksums();
+        // The client's data, to the same backend as its handshake.
+        let (v, out) = dp.run(
+            UPLINK_IN,
+            &Frame::new(c.client, c.node, client_port, port, PROTO_TCP, TCP_ACK, b"more"),
+        );
+        assert_eq!(
+            (v, out.addrs(), out.ports()),
+            (TC_ACT_REDIRECT, (to, ip(backend)), (to_port, 8080)),
+            "{port}: the client's segment after the flood"
         );
     }
 }

@@ -16,8 +16,11 @@
  *    replies come back here to be turned back.
  * A pod's hostPort (sl_hostports, from the runtime's portMappings) is
  * served the same way, to that pod.
- * Both directions are NAT entries (sl_nat, layout.h); the pod at each end
- * tracks and judges the flow with its own programs as any other.
+ * Both directions are NAT entries (layout.h): in sl_nat_new until the
+ * client answers the backend's first reply, then in sl_nat, so that a
+ * flood of connections never answered (SYNs from forged sources) turns
+ * over a table of its own and not the established ones. The pod at each
+ * end tracks and judges the flow with its own programs as any other.
  */
 #ifndef SLUICE_LIB_UPLINK_H
 #define SLUICE_LIB_UPLINK_H
@@ -65,10 +68,77 @@ static __always_inline __be16 snat_claim(const struct pkt *p, const __u8 *node, 
 		cur = bpf_map_lookup_elem(&sl_nat, &rk);
 		if (cur && cur->expires_ns > now)
 			continue;
-		if (bpf_map_update_elem(&sl_nat, &rk, rev, cur ? BPF_ANY : BPF_NOEXIST) == 0)
+		cur = bpf_map_lookup_elem(&sl_nat_new, &rk);
+		if (cur && cur->expires_ns > now)
+			continue;
+		if (bpf_map_update_elem(&sl_nat_new, &rk, rev, cur ? BPF_ANY : BPF_NOEXIST) == 0)
 			return port;
 	}
 	return 0;
+}
+
+/* The live entry under `k`, answered (sl_nat) or not (sl_nat_new). */
+static __always_inline struct nat_value *nat_find(const struct ct_key *k, __u64 now)
+{
+	struct nat_value *v = bpf_map_lookup_elem(&sl_nat, k);
+
+	if (v && v->expires_ns > now)
+		return v;
+	v = bpf_map_lookup_elem(&sl_nat_new, k);
+	return v && v->expires_ns > now ? v : 0;
+}
+
+/* Whether a packet can belong to a connection not yet answered, whose
+ * entries are in sl_nat_new. Anything from outside can (the client's
+ * packets up to the one that answers, a backend elsewhere's replies).
+ * Leaving, a local backend's replies before the client answered: any
+ * datagram, but of TCP only a SYN-ACK or a reset (a closing FIN, to be
+ * safe); the node's and the pods' own TCP segments going out pay no
+ * second lookup. */
+static __always_inline int nat_new_wanted(const struct pkt *p, __u32 dir)
+{
+	return dir == DIR_INGRESS || p->proto != IPPROTO_TCP || (p->tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN));
+}
+
+/* The client answered: both entries of its connection move from
+ * sl_nat_new to sl_nat (the reply's key is the forward entry's rewrite,
+ * turned around). Returns the forward entry where it now lies, or NULL. */
+static __always_inline struct nat_value *nat_promote(const struct ct_key *fk, struct nat_value *fwd, __u8 proto)
+{
+	struct nat_value *rev;
+	struct ct_key rk;
+
+	ct_key_of(&rk, fwd->daddr, fwd->saddr, fwd->dport, fwd->sport, proto, CT_NAT);
+	rev = bpf_map_lookup_elem(&sl_nat_new, &rk);
+	if (rev) {
+		if (bpf_map_update_elem(&sl_nat, &rk, rev, BPF_ANY) < 0)
+			return 0;
+		bpf_map_delete_elem(&sl_nat_new, &rk);
+	}
+	if (bpf_map_update_elem(&sl_nat, fk, fwd, BPF_ANY) < 0)
+		return 0;
+	bpf_map_delete_elem(&sl_nat_new, fk);
+	return bpf_map_lookup_elem(&sl_nat, fk);
+}
+
+/* A connection opened again on a 4-tuple that has an answered one (a SYN
+ * on a closing connection, a datagram whose backend left) starts in
+ * sl_nat_new like any other: the old entries that would be found before
+ * it in sl_nat go. A backend elsewhere's reply entry stays: it holds its
+ * SNAT port until it expires (see snat_claim), and the new connection
+ * has a port of its own. */
+static __always_inline void nat_forget(const struct ct_key *fk, __u8 proto)
+{
+	struct nat_value *old = bpf_map_lookup_elem(&sl_nat, fk);
+	struct ct_key rk;
+
+	if (!old || (old->flags & NAT_F_REPLY))
+		return;
+	if (old->flags & NAT_F_LOCAL) {
+		ct_key_of(&rk, old->daddr, old->saddr, old->dport, old->sport, proto, CT_NAT);
+		bpf_map_delete_elem(&sl_nat, &rk);
+	}
+	bpf_map_delete_elem(&sl_nat, fk);
 }
 
 /* Rewrite a packet by its NAT entry and send it on. */
@@ -83,7 +153,7 @@ static __always_inline int nat_apply(struct __sk_buff *skb, struct pkt *p, struc
 		struct nat_value *fwd;
 
 		ct_key_of(&fk, v->daddr, v->saddr, v->dport, v->sport, p->proto, CT_NAT);
-		fwd = bpf_map_lookup_elem(&sl_nat, &fk);
+		fwd = nat_find(&fk, now);
 		if (fwd)
 			state_touch(&fwd->state, &fwd->expires_ns, p, 1, now);
 	}
@@ -146,7 +216,7 @@ static __always_inline __u32 uplink_nat(struct __sk_buff *skb, struct pkt *p, co
 		fwd.sport = p->sport;
 		rev.flags |= NAT_F_LOCAL;
 		ct_key_of(&rk, baddr, p->saddr, bport, p->sport, p->proto, CT_NAT);
-		if (bpf_map_update_elem(&sl_nat, &rk, &rev, BPF_ANY) < 0)
+		if (bpf_map_update_elem(&sl_nat_new, &rk, &rev, BPF_ANY) < 0)
 			return DROP_NAT_FAILED;
 	} else {
 		__u32 ifindex = skb->ifindex;
@@ -167,7 +237,7 @@ static __always_inline __u32 uplink_nat(struct __sk_buff *skb, struct pkt *p, co
 		__builtin_memcpy(fwd.saddr, node, 16);
 		fwd.sport = port;
 	}
-	if (bpf_map_update_elem(&sl_nat, fk, &fwd, BPF_ANY) < 0)
+	if (bpf_map_update_elem(&sl_nat_new, fk, &fwd, BPF_ANY) < 0)
 		return DROP_NAT_FAILED;
 	if (flow_sampled())
 		flow_event(p, DIR_INGRESS, REASON_SERVICE_TRANSLATED, 0, 0, 0, id);
@@ -255,8 +325,8 @@ static __always_inline int uplink_icmp_error(struct __sk_buff *skb, struct pkt *
 	    !addr_eq(in.saddr, o->daddr))
 		return TC_ACT_OK;
 	ct_key_of(&fk, in.daddr, in.saddr, in.dport, in.sport, in.proto, CT_NAT);
-	fwd = bpf_map_lookup_elem(&sl_nat, &fk);
-	if (!fwd || (fwd->flags & NAT_F_REPLY) || fwd->expires_ns <= ct_now())
+	fwd = nat_find(&fk, ct_now());
+	if (!fwd || (fwd->flags & NAT_F_REPLY))
 		return TC_ACT_OK;
 	snat = fwd->flags & NAT_F_SNAT;
 	/* The quote: from the backend; to this node's SNAT port for one
@@ -298,10 +368,11 @@ static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 	struct hostport_value *hp;
 	struct svc_value *svc = 0;
 	struct backend_value *b = 0;
-	struct nat_value *v;
+	struct nat_value *v, *n;
 	const __u8 *baddr;
 	__be16 bport;
 	__u32 id = 0, why = 0;
+	int fresh = 0, answered;
 	__u64 now;
 
 	/* Only what a NAT entry or an external frontend names is ours: the
@@ -319,6 +390,18 @@ static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 	now = ct_now();
 	ct_key_of(&k, p.saddr, p.daddr, p.sport, p.dport, p.proto, CT_NAT);
 	v = bpf_map_lookup_elem(&sl_nat, &k);
+	answered = v != 0;
+	if ((!v || v->expires_ns <= now) && nat_new_wanted(&p, dir)) {
+		n = bpf_map_lookup_elem(&sl_nat_new, &k);
+		if (n) {
+			v = n;
+			fresh = 1;
+		}
+	}
+	/* Whether `v` is set is tested as it is: clang would test the two
+	 * lookups' results or-ed together, which the verifier refuses on
+	 * pointers. */
+	opaque_ptr(v);
 	if (v && v->expires_ns > now && !state_reopens(v->state, &p)) {
 		/* A reply comes in only from a backend elsewhere, to this node's
 		 * SNAT port, and leaves only from a pod of this node. A frame from
@@ -333,15 +416,18 @@ static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 		}
 		if (dir == DIR_INGRESS) {
 			if (!v->backend_id)
-				goto apply;
+				goto forward;
 			b = bpf_map_lookup_elem(&sl_backends, &v->backend_id);
 			if (b && (p.proto == IPPROTO_TCP || datagram_stays(&p, &sk, b, v->backend_id)))
-				goto apply;
+				goto forward;
 			/* Its backend left: a TCP connection is reset. A datagram,
 			 * its backend gone or no longer taking new flows, gets a
 			 * backend afresh. */
 			b = 0;
-			bpf_map_delete_elem(&sl_nat, &k);
+			if (fresh)
+				bpf_map_delete_elem(&sl_nat_new, &k);
+			else
+				nat_forget(&k, p.proto);
 			if (p.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN) {
 				if ((p.tcp_flags & TCP_RST) || p.fragment)
 					return drop(skb, DROP_BACKEND_GONE, dir);
@@ -375,12 +461,24 @@ static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 		baddr = hp->addr;
 		bport = hp->port;
 	}
+	if (answered)
+		nat_forget(&k, p.proto);
 	why = uplink_nat(skb, &p, &k, baddr, bport, id, now);
 	if (why)
 		return drop_reported(skb, &p, why, dir);
-	v = bpf_map_lookup_elem(&sl_nat, &k);
+	v = bpf_map_lookup_elem(&sl_nat_new, &k);
 	if (!v)
 		return drop_reported(skb, &p, DROP_NAT_FAILED, dir);
+	goto apply;
+forward:
+	/* The client's packet after its backend's first reply answers it
+	 * (a SYN retransmitted does not): the connection moves to sl_nat. */
+	if (fresh && v->state == CT_ESTABLISHED &&
+	    !(p.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)) {
+		v = nat_promote(&k, v, p.proto);
+		if (!v)
+			return drop_reported(skb, &p, DROP_NAT_FAILED, dir);
+	}
 apply:
 	return nat_apply(skb, &p, v, dir, now);
 refuse:

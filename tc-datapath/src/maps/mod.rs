@@ -113,8 +113,12 @@ map_defs! {
     POLICY = "sl_policy": PolicyMatch => PolicyValue;
     /// Port-range blocks of allow rules.
     POLICY_RANGES = "sl_policy_ranges": PolicyKey => PolicyValue;
-    /// Connections from outside, both directions, at the uplinks.
+    /// Connections from outside, both directions, at the uplinks: those
+    /// the client has answered.
     NAT = "sl_nat": CtKey => NatValue;
+    /// The same, not answered yet (a table of their own: a flood of them
+    /// cannot evict the established ones).
+    NAT_NEW = "sl_nat_new": CtKey => NatValue;
     /// The node's uplinks and their SNAT addresses.
     UPLINKS = "sl_uplinks": u32 => UplinkValue;
     /// Pods' hostPorts on the node's addresses (the CNI binary writes them).

@@ -3,7 +3,7 @@
 //! external IP), the uplinks' SNAT addresses, and the source ranges of
 //! load balancers.
 
-use super::{LB_SOURCES, MapsError, NAT, Source, UPLINKS, entries, err, ignore_missing};
+use super::{LB_SOURCES, MapDef, MapsError, NAT, NAT_NEW, Source, UPLINKS, entries, err, ignore_missing};
 use crate::layout::{Addr, CtKey, LbSourceMatch, NatValue, UplinkValue, addr};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, MapData};
@@ -11,8 +11,32 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub struct UplinkMaps {
     nat: HashMap<MapData, CtKey, NatValue>,
+    nat_new: HashMap<MapData, CtKey, NatValue>,
     uplinks: HashMap<MapData, u32, UplinkValue>,
     sources: LpmTrie<MapData, LbSourceMatch, u32>,
+}
+
+/// Remove `map`'s entries expired at `now_ns`, each read again just before.
+fn collect_expired(map: &mut HashMap<MapData, CtKey, NatValue>, def: &MapDef, now_ns: u64) -> Result<usize, MapsError> {
+    let expired: Vec<CtKey> = map
+        .iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err(def.name))?
+        .into_iter()
+        .filter(|(_, v)| v.expires_ns <= now_ns)
+        .map(|(k, _)| k)
+        .collect();
+    let mut removed = 0;
+    for k in &expired {
+        match map.get(k, 0) {
+            Ok(v) if v.expires_ns <= now_ns => {
+                ignore_missing(map.remove(k), def)?;
+                removed += 1;
+            }
+            _ => {}
+        }
+    }
+    Ok(removed)
 }
 
 /// A source range of one frontend, as the trie keys it.
@@ -35,6 +59,7 @@ impl UplinkMaps {
     pub fn open(src: &mut Source<'_>) -> Result<UplinkMaps, MapsError> {
         Ok(UplinkMaps {
             nat: src.map(&NAT)?,
+            nat_new: src.map(&NAT_NEW)?,
             uplinks: src.map(&UPLINKS)?,
             sources: src.map(&LB_SOURCES)?,
         })
@@ -59,32 +84,29 @@ impl UplinkMaps {
         entries(&self.uplinks, &UPLINKS)
     }
 
-    /// Every NAT entry (both directions of each connection from outside).
+    /// Every NAT entry (both directions of each connection from outside),
+    /// answered or not.
     pub fn nat_entries(&self) -> Result<Vec<(CtKey, NatValue)>, MapsError> {
+        let mut all = self.answered_entries()?;
+        all.extend(self.unanswered_entries()?);
+        Ok(all)
+    }
+
+    /// The entries of connections the client has answered (`sl_nat`).
+    pub fn answered_entries(&self) -> Result<Vec<(CtKey, NatValue)>, MapsError> {
         self.nat.iter().collect::<Result<_, _>>().map_err(err(NAT.name))
     }
 
-    /// Remove the NAT entries whose deadline passed before `now_ns`
-    /// (CLOCK_MONOTONIC, as `ct::now_ns`); returns how many went. An entry a packet
-    /// refreshed since the scan stays.
+    /// The entries of connections not answered yet (`sl_nat_new`).
+    pub fn unanswered_entries(&self) -> Result<Vec<(CtKey, NatValue)>, MapsError> {
+        self.nat_new.iter().collect::<Result<_, _>>().map_err(err(NAT_NEW.name))
+    }
+
+    /// Remove the NAT entries, answered or not, whose deadline passed
+    /// before `now_ns` (CLOCK_MONOTONIC, as `ct::now_ns`); returns how
+    /// many went. An entry a packet refreshed since the scan stays.
     pub fn collect(&mut self, now_ns: u64) -> Result<usize, MapsError> {
-        let expired: Vec<CtKey> = self
-            .nat_entries()?
-            .into_iter()
-            .filter(|(_, v)| v.expires_ns <= now_ns)
-            .map(|(k, _)| k)
-            .collect();
-        let mut removed = 0;
-        for k in &expired {
-            match self.nat.get(k, 0) {
-                Ok(v) if v.expires_ns <= now_ns => {
-                    ignore_missing(self.nat.remove(k), &NAT)?;
-                    removed += 1;
-                }
-                _ => {}
-            }
-        }
-        Ok(removed)
+        Ok(collect_expired(&mut self.nat, &NAT, now_ns)? + collect_expired(&mut self.nat_new, &NAT_NEW, now_ns)?)
     }
 
     /// Admit clients from `net/prefix` to the external frontend `rev_nat_id`.
