@@ -52,6 +52,7 @@ fn want() -> impl Strategy<Value = Want> {
                     reject: true,
                     node_address: false,
                     source_ranges: Vec::new(),
+                    node_denied: false,
                     backends,
                 };
                 (f, b)
@@ -170,6 +171,7 @@ fn a_shared_backend_turns_back_when_the_other_frontend_goes() {
         reject: true,
         node_address: false,
         source_ranges: Vec::new(),
+        node_denied: false,
         backends: vec![BackendAddr {
             addr: IpAddr::from([10, 244, 1, 1]),
             port: 8080,

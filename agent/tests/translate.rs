@@ -196,10 +196,22 @@ fn traffic_from_outside_follows_the_traffic_policies() {
     );
     assert!(t.frontends[&np].source_ranges.is_empty());
     // ... and the pods' frontend of the same address: held to them too.
+    let lb_inside = Frontend::cluster(ip("198.51.100.1"), 80, PROTO_TCP);
     assert_eq!(
-        t.frontends[&Frontend::cluster(ip("198.51.100.1"), 80, PROTO_TCP)].source_ranges,
+        t.frontends[&lb_inside].source_ranges,
         vec![(ip("10.0.0.0"), 8), (ip("192.0.2.1"), 32)]
     );
+    // The node's own sockets: refused while no range holds its address
+    // (172.31.0.11), as kube-proxy judges them by it; admitted once one
+    // does; never refused without ranges, nor on the external frontend
+    // (only the pods' and the node's frontend carries the flag).
+    assert!(t.frontends[&lb_inside].node_denied, "the node outside the ranges");
+    assert!(!t.frontends[&lb].node_denied && !t.frontends[&np].node_denied);
+    let with_node = local.replace("\"192.0.2.1/32\"", "172.31.0.0/16");
+    let t = translate(&objects(&edge(&with_node, "", ["", ""])), &node_a());
+    assert!(!t.frontends[&lb_inside].node_denied, "the node inside a range");
+    let t = translate(&objects(&edge("  type: LoadBalancer", "", ["", ""])), &node_a());
+    assert!(!t.frontends[&lb_inside].node_denied, "no ranges");
 
     // Another proxy's Service, or a headless-labelled one: nothing.
     for label in [

@@ -340,6 +340,7 @@ pub fn spec(i: usize, s: &Service) -> ServiceSpec {
         node_address: false,
         scope: 0,
         source_ranges: false,
+        node_denied: false,
         draining: Vec::new(),
         backends: s
             .endpoints

@@ -170,6 +170,7 @@ pub fn put_node_port(
             node_address: true,
             scope,
             source_ranges: false,
+            node_denied: false,
             draining: Vec::new(),
             backends: backends
                 .iter()

@@ -170,6 +170,7 @@ fn service_to(vpc: &Vpc, ip_b: &str) {
                 node_address: false,
                 scope: 0,
                 source_ranges: false,
+                node_denied: false,
                 draining: Vec::new(),
                 backends: vec![Backend {
                     id,

@@ -11,7 +11,8 @@
 //!   then 503 once that endpoint is gone, and the NodePort drops;
 //! - loadBalancerSourceRanges admits the listed client and drops another
 //!   (counted as drop-source-range), and a pod calling that load-balancer
-//!   IP from inside is held to the ranges too;
+//!   IP from inside is held to the ranges too, and so are the node's own
+//!   sockets (judged by its address, as kube-proxy judges them);
 //! - a pod of the chained role (behind Debian's macvlan) is handed the
 //!   client's connection too;
 //! - ingress policy at the backend judges the real client (eTP Local): an
@@ -733,6 +734,20 @@ fn host_ports(vpc: &mut Vpc, c1: usize, svcs: &Services) {
                 .as_str()
                 .is_some_and(|r| r.starts_with("a@") || r.starts_with("b@")),
             "the node calling its own NodePort: {v}"
+        );
+        // The node's own sockets and loadBalancerSourceRanges: its
+        // address is not listed, so it is refused (EPERM, at connect) as
+        // kube-proxy's rules drop it; the unranged load-balancer IP answers.
+        let ranged = format!("{RANGED_LB_IP}:80");
+        let v = sock_client(&vpc.nodes[0], Some(&cg), &["tcp", &ranged, "self"]);
+        assert_eq!(
+            v["error"], "PermissionDenied",
+            "the node outside the source ranges: {v}"
+        );
+        let v = sock_client(&vpc.nodes[0], Some(&cg), &["tcp", &format!("{LB_IP}:80"), "self"]);
+        assert!(
+            v["reply"].is_string(),
+            "a load-balancer IP without ranges, from the node: {v}"
         );
     } else {
         sluice_integration::skip("hostPort from the node", "no cgroup v2 mount on this machine");

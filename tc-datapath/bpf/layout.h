@@ -76,6 +76,7 @@ struct svc_key {
 #define SVC_F_SOURCE_RANGES 0x08	/* external: only clients in its sl_lb_sources prefixes */
 #define SVC_F_SLOT_BACKEND 0x10	/* on a slot: `backend` holds the backend's entry */
 #define SVC_F_INLINE 0x20	/* on a frontend: its backends are `inline_backends`, it has no slots */
+#define SVC_F_NODE_DENIED 0x40	/* a load-balancer IP's cluster frontend whose source ranges hold none of the node's addresses: the node's own sockets are refused */
 
 /* A frontend with at most this many backends taking new connections
  * carries them (ids and entries) and has no slots: a new connection costs

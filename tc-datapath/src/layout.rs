@@ -101,6 +101,9 @@ pub const SVC_F_SOURCE_RANGES: u8 = 0x08;
 pub const SVC_F_SLOT_BACKEND: u8 = 0x10;
 /// On a frontend: its backends are `inline_backends`, it has no slots.
 pub const SVC_F_INLINE: u8 = 0x20;
+/// On a load-balancer IP's cluster frontend with source ranges: none of
+/// the node's addresses is in them, so the node's own sockets are refused.
+pub const SVC_F_NODE_DENIED: u8 = 0x40;
 /// The most backends a frontend carries itself (see layout.h).
 pub const SVC_INLINE: usize = 4;
 

@@ -1227,6 +1227,7 @@ fn fuzzed_frames_from_outside_meet_only_the_frontends() {
                         node_address: vip == NODE[f] && scope == SVC_SCOPE_CLUSTER,
                         scope,
                         source_ranges: ranged && scope == SVC_SCOPE_EXTERNAL,
+                        node_denied: false,
                         draining: Vec::new(),
                         backends: bes.clone(),
                     })

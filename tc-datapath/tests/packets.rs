@@ -433,6 +433,7 @@ fn session_affinity_pins_a_client() {
             node_address: false,
             scope: 0,
             source_ranges: false,
+            node_denied: false,
             draining: Vec::new(),
             backends: vec![
                 be(1, ip("10.244.2.7"), 8080, true),
@@ -741,6 +742,7 @@ fn rewriting_a_service_writes_only_what_changed() {
         node_address: false,
         scope: 0,
         source_ranges: false,
+        node_denied: false,
         draining: Vec::new(),
         backends: vec![
             be(1, ip("10.244.2.7"), 8080, true),
@@ -800,6 +802,7 @@ fn a_syn_on_a_closed_connection_opens_a_new_one() {
         node_address: false,
         scope: 0,
         source_ranges: false,
+        node_denied: false,
         draining: Vec::new(),
         backends: vec![be(1, a, 8080, a_on), be(2, b, 8080, b_on)],
     };
@@ -883,6 +886,7 @@ fn backends_that_leave_keep_or_reset_their_connections() {
         node_address: false,
         scope: 0,
         source_ranges: false,
+        node_denied: false,
         draining: Vec::new(),
         backends: [(ids.0, a), (ids.1, b)]
             .iter()
@@ -1136,6 +1140,7 @@ fn a_node_address_translates_its_node_ports_only() {
         node_address,
         scope: 0,
         source_ranges: false,
+        node_denied: false,
         draining: Vec::new(),
         backends: vec![be(1, ip("10.244.2.7"), 8080, true)],
     };
@@ -1260,6 +1265,7 @@ fn pods_calling_a_load_balancer_ip_are_held_to_its_source_ranges() {
                 node_address: false,
                 scope: SVC_SCOPE_CLUSTER,
                 source_ranges: true,
+                node_denied: false,
                 draining: Vec::new(),
                 backends: vec![be(11, ip(backend), 8080, true)],
             })

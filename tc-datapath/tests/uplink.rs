@@ -83,6 +83,7 @@ fn datapath() -> Dp {
                         node_address: scope == SVC_SCOPE_CLUSTER,
                         scope,
                         source_ranges: false,
+                        node_denied: false,
                         draining: Vec::new(),
                         backends: vec![Backend {
                             id: id + 10 * i as u32,

@@ -337,6 +337,7 @@ impl ServiceSync {
                     SVC_SCOPE_CLUSTER
                 },
                 source_ranges: !w.want.source_ranges.is_empty(),
+                node_denied: w.want.node_denied,
                 draining: w
                     .backends
                     .iter()

@@ -119,9 +119,13 @@ pub struct Backends {
     /// A NodePort on a node's address, not a VIP: the address's other
     /// ports pass untouched.
     pub node_address: bool,
-    /// External frontends: the client prefixes admitted
-    /// (loadBalancerSourceRanges); empty = every client.
+    /// The client prefixes admitted (loadBalancerSourceRanges, on a
+    /// load-balancer IP's frontends); empty = every client.
     pub source_ranges: Vec<(IpAddr, u8)>,
+    /// The node's own sockets are refused: the ranges hold none of the
+    /// addresses its Node object lists (kube-proxy judges the node's
+    /// connections to a load-balancer IP by the node's address).
+    pub node_denied: bool,
     /// Sorted by address and port.
     pub backends: Vec<BackendAddr>,
 }
@@ -456,6 +460,19 @@ fn service(svc: &Service, slices: &[&EndpointSlice], node_addrs: &[IpAddr], here
             }
         }
         for (f, local, node_address, ranges) in fronts {
+            let source_ranges: Vec<(IpAddr, u8)> = ranges
+                .iter()
+                .filter(|(a, _)| a.is_ipv4() == f.vip.is_ipv4())
+                .copied()
+                .collect();
+            // A node whose Node object names no address is not judged.
+            let node_denied = !f.external
+                && !source_ranges.is_empty()
+                && !here.addrs.is_empty()
+                && !here
+                    .addrs
+                    .iter()
+                    .any(|a| source_ranges.iter().any(|&(net, bits)| in_prefix(*a, net, bits)));
             let b = Backends {
                 service: label.clone(),
                 algorithm,
@@ -463,11 +480,8 @@ fn service(svc: &Service, slices: &[&EndpointSlice], node_addrs: &[IpAddr], here
                 // No local endpoint under eTP Local drops, as kube-proxy.
                 reject: reject && !(f.external && external_local),
                 node_address,
-                source_ranges: ranges
-                    .iter()
-                    .filter(|(a, _)| a.is_ipv4() == f.vip.is_ipv4())
-                    .copied()
-                    .collect(),
+                source_ranges,
+                node_denied,
                 backends: endpoints(sp, proto, f.vip.is_ipv4(), slices, here, local, out),
             };
             if let Some(first) = out.frontends.get(&f) {
@@ -501,6 +515,11 @@ fn source_ranges(svc: &Service, id: &str, out: &mut Translated) -> Vec<(IpAddr, 
         }
     }
     ranges
+}
+
+/// Whether `a` is in `net`/`bits` (of its own family).
+fn in_prefix(a: IpAddr, net: IpAddr, bits: u8) -> bool {
+    ipnetwork::IpNetwork::new(net, bits).is_ok_and(|n| n.contains(a))
 }
 
 /// Ready endpoints of a Service on node `name`: those of the address

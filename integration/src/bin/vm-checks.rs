@@ -138,6 +138,7 @@ fn random_service(vip: IpAddr, port: u16, proto: u8, rev_nat_id: u32, backends: 
         node_address: false,
         scope: 0,
         source_ranges: false,
+        node_denied: false,
         draining: Vec::new(),
         backends,
     }

@@ -44,6 +44,7 @@ enum sock_verdict {
 	SOCK_UNTOUCHED = 0,	/* no Service address */
 	SOCK_TRANSLATED = 1,	/* now a backend's */
 	SOCK_REFUSED = 2,	/* a Service with no backend that rejects */
+	SOCK_DENIED = 3,	/* a load-balancer IP whose source ranges leave the node out */
 };
 
 /* Remember on the socket that `backend`:`bport` stands for `frontend`:`fport`.
@@ -126,6 +127,13 @@ static __always_inline enum sock_verdict sock_translate(struct bpf_sock_addr *ct
 	svc = bpf_map_lookup_elem(&sl_services, &k);
 	if (!svc || (svc->flags & SVC_F_VIP_MARKER))
 		return sock_hostport(ctx, addr, port, proto, unconnected);
+	/* kube-proxy's rules judge the node's connections to a load-balancer
+	 * IP by the node's address; the agent has judged it (the source is
+	 * not chosen yet at connect). */
+	if (svc->flags & SVC_F_NODE_DENIED) {
+		count(DROP_SOURCE_RANGE, DIR_EGRESS, 0);
+		return SOCK_DENIED;
+	}
 	cookie = bpf_get_socket_cookie(ctx);
 	/* sock_ours() has checked it already when it is configured. */
 	ns = cfg_sock_netns_cookie ? cfg_sock_netns_cookie : bpf_get_netns_cookie(ctx);
@@ -180,7 +188,8 @@ static __always_inline int sock_release(struct bpf_sock *sk)
 }
 
 /* connect and sendmsg, IPv4. A refusal fails the call with ECONNREFUSED,
- * as kube-proxy's REJECT fails a connect. */
+ * as kube-proxy's REJECT fails a connect; a denial (source ranges) with
+ * EPERM, at once where kube-proxy's drop leaves the connect to time out. */
 static __always_inline int sock_forward4(struct bpf_sock_addr *ctx, int unconnected)
 {
 	__u8 a[16];
@@ -193,6 +202,8 @@ static __always_inline int sock_forward4(struct bpf_sock_addr *ctx, int unconnec
 	switch (sock_translate(ctx, a, &port, proto, unconnected)) {
 	case SOCK_REFUSED:
 		bpf_set_retval(-ECONNREFUSED);
+		return 0;
+	case SOCK_DENIED:
 		return 0;
 	case SOCK_TRANSLATED:
 		__builtin_memcpy(&ctx->user_ip4, a + 12, 4);
@@ -220,6 +231,8 @@ static __always_inline int sock_forward6(struct bpf_sock_addr *ctx, int unconnec
 	switch (sock_translate(ctx, (__u8 *)w, &port, proto, unconnected)) {
 	case SOCK_REFUSED:
 		bpf_set_retval(-ECONNREFUSED);
+		return 0;
+	case SOCK_DENIED:
 		return 0;
 	case SOCK_TRANSLATED:
 		ctx->user_ip6[0] = w[0];

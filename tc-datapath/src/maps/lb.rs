@@ -79,6 +79,10 @@ pub struct ServiceSpec {
     /// Admit only the clients the source-range trie lists for its
     /// `rev_nat_id` (loadBalancerSourceRanges; external scope).
     pub source_ranges: bool,
+    /// The node's own sockets may not call it: a load-balancer IP's
+    /// source ranges hold none of the node's addresses (kube-proxy's rules
+    /// judge the node's connections by its address).
+    pub node_denied: bool,
     pub backends: Vec<Backend>,
     /// Active backends whose entry must still say terminating: a backend
     /// entry is shared by every frontend with that address, port and
@@ -222,9 +226,10 @@ impl LbMaps {
         writes += put(&mut self.revnat, &REVNAT, s.rev_nat_id, rn)?;
         let reject = if s.reject { SVC_F_REJECT } else { 0 };
         let ranges = if s.source_ranges { SVC_F_SOURCE_RANGES } else { 0 };
+        let node_denied = if s.node_denied { SVC_F_NODE_DENIED } else { 0 };
         let mut master = SvcValue {
             count: active.len() as u16,
-            flags: reject | ranges,
+            flags: reject | ranges | node_denied,
             rev_nat_id: s.rev_nat_id,
             algorithm: s.algorithm.code(),
             affinity_timeout: s.affinity_timeout_secs,
@@ -528,6 +533,7 @@ mod tests {
             node_address: false,
             scope: SVC_SCOPE_CLUSTER,
             source_ranges: false,
+            node_denied: false,
             draining: Vec::new(),
             backends: (11..11 + n)
                 .map(|id| Backend {

@@ -287,6 +287,7 @@ impl Dp {
                 node_address: false,
                 scope: 0,
                 source_ranges: false,
+                node_denied: false,
                 draining: Vec::new(),
                 backends: backends
                     .iter()
