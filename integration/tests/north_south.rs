@@ -318,6 +318,13 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
             && nat.iter().any(|r| r["path"] == "local" && r["direction"] == "client"),
         "sluicectl nat list: {nat:?}"
     );
+    // Every TCP connection completed its handshake: the client answered,
+    // and its entries moved to the established table.
+    let tcp: Vec<&Value> = nat.iter().filter(|r| r["proto"] == "tcp").collect();
+    assert!(
+        !tcp.is_empty() && tcp.iter().all(|r| r["answered"] == true),
+        "TCP connections from outside, answered: {tcp:?}"
+    );
     let up = sluicectl(&vpc, 0, "uplink");
     assert_eq!(
         (up.len(), &up[0]["name"], &up[0]["snatIpv4"]),

@@ -25,6 +25,10 @@ pub struct NatRow {
     /// (a backend elsewhere, from this node's address).
     pub path: &'static str,
     pub state: &'static str,
+    /// Whether the client has answered the backend's first reply (the
+    /// connection moved to the established table, where a flood of
+    /// unanswered ones cannot evict it).
+    pub answered: bool,
     pub backend: u32,
     pub expires_in_seconds: u64,
 }
@@ -40,6 +44,7 @@ table_row!(
         "NEW-DESTINATION",
         "PATH",
         "STATE",
+        "ANSWERED",
         "BACKEND",
         "EXPIRES(S)"
     ],
@@ -52,6 +57,7 @@ table_row!(
         r.new_destination,
         r.path,
         r.state,
+        if r.answered { "yes" } else { "no" },
         r.backend,
         r.expires_in_seconds
     ]
@@ -59,11 +65,17 @@ table_row!(
 
 pub fn nat(maps: &Maps) -> Result<Vec<NatRow>> {
     let now = now_ns();
-    let mut entries = maps.uplink().nat_entries()?;
-    entries.sort_by_key(|(k, v)| (v.flags & NAT_F_REPLY, k.saddr, k.sport, k.daddr, k.dport));
+    let uplink = maps.uplink();
+    let mut entries: Vec<_> = uplink
+        .answered_entries()?
+        .into_iter()
+        .map(|e| (true, e))
+        .chain(uplink.unanswered_entries()?.into_iter().map(|e| (false, e)))
+        .collect();
+    entries.sort_by_key(|(_, (k, v))| (v.flags & NAT_F_REPLY, k.saddr, k.sport, k.daddr, k.dport));
     Ok(entries
         .iter()
-        .map(|(k, v)| NatRow {
+        .map(|&(answered, (k, v))| NatRow {
             direction: if v.flags & NAT_F_REPLY != 0 { "reply" } else { "client" },
             proto: proto_name(k.proto),
             source: sock(ip(&k.saddr), u16::from_be(k.sport)),
@@ -78,6 +90,7 @@ pub fn nat(maps: &Maps) -> Result<Vec<NatRow>> {
                 "-"
             },
             state: state_name(v.state),
+            answered,
             backend: v.backend_id,
             expires_in_seconds: v.expires_ns.saturating_sub(now) / 1_000_000_000,
         })
