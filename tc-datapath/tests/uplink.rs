@@ -400,3 +400,44 @@ fn snat_ports_fill_before_a_connection_is_refused() {
         0
     );
 }
+
+/// An established connection whose entries expired while it sat idle is
+/// picked up by the client's next segment, as before the two tables: it
+/// starts unanswered, its backend's data (no SYN) is still turned back to
+/// come from the frontend, and the client's following segment moves it to
+/// the answered table.
+#[test]
+fn an_idle_connection_is_picked_up_mid_stream() {
+    if !root("an_idle_connection_is_picked_up_mid_stream") {
+        return;
+    }
+    let mut dp = datapath();
+    let c = V4;
+    handshake(&dp, &c, 40000, 30080, c.local);
+    // Its entries expire and are collected.
+    let gone = dp.maps.uplink_mut().collect(u64::MAX).unwrap();
+    assert_eq!(gone, 2, "both entries collected");
+    let data = |flags: u8, body: &[u8]| Frame::new(c.client, c.node, 40000, 30080, PROTO_TCP, flags, body);
+    let (v, out) = dp.run(UPLINK_IN, &data(TCP_ACK, b"later"));
+    assert_eq!(
+        (v, out.addrs().1),
+        (TC_ACT_REDIRECT, ip(c.local)),
+        "picked up mid-stream"
+    );
+    let reply = Frame::new(c.local, c.client, 8080, 40000, PROTO_TCP, TCP_ACK, b"answer");
+    let (v, out) = dp.run(UPLINK_OUT, &reply);
+    assert_eq!(
+        (v, out.addrs(), out.ports()),
+        (TC_ACT_OK, (ip(c.node), ip(c.client)), (30080, 40000)),
+        "the backend's data, from the frontend"
+    );
+    out.assert_checksums();
+    assert!(dp.maps.uplink().answered_entries().unwrap().is_empty());
+    let (v, _) = dp.run(UPLINK_IN, &data(TCP_ACK, b""));
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(
+        dp.maps.uplink().answered_entries().unwrap().len(),
+        2,
+        "answered by the client's next segment"
+    );
+}

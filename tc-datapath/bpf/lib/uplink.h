@@ -91,18 +91,6 @@ static __always_inline struct nat_value *nat_find(const struct ct_key *k, __u64 
 	return v && v->expires_ns > now ? v : 0;
 }
 
-/* Whether a packet can belong to a connection not yet answered, whose
- * entries are in sl_nat_new. Anything from outside can (the client's
- * packets up to the one that answers, a backend elsewhere's replies).
- * Leaving, a local backend's replies before the client answered: any
- * datagram, but of TCP only a SYN-ACK or a reset (a closing FIN, to be
- * safe); the node's and the pods' own TCP segments going out pay no
- * second lookup. */
-static __always_inline int nat_new_wanted(const struct pkt *p, __u32 dir)
-{
-	return dir == DIR_INGRESS || p->proto != IPPROTO_TCP || (p->tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN));
-}
-
 /* The client answered: both entries of its connection move from
  * sl_nat_new to sl_nat (the reply's key is the forward entry's rewrite,
  * turned around). Returns the forward entry where it now lies, or NULL. */
@@ -394,7 +382,11 @@ static __always_inline int uplink(struct __sk_buff *skb, __u32 dir)
 	ct_key_of(&k, p.saddr, p.daddr, p.sport, p.dport, p.proto, CT_NAT);
 	v = bpf_map_lookup_elem(&sl_nat, &k);
 	answered = v != 0;
-	if ((!v || v->expires_ns <= now) && nat_new_wanted(&p, dir)) {
+	/* Not answered yet, or no connection of ours: any packet can be a
+	 * connection's before its client answers, a local backend's data
+	 * too (a connection picked up mid-stream, its entries expired, is
+	 * answered only after its backend's next segment). */
+	if (!v || v->expires_ns <= now) {
 		n = bpf_map_lookup_elem(&sl_nat_new, &k);
 		if (n) {
 			v = n;
