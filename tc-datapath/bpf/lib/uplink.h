@@ -80,6 +80,13 @@ static __always_inline __be16 snat_claim(const struct pkt *p, const __u8 *node, 
 	return 0;
 }
 
+/* The key of the other direction's entry of `v`'s connection: `v`'s
+ * rewrite, turned around (a client's entry names its reply's, and back). */
+static __always_inline void nat_turned_key(struct ct_key *k, const struct nat_value *v, __u8 proto)
+{
+	ct_key_of(k, v->daddr, v->saddr, v->dport, v->sport, proto, CT_NAT);
+}
+
 /* The live entry under `k`, answered (sl_nat) or not (sl_nat_new). */
 static __always_inline struct nat_value *nat_find(const struct ct_key *k, __u64 now)
 {
@@ -92,14 +99,14 @@ static __always_inline struct nat_value *nat_find(const struct ct_key *k, __u64 
 }
 
 /* The client answered: both entries of its connection move from
- * sl_nat_new to sl_nat (the reply's key is the forward entry's rewrite,
- * turned around). Returns the forward entry where it now lies, or NULL. */
+ * sl_nat_new to sl_nat. Returns the forward entry where it now lies, or
+ * NULL. */
 static __always_inline struct nat_value *nat_promote(const struct ct_key *fk, struct nat_value *fwd, __u8 proto)
 {
 	struct nat_value *rev;
 	struct ct_key rk;
 
-	ct_key_of(&rk, fwd->daddr, fwd->saddr, fwd->dport, fwd->sport, proto, CT_NAT);
+	nat_turned_key(&rk, fwd, proto);
 	rev = bpf_map_lookup_elem(&sl_nat_new, &rk);
 	if (rev) {
 		if (bpf_map_update_elem(&sl_nat, &rk, rev, BPF_ANY) < 0)
@@ -126,7 +133,7 @@ static __always_inline void nat_forget(const struct ct_key *fk, __u8 proto)
 	if (!old || (old->flags & NAT_F_REPLY))
 		return;
 	if (old->flags & NAT_F_LOCAL) {
-		ct_key_of(&rk, old->daddr, old->saddr, old->dport, old->sport, proto, CT_NAT);
+		nat_turned_key(&rk, old, proto);
 		bpf_map_delete_elem(&sl_nat, &rk);
 	}
 	bpf_map_delete_elem(&sl_nat, fk);
@@ -143,7 +150,7 @@ static __always_inline int nat_apply(struct __sk_buff *skb, struct pkt *p, struc
 		struct ct_key fk;
 		struct nat_value *fwd;
 
-		ct_key_of(&fk, v->daddr, v->saddr, v->dport, v->sport, p->proto, CT_NAT);
+		nat_turned_key(&fk, v, p->proto);
 		fwd = nat_find(&fk, now);
 		if (fwd)
 			state_touch(&fwd->state, &fwd->expires_ns, p, 1, now);

@@ -16,12 +16,14 @@ pub struct UplinkMaps {
     sources: LpmTrie<MapData, LbSourceMatch, u32>,
 }
 
+/// Every entry of a NAT table.
+fn nat_table(map: &HashMap<MapData, CtKey, NatValue>, def: &MapDef) -> Result<Vec<(CtKey, NatValue)>, MapsError> {
+    map.iter().collect::<Result<_, _>>().map_err(err(def.name))
+}
+
 /// Remove `map`'s entries expired at `now_ns`, each read again just before.
 fn collect_expired(map: &mut HashMap<MapData, CtKey, NatValue>, def: &MapDef, now_ns: u64) -> Result<usize, MapsError> {
-    let expired: Vec<CtKey> = map
-        .iter()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(err(def.name))?
+    let expired: Vec<CtKey> = nat_table(map, def)?
         .into_iter()
         .filter(|(_, v)| v.expires_ns <= now_ns)
         .map(|(k, _)| k)
@@ -94,12 +96,12 @@ impl UplinkMaps {
 
     /// The entries of connections the client has answered (`sl_nat`).
     pub fn answered_entries(&self) -> Result<Vec<(CtKey, NatValue)>, MapsError> {
-        self.nat.iter().collect::<Result<_, _>>().map_err(err(NAT.name))
+        nat_table(&self.nat, &NAT)
     }
 
     /// The entries of connections not answered yet (`sl_nat_new`).
     pub fn unanswered_entries(&self) -> Result<Vec<(CtKey, NatValue)>, MapsError> {
-        self.nat_new.iter().collect::<Result<_, _>>().map_err(err(NAT_NEW.name))
+        nat_table(&self.nat_new, &NAT_NEW)
     }
 
     /// Remove the NAT entries, answered or not, whose deadline passed
