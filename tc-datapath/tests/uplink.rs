@@ -254,6 +254,11 @@ fn fragments_from_outside_follow_their_first() {
     }
 }
 
+/// The `i`th of many clients, each an address of its own in 100.64/10.
+fn forged(i: u32) -> String {
+    format!("100.{}.{}.{}", 64 + (i >> 16), (i >> 8) & 0xff, i & 0xff)
+}
+
 /// A client's connection through the NodePort `port`, its handshake
 /// completed: SYN in, the backend's SYN-ACK turned back (leaving, from a
 /// local backend; coming in to the SNAT port, from one elsewhere), the
@@ -312,10 +317,9 @@ fn a_syn_flood_from_outside_leaves_established_connections_alone() {
     // the unanswered one.
     const FLOOD: u32 = 100_000;
     for i in 0..FLOOD {
-        let forged = format!("100.{}.{}.{}", 64 + (i >> 16), (i >> 8) & 0xff, i & 0xff);
         let (v, _) = dp.run(
             UPLINK_IN,
-            &Frame::new(&forged, c.node, 50000, 30080, PROTO_TCP, SYN, b""),
+            &Frame::new(&forged(i), c.node, 50000, 30080, PROTO_TCP, SYN, b""),
         );
         assert_eq!(v, TC_ACT_REDIRECT, "flood SYN {i}");
     }
@@ -376,10 +380,9 @@ fn snat_ports_fill_before_a_connection_is_refused() {
     let c = V4;
     let mut ports = std::collections::BTreeSet::new();
     for i in 0..20_000u32 {
-        let client = format!("100.{}.{}.{}", 64 + (i >> 16), (i >> 8) & 0xff, i & 0xff);
         let (v, out) = dp.run(
             UPLINK_IN,
-            &Frame::new(&client, c.node, 50000, 30081, PROTO_TCP, SYN, b""),
+            &Frame::new(&forged(i), c.node, 50000, 30081, PROTO_TCP, SYN, b""),
         );
         assert_eq!(
             (v, out.addrs()),
