@@ -38,6 +38,8 @@ pub struct Report {
     /// What could not be written (Services and policy apart: one failing
     /// does not hold the other back); retried by the next sync.
     pub failures: Vec<String>,
+    /// How many of them are the Services' (the rest are policy's).
+    pub service_failures: usize,
     pub took: Duration,
 }
 
@@ -105,6 +107,11 @@ impl Agent {
 
     pub fn maps_mut(&mut self) -> &mut Maps {
         &mut self.maps
+    }
+
+    /// This node's name, as Node objects and EndpointSlices give it.
+    pub fn node_name(&self) -> &str {
+        &self.node.name
     }
 
     /// (entries, capacity) of the endpoint map.
@@ -188,6 +195,7 @@ impl Agent {
                 SyncStats::default()
             });
         failures.append(&mut services.failures);
+        let service_failures = failures.len();
         // Rules for this node's pods only; identities for the cluster's.
         match self.maps.endpoints().entries() {
             Ok(e) => self.translator.set_local(Some(e.into_iter().map(|e| e.addr).collect())),
@@ -261,6 +269,7 @@ impl Agent {
             policy,
             warnings,
             failures,
+            service_failures,
             took: started.elapsed(),
         }
     }

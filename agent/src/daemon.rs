@@ -95,6 +95,17 @@ pub struct Options {
     /// Serve no probes.
     #[arg(long)]
     pub no_probes: bool,
+    /// Serve the node's service-proxy health where kube-proxy does
+    /// (`[::]:10256` in the DaemonSet): `/healthz` for cloud load
+    /// balancers choosing nodes, and `/livez`. Off when not given. A port
+    /// another process holds (kube-proxy, while it is replaced) is tried
+    /// again at each sync.
+    #[arg(long)]
+    pub proxy_health: Option<SocketAddr>,
+    /// How long a change of Services may wait to be written before the
+    /// proxy health says unhealthy (kube-proxy: twice its sync period).
+    #[arg(long, default_value_t = crate::proxy_health::DEFAULT_TIMEOUT.as_secs())]
+    pub proxy_health_timeout_secs: u64,
     /// The Unix socket `sluicectl observe` reads flow events from.
     #[arg(long, default_value = DEFAULT_FLOWS_SOCKET)]
     pub flows_socket: PathBuf,
@@ -307,6 +318,9 @@ struct Daemon {
     uplinks: Vec<crate::uplinks::Uplink>,
     health: Option<crate::health_check::HealthServers>,
     probes: Arc<crate::probes::Probes>,
+    proxy_health: Arc<crate::proxy_health::ProxyHealth>,
+    /// The proxy health is wanted and not served yet (its port was taken).
+    proxy_health_unbound: bool,
     /// The CNI records' watcher (alive as long as it is held).
     _records: Option<notify::RecommendedWatcher>,
     /// What the policy namespaces file says, as last written.
@@ -367,6 +381,10 @@ pub fn run(opts: Options) -> Result<()> {
             .with_context(|| format!("serving the probes on {}", opts.probes))?;
         info!(%addr, "serving /healthz and /readyz");
     }
+    // Pending from the start: the first list and sync count as a change.
+    // Served before the wait for the datapath, which it reports on.
+    let proxy_health = crate::proxy_health::ProxyHealth::new(Duration::from_secs(opts.proxy_health_timeout_secs));
+    let proxy_health_unbound = !opts.once && !serve_proxy_health(&opts, &proxy_health, false);
     // Served from the start: the ENI pool runs (and has figures) before the
     // first pod loads the datapath.
     let pool_metrics = opts
@@ -438,6 +456,8 @@ pub fn run(opts: Options) -> Result<()> {
         uplinks,
         health,
         probes,
+        proxy_health,
+        proxy_health_unbound,
         _records: records,
         policy_namespaces: None,
         promote_due: Some(Instant::now() + crate::promote::QUIET),
@@ -456,6 +476,24 @@ pub fn run(opts: Options) -> Result<()> {
     }
     d.open_flows()?;
     d.run_loop()
+}
+
+/// Serve the proxy health if asked: false when its port could not be
+/// bound (warned about unless `warned` already).
+fn serve_proxy_health(opts: &Options, health: &Arc<crate::proxy_health::ProxyHealth>, warned: bool) -> bool {
+    let Some(want) = opts.proxy_health else { return true };
+    match crate::proxy_health::serve(want, health.clone()) {
+        Ok(addr) => {
+            info!(%addr, "serving the node's proxy health at /healthz and /livez");
+            true
+        }
+        Err(e) => {
+            if !warned {
+                warn!(addr = %want, error = %e, "cannot serve the node's proxy health; tried again at each sync");
+            }
+            false
+        }
+    }
 }
 
 impl Daemon {
@@ -549,6 +587,9 @@ impl Daemon {
             Source::Kube(..) if !changes.kube && !changes.records => return false,
             Source::Kube(..) => {}
         }
+        if changes.kube || !changes.paths.is_empty() {
+            self.proxy_health.queued(seen);
+        }
         let Some(r) = self.sync_now() else {
             return false;
         };
@@ -640,11 +681,16 @@ impl Daemon {
         }
         self.agent
             .set_pod_records(endpoint_gc::pod_records(&self.opts.cni_data_dir));
+        let node = self.agent.node_name().to_string();
+        let sync = |agent: &mut Agent, o: &crate::objects::Objects| {
+            self.proxy_health.set_node(o.nodes().get(&node));
+            agent.sync(o)
+        };
         match &self.source {
-            Source::Dir(dir, _) => Some(self.agent.sync(dir.objects())),
+            Source::Dir(dir, _) => Some(sync(&mut self.agent, dir.objects())),
             Source::Kube(store, _) => {
                 let store = store.lock().expect("store lock");
-                store.synced().then(|| self.agent.sync(store.objects()))
+                store.synced().then(|| sync(&mut self.agent, store.objects()))
             }
         }
     }
@@ -746,6 +792,12 @@ impl Daemon {
         }
         if let Some(h) = &mut self.health {
             h.set(self.agent.health_checks());
+        }
+        if r.service_failures == 0 {
+            self.proxy_health.updated();
+        }
+        if self.proxy_health_unbound {
+            self.proxy_health_unbound = !serve_proxy_health(&self.opts, &self.proxy_health, true);
         }
         for w in &r.warnings {
             warn!("{w}");

@@ -32,6 +32,7 @@ pub mod node_events;
 pub mod objects;
 pub mod probes;
 pub mod promote;
+pub mod proxy_health;
 pub mod services;
 pub mod source;
 pub mod uplinks;

@@ -186,6 +186,115 @@ fn the_agent_is_ready_once_loaded_and_synced() {
     vpc.sluice(0, "DEL", "p", p, &conf).expect_ok("DEL");
 }
 
+/// The line of the agent's log saying where it serves `what`: its address.
+fn served_at(log: &Path, what: &str) -> Option<SocketAddr> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().find(|l| l.contains(what))?;
+    log_field(line, "addr")?.parse().ok()
+}
+
+/// This node's Node object, with the cluster autoscaler's taint or not.
+fn write_node(dir: &Path, node: &str, to_be_deleted: bool) {
+    let taints = if to_be_deleted {
+        "[{key: ToBeDeletedByClusterAutoscaler, value: '1767225600', effect: NoSchedule}]"
+    } else {
+        "[]"
+    };
+    let text = format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {node}}}\nspec: {{taints: {taints}}}\n");
+    let tmp = dir.join(".node.yaml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join("node.yaml")).unwrap();
+}
+
+/// GET `path` until its status is `want`, for up to 10 s: the last answer.
+fn http_until(addr: SocketAddr, path: &str, want: u16) -> (u16, serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = http_get(addr, path).unwrap();
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap_or(json!({"raw": body}));
+        if code == want || Instant::now() > deadline {
+            return (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The node's proxy health where kube-proxy serves it (`--proxy-health`):
+/// unhealthy once the first sync has waited past the timeout (no programs
+/// on the node yet, so no NodePort served), healthy once synced; a node the
+/// cluster autoscaler is removing fails `/healthz` but not `/livez`; a port
+/// another process holds (kube-proxy, being replaced) is taken at a sync
+/// once free.
+#[test]
+fn the_agent_serves_the_proxy_health() {
+    if !require_root("the_agent_serves_the_proxy_health") {
+        return;
+    }
+    let mut vpc = Vpc::new("ph", 1).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    write_manifests(&dir, &[(Ipv4Addr::new(10, 244, 1, 99), State::Ready)]);
+    let node = vpc.node_name(0);
+    write_node(&dir, &node, false);
+    let bpffs = vpc.bpffs[0].root();
+    let log = work.path().join("agent-1.log");
+    let extra = ["--proxy-health", "127.0.0.1:0", "--proxy-health-timeout-secs", "1"];
+    let mut agent = AgentProcess::start_with(&dir, &bpffs, &node, &log, &extra).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr = loop {
+        if let Some(a) = served_at(&log, "serving the node's proxy health") {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "no proxy health address logged");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(1200));
+    let (code, body) = http_get(addr, "/healthz").unwrap();
+    assert_eq!(code, 503, "no sync within the timeout: {body}");
+    assert_eq!(http_get(addr, "/livez").unwrap().0, 503);
+
+    let p = vpc.pod("p").unwrap();
+    let conf = vpc.main_conf(0, "1.1.0");
+    vpc.sluice(0, "ADD", "p", p, &conf).expect_ok("ADD");
+    agent.wait_synced(1, Duration::from_secs(10)).unwrap();
+    let (code, body) = http_get(addr, "/healthz").unwrap();
+    assert_eq!(code, 200, "synced: {body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["nodeEligible"], true, "{body}");
+    assert!(body["lastUpdated"].as_str().is_some_and(|t| t.ends_with('Z')), "{body}");
+
+    write_node(&dir, &node, true);
+    let (code, body) = http_until(addr, "/healthz", 503);
+    assert_eq!(code, 503, "the node is going away: {body}");
+    assert_eq!(body["nodeEligible"], false, "{body}");
+    assert_eq!(http_get(addr, "/livez").unwrap().0, 200, "the proxy itself is fine");
+    write_node(&dir, &node, false);
+    let (code, body) = http_until(addr, "/healthz", 200);
+    assert_eq!(code, 200, "the taint is gone: {body}");
+    drop(agent);
+
+    // The port held by another process: served at the first sync after it
+    // is free.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = holder.local_addr().unwrap();
+    let log = work.path().join("agent-2.log");
+    let want = held.to_string();
+    let extra = ["--proxy-health", want.as_str()];
+    let mut agent = AgentProcess::start_with(&dir, &bpffs, &node, &log, &extra).unwrap();
+    agent.wait_synced(1, Duration::from_secs(10)).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("cannot serve the node's proxy health"), "{text}");
+    assert!(served_at(&log, "serving the node's proxy health").is_none());
+    drop(holder);
+    write_node(&dir, &node, false);
+    agent.wait_synced(2, Duration::from_secs(10)).unwrap();
+    assert_eq!(served_at(&log, "serving the node's proxy health"), Some(held));
+    assert_eq!(http_get(held, "/healthz").unwrap().0, 200);
+    drop(agent);
+    vpc.sluice(0, "DEL", "p", p, &conf).expect_ok("DEL");
+}
+
 #[test]
 fn agent_follows_manifests_and_survives_kill() {
     if !require_root("agent_follows_manifests_and_survives_kill") {
