@@ -213,6 +213,25 @@ fn traffic_from_outside_follows_the_traffic_policies() {
     let t = translate(&objects(&edge("  type: LoadBalancer", "", ["", ""])), &node_a());
     assert!(!t.frontends[&lb_inside].node_denied, "no ranges");
 
+    // An address of this node that no Node object lists (`--node-ip`):
+    // its NodePort from outside, and the pods' frontend of it, whose VIP
+    // marker puts the address in the filter the uplink reads first.
+    let extra = NodeView {
+        addresses: vec![ip("172.31.9.9")],
+        ..node_a()
+    };
+    let t = translate(&objects(&edge("  type: NodePort", "", ["", ""])), &extra);
+    assert_eq!(
+        backends(&t, Frontend::external(ip("172.31.9.9"), 30080, PROTO_TCP)),
+        both
+    );
+    let inside = &t.frontends[&Frontend::cluster(ip("172.31.9.9"), 30080, PROTO_TCP)];
+    assert!(inside.node_address, "a node's address: its other ports pass");
+    assert!(
+        t.frontends
+            .contains_key(&Frontend::cluster(ip("172.31.0.11"), 30080, PROTO_TCP))
+    );
+
     // Another proxy's Service, or a headless-labelled one: nothing.
     for label in [
         "service.kubernetes.io/service-proxy-name: other",

@@ -452,7 +452,12 @@ fn service(svc: &Service, slices: &[&EndpointSlice], node_addrs: &[IpAddr], here
             ));
         }
         if let Some(np) = sp.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) {
-            for &vip in node_addrs {
+            // Every node's addresses, and this node's own that no Node
+            // object lists (`--node-ip`): an address with an external
+            // frontend needs a cluster one too, whose VIP marker puts it in
+            // the VIP filter the uplink programs read first.
+            let own = here.addrs.iter().filter(|a| !node_addrs.contains(a));
+            for &vip in node_addrs.iter().chain(own) {
                 fronts.push((Frontend::cluster(vip, np, proto), false, true, &[]));
             }
             for &vip in &here.addrs {
