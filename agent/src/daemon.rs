@@ -50,6 +50,13 @@ pub struct Options {
     /// `datapath.bpffs` setting).
     #[arg(long, default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
+    /// The node's sluice network configuration (the installer's
+    /// `00-sluice.conflist`): where no pod's ADD has loaded the node's
+    /// programs yet, the agent loads them itself with that file's datapath
+    /// settings, so that the node serves NodePorts and its own sockets
+    /// before its first pod. Not given: the agent waits for that ADD.
+    #[arg(long)]
+    pub cni_conf: Option<PathBuf>,
     /// This node's name, as EndpointSlices and Node objects give it
     /// (default: the host name).
     #[arg(long)]
@@ -412,9 +419,11 @@ pub fn run(opts: Options) -> Result<()> {
         watch_records(&opts.cni_data_dir, tx.clone())
     };
     let source = Source::start(&opts, &node.name, tx)?;
+    let mut loader = DatapathLoader::default();
     let agent = loop {
         match Agent::open(&opts.bpffs, node.clone(), opts.node_ip.clone()) {
             Ok(a) => break a,
+            Err(AgentError::NotLoaded(_)) if loader.load(&opts) => {}
             Err(AgentError::NotLoaded(d)) if !opts.once => {
                 info!(dir = %d, "waiting for the datapath");
                 probes.beat();
@@ -476,6 +485,61 @@ pub fn run(opts: Options) -> Result<()> {
     }
     d.open_flows()?;
     d.run_loop()
+}
+
+/// Loading the node's programs from the network configuration
+/// (`--cni-conf`) while no ADD has.
+#[derive(Default)]
+struct DatapathLoader {
+    /// Loaded once: a datapath still missing after that is not ours to
+    /// load again (another bpffs root).
+    done: bool,
+    /// The last failure, warned about once.
+    failed: Option<String>,
+}
+
+impl DatapathLoader {
+    /// Load the programs as the configuration says; true when they were.
+    fn load(&mut self, opts: &Options) -> bool {
+        let Some(path) = &opts.cni_conf else { return false };
+        if self.done {
+            return false;
+        }
+        let loaded = crate::cni_conf::datapath_of(path).and_then(|cfg| {
+            let Some(cfg) = cfg else { return Ok(false) };
+            if cfg.bpffs != opts.bpffs {
+                return Err(format!(
+                    "{}: datapath.bpffs {} is not the agent's --bpffs {}",
+                    path.display(),
+                    cfg.bpffs.display(),
+                    opts.bpffs.display()
+                ));
+            }
+            let node = sluice_tc_datapath::attach::Node::open(&cfg)
+                .map_err(|e| format!("loading the node's programs: {e}"))?;
+            info!(
+                conf = %path.display(),
+                upgraded = node.upgraded,
+                relinked = node.relinked,
+                "node's programs loaded from the network configuration (no pod's ADD had)"
+            );
+            Ok(true)
+        });
+        match loaded {
+            Ok(done) => {
+                self.done = done;
+                self.failed = None;
+                done
+            }
+            Err(e) => {
+                if self.failed.as_ref() != Some(&e) {
+                    warn!(error = %e, "cannot load the node's programs; waiting for a pod's ADD");
+                }
+                self.failed = Some(e);
+                false
+            }
+        }
+    }
 }
 
 /// Serve the proxy health if asked: false when its port could not be

@@ -19,6 +19,7 @@
 //! - [`install`]: `sluice-install`, chaining sluice behind a node's plugin.
 
 pub mod agent;
+pub mod cni_conf;
 pub mod daemon;
 pub mod endpoint_gc;
 pub mod eni_pool;

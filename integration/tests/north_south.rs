@@ -31,7 +31,9 @@
 //!   frees it; one port held by three pods on 127.0.0.1/TCP, the node's
 //!   address/TCP and the node's address/UDP, each reached at its own;
 //! - no conntrack entry, iptables rule or nftables ruleset on any node;
-//! - `sluice-install --uninstall` takes the programs off the uplink.
+//! - `sluice-install --uninstall` takes the programs off the uplink;
+//! - a node no pod has started on serves its NodePort: its agent loads
+//!   the programs from the node's network configuration.
 
 use serde_json::Value;
 use sluice_integration::agent::AgentProcess;
@@ -476,6 +478,84 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
 /// uplink to either backend (the local pod, and the one on node 1 behind
 /// SNAT), and the answer, as large, comes back in fragments the same way;
 /// IPv4 and IPv6.
+/// A node no pod has started on yet (only hostNetwork pods, or its first
+/// pod still being scheduled) serves its NodePorts all the same: its agent,
+/// given the node's network configuration, loads the programs the first
+/// ADD would have, and attaches its uplink. Here node 0 has no pod at all
+/// and its NodePort's backend is on node 1 (SNAT).
+#[test]
+fn a_node_without_pods_serves_its_nodeports() {
+    if !require_root("a_node_without_pods_serves_its_nodeports") {
+        return;
+    }
+    let mut vpc = Vpc::new("np", 2).unwrap();
+    for node in 0..2 {
+        vpc.nodes[node]
+            .ip(&["route", "add", "default", "via", VPC_ROUTER, "dev", "eth0"])
+            .unwrap();
+    }
+    let b = vpc.pod("b").unwrap();
+    let r = vpc
+        .sluice(1, "ADD", "b", b, &vpc.main_conf(1, "1.1.0"))
+        .expect_ok("ADD")
+        .json();
+    let b4 = result_addr(&r, 0);
+    let _server = EchoServer::start_telling_peer(&vpc.pods[b], 8080, "b").unwrap();
+    let c1 = vpc.external_host("c1", &format!("{CLIENT}/16")).unwrap();
+    let n1 = vpc.node_name(1);
+    let svcs = Services::new(&vpc).unwrap();
+    svcs.write_manifest(
+        "web",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: test}}\nspec:\n  type: NodePort\n  \
+             clusterIP: 10.96.9.1\n  ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: test\n  \
+             labels: {{kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\n\
+             endpoints:\n- {{addresses: [\"{b4}\"], nodeName: {n1}, conditions: {{ready: true}}}}\n"
+        ),
+    )
+    .unwrap();
+    // The node's network configuration, as the installer writes it.
+    let conflist = vpc.data_dir.join("00-sluice.conflist");
+    let conf = vpc.main_conf(0, "1.1.0");
+    let list = serde_json::json!({"cniVersion": "1.1.0", "name": conf["name"], "plugins": [conf]});
+    std::fs::write(&conflist, list.to_string()).unwrap();
+    assert!(
+        !vpc.datapath_dir(0).exists(),
+        "nothing loaded on node 0 before its agent"
+    );
+    let log = vpc.data_dir.join("agent-n0.log");
+    let conflist = conflist.display().to_string();
+    let mut agent = AgentProcess::start_in(
+        &vpc.nodes[0].path(),
+        svcs.dir(),
+        &vpc.bpffs[0].root(),
+        &vpc.node_name(0),
+        &log,
+        &["--uplink", "eth0", "--node-ip", &node_ip(0), "--cni-conf", &conflist],
+    )
+    .unwrap();
+    agent
+        .wait_synced(1, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", std::fs::read_to_string(&log).unwrap()));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("loaded from the network configuration"), "{text}");
+    for i in 0..8 {
+        let r = tcp_request(&vpc.pods[c1], sa(&node_ip(0), 30080), &format!("t{i}"))
+            .unwrap_or_else(|e| panic!("NodePort of a node without pods: {e:#}\n{text}"));
+        assert_eq!(
+            who(&r),
+            ("b".to_string(), node_ip(0)),
+            "node 1's backend, SNATed to node 0"
+        );
+    }
+    let on = programs_on(&vpc.nodes[0], "eth0").unwrap();
+    assert!(!on.egress.is_empty() && !on.ingress.is_empty(), "the uplink's programs");
+    drop(agent);
+    vpc.sluice(1, "DEL", "b", b, &vpc.main_conf(1, "1.1.0"))
+        .expect_ok("DEL");
+}
+
 fn large_datagrams_cross_the_nodeport(client: &Netns) {
     let payload: String = (0..4000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
     for (family, node_addr) in [("v4", node_ip(0)), ("v6", node6(0))] {
