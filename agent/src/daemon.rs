@@ -109,6 +109,13 @@ pub struct Options {
     /// again at each sync.
     #[arg(long)]
     pub proxy_health: Option<SocketAddr>,
+    /// Serve kube-proxy's status port (its `--metrics-bind-address`,
+    /// `127.0.0.1:10249` in the DaemonSet): `/proxyMode` says `sluice`, for
+    /// tools (and the upstream e2e "should check kube-proxy urls") asking
+    /// which proxy the node runs; `/healthz` as the probes'. Off when not
+    /// given; the metrics stay on `--metrics`.
+    #[arg(long)]
+    pub proxy_status: Option<SocketAddr>,
     /// How long a change of Services may wait to be written before the
     /// proxy health says unhealthy (kube-proxy: twice its sync period).
     #[arg(long, default_value_t = crate::proxy_health::DEFAULT_TIMEOUT.as_secs())]
@@ -392,6 +399,19 @@ pub fn run(opts: Options) -> Result<()> {
     // Served before the wait for the datapath, which it reports on.
     let proxy_health = crate::proxy_health::ProxyHealth::new(Duration::from_secs(opts.proxy_health_timeout_secs));
     let proxy_health_unbound = !opts.once && !serve_proxy_health(&opts, &proxy_health, false);
+    if let (Some(addr), false) = (opts.proxy_status, opts.once) {
+        let p = probes.clone();
+        match crate::http::serve(
+            addr,
+            "proxy-status",
+            move |path| crate::proxy_health::status_answer(path, &p),
+            crate::http::Limits::default(),
+        ) {
+            Ok(addr) => info!(%addr, "serving the proxy status at /proxyMode"),
+            // kube-proxy's port while it is being replaced: only a name.
+            Err(e) => warn!(%addr, error = %e, "cannot serve the proxy status"),
+        }
+    }
     // Served from the start: the ENI pool runs (and has figures) before the
     // first pod loads the datapath.
     let pool_metrics = opts

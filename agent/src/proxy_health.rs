@@ -147,6 +147,25 @@ fn rfc3339(t: SystemTime) -> String {
     jiff::Timestamp::try_from(t).map(|t| t.to_string()).unwrap_or_default()
 }
 
+/// What kube-proxy's status port (its `--metrics-bind-address`,
+/// 127.0.0.1:10249) names the proxy mode: `/proxyMode`, for the tools that
+/// ask which proxy a node runs.
+pub const PROXY_MODE: &str = "sluice";
+
+/// The status port's answer: `/proxyMode`, and `/healthz` as the probes'
+/// liveness says.
+pub fn status_answer(path: &str, probes: &crate::probes::Probes) -> crate::http::Reply {
+    match path {
+        "/proxyMode" => (StatusCode::OK, "text/plain", PROXY_MODE.into()),
+        "/healthz" => probes.answer("/healthz"),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /proxyMode or /healthz\n".into(),
+        ),
+    }
+}
+
 /// Serve on `addr` (an unspecified IPv6 address takes both families, or
 /// IPv4's alone where the node has no IPv6); returns the address bound.
 pub fn serve(addr: SocketAddr, health: Arc<ProxyHealth>) -> std::io::Result<SocketAddr> {
@@ -206,6 +225,17 @@ mod tests {
         );
         h.updated();
         assert_eq!(h.answer_at("/healthz", t + Duration::from_secs(600)).0, StatusCode::OK);
+    }
+
+    #[test]
+    fn the_status_port_names_the_proxy() {
+        let p = crate::probes::Probes::new();
+        assert_eq!(
+            status_answer("/proxyMode", &p),
+            (StatusCode::OK, "text/plain", "sluice".into())
+        );
+        assert_eq!(status_answer("/healthz", &p).0, StatusCode::OK);
+        assert_eq!(status_answer("/metrics", &p).0, StatusCode::NOT_FOUND);
     }
 
     #[test]

@@ -224,7 +224,7 @@ fn http_until(addr: SocketAddr, path: &str, want: u16) -> (u16, serde_json::Valu
 /// on the node yet, so no NodePort served), healthy once synced; a node the
 /// cluster autoscaler is removing fails `/healthz` but not `/livez`; a port
 /// another process holds (kube-proxy, being replaced) is taken at a sync
-/// once free.
+/// once free. Its status port's `/proxyMode` names the proxy.
 #[test]
 fn the_agent_serves_the_proxy_health() {
     if !require_root("the_agent_serves_the_proxy_health") {
@@ -239,7 +239,14 @@ fn the_agent_serves_the_proxy_health() {
     write_node(&dir, &node, false);
     let bpffs = vpc.bpffs[0].root();
     let log = work.path().join("agent-1.log");
-    let extra = ["--proxy-health", "127.0.0.1:0", "--proxy-health-timeout-secs", "1"];
+    let extra = [
+        "--proxy-health",
+        "127.0.0.1:0",
+        "--proxy-health-timeout-secs",
+        "1",
+        "--proxy-status",
+        "127.0.0.1:0",
+    ];
     let mut agent = AgentProcess::start_with(&dir, &bpffs, &node, &log, &extra).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let addr = loop {
@@ -249,6 +256,9 @@ fn the_agent_serves_the_proxy_health() {
         assert!(Instant::now() < deadline, "no proxy health address logged");
         std::thread::sleep(Duration::from_millis(20));
     };
+    // kube-proxy's status port names the proxy.
+    let status = served_at(&log, "serving the proxy status").expect("the status port logged");
+    assert_eq!(http_get(status, "/proxyMode").unwrap(), (200, "sluice".to_string()));
     std::thread::sleep(Duration::from_millis(1200));
     let (code, body) = http_get(addr, "/healthz").unwrap();
     assert_eq!(code, 503, "no sync within the timeout: {body}");
