@@ -344,6 +344,9 @@ pub const CT_NAT: u8 = 3;
 pub const NAT_F_REPLY: u8 = 0x01;
 pub const NAT_F_LOCAL: u8 = 0x02;
 pub const NAT_F_SNAT: u8 = 0x04;
+/// `NAT_SNAT_HOLD_NS` of layout.h: an answered connection's SNAT port
+/// stays taken this long after its reply entry expired.
+pub const NAT_SNAT_HOLD_NS: u64 = 65_000_000_000;
 
 /// One direction of a connection from outside, at the uplink.
 #[repr(C)]

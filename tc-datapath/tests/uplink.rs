@@ -404,6 +404,82 @@ fn snat_ports_fill_before_a_connection_is_refused() {
     );
 }
 
+/// A closed connection's SNAT port is not taken over while its backend may
+/// still hold the 4-tuple in TIME_WAIT: with every port of the backend's
+/// held by an answered connection whose entries expired a second ago, a new
+/// SYN is refused (dropped, counted); once they expired longer ago than
+/// the hold, it is SNATed. The collector keeps the held entries as long.
+#[test]
+fn a_closed_connections_snat_port_waits_out_the_backends_time_wait() {
+    if !root("a_closed_connections_snat_port_waits_out_the_backends_time_wait") {
+        return;
+    }
+    let mut dp = datapath();
+    let c = V4;
+    let (IpAddr::V4(node), IpAddr::V4(remote)) = (ip(c.node), ip(c.remote)) else {
+        unreachable!()
+    };
+    let held = |expired_ago_ns: u64| {
+        let now = sluice_tc_datapath::maps::ct::now_ns();
+        let mut out = Vec::new();
+        for port in (1024..=32767u16).chain(61000..=65535) {
+            let k = CtKey {
+                saddr: addr(IpAddr::V4(remote)),
+                daddr: addr(IpAddr::V4(node)),
+                sport: 8080u16.to_be(),
+                dport: port.to_be(),
+                proto: PROTO_TCP,
+                kind: CT_NAT,
+                pad0: 0,
+            };
+            let v = NatValue {
+                expires_ns: now - expired_ago_ns,
+                saddr: addr(ip(c.node)),
+                daddr: addr(ip(c.client)),
+                sport: 30081u16.to_be(),
+                dport: port.to_be(),
+                backend_id: 2,
+                state: CT_CLOSING,
+                flags: NAT_F_REPLY | NAT_F_SNAT,
+                ..Default::default()
+            };
+            out.push((k, v));
+        }
+        out
+    };
+    for (k, v) in held(1_000_000_000) {
+        dp.maps.uplink_mut().insert_answered(k, v).unwrap();
+    }
+    let syn = Frame::new(c.client, c.node, 40000, 30081, PROTO_TCP, SYN, b"");
+    let (v, _) = dp.run(UPLINK_IN, &syn);
+    assert_eq!(v, TC_ACT_SHOT, "every port in its hold: refused");
+    assert_eq!(
+        dp.maps
+            .observe()
+            .count(Reason::DropNoSnatPort, Direction::Ingress)
+            .unwrap(),
+        1
+    );
+    let now = sluice_tc_datapath::maps::ct::now_ns();
+    assert_eq!(dp.maps.uplink_mut().collect(now).unwrap(), 0, "held entries stay");
+
+    for (k, v) in held(NAT_SNAT_HOLD_NS + 1_000_000_000) {
+        dp.maps.uplink_mut().insert_answered(k, v).unwrap();
+    }
+    let (v, out) = dp.run(UPLINK_IN, &syn);
+    assert_eq!(
+        (v, out.addrs()),
+        (TC_ACT_REDIRECT, (ip(c.node), ip(c.remote))),
+        "past the hold: SNATed"
+    );
+    let now = sluice_tc_datapath::maps::ct::now_ns();
+    assert_eq!(
+        dp.maps.uplink_mut().collect(now).unwrap(),
+        36_280,
+        "past the hold: collected"
+    );
+}
+
 /// An established connection whose entries expired while it sat idle is
 /// picked up by the client's next segment, as before the two tables: it
 /// starts unanswered, its backend's data (no SYN) is still turned back to

@@ -42,17 +42,21 @@ static __always_inline int addr_zero(const __u8 *a)
 
 /* Claim a port of this node's address `node` toward backend `baddr`:
  * `bport` for a new connection: its reply entry `rev` is written under
- * it, if no live connection holds it. Returns the port (network order), 0
- * if none was free after SNAT_TRIES. A port stays taken until its
- * connection's entry expires (the closing timeout after a FIN or RST):
- * taking it over earlier, for a new SYN, meets the backend's TIME_WAIT of
- * the old connection and a client's late segments, and costs more
- * connections than it saves. So each backend address and port takes
- * about 36,280 / 10 s = 3,600 new connections per second from outside
- * through one node. Every try is a port drawn afresh: tries a fixed
- * stride apart from one random start fall into the runs earlier claims
- * made (linear probing's clustering), and the first refusal came at a
- * quarter of the ports held. */
+ * it, if no connection holds it. Returns the port (network order), 0 if
+ * none was free after SNAT_TRIES. An answered connection's port stays
+ * taken NAT_SNAT_HOLD_NS past its entry's expiry (the closing timeout
+ * after a FIN or RST), for as long as the backend may hold the 4-tuple in
+ * TIME_WAIT: a SYN reusing it there is refused by PAWS whenever the new
+ * client's timestamps run behind the old one's (a per-connection offset,
+ * as recent Linux, 6.18 here, and macOS clients have): the client stalls
+ * 1 s. So each backend address and port takes about 36,280 / 75 s = 480 new
+ * connections per second from outside through one node without a stall
+ * (kube-proxy's conntrack: 28,000 / 120 s); past that a SYN is dropped
+ * and its retry takes a port freed meanwhile. An unanswered one's port is
+ * free at its expiry (the backend's SYN-RECV at most). Every try is a
+ * port drawn afresh: tries a fixed stride apart from one random start
+ * fall into the runs earlier claims made (linear probing's clustering),
+ * and the first refusal came at a quarter of the ports held. */
 static __always_inline __be16 snat_claim(const struct pkt *p, const __u8 *node, const __u8 *baddr, __be16 bport,
 					 const struct nat_value *rev, __u64 now)
 {
@@ -69,7 +73,7 @@ static __always_inline __be16 snat_claim(const struct pkt *p, const __u8 *node, 
 
 		ct_key_of(&rk, baddr, node, bport, port, p->proto, CT_NAT);
 		cur = bpf_map_lookup_elem(&sl_nat, &rk);
-		if (cur && cur->expires_ns > now)
+		if (cur && cur->expires_ns + NAT_SNAT_HOLD_NS > now)
 			continue;
 		cur = bpf_map_lookup_elem(&sl_nat_new, &rk);
 		if (cur && cur->expires_ns > now)
