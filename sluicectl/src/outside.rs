@@ -4,9 +4,7 @@
 use crate::render::{sock, state_name, table_row};
 use anyhow::Result;
 use serde::Serialize;
-use sluice_tc_datapath::layout::{
-    Addr, NAT_F_LOCAL, NAT_F_REPLY, NAT_F_SNAT, NAT_SNAT_HOLD_NS, NatValue, ip, proto_name,
-};
+use sluice_tc_datapath::layout::{Addr, NAT_F_LOCAL, NAT_F_REPLY, NAT_F_SNAT, NatValue, ip, proto_name};
 use sluice_tc_datapath::maps::Maps;
 use sluice_tc_datapath::maps::ct::now_ns;
 
@@ -27,9 +25,7 @@ pub struct NatRow {
     /// (a backend elsewhere, from this node's address).
     pub path: &'static str,
     /// The connection's state; `expired` once its deadline passed (the
-    /// next collection takes it), `port-held` for an answered SNAT
-    /// connection's reply entry kept past it while the backend may hold
-    /// the 4-tuple in TIME_WAIT (its port is not reused meanwhile).
+    /// next collection takes it).
     pub state: &'static str,
     /// Whether the client has answered the backend's first reply (the
     /// connection moved to the established table, where a flood of
@@ -69,15 +65,10 @@ table_row!(
     ]
 );
 
-/// An entry's state as listed (`answered`: it is in sl_nat).
-fn nat_state(v: &NatValue, answered: bool, now: u64) -> &'static str {
+/// An entry's state as listed.
+fn nat_state(v: &NatValue, now: u64) -> &'static str {
     if v.expires_ns > now {
         state_name(v.state)
-    } else if answered
-        && v.flags & (NAT_F_REPLY | NAT_F_SNAT) == NAT_F_REPLY | NAT_F_SNAT
-        && v.expires_ns.saturating_add(NAT_SNAT_HOLD_NS) > now
-    {
-        "port-held"
     } else {
         "expired"
     }
@@ -109,7 +100,7 @@ pub fn nat(maps: &Maps) -> Result<Vec<NatRow>> {
             } else {
                 "-"
             },
-            state: nat_state(&v, answered, now),
+            state: nat_state(&v, now),
             answered,
             backend: v.backend_id,
             expires_in_seconds: v.expires_ns.saturating_sub(now) / 1_000_000_000,
@@ -192,19 +183,14 @@ mod tests {
     use sluice_tc_datapath::layout::CT_CLOSING;
 
     #[test]
-    fn an_answered_snat_reply_holds_its_port_past_expiry() {
+    fn an_entry_past_its_deadline_is_expired() {
         let now = 1_000 * 1_000_000_000;
-        let v = |flags, expires_ns| NatValue {
+        let v = |expires_ns| NatValue {
             expires_ns,
             state: CT_CLOSING,
-            flags,
             ..Default::default()
         };
-        let snat = NAT_F_REPLY | NAT_F_SNAT;
-        assert_eq!(nat_state(&v(snat, now + 1), true, now), "closing");
-        assert_eq!(nat_state(&v(snat, now - 1), true, now), "port-held");
-        assert_eq!(nat_state(&v(snat, now - NAT_SNAT_HOLD_NS), true, now), "expired");
-        assert_eq!(nat_state(&v(snat, now - 1), false, now), "expired", "unanswered");
-        assert_eq!(nat_state(&v(NAT_F_SNAT, now - 1), true, now), "expired", "the client's");
+        assert_eq!(nat_state(&v(now + 1), now), "closing");
+        assert_eq!(nat_state(&v(now), now), "expired");
     }
 }

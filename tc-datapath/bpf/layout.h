@@ -383,11 +383,11 @@ struct lb_source_key {
 #define NAT_F_LOCAL 0x02	/* the backend is a pod here: handed in through `ifindex` */
 #define NAT_F_SNAT 0x04	/* the backend is elsewhere: from this node's address */
 
-/* How long an answered connection's SNAT port stays taken after its reply
- * entry expired (it is collected only then): the backend holds the
- * connection's 4-tuple in TIME_WAIT for 60 s after a close it began, and
- * a new SYN on it from a client whose timestamps are not the old one's is
- * refused by PAWS (the client resets and retries 1 s later). */
+/* How long a SNAT connection's port stays taken after its FIN or RST (in
+ * sl_snat_held): the backend holds the 4-tuple in TIME_WAIT for 60 s after
+ * a close it began, and a new SYN on it from a client whose timestamps are
+ * not the old one's is refused by PAWS (the client resets and retries 1 s
+ * later). */
 #define NAT_SNAT_HOLD_NS (65ULL * 1000000000ULL)
 
 struct nat_value {

@@ -171,6 +171,19 @@ struct {
 	__type(value, struct nat_value);
 } sl_nat_new SEC(".maps");
 
+/* SNAT ports of connections closed lately, held while their backend may
+ * keep the 4-tuple in TIME_WAIT (layout.h, NAT_SNAT_HOLD_NS): keyed by the
+ * reply's ct_key (backend -> node:port), the time the hold ends. A table
+ * of its own, so that the churn of other connections through sl_nat
+ * cannot end a hold early; its own LRU turns over only past 65,536 SNAT
+ * closes in a hold's time (about 870 a second), ~6 MiB. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ct_key);
+	__type(value, __u64);
+} sl_snat_held SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 256);

@@ -216,6 +216,7 @@ const MIGRATED: &[(&MapDef, Part, Part)] = &[
     (&maps::NAMES, Part::Struct("name_key"), Part::Struct("name_value")),
     (&maps::NAT, Part::Struct("ct_key"), Part::Struct("nat_value")),
     (&maps::NAT_NEW, Part::Struct("ct_key"), Part::Struct("nat_value")),
+    (&maps::SNAT_HELD, Part::Struct("ct_key"), Part::Plain(8)),
     (&maps::UPLINKS, Part::Plain(4), Part::Struct("uplink_value")),
     (
         &maps::HOSTPORTS,
@@ -227,7 +228,7 @@ const MIGRATED: &[(&MapDef, Part, Part)] = &[
 
 /// The maps whose entries the programs make as packets come: copied once
 /// more after the links moved (only what the new maps lack).
-const FLOWING: [&str; 4] = ["sl_ct", "sl_affinity", "sl_nat", "sl_nat_new"];
+const FLOWING: [&str; 5] = ["sl_ct", "sl_affinity", "sl_nat", "sl_nat_new", "sl_snat_held"];
 
 /// Convert one entry from `from` to `to`: fields by name, the rest zero.
 /// A nested struct (a policy key's match) is converted as its own struct

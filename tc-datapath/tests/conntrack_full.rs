@@ -183,7 +183,6 @@ fn a_reused_port_takes_no_new_entry() {
         return;
     }
     let mut dp = dp(4);
-    const FIN_ACK: u8 = 0x11;
     for round in 0..20 {
         let (v, _) = dp.run(EGRESS, &Frame::new(QUIET, PEER, 20000, 5432, PROTO_TCP, SYN, b""));
         assert_eq!(v, TC_ACT_OK, "plain SYN, round {round}");

@@ -787,7 +787,6 @@ fn a_syn_on_a_closed_connection_opens_a_new_one() {
     if !root("a_syn_on_a_closed_connection_opens_a_new_one") {
         return;
     }
-    const FIN_ACK: u8 = 0x11;
     let mut dp = Dp::new();
     dp.pod("10.244.1.5");
     let (a, b) = (ip("10.244.2.7"), ip("10.244.3.7"));

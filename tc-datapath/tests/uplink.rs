@@ -405,10 +405,11 @@ fn snat_ports_fill_before_a_connection_is_refused() {
 }
 
 /// A closed connection's SNAT port is not taken over while its backend may
-/// still hold the 4-tuple in TIME_WAIT: with every port of the backend's
-/// held by an answered connection whose entries expired a second ago, a new
-/// SYN is refused (dropped, counted); once they expired longer ago than
-/// the hold, it is SNATed. The collector keeps the held entries as long.
+/// still hold the 4-tuple in TIME_WAIT: the backend's FIN holds the port
+/// for NAT_SNAT_HOLD_NS in a table of its own (so that other connections'
+/// churn through the NAT tables cannot end the hold); with every port of
+/// the backend's held, a new SYN is refused (dropped, counted); once the
+/// holds ended, it is SNATed.
 #[test]
 fn a_closed_connections_snat_port_waits_out_the_backends_time_wait() {
     if !root("a_closed_connections_snat_port_waits_out_the_backends_time_wait") {
@@ -416,43 +417,47 @@ fn a_closed_connections_snat_port_waits_out_the_backends_time_wait() {
     }
     let mut dp = datapath();
     let c = V4;
-    let (IpAddr::V4(node), IpAddr::V4(remote)) = (ip(c.node), ip(c.remote)) else {
-        unreachable!()
+    let now = sluice_tc_datapath::maps::ct::now_ns;
+    let reply_key = |port: u16| CtKey {
+        saddr: addr(ip(c.remote)),
+        daddr: addr(ip(c.node)),
+        sport: 8080u16.to_be(),
+        dport: port.to_be(),
+        proto: PROTO_TCP,
+        kind: CT_NAT,
+        pad0: 0,
     };
-    let held = |expired_ago_ns: u64| {
-        let now = sluice_tc_datapath::maps::ct::now_ns();
-        let mut out = Vec::new();
-        for port in (1024..=32767u16).chain(61000..=65535) {
-            let k = CtKey {
-                saddr: addr(IpAddr::V4(remote)),
-                daddr: addr(IpAddr::V4(node)),
-                sport: 8080u16.to_be(),
-                dport: port.to_be(),
-                proto: PROTO_TCP,
-                kind: CT_NAT,
-                pad0: 0,
-            };
-            let v = NatValue {
-                expires_ns: now - expired_ago_ns,
-                saddr: addr(ip(c.node)),
-                daddr: addr(ip(c.client)),
-                sport: 30081u16.to_be(),
-                dport: port.to_be(),
-                backend_id: 2,
-                state: CT_CLOSING,
-                flags: NAT_F_REPLY | NAT_F_SNAT,
-                ..Default::default()
-            };
-            out.push((k, v));
+
+    // The backend closes first (an HTTP/1.0 server): its FIN holds the port.
+    let (seen, port) = handshake(&dp, &c, 40000, 30081, c.remote);
+    assert_eq!(seen, ip(c.node), "SNATed");
+    let fin = Frame::new(c.remote, c.node, 8080, port, PROTO_TCP, FIN_ACK, b"");
+    let (v, _) = dp.run(UPLINK_IN, &fin);
+    assert_ne!(v, TC_ACT_SHOT);
+    let held = dp.maps.uplink().snat_held().unwrap();
+    assert_eq!(held.len(), 1, "one port held");
+    assert_eq!(held[0].0, reply_key(port));
+    let left = held[0].1 - now();
+    assert!(
+        (NAT_SNAT_HOLD_NS - 2_000_000_000..=NAT_SNAT_HOLD_NS).contains(&left),
+        "held {left} ns more"
+    );
+    // A connection to the local backend holds nothing.
+    handshake(&dp, &c, 40001, 30080, c.local);
+    let fin = Frame::new(c.local, c.client, 8080, 40001, PROTO_TCP, FIN_ACK, b"");
+    assert_ne!(dp.run(UPLINK_OUT, &fin).0, TC_ACT_SHOT);
+    assert_eq!(dp.maps.uplink().snat_held().unwrap().len(), 1);
+
+    // Every port held: a new connection is refused.
+    let hold_all = |dp: &mut Dp, until: u64| {
+        for p in (1024..=32767u16).chain(61000..=65535) {
+            dp.maps.uplink_mut().hold_snat_port(reply_key(p), until).unwrap();
         }
-        out
     };
-    for (k, v) in held(1_000_000_000) {
-        dp.maps.uplink_mut().insert_answered(k, v).unwrap();
-    }
-    let syn = Frame::new(c.client, c.node, 40000, 30081, PROTO_TCP, SYN, b"");
+    hold_all(&mut dp, now() + 10_000_000_000);
+    let syn = Frame::new(c.client, c.node, 40002, 30081, PROTO_TCP, SYN, b"");
     let (v, _) = dp.run(UPLINK_IN, &syn);
-    assert_eq!(v, TC_ACT_SHOT, "every port in its hold: refused");
+    assert_eq!(v, TC_ACT_SHOT, "every port held: refused");
     assert_eq!(
         dp.maps
             .observe()
@@ -460,23 +465,13 @@ fn a_closed_connections_snat_port_waits_out_the_backends_time_wait() {
             .unwrap(),
         1
     );
-    let now = sluice_tc_datapath::maps::ct::now_ns();
-    assert_eq!(dp.maps.uplink_mut().collect(now).unwrap(), 0, "held entries stay");
-
-    for (k, v) in held(NAT_SNAT_HOLD_NS + 1_000_000_000) {
-        dp.maps.uplink_mut().insert_answered(k, v).unwrap();
-    }
+    // The holds over: SNATed.
+    hold_all(&mut dp, now() - 1);
     let (v, out) = dp.run(UPLINK_IN, &syn);
     assert_eq!(
         (v, out.addrs()),
         (TC_ACT_REDIRECT, (ip(c.node), ip(c.remote))),
-        "past the hold: SNATed"
-    );
-    let now = sluice_tc_datapath::maps::ct::now_ns();
-    assert_eq!(
-        dp.maps.uplink_mut().collect(now).unwrap(),
-        36_280,
-        "past the hold: collected"
+        "the holds over: SNATed"
     );
 }
 

@@ -43,20 +43,19 @@ static __always_inline int addr_zero(const __u8 *a)
 /* Claim a port of this node's address `node` toward backend `baddr`:
  * `bport` for a new connection: its reply entry `rev` is written under
  * it, if no connection holds it. Returns the port (network order), 0 if
- * none was free after SNAT_TRIES. An answered connection's port stays
- * taken NAT_SNAT_HOLD_NS past its entry's expiry (the closing timeout
- * after a FIN or RST), for as long as the backend may hold the 4-tuple in
- * TIME_WAIT: a SYN reusing it there is refused by PAWS whenever the new
- * client's timestamps run behind the old one's (a per-connection offset,
- * as recent Linux, 6.18 here, and macOS clients have): the client stalls
- * 1 s. So each backend address and port takes about 36,280 / 75 s = 480 new
+ * none was free after SNAT_TRIES. A port stays taken NAT_SNAT_HOLD_NS
+ * past its connection's FIN or RST (sl_snat_held, written by nat_apply),
+ * for as long as the backend may hold the 4-tuple in TIME_WAIT: a SYN
+ * reusing it there is refused by PAWS whenever the new client's
+ * timestamps run behind the old one's (a per-connection offset, as recent
+ * Linux, 6.18 here, and macOS clients have): the client stalls 1 s. So
+ * each backend address and port takes about 36,280 / 65 s = 560 new
  * connections per second from outside through one node without a stall
  * (kube-proxy's conntrack: 28,000 / 120 s); past that a SYN is dropped
- * and its retry takes a port freed meanwhile. An unanswered one's port is
- * free at its expiry (the backend's SYN-RECV at most). Every try is a
- * port drawn afresh: tries a fixed stride apart from one random start
- * fall into the runs earlier claims made (linear probing's clustering),
- * and the first refusal came at a quarter of the ports held. */
+ * and its retry takes a port freed meanwhile. Every try is a port drawn
+ * afresh: tries a fixed stride apart from one random start fall into the
+ * runs earlier claims made (linear probing's clustering), and the first
+ * refusal came at a quarter of the ports held. */
 static __always_inline __be16 snat_claim(const struct pkt *p, const __u8 *node, const __u8 *baddr, __be16 bport,
 					 const struct nat_value *rev, __u64 now)
 {
@@ -72,8 +71,12 @@ static __always_inline __be16 snat_claim(const struct pkt *p, const __u8 *node, 
 		struct nat_value *cur;
 
 		ct_key_of(&rk, baddr, node, bport, port, p->proto, CT_NAT);
+		__u64 *held = bpf_map_lookup_elem(&sl_snat_held, &rk);
+
+		if (held && *held > now)
+			continue;
 		cur = bpf_map_lookup_elem(&sl_nat, &rk);
-		if (cur && cur->expires_ns + NAT_SNAT_HOLD_NS > now)
+		if (cur && cur->expires_ns > now)
 			continue;
 		cur = bpf_map_lookup_elem(&sl_nat_new, &rk);
 		if (cur && cur->expires_ns > now)
@@ -160,6 +163,19 @@ static __always_inline int nat_apply(struct __sk_buff *skb, struct pkt *p, struc
 			state_touch(&fwd->state, &fwd->expires_ns, p, 1, now);
 	}
 	state_touch(&v->state, &v->expires_ns, p, reply, now);
+	if ((v->flags & NAT_F_SNAT) && p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST))) {
+		/* Closing: its port is held past the backend's TIME_WAIT (see
+		 * snat_claim). The reply's key: the packet's own for a reply,
+		 * the turned rewrite for the client's. */
+		struct ct_key hk;
+		__u64 until = now + NAT_SNAT_HOLD_NS;
+
+		if (reply)
+			ct_key_of(&hk, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_NAT);
+		else
+			nat_turned_key(&hk, v, p->proto);
+		bpf_map_update_elem(&sl_snat_held, &hk, &until, BPF_ANY);
+	}
 	if (!addr_eq(v->saddr, p->saddr) || v->sport != p->sport)
 		if (rewrite(skb, p, ETH_HLEN, 0, v->saddr, v->sport) != REWRITE_OK)
 			return drop(skb, DROP_NAT_FAILED, dir);

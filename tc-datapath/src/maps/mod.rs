@@ -119,6 +119,9 @@ map_defs! {
     /// The same, not answered yet (a table of their own: a flood of them
     /// cannot evict the established ones).
     NAT_NEW = "sl_nat_new": CtKey => NatValue;
+    /// SNAT ports held past their connection's close (the reply's key ->
+    /// when the hold ends, CLOCK_MONOTONIC ns).
+    SNAT_HELD = "sl_snat_held": CtKey => u64;
     /// The node's uplinks and their SNAT addresses.
     UPLINKS = "sl_uplinks": u32 => UplinkValue;
     /// Pods' hostPorts on the node's addresses (the CNI binary writes them).

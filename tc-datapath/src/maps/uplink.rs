@@ -3,10 +3,8 @@
 //! external IP), the uplinks' SNAT addresses, and the source ranges of
 //! load balancers.
 
-use super::{LB_SOURCES, MapDef, MapsError, NAT, NAT_NEW, Source, UPLINKS, entries, err, ignore_missing};
-use crate::layout::{
-    Addr, CtKey, LbSourceMatch, NAT_F_REPLY, NAT_F_SNAT, NAT_SNAT_HOLD_NS, NatValue, UplinkValue, addr,
-};
+use super::{LB_SOURCES, MapDef, MapsError, NAT, NAT_NEW, SNAT_HELD, Source, UPLINKS, entries, err, ignore_missing};
+use crate::layout::{Addr, CtKey, LbSourceMatch, NatValue, UplinkValue, addr};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, MapData};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -14,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub struct UplinkMaps {
     nat: HashMap<MapData, CtKey, NatValue>,
     nat_new: HashMap<MapData, CtKey, NatValue>,
+    snat_held: HashMap<MapData, CtKey, u64>,
     uplinks: HashMap<MapData, u32, UplinkValue>,
     sources: LpmTrie<MapData, LbSourceMatch, u32>,
 }
@@ -24,21 +23,16 @@ fn nat_table(map: &HashMap<MapData, CtKey, NatValue>, def: &MapDef) -> Result<Ve
 }
 
 /// Remove `map`'s entries expired at `now_ns`, each read again just before.
-fn collect_expired(
-    map: &mut HashMap<MapData, CtKey, NatValue>,
-    def: &MapDef,
-    now_ns: u64,
-    snat_hold_ns: u64,
-) -> Result<usize, MapsError> {
+fn collect_expired(map: &mut HashMap<MapData, CtKey, NatValue>, def: &MapDef, now_ns: u64) -> Result<usize, MapsError> {
     let expired: Vec<CtKey> = nat_table(map, def)?
         .into_iter()
-        .filter(|(_, v)| collectable(v, now_ns, snat_hold_ns))
+        .filter(|(_, v)| v.expires_ns <= now_ns)
         .map(|(k, _)| k)
         .collect();
     let mut removed = 0;
     for k in &expired {
         match map.get(k, 0) {
-            Ok(v) if collectable(&v, now_ns, snat_hold_ns) => {
+            Ok(v) if v.expires_ns <= now_ns => {
                 ignore_missing(map.remove(k), def)?;
                 removed += 1;
             }
@@ -46,14 +40,6 @@ fn collect_expired(
         }
     }
     Ok(removed)
-}
-
-/// Whether an entry may go at `now_ns`: once expired, but a SNAT reply
-/// entry (the one holding its port) only `snat_hold_ns` later.
-fn collectable(v: &NatValue, now_ns: u64, snat_hold_ns: u64) -> bool {
-    let snat_reply = v.flags & (NAT_F_REPLY | NAT_F_SNAT) == NAT_F_REPLY | NAT_F_SNAT;
-    let hold = if snat_reply { snat_hold_ns } else { 0 };
-    v.expires_ns.saturating_add(hold) <= now_ns
 }
 
 /// A source range of one frontend, as the trie keys it.
@@ -77,6 +63,7 @@ impl UplinkMaps {
         Ok(UplinkMaps {
             nat: src.map(&NAT)?,
             nat_new: src.map(&NAT_NEW)?,
+            snat_held: src.map(&SNAT_HELD)?,
             uplinks: src.map(&UPLINKS)?,
             sources: src.map(&LB_SOURCES)?,
         })
@@ -114,9 +101,20 @@ impl UplinkMaps {
         nat_table(&self.nat, &NAT)
     }
 
-    /// Write one answered entry (state carried over, tests).
-    pub fn insert_answered(&mut self, k: CtKey, v: NatValue) -> Result<(), MapsError> {
-        self.nat.insert(k, v, 0).map_err(err(NAT.name))
+    /// SNAT ports held past their connection's close: the reply's key
+    /// (backend -> node:port) and when the hold ends (CLOCK_MONOTONIC ns;
+    /// past ones linger until the LRU reuses them).
+    pub fn snat_held(&self) -> Result<Vec<(CtKey, u64)>, MapsError> {
+        self.snat_held
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(err(SNAT_HELD.name))
+    }
+
+    /// Hold a SNAT port until `until_ns` (as the programs do at a close;
+    /// tests).
+    pub fn hold_snat_port(&mut self, k: CtKey, until_ns: u64) -> Result<(), MapsError> {
+        self.snat_held.insert(k, until_ns, 0).map_err(err(SNAT_HELD.name))
     }
 
     /// The entries of connections not answered yet (`sl_nat_new`).
@@ -128,11 +126,7 @@ impl UplinkMaps {
     /// before `now_ns` (CLOCK_MONOTONIC, as `ct::now_ns`); returns how
     /// many went. An entry a packet refreshed since the scan stays.
     pub fn collect(&mut self, now_ns: u64) -> Result<usize, MapsError> {
-        // An answered connection's SNAT port stays taken while the backend
-        // may hold its 4-tuple in TIME_WAIT (uplink.h, snat_claim: the
-        // entry still there holds it); an unanswered one's is free at once.
-        Ok(collect_expired(&mut self.nat, &NAT, now_ns, NAT_SNAT_HOLD_NS)?
-            + collect_expired(&mut self.nat_new, &NAT_NEW, now_ns, 0)?)
+        Ok(collect_expired(&mut self.nat, &NAT, now_ns)? + collect_expired(&mut self.nat_new, &NAT_NEW, now_ns)?)
     }
 
     /// Admit clients from `net/prefix` to the external frontend `rev_nat_id`.

@@ -311,6 +311,7 @@ pub fn be(id: u32, addr: IpAddr, port: u16, active: bool) -> Backend {
 pub const SYN: u8 = 0x02;
 pub const SYN_ACK: u8 = 0x12;
 pub const TCP_ACK: u8 = 0x10;
+pub const FIN_ACK: u8 = 0x11;
 
 /// An ICMP(v6) "port unreachable" from `from` to `to`, quoting `quoted`
 /// (an IP packet, as the sender of the error received it).
