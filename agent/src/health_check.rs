@@ -80,10 +80,7 @@ impl HealthServers {
 
 /// Every address of both families where the node has IPv6, else IPv4's.
 fn listen(port: u16) -> std::io::Result<std::net::TcpListener> {
-    let l = std::net::TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
-        .or_else(|_| std::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))))?;
-    l.set_nonblocking(true)?;
-    Ok(l)
+    crate::http::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
 }
 
 async fn serve(l: std::net::TcpListener, port: u16, checks: Checks) {

@@ -90,16 +90,28 @@ pub async fn accept_loop(l: std::net::TcpListener, answer: Answer, limits: Limit
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Serve `answer(path)` on `addr` from a thread named `name`, within
-/// `limits`; returns the address bound (port 0 picks one).
+/// A non-blocking listener on `addr`. The unspecified IPv6 address takes
+/// both families, or IPv4's alone where the node has no IPv6.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let l = match std::net::TcpListener::bind(addr) {
+        Err(e) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+            std::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], addr.port()))).map_err(|_| e)?
+        }
+        r => r?,
+    };
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Serve `answer(path)` on `addr` (see [`bind`]) from a thread named
+/// `name`, within `limits`; returns the address bound (port 0 picks one).
 pub fn serve(
     addr: SocketAddr,
     name: &str,
     answer: impl Fn(&str) -> Reply + Send + Sync + 'static,
     limits: Limits,
 ) -> std::io::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind(addr)?;
-    l.set_nonblocking(true)?;
+    let l = bind(addr)?;
     let bound = l.local_addr()?;
     let answer: Answer = Arc::new(move |path| response(answer(path)));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

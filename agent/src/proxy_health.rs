@@ -14,9 +14,10 @@
 //! The body is kube-proxy's JSON (`lastUpdated`, `currentTime`, and on
 //! `/healthz` `nodeEligible`), its times in RFC 3339. One difference:
 //! kube-proxy counts itself healthy until its first sync, where here the
-//! wait for it counts as any change's. Until the first pod's ADD loads
-//! the node's programs nothing serves its NodePorts, so a load balancer
-//! that has waited the timeout should not pick it.
+//! wait for it counts as any change's. Until the node's programs are
+//! loaded (by the agent with `--cni-conf`, else by the first pod's ADD)
+//! nothing serves its NodePorts, so a load balancer that has waited the
+//! timeout should not pick it.
 
 use hyper::StatusCode;
 use k8s_openapi::api::core::v1::Node;
@@ -166,24 +167,15 @@ pub fn status_answer(path: &str, probes: &crate::probes::Probes) -> crate::http:
     }
 }
 
-/// Serve on `addr` (an unspecified IPv6 address takes both families, or
-/// IPv4's alone where the node has no IPv6); returns the address bound.
+/// Serve on `addr` (`[::]`: both families, see `http::bind`); returns the
+/// address bound.
 pub fn serve(addr: SocketAddr, health: Arc<ProxyHealth>) -> std::io::Result<SocketAddr> {
-    let on = |addr| {
-        let health = health.clone();
-        crate::http::serve(
-            addr,
-            "proxy-health",
-            move |path| health.answer(path),
-            crate::http::Limits::default(),
-        )
-    };
-    match on(addr) {
-        Err(e) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
-            on(SocketAddr::from(([0, 0, 0, 0], addr.port()))).map_err(|_| e)
-        }
-        r => r,
-    }
+    crate::http::serve(
+        addr,
+        "proxy-health",
+        move |path| health.answer(path),
+        crate::http::Limits::default(),
+    )
 }
 
 #[cfg(test)]

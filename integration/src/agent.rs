@@ -175,18 +175,37 @@ impl Drop for AgentProcess {
     }
 }
 
+/// The address on the first line of the agent's log that contains `what`
+/// (a "serving ..." line).
+pub fn logged_addr(log: &Path, what: &str) -> Option<std::net::SocketAddr> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().find(|l| l.contains(what))?;
+    log_field(line, "addr")?.parse().ok()
+}
+
+/// `logged_addr`, waited for up to `within` (the agent logs it as it
+/// starts).
+pub fn wait_logged_addr(log: &Path, what: &str, within: Duration) -> Result<std::net::SocketAddr> {
+    let until = Instant::now() + within;
+    loop {
+        if let Some(a) = logged_addr(log, what) {
+            return Ok(a);
+        }
+        if Instant::now() > until {
+            bail!("no {what:?} address in {} within {within:?}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Where the agent serves its metrics, from its log.
 pub fn metrics_addr(log: &Path) -> Option<std::net::SocketAddr> {
-    let text = std::fs::read_to_string(log).ok()?;
-    let line = text.lines().find(|l| l.contains("serving metrics"))?;
-    log_field(line, "addr")?.parse().ok()
+    logged_addr(log, "serving metrics")
 }
 
 /// Where the agent serves its probes (`/healthz`, `/readyz`), from its log.
 pub fn probes_addr(log: &Path) -> Option<std::net::SocketAddr> {
-    let text = std::fs::read_to_string(log).ok()?;
-    let line = text.lines().find(|l| l.contains("serving /healthz"))?;
-    log_field(line, "addr")?.parse().ok()
+    logged_addr(log, "serving /healthz")
 }
 
 /// GET `path` from `addr`: the status code and the body.

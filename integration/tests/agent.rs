@@ -10,7 +10,9 @@
 //!   working; the restarted agent finds nothing to write.
 
 use serde_json::json;
-use sluice_integration::agent::{AgentProcess, http_get, log_field, metrics_addr, probes_addr, sample, scrape};
+use sluice_integration::agent::{
+    AgentProcess, http_get, log_field, logged_addr, metrics_addr, sample, scrape, wait_logged_addr,
+};
 use sluice_integration::probe::{EchoServer, Session, StreamEcho};
 use sluice_integration::require_root;
 use sluice_integration::vpc::{Vpc, result_ip};
@@ -163,14 +165,7 @@ fn the_agent_is_ready_once_loaded_and_synced() {
     write_manifests(&dir, &[(Ipv4Addr::new(10, 244, 1, 99), State::Ready)]);
     let log = work.path().join("agent.log");
     let mut agent = AgentProcess::start(&dir, &vpc.bpffs[0].root(), &vpc.node_name(0), &log).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let addr = loop {
-        if let Some(a) = probes_addr(&log) {
-            break a;
-        }
-        assert!(Instant::now() < deadline, "no probes address logged");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let addr = wait_logged_addr(&log, "serving /healthz", Duration::from_secs(10)).unwrap();
     assert_eq!(http_get(addr, "/healthz").unwrap().0, 200, "alive while waiting");
     let (code, body) = http_get(addr, "/readyz").unwrap();
     assert_eq!(code, 503, "no programs on the node yet: {body}");
@@ -184,13 +179,6 @@ fn the_agent_is_ready_once_loaded_and_synced() {
     assert_eq!(code, 200, "loaded and synced: {body}");
     assert_eq!(http_get(addr, "/nothing").unwrap().0, 404);
     vpc.sluice(0, "DEL", "p", p, &conf).expect_ok("DEL");
-}
-
-/// The line of the agent's log saying where it serves `what`: its address.
-fn served_at(log: &Path, what: &str) -> Option<SocketAddr> {
-    let text = std::fs::read_to_string(log).ok()?;
-    let line = text.lines().find(|l| l.contains(what))?;
-    log_field(line, "addr")?.parse().ok()
 }
 
 /// This node's Node object, with the cluster autoscaler's taint or not.
@@ -248,16 +236,9 @@ fn the_agent_serves_the_proxy_health() {
         "127.0.0.1:0",
     ];
     let mut agent = AgentProcess::start_with(&dir, &bpffs, &node, &log, &extra).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let addr = loop {
-        if let Some(a) = served_at(&log, "serving the node's proxy health") {
-            break a;
-        }
-        assert!(Instant::now() < deadline, "no proxy health address logged");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let addr = wait_logged_addr(&log, "serving the node's proxy health", Duration::from_secs(10)).unwrap();
     // kube-proxy's status port names the proxy.
-    let status = served_at(&log, "serving the proxy status").expect("the status port logged");
+    let status = logged_addr(&log, "serving the proxy status").expect("the status port logged");
     assert_eq!(http_get(status, "/proxyMode").unwrap(), (200, "sluice".to_string()));
     std::thread::sleep(Duration::from_millis(1200));
     let (code, body) = http_get(addr, "/healthz").unwrap();
@@ -295,11 +276,11 @@ fn the_agent_serves_the_proxy_health() {
     agent.wait_synced(1, Duration::from_secs(10)).unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("cannot serve the node's proxy health"), "{text}");
-    assert!(served_at(&log, "serving the node's proxy health").is_none());
+    assert!(logged_addr(&log, "serving the node's proxy health").is_none());
     drop(holder);
     write_node(&dir, &node, false);
     agent.wait_synced(2, Duration::from_secs(10)).unwrap();
-    assert_eq!(served_at(&log, "serving the node's proxy health"), Some(held));
+    assert_eq!(logged_addr(&log, "serving the node's proxy health"), Some(held));
     assert_eq!(http_get(held, "/healthz").unwrap().0, 200);
     drop(agent);
     vpc.sluice(0, "DEL", "p", p, &conf).expect_ok("DEL");
