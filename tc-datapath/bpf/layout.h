@@ -20,7 +20,7 @@
 #include <linux/types.h>
 
 #ifndef SLUICE_LAYOUT_TEST_BUMP
-#define SLUICE_LAYOUT_VERSION 11
+#define SLUICE_LAYOUT_VERSION 12
 #else
 /* A build only the upgrade test loads (build.rs makes it beside the real
  * one): another version, and a conntrack value whose every field moved. */
@@ -451,6 +451,24 @@ struct ep_policy_value {
 	__u8 flags;
 	__u8 kinds[2];		/* RULE_K_*, by DIR_* */
 	__u8 pad0;
+};
+
+/* Verdicts already made: a new flow's policy decision takes a lookup of
+ * the peer's identity and one of the rule, though a pod sees new flows
+ * from the same peer to the same port again and again (every DNS query,
+ * every connection of a client without keep-alive). Each CPU keeps the
+ * allowed (endpoint, direction, peer, protocol, port) tuples it decided
+ * last, direct-mapped, in sl_verdicts. A slot counts only while its
+ * `generation` is sl_policy_gen's + 1: the writers store there the time
+ * of each write that could take a verdict back (all but a rule's
+ * insertion), after the write. A denied flow is never cached: its drop is
+ * reported with the peer's identity, which the lookups give. */
+#define VERDICT_SLOTS 1024
+
+struct verdict_slot {
+	__u64 peer[2];		/* the peer's address, as two words */
+	__u64 flow;		/* endpoint id << 32 | dir << 24 | proto << 16 | port (network order) */
+	__u64 generation;	/* the one it was made under, + 1 (0: empty) */
 };
 
 /* Policy rules: what an endpoint allows, from/to an identity, by protocol

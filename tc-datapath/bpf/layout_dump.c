@@ -86,6 +86,8 @@ static void structs(void)
 	SIZE(ep_policy_value);
 	OFF(ep_policy_value, identity); OFF(ep_policy_value, ingress_policy); OFF(ep_policy_value, egress_policy);
 	OFF(ep_policy_value, flags); OFF(ep_policy_value, kinds); OFF(ep_policy_value, pad0);
+	SIZE(verdict_slot);
+	OFF(verdict_slot, peer); OFF(verdict_slot, flow); OFF(verdict_slot, generation);
 	SIZE(policy_match);
 	OFF(policy_match, endpoint_id); OFF(policy_match, identity); OFF(policy_match, dir);
 	OFF(policy_match, proto); OFF(policy_match, port);

@@ -207,6 +207,23 @@ struct {
 	__type(value, __u32);
 } sl_lb_sources SEC(".maps");
 
+/* Allowed flows' verdicts, per CPU (see layout.h, verdict_slot), and the
+ * policy generation that keeps them: writers of the policy maps store the
+ * time of their write in it after the write. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, VERDICT_SLOTS);
+	__type(key, __u32);
+	__type(value, struct verdict_slot);
+} sl_verdicts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} sl_policy_gen SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);

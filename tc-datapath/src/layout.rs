@@ -415,6 +415,23 @@ pub struct EpPolicyValue {
     pub pad0: u8,
 }
 
+/// One slot of a CPU's cache of allowed verdicts (`sl_verdicts`, see
+/// `verdict_slot` in layout.h). Only the programs write it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VerdictSlot {
+    /// The peer's address, as two words.
+    pub peer: [u64; 2],
+    /// Endpoint id << 32 | direction << 24 | protocol << 16 | port (in
+    /// network order).
+    pub flow: u64,
+    /// The policy generation it was made under, plus one (0: empty).
+    pub generation: u64,
+}
+
+/// Slots of each CPU's verdict cache (`VERDICT_SLOTS`).
+pub const VERDICT_SLOTS: u32 = 1024;
+
 /// What a policy rule matches: the key of the rule hash, and inside
 /// `lpm_trie::Key<PolicyMatch>` the key of the range trie.
 #[repr(C)]
@@ -683,6 +700,7 @@ unsafe impl aya::Pod for NatValue {}
 unsafe impl aya::Pod for MetricsValue {}
 unsafe impl aya::Pod for IpcacheValue {}
 unsafe impl aya::Pod for EpPolicyValue {}
+unsafe impl aya::Pod for VerdictSlot {}
 unsafe impl aya::Pod for PolicyMatch {}
 unsafe impl aya::Pod for PolicyValue {}
 unsafe impl aya::Pod for NameKey {}
@@ -745,6 +763,7 @@ mod tests {
             "ipcache_value" => IpcacheValue { identity, pad0 },
             "cidr_key" => CidrKey { prefixlen, addr },
             "ep_policy_value" => EpPolicyValue { identity, ingress_policy, egress_policy, flags, kinds, pad0 },
+            "verdict_slot" => VerdictSlot { peer, flow, generation },
             "policy_match" => PolicyMatch { endpoint_id, identity, dir, proto, port },
             "policy_key" => PolicyKey { prefixlen, m },
             "policy_value" => PolicyValue { policy, pad0 },

@@ -92,6 +92,7 @@ pub fn object(
     );
     let source_check = u32::from(cfg.source_check);
     let socket_netns_check = u32::from(socket_netns_cookie_readable());
+    let verdict_cache = u32::from(VERDICT_CACHE);
     let mut loader = EbpfLoader::new();
     loader
         .override_global("cfg_ct_tcp_syn_ns", &syn, true)
@@ -101,6 +102,7 @@ pub fn object(
         .override_global("cfg_maglev_m", &cfg.maglev_table_size, true)
         .override_global("cfg_source_check", &source_check, true)
         .override_global("cfg_socket_netns_check", &socket_netns_check, true)
+        .override_global("cfg_verdict_cache", &verdict_cache, true)
         .override_global("cfg_flow_sample", &cfg.flow_sample, true)
         .override_global("cfg_ct_pod_limit", &cfg.ct_pod_limit, true)
         .override_global("cfg_sock_netns_cookie", &sock_netns, true);
@@ -115,6 +117,13 @@ pub fn object(
     }
     Ok(loader.load(&build.object)?)
 }
+
+/// Whether the programs cache allowed verdicts (`cfg_verdict_cache` in
+/// bpf/lib/config.h): where loads are kept in order with loads (x86), a
+/// cached verdict read under a policy generation saw the maps as of that
+/// generation. Elsewhere the cache would need a load-acquire in the
+/// programs, which the kernels of the matrix cannot verify; it is off.
+pub const VERDICT_CACHE: bool = cfg!(target_arch = "x86_64");
 
 /// Whether this kernel lets tc programs read a packet's socket's network
 /// namespace (`bpf_get_netns_cookie`, kernels from 2025 on). Probed once per process;

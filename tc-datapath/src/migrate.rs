@@ -156,6 +156,7 @@ const KNOWN: &[(u32, &str)] = &[
     (9, include_str!("../layouts/v9.desc")),
     (10, include_str!("../layouts/v10.desc")),
     (11, include_str!("../layouts/v11.desc")),
+    (12, include_str!("../layouts/v12.desc")),
 ];
 
 /// The layout of the maps pinned in `versioned` (`v<N>`), from the
@@ -177,8 +178,9 @@ enum Part {
 
 /// The maps whose entries carry over, and what their keys and values are.
 /// Not carried: the event ring and the counters (per CPU), `sl_info` (the
-/// new programs' own), the fragments (seconds long) and the conntrack
-/// shares (the agent counts them again).
+/// new programs' own), the fragments (seconds long), the conntrack
+/// shares (the agent counts them again), and the verdict cache with its
+/// policy generation (the new maps start empty, so no slot counts).
 const MIGRATED: &[(&MapDef, Part, Part)] = &[
     (&maps::SERVICES, Part::Struct("svc_key"), Part::Struct("svc_value")),
     (&maps::VIP_FILTER, Part::Plain(4), Part::Plain(8)),

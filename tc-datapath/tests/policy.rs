@@ -571,3 +571,97 @@ fn ipv6_extension_headers_are_judged_by_their_payload() {
         1
     );
 }
+
+/// Keep the calling thread on one CPU: the verdict cache is per CPU, and
+/// consecutive test runs must meet the same one.
+fn stay_on_one_cpu() {
+    let mut set = nix::sched::CpuSet::new();
+    let cpu = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .ok()
+        .and_then(|s| (0..nix::sched::CpuSet::count()).find(|&c| s.is_set(c).unwrap_or(false)))
+        .unwrap_or(0);
+    set.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+}
+
+/// Allowed verdicts are cached per CPU, and only until a write that could
+/// take one back: a rule's entry removed without a new policy generation
+/// is not seen while the verdict is cached (so the cache is consulted),
+/// any write that makes one (an unrelated identity) sends the next new
+/// flow to the maps again, a rule's removal makes one, a rule's insertion
+/// does not (it only allows more), and a denied flow is never cached.
+#[test]
+fn a_cached_verdict_lasts_until_the_next_policy_write() {
+    if !root("a_cached_verdict_lasts_until_the_next_policy_write") {
+        return;
+    }
+    if !sluice_tc_datapath::loader::VERDICT_CACHE {
+        eprintln!("SKIP a_cached_verdict_lasts_until_the_next_policy_write: no verdict cache on this CPU");
+        return;
+    }
+    stay_on_one_cpu();
+    let mut dp = Dp::new();
+    dp.pod_id(POD, EP);
+    dp.maps.policy_mut().set_identity(ip(A), 301).unwrap();
+    dp.isolate(POLICY_F_INGRESS);
+    let web = Rule {
+        dir: Direction::Ingress,
+        identity: 301,
+        proto: PROTO_TCP,
+        ports: Some(PortRange::one(80)),
+        policy: POLICY,
+    };
+    dp.allow(Direction::Ingress, 301, PROTO_TCP, Some((80, 80)));
+    let entry = web.entries(EP).next().expect("one entry");
+    assert_eq!(dp.verdict(INGRESS, &tcp(A, POD, 2000, 80, SYN)), TC_ACT_OK);
+
+    // Gone from the map behind the generation's back: still allowed.
+    dp.maps
+        .policy_mut()
+        .remove_rule_entry_keeping_generation(&entry)
+        .unwrap();
+    assert_eq!(
+        dp.verdict(INGRESS, &tcp(A, POD, 2001, 80, SYN)),
+        TC_ACT_OK,
+        "the cached verdict"
+    );
+    // Any write that could take a verdict back ends every cached one.
+    let g = dp.maps.policy().generation().unwrap();
+    dp.maps.policy_mut().set_identity(ip(B), 302).unwrap();
+    assert!(dp.maps.policy().generation().unwrap() > g, "a new generation");
+    assert_eq!(
+        dp.verdict(INGRESS, &tcp(A, POD, 2002, 80, SYN)),
+        TC_ACT_SHOT,
+        "judged on the maps again"
+    );
+
+    // A rule's insertion keeps the generation; its removal ends it.
+    dp.allow(Direction::Ingress, 301, PROTO_TCP, Some((80, 80)));
+    let g = dp.maps.policy().generation().unwrap();
+    dp.maps.policy_mut().insert_rule(EP, &web).unwrap();
+    assert_eq!(
+        dp.maps.policy().generation().unwrap(),
+        g,
+        "an insertion only allows more"
+    );
+    assert_eq!(dp.verdict(INGRESS, &tcp(A, POD, 2003, 80, SYN)), TC_ACT_OK);
+    dp.maps.policy_mut().remove_rule(EP, &web).unwrap();
+    assert_eq!(
+        dp.verdict(INGRESS, &tcp(A, POD, 2004, 80, SYN)),
+        TC_ACT_SHOT,
+        "the rule's removal"
+    );
+    // Denied twice: each judged and counted (nothing cached a drop).
+    let drops = dp.maps.observe().count(Reason::DropPolicy, Direction::Ingress).unwrap();
+    assert_eq!(dp.verdict(INGRESS, &tcp(A, POD, 2005, 80, SYN)), TC_ACT_SHOT);
+    dp.maps.policy_mut().insert_rule(EP, &web).unwrap();
+    assert_eq!(
+        dp.verdict(INGRESS, &tcp(A, POD, 2006, 80, SYN)),
+        TC_ACT_OK,
+        "allowed again on the inserted rule"
+    );
+    assert_eq!(
+        dp.maps.observe().count(Reason::DropPolicy, Direction::Ingress).unwrap(),
+        drops + 1
+    );
+}

@@ -33,6 +33,12 @@ volatile const __u32 cfg_snat_high_max = 65535;
  * from 2025 on): the source check then also holds a packet's socket to
  * its pod's namespace. 0 leaves the call out of the verified program. */
 volatile const __u32 cfg_socket_netns_check = 0;
+/* 1: allowed verdicts are cached per CPU (sl_verdicts). The cache reads
+ * the policy generation with a plain load before the lookups it spares,
+ * which is enough where loads are not reordered with loads (x86); the
+ * loader sets 0 on other CPUs, where the programs would need a
+ * load-acquire the older kernels do not have. */
+volatile const __u32 cfg_verdict_cache = 0;
 /* The conntrack entries one pod may hold (0: no limit). */
 volatile const __u32 cfg_ct_pod_limit = 65536;
 

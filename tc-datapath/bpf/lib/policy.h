@@ -76,6 +76,67 @@ static __always_inline int policy_allows(const struct ep_policy_value *pol, __u3
 	return rule_allows(&k, ID_ANY, kinds);
 }
 
+/* What names a flow in the verdict cache besides its peer: endpoint,
+ * direction, protocol, port (verdict_slot.flow). */
+static __always_inline __u64 verdict_flow(__u32 ep_id, __u32 dir, __u8 proto, __be16 port)
+{
+	return (__u64)ep_id << 32 | (__u64)(dir & 0xff) << 24 | (__u64)proto << 16 | port;
+}
+
+/* The slot of this CPU's cache a flow's verdict would be in. */
+static __always_inline struct verdict_slot *verdict_slot(__u64 flow, __u64 peer0, __u64 peer1)
+{
+	__u64 x = flow ^ peer0 ^ peer1;
+	__u32 h = (__u32)x ^ (__u32)(x >> 32);
+
+	h ^= h >> 16;
+	h ^= h >> 10;
+	h &= VERDICT_SLOTS - 1;
+	return bpf_map_lookup_elem(&sl_verdicts, &h);
+}
+
+/* 0 when this CPU allowed the flow already under the current policy
+ * generation; else the generation a verdict made now is kept under (read
+ * before the lookups that make it). A function of its own, verified once
+ * rather than at each of the programs' call sites, with one comparison of
+ * the whole slot. */
+__attribute__((noinline)) __u64 verdict_check(__u64 flow, __u64 peer0, __u64 peer1)
+{
+	struct verdict_slot *vs;
+	__u32 zero = 0;
+	__u64 *g, gen;
+
+	if (!cfg_verdict_cache)
+		return 1;
+	g = bpf_map_lookup_elem(&sl_policy_gen, &zero);
+	if (!g)
+		return 1;
+	gen = *g + 1;
+	vs = verdict_slot(flow, peer0, peer1);
+	if (!vs)
+		return gen;
+	if ((vs->generation ^ gen) | (vs->flow ^ flow) | (vs->peer[0] ^ peer0) | (vs->peer[1] ^ peer1))
+		return gen;
+	return 0;
+}
+
+/* Remember an allowed flow's verdict, made under generation `gen`. */
+__attribute__((noinline)) int verdict_keep(__u64 gen, __u64 flow, __u64 peer0, __u64 peer1)
+{
+	struct verdict_slot *vs;
+
+	if (!cfg_verdict_cache)
+		return 0;
+	vs = verdict_slot(flow, peer0, peer1);
+	if (!vs)
+		return 0;
+	vs->peer[0] = peer0;
+	vs->peer[1] = peer1;
+	vs->flow = flow;
+	vs->generation = gen;
+	return 0;
+}
+
 /* 1 when the pod at `local` may open this flow in direction `dir`, else
  * the drop is counted and reported. A pod without a policy entry, or not
  * isolated in this direction, is unrestricted. `ep` is the pod's endpoint
@@ -86,6 +147,7 @@ static __always_inline int policy_ok(struct __sk_buff *skb, const struct pkt *p,
 {
 	struct ep_policy_value *pol;
 	__u32 peer_id = 0, ep_id;
+	__u64 gen, flow;
 
 	if (!ep)
 		ep = bpf_map_lookup_elem(&sl_endpoints, local);
@@ -95,8 +157,14 @@ static __always_inline int policy_ok(struct __sk_buff *skb, const struct pkt *p,
 	pol = bpf_map_lookup_elem(&sl_ep_policy, &ep_id);
 	if (!pol || !(pol->flags & (dir == DIR_EGRESS ? POLICY_F_EGRESS : POLICY_F_INGRESS)))
 		return 1;
-	if (policy_allows(pol, ep_id, dir, p, peer, p->proto, port, &peer_id))
+	flow = verdict_flow(ep_id, dir, p->proto, port);
+	gen = verdict_check(flow, ((const __u64 *)peer)[0], ((const __u64 *)peer)[1]);
+	if (!gen)
 		return 1;
+	if (policy_allows(pol, ep_id, dir, p, peer, p->proto, port, &peer_id)) {
+		verdict_keep(gen, flow, ((const __u64 *)peer)[0], ((const __u64 *)peer)[1]);
+		return 1;
+	}
 	count(DROP_POLICY, dir, skb->len);
 	flow_event(p, dir, DROP_POLICY, ep_id, peer_id, dir == DIR_EGRESS ? pol->egress_policy : pol->ingress_policy, 0);
 	return 0;

@@ -113,6 +113,10 @@ map_defs! {
     POLICY = "sl_policy": PolicyMatch => PolicyValue;
     /// Port-range blocks of allow rules.
     POLICY_RANGES = "sl_policy_ranges": PolicyKey => PolicyValue;
+    /// Allowed verdicts of new flows, per CPU (only the programs write it).
+    VERDICTS = "sl_verdicts": u32 => VerdictSlot;
+    /// The policy generation: when a policy map was last written.
+    POLICY_GEN = "sl_policy_gen": u32 => u64;
     /// Connections from outside, both directions, at the uplinks: those
     /// the client has answered.
     NAT = "sl_nat": CtKey => NatValue;

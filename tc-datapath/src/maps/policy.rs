@@ -2,10 +2,12 @@
 //! identities, each endpoint's policy state and the allow rules (a hash for
 //! one port, every port and every protocol; a trie for port ranges).
 
-use super::{CIDR, EP_POLICY, IPCACHE, MapsError, POLICY, POLICY_RANGES, Source, err, ignore_missing, lookup};
+use super::{
+    CIDR, EP_POLICY, IPCACHE, MapsError, POLICY, POLICY_GEN, POLICY_RANGES, Source, err, ignore_missing, lookup,
+};
 use crate::layout::*;
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData};
 use std::net::IpAddr;
 
 /// An inclusive port range.
@@ -174,6 +176,7 @@ pub struct PolicyMaps {
     ep_policy: HashMap<MapData, u32, EpPolicyValue>,
     rules: HashMap<MapData, PolicyMatch, PolicyValue>,
     rule_ranges: LpmTrie<MapData, PolicyMatch, PolicyValue>,
+    generation: Array<MapData, u64>,
 }
 
 impl PolicyMaps {
@@ -184,19 +187,46 @@ impl PolicyMaps {
             ep_policy: src.map(&EP_POLICY)?,
             rules: src.map(&POLICY)?,
             rule_ranges: src.map(&POLICY_RANGES)?,
+            generation: src.map(&POLICY_GEN)?,
         })
+    }
+
+    /// After a write that may take an allowed verdict back (every write
+    /// but a rule's insertion, which only allows more): a new policy
+    /// generation, so that no CPU's cached verdict counts any more (see
+    /// `verdict_slot` in layout.h). The generation is the time of the
+    /// write, so that writers in other processes (the CNI binary's hold,
+    /// the agent) never write one a cache has seen. The write's own error
+    /// comes first; the generation is written either way.
+    fn changed<T>(&mut self, write: Result<T, MapsError>) -> Result<T, MapsError> {
+        let bumped = self
+            .generation
+            .set(0, super::ct::now_ns(), 0)
+            .map_err(err(POLICY_GEN.name));
+        let v = write?;
+        bumped?;
+        Ok(v)
+    }
+
+    /// The policy generation (CLOCK_MONOTONIC ns of the last write that
+    /// could take a verdict back; 0: none yet).
+    pub fn generation(&self) -> Result<u64, MapsError> {
+        self.generation.get(&0, 0).map_err(err(POLICY_GEN.name))
     }
 
     /// A pod address's identity (cluster-wide).
     pub fn set_identity(&mut self, a: IpAddr, identity: u32) -> Result<(), MapsError> {
         let v = IpcacheValue { identity, pad0: 0 };
-        self.ipcache
+        let w = self
+            .ipcache
             .insert(EndpointKey { addr: addr(a) }, v, 0)
-            .map_err(err(IPCACHE.name))
+            .map_err(err(IPCACHE.name));
+        self.changed(w)
     }
 
     pub fn remove_identity(&mut self, a: IpAddr) -> Result<(), MapsError> {
-        ignore_missing(self.ipcache.remove(&EndpointKey { addr: addr(a) }), &IPCACHE)
+        let w = ignore_missing(self.ipcache.remove(&EndpointKey { addr: addr(a) }), &IPCACHE);
+        self.changed(w)
     }
 
     /// One address's identity in the ipcache.
@@ -224,11 +254,13 @@ impl PolicyMaps {
     /// A CIDR's identity. `prefix` is the family's own length (0..=32 for IPv4).
     pub fn set_cidr(&mut self, net: IpAddr, prefix: u8, identity: u32) -> Result<(), MapsError> {
         let v = IpcacheValue { identity, pad0: 0 };
-        self.cidr.insert(&cidr_key(net, prefix), v, 0).map_err(err(CIDR.name))
+        let w = self.cidr.insert(&cidr_key(net, prefix), v, 0).map_err(err(CIDR.name));
+        self.changed(w)
     }
 
     pub fn remove_cidr(&mut self, net: IpAddr, prefix: u8) -> Result<(), MapsError> {
-        ignore_missing(self.cidr.remove(&cidr_key(net, prefix)), &CIDR)
+        let w = ignore_missing(self.cidr.remove(&cidr_key(net, prefix)), &CIDR);
+        self.changed(w)
     }
 
     /// Every CIDR of the trie with its identity, sorted.
@@ -253,11 +285,13 @@ impl PolicyMaps {
     }
 
     pub fn set_endpoint_policy(&mut self, endpoint_id: u32, v: EpPolicyValue) -> Result<(), MapsError> {
-        self.ep_policy.insert(endpoint_id, v, 0).map_err(err(EP_POLICY.name))
+        let w = self.ep_policy.insert(endpoint_id, v, 0).map_err(err(EP_POLICY.name));
+        self.changed(w)
     }
 
     pub fn remove_endpoint_policy(&mut self, endpoint_id: u32) -> Result<(), MapsError> {
-        ignore_missing(self.ep_policy.remove(&endpoint_id), &EP_POLICY)
+        let w = ignore_missing(self.ep_policy.remove(&endpoint_id), &EP_POLICY);
+        self.changed(w)
     }
 
     pub fn endpoint_policy(&self, endpoint_id: u32) -> Result<Option<EpPolicyValue>, MapsError> {
@@ -283,7 +317,8 @@ impl PolicyMaps {
     }
 
     /// One rule entry: a range block goes to the range trie, anything else
-    /// to the hash.
+    /// to the hash. No new policy generation: an insertion only allows
+    /// more, so every cached verdict still holds.
     pub fn set_rule_entry(&mut self, e: &RuleEntry) -> Result<(), MapsError> {
         let v = PolicyValue {
             policy: e.policy,
@@ -299,11 +334,22 @@ impl PolicyMaps {
     }
 
     pub fn remove_rule_entry(&mut self, e: &RuleEntry) -> Result<(), MapsError> {
-        if entry_kind(e.prefix_len) == RULE_K_RANGE {
+        let w = if entry_kind(e.prefix_len) == RULE_K_RANGE {
             ignore_missing(self.rule_ranges.remove(&Key::new(e.prefix_len, e.rule)), &POLICY_RANGES)
         } else {
             ignore_missing(self.rules.remove(&e.rule), &POLICY)
-        }
+        };
+        self.changed(w)
+    }
+
+    /// Remove a rule's entry without a new policy generation: what a
+    /// writer that forgot the generation would do. Tests show with it that
+    /// a cached verdict outlives such a write (so the cache is consulted).
+    #[doc(hidden)]
+    pub fn remove_rule_entry_keeping_generation(&mut self, e: &RuleEntry) -> Result<(), MapsError> {
+        let g = self.generation()?;
+        self.remove_rule_entry(e)?;
+        self.generation.set(0, g, 0).map_err(err(POLICY_GEN.name))
     }
 
     /// The rule entries (of one endpoint, or all), sorted; the hash's keys
