@@ -116,6 +116,23 @@ impl NodeApplier {
         host: &[IpAddr],
         known: &BTreeSet<u32>,
     ) -> Result<ApplyStats, MapsError> {
+        // One new policy generation for the whole change (and one more per
+        // released hold), stored on every path out.
+        maps.policy_mut().defer_generation();
+        let r = self.write(maps, d, host, known);
+        let stored = maps.policy_mut().end_deferral();
+        let st = r?;
+        stored?;
+        Ok(st)
+    }
+
+    fn write(
+        &mut self,
+        maps: &mut Maps,
+        d: &Desired,
+        host: &[IpAddr],
+        known: &BTreeSet<u32>,
+    ) -> Result<ApplyStats, MapsError> {
         let (want, local) = self.wanted(maps, d)?;
         let host: BTreeSet<IpAddr> = host.iter().copied().collect();
         let (ip_set, ip_removed) = self.ipcache_diff(d, &host);
@@ -264,6 +281,8 @@ impl NodeApplier {
                 Some(v) => maps.policy_mut().set_endpoint_policy(id, *v)?,
                 None => maps.policy_mut().remove_endpoint_policy(id)?,
             }
+            // Verdicts cached on hold go with its flows, before them.
+            maps.policy_mut().store_generation()?;
             st.hold_flows += maps.ct_mut().remove_involving(&addrs)?;
             st.released += 1;
         }

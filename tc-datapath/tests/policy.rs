@@ -596,7 +596,10 @@ fn a_cached_verdict_lasts_until_the_next_policy_write() {
         return;
     }
     if !sluice_tc_datapath::loader::VERDICT_CACHE {
-        eprintln!("SKIP a_cached_verdict_lasts_until_the_next_policy_write: no verdict cache on this CPU");
+        skip(
+            "a_cached_verdict_lasts_until_the_next_policy_write",
+            "the verdict cache is off on CPUs that reorder loads",
+        );
         return;
     }
     stay_on_one_cpu();

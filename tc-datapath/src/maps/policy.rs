@@ -177,6 +177,10 @@ pub struct PolicyMaps {
     rules: HashMap<MapData, PolicyMatch, PolicyValue>,
     rule_ranges: LpmTrie<MapData, PolicyMatch, PolicyValue>,
     generation: Array<MapData, u64>,
+    /// Writes only mark the generation due (`defer_generation`).
+    deferring: bool,
+    /// A write since the generation was last stored.
+    due: bool,
 }
 
 impl PolicyMaps {
@@ -188,24 +192,54 @@ impl PolicyMaps {
             rules: src.map(&POLICY)?,
             rule_ranges: src.map(&POLICY_RANGES)?,
             generation: src.map(&POLICY_GEN)?,
+            deferring: false,
+            due: false,
         })
     }
 
     /// After a write that may take an allowed verdict back (every write
     /// but a rule's insertion, which only allows more): a new policy
     /// generation, so that no CPU's cached verdict counts any more (see
-    /// `verdict_slot` in layout.h). The generation is the time of the
-    /// write, so that writers in other processes (the CNI binary's hold,
-    /// the agent) never write one a cache has seen. The write's own error
-    /// comes first; the generation is written either way.
+    /// `verdict_slot` in layout.h); while deferring, only marked due. The
+    /// write's own error comes first; the generation is stored either way.
     fn changed<T>(&mut self, write: Result<T, MapsError>) -> Result<T, MapsError> {
-        let bumped = self
-            .generation
-            .set(0, super::ct::now_ns(), 0)
-            .map_err(err(POLICY_GEN.name));
+        self.due = true;
+        let stored = if self.deferring {
+            Ok(())
+        } else {
+            self.store_generation()
+        };
         let v = write?;
-        bumped?;
+        stored?;
         Ok(v)
+    }
+
+    /// Store a new policy generation if a write made one due. It is the
+    /// time of the store, so that writers in other processes (the CNI
+    /// binary's hold, the agent) never store one a cache has seen.
+    pub fn store_generation(&mut self) -> Result<(), MapsError> {
+        if !self.due {
+            return Ok(());
+        }
+        self.generation
+            .set(0, super::ct::now_ns(), 0)
+            .map_err(err(POLICY_GEN.name))?;
+        self.due = false;
+        Ok(())
+    }
+
+    /// Until `end_deferral`, writes only mark a new generation due, and
+    /// `store_generation` stores it: a change of many entries costs one
+    /// store, not one per entry, and cached verdicts hold until the change
+    /// is written (as they would had it come a little later).
+    pub fn defer_generation(&mut self) {
+        self.deferring = true;
+    }
+
+    /// Stop deferring, and store the generation if due.
+    pub fn end_deferral(&mut self) -> Result<(), MapsError> {
+        self.deferring = false;
+        self.store_generation()
     }
 
     /// The policy generation (CLOCK_MONOTONIC ns of the last write that
@@ -334,12 +368,16 @@ impl PolicyMaps {
     }
 
     pub fn remove_rule_entry(&mut self, e: &RuleEntry) -> Result<(), MapsError> {
-        let w = if entry_kind(e.prefix_len) == RULE_K_RANGE {
+        let w = self.take_rule_entry(e);
+        self.changed(w)
+    }
+
+    fn take_rule_entry(&mut self, e: &RuleEntry) -> Result<(), MapsError> {
+        if entry_kind(e.prefix_len) == RULE_K_RANGE {
             ignore_missing(self.rule_ranges.remove(&Key::new(e.prefix_len, e.rule)), &POLICY_RANGES)
         } else {
             ignore_missing(self.rules.remove(&e.rule), &POLICY)
-        };
-        self.changed(w)
+        }
     }
 
     /// Remove a rule's entry without a new policy generation: what a
@@ -347,9 +385,7 @@ impl PolicyMaps {
     /// a cached verdict outlives such a write (so the cache is consulted).
     #[doc(hidden)]
     pub fn remove_rule_entry_keeping_generation(&mut self, e: &RuleEntry) -> Result<(), MapsError> {
-        let g = self.generation()?;
-        self.remove_rule_entry(e)?;
-        self.generation.set(0, g, 0).map_err(err(POLICY_GEN.name))
+        self.take_rule_entry(e)
     }
 
     /// The rule entries (of one endpoint, or all), sorted; the hash's keys
