@@ -130,9 +130,15 @@ __attribute__((noinline)) int verdict_keep(__u64 gen, __u64 flow, __u64 peer0, _
 	vs = verdict_slot(flow, peer0, peer1);
 	if (!vs)
 		return 0;
+	/* Emptied first and filled last: a program that ran on this CPU in
+	 * between (a packet's program interrupting another's) never takes a
+	 * half-written slot for a verdict. */
+	vs->generation = 0;
+	asm volatile("" ::: "memory");
 	vs->peer[0] = peer0;
 	vs->peer[1] = peer1;
 	vs->flow = flow;
+	asm volatile("" ::: "memory");
 	vs->generation = gen;
 	return 0;
 }
