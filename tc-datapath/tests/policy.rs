@@ -589,7 +589,7 @@ fn stay_on_one_cpu() {
 /// is not seen while the verdict is cached (so the cache is consulted),
 /// any write that makes one (an unrelated identity) sends the next new
 /// flow to the maps again, a rule's removal makes one, a rule's insertion
-/// does not (it only allows more), and a denied flow is never cached.
+/// or a removal of nothing does not, and a denied flow is never cached.
 #[test]
 fn a_cached_verdict_lasts_until_the_next_policy_write() {
     if !root("a_cached_verdict_lasts_until_the_next_policy_write") {
@@ -646,6 +646,12 @@ fn a_cached_verdict_lasts_until_the_next_policy_write() {
         dp.maps.policy().generation().unwrap(),
         g,
         "an insertion only allows more"
+    );
+    dp.maps.policy_mut().remove_endpoint_policy(EP + 1).unwrap();
+    assert_eq!(
+        dp.maps.policy().generation().unwrap(),
+        g,
+        "a removal of nothing changes nothing"
     );
     assert_eq!(dp.verdict(INGRESS, &tcp(A, POD, 2003, 80, SYN)), TC_ACT_OK);
     dp.maps.policy_mut().remove_rule(EP, &web).unwrap();

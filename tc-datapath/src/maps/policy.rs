@@ -2,9 +2,7 @@
 //! identities, each endpoint's policy state and the allow rules (a hash for
 //! one port, every port and every protocol; a trie for port ranges).
 
-use super::{
-    CIDR, EP_POLICY, IPCACHE, MapsError, POLICY, POLICY_GEN, POLICY_RANGES, Source, err, ignore_missing, lookup,
-};
+use super::{CIDR, EP_POLICY, IPCACHE, MapsError, POLICY, POLICY_GEN, POLICY_RANGES, Source, err, lookup, removed};
 use crate::layout::*;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData};
@@ -214,6 +212,15 @@ impl PolicyMaps {
         Ok(v)
     }
 
+    /// `changed` for a removal: one that found nothing changed nothing
+    /// (every DEL removes its pod's policy entry, there or not).
+    fn removal(&mut self, r: Result<bool, MapsError>) -> Result<(), MapsError> {
+        match r {
+            Ok(false) => Ok(()),
+            r => self.changed(r.map(|_| ())),
+        }
+    }
+
     /// Store a new policy generation if a write made one due. It is the
     /// time of the store, so that writers in other processes (the CNI
     /// binary's hold, the agent) never store one a cache has seen.
@@ -259,8 +266,8 @@ impl PolicyMaps {
     }
 
     pub fn remove_identity(&mut self, a: IpAddr) -> Result<(), MapsError> {
-        let w = ignore_missing(self.ipcache.remove(&EndpointKey { addr: addr(a) }), &IPCACHE);
-        self.changed(w)
+        let r = removed(self.ipcache.remove(&EndpointKey { addr: addr(a) }), &IPCACHE);
+        self.removal(r)
     }
 
     /// One address's identity in the ipcache.
@@ -293,8 +300,8 @@ impl PolicyMaps {
     }
 
     pub fn remove_cidr(&mut self, net: IpAddr, prefix: u8) -> Result<(), MapsError> {
-        let w = ignore_missing(self.cidr.remove(&cidr_key(net, prefix)), &CIDR);
-        self.changed(w)
+        let r = removed(self.cidr.remove(&cidr_key(net, prefix)), &CIDR);
+        self.removal(r)
     }
 
     /// Every CIDR of the trie with its identity, sorted.
@@ -324,8 +331,8 @@ impl PolicyMaps {
     }
 
     pub fn remove_endpoint_policy(&mut self, endpoint_id: u32) -> Result<(), MapsError> {
-        let w = ignore_missing(self.ep_policy.remove(&endpoint_id), &EP_POLICY);
-        self.changed(w)
+        let r = removed(self.ep_policy.remove(&endpoint_id), &EP_POLICY);
+        self.removal(r)
     }
 
     pub fn endpoint_policy(&self, endpoint_id: u32) -> Result<Option<EpPolicyValue>, MapsError> {
@@ -368,15 +375,16 @@ impl PolicyMaps {
     }
 
     pub fn remove_rule_entry(&mut self, e: &RuleEntry) -> Result<(), MapsError> {
-        let w = self.take_rule_entry(e);
-        self.changed(w)
+        let r = self.take_rule_entry(e);
+        self.removal(r)
     }
 
-    fn take_rule_entry(&mut self, e: &RuleEntry) -> Result<(), MapsError> {
+    /// Remove a rule's entry: true when it was there.
+    fn take_rule_entry(&mut self, e: &RuleEntry) -> Result<bool, MapsError> {
         if entry_kind(e.prefix_len) == RULE_K_RANGE {
-            ignore_missing(self.rule_ranges.remove(&Key::new(e.prefix_len, e.rule)), &POLICY_RANGES)
+            removed(self.rule_ranges.remove(&Key::new(e.prefix_len, e.rule)), &POLICY_RANGES)
         } else {
-            ignore_missing(self.rules.remove(&e.rule), &POLICY)
+            removed(self.rules.remove(&e.rule), &POLICY)
         }
     }
 
@@ -385,7 +393,7 @@ impl PolicyMaps {
     /// a cached verdict outlives such a write (so the cache is consulted).
     #[doc(hidden)]
     pub fn remove_rule_entry_keeping_generation(&mut self, e: &RuleEntry) -> Result<(), MapsError> {
-        self.take_rule_entry(e)
+        self.take_rule_entry(e).map(|_| ())
     }
 
     /// The rule entries (of one endpoint, or all), sorted; the hash's keys
