@@ -150,7 +150,7 @@ impl Agent {
             .ok()
             .filter(|i| i.prog_hash != 0)
             .and_then(|i| i.config().ok())
-            .map_or(0, |c| c.ct_pod_limit);
+            .map_or(0, |c| c.ct_pod_limit());
         let mut st = self.maps.ct_mut().collect_with_shares(&pods, limit)?;
         // Connections from outside (the uplinks' NAT entries) expire alike.
         let nat = self.maps.uplink_mut().collect(sluice_tc_datapath::maps::ct::now_ns())?;

@@ -537,6 +537,7 @@ impl DatapathLoader {
             }
             let node = sluice_tc_datapath::attach::Node::open(&cfg)
                 .map_err(|e| format!("loading the node's programs: {e}"))?;
+            sluice_tc_datapath::attach::warn_tables_sized_otherwise(node.dir(), &cfg);
             info!(
                 conf = %path.display(),
                 upgraded = node.upgraded,

@@ -85,6 +85,9 @@ struct {
 	__type(value, struct frag_value);
 } sl_frags SEC(".maps");
 
+/* The per-connection tables (sl_ct here, sl_nat, sl_nat_new, sl_snat_held
+ * below) are declared at their default sizes: the loader sizes them from
+ * the config's datapath.tables when it makes them (config.rs, TableSizes). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 262144);

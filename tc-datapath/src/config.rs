@@ -32,13 +32,77 @@ pub struct DatapathConfig {
     /// Report one new flow in this many on the event ring (0: none; drops
     /// are always reported).
     pub flow_sample: u32,
-    /// The conntrack entries one pod may hold (0: no limit); a new flow
+    /// The conntrack entries one pod may hold (0: no limit; unset: a
+    /// quarter of the table, [`DatapathConfig::ct_pod_limit`]); a new flow
     /// beyond it is dropped (`drop-ct-pod-limit`), so that one pod's flood
     /// cannot evict the other pods' flows.
-    pub ct_pod_limit: u32,
+    pub ct_pod_limit: Option<u32>,
+    /// The node's tables that hold one entry per connection, sized when
+    /// the node's maps are made (see [`TableSizes`]).
+    pub tables: TableSizes,
 }
 
-/// The conntrack table's size (`sl_ct` in bpf/maps.h).
+/// The sizes of the node's per-connection tables, preallocated LRU maps:
+/// a busy node needs more than the defaults (each closed connection keeps
+/// its entries for the closing timeout, so a table of N connections turns
+/// over past N / `tcpClosing` new connections a second), a small one can
+/// spare the memory. They are no part of the programs: they take effect
+/// when the node's maps are made (its first ADD, or the agent's load,
+/// after a boot; a layout change makes new maps and carries the entries
+/// into them). Maps that exist already keep their size, and whoever opens
+/// them with other sizes configured says so in its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TableSizes {
+    /// `sl_ct`: conntrack, one entry per flow at each pod end and one
+    /// more per Service connection at its client (152 bytes each).
+    pub conntrack: u32,
+    /// `sl_nat`: connections from outside whose client has answered, two
+    /// entries each (112 bytes each); `sl_nat_new`, the handshakes not yet
+    /// answered, is half of it.
+    pub nat: u32,
+    /// `sl_snat_held`: SNAT ports held past their connection's close while
+    /// the backend may keep the 4-tuple in TIME_WAIT (65 s), one per close.
+    pub snat_holds: u32,
+}
+
+impl Default for TableSizes {
+    fn default() -> Self {
+        TableSizes {
+            conntrack: CT_TABLE_ENTRIES,
+            nat: 131_072,
+            snat_holds: 65_536,
+        }
+    }
+}
+
+impl TableSizes {
+    /// The smallest and largest size taken for any of them: below, a node
+    /// turns its tables over at a few hundred connections a second; above
+    /// 2^24 the conntrack table alone would preallocate 2.4 GiB.
+    pub const MIN: u32 = 4096;
+    pub const MAX: u32 = 1 << 24;
+
+    /// (map, entries) for each table, `sl_nat_new` included.
+    pub fn maps(&self) -> [(&'static str, u32); 4] {
+        [
+            ("sl_ct", self.conntrack),
+            ("sl_nat", self.nat),
+            ("sl_nat_new", self.nat / 2),
+            ("sl_snat_held", self.snat_holds),
+        ]
+    }
+
+    fn named(&self) -> [(&'static str, u32); 3] {
+        [
+            ("conntrack", self.conntrack),
+            ("nat", self.nat),
+            ("snatHolds", self.snat_holds),
+        ]
+    }
+}
+
+/// The conntrack table's default size (`sl_ct` in bpf/maps.h).
 pub const CT_TABLE_ENTRIES: u32 = 262_144;
 
 /// The longest conntrack timeout taken: the programs count deadlines in
@@ -46,9 +110,9 @@ pub const CT_TABLE_ENTRIES: u32 = 262_144;
 pub const MAX_CT_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
 
 /// The fields of [`DatapathConfig`] that say where and how the programs are
-/// attached; every other field is compiled into them (and so names their
-/// version).
-const NOT_IN_PROGRAM: [&str; 3] = ["enabled", "bpffs", "attach"];
+/// attached, and the tables' sizes, which the maps take when they are made;
+/// every other field is compiled into them (and so names their version).
+const NOT_IN_PROGRAM: [&str; 4] = ["enabled", "bpffs", "attach", "tables"];
 
 impl Default for DatapathConfig {
     fn default() -> Self {
@@ -60,7 +124,8 @@ impl Default for DatapathConfig {
             maglev_table_size: 16381,
             ct_timeouts: CtTimeouts::default(),
             flow_sample: 0,
-            ct_pod_limit: CT_TABLE_ENTRIES / 4,
+            ct_pod_limit: None,
+            tables: TableSizes::default(),
         }
     }
 }
@@ -153,12 +218,25 @@ impl DatapathConfig {
                 ));
             }
         }
-        if self.ct_pod_limit > CT_TABLE_ENTRIES {
+        for (name, n) in self.tables.named() {
+            if !(TableSizes::MIN..=TableSizes::MAX).contains(&n) {
+                return Err(invalid(
+                    format!("tables.{name}"),
+                    format!(
+                        "{n} entries: must be between {} and {}",
+                        TableSizes::MIN,
+                        TableSizes::MAX
+                    ),
+                ));
+            }
+        }
+        let ct = self.tables.conntrack;
+        if self.ct_pod_limit() > ct {
             return Err(invalid(
                 "ctPodLimit",
                 format!(
-                    "{}: the table holds {CT_TABLE_ENTRIES} entries (0 takes the limit off)",
-                    self.ct_pod_limit
+                    "{}: the conntrack table holds {ct} entries (tables.conntrack; 0 takes the limit off)",
+                    self.ct_pod_limit()
                 ),
             ));
         }
@@ -189,8 +267,17 @@ impl DatapathConfig {
             for f in NOT_IN_PROGRAM {
                 fields.remove(f);
             }
+            // The limit the programs get, whether given or a quarter of
+            // the table.
+            fields.insert("ctPodLimit".into(), self.ct_pod_limit().into());
         }
         v
+    }
+
+    /// The conntrack entries one pod may hold, as the programs get it:
+    /// `ctPodLimit` if given (0: no limit), else a quarter of the table.
+    pub fn ct_pod_limit(&self) -> u32 {
+        self.ct_pod_limit.unwrap_or(self.tables.conntrack / 4)
     }
 
     /// The program settings read back from `sl_info` (fields it does not
@@ -213,7 +300,7 @@ impl DatapathConfig {
                     maglev_table_size: d.maglev_table_size,
                     ct_timeouts: d.ct_timeouts,
                     flow_sample: d.flow_sample,
-                    ct_pod_limit: d.ct_pod_limit,
+                    ct_pod_limit: d.ct_pod_limit(),
                 }
             }
         }
@@ -223,7 +310,7 @@ impl DatapathConfig {
             maglev_table_size: l.maglev_table_size,
             ct_timeouts: l.ct_timeouts,
             flow_sample: l.flow_sample,
-            ct_pod_limit: l.ct_pod_limit,
+            ct_pod_limit: Some(l.ct_pod_limit),
             ..Default::default()
         })
     }
@@ -302,7 +389,7 @@ mod tests {
                 ..base.clone()
             },
             DatapathConfig {
-                ct_pod_limit: 0,
+                ct_pod_limit: Some(0),
                 ..base.clone()
             },
             DatapathConfig {
@@ -316,7 +403,9 @@ mod tests {
         for c in &changed {
             assert_ne!(c.prog_hash(), base.prog_hash(), "{c:?}");
         }
-        // Where and how they are attached is no part of the programs.
+        // Where and how they are attached is no part of the programs, nor
+        // are the tables' sizes (the maps take them when they are made),
+        // but for the per-pod share a quarter of the table stands for.
         let placed = DatapathConfig {
             enabled: false,
             bpffs: "/other".into(),
@@ -324,6 +413,64 @@ mod tests {
             ..base.clone()
         };
         assert_eq!(placed.prog_hash(), base.prog_hash());
+        let sized = |conntrack, ct_pod_limit| DatapathConfig {
+            tables: TableSizes {
+                conntrack,
+                nat: 1 << 20,
+                snat_holds: 1 << 18,
+            },
+            ct_pod_limit,
+            ..base.clone()
+        };
+        let same_share = sized(1 << 20, Some(CT_TABLE_ENTRIES / 4));
+        assert_eq!(same_share.prog_hash(), base.prog_hash());
+        assert_ne!(sized(1 << 20, None).prog_hash(), base.prog_hash());
+    }
+
+    #[test]
+    fn table_sizes_are_bounded_and_the_pod_share_follows_the_table() {
+        let t = |tables| DatapathConfig {
+            tables,
+            ..Default::default()
+        };
+        let d = TableSizes::default();
+        assert_eq!(DatapathConfig::default().ct_pod_limit(), CT_TABLE_ENTRIES / 4);
+        let small = t(TableSizes { conntrack: 32768, ..d });
+        assert!(small.validate().is_ok());
+        assert_eq!(small.ct_pod_limit(), 8192, "a quarter of the configured table");
+        for (bad, field) in [
+            (TableSizes { conntrack: 100, ..d }, "tables.conntrack"),
+            (
+                TableSizes {
+                    nat: TableSizes::MAX + 1,
+                    ..d
+                },
+                "tables.nat",
+            ),
+            (TableSizes { snat_holds: 0, ..d }, "tables.snatHolds"),
+        ] {
+            assert_eq!(t(bad).validate().unwrap_err().field, field);
+        }
+        let over = DatapathConfig {
+            ct_pod_limit: Some(40000),
+            ..small.clone()
+        };
+        assert_eq!(over.validate().unwrap_err().field, "ctPodLimit");
+        let off = DatapathConfig {
+            ct_pod_limit: Some(0),
+            ..small
+        };
+        assert_eq!(off.ct_pod_limit(), 0);
+        assert_eq!(
+            d.maps(),
+            [
+                ("sl_ct", 262144),
+                ("sl_nat", 131072),
+                ("sl_nat_new", 65536),
+                ("sl_snat_held", 65536)
+            ],
+            "the defaults are the sizes bpf/maps.h declares"
+        );
     }
 
     #[test]
@@ -344,15 +491,20 @@ mod tests {
     #[test]
     fn the_config_section_spelling() {
         let c: DatapathConfig = serde_json::from_value(json!({
-            "attach": "tc", "ctTimeouts": {"udp": 5}, "flowSample": 3
+            "attach": "tc", "ctTimeouts": {"udp": 5}, "flowSample": 3,
+            "tables": {"nat": 524288, "snatHolds": 262144}
         }))
         .unwrap();
         assert_eq!((c.attach, c.ct_timeouts.udp, c.flow_sample), (AttachMode::Tc, 5, 3));
+        assert_eq!((c.tables.nat, c.tables.snat_holds), (524288, 262144));
+        assert_eq!(c.tables.conntrack, CT_TABLE_ENTRIES, "the rest defaulted");
         assert_eq!(c.ct_timeouts.tcp_syn, 60, "the rest defaulted");
         for bad in [
             json!({"bpfs": "/x"}),
             json!({"attach": "xdp"}),
             json!({"ctTimeouts": {"icmp": 1}}),
+            json!({"tables": {"ct": 1}}),
+            json!({"tables": {"nat": -1}}),
         ] {
             assert!(serde_json::from_value::<DatapathConfig>(bad.clone()).is_err(), "{bad}");
         }

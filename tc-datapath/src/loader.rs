@@ -48,18 +48,13 @@ pub fn versioned_dir_of(root: &Path, version: u32) -> PathBuf {
 /// Load and verify both programs. With `pin_root`, every map is pinned
 /// (or, when already pinned, reused) under `versioned_dir(pin_root)/maps`.
 pub fn load(cfg: &DatapathConfig, pin_root: Option<&Path>) -> Result<Ebpf, LoadError> {
-    load_build(cfg, pin_root, &Build::current(), None)
+    load_build(cfg, pin_root, &Build::current())
 }
 
 /// Load `build` (its maps pinned under its own layout version's directory
-/// of `pin_root`), with a conntrack table of `ct_entries` if given.
-pub fn load_build(
-    cfg: &DatapathConfig,
-    pin_root: Option<&Path>,
-    build: &Build,
-    ct_entries: Option<u32>,
-) -> Result<Ebpf, LoadError> {
-    let mut ebpf = object(cfg, pin_root, build, ct_entries, 0)?;
+/// of `pin_root`).
+pub fn load_build(cfg: &DatapathConfig, pin_root: Option<&Path>, build: &Build) -> Result<Ebpf, LoadError> {
+    let mut ebpf = object(cfg, pin_root, build, 0)?;
     for name in TC_PROGRAMS {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
@@ -73,12 +68,12 @@ pub fn load_build(
 
 /// The object with its settings and maps (pinned under `pin_root`, when
 /// given), no program loaded yet. `sock_netns` is the network namespace
-/// the socket hooks serve (0: every one).
+/// the socket hooks serve (0: every one). Maps made here take the sizes of
+/// `cfg.tables`; pinned ones that exist keep theirs.
 pub fn object(
     cfg: &DatapathConfig,
     pin_root: Option<&Path>,
     build: &Build,
-    ct_entries: Option<u32>,
     sock_netns: u64,
 ) -> Result<Ebpf, LoadError> {
     cfg.validate()?;
@@ -93,6 +88,7 @@ pub fn object(
     let source_check = u32::from(cfg.source_check);
     let socket_netns_check = u32::from(socket_netns_cookie_readable());
     let verdict_cache = u32::from(VERDICT_CACHE);
+    let ct_pod_limit = cfg.ct_pod_limit();
     let mut loader = EbpfLoader::new();
     loader
         .override_global("cfg_ct_tcp_syn_ns", &syn, true)
@@ -104,10 +100,10 @@ pub fn object(
         .override_global("cfg_socket_netns_check", &socket_netns_check, true)
         .override_global("cfg_verdict_cache", &verdict_cache, true)
         .override_global("cfg_flow_sample", &cfg.flow_sample, true)
-        .override_global("cfg_ct_pod_limit", &cfg.ct_pod_limit, true)
+        .override_global("cfg_ct_pod_limit", &ct_pod_limit, true)
         .override_global("cfg_sock_netns_cookie", &sock_netns, true);
-    if let Some(n) = ct_entries {
-        loader.map_max_entries(maps::CT.name, n);
+    for (name, entries) in cfg.tables.maps() {
+        loader.map_max_entries(name, entries);
     }
     if let Some(root) = pin_root {
         let versioned = versioned_dir_of(root, build.layout.version);
@@ -116,6 +112,22 @@ pub fn object(
         }
     }
     Ok(loader.load(&build.object)?)
+}
+
+/// A per-connection table pinned under `versioned` at another size than
+/// `cfg.tables` asks for: its name, the size it has, the size asked.
+/// Pinned maps keep the size they were made with (see
+/// [`crate::config::TableSizes`]); a map not pinned yet is not listed.
+pub fn tables_sized_otherwise(versioned: &Path, cfg: &DatapathConfig) -> Vec<(&'static str, u32, u32)> {
+    cfg.tables
+        .maps()
+        .into_iter()
+        .filter_map(|(name, want)| {
+            let map = aya::maps::MapData::from_pin(versioned.join("maps").join(name)).ok()?;
+            let have = map.info().ok()?.max_entries();
+            (have != want).then_some((name, have, want))
+        })
+        .collect()
 }
 
 /// Whether the programs cache allowed verdicts (`cfg_verdict_cache` in
@@ -143,12 +155,7 @@ pub fn socket_netns_cookie_readable() -> bool {
 /// A datapath of its own, nothing pinned: the loaded object (its programs,
 /// for `BPF_PROG_TEST_RUN`) and its maps. What tests and benchmarks run.
 pub fn load_unpinned(cfg: &DatapathConfig) -> Result<(Ebpf, maps::Maps), LoadError> {
-    load_unpinned_ct(cfg, None)
-}
-
-/// The same with a conntrack table of `ct_entries` (tests that fill it).
-pub fn load_unpinned_ct(cfg: &DatapathConfig, ct_entries: Option<u32>) -> Result<(Ebpf, maps::Maps), LoadError> {
-    let mut ebpf = load_build(cfg, None, &Build::current(), ct_entries)?;
+    let mut ebpf = load_build(cfg, None, &Build::current())?;
     let maps = maps::Maps::take(&mut ebpf, cfg.maglev_table_size)?;
     Ok((ebpf, maps))
 }

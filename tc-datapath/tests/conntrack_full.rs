@@ -17,7 +17,7 @@ mod common;
 
 use common::ip;
 use common::*;
-use sluice_tc_datapath::config::DatapathConfig;
+use sluice_tc_datapath::config::{DatapathConfig, TableSizes};
 use sluice_tc_datapath::layout::*;
 use sluice_tc_datapath::loader::{self, EGRESS, INGRESS};
 use std::collections::BTreeMap;
@@ -42,10 +42,14 @@ struct Run {
 
 fn dp(limit: u32) -> Dp {
     let cfg = DatapathConfig {
-        ct_pod_limit: limit,
+        ct_pod_limit: Some(limit),
+        tables: TableSizes {
+            conntrack: TABLE,
+            ..Default::default()
+        },
         ..Default::default()
     };
-    let (ebpf, maps) = loader::load_unpinned_ct(&cfg, Some(TABLE)).unwrap();
+    let (ebpf, maps) = loader::load_unpinned(&cfg).unwrap();
     let mut dp = Dp::from_parts(ebpf, maps);
     dp.pod_id(QUIET, 7);
     dp.pod_id(FLOODER, 8);

@@ -377,7 +377,7 @@ fn older_layouts(root: &Path, mine: u32) -> Result<Vec<PathBuf>, AttachError> {
 /// complete.
 fn load_and_pin(cfg: &DatapathConfig, pdir: &Path, build: &Build) -> Result<(), AttachError> {
     let t = Instant::now();
-    let mut ebpf = loader::load_build(cfg, Some(&cfg.bpffs), build, None)?;
+    let mut ebpf = loader::load_build(cfg, Some(&cfg.bpffs), build)?;
     std::fs::create_dir_all(pdir).map_err(io_err("creating", pdir))?;
     // TC_PROGRAMS ends with the uplink ones: pin INGRESS after them.
     for name in TC_PROGRAMS.iter().copied().filter(|n| *n != INGRESS).chain([INGRESS]) {
@@ -392,7 +392,21 @@ fn load_and_pin(cfg: &DatapathConfig, pdir: &Path, build: &Build) -> Result<(), 
         })?;
     }
     info!(version = %pdir.display(), elapsed = ?t.elapsed(), "datapath programs loaded and pinned");
+    warn_tables_sized_otherwise(&versioned_dir_of(&cfg.bpffs, build.layout.version), cfg);
     Ok(())
+}
+
+/// Say so when the node's tables were made at other sizes than `cfg` asks
+/// for: they keep them (see `TableSizes`).
+pub fn warn_tables_sized_otherwise(versioned: &Path, cfg: &DatapathConfig) {
+    for (map, have, want) in loader::tables_sized_otherwise(versioned, cfg) {
+        warn!(
+            map,
+            entries = have,
+            configured = want,
+            "the node's table was made at another size and keeps it until its maps are made again (a reboot, or a layout change)"
+        );
+    }
 }
 
 /// The TCX link pinned at `path`, if one is.

@@ -52,7 +52,7 @@ pub fn attach(cfg: &DatapathConfig, cgroup: &Path, netns: u64) -> Result<usize, 
     pin::ensure_bpffs(&cfg.bpffs)?;
     std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
     let cg = std::fs::File::open(cgroup).map_err(io_err("opening the cgroup", cgroup))?;
-    let mut ebpf = loader::object(cfg, Some(&cfg.bpffs), &Build::current(), None, netns)?;
+    let mut ebpf = loader::object(cfg, Some(&cfg.bpffs), &Build::current(), netns)?;
     load_hooks(&mut ebpf)?;
     let attaching = |name: &str| prog_err(format!("attaching {name} to {}", cgroup.display()));
     // The release hook first: no entry is made that nothing would remove.
@@ -125,7 +125,7 @@ where
 /// Load the hooks into the kernel without attaching them (nothing pinned):
 /// whether this kernel's verifier takes them. Returns how many.
 pub fn verify(cfg: &DatapathConfig) -> Result<usize, AttachError> {
-    let mut ebpf = loader::object(cfg, None, &Build::current(), None, 0)?;
+    let mut ebpf = loader::object(cfg, None, &Build::current(), 0)?;
     load_hooks(&mut ebpf)?;
     Ok(PROGRAMS.len() + 1)
 }

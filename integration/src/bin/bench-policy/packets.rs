@@ -107,7 +107,7 @@ impl Row {
         // default samples), more than its default conntrack share: the
         // share would drop them. What is measured here is policy.
         let cfg = DatapathConfig {
-            ct_pod_limit: 0,
+            ct_pod_limit: Some(0),
             ..Default::default()
         };
         let (mut ebpf, mut maps) = loader::load_unpinned(&cfg).context("loading the datapath")?;
