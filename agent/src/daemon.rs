@@ -453,6 +453,7 @@ pub fn run(opts: Options) -> Result<()> {
         }
     };
     let mut agent = agent;
+    warn_tables_sized_otherwise(&opts);
     agent.exclude_identity_labels(opts.identity_exclude_labels.clone());
     probes.set_loaded();
     info!(node = %node.name, source = %source.describe(), "agent started");
@@ -537,7 +538,6 @@ impl DatapathLoader {
             }
             let node = sluice_tc_datapath::attach::Node::open(&cfg)
                 .map_err(|e| format!("loading the node's programs: {e}"))?;
-            sluice_tc_datapath::attach::warn_tables_sized_otherwise(node.dir(), &cfg);
             info!(
                 conf = %path.display(),
                 upgraded = node.upgraded,
@@ -560,6 +560,18 @@ impl DatapathLoader {
                 false
             }
         }
+    }
+}
+
+/// Say so when the node's per-connection tables were made at other sizes
+/// than the network configuration (`--cni-conf`) gives: they keep theirs
+/// until the node's maps are made again.
+fn warn_tables_sized_otherwise(opts: &Options) {
+    let Some(path) = &opts.cni_conf else { return };
+    if let Ok(Some(cfg)) = crate::cni_conf::datapath_of(path)
+        && cfg.bpffs == opts.bpffs
+    {
+        sluice_tc_datapath::attach::warn_tables_sized_otherwise(&versioned_dir(&opts.bpffs), &cfg);
     }
 }
 
