@@ -440,6 +440,10 @@ pub fn run(opts: Options) -> Result<()> {
     };
     let source = Source::start(&opts, &node.name, tx)?;
     let mut loader = DatapathLoader::default();
+    // Before the maps are opened: a resize makes new ones.
+    if let Some(conf) = &opts.cni_conf {
+        crate::tables::resize(conf, &opts.bpffs, &opts.cni_data_dir);
+    }
     let agent = loop {
         match Agent::open(&opts.bpffs, node.clone(), opts.node_ip.clone()) {
             Ok(a) => break a,
@@ -453,7 +457,6 @@ pub fn run(opts: Options) -> Result<()> {
         }
     };
     let mut agent = agent;
-    warn_tables_sized_otherwise(&opts);
     agent.exclude_identity_labels(opts.identity_exclude_labels.clone());
     probes.set_loaded();
     info!(node = %node.name, source = %source.describe(), "agent started");
@@ -560,18 +563,6 @@ impl DatapathLoader {
                 false
             }
         }
-    }
-}
-
-/// Say so when the node's per-connection tables were made at other sizes
-/// than the network configuration (`--cni-conf`) gives: they keep theirs
-/// until the node's maps are made again.
-fn warn_tables_sized_otherwise(opts: &Options) {
-    let Some(path) = &opts.cni_conf else { return };
-    if let Ok(Some(cfg)) = crate::cni_conf::datapath_of(path)
-        && cfg.bpffs == opts.bpffs
-    {
-        sluice_tc_datapath::attach::warn_tables_sized_otherwise(&versioned_dir(&opts.bpffs), &cfg);
     }
 }
 

@@ -34,6 +34,10 @@ pub(crate) struct Record {
     /// Attached with clsact filters, to be moved onto TCX links (promote.rs).
     #[serde(default)]
     pub(crate) promote_to_tcx: bool,
+    /// How the datapath was attached at ADD ("tc", "tcx"); absent when
+    /// the network runs without it.
+    #[serde(default)]
+    pub(crate) datapath: Option<String>,
 }
 
 /// The pod a record names (the plugin's `PodRef`).

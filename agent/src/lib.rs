@@ -36,4 +36,5 @@ pub mod promote;
 pub mod proxy_health;
 pub mod services;
 pub mod source;
+pub mod tables;
 pub mod uplinks;

@@ -49,8 +49,8 @@ pub struct DatapathConfig {
 /// spare the memory. They are no part of the programs: they take effect
 /// when the node's maps are made (its first ADD, or the agent's load,
 /// after a boot; a layout change makes new maps and carries the entries
-/// into them). Maps that exist already keep their size, and whoever opens
-/// them with other sizes configured says so in its log.
+/// into them), and when the agent starts on a node whose tables have other
+/// sizes (`Node::resize_tables`). An ADD keeps the maps it finds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct TableSizes {

@@ -24,7 +24,7 @@
 use crate::maps::{self, MapDef};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::path::Path;
 use std::sync::LazyLock;
 
@@ -325,6 +325,45 @@ pub fn carry(
     Ok(out)
 }
 
+/// Make a map like the one pinned at `path` (its type, key, value and
+/// flags) with room for `max_entries`, copy its entries in, and pin it at
+/// `to`: a table resized (`TableSizes`). Entries past a smaller size are
+/// the LRU's to evict. Returns how many were copied.
+pub fn remake(path: &Path, name: &'static str, max_entries: u32, to: &Path) -> Result<usize, MigrateError> {
+    let old = raw::Map::open(path, name)?;
+    let new = old.create_like(max_entries)?;
+    new.data.pin(to).map_err(|e| MigrateError::Shape {
+        map: name.into(),
+        problem: format!("pinning at {}: {e}", to.display()),
+    })?;
+    copy(&old, &new, false)
+}
+
+/// Copy the entries of the map pinned at `from` that the one at `to` lacks
+/// (a resized table's, written by the programs that still had the old one).
+pub fn carry_new(from: &Path, to: &Path, name: &'static str) -> Result<usize, MigrateError> {
+    let (old, new) = (raw::Map::open(from, name)?, raw::Map::open(to, name)?);
+    if (old.key_size, old.value_size) != (new.key_size, new.value_size) {
+        return Err(MigrateError::Shape {
+            map: name.into(),
+            problem: format!("{} and {} hold entries of other sizes", from.display(), to.display()),
+        });
+    }
+    copy(&old, &new, true)
+}
+
+fn copy(old: &raw::Map, new: &raw::Map, only_new: bool) -> Result<usize, MigrateError> {
+    let mut written = 0;
+    for key in old.keys()? {
+        if let Some(value) = old.get(&key)?
+            && new.put(&key, &value, only_new)?
+        {
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
 /// An object and the layout of its maps: what a node runs. The test of a
 /// layout change loads another one (`test_bump`).
 pub struct Build {
@@ -359,6 +398,7 @@ impl Build {
 mod raw {
     use super::*;
 
+    const BPF_MAP_CREATE: libc::c_long = 0;
     const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
     const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
     const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
@@ -376,8 +416,23 @@ mod raw {
         flags: u64,
     }
 
+    /// `union bpf_attr` as BPF_MAP_CREATE reads it, up to the fields a
+    /// plain hash map needs (the kernel takes the rest as zero).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CreateAttr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+        inner_map_fd: u32,
+        numa_node: u32,
+        map_name: [u8; 16],
+    }
+
     pub struct Map {
-        data: aya::maps::MapData,
+        pub data: aya::maps::MapData,
         name: &'static str,
         pub key_size: usize,
         pub value_size: usize,
@@ -402,6 +457,67 @@ mod raw {
                 data,
                 name,
                 array,
+            })
+        }
+
+        /// A new, empty map of the same type, key, value and flags with
+        /// room for `max_entries`. The type and flags come from the map's
+        /// fdinfo, which every kernel of the matrix writes.
+        pub fn create_like(&self, max_entries: u32) -> Result<Map, MigrateError> {
+            let fd = self.data.fd().as_fd().as_raw_fd();
+            let fdinfo =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).map_err(self.err("reading fdinfo"))?;
+            let field = |name: &str| -> Option<u32> {
+                let v = fdinfo
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+                    .trim();
+                match v.strip_prefix("0x") {
+                    Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                    None => v.parse().ok(),
+                }
+            };
+            let (Some(map_type), Some(map_flags)) = (field("map_type"), field("map_flags")) else {
+                return Err(MigrateError::Shape {
+                    map: self.name.into(),
+                    problem: "its fdinfo has no map_type or map_flags".into(),
+                });
+            };
+            let mut attr = CreateAttr {
+                map_type,
+                key_size: self.key_size as u32,
+                value_size: self.value_size as u32,
+                max_entries,
+                map_flags,
+                ..Default::default()
+            };
+            let n = self.name.len().min(attr.map_name.len() - 1);
+            attr.map_name[..n].copy_from_slice(&self.name.as_bytes()[..n]);
+            // SAFETY: `attr` is a valid bpf_attr for BPF_MAP_CREATE; the
+            // kernel reads size_of::<CreateAttr>() bytes of it.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_CREATE,
+                    &mut attr as *mut CreateAttr,
+                    std::mem::size_of::<CreateAttr>(),
+                )
+            };
+            if r < 0 {
+                return Err(self.err("creating its resized copy")(std::io::Error::last_os_error()));
+            }
+            // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
+            let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) };
+            let data = aya::maps::MapData::from_fd(owned).map_err(|e| MigrateError::Shape {
+                map: self.name.into(),
+                problem: e.to_string(),
+            })?;
+            Ok(Map {
+                data,
+                name: self.name,
+                key_size: self.key_size,
+                value_size: self.value_size,
+                array: self.array.map(|_| max_entries),
             })
         }
 

@@ -15,7 +15,7 @@ mod node;
 pub mod sock;
 
 pub use iface::{CheckError, ClsactPrograms, Promotion};
-pub use node::{Node, warn_tables_sized_otherwise};
+pub use node::{Node, Resized, warn_tables_sized_otherwise};
 
 use crate::loader::LoadError;
 use crate::maps::MapsError;

@@ -107,6 +107,7 @@ impl Node {
                 std::fs::remove_dir_all(&old).map_err(io_err("unpinning old programs", &old))?;
             }
         }
+        node.retire_resized()?;
         if node.observe.info()? != want {
             node.observe.set_info(want)?;
         }
@@ -206,6 +207,104 @@ impl Node {
             }
         }
         Ok(out)
+    }
+
+    /// Remake the node's per-connection tables whose size is not the one
+    /// `cfg.tables` gives (see `TableSizes`), keeping their entries and the
+    /// connections they carry: each new table is made beside the old one
+    /// and the entries copied, the pins are swapped, and the programs are
+    /// loaded again on the new tables with every TCX link moved onto them
+    /// (as an upgrade moves them); then what the old programs wrote
+    /// meanwhile is carried over and the old tables go. Pods on clsact
+    /// filters are the caller's to attach again (`reattach_tc`), as after
+    /// any upgrade. None when every table has its size already (or the
+    /// node has no datapath). The agent runs it at its start, before it
+    /// opens the maps: another process holding a table open keeps the old
+    /// one.
+    pub fn resize_tables(cfg: &DatapathConfig) -> Result<Option<Resized>, AttachError> {
+        let dir = loader::versioned_dir(&cfg.bpffs);
+        if !dir.is_dir() || loader::tables_sized_otherwise(&dir, cfg).is_empty() {
+            return Ok(None);
+        }
+        let maps = dir.join("maps");
+        let mut copied = 0;
+        let tables = {
+            let _lock = lock_dir(&dir, false)?;
+            let tables = loader::tables_sized_otherwise(&dir, cfg);
+            if tables.is_empty() {
+                return Ok(None);
+            }
+            let migrate_err = |source| AttachError::Migrate {
+                from: maps.clone(),
+                source,
+            };
+            let mut staged = Vec::new();
+            for (name, _, want) in &tables {
+                let (pin, new) = (maps.join(name), resized_pin(&maps, name));
+                let _ = std::fs::remove_file(&new);
+                match migrate::remake(&pin, name, *want, &new) {
+                    Ok(n) => copied += n,
+                    Err(e) => {
+                        staged.push(new);
+                        staged.iter().for_each(|p| drop(std::fs::remove_file(p)));
+                        return Err(migrate_err(e));
+                    }
+                }
+                staged.push(new);
+            }
+            // From here the pins name the new tables: any opener loads the
+            // programs again and moves the links (the progs set aside
+            // below), so a failure after this point converges there.
+            for (name, _, _) in &tables {
+                let pin = maps.join(name);
+                std::fs::rename(&pin, retired_pin(&maps, name)).map_err(io_err("setting aside", &pin))?;
+                let new = resized_pin(&maps, name);
+                std::fs::rename(&new, &pin).map_err(io_err("pinning the resized table at", &pin))?;
+            }
+            let progs = dir.join("progs");
+            let rd = std::fs::read_dir(&progs).map_err(io_err("listing", &progs))?;
+            for e in rd {
+                let e = e.map_err(io_err("listing", &progs))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !name.ends_with(SET_ASIDE) {
+                    let aside = progs.join(format!("{name}{SET_ASIDE}"));
+                    std::fs::rename(e.path(), &aside).map_err(io_err("setting aside", &e.path()))?;
+                }
+            }
+            tables
+        };
+        let node = Node::open(cfg)?;
+        info!(
+            ?tables,
+            copied,
+            relinked = node.relinked,
+            "per-connection tables resized"
+        );
+        Ok(Some(Resized { tables, copied, node }))
+    }
+
+    /// The tables a resize set aside (`<map>_old`): what the programs that
+    /// still had them wrote since the copy goes over (keys the new tables
+    /// lack), then they are unpinned. Runs once every link is on programs
+    /// that have the new ones.
+    fn retire_resized(&mut self) -> Result<usize, AttachError> {
+        let maps = self.dir.join("maps");
+        let mut late = 0;
+        for (name, _) in crate::config::TableSizes::default().maps() {
+            let old = retired_pin(&maps, name);
+            if !old.exists() {
+                continue;
+            }
+            late += migrate::carry_new(&old, &maps.join(name), name).map_err(|source| AttachError::Migrate {
+                from: old.clone(),
+                source,
+            })?;
+            std::fs::remove_file(&old).map_err(io_err("unpinning", &old))?;
+        }
+        if late > 0 {
+            info!(late, "entries the old tables took during the resize carried over");
+        }
+        Ok(late)
     }
 
     /// Take over the node from another layout version's directory: its
@@ -345,6 +444,31 @@ impl Node {
 /// The directories of the other layout versions under `root` (older
 /// ones, in practice), by version.
 /// Where a program version is pinned under the versioned directory.
+/// What `Node::resize_tables` did.
+pub struct Resized {
+    /// Each table remade: its name, its size before, its size now.
+    pub tables: Vec<(&'static str, u32, u32)>,
+    /// Entries copied into the new tables.
+    pub copied: usize,
+    /// The node, on its programs loaded again.
+    pub node: Node,
+}
+
+/// Where a resized table is pinned while its entries are copied in (bpffs
+/// takes no dot in a name).
+fn resized_pin(maps: &Path, name: &str) -> PathBuf {
+    maps.join(format!("{name}_resized"))
+}
+
+/// Where the table it replaces waits for the links to move.
+fn retired_pin(maps: &Path, name: &str) -> PathBuf {
+    maps.join(format!("{name}_old"))
+}
+
+/// The suffix of a program version set aside by a resize, to be loaded
+/// again (another version to `other_versions`: its links move, it goes).
+const SET_ASIDE: &str = "-before-resize";
+
 fn version_dir(dir: &Path, hash: u64) -> PathBuf {
     dir.join("progs").join(format!("{hash:016x}"))
 }
