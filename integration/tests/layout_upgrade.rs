@@ -20,10 +20,9 @@ use sluice_integration::vpc::{Vpc, result_ip};
 use sluice_tc_datapath::attach::Node;
 use sluice_tc_datapath::config::DatapathConfig;
 use sluice_tc_datapath::layout::LAYOUT_VERSION;
-use sluice_tc_datapath::loader::{tables_sized_otherwise, versioned_dir_of};
+use sluice_tc_datapath::loader::{pinned_table_sizes, tables_sized_otherwise, versioned_dir_of};
 use sluice_tc_datapath::migrate::Build;
 use std::net::SocketAddr;
-use std::path::Path;
 
 fn sa(ip: &str, port: u16) -> SocketAddr {
     format!("{ip}:{port}").parse().unwrap()
@@ -76,17 +75,6 @@ fn upgrade(vpc: &Vpc) -> Node {
 fn upgrade_with(cfg: &DatapathConfig) -> Node {
     let build = Build::test_bump().expect("the test build is in the build directory");
     Node::open_build(cfg, &build).expect("the test build takes over the node")
-}
-
-/// The sizes of the per-connection tables pinned under `versioned`.
-fn table_sizes(versioned: &Path) -> Vec<(&'static str, u32)> {
-    ["sl_ct", "sl_nat", "sl_nat_new", "sl_snat_held"]
-        .into_iter()
-        .map(|name| {
-            let map = aya::maps::MapData::from_pin(versioned.join("maps").join(name)).unwrap();
-            (name, map.info().unwrap().max_entries())
-        })
-        .collect()
 }
 
 #[test]
@@ -153,7 +141,7 @@ fn the_tables_take_their_configured_sizes_when_their_maps_are_made() {
     let root = l.vpc.bpffs[0].root();
     let current = versioned_dir_of(&root, LAYOUT_VERSION);
     assert_eq!(
-        table_sizes(&current),
+        pinned_table_sizes(&current),
         [
             ("sl_ct", 32768),
             ("sl_nat", 8192),
@@ -187,7 +175,7 @@ fn the_tables_take_their_configured_sizes_when_their_maps_are_made() {
     drop(node);
     let bumped = versioned_dir_of(&root, 1007);
     assert_eq!(
-        table_sizes(&bumped),
+        pinned_table_sizes(&bumped),
         [
             ("sl_ct", 65536),
             ("sl_nat", 16384),

@@ -13,7 +13,7 @@ use sluice_integration::require_root;
 use sluice_integration::services::{ServicePort, Services};
 use sluice_integration::vpc::{Vpc, result_ip};
 use sluice_tc_datapath::layout::{LAYOUT_VERSION, addr};
-use sluice_tc_datapath::loader::{tables_sized_otherwise, versioned_dir_of};
+use sluice_tc_datapath::loader::{pinned_table_sizes, tables_sized_otherwise, versioned_dir_of};
 use sluice_tc_datapath::maps::Maps;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -24,13 +24,7 @@ fn sa(ip: &str, port: u16) -> SocketAddr {
 
 /// The sizes of the per-connection tables pinned under `versioned`.
 fn table_sizes(versioned: &Path) -> Vec<u32> {
-    ["sl_ct", "sl_nat", "sl_nat_new", "sl_snat_held"]
-        .into_iter()
-        .map(|name| {
-            let map = aya::maps::MapData::from_pin(versioned.join("maps").join(name)).unwrap();
-            map.info().unwrap().max_entries()
-        })
-        .collect()
+    pinned_table_sizes(versioned).into_iter().map(|(_, n)| n).collect()
 }
 
 /// Conntrack entries from `ip` in the table pinned under `versioned`.

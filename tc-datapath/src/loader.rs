@@ -119,13 +119,26 @@ pub fn object(
 /// Pinned maps keep the size they were made with (see
 /// [`crate::config::TableSizes`]); a map not pinned yet is not listed.
 pub fn tables_sized_otherwise(versioned: &Path, cfg: &DatapathConfig) -> Vec<(&'static str, u32, u32)> {
+    let have = pinned_table_sizes(versioned);
     cfg.tables
         .maps()
         .into_iter()
         .filter_map(|(name, want)| {
+            let (_, have) = have.iter().find(|(n, _)| *n == name)?;
+            (*have != want).then_some((name, *have, want))
+        })
+        .collect()
+}
+
+/// The per-connection tables pinned under `versioned`, with their sizes,
+/// in the order of `TableSizes::maps`.
+pub fn pinned_table_sizes(versioned: &Path) -> Vec<(&'static str, u32)> {
+    crate::config::TableSizes::default()
+        .maps()
+        .into_iter()
+        .filter_map(|(name, _)| {
             let map = aya::maps::MapData::from_pin(versioned.join("maps").join(name)).ok()?;
-            let have = map.info().ok()?.max_entries();
-            (have != want).then_some((name, have, want))
+            Some((name, map.info().ok()?.max_entries()))
         })
         .collect()
 }
