@@ -3,7 +3,7 @@
 //! hosts on the VPC fabric, with 1, 10,000 and 100,000 Services in the
 //! node's maps and rulesets.
 //!
-//!     sudo target/release/bench-nodeport [--services 1,10000,100000] [--rounds 5]
+//!     sudo target/release/bench-nodeport [--services 1,10000,100000] [--rounds 5] [--tables JSON]
 //!
 //! Each mode has an outside host of its own (a client calling one backend
 //! two ways would meet its own TIME_WAIT), calling:
@@ -38,7 +38,35 @@ use sluice_tc_datapath::maps::Maps;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use bench::CrrArgs as Args;
+/// NodePorts from outside against the direct path and kube-proxy's
+/// nftables: TCP connections/s from hosts on the VPC fabric.
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    crr: bench::CrrArgs,
+    /// The nodes' per-connection tables, as the network's
+    /// `datapath.tables` gives them (JSON), e.g. '{"nat": 1048576,
+    /// "snatHolds": 1048576}'; the defaults when not given.
+    #[arg(long, value_parser = tables)]
+    tables: Option<serde_json::Value>,
+}
+
+impl std::ops::Deref for Args {
+    type Target = bench::CrrArgs;
+    fn deref(&self) -> &bench::CrrArgs {
+        &self.crr
+    }
+}
+
+fn tables(s: &str) -> Result<serde_json::Value, String> {
+    let v: serde_json::Value = serde_json::from_str(s).map_err(|e| e.to_string())?;
+    let cfg = sluice_tc_datapath::config::DatapathConfig {
+        tables: serde_json::from_value(v.clone()).map_err(|e| e.to_string())?,
+        ..Default::default()
+    };
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(v)
+}
 
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const PORTS: [u16; 3] = bench::CRR_PORTS;
@@ -81,8 +109,11 @@ fn run_client(c: &Client, secs: f64, workers: usize) -> Result<(f64, u64)> {
 }
 
 /// A pod on `node` with sluice's programs: its index and address.
-fn pod(vpc: &mut Vpc, node: usize, name: &str) -> Result<(usize, Ipv4Addr)> {
-    let conf = bench::for_connection_rates(vpc.main_conf(node, "1.0.0"));
+fn pod(vpc: &mut Vpc, node: usize, name: &str, tables: Option<&serde_json::Value>) -> Result<(usize, Ipv4Addr)> {
+    let mut conf = bench::for_connection_rates(vpc.main_conf(node, "1.0.0"));
+    if let Some(t) = tables {
+        conf["datapath"]["tables"] = t.clone();
+    }
     let p = vpc.pod(name)?;
     let out = vpc.sluice(node, "ADD", name, p, &conf);
     ensure!(out.success, "ADD {name}: {}{}", out.stdout, out.stderr);
@@ -160,9 +191,9 @@ fn measure(args: &Args) -> Result<Vec<Row>> {
     // kube-proxy's node forwards what its rules translate.
     let fwd = vpc.nodes[2].exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
     ensure!(fwd.status.success(), "ip_forward on node 2");
-    let (s0_pod, s0) = pod(&mut vpc, 0, "s0")?;
-    let (s1_pod, s1) = pod(&mut vpc, 1, "s1")?;
-    let (s2_pod, s2) = pod(&mut vpc, 2, "s2")?;
+    let (s0_pod, s0) = pod(&mut vpc, 0, "s0", args.tables.as_ref())?;
+    let (s1_pod, s1) = pod(&mut vpc, 1, "s1", args.tables.as_ref())?;
+    let (s2_pod, s2) = pod(&mut vpc, 2, "s2", args.tables.as_ref())?;
     let _servers = [s0_pod, s1_pod, s2_pod]
         .iter()
         .map(|p| CrrServer::start(&vpc.pods[*p], &PORTS))
@@ -277,6 +308,10 @@ fn report(args: &Args, rows: &[Row]) {
         "TCP connect/request/response/close per second from a host outside the cluster, {} client threads, \
          median of {} rounds of {} s [min-max]; x: ratio to the direct path (the pod's IP)",
         args.workers, args.rounds, args.seconds
+    );
+    println!(
+        "the nodes' per-connection tables (datapath.tables): {}",
+        args.tables.as_ref().map_or("the defaults".into(), |t| t.to_string())
     );
     for r in rows {
         let idx = |m: Mode| Mode::ALL.iter().position(|x| *x == m).unwrap();
