@@ -17,7 +17,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sluice_cloud::metrics::PoolMetrics;
 use sluice_tc_datapath::loader::versioned_dir;
-use sluice_tc_datapath::maps::Maps;
+use sluice_tc_datapath::maps::{ObserveMaps, Source};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -88,7 +88,9 @@ impl AgentMetrics {
 /// has some to tell by then).
 struct DatapathCounters {
     bpffs: PathBuf,
-    maps: Mutex<Option<Maps>>,
+    /// Only the counters' maps: a scrape before the agent's start has
+    /// remade the tables (tables.rs) must not hold the old ones open.
+    maps: Mutex<Option<ObserveMaps>>,
 }
 
 impl std::fmt::Debug for DatapathCounters {
@@ -101,9 +103,9 @@ impl Collector for DatapathCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Ok(rows) = self.maps.lock().map_err(|_| ()).and_then(|mut m| {
             if m.is_none() {
-                *m = Maps::open_pinned(&versioned_dir(&self.bpffs)).ok();
+                *m = ObserveMaps::open(&mut Source::pinned(&versioned_dir(&self.bpffs))).ok();
             }
-            m.as_ref().ok_or(())?.observe().metrics().map_err(|_| ())
+            m.as_ref().ok_or(())?.metrics().map_err(|_| ())
         }) else {
             return Ok(()); // a scrape without them beats a failed scrape
         };
