@@ -252,25 +252,14 @@ impl Node {
                 }
                 staged.push(new);
             }
-            // From here the pins name the new tables: any opener loads the
-            // programs again and moves the links (the progs set aside
-            // below), so a failure after this point converges there.
-            for (name, _, _) in &tables {
-                let pin = maps.join(name);
-                std::fs::rename(&pin, retired_pin(&maps, name)).map_err(io_err("setting aside", &pin))?;
-                let new = resized_pin(&maps, name);
-                std::fs::rename(&new, &pin).map_err(io_err("pinning the resized table at", &pin))?;
-            }
-            let progs = dir.join("progs");
-            let rd = std::fs::read_dir(&progs).map_err(io_err("listing", &progs))?;
-            for e in rd {
-                let e = e.map_err(io_err("listing", &progs))?;
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !name.ends_with(SET_ASIDE) {
-                    let aside = progs.join(format!("{name}{SET_ASIDE}"));
-                    std::fs::rename(e.path(), &aside).map_err(io_err("setting aside", &e.path()))?;
-                }
-            }
+            // From here the pins name the new tables; the programs are set
+            // aside whatever happens, so that the next opener loads them
+            // again on what the pins name and moves the links (a failure
+            // converges there).
+            let swapped = swap_pins(&maps, &tables);
+            let aside = set_programs_aside(&dir.join("progs"));
+            swapped?;
+            aside?;
             tables
         };
         let node = Node::open(cfg)?;
@@ -441,9 +430,6 @@ impl Node {
     }
 }
 
-/// The directories of the other layout versions under `root` (older
-/// ones, in practice), by version.
-/// Where a program version is pinned under the versioned directory.
 /// What `Node::resize_tables` did.
 pub struct Resized {
     /// Each table remade: its name, its size before, its size now.
@@ -452,6 +438,47 @@ pub struct Resized {
     pub copied: usize,
     /// The node, on its programs loaded again.
     pub node: Node,
+}
+
+/// Pin each resized table under its name, the old one set aside as
+/// `<map>_old`. On a failure the table at hand keeps its old one (no opener
+/// may find the name empty and make a third), and those not reached yet
+/// drop their copies.
+fn swap_pins(maps: &Path, tables: &[(&'static str, u32, u32)]) -> Result<(), AttachError> {
+    for (i, (name, _, _)) in tables.iter().enumerate() {
+        let (pin, old, new) = (maps.join(name), retired_pin(maps, name), resized_pin(maps, name));
+        let r = std::fs::rename(&pin, &old)
+            .map_err(io_err("setting aside", &pin))
+            .and_then(|()| {
+                std::fs::rename(&new, &pin).map_err(|e| {
+                    let _ = std::fs::rename(&old, &pin);
+                    io_err("pinning the resized table at", &pin)(e)
+                })
+            });
+        if let Err(e) = r {
+            for (rest, _, _) in &tables[i..] {
+                let _ = std::fs::remove_file(resized_pin(maps, rest));
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Rename every program version under `progs` so that it is another
+/// version to `other_versions`: the next open loads this one again and
+/// moves every link onto it.
+fn set_programs_aside(progs: &Path) -> Result<(), AttachError> {
+    let rd = std::fs::read_dir(progs).map_err(io_err("listing", progs))?;
+    for e in rd {
+        let e = e.map_err(io_err("listing", progs))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(SET_ASIDE) {
+            let aside = progs.join(format!("{name}{SET_ASIDE}"));
+            std::fs::rename(e.path(), &aside).map_err(io_err("setting aside", &e.path()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Where a resized table is pinned while its entries are copied in (bpffs
@@ -469,10 +496,13 @@ fn retired_pin(maps: &Path, name: &str) -> PathBuf {
 /// again (another version to `other_versions`: its links move, it goes).
 const SET_ASIDE: &str = "-before-resize";
 
+/// Where a program version is pinned under the versioned directory.
 fn version_dir(dir: &Path, hash: u64) -> PathBuf {
     dir.join("progs").join(format!("{hash:016x}"))
 }
 
+/// The directories of the other layout versions under `root` (older
+/// ones, in practice), by version.
 fn older_layouts(root: &Path, mine: u32) -> Result<Vec<PathBuf>, AttachError> {
     let Ok(rd) = std::fs::read_dir(root) else {
         return Ok(Vec::new());
@@ -528,7 +558,7 @@ pub fn warn_tables_sized_otherwise(versioned: &Path, cfg: &DatapathConfig) {
             map,
             entries = have,
             configured = want,
-            "the node's table was made at another size and keeps it until its maps are made again (a reboot, or a layout change)"
+            "the node's table was made at another size and keeps it until the agent's next start remakes it (given --cni-conf), a reboot or a layout change"
         );
     }
 }
