@@ -416,6 +416,17 @@ pub fn for_connection_rates(mut conf: serde_json::Value) -> serde_json::Value {
     conf
 }
 
+/// A `--tables` argument: the network's `datapath.tables` (JSON), checked
+/// as the CNI binary checks it.
+pub fn tables_arg(s: &str) -> Result<sluice_tc_datapath::config::TableSizes, String> {
+    let cfg = sluice_tc_datapath::config::DatapathConfig {
+        tables: serde_json::from_str(s).map_err(|e| e.to_string())?,
+        ..Default::default()
+    };
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(cfg.tables)
+}
+
 /// The command line of the connection-rate benchmarks that compare
 /// sluice's paths with kube-proxy's at several Service counts
 /// (bench-socket, bench-nodeport).

@@ -47,8 +47,8 @@ struct Args {
     /// The nodes' per-connection tables, as the network's
     /// `datapath.tables` gives them (JSON), e.g. '{"nat": 1048576,
     /// "snatHolds": 1048576}'; the defaults when not given.
-    #[arg(long, value_parser = tables)]
-    tables: Option<serde_json::Value>,
+    #[arg(long, value_parser = bench::tables_arg)]
+    tables: Option<sluice_tc_datapath::config::TableSizes>,
 }
 
 impl std::ops::Deref for Args {
@@ -56,16 +56,6 @@ impl std::ops::Deref for Args {
     fn deref(&self) -> &bench::CrrArgs {
         &self.crr
     }
-}
-
-fn tables(s: &str) -> Result<serde_json::Value, String> {
-    let v: serde_json::Value = serde_json::from_str(s).map_err(|e| e.to_string())?;
-    let cfg = sluice_tc_datapath::config::DatapathConfig {
-        tables: serde_json::from_value(v.clone()).map_err(|e| e.to_string())?,
-        ..Default::default()
-    };
-    cfg.validate().map_err(|e| e.to_string())?;
-    Ok(v)
 }
 
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
@@ -109,10 +99,15 @@ fn run_client(c: &Client, secs: f64, workers: usize) -> Result<(f64, u64)> {
 }
 
 /// A pod on `node` with sluice's programs: its index and address.
-fn pod(vpc: &mut Vpc, node: usize, name: &str, tables: Option<&serde_json::Value>) -> Result<(usize, Ipv4Addr)> {
+fn pod(
+    vpc: &mut Vpc,
+    node: usize,
+    name: &str,
+    tables: Option<&sluice_tc_datapath::config::TableSizes>,
+) -> Result<(usize, Ipv4Addr)> {
     let mut conf = bench::for_connection_rates(vpc.main_conf(node, "1.0.0"));
     if let Some(t) = tables {
-        conf["datapath"]["tables"] = t.clone();
+        conf["datapath"]["tables"] = serde_json::to_value(t)?;
     }
     let p = vpc.pod(name)?;
     let out = vpc.sluice(node, "ADD", name, p, &conf);
@@ -311,7 +306,9 @@ fn report(args: &Args, rows: &[Row]) {
     );
     println!(
         "the nodes' per-connection tables (datapath.tables): {}",
-        args.tables.as_ref().map_or("the defaults".into(), |t| t.to_string())
+        args.tables
+            .as_ref()
+            .map_or("the defaults".into(), |t| serde_json::to_string(t).expect("JSON"))
     );
     for r in rows {
         let idx = |m: Mode| Mode::ALL.iter().position(|x| *x == m).unwrap();

@@ -59,7 +59,10 @@ pub(crate) fn service_list(n: usize, server: Ipv4Addr) -> (Vec<Service>, usize) 
 
 pub(crate) fn connection_benchmark(args: &Args) -> Result<(Vec<ConnRow>, Inserts)> {
     let mut vpc = Vpc::new("bd", 1)?;
-    let with_dp = bench::for_connection_rates(vpc.main_conf(0, "1.0.0"));
+    let mut with_dp = bench::for_connection_rates(vpc.main_conf(0, "1.0.0"));
+    if let Some(t) = &args.tables {
+        with_dp["datapath"]["tables"] = serde_json::to_value(t)?;
+    }
     let mut without_dp = with_dp.clone();
     without_dp["datapath"]["enabled"] = json!(false);
     let mut pairs = Vec::new();

@@ -37,7 +37,7 @@ use sluice_integration::bench::{
 };
 use sluice_integration::kube_proxy::{self, Service};
 use sluice_integration::vpc::{Vpc, result_ip};
-use sluice_tc_datapath::config::DatapathConfig;
+use sluice_tc_datapath::config::{DatapathConfig, TableSizes};
 use sluice_tc_datapath::layout::{Direction, Reason};
 use sluice_tc_datapath::loader::{self, EGRESS, INGRESS};
 use sluice_tc_datapath::maps::Maps;
@@ -80,6 +80,11 @@ struct Args {
     /// instead of twelve, for working on the programs.
     #[arg(long)]
     packets_only: bool,
+    /// The per-connection tables' sizes, as the network's
+    /// `datapath.tables` gives them (JSON), e.g. '{"conntrack": 65536}';
+    /// the defaults when not given.
+    #[arg(long, value_parser = bench::tables_arg)]
+    tables: Option<sluice_tc_datapath::config::TableSizes>,
 }
 
 const CLUSTER_CIDR: &str = "10.244.0.0/16";

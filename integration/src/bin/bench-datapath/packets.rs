@@ -105,8 +105,11 @@ struct Set {
 }
 
 impl Set {
-    fn load(n: usize) -> Result<Set> {
-        let cfg = DatapathConfig::default();
+    fn load(n: usize, tables: Option<TableSizes>) -> Result<Set> {
+        let cfg = DatapathConfig {
+            tables: tables.unwrap_or_default(),
+            ..Default::default()
+        };
         let (ebpf, mut maps) = loader::load_unpinned(&cfg).context("loading the datapath")?;
         let clients: Vec<Ipv4Addr> = (0..CLIENTS as u8).map(|i| Ipv4Addr::new(10, 244, 1, 10 + i)).collect();
         for (i, c) in clients.iter().enumerate() {
@@ -196,7 +199,7 @@ pub(crate) fn per_packet(args: &Args) -> Result<(Vec<PacketRow>, Memory)> {
     let mut sets = Vec::new();
     for &n in &args.packet_services {
         ensure!(n > 0, "--packet-services: counts must be positive");
-        sets.push(Set::load(n)?);
+        sets.push(Set::load(n, args.tables)?);
         eprintln!("per-packet: {n} services loaded");
     }
     for r in 0..args.packet_rounds {

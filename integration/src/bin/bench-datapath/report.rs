@@ -4,6 +4,7 @@ use super::*;
 
 pub(crate) fn report(args: &Args, packets: &[PacketRow], memory: &Memory, conns: &[ConnRow], inserts: &Inserts) {
     bench::print_machine("datapath");
+    tables_line(args);
     packet_table(args, packets);
     println!();
     connection_table(args, conns, bench::cpus());
@@ -15,9 +16,19 @@ pub(crate) fn report(args: &Args, packets: &[PacketRow], memory: &Memory, conns:
 
 pub(crate) fn report_packets(args: &Args, packets: &[PacketRow], memory: &Memory) {
     bench::print_machine("datapath");
+    tables_line(args);
     packet_table(args, packets);
     println!();
     memory_table(memory);
+}
+
+fn tables_line(args: &Args) {
+    println!(
+        "per-connection tables (datapath.tables): {}",
+        args.tables
+            .as_ref()
+            .map_or("the defaults".into(), |t| serde_json::to_string(t).expect("JSON"))
+    );
 }
 
 fn packet_table(args: &Args, packets: &[PacketRow]) {
