@@ -241,6 +241,88 @@ fn default_attach(expect: Attached) -> Result<String> {
     })
 }
 
+/// The per-connection tables remade by the agent at its start, the
+/// network's `datapath.tables` changed on a live node: two pods attached
+/// as this kernel's default does, a TCP connection between them; the agent
+/// started with the new sizes in its `--cni-conf` remakes the tables, the
+/// connection carries on, a new connection is tracked in the new table
+/// (the pods' programs are the ones loaded on it), DEL leaves nothing.
+fn tables_resized() -> Result<String> {
+    let mut vpc = Vpc::new("vmtr", 1)?;
+    let mut conf = link_conf(&vpc, 0, "ipvlan", "l2");
+    let datapath = conf["datapath"].as_object_mut().context("datapath section")?;
+    datapath.remove("attach");
+    datapath.insert("tables".into(), serde_json::json!({"conntrack": 16384}));
+    let (a, ip_a) = add(&mut vpc, 0, "a", &conf)?;
+    let (b, ip_b) = add(&mut vpc, 0, "b", &conf)?;
+    let versioned = vpc.datapath_dir(0);
+    let sizes = |v: &Path| loader::pinned_table_sizes(v).first().map(|(_, n)| *n);
+    ensure!(sizes(&versioned) == Some(16384), "made at {:?}", sizes(&versioned));
+    let _echo = StreamEcho::start(&vpc.pods[b], 7400, "b")?;
+    let mut session = Session::open(&vpc.pods[a], SocketAddr::new(ip_b, 7400))?;
+    ensure!(session.ask("x")? == "b:x", "echo before");
+
+    let work = tempfile::tempdir()?;
+    let manifests = work.path().join("manifests");
+    std::fs::create_dir(&manifests)?;
+    let log = work.path().join("agent.log");
+    let mut resized = conf.clone();
+    resized["datapath"]["tables"] = serde_json::json!({"conntrack": 65536});
+    let conflist = work.path().join("00-sluice.conflist");
+    let list = serde_json::json!({"cniVersion": "1.0.0", "name": "vmtr", "plugins": [resized]});
+    std::fs::write(&conflist, serde_json::to_vec(&list)?)?;
+    let cni_data = vpc.data_dir.join("n0");
+    let agent = sluice_integration::agent::AgentProcess::start_with(
+        &manifests,
+        &vpc.bpffs[0].root(),
+        &vpc.node_name(0),
+        &log,
+        &[
+            "--no-flows",
+            "--cni-data-dir",
+            &cni_data.display().to_string(),
+            "--cni-conf",
+            &conflist.display().to_string(),
+        ],
+    )?;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while sizes(&versioned) != Some(65536) {
+        ensure!(
+            std::time::Instant::now() < until,
+            "the agent did not remake the tables within 30 s: {:?}; log: {}",
+            sizes(&versioned),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    ensure!(session.ask("y")? == "b:y", "echo after");
+    let from_a = |vpc: &Vpc| -> Result<usize> {
+        let maps = Maps::open_pinned(&vpc.datapath_dir(0))?;
+        let at = sluice_tc_datapath::layout::addr(ip_a);
+        Ok(maps.ct().entries()?.iter().filter(|(k, _)| k.saddr == at).count())
+    };
+    let before = from_a(&vpc)?;
+    let mut fresh = Session::open(&vpc.pods[a], SocketAddr::new(ip_b, 7400))?;
+    ensure!(fresh.ask("z")? == "b:z", "a new connection");
+    ensure!(
+        from_a(&vpc)? > before,
+        "the new connection is not in the new table; agent log: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    drop((session, fresh, agent));
+    for (name, p) in [("a", a), ("b", b)] {
+        let out = vpc.sluice(0, "DEL", name, p, &conf);
+        ensure!(out.success, "DEL {name}: {}", out.stdout);
+    }
+    ensure!(
+        vpc.pinned_links(0).is_empty() && vpc.endpoints(0).is_empty(),
+        "DEL left state: links {:?}, endpoint records {:?}",
+        vpc.pinned_links(0),
+        vpc.endpoints(0)
+    );
+    Ok("conntrack remade from 16,384 to 65,536 entries by the agent's start; a connection carried on, a new one tracked in the new table; DEL clean".into())
+}
+
 /// The attach mode the VM's kernel has (`--expect-attach`).
 static EXPECT: std::sync::OnceLock<Attached> = std::sync::OnceLock::new();
 
@@ -655,6 +737,7 @@ fn main() {
             format!("default-attach-{how}"),
             Box::new(move || default_attach(expect)),
         ),
+        ("tables-resized".into(), Box::new(tables_resized)),
         ("netfilter-untouched".into(), Box::new(netfilter_untouched)),
     ];
     let (mut passed, mut failed) = (0, 0);
