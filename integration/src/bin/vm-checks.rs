@@ -285,16 +285,20 @@ fn tables_resized() -> Result<String> {
             &conflist.display().to_string(),
         ],
     )?;
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while sizes(&versioned) != Some(65536) {
+    // Done once the agent says so: the pins swap before the programs are
+    // loaded again and the pods moved onto them.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let remade = || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("tables were remade"));
+    while !remade() {
         ensure!(
             std::time::Instant::now() < until,
-            "the agent did not remake the tables within 30 s: {:?}; log: {}",
+            "the agent did not remake the tables within 60 s: {:?}; log: {}",
             sizes(&versioned),
             std::fs::read_to_string(&log).unwrap_or_default()
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    ensure!(sizes(&versioned) == Some(65536), "remade at {:?}", sizes(&versioned));
     ensure!(session.ask("y")? == "b:y", "echo after");
     let from_a = |vpc: &Vpc| -> Result<usize> {
         let maps = Maps::open_pinned(&vpc.datapath_dir(0))?;
