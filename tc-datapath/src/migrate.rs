@@ -461,28 +461,16 @@ mod raw {
         }
 
         /// A new, empty map of the same type, key, value and flags with
-        /// room for `max_entries`. The type and flags come from the map's
-        /// fdinfo, which every kernel of the matrix writes.
+        /// room for `max_entries`.
         pub fn create_like(&self, max_entries: u32) -> Result<Map, MigrateError> {
-            let fd = self.data.fd().as_fd().as_raw_fd();
-            let fdinfo =
-                std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).map_err(self.err("reading fdinfo"))?;
-            let field = |name: &str| -> Option<u32> {
-                let v = fdinfo
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
-                    .trim();
-                match v.strip_prefix("0x") {
-                    Some(hex) => u32::from_str_radix(hex, 16).ok(),
-                    None => v.parse().ok(),
-                }
+            let shape = |problem: String| MigrateError::Shape {
+                map: self.name.into(),
+                problem,
             };
-            let (Some(map_type), Some(map_flags)) = (field("map_type"), field("map_flags")) else {
-                return Err(MigrateError::Shape {
-                    map: self.name.into(),
-                    problem: "its fdinfo has no map_type or map_flags".into(),
-                });
-            };
+            let info = self.data.info().map_err(|e| shape(e.to_string()))?;
+            // aya's map types carry the kernel's numbers.
+            let map_type = info.map_type().map_err(|e| shape(e.to_string()))? as u32;
+            let map_flags = info.map_flags();
             let mut attr = CreateAttr {
                 map_type,
                 key_size: self.key_size as u32,
