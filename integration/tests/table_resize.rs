@@ -7,14 +7,20 @@
 //! ones (its next connection's conntrack entry is in the new table), and
 //! nothing of the old tables or programs stays pinned.
 
+use aya::maps::{HashMap as BpfHash, MapData};
 use serde_json::json;
+use sluice_integration::bpffs::Bpffs;
 use sluice_integration::probe::{Session, StreamEcho};
 use sluice_integration::require_root;
 use sluice_integration::services::{ServicePort, Services};
 use sluice_integration::vpc::{Vpc, result_ip};
-use sluice_tc_datapath::layout::{LAYOUT_VERSION, addr};
-use sluice_tc_datapath::loader::{pinned_table_sizes, tables_sized_otherwise, versioned_dir_of};
+use sluice_tc_datapath::attach::Node;
+use sluice_tc_datapath::config::{DatapathConfig, TableSizes};
+use sluice_tc_datapath::layout::{CtKey, CtValue, LAYOUT_VERSION, addr};
+use sluice_tc_datapath::loader::{pinned_table_sizes, tables_sized_otherwise, versioned_dir, versioned_dir_of};
 use sluice_tc_datapath::maps::Maps;
+use sluice_tc_datapath::migrate::{self, Syscalls};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
@@ -126,4 +132,105 @@ fn the_tables_are_remade_at_new_sizes_under_live_connections() {
     sluice_agent::tables::resize(&conflist, &root, &vpc.data_dir.join("n0"));
     assert_eq!(table_sizes(&versioned), [65536, 32768, 16384, 8192]);
     drop(svcs);
+}
+
+/// The conntrack table pinned at `pin`, every entry.
+fn ct_table(pin: &Path) -> HashMap<CtKey, CtValue> {
+    let data = MapData::from_pin(pin).unwrap();
+    let map: BpfHash<MapData, CtKey, CtValue> = BpfHash::try_from(aya::maps::Map::LruHashMap(data)).unwrap();
+    map.iter().map(|e| e.unwrap()).collect()
+}
+
+/// Entry `i` of the copy test: a flow of its own, its value marked by `mark`.
+fn ct_entry(i: u32, mark: u32) -> (CtKey, CtValue) {
+    let key = CtKey {
+        saddr: addr(IpAddr::from([10, 244, (i >> 8) as u8, i as u8])),
+        daddr: addr(IpAddr::from([10, 96, 0, 1])),
+        sport: (i as u16).to_be(),
+        dport: 80u16.to_be(),
+        proto: 6,
+        kind: 1,
+        pad0: 0,
+    };
+    let value = CtValue {
+        expires_ns: u64::MAX / 2,
+        backend_id: i,
+        rev_nat_id: mark,
+        ..Default::default()
+    };
+    (key, value)
+}
+
+/// The copies under the resize, by both kinds of syscalls (the batch
+/// commands and the one-entry-at-a-time fallback of kernels without them):
+/// a remade table holds exactly the old one's entries (more than one
+/// batch's worth), and the late carry writes only the keys the new table
+/// lacks, leaving the ones there as they are.
+#[test]
+fn a_table_is_copied_whole_by_batches_and_entry_by_entry() {
+    if !require_root("a_table_is_copied_whole_by_batches_and_entry_by_entry") {
+        return;
+    }
+    let fs = Bpffs::new("tcp").unwrap();
+    let cfg = DatapathConfig {
+        bpffs: fs.root(),
+        tables: TableSizes {
+            conntrack: 16384,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Node::open(&cfg).unwrap();
+    let versioned = versioned_dir(&fs.root());
+    let pin = versioned.join("maps").join("sl_ct");
+    let mut maps = Maps::open_pinned(&versioned).unwrap();
+    const N: u32 = 10_000;
+    for i in 0..N {
+        let (k, v) = ct_entry(i, 1);
+        maps.ct_mut().insert(k, v).unwrap();
+    }
+    let old = ct_table(&pin);
+    assert_eq!(old.len(), N as usize, "the table was filled");
+    for how in [Syscalls::Batched, Syscalls::PerEntry] {
+        let copy = fs.path().join(format!("copy-{how:?}"));
+        let copied = migrate::remake_with(&pin, "sl_ct", 32768, &copy, how).unwrap();
+        assert_eq!(copied, N as usize, "{how:?}: entries copied");
+        assert_eq!(
+            ct_table(&copy),
+            old,
+            "{how:?}: the remade table holds the old one's entries"
+        );
+        assert_eq!(max_entries(&copy), 32768, "{how:?}: the remade table's size");
+
+        // What the old table took after the copy goes over; what the new
+        // one has (here, other values under the same keys) stays.
+        let mut new =
+            BpfHash::<MapData, CtKey, CtValue>::try_from(aya::maps::Map::LruHashMap(MapData::from_pin(&copy).unwrap()))
+                .unwrap();
+        for i in 0..100 {
+            let (k, v) = ct_entry(i, 2);
+            new.insert(k, v, 0).unwrap();
+        }
+        for i in N..N + 50 {
+            let (k, v) = ct_entry(i, 1);
+            maps.ct_mut().insert(k, v).unwrap();
+        }
+        let late = migrate::carry_new_with(&pin, &copy, "sl_ct", how).unwrap();
+        assert_eq!(late, 50, "{how:?}: only the keys the new table lacked were carried");
+        let after = ct_table(&copy);
+        assert_eq!(after.len(), N as usize + 50, "{how:?}");
+        assert!(
+            (0..100).all(|i| after[&ct_entry(i, 0).0].rev_nat_id == 2),
+            "{how:?}: an entry the new table had was overwritten"
+        );
+        assert!((N..N + 50).all(|i| after.contains_key(&ct_entry(i, 0).0)), "{how:?}");
+        for i in N..N + 50 {
+            maps.ct_mut().remove(&ct_entry(i, 0).0).unwrap();
+        }
+        std::fs::remove_file(&copy).unwrap();
+    }
+}
+
+fn max_entries(pin: &Path) -> u32 {
+    MapData::from_pin(pin).unwrap().info().unwrap().max_entries()
 }

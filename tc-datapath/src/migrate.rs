@@ -300,23 +300,24 @@ pub fn carry(
         let new = raw::Map::open(&new_path, def.name)?;
         let mut written = 0;
         let mut skipped = 0;
-        for key in old.keys()? {
-            let Some(value) = old.get(&key)? else { continue };
-            let (Some(k), Some(v)) = (
-                convert(from, to, *key_part, &key),
-                convert(from, to, *value_part, &value),
-            ) else {
-                skipped += 1;
-                continue;
+        let mut converted = raw::Entries::new(new.key_size, new.value_size);
+        old.read(|chunk| {
+            converted.clear();
+            for (key, value) in chunk.iter() {
+                match (convert(from, to, *key_part, key), convert(from, to, *value_part, value)) {
+                    (Some(k), Some(v)) if k.len() == new.key_size && v.len() == new.value_size => {
+                        converted.push(&k, &v)
+                    }
+                    _ => skipped += 1,
+                }
+            }
+            written += if flowing_only {
+                new.write_new(&converted)?
+            } else {
+                new.write(&converted)?
             };
-            if k.len() != new.key_size || v.len() != new.value_size {
-                skipped += 1;
-                continue;
-            }
-            if new.put(&k, &v, flowing_only)? {
-                written += 1;
-            }
-        }
+            Ok(())
+        })?;
         out.entries.insert(def.name, written);
         if skipped > 0 {
             out.skipped.insert(def.name, skipped);
@@ -330,37 +331,53 @@ pub fn carry(
 /// `to`: a table resized (`TableSizes`). Entries past a smaller size are
 /// the LRU's to evict. Returns how many were copied.
 pub fn remake(path: &Path, name: &'static str, max_entries: u32, to: &Path) -> Result<usize, MigrateError> {
+    remake_with(path, name, max_entries, to, Syscalls::Batched)
+}
+
+/// [`remake`] with the syscalls chosen (the benchmark times both).
+pub fn remake_with(
+    path: &Path,
+    name: &'static str,
+    max_entries: u32,
+    to: &Path,
+    how: Syscalls,
+) -> Result<usize, MigrateError> {
     let old = raw::Map::open(path, name)?;
+    old.use_syscalls(how);
     let new = old.create_like(max_entries)?;
     new.data.pin(to).map_err(|e| MigrateError::Shape {
         map: name.into(),
         problem: format!("pinning at {}: {e}", to.display()),
     })?;
-    copy(&old, &new, false)
+    let mut written = 0;
+    old.read(|chunk| {
+        written += new.write(chunk)?;
+        Ok(())
+    })?;
+    Ok(written)
 }
 
 /// Copy the entries of the map pinned at `from` that the one at `to` lacks
 /// (a resized table's, written by the programs that still had the old one).
 pub fn carry_new(from: &Path, to: &Path, name: &'static str) -> Result<usize, MigrateError> {
+    carry_new_with(from, to, name, Syscalls::Batched)
+}
+
+/// [`carry_new`] with the syscalls chosen.
+pub fn carry_new_with(from: &Path, to: &Path, name: &'static str, how: Syscalls) -> Result<usize, MigrateError> {
     let (old, new) = (raw::Map::open(from, name)?, raw::Map::open(to, name)?);
+    old.use_syscalls(how);
     if (old.key_size, old.value_size) != (new.key_size, new.value_size) {
         return Err(MigrateError::Shape {
             map: name.into(),
             problem: format!("{} and {} hold entries of other sizes", from.display(), to.display()),
         });
     }
-    copy(&old, &new, true)
-}
-
-fn copy(old: &raw::Map, new: &raw::Map, only_new: bool) -> Result<usize, MigrateError> {
     let mut written = 0;
-    for key in old.keys()? {
-        if let Some(value) = old.get(&key)?
-            && new.put(&key, &value, only_new)?
-        {
-            written += 1;
-        }
-    }
+    old.read(|chunk| {
+        written += new.write_new(chunk)?;
+        Ok(())
+    })?;
     Ok(written)
 }
 
@@ -394,200 +411,8 @@ impl Build {
     }
 }
 
-/// The BPF map syscalls on raw bytes.
-mod raw {
-    use super::*;
-
-    const BPF_MAP_CREATE: libc::c_long = 0;
-    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-    const BPF_ANY: u64 = 0;
-    const BPF_NOEXIST: u64 = 1;
-
-    /// `union bpf_attr` as the element commands read it.
-    #[repr(C)]
-    #[derive(Default)]
-    struct ElemAttr {
-        map_fd: u32,
-        pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
-
-    /// `union bpf_attr` as BPF_MAP_CREATE reads it, up to the fields a
-    /// plain hash map needs (the kernel takes the rest as zero).
-    #[repr(C)]
-    #[derive(Default)]
-    struct CreateAttr {
-        map_type: u32,
-        key_size: u32,
-        value_size: u32,
-        max_entries: u32,
-        map_flags: u32,
-        inner_map_fd: u32,
-        numa_node: u32,
-        map_name: [u8; 16],
-    }
-
-    pub struct Map {
-        pub data: aya::maps::MapData,
-        name: &'static str,
-        pub key_size: usize,
-        pub value_size: usize,
-        /// Entries an array map holds (its keys are 0..n).
-        array: Option<u32>,
-    }
-
-    impl Map {
-        pub fn open(path: &Path, name: &'static str) -> Result<Map, MigrateError> {
-            let data = aya::maps::MapData::from_pin(path).map_err(|e| MigrateError::Shape {
-                map: path.display().to_string(),
-                problem: e.to_string(),
-            })?;
-            let info = data.info().map_err(|e| MigrateError::Shape {
-                map: name.into(),
-                problem: e.to_string(),
-            })?;
-            let array = matches!(info.map_type(), Ok(aya::maps::MapType::Array)).then(|| info.max_entries());
-            Ok(Map {
-                key_size: info.key_size() as usize,
-                value_size: info.value_size() as usize,
-                data,
-                name,
-                array,
-            })
-        }
-
-        /// A new, empty map of the same type, key, value and flags with
-        /// room for `max_entries`.
-        pub fn create_like(&self, max_entries: u32) -> Result<Map, MigrateError> {
-            let shape = |problem: String| MigrateError::Shape {
-                map: self.name.into(),
-                problem,
-            };
-            let info = self.data.info().map_err(|e| shape(e.to_string()))?;
-            // aya's map types carry the kernel's numbers.
-            let map_type = info.map_type().map_err(|e| shape(e.to_string()))? as u32;
-            let map_flags = info.map_flags();
-            let mut attr = CreateAttr {
-                map_type,
-                key_size: self.key_size as u32,
-                value_size: self.value_size as u32,
-                max_entries,
-                map_flags,
-                ..Default::default()
-            };
-            let n = self.name.len().min(attr.map_name.len() - 1);
-            attr.map_name[..n].copy_from_slice(&self.name.as_bytes()[..n]);
-            // SAFETY: `attr` is a valid bpf_attr for BPF_MAP_CREATE; the
-            // kernel reads size_of::<CreateAttr>() bytes of it.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_CREATE,
-                    &mut attr as *mut CreateAttr,
-                    std::mem::size_of::<CreateAttr>(),
-                )
-            };
-            if r < 0 {
-                return Err(self.err("creating its resized copy")(std::io::Error::last_os_error()));
-            }
-            // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
-            let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) };
-            let data = aya::maps::MapData::from_fd(owned).map_err(|e| MigrateError::Shape {
-                map: self.name.into(),
-                problem: e.to_string(),
-            })?;
-            Ok(Map {
-                data,
-                name: self.name,
-                key_size: self.key_size,
-                value_size: self.value_size,
-                array: self.array.map(|_| max_entries),
-            })
-        }
-
-        fn call(&self, cmd: libc::c_long, attr: &mut ElemAttr) -> std::io::Result<()> {
-            attr.map_fd = self.data.fd().as_fd().as_raw_fd() as u32;
-            // SAFETY: `attr` is a valid bpf_attr for the element commands,
-            // its pointers name buffers of the map's key and value sizes.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    cmd,
-                    attr as *mut ElemAttr,
-                    std::mem::size_of::<ElemAttr>(),
-                )
-            };
-            if r < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        }
-
-        fn err(&self, op: &'static str) -> impl Fn(std::io::Error) -> MigrateError + '_ {
-            move |source| MigrateError::Map {
-                map: self.name.into(),
-                op,
-                source,
-            }
-        }
-
-        /// Every key, as the map lists them now.
-        pub fn keys(&self) -> Result<Vec<Vec<u8>>, MigrateError> {
-            if let Some(n) = self.array {
-                return Ok((0..n).map(|i| i.to_ne_bytes().to_vec()).collect());
-            }
-            let mut out: Vec<Vec<u8>> = Vec::new();
-            let mut next = vec![0u8; self.key_size];
-            loop {
-                let mut attr = ElemAttr {
-                    key: out.last().map_or(0, |k| k.as_ptr() as u64),
-                    value: next.as_mut_ptr() as u64,
-                    ..Default::default()
-                };
-                match self.call(BPF_MAP_GET_NEXT_KEY, &mut attr) {
-                    Ok(()) => out.push(next.clone()),
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
-                    Err(e) => return Err(self.err("listing keys")(e)),
-                }
-            }
-        }
-
-        pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MigrateError> {
-            let mut value = vec![0u8; self.value_size];
-            let mut attr = ElemAttr {
-                key: key.as_ptr() as u64,
-                value: value.as_mut_ptr() as u64,
-                ..Default::default()
-            };
-            match self.call(BPF_MAP_LOOKUP_ELEM, &mut attr) {
-                Ok(()) => Ok(Some(value)),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-                Err(e) => Err(self.err("reading")(e)),
-            }
-        }
-
-        /// Write an entry; with `only_new`, not over one that is there.
-        /// Whether it was written.
-        pub fn put(&self, key: &[u8], value: &[u8], only_new: bool) -> Result<bool, MigrateError> {
-            let mut attr = ElemAttr {
-                key: key.as_ptr() as u64,
-                value: value.as_ptr() as u64,
-                flags: if only_new { BPF_NOEXIST } else { BPF_ANY },
-                ..Default::default()
-            };
-            match self.call(BPF_MAP_UPDATE_ELEM, &mut attr) {
-                Ok(()) => Ok(true),
-                Err(e) if only_new && e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
-                Err(e) => Err(self.err("writing")(e)),
-            }
-        }
-    }
-}
+mod raw;
+pub use raw::Syscalls;
 
 #[cfg(test)]
 mod tests {

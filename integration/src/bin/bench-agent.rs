@@ -11,6 +11,10 @@
 //! 2. Time from a manifest change (one endpoint of one Service removed or
 //!    added again, the file rewritten atomically) to the map entry that
 //!    shows it, p50/p99, with the N Services loaded.
+//! 3. The agent's resize of a full conntrack table (`datapath.tables`): the
+//!    copy into a table twice the size, then the late carry (every key
+//!    already there), by the batch map syscalls against one entry at a
+//!    time (what a kernel without them gets), alternating, per round.
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
@@ -21,9 +25,11 @@ use sluice_integration::kube_proxy::{self, Service};
 use sluice_integration::netns::Netns;
 use sluice_tc_datapath::attach::Node;
 use sluice_tc_datapath::config::DatapathConfig;
-use sluice_tc_datapath::layout::PROTO_TCP;
+use sluice_tc_datapath::config::TableSizes;
+use sluice_tc_datapath::layout::{CtKey, CtValue, PROTO_TCP, addr};
 use sluice_tc_datapath::loader::versioned_dir;
 use sluice_tc_datapath::maps::Maps;
+use sluice_tc_datapath::migrate::{self, Syscalls};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -37,6 +43,12 @@ struct Args {
     /// Manifest changes timed.
     #[arg(long, default_value_t = 100)]
     changes: usize,
+    /// Conntrack entries the resize copies (0: no resize timed).
+    #[arg(long, default_value_t = 262_144)]
+    resize_entries: u32,
+    /// Rounds of the resize, each way.
+    #[arg(long, default_value_t = 3)]
+    resize_rounds: usize,
 }
 
 const PER_FILE: usize = 100;
@@ -124,10 +136,14 @@ fn main() -> Result<()> {
     let root = fs.root();
     let cfg = DatapathConfig {
         bpffs: root.clone(),
+        tables: TableSizes {
+            conntrack: args.resize_entries.max(TableSizes::default().conntrack),
+            ..Default::default()
+        },
         ..Default::default()
     };
     Node::open(&cfg).context("loading the datapath")?;
-    let maps = Maps::open_pinned(&versioned_dir(&root))?;
+    let mut maps = Maps::open_pinned(&versioned_dir(&root))?;
 
     // 1. Initial sync, then kube-proxy's restore of the same Services.
     let started = Instant::now();
@@ -152,6 +168,13 @@ fn main() -> Result<()> {
         std::fs::copy(work.path().join("agent.log"), keep)?;
     }
 
+    // 3. With the agent gone: nothing else writes the table.
+    let resize = if args.resize_entries > 0 {
+        Some(resizes(&args, &root, &mut maps)?)
+    } else {
+        None
+    };
+
     report(
         &args,
         Initial {
@@ -163,7 +186,104 @@ fn main() -> Result<()> {
         &mut lat,
         &mut since_event,
     );
+    if let Some(r) = resize {
+        r.report(&args);
+    }
     Ok(())
+}
+
+/// Seconds per round of each step of the resize, by each kind of syscalls.
+struct Resizes {
+    entries: usize,
+    /// [step][how]: remake, late carry; batched, per entry.
+    took: [[Vec<f64>; 2]; 2],
+}
+
+const HOWS: [Syscalls; 2] = [Syscalls::Batched, Syscalls::PerEntry];
+
+/// Fill the node's conntrack table, then remake it at twice its size and
+/// carry the late entries (none: every key is there), each way, the order
+/// alternating by round.
+fn resizes(args: &Args, root: &Path, maps: &mut Maps) -> Result<Resizes> {
+    for i in 0..args.resize_entries {
+        let key = CtKey {
+            saddr: addr(IpAddr::V4(Ipv4Addr::from(0x0af4_0000 + (i >> 12)))),
+            daddr: addr(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1))),
+            sport: (1024 + (i & 0xfff) as u16).to_be(),
+            dport: 80u16.to_be(),
+            proto: PROTO_TCP,
+            kind: 1,
+            pad0: 0,
+        };
+        let value = CtValue {
+            expires_ns: u64::MAX / 2,
+            backend_id: i,
+            ..Default::default()
+        };
+        maps.ct_mut().insert(key, value)?;
+    }
+    let pin = versioned_dir(root).join("maps").join("sl_ct");
+    let copy = root.join("bench-resized");
+    let mut out = Resizes {
+        entries: maps.ct().entries()?.len(),
+        took: Default::default(),
+    };
+    for round in 0..args.resize_rounds {
+        for k in 0..2 {
+            let w = (k + round) % 2;
+            let how = HOWS[w];
+            let t = Instant::now();
+            let copied = migrate::remake_with(&pin, "sl_ct", 2 * args.resize_entries.max(4096), &copy, how)?;
+            out.took[0][w].push(t.elapsed().as_secs_f64());
+            ensure!(
+                copied == out.entries,
+                "{how:?}: {copied} of {} entries copied",
+                out.entries
+            );
+            let t = Instant::now();
+            let late = migrate::carry_new_with(&pin, &copy, "sl_ct", how)?;
+            out.took[1][w].push(t.elapsed().as_secs_f64());
+            ensure!(late == 0, "{how:?}: {late} entries carried late, none were new");
+            std::fs::remove_file(&copy)?;
+        }
+        eprintln!("resize round {} done", round + 1);
+    }
+    Ok(out)
+}
+
+impl Resizes {
+    fn report(mut self, args: &Args) {
+        println!();
+        println!(
+            "3. the agent's resize of the conntrack table, {} entries into a table of {}, s, {} rounds each way (median, min-max)",
+            self.entries,
+            2 * args.resize_entries.max(4096),
+            args.resize_rounds
+        );
+        println!(
+            "{:>40} | {:>18} | {:>18} | {:>10}",
+            "", "batched", "entry by entry", "batched / entry by entry"
+        );
+        for (step, name) in ["copy into the new table", "late carry (no key new)"]
+            .iter()
+            .enumerate()
+        {
+            let mut cells = Vec::new();
+            let mut medians = [0.0; 2];
+            for (w, m) in medians.iter_mut().enumerate() {
+                let v = &mut self.took[step][w];
+                *m = pct(v, 0.5);
+                let (lo, hi) = (pct(v, 0.0), pct(v, 1.0));
+                cells.push(format!("{m:.3} ({lo:.3}-{hi:.3})"));
+            }
+            println!(
+                "{name:>40} | {:>18} | {:>18} | {:>10.3}",
+                cells[0],
+                cells[1],
+                medians[0] / medians[1]
+            );
+        }
+    }
 }
 
 /// The first sync, as the agent logged it.
