@@ -161,11 +161,12 @@ fn ct_entry(i: u32, mark: u32) -> (CtKey, CtValue) {
     (key, value)
 }
 
-/// The copies under the resize, by both kinds of syscalls (the batch
-/// commands and the one-entry-at-a-time fallback of kernels without them):
-/// a remade table holds exactly the old one's entries (more than one
-/// batch's worth), and the late carry writes only the keys the new table
-/// lacks, leaving the ones there as they are.
+/// Whole-table reads and the copies under the resize, by both kinds of
+/// syscalls (the batch commands and the one-entry-at-a-time fallback of
+/// kernels without them): the conntrack table read at once holds what
+/// aya's iterator finds (more than one batch's worth); a remade table holds
+/// exactly the old one's entries; the late carry writes only the keys the
+/// new table lacks, leaving the ones there as they are.
 #[test]
 fn a_table_is_copied_whole_by_batches_and_entry_by_entry() {
     if !require_root("a_table_is_copied_whole_by_batches_and_entry_by_entry") {
@@ -191,6 +192,11 @@ fn a_table_is_copied_whole_by_batches_and_entry_by_entry() {
     }
     let old = ct_table(&pin);
     assert_eq!(old.len(), N as usize, "the table was filled");
+    let read: HashMap<CtKey, CtValue> = maps.ct().entries().unwrap().into_iter().collect();
+    assert_eq!(
+        read, old,
+        "a whole-table read (by batches) sees what aya's iterator sees"
+    );
     for how in [Syscalls::Batched, Syscalls::PerEntry] {
         let copy = fs.path().join(format!("copy-{how:?}"));
         let copied = migrate::remake_with(&pin, "sl_ct", 32768, &copy, how).unwrap();

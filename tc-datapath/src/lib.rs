@@ -25,6 +25,7 @@ pub mod migrate;
 pub mod netns_cookie;
 pub mod node_addresses;
 pub mod pin;
+pub mod raw_map;
 
 /// The compiled eBPF object (both programs and every map).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.o"));

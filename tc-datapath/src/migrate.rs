@@ -22,9 +22,10 @@
 //! are not of it.
 
 use crate::maps::{self, MapDef};
+use crate::raw_map as raw;
+pub use crate::raw_map::Syscalls;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::path::Path;
 use std::sync::LazyLock;
 
@@ -32,13 +33,8 @@ use std::sync::LazyLock;
 pub enum MigrateError {
     #[error("layout description, line {line}: {problem}")]
     Desc { line: usize, problem: String },
-    #[error("map {map}: {op}: {source}")]
-    Map {
-        map: String,
-        op: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Raw(#[from] raw::RawMapError),
     #[error("map {map}: {problem}")]
     Shape { map: String, problem: String },
 }
@@ -301,6 +297,7 @@ pub fn carry(
         let mut written = 0;
         let mut skipped = 0;
         let mut converted = raw::Entries::new(new.key_size, new.value_size);
+        let held = if flowing_only { Some(new.keys_held()?) } else { None };
         old.read(|chunk| {
             converted.clear();
             for (key, value) in chunk.iter() {
@@ -312,7 +309,7 @@ pub fn carry(
                 }
             }
             written += if flowing_only {
-                new.write_new(&converted)?
+                new.write_new(&converted, held.as_ref())?
             } else {
                 new.write(&converted)?
             };
@@ -373,9 +370,16 @@ pub fn carry_new_with(from: &Path, to: &Path, name: &'static str, how: Syscalls)
             problem: format!("{} and {} hold entries of other sizes", from.display(), to.display()),
         });
     }
+    // The new table's keys, read first by batches, spare a write attempt
+    // per key already there; read entry by entry they would cost as much
+    // as they spare.
+    let held = match how {
+        Syscalls::Batched => Some(new.keys_held()?),
+        Syscalls::PerEntry => None,
+    };
     let mut written = 0;
     old.read(|chunk| {
-        written += new.write_new(chunk)?;
+        written += new.write_new(chunk, held.as_ref())?;
         Ok(())
     })?;
     Ok(written)
@@ -410,9 +414,6 @@ impl Build {
         })
     }
 }
-
-mod raw;
-pub use raw::Syscalls;
 
 #[cfg(test)]
 mod tests {

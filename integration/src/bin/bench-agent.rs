@@ -11,12 +11,16 @@
 //! 2. Time from a manifest change (one endpoint of one Service removed or
 //!    added again, the file rewritten atomically) to the map entry that
 //!    shows it, p50/p99, with the N Services loaded.
-//! 3. The agent's resize of a full conntrack table (`datapath.tables`): the
-//!    copy into a table twice the size, then the late carry (every key
-//!    already there), by the batch map syscalls against one entry at a
-//!    time (what a kernel without them gets), alternating, per round.
+//! 3. Whole-table work on a full conntrack table: a collection pass's read
+//!    of it (the agent's GC), and the agent's resize (`datapath.tables`):
+//!    the copy into a table twice the size, then the late carry (every key
+//!    already there). By the batch map syscalls against one entry at a
+//!    time (aya's iterator for the read, as the agent read it before; the
+//!    element commands a kernel without batches gets for the resize),
+//!    alternating, per round.
 
 use anyhow::{Context, Result, ensure};
+use aya::maps::{HashMap, MapData};
 use clap::Parser;
 use sluice_integration::agent::{AgentProcess, log_field};
 use sluice_integration::bench::{self, Rng, pct};
@@ -192,11 +196,11 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Seconds per round of each step of the resize, by each kind of syscalls.
+/// Seconds per round of each step, by each kind of syscalls.
 struct Resizes {
     entries: usize,
-    /// [step][how]: remake, late carry; batched, per entry.
-    took: [[Vec<f64>; 2]; 2],
+    /// [step][how]: read, remake, late carry; batched, per entry.
+    took: [[Vec<f64>; 2]; 3],
 }
 
 const HOWS: [Syscalls; 2] = [Syscalls::Batched, Syscalls::PerEntry];
@@ -233,8 +237,19 @@ fn resizes(args: &Args, root: &Path, maps: &mut Maps) -> Result<Resizes> {
             let w = (k + round) % 2;
             let how = HOWS[w];
             let t = Instant::now();
-            let copied = migrate::remake_with(&pin, "sl_ct", 2 * args.resize_entries.max(4096), &copy, how)?;
+            let read = match how {
+                Syscalls::Batched => maps.ct().entries()?.len(),
+                Syscalls::PerEntry => {
+                    let m: HashMap<MapData, CtKey, CtValue> =
+                        HashMap::try_from(aya::maps::Map::LruHashMap(MapData::from_pin(&pin)?))?;
+                    m.iter().filter(Result::is_ok).count()
+                }
+            };
             out.took[0][w].push(t.elapsed().as_secs_f64());
+            ensure!(read == out.entries, "{how:?}: {read} of {} entries read", out.entries);
+            let t = Instant::now();
+            let copied = migrate::remake_with(&pin, "sl_ct", 2 * args.resize_entries.max(4096), &copy, how)?;
+            out.took[1][w].push(t.elapsed().as_secs_f64());
             ensure!(
                 copied == out.entries,
                 "{how:?}: {copied} of {} entries copied",
@@ -242,7 +257,7 @@ fn resizes(args: &Args, root: &Path, maps: &mut Maps) -> Result<Resizes> {
             );
             let t = Instant::now();
             let late = migrate::carry_new_with(&pin, &copy, "sl_ct", how)?;
-            out.took[1][w].push(t.elapsed().as_secs_f64());
+            out.took[2][w].push(t.elapsed().as_secs_f64());
             ensure!(late == 0, "{how:?}: {late} entries carried late, none were new");
             std::fs::remove_file(&copy)?;
         }
@@ -255,7 +270,7 @@ impl Resizes {
     fn report(mut self, args: &Args) {
         println!();
         println!(
-            "3. the agent's resize of the conntrack table, {} entries into a table of {}, s, {} rounds each way (median, min-max)",
+            "3. whole-table work on a conntrack table of {} entries (the resize into one of {}), s, {} rounds each way (median, min-max)",
             self.entries,
             2 * args.resize_entries.max(4096),
             args.resize_rounds

@@ -82,9 +82,11 @@ impl CtMaps {
             .map_err(err(CT_PODS.name))
     }
 
-    /// Every entry.
+    /// Every entry (a read of the whole table at once: the batch
+    /// syscalls, `raw_map`).
     pub fn entries(&self) -> Result<Vec<(CtKey, CtValue)>, MapsError> {
-        self.ct.iter().collect::<Result<_, _>>().map_err(err(CT.name))
+        use aya::maps::IterableMap;
+        Ok(crate::raw_map::entries(self.ct.map(), CT.name)?)
     }
 
     pub fn get(&self, k: &CtKey) -> Result<Option<CtValue>, MapsError> {
@@ -126,11 +128,11 @@ impl CtMaps {
     /// flows); returns how many.
     pub fn remove_involving(&mut self, addrs: &[IpAddr]) -> Result<usize, MapsError> {
         let want: Vec<Addr> = addrs.iter().map(|a| crate::layout::addr(*a)).collect();
-        let keys: Vec<CtKey> = self.ct.keys().collect::<Result<_, _>>().map_err(err(CT.name))?;
         let mut n = 0;
-        for k in keys
+        for (k, _) in self
+            .entries()?
             .iter()
-            .filter(|k| want.contains(&k.saddr) || want.contains(&k.daddr))
+            .filter(|(k, _)| want.contains(&k.saddr) || want.contains(&k.daddr))
         {
             n += usize::from(self.remove(k)?);
         }

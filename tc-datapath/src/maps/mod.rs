@@ -40,6 +40,8 @@ pub enum MapsError {
         #[source]
         source: MapError,
     },
+    #[error(transparent)]
+    Raw(#[from] crate::raw_map::RawMapError),
     #[error("map {0} is missing from the object")]
     Missing(&'static str),
     #[error("service {service}: {problem}")]

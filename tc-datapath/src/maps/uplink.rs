@@ -19,7 +19,8 @@ pub struct UplinkMaps {
 
 /// Every entry of a NAT table.
 fn nat_table(map: &HashMap<MapData, CtKey, NatValue>, def: &MapDef) -> Result<Vec<(CtKey, NatValue)>, MapsError> {
-    map.iter().collect::<Result<_, _>>().map_err(err(def.name))
+    use aya::maps::IterableMap;
+    Ok(crate::raw_map::entries(map.map(), def.name)?)
 }
 
 /// Remove `map`'s entries expired at `now_ns`, each read again just before.

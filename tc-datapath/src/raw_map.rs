@@ -1,15 +1,33 @@
-//! The BPF map syscalls on raw bytes: entries of any layout.
+//! The BPF map syscalls on raw bytes: entries of any layout (a migration
+//! reads maps of an older one) and whole tables read at once.
 //!
 //! Entries cross a chunk at a time with the batch commands
 //! (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_UPDATE_BATCH`, Linux 5.6): a full
-//! 262,144-entry conntrack table is a few dozen syscalls instead of three
-//! per entry (list the key, read the value, write it), and the copies run
-//! with the node's lock held, pod starts waiting. A kernel that refuses
-//! them gets the element commands, one entry at a time. aya has no batch
-//! operations, hence the syscalls here.
+//! 262,144-entry conntrack table is a few dozen syscalls instead of two or
+//! three per entry (list the key, read the value, write it). That matters
+//! where a whole table is read or copied: the resize and the layout carry
+//! (the node's lock held, pod starts waiting) and every conntrack
+//! collection pass of the agent. A kernel that refuses them gets the
+//! element commands, one entry at a time. aya has no batch operations,
+//! hence the syscalls here.
 
-use super::*;
 use std::cell::Cell;
+use std::hash::BuildHasher;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RawMapError {
+    #[error("map {map}: {op}: {source}")]
+    Call {
+        map: String,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("map {map}: {problem}")]
+    Shape { map: String, problem: String },
+}
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
@@ -102,6 +120,10 @@ impl Entries {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.keys[..self.len * self.key_size]
             .chunks_exact(self.key_size)
@@ -130,6 +152,21 @@ impl Entries {
     }
 }
 
+/// A map's keys as 64-bit hashes (keyed, so no input picks collisions):
+/// 8 bytes a key however long. A key whose hash is there is taken as
+/// there; a collision (odds about the map's size / 2^64 per key asked)
+/// would leave one late entry uncarried.
+pub struct KeysHeld {
+    hasher: std::hash::RandomState,
+    hashes: std::collections::HashSet<u64>,
+}
+
+impl KeysHeld {
+    fn holds(&self, key: &[u8]) -> bool {
+        self.hashes.contains(&self.hasher.hash_one(key))
+    }
+}
+
 pub struct Map {
     pub data: aya::maps::MapData,
     name: &'static str,
@@ -147,12 +184,34 @@ fn refused(e: &std::io::Error) -> bool {
 }
 
 impl Map {
-    pub fn open(path: &Path, name: &'static str) -> Result<Map, MigrateError> {
-        let data = aya::maps::MapData::from_pin(path).map_err(|e| MigrateError::Shape {
+    pub fn open(path: &Path, name: &'static str) -> Result<Map, RawMapError> {
+        let data = aya::maps::MapData::from_pin(path).map_err(|e| RawMapError::Shape {
             map: path.display().to_string(),
             problem: e.to_string(),
         })?;
-        let info = data.info().map_err(|e| MigrateError::Shape {
+        Map::of_data(data, name)
+    }
+
+    /// The map behind an aya handle (its fd duplicated).
+    pub fn of(data: &aya::maps::MapData, name: &'static str) -> Result<Map, RawMapError> {
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| RawMapError::Call {
+                map: name.into(),
+                op: "duplicating its fd",
+                source,
+            })?;
+        let data = aya::maps::MapData::from_fd(fd).map_err(|e| RawMapError::Shape {
+            map: name.into(),
+            problem: e.to_string(),
+        })?;
+        Map::of_data(data, name)
+    }
+
+    fn of_data(data: aya::maps::MapData, name: &'static str) -> Result<Map, RawMapError> {
+        let info = data.info().map_err(|e| RawMapError::Shape {
             map: name.into(),
             problem: e.to_string(),
         })?;
@@ -173,8 +232,8 @@ impl Map {
 
     /// A new, empty map of the same type, key, value and flags with room
     /// for `max_entries`.
-    pub fn create_like(&self, max_entries: u32) -> Result<Map, MigrateError> {
-        let shape = |problem: String| MigrateError::Shape {
+    pub fn create_like(&self, max_entries: u32) -> Result<Map, RawMapError> {
+        let shape = |problem: String| RawMapError::Shape {
             map: self.name.into(),
             problem,
         };
@@ -235,8 +294,8 @@ impl Map {
         }
     }
 
-    fn err(&self, op: &'static str) -> impl Fn(std::io::Error) -> MigrateError + '_ {
-        move |source| MigrateError::Map {
+    fn err(&self, op: &'static str) -> impl Fn(std::io::Error) -> RawMapError + '_ {
+        move |source| RawMapError::Call {
             map: self.name.into(),
             op,
             source,
@@ -245,7 +304,7 @@ impl Map {
 
     /// Every entry, handed to `each` a chunk at a time (the same buffer,
     /// refilled). Entries written meanwhile may be seen or not.
-    pub fn read(&self, mut each: impl FnMut(&Entries) -> Result<(), MigrateError>) -> Result<(), MigrateError> {
+    pub fn read(&self, mut each: impl FnMut(&Entries) -> Result<(), RawMapError>) -> Result<(), RawMapError> {
         let mut chunk = Entries::new(self.key_size, self.value_size);
         if self.per_entry.get() {
             return self.read_per_entry(&mut chunk, each);
@@ -296,8 +355,8 @@ impl Map {
     fn read_per_entry(
         &self,
         chunk: &mut Entries,
-        mut each: impl FnMut(&Entries) -> Result<(), MigrateError>,
-    ) -> Result<(), MigrateError> {
+        mut each: impl FnMut(&Entries) -> Result<(), RawMapError>,
+    ) -> Result<(), RawMapError> {
         chunk.clear();
         for key in self.keys()? {
             if let Some(value) = self.get(&key)? {
@@ -308,14 +367,14 @@ impl Map {
                 chunk.clear();
             }
         }
-        if chunk.len() > 0 {
+        if !chunk.is_empty() {
             each(chunk)?;
         }
         Ok(())
     }
 
     /// Every key, as the map lists them now.
-    fn keys(&self) -> Result<Vec<Vec<u8>>, MigrateError> {
+    fn keys(&self) -> Result<Vec<Vec<u8>>, RawMapError> {
         if let Some(n) = self.array {
             return Ok((0..n).map(|i| i.to_ne_bytes().to_vec()).collect());
         }
@@ -336,7 +395,7 @@ impl Map {
         }
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MigrateError> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RawMapError> {
         let mut value = vec![0u8; self.value_size];
         let mut attr = ElemAttr {
             map_fd: self.fd(),
@@ -353,7 +412,7 @@ impl Map {
 
     /// Write an entry; with `only_new`, not over one that is there.
     /// Whether it was written.
-    fn put(&self, key: &[u8], value: &[u8], only_new: bool) -> Result<bool, MigrateError> {
+    fn put(&self, key: &[u8], value: &[u8], only_new: bool) -> Result<bool, RawMapError> {
         let mut attr = ElemAttr {
             map_fd: self.fd(),
             key: key.as_ptr() as u64,
@@ -369,7 +428,7 @@ impl Map {
     }
 
     /// Write `entries`, over any there; how many were written.
-    pub fn write(&self, entries: &Entries) -> Result<usize, MigrateError> {
+    pub fn write(&self, entries: &Entries) -> Result<usize, RawMapError> {
         debug_assert_eq!((entries.key_size, entries.value_size), (self.key_size, self.value_size));
         if entries.len > 0 && !self.per_entry.get() {
             let mut attr = BatchAttr {
@@ -394,15 +453,68 @@ impl Map {
 
     /// Write those of `entries` whose keys the map lacks, never over one
     /// there (a program's newer entry wins); how many were written. One
-    /// call per entry: a batch write would stop at the first key there,
-    /// which here is most of them.
-    pub fn write_new(&self, entries: &Entries) -> Result<usize, MigrateError> {
+    /// call per entry: a batch write would stop at the first key there.
+    /// `held` (the map's keys, read before) spares the call for the keys
+    /// known to be there, which in a late carry is nearly all of them.
+    pub fn write_new(&self, entries: &Entries, held: Option<&KeysHeld>) -> Result<usize, RawMapError> {
         let mut written = 0;
         for (k, v) in entries.iter() {
+            if held.is_some_and(|h| h.holds(k)) {
+                continue;
+            }
             if self.put(k, v, true)? {
                 written += 1;
             }
         }
         Ok(written)
     }
+
+    /// The keys the map holds now, for [`Map::write_new`].
+    pub fn keys_held(&self) -> Result<KeysHeld, RawMapError> {
+        let mut held = KeysHeld {
+            hasher: std::hash::RandomState::new(),
+            hashes: std::collections::HashSet::new(),
+        };
+        self.read(|chunk| {
+            held.hashes.reserve(chunk.len());
+            for (k, _) in chunk.iter() {
+                held.hashes.insert(held.hasher.hash_one(k));
+            }
+            Ok(())
+        })?;
+        Ok(held)
+    }
+}
+
+/// Every entry of a map of `K` keys and `V` values (not a per-CPU one),
+/// read a chunk at a time.
+pub fn entries<K: aya::Pod, V: aya::Pod>(
+    data: &aya::maps::MapData,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, RawMapError> {
+    let map = Map::of(data, name)?;
+    let want = (std::mem::size_of::<K>(), std::mem::size_of::<V>());
+    if (map.key_size, map.value_size) != want {
+        return Err(RawMapError::Shape {
+            map: name.into(),
+            problem: format!(
+                "entries of {:?} bytes, read as {want:?}",
+                (map.key_size, map.value_size)
+            ),
+        });
+    }
+    let mut out = Vec::new();
+    map.read(|chunk| {
+        out.reserve(chunk.len());
+        // SAFETY: `aya::Pod` types are valid for any bytes, and each slice
+        // holds exactly one (the sizes were checked above).
+        out.extend(chunk.iter().map(|(k, v)| unsafe {
+            (
+                std::ptr::read_unaligned(k.as_ptr().cast::<K>()),
+                std::ptr::read_unaligned(v.as_ptr().cast::<V>()),
+            )
+        }));
+        Ok(())
+    })?;
+    Ok(out)
 }
