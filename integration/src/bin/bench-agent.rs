@@ -279,10 +279,12 @@ impl Resizes {
             "{:>40} | {:>18} | {:>18} | {:>10}",
             "", "batched", "entry by entry", "batched / entry by entry"
         );
-        for (step, name) in ["copy into the new table", "late carry (no key new)"]
-            .iter()
-            .enumerate()
-        {
+        let steps = [
+            "a collection pass's read of the table",
+            "resize: copy into the new table",
+            "resize: late carry (no key new)",
+        ];
+        for (step, name) in steps.iter().enumerate() {
             let mut cells = Vec::new();
             let mut medians = [0.0; 2];
             for (w, m) in medians.iter_mut().enumerate() {
