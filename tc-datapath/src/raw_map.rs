@@ -215,7 +215,16 @@ impl Map {
             map: name.into(),
             problem: e.to_string(),
         })?;
-        let array = matches!(info.map_type(), Ok(aya::maps::MapType::Array)).then(|| info.max_entries());
+        use aya::maps::MapType;
+        let map_type = info.map_type();
+        // A per-CPU map's values come one per CPU: the buffers here hold one.
+        if let Ok(t @ (MapType::PerCpuHash | MapType::PerCpuArray | MapType::LruPerCpuHash)) = map_type {
+            return Err(RawMapError::Shape {
+                map: name.into(),
+                problem: format!("a per-CPU map ({t:?}) is not read or written here"),
+            });
+        }
+        let array = matches!(map_type, Ok(MapType::Array)).then(|| info.max_entries());
         Ok(Map {
             key_size: info.key_size() as usize,
             value_size: info.value_size() as usize,
