@@ -496,11 +496,13 @@ impl Map {
 }
 
 /// Every entry of a map of `K` keys and `V` values (not a per-CPU one),
-/// read a chunk at a time.
-pub fn entries<K: aya::Pod, V: aya::Pod>(
+/// read a chunk at a time and handed to `each` as it comes: a pass over a
+/// large table holds one chunk, not the table.
+pub fn for_each<K: aya::Pod, V: aya::Pod>(
     data: &aya::maps::MapData,
     name: &'static str,
-) -> Result<Vec<(K, V)>, RawMapError> {
+    mut each: impl FnMut(K, V),
+) -> Result<(), RawMapError> {
     let map = Map::of(data, name)?;
     let want = (std::mem::size_of::<K>(), std::mem::size_of::<V>());
     if (map.key_size, map.value_size) != want {
@@ -512,18 +514,28 @@ pub fn entries<K: aya::Pod, V: aya::Pod>(
             ),
         });
     }
-    let mut out = Vec::new();
     map.read(|chunk| {
-        out.reserve(chunk.len());
-        // SAFETY: `aya::Pod` types are valid for any bytes, and each slice
-        // holds exactly one (the sizes were checked above).
-        out.extend(chunk.iter().map(|(k, v)| unsafe {
-            (
-                std::ptr::read_unaligned(k.as_ptr().cast::<K>()),
-                std::ptr::read_unaligned(v.as_ptr().cast::<V>()),
-            )
-        }));
+        for (k, v) in chunk.iter() {
+            // SAFETY: `aya::Pod` types are valid for any bytes, and each
+            // slice holds exactly one (the sizes were checked above).
+            let (k, v) = unsafe {
+                (
+                    std::ptr::read_unaligned(k.as_ptr().cast::<K>()),
+                    std::ptr::read_unaligned(v.as_ptr().cast::<V>()),
+                )
+            };
+            each(k, v);
+        }
         Ok(())
-    })?;
+    })
+}
+
+/// Every entry of a map of `K` keys and `V` values, read a chunk at a time.
+pub fn entries<K: aya::Pod, V: aya::Pod>(
+    data: &aya::maps::MapData,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, RawMapError> {
+    let mut out = Vec::new();
+    for_each(data, name, |k, v| out.push((k, v)))?;
     Ok(out)
 }
