@@ -123,7 +123,8 @@ impl CtMaps {
 
     /// Remove every entry; returns how many.
     pub fn flush(&mut self) -> Result<usize, MapsError> {
-        let keys: Vec<CtKey> = self.ct.keys().collect::<Result<_, _>>().map_err(err(CT.name))?;
+        let mut keys = Vec::new();
+        self.for_each(|k, _| keys.push(k))?;
         let mut n = 0;
         for k in &keys {
             n += usize::from(self.remove(k)?);
