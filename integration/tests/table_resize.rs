@@ -20,6 +20,7 @@ use sluice_tc_datapath::layout::{CtKey, CtValue, LAYOUT_VERSION, addr};
 use sluice_tc_datapath::loader::{pinned_table_sizes, tables_sized_otherwise, versioned_dir, versioned_dir_of};
 use sluice_tc_datapath::maps::Maps;
 use sluice_tc_datapath::migrate::{self, Syscalls};
+use sluice_tc_datapath::raw_map;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -196,6 +197,28 @@ fn a_table_is_copied_whole_by_batches_and_entry_by_entry() {
     assert_eq!(
         read, old,
         "a whole-table read (by batches) sees what aya's iterator sees"
+    );
+    // An LPM trie is read whole too: by the kernel's generic batch walk
+    // where it has one (6.18 does), else entry by entry after its refusal.
+    for (net, prefix) in [([10, 0, 0, 0], 8), ([192, 168, 0, 0], 16)] {
+        maps.uplink_mut().add_source(7, IpAddr::from(net), prefix).unwrap();
+    }
+    let trie = raw_map::Map::open(&versioned.join("maps").join("sl_lb_sources"), "sl_lb_sources").unwrap();
+    let mut listed = 0;
+    trie.read(|chunk| {
+        listed += chunk.len();
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(listed, 2, "the trie's entries");
+    // The buffers hold one value per entry: a per-CPU map (one per CPU) is
+    // refused, not overrun.
+    let per_cpu = versioned.join("maps").join("sl_metrics");
+    assert!(per_cpu.exists());
+    let refused = raw_map::Map::open(&per_cpu, "sl_metrics").err();
+    assert!(
+        refused.is_some_and(|e| e.to_string().contains("per-CPU")),
+        "a per-CPU map is refused"
     );
     for how in [Syscalls::Batched, Syscalls::PerEntry] {
         let copy = fs.path().join(format!("copy-{how:?}"));
