@@ -16,7 +16,7 @@ use sluice_integration::services::{ServicePort, Services};
 use sluice_integration::vpc::{Vpc, result_ip};
 use sluice_tc_datapath::attach::Node;
 use sluice_tc_datapath::config::{DatapathConfig, TableSizes};
-use sluice_tc_datapath::layout::{CtKey, CtValue, LAYOUT_VERSION, addr};
+use sluice_tc_datapath::layout::{CT_SERVICE, CtKey, CtValue, LAYOUT_VERSION, PROTO_TCP, addr};
 use sluice_tc_datapath::loader::{pinned_table_sizes, tables_sized_otherwise, versioned_dir, versioned_dir_of};
 use sluice_tc_datapath::maps::Maps;
 use sluice_tc_datapath::migrate::{self, Syscalls};
@@ -149,8 +149,8 @@ fn ct_entry(i: u32, mark: u32) -> (CtKey, CtValue) {
         daddr: addr(IpAddr::from([10, 96, 0, 1])),
         sport: (i as u16).to_be(),
         dport: 80u16.to_be(),
-        proto: 6,
-        kind: 1,
+        proto: PROTO_TCP,
+        kind: CT_SERVICE,
         pad0: 0,
     };
     let value = CtValue {

@@ -30,7 +30,7 @@ use sluice_integration::netns::Netns;
 use sluice_tc_datapath::attach::Node;
 use sluice_tc_datapath::config::DatapathConfig;
 use sluice_tc_datapath::config::TableSizes;
-use sluice_tc_datapath::layout::{CtKey, CtValue, PROTO_TCP, addr};
+use sluice_tc_datapath::layout::{CT_SERVICE, CtKey, CtValue, PROTO_TCP, addr};
 use sluice_tc_datapath::loader::versioned_dir;
 use sluice_tc_datapath::maps::Maps;
 use sluice_tc_datapath::migrate::{self, Syscalls};
@@ -216,7 +216,7 @@ fn resizes(args: &Args, root: &Path, maps: &mut Maps) -> Result<Resizes> {
             sport: (1024 + (i & 0xfff) as u16).to_be(),
             dport: 80u16.to_be(),
             proto: PROTO_TCP,
-            kind: 1,
+            kind: CT_SERVICE,
             pad0: 0,
         };
         let value = CtValue {

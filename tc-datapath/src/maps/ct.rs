@@ -151,6 +151,11 @@ impl CtMaps {
 
     /// How many entries there are, and those expired at `now_ns`.
     pub fn scan(&self, now_ns: u64) -> Result<(usize, Vec<Expired>), MapsError> {
+        self.scan_with(now_ns, |_| {})
+    }
+
+    /// [`CtMaps::scan`], handing every live entry's key to `live`.
+    fn scan_with(&self, now_ns: u64, mut live: impl FnMut(&CtKey)) -> Result<(usize, Vec<Expired>), MapsError> {
         let (mut scanned, mut expired) = (0, Vec::new());
         self.for_each(|key, v| {
             scanned += 1;
@@ -159,6 +164,8 @@ impl CtMaps {
                     key,
                     seen_expiry: v.expires_ns,
                 });
+            } else {
+                live(&key);
             }
         })?;
         Ok((scanned, expired))
@@ -234,18 +241,9 @@ impl CtMaps {
     /// share; evictions and expiries come off here. `limit` is the
     /// programs' `ct_pod_limit`, for the report.
     pub fn collect_with_shares(&mut self, pods: &BTreeMap<Addr, u32>, limit: u32) -> Result<GcStats, MapsError> {
-        let now = now_ns();
-        let mut scanned = 0;
         let mut shares: BTreeMap<u32, u32> = BTreeMap::new();
-        let mut expired = Vec::new();
-        self.for_each(|key, v| {
-            scanned += 1;
-            if v.expires_ns <= now {
-                expired.push(Expired {
-                    key,
-                    seen_expiry: v.expires_ns,
-                });
-            } else if let Some(id) = pods.get(&key.saddr) {
+        let (scanned, expired) = self.scan_with(now_ns(), |key| {
+            if let Some(id) = pods.get(&key.saddr) {
                 *shares.entry(*id).or_default() += 1;
             }
         })?;

@@ -25,11 +25,16 @@ fn nat_table(map: &HashMap<MapData, CtKey, NatValue>, def: &MapDef) -> Result<Ve
 
 /// Remove `map`'s entries expired at `now_ns`, each read again just before.
 fn collect_expired(map: &mut HashMap<MapData, CtKey, NatValue>, def: &MapDef, now_ns: u64) -> Result<usize, MapsError> {
-    let expired: Vec<CtKey> = nat_table(map, def)?
-        .into_iter()
-        .filter(|(_, v)| v.expires_ns <= now_ns)
-        .map(|(k, _)| k)
-        .collect();
+    // Streamed, as conntrack's pass: the expired keys kept, not the table.
+    let mut expired = Vec::new();
+    {
+        use aya::maps::IterableMap;
+        crate::raw_map::for_each(map.map(), def.name, |k: CtKey, v: NatValue| {
+            if v.expires_ns <= now_ns {
+                expired.push(k)
+            }
+        })?;
+    }
     let mut removed = 0;
     for k in &expired {
         match map.get(k, 0) {
