@@ -25,6 +25,15 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
+/// Which pods get TCX links (`--tcx-links`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcxLinks {
+    /// The pods that could take their clsact filters off.
+    NetAdmin,
+    /// Every pod.
+    All,
+}
+
 /// `sluice-agent`'s command line.
 #[derive(Parser)]
 #[command(name = "sluice-agent", version, about)]
@@ -86,6 +95,13 @@ pub struct Options {
     /// outside is not served.
     #[arg(long = "uplink")]
     pub uplinks: Vec<String>,
+    /// Which pods attached with `datapath.attach: auto` are moved from
+    /// clsact filters onto pinned TCX links: `net-admin`, those that could
+    /// take their filters off (a container with `NET_ADMIN` or privileged,
+    /// as the Pod object says; a pod with no Pod object known is moved
+    /// too), or `all`. Links cost a pod's DEL two RCU grace periods.
+    #[arg(long, value_enum, default_value_t = TcxLinks::NetAdmin)]
+    pub tcx_links: TcxLinks,
     /// Serve no health check node ports (`externalTrafficPolicy: Local`).
     #[arg(long)]
     pub no_health_checks: bool,
@@ -345,6 +361,8 @@ struct Daemon {
     /// Pods (attachment keys) whose move failed: tried again after the
     /// next collection.
     promote_failed: BTreeSet<String>,
+    /// The Pods' generation `pods_changed` last looked at (store, generation).
+    pods_seen: Option<(u64, u64)>,
     /// The kernel has no TCX: pods stay on filters.
     tcx_unsupported: bool,
 }
@@ -495,6 +513,7 @@ pub fn run(opts: Options) -> Result<()> {
         policy_namespaces: None,
         promote_due: Some(Instant::now() + crate::promote::QUIET),
         promote_failed: BTreeSet::new(),
+        pods_seen: None,
         tcx_unsupported: false,
     };
     d.collect_gone_pods();
@@ -656,6 +675,10 @@ impl Daemon {
             if self.apply(changes, seen) && self.opts.once {
                 return Ok(());
             }
+            if self.pods_changed() {
+                // A pod may have gained NET_ADMIN (an ephemeral container).
+                self.promote_due.get_or_insert(Instant::now());
+            }
         }
     }
 
@@ -700,6 +723,11 @@ impl Daemon {
             .into_iter()
             .filter(|p| !self.promote_failed.contains(&p.key()))
             .collect();
+        let Some(pending) = self.needing_links(pending) else {
+            // The API's Pods are not listed yet: come back once they are.
+            self.promote_due = Some(Instant::now() + crate::promote::QUIET);
+            return;
+        };
         if let Some(m) = &self.metrics {
             m.on_filters.set(pending.len() as i64);
         }
@@ -747,6 +775,46 @@ impl Daemon {
         }
         if pending.len() > 1 {
             self.promote_due = Some(Instant::now() + PROMOTE_GAP);
+        }
+    }
+
+    /// Whether a Pod changed since the last call (the first call: true).
+    fn pods_changed(&mut self) -> bool {
+        let look = |o: &crate::objects::Objects, seen: Option<(u64, u64)>| {
+            let (store, generation) = o.generation();
+            let changed = match seen {
+                Some((s, g)) if s == store => o.pods_changed_since(g).is_none_or(|mut keys| keys.next().is_some()),
+                _ => true,
+            };
+            (changed, (store, generation))
+        };
+        let (changed, now) = match &self.source {
+            Source::Dir(dir, _) => look(dir.objects(), self.pods_seen),
+            Source::Kube(store, _) => look(store.lock().expect("store lock").objects(), self.pods_seen),
+        };
+        self.pods_seen = Some(now);
+        changed
+    }
+
+    /// Of the pods on filters, those that need TCX links (`--tcx-links`):
+    /// None while the API's Pods are not listed yet (a pod not found then
+    /// is not yet one known to have no Pod object).
+    fn needing_links(&self, pending: Vec<crate::promote::Pending>) -> Option<Vec<crate::promote::Pending>> {
+        if self.opts.tcx_links == TcxLinks::All {
+            return Some(pending);
+        }
+        let keep = |o: &crate::objects::Objects| {
+            pending
+                .into_iter()
+                .filter(|p| p.pod.as_deref().and_then(|k| o.pod_administers_network(k)) != Some(false))
+                .collect()
+        };
+        match &self.source {
+            Source::Dir(dir, _) => Some(keep(dir.objects())),
+            Source::Kube(store, _) => {
+                let store = store.lock().expect("store lock");
+                store.synced().then(|| keep(store.objects()))
+            }
         }
     }
 

@@ -27,7 +27,7 @@ pub(crate) struct Record {
     pub(crate) netns: String,
     ips: Vec<ipnetwork::IpNetwork>,
     #[serde(default)]
-    pod: Option<PodRef>,
+    pub(crate) pod: Option<PodRef>,
     /// "creating" while ADD is under way, "ready" (or absent) after.
     #[serde(default)]
     pub(crate) state: Option<String>,
@@ -42,9 +42,16 @@ pub(crate) struct Record {
 
 /// The pod a record names (the plugin's `PodRef`).
 #[derive(Debug, Deserialize)]
-struct PodRef {
+pub(crate) struct PodRef {
     namespace: String,
     name: String,
+}
+
+impl PodRef {
+    /// "namespace/name", as the agent's store keys Pods.
+    pub(crate) fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
 }
 
 /// A pod cleaned up.

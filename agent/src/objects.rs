@@ -72,6 +72,8 @@ pub struct Objects {
     policies: BTreeMap<String, NetworkPolicy>,
     /// Pods in the compact form policy reads (most of what the agent holds).
     pods: BTreeMap<String, PodView>,
+    /// The Pods that can administer their own network (`administers_network`).
+    net_admin_pods: BTreeSet<String>,
     namespaces: BTreeMap<String, Namespace>,
     nodes: BTreeMap<String, Node>,
     /// Service key -> its slices' keys.
@@ -109,6 +111,7 @@ impl Default for Objects {
             slices: BTreeMap::new(),
             policies: BTreeMap::new(),
             pods: BTreeMap::new(),
+            net_admin_pods: BTreeSet::new(),
             namespaces: BTreeMap::new(),
             nodes: BTreeMap::new(),
             slices_of: BTreeMap::new(),
@@ -129,6 +132,7 @@ impl Clone for Objects {
             slices: self.slices.clone(),
             policies: self.policies.clone(),
             pods: self.pods.clone(),
+            net_admin_pods: self.net_admin_pods.clone(),
             namespaces: self.namespaces.clone(),
             nodes: self.nodes.clone(),
             slices_of: self.slices_of.clone(),
@@ -149,6 +153,7 @@ impl PartialEq for Objects {
             && self.slices == other.slices
             && self.policies == other.policies
             && self.pods == other.pods
+            && self.net_admin_pods == other.net_admin_pods
             && self.namespaces == other.namespaces
             && self.nodes == other.nodes
     }
@@ -170,6 +175,11 @@ impl Objects {
     }
     pub fn pods(&self) -> &BTreeMap<String, PodView> {
         &self.pods
+    }
+    /// Whether the Pod `key` ("namespace/name") can administer its own
+    /// network: None for a Pod this store does not hold.
+    pub fn pod_administers_network(&self, key: &str) -> Option<bool> {
+        self.pods.contains_key(key).then(|| self.net_admin_pods.contains(key))
     }
     pub fn namespaces(&self) -> &BTreeMap<String, Namespace> {
         &self.namespaces
@@ -258,7 +268,9 @@ impl Objects {
             Object::Service(o) => same(&self.services, &k, o),
             Object::EndpointSlice(o) => same(&self.slices, &k, o),
             Object::NetworkPolicy(o) => same(&self.policies, &k, o),
-            Object::Pod(o) => same(&self.pods, &k, &PodView::from(&**o)),
+            Object::Pod(o) => {
+                same(&self.pods, &k, &PodView::from(&**o)) && self.net_admin_pods.contains(&k) == administers_network(o)
+            }
             Object::Namespace(o) => same(&self.namespaces, &k, o),
             Object::Node(o) => same(&self.nodes, &k, o),
         };
@@ -279,6 +291,11 @@ impl Objects {
             Object::NetworkPolicy(o) => drop(self.policies.insert(k, *o)),
             Object::Pod(o) => {
                 self.pod_touched(&k);
+                if administers_network(&o) {
+                    self.net_admin_pods.insert(k.clone());
+                } else {
+                    self.net_admin_pods.remove(&k);
+                }
                 self.pods.insert(k, PodView::from(&*o));
             }
             Object::Namespace(o) => drop(self.namespaces.insert(k, *o)),
@@ -319,6 +336,7 @@ impl Objects {
             "NetworkPolicy" => drop(self.policies.remove(key)),
             "Pod" => {
                 self.pods.remove(key);
+                self.net_admin_pods.remove(key);
                 self.pod_touched(key);
             }
             "Namespace" => drop(self.namespaces.remove(key)),
@@ -351,11 +369,12 @@ impl Objects {
 
 /// What the agent reads of a Pod, and nothing else: its name, namespace
 /// and labels, whether it has the host's network, its containers' named
-/// ports, its phase and addresses. A cluster's Pods are most of what the
+/// ports, its phase and addresses, and the security contexts that let a
+/// container administer the pod's network (`administers_network`). A cluster's Pods are most of what the
 /// agent holds, and a full object (managed fields, annotations, env,
 /// volumes, conditions) is several times that.
 pub fn slim_pod(p: Pod) -> Pod {
-    use k8s_openapi::api::core::v1::{Container, ContainerPort, PodSpec, PodStatus};
+    use k8s_openapi::api::core::v1::{Container, ContainerPort, EphemeralContainer, PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     let spec = p.spec.map(|s| PodSpec {
         host_network: s.host_network,
@@ -376,9 +395,32 @@ pub fn slim_pod(p: Pod) -> Pod {
                         })
                         .collect()
                 }),
+                security_context: net_admin_context(c.security_context),
                 ..Default::default()
             })
             .collect(),
+        init_containers: s.init_containers.map(|cs| {
+            cs.into_iter()
+                .filter_map(|c| {
+                    Some(Container {
+                        name: c.name,
+                        security_context: Some(net_admin_context(c.security_context)?),
+                        ..Default::default()
+                    })
+                })
+                .collect()
+        }),
+        ephemeral_containers: s.ephemeral_containers.map(|cs| {
+            cs.into_iter()
+                .filter_map(|c| {
+                    Some(EphemeralContainer {
+                        name: c.name,
+                        security_context: Some(net_admin_context(c.security_context)?),
+                        ..Default::default()
+                    })
+                })
+                .collect()
+        }),
         ..Default::default()
     });
     let status = p.status.map(|s| PodStatus {
@@ -396,5 +438,129 @@ pub fn slim_pod(p: Pod) -> Pod {
         },
         spec,
         status,
+    }
+}
+
+/// Whether a container with this security context may administer its
+/// pod's network namespace: privileged, or `NET_ADMIN` (or `ALL`) added.
+/// Such a container can take a clsact filter off the pod's interface,
+/// which it cannot do to a pinned TCX link.
+fn grants_net_admin(sc: &k8s_openapi::api::core::v1::SecurityContext) -> bool {
+    sc.privileged == Some(true)
+        || sc
+            .capabilities
+            .as_ref()
+            .and_then(|c| c.add.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|cap| {
+                let cap = cap.to_ascii_uppercase();
+                let cap = cap.strip_prefix("CAP_").unwrap_or(&cap);
+                cap == "NET_ADMIN" || cap == "ALL"
+            })
+}
+
+/// The part of a security context `administers_network` reads, if it
+/// grants network administration; None otherwise (a slimmed Pod keeps no
+/// other security context).
+fn net_admin_context(
+    sc: Option<k8s_openapi::api::core::v1::SecurityContext>,
+) -> Option<k8s_openapi::api::core::v1::SecurityContext> {
+    use k8s_openapi::api::core::v1::{Capabilities, SecurityContext};
+    let sc = sc.filter(grants_net_admin)?;
+    Some(SecurityContext {
+        privileged: sc.privileged.filter(|p| *p),
+        capabilities: sc.capabilities.map(|c| Capabilities { add: c.add, drop: None }),
+        ..Default::default()
+    })
+}
+
+/// Whether any container of the Pod (init and ephemeral ones included:
+/// `kubectl debug --profile=netadmin` adds one with `NET_ADMIN` to a
+/// running pod) may administer the pod's network. The container runtime's
+/// default capabilities do not include `NET_ADMIN` (containerd's, CRI-O's
+/// and Docker's); a runtime configured to add it makes every pod such a
+/// pod, which the agent cannot see (`--tcx-links all`).
+pub fn administers_network(p: &Pod) -> bool {
+    let Some(spec) = &p.spec else { return false };
+    let plain = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .filter_map(|c| c.security_context.as_ref());
+    let ephemeral = spec
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .filter_map(|c| c.security_context.as_ref());
+    plain.chain(ephemeral).any(grants_net_admin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> Pod {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    const PLAIN: &str = "
+metadata: {name: web, namespace: shop}
+spec:
+  containers:
+  - name: web
+    securityContext: {runAsUser: 1000, capabilities: {add: [NET_BIND_SERVICE], drop: [ALL]}}
+";
+
+    /// What can take a clsact filter off the pod's interface, in every
+    /// kind of container, and what cannot; a slimmed Pod still tells.
+    #[test]
+    fn network_administration_is_read_from_every_container_and_kept_by_slimming() {
+        let granting = [
+            "spec: {containers: [{name: a, securityContext: {capabilities: {add: [NET_ADMIN]}}}]}",
+            "spec: {containers: [{name: a, securityContext: {capabilities: {add: [CAP_NET_ADMIN]}}}]}",
+            "spec: {containers: [{name: a, securityContext: {capabilities: {add: [all]}}}]}",
+            "spec: {containers: [{name: a, securityContext: {privileged: true}}]}",
+            "spec: {containers: [{name: a}], initContainers: [{name: i, securityContext: {capabilities: {add: [NET_ADMIN]}}}]}",
+            "spec: {containers: [{name: a}], ephemeralContainers: [{name: debug, securityContext: {capabilities: {add: [NET_ADMIN, NET_RAW]}}}]}",
+        ];
+        for y in granting {
+            let p = pod(&format!("metadata: {{name: p, namespace: n}}\n{y}"));
+            assert!(administers_network(&p), "{y}");
+            assert!(administers_network(&slim_pod(p)), "slimmed: {y}");
+        }
+        let not = [
+            PLAIN,
+            "spec: {containers: [{name: a, securityContext: {privileged: false, capabilities: {add: [NET_RAW, SYS_TIME]}}}]}",
+            "spec: {containers: [{name: a}], initContainers: [{name: i, securityContext: {runAsUser: 0}}]}",
+            "metadata: {name: p}",
+        ];
+        for y in not {
+            assert!(!administers_network(&pod(y)), "{y}");
+            assert!(!administers_network(&slim_pod(pod(y))), "slimmed: {y}");
+        }
+        // Slimming keeps nothing else of a security context.
+        let slim = slim_pod(pod(PLAIN));
+        assert_eq!(slim.spec.unwrap().containers[0].security_context, None);
+    }
+
+    /// A Pod gaining `NET_ADMIN` (an ephemeral container added) is a
+    /// change of the store, and the store says so; an unknown Pod is None.
+    #[test]
+    fn a_pod_gaining_net_admin_is_a_change() {
+        let mut o = Objects::default();
+        o.insert(Object::Pod(Box::new(pod(PLAIN))));
+        assert_eq!(o.pod_administers_network("shop/web"), Some(false));
+        assert_eq!(o.pod_administers_network("shop/other"), None);
+        let (_, before) = o.generation();
+        let mut debugged = pod(PLAIN);
+        debugged.spec.as_mut().unwrap().ephemeral_containers = Some(vec![
+            serde_yaml_ng::from_str("{name: debug, securityContext: {capabilities: {add: [NET_ADMIN]}}}").unwrap(),
+        ]);
+        o.insert(Object::Pod(Box::new(debugged)));
+        assert_eq!(o.pod_administers_network("shop/web"), Some(true));
+        assert_eq!(o.pods_changed_since(before).unwrap().collect::<Vec<_>>(), ["shop/web"]);
+        o.remove("Pod", "shop/web");
+        assert_eq!(o.pod_administers_network("shop/web"), None);
     }
 }

@@ -1,5 +1,6 @@
 //! Pods the CNI plugin attached with clsact filters for a fast start
-//! (`datapath.attach: auto`), moved onto TCX links once no pod is starting.
+//! (`datapath.attach: auto`), moved onto TCX links once no pod is starting,
+//! if they could take their filters off.
 //!
 //! A TCX link costs an RCU grace period under RTNL when it is made (and
 //! another when it goes): two per pod, 10-18 ms each here, during which
@@ -10,6 +11,15 @@
 //! pod cannot take off with NET_ADMIN alone, as filters can be. One pod at
 //! a time, under the datapath lock held exclusively (no ADD or DEL of the
 //! node meanwhile, so none takes the pod half-way).
+//!
+//! Only a pod that can administer its own network (a container with
+//! `NET_ADMIN`, or privileged: `objects::administers_network`) can delete
+//! its filters; every other pod stays on them, since a link would cost its
+//! start nothing but would cost its DEL the two grace periods (about twice
+//! the reference plugins' DEL, four times under eight DELs at once). A
+//! pod the agent knows no Pod object of (a record without the pod's name,
+//! as outside Kubernetes) is moved, as is every pod with `--tcx-links
+//! all`.
 
 use crate::endpoint_gc::records;
 use sluice_tc_datapath::attach::{self, AttachError, Node, Promotion};
@@ -29,6 +39,8 @@ pub struct Pending {
     pub container_id: String,
     pub ifname: String,
     pub netns: PathBuf,
+    /// "namespace/name" of the pod its record names, if any.
+    pub pod: Option<String>,
 }
 
 impl Pending {
@@ -55,6 +67,7 @@ fn asking(cni_data_dir: &Path) -> impl Iterator<Item = Pending> {
         .filter(|r| r.promote_to_tcx && r.state.as_deref().is_none_or(|s| s == "ready"))
         .filter(|r| !r.netns.is_empty() && Path::new(&r.netns).exists())
         .map(|r| Pending {
+            pod: r.pod.as_ref().map(|p| p.key()),
             container_id: r.container_id,
             ifname: r.ifname,
             netns: PathBuf::from(r.netns),

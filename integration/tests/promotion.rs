@@ -190,3 +190,158 @@ fn a_pod_deleted_before_its_move_gets_no_links() {
     assert!(!on_links(&vpc, a), "TCX programs on a deleted pod's interface");
     chain.del("da", &netns, "eth0").unwrap();
 }
+
+/// ADD with the runtime's CNI_ARGS naming the pod `namespace/name`.
+fn add_named(vpc: &Vpc, pod: usize, cid: &str, name: &str, conf: &serde_json::Value) {
+    let bin = sluice_integration::cni_bin_dir().join("sluice");
+    let netns = vpc.pods[pod].path().display().to_string();
+    sluice_integration::cni::Call::new(&bin, Some(&vpc.nodes[0].name))
+        .standard("ADD", cid, &netns, "eth0")
+        .env(
+            "CNI_ARGS",
+            &format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME={name}"),
+        )
+        .run(&serde_json::to_vec(conf).unwrap())
+        .expect_ok("ADD");
+}
+
+const PODS: &str = "
+apiVersion: v1
+kind: Pod
+metadata: {name: plain, namespace: shop}
+spec:
+  containers:
+  - name: web
+    securityContext: {capabilities: {add: [NET_BIND_SERVICE, NET_RAW]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: admin, namespace: shop}
+spec:
+  containers:
+  - name: router
+    securityContext: {capabilities: {add: [NET_ADMIN]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: priv, namespace: shop}
+spec:
+  containers:
+  - name: web
+  initContainers:
+  - name: setup
+    securityContext: {privileged: true}
+";
+
+/// Only a pod that could take its filters off (NET_ADMIN, privileged, in
+/// any container) is moved onto links, and a pod with no Pod object; the
+/// others stay on filters, CHECK passes on them, and one that gains
+/// NET_ADMIN (an ephemeral container) is moved then. `--tcx-links all`
+/// moves every pod.
+#[test]
+fn auto_moves_onto_links_only_the_pods_that_could_remove_their_filters() {
+    if !require_root("auto_moves_onto_links_only_the_pods_that_could_remove_their_filters") {
+        return;
+    }
+    let mut vpc = Vpc::new("prn", 1).unwrap();
+    let mut conf = vpc.main_conf(0, "1.1.0");
+    conf["datapath"].as_object_mut().unwrap().remove("attach");
+    let pods: Vec<usize> = ["plain", "admin", "priv", "ghost", "other"]
+        .iter()
+        .map(|n| vpc.pod(n).unwrap())
+        .collect();
+    let (plain, ghost, other) = (pods[0], pods[3], pods[4]);
+    for (p, name) in pods.iter().zip(["plain", "admin", "priv", "ghost"]) {
+        add_named(&vpc, *p, &format!("c{name}"), name, &conf);
+    }
+    // A record naming no pod (a runtime outside Kubernetes).
+    vpc.sluice(0, "ADD", "cother", other, &conf)
+        .expect_ok("ADD without CNI_ARGS");
+
+    let work = tempfile::tempdir().unwrap();
+    let manifests = work.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(manifests.join("pods.yaml"), PODS).unwrap();
+    let log = work.path().join("agent.log");
+    let cni_data = vpc.data_dir.join("n0");
+    let agent = AgentProcess::start_with(
+        &manifests,
+        &vpc.bpffs[0].root(),
+        &vpc.node_name(0),
+        &log,
+        &["--no-flows", "--cni-data-dir", cni_data.to_str().unwrap()],
+    )
+    .unwrap();
+    let moved = ["cadmin:eth0", "cghost:eth0", "cother:eth0", "cpriv:eth0"];
+    links_become(&vpc, &moved, Duration::from_secs(15), &log);
+    // Past another quiet period and a few promotion passes: plain stays.
+    std::thread::sleep(sluice_agent::promote::QUIET * 4);
+    assert_eq!(vpc.pinned_links(0), moved);
+    assert!(on_filters(&vpc, plain) && !on_links(&vpc, plain), "plain on filters");
+    assert!(on_links(&vpc, ghost) && !on_filters(&vpc, ghost));
+    vpc.sluice(0, "CHECK", "cplain", plain, &conf)
+        .expect_ok("CHECK on filters");
+    let body = scrape(metrics_addr(&log).expect("metrics address logged")).unwrap();
+    assert_eq!(
+        sample(&body, "sluice_pods_on_filters"),
+        Some(0.0),
+        "a pod kept on filters is not waiting: {body}"
+    );
+
+    // `kubectl debug --profile=netadmin`: an ephemeral container with
+    // NET_ADMIN is added to the running pod.
+    let debugged = PODS.replacen(
+        "  - name: web\n    securityContext: {capabilities: {add: [NET_BIND_SERVICE, NET_RAW]}}\n",
+        "  - name: web\n    securityContext: {capabilities: {add: [NET_BIND_SERVICE, NET_RAW]}}\n  ephemeralContainers:\n  - name: debugger\n    securityContext: {capabilities: {add: [NET_ADMIN, NET_RAW]}}\n",
+        1,
+    );
+    assert_ne!(debugged, PODS);
+    std::fs::write(manifests.join("pods.yaml"), debugged).unwrap();
+    links_become(
+        &vpc,
+        &["cadmin:eth0", "cghost:eth0", "cother:eth0", "cplain:eth0", "cpriv:eth0"],
+        Duration::from_secs(15),
+        &log,
+    );
+    assert!(on_links(&vpc, plain) && !on_filters(&vpc, plain));
+    drop(agent);
+
+    // `--tcx-links all`: a pod without NET_ADMIN is moved as well.
+    let late = vpc.pod("late").unwrap();
+    add_named(&vpc, late, "clate", "plain", &conf);
+    std::fs::write(manifests.join("pods.yaml"), PODS).unwrap();
+    let _agent = AgentProcess::start_with(
+        &manifests,
+        &vpc.bpffs[0].root(),
+        &vpc.node_name(0),
+        &log,
+        &[
+            "--no-flows",
+            "--tcx-links",
+            "all",
+            "--cni-data-dir",
+            cni_data.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    links_become(
+        &vpc,
+        &[
+            "cadmin:eth0",
+            "cghost:eth0",
+            "clate:eth0",
+            "cother:eth0",
+            "cplain:eth0",
+            "cpriv:eth0",
+        ],
+        Duration::from_secs(15),
+        &log,
+    );
+    for (cid, p) in ["cplain", "cadmin", "cpriv", "cghost", "cother", "clate"]
+        .iter()
+        .zip(pods.iter().copied().chain([late]))
+    {
+        vpc.sluice(0, "DEL", cid, p, &conf).expect_ok("DEL");
+    }
+    assert!(vpc.pinned_links(0).is_empty() && vpc.endpoints(0).is_empty());
+}
