@@ -28,10 +28,10 @@ use tracing::{info, warn};
 /// Which pods get TCX links (`--tcx-links`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TcxLinks {
-    /// The pods that could take their clsact filters off.
-    NetAdmin,
     /// Every pod.
     All,
+    /// The pods that could take their clsact filters off.
+    NetAdmin,
 }
 
 /// `sluice-agent`'s command line.
@@ -96,11 +96,12 @@ pub struct Options {
     #[arg(long = "uplink")]
     pub uplinks: Vec<String>,
     /// Which pods attached with `datapath.attach: auto` are moved from
-    /// clsact filters onto pinned TCX links: `net-admin`, those that could
-    /// take their filters off (a container with `NET_ADMIN` or privileged,
-    /// as the Pod object says; a pod with no Pod object known is moved
-    /// too), or `all`. Links cost a pod's DEL two RCU grace periods.
-    #[arg(long, value_enum, default_value_t = TcxLinks::NetAdmin)]
+    /// clsact filters onto pinned TCX links: `all` (a packet costs less on
+    /// a link), or `net-admin`, only those that could take their filters
+    /// off (a container with `NET_ADMIN` or privileged, as the Pod object
+    /// says; a pod with no Pod object known is moved too), for nodes where
+    /// pods' DEL matters more: links cost it two RCU grace periods.
+    #[arg(long, value_enum, default_value_t = TcxLinks::All)]
     pub tcx_links: TcxLinks,
     /// Serve no health check node ports (`externalTrafficPolicy: Local`).
     #[arg(long)]

@@ -1,6 +1,5 @@
 //! Pods the CNI plugin attached with clsact filters for a fast start
-//! (`datapath.attach: auto`), moved onto TCX links once no pod is starting,
-//! if they could take their filters off.
+//! (`datapath.attach: auto`), moved onto TCX links once no pod is starting.
 //!
 //! A TCX link costs an RCU grace period under RTNL when it is made (and
 //! another when it goes): two per pod, 10-18 ms each here, during which
@@ -12,14 +11,12 @@
 //! a time, under the datapath lock held exclusively (no ADD or DEL of the
 //! node meanwhile, so none takes the pod half-way).
 //!
-//! Only a pod that can administer its own network (a container with
-//! `NET_ADMIN`, or privileged: `objects::administers_network`) can delete
-//! its filters; every other pod stays on them, since a link would cost its
-//! start nothing but would cost its DEL the two grace periods (about twice
-//! the reference plugins' DEL, four times under eight DELs at once). A
-//! pod the agent knows no Pod object of (a record without the pod's name,
-//! as outside Kubernetes) is moved, as is every pod with `--tcx-links
-//! all`.
+//! A packet costs less on a link than on a filter (the classifier's path:
+//! `bench-attach`), and its DEL more (the two grace periods again). With
+//! `--tcx-links net-admin` only the pods that could delete their filters
+//! are moved (a container with `NET_ADMIN`, or privileged:
+//! `objects::administers_network`), and those the agent knows no Pod
+//! object of (a record without the pod's name, as outside Kubernetes).
 
 use crate::endpoint_gc::records;
 use sluice_tc_datapath::attach::{self, AttachError, Node, Promotion};

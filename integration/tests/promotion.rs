@@ -233,14 +233,14 @@ spec:
     securityContext: {privileged: true}
 ";
 
-/// Only a pod that could take its filters off (NET_ADMIN, privileged, in
-/// any container) is moved onto links, and a pod with no Pod object; the
-/// others stay on filters, CHECK passes on them, and one that gains
-/// NET_ADMIN (an ephemeral container) is moved then. `--tcx-links all`
-/// moves every pod.
+/// With `--tcx-links net-admin`, only a pod that could take its filters
+/// off (NET_ADMIN, privileged, in any container) is moved onto links, and
+/// a pod with no Pod object; the others stay on filters, CHECK passes on
+/// them, and one that gains NET_ADMIN (an ephemeral container) is moved
+/// then. The default moves every pod.
 #[test]
-fn auto_moves_onto_links_only_the_pods_that_could_remove_their_filters() {
-    if !require_root("auto_moves_onto_links_only_the_pods_that_could_remove_their_filters") {
+fn net_admin_links_move_only_the_pods_that_could_remove_their_filters() {
+    if !require_root("net_admin_links_move_only_the_pods_that_could_remove_their_filters") {
         return;
     }
     let mut vpc = Vpc::new("prn", 1).unwrap();
@@ -269,7 +269,13 @@ fn auto_moves_onto_links_only_the_pods_that_could_remove_their_filters() {
         &vpc.bpffs[0].root(),
         &vpc.node_name(0),
         &log,
-        &["--no-flows", "--cni-data-dir", cni_data.to_str().unwrap()],
+        &[
+            "--no-flows",
+            "--tcx-links",
+            "net-admin",
+            "--cni-data-dir",
+            cni_data.to_str().unwrap(),
+        ],
     )
     .unwrap();
     let moved = ["cadmin:eth0", "cghost:eth0", "cother:eth0", "cpriv:eth0"];
@@ -306,7 +312,7 @@ fn auto_moves_onto_links_only_the_pods_that_could_remove_their_filters() {
     assert!(on_links(&vpc, plain) && !on_filters(&vpc, plain));
     drop(agent);
 
-    // `--tcx-links all`: a pod without NET_ADMIN is moved as well.
+    // The default (`--tcx-links all`): a pod without NET_ADMIN is moved as well.
     let late = vpc.pod("late").unwrap();
     add_named(&vpc, late, "clate", "plain", &conf);
     std::fs::write(manifests.join("pods.yaml"), PODS).unwrap();
@@ -315,13 +321,7 @@ fn auto_moves_onto_links_only_the_pods_that_could_remove_their_filters() {
         &vpc.bpffs[0].root(),
         &vpc.node_name(0),
         &log,
-        &[
-            "--no-flows",
-            "--tcx-links",
-            "all",
-            "--cni-data-dir",
-            cni_data.to_str().unwrap(),
-        ],
+        &["--no-flows", "--cni-data-dir", cni_data.to_str().unwrap()],
     )
     .unwrap();
     links_become(
