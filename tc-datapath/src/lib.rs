@@ -18,6 +18,7 @@ pub mod checksum;
 pub mod config;
 mod hash;
 pub mod ids;
+pub mod jiffies;
 pub mod layout;
 pub mod loader;
 pub mod maps;

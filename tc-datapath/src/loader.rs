@@ -89,6 +89,7 @@ pub fn object(
     let socket_netns_check = u32::from(socket_netns_cookie_readable());
     let verdict_cache = u32::from(VERDICT_CACHE);
     let ct_pod_limit = cfg.ct_pod_limit();
+    let clock = crate::jiffies::clock().unwrap_or_default();
     let mut loader = EbpfLoader::new();
     loader
         .override_global("cfg_ct_tcp_syn_ns", &syn, true)
@@ -101,6 +102,8 @@ pub fn object(
         .override_global("cfg_verdict_cache", &verdict_cache, true)
         .override_global("cfg_flow_sample", &cfg.flow_sample, true)
         .override_global("cfg_ct_pod_limit", &ct_pod_limit, true)
+        .override_global("cfg_tick_ns", &clock.tick_ns, true)
+        .override_global("cfg_jiffies_base_ns", &clock.base_ns, true)
         .override_global("cfg_sock_netns_cookie", &sock_netns, true);
     for (name, entries) in cfg.tables.maps() {
         loader.map_max_entries(name, entries);

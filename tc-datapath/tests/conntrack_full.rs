@@ -235,3 +235,34 @@ fn a_reused_port_takes_no_new_entry() {
         .unwrap();
     assert_eq!(dropped, 0);
 }
+
+/// The programs' deadlines are CLOCK_MONOTONIC, as the agent's collection
+/// reads it: a new flow's entry expires its SYN timeout after the time it
+/// was made, to within the clock's tick (the programs read jiffies scaled
+/// by what the loader found, or the coarse clock).
+#[test]
+fn deadlines_are_on_the_monotonic_clock() {
+    let dp = dp(0);
+    let syn = DatapathConfig::default().ct_timeouts.tcp_syn().as_nanos() as u64;
+    for port in [41000, 41001, 41002] {
+        let before = sluice_tc_datapath::maps::ct::now_ns();
+        let (v, _) = dp.run(EGRESS, &Frame::new(QUIET, PEER, port, 5432, PROTO_TCP, SYN, b""));
+        let after = sluice_tc_datapath::maps::ct::now_ns();
+        assert_eq!(v, TC_ACT_OK);
+        let (_, e) = dp
+            .maps
+            .ct()
+            .entries()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| k.sport == port.to_be() && k.daddr == addr(ip(PEER)))
+            .expect("the flow's entry");
+        let made = e.expires_ns - syn;
+        // A tick is at most 10 ms (HZ 100); the programs' time is that of
+        // the last tick, never later than the clock itself.
+        assert!(
+            made <= after && before.saturating_sub(made) <= 10_000_000,
+            "made at {made}, between {before} and {after}"
+        );
+    }
+}

@@ -39,6 +39,11 @@ volatile const __u32 cfg_socket_netns_check = 0;
  * loader sets 0 on other CPUs, where the programs would need a
  * load-acquire the older kernels do not have. */
 volatile const __u32 cfg_verdict_cache = 0;
+/* The programs' clock from jiffies (src/jiffies.rs): CLOCK_MONOTONIC is
+ * jiffies * cfg_tick_ns + cfg_jiffies_base_ns (u64, wrapping). 0: the
+ * coarse clock, where the loader could not find these. */
+volatile const __u64 cfg_tick_ns = 0;
+volatile const __u64 cfg_jiffies_base_ns = 0;
 /* The conntrack entries one pod may hold (0: no limit). */
 volatile const __u32 cfg_ct_pod_limit = 65536;
 

@@ -1,0 +1,167 @@
+//! The programs' clock as jiffies: `bpf_jiffies64()` is one load where
+//! `bpf_ktime_get_coarse_ns()` reads the timekeeper under its seqcount and
+//! normalises a timespec (11% of an established packet's program time in
+//! a profile of `bench-attach`). Deadlines stay CLOCK_MONOTONIC
+//! nanoseconds, which the agent's collection compares with its own clock:
+//! the programs take `jiffies * tick_ns + base_ns`, the two constants
+//! found here at load.
+//!
+//! The kernel moves jiffies on by whole ticks of the monotonic clock
+//! (`tick_do_update_jiffies64`: `TICK_NSEC` apiece), so the two keep a
+//! constant distance. `/proc/timer_list` prints the monotonic time and
+//! jiffies in one read: two reads 50 ms apart give HZ (snapped to the
+//! kernel's choices), and the distance is known to within a tick, the
+//! coarse clock's own resolution. Where the file cannot be read (no
+//! `CONFIG_PROC_FS` timer list, no root) the programs keep the coarse clock.
+
+use std::io::BufRead;
+use std::time::Duration;
+
+/// What the programs need to read the monotonic clock from jiffies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JiffiesClock {
+    /// Nanoseconds a jiffy (the kernel's `TICK_NSEC`); 0: no such clock.
+    pub tick_ns: u64,
+    /// Monotonic nanoseconds at jiffy 0, modulo 2^64 (jiffies start near
+    /// 2^32 at boot, so `jiffies * tick_ns` runs ahead of the clock and
+    /// this wraps; the programs' u64 arithmetic wraps back).
+    pub base_ns: u64,
+}
+
+/// The kernel's HZ choices (Kconfig `HZ_100` ... `HZ_1000`).
+const HZ: [u64; 4] = [100, 250, 300, 1000];
+
+/// How far apart the two readings are.
+const SPAN: Duration = Duration::from_millis(50);
+
+/// This node's jiffies clock, found once per process; None where it cannot
+/// be (the programs then read the coarse clock).
+pub fn clock() -> Option<JiffiesClock> {
+    static CLOCK: std::sync::OnceLock<Option<JiffiesClock>> = std::sync::OnceLock::new();
+    *CLOCK.get_or_init(|| {
+        let first = read_timer_list()?;
+        std::thread::sleep(SPAN);
+        let second = read_timer_list()?;
+        from_readings(first, second)
+    })
+}
+
+/// (monotonic ns, jiffies) from one read of `/proc/timer_list`: its
+/// header's "now at N nsecs" and the first "jiffies: N" (the first CPU's
+/// section). Only the first lines are generated and read.
+fn read_timer_list() -> Option<(u64, u64)> {
+    let f = std::fs::File::open("/proc/timer_list").ok()?;
+    parse_timer_list(std::io::BufReader::new(f))
+}
+
+fn parse_timer_list(r: impl BufRead) -> Option<(u64, u64)> {
+    let mut now = None;
+    for line in r.lines().take(10_000) {
+        let line = line.ok()?;
+        if let Some(rest) = line.strip_prefix("now at ") {
+            now = rest.strip_suffix(" nsecs")?.trim().parse().ok();
+        } else if let Some(rest) = line.strip_prefix("jiffies: ") {
+            return Some((now?, rest.trim().parse().ok()?));
+        }
+    }
+    None
+}
+
+/// The clock two readings give: HZ from how far jiffies moved against the
+/// monotonic clock, snapped to the nearest choice within 15%, and the base
+/// of the reading whose jiffy lagged its time least.
+fn from_readings((t0, j0): (u64, u64), (t1, j1): (u64, u64)) -> Option<JiffiesClock> {
+    let dt = t1.checked_sub(t0).filter(|d| *d > 0)?;
+    let dj = j1.checked_sub(j0)?;
+    let measured = dj as f64 * 1e9 / dt as f64;
+    let hz = *HZ
+        .iter()
+        .min_by(|a, b| (**a as f64 - measured).abs().total_cmp(&(**b as f64 - measured).abs()))?;
+    if (hz as f64 - measured).abs() > hz as f64 * 0.15 {
+        return None;
+    }
+    let tick_ns = (1_000_000_000 + hz / 2) / hz;
+    let base = |t: u64, j: u64| t.wrapping_sub(j.wrapping_mul(tick_ns));
+    // A reading's time is at or after its jiffy's tick: the smaller base
+    // (as a distance from the other, wrapping) lagged less.
+    let (b0, b1) = (base(t0, j0), base(t1, j1));
+    let base_ns = if b1.wrapping_sub(b0) as i64 >= 0 { b0 } else { b1 };
+    Some(JiffiesClock { tick_ns, base_ns })
+}
+
+impl JiffiesClock {
+    /// The monotonic time at jiffy `j`, as the programs compute it.
+    pub fn at(&self, j: u64) -> u64 {
+        j.wrapping_mul(self.tick_ns).wrapping_add(self.base_ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "Timer List Version: v0.10
+HRTIMER_MAX_CLOCK_BASES: 8
+now at 14157401762692 nsecs
+
+cpu: 0
+ clock 0:
+  .base:       0000000026017fac
+  .idle_jiffies   : 4298431552
+jiffies: 4298431569
+";
+
+    #[test]
+    fn the_header_time_and_the_first_jiffies_are_read() {
+        assert_eq!(
+            parse_timer_list(SAMPLE.as_bytes()),
+            Some((14_157_401_762_692, 4_298_431_569))
+        );
+        assert_eq!(parse_timer_list("jiffies: 5\n".as_bytes()), None, "no time before it");
+        assert_eq!(parse_timer_list("now at x nsecs\njiffies: 5\n".as_bytes()), None);
+    }
+
+    /// Readings of a kernel at each HZ, each time a fraction of a tick past
+    /// its jiffy: HZ is found, and the clock gives the readings' times to
+    /// within one tick, never after them.
+    #[test]
+    fn hz_and_base_come_from_two_readings() {
+        for hz in HZ {
+            let tick = (1_000_000_000 + hz / 2) / hz;
+            let j0: u64 = (1 << 32) - 300 * hz + 12_345;
+            let origin: u64 = 5_000_000_000; // monotonic ns at jiffy j0
+            let at = |j: u64, past: u64| (origin + (j - j0) * tick + past, j);
+            let r0 = at(j0, tick / 3);
+            let dj = 50_000_000 / tick;
+            let r1 = at(j0 + dj, tick / 7);
+            let c = from_readings(r0, r1).unwrap_or_else(|| panic!("HZ {hz}"));
+            assert_eq!(c.tick_ns, tick, "HZ {hz}");
+            for (t, j) in [r0, r1] {
+                let est = c.at(j);
+                assert!(est <= t && t - est < tick, "HZ {hz}: {est} for {t}");
+            }
+            assert_eq!(c.at(j0), origin + tick / 7, "the reading that lagged least");
+        }
+    }
+
+    #[test]
+    fn readings_that_fit_no_hz_give_no_clock() {
+        // 50 ms, 20 jiffies: 400 Hz, between 300 and 1000 by more than 15%.
+        assert_eq!(from_readings((0, 100), (50_000_000, 120)), None);
+        assert_eq!(from_readings((10, 100), (10, 100)), None, "no time passed");
+        assert_eq!(from_readings((10, 100), (5, 101)), None, "time went back");
+    }
+
+    /// On this machine: the clock found agrees with CLOCK_MONOTONIC to
+    /// within a tick (when /proc/timer_list can be read here).
+    #[test]
+    fn the_clock_found_here_follows_the_monotonic_clock() {
+        let Some(c) = clock() else {
+            eprintln!("SKIP: /proc/timer_list not readable here: the programs keep the coarse clock");
+            return;
+        };
+        let (t, j) = read_timer_list().expect("read once already");
+        let est = c.at(j);
+        assert!(est.abs_diff(t) <= 2 * c.tick_ns, "{est} against {t} (tick {})", c.tick_ns);
+    }
+}
