@@ -176,6 +176,7 @@ fn the_daemonset_image_installs_chains_and_runs_the_agent() {
         // The pods' namespaces are the real ones (mounted read only).
         ("/run/netns", PathBuf::from("/run/netns")),
         ("/sys/fs/cgroup", cg.path.clone()),
+        ("/proc/timer_list", PathBuf::from("/proc/timer_list")),
     ]
     .into_iter()
     .collect();
@@ -307,6 +308,10 @@ endpoints: [{{addresses: [{}]}}]
     assert!(
         log.contains("uplink programs attached") && log.contains("uplink=eth0"),
         "the agent put the uplink programs on the default route's interface: {log}"
+    );
+    assert!(
+        log.contains("the programs read the clock from jiffies"),
+        "the host's timer list, mounted past the runtime's mask, gave the programs' clock: {log}"
     );
 
     let left = vpc.endpoint_addrs(0).unwrap();

@@ -39,19 +39,34 @@ const SPAN: Duration = Duration::from_millis(50);
 pub fn clock() -> Option<JiffiesClock> {
     static CLOCK: std::sync::OnceLock<Option<JiffiesClock>> = std::sync::OnceLock::new();
     *CLOCK.get_or_init(|| {
-        let first = read_timer_list()?;
-        std::thread::sleep(SPAN);
-        let second = read_timer_list()?;
-        from_readings(first, second)
+        let found = read_timer_list().and_then(|first| {
+            std::thread::sleep(SPAN);
+            from_readings(first, read_timer_list()?)
+        });
+        match found {
+            Some(c) => tracing::info!(tick_ns = c.tick_ns, "the programs read the clock from jiffies"),
+            None => tracing::info!(
+                "no timer list readable ({}): the programs read the coarse clock",
+                TIMER_LISTS.join(", ")
+            ),
+        }
+        found
     })
 }
 
-/// (monotonic ns, jiffies) from one read of `/proc/timer_list`: its
-/// header's "now at N nsecs" and the first "jiffies: N" (the first CPU's
-/// section). Only the first lines are generated and read.
+/// Where the timer list is read: the process's own `/proc`, then the
+/// host's as the agent's DaemonSet mounts it (a container runtime masks
+/// the container's own with an empty file).
+const TIMER_LISTS: [&str; 2] = ["/proc/timer_list", "/host/proc/timer_list"];
+
+/// (monotonic ns, jiffies) from one read of the timer list: its header's
+/// "now at N nsecs" and the first "jiffies: N" (the first CPU's section).
+/// Only the first lines are generated and read.
 fn read_timer_list() -> Option<(u64, u64)> {
-    let f = std::fs::File::open("/proc/timer_list").ok()?;
-    parse_timer_list(std::io::BufReader::new(f))
+    TIMER_LISTS.iter().find_map(|path| {
+        let f = std::fs::File::open(path).ok()?;
+        parse_timer_list(std::io::BufReader::new(f))
+    })
 }
 
 fn parse_timer_list(r: impl BufRead) -> Option<(u64, u64)> {
@@ -162,6 +177,10 @@ jiffies: 4298431569
         };
         let (t, j) = read_timer_list().expect("read once already");
         let est = c.at(j);
-        assert!(est.abs_diff(t) <= 2 * c.tick_ns, "{est} against {t} (tick {})", c.tick_ns);
+        assert!(
+            est.abs_diff(t) <= 2 * c.tick_ns,
+            "{est} against {t} (tick {})",
+            c.tick_ns
+        );
     }
 }
