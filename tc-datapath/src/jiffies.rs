@@ -82,17 +82,17 @@ fn parse_timer_list(r: impl BufRead) -> Option<(u64, u64)> {
     None
 }
 
-/// The clock two readings give: HZ from how far jiffies moved against the
-/// monotonic clock, snapped to the nearest choice within 15%, and the base
-/// of the reading whose jiffy lagged its time least.
+/// The clock two readings give: the one HZ whose ticks in the time between
+/// them are the jiffies counted, to within one (a reading falls anywhere
+/// between two ticks; 50 ms tell 250 from 300), and the base of the
+/// reading whose jiffy lagged its time least.
 fn from_readings((t0, j0): (u64, u64), (t1, j1): (u64, u64)) -> Option<JiffiesClock> {
     let dt = t1.checked_sub(t0).filter(|d| *d > 0)?;
     let dj = j1.checked_sub(j0)?;
-    let measured = dj as f64 * 1e9 / dt as f64;
-    let hz = *HZ
-        .iter()
-        .min_by(|a, b| (**a as f64 - measured).abs().total_cmp(&(**b as f64 - measured).abs()))?;
-    if (hz as f64 - measured).abs() > hz as f64 * 0.15 {
+    let fits = |hz: &&u64| (dj as f64 - **hz as f64 * dt as f64 / 1e9).abs() <= 1.05;
+    let mut fitting = HZ.iter().filter(fits);
+    let hz = *fitting.next()?;
+    if fitting.next().is_some() {
         return None;
     }
     let tick_ns = (1_000_000_000 + hz / 2) / hz;
@@ -136,6 +136,30 @@ jiffies: 4298431569
         assert_eq!(parse_timer_list("now at x nsecs\njiffies: 5\n".as_bytes()), None);
     }
 
+    /// Readings at each HZ, the first at every phase of its tick and the
+    /// second 50 to 57 ms later (a sleep overshoots): HZ is always found,
+    /// the jiffies counted being one more or less than the time says.
+    #[test]
+    fn hz_is_found_at_any_phase_and_span() {
+        for hz in HZ {
+            let tick = (1_000_000_000 + hz / 2) / hz;
+            let base: u64 = 123_456_789;
+            for phase in 0..10 {
+                for span in [50_000_000, 50_000_001, 53_000_000, 57_000_000] {
+                    let t0 = base + 1_000 * tick + phase * tick / 10;
+                    let t1 = t0 + span;
+                    let j = |t: u64| (t - base) / tick;
+                    let c = from_readings((t0, j(t0)), (t1, j(t1)));
+                    assert_eq!(
+                        c.map(|c| c.tick_ns),
+                        Some(tick),
+                        "HZ {hz}, phase {phase}/10, span {span}"
+                    );
+                }
+            }
+        }
+    }
+
     /// Readings of a kernel at each HZ, each time a fraction of a tick past
     /// its jiffy: HZ is found, and the clock gives the readings' times to
     /// within one tick, never after them.
@@ -161,8 +185,10 @@ jiffies: 4298431569
 
     #[test]
     fn readings_that_fit_no_hz_give_no_clock() {
-        // 50 ms, 20 jiffies: 400 Hz, between 300 and 1000 by more than 15%.
+        // 50 ms, 20 jiffies: 400 Hz, no kernel's.
         assert_eq!(from_readings((0, 100), (50_000_000, 120)), None);
+        // 4 ms, 1 jiffy: 250 or 300 (or 100) would all count that.
+        assert_eq!(from_readings((0, 100), (4_000_000, 101)), None);
         assert_eq!(from_readings((10, 100), (10, 100)), None, "no time passed");
         assert_eq!(from_readings((10, 100), (5, 101)), None, "time went back");
     }
