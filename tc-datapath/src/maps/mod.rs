@@ -46,7 +46,10 @@ pub enum MapsError {
     Missing(&'static str),
     #[error("service {service}: {problem}")]
     Service { service: String, problem: String },
-    #[error("{dir} has no program info yet: no sluice program was loaded there")]
+    /// No program info yet, or a map not pinned yet: nothing loaded there,
+    /// or a load under way (its maps are pinned one by one, then the info
+    /// is written).
+    #[error("{dir}: no sluice datapath is loaded there (yet)")]
     NotLoaded { dir: String },
     #[error("map sl_info holds no readable configuration: {0}")]
     Info(String),
@@ -173,7 +176,15 @@ impl Source<'_> {
                     path: path.display().to_string(),
                     source,
                 };
-                let data = MapData::from_pin(&path).map_err(pinned)?;
+                let data = match MapData::from_pin(&path) {
+                    // A load under way has not pinned this one yet.
+                    Err(_) if !path.exists() => {
+                        return Err(MapsError::NotLoaded {
+                            dir: versioned.display().to_string(),
+                        });
+                    }
+                    r => r.map_err(pinned)?,
+                };
                 let info = data.info().map_err(pinned)?;
                 let got = (info.key_size(), info.value_size());
                 let want = (def.key_size, def.value_size);
