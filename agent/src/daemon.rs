@@ -676,7 +676,7 @@ impl Daemon {
             if self.apply(changes, seen) && self.opts.once {
                 return Ok(());
             }
-            if self.pods_changed() {
+            if self.opts.tcx_links == TcxLinks::NetAdmin && self.pods_changed() {
                 // A pod may have gained NET_ADMIN (an ephemeral container).
                 self.promote_due.get_or_insert(Instant::now());
             }
