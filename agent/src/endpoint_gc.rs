@@ -147,7 +147,7 @@ pub fn pod_records(data_dir: &Path) -> Vec<PodRecord> {
             let p = r.pod?;
             Some(PodRecord {
                 endpoint_id: pin::attachment_id(&r.container_id, &r.ifname),
-                pod: format!("{}/{}", p.namespace, p.name),
+                pod: p.key(),
                 ips: r.ips.iter().map(|n| n.ip()).collect(),
             })
         })

@@ -71,7 +71,7 @@ impl Pair {
         })
     }
 
-    /// `n` round trips; the time each took, on average.
+    /// `n` round trips; the time they took.
     fn trips(&self, n: usize) -> Result<Duration> {
         let mut buf = [0u8; 64];
         let started = Instant::now();
@@ -81,7 +81,7 @@ impl Pair {
             self.server.send_to(&buf[..len], self.to_client)?;
             self.client.recv_from(&mut buf).context("response lost")?;
         }
-        Ok(started.elapsed() / n as u32)
+        Ok(started.elapsed())
     }
 }
 
@@ -144,7 +144,7 @@ fn main() -> Result<()> {
         for b in 0..blocks {
             for k in 0..pairs.len() {
                 let i = (k + r + b) % pairs.len();
-                took[i] += pairs[i].trips(BLOCK)? * BLOCK as u32;
+                took[i] += pairs[i].trips(BLOCK)?;
             }
         }
         for (i, t) in took.iter().enumerate() {
@@ -175,10 +175,10 @@ fn main() -> Result<()> {
         per_pass(med[0], med[1]),
         med[0] / med[1]
     );
-    median(&mut diffs);
+    let m = median(&mut diffs);
     println!(
         "filters - links per pass, round by round, ns: median {:.0}, min {:.0}, max {:.0}",
-        diffs[diffs.len() / 2],
+        m,
         diffs[0],
         diffs[diffs.len() - 1]
     );

@@ -208,14 +208,6 @@ static __always_inline int parse_quoted(struct __sk_buff *skb, __u32 off, int v6
 	return 0;
 }
 
-/* TCP with its flags (the 14th byte) or UDP (8 bytes) in the linear data. */
-static __always_inline int l4_in_place(__u8 proto, const __u8 *l4, const void *end)
-{
-	if (proto == IPPROTO_TCP)
-		return l4 + 14 <= (const __u8 *)end;
-	return proto == IPPROTO_UDP;
-}
-
 /* The common frame read in place: TCP or UDP over IPv4 without options
  * or over IPv6 without extension headers, not fragmented, its headers in
  * the skb's linear data (a locally sent packet's are; a UDP header is 8
@@ -242,7 +234,7 @@ static __always_inline int parse_direct(struct __sk_buff *skb, struct ethhdr *et
 		    (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
 			return 0;
 		proto = ip->protocol;
-		if (!l4_in_place(proto, l4, end))
+		if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 			return 0;
 		__builtin_memset(p, 0, sizeof(*p));
 		v4_mapped(p->saddr, ip->saddr);
@@ -256,7 +248,7 @@ static __always_inline int parse_direct(struct __sk_buff *skb, struct ethhdr *et
 		if (l4 + 8 > (__u8 *)end || ip6->version != 6 || !ip6->payload_len)
 			return 0;
 		proto = ip6->nexthdr;
-		if (!l4_in_place(proto, l4, end))
+		if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 			return 0;
 		__builtin_memset(p, 0, sizeof(*p));
 		__builtin_memcpy(p->saddr, &ip6->saddr, 16);
@@ -273,6 +265,7 @@ static __always_inline int parse_direct(struct __sk_buff *skb, struct ethhdr *et
 	__builtin_memcpy(&p->sport, l4, 2);
 	__builtin_memcpy(&p->dport, l4 + 2, 2);
 	if (proto == IPPROTO_TCP) {
+		/* TCP's flags are its 14th byte; a UDP header is 8. */
 		if (l4 + 14 > (__u8 *)end)
 			return 0;
 		p->tcp_flags = l4[13];
