@@ -107,15 +107,57 @@ impl Drop for EchoServer {
 /// Connect from `ns` to `to`, send `msg`, return the reply.
 pub fn tcp_request(ns: &Netns, to: SocketAddr, msg: &str) -> Result<String> {
     ns.run(|| -> Result<String> {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).with_context(|| format!("connect {to}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        s.write_all(msg.as_bytes())?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).with_context(|| format!("read from {to}"))?;
-        if out.is_empty() {
-            bail!("empty reply from {to}");
+        let s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).with_context(|| format!("connect {to}"))?;
+        exchange(s, to, msg)
+    })?
+}
+
+/// Send `msg` on a connected stream and read the reply to its end.
+fn exchange(mut s: TcpStream, to: SocketAddr, msg: &str) -> Result<String> {
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(msg.as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).with_context(|| format!("read from {to}"))?;
+    if out.is_empty() {
+        bail!("empty reply from {to}");
+    }
+    Ok(out)
+}
+
+/// The same from a given local port (`SO_REUSEADDR`, so a port whose last
+/// connection the client closed second is free at once), connecting for
+/// at most `connect`: a client reusing its port toward another frontend.
+pub fn tcp_request_from_port(ns: &Netns, port: u16, to: SocketAddr, msg: &str, connect: Duration) -> Result<String> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect as connect_to, setsockopt, socket, sockopt,
+    };
+    ns.run(|| -> Result<String> {
+        let family = if to.is_ipv6() {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).context("socket")?;
+        setsockopt(&fd, sockopt::ReuseAddr, &true).context("SO_REUSEADDR")?;
+        // A blocking connect gives up after the send timeout.
+        let limit = nix::sys::time::TimeVal::new(connect.as_secs() as i64, connect.subsec_micros() as i64);
+        setsockopt(&fd, sockopt::SendTimeout, &limit).context("SO_SNDTIMEO")?;
+        let any: SocketAddr = if to.is_ipv6() {
+            format!("[::]:{port}")
+        } else {
+            format!("0.0.0.0:{port}")
         }
-        Ok(out)
+        .parse()
+        .expect("an address");
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(any))
+            .with_context(|| format!("bind port {port}"))?;
+        match connect_to(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(to)) {
+            Ok(()) => {}
+            // What a blocking connect says when the send timeout ends it.
+            Err(nix::errno::Errno::EINPROGRESS) => bail!("connect {to} from port {port}: timed out after {connect:?}"),
+            Err(e) => return Err(e).with_context(|| format!("connect {to} from port {port}")),
+        }
+        exchange(TcpStream::from(fd), to, msg)
     })?
 }
 

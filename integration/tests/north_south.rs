@@ -9,6 +9,9 @@
 //! - externalTrafficPolicy Local: only node 0's backend, which sees the
 //!   client; its healthCheckNodePort answers 200 with one local endpoint,
 //!   then 503 once that endpoint is gone, and the NodePort drops;
+//! - a client reusing its source port toward another frontend of the same
+//!   backend (NodePort, then load-balancer IP) connects at once, though
+//!   the backend holds that 4-tuple in TIME_WAIT from the first;
 //! - loadBalancerSourceRanges admits the listed client and drops another
 //!   (counted as drop-source-range), and a pod calling that load-balancer
 //!   IP from inside is held to the ranges too, and so are the node's own
@@ -40,7 +43,7 @@ use sluice_integration::agent::AgentProcess;
 use sluice_integration::cgroup::{TestCgroup, cgroup2_root, sock_client};
 use sluice_integration::datapath::programs_on;
 use sluice_integration::netns::Netns;
-use sluice_integration::probe::{EchoServer, sa, tcp_request, udp_large_request, udp_request};
+use sluice_integration::probe::{EchoServer, sa, tcp_request, tcp_request_from_port, udp_large_request, udp_request};
 use sluice_integration::services::Services;
 use sluice_integration::vpc::{VPC_GATEWAY6, VPC_ROUTER, Vpc, node_ip, result_addr};
 use sluice_integration::{bin_dir, require_root};
@@ -306,6 +309,22 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
             let r = tcp_request(client, front, &format!("x{i}")).unwrap();
             assert_eq!(who(&r), ("a".into(), CLIENT.into()), "eTP Local {front}");
         }
+    }
+    // A client reusing its port toward another frontend of the same backend
+    // (the NodePort, then the load-balancer IP; the kernel's port choice
+    // does it by chance): the backend sees the same 4-tuple as before, still
+    // in TIME_WAIT there, and the new connection opens at once (PAWS may
+    // refuse the first SYN; the client's reset clears it).
+    for port in 41000..41004 {
+        let r = tcp_request_from_port(client, port, sa(&node_ip(0), 30081), "np", Duration::from_secs(2)).unwrap();
+        assert_eq!(who(&r), ("a".into(), CLIENT.into()), "NodePort from port {port}");
+        let r = tcp_request_from_port(client, port, sa(LOCAL_LB_IP, 80), "lb", Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("the load-balancer IP from port {port}, just used toward the NodePort: {e:#}"));
+        assert_eq!(
+            who(&r),
+            ("a".into(), CLIENT.into()),
+            "load-balancer IP from port {port}"
+        );
     }
     let (code, body) = http_get(client, sa(&node_ip(0), HEALTH_PORT));
     assert_eq!(code, 200, "health check with a local endpoint: {body}");

@@ -207,7 +207,7 @@ static __always_inline int nat_apply(struct __sk_buff *skb, struct pkt *p, struc
 static __always_inline __u32 uplink_nat(struct __sk_buff *skb, struct pkt *p, const struct ct_key *fk,
 					const __u8 *baddr, __be16 bport, __u32 id, __u64 now)
 {
-	struct nat_value fwd = {}, rev = {};
+	struct nat_value fwd = {}, rev = {}, *old;
 	struct endpoint_value *ep;
 
 	fwd.backend_id = id;
@@ -236,6 +236,18 @@ static __always_inline __u32 uplink_nat(struct __sk_buff *skb, struct pkt *p, co
 		ct_key_of(&rk, baddr, p->saddr, bport, p->sport, p->proto, CT_NAT);
 		if (bpf_map_update_elem(&sl_nat_new, &rk, &rev, BPF_ANY) < 0)
 			return DROP_NAT_FAILED;
+		/* The backend sees the client's own address and port, so a
+		 * client reusing its port toward another frontend of the same
+		 * backend (another Service, NodePort then load-balancer IP)
+		 * meets the reply key of its earlier connection there. Replies
+		 * look in sl_nat first: a closing one's entry would turn the
+		 * new connection's SYN-ACK back from the old frontend, and the
+		 * client would reset it until that entry expired. It makes
+		 * way, as a SYN reopens a closing connection on its own key. A
+		 * live one stays: its backend holds that 4-tuple. */
+		old = bpf_map_lookup_elem(&sl_nat, &rk);
+		if (old && old->state == CT_CLOSING)
+			bpf_map_delete_elem(&sl_nat, &rk);
 	} else {
 		__u32 ifindex = skb->ifindex;
 		struct uplink_value *up = bpf_map_lookup_elem(&sl_uplinks, &ifindex);
