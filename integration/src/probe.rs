@@ -112,8 +112,8 @@ pub fn tcp_request(ns: &Netns, to: SocketAddr, msg: &str) -> Result<String> {
     })?
 }
 
-/// Send `msg` on a connected stream and read the reply to its end.
-fn exchange(mut s: TcpStream, to: SocketAddr, msg: &str) -> Result<String> {
+/// Send `msg` on a connected stream (to `to`) and read the reply to its end.
+pub fn exchange(mut s: TcpStream, to: SocketAddr, msg: &str) -> Result<String> {
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.write_all(msg.as_bytes())?;
     let mut out = String::new();
@@ -125,13 +125,21 @@ fn exchange(mut s: TcpStream, to: SocketAddr, msg: &str) -> Result<String> {
 }
 
 /// The same from a given local port (`SO_REUSEADDR`, so a port whose last
-/// connection the client closed second is free at once), connecting for
-/// at most `connect`: a client reusing its port toward another frontend.
+/// connection the client closed second is free at once, and two
+/// connections to different destinations can share it), connecting for at
+/// most `connect`: a client reusing its port toward another frontend.
 pub fn tcp_request_from_port(ns: &Netns, port: u16, to: SocketAddr, msg: &str, connect: Duration) -> Result<String> {
+    exchange(tcp_connect_from_port(ns, port, to, connect)?, to, msg)
+}
+
+/// A connection from `ns`'s local `port` to `to` (see
+/// [`tcp_request_from_port`]), for [`exchange`] later.
+pub fn tcp_connect_from_port(ns: &Netns, port: u16, to: SocketAddr, connect: Duration) -> Result<TcpStream> {
     use nix::sys::socket::{
         AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect as connect_to, setsockopt, socket, sockopt,
     };
-    ns.run(|| -> Result<String> {
+    use std::os::fd::AsRawFd;
+    ns.run(|| -> Result<TcpStream> {
         let family = if to.is_ipv6() {
             AddressFamily::Inet6
         } else {
@@ -149,15 +157,13 @@ pub fn tcp_request_from_port(ns: &Netns, port: u16, to: SocketAddr, msg: &str, c
         }
         .parse()
         .expect("an address");
-        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(any))
-            .with_context(|| format!("bind port {port}"))?;
-        match connect_to(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(to)) {
-            Ok(()) => {}
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(any)).with_context(|| format!("bind port {port}"))?;
+        match connect_to(fd.as_raw_fd(), &SockaddrStorage::from(to)) {
+            Ok(()) => Ok(TcpStream::from(fd)),
             // What a blocking connect says when the send timeout ends it.
             Err(nix::errno::Errno::EINPROGRESS) => bail!("connect {to} from port {port}: timed out after {connect:?}"),
-            Err(e) => return Err(e).with_context(|| format!("connect {to} from port {port}")),
+            Err(e) => Err(e).with_context(|| format!("connect {to} from port {port}")),
         }
-        exchange(TcpStream::from(fd), to, msg)
     })?
 }
 

@@ -12,6 +12,8 @@
 //! - a client reusing its source port toward another frontend of the same
 //!   backend (NodePort, then load-balancer IP) connects at once, though
 //!   the backend holds that 4-tuple in TIME_WAIT from the first;
+//!   two live connections sharing one client port to two such frontends
+//!   are both answered (the second from another port at the backend);
 //! - loadBalancerSourceRanges admits the listed client and drops another
 //!   (counted as drop-source-range), and a pod calling that load-balancer
 //!   IP from inside is held to the ranges too, and so are the node's own
@@ -43,7 +45,9 @@ use sluice_integration::agent::AgentProcess;
 use sluice_integration::cgroup::{TestCgroup, cgroup2_root, sock_client};
 use sluice_integration::datapath::programs_on;
 use sluice_integration::netns::Netns;
-use sluice_integration::probe::{EchoServer, sa, tcp_request, tcp_request_from_port, udp_large_request, udp_request};
+use sluice_integration::probe::{
+    EchoServer, exchange, sa, tcp_connect_from_port, tcp_request, tcp_request_from_port, udp_large_request, udp_request,
+};
 use sluice_integration::services::Services;
 use sluice_integration::vpc::{VPC_GATEWAY6, VPC_ROUTER, Vpc, node_ip, result_addr};
 use sluice_integration::{bin_dir, require_root};
@@ -324,6 +328,29 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
             who(&r),
             ("a".into(), CLIENT.into()),
             "load-balancer IP from port {port}"
+        );
+    }
+    // Two live connections from one client port to two frontends of that
+    // backend (two clients behind one NAT can look like this): the second
+    // cannot have the first's 4-tuple at the backend, so it comes from
+    // another port of the client's address, and both are answered. The
+    // echo server takes one connection at a time: the second's handshake
+    // completes while the first is still open, then each is served.
+    for port in 41010..41012 {
+        let first = tcp_connect_from_port(client, port, sa(&node_ip(0), 30081), Duration::from_secs(2)).unwrap();
+        let second = tcp_connect_from_port(client, port, sa(LOCAL_LB_IP, 80), Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("a second connection from port {port}, the first still open: {e:#}"));
+        let r = exchange(first, sa(&node_ip(0), 30081), "first").unwrap();
+        assert_eq!(
+            who(&r),
+            ("a".into(), CLIENT.into()),
+            "the first connection from port {port}"
+        );
+        let r = exchange(second, sa(LOCAL_LB_IP, 80), "second").unwrap();
+        assert_eq!(
+            who(&r),
+            ("a".into(), CLIENT.into()),
+            "the second connection from port {port}"
         );
     }
     let (code, body) = http_get(client, sa(&node_ip(0), HEALTH_PORT));

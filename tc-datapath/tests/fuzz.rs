@@ -1268,6 +1268,9 @@ fn fuzzed_frames_from_outside_meet_only_the_frontends() {
     let mut rng = rng(3);
     let mut t = Tally::default();
     let (mut forwarded_local, mut snat, mut replies, mut turned, mut forged) = (0, 0, 0, 0, 0);
+    let mut remapped = 0;
+    // (client, its port, the port its backend sees instead)
+    let mut remaps = BTreeSet::new();
     let (mut icmp_errors, mut later_fragments) = (0, 0);
     let mut frags = Fragments::default();
     let mut aimed: Vec<Vec<u8>> = Vec::new();
@@ -1383,6 +1386,12 @@ fn fuzzed_frames_from_outside_meet_only_the_frontends() {
             );
             if (o.saddr, osport) == (p.saddr, sport) {
                 forwarded_local += 1;
+            } else if local.contains(&o.daddr) {
+                // Another connection holds the client's 4-tuple at this
+                // backend: the client's address from another port.
+                assert_eq!(o.saddr, p.saddr, "{what}: a local backend's client is kept");
+                remaps.insert((p.saddr, sport, osport));
+                remapped += 1;
             } else {
                 assert_eq!(o.saddr, node(o.saddr), "{what}: sent on from another address");
                 snat += 1;
@@ -1394,7 +1403,7 @@ fn fuzzed_frames_from_outside_meet_only_the_frontends() {
     }
     t.report("uplink", &dp);
     eprintln!(
-        "fuzz uplink: {forwarded_local} to local backends, {snat} SNATed, {replies} replies, {turned} turned around, {forged} forged replies sent, {icmp_errors} errors from the path handed to backends, {later_fragments} later fragments after their first"
+        "fuzz uplink: {forwarded_local} to local backends ({remapped} from another client port), {snat} SNATed, {replies} replies, {turned} turned around, {forged} forged replies sent, {icmp_errors} errors from the path handed to backends, {later_fragments} later fragments after their first"
     );
     assert!(
         forwarded_local > 50 && snat > 50 && replies > 50 && turned > 10 && forged > 50 && icmp_errors > 50,
@@ -1452,8 +1461,10 @@ fn fuzzed_frames_from_outside_meet_only_the_frontends() {
             "{what}: rewritten on its way out, but it is no local backend's"
         );
         assert!(
-            fronts.contains(&(o.saddr, osport, o.proto)) && (o.daddr, odport) == (p.daddr, dport),
-            "{what}: a local backend's reply must leave from its frontend to its client"
+            fronts.contains(&(o.saddr, osport, o.proto))
+                && o.daddr == p.daddr
+                && (odport == dport || remaps.contains(&(p.daddr, odport, dport))),
+            "{what}: a local backend's reply must leave from its frontend to its client (at the port the client sent from)"
         );
         frags.translated(&p, (sport, dport), &o);
         local_replies += 1;

@@ -200,6 +200,13 @@ static __always_inline int nat_apply(struct __sk_buff *skb, struct pkt *p, struc
 	return bpf_redirect_neigh(skb->ifindex, NULL, 0, 0);
 }
 
+/* Whether reply entry `v` turns replies back to `p`'s client from `p`'s
+ * frontend: it is the entry of an earlier connection on `p`'s own key. */
+static __always_inline int nat_turns_back_to(const struct nat_value *v, const struct pkt *p)
+{
+	return v->dport == p->sport && v->sport == p->dport && addr_eq(v->daddr, p->saddr) && addr_eq(v->saddr, p->daddr);
+}
+
 /* The NAT entries of a new connection from outside to backend `baddr`:
  * `bport` (`id` in sl_backends; 0 for a hostPort's pod). `fk` is its
  * (CT_NAT) key as it arrived. Returns 0, or DROP_* when it cannot have
@@ -233,21 +240,32 @@ static __always_inline __u32 uplink_nat(struct __sk_buff *skb, struct pkt *p, co
 		__builtin_memcpy(fwd.saddr, p->saddr, 16);
 		fwd.sport = p->sport;
 		rev.flags |= NAT_F_LOCAL;
-		ct_key_of(&rk, baddr, p->saddr, bport, p->sport, p->proto, CT_NAT);
-		if (bpf_map_update_elem(&sl_nat_new, &rk, &rev, BPF_ANY) < 0)
-			return DROP_NAT_FAILED;
 		/* The backend sees the client's own address and port, so a
 		 * client reusing its port toward another frontend of the same
-		 * backend (another Service, NodePort then load-balancer IP)
-		 * meets the reply key of its earlier connection there. Replies
-		 * look in sl_nat first: a closing one's entry would turn the
-		 * new connection's SYN-ACK back from the old frontend, and the
-		 * client would reset it until that entry expired. It makes
-		 * way, as a SYN reopens a closing connection on its own key. A
-		 * live one stays: its backend holds that 4-tuple. */
-		old = bpf_map_lookup_elem(&sl_nat, &rk);
-		if (old && old->state == CT_CLOSING)
+		 * backend (NodePort, then the load-balancer IP; or two clients
+		 * behind one NAT, which may give both the same port for
+		 * different destinations) meets the reply key of the earlier
+		 * connection there. A closing one makes way, as a SYN reopens
+		 * a closing connection on its own key (replies look in sl_nat
+		 * first: its entry would turn the new SYN-ACK back from the old
+		 * frontend, and the client would reset it). A live one keeps
+		 * its 4-tuple at the backend: the new connection comes from
+		 * another port of the client's address, as netfilter remaps a
+		 * source port on such a clash; the client never sees it. */
+		ct_key_of(&rk, baddr, p->saddr, bport, p->sport, p->proto, CT_NAT);
+		old = nat_find(&rk, now);
+		if (old && old->state == CT_CLOSING) {
 			bpf_map_delete_elem(&sl_nat, &rk);
+			old = nat_find(&rk, now);
+		}
+		if (!old || old->state == CT_CLOSING || nat_turns_back_to(old, p)) {
+			if (bpf_map_update_elem(&sl_nat_new, &rk, &rev, BPF_ANY) < 0)
+				return DROP_NAT_FAILED;
+		} else {
+			fwd.sport = snat_claim(p, p->saddr, baddr, bport, &rev, now);
+			if (!fwd.sport)
+				return DROP_NO_SNAT_PORT;
+		}
 	} else {
 		__u32 ifindex = skb->ifindex;
 		struct uplink_value *up = bpf_map_lookup_elem(&sl_uplinks, &ifindex);
