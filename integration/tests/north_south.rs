@@ -318,8 +318,9 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
     // (the NodePort, then the load-balancer IP; the kernel's port choice
     // does it by chance): the backend sees the same 4-tuple as before, still
     // in TIME_WAIT there, and the new connection opens at once (PAWS may
-    // refuse the first SYN; the client's reset clears it).
-    for port in 41000..41004 {
+    // refuse the first SYN; the client's reset clears it). The ports are
+    // below the kernel's ephemeral range: none of the client's own choosing.
+    for port in 21000..21004 {
         let r = tcp_request_from_port(client, port, sa(&node_ip(0), 30081), "np", Duration::from_secs(2)).unwrap();
         assert_eq!(who(&r), ("a".into(), CLIENT.into()), "NodePort from port {port}");
         let r = tcp_request_from_port(client, port, sa(LOCAL_LB_IP, 80), "lb", Duration::from_secs(2))
@@ -336,7 +337,7 @@ fn outside_clients_reach_nodeports_and_load_balancers() {
     // another port of the client's address, and both are answered. The
     // echo server takes one connection at a time: the second's handshake
     // completes while the first is still open, then each is served.
-    for port in 41010..41012 {
+    for port in 21010..21012 {
         let first = tcp_connect_from_port(client, port, sa(&node_ip(0), 30081), Duration::from_secs(2)).unwrap();
         let second = tcp_connect_from_port(client, port, sa(LOCAL_LB_IP, 80), Duration::from_secs(2))
             .unwrap_or_else(|e| panic!("a second connection from port {port}, the first still open: {e:#}"));
