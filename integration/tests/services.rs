@@ -9,11 +9,14 @@
 use serde_json::Value;
 use sluice_integration::chain::Chain;
 use sluice_integration::netns::Netns;
-use sluice_integration::probe::{EchoServer, Session, StreamEcho, tcp_request, udp_large_request, udp_request};
+use sluice_integration::probe::{
+    EchoServer, Session, StreamEcho, tcp_connect_from_port, tcp_request, udp_large_request, udp_request,
+};
 use sluice_integration::services::{ServicePort, Services};
 use sluice_integration::vpc::{VPC_ROUTER, Vpc, result_ip};
 use sluice_integration::{bin_dir, require_reference_plugins, require_root};
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -194,6 +197,53 @@ fn services_end_to_end(role: Role) {
         udp_request(&vpc.pods[b1], sa("10.96.0.11", 53), "self").unwrap(),
         "b1:self"
     );
+
+    // One client port, two Services with their backend in common: the
+    // pod's kernel may give a second connection the port of a first to
+    // another destination, which would meet the first's 4-tuple at the
+    // backend. While the first is live the second is refused at once
+    // (counted), and the first carries on; once it closed, the port serves
+    // the other Service.
+    put(ServicePort::new("10.96.0.15:80/tcp", &[sa(&ip2, 7100)]));
+    put(ServicePort::new("10.96.0.16:80/tcp", &[sa(&ip2, 7100)]));
+    let clashes = vpc.counted(0, "drop-port-clash").unwrap();
+    let (first_vip, second_vip) = (sa("10.96.0.15", 80), sa("10.96.0.16", 80));
+    let ask = |s: &mut std::net::TcpStream, msg: &str| -> String {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut first = tcp_connect_from_port(&vpc.pods[c], 23000, first_vip, Duration::from_secs(2)).unwrap();
+    assert_eq!(ask(&mut first, "one"), "b2:one");
+    let second = tcp_connect_from_port(&vpc.pods[c], 23000, second_vip, Duration::from_secs(2));
+    let refused = second
+        .as_ref()
+        .err()
+        .and_then(|e| e.root_cause().downcast_ref::<nix::errno::Errno>())
+        .copied();
+    assert_eq!(
+        refused,
+        Some(nix::errno::Errno::ECONNREFUSED),
+        "a second connection on the first's backend 4-tuple: {:?}",
+        second.map(|_| ())
+    );
+    assert_eq!(ask(&mut first, "two"), "b2:two", "the first connection carries on");
+    assert_eq!(
+        vpc.counted(0, "drop-port-clash").unwrap(),
+        clashes + 1,
+        "the refusal is counted"
+    );
+    drop(first);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut second = tcp_connect_from_port(&vpc.pods[c], 23000, second_vip, Duration::from_secs(2))
+        .expect("the port, its first connection closed, serves the other Service");
+    assert_eq!(ask(&mut second, "three"), "b2:three");
+    drop(second);
+    for vip in ["10.96.0.15:80/tcp", "10.96.0.16:80/tcp"] {
+        svcs.remove(&vpc, vip).unwrap();
+    }
 
     // A closed backend port: the ICMP error is translated back to the VIP,
     // so the client's connected socket sees "connection refused".

@@ -565,7 +565,8 @@ enum reason {
 	REASON_SOCK_TRANSLATED = 16,	/* a socket's Service address replaced by a backend's (cgroup hooks) */
 	DROP_SOURCE_RANGE = 17,		/* a client outside a load balancer's source ranges */
 	DROP_NO_SNAT_PORT = 18,		/* no free port (or no address) to source-NAT a connection from outside */
-	REASON_MAX = 19,
+	DROP_PORT_CLASH = 19,		/* a pod's connection to a Service whose backend 4-tuple another Service's live one holds (refused with a reset) */
+	REASON_MAX = 20,
 };
 
 /* Metrics slots: room for 64 reasons in both directions, so a new reason is

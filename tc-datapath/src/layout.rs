@@ -586,10 +586,11 @@ pub enum Reason {
     SockTranslated = 16,
     DropSourceRange = 17,
     DropNoSnatPort = 18,
+    DropPortClash = 19,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::Forwarded,
         Reason::ServiceTranslated,
         Reason::ReplyTranslated,
@@ -609,6 +610,7 @@ impl Reason {
         Reason::SockTranslated,
         Reason::DropSourceRange,
         Reason::DropNoSnatPort,
+        Reason::DropPortClash,
     ];
 
     pub fn name(self) -> &'static str {
@@ -632,6 +634,7 @@ impl Reason {
             Reason::SockTranslated => "sock-translated",
             Reason::DropSourceRange => "drop-source-range",
             Reason::DropNoSnatPort => "drop-no-snat-port",
+            Reason::DropPortClash => "drop-port-clash",
         }
     }
 
@@ -644,6 +647,7 @@ impl Reason {
                     | Reason::DropCtPodLimit
                     | Reason::DropSourceRange
                     | Reason::DropNoSnatPort
+                    | Reason::DropPortClash
             )
     }
 

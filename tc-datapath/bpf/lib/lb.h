@@ -295,6 +295,19 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, struct 
 		hairpin_addr(hp, p->v6);
 		ct_key_of(ck, hairpin ? hp : p->saddr, b->addr, p->sport, b->port, p->proto, CT_FLOW);
 		fct = bpf_map_lookup_elem(&sl_ct, ck);
+		/* The pod's kernel gives one source port to connections with
+		 * different destinations: two Services (or two ports of one)
+		 * with a backend in common can meet at one 4-tuple there. While
+		 * another Service's TCP connection holds it live, a new one
+		 * would take its flow entry (its replies would come back from
+		 * this VIP) and its SYN would reach that connection's socket:
+		 * both would break. It is refused at once, the client's retry
+		 * takes another port. (Remapping its source port, as netfilter
+		 * does, is not built here yet; the uplink does it.) A closing
+		 * one, or a datagram flow, gives way. */
+		if (fct && p->proto == IPPROTO_TCP && (fct->flags & CT_F_NAT) && fct->state != CT_CLOSING &&
+		    fct->expires_ns > now && (fct->nat_port != p->dport || !addr_eq(fct->nat_addr, p->daddr)))
+			return reject(skb, p, DROP_PORT_CLASH, DIR_EGRESS);
 		fresh = !ct + !fct;
 		if (fresh && !ct_admit(p->saddr, ep, fresh))
 			return drop_reported(skb, p, DROP_CT_POD_LIMIT, DIR_EGRESS);
