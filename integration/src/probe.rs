@@ -124,7 +124,7 @@ pub fn exchange(mut s: TcpStream, to: SocketAddr, msg: &str) -> Result<String> {
     Ok(out)
 }
 
-/// The same from a given local port (`SO_REUSEADDR`, so a port whose last
+/// [`tcp_request`] from a given local port (`SO_REUSEADDR`, so a port whose last
 /// connection the client closed second is free at once, and two
 /// connections to different destinations can share it), connecting for at
 /// most `connect`: a client reusing its port toward another frontend.
@@ -133,7 +133,7 @@ pub fn tcp_request_from_port(ns: &Netns, port: u16, to: SocketAddr, msg: &str, c
 }
 
 /// A connection from `ns`'s local `port` to `to` (see
-/// [`tcp_request_from_port`]), for [`exchange`] later.
+/// [`tcp_request_from_port`]), for [`exchange`] or a [`Session`].
 pub fn tcp_connect_from_port(ns: &Netns, port: u16, to: SocketAddr, connect: Duration) -> Result<TcpStream> {
     use nix::sys::socket::{
         AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect as connect_to, setsockopt, socket, sockopt,
@@ -285,6 +285,16 @@ impl Session {
         let stream = ns
             .run(|| TcpStream::connect_timeout(&to, Duration::from_secs(2)))?
             .with_context(|| format!("connect {to}"))?;
+        Session::on(stream)
+    }
+
+    /// A session on a connection from `ns`'s local `port`
+    /// ([`tcp_connect_from_port`]).
+    pub fn from_port(ns: &Netns, port: u16, to: SocketAddr, connect: Duration) -> Result<Session> {
+        Session::on(tcp_connect_from_port(ns, port, to, connect)?)
+    }
+
+    fn on(stream: TcpStream) -> Result<Session> {
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
         Ok(Session { stream })
     }

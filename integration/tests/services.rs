@@ -9,14 +9,11 @@
 use serde_json::Value;
 use sluice_integration::chain::Chain;
 use sluice_integration::netns::Netns;
-use sluice_integration::probe::{
-    EchoServer, Session, StreamEcho, tcp_connect_from_port, tcp_request, udp_large_request, udp_request,
-};
+use sluice_integration::probe::{EchoServer, Session, StreamEcho, tcp_request, udp_large_request, udp_request};
 use sluice_integration::services::{ServicePort, Services};
 use sluice_integration::vpc::{VPC_ROUTER, Vpc, result_ip};
 use sluice_integration::{bin_dir, require_reference_plugins, require_root};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -208,16 +205,9 @@ fn services_end_to_end(role: Role) {
     put(ServicePort::new("10.96.0.16:80/tcp", &[sa(&ip2, 7100)]));
     let clashes = vpc.counted(0, "drop-port-clash").unwrap();
     let (first_vip, second_vip) = (sa("10.96.0.15", 80), sa("10.96.0.16", 80));
-    let ask = |s: &mut std::net::TcpStream, msg: &str| -> String {
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.write_all(msg.as_bytes()).unwrap();
-        let mut buf = [0u8; 512];
-        let n = s.read(&mut buf).unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
-    let mut first = tcp_connect_from_port(&vpc.pods[c], 23000, first_vip, Duration::from_secs(2)).unwrap();
-    assert_eq!(ask(&mut first, "one"), "b2:one");
-    let second = tcp_connect_from_port(&vpc.pods[c], 23000, second_vip, Duration::from_secs(2));
+    let mut first = Session::from_port(&vpc.pods[c], 23000, first_vip, Duration::from_secs(2)).unwrap();
+    assert_eq!(first.ask("one").unwrap(), "b2:one");
+    let second = Session::from_port(&vpc.pods[c], 23000, second_vip, Duration::from_secs(2));
     let refused = second
         .as_ref()
         .err()
@@ -229,7 +219,7 @@ fn services_end_to_end(role: Role) {
         "a second connection on the first's backend 4-tuple: {:?}",
         second.map(|_| ())
     );
-    assert_eq!(ask(&mut first, "two"), "b2:two", "the first connection carries on");
+    assert_eq!(first.ask("two").unwrap(), "b2:two", "the first connection carries on");
     assert_eq!(
         vpc.counted(0, "drop-port-clash").unwrap(),
         clashes + 1,
@@ -237,9 +227,9 @@ fn services_end_to_end(role: Role) {
     );
     drop(first);
     std::thread::sleep(Duration::from_millis(200));
-    let mut second = tcp_connect_from_port(&vpc.pods[c], 23000, second_vip, Duration::from_secs(2))
+    let mut second = Session::from_port(&vpc.pods[c], 23000, second_vip, Duration::from_secs(2))
         .expect("the port, its first connection closed, serves the other Service");
-    assert_eq!(ask(&mut second, "three"), "b2:three");
+    assert_eq!(second.ask("three").unwrap(), "b2:three");
     drop(second);
     for vip in ["10.96.0.15:80/tcp", "10.96.0.16:80/tcp"] {
         svcs.remove(&vpc, vip).unwrap();

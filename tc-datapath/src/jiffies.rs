@@ -14,11 +14,12 @@
 //! distance to within a tick, the coarse clock's own resolution. Like the
 //! coarse clock, the programs' time is never ahead of CLOCK_MONOTONIC (at
 //! most two ticks behind, the coarse clock one): a reading falls anywhere
-//! in its jiffy, so the base is taken a tick before the best reading's. So a deadline is never
-//! later than the fine clock's time at the packet plus its timeout, as the
-//! agent's collection and the SNAT port holds were written for (a clock
-//! ahead by 1 ms made a 65 s hold read 65.001 s). Where the file cannot be read (no
-//! `CONFIG_PROC_FS` timer list, no root) the programs keep the coarse clock.
+//! in its jiffy, so the base is taken a tick before the best reading's.
+//! So a deadline is never later than the fine clock's time at the packet
+//! plus its timeout, as the agent's collection and the SNAT port holds
+//! were written for (a clock ahead by 1 ms made a 65 s hold read 65.001
+//! s). Where the file cannot be read (no `CONFIG_PROC_FS` timer list, no
+//! root) the programs keep the coarse clock.
 
 use std::io::BufRead;
 use std::time::Duration;
@@ -210,8 +211,8 @@ jiffies: 4298431569
 
     /// On this machine: the clock found is behind CLOCK_MONOTONIC by at
     /// most two ticks, three allowed (a jiffy may be read a moment stale),
-    /// and not ahead of it. Only a timer list that cannot be read (not root) skips it;
-    /// one that can must give a clock.
+    /// and not ahead of it. Only a timer list that cannot be read (not
+    /// root) skips it; one that can must give a clock.
     #[test]
     fn the_clock_found_here_follows_the_monotonic_clock() {
         if read_timer_list().is_none() {

@@ -15,16 +15,17 @@
 #define CT_REFRESH_NS (1000000000ULL)
 
 /* The clock of every deadline (conntrack, NAT, Service affinity):
- * CLOCK_MONOTONIC to within a tick, never ahead of it. Deadlines are
- * seconds apart and a tick is 1-10 ms; reading the TSC (bpf_ktime_get_ns) was 6-8% of the
- * programs' time in a connection-rate profile, once or twice a packet,
+ * CLOCK_MONOTONIC to within two ticks, never ahead of it. Deadlines are
+ * seconds apart and a tick is 1-10 ms; reading the TSC
+ * (bpf_ktime_get_ns) was 6-8% of the programs' time in a
+ * connection-rate profile, once or twice a packet,
  * and the coarse clock (a seqcount read and a timespec's normalisation)
  * still 11% of an established packet's: jiffies, a single load, scaled
  * by the constants the loader found (config.h), where it found them.
  * The agent's collection reads the fine clock: it can see an entry expire
- * up to a tick before the programs do (never after), and deletes it only if its
- * deadline has not moved since it looked (a packet meanwhile pushes it
- * out). */
+ * up to two ticks before the programs do (never after), and deletes it
+ * only if its deadline has not moved since it looked (a packet meanwhile
+ * pushes it out). */
 static __always_inline __u64 ct_now(void)
 {
 	if (cfg_tick_ns)
