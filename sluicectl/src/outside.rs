@@ -4,7 +4,7 @@
 use crate::render::{sock, state_name, table_row};
 use anyhow::Result;
 use serde::Serialize;
-use sluice_tc_datapath::layout::{Addr, NAT_F_LOCAL, NAT_F_REPLY, NAT_F_SNAT, NatValue, ip, proto_name};
+use sluice_tc_datapath::layout::{Addr, NAT_F_LOCAL, NAT_F_REMAP, NAT_F_REPLY, NAT_F_SNAT, NatValue, ip, proto_name};
 use sluice_tc_datapath::maps::Maps;
 use sluice_tc_datapath::maps::ct::now_ns;
 
@@ -21,8 +21,10 @@ pub struct NatRow {
     /// What it becomes.
     pub new_source: String,
     pub new_destination: String,
-    /// "local" (a pod of this node, handed in through its parent) or "snat"
-    /// (a backend elsewhere, from this node's address).
+    /// "local" (a pod of this node, handed in through its parent),
+    /// "local-remapped" (the same, from another port of the client's: its
+    /// own was taken at the backend) or "snat" (a backend elsewhere, from
+    /// this node's address).
     pub path: &'static str,
     /// The connection's state; `expired` once its deadline passed (the
     /// next collection takes it).
@@ -93,7 +95,9 @@ pub fn nat(maps: &Maps) -> Result<Vec<NatRow>> {
             destination: sock(ip(&k.daddr), u16::from_be(k.dport)),
             new_source: sock(ip(&v.saddr), u16::from_be(v.sport)),
             new_destination: sock(ip(&v.daddr), u16::from_be(v.dport)),
-            path: if v.flags & NAT_F_LOCAL != 0 {
+            path: if v.flags & NAT_F_LOCAL != 0 && v.flags & NAT_F_REMAP != 0 {
+                "local-remapped"
+            } else if v.flags & NAT_F_LOCAL != 0 {
                 "local"
             } else if v.flags & NAT_F_SNAT != 0 {
                 "snat"

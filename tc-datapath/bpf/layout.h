@@ -382,9 +382,10 @@ struct lb_source_key {
 #define NAT_F_REPLY 0x01	/* translates replies (else the client's packets) */
 #define NAT_F_LOCAL 0x02	/* the backend is a pod here: handed in through `ifindex` */
 #define NAT_F_SNAT 0x04	/* the backend is elsewhere: from this node's address */
+#define NAT_F_REMAP 0x08	/* NAT_F_LOCAL: from another port of the client's (a clash) */
 
-/* How long a SNAT connection's port stays taken after its FIN or RST (in
- * sl_snat_held): the backend holds the 4-tuple in TIME_WAIT for 60 s after
+/* How long a SNAT connection's port (or a remapped one's: NAT_F_REMAP)
+ * stays taken after its FIN or RST (in sl_snat_held): the backend holds the 4-tuple in TIME_WAIT for 60 s after
  * a close it began, and a new SYN on it from a client whose timestamps are
  * not the old one's is refused by PAWS (the client resets and retries 1 s
  * later). */

@@ -344,6 +344,7 @@ pub const CT_NAT: u8 = 3;
 pub const NAT_F_REPLY: u8 = 0x01;
 pub const NAT_F_LOCAL: u8 = 0x02;
 pub const NAT_F_SNAT: u8 = 0x04;
+pub const NAT_F_REMAP: u8 = 0x08;
 /// `NAT_SNAT_HOLD_NS` of layout.h: a SNAT connection's port stays taken
 /// this long after its FIN or RST (`sl_snat_held`).
 pub const NAT_SNAT_HOLD_NS: u64 = 65_000_000_000;

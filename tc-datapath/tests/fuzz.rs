@@ -1268,7 +1268,7 @@ fn fuzzed_frames_from_outside_meet_only_the_frontends() {
     let mut rng = rng(3);
     let mut t = Tally::default();
     let (mut forwarded_local, mut snat, mut replies, mut turned, mut forged) = (0, 0, 0, 0, 0);
-    let mut remapped = 0;
+    let (mut remapped, mut remapped_errors) = (0, 0);
     // (client, its port, the port its backend sees instead)
     let mut remaps = BTreeSet::new();
     let (mut icmp_errors, mut later_fragments) = (0, 0);
@@ -1343,6 +1343,14 @@ fn fuzzed_frames_from_outside_meet_only_the_frontends() {
             );
             if (qo.daddr, od) == (qi.daddr, qd) {
                 assert_eq!(o.saddr, p.saddr, "{what}: a local backend's error keeps its sender");
+            } else if local.contains(&qo.saddr) && o.saddr == p.saddr {
+                // A local backend's connection from another port of its
+                // client: the quote names the port the backend knows.
+                assert!(
+                    qo.daddr == qi.daddr && remaps.contains(&(qi.daddr, qd, od)),
+                    "{what}: a client's port changed in a quote where no remap was made"
+                );
+                remapped_errors += 1;
             } else {
                 assert!(
                     qo.daddr == node(qo.daddr) && o.saddr == node(o.saddr),
@@ -1403,7 +1411,7 @@ fn fuzzed_frames_from_outside_meet_only_the_frontends() {
     }
     t.report("uplink", &dp);
     eprintln!(
-        "fuzz uplink: {forwarded_local} to local backends ({remapped} from another client port), {snat} SNATed, {replies} replies, {turned} turned around, {forged} forged replies sent, {icmp_errors} errors from the path handed to backends, {later_fragments} later fragments after their first"
+        "fuzz uplink: {forwarded_local} to local backends ({remapped} from another client port), {snat} SNATed, {replies} replies, {turned} turned around, {forged} forged replies sent, {icmp_errors} errors from the path handed to backends ({remapped_errors} about a remapped port), {later_fragments} later fragments after their first"
     );
     assert!(
         forwarded_local > 50 && snat > 50 && replies > 50 && turned > 10 && forged > 50 && icmp_errors > 50,

@@ -475,6 +475,130 @@ fn a_closed_connections_snat_port_waits_out_the_backends_time_wait() {
     );
 }
 
+/// A local backend's connection remapped to another port of its client
+/// (the client's port already held a live connection to another frontend
+/// of that backend) is held past its close as a SNAT port is: the backend
+/// may hold the remapped 4-tuple in TIME_WAIT, so neither a later remap
+/// nor the client's own use of that port lands on it until the hold ends.
+/// Errors from the path about it reach the backend quoting the remapped
+/// port, the one its socket has.
+#[test]
+fn a_remapped_client_port_is_held_like_a_snat_port() {
+    if !root("a_remapped_client_port_is_held_like_a_snat_port") {
+        return;
+    }
+    let mut dp = datapath();
+    for c in [V4, V6] {
+        // A second frontend of the local pod's backend.
+        dp.maps
+            .lb_mut()
+            .upsert_service(&ServiceSpec {
+                vip: ip(c.node),
+                port: 30082,
+                proto: PROTO_TCP,
+                rev_nat_id: if c.node == V4.node { 101 } else { 102 },
+                algorithm: Algorithm::Random,
+                affinity_timeout_secs: 0,
+                reject: false,
+                node_address: false,
+                scope: SVC_SCOPE_EXTERNAL,
+                source_ranges: false,
+                node_denied: false,
+                draining: Vec::new(),
+                backends: vec![Backend {
+                    id: if c.node == V4.node { 1 } else { 11 },
+                    addr: ip(c.local),
+                    port: 8080,
+                    active: true,
+                }],
+            })
+            .unwrap();
+        let node = &c.node.to_string();
+        let first = handshake(&dp, &c, 40000, 30080, c.local);
+        assert_eq!(first, (ip(c.client), 40000), "{node}: the client's own port");
+
+        // The same client port to the other frontend: another port at the backend.
+        let (v, syn) = dp.run(
+            UPLINK_IN,
+            &Frame::new(c.client, c.node, 40000, 30082, PROTO_TCP, SYN, b""),
+        );
+        assert_eq!(
+            (v, syn.addrs().0),
+            (TC_ACT_REDIRECT, ip(c.client)),
+            "{node}: the clash's SYN"
+        );
+        let remapped = syn.ports().0;
+        assert_ne!(remapped, 40000, "{node}: remapped");
+        let synack = Frame::new(c.local, c.client, 8080, remapped, PROTO_TCP, SYN_ACK, b"");
+        let (v, out) = dp.run(UPLINK_OUT, &synack);
+        assert_eq!(
+            (v, out.addrs(), out.ports()),
+            (TC_ACT_OK, (ip(c.node), ip(c.client)), (30082, 40000)),
+            "{node}: the SYN-ACK back from the second frontend to the client's port"
+        );
+
+        // A router finds the backend's reply too big: the backend hears of
+        // its own 4-tuple.
+        let reply = Frame::new(c.node, c.client, 30082, 40000, PROTO_TCP, TCP_ACK, &[0u8; 64]);
+        let (v, out) = dp.run(UPLINK_IN, &too_big(c.router, c.node, &reply));
+        assert_eq!(v, TC_ACT_REDIRECT, "{node}: the error handed to the pod");
+        assert_eq!(
+            quote(&out),
+            ((ip(c.local), 8080), (ip(c.client), remapped)),
+            "{node}: quoting the remapped port"
+        );
+        out.assert_icmp_checksum();
+        assert_quote_header(&out);
+
+        // The backend closes it: the remapped port is held.
+        let fin = Frame::new(c.local, c.client, 8080, remapped, PROTO_TCP, FIN_ACK, b"");
+        assert_ne!(dp.run(UPLINK_OUT, &fin).0, TC_ACT_SHOT);
+        let key = CtKey {
+            saddr: addr(ip(c.local)),
+            daddr: addr(ip(c.client)),
+            sport: 8080u16.to_be(),
+            dport: remapped.to_be(),
+            proto: PROTO_TCP,
+            kind: CT_NAT,
+            pad0: 0,
+        };
+        let held = dp.maps.uplink().snat_held().unwrap();
+        let until = held.iter().find(|(k, _)| *k == key).map(|(_, u)| *u);
+        let left = until.expect("the remapped port held") - sluice_tc_datapath::maps::ct::now_ns();
+        assert!(
+            (NAT_SNAT_HOLD_NS - 2_000_000_000..=NAT_SNAT_HOLD_NS).contains(&left),
+            "{node}: held {left} ns more"
+        );
+
+        // The client itself on that port, to the backend: another port.
+        let (v, syn) = dp.run(
+            UPLINK_IN,
+            &Frame::new(c.client, c.node, remapped, 30080, PROTO_TCP, SYN, b""),
+        );
+        assert_eq!(
+            (v, syn.addrs().0),
+            (TC_ACT_REDIRECT, ip(c.client)),
+            "{node}: the client's SYN"
+        );
+        assert_ne!(
+            syn.ports().0,
+            remapped,
+            "{node}: the held port is not the backend's again"
+        );
+        // Once the hold is over, the client's port is its own again.
+        dp.maps.uplink_mut().hold_snat_port(key, 1).unwrap();
+        let (v, syn) = dp.run(
+            UPLINK_IN,
+            &Frame::new(c.client, c.node, remapped, 30082, PROTO_TCP, SYN, b""),
+        );
+        assert_eq!(
+            (v, syn.addrs().0, syn.ports().0),
+            (TC_ACT_REDIRECT, ip(c.client), remapped),
+            "{node}: the hold over, the client's own port"
+        );
+    }
+}
+
 /// An established connection whose entries expired while it sat idle is
 /// picked up by the client's next segment, as before the two tables: it
 /// starts unanswered, its backend's data (no SYN) is still turned back to

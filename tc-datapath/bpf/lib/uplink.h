@@ -163,10 +163,11 @@ static __always_inline int nat_apply(struct __sk_buff *skb, struct pkt *p, struc
 			state_touch(&fwd->state, &fwd->expires_ns, p, 1, now);
 	}
 	state_touch(&v->state, &v->expires_ns, p, reply, now);
-	if ((v->flags & NAT_F_SNAT) && p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST))) {
+	if ((v->flags & (NAT_F_SNAT | NAT_F_REMAP)) && p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST))) {
 		/* Closing: its port is held past the backend's TIME_WAIT (see
-		 * snat_claim). The reply's key: the packet's own for a reply,
-		 * the turned rewrite for the client's. */
+		 * snat_claim), a SNAT port and a client's remapped one alike.
+		 * The reply's key: the packet's own for a reply, the turned
+		 * rewrite for the client's. */
 		struct ct_key hk;
 		__u64 until = now + NAT_SNAT_HOLD_NS;
 
@@ -251,17 +252,24 @@ static __always_inline __u32 uplink_nat(struct __sk_buff *skb, struct pkt *p, co
 		 * frontend, and the client would reset it). A live one keeps
 		 * its 4-tuple at the backend: the new connection comes from
 		 * another port of the client's address, as netfilter remaps a
-		 * source port on such a clash; the client never sees it. */
+		 * source port on such a clash; the client never sees it. A
+		 * port an earlier remap closed is held as a SNAT port is (the
+		 * backend may hold it in TIME_WAIT): the client's own use of
+		 * it is remapped too. */
 		ct_key_of(&rk, baddr, p->saddr, bport, p->sport, p->proto, CT_NAT);
 		old = nat_find(&rk, now);
 		if (old && old->state == CT_CLOSING) {
 			bpf_map_delete_elem(&sl_nat, &rk);
 			old = nat_find(&rk, now);
 		}
-		if (!old || old->state == CT_CLOSING || nat_turns_back_to(old, p)) {
+		__u64 *held = bpf_map_lookup_elem(&sl_snat_held, &rk);
+
+		if ((!held || *held <= now) && (!old || old->state == CT_CLOSING || nat_turns_back_to(old, p))) {
 			if (bpf_map_update_elem(&sl_nat_new, &rk, &rev, BPF_ANY) < 0)
 				return DROP_NAT_FAILED;
 		} else {
+			rev.flags |= NAT_F_REMAP;
+			fwd.flags |= NAT_F_REMAP;
 			fwd.sport = snat_claim(p, p->saddr, baddr, bport, &rev, now);
 			if (!fwd.sport)
 				return DROP_NO_SNAT_PORT;
@@ -378,14 +386,16 @@ static __always_inline int uplink_icmp_error(struct __sk_buff *skb, struct pkt *
 		return TC_ACT_OK;
 	snat = fwd->flags & NAT_F_SNAT;
 	/* The quote: from the backend; to this node's SNAT port for one
-	 * elsewhere. Then the outer header: to the backend; from this node
-	 * for one elsewhere (the fabric takes a node's packets from its own
-	 * address only). */
+	 * elsewhere, to the client's remapped port for a clash here (the
+	 * address the client's own). Then the outer header: to the backend;
+	 * from this node for one elsewhere (the fabric takes a node's
+	 * packets from its own address only). */
 	if (icmp_set_addr(skb, o->v6, csum_off, inner + ip_src, inner + check, in.saddr, fwd->daddr, 0) < 0 ||
 	    icmp_set_port(skb, csum_off, in.l4_off, in.sport, fwd->dport) < 0)
 		goto failed;
-	if (snat && (icmp_set_addr(skb, o->v6, csum_off, inner + ip_dst, inner + check, in.daddr, fwd->saddr, 0) < 0 ||
-		     icmp_set_port(skb, csum_off, in.l4_off + 2, in.dport, fwd->sport) < 0))
+	if ((fwd->flags & (NAT_F_SNAT | NAT_F_REMAP)) &&
+	    (icmp_set_addr(skb, o->v6, csum_off, inner + ip_dst, inner + check, in.daddr, fwd->saddr, 0) < 0 ||
+	     icmp_set_port(skb, csum_off, in.l4_off + 2, in.dport, fwd->sport) < 0))
 		goto failed;
 	if (icmp_set_addr(skb, o->v6, csum_off, ETH_HLEN + ip_dst, ETH_HLEN + check, o->daddr, fwd->daddr, 1) < 0)
 		goto failed;
