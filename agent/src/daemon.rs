@@ -366,6 +366,10 @@ struct Daemon {
     pods_seen: Option<(u64, u64)>,
     /// The kernel has no TCX: pods stay on filters.
     tcx_unsupported: bool,
+    /// The reaper's lock (reap.rs), while this agent holds it.
+    reaper: Option<std::fs::File>,
+    /// Records whose reap failed: tried again after the next collection.
+    reap_failed: BTreeSet<std::path::PathBuf>,
 }
 
 /// Watch the CNI plugin's endpoint records: a pod's ADD or DEL wakes the
@@ -457,6 +461,19 @@ pub fn run(opts: Options) -> Result<()> {
     } else {
         watch_records(&opts.cni_data_dir, tx.clone())
     };
+    // Held for the agent's life: a DEL of a pod on TCX links leaves its
+    // interface for `reap_next` while it is (reap.rs).
+    let reaper = if opts.once {
+        None
+    } else {
+        match sluice_tc_datapath::attach::retire::hold_reaper(&opts.cni_data_dir) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                warn!(error = %e, "not reaping pod interfaces: DELs delete their own");
+                None
+            }
+        }
+    };
     let source = Source::start(&opts, &node.name, tx)?;
     let mut loader = DatapathLoader::default();
     // Before the maps are opened: a resize makes new ones.
@@ -516,6 +533,8 @@ pub fn run(opts: Options) -> Result<()> {
         promote_failed: BTreeSet::new(),
         pods_seen: None,
         tcx_unsupported: false,
+        reaper,
+        reap_failed: BTreeSet::new(),
     };
     d.collect_gone_pods();
     // The API-server source syncs first once every kind is listed.
@@ -656,6 +675,7 @@ impl Daemon {
                     self.collect_conntrack();
                     self.collect_gone_pods();
                     self.promote_failed.clear();
+                    self.reap_failed.clear();
                     self.promote_due.get_or_insert(Instant::now());
                     gc_due = Instant::now() + self.gc.get();
                     continue;
@@ -717,6 +737,10 @@ impl Daemon {
         use crate::promote::Moved;
         use sluice_tc_datapath::attach::Promotion;
         self.promote_due = None;
+        if self.reap_next() {
+            self.promote_due = Some(Instant::now() + PROMOTE_GAP);
+            return;
+        }
         if self.tcx_unsupported {
             return;
         }
@@ -777,6 +801,44 @@ impl Daemon {
         if pending.len() > 1 {
             self.promote_due = Some(Instant::now() + PROMOTE_GAP);
         }
+    }
+
+    /// Delete the next pod interface a DEL left on its links (reap.rs);
+    /// true if there was one.
+    fn reap_next(&mut self) -> bool {
+        if self.reaper.is_none() {
+            return false;
+        }
+        let Some((file, r)) = crate::reap::pending(&self.opts.cni_data_dir)
+            .into_iter()
+            .find(|(f, _)| !self.reap_failed.contains(f))
+        else {
+            return false;
+        };
+        let started = Instant::now();
+        let result = crate::reap::reap(&file, &r);
+        if let Some(m) = &self.metrics {
+            let label = match &result {
+                Ok(crate::reap::Reaped::Deleted) => "deleted",
+                Ok(crate::reap::Reaped::AlreadyGone) => "gone",
+                Err(_) => "failed",
+            };
+            m.reaped.get_or_create(&vec![("result", label)]).inc();
+        }
+        match result {
+            Ok(done) => info!(
+                ifname = %r.ifname,
+                netns = %r.netns.display(),
+                ?done,
+                ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+                "a deleted pod's interface reaped"
+            ),
+            Err(e) => {
+                warn!(record = %file.display(), error = %e, "a deleted pod's interface not reaped; tried again after the next collection");
+                self.reap_failed.insert(file);
+            }
+        }
+        true
     }
 
     /// Whether a Pod changed since the last call (the first call: true).

@@ -11,7 +11,8 @@
 //!   [`health_check`] node ports of `externalTrafficPolicy: Local`;
 //! - housekeeping: expired conntrack entries ([`gc`]), pods gone without a
 //!   CNI DEL ([`endpoint_gc`]), pods moved from clsact filters onto TCX
-//!   links once the node is quiet ([`promote`]);
+//!   links once the node is quiet ([`promote`]), and the interfaces a DEL
+//!   left on their links deleted then ([`reap`]);
 //! - what it tells: [`metrics`], flow events ([`flows`]), the kubelet's
 //!   [`probes`] (over the small [`http`] server);
 //! - [`eni_pool`]: the node's ENIs and addresses from the cloud (sluice-cloud's
@@ -34,6 +35,7 @@ pub mod objects;
 pub mod probes;
 pub mod promote;
 pub mod proxy_health;
+pub mod reap;
 pub mod services;
 pub mod source;
 pub mod tables;

@@ -48,6 +48,8 @@ pub struct AgentMetrics {
     pub failing: Gauge,
     /// Pods moved from clsact filters onto TCX links, by result.
     pub tcx_moves: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Pod interfaces a DEL left on their TCX links, reaped, by result.
+    pub reaped: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Pods still on filters that ask for links.
     pub on_filters: Gauge,
 }
@@ -70,6 +72,7 @@ impl AgentMetrics {
             sync_failures: Counter::default(),
             failing: Gauge::default(),
             tcx_moves: Family::default(),
+            reaped: Family::default(),
             on_filters: Gauge::default(),
         }
     }
@@ -169,6 +172,11 @@ pub fn registry(bpffs: &Path, pool: Option<&PoolMetrics>) -> (Registry, AgentMet
         "sluice_tcx_moves",
         "Pods moved from clsact filters onto TCX links (result: moved, skipped, failed)",
         m.tcx_moves.clone(),
+    );
+    r.register(
+        "sluice_pod_interfaces_reaped",
+        "Interfaces of deleted pods on TCX links, deleted by the agent once the node was quiet (result: deleted, gone, failed)",
+        m.reaped.clone(),
     );
     r.register(
         "sluice_pods_on_filters",

@@ -7,6 +7,7 @@ use crate::endpoint::{Endpoint, EndpointStore, Role};
 use crate::netlink::{Netlink, parse_mac};
 use crate::netns::NetNs;
 use sluice_cni_spec::{CniError, ErrorCode};
+use sluice_tc_datapath::attach::retire::{self, Retired};
 use sluice_tc_datapath::attach::{self, AttachError, AttachMode, Attached, Node};
 use sluice_tc_datapath::loader::versioned_dir;
 use sluice_tc_datapath::maps::endpoints::Endpoint as EndpointEntry;
@@ -278,6 +279,57 @@ pub fn detach(
             .map_err(maps_err(format!("policy of endpoint {id}")))?;
     }
     Ok(())
+}
+
+/// A DEL of a pod on TCX links while the agent runs hands its interface
+/// and links to the agent (attach/retire.rs): its links' pins move under
+/// `retired/` and its record is written, before the interface is taken
+/// down and renamed. None when the DEL does the work itself: no agent, no
+/// links, or an interface not recorded by index.
+pub fn retire(
+    cfg: &PluginConfig,
+    container_id: &str,
+    ifname: &str,
+    ep: &Endpoint,
+    pod_ns: &NetNs,
+) -> Result<Option<Retired>, CniError> {
+    let versioned = versioned_dir(&cfg.datapath.bpffs);
+    let key = pin::link_key(container_id, ifname);
+    if ep.ifindex == 0 || !attach::has_links(&versioned, &key) || !retire::reaper_alive(&cfg.data_dir()) {
+        return Ok(None);
+    }
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |e: std::io::Error| CniError::new(ErrorCode::Io, format!("datapath: {what}: {e}"))
+    };
+    let inode = nix::sys::stat::fstat(pod_ns.as_fd())
+        .map_err(std::io::Error::from)
+        .map_err(io("reading the pod netns's inode"))?
+        .st_ino;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let r = Retired {
+        name: format!("{inode:x}-{}-{nanos}", ep.ifindex),
+        netns: pod_ns.path().to_path_buf(),
+        netns_inode: inode,
+        ifindex: ep.ifindex,
+        ifname: retire::retired_ifname(ep.ifindex),
+        versioned: versioned.clone(),
+    };
+    // The record first: whatever a crash leaves after it, the agent finds.
+    let dir = retire::records_dir(&cfg.data_dir());
+    let path = dir.join(format!("{}.json", r.name));
+    let tmp = dir.join(format!(".{}.tmp", r.name));
+    let body = serde_json::to_vec(&r).expect("a record serializes");
+    std::fs::write(&tmp, body)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(io(&format!("writing {}", path.display())))?;
+    retire::retire_links(&versioned, &key, &r.name)
+        .map_err(|e| cni_err(e, &format!("retiring the links of {ifname}")))?;
+    info!(container = container_id, ifname, retired = %r.ifname, "pod on TCX links: its interface and links left to the agent");
+    Ok(Some(r))
 }
 
 /// DEL of a pod whose record could not be read: the endpoint entries its

@@ -342,6 +342,20 @@ impl Netlink {
         )))
     }
 
+    /// Remove `addr` from link `index`; one not there is fine.
+    pub async fn del_address(&self, index: u32, addr: IpNetwork) -> Result<(), CniError> {
+        // The message an add of it would send names it as a delete needs.
+        let mut add = self.handle.address().add(index, addr.ip(), addr.prefix());
+        let msg = add.message_mut().clone();
+        match self.handle.address().del(msg).execute().await {
+            Err(e) if errno(&e) == Some(libc::EADDRNOTAVAIL) => Ok(()),
+            r => r.map_err(nl_err(format!(
+                "delete address {addr} of link #{index} in {}",
+                self.ns_label
+            ))),
+        }
+    }
+
     pub async fn add_route(&self, index: u32, dst: IpNetwork, gw: Option<IpAddr>) -> Result<(), CniError> {
         let via = gw.map(|g| format!(" via {g}")).unwrap_or_default();
         let what = format!("add route {dst}{via} on link #{index} in {}", self.ns_label);

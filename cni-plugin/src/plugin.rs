@@ -109,7 +109,7 @@ impl Plugin for Sluice {
                 }
                 if cfg.link.is_some() {
                     main_role::remove_host_path(ep, &cfg.data_dir()).await?;
-                    main_role::remove_recorded_link(&ep.container_id, &ep.ifname, ep, ns.as_ref()).await?;
+                    main_role::remove_recorded_link(&ep.container_id, &ep.ifname, ep, ns.as_ref(), None).await?;
                 }
                 store.remove(&ep.container_id, &ep.ifname)?;
                 info!(container = %ep.container_id, ifname = %ep.ifname, "GC removed stale endpoint");

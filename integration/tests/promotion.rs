@@ -69,7 +69,7 @@ fn auto_starts_pods_on_filters_and_the_agent_moves_them_onto_links() {
     std::fs::create_dir(&manifests).unwrap();
     let log = work.path().join("agent.log");
     let cni_data = vpc.data_dir.join("n0");
-    let _agent = AgentProcess::start_with(
+    let agent = AgentProcess::start_with(
         &manifests,
         &vpc.bpffs[0].root(),
         &vpc.node_name(0),
@@ -144,9 +144,80 @@ fn auto_starts_pods_on_filters_and_the_agent_moves_them_onto_links() {
     vpc.sluice(0, "CHECK", "cd", d, &conf2).expect_ok("CHECK d on links");
 
     drop(session);
-    for (cid, p) in [("ca", a), ("cb", b), ("cc", c), ("cd", d)] {
+    // DEL of a pod on links while the agent runs: its interface taken down
+    // and out of the way at once, deleted by the agent once the node is
+    // quiet (two grace periods no DEL waits for).
+    let links_of = |p: usize| -> Vec<String> {
+        vpc.pods[p]
+            .ip(&["-o", "link", "show"])
+            .unwrap()
+            .lines()
+            .map(|l| {
+                l.split(':')
+                    .nth(1)
+                    .unwrap()
+                    .trim()
+                    .split('@')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let retired_records = || sluice_integration::dir_names(&cni_data.join("retired"));
+    for (cid, p) in [("ca", a), ("cb", b), ("cc", c)] {
+        let ifindex = vpc.pods[p].ip(&["-o", "link", "show", "eth0"]).unwrap();
+        let ifindex: u32 = ifindex.split(':').next().unwrap().trim().parse().unwrap();
         vpc.sluice(0, "DEL", cid, p, &conf2).expect_ok("DEL");
+        let left = vpc.pods[p].ip(&["-o", "link", "show"]).unwrap();
+        let retired = format!("sldel{ifindex:x}");
+        assert!(
+            !links_of(p).contains(&"eth0".to_string()) && left.contains(&format!("{ifindex}: {retired}@")),
+            "right after DEL: eth0 gone, #{ifindex} renamed {retired}:\n{left}"
+        );
+        // It answers for no address of the pod's (the pool may lease them
+        // again at once), and the pod's routes went with them.
+        let addrs = vpc.pods[p].ip(&["-o", "addr", "show", "dev", &retired]).unwrap();
+        assert!(!addrs.contains("inet ") && !addrs.contains("scope global"), "{addrs}");
+        let routes = vpc.pods[p].ip(&["route", "show"]).unwrap();
+        assert!(routes.trim().is_empty(), "{routes}");
     }
+    assert!(vpc.pinned_links(0) == ["cd:eth0"] && vpc.endpoints(0).len() == 1);
+    assert_eq!(retired_records().len(), 3, "{:?}", retired_records());
+    let started = Instant::now();
+    while [a, b, c].iter().any(|&p| links_of(p) != ["lo"]) || !retired_records().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "not reaped: {:?} {:?} {:?}, records {:?}; agent log:\n{}",
+            links_of(a),
+            links_of(b),
+            links_of(c),
+            retired_records(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "three deleted pods' interfaces reaped {:?} after the last DEL",
+        started.elapsed()
+    );
+    let retired_pins = vpc.datapath_dir(0).join("retired");
+    assert!(
+        sluice_integration::dir_names(&retired_pins).is_empty(),
+        "retired links unpinned"
+    );
+    let body = scrape(metrics_addr(&log).expect("metrics address logged")).unwrap();
+    assert_eq!(
+        sample(&body, "sluice_pod_interfaces_reaped_total{result=\"deleted\"}"),
+        Some(3.0),
+        "{body}"
+    );
+
+    // With no agent, a DEL deletes the interface and its links itself.
+    agent.kill().unwrap();
+    vpc.sluice(0, "DEL", "cd", d, &conf2).expect_ok("DEL");
+    assert_eq!(links_of(d), ["lo"], "no agent: the interface deleted by the DEL");
+    assert!(retired_records().is_empty());
     assert!(vpc.pinned_links(0).is_empty() && vpc.endpoints(0).is_empty());
 }
 

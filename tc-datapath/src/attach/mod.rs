@@ -12,6 +12,7 @@
 mod clsact;
 mod iface;
 mod node;
+pub mod retire;
 pub mod sock;
 
 pub use iface::{CheckError, ClsactPrograms, Promotion};
