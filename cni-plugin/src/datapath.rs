@@ -283,9 +283,9 @@ pub fn detach(
 
 /// A DEL of a pod on TCX links while the agent runs hands its interface
 /// and links to the agent (attach/retire.rs): its links' pins move under
-/// `retired/` and its record is written, before the interface is taken
-/// down and renamed. None when the DEL does the work itself: no agent, no
-/// links, or an interface not recorded by index.
+/// `retired/` and its record is written, before the interface loses the
+/// pod's addresses and is renamed. None when the DEL does the work itself:
+/// no agent, no links, or an interface not recorded by index.
 pub fn retire(
     cfg: &PluginConfig,
     container_id: &str,
