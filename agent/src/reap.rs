@@ -32,7 +32,7 @@ pub enum ReapError {
     Attach(#[from] sluice_tc_datapath::attach::AttachError),
 }
 
-/// The records a DEL left (with their files), oldest name first.
+/// The records a DEL left (with their files), in name order.
 pub fn pending(cni_data_dir: &Path) -> Vec<(PathBuf, Retired)> {
     let Ok(rd) = std::fs::read_dir(retire::records_dir(cni_data_dir)) else {
         return Vec::new();

@@ -208,7 +208,11 @@ fn main() -> Result<()> {
         Ok(())
     };
     let sluice_data = vpc.data_dir.join("sluice");
-    let _reaper = if args.links_before_del && !args.no_reaper {
+    anyhow::ensure!(
+        !args.no_reaper || args.links_before_del,
+        "--no-reaper goes with --links-before-del"
+    );
+    let reaper = if args.links_before_del && !args.no_reaper {
         println!(
             "(this process holds the reaper's lock as the agent does: a DEL leaves a pod's interface on links to it)"
         );
@@ -240,7 +244,7 @@ fn main() -> Result<()> {
                 &nothing
             };
             let (mut a, mut d) = run(p, &pods, par, &cni_path, mode, before_del)?;
-            if std::ptr::eq(p, &sluice) && _reaper.is_some() {
+            if std::ptr::eq(p, &sluice) && reaper.is_some() {
                 // The agent's share, once the node is quiet: untimed by
                 // the DELs above, timed here.
                 let pending = sluice_agent::reap::pending(&sluice_data);
