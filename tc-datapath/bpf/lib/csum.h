@@ -98,14 +98,26 @@ static __always_inline enum rewrite_result rewrite(struct __sk_buff *skb, const 
 /* rewrite() for the frame most Service traffic comes in: TCP or UDP over
  * IPv4 without options, its headers in the linear data. The header
  * checksum, both addresses and both ports are 14 contiguous bytes, read in
- * place and written back in one store, the IPv4 checksum computed here:
- * three helper calls instead of five. Any other frame goes to rewrite().
+ * place and written back at once, the IPv4 checksum computed here: three
+ * helper calls instead of five, two `in_place`. Any other frame goes to
+ * rewrite().
+ *
+ * `in_place` (a constant at each call) writes the 14 bytes straight into
+ * the packet. A program that writes packet data directly gets a prologue
+ * from the verifier that makes a cloned packet's header writable at every
+ * run, a helper call: at ingress a packet is rarely a clone, at egress
+ * every TCP segment is (the socket keeps the original for resending), so
+ * sl_egress would pay that call on every segment it does not translate to
+ * save one on those it does. sl_ingress writes in place, sl_egress
+ * through bpf_skb_store_bytes.
+ *
  * Its second way through costs the verifier's walk of sl_egress ~25,000
  * instructions since the Service path has one translation for every
  * origin of the backend (tests/verifier_budget.rs); a hairpinned
  * connection's second translation stays on rewrite(). */
 static __always_inline enum rewrite_result rewrite_fast(struct __sk_buff *skb, const struct pkt *p, __u32 l3_off,
-							int dst, const __u8 new_addr[16], __be16 new_port)
+							int dst, const __u8 new_addr[16], __be16 new_port,
+							int in_place)
 {
 	const __u8 *old_addr = dst ? p->daddr : p->saddr;
 	__be16 old_port = dst ? p->dport : p->sport;
@@ -115,18 +127,16 @@ static __always_inline enum rewrite_result rewrite_fast(struct __sk_buff *skb, c
 	if (!p->v6 && p->fragment != FRAG_LATER && p->l4_off == l3_off + sizeof(struct iphdr)) {
 		void *data = (void *)(long)skb->data;
 		void *end = (void *)(long)skb->data_end;
-		struct nat_span4 t;
+		struct nat_span4 t, *w = data + l3_off + offsetof(struct iphdr, check);
 		__be32 o, n;
 		__u32 s;
 
-		if (data + l3_off + offsetof(struct iphdr, check) + sizeof(t) > end)
+		if ((void *)(w + 1) > end)
 			return rewrite(skb, p, l3_off, dst, new_addr, new_port);
-		__builtin_memcpy(&t, data + l3_off + offsetof(struct iphdr, check), sizeof(t));
+		__builtin_memcpy(&t, w, sizeof(t));
 		__builtin_memcpy(&o, old_addr + 12, 4);
 		__builtin_memcpy(&n, new_addr + 12, 4);
 		if (o != n) {
-			if (bpf_l4_csum_replace(skb, csum_off, o, n, BPF_F_PSEUDO_HDR | mangled0 | sizeof(n)) < 0)
-				return REWRITE_FAILED;
 			s = (__u16)~t.check + (__u16)~o + (__u16)~(o >> 16) + (__u16)n + (__u16)(n >> 16);
 			s = (s & 0xffff) + (s >> 16);
 			s = (s & 0xffff) + (s >> 16);
@@ -140,14 +150,21 @@ static __always_inline enum rewrite_result rewrite_fast(struct __sk_buff *skb, c
 			}
 		}
 		if (old_port != new_port) {
-			if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port, mangled0 | sizeof(new_port)) < 0)
-				return REWRITE_FAILED;
 			if (dst)
 				t.dport = new_port;
 			else
 				t.sport = new_port;
 		}
-		if (bpf_skb_store_bytes(skb, l3_off + offsetof(struct iphdr, check), &t, sizeof(t), 0) < 0)
+		/* In place before the checksum helpers, which move the
+		 * packet's pointers. */
+		if (in_place)
+			__builtin_memcpy(w, &t, sizeof(t));
+		if (o != n && bpf_l4_csum_replace(skb, csum_off, o, n, BPF_F_PSEUDO_HDR | mangled0 | sizeof(n)) < 0)
+			return REWRITE_FAILED;
+		if (old_port != new_port &&
+		    bpf_l4_csum_replace(skb, csum_off, old_port, new_port, mangled0 | sizeof(new_port)) < 0)
+			return REWRITE_FAILED;
+		if (!in_place && bpf_skb_store_bytes(skb, l3_off + offsetof(struct iphdr, check), &t, sizeof(t), 0) < 0)
 			return REWRITE_FAILED;
 		return REWRITE_OK;
 	}

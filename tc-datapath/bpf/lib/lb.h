@@ -336,7 +336,7 @@ static __always_inline int service(struct __sk_buff *skb, struct pkt *p, struct 
 	to_port = b->port;
 translate:
 	hairpin = addr_eq(to, p->saddr);
-	if (rewrite_fast(skb, p, ETH_HLEN, 1, to, to_port) != REWRITE_OK)
+	if (rewrite_fast(skb, p, ETH_HLEN, 1, to, to_port, 0) != REWRITE_OK)
 		return drop(skb, DROP_NAT_FAILED, DIR_EGRESS);
 	count(REASON_SERVICE_TRANSLATED, DIR_EGRESS, skb->len);
 	if (hairpin) {
@@ -411,7 +411,7 @@ static __always_inline int reply(struct __sk_buff *skb, struct pkt *p, __u32 dir
 	/* A reply at the client's ingress, the common case, is rewritten in
 	 * place; one at egress, a hairpinned one, is rare and keeps sl_egress's
 	 * walk shorter on the helpers. */
-	if ((dir == DIR_INGRESS ? rewrite_fast(skb, p, ETH_HLEN, 0, vip, vport)
+	if ((dir == DIR_INGRESS ? rewrite_fast(skb, p, ETH_HLEN, 0, vip, vport, 1)
 				: rewrite(skb, p, ETH_HLEN, 0, vip, vport)) != REWRITE_OK)
 		return drop(skb, DROP_NAT_FAILED, dir);
 	count(REASON_REPLY_TRANSLATED, dir, skb->len);
