@@ -229,6 +229,64 @@ pub fn connections_here(to: &[SocketAddr], secs: f64, workers: usize) -> (u64, u
     (ok, failed, started.elapsed())
 }
 
+/// Every thread of this process on the CPUs of `set`. Threads made later
+/// take their maker's set, so the client threads a measurement starts and
+/// the servers already running all end up there; the macvlan path between
+/// two pods (the backlog the sender's CPU drains, in its softirq) runs
+/// there too.
+pub fn pin_process(set: &nix::sched::CpuSet) -> Result<()> {
+    use nix::sched::sched_setaffinity;
+    for task in std::fs::read_dir("/proc/self/task").context("listing this process's threads")? {
+        let tid: i32 = task?.file_name().to_string_lossy().parse()?;
+        // A thread that ended meanwhile is no longer there to pin.
+        match sched_setaffinity(nix::unistd::Pid::from_raw(tid), set) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => return Err(e).with_context(|| format!("pinning thread {tid}")),
+        }
+    }
+    Ok(())
+}
+
+/// CPU `cpu`'s busy time so far (user, system, interrupts and softirqs:
+/// neither idle and iowait nor the time the hypervisor took, steal), from
+/// /proc/stat, in seconds.
+pub fn cpu_busy_secs(cpu: usize) -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .with_context(|| format!("no {name} in /proc/stat"))?;
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    ensure!(f.len() >= 8, "short {name} line in /proc/stat: {line}");
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let busy = f[0] + f[1] + f[2] + f[5] + f[6];
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(busy as f64 / hz)
+}
+
+/// Connections from `ns` to `to` for `secs` with this whole process on
+/// `cpu` (see [`pin_process`]), then on the CPUs it had again: (µs of that CPU's busy time per
+/// connection, the share of the pass the CPU was busy). Every connection
+/// must succeed.
+pub fn cpu_per_connection(ns: &Netns, to: &[SocketAddr], secs: f64, workers: usize, cpu: usize) -> Result<(f64, f64)> {
+    use nix::sched::{CpuSet, sched_getaffinity};
+    let was = sched_getaffinity(nix::unistd::Pid::from_raw(0)).context("reading this thread's CPUs")?;
+    let mut one = CpuSet::new();
+    one.set(cpu)?;
+    pin_process(&one)?;
+    let measured = (|| -> Result<(f64, f64)> {
+        let before = cpu_busy_secs(cpu)?;
+        let (ok, failed, took) = connections(ns, to, secs, workers)?;
+        let busy = cpu_busy_secs(cpu)? - before;
+        ensure!(failed == 0 && ok > 0, "{failed} failed connections, {ok} made");
+        Ok((busy * 1e6 / ok as f64, busy / took.as_secs_f64()))
+    })();
+    pin_process(&was)?;
+    measured
+}
+
 /// Root is needed for BPF_PROG_TEST_RUN and network namespaces.
 /// The first line of a report: which benchmark, on what machine.
 pub fn print_machine(bench: &str) {

@@ -192,6 +192,62 @@ fn rates(args: &Args, vpc: &Vpc, pairs: &[Pair], unmeasured: &[bool], n: usize) 
     Ok((samples.iter_mut().map(|s| pct(s, 0.5)).collect(), failed))
 }
 
+/// The CPU a connection costs with everything on one CPU (the client's
+/// threads, the server's, and the softirqs between them), each mode in
+/// turn in every round. What a mode adds to the direct mode is taken
+/// round by round, so that the machine's drift, which moves every mode of
+/// a round alike, cancels. It is all of what the datapath (or
+/// kube-proxy's rules) adds: the programs' run time and what they make
+/// the kernel do around them.
+fn cpu_costs(args: &Args, vpc: &Vpc, pairs: &[Pair], unmeasured: &[bool]) -> Result<CpuCost> {
+    let cpu = bench::cpus().saturating_sub(1);
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); pairs.len()];
+    for _ in 0..args.cpu_rounds {
+        for (m, p) in pairs.iter().enumerate() {
+            if unmeasured[m] {
+                samples[m].push(f64::NAN);
+                continue;
+            }
+            let from = monotonic_secs();
+            let (us, busy) =
+                bench::cpu_per_connection(&vpc.pods[p.client], &targets(p), args.cpu_seconds, args.workers, cpu)
+                    .with_context(|| format!("{} on CPU {cpu}", p.mode.label()))?;
+            ensure!(
+                busy > 0.8,
+                "{} on CPU {cpu}: the CPU was busy {:.0}% of the pass, not the whole of it",
+                p.mode.label(),
+                busy * 100.0
+            );
+            // The pass's span on the clock `perf record -k CLOCK_MONOTONIC`
+            // stamps samples with: `perf report --time FROM,TO` profiles
+            // one mode alone.
+            eprintln!(
+                "cpu pass: {} on CPU {cpu}, {us:.1} µs per connection, CLOCK_MONOTONIC {from:.6},{:.6}",
+                p.mode.label(),
+                monotonic_secs()
+            );
+            samples[m].push(us);
+        }
+    }
+    let added = samples
+        .iter()
+        .map(|s| {
+            let mut d: Vec<f64> = s.iter().zip(&samples[0]).map(|(x, base)| x - base).collect();
+            if d.iter().any(|v| v.is_nan()) {
+                return (f64::NAN, f64::NAN, f64::NAN);
+            }
+            (pct(&mut d, 0.5), pct(&mut d, 0.0), pct(&mut d, 1.0))
+        })
+        .collect();
+    let median = samples.iter_mut().map(|s| pct(s, 0.5)).collect();
+    Ok(CpuCost { median, added })
+}
+
+fn monotonic_secs() -> f64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9
+}
+
 pub(crate) fn measure(args: &Args, vpc: &Vpc, pairs: &[Pair]) -> Result<(Vec<ConnRow>, Inserts)> {
     let mut maps = vpc.maps(0)?;
     let mut in_maps = 0usize; // generated services in the node's maps
@@ -201,6 +257,7 @@ pub(crate) fn measure(args: &Args, vpc: &Vpc, pairs: &[Pair]) -> Result<(Vec<Con
     for (si, &n) in sizes.iter().enumerate() {
         let (load_secs, unmeasured) = load(args, vpc, pairs, &mut maps, &mut in_maps, n)?;
         let (rate, failed) = rates(args, vpc, pairs, &unmeasured, n)?;
+        let cpu = cpu_costs(args, vpc, pairs, &unmeasured)?;
         let programs = pairs
             .iter()
             .filter(|p| matches!(p.mode, Mode::SluicePodIp | Mode::Sluice))
@@ -212,6 +269,7 @@ pub(crate) fn measure(args: &Args, vpc: &Vpc, pairs: &[Pair]) -> Result<(Vec<Con
             failed,
             load_secs,
             programs,
+            cpu,
         });
         if si + 1 == sizes.len() {
             inserts = insert_benchmark(args, vpc, pairs, &unmeasured, &mut maps, n)?;

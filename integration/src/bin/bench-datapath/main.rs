@@ -66,6 +66,13 @@ struct Args {
     /// Rounds of the connection-rate modes (the median is reported).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Rounds of the pass with everything on one CPU, every mode in turn
+    /// in each (the medians and the per-round differences are reported).
+    #[arg(long, default_value_t = 9)]
+    cpu_rounds: usize,
+    /// Seconds per mode and round of that pass.
+    #[arg(long, default_value_t = 1.0)]
+    cpu_seconds: f64,
     /// Client threads for the connection rate.
     #[arg(long, default_value_t = 4)]
     workers: usize,
@@ -147,6 +154,18 @@ struct ConnRow {
     load_secs: Vec<f64>,
     /// The sluice modes' program time per connection.
     programs: Vec<(Mode, ProgramTime)>,
+    /// One CPU's time per connection per mode, everything pinned to that
+    /// CPU (NaN: not measured).
+    cpu: CpuCost,
+}
+
+/// µs of one CPU per connection, per mode in `Mode::ALL` order.
+struct CpuCost {
+    /// The median over the rounds.
+    median: Vec<f64>,
+    /// The median, over the rounds, of the mode's figure less the direct
+    /// mode's in the same round; its lowest and highest.
+    added: Vec<(f64, f64, f64)>,
 }
 
 struct Inserts {

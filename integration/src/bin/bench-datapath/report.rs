@@ -146,6 +146,7 @@ fn connection_table(args: &Args, conns: &[ConnRow], cpus: usize) {
             if r.rate[vip] > best { "yes" } else { "NO" }
         );
     }
+    cpu_table(args, conns);
     println!(
         "   where the datapath's time goes, in real traffic (one more {} s pass per sluice mode with the kernel's BPF run-time statistics on):",
         args.seconds
@@ -166,6 +167,44 @@ fn connection_table(args: &Args, conns: &[ConnRow], cpus: usize) {
                 t.connections
             );
         }
+    }
+}
+
+/// The CPU each mode costs a connection with everything on one CPU, and
+/// what that adds to the direct mode's: the whole datapath, not only its
+/// programs' run time.
+fn cpu_table(args: &Args, conns: &[ConnRow]) {
+    println!(
+        "   the CPU a connection costs, everything (client, server, softirqs) pinned to CPU {}, {} rounds x {} s of every mode in turn:",
+        bench::cpus().saturating_sub(1),
+        args.cpu_rounds,
+        args.cpu_seconds
+    );
+    println!(
+        "   µs of that CPU's busy time per connection (median), and what the mode adds to direct (median of the rounds' differences, [lowest, highest])"
+    );
+    let (direct, pod_ip, vip) = (0, 1, 2);
+    for r in conns {
+        let mut line = format!("   {:>6} services: direct {:.1}", r.services, r.cpu.median[direct]);
+        for (m, mode) in Mode::ALL.iter().enumerate().skip(1) {
+            let (d, lo, hi) = r.cpu.added[m];
+            if d.is_nan() {
+                line += &format!("; {} not measured", mode.label());
+            } else {
+                line += &format!(
+                    "; {} {:.1} ({d:+.1} [{lo:+.1}, {hi:+.1}])",
+                    mode.label(),
+                    r.cpu.median[m]
+                );
+            }
+        }
+        println!("{line}");
+        let (v, p) = (r.cpu.added[vip].0, r.cpu.added[pod_ip].0);
+        println!(
+            "   {:>6} services: sluice adds {v:.1} µs per VIP connection (target <= 5: {}), {p:.1} µs per pod-IP connection",
+            r.services,
+            if v <= 5.0 { "met" } else { "MISSED" }
+        );
     }
 }
 
