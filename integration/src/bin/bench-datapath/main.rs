@@ -12,7 +12,11 @@
 //!    same client calling the backend pod directly with no datapath (the
 //!    limit) and through kube-proxy-shaped rulesets for the same Services:
 //!    iptables mode (iptables-nft and iptables-legacy) and nftables mode.
-//!    The modes run round-robin, so drift hits them alike.
+//!    The modes run round-robin, so drift hits them alike. Then the CPU
+//!    a connection costs with everything pinned to one CPU, and what each
+//!    mode adds to the direct one: the datapath's whole share, not only
+//!    its programs' run time (printed after it, from the kernel's
+//!    statistics).
 //! 3. Time to add one Service with 3 backends to 100,000 existing ones:
 //!    sluice's map writes beside `iptables-restore --noflush` and `nft -f`.
 //! 4. Memory per Service, backend and conntrack entry (the kernel's own
@@ -175,6 +179,10 @@ struct Inserts {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    ensure!(
+        args.rounds >= 1 && args.cpu_rounds >= 1,
+        "--rounds and --cpu-rounds: at least 1"
+    );
     sluice_integration::bench::require_root("bench-datapath")?;
     for tool in ["iptables-nft-restore", "iptables-legacy-restore", "nft"] {
         ensure!(
