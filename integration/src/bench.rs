@@ -247,6 +247,17 @@ pub fn pin_process(set: &nix::sched::CpuSet) -> Result<()> {
     Ok(())
 }
 
+/// The highest-numbered CPU this process may run on: the one a pinned
+/// measurement takes (the first CPUs are where a machine's interrupts and
+/// housekeeping tend to land).
+pub fn last_cpu() -> Result<usize> {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).context("reading this thread's CPUs")?;
+    (0..nix::sched::CpuSet::count())
+        .rev()
+        .find(|&c| set.is_set(c).unwrap_or(false))
+        .context("this thread may run on no CPU")
+}
+
 /// CPU `cpu`'s busy time so far (user, system, interrupts and softirqs:
 /// neither idle and iowait nor the time the hypervisor took, steal), from
 /// /proc/stat, in seconds.
@@ -267,9 +278,9 @@ pub fn cpu_busy_secs(cpu: usize) -> Result<f64> {
 }
 
 /// Connections from `ns` to `to` for `secs` with this whole process on
-/// `cpu` (see [`pin_process`]), then on the CPUs it had again: (µs of that CPU's busy time per
-/// connection, the share of the pass the CPU was busy). Every connection
-/// must succeed.
+/// `cpu` (see [`pin_process`]), then on the CPUs it had again: (µs of
+/// that CPU's busy time per connection, the share of the pass the CPU was
+/// busy). Every connection must succeed.
 pub fn cpu_per_connection(ns: &Netns, to: &[SocketAddr], secs: f64, workers: usize, cpu: usize) -> Result<(f64, f64)> {
     use nix::sched::{CpuSet, sched_getaffinity};
     let was = sched_getaffinity(nix::unistd::Pid::from_raw(0)).context("reading this thread's CPUs")?;

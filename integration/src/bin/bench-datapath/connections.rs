@@ -200,7 +200,7 @@ fn rates(args: &Args, vpc: &Vpc, pairs: &[Pair], unmeasured: &[bool], n: usize) 
 /// kube-proxy's rules) adds: the programs' run time and what they make
 /// the kernel do around them.
 fn cpu_costs(args: &Args, vpc: &Vpc, pairs: &[Pair], unmeasured: &[bool]) -> Result<CpuCost> {
-    let cpu = bench::cpus().saturating_sub(1);
+    let cpu = bench::last_cpu()?;
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); pairs.len()];
     for _ in 0..args.cpu_rounds {
         for (m, p) in pairs.iter().enumerate() {
@@ -240,7 +240,7 @@ fn cpu_costs(args: &Args, vpc: &Vpc, pairs: &[Pair], unmeasured: &[bool]) -> Res
         })
         .collect();
     let median = samples.iter_mut().map(|s| pct(s, 0.5)).collect();
-    Ok(CpuCost { median, added })
+    Ok(CpuCost { cpu, median, added })
 }
 
 fn monotonic_secs() -> f64 {

@@ -165,6 +165,8 @@ struct ConnRow {
 
 /// µs of one CPU per connection, per mode in `Mode::ALL` order.
 struct CpuCost {
+    /// The CPU everything ran on.
+    cpu: usize,
     /// The median over the rounds.
     median: Vec<f64>,
     /// The median, over the rounds, of the mode's figure less the direct

@@ -176,7 +176,7 @@ fn connection_table(args: &Args, conns: &[ConnRow], cpus: usize) {
 fn cpu_table(args: &Args, conns: &[ConnRow]) {
     println!(
         "   the CPU a connection costs, everything (client, server, softirqs) pinned to CPU {}, {} rounds x {} s of every mode in turn:",
-        bench::cpus().saturating_sub(1),
+        conns.first().map_or(0, |r| r.cpu.cpu),
         args.cpu_rounds,
         args.cpu_seconds
     );
