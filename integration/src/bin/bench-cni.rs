@@ -40,7 +40,7 @@ struct Args {
     /// the interface and its links itself). By default this process holds
     /// the reaper's lock as the agent does, so a DEL leaves them for it,
     /// and reaps them after each run's DELs (timed apart).
-    #[arg(long)]
+    #[arg(long, requires = "links_before_del")]
     no_reaper: bool,
     /// Where `sluice` and `sluice-ipam` are (default: next to this binary);
     /// `target/cni-static/release` for the static pair `scripts/build-cni`
@@ -208,10 +208,6 @@ fn main() -> Result<()> {
         Ok(())
     };
     let sluice_data = vpc.data_dir.join("sluice");
-    anyhow::ensure!(
-        !args.no_reaper || args.links_before_del,
-        "--no-reaper goes with --links-before-del"
-    );
     let reaper = if args.links_before_del && !args.no_reaper {
         println!(
             "(this process holds the reaper's lock as the agent does: a DEL leaves a pod's interface on links to it)"
