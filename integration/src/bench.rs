@@ -298,6 +298,14 @@ pub fn cpu_per_connection(ns: &Netns, to: &[SocketAddr], secs: f64, workers: usi
     measured
 }
 
+/// What `bench-datapath` prints (to stderr) after each pinned pass: the
+/// mode, its CPU, the µs of CPU per connection, and the pass's span on the
+/// clock `perf record -k CLOCK_MONOTONIC` stamps samples with (seconds).
+/// `scripts/profile-datapath` cuts the profile by these lines.
+pub fn cpu_pass_line(mode: &str, cpu: usize, us: f64, from: f64, to: f64) -> String {
+    format!("cpu pass: {mode} on CPU {cpu}, {us:.1} µs per connection, CLOCK_MONOTONIC {from:.6},{to:.6}")
+}
+
 /// Root is needed for BPF_PROG_TEST_RUN and network namespaces.
 /// The first line of a report: which benchmark, on what machine.
 pub fn print_machine(bench: &str) {

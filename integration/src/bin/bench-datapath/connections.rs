@@ -219,12 +219,11 @@ fn cpu_costs(args: &Args, vpc: &Vpc, pairs: &[Pair], unmeasured: &[bool]) -> Res
                 busy * 100.0
             );
             // The pass's span on the clock `perf record -k CLOCK_MONOTONIC`
-            // stamps samples with: `perf report --time FROM,TO` profiles
-            // one mode alone.
+            // stamps samples with: scripts/profile-datapath (or `perf
+            // report --time FROM,TO`) profiles one mode alone.
             eprintln!(
-                "cpu pass: {} on CPU {cpu}, {us:.1} µs per connection, CLOCK_MONOTONIC {from:.6},{:.6}",
-                p.mode.label(),
-                monotonic_secs()
+                "{}",
+                bench::cpu_pass_line(p.mode.label(), cpu, us, from, monotonic_secs())
             );
             samples[m].push(us);
         }
