@@ -15,7 +15,8 @@
 //!
 //! And the faults a real one has: open watches cut mid-stream
 //! ([`ApiServer::drop_watches`]), slow lists, short pages, a kind whose
-//! lists are held back ([`ApiServer::hold`]).
+//! lists are held back ([`ApiServer::hold`]), watches held back
+//! ([`ApiServer::hold_watches`]).
 
 use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
@@ -89,6 +90,7 @@ struct State {
     snapshots: HashMap<String, (u64, Vec<Value>)>,
     faults: Faults,
     held: BTreeSet<&'static str>,
+    watches_held: bool,
     counts: Counts,
 }
 
@@ -242,6 +244,17 @@ impl ApiServer {
         }
     }
 
+    /// Hold back new watches until [`ApiServer::release_watches`]: what
+    /// changes meanwhile reaches a client only through what it asks for
+    /// afterwards (the history, or a list after a 410).
+    pub fn hold_watches(&self) {
+        self.lock().watches_held = true;
+    }
+
+    pub fn release_watches(&self) {
+        self.lock().watches_held = false;
+    }
+
     pub fn set_faults(&self, f: Faults) {
         self.lock().faults = f;
     }
@@ -309,6 +322,9 @@ async fn serve(
     };
     let q = query(&req);
     if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        while state.lock().expect("state").watches_held {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         return Ok(watch(state, res, &q));
     }
     // A list: held back, slowed, paged over one snapshot.
